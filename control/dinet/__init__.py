@@ -1,0 +1,1 @@
+"""dinet: computing-aware steering and BIER replication on XDP and BMv2."""

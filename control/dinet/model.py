@@ -1,0 +1,103 @@
+"""The control plane's model of services and instances: plain dataclasses, parsed and validated once."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+
+from . import consts
+from .errors import ConfigError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+PROTOCOLS = {"tcp": 6, "udp": 17}
+
+
+def parse_address(text: str | IPAddress) -> IPAddress:
+    if isinstance(text, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return text
+    try:
+        return ipaddress.ip_address(str(text).strip("[]"))
+    except ValueError:
+        raise ConfigError(f"not an IPv4 or IPv6 address: {text!r}") from None
+
+
+def family_of(addr: IPAddress) -> int:
+    return consts.get("DINET_AF_INET") if addr.version == 4 else consts.get("DINET_AF_INET6")
+
+
+class InstanceState(enum.IntEnum):
+    """Values of inst_value.state (DINET_INST_* in dinet_consts.h)."""
+
+    DOWN = consts.get("DINET_INST_DOWN")
+    UP = consts.get("DINET_INST_UP")
+    DRAINING = consts.get("DINET_INST_DRAINING")
+
+
+_SERVICE_RE = re.compile(r"^(?P<addr>\[[^\]]+\]|[^:/\[\]]+):(?P<port>[^/]+)/(?P<proto>\w+)$")
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """A service as clients address it: VIP, L4 protocol and port. Text form `10.0.0.1:80/tcp`, `[fd00::1]:53/udp`."""
+
+    vip: IPAddress
+    port: int
+    proto: str = "tcp"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vip", parse_address(self.vip))
+        if self.proto not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, not {self.proto!r}")
+        if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must be 1-65535, not {self.port!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceKey:
+        m = _SERVICE_RE.match(text.strip())
+        if not m:
+            raise ConfigError(f"a service is VIP:PORT/PROTO (10.0.0.1:80/tcp, [fd00::1]:53/udp), not {text!r}")
+        try:
+            port = int(m.group("port"))
+        except ValueError:
+            raise ConfigError(f"port must be a number, not {m.group('port')!r}") from None
+        return cls(parse_address(m.group("addr")), port, m.group("proto").lower())
+
+    @property
+    def proto_number(self) -> int:
+        return PROTOCOLS[self.proto]
+
+    def __str__(self) -> str:
+        host = f"[{self.vip}]" if self.vip.version == 6 else str(self.vip)
+        return f"{host}:{self.port}/{self.proto}"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance of a service: the operator's id, the tunnel endpoint that reaches it, its weight and state."""
+
+    instance_id: int
+    endpoint: IPAddress
+    weight: int = 1
+    state: InstanceState = InstanceState.UP
+    site_id: int = 0
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoint", parse_address(self.endpoint))
+        object.__setattr__(self, "state", InstanceState(self.state))
+        if not isinstance(self.instance_id, int) or not 1 <= self.instance_id < 2**32:
+            raise ConfigError(f"instance id must be 1..2^32-1, not {self.instance_id!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 0 <= self.weight < 2**32:
+            if isinstance(self.weight, float) and (math.isnan(self.weight) or self.weight < 0):
+                raise ConfigError(f"weight of instance {self.instance_id} must be >= 0, not {self.weight!r}")
+            raise ConfigError(f"weight of instance {self.instance_id} must be an integer 0..2^32-1, not {self.weight!r}")
+        if not 0 <= self.site_id < 2**16:
+            raise ConfigError(f"site id must be 0..65535, not {self.site_id!r}")
+
+    @property
+    def usable(self) -> bool:
+        """Takes new flows."""
+        return self.state == InstanceState.UP and self.weight > 0

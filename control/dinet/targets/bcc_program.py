@@ -1,0 +1,144 @@
+"""A program of ebpf/ compiled by bcc, its maps pinned in a bpffs folder, attached to interfaces."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import netns
+from ..errors import DataPlaneError, InterfaceError, TableFullError, VerifierError
+from ..paths import EBPF_DIR
+
+log = logging.getLogger(__name__)
+
+XDP_FLAGS = {"auto": 0, "generic": 1 << 1, "native": 1 << 2}
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Captures what the C library writes to fd 2 (bcc prints the verifier log there)."""
+    out: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+class BccProgram:
+    """One ebpf/*.bpf.c compiled by bcc with -DDINET_PIN_DIR=pin_dir: its BPF_TABLE_PINNED maps are
+    created and pinned on first load and reused by every later load, by this or another process."""
+
+    def __init__(self, source: str, pin_dir: Path, defines: Mapping[str, int] | None = None):
+        from bcc import BPF  # Debian's python3-bpfcc, seen through the venv's system site-packages
+
+        self.source = EBPF_DIR / source
+        self.pin_dir = pin_dir
+        if not self.source.exists():
+            raise DataPlaneError(f"missing eBPF source {self.source}")
+        pin_dir.mkdir(parents=True, exist_ok=True)
+        cflags = [f"-I{EBPF_DIR}", f'-DDINET_PIN_DIR="{pin_dir}"', "-Wno-macro-redefined"]
+        cflags += [f"-D{k}={v}" for k, v in (defines or {}).items()]
+        with _stderr_captured() as err:
+            try:
+                self.bpf = BPF(src_file=str(self.source).encode(), cflags=cflags)
+            except Exception as e:  # bcc raises a bare Exception on a compile error
+                raise DataPlaneError(f"bcc could not compile {self.source.name}: {e}") from None
+        if "error" in err[0]:
+            log.debug("bcc: %s", err[0])
+        self._fns: dict[str, Any] = {}
+
+    def load(self, fn_name: str) -> Any:
+        """Loads the XDP function (verifier); a refusal raises VerifierError with the verifier's log."""
+        from bcc import BPF
+
+        if fn_name not in self._fns:
+            with _stderr_captured() as err:
+                try:
+                    fn = self.bpf.load_func(fn_name, BPF.XDP)
+                except Exception:
+                    fn = None
+            if fn is None:
+                raise VerifierError(f"{self.source.name}:{fn_name}", err[0])
+            self._fns[fn_name] = fn
+        return self._fns[fn_name]
+
+    def table(self, name: str) -> Any:
+        return self.bpf.get_table(name)
+
+    def attach(self, fn_name: str, ifname: str, ns: str | None = None, mode: str = "native") -> None:
+        """Attaches (or atomically replaces) the program on ifname, in namespace ns."""
+        from bcc import BPF
+
+        if mode not in XDP_FLAGS:
+            raise InterfaceError(f"XDP mode must be one of {sorted(XDP_FLAGS)}, not {mode!r}")
+        fn = self.load(fn_name)
+        netns.ifindex(ifname, ns)  # a clear error for a missing interface
+        with netns.entered(ns), _stderr_captured() as err:
+            try:
+                BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS[mode])
+            except Exception as e:
+                raise InterfaceError(f"cannot attach {fn_name} to {ifname} ({mode}): {e}") from None
+        log.debug("attached %s to %s%s: %s", fn_name, ifname, f" in {ns}" if ns else "", err)
+
+    @staticmethod
+    def detach(ifname: str, ns: str | None = None, mode: str = "native") -> None:
+        from bcc import BPF
+
+        netns.ifindex(ifname, ns)
+        with netns.entered(ns), _stderr_captured():
+            try:
+                BPF.remove_xdp(ifname.encode(), XDP_FLAGS.get(mode, 0))
+            except Exception as e:
+                raise InterfaceError(f"cannot detach XDP from {ifname}: {e}") from None
+
+    def close(self) -> None:
+        """Releases this process's handles; pinned maps and attached programs stay."""
+        self.bpf.cleanup()
+
+    def unpin(self) -> None:
+        """Removes the pinned maps (the data they hold goes once no program uses them)."""
+        if self.pin_dir.exists():
+            for p in self.pin_dir.iterdir():
+                p.unlink()
+            self.pin_dir.rmdir()
+        parent = self.pin_dir.parent
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # the node's folder, once its last program is gone
+
+
+def write_array(table: Any, start: int, values: list[int]) -> None:
+    """Writes consecutive u32 slots of an array map in one BPF_MAP_UPDATE_BATCH (element by element
+    where the kernel lacks batch updates on arrays)."""
+    n = len(values)
+    keys = (table.Key * n)(*[table.Key(start + i) for i in range(n)])
+    leaves = (table.Leaf * n)(*[table.Leaf(v) for v in values])
+    try:
+        table.items_update_batch(keys, leaves)
+    except Exception:
+        for i, v in enumerate(values):
+            table[table.Key(start + i)] = table.Leaf(v)
+
+
+def update(table: Any, key: Any, leaf: Any, what: str) -> None:
+    """table[key] = leaf, with a full table reported as TableFullError naming `what`."""
+    try:
+        table[key] = leaf
+    except Exception as e:
+        err = ctypes.get_errno()
+        if err in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
+            raise TableFullError(f"{table.name.decode() if isinstance(table.name, bytes) else table.name} "
+                                 f"is full ({table.max_entries} entries): cannot add {what}") from None
+        raise DataPlaneError(f"cannot write {what}: {e}") from None

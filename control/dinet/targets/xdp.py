@@ -1,0 +1,467 @@
+"""The XDP target: the steering program of an ingress node and the decap program of a tunnel endpoint,
+loaded by bcc, their maps pinned under BPFFS_ROOT/<node>/ so forwarding outlives this process and a new
+process picks up every table (and every flow's affinity) where the last one left them."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import socket
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import consts, maglev
+from ..bpfsys import pinned_map_info
+from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownInstanceError, UnknownServiceError
+from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, parse_address
+from ..paths import BPFFS_ROOT
+from .bcc_program import BccProgram, update, write_array
+
+log = logging.getLogger(__name__)
+C = consts.load()
+SLOT_NONE = C["DINET_SLOT_NONE"]
+
+
+@dataclass(frozen=True)
+class SteerSizes:
+    """Compile-time table sizes of steer.bpf.c. Pinned maps fix them: a later load must use the same."""
+
+    max_services: int = C["DINET_MAX_SERVICES"]
+    max_instances: int = C["DINET_MAX_INSTANCES"]
+    ring_size: int = C["DINET_RING_SIZE"]
+    affinity_entries: int = C["DINET_AFFINITY_ENTRIES"]
+
+    def defines(self) -> dict[str, int]:
+        return {"DINET_MAX_SERVICES": self.max_services, "DINET_MAX_INSTANCES": self.max_instances,
+                "DINET_RING_SIZE": self.ring_size, "DINET_AFFINITY_ENTRIES": self.affinity_entries}
+
+    @classmethod
+    def from_pinned(cls, pin_dir: Path) -> SteerSizes | None:
+        """The sizes of the maps already pinned in pin_dir (None if there are none)."""
+        svc = pinned_map_info(str(pin_dir / "services"))
+        inst = pinned_map_info(str(pin_dir / "instances"))
+        ring = pinned_map_info(str(pin_dir / "ring"))
+        aff = pinned_map_info(str(pin_dir / "affinity"))
+        if not (svc and inst and ring and aff):
+            return None
+        return cls(svc.max_entries, inst.max_entries // svc.max_entries, ring.max_entries // (2 * svc.max_entries),
+                   aff.max_entries)
+
+
+def _set_addr(dst: Any, addr: IPAddress) -> None:
+    packed = addr.packed.ljust(16, b"\0")
+    ctypes.memmove(ctypes.addressof(dst), packed, 16)
+
+
+def _get_addr(src: Any, family: int) -> IPAddress:
+    raw = bytes(src.addr)
+    return parse_address(socket.inet_ntop(socket.AF_INET if family == C["DINET_AF_INET"] else socket.AF_INET6,
+                                          raw[:4] if family == C["DINET_AF_INET"] else raw))
+
+
+@dataclass(frozen=True)
+class Counter:
+    packets: int = 0
+    bytes: int = 0
+    new_flows: int = 0
+
+
+@dataclass
+class ServiceState:
+    """A service as read back from the node: its slot, the live ring half, its instances by slot."""
+
+    key: ServiceKey
+    svc_id: int
+    ring_sel: int
+    instances: dict[int, Instance] = field(default_factory=dict)  # slot -> instance
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    src: IPAddress
+    dst: IPAddress
+    sport: int
+    dport: int
+    proto: int
+    svc_id: int
+    slot: int
+    instance_id: int
+
+
+def flow_hash(src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: int) -> int:
+    """The data planes' hash of a new flow (CRC-32 over the 5-tuple in wire order)."""
+    return zlib.crc32(src.packed + dst.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes([proto]))
+
+
+class SteeringNode:
+    """The steering program of one ingress node and its pinned maps (BPFFS_ROOT/<node>/steer)."""
+
+    PROGRAM = "xdp_steer"
+
+    def __init__(self, node: str = "default", sizes: SteerSizes | None = None, bpffs_root: Path = BPFFS_ROOT):
+        self.node = node
+        pin_dir = bpffs_root / node / "steer"
+        pinned = SteerSizes.from_pinned(pin_dir)
+        if pinned and sizes and pinned != sizes:
+            raise DataPlaneError(f"node {node!r} already holds maps of sizes {pinned}; asked for {sizes}. "
+                                 f"Use `dinet xdp destroy --node {node}` first to start anew")
+        self.sizes = pinned or sizes or SteerSizes()
+        self.prog = BccProgram("steer.bpf.c", pin_dir, self.sizes.defines())
+        self.fn = self.prog.load(self.PROGRAM)
+        t = self.prog.table
+        self.services_t, self.vip_addrs_t, self.instances_t = t("services"), t("vip_addrs"), t("instances")
+        self.ring_t, self.affinity_t, self.config_t = t("ring"), t("affinity"), t("config")
+        self.svc_stats_t, self.inst_stats_t, self.verdicts_t = t("svc_stats"), t("inst_stats"), t("verdicts")
+        self._fill_crc_table(t("crc_table"))
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> SteeringNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.prog.close()
+
+    @property
+    def prog_fd(self) -> int:
+        return int(self.fn.fd)
+
+    def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
+        self.prog.attach(self.PROGRAM, ifname, netns, mode)
+
+    def detach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
+        self.prog.detach(ifname, netns, mode)
+
+    def destroy(self) -> None:
+        """Unpins every map of the node (attached programs keep theirs until detached)."""
+        self.prog.unpin()
+        self.close()
+
+    @staticmethod
+    def _fill_crc_table(table: Any) -> None:
+        # CRC-32 table, reflected polynomial 0xEDB88320: entry i is the CRC register after byte i.
+        values = []
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ (0xEDB88320 if c & 1 else 0)
+            values.append(c)
+        write_array(table, 0, values)
+
+    # ---- configuration -------------------------------------------------------------------------------
+    def configure(self, src4: str | IPAddress | None = None, src6: str | IPAddress | None = None,
+                  static_next_hop: tuple[int, str, str] | None = None) -> None:
+        """Tunnel source addresses, and either FIB forwarding (default) or a static next hop
+        (ifindex or 0 for back out of the ingress port, source MAC, destination MAC)."""
+        cfg = self.config_t.Leaf()
+        if src4 is not None:
+            a = parse_address(src4)
+            if a.version != 4:
+                raise ConfigError(f"src4 must be IPv4, not {a}")
+            _set_addr(cfg.src4, a)
+        if src6 is not None:
+            a = parse_address(src6)
+            if a.version != 6:
+                raise ConfigError(f"src6 must be IPv6, not {a}")
+            _set_addr(cfg.src6, a)
+        if static_next_hop:
+            ifindex, smac, dmac = static_next_hop
+            cfg.fwd_mode = C["DINET_FWD_STATIC"]
+            cfg.static_ifindex = ifindex
+            for name, mac in (("static_smac", smac), ("static_dmac", dmac)):
+                try:
+                    raw = bytes.fromhex(mac.replace(":", ""))
+                except ValueError:
+                    raw = b""
+                if len(raw) != 6:
+                    raise ConfigError(f"not a MAC address: {mac!r}")
+                getattr(cfg, name)[:] = list(raw)
+        else:
+            cfg.fwd_mode = C["DINET_FWD_FIB"]
+        self.config_t[self.config_t.Key(0)] = cfg
+
+    # ---- services --------------------------------------------------------------------------------------
+    def _svc_key(self, svc: ServiceKey) -> Any:
+        k = self.services_t.Key()
+        _set_addr(k.vip, svc.vip)
+        k.port = socket.htons(svc.port)
+        k.proto = svc.proto_number
+        k.family = family_of(svc.vip)
+        return k
+
+    def _vip_key(self, vip: IPAddress) -> Any:
+        k = self.vip_addrs_t.Key()
+        _set_addr(k.addr, vip)
+        k.family = family_of(vip)
+        return k
+
+    def services(self) -> list[ServiceState]:
+        """Every installed service, with its instances, read back from the maps."""
+        out = []
+        protos = {6: "tcp", 17: "udp"}
+        for k, v in self.services_t.items():
+            vip = _get_addr(k.vip, k.family)
+            key = ServiceKey(vip, socket.ntohs(k.port), protos.get(k.proto, "tcp"))
+            out.append(ServiceState(key, v.svc_id, v.ring_sel, self._read_instances(v.svc_id)))
+        return sorted(out, key=lambda s: s.svc_id)
+
+    def service(self, svc: ServiceKey) -> ServiceState:
+        try:
+            v = self.services_t[self._svc_key(svc)]
+        except KeyError:
+            raise UnknownServiceError(f"no service {svc} on node {self.node!r}") from None
+        return ServiceState(svc, v.svc_id, v.ring_sel, self._read_instances(v.svc_id))
+
+    def add_service(self, svc: ServiceKey) -> int:
+        """Installs a service with no instance (new flows to it are dropped, counted, until it has some).
+        Returns its slot; adding an existing service changes nothing."""
+        k = self._svc_key(svc)
+        try:
+            return int(self.services_t[k].svc_id)
+        except KeyError:
+            pass
+        used = {int(v.svc_id) for v in self.services_t.values()}
+        free = next((i for i in range(self.sizes.max_services) if i not in used), None)
+        if free is None:
+            raise TableFullError(f"the service table of node {self.node!r} is full "
+                                 f"({self.sizes.max_services} services): cannot add {svc}")
+        self._clear_service_slots(free)
+        v = self.services_t.Leaf()
+        v.svc_id, v.ring_sel = free, 0
+        vk = self._vip_key(svc.vip)
+        count = self.vip_addrs_t.get(vk)
+        update(self.vip_addrs_t, vk, self.vip_addrs_t.Leaf((count.value if count else 0) + 1), f"VIP {svc.vip}")
+        update(self.services_t, k, v, f"service {svc}")
+        log.info("node %s: service %s added as slot %d", self.node, svc, free)
+        return free
+
+    def remove_service(self, svc: ServiceKey) -> None:
+        """Removes a service: its packets then pass untouched; its counters and instances are cleared."""
+        state = self.service(svc)
+        del self.services_t[self._svc_key(svc)]
+        vk = self._vip_key(svc.vip)
+        count = self.vip_addrs_t.get(vk)
+        if count is not None and count.value > 1:
+            self.vip_addrs_t[vk] = self.vip_addrs_t.Leaf(count.value - 1)
+        elif count is not None:
+            del self.vip_addrs_t[vk]
+        self._clear_service_slots(state.svc_id)
+
+    def _clear_service_slots(self, svc_id: int) -> None:
+        base = svc_id * self.sizes.max_instances
+        for slot in range(self.sizes.max_instances):
+            idx = self.instances_t.Key(base + slot)
+            if self.instances_t[idx].instance_id:
+                self.instances_t[idx] = self.instances_t.Leaf()
+            del self.inst_stats_t[self.inst_stats_t.Key(base + slot)]
+        del self.svc_stats_t[self.svc_stats_t.Key(svc_id)]
+
+    # ---- instances and weights -----------------------------------------------------------------------
+    def _read_instances(self, svc_id: int) -> dict[int, Instance]:
+        out = {}
+        base = svc_id * self.sizes.max_instances
+        for slot in range(self.sizes.max_instances):
+            v = self.instances_t[self.instances_t.Key(base + slot)]
+            if v.instance_id:
+                out[slot] = Instance(int(v.instance_id), _get_addr(v.endpoint, v.family), int(v.weight),
+                                     InstanceState(v.state), int(v.site_id))
+        return out
+
+    def set_instances(self, svc: ServiceKey, instances: Iterable[Instance]) -> None:
+        """Makes `instances` the service's whole instance set: existing ones keep their slot (and so
+        their flows), new ones take free slots, missing ones leave (their flows are placed anew).
+        The ring is rewritten in its idle half and then switched in one write."""
+        wanted = list(instances)
+        ids = [i.instance_id for i in wanted]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"duplicate instance ids for {svc}: {sorted(ids)}")
+        if len(wanted) > self.sizes.max_instances:
+            raise TableFullError(f"{svc} has {len(wanted)} instances; node {self.node!r} holds at most "
+                                 f"{self.sizes.max_instances} per service")
+        if wanted and all(i.weight == 0 for i in wanted):
+            raise ConfigError(f"all weights of {svc} are zero: give at least one instance a weight, "
+                              "or drain the instances")
+        for i in wanted:
+            if i.endpoint.version == 4 and not self._has_src(4):
+                raise ConfigError(f"instance {i.instance_id} has an IPv4 endpoint but node {self.node!r} "
+                                  "has no IPv4 tunnel source (configure --src4)")
+            if i.endpoint.version == 6 and not self._has_src(6):
+                raise ConfigError(f"instance {i.instance_id} has an IPv6 endpoint but node {self.node!r} "
+                                  "has no IPv6 tunnel source (configure --src6)")
+        state = self.service(svc)
+        slot_of = {inst.instance_id: slot for slot, inst in state.instances.items()}
+        free = (s for s in range(self.sizes.max_instances) if s not in state.instances)
+        placed = {i.instance_id: slot_of.get(i.instance_id) if i.instance_id in slot_of else next(free)
+                  for i in wanted}
+        base = state.svc_id * self.sizes.max_instances
+        # 1. instance entries first: the ring never names a slot that is not yet written
+        for inst in wanted:
+            idx = base + placed[inst.instance_id]
+            if idx - base not in state.instances or state.instances[idx - base] != inst:
+                if idx - base not in state.instances:
+                    del self.inst_stats_t[self.inst_stats_t.Key(idx)]
+                self.instances_t[self.instances_t.Key(idx)] = self._inst_leaf(inst)
+        # 2. the idle ring half, then the switch
+        table = maglev.build({i.instance_id: i.weight for i in wanted if i.usable}, self.sizes.ring_size)
+        ring = [SLOT_NONE if iid is None else placed[iid] for iid in table]
+        sel = state.ring_sel ^ 1
+        write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, ring)
+        v = self.services_t.Leaf()
+        v.svc_id, v.ring_sel = state.svc_id, sel
+        self.services_t[self._svc_key(svc)] = v
+        # 3. instances that left: their slot is emptied once no ring names it
+        for slot, inst in state.instances.items():
+            if inst.instance_id not in placed:
+                self.instances_t[self.instances_t.Key(base + slot)] = self.instances_t.Leaf()
+
+    def _has_src(self, version: int) -> bool:
+        cfg = self.config_t[self.config_t.Key(0)]
+        raw = bytes((cfg.src4 if version == 4 else cfg.src6).addr)
+        return any(raw)
+
+    def _inst_leaf(self, inst: Instance) -> Any:
+        v = self.instances_t.Leaf()
+        _set_addr(v.endpoint, inst.endpoint)
+        v.family = family_of(inst.endpoint)
+        v.instance_id, v.weight, v.state, v.site_id = inst.instance_id, inst.weight, int(inst.state), inst.site_id
+        return v
+
+    def _replace(self, svc: ServiceKey, instance_id: int, **changes: Any) -> None:
+        current = list(self.service(svc).instances.values())
+        if instance_id not in {i.instance_id for i in current}:
+            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
+        from dataclasses import replace
+
+        self.set_instances(svc, [replace(i, **changes) if i.instance_id == instance_id else i for i in current])
+
+    def upsert_instance(self, svc: ServiceKey, inst: Instance) -> None:
+        current = [i for i in self.service(svc).instances.values() if i.instance_id != inst.instance_id]
+        self.set_instances(svc, current + [inst])
+
+    def remove_instance(self, svc: ServiceKey, instance_id: int) -> None:
+        current = list(self.service(svc).instances.values())
+        if instance_id not in {i.instance_id for i in current}:
+            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
+        self.set_instances(svc, [i for i in current if i.instance_id != instance_id])
+
+    def set_weight(self, svc: ServiceKey, instance_id: int, weight: int) -> None:
+        self._replace(svc, instance_id, weight=weight)
+
+    def set_state(self, svc: ServiceKey, instance_id: int, state: InstanceState) -> None:
+        """DRAINING: no new flow, established flows stay. DOWN: its flows are placed anew too."""
+        self._replace(svc, instance_id, state=state)
+
+    def drain(self, svc: ServiceKey, instance_id: int) -> None:
+        self.set_state(svc, instance_id, InstanceState.DRAINING)
+
+    def ring(self, svc: ServiceKey) -> list[int]:
+        """The live ring of a service: slot numbers (SLOT_NONE for none)."""
+        st = self.service(svc)
+        start = (st.svc_id * 2 + st.ring_sel) * self.sizes.ring_size
+        return [int(self.ring_t[self.ring_t.Key(start + i)].value) for i in range(self.sizes.ring_size)]
+
+    # ---- reading back ---------------------------------------------------------------------------------
+    def _sum(self, table: Any, idx: int) -> Counter:
+        vals = table.getvalue(table.Key(idx))
+        return Counter(sum(v.packets for v in vals), sum(v.bytes for v in vals), sum(v.new_flows for v in vals))
+
+    def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]:
+        """(the service's counter, instance id -> counter)."""
+        st = self.service(svc)
+        base = st.svc_id * self.sizes.max_instances
+        per = {inst.instance_id: self._sum(self.inst_stats_t, base + slot) for slot, inst in st.instances.items()}
+        return self._sum(self.svc_stats_t, st.svc_id), per
+
+    def verdicts(self) -> dict[str, int]:
+        names = consts.verdict_names()
+        out = {}
+        for idx in range(C["DINET_VERDICTS"]):
+            if idx in names and "decap" not in names[idx]:
+                out[names[idx]] = int(sum(self.verdicts_t.getvalue(self.verdicts_t.Key(idx))))
+        return out
+
+    def affinity(self, limit: int | None = None) -> Iterator[FlowEntry]:
+        """Flows in the affinity table (LRU: the kernel may evict the least recently used)."""
+        n = 0
+        for k, v in self.affinity_t.items():
+            if limit is not None and n >= limit:
+                return
+            n += 1
+            yield FlowEntry(_get_addr(k.src, k.family), _get_addr(k.dst, k.family), socket.ntohs(k.sport),
+                            socket.ntohs(k.dport), int(k.proto), int(v.svc_id), int(v.slot), int(v.instance_id))
+
+    def stats(self) -> dict[str, Any]:
+        """Everything a `dinet stats` shows, as plain data."""
+        services = []
+        for st in self.services():
+            total, per = self.service_counters(st.key)
+            services.append({
+                "service": str(st.key), "slot": st.svc_id, **total.__dict__,
+                "instances": [{"instance_id": i.instance_id, "endpoint": str(i.endpoint), "weight": i.weight,
+                               "state": i.state.name.lower(), "site_id": i.site_id, **per[i.instance_id].__dict__}
+                              for i in sorted(st.instances.values(), key=lambda x: x.instance_id)],
+            })
+        return {"node": self.node, "services": services, "verdicts": self.verdicts()}
+
+
+class DecapNode:
+    """The decap program of a tunnel endpoint host and its pinned maps (BPFFS_ROOT/<node>/decap)."""
+
+    PROGRAM = "xdp_decap"
+
+    def __init__(self, node: str = "default", bpffs_root: Path = BPFFS_ROOT):
+        self.node = node
+        self.prog = BccProgram("decap.bpf.c", bpffs_root / node / "decap")
+        self.fn = self.prog.load(self.PROGRAM)
+        self.endpoints_t = self.prog.table("endpoints")
+        self.verdicts_t = self.prog.table("verdicts")
+
+    def __enter__(self) -> DecapNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.prog.close()
+
+    @property
+    def prog_fd(self) -> int:
+        return int(self.fn.fd)
+
+    def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
+        self.prog.attach(self.PROGRAM, ifname, netns, mode)
+
+    def detach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
+        self.prog.detach(ifname, netns, mode)
+
+    def destroy(self) -> None:
+        self.prog.unpin()
+        self.prog.close()
+
+    def _key(self, addr: IPAddress) -> Any:
+        k = self.endpoints_t.Key()
+        _set_addr(k.addr, addr)
+        k.family = family_of(addr)
+        return k
+
+    def add_endpoint(self, addr: str | IPAddress) -> None:
+        a = parse_address(addr)
+        update(self.endpoints_t, self._key(a), self.endpoints_t.Leaf(1), f"endpoint {a}")
+
+    def remove_endpoint(self, addr: str | IPAddress) -> None:
+        a = parse_address(addr)
+        try:
+            del self.endpoints_t[self._key(a)]
+        except KeyError:
+            raise ConfigError(f"{a} is not an endpoint of node {self.node!r}") from None
+
+    def endpoints(self) -> list[IPAddress]:
+        return sorted((_get_addr(k.addr, k.family) for k in self.endpoints_t.keys()), key=str)
+
+    def verdicts(self) -> dict[str, int]:
+        names = consts.verdict_names()
+        return {names[i]: int(sum(self.verdicts_t.getvalue(self.verdicts_t.Key(i))))
+                for i in (C["DINET_DECAP_OK"], C["DINET_DROP_DECAP_MALFORMED"])}

@@ -1,0 +1,91 @@
+/* dinet_consts.h: the one definition of every constant shared by the eBPF programs (clang via bcc),
+ * the P4 programs (p4c runs the C preprocessor) and the Python control plane (dinet.consts parses
+ * this file). Plain #defines only: no types, no expressions other than integer literals.
+ * Sizes may be overridden at compile time (-DDINET_MAX_SERVICES=...), hence the #ifndef guards. */
+#ifndef DINET_CONSTS_H
+#define DINET_CONSTS_H
+
+/* EtherTypes (IEEE registry). RFC 8296 s2.2: BIER over Ethernet uses 0xAB37. */
+#define DINET_ETHERTYPE_IPV4 0x0800
+#define DINET_ETHERTYPE_IPV6 0x86DD
+#define DINET_ETHERTYPE_BIER 0xAB37
+
+/* IP protocol numbers (IANA). The steering encapsulation is IP-in-IP: 4 = IPv4 inner, 41 = IPv6 inner. */
+#define DINET_IPPROTO_HOPOPTS 0
+#define DINET_IPPROTO_IPIP 4
+#define DINET_IPPROTO_TCP 6
+#define DINET_IPPROTO_UDP 17
+#define DINET_IPPROTO_IPV6 41
+#define DINET_IPPROTO_ROUTING 43
+#define DINET_IPPROTO_FRAGMENT 44
+#define DINET_IPPROTO_DSTOPTS 60
+#define DINET_ENCAP_TTL 64
+
+/* Address families as stored in map keys and values. */
+#define DINET_AF_INET 4
+#define DINET_AF_INET6 6
+
+/* Steering table sizes. The ring (Maglev lookup table) size must be prime. */
+#ifndef DINET_MAX_SERVICES
+#define DINET_MAX_SERVICES 4096
+#endif
+#ifndef DINET_MAX_INSTANCES
+#define DINET_MAX_INSTANCES 256
+#endif
+#ifndef DINET_RING_SIZE
+#define DINET_RING_SIZE 4099
+#endif
+#ifndef DINET_AFFINITY_ENTRIES
+#define DINET_AFFINITY_ENTRIES 1048576
+#endif
+#define DINET_MAX_VIP_ADDRS 8192
+#define DINET_MAX_ENDPOINTS 1024
+#define DINET_IPV6_EXT_MAX 4
+/* A ring slot holding this value names no instance (service with no usable instance). */
+#define DINET_SLOT_NONE 0xFFFFFFFF
+
+/* Instance states in the instance table. */
+#define DINET_INST_DOWN 0
+#define DINET_INST_UP 1
+#define DINET_INST_DRAINING 2
+
+/* Forwarding modes of the ingress node (config map). */
+#define DINET_FWD_FIB 0
+#define DINET_FWD_STATIC 1
+
+/* Steering verdict counters (index into the per-CPU `verdicts` array). Drops first, then passes. */
+#define DINET_DROP_MALFORMED 0
+#define DINET_DROP_FRAGMENT 1
+#define DINET_DROP_IPV6_EXTHDR 2
+#define DINET_DROP_NO_INSTANCE 3
+#define DINET_DROP_ENCAP 4
+#define DINET_DROP_TOO_BIG 5
+#define DINET_PASS_NOT_SERVICE 6
+#define DINET_PASS_UNKNOWN_SERVICE 7
+#define DINET_PASS_SLOW_PATH 8
+#define DINET_DECAP_OK 9
+#define DINET_DROP_DECAP_MALFORMED 10
+#define DINET_VERDICTS 16
+
+/* RFC 8296 s2.1.2: BSL encoding, 1 = 64 bits ... 7 = 4096 bits. */
+#define BIER_BSL_64 1
+#define BIER_BSL_128 2
+#define BIER_BSL_256 3
+#define BIER_BSL_512 4
+#define BIER_BSL_1024 5
+#define BIER_BSL_2048 6
+#define BIER_BSL_4096 7
+/* RFC 8296 s2.1.2: Proto values (IANA "BIER Next Protocol Identifiers"). */
+#define BIER_PROTO_MPLS_DOWN 1
+#define BIER_PROTO_MPLS_UP 2
+#define BIER_PROTO_ETHERNET 3
+#define BIER_PROTO_IPV4 4
+#define BIER_PROTO_OAM 5
+#define BIER_PROTO_IPV6 6
+#define BIER_NIBBLE 5
+#define BIER_VERSION 0
+/* BIER header without bitstring: 8 bytes of fixed fields (RFC 8296 s2.1); the BIFT-id word is 4 more. */
+#define BIER_FIXED_LEN 8
+#define BIER_BIFT_WORD_LEN 4
+
+#endif /* DINET_CONSTS_H */

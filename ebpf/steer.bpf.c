@@ -1,0 +1,310 @@
+/* steer.bpf.c: XDP program of the ingress steering node (CATS service-ID anycast).
+ * A packet to a service (VIP, protocol, port) keeps the instance its flow was placed on
+ * (affinity table); a new flow takes the instance its hash selects in the service's weighted
+ * Maglev ring (filled by dinet). The packet is then IP-in-IP encapsulated toward the instance's
+ * tunnel endpoint and forwarded (FIB lookup, or a static next hop); the endpoint's decap program
+ * delivers it and the instance answers the client directly. Everything else passes untouched.
+ * Compiled by bcc with -DDINET_PIN_DIR="..." naming the bpffs folder that holds the node's maps. */
+#include <uapi/linux/bpf.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include "steer.h"
+#include "parse.h"
+
+#define PIN(name) DINET_PIN_DIR "/" #name
+#define RING_ENTRIES (2 * DINET_MAX_SERVICES * DINET_RING_SIZE)
+#define INST_ENTRIES (DINET_MAX_SERVICES * DINET_MAX_INSTANCES)
+
+/* services: svc_key -> svc_value; written by dinet. */
+BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, DINET_MAX_SERVICES, PIN(services));
+/* vip_addrs: vip_key -> count of services on that address; written by dinet. */
+BPF_TABLE_PINNED("hash", struct vip_key, __u32, vip_addrs, DINET_MAX_VIP_ADDRS, PIN(vip_addrs));
+/* instances: svc_id * MAX_INSTANCES + slot -> inst_value; written by dinet. */
+BPF_TABLE_PINNED("array", __u32, struct inst_value, instances, INST_ENTRIES, PIN(instances));
+/* ring: ((svc_id * 2 + ring_sel) * RING_SIZE + hash % RING_SIZE) -> slot or DINET_SLOT_NONE; written by dinet. */
+BPF_TABLE_PINNED("array", __u32, __u32, ring, RING_ENTRIES, PIN(ring));
+/* affinity: flow_key -> flow_value; written here on a new flow, LRU-evicted. */
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_value, affinity, DINET_AFFINITY_ENTRIES, PIN(affinity));
+/* counters per service and per instance, per CPU; written here. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct steer_counter, svc_stats, DINET_MAX_SERVICES, PIN(svc_stats));
+BPF_TABLE_PINNED("percpu_array", __u32, struct steer_counter, inst_stats, INST_ENTRIES, PIN(inst_stats));
+/* verdicts: DINET_DROP_* / DINET_PASS_* -> packets, per CPU; written here. */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, verdicts, DINET_VERDICTS, PIN(verdicts));
+/* config: 0 -> steer_config; written by dinet. */
+BPF_TABLE_PINNED("array", __u32, struct steer_config, config, 1, PIN(config));
+
+static __always_inline int verdict(__u32 reason, int action)
+{
+	count_verdict(verdicts.lookup(&reason));
+	return action;
+}
+
+/* crc_table: byte -> CRC-32 table entry (reflected polynomial 0xEDB88320); written by dinet at load. */
+BPF_TABLE_PINNED("array", __u32, __u32, crc_table, 256, PIN(crc_table));
+
+/* CRC-32 (IEEE 802.3, reflected, init and xorout 0xFFFFFFFF): the same function as zlib.crc32 and
+ * v1model's HashAlgorithm.crc32, so both data planes and the tests agree on where a new flow goes.
+ * Table-driven (a bitwise loop exhausts the verifier's budget); runs only on a new flow. */
+static __always_inline __u32 crc32_byte(__u32 crc, __u8 byte)
+{
+	__u32 i = (crc ^ byte) & 0xff;
+	__u32 *t = crc_table.lookup(&i);
+	return t ? *t ^ (crc >> 8) : crc;
+}
+
+/* The flow's hash: CRC-32 over src, dst (4 or 16 bytes each), sport, dport, proto, in wire order. */
+static __always_inline __u32 flow_hash(struct flow_key *k)
+{
+	__u32 crc = 0xFFFFFFFF;
+	int alen = k->family == DINET_AF_INET ? 4 : 16;
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (i < alen)
+			crc = crc32_byte(crc, k->src.addr[i]);
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (i < alen)
+			crc = crc32_byte(crc, k->dst.addr[i]);
+	__u8 *ports = (__u8 *)&k->sport; /* sport then dport, network order */
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		crc = crc32_byte(crc, ports[i]);
+	crc = crc32_byte(crc, k->proto);
+	return crc ^ 0xFFFFFFFF;
+}
+
+/* Picks the slot for a new flow: the ring's choice, or the next usable slot if the ring still
+ * names an instance that stopped being UP between two control-plane writes. */
+static __always_inline int pick_slot(struct svc_value *sv, __u32 h, __u32 *slot_out, struct inst_value **inst_out)
+{
+	__u32 base = (sv->svc_id * 2 + (sv->ring_sel & 1)) * DINET_RING_SIZE;
+#pragma unroll
+	for (int probe = 0; probe < 4; probe++) {
+		__u32 idx = base + (h + probe) % DINET_RING_SIZE;
+		__u32 *slot = ring.lookup(&idx);
+		if (!slot || *slot == DINET_SLOT_NONE || *slot >= DINET_MAX_INSTANCES)
+			return -1;
+		__u32 iidx = sv->svc_id * DINET_MAX_INSTANCES + *slot;
+		struct inst_value *inst = instances.lookup(&iidx);
+		if (inst && inst->state == DINET_INST_UP && inst->instance_id) {
+			*slot_out = *slot;
+			*inst_out = inst;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static __always_inline void count(void *stats_map_result, __u64 bytes, int new_flow)
+{
+	struct steer_counter *c = stats_map_result;
+	if (!c)
+		return;
+	c->packets += 1;
+	c->bytes += bytes;
+	c->new_flows += new_flow;
+}
+
+/* Pushes the outer IPv4 or IPv6 header (IP-in-IP) and forwards. inner_len: the inner IP datagram's
+ * own length (not the frame's: a short frame carries Ethernet padding). */
+static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_value *inst, __u16 inner_eth_proto,
+					     __u32 inner_len)
+{
+	__u32 zero = 0;
+	struct steer_config *cfg = config.lookup(&zero);
+	if (!cfg)
+		return verdict(DINET_DROP_ENCAP, XDP_DROP);
+	int v6 = inst->family == DINET_AF_INET6;
+	int olen = v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
+	__u8 inner_proto = inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4) ? DINET_IPPROTO_IPIP : DINET_IPPROTO_IPV6;
+
+	if (bpf_xdp_adjust_head(ctx, -olen))
+		return verdict(DINET_DROP_ENCAP, XDP_DROP);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return verdict(DINET_DROP_ENCAP, XDP_DROP);
+
+	struct bpf_fib_lookup fib = {};
+	if (v6) {
+		struct ipv6hdr *o6 = (void *)(eth + 1);
+		if ((void *)(o6 + 1) > data_end)
+			return verdict(DINET_DROP_ENCAP, XDP_DROP);
+		eth->h_proto = bpf_htons(DINET_ETHERTYPE_IPV6);
+		o6->version = 6;
+		o6->priority = 0;
+		o6->flow_lbl[0] = 0;
+		o6->flow_lbl[1] = 0;
+		o6->flow_lbl[2] = 0;
+		o6->payload_len = bpf_htons(inner_len);
+		o6->nexthdr = inner_proto;
+		o6->hop_limit = DINET_ENCAP_TTL;
+		__builtin_memcpy(&o6->saddr, cfg->src6.addr, 16);
+		__builtin_memcpy(&o6->daddr, inst->endpoint.addr, 16);
+		fib.family = 10; /* AF_INET6 */
+		__builtin_memcpy(fib.ipv6_src, cfg->src6.addr, 16);
+		__builtin_memcpy(fib.ipv6_dst, inst->endpoint.addr, 16);
+		fib.tot_len = inner_len + sizeof(struct ipv6hdr);
+	} else {
+		struct iphdr *o4 = (void *)(eth + 1);
+		if ((void *)(o4 + 1) > data_end)
+			return verdict(DINET_DROP_ENCAP, XDP_DROP);
+		eth->h_proto = bpf_htons(DINET_ETHERTYPE_IPV4);
+		o4->version = 4;
+		o4->ihl = 5;
+		o4->tos = 0;
+		o4->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
+		o4->id = 0;
+		o4->frag_off = 0;
+		o4->ttl = DINET_ENCAP_TTL;
+		o4->protocol = inner_proto;
+		o4->check = 0;
+		__builtin_memcpy(&o4->saddr, cfg->src4.addr, 4);
+		__builtin_memcpy(&o4->daddr, inst->endpoint.addr, 4);
+		o4->check = ipv4_csum(o4);
+		fib.family = 2; /* AF_INET */
+		__builtin_memcpy(&fib.ipv4_src, cfg->src4.addr, 4);
+		__builtin_memcpy(&fib.ipv4_dst, inst->endpoint.addr, 4);
+		fib.tot_len = inner_len + sizeof(struct iphdr);
+	}
+
+	if (cfg->fwd_mode == DINET_FWD_STATIC) {
+		__builtin_memcpy(eth->h_source, cfg->static_smac, ETH_ALEN);
+		__builtin_memcpy(eth->h_dest, cfg->static_dmac, ETH_ALEN);
+		if (cfg->static_ifindex == 0)
+			return XDP_TX;
+		return bpf_redirect(cfg->static_ifindex, 0);
+	}
+	fib.ifindex = ctx->ingress_ifindex;
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+		if (fib.ifindex == ctx->ingress_ifindex)
+			return XDP_TX;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	/* No neighbour entry yet (or no route): the kernel routes the encapsulated packet and resolves it. */
+	return verdict(DINET_PASS_SLOW_PATH, XDP_PASS);
+}
+
+int xdp_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct flow_key key = {};
+	struct vip_key vk = {};
+	void *l4;
+	__u32 inner_len;
+	__u64 frame_len = data_end - data;
+
+	if ((void *)(eth + 1) > data_end)
+		return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
+	__u16 eth_proto = eth->h_proto;
+
+	if (eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4)) {
+		struct iphdr *iph = (void *)(eth + 1);
+		if ((void *)iph + 20 > data_end || iph->ihl < 5 || iph->version != 4)
+			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+		__builtin_memcpy(vk.addr.addr, &iph->daddr, 4);
+		vk.family = DINET_AF_INET;
+		if (!vip_addrs.lookup(&vk))
+			return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
+		inner_len = bpf_ntohs(iph->tot_len);
+		if (inner_len < iph->ihl * 4 || (void *)iph + inner_len > data_end)
+			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+		if (iph->frag_off & bpf_htons(0x3FFF)) /* MF set or offset nonzero */
+			return verdict(DINET_DROP_FRAGMENT, XDP_DROP);
+		key.family = DINET_AF_INET;
+		key.proto = iph->protocol;
+		__builtin_memcpy(key.src.addr, &iph->saddr, 4);
+		__builtin_memcpy(key.dst.addr, &iph->daddr, 4);
+		l4 = (void *)iph + iph->ihl * 4;
+	} else if (eth_proto == bpf_htons(DINET_ETHERTYPE_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+		__builtin_memcpy(vk.addr.addr, &ip6->daddr, 16);
+		vk.family = DINET_AF_INET6;
+		if (!vip_addrs.lookup(&vk))
+			return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
+		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+		if ((void *)ip6 + inner_len > data_end)
+			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+		__u8 nh = ip6->nexthdr;
+		l4 = ip6 + 1;
+		/* RFC 8200 s4.1: walk hop-by-hop, routing and destination options to the upper layer. */
+#pragma unroll
+		for (int i = 0; i < DINET_IPV6_EXT_MAX; i++) {
+			if (nh != DINET_IPPROTO_HOPOPTS && nh != DINET_IPPROTO_ROUTING && nh != DINET_IPPROTO_DSTOPTS)
+				break;
+			struct ipv6_opt_hdr *oh = l4;
+			if ((void *)(oh + 1) > data_end)
+				return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+			nh = oh->nexthdr;
+			l4 += (oh->hdrlen + 1) * 8;
+		}
+		if (nh == DINET_IPPROTO_FRAGMENT)
+			return verdict(DINET_DROP_FRAGMENT, XDP_DROP);
+		if (nh == DINET_IPPROTO_HOPOPTS || nh == DINET_IPPROTO_ROUTING || nh == DINET_IPPROTO_DSTOPTS)
+			return verdict(DINET_DROP_IPV6_EXTHDR, XDP_DROP);
+		key.family = DINET_AF_INET6;
+		key.proto = nh;
+		__builtin_memcpy(key.src.addr, &ip6->saddr, 16);
+		__builtin_memcpy(key.dst.addr, &ip6->daddr, 16);
+	} else {
+		return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
+	}
+
+	if (key.proto != DINET_IPPROTO_TCP && key.proto != DINET_IPPROTO_UDP)
+		return verdict(DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
+	struct udphdr *ports = l4; /* TCP and UDP both start with source and destination port */
+	if ((void *)(ports + 1) > data_end)
+		return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+	key.sport = ports->source;
+	key.dport = ports->dest;
+
+	struct svc_key sk = {};
+	sk.vip = key.dst;
+	sk.port = key.dport;
+	sk.proto = key.proto;
+	sk.family = key.family;
+	struct svc_value *sv = services.lookup(&sk);
+	if (!sv || sv->svc_id >= DINET_MAX_SERVICES)
+		return verdict(DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
+
+	int new_flow = 0;
+	__u32 slot = DINET_SLOT_NONE;
+	struct inst_value *inst = 0;
+	struct flow_value *fv = affinity.lookup(&key);
+	if (fv && fv->svc_id == sv->svc_id && fv->slot < DINET_MAX_INSTANCES) {
+		__u32 iidx = sv->svc_id * DINET_MAX_INSTANCES + fv->slot;
+		inst = instances.lookup(&iidx);
+		/* The flow stays while its instance lives (up or draining, same occupant). */
+		if (inst && inst->state != DINET_INST_DOWN && inst->instance_id == fv->instance_id)
+			slot = fv->slot;
+	}
+	if (slot == DINET_SLOT_NONE) {
+		if (pick_slot(sv, flow_hash(&key), &slot, &inst) < 0)
+			return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
+		struct flow_value nv = {};
+		nv.svc_id = sv->svc_id;
+		nv.slot = slot;
+		nv.instance_id = inst->instance_id;
+		affinity.update(&key, &nv);
+		new_flow = 1;
+	}
+	if (!inst)
+		return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
+
+	__u32 svc_idx = sv->svc_id;
+	__u32 inst_idx = sv->svc_id * DINET_MAX_INSTANCES + slot;
+	count(svc_stats.lookup(&svc_idx), frame_len, new_flow);
+	count(inst_stats.lookup(&inst_idx), frame_len, new_flow);
+	return encap_and_forward(ctx, inst, eth_proto, inner_len);
+}

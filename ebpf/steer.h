@@ -1,0 +1,87 @@
+/* steer.h: the contract between the steering/decap XDP programs and user space: the key and value
+ * layout of every map. User space never re-declares these; it takes bcc's BTF-derived Key/Leaf types. */
+#ifndef DINET_STEER_H
+#define DINET_STEER_H
+
+#include "dinet_consts.h"
+
+/* An address of either family: IPv4 in addr[0..3] with the rest zero. Network byte order. */
+struct dinet_addr {
+	__u8 addr[16];
+};
+
+/* services: key (VIP, L4 protocol, port in network order, family) -> service slot. Written by dinet. */
+struct svc_key {
+	struct dinet_addr vip;
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* ring_sel: which of the two ring halves is live (flipped atomically after the other half is written). */
+struct svc_value {
+	__u32 svc_id;
+	__u32 ring_sel;
+};
+
+/* vip_addrs: key the VIP address alone -> number of services on it, so non-service traffic
+ * leaves after one lookup and malformed traffic to a VIP is told apart from traffic to others. */
+struct vip_key {
+	struct dinet_addr addr;
+	__u32 family;
+};
+
+/* instances: index svc_id * DINET_MAX_INSTANCES + slot -> the instance. Written by dinet. */
+struct inst_value {
+	struct dinet_addr endpoint; /* tunnel endpoint: the host that decapsulates (network order) */
+	__u32 instance_id;          /* the operator's id for the instance; 0 = empty slot */
+	__u32 weight;
+	__u8 family;                /* family of endpoint */
+	__u8 state;                 /* DINET_INST_* */
+	__u16 site_id;
+};
+
+/* affinity: LRU, key the 5-tuple as seen on the wire -> where the flow was placed. Written by the
+ * program on a new flow; read by dinet (list) and deleted by nobody but the LRU. */
+struct flow_key {
+	struct dinet_addr src;
+	struct dinet_addr dst;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct flow_value {
+	__u32 svc_id;
+	__u32 slot;
+	__u32 instance_id; /* the slot's occupant when placed: a reused slot is not the same instance */
+	__u32 pad;
+};
+
+/* Per-CPU counters for a service (index svc_id) and an instance (index svc_id * MAX_INSTANCES + slot). */
+struct steer_counter {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* config: index 0, the ingress node's tunnel sources and forwarding mode. Written by dinet. */
+struct steer_config {
+	struct dinet_addr src4;
+	struct dinet_addr src6;
+	__u8 fwd_mode;      /* DINET_FWD_FIB or DINET_FWD_STATIC */
+	__u8 pad[3];
+	__u32 static_ifindex; /* DINET_FWD_STATIC: 0 = XDP_TX back out of the ingress port */
+	__u8 static_smac[6];
+	__u8 static_dmac[6];
+};
+
+/* endpoints (decap side): key a local tunnel endpoint address -> 1. Written by dinet. */
+struct endpoint_key {
+	struct dinet_addr addr;
+	__u32 family;
+};
+
+#endif /* DINET_STEER_H */
