@@ -67,7 +67,7 @@ class BccProgram:
         if fn_name not in self._fns:
             with _stderr_captured() as err:
                 try:
-                    fn = self.bpf.load_func(fn_name, BPF.XDP)
+                    fn = self.bpf.load_func(fn_name.encode(), BPF.XDP)
                 except Exception:
                     fn = None
             if fn is None:
@@ -76,7 +76,7 @@ class BccProgram:
         return self._fns[fn_name]
 
     def table(self, name: str) -> Any:
-        return self.bpf.get_table(name)
+        return self.bpf.get_table(name.encode())
 
     def attach(self, fn_name: str, ifname: str, ns: str | None = None, mode: str = "native") -> None:
         """Attaches (or atomically replaces) the program on ifname, in namespace ns."""

@@ -1,0 +1,69 @@
+"""Fixtures shared by every test: root checks, eBPF nodes on a private bpffs folder, namespace hygiene."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # topo/ and tests/vectors are importable as packages
+
+RUN_ID = uuid.uuid4().hex[:4]
+TEST_BPFFS = Path(f"/sys/fs/bpf/dinet-test-{RUN_ID}")
+NS_PREFIX = f"dt{RUN_ID}"
+
+
+def _have_bcc() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bpf, XDP, namespaces)")
+needs_bcc = pytest.mark.skipif(not _have_bcc(), reason="needs bcc (python3-bpfcc): run `make install`")
+
+
+def bmv2_tools_or_skip() -> None:
+    """Skips without p4c and simple_switch_grpc on PATH, or fails when DINET_REQUIRE_BMV2=1 (CI)."""
+    missing = [t for t in ("p4c-bm2-ss", "simple_switch_grpc") if shutil.which(t) is None]
+    if missing:
+        msg = f"{', '.join(missing)} not on PATH (see README: P4 toolchain)"
+        if os.environ.get("DINET_REQUIRE_BMV2") == "1":
+            pytest.fail(msg + " and DINET_REQUIRE_BMV2=1")
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def bpffs_root() -> Iterator[Path]:
+    """A bpffs folder of this test run only; removed (with every map pinned in it) at the end."""
+    yield TEST_BPFFS
+    if TEST_BPFFS.exists():
+        for p in sorted(TEST_BPFFS.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        TEST_BPFFS.rmdir()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_left_as_found() -> Iterator[None]:
+    """After the run: no namespace of ours, no pinned map of ours."""
+    yield
+    left = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+            if n.startswith(NS_PREFIX)]
+    for n in left:
+        subprocess.run(["ip", "netns", "del", n], check=False)
+    assert not left, f"tests left namespaces behind: {left}"
+
+
+@pytest.fixture
+def ns_prefix(request: pytest.FixtureRequest) -> str:
+    """A namespace-name prefix unique to this test (names stay short: interface names are not involved)."""
+    return f"{NS_PREFIX}{abs(hash(request.node.nodeid)) % 10000:04d}"
