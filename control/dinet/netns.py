@@ -90,7 +90,8 @@ class Topology:
         run(["ip", "netns", "add", full])
         self.namespaces.append(full)
         run(["ip", "link", "set", "lo", "up"], full)
-        run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"], full)
+        run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+             "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"], full)
         return full
 
     def link(self, a: str, a_if: str, b: str, b_if: str, mtu: int = 1500) -> None:
@@ -98,8 +99,11 @@ class Topology:
         na, nb = self.ns(a), self.ns(b)
         run(["ip", "link", "add", a_if, "mtu", str(mtu), "netns", na, "type", "veth", "peer", "name", b_if,
              "mtu", str(mtu), "netns", nb])
-        run(["ip", "link", "set", a_if, "up"], na)
-        run(["ip", "link", "set", b_if, "up"], nb)
+        for ns, ifname in ((na, a_if), (nb, b_if)):
+            # veth hands partial checksums to its peer; a frame that XDP redirects or tunnels would carry
+            # one onto the next hop unfinished, so checksums are computed in software, as on a wire
+            run(["ethtool", "-K", ifname, "tx", "off"], ns)
+            run(["ip", "link", "set", ifname, "up"], ns)
 
     def sh(self, name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run(cmd, self.ns(name), check)

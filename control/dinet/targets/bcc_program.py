@@ -114,9 +114,9 @@ class BccProgram:
             for p in self.pin_dir.iterdir():
                 p.unlink()
             self.pin_dir.rmdir()
-        parent = self.pin_dir.parent
         with contextlib.suppress(OSError):
-            parent.rmdir()  # the node's folder, once its last program is gone
+            self.pin_dir.parent.rmdir()  # the node's folder, once its last program is gone
+            self.pin_dir.parent.parent.rmdir()  # and the root, once its last node is gone
 
 
 def write_array(table: Any, start: int, values: list[int]) -> None:

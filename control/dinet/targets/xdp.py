@@ -157,8 +157,9 @@ class SteeringNode:
     def configure(self, src4: str | IPAddress | None = None, src6: str | IPAddress | None = None,
                   static_next_hop: tuple[int, str, str] | None = None) -> None:
         """Tunnel source addresses, and either FIB forwarding (default) or a static next hop
-        (ifindex or 0 for back out of the ingress port, source MAC, destination MAC)."""
-        cfg = self.config_t.Leaf()
+        (ifindex or 0 for back out of the ingress port, source MAC, destination MAC). What is not
+        given keeps its current value, but the forwarding mode, which is FIB unless a next hop is given."""
+        cfg = self.config_t[self.config_t.Key(0)]
         if src4 is not None:
             a = parse_address(src4)
             if a.version != 4:

@@ -1,0 +1,19 @@
+# dinet: every target installs what it needs first (scripts/install.sh is idempotent: seconds when done).
+PY := .venv/bin/python
+.PHONY: install demo test bench p4 clean
+
+install:
+	bash scripts/install.sh
+
+demo: install
+	$(PY) topo/steer_demo.py
+
+test: install
+	bash scripts/run-tests.sh
+
+bench: install
+	$(PY) bench/xdp_steer.py --quick
+	$(PY) bench/bier.py --quick
+
+clean:
+	rm -rf build p4/build .pytest_cache bench/results/*.json

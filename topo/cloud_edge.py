@@ -1,0 +1,201 @@
+"""The cloud-edge-device steering scenario in network namespaces, on the XDP data plane.
+
+    client ── ingress (XDP steering) ──┬── site1 (edge)     ── s1a, s1b
+                                       ├── site2 (regional) ── s2a, s2b
+                                       └── site3 (cloud)    ── s3a, s3b
+
+The client addresses the service VIP (10.99.0.1 / fd00:99::1). The ingress node steers each new flow to
+an instance, keeps it there, and tunnels it (IP-in-IP) to the instance's endpoint through its site router;
+the instance's XDP decap program delivers it to the VIP on the instance's loopback, and the instance
+answers the client directly (direct server return). Every namespace, veth, program, pinned map and
+process is removed on exit, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dinet.model import Instance, ServiceKey
+from dinet.netns import Topology
+from dinet.paths import BPFFS_ROOT
+from dinet.targets.bcc_program import BccProgram
+from dinet.targets.xdp import DecapNode, SteeringNode, SteerSizes
+
+log = logging.getLogger(__name__)
+
+VIP4 = ipaddress.ip_address("10.99.0.1")
+VIP6 = ipaddress.ip_address("fd00:99::1")
+FABRIC_MTU = 1600  # room for the outer header on top of a 1500-byte client packet
+
+
+@dataclass(frozen=True)
+class InstanceHost:
+    name: str        # namespace short name, also what the instance answers
+    site: int
+    instance_id: int
+    endpoint4: ipaddress.IPv4Address
+    endpoint6: ipaddress.IPv6Address
+
+    def instance(self, weight: int = 1, v6: bool = False) -> Instance:
+        return Instance(self.instance_id, self.endpoint6 if v6 else self.endpoint4, weight, site_id=self.site,
+                        name=self.name)
+
+
+class CloudEdge:
+    def __init__(self, prefix: str, sites: int = 3, per_site: int = 2, bpffs_root: Path = BPFFS_ROOT,
+                 sizes: SteerSizes | None = None, tcp_port: int = 80, udp_port: int = 53):
+        self.topo = Topology(prefix)
+        self.prefix = prefix
+        self.sites = sites
+        self.bpffs_root = bpffs_root
+        self.sizes = sizes or SteerSizes(max_services=64, max_instances=16, affinity_entries=65536)
+        self.tcp_port, self.udp_port = tcp_port, udp_port
+        self.hosts = [InstanceHost(f"s{k}{chr(ord('a') + j)}", k, 10 * k + j + 1,
+                                   ipaddress.IPv4Address(f"10.{10 + k}.{j + 1}.2"),
+                                   ipaddress.IPv6Address(f"fd00:{10 + k}:{j + 1}::2"))
+                      for k in range(1, sites + 1) for j in range(per_site)]
+        self.steer: SteeringNode | None = None
+        self.decaps: list[DecapNode] = []
+        self.passprog: BccProgram | None = None
+        self.servers: list[subprocess.Popen[str]] = []
+
+    @property
+    def client_ns(self) -> str:
+        return self.topo.ns("c")
+
+    @property
+    def ingress_ns(self) -> str:
+        return self.topo.ns("in")
+
+    def __enter__(self) -> CloudEdge:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- construction ------------------------------------------------------------------------------
+    def build(self) -> None:
+        t = self.topo
+        t.add_ns("c")
+        t.add_ns("in")
+        t.link("c", "eth0", "in", "eth0")
+        t.addr("c", "eth0", "10.0.0.2/24")
+        t.addr("c", "eth0", "fd00::2/64")
+        t.addr("in", "eth0", "10.0.0.1/24")
+        t.addr("in", "eth0", "fd00::1/64")
+        t.sh("c", "ip", "route", "add", "default", "via", "10.0.0.1")
+        t.sh("c", "ip", "-6", "route", "add", "default", "via", "fd00::1")
+        t.forwarding("in")
+        for k in range(1, self.sites + 1):
+            site = f"s{k}"
+            t.add_ns(site)
+            t.forwarding(site)
+            t.link("in", site, site, "up0", mtu=FABRIC_MTU)
+            t.addr("in", site, f"10.1.{k}.1/24")
+            t.addr("in", site, f"fd00:1:{k}::1/64")
+            t.addr(site, "up0", f"10.1.{k}.2/24")
+            t.addr(site, "up0", f"fd00:1:{k}::2/64")
+            t.sh(site, "ip", "route", "add", "default", "via", f"10.1.{k}.1")
+            t.sh(site, "ip", "-6", "route", "add", "default", "via", f"fd00:1:{k}::1")
+            t.sh("in", "ip", "route", "add", f"10.{10 + k}.0.0/16", "via", f"10.1.{k}.2")
+            t.sh("in", "ip", "-6", "route", "add", f"fd00:{10 + k}::/32", "via", f"fd00:1:{k}::2")
+        for h in self.hosts:
+            site, j = f"s{h.site}", h.name[-1]
+            t.add_ns(h.name)
+            t.link(site, f"d{j}", h.name, "eth0", mtu=FABRIC_MTU)
+            gw4 = str(h.endpoint4).rsplit(".", 1)[0] + ".1"
+            gw6 = str(h.endpoint6).rsplit("::", 1)[0] + "::1"
+            t.addr(site, f"d{j}", f"{gw4}/24")
+            t.addr(site, f"d{j}", f"{gw6}/64")
+            t.addr(h.name, "eth0", f"{h.endpoint4}/24")
+            t.addr(h.name, "eth0", f"{h.endpoint6}/64")
+            t.addr(h.name, "lo", f"{VIP4}/32")
+            t.addr(h.name, "lo", f"{VIP6}/128")
+            t.sh(h.name, "ip", "route", "add", "default", "via", gw4)
+            t.sh(h.name, "ip", "-6", "route", "add", "default", "via", gw6)
+        self._load_programs()
+        self._start_servers()
+        # resolve neighbours once so the first steered packets take the XDP fast path
+        for h in self.hosts:
+            t.sh("in", "ping", "-c1", "-W2", str(h.endpoint4))
+            t.sh("in", "ping", "-6", "-c1", "-W2", str(h.endpoint6))
+
+    def _load_programs(self) -> None:
+        t = self.topo
+        self.steer = SteeringNode(f"{self.prefix}in", self.sizes, bpffs_root=self.bpffs_root)
+        self.steer.configure(src4="10.0.0.1", src6="fd00::1")
+        self.steer.attach("eth0", self.ingress_ns)
+        # XDP_REDIRECT into a veth needs an XDP program on the receiving end
+        self.passprog = BccProgram("xdp_pass.bpf.c", self.bpffs_root / f"{self.prefix}pass" / "pass")
+        for k in range(1, self.sites + 1):
+            self.passprog.attach("xdp_pass", "up0", t.ns(f"s{k}"))
+        # One loaded decap program serves every emulated instance host (a real deployment loads one per
+        # host): the same program attached in each host's namespace, its endpoint table naming them all.
+        d = DecapNode(f"{self.prefix}decap", bpffs_root=self.bpffs_root)
+        self.decaps.append(d)
+        for h in self.hosts:
+            d.add_endpoint(h.endpoint4)
+            d.add_endpoint(h.endpoint6)
+            d.attach("eth0", t.ns(h.name))
+
+    def _start_servers(self) -> None:
+        for h in self.hosts:
+            p = subprocess.Popen(["ip", "netns", "exec", self.topo.ns(h.name), sys.executable, "-m",
+                                  "dinet.instance_server", "--name", h.name, "--tcp", str(self.tcp_port),
+                                  "--udp", str(self.udp_port)], stdout=subprocess.PIPE, text=True)
+            self.servers.append(p)
+        for h, p in zip(self.hosts, self.servers):
+            line = p.stdout.readline() if p.stdout else ""
+            if line.strip() != "ready":
+                raise RuntimeError(f"instance server {h.name} did not start: {line!r}")
+
+    # ---- services -----------------------------------------------------------------------------------
+    def services(self) -> dict[str, ServiceKey]:
+        return {"web4": ServiceKey(VIP4, self.tcp_port, "tcp"), "web6": ServiceKey(VIP6, self.tcp_port, "tcp"),
+                "udp4": ServiceKey(VIP4, self.udp_port, "udp"), "udp6": ServiceKey(VIP6, self.udp_port, "udp")}
+
+    def install(self, weights: dict[str, int] | None = None) -> None:
+        """Installs every service with every instance (weight 1 unless given by instance name)."""
+        assert self.steer
+        for key, svc in self.services().items():
+            self.steer.add_service(svc)
+            self.steer.set_instances(svc, [h.instance((weights or {}).get(h.name, 1), v6=key.endswith("6"))
+                                           for h in self.hosts])
+
+    def host(self, name: str) -> InstanceHost:
+        return next(h for h in self.hosts if h.name == name)
+
+    # ---- teardown -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        for p in self.servers:
+            p.terminate()
+        for p in self.servers:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+        self.servers.clear()
+        self.topo.close()  # interfaces go, and the programs attached to them
+        for d in self.decaps:
+            d.destroy()
+        self.decaps.clear()
+        if self.steer:
+            self.steer.destroy()
+            self.steer = None
+        if self.passprog:
+            self.passprog.unpin()
+            self.passprog.close()
+            self.passprog = None
