@@ -192,7 +192,7 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 	return verdict(DINET_PASS_SLOW_PATH, XDP_PASS);
 }
 
-int xdp_steer(struct xdp_md *ctx)
+static __always_inline int steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -308,3 +308,10 @@ int xdp_steer(struct xdp_md *ctx)
 	count(inst_stats.lookup(&inst_idx), frame_len, new_flow);
 	return encap_and_forward(ctx, inst, eth_proto, inner_len);
 }
+
+#ifndef DINET_STEER_NO_ENTRY /* bench_steer.bpf.c defines the entry points itself (bcc takes only the main file's) */
+int xdp_steer(struct xdp_md *ctx)
+{
+	return steer(ctx);
+}
+#endif

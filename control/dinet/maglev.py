@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from functools import lru_cache
 
 from .errors import ConfigError
 
@@ -23,12 +24,17 @@ def build(weights: Mapping[int, int], size: int) -> list[int | None]:
     """The table: slot -> instance id (None everywhere when no instance has weight).
 
     `size` must be prime (every skip is then coprime with it and each permutation covers every slot)."""
+    return list(_build(tuple(sorted(weights.items())), size))
+
+
+@lru_cache(maxsize=64)
+def _build(weights: tuple[tuple[int, int], ...], size: int) -> tuple[int | None, ...]:
     if size < 2 or any(size % d == 0 for d in range(2, int(size**0.5) + 1)):
         raise ConfigError(f"Maglev table size must be prime, not {size}")
-    live = sorted((iid, w) for iid, w in weights.items() if w > 0)
+    live = [(iid, w) for iid, w in weights if w > 0]
     table: list[int | None] = [None] * size
     if not live:
-        return table
+        return tuple(table)
     perm = {iid: (_h(iid, b"offset") % size, _h(iid, b"skip") % (size - 1) + 1) for iid, _ in live}
     nxt = {iid: 0 for iid, _ in live}
     credit = {iid: 0.0 for iid, _ in live}
@@ -48,4 +54,4 @@ def build(weights: Mapping[int, int], size: int) -> list[int | None]:
                 nxt[iid] += 1
                 filled += 1
                 if filled == size:
-                    return table
+                    return tuple(table)

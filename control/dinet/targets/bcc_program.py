@@ -8,7 +8,7 @@ import errno
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +41,25 @@ class BccProgram:
     """One ebpf/*.bpf.c compiled by bcc with -DDINET_PIN_DIR=pin_dir: its BPF_TABLE_PINNED maps are
     created and pinned on first load and reused by every later load, by this or another process."""
 
-    def __init__(self, source: str, pin_dir: Path, defines: Mapping[str, int] | None = None):
+    def __init__(self, source: str, pin_dir: Path, defines: Mapping[str, int] | None = None,
+                 after: Sequence[str] = ()):
+        """`after`: more ebpf/ files compiled as one text after `source` (bcc rewrites map calls only in
+        its main text, so code that uses another file's maps cannot #include it)."""
         from bcc import BPF  # Debian's python3-bpfcc, seen through the venv's system site-packages
 
         self.source = EBPF_DIR / source
         self.pin_dir = pin_dir
-        if not self.source.exists():
-            raise DataPlaneError(f"missing eBPF source {self.source}")
+        files = [self.source] + [EBPF_DIR / f for f in after]
+        for f in files:
+            if not f.exists():
+                raise DataPlaneError(f"missing eBPF source {f}")
+        text = "".join(f'#line 1 "{f}"\n{f.read_text()}\n' for f in files)
         pin_dir.mkdir(parents=True, exist_ok=True)
         cflags = [f"-I{EBPF_DIR}", f'-DDINET_PIN_DIR="{pin_dir}"', "-Wno-macro-redefined"]
         cflags += [f"-D{k}={v}" for k, v in (defines or {}).items()]
         with _stderr_captured() as err:
             try:
-                self.bpf = BPF(src_file=str(self.source).encode(), cflags=cflags)
+                self.bpf = BPF(text=text.encode(), cflags=cflags)
             except Exception as e:  # bcc raises a bare Exception on a compile error
                 raise DataPlaneError(f"bcc could not compile {self.source.name}: {e}") from None
         if "error" in err[0]:

@@ -101,7 +101,8 @@ class SteeringNode:
 
     PROGRAM = "xdp_steer"
 
-    def __init__(self, node: str = "default", sizes: SteerSizes | None = None, bpffs_root: Path = BPFFS_ROOT):
+    def __init__(self, node: str = "default", sizes: SteerSizes | None = None, bpffs_root: Path = BPFFS_ROOT,
+                 bench: bool = False):
         self.node = node
         pin_dir = bpffs_root / node / "steer"
         pinned = SteerSizes.from_pinned(pin_dir)
@@ -109,13 +110,17 @@ class SteeringNode:
             raise DataPlaneError(f"node {node!r} already holds maps of sizes {pinned}; asked for {sizes}. "
                                  f"Use `dinet xdp destroy --node {node}` first to start anew")
         self.sizes = pinned or sizes or SteerSizes()
-        self.prog = BccProgram("steer.bpf.c", pin_dir, self.sizes.defines())
+        # bench: with ebpf/bench_steer.bpf.c's wrappers (bench/ only)
+        defines = self.sizes.defines() | ({"DINET_STEER_NO_ENTRY": 1} if bench else {})
+        self.prog = BccProgram("steer.bpf.c", pin_dir, defines, after=["bench_steer.bpf.c"] if bench else [])
         self.fn = self.prog.load(self.PROGRAM)
         t = self.prog.table
         self.services_t, self.vip_addrs_t, self.instances_t = t("services"), t("vip_addrs"), t("instances")
         self.ring_t, self.affinity_t, self.config_t = t("ring"), t("affinity"), t("config")
         self.svc_stats_t, self.inst_stats_t, self.verdicts_t = t("svc_stats"), t("inst_stats"), t("verdicts")
         self._fill_crc_table(t("crc_table"))
+        # slots in use, read once: this process is the node's one writer while it holds the node
+        self._used_ids = {int(v.svc_id) for v in self.services_t.values()}
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> SteeringNode:
@@ -226,18 +231,17 @@ class SteeringNode:
             return int(self.services_t[k].svc_id)
         except KeyError:
             pass
-        used = {int(v.svc_id) for v in self.services_t.values()}
-        free = next((i for i in range(self.sizes.max_services) if i not in used), None)
+        free = next((i for i in range(self.sizes.max_services) if i not in self._used_ids), None)
         if free is None:
             raise TableFullError(f"the service table of node {self.node!r} is full "
                                  f"({self.sizes.max_services} services): cannot add {svc}")
-        self._clear_service_slots(free)
         v = self.services_t.Leaf()
         v.svc_id, v.ring_sel = free, 0
         vk = self._vip_key(svc.vip)
         count = self.vip_addrs_t.get(vk)
         update(self.vip_addrs_t, vk, self.vip_addrs_t.Leaf((count.value if count else 0) + 1), f"VIP {svc.vip}")
         update(self.services_t, k, v, f"service {svc}")
+        self._used_ids.add(free)
         log.info("node %s: service %s added as slot %d", self.node, svc, free)
         return free
 
@@ -252,8 +256,10 @@ class SteeringNode:
         elif count is not None:
             del self.vip_addrs_t[vk]
         self._clear_service_slots(state.svc_id)
+        self._used_ids.discard(state.svc_id)
 
     def _clear_service_slots(self, svc_id: int) -> None:
+        """Empties a removed service's instance slots and counters, so the slot is clean for its next user."""
         base = svc_id * self.sizes.max_instances
         for slot in range(self.sizes.max_instances):
             idx = self.instances_t.Key(base + slot)
@@ -395,6 +401,17 @@ class SteeringNode:
             n += 1
             yield FlowEntry(_get_addr(k.src, k.family), _get_addr(k.dst, k.family), socket.ntohs(k.sport),
                             socket.ntohs(k.dport), int(k.proto), int(v.svc_id), int(v.slot), int(v.instance_id))
+
+    def memory(self) -> dict[str, int]:
+        """Kernel memory charged to each map (bytes, from /proc/self/fdinfo)."""
+        out = {}
+        for name in ("services", "vip_addrs", "instances", "ring", "affinity", "svc_stats", "inst_stats", "verdicts",
+                     "config", "crc_table"):
+            fd = self.prog.table(name).map_fd
+            for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("memlock:"):
+                    out[name] = int(line.split()[1])
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Everything a `dinet stats` shows, as plain data."""
