@@ -39,6 +39,8 @@
 #define DINET_AFFINITY_ENTRIES 1048576
 #endif
 #define DINET_MAX_VIP_ADDRS 8192
+/* Entries of the VIP address filter (a power of two). */
+#define DINET_VIP_FILTER_SIZE 65536
 #define DINET_MAX_ENDPOINTS 1024
 #define DINET_IPV6_EXT_MAX 4
 /* A ring slot holding this value names no instance (service with no usable instance). */

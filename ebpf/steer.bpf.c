@@ -20,6 +20,12 @@
 BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, DINET_MAX_SERVICES, PIN(services));
 /* vip_addrs: vip_key -> count of services on that address; written by dinet. */
 BPF_TABLE_PINNED("hash", struct vip_key, __u32, vip_addrs, DINET_MAX_VIP_ADDRS, PIN(vip_addrs));
+/* vip_filter: vip_fold(address) -> number of VIP addresses that fold there; written by dinet. One
+ * array load sends most traffic that is not for a service on its way; only a hit costs a hash lookup. */
+BPF_TABLE_PINNED("array", __u32, __u32, vip_filter, DINET_VIP_FILTER_SIZE, PIN(vip_filter));
+/* svc_gen: svc_id -> the slot's generation, bumped by dinet whenever a service takes or leaves the slot.
+ * An affinity hit is trusted without the service lookup when its generation is still current. */
+BPF_TABLE_PINNED("array", __u32, __u32, svc_gen, DINET_MAX_SERVICES, PIN(svc_gen));
 /* instances: svc_id * MAX_INSTANCES + slot -> inst_value; written by dinet. */
 BPF_TABLE_PINNED("array", __u32, struct inst_value, instances, INST_ENTRIES, PIN(instances));
 /* ring: ((svc_id * 2 + ring_sel) * RING_SIZE + hash % RING_SIZE) -> slot or DINET_SLOT_NONE; written by dinet. */
@@ -54,6 +60,31 @@ static __always_inline __u32 crc32_byte(__u32 crc, __u8 byte)
 }
 
 /* The flow's hash: CRC-32 over src, dst (4 or 16 bytes each), sport, dport, proto, in wire order. */
+/* The filter index of an address: its four 32-bit words (as loaded on a little-endian host) XORed, then
+ * the two halves XORed. dinet.targets.xdp.vip_fold computes the same. */
+static __always_inline __u32 vip_fold(struct vip_key *vk)
+{
+	__u32 *w = (__u32 *)vk->addr.addr;
+	__u32 x = w[0] ^ w[1] ^ w[2] ^ w[3];
+	return (x ^ (x >> 16)) & (DINET_VIP_FILTER_SIZE - 1);
+}
+
+static __always_inline int maybe_vip(struct vip_key *vk)
+{
+	__u32 idx = vip_fold(vk);
+	__u32 *n = vip_filter.lookup(&idx);
+	return n && *n;
+}
+
+/* A packet the program does not steer: dropped with `reason` if it is addressed to a VIP (malformed,
+ * fragment, ...), passed with `pass_reason` if to a VIP, and passed as not a service otherwise. */
+static __always_inline int not_steered(struct vip_key *vk, __u32 reason, int action)
+{
+	if (vip_addrs.lookup(vk))
+		return verdict(reason, action);
+	return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
+}
+
 static __always_inline __u32 flow_hash(struct flow_key *k)
 {
 	__u32 crc = 0xFFFFFFFF;
@@ -213,13 +244,13 @@ static __always_inline int steer(struct xdp_md *ctx)
 			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
 		__builtin_memcpy(vk.addr.addr, &iph->daddr, 4);
 		vk.family = DINET_AF_INET;
-		if (!vip_addrs.lookup(&vk))
+		if (!maybe_vip(&vk))
 			return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
 		inner_len = bpf_ntohs(iph->tot_len);
 		if (inner_len < iph->ihl * 4 || (void *)iph + inner_len > data_end)
-			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 		if (iph->frag_off & bpf_htons(0x3FFF)) /* MF set or offset nonzero */
-			return verdict(DINET_DROP_FRAGMENT, XDP_DROP);
+			return not_steered(&vk, DINET_DROP_FRAGMENT, XDP_DROP);
 		key.family = DINET_AF_INET;
 		key.proto = iph->protocol;
 		__builtin_memcpy(key.src.addr, &iph->saddr, 4);
@@ -231,11 +262,11 @@ static __always_inline int steer(struct xdp_md *ctx)
 			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
 		__builtin_memcpy(vk.addr.addr, &ip6->daddr, 16);
 		vk.family = DINET_AF_INET6;
-		if (!vip_addrs.lookup(&vk))
+		if (!maybe_vip(&vk))
 			return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
 		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		if ((void *)ip6 + inner_len > data_end)
-			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 		__u8 nh = ip6->nexthdr;
 		l4 = ip6 + 1;
 		/* RFC 8200 s4.1: walk hop-by-hop, routing and destination options to the upper layer. */
@@ -245,14 +276,14 @@ static __always_inline int steer(struct xdp_md *ctx)
 				break;
 			struct ipv6_opt_hdr *oh = l4;
 			if ((void *)(oh + 1) > data_end)
-				return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+				return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 			nh = oh->nexthdr;
 			l4 += (oh->hdrlen + 1) * 8;
 		}
 		if (nh == DINET_IPPROTO_FRAGMENT)
-			return verdict(DINET_DROP_FRAGMENT, XDP_DROP);
+			return not_steered(&vk, DINET_DROP_FRAGMENT, XDP_DROP);
 		if (nh == DINET_IPPROTO_HOPOPTS || nh == DINET_IPPROTO_ROUTING || nh == DINET_IPPROTO_DSTOPTS)
-			return verdict(DINET_DROP_IPV6_EXTHDR, XDP_DROP);
+			return not_steered(&vk, DINET_DROP_IPV6_EXTHDR, XDP_DROP);
 		key.family = DINET_AF_INET6;
 		key.proto = nh;
 		__builtin_memcpy(key.src.addr, &ip6->saddr, 16);
@@ -262,48 +293,55 @@ static __always_inline int steer(struct xdp_md *ctx)
 	}
 
 	if (key.proto != DINET_IPPROTO_TCP && key.proto != DINET_IPPROTO_UDP)
-		return verdict(DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
+		return not_steered(&vk, DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
 	struct udphdr *ports = l4; /* TCP and UDP both start with source and destination port */
 	if ((void *)(ports + 1) > data_end)
-		return verdict(DINET_DROP_MALFORMED, XDP_DROP);
+		return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 	key.sport = ports->source;
 	key.dport = ports->dest;
 
-	struct svc_key sk = {};
-	sk.vip = key.dst;
-	sk.port = key.dport;
-	sk.proto = key.proto;
-	sk.family = key.family;
-	struct svc_value *sv = services.lookup(&sk);
-	if (!sv || sv->svc_id >= DINET_MAX_SERVICES)
-		return verdict(DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
-
+	/* An established flow first: one hash lookup, then array loads only. */
 	int new_flow = 0;
+	__u32 svc_id = DINET_MAX_SERVICES;
 	__u32 slot = DINET_SLOT_NONE;
 	struct inst_value *inst = 0;
 	struct flow_value *fv = affinity.lookup(&key);
-	if (fv && fv->svc_id == sv->svc_id && fv->slot < DINET_MAX_INSTANCES) {
-		__u32 iidx = sv->svc_id * DINET_MAX_INSTANCES + fv->slot;
+	if (fv && fv->svc_id < DINET_MAX_SERVICES && fv->slot < DINET_MAX_INSTANCES) {
+		__u32 sid = fv->svc_id;
+		__u32 *gen = svc_gen.lookup(&sid);
+		__u32 iidx = sid * DINET_MAX_INSTANCES + fv->slot;
 		inst = instances.lookup(&iidx);
-		/* The flow stays while its instance lives (up or draining, same occupant). */
-		if (inst && inst->state != DINET_INST_DOWN && inst->instance_id == fv->instance_id)
+		/* The flow stays while its service and instance live (up or draining, same occupant). */
+		if (gen && *gen == fv->gen && inst && inst->state != DINET_INST_DOWN && inst->instance_id == fv->instance_id) {
+			svc_id = sid;
 			slot = fv->slot;
+		}
 	}
 	if (slot == DINET_SLOT_NONE) {
+		struct svc_key sk = {};
+		sk.vip = key.dst;
+		sk.port = key.dport;
+		sk.proto = key.proto;
+		sk.family = key.family;
+		struct svc_value *sv = services.lookup(&sk);
+		if (!sv || sv->svc_id >= DINET_MAX_SERVICES)
+			return not_steered(&vk, DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
 		if (pick_slot(sv, flow_hash(&key), &slot, &inst) < 0)
 			return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
+		svc_id = sv->svc_id;
 		struct flow_value nv = {};
-		nv.svc_id = sv->svc_id;
+		nv.svc_id = svc_id;
 		nv.slot = slot;
 		nv.instance_id = inst->instance_id;
+		nv.gen = sv->gen;
 		affinity.update(&key, &nv);
 		new_flow = 1;
 	}
 	if (!inst)
 		return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
 
-	__u32 svc_idx = sv->svc_id;
-	__u32 inst_idx = sv->svc_id * DINET_MAX_INSTANCES + slot;
+	__u32 svc_idx = svc_id;
+	__u32 inst_idx = svc_id * DINET_MAX_INSTANCES + slot;
 	count(svc_stats.lookup(&svc_idx), frame_len, new_flow);
 	count(inst_stats.lookup(&inst_idx), frame_len, new_flow);
 	return encap_and_forward(ctx, inst, eth_proto, inner_len);

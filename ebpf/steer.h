@@ -18,10 +18,12 @@ struct svc_key {
 	__u8 family;
 };
 
-/* ring_sel: which of the two ring halves is live (flipped atomically after the other half is written). */
+/* ring_sel: which of the two ring halves is live (flipped atomically after the other half is written).
+ * gen: the slot's generation when this service took it (see svc_gen). */
 struct svc_value {
 	__u32 svc_id;
 	__u32 ring_sel;
+	__u32 gen;
 };
 
 /* vip_addrs: key the VIP address alone -> number of services on it, so non-service traffic
@@ -57,7 +59,7 @@ struct flow_value {
 	__u32 svc_id;
 	__u32 slot;
 	__u32 instance_id; /* the slot's occupant when placed: a reused slot is not the same instance */
-	__u32 pad;
+	__u32 gen;         /* svc_gen[svc_id] when placed: a removed or replaced service is not the same */
 };
 
 /* Per-CPU counters for a service (index svc_id) and an instance (index svc_id * MAX_INSTANCES + slot). */

@@ -145,10 +145,23 @@ def test_all_instances_draining_drops_new_flows_with_a_count(node) -> None:
     assert node.verdicts()["drop_no_instance"] == before + 1
 
 
-def test_removed_service_passes_untouched(node) -> None:
+def test_removed_service_passes_untouched_and_its_flows_are_forgotten(node) -> None:
+    """Placed flows of a removed service pass untouched (their affinity entries are stale), also when
+    another service takes the freed slot; re-adding the service places them anew."""
     from dinet.bpfsys import XDP_PASS, test_run
+    from dinet.model import Instance
 
+    placed = {i: endpoint_of(node, i) for i in range(50)}
+    assert len(placed) == 50
     node.remove_service(SVC)
     assert node.services() == []
-    res = test_run(node.prog_fd, frame(5))
-    assert res.action == XDP_PASS and res.data == frame(5)
+    other = sv.DNS6
+    assert node.add_service(other) == 0  # the freed slot
+    node.set_instances(other, [Instance(9, "2001:db8::9")])
+    for i in range(50):
+        res = test_run(node.prog_fd, frame(i, "A"))
+        assert res.action == XDP_PASS and res.data == frame(i, "A")
+    node.add_service(SVC)
+    node.set_instances(SVC, [Instance(4, "192.0.2.104")])
+    assert {endpoint_of(node, i, "A") for i in range(50)} == {"192.0.2.104"}
+    assert node.service_counters(SVC)[0].new_flows == 50

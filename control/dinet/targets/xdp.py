@@ -91,6 +91,15 @@ class FlowEntry:
     instance_id: int
 
 
+def vip_fold(addr: IPAddress) -> int:
+    """The index of an address in the program's vip_filter (the same fold as vip_fold() in steer.bpf.c)."""
+    raw = addr.packed.ljust(16, b"\0")
+    x = 0
+    for i in range(0, 16, 4):
+        x ^= int.from_bytes(raw[i:i + 4], "little")
+    return (x ^ (x >> 16)) & (C["DINET_VIP_FILTER_SIZE"] - 1)
+
+
 def flow_hash(src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: int) -> int:
     """The data planes' hash of a new flow (CRC-32 over the 5-tuple in wire order)."""
     return zlib.crc32(src.packed + dst.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes([proto]))
@@ -118,6 +127,7 @@ class SteeringNode:
         self.services_t, self.vip_addrs_t, self.instances_t = t("services"), t("vip_addrs"), t("instances")
         self.ring_t, self.affinity_t, self.config_t = t("ring"), t("affinity"), t("config")
         self.svc_stats_t, self.inst_stats_t, self.verdicts_t = t("svc_stats"), t("inst_stats"), t("verdicts")
+        self.vip_filter_t, self.svc_gen_t = t("vip_filter"), t("svc_gen")
         self._fill_crc_table(t("crc_table"))
         # slots in use, read once: this process is the node's one writer while it holds the node
         self._used_ids = {int(v.svc_id) for v in self.services_t.values()}
@@ -236,10 +246,12 @@ class SteeringNode:
             raise TableFullError(f"the service table of node {self.node!r} is full "
                                  f"({self.sizes.max_services} services): cannot add {svc}")
         v = self.services_t.Leaf()
-        v.svc_id, v.ring_sel = free, 0
+        v.svc_id, v.ring_sel, v.gen = free, 0, self._bump_gen(free)
         vk = self._vip_key(svc.vip)
         count = self.vip_addrs_t.get(vk)
         update(self.vip_addrs_t, vk, self.vip_addrs_t.Leaf((count.value if count else 0) + 1), f"VIP {svc.vip}")
+        if count is None:
+            self._filter_add(svc.vip, +1)
         update(self.services_t, k, v, f"service {svc}")
         self._used_ids.add(free)
         log.info("node %s: service %s added as slot %d", self.node, svc, free)
@@ -249,14 +261,26 @@ class SteeringNode:
         """Removes a service: its packets then pass untouched; its counters and instances are cleared."""
         state = self.service(svc)
         del self.services_t[self._svc_key(svc)]
+        self._bump_gen(state.svc_id)  # its flows are no longer trusted without a service lookup
         vk = self._vip_key(svc.vip)
         count = self.vip_addrs_t.get(vk)
         if count is not None and count.value > 1:
             self.vip_addrs_t[vk] = self.vip_addrs_t.Leaf(count.value - 1)
         elif count is not None:
             del self.vip_addrs_t[vk]
+            self._filter_add(svc.vip, -1)
         self._clear_service_slots(state.svc_id)
         self._used_ids.discard(state.svc_id)
+
+    def _bump_gen(self, svc_id: int) -> int:
+        k = self.svc_gen_t.Key(svc_id)
+        gen = (self.svc_gen_t[k].value + 1) & 0xFFFFFFFF or 1
+        self.svc_gen_t[k] = self.svc_gen_t.Leaf(gen)
+        return gen
+
+    def _filter_add(self, vip: IPAddress, delta: int) -> None:
+        k = self.vip_filter_t.Key(vip_fold(vip))
+        self.vip_filter_t[k] = self.vip_filter_t.Leaf(max(0, self.vip_filter_t[k].value + delta))
 
     def _clear_service_slots(self, svc_id: int) -> None:
         """Empties a removed service's instance slots and counters, so the slot is clean for its next user."""
@@ -318,8 +342,8 @@ class SteeringNode:
         ring = [SLOT_NONE if iid is None else placed[iid] for iid in table]
         sel = state.ring_sel ^ 1
         write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, ring)
-        v = self.services_t.Leaf()
-        v.svc_id, v.ring_sel = state.svc_id, sel
+        v = self.services_t[self._svc_key(svc)]
+        v.ring_sel = sel
         self.services_t[self._svc_key(svc)] = v
         # 3. instances that left: their slot is emptied once no ring names it
         for slot, inst in state.instances.items():
@@ -405,7 +429,7 @@ class SteeringNode:
     def memory(self) -> dict[str, int]:
         """Kernel memory charged to each map (bytes, from /proc/self/fdinfo)."""
         out = {}
-        for name in ("services", "vip_addrs", "instances", "ring", "affinity", "svc_stats", "inst_stats", "verdicts",
+        for name in ("services", "vip_addrs", "vip_filter", "svc_gen", "instances", "ring", "affinity", "svc_stats", "inst_stats", "verdicts",
                      "config", "crc_table"):
             fd = self.prog.table(name).map_fd
             for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
