@@ -7,9 +7,12 @@
    included, so both figures err on the slow side. Tables are at full size (4,096 services, 256
    instances per service, a 4,099-slot ring per service, 1,048,576 affinity entries) and the new-flow run
    fills the affinity table, so the hit run looks up a full LRU table.
-2. Forwarding through veth in namespaces, trafgen -> node -> sink, UDP to the service over 1,024 flows:
+2. Forwarding through veth in namespaces, generator -> node -> sink, UDP to the service over 1,024 flows:
    packets per second delivered through the XDP steering node, then through the same namespaces steered
-   by the kernel (nftables DNAT), in the same run. The sink counts with an XDP program (ebpf/xdp_sink.bpf.c).
+   by the kernel (nftables DNAT), in the same run. Two generators: ebpf/xdp_gen.bpf.c run with
+   BPF_PROG_RUN in live-frame mode (frames enter the node as XDP frames; the headline figures), and
+   trafgen (AF_PACKET: every frame starts as an skb, whose cost both paths then share). The sink counts
+   with an XDP program (ebpf/xdp_sink.bpf.c).
 
     sudo .venv/bin/python bench/xdp_steer.py [--quick] [--out FILE]
 """
@@ -17,11 +20,11 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
-from scapy.layers.l2 import Ether  # noqa: E402
-
 from dinet import netns  # noqa: E402
-from dinet.bpfsys import XDP_PASS, XDP_TX, test_run  # noqa: E402
+from dinet.bpfsys import XDP_PASS, XDP_TX, run_live, test_run  # noqa: E402
 from dinet.model import Instance, ServiceKey  # noqa: E402
 from dinet.targets.bcc_program import BccProgram  # noqa: E402
 from dinet.targets.xdp import SteeringNode, SteerSizes  # noqa: E402
+from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-{os.getpid()}")
 VIP = "10.99.0.1"
@@ -59,7 +61,9 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
     try:
         node.configure(src4="192.0.2.1", static_next_hop=(0, "02:00:00:00:00:01", "02:00:00:00:00:02"))
         t0 = time.monotonic()
-        instances = [Instance(i + 1, f"192.0.{2 + i // 250}.{1 + i % 250}", 1 + i % 4) for i in range(sizes.max_instances)]
+        instances = [
+            Instance(i + 1, f"192.0.{2 + i // 250}.{1 + i % 250}", 1 + i % 4) for i in range(sizes.max_instances)
+        ]
         bench_svc = ServiceKey.parse(f"{VIP}:80/tcp")
         node.add_service(bench_svc)
         node.set_instances(bench_svc, instances)
@@ -83,15 +87,24 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
             "pass_ns": median_ns(steer_fd, other, repeat, trials, XDP_PASS),
         }
         mem = node.memory()
-        res.update({
-            "repeat": repeat, "trials": trials, "install_s": round(install_s, 2),
-            "scale": {"services": len(node._used_ids), "max_services": sizes.max_services,
-                      "instances_per_service": sizes.max_instances,
-                      "services_with_full_instances": services if full_instances else 1,
-                      "ring_size": sizes.ring_size, "affinity_capacity": sizes.affinity_entries,
-                      "affinity_entries_after": sum(1 for _ in node.affinity_t.keys())},
-            "map_memory_bytes": mem, "map_memory_total_mib": round(sum(mem.values()) / 2**20, 1),
-        })
+        res.update(
+            {
+                "repeat": repeat,
+                "trials": trials,
+                "install_s": round(install_s, 2),
+                "scale": {
+                    "services": len(node._used_ids),
+                    "max_services": sizes.max_services,
+                    "instances_per_service": sizes.max_instances,
+                    "services_with_full_instances": services if full_instances else 1,
+                    "ring_size": sizes.ring_size,
+                    "affinity_capacity": sizes.affinity_entries,
+                    "affinity_entries_after": sum(1 for _ in node.affinity_t.keys()),
+                },
+                "map_memory_bytes": mem,
+                "map_memory_total_mib": round(sum(mem.values()) / 2**20, 1),
+            }
+        )
         return res
     finally:
         node.destroy()
@@ -100,17 +113,19 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
 
 
 def trafgen_conf(dmac: str, smac: str) -> str:
-    return ("{\n"
-            f"  eth(da={dmac}, sa={smac}),\n"
-            f"  ipv4(sa=10.0.0.2, da={VIP}, ttl=64),\n"
-            "  udp(sp=dinc(1024, 2047, 1), dp=53),\n"
-            "  fill(0x41, 18)\n"
-            "}\n")
+    return (
+        "{\n"
+        f"  eth(da={dmac}, sa={smac}),\n"
+        f"  ipv4(sa=10.0.0.2, da={VIP}, ttl=64),\n"
+        "  udp(sp=dinc(1024, 2047, 1), dp=53),\n"
+        "  fill(0x41, 18)\n"
+        "}\n"
+    )
 
 
 def forwarding(packets: int) -> dict:
     t = netns.Topology(f"db{os.getpid() % 10000}")
-    node = sink = None
+    node = sink = gen = None
     conf = None
     try:
         t.add_ns("g")
@@ -134,6 +149,32 @@ def forwarding(packets: int) -> dict:
         def delivered() -> int:
             return int(sum(counter.getvalue(counter.Key(0))))
 
+        # the in-kernel generator: frames enter as XDP frames, with no socket or skb on the way in
+        gen = BccProgram("xdp_gen.bpf.c", BPFFS / "gen" / "gen")
+        gen_fd = int(gen.load("xdp_gen").fd)
+        tmpl = bytes(
+            Ether(dst=netns.mac_of("i0", t.ns("d")), src=netns.mac_of("g0", t.ns("g")))
+            / IP(src="10.0.0.2", dst=VIP)
+            / UDP(sport=1024, dport=53, chksum=0)
+            / (b"A" * 22)
+        )  # 0: no UDP checksum (RFC 768), so rewriting the port keeps the frame valid
+        tt = gen.table("gen_template")
+        leaf = tt.Leaf()
+        ctypes.memmove(ctypes.addressof(leaf.bytes), tmpl, len(tmpl))
+        leaf.flows, leaf.sport_offset = 1024, 14 + 20
+        tt[tt.Key(0)] = leaf
+        g0_index = netns.ifindex("g0", t.ns("g"))
+        # without an XDP program on i0 (the nftables run), veth takes XDP frames only with GRO on
+        t.sh("d", "ethtool", "-K", "i0", "gro", "on")
+
+        def blast_gen() -> tuple[float, int]:
+            before = delivered()
+            t0 = time.monotonic()
+            with netns.entered(t.ns("g")):
+                run_live(gen_fd, tmpl, g0_index, packets)
+            dt = time.monotonic() - t0
+            return dt, delivered() - before
+
         fd, conf = tempfile.mkstemp(suffix=".trafgen")
         os.write(fd, trafgen_conf(netns.mac_of("i0", t.ns("d")), netns.mac_of("g0", t.ns("g"))).encode())
         os.close(fd)
@@ -147,28 +188,32 @@ def forwarding(packets: int) -> dict:
 
         out: dict = {"packets_sent": packets}
         # 1. the XDP steering node
-        node = SteeringNode("fwd", SteerSizes(max_services=16, max_instances=16, affinity_entries=65536),
-                            bpffs_root=BPFFS)
+        node = SteeringNode(
+            "fwd", SteerSizes(max_services=16, max_instances=16, affinity_entries=65536), bpffs_root=BPFFS
+        )
         node.configure(src4="10.1.0.1")
         svc = ServiceKey.parse(f"{VIP}:53/udp")
         node.add_service(svc)
         node.set_instances(svc, [Instance(1, "10.1.0.2")])
         node.attach("i0", t.ns("d"))
+        dt, got = blast_gen()
+        out.update(xdp_pps=got / dt, xdp_delivered=got, xdp_seconds=dt)
         dt, got = blast()
-        out["xdp_pps"] = got / dt
-        out["xdp_delivered"] = got
-        out["xdp_seconds"] = dt
+        out.update(xdp_pps_trafgen=got / dt, xdp_delivered_trafgen=got, xdp_seconds_trafgen=dt)
         out["xdp_verdicts"] = {k: v for k, v in node.verdicts().items() if v}
         node.detach("i0", t.ns("d"))
         # 2. the kernel: nftables DNAT on the same node, same traffic
         t.sh("d", "nft", "add table ip dinet_bench")
         t.sh("d", "nft", "add chain ip dinet_bench pre { type nat hook prerouting priority -100; }")
         t.sh("d", "nft", f"add rule ip dinet_bench pre ip daddr {VIP} udp dport 53 dnat to 10.1.0.2")
+        dt, got = blast_gen()
+        out.update(nft_pps=got / dt, nft_delivered=got, nft_seconds=dt)
         dt, got = blast()
-        out["nft_pps"] = got / dt
-        out["nft_delivered"] = got
-        out["nft_seconds"] = dt
+        out.update(nft_pps_trafgen=got / dt, nft_delivered_trafgen=got, nft_seconds_trafgen=dt)
         out["xdp_over_nft"] = out["xdp_pps"] / out["nft_pps"] if out["nft_pps"] else None
+        out["xdp_over_nft_trafgen"] = (
+            out["xdp_pps_trafgen"] / out["nft_pps_trafgen"] if out["nft_pps_trafgen"] else None
+        )
         return out
     finally:
         if conf:
@@ -176,15 +221,19 @@ def forwarding(packets: int) -> dict:
         t.close()
         if node:
             node.destroy()
-        if sink:
-            sink.unpin()
-            sink.close()
+        for prog in (sink, gen):
+            if prog:
+                prog.unpin()
+                prog.close()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 trials, 2M packets per forwarding run, one "
-                    "service with 256 instances among 4,096 (under a minute)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 trials, 2M packets per forwarding run, one service with 256 instances among 4,096 (under a minute)",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "xdp_steer.json")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -209,14 +258,22 @@ def main() -> int:
     print(f"  {'empty XDP_PASS (floor)':<22}{floor:>8.1f}{1:>9.2f}")
     for k, label in (("hit", "affinity hit"), ("miss", "new flow"), ("pass", "not a service")):
         print(f"  {label:<22}{res[k + '_ns']:>8.1f}{res[k + '_ratio']:>9.2f}")
-    print(f"\nforwarding through veth, {res['packets_sent']:,} UDP packets, 1,024 flows (packets/s delivered)")
-    print(f"  XDP steering node   {res['xdp_pps']:>12,.0f}")
-    print(f"  nftables DNAT       {res['nft_pps']:>12,.0f}")
-    print(f"  ratio               {res['xdp_over_nft']:>12.2f}")
+    print(f"\nforwarding through veth, {res['packets_sent']:,} UDP packets over 1,024 flows, packets/s delivered")
+    print(f"  {'generator':<28}{'XDP steering':>14}{'nftables DNAT':>15}{'ratio':>8}")
+    print(
+        f"  {'XDP live frames (xdp_gen)':<28}{res['xdp_pps']:>14,.0f}{res['nft_pps']:>15,.0f}"
+        f"{res['xdp_over_nft']:>8.2f}"
+    )
+    print(
+        f"  {'trafgen (AF_PACKET, skbs)':<28}{res['xdp_pps_trafgen']:>14,.0f}{res['nft_pps_trafgen']:>15,.0f}"
+        f"{res['xdp_over_nft_trafgen']:>8.2f}"
+    )
     sc = res["scale"]
-    print(f"\nscale: {sc['services']} services, {sc['instances_per_service']} instances/service, "
-          f"{sc['affinity_entries_after']:,} of {sc['affinity_capacity']:,} affinity entries in use; "
-          f"maps hold {res['map_memory_total_mib']} MiB")
+    print(
+        f"\nscale: {sc['services']} services, {sc['instances_per_service']} instances/service, "
+        f"{sc['affinity_entries_after']:,} of {sc['affinity_capacity']:,} affinity entries in use; "
+        f"maps hold {res['map_memory_total_mib']} MiB"
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))
     print(f"wrote {a.out} in {res['seconds']} s")

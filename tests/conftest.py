@@ -56,8 +56,11 @@ def bpffs_root() -> Iterator[Path]:
 def machine_left_as_found() -> Iterator[None]:
     """After the run: no namespace of ours, no pinned map of ours."""
     yield
-    left = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-            if n.startswith(NS_PREFIX)]
+    left = [
+        n
+        for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        if n.startswith(NS_PREFIX)
+    ]
     for n in left:
         subprocess.run(["ip", "netns", "del", n], check=False)
     assert not left, f"tests left namespaces behind: {left}"

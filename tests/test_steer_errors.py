@@ -6,15 +6,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_bcc, needs_root
-from dinet.errors import (ConfigError, InterfaceError, TableFullError, UnknownInstanceError, UnknownServiceError,
-                          VerifierError)
+from dinet.errors import (
+    ConfigError,
+    InterfaceError,
+    TableFullError,
+    UnknownInstanceError,
+    UnknownServiceError,
+    VerifierError,
+)
 from dinet.model import Instance, ServiceKey
 
 
-@pytest.mark.parametrize("text", ["10.0.0.1", "10.0.0.1:80", "10.0.0.1:0/tcp", "10.0.0.1:70000/tcp",
-                                  "10.0.0.1:http/tcp", "10.0.0.256:80/tcp", "fd00::1:80/udp", "10.0.0.1:80/sctp", ""])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "10.0.0.1",
+        "10.0.0.1:80",
+        "10.0.0.1:0/tcp",
+        "10.0.0.1:70000/tcp",
+        "10.0.0.1:http/tcp",
+        "10.0.0.256:80/tcp",
+        "fd00::1:80/udp",
+        "10.0.0.1:80/sctp",
+        "",
+    ],
+)
 def test_malformed_services_are_refused(text: str) -> None:
     with pytest.raises(ConfigError) as e:
         ServiceKey.parse(text)
@@ -26,8 +43,17 @@ def test_services_parse_both_families() -> None:
     assert str(ServiceKey.parse("[fd00::1]:53/UDP")) == "[fd00::1]:53/udp"
 
 
-@pytest.mark.parametrize("kw", [dict(instance_id=0), dict(weight=-1), dict(weight=float("nan")), dict(weight=1.5),
-                                dict(endpoint="not-an-ip"), dict(site_id=70000)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(instance_id=0),
+        dict(weight=-1),
+        dict(weight=float("nan")),
+        dict(weight=1.5),
+        dict(endpoint="not-an-ip"),
+        dict(site_id=70000),
+    ],
+)
 def test_malformed_instances_are_refused(kw: dict) -> None:
     args = dict(instance_id=1, endpoint="192.0.2.1", weight=1) | kw
     with pytest.raises(ConfigError):
@@ -38,8 +64,9 @@ def test_malformed_instances_are_refused(kw: dict) -> None:
 def node(bpffs_root: Path) -> Iterator:
     from dinet.targets.xdp import SteeringNode, SteerSizes
 
-    n = SteeringNode("errors", SteerSizes(max_services=2, max_instances=4, ring_size=13, affinity_entries=64),
-                     bpffs_root=bpffs_root)
+    n = SteeringNode(
+        "errors", SteerSizes(max_services=2, max_instances=4, ring_size=13, affinity_entries=64), bpffs_root=bpffs_root
+    )
     n.configure(src4="192.0.2.1")
     try:
         yield n
@@ -93,8 +120,10 @@ def test_verifier_refusal_carries_the_log(tmp_path: Path, bpffs_root: Path) -> N
     from dinet.targets.bcc_program import BccProgram
 
     src = tmp_path / "bad.bpf.c"
-    src.write_text("#include <uapi/linux/bpf.h>\nint xdp_bad(struct xdp_md *ctx) {\n"
-                   "  char *p = (char *)(long)ctx->data; return p[100];\n}\n")
+    src.write_text(
+        "#include <uapi/linux/bpf.h>\nint xdp_bad(struct xdp_md *ctx) {\n"
+        "  char *p = (char *)(long)ctx->data; return p[100];\n}\n"
+    )
     prog = BccProgram(str(src), bpffs_root / "bad" / "x")
     try:
         with pytest.raises(VerifierError) as e:

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, needs_bcc, needs_root
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-
-from conftest import ROOT, needs_bcc, needs_root
 from vectors import steering as sv
 
 pytestmark = [needs_root, needs_bcc]
@@ -51,8 +50,11 @@ def node(bpffs_root: Path, request: pytest.FixtureRequest) -> Iterator:
 def frame(i: int, flags: str = "S") -> bytes:
     """Flow i: a distinct client address and port for each i."""
     src = ipaddress.ip_address("10.64.0.0") + (i // 50000)
-    return bytes(Ether(src=sv.CLIENT_MAC, dst=sv.NODE_MAC) / IP(src=str(src), dst=str(SVC.vip))
-                 / TCP(sport=1024 + i % 50000, dport=SVC.port, flags=flags))
+    return bytes(
+        Ether(src=sv.CLIENT_MAC, dst=sv.NODE_MAC)
+        / IP(src=str(src), dst=str(SVC.vip))
+        / TCP(sport=1024 + i % 50000, dport=SVC.port, flags=flags)
+    )
 
 
 def endpoint_of(n, i: int, flags: str = "S") -> str:
@@ -91,7 +93,7 @@ def test_ring_matches_weights_and_moves_few_slots(node) -> None:
     # instance 3 leaves: only its slots change hands (Maglev's minimal disruption)
     node.set_instances(SVC, [Instance(**i) for i in INSTANCES[:2]])
     after = node.ring(SVC)
-    moved = sum(1 for a, b in zip(ring, after) if a != b and slots[a] != 3)
+    moved = sum(1 for a, b in zip(ring, after, strict=False) if a != b and slots[a] != 3)
     assert moved / len(ring) < 0.05, f"{moved} slots of surviving instances moved"
 
 
@@ -106,8 +108,10 @@ def test_affinity_holds_across_weight_changes_and_a_restart(node, bpffs_root: Pa
     # the control process goes away; another process changes weights through the pinned maps
     name = node.node
     node.close()
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, %r); from test_steer_policy import *; "
-            "n = make_node(Path(%r), %r); n.set_weight(SVC, 2, 9); n.close()") % (str(ROOT / "tests"), str(bpffs_root), name)
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, {!r}); from test_steer_policy import *; "
+        "n = make_node(Path({!r}), {!r}); n.set_weight(SVC, 2, 9); n.close()"
+    ).format(str(ROOT / "tests"), str(bpffs_root), name)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     again = make_node(bpffs_root, name)
     try:

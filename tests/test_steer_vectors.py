@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scapy.layers.l2 import Ether
-
 from conftest import needs_bcc, needs_root
+from scapy.layers.l2 import Ether
 from vectors import Drop, Forward, Pass, Vector
 from vectors import steering as sv
 
@@ -20,8 +19,11 @@ pytestmark = [needs_root, needs_bcc]
 def node(bpffs_root: Path) -> Iterator:
     from dinet.targets.xdp import SteeringNode, SteerSizes
 
-    n = SteeringNode("vectors", SteerSizes(max_services=16, max_instances=16, ring_size=251, affinity_entries=4096),
-                     bpffs_root=bpffs_root)
+    n = SteeringNode(
+        "vectors",
+        SteerSizes(max_services=16, max_instances=16, ring_size=251, affinity_entries=4096),
+        bpffs_root=bpffs_root,
+    )
     try:
         install_scenario(n)
         yield n

@@ -35,30 +35,46 @@ FABRIC_MTU = 1600  # room for the outer header on top of a 1500-byte client pack
 
 @dataclass(frozen=True)
 class InstanceHost:
-    name: str        # namespace short name, also what the instance answers
+    name: str  # namespace short name, also what the instance answers
     site: int
     instance_id: int
     endpoint4: ipaddress.IPv4Address
     endpoint6: ipaddress.IPv6Address
 
     def instance(self, weight: int = 1, v6: bool = False) -> Instance:
-        return Instance(self.instance_id, self.endpoint6 if v6 else self.endpoint4, weight, site_id=self.site,
-                        name=self.name)
+        return Instance(
+            self.instance_id, self.endpoint6 if v6 else self.endpoint4, weight, site_id=self.site, name=self.name
+        )
 
 
 class CloudEdge:
-    def __init__(self, prefix: str, sites: int = 3, per_site: int = 2, bpffs_root: Path = BPFFS_ROOT,
-                 sizes: SteerSizes | None = None, tcp_port: int = 80, udp_port: int = 53):
+    def __init__(
+        self,
+        prefix: str,
+        sites: int = 3,
+        per_site: int = 2,
+        bpffs_root: Path = BPFFS_ROOT,
+        sizes: SteerSizes | None = None,
+        tcp_port: int = 80,
+        udp_port: int = 53,
+    ):
         self.topo = Topology(prefix)
         self.prefix = prefix
         self.sites = sites
         self.bpffs_root = bpffs_root
         self.sizes = sizes or SteerSizes(max_services=64, max_instances=16, affinity_entries=65536)
         self.tcp_port, self.udp_port = tcp_port, udp_port
-        self.hosts = [InstanceHost(f"s{k}{chr(ord('a') + j)}", k, 10 * k + j + 1,
-                                   ipaddress.IPv4Address(f"10.{10 + k}.{j + 1}.2"),
-                                   ipaddress.IPv6Address(f"fd00:{10 + k}:{j + 1}::2"))
-                      for k in range(1, sites + 1) for j in range(per_site)]
+        self.hosts = [
+            InstanceHost(
+                f"s{k}{chr(ord('a') + j)}",
+                k,
+                10 * k + j + 1,
+                ipaddress.IPv4Address(f"10.{10 + k}.{j + 1}.2"),
+                ipaddress.IPv6Address(f"fd00:{10 + k}:{j + 1}::2"),
+            )
+            for k in range(1, sites + 1)
+            for j in range(per_site)
+        ]
         self.steer: SteeringNode | None = None
         self.decaps: list[DecapNode] = []
         self.passprog: BccProgram | None = None
@@ -150,27 +166,48 @@ class CloudEdge:
 
     def _start_servers(self) -> None:
         for h in self.hosts:
-            p = subprocess.Popen(["ip", "netns", "exec", self.topo.ns(h.name), sys.executable, "-m",
-                                  "dinet.instance_server", "--name", h.name, "--tcp", str(self.tcp_port),
-                                  "--udp", str(self.udp_port)], stdout=subprocess.PIPE, text=True)
+            p = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.topo.ns(h.name),
+                    sys.executable,
+                    "-m",
+                    "dinet.instance_server",
+                    "--name",
+                    h.name,
+                    "--tcp",
+                    str(self.tcp_port),
+                    "--udp",
+                    str(self.udp_port),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             self.servers.append(p)
-        for h, p in zip(self.hosts, self.servers):
+        for h, p in zip(self.hosts, self.servers, strict=False):
             line = p.stdout.readline() if p.stdout else ""
             if line.strip() != "ready":
                 raise RuntimeError(f"instance server {h.name} did not start: {line!r}")
 
     # ---- services -----------------------------------------------------------------------------------
     def services(self) -> dict[str, ServiceKey]:
-        return {"web4": ServiceKey(VIP4, self.tcp_port, "tcp"), "web6": ServiceKey(VIP6, self.tcp_port, "tcp"),
-                "udp4": ServiceKey(VIP4, self.udp_port, "udp"), "udp6": ServiceKey(VIP6, self.udp_port, "udp")}
+        return {
+            "web4": ServiceKey(VIP4, self.tcp_port, "tcp"),
+            "web6": ServiceKey(VIP6, self.tcp_port, "tcp"),
+            "udp4": ServiceKey(VIP4, self.udp_port, "udp"),
+            "udp6": ServiceKey(VIP6, self.udp_port, "udp"),
+        }
 
     def install(self, weights: dict[str, int] | None = None) -> None:
         """Installs every service with every instance (weight 1 unless given by instance name)."""
         assert self.steer
         for key, svc in self.services().items():
             self.steer.add_service(svc)
-            self.steer.set_instances(svc, [h.instance((weights or {}).get(h.name, 1), v6=key.endswith("6"))
-                                           for h in self.hosts])
+            self.steer.set_instances(
+                svc, [h.instance((weights or {}).get(h.name, 1), v6=key.endswith("6")) for h in self.hosts]
+            )
 
     def host(self, name: str) -> InstanceHost:
         return next(h for h in self.hosts if h.name == name)

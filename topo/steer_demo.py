@@ -27,15 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinet import netns  # noqa: E402
 from dinet.httpclient import KeepAlive, get_once  # noqa: E402
+
 from topo.cloud_edge import VIP4, CloudEdge  # noqa: E402
 
 
 def table(title: str, rows: list[list[object]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     print(f"\n{title}")
-    print("  " + "  ".join(f"{h:<{w}}" for h, w in zip(header, widths)))
+    print("  " + "  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=False)))
     for r in rows:
-        print("  " + "  ".join(f"{str(x):<{w}}" for x, w in zip(r, widths)))
+        print("  " + "  ".join(f"{str(x):<{w}}" for x, w in zip(r, widths, strict=False)))
 
 
 def main() -> int:
@@ -55,8 +56,10 @@ def main() -> int:
         ce.install()
         svc = ce.services()["web4"]
         names = [h.name for h in ce.hosts]
-        print(f"ready in {time.monotonic() - t0:.1f}s: service {svc} on {', '.join(names)}; "
-              f"XDP steering on {ce.ingress_ns}:eth0, decap on every instance host")
+        print(
+            f"ready in {time.monotonic() - t0:.1f}s: service {svc} on {', '.join(names)}; "
+            f"XDP steering on {ce.ingress_ns}:eth0, decap on every instance host"
+        )
 
         def phase(label: str) -> Counter[str]:
             with netns.entered(ce.client_ns):
@@ -83,21 +86,53 @@ def main() -> int:
 
         total, per = ce.steer.service_counters(svc)
         by_id = {h.instance_id: h.name for h in ce.hosts}
-        rows = [[n, weights[n], p1[n], p2[n], p3[n], pinned.count(n), per[h.instance_id].new_flows,
-                 per[h.instance_id].packets]
-                for h in ce.hosts for n in [h.name]]
-        table(f"requests answered per instance ({a.requests} new connections per phase)", rows,
-              ["instance", "weight", "equal", "weighted", f"{drained} drained", "open conns", "xdp new flows",
-               "xdp packets"])
-        survived = sum(1 for x, y in zip(pinned, after) if x == y)
-        print(f"\nestablished connections: {survived}/{len(conns)} answered by the same instance after the "
-              f"weight change and the drain")
+        rows = [
+            [
+                n,
+                weights[n],
+                p1[n],
+                p2[n],
+                p3[n],
+                pinned.count(n),
+                per[h.instance_id].new_flows,
+                per[h.instance_id].packets,
+            ]
+            for h in ce.hosts
+            for n in [h.name]
+        ]
+        table(
+            f"requests answered per instance ({a.requests} new connections per phase)",
+            rows,
+            [
+                "instance",
+                "weight",
+                "equal",
+                "weighted",
+                f"{drained} drained",
+                "open conns",
+                "xdp new flows",
+                "xdp packets",
+            ],
+        )
+        survived = sum(1 for x, y in zip(pinned, after, strict=False) if x == y)
+        print(
+            f"\nestablished connections: {survived}/{len(conns)} answered by the same instance after the "
+            f"weight change and the drain"
+        )
         print(f"{drained} took {p3[drained]} new requests while draining (want 0)")
         verdicts = {k: v for k, v in ce.steer.verdicts().items() if v}
         print(f"data-plane verdicts: {verdicts}")
-        results.update({"survived": survived, "connections": len(conns), "drained": drained,
-                        "drained_new_requests": p3[drained], "new_flows": {by_id[i]: c.new_flows for i, c in per.items()},
-                        "service_packets": total.packets, "verdicts": verdicts})
+        results.update(
+            {
+                "survived": survived,
+                "connections": len(conns),
+                "drained": drained,
+                "drained_new_requests": p3[drained],
+                "new_flows": {by_id[i]: c.new_flows for i, c in per.items()},
+                "service_packets": total.packets,
+                "verdicts": verdicts,
+            }
+        )
     print(f"\ncleaned up; demo took {time.monotonic() - t0:.1f}s")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))

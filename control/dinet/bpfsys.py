@@ -42,8 +42,13 @@ class _TestRunAttr(ctypes.Structure):
 
 
 class _ObjGetAttr(ctypes.Structure):
-    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32),
-                ("path_fd", ctypes.c_int32), ("_pad", ctypes.c_uint32)]
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+        ("path_fd", ctypes.c_int32),
+        ("_pad", ctypes.c_uint32),
+    ]
 
 
 class _InfoAttr(ctypes.Structure):
@@ -51,9 +56,15 @@ class _InfoAttr(ctypes.Structure):
 
 
 class _MapInfo(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * 16)]
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
@@ -80,13 +91,54 @@ def test_run(prog_fd: int, data: bytes, repeat: int = 1) -> RunResult:
     buf_in = ctypes.create_string_buffer(bytes(data), len(data))
     out_size = len(data) + 512  # room for headers the program pushes
     buf_out = ctypes.create_string_buffer(out_size)
-    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=out_size,
-                        data_in=ctypes.addressof(buf_in), data_out=ctypes.addressof(buf_out), repeat=repeat)
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(data),
+        data_size_out=out_size,
+        data_in=ctypes.addressof(buf_in),
+        data_out=ctypes.addressof(buf_out),
+        repeat=repeat,
+    )
     try:
         _bpf(BPF_PROG_TEST_RUN, attr)
     except OSError as e:
         raise DataPlaneError(f"BPF_PROG_TEST_RUN on program fd {prog_fd} failed: {e.strerror}") from e
     return RunResult(attr.retval, buf_out.raw[: attr.data_size_out], attr.duration)
+
+
+class _XdpMd(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+def run_live(prog_fd: int, frame: bytes, ifindex: int, repeat: int, batch_size: int = 64) -> None:
+    """Runs an XDP program in live-frame mode (BPF_F_TEST_XDP_LIVE_FRAMES): its XDP_TX really sends,
+    out of `ifindex` (an interface of the calling thread's namespace). A generator, not a test."""
+    buf_in = ctypes.create_string_buffer(bytes(frame), len(frame))
+    ctx = _XdpMd(data=0, data_end=len(frame), ingress_ifindex=ifindex)
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(frame),
+        data_in=ctypes.addressof(buf_in),
+        repeat=repeat,
+        ctx_size_in=ctypes.sizeof(ctx),
+        ctx_in=ctypes.addressof(ctx),
+        flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size=batch_size,
+    )
+    try:
+        _bpf(BPF_PROG_TEST_RUN, attr)
+    except OSError as e:
+        raise DataPlaneError(f"live BPF_PROG_RUN on program fd {prog_fd} failed: {e.strerror}") from e
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,11 @@ def _steer(a: argparse.Namespace) -> Any:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows])
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]
+    )
 
 
 # ---- xdp -------------------------------------------------------------------------------------------------
@@ -72,13 +74,34 @@ def cmd_service_list(a: argparse.Namespace) -> None:
     with _steer(a) as n:
         svcs = n.services()
         if a.json:
-            print(json.dumps([{"service": str(s.key), "slot": s.svc_id, "instances": [
-                {"instance_id": i.instance_id, "endpoint": str(i.endpoint), "weight": i.weight,
-                 "state": i.state.name.lower(), "site_id": i.site_id} for i in s.instances.values()]} for s in svcs],
-                indent=2))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "service": str(s.key),
+                            "slot": s.svc_id,
+                            "instances": [
+                                {
+                                    "instance_id": i.instance_id,
+                                    "endpoint": str(i.endpoint),
+                                    "weight": i.weight,
+                                    "state": i.state.name.lower(),
+                                    "site_id": i.site_id,
+                                }
+                                for i in s.instances.values()
+                            ],
+                        }
+                        for s in svcs
+                    ],
+                    indent=2,
+                )
+            )
             return
-        rows = [[str(s.key), s.svc_id, i.instance_id, i.endpoint, i.weight, i.state.name.lower(), i.site_id]
-                for s in svcs for i in sorted(s.instances.values(), key=lambda x: x.instance_id)]
+        rows = [
+            [str(s.key), s.svc_id, i.instance_id, i.endpoint, i.weight, i.state.name.lower(), i.site_id]
+            for s in svcs
+            for i in sorted(s.instances.values(), key=lambda x: x.instance_id)
+        ]
         rows += [[str(s.key), s.svc_id, "-", "-", "-", "-", "-"] for s in svcs if not s.instances]
         print(_table(rows, ["service", "slot", "instance", "endpoint", "weight", "state", "site"]))
 
@@ -119,8 +142,17 @@ def cmd_stats(a: argparse.Namespace) -> None:
     for s in st["services"]:
         rows.append([s["service"], "*", "", "", s["packets"], s["bytes"], s["new_flows"]])
         for i in s["instances"]:
-            rows.append(["", i["instance_id"], i["endpoint"], f"{i['state']}/{i['weight']}", i["packets"], i["bytes"],
-                         i["new_flows"]])
+            rows.append(
+                [
+                    "",
+                    i["instance_id"],
+                    i["endpoint"],
+                    f"{i['state']}/{i['weight']}",
+                    i["packets"],
+                    i["bytes"],
+                    i["new_flows"],
+                ]
+            )
     print(_table(rows, ["service", "instance", "endpoint", "state/weight", "packets", "bytes", "new flows"]))
     print()
     print(_table([[k, v] for k, v in st["verdicts"].items()], ["verdict", "packets"]))
@@ -132,8 +164,12 @@ def cmd_affinity(a: argparse.Namespace) -> None:
     if a.json:
         print(json.dumps([{**f.__dict__, "src": str(f.src), "dst": str(f.dst)} for f in flows], indent=2))
         return
-    print(_table([[f"{f.src}:{f.sport}", f"{f.dst}:{f.dport}", f.proto, f.svc_id, f.instance_id] for f in flows],
-                 ["client", "service", "proto", "slot", "instance"]))
+    print(
+        _table(
+            [[f"{f.src}:{f.sport}", f"{f.dst}:{f.dport}", f.proto, f.svc_id, f.instance_id] for f in flows],
+            ["client", "service", "proto", "slot", "instance"],
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--netns", help="network namespace of the interface")
         p.add_argument("--mode", default="native", choices=["native", "generic", "auto"])
 
-    xdp = sub.add_parser("xdp", help="attach, detach or remove the steering program").add_subparsers(dest="sub", required=True)
+    xdp = sub.add_parser("xdp", help="attach, detach or remove the steering program").add_subparsers(
+        dest="sub", required=True
+    )
     p = leaf(xdp, "attach", cmd_xdp_attach, "load xdp_steer (maps pinned) and attach it")
     iface(p)
     p.add_argument("--src4", help="IPv4 tunnel source of this node")
@@ -192,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service")
     p.add_argument("--id", type=int, required=True)
 
-    leaf(sub, "stats", cmd_stats, "counters per service, instance and verdict").add_argument("--json", action="store_true")
+    leaf(sub, "stats", cmd_stats, "counters per service, instance and verdict").add_argument(
+        "--json", action="store_true"
+    )
     p = leaf(sub, "affinity", cmd_affinity, "flows in the affinity table")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
@@ -202,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         a.fn(a)
     except DinetError as e:

@@ -35,7 +35,9 @@ class VerifierError(DinetError):
     """The kernel refused to load a program; `log` holds the verifier's output."""
 
     def __init__(self, program: str, log: str):
-        super().__init__(f"the kernel refused to load {program}: {log.strip().splitlines()[-1] if log.strip() else 'no log'}")
+        super().__init__(
+            f"the kernel refused to load {program}: {log.strip().splitlines()[-1] if log.strip() else 'no log'}"
+        )
         self.program = program
         self.log = log
 

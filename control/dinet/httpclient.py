@@ -18,8 +18,9 @@ class KeepAlive:
         while b"\r\n\r\n" not in self.buf:
             self._read()
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
         while len(self.buf) < length:
             self._read()
         body, self.buf = self.buf[:length], self.buf[length:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
-import socketserver
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

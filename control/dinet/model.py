@@ -93,7 +93,9 @@ class Instance:
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not 0 <= self.weight < 2**32:
             if isinstance(self.weight, float) and (math.isnan(self.weight) or self.weight < 0):
                 raise ConfigError(f"weight of instance {self.instance_id} must be >= 0, not {self.weight!r}")
-            raise ConfigError(f"weight of instance {self.instance_id} must be an integer 0..2^32-1, not {self.weight!r}")
+            raise ConfigError(
+                f"weight of instance {self.instance_id} must be an integer 0..2^32-1, not {self.weight!r}"
+            )
         if not 0 <= self.site_id < 2**16:
             raise ConfigError(f"site id must be 0..65535, not {self.site_id!r}")
 

@@ -90,15 +90,43 @@ class Topology:
         run(["ip", "netns", "add", full])
         self.namespaces.append(full)
         run(["ip", "link", "set", "lo", "up"], full)
-        run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
-             "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"], full)
+        run(
+            [
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+            full,
+        )
         return full
 
     def link(self, a: str, a_if: str, b: str, b_if: str, mtu: int = 1500) -> None:
         """A veth pair a:a_if <-> b:b_if (a and b are short names given to add_ns)."""
         na, nb = self.ns(a), self.ns(b)
-        run(["ip", "link", "add", a_if, "mtu", str(mtu), "netns", na, "type", "veth", "peer", "name", b_if,
-             "mtu", str(mtu), "netns", nb])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                a_if,
+                "mtu",
+                str(mtu),
+                "netns",
+                na,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_if,
+                "mtu",
+                str(mtu),
+                "netns",
+                nb,
+            ]
+        )
         for ns, ifname in ((na, a_if), (nb, b_if)):
             # veth hands partial checksums to its peer; a frame that XDP redirects or tunnels would carry
             # one onto the next hop unfinished, so checksums are computed in software, as on a wire

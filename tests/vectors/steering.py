@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import ipaddress
 
-from scapy.layers.inet import IP, TCP, UDP, ICMP, IPOption_Router_Alert
+from dinet.model import Instance, ServiceKey
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from dinet.model import Instance, ServiceKey
-
 from . import Drop, Forward, Pass, Vector
 
-NODE_MAC = "02:d1:00:00:00:01"   # the steering node's port
+NODE_MAC = "02:d1:00:00:00:01"  # the steering node's port
 NEXT_HOP_MAC = "02:d1:00:00:00:fe"  # the static next hop toward the sites
 CLIENT_MAC = "02:c1:00:00:00:01"
 SRC4 = ipaddress.ip_address("192.0.2.1")
@@ -24,12 +23,15 @@ SRC6 = ipaddress.ip_address("2001:db8:ffff::1")
 
 WEB4 = ServiceKey.parse("10.99.0.1:80/tcp")
 DNS6 = ServiceKey.parse("[fd00:99::53]:53/udp")
-MIXED = ServiceKey.parse("10.99.0.2:8080/tcp")     # an IPv4 VIP served from IPv6 endpoints (4in6)
-EMPTY = ServiceKey.parse("10.99.0.3:80/tcp")       # installed, no instance yet
+MIXED = ServiceKey.parse("10.99.0.2:8080/tcp")  # an IPv4 VIP served from IPv6 endpoints (4in6)
+EMPTY = ServiceKey.parse("10.99.0.3:80/tcp")  # installed, no instance yet
 
 SERVICES: dict[ServiceKey, list[Instance]] = {
-    WEB4: [Instance(11, "192.0.2.11", 1, site_id=1), Instance(12, "192.0.2.12", 2, site_id=1),
-           Instance(13, "192.0.2.13", 3, site_id=2)],
+    WEB4: [
+        Instance(11, "192.0.2.11", 1, site_id=1),
+        Instance(12, "192.0.2.12", 2, site_id=1),
+        Instance(13, "192.0.2.13", 3, site_id=2),
+    ],
     DNS6: [Instance(21, "2001:db8:2::21", 1, site_id=1), Instance(22, "2001:db8:2::22", 1, site_id=2)],
     MIXED: [Instance(31, "2001:db8:3::31", 1, site_id=3)],
     EMPTY: [],
@@ -45,8 +47,11 @@ def encap(inner, endpoint) -> Ether:
     endpoint = ipaddress.ip_address(str(endpoint))
     eth = Ether(src=NODE_MAC, dst=NEXT_HOP_MAC)
     if endpoint.version == 4:
-        return eth / IP(src=str(SRC4), dst=str(endpoint), ttl=64, id=0, flags=0,
-                        proto=4 if inner.version == 4 else 41) / inner
+        return (
+            eth
+            / IP(src=str(SRC4), dst=str(endpoint), ttl=64, id=0, flags=0, proto=4 if inner.version == 4 else 41)
+            / inner
+        )
     return eth / IPv6(src=str(SRC6), dst=str(endpoint), hlim=64, nh=4 if inner.version == 4 else 41, fl=0, tc=0) / inner
 
 
@@ -71,20 +76,45 @@ def vectors(place) -> list[Vector]:
 
     def steered(name: str, svc: ServiceKey, pkt) -> Vector:
         inner = l3_datagram(pkt)
-        trailer = bytes(pkt.payload)[len(inner):]  # Ethernet padding rides along, outside the tunnel's length
+        trailer = bytes(pkt.payload)[len(inner) :]  # Ethernet padding rides along, outside the tunnel's length
         return Vector(name, pkt, Forward(Ether(bytes(encap(inner, place(svc, pkt))) + trailer), 0))
 
     web = client4()
-    web_opts = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1",
-                                                        options=[IPOption_Router_Alert()]) / TCP(sport=40001, dport=80)
-    dns = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src="fd00::2", dst="fd00:99::53") / UDP(sport=5353, dport=53) / Raw(b"q" * 20)
-    dns_ext = (Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src="fd00::2", dst="fd00:99::53") / IPv6ExtHdrHopByHop()
-               / IPv6ExtHdrDestOpt() / UDP(sport=5354, dport=53) / Raw(b"q"))
+    web_opts = (
+        Ether(src=CLIENT_MAC, dst=NODE_MAC)
+        / IP(src="10.0.0.2", dst="10.99.0.1", options=[IPOption_Router_Alert()])
+        / TCP(sport=40001, dport=80)
+    )
+    dns = (
+        Ether(src=CLIENT_MAC, dst=NODE_MAC)
+        / IPv6(src="fd00::2", dst="fd00:99::53")
+        / UDP(sport=5353, dport=53)
+        / Raw(b"q" * 20)
+    )
+    dns_ext = (
+        Ether(src=CLIENT_MAC, dst=NODE_MAC)
+        / IPv6(src="fd00::2", dst="fd00:99::53")
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrDestOpt()
+        / UDP(sport=5354, dport=53)
+        / Raw(b"q")
+    )
     mixed = client4(dst="10.99.0.2", dport=8080, sport=40002)
-    short = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1") / UDP(sport=1, dport=80) / Raw(b"x" * 64)
+    short = (
+        Ether(src=CLIENT_MAC, dst=NODE_MAC)
+        / IP(src="10.0.0.2", dst="10.99.0.1")
+        / UDP(sport=1, dport=80)
+        / Raw(b"x" * 64)
+    )
     frame = bytes(short)
-    pad = Ether(bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1")
-                      / TCP(sport=40003, dport=80, flags="A")) + b"\0" * 6)  # padded to the 60-byte minimum
+    pad = Ether(
+        bytes(
+            Ether(src=CLIENT_MAC, dst=NODE_MAC)
+            / IP(src="10.0.0.2", dst="10.99.0.1")
+            / TCP(sport=40003, dport=80, flags="A")
+        )
+        + b"\0" * 6
+    )  # padded to the 60-byte minimum
     return [
         steered("v4 tcp syn to a VIP is encapsulated IPv4-in-IPv4", WEB4, web),
         steered("v4 with IP options keeps them in the inner header", WEB4, web_opts),
@@ -93,27 +123,55 @@ def vectors(place) -> list[Vector]:
         steered("v4 VIP served from a v6 endpoint is IPv4-in-IPv6", MIXED, mixed),
         steered("a short frame's Ethernet padding is not counted in the tunnel's length", WEB4, pad),
         Vector("a port the VIP does not serve passes untouched", client4(dport=81), Pass("pass_unknown_service")),
-        Vector("icmp to a VIP passes untouched", Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1") / ICMP(),
-               Pass("pass_unknown_service")),
+        Vector(
+            "icmp to a VIP passes untouched",
+            Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1") / ICMP(),
+            Pass("pass_unknown_service"),
+        ),
         Vector("traffic to another address passes untouched", client4(dst="10.7.7.7"), Pass("pass_not_service")),
-        Vector("arp passes untouched", Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.1"),
-               Pass("pass_not_service")),
+        Vector(
+            "arp passes untouched",
+            Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.1"),
+            Pass("pass_not_service"),
+        ),
         Vector("a service without instances drops new flows", client4(dst="10.99.0.3"), Drop("drop_no_instance")),
-        Vector("first v4 fragment to a VIP is dropped",
-               Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1", flags="MF") / TCP(dport=80),
-               Drop("drop_fragment")),
-        Vector("later v4 fragment to a VIP is dropped",
-               Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1", frag=100, proto=6) / Raw(b"y" * 16),
-               Drop("drop_fragment")),
-        Vector("v6 fragment to a VIP is dropped",
-               Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src="fd00::2", dst="fd00:99::53") / IPv6ExtHdrFragment(m=1)
-               / UDP(dport=53), Drop("drop_fragment")),
-        Vector("v4 header cut short is dropped", Ether(frame[:14 + 12]), Drop("drop_malformed")),
-        Vector("v4 total length beyond the frame is dropped", Ether(frame[:14 + 20 + 8 + 10]), Drop("drop_malformed")),
-        Vector("v4 ihl below 5 is dropped", Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1", ihl=4)
-               / TCP(dport=80), Drop("drop_malformed")),
-        Vector("l4 ports cut short are dropped",
-               Ether(bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1", proto=6, len=22) / Raw(b"ab"))),
-               Drop("drop_malformed")),
-        Vector("v6 header cut short is dropped", Ether(bytes(dns)[:14 + 30]), Drop("drop_malformed")),
+        Vector(
+            "first v4 fragment to a VIP is dropped",
+            Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1", flags="MF") / TCP(dport=80),
+            Drop("drop_fragment"),
+        ),
+        Vector(
+            "later v4 fragment to a VIP is dropped",
+            Ether(src=CLIENT_MAC, dst=NODE_MAC)
+            / IP(src="10.0.0.2", dst="10.99.0.1", frag=100, proto=6)
+            / Raw(b"y" * 16),
+            Drop("drop_fragment"),
+        ),
+        Vector(
+            "v6 fragment to a VIP is dropped",
+            Ether(src=CLIENT_MAC, dst=NODE_MAC)
+            / IPv6(src="fd00::2", dst="fd00:99::53")
+            / IPv6ExtHdrFragment(m=1)
+            / UDP(dport=53),
+            Drop("drop_fragment"),
+        ),
+        Vector("v4 header cut short is dropped", Ether(frame[: 14 + 12]), Drop("drop_malformed")),
+        Vector("v4 total length beyond the frame is dropped", Ether(frame[: 14 + 20 + 8 + 10]), Drop("drop_malformed")),
+        Vector(
+            "v4 ihl below 5 is dropped",
+            Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.0.0.2", dst="10.99.0.1", ihl=4) / TCP(dport=80),
+            Drop("drop_malformed"),
+        ),
+        Vector(
+            "l4 ports cut short are dropped",
+            Ether(
+                bytes(
+                    Ether(src=CLIENT_MAC, dst=NODE_MAC)
+                    / IP(src="10.0.0.2", dst="10.99.0.1", proto=6, len=22)
+                    / Raw(b"ab")
+                )
+            ),
+            Drop("drop_malformed"),
+        ),
+        Vector("v6 header cut short is dropped", Ether(bytes(dns)[: 14 + 30]), Drop("drop_malformed")),
     ]

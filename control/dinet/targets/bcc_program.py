@@ -41,8 +41,7 @@ class BccProgram:
     """One ebpf/*.bpf.c compiled by bcc with -DDINET_PIN_DIR=pin_dir: its BPF_TABLE_PINNED maps are
     created and pinned on first load and reused by every later load, by this or another process."""
 
-    def __init__(self, source: str, pin_dir: Path, defines: Mapping[str, int] | None = None,
-                 after: Sequence[str] = ()):
+    def __init__(self, source: str, pin_dir: Path, defines: Mapping[str, int] | None = None, after: Sequence[str] = ()):
         """`after`: more ebpf/ files compiled as one text after `source` (bcc rewrites map calls only in
         its main text, so code that uses another file's maps cannot #include it)."""
         from bcc import BPF  # Debian's python3-bpfcc, seen through the venv's system site-packages
@@ -145,6 +144,8 @@ def update(table: Any, key: Any, leaf: Any, what: str) -> None:
     except Exception as e:
         err = ctypes.get_errno()
         if err in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
-            raise TableFullError(f"{table.name.decode() if isinstance(table.name, bytes) else table.name} "
-                                 f"is full ({table.max_entries} entries): cannot add {what}") from None
+            raise TableFullError(
+                f"{table.name.decode() if isinstance(table.name, bytes) else table.name} "
+                f"is full ({table.max_entries} entries): cannot add {what}"
+            ) from None
         raise DataPlaneError(f"cannot write {what}: {e}") from None

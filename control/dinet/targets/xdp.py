@@ -35,8 +35,12 @@ class SteerSizes:
     affinity_entries: int = C["DINET_AFFINITY_ENTRIES"]
 
     def defines(self) -> dict[str, int]:
-        return {"DINET_MAX_SERVICES": self.max_services, "DINET_MAX_INSTANCES": self.max_instances,
-                "DINET_RING_SIZE": self.ring_size, "DINET_AFFINITY_ENTRIES": self.affinity_entries}
+        return {
+            "DINET_MAX_SERVICES": self.max_services,
+            "DINET_MAX_INSTANCES": self.max_instances,
+            "DINET_RING_SIZE": self.ring_size,
+            "DINET_AFFINITY_ENTRIES": self.affinity_entries,
+        }
 
     @classmethod
     def from_pinned(cls, pin_dir: Path) -> SteerSizes | None:
@@ -47,8 +51,12 @@ class SteerSizes:
         aff = pinned_map_info(str(pin_dir / "affinity"))
         if not (svc and inst and ring and aff):
             return None
-        return cls(svc.max_entries, inst.max_entries // svc.max_entries, ring.max_entries // (2 * svc.max_entries),
-                   aff.max_entries)
+        return cls(
+            svc.max_entries,
+            inst.max_entries // svc.max_entries,
+            ring.max_entries // (2 * svc.max_entries),
+            aff.max_entries,
+        )
 
 
 def _set_addr(dst: Any, addr: IPAddress) -> None:
@@ -58,8 +66,12 @@ def _set_addr(dst: Any, addr: IPAddress) -> None:
 
 def _get_addr(src: Any, family: int) -> IPAddress:
     raw = bytes(src.addr)
-    return parse_address(socket.inet_ntop(socket.AF_INET if family == C["DINET_AF_INET"] else socket.AF_INET6,
-                                          raw[:4] if family == C["DINET_AF_INET"] else raw))
+    return parse_address(
+        socket.inet_ntop(
+            socket.AF_INET if family == C["DINET_AF_INET"] else socket.AF_INET6,
+            raw[:4] if family == C["DINET_AF_INET"] else raw,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ def vip_fold(addr: IPAddress) -> int:
     raw = addr.packed.ljust(16, b"\0")
     x = 0
     for i in range(0, 16, 4):
-        x ^= int.from_bytes(raw[i:i + 4], "little")
+        x ^= int.from_bytes(raw[i : i + 4], "little")
     return (x ^ (x >> 16)) & (C["DINET_VIP_FILTER_SIZE"] - 1)
 
 
@@ -110,14 +122,17 @@ class SteeringNode:
 
     PROGRAM = "xdp_steer"
 
-    def __init__(self, node: str = "default", sizes: SteerSizes | None = None, bpffs_root: Path = BPFFS_ROOT,
-                 bench: bool = False):
+    def __init__(
+        self, node: str = "default", sizes: SteerSizes | None = None, bpffs_root: Path = BPFFS_ROOT, bench: bool = False
+    ):
         self.node = node
         pin_dir = bpffs_root / node / "steer"
         pinned = SteerSizes.from_pinned(pin_dir)
         if pinned and sizes and pinned != sizes:
-            raise DataPlaneError(f"node {node!r} already holds maps of sizes {pinned}; asked for {sizes}. "
-                                 f"Use `dinet xdp destroy --node {node}` first to start anew")
+            raise DataPlaneError(
+                f"node {node!r} already holds maps of sizes {pinned}; asked for {sizes}. "
+                f"Use `dinet xdp destroy --node {node}` first to start anew"
+            )
         self.sizes = pinned or sizes or SteerSizes()
         # bench: with ebpf/bench_steer.bpf.c's wrappers (bench/ only)
         defines = self.sizes.defines() | ({"DINET_STEER_NO_ENTRY": 1} if bench else {})
@@ -169,8 +184,12 @@ class SteeringNode:
         write_array(table, 0, values)
 
     # ---- configuration -------------------------------------------------------------------------------
-    def configure(self, src4: str | IPAddress | None = None, src6: str | IPAddress | None = None,
-                  static_next_hop: tuple[int, str, str] | None = None) -> None:
+    def configure(
+        self,
+        src4: str | IPAddress | None = None,
+        src6: str | IPAddress | None = None,
+        static_next_hop: tuple[int, str, str] | None = None,
+    ) -> None:
         """Tunnel source addresses, and either FIB forwarding (default) or a static next hop
         (ifindex or 0 for back out of the ingress port, source MAC, destination MAC). What is not
         given keeps its current value, but the forwarding mode, which is FIB unless a next hop is given."""
@@ -243,8 +262,10 @@ class SteeringNode:
             pass
         free = next((i for i in range(self.sizes.max_services) if i not in self._used_ids), None)
         if free is None:
-            raise TableFullError(f"the service table of node {self.node!r} is full "
-                                 f"({self.sizes.max_services} services): cannot add {svc}")
+            raise TableFullError(
+                f"the service table of node {self.node!r} is full "
+                f"({self.sizes.max_services} services): cannot add {svc}"
+            )
         v = self.services_t.Leaf()
         v.svc_id, v.ring_sel, v.gen = free, 0, self._bump_gen(free)
         vk = self._vip_key(svc.vip)
@@ -299,8 +320,13 @@ class SteeringNode:
         for slot in range(self.sizes.max_instances):
             v = self.instances_t[self.instances_t.Key(base + slot)]
             if v.instance_id:
-                out[slot] = Instance(int(v.instance_id), _get_addr(v.endpoint, v.family), int(v.weight),
-                                     InstanceState(v.state), int(v.site_id))
+                out[slot] = Instance(
+                    int(v.instance_id),
+                    _get_addr(v.endpoint, v.family),
+                    int(v.weight),
+                    InstanceState(v.state),
+                    int(v.site_id),
+                )
         return out
 
     def set_instances(self, svc: ServiceKey, instances: Iterable[Instance]) -> None:
@@ -312,23 +338,29 @@ class SteeringNode:
         if len(set(ids)) != len(ids):
             raise ConfigError(f"duplicate instance ids for {svc}: {sorted(ids)}")
         if len(wanted) > self.sizes.max_instances:
-            raise TableFullError(f"{svc} has {len(wanted)} instances; node {self.node!r} holds at most "
-                                 f"{self.sizes.max_instances} per service")
+            raise TableFullError(
+                f"{svc} has {len(wanted)} instances; node {self.node!r} holds at most "
+                f"{self.sizes.max_instances} per service"
+            )
         if wanted and all(i.weight == 0 for i in wanted):
-            raise ConfigError(f"all weights of {svc} are zero: give at least one instance a weight, "
-                              "or drain the instances")
+            raise ConfigError(
+                f"all weights of {svc} are zero: give at least one instance a weight, or drain the instances"
+            )
         for i in wanted:
             if i.endpoint.version == 4 and not self._has_src(4):
-                raise ConfigError(f"instance {i.instance_id} has an IPv4 endpoint but node {self.node!r} "
-                                  "has no IPv4 tunnel source (configure --src4)")
+                raise ConfigError(
+                    f"instance {i.instance_id} has an IPv4 endpoint but node {self.node!r} "
+                    "has no IPv4 tunnel source (configure --src4)"
+                )
             if i.endpoint.version == 6 and not self._has_src(6):
-                raise ConfigError(f"instance {i.instance_id} has an IPv6 endpoint but node {self.node!r} "
-                                  "has no IPv6 tunnel source (configure --src6)")
+                raise ConfigError(
+                    f"instance {i.instance_id} has an IPv6 endpoint but node {self.node!r} "
+                    "has no IPv6 tunnel source (configure --src6)"
+                )
         state = self.service(svc)
         slot_of = {inst.instance_id: slot for slot, inst in state.instances.items()}
         free = (s for s in range(self.sizes.max_instances) if s not in state.instances)
-        placed = {i.instance_id: slot_of.get(i.instance_id) if i.instance_id in slot_of else next(free)
-                  for i in wanted}
+        placed = {i.instance_id: slot_of.get(i.instance_id) if i.instance_id in slot_of else next(free) for i in wanted}
         base = state.svc_id * self.sizes.max_instances
         # 1. instance entries first: the ring never names a slot that is not yet written
         for inst in wanted:
@@ -423,14 +455,34 @@ class SteeringNode:
             if limit is not None and n >= limit:
                 return
             n += 1
-            yield FlowEntry(_get_addr(k.src, k.family), _get_addr(k.dst, k.family), socket.ntohs(k.sport),
-                            socket.ntohs(k.dport), int(k.proto), int(v.svc_id), int(v.slot), int(v.instance_id))
+            yield FlowEntry(
+                _get_addr(k.src, k.family),
+                _get_addr(k.dst, k.family),
+                socket.ntohs(k.sport),
+                socket.ntohs(k.dport),
+                int(k.proto),
+                int(v.svc_id),
+                int(v.slot),
+                int(v.instance_id),
+            )
 
     def memory(self) -> dict[str, int]:
         """Kernel memory charged to each map (bytes, from /proc/self/fdinfo)."""
         out = {}
-        for name in ("services", "vip_addrs", "vip_filter", "svc_gen", "instances", "ring", "affinity", "svc_stats", "inst_stats", "verdicts",
-                     "config", "crc_table"):
+        for name in (
+            "services",
+            "vip_addrs",
+            "vip_filter",
+            "svc_gen",
+            "instances",
+            "ring",
+            "affinity",
+            "svc_stats",
+            "inst_stats",
+            "verdicts",
+            "config",
+            "crc_table",
+        ):
             fd = self.prog.table(name).map_fd
             for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
                 if line.startswith("memlock:"):
@@ -442,12 +494,24 @@ class SteeringNode:
         services = []
         for st in self.services():
             total, per = self.service_counters(st.key)
-            services.append({
-                "service": str(st.key), "slot": st.svc_id, **total.__dict__,
-                "instances": [{"instance_id": i.instance_id, "endpoint": str(i.endpoint), "weight": i.weight,
-                               "state": i.state.name.lower(), "site_id": i.site_id, **per[i.instance_id].__dict__}
-                              for i in sorted(st.instances.values(), key=lambda x: x.instance_id)],
-            })
+            services.append(
+                {
+                    "service": str(st.key),
+                    "slot": st.svc_id,
+                    **total.__dict__,
+                    "instances": [
+                        {
+                            "instance_id": i.instance_id,
+                            "endpoint": str(i.endpoint),
+                            "weight": i.weight,
+                            "state": i.state.name.lower(),
+                            "site_id": i.site_id,
+                            **per[i.instance_id].__dict__,
+                        }
+                        for i in sorted(st.instances.values(), key=lambda x: x.instance_id)
+                    ],
+                }
+            )
         return {"node": self.node, "services": services, "verdicts": self.verdicts()}
 
 
@@ -505,5 +569,7 @@ class DecapNode:
 
     def verdicts(self) -> dict[str, int]:
         names = consts.verdict_names()
-        return {names[i]: int(sum(self.verdicts_t.getvalue(self.verdicts_t.Key(i))))
-                for i in (C["DINET_DECAP_OK"], C["DINET_DROP_DECAP_MALFORMED"])}
+        return {
+            names[i]: int(sum(self.verdicts_t.getvalue(self.verdicts_t.Key(i))))
+            for i in (C["DINET_DECAP_OK"], C["DINET_DROP_DECAP_MALFORMED"])
+        }
