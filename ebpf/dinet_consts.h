@@ -90,4 +90,35 @@
 #define BIER_FIXED_LEN 8
 #define BIER_BIFT_WORD_LEN 4
 
+/* RFC 8296 s2.1.1.1 / draft-ietf-bier-non-mpls-bift-encoding: BIFT-id = BSL(4) | SD(8) | SI(8). */
+#define BIER_BIFT_BSL_SHIFT 16
+#define BIER_BIFT_SD_SHIFT 8
+#define BIER_DEFAULT_TTL 64
+#define BIER_MAX_BSL_WORDS 4
+#define BIER_MAX_NEIGHBORS 16
+#define BIER_MAX_BIFT 256
+#define BIER_MAX_BFIR 1024
+#define BIER_MAX_SI_PER_GROUP 4
+/* skb->mark bit of a decapsulated packet handed back to the stack (so it is not classified again). */
+#define BIER_MARK_LOCAL 0x0B1E0000
+
+/* BIER counters (index into the per-CPU `bier_counters` array): events, then drops. */
+#define BIER_EV_RX 0
+#define BIER_EV_COPIES 1
+#define BIER_EV_LOCAL 2
+#define BIER_EV_BFIR_PUSH 3
+#define BIER_EV_PASS 4
+#define BIER_DROP_NIBBLE 8
+#define BIER_DROP_VERSION 9
+#define BIER_DROP_BSL 10
+#define BIER_DROP_TRUNCATED 11
+#define BIER_DROP_ZERO_BITSTRING 12
+#define BIER_DROP_TTL 13
+#define BIER_DROP_BIFT_MISS 14
+#define BIER_DROP_NO_NEIGHBOR 15
+#define BIER_DROP_PROTO 16
+#define BIER_DROP_REDIRECT 17
+#define BIER_DROP_ENCAP 18
+#define BIER_COUNTERS 24
+
 #endif /* DINET_CONSTS_H */

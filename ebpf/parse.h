@@ -2,9 +2,9 @@
 #ifndef DINET_PARSE_H
 #define DINET_PARSE_H
 
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include "dinet_consts.h"
 
 /* Per-CPU verdict counters: one slot per DINET_DROP_* / DINET_PASS_* reason. */

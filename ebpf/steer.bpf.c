@@ -6,9 +6,9 @@
  * delivers it and the instance answers the client directly. Everything else passes untouched.
  * Compiled by bcc with -DDINET_PIN_DIR="..." naming the bpffs folder that holds the node's maps. */
 #include <uapi/linux/bpf.h>
-#include <linux/in.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
 #include "steer.h"
 #include "parse.h"
 

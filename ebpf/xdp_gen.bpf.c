@@ -3,9 +3,9 @@
  * every repetition rewrites the frame from `gen_template` (pages are recycled with whatever the
  * receivers wrote into them), gives it the next of `flows` UDP source ports, and sends it (XDP_TX). */
 #include <uapi/linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/udp.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/udp.h>
 
 #define GEN_LEN 64
 

@@ -65,14 +65,15 @@ class BccProgram:
             log.debug("bcc: %s", err[0])
         self._fns: dict[str, Any] = {}
 
-    def load(self, fn_name: str) -> Any:
-        """Loads the XDP function (verifier); a refusal raises VerifierError with the verifier's log."""
+    def load(self, fn_name: str, prog_type: str = "xdp") -> Any:
+        """Loads the function as an XDP (or "sched_cls": TC) program; a refusal raises VerifierError
+        with the verifier's log."""
         from bcc import BPF
 
         if fn_name not in self._fns:
             with _stderr_captured() as err:
                 try:
-                    fn = self.bpf.load_func(fn_name.encode(), BPF.XDP)
+                    fn = self.bpf.load_func(fn_name.encode(), BPF.SCHED_CLS if prog_type == "sched_cls" else BPF.XDP)
                 except Exception:
                     fn = None
             if fn is None:
@@ -97,6 +98,39 @@ class BccProgram:
             except Exception as e:
                 raise InterfaceError(f"cannot attach {fn_name} to {ifname} ({mode}): {e}") from None
         log.debug("attached %s to %s%s: %s", fn_name, ifname, f" in {ns}" if ns else "", err)
+
+    def attach_tc_ingress(self, fn_name: str, ifname: str, ns: str | None = None) -> None:
+        """Attaches a TC program (direct action) at ifname's clsact ingress hook, in namespace ns."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        fn = self.load(fn_name, "sched_cls")
+        idx = netns.ifindex(ifname, ns)
+        with netns.entered(ns), IPRoute() as ipr:
+            try:
+                ipr.tc("add", "clsact", idx)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise InterfaceError(f"cannot add clsact to {ifname}: {e}") from None
+            try:
+                ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name, parent="ffff:fff2", classid=1,
+                       direct_action=True)
+            except NetlinkError as e:
+                raise InterfaceError(f"cannot attach {fn_name} to {ifname} ingress: {e}") from None
+
+    @staticmethod
+    def detach_tc(ifname: str, ns: str | None = None) -> None:
+        """Removes ifname's clsact qdisc, and with it every TC program attached there."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        idx = netns.ifindex(ifname, ns)
+        with netns.entered(ns), IPRoute() as ipr:
+            try:
+                ipr.tc("del", "clsact", idx)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EINVAL):
+                    raise InterfaceError(f"cannot detach TC from {ifname}: {e}") from None
 
     @staticmethod
     def detach(ifname: str, ns: str | None = None, mode: str = "native") -> None:

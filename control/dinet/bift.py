@@ -1,0 +1,124 @@
+"""BIFT computation (RFC 8279 s6): from a topology of BFRs, each BFR's forwarding table per set.
+
+For every BFR and every BFER it can reach, the next hop on a shortest path (ties broken by the
+neighbour's name, so the table is the same on every run and F-BMs of different neighbours never
+overlap); a neighbour's F-BM is the OR of the bits of the BFERs it is next hop for (s6.5). A BFR's own
+bit is delivered locally. Pure Python: no kernel, no switch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .packets import BSL_BITS, bift_id, si_bit
+
+
+@dataclass(frozen=True)
+class BierLink:
+    a: str
+    b: str
+    cost: int = 1
+
+
+@dataclass
+class BierTopology:
+    """BFRs by name (with their BFR-id if they are BFERs or BFIRs) and the links between them."""
+
+    bfr_ids: dict[str, int | None] = field(default_factory=dict)
+    links: list[BierLink] = field(default_factory=list)
+
+    def add_node(self, name: str, bfr_id: int | None = None) -> None:
+        if bfr_id is not None:
+            owner = next((n for n, b in self.bfr_ids.items() if b == bfr_id and n != name), None)
+            if owner:
+                raise ConfigError(f"BFR-id {bfr_id} is already {owner}'s")
+        self.bfr_ids[name] = bfr_id
+
+    def add_link(self, a: str, b: str, cost: int = 1) -> None:
+        for n in (a, b):
+            if n not in self.bfr_ids:
+                raise ConfigError(f"link {a}-{b}: no node {n!r}")
+        if cost <= 0:
+            raise ConfigError(f"link {a}-{b}: cost must be positive, not {cost}")
+        self.links.append(BierLink(a, b, cost))
+
+    def without_link(self, a: str, b: str) -> BierTopology:
+        return BierTopology(dict(self.bfr_ids), [l for l in self.links if {l.a, l.b} != {a, b}])
+
+    def without_node(self, n: str) -> BierTopology:
+        return BierTopology({k: v for k, v in self.bfr_ids.items() if k != n},
+                            [l for l in self.links if n not in (l.a, l.b)])
+
+    def neighbors(self) -> dict[str, dict[str, int]]:
+        adj: dict[str, dict[str, int]] = defaultdict(dict)
+        for l in self.links:
+            for x, y in ((l.a, l.b), (l.b, l.a)):
+                adj[x][y] = min(l.cost, adj[x].get(y, l.cost))
+        return adj
+
+
+@dataclass(frozen=True)
+class BiftSet:
+    """One BFR's forwarding entry for one (BSL, SD, SI): F-BM per neighbour, and its own bits."""
+
+    bift_id: int
+    si: int
+    fbm: dict[str, int]  # neighbour -> F-BM (bit i-1 = BFR-id si*BSL + i)
+    local: int
+
+
+def next_hops(topo: BierTopology, src: str) -> dict[str, str]:
+    """BFR -> the neighbour of src on its shortest path (ties: the smallest neighbour name)."""
+    adj = topo.neighbors()
+    best: dict[str, tuple[int, str]] = {}
+    heap: list[tuple[int, str, str]] = [(cost, nbr, nbr) for nbr, cost in adj.get(src, {}).items()]
+    heapq.heapify(heap)
+    while heap:
+        dist, first, node = heapq.heappop(heap)
+        if node in best or node == src:
+            continue
+        best[node] = (dist, first)
+        for nxt, cost in adj.get(node, {}).items():
+            if nxt not in best:
+                heapq.heappush(heap, (dist + cost, first, nxt))
+    return {n: first for n, (_, first) in best.items()}
+
+
+def compute_bifts(topo: BierTopology, bsl_code: int, sd: int = 0) -> dict[str, dict[int, BiftSet]]:
+    """Every BFR's BIFT: name -> SI -> BiftSet, for every set that holds a BFER."""
+    bits = BSL_BITS[bsl_code]
+    sets = sorted({si_bit(b, bits)[0] for b in topo.bfr_ids.values() if b is not None})
+    out: dict[str, dict[int, BiftSet]] = {}
+    for node, own in topo.bfr_ids.items():
+        hops = next_hops(topo, node)
+        table: dict[int, BiftSet] = {}
+        for si in sets:
+            fbm: dict[str, int] = defaultdict(int)
+            for dest, bfr in topo.bfr_ids.items():
+                if bfr is None or dest == node or dest not in hops:
+                    continue
+                s, pos = si_bit(bfr, bits)
+                if s == si:
+                    fbm[hops[dest]] |= 1 << (pos - 1)
+            local = 0
+            if own is not None:
+                s, pos = si_bit(own, bits)
+                if s == si:
+                    local = 1 << (pos - 1)
+            table[si] = BiftSet(bift_id(bsl_code, si, sd), si, dict(sorted(fbm.items())), local)
+        out[node] = table
+    return out
+
+
+def check_disjoint(bifts: dict[str, dict[int, BiftSet]]) -> None:
+    """Raises if any BFR's F-BMs overlap (a packet would be duplicated)."""
+    for node, table in bifts.items():
+        for si, entry in table.items():
+            seen = entry.local
+            for nbr, m in entry.fbm.items():
+                if m & seen:
+                    raise ConfigError(f"{node} SI {si}: F-BM of {nbr} overlaps another ({m & seen:#x})")
+                seen |= m

@@ -1,0 +1,211 @@
+"""The BIER target on Linux hosts: ebpf/bier.bpf.c at TC ingress, its maps pinned under
+BPFFS_ROOT/<node>/bier. Writes BIFT and BFIR entries, reads them and the counters back."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import consts
+from ..errors import ConfigError, TableFullError
+from ..model import IPAddress, parse_address
+from ..packets import bitstring_bytes, split_bift_id
+from ..paths import BPFFS_ROOT
+from .bcc_program import BccProgram, update
+
+C = consts.load()
+MAX_NBR = C["BIER_MAX_NEIGHBORS"]
+MAX_SETS = C["BIER_MAX_SI_PER_GROUP"]
+
+
+def _mac(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != 6:
+        raise ConfigError(f"not a MAC address: {text!r}")
+    return raw
+
+
+def _fmt_mac(raw: Any) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))
+
+
+def _put_bits(dst: Any, mask: int, bsl_code: int) -> None:
+    n = bitstring_bytes(bsl_code)
+    if mask >> (n * 8):
+        raise ConfigError(f"bit mask {mask:#x} does not fit a {n * 8}-bit bitstring")
+    ctypes.memmove(ctypes.addressof(dst), mask.to_bytes(n, "big").ljust(ctypes.sizeof(dst), b"\0"), ctypes.sizeof(dst))
+
+
+def _get_bits(src: Any, bsl_code: int) -> int:
+    return int.from_bytes(bytes(src)[: bitstring_bytes(bsl_code)], "big")
+
+
+@dataclass(frozen=True)
+class BiftNeighbor:
+    """Where copies for `fbm` go: out of ifindex, from smac to dmac."""
+
+    ifindex: int
+    smac: str
+    dmac: str
+    fbm: int
+
+
+@dataclass(frozen=True)
+class BiftReadback:
+    bift_id: int
+    local: int
+    neighbors: tuple[BiftNeighbor, ...]
+
+
+@dataclass(frozen=True)
+class BfirMatch:
+    """Traffic a BFIR encapsulates: (S,G) with src, (*,G) without, or (*, dst, UDP port) for model sync."""
+
+    dst: IPAddress
+    src: IPAddress | None = None
+    udp_port: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dst", parse_address(self.dst))
+        if self.src is not None:
+            object.__setattr__(self, "src", parse_address(self.src))
+            if self.src.version != self.dst.version:
+                raise ConfigError(f"source {self.src} and destination {self.dst} are of different families")
+            if self.udp_port:
+                raise ConfigError("a match has a source (S,G) or a UDP port (model sync), not both")
+        if not 0 <= self.udp_port <= 65535:
+            raise ConfigError(f"UDP port must be 0-65535, not {self.udp_port}")
+
+
+class BierNode:
+    """The BIER program of one BFR and its pinned maps."""
+
+    PROGRAM = "tc_bier"
+
+    def __init__(self, node: str = "default", bpffs_root: Path = BPFFS_ROOT):
+        self.node = node
+        self.prog = BccProgram("bier.bpf.c", bpffs_root / node / "bier")
+        self.fn = self.prog.load(self.PROGRAM, "sched_cls")
+        t = self.prog.table
+        self.bift_t, self.bfir_t, self.counters_t, self.if_tx_t = t("bift"), t("bfir"), t("bier_counters"), t("if_tx")
+
+    def __enter__(self) -> BierNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.prog.close()
+
+    def destroy(self) -> None:
+        self.prog.unpin()
+        self.prog.close()
+
+    @property
+    def prog_fd(self) -> int:
+        return int(self.fn.fd)
+
+    def attach(self, ifname: str, netns: str | None = None) -> None:
+        self.prog.attach_tc_ingress(self.PROGRAM, ifname, netns)
+
+    def detach(self, ifname: str, netns: str | None = None) -> None:
+        self.prog.detach_tc(ifname, netns)
+
+    # ---- BIFT ------------------------------------------------------------------------------------------
+    def set_bift(self, bift_id: int, local: int, neighbors: list[BiftNeighbor]) -> None:
+        """Installs (or replaces, in one write) this BFR's entry for a BIFT-id."""
+        bsl, _, _ = split_bift_id(bift_id)
+        if len(neighbors) > MAX_NBR:
+            raise TableFullError(f"BIFT-id {bift_id:#x} has {len(neighbors)} neighbours; at most {MAX_NBR}")
+        v = self.bift_t.Leaf()
+        _put_bits(v.local, local, bsl)
+        v.n_nbr = len(neighbors)
+        for i, n in enumerate(neighbors):
+            e = v.nbr[i]
+            _put_bits(e.fbm, n.fbm, bsl)
+            e.ifindex = n.ifindex
+            e.smac[:] = list(_mac(n.smac))
+            e.dmac[:] = list(_mac(n.dmac))
+        update(self.bift_t, self.bift_t.Key(bift_id), v, f"BIFT-id {bift_id:#x}")
+
+    def remove_bift(self, bift_id: int) -> None:
+        try:
+            del self.bift_t[self.bift_t.Key(bift_id)]
+        except KeyError:
+            raise ConfigError(f"node {self.node!r} has no BIFT-id {bift_id:#x}") from None
+
+    def bifts(self) -> dict[int, BiftReadback]:
+        out = {}
+        for k, v in self.bift_t.items():
+            bsl, _, _ = split_bift_id(k.value)
+            nbrs = tuple(BiftNeighbor(int(n.ifindex), _fmt_mac(n.smac), _fmt_mac(n.dmac), _get_bits(n.fbm, bsl))
+                         for n in list(v.nbr)[: v.n_nbr])
+            out[int(k.value)] = BiftReadback(int(k.value), _get_bits(v.local, bsl), nbrs)
+        return dict(sorted(out.items()))
+
+    # ---- BFIR ------------------------------------------------------------------------------------------
+    def _bfir_key(self, m: BfirMatch) -> Any:
+        k = self.bfir_t.Key()
+        fam = socket.AF_INET if m.dst.version == 4 else socket.AF_INET6
+        raw_dst = m.dst.packed.ljust(16, b"\0")
+        ctypes.memmove(ctypes.addressof(k.dst), raw_dst, 16)
+        if m.src is not None:
+            ctypes.memmove(ctypes.addressof(k.src), m.src.packed.ljust(16, b"\0"), 16)
+        k.family = C["DINET_AF_INET"] if fam == socket.AF_INET else C["DINET_AF_INET6"]
+        if m.udp_port:
+            k.dport = socket.htons(m.udp_port)
+            k.proto = C["DINET_IPPROTO_UDP"]
+        return k
+
+    def set_bfir(self, match: BfirMatch, bfir_id: int, bsl_code: int, sets: dict[int, int]) -> None:
+        """Traffic matching `match` is sent to the BFERs of `sets` (BIFT-id -> bit mask)."""
+        if not sets:
+            raise ConfigError(f"{match}: no set to send to")
+        if len(sets) > MAX_SETS:
+            raise TableFullError(f"{match} spans {len(sets)} sets; a BFIR entry holds at most {MAX_SETS}")
+        if not 1 <= bfir_id <= 0xFFFF:
+            raise ConfigError(f"BFIR-id must be 1..65535, not {bfir_id}")
+        v = self.bfir_t.Leaf()
+        v.n_sets, v.bfir_id, v.bsl = len(sets), bfir_id, bsl_code
+        for i, (bid, mask) in enumerate(sorted(sets.items())):
+            if split_bift_id(bid)[0] != bsl_code:
+                raise ConfigError(f"BIFT-id {bid:#x} is not of BSL code {bsl_code}")
+            if not mask:
+                raise ConfigError(f"{match}: empty bitstring for BIFT-id {bid:#x}")
+            v.sets[i].bift_id = bid
+            _put_bits(v.sets[i].bits, mask, bsl_code)
+        update(self.bfir_t, self._bfir_key(match), v, f"BFIR entry {match}")
+
+    def remove_bfir(self, match: BfirMatch) -> None:
+        try:
+            del self.bfir_t[self._bfir_key(match)]
+        except KeyError:
+            raise ConfigError(f"node {self.node!r} has no BFIR entry {match}") from None
+
+    def bfir_entries(self) -> dict[BfirMatch, dict[int, int]]:
+        out = {}
+        for k, v in self.bfir_t.items():
+            v4 = k.family == C["DINET_AF_INET"]
+            conv = (lambda raw: ipaddress.ip_address(bytes(raw)[:4])) if v4 else (lambda raw: ipaddress.ip_address(bytes(raw)))
+            src = None if not any(bytes(k.src)) else conv(k.src)
+            m = BfirMatch(conv(k.dst), src, socket.ntohs(k.dport))
+            out[m] = {int(s.bift_id): _get_bits(s.bits, v.bsl) for s in list(v.sets)[: v.n_sets]}
+        return out
+
+    # ---- counters --------------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        names = {v: k.removeprefix("BIER_EV_").removeprefix("BIER_").lower() for k, v in C.items()
+                 if k.startswith(("BIER_EV_", "BIER_DROP_"))}
+        return {name: int(sum(self.counters_t.getvalue(self.counters_t.Key(i)))) for i, name in sorted(names.items())}
+
+    def tx_copies(self) -> dict[int, int]:
+        """Egress ifindex -> copies sent out of it."""
+        return {int(k.value): int(sum(v)) for k, v in self.if_tx_t.items()}

@@ -1,0 +1,307 @@
+/* bier.bpf.c: BIER forwarding (RFC 8279) with the RFC 8296 encapsulation over Ethernet (EtherType 0xAB37),
+ * a TC ingress program on every interface of a BFR. One program plays every role:
+ *   BFIR  an IP packet matching `bfir` ((S,G), (*,G), or a model-sync UDP destination) gets a BIER header
+ *         per set and is forwarded per the BIFT;
+ *   BFR   a BIER packet is copied once to each neighbour whose F-BM intersects the bitstring, the copy's
+ *         bitstring being bitstring AND F-BM, and those bits are cleared from what remains (RFC 8279 s6.5);
+ *   BFER  where the node's own bit is set, the packet is also decapsulated and delivered locally.
+ * Replication is TC's bpf_clone_redirect: XDP's alternative (a BPF_F_BROADCAST devmap with a per-egress
+ * program rewriting the bitstring) cannot also hand a decapsulated copy to the local stack in the same
+ * pass; bench/bier.py measures what each copy costs here.
+ * Local delivery takes two passes: bpf_skb_adjust_room refuses an skb whose protocol is not IP, so the
+ * copy is first re-injected at this interface's ingress labelled as the inner protocol (skb->mark carries
+ * the header length), and the second pass removes the BIER header from what is now an IP skb. */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/udp.h>
+#include "bier.h"
+
+#define PIN(name) DINET_PIN_DIR "/" #name
+#define BIFT_OFF ETH_HLEN
+#define BIER_OFF (ETH_HLEN + BIER_BIFT_WORD_LEN)
+#define BS_OFF (BIER_OFF + BIER_FIXED_LEN)
+#define MARK_DECAP_MASK 0xFFFFFF00
+
+/* bift: BIFT-id -> bift_entry; written by dinet. */
+BPF_TABLE_PINNED("hash", __u32, struct bift_entry, bift, BIER_MAX_BIFT, PIN(bift));
+/* bfir: bfir_key -> bfir_entry; written by dinet. */
+BPF_TABLE_PINNED("hash", struct bfir_key, struct bfir_entry, bfir, BIER_MAX_BFIR, PIN(bfir));
+/* bier_counters: BIER_* event or drop -> packets, per CPU; written here. */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, bier_counters, BIER_COUNTERS, PIN(bier_counters));
+/* if_tx: egress ifindex -> copies sent there, per CPU; written here. */
+BPF_TABLE_PINNED("percpu_hash", __u32, __u64, if_tx, 256, PIN(if_tx));
+
+static __always_inline void bump(__u32 idx)
+{
+	__u64 *c = bier_counters.lookup(&idx);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int drop(__u32 reason)
+{
+	bump(reason);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void count_tx(__u32 ifindex)
+{
+	__u64 one = 1;
+	__u64 *c = if_tx.lookup(&ifindex);
+	if (c)
+		*c += 1;
+	else
+		if_tx.update(&ifindex, &one);
+}
+
+/* Bitstring bytes of a BSL code (1, 2, 3 = 64, 128, 256 bits), written so the verifier sees the bound. */
+static __always_inline __u32 bs_bytes(__u32 bsl)
+{
+	__u32 n = 8;
+	if (bsl == BIER_BSL_128)
+		n = 16;
+	else if (bsl == BIER_BSL_256)
+		n = 32;
+	return n;
+}
+
+static __always_inline __u64 any_bits(struct bier_bits *b)
+{
+	return b->w[0] | b->w[1] | b->w[2] | b->w[3];
+}
+
+/* Sends one copy per neighbour whose F-BM intersects `rem` (RFC 8279 s6.5), the copy carrying
+ * rem AND F-BM and the BIFT-id word `word0`; clears each F-BM from `rem`. Returns the copies sent. */
+static __always_inline int replicate(struct __sk_buff *skb, struct bift_entry *e, struct bier_bits *rem, __u32 bsl,
+				     __u32 word0)
+{
+	__be32 w0 = bpf_htonl(word0);
+	__u32 bs_len = bs_bytes(bsl);
+	int sent = 0;
+	if (bpf_skb_store_bytes(skb, BIFT_OFF, &w0, sizeof(w0), 0))
+		return 0;
+	for (__u32 i = 0; i < BIER_MAX_NEIGHBORS; i++) {
+		if (i >= e->n_nbr)
+			break;
+		struct bier_nbr *n = &e->nbr[i];
+		struct bier_bits m;
+		m.w[0] = rem->w[0] & n->fbm.w[0];
+		m.w[1] = rem->w[1] & n->fbm.w[1];
+		m.w[2] = rem->w[2] & n->fbm.w[2];
+		m.w[3] = rem->w[3] & n->fbm.w[3];
+		if (!any_bits(&m))
+			continue;
+		rem->w[0] &= ~n->fbm.w[0];
+		rem->w[1] &= ~n->fbm.w[1];
+		rem->w[2] &= ~n->fbm.w[2];
+		rem->w[3] &= ~n->fbm.w[3];
+		__u8 macs[12];
+		__builtin_memcpy(macs, n->dmac, 6);
+		__builtin_memcpy(macs + 6, n->smac, 6);
+		if (bpf_skb_store_bytes(skb, BS_OFF, &m, bs_len, 0) || bpf_skb_store_bytes(skb, 0, macs, 12, 0) ||
+		    bpf_clone_redirect(skb, n->ifindex, 0)) {
+			bump(BIER_DROP_REDIRECT);
+			continue;
+		}
+		bump(BIER_EV_COPIES);
+		count_tx(n->ifindex);
+		sent++;
+	}
+	if (any_bits(rem))
+		bump(BIER_DROP_NO_NEIGHBOR); /* bits this BFR has no path to (RFC 8279 s6.5: not forwarded) */
+	return sent;
+}
+
+/* First pass of local delivery: label a clone as the inner protocol and hand it back to this ingress. */
+static __always_inline void deliver_local(struct __sk_buff *skb, __u8 proto, __u32 hlen)
+{
+	if (proto != BIER_PROTO_IPV4 && proto != BIER_PROTO_IPV6) {
+		bump(BIER_DROP_PROTO);
+		return;
+	}
+	__be16 et = bpf_htons(proto == BIER_PROTO_IPV4 ? DINET_ETHERTYPE_IPV4 : DINET_ETHERTYPE_IPV6);
+	__u32 saved = skb->mark;
+	if (bpf_skb_store_bytes(skb, 12, &et, sizeof(et), 0))
+		return;
+	skb->mark = BIER_MARK_LOCAL | hlen;
+	if (bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS))
+		bump(BIER_DROP_REDIRECT);
+	else
+		bump(BIER_EV_LOCAL);
+	skb->mark = saved;
+}
+
+/* Second pass: the clone is back, as an IP skb still carrying the BIER header; remove it. */
+static __always_inline int finish_local(struct __sk_buff *skb)
+{
+	__u32 hlen = skb->mark & ~MARK_DECAP_MASK;
+	skb->mark = 0;
+	if (hlen < BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + 8 || hlen > BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + 32)
+		return drop(BIER_DROP_ENCAP);
+	if (bpf_skb_adjust_room(skb, -(__s32)hlen, BPF_ADJ_ROOM_MAC, 0))
+		return drop(BIER_DROP_ENCAP);
+	return TC_ACT_OK;
+}
+
+/* BFR (and BFER) processing of a BIER packet. */
+static __always_inline int bfr(struct __sk_buff *skb)
+{
+	__u8 h[BIER_BIFT_WORD_LEN + BIER_FIXED_LEN];
+	bump(BIER_EV_RX);
+	if (bpf_skb_load_bytes(skb, BIFT_OFF, h, sizeof(h)))
+		return drop(BIER_DROP_TRUNCATED);
+	__u32 word0 = ((__u32)h[0] << 24) | ((__u32)h[1] << 16) | ((__u32)h[2] << 8) | h[3];
+	__u32 bift_id = word0 >> 12;
+	__u32 ttl = word0 & 0xff;
+	if ((h[4] >> 4) != BIER_NIBBLE)
+		return drop(BIER_DROP_NIBBLE);
+	if ((h[4] & 0xf) != BIER_VERSION)
+		return drop(BIER_DROP_VERSION);
+	__u32 bsl = h[5] >> 4;
+	if (bsl < BIER_BSL_64 || bsl > BIER_BSL_256 || ((bift_id >> BIER_BIFT_BSL_SHIFT) & 0xf) != bsl)
+		return drop(BIER_DROP_BSL);
+	struct bier_bits bs = {};
+	__u32 bs_len = bs_bytes(bsl);
+	if (bpf_skb_load_bytes(skb, BS_OFF, &bs, bs_len))
+		return drop(BIER_DROP_TRUNCATED);
+	if (!any_bits(&bs))
+		return drop(BIER_DROP_ZERO_BITSTRING);
+	struct bift_entry *e = bift.lookup(&bift_id);
+	if (!e)
+		return drop(BIER_DROP_BIFT_MISS);
+
+	struct bier_bits rem;
+	rem.w[0] = bs.w[0] & ~e->local.w[0];
+	rem.w[1] = bs.w[1] & ~e->local.w[1];
+	rem.w[2] = bs.w[2] & ~e->local.w[2];
+	rem.w[3] = bs.w[3] & ~e->local.w[3];
+	int local = (bs.w[0] & e->local.w[0]) || (bs.w[1] & e->local.w[1]) || (bs.w[2] & e->local.w[2]) ||
+		    (bs.w[3] & e->local.w[3]);
+	if (any_bits(&rem)) {
+		if (ttl <= 1) /* RFC 8296 s2.1.1.2: a TTL that would reach 0 ends forwarding */
+			bump(BIER_DROP_TTL);
+		else
+			replicate(skb, e, &rem, bsl, (word0 & ~0xffu) | (ttl - 1));
+	}
+	if (local)
+		deliver_local(skb, h[9] & 0x3f, BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + bs_len);
+	return TC_ACT_SHOT; /* every copy has left; the original is consumed */
+}
+
+/* BFIR: classify an IP packet; on a match push the BIER header and forward it for each set. */
+static __always_inline int bfir_push(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct bfir_key k = {};
+	__u8 dscp = 0, proto;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(DINET_ETHERTYPE_IPV4)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_OK;
+		k.family = DINET_AF_INET;
+		__builtin_memcpy(k.src, &ip->saddr, 4);
+		__builtin_memcpy(k.dst, &ip->daddr, 4);
+		k.proto = ip->protocol;
+		dscp = ip->tos >> 2;
+		proto = BIER_PROTO_IPV4;
+		if (ip->protocol == DINET_IPPROTO_UDP && ip->ihl == 5) {
+			struct udphdr *u = (void *)(ip + 1);
+			if ((void *)(u + 1) <= data_end)
+				k.dport = u->dest;
+		}
+	} else if (eth->h_proto == bpf_htons(DINET_ETHERTYPE_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return TC_ACT_OK;
+		k.family = DINET_AF_INET6;
+		__builtin_memcpy(k.src, &ip6->saddr, 16);
+		__builtin_memcpy(k.dst, &ip6->daddr, 16);
+		k.proto = ip6->nexthdr;
+		dscp = ((ip6->priority << 4) | (ip6->flow_lbl[0] >> 4)) >> 2;
+		proto = BIER_PROTO_IPV6;
+		if (ip6->nexthdr == DINET_IPPROTO_UDP) {
+			struct udphdr *u = (void *)(ip6 + 1);
+			if ((void *)(u + 1) <= data_end)
+				k.dport = u->dest;
+		}
+	} else {
+		return TC_ACT_OK;
+	}
+	__be16 dport = k.dport;
+	__u8 l4 = k.proto;
+	/* (S,G) */
+	k.dport = 0;
+	k.proto = 0;
+	struct bfir_entry *be = bfir.lookup(&k);
+	if (!be) { /* (*,G) */
+		__builtin_memset(k.src, 0, sizeof(k.src));
+		be = bfir.lookup(&k);
+	}
+	if (!be && l4 == DINET_IPPROTO_UDP && dport) { /* model sync: (*, destination, UDP port) */
+		k.dport = dport;
+		k.proto = DINET_IPPROTO_UDP;
+		be = bfir.lookup(&k);
+	}
+	if (!be) {
+		bump(BIER_EV_PASS);
+		return TC_ACT_OK;
+	}
+	if (be->bsl < BIER_BSL_64 || be->bsl > BIER_BSL_256)
+		return drop(BIER_DROP_BSL);
+	__u32 bsl = be->bsl;
+	__u32 bs_len = bs_bytes(bsl);
+	__u32 hlen = BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + bs_len;
+	__u32 entropy = bpf_get_hash_recalc(skb) & 0xFFFFF;
+	if (bpf_skb_adjust_room(skb, hlen, BPF_ADJ_ROOM_MAC, 0))
+		return drop(BIER_DROP_ENCAP);
+	__be16 et = bpf_htons(DINET_ETHERTYPE_BIER);
+	__u8 h[BIER_FIXED_LEN];
+	h[0] = (BIER_NIBBLE << 4) | BIER_VERSION;
+	h[1] = (bsl << 4) | ((entropy >> 16) & 0xf);
+	h[2] = (entropy >> 8) & 0xff;
+	h[3] = entropy & 0xff;
+	h[4] = (dscp >> 2) & 0xf;              /* OAM 0, Rsv 0, DSCP high 4 bits */
+	h[5] = ((dscp & 0x3) << 6) | proto;    /* DSCP low 2 bits, Proto */
+	h[6] = be->bfir_id >> 8;
+	h[7] = be->bfir_id & 0xff;
+	if (bpf_skb_store_bytes(skb, 12, &et, sizeof(et), 0) || bpf_skb_store_bytes(skb, BIER_OFF, h, sizeof(h), 0))
+		return drop(BIER_DROP_ENCAP);
+	bump(BIER_EV_BFIR_PUSH);
+	for (__u32 s = 0; s < BIER_MAX_SI_PER_GROUP; s++) {
+		if (s >= be->n_sets)
+			break;
+		struct bfir_set *set = &be->sets[s];
+		__u32 bift_id = set->bift_id;
+		struct bift_entry *e = bift.lookup(&bift_id);
+		if (!e) {
+			bump(BIER_DROP_BIFT_MISS);
+			continue;
+		}
+		struct bier_bits rem = set->bits;
+		/* RFC 8296 s2.1.1.1: BIFT-id, TC 0, S 1 (bottom of stack), TTL */
+		replicate(skb, e, &rem, bsl, (bift_id << 12) | (1 << 8) | BIER_DEFAULT_TTL);
+	}
+	return TC_ACT_SHOT; /* the copies have left; the unencapsulated original goes no further */
+}
+
+int tc_bier(struct __sk_buff *skb)
+{
+	if ((skb->mark & MARK_DECAP_MASK) == BIER_MARK_LOCAL)
+		return finish_local(skb);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(DINET_ETHERTYPE_BIER))
+		return bfr(skb);
+	return bfir_push(skb);
+}
