@@ -116,8 +116,9 @@ static __always_inline int replicate(struct __sk_buff *skb, struct bift_entry *e
 	return sent;
 }
 
-/* First pass of local delivery: label a clone as the inner protocol and hand it back to this ingress. */
-static __always_inline void deliver_local(struct __sk_buff *skb, __u8 proto, __u32 hlen)
+/* First pass of local delivery: label a clone as the inner protocol and hand it back to this ingress,
+ * addressed as it arrived (replication rewrote the MAC addresses for the last neighbour). */
+static __always_inline void deliver_local(struct __sk_buff *skb, __u8 proto, __u32 hlen, __u8 *macs)
 {
 	if (proto != BIER_PROTO_IPV4 && proto != BIER_PROTO_IPV6) {
 		bump(BIER_DROP_PROTO);
@@ -125,7 +126,7 @@ static __always_inline void deliver_local(struct __sk_buff *skb, __u8 proto, __u
 	}
 	__be16 et = bpf_htons(proto == BIER_PROTO_IPV4 ? DINET_ETHERTYPE_IPV4 : DINET_ETHERTYPE_IPV6);
 	__u32 saved = skb->mark;
-	if (bpf_skb_store_bytes(skb, 12, &et, sizeof(et), 0))
+	if (bpf_skb_store_bytes(skb, 0, macs, 12, 0) || bpf_skb_store_bytes(skb, 12, &et, sizeof(et), 0))
 		return;
 	skb->mark = BIER_MARK_LOCAL | hlen;
 	if (bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS))
@@ -151,8 +152,9 @@ static __always_inline int finish_local(struct __sk_buff *skb)
 static __always_inline int bfr(struct __sk_buff *skb)
 {
 	__u8 h[BIER_BIFT_WORD_LEN + BIER_FIXED_LEN];
+	__u8 macs[12];
 	bump(BIER_EV_RX);
-	if (bpf_skb_load_bytes(skb, BIFT_OFF, h, sizeof(h)))
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) || bpf_skb_load_bytes(skb, BIFT_OFF, h, sizeof(h)))
 		return drop(BIER_DROP_TRUNCATED);
 	__u32 word0 = ((__u32)h[0] << 24) | ((__u32)h[1] << 16) | ((__u32)h[2] << 8) | h[3];
 	__u32 bift_id = word0 >> 12;
@@ -188,7 +190,7 @@ static __always_inline int bfr(struct __sk_buff *skb)
 			replicate(skb, e, &rem, bsl, (word0 & ~0xffu) | (ttl - 1));
 	}
 	if (local)
-		deliver_local(skb, h[9] & 0x3f, BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + bs_len);
+		deliver_local(skb, h[9] & 0x3f, BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + bs_len, macs);
 	return TC_ACT_SHOT; /* every copy has left; the original is consumed */
 }
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_bcc, needs_root
-from scapy.config import conf
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -56,10 +56,7 @@ def test_udp_is_tunnelled_to_the_site_and_delivered_unchanged(edge, vip: str, ou
     from dinet import netns
     from dinet.httpclient import udp_ask
 
-    socks = {}
-    for k in (1, 2):
-        with netns.entered(edge.topo.ns(f"s{k}")):
-            socks[k] = conf.L2listen(iface="up0")
+    socks = {k: netns.l2_socket("up0", edge.topo.ns(f"s{k}")) for k in (1, 2)}
     try:
         payload = b"dinet-probe-" + vip.encode()
         who = ask(edge, udp_ask, vip, edge.udp_port, payload)
@@ -69,11 +66,10 @@ def test_udp_is_tunnelled_to_the_site_and_delivered_unchanged(edge, vip: str, ou
         seen = []
         endpoints = (str(host.endpoint4), str(host.endpoint6))
         while select.select([sock], [], [], 2.0)[0]:
-            p = sock.recv()
-            if p is not None:
-                seen.append(p)
-                if outer in p and p[outer].dst in endpoints:
-                    break
+            p = Ether(sock.recv(65535))
+            seen.append(p)
+            if outer in p and p[outer].dst in endpoints:
+                break
     finally:
         for s in socks.values():
             s.close()

@@ -46,17 +46,18 @@ class BierTopology:
         self.links.append(BierLink(a, b, cost))
 
     def without_link(self, a: str, b: str) -> BierTopology:
-        return BierTopology(dict(self.bfr_ids), [l for l in self.links if {l.a, l.b} != {a, b}])
+        return BierTopology(dict(self.bfr_ids), [k for k in self.links if {k.a, k.b} != {a, b}])
 
     def without_node(self, n: str) -> BierTopology:
-        return BierTopology({k: v for k, v in self.bfr_ids.items() if k != n},
-                            [l for l in self.links if n not in (l.a, l.b)])
+        return BierTopology(
+            {k: v for k, v in self.bfr_ids.items() if k != n}, [k for k in self.links if n not in (k.a, k.b)]
+        )
 
     def neighbors(self) -> dict[str, dict[str, int]]:
         adj: dict[str, dict[str, int]] = defaultdict(dict)
-        for l in self.links:
-            for x, y in ((l.a, l.b), (l.b, l.a)):
-                adj[x][y] = min(l.cost, adj[x].get(y, l.cost))
+        for link in self.links:
+            for x, y in ((link.a, link.b), (link.b, link.a)):
+                adj[x][y] = min(link.cost, adj[x].get(y, link.cost))
         return adj
 
 
@@ -122,3 +123,40 @@ def check_disjoint(bifts: dict[str, dict[int, BiftSet]]) -> None:
                 if m & seen:
                     raise ConfigError(f"{node} SI {si}: F-BM of {nbr} overlaps another ({m & seen:#x})")
                 seen |= m
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A copy crossing the link frm -> to, carrying `mask` (RFC 8279 s6.5) and `ttl` (RFC 8296)."""
+
+    frm: str
+    to: str
+    mask: int
+    ttl: int
+
+
+def walk(
+    bifts: dict[str, dict[int, BiftSet]], bfir: str, si: int, mask: int, ttl: int = 64
+) -> tuple[list[Copy], set[str]]:
+    """The copies RFC 8279's forwarding procedure makes for a packet entering at `bfir` with `mask`, and the
+    BFRs that deliver it locally. What the data planes must do, and what bench/ counts bytes with."""
+    copies: list[Copy] = []
+    delivered: set[str] = set()
+    todo = [(bfir, mask, ttl, True)]
+    while todo:
+        node, bits, t, at_bfir = todo.pop()
+        entry = bifts[node].get(si)
+        if entry is None:
+            continue
+        if bits & entry.local and not at_bfir:
+            delivered.add(node)
+        rem = bits & ~entry.local
+        out_ttl = t if at_bfir else t - 1
+        if not rem or (not at_bfir and t <= 1):
+            continue
+        for nbr, fbm in entry.fbm.items():
+            if rem & fbm:
+                copies.append(Copy(node, nbr, rem & fbm, out_ttl))
+                todo.append((nbr, rem & fbm, out_ttl, False))
+                rem &= ~fbm
+    return copies, delivered

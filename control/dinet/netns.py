@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,8 +63,6 @@ def ifindex(ifname: str, netns: str | None = None) -> int:
 
 
 def socket_if_nametoindex(ifname: str) -> int:
-    import socket
-
     return socket.if_nametoindex(ifname)
 
 
@@ -111,6 +110,7 @@ class Topology:
                 "ip",
                 "link",
                 "add",
+                "name",
                 a_if,
                 "mtu",
                 str(mtu),
@@ -131,7 +131,7 @@ class Topology:
             # veth hands partial checksums to its peer; a frame that XDP redirects or tunnels would carry
             # one onto the next hop unfinished, so checksums are computed in software, as on a wire
             run(["ethtool", "-K", ifname, "tx", "off"], ns)
-            run(["ip", "link", "set", ifname, "up"], ns)
+            run(["ip", "link", "set", "dev", ifname, "up"], ns)
 
     def sh(self, name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run(cmd, self.ns(name), check)
@@ -157,3 +157,20 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+ETH_P_ALL = 0x0003
+
+
+def l2_socket(ifname: str, ns: str | None = None) -> socket.socket:
+    """A raw AF_PACKET socket bound to ifname in namespace ns: send() injects a frame there, recv() reads
+    every frame the interface sees (both directions). Created inside the namespace, so the name resolves
+    there (scapy's own sockets resolve names in the namespace it started in)."""
+    with entered(ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            s.bind((ifname, 0))
+        except OSError as e:
+            s.close()
+            raise InterfaceError(f"cannot open a packet socket on {ifname}: {e.strerror}") from None
+    return s

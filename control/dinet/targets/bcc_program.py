@@ -113,8 +113,17 @@ class BccProgram:
                 if e.code != errno.EEXIST:
                     raise InterfaceError(f"cannot add clsact to {ifname}: {e}") from None
             try:
-                ipr.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name, parent="ffff:fff2", classid=1,
-                       direct_action=True)
+                ipr.tc(
+                    "add-filter",
+                    "bpf",
+                    idx,
+                    ":1",
+                    fd=fn.fd,
+                    name=fn.name,
+                    parent="ffff:fff2",
+                    classid=1,
+                    direct_action=True,
+                )
             except NetlinkError as e:
                 raise InterfaceError(f"cannot attach {fn_name} to {ifname} ingress: {e}") from None
 

@@ -146,8 +146,10 @@ class BierNode:
         out = {}
         for k, v in self.bift_t.items():
             bsl, _, _ = split_bift_id(k.value)
-            nbrs = tuple(BiftNeighbor(int(n.ifindex), _fmt_mac(n.smac), _fmt_mac(n.dmac), _get_bits(n.fbm, bsl))
-                         for n in list(v.nbr)[: v.n_nbr])
+            nbrs = tuple(
+                BiftNeighbor(int(n.ifindex), _fmt_mac(n.smac), _fmt_mac(n.dmac), _get_bits(n.fbm, bsl))
+                for n in list(v.nbr)[: v.n_nbr]
+            )
             out[int(k.value)] = BiftReadback(int(k.value), _get_bits(v.local, bsl), nbrs)
         return dict(sorted(out.items()))
 
@@ -194,7 +196,11 @@ class BierNode:
         out = {}
         for k, v in self.bfir_t.items():
             v4 = k.family == C["DINET_AF_INET"]
-            conv = (lambda raw: ipaddress.ip_address(bytes(raw)[:4])) if v4 else (lambda raw: ipaddress.ip_address(bytes(raw)))
+            conv = (
+                (lambda raw: ipaddress.ip_address(bytes(raw)[:4]))
+                if v4
+                else (lambda raw: ipaddress.ip_address(bytes(raw)))
+            )
             src = None if not any(bytes(k.src)) else conv(k.src)
             m = BfirMatch(conv(k.dst), src, socket.ntohs(k.dport))
             out[m] = {int(s.bift_id): _get_bits(s.bits, v.bsl) for s in list(v.sets)[: v.n_sets]}
@@ -202,8 +208,11 @@ class BierNode:
 
     # ---- counters --------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
-        names = {v: k.removeprefix("BIER_EV_").removeprefix("BIER_").lower() for k, v in C.items()
-                 if k.startswith(("BIER_EV_", "BIER_DROP_"))}
+        names = {
+            v: k.removeprefix("BIER_EV_").removeprefix("BIER_").lower()
+            for k, v in C.items()
+            if k.startswith(("BIER_EV_", "BIER_DROP_"))
+        }
         return {name: int(sum(self.counters_t.getvalue(self.counters_t.Key(i)))) for i, name in sorted(names.items())}
 
     def tx_copies(self) -> dict[int, int]:

@@ -1,0 +1,126 @@
+"""The RFC 8296 layers and the BIFT computation: pure Python, no kernel needed."""
+
+from __future__ import annotations
+
+import pytest
+import scapy.contrib.bier as draft
+from dinet import consts
+from dinet.bift import BierTopology, check_disjoint, compute_bifts, walk
+from dinet.errors import ConfigError
+from dinet.packets import BIER, BSL_BITS, BIFTId, bift_id, bitstring, bitstring_ids, si_bit, split_bift_id
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from topo.bier_domain import diamond, tree
+
+
+def frame(bsl: int = 1, ids=(1, 3), si: int = 0, ttl: int = 64):
+    return (
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / BIFTId(bift_id=bift_id(bsl, si), ttl=ttl)
+        / BIER(bsl=bsl, entropy=0xABCDE, dscp=10, proto=4, bfir_id=77, bitstring=bitstring(ids, bsl, si))
+        / IP(src="10.50.0.2", dst="10.200.0.1")
+        / UDP(dport=9000)
+        / b"x"
+    )
+
+
+@pytest.mark.parametrize("bsl", [1, 2, 3])
+def test_layout_matches_scapy_contrib_field_for_field(bsl: int) -> None:
+    """scapy.contrib.bier has the RFC 8296 layout with draft-era values: the fields sit at the same bits,
+    only what BSL and Proto numbers mean differs (there 0 = 64 bits and 5 = IPv6)."""
+    raw = bytes(frame(bsl))[14:]
+    ours_bift, theirs_bift = BIFTId(raw), draft.BIFT(raw)
+    assert ours_bift.bift_id == (theirs_bift.bsl << 16) | (theirs_bift.sd << 8) | theirs_bift.set
+    assert (ours_bift.tc, ours_bift.s, ours_bift.ttl) == (theirs_bift.cos, theirs_bift.s, theirs_bift.ttl)
+    ours, theirs = BIER(raw[4:]), draft.BIER(raw[4:])
+    assert (ours.nibble, ours.version, ours.bsl, ours.entropy) == (
+        theirs.id,
+        theirs.version,
+        theirs.length,
+        theirs.entropy,
+    )
+    assert (ours.oam, ours.rsv, ours.dscp, ours.proto, ours.bfir_id) == (
+        theirs.OAM,
+        theirs.RSV,
+        theirs.DSCP,
+        theirs.Proto,
+        theirs.BFRID,
+    )
+    # the values are RFC 8296's, not the draft's
+    assert len(ours.bitstring) * 8 == {1: 64, 2: 128, 3: 256}[bsl]
+    assert len(theirs.BitString) * 8 == {1: 128, 2: 256, 3: 512}[bsl] or len(raw) < 12 + 8 * 2**bsl
+    assert ours.proto == 4 and IP in ours
+
+
+def test_constants_come_from_the_shared_header() -> None:
+    c = consts.load()
+    assert c["DINET_ETHERTYPE_BIER"] == 0xAB37
+    assert BSL_BITS == {1: 64, 2: 128, 3: 256, 4: 512, 5: 1024, 6: 2048, 7: 4096}
+    assert (c["BIER_PROTO_IPV4"], c["BIER_PROTO_IPV6"]) == (4, 6)
+    assert Ether(bytes(frame())).type == 0xAB37 and BIER in Ether(bytes(frame()))
+
+
+def test_bfr_id_bits_and_sets() -> None:
+    assert si_bit(1, 64) == (0, 1) and si_bit(64, 64) == (0, 64) and si_bit(65, 64) == (1, 1)
+    raw = bitstring([1, 3, 64], 1, 0)
+    assert raw == (1 << 63 | 0b101).to_bytes(8, "big")  # bit 1 is the last byte's low bit (RFC 8279 s3)
+    assert bitstring_ids(raw) == [1, 3, 64]
+    assert bitstring_ids(bitstring([65, 70], 1, 1), 1) == [65, 70]
+    assert bitstring([65], 1, 0) == bytes(8)  # another set's BFR-id is not in this bitstring
+    assert split_bift_id(bift_id(3, 2, 1)) == (3, 1, 2)
+    with pytest.raises(ConfigError):
+        si_bit(0, 64)
+    with pytest.raises(ConfigError):
+        bift_id(9, 0)
+
+
+def test_diamond_bift() -> None:
+    b = compute_bifts(diamond(), 1)
+    assert b["a"][0].fbm == {"b": 0b101, "c": 0b010}  # d (bit 3) via b: equal cost, smaller name
+    assert b["a"][0].local == 1 << 9 and b["b"][0].local == 0b001  # a is BFR-id 10
+    assert b["b"][0].fbm == {"a": 1 << 9 | 0b010, "d": 0b100}
+    check_disjoint(b)
+    copies, got = walk(b, "a", 0, 0b111)
+    assert got == {"b", "c", "d"}
+    assert sorted((c.frm, c.to, c.mask, c.ttl) for c in copies) == [
+        ("a", "b", 0b101, 64),
+        ("a", "c", 0b010, 64),
+        ("b", "d", 0b100, 63),
+    ]
+
+
+def test_recomputed_after_a_link_or_node_goes() -> None:
+    t = diamond().without_link("b", "d")
+    b = compute_bifts(t, 1)
+    assert b["a"][0].fbm == {"b": 0b001, "c": 0b110}
+    assert walk(b, "a", 0, 0b111)[1] == {"b", "c", "d"}
+    b = compute_bifts(diamond().without_node("c").without_link("b", "d"), 1)
+    assert b["a"][0].fbm == {"b": 0b001}  # d is unreachable: no neighbour serves its bit
+    assert walk(b, "a", 0, 0b101)[1] == {"b"}
+
+
+def test_tree_two_sets_each_bfer_exactly_once() -> None:
+    t = tree(second_set_from=5)
+    b = compute_bifts(t, 1)
+    check_disjoint(b)
+    assert set(b["r"]) == {0, 1}
+    reached: list[str] = []
+    for si, mask in ((0, 0b1111), (1, 0b11110000)):
+        copies, got = walk(b, "r", si, mask)
+        reached += sorted(got)
+        links = [(c.frm, c.to) for c in copies]
+        assert len(links) == len(set(links)), "one copy per link"
+    assert sorted(reached) == [f"e{i}" for i in range(1, 9)]
+
+
+def test_bad_topologies_are_refused() -> None:
+    t = BierTopology()
+    t.add_node("x", 1)
+    with pytest.raises(ConfigError, match="already"):
+        t.add_node("y", 1)
+    with pytest.raises(ConfigError, match="no node"):
+        t.add_link("x", "z")
+    t.add_node("y", 2)
+    with pytest.raises(ConfigError, match="positive"):
+        t.add_link("x", "y", 0)

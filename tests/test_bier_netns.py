@@ -1,0 +1,176 @@
+"""BIER on the eBPF data plane, end to end in namespace domains: a source behind the BFIR sends UDP, BFERs
+receive it; copies are captured on the links and decoded with the project's RFC 8296 layers."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import NS_PREFIX, needs_bcc, needs_root
+from dinet import netns
+from dinet.bift import compute_bifts, walk
+from dinet.packets import BIER, BIFTId, bift_id, bitstring
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from topo.bier_domain import SYNC_ADDR, SYNC_PORT, BierDomain, diamond, tree
+
+pytestmark = [needs_root, needs_bcc]
+
+
+@contextlib.contextmanager
+def captures(dom: BierDomain, links: list[tuple[str, str]]) -> Iterator[dict[tuple[str, str], object]]:
+    """L2 sockets on the receiving end of each link frm -> to, opened before any traffic."""
+    socks = {}
+    try:
+        for frm, to in links:
+            socks[(frm, to)] = netns.l2_socket(frm, dom.net.ns(to))
+        yield socks
+    finally:
+        for s in socks.values():
+            s.close()
+
+
+def bier_frames(sock) -> list:
+    """What the socket has queued (the deliveries already came back, so the copies have crossed)."""
+    out = []
+    while select.select([sock], [], [], 0)[0]:
+        p = Ether(sock.recv(65535))
+        if BIER in p:
+            out.append(p)
+    return out
+
+
+def exactly_once(got: dict[str, list[int]], targets: set[str], n: int) -> None:
+    for name, seqs in got.items():
+        want = list(range(n)) if name in targets else []
+        assert sorted(seqs) == want, f"{name}: got {Counter(seqs)} for {n} packets (targeted: {name in targets})"
+
+
+@pytest.mark.parametrize("bsl", [1, 2, 3], ids=["bsl64", "bsl128", "bsl256"])
+def test_diamond_delivers_exactly_once_with_rfc_bitstrings(bsl: int, bpffs_root: Path) -> None:
+    with BierDomain(f"{NS_PREFIX}d{bsl}", diamond(), bsl, bpffs_root=bpffs_root) as d:
+        targets = {"b", "c", "d"}
+        d.install_bfir(targets)
+        links = [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]
+        with captures(d, links) as socks:
+            d.send(20)
+            exactly_once(d.received({t: 20 for t in targets}), targets, 20)
+            frames = {link: bier_frames(s) for link, s in socks.items()}
+        expected, delivered = walk(compute_bifts(d.topo, bsl), "a", 0, 0b111)
+        assert delivered == targets
+        want = {(c.frm, c.to): c for c in expected}
+        for link, got in frames.items():
+            if link not in want:
+                assert got == [], f"{link}: no copy should cross"
+                continue
+            assert len(got) == 20, f"{link}: {len(got)} copies for 20 packets"
+            for p in got:
+                assert p[BIER].bsl == bsl and p[BIER].nibble == 5 and p[BIER].proto == 4
+                assert bytes(p[BIER].bitstring) == want[link].mask.to_bytes(8 << (bsl - 1), "big")
+                assert p[BIFTId].ttl == want[link].ttl and p[BIFTId].bift_id == bift_id(bsl, 0)
+                assert p[BIER].bfir_id == 10 and p[IP].dst == str(SYNC_ADDR) and p[UDP].dport == SYNC_PORT
+        a = d.nodes["a"].counters()
+        assert a["bfir_push"] == 20 and a["copies"] == 40
+        assert all(v == 0 for k, v in a.items() if k.startswith("drop"))
+
+
+def test_subset_and_link_removal_stay_exactly_once(bpffs_root: Path) -> None:
+    with BierDomain(f"{NS_PREFIX}dl", diamond(), 1, bpffs_root=bpffs_root) as d:
+        d.install_bfir({"d"})
+        d.send(10)
+        exactly_once(d.received({"d": 10}), {"d"}, 10)
+        assert d.nodes["c"].counters()["rx"] == 0  # d is reached through b only
+        d.remove_link("b", "d")
+        assert d.nodes["a"].bifts()[bift_id(1, 0)].neighbors[1].fbm == 0b110  # toward c now: c and d
+        d.install_bfir({"b", "c", "d"})
+        d.send(10, start=10)
+        got = d.received({"b": 10, "c": 10, "d": 10})
+        assert sorted(got["d"]) == list(range(10, 20)) and sorted(got["b"]) == list(range(10, 20))
+        assert sorted(got["c"]) == list(range(10, 20))
+
+
+def test_tree_of_eight_bfers_in_two_sets(bpffs_root: Path) -> None:
+    """BSL 64, BFR-ids 1-4 in SI 0 and 65-68 in SI 1: the BFIR sends one packet per set."""
+    with BierDomain(f"{NS_PREFIX}t", tree(second_set_from=5), 1, bfir="r", bpffs_root=bpffs_root) as d:
+        everyone = {f"e{i}" for i in range(1, 9)}
+        d.install_bfir(everyone)
+        assert set(d.nodes["r"].bfir_entries()[next(iter(d.nodes["r"].bfir_entries()))]) == {
+            bift_id(1, 0),
+            bift_id(1, 1),
+        }
+        with captures(d, [("r", "m1"), ("r", "m2")]) as socks:
+            d.send(15)
+            exactly_once(d.received({t: 15 for t in everyone}), everyone, 15)
+            up = {link: bier_frames(s) for link, s in socks.items()}
+        # e1..e4 (SI 0) sit under m1, e5..e8 (SI 1) under m2: each uplink carries its own set's 15 packets
+        assert {link: {p[BIFTId].bift_id & 0xFF for p in ps} for link, ps in up.items()} == {
+            ("r", "m1"): {0},
+            ("r", "m2"): {1},
+        }
+        assert all(len(ps) == 15 for ps in up.values())
+        some = {"e2", "e3", "e7"}
+        d.install_bfir(some)
+        d.send(5, start=100)
+        got = d.received({t: 5 for t in some})
+        for name in everyone:
+            assert sorted(got[name]) == (list(range(100, 105)) if name in some else []), name
+
+
+def test_malformed_bier_is_dropped_counted_and_harmless(bpffs_root: Path) -> None:
+    with BierDomain(f"{NS_PREFIX}m", diamond(), 1, bpffs_root=bpffs_root) as d:
+        a = d.nodes["a"]
+        mac_a = netns.mac_of("src", d.net.ns("a"))
+        inner = IP(src="10.50.0.2", dst=str(SYNC_ADDR)) / UDP(sport=1, dport=SYNC_PORT) / b"probe"
+
+        def bier(bsl=1, bid=None, ttl=64, ids=(1, 3), **kw):
+            hdr = BIER(bsl=bsl, bitstring=bitstring(ids, min(bsl, 3)), **({"proto": 4} | kw))
+            return Ether(dst=mac_a) / BIFTId(bift_id=bift_id(1, 0) if bid is None else bid, ttl=ttl) / hdr / inner
+
+        inject = netns.l2_socket("eth0", d.net.ns("src"))
+        cases = [
+            ("drop_nibble", bier(nibble=4)),
+            ("drop_version", bier(version=1)),
+            ("drop_bsl", bier(bsl=4, bid=bift_id(4, 0))),  # 512 bits: not supported here
+            ("drop_bsl", bier(bsl=2)),  # header BSL differs from BIFT-id's
+            ("drop_truncated", Ether(bytes(bier())[: 14 + 10])),
+            ("drop_truncated", Ether(bytes(bier(bsl=3, bid=bift_id(3, 0)))[: 14 + 12 + 8])),
+            ("drop_zero_bitstring", bier(ids=())),
+            ("drop_ttl", bier(ttl=1)),
+            ("drop_bift_miss", bier(bid=bift_id(1, 5))),
+            ("drop_proto", bier(ids=(10,), proto=5)),  # a's own bit, Proto 5 (OAM) to deliver
+        ]
+        for reason, pkt in cases:
+            before = a.counters()
+            inject.send(bytes(pkt))
+            after = _wait_counter(a, reason, before[reason] + 1)
+            moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            moved.pop("rx", None)
+            assert moved == {reason: 1}, f"{reason}: {moved}"
+        # bits nobody serves are counted while the rest is still forwarded
+        before = a.counters()["copies"]
+        inject.send(bytes(bier(ids=(1, 50))))
+        assert _wait_counter(a, "drop_no_neighbor", 1)["copies"] == before + 1
+        # the node still forwards well-formed traffic, exactly once
+        d.install_bfir({"b", "c", "d"})
+        d.send(10, start=1000)
+        got = d.received({"b": 10, "c": 10, "d": 10})
+        probe = int.from_bytes(b"prob", "big")  # the payload of the probe with bits 1 and 50 delivered to b
+        assert sorted(got["b"]) == [*range(1000, 1010), probe]
+        assert sorted(got["c"]) == sorted(got["d"]) == list(range(1000, 1010))
+        inject.close()
+
+
+def _wait_counter(node, name: str, at_least: int, tries: int = 200) -> dict[str, int]:
+    """Reads the counters until `name` reaches `at_least`: the frame is handed to the veth and processed
+    at the peer asynchronously, so the test polls the counter it waits for, in 10 ms steps."""
+    for _ in range(tries):
+        c = node.counters()
+        if c[name] >= at_least:
+            return c
+        select.select([], [], [], 0.01)
+    raise AssertionError(f"counter {name} never reached {at_least}: {node.counters()}")

@@ -1,0 +1,216 @@
+"""A BIER domain in network namespaces, on the eBPF data plane: one namespace per BFR, a veth per link,
+the TC program of ebpf/bier.bpf.c on every BFR interface, a source host behind the BFIR, and UDP
+receivers on the BFERs. BIFTs come from dinet.bift and are installed through dinet.targets.tc.
+
+    with BierDomain("bd", diamond(), bsl_code=1) as d:
+        d.install_bfir(targets={"b", "d"})
+        d.send(10); d.received()
+
+Every namespace, program, pinned map and socket is removed on exit, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinet import netns
+from dinet.bift import BierTopology, compute_bifts
+from dinet.netns import Topology
+from dinet.packets import BSL_BITS, bift_id, si_bit
+from dinet.paths import BPFFS_ROOT
+from dinet.targets.tc import BfirMatch, BierNode, BiftNeighbor
+
+SYNC_ADDR = ipaddress.ip_address("10.200.0.1")  # the model-sync destination, local on every BFER
+SYNC_PORT = 9000
+SOURCE_ADDR = "10.50.0.2"
+
+
+def diamond() -> BierTopology:
+    """a (the BFIR, BFR-id 10) linked to b and c, both linked to d; b, c, d are BFERs 1, 2, 3."""
+    t = BierTopology()
+    t.add_node("a", 10)
+    t.add_node("b", 1)
+    t.add_node("c", 2)
+    t.add_node("d", 3)
+    for x, y in (("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")):
+        t.add_link(x, y)
+    return t
+
+
+def tree(second_set_from: int | None = None, bsl_bits: int = 64) -> BierTopology:
+    """Three levels below the BFIR r: m1, m2; n1..n4; eight leaf BFERs e1..e8 (BFR-ids 1..8). With
+    second_set_from=k, leaves e_k..e8 get BFR-ids in the next set (SI 1)."""
+    t = BierTopology()
+    t.add_node("r", 100)
+    for m in (1, 2):
+        t.add_node(f"m{m}")
+        t.add_link("r", f"m{m}")
+    for n in range(1, 5):
+        t.add_node(f"n{n}")
+        t.add_link(f"m{(n + 1) // 2}", f"n{n}")
+    for e in range(1, 9):
+        bfr = e if second_set_from is None or e < second_set_from else bsl_bits + e
+        t.add_node(f"e{e}", bfr)
+        t.add_link(f"n{(e + 1) // 2}", f"e{e}")
+    return t
+
+
+@dataclass
+class BierDomain:
+    prefix: str
+    topo: BierTopology
+    bsl_code: int = 1
+    bfir: str = ""
+    bpffs_root: Path = BPFFS_ROOT
+    net: Topology = field(init=False)
+    nodes: dict[str, BierNode] = field(default_factory=dict)
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+    ifname: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, neighbour) -> interface
+
+    def __post_init__(self) -> None:
+        self.net = Topology(self.prefix)
+        if not self.bfir:
+            self.bfir = next(iter(self.topo.bfr_ids))
+
+    def __enter__(self) -> BierDomain:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- construction ------------------------------------------------------------------------------
+    def build(self) -> None:
+        t = self.net
+        for name in self.topo.bfr_ids:
+            t.add_ns(name)
+        for link in self.topo.links:
+            self._link(link.a, link.b)
+        t.add_ns("src")
+        t.link("src", "eth0", self.bfir, "src")
+        t.addr("src", "eth0", f"{SOURCE_ADDR}/24")
+        t.addr(self.bfir, "src", "10.50.0.1/24")
+        t.sh("src", "ip", "route", "add", "default", "via", "10.50.0.1")
+        t.sh(
+            "src", "ip", "neigh", "replace", "10.50.0.1", "lladdr", netns.mac_of("src", t.ns(self.bfir)), "dev", "eth0"
+        )
+        for name, bfr in self.topo.bfr_ids.items():
+            node = BierNode(f"{self.prefix}{name}", bpffs_root=self.bpffs_root)
+            self.nodes[name] = node
+            for (owner, _), ifname in self.ifname.items():
+                if owner == name:
+                    node.attach(ifname, t.ns(name))
+            if name == self.bfir:
+                node.attach("src", t.ns(name))
+            if bfr is not None and name != self.bfir:
+                t.addr(name, "lo", f"{SYNC_ADDR}/32")
+                with netns.entered(t.ns(name)):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.bind((str(SYNC_ADDR), SYNC_PORT))
+                    s.setblocking(False)
+                self.sockets[name] = s
+        self.install_bifts()
+
+    def _link(self, a: str, b: str) -> None:
+        self.net.link(a, b, b, a)  # the interface toward b is called b, and the other way round
+        self.ifname[(a, b)] = b
+        self.ifname[(b, a)] = a
+
+    def remove_link(self, a: str, b: str) -> None:
+        """Takes the link down for good and reinstalls every BIFT without it."""
+        self.net.sh(a, "ip", "link", "del", "dev", b)
+        del self.ifname[(a, b)]
+        del self.ifname[(b, a)]
+        self.topo = self.topo.without_link(a, b)
+        self.install_bifts()
+
+    def install_bifts(self) -> None:
+        """Computes every BFR's BIFT and writes it; sets that a BFR no longer has are removed."""
+        bifts = compute_bifts(self.topo, self.bsl_code)
+        for name, table in bifts.items():
+            node = self.nodes[name]
+            ns = self.net.ns(name)
+            for entry in table.values():
+                nbrs = []
+                for nbr, fbm in entry.fbm.items():
+                    ifname = self.ifname[(name, nbr)]
+                    nbrs.append(
+                        BiftNeighbor(
+                            netns.ifindex(ifname, ns),
+                            netns.mac_of(ifname, ns),
+                            netns.mac_of(name, self.net.ns(nbr)),
+                            fbm,
+                        )
+                    )
+                node.set_bift(entry.bift_id, entry.local, nbrs)
+            for stale in set(node.bifts()) - {e.bift_id for e in table.values()}:
+                node.remove_bift(stale)
+
+    def install_bfir(self, targets: set[str], match: BfirMatch | None = None) -> BfirMatch:
+        """The BFIR sends the model-sync UDP destination (or `match`) to `targets` (BFR names)."""
+        bits = BSL_BITS[self.bsl_code]
+        sets: dict[int, int] = {}
+        for name in targets:
+            bfr = self.topo.bfr_ids[name]
+            assert bfr is not None, f"{name} is not a BFER"
+            si, pos = si_bit(bfr, bits)
+            bid = bift_id(self.bsl_code, si)
+            sets[bid] = sets.get(bid, 0) | 1 << (pos - 1)
+        match = match or BfirMatch(SYNC_ADDR, udp_port=SYNC_PORT)
+        bfir_id = self.topo.bfr_ids[self.bfir] or 1
+        self.nodes[self.bfir].set_bfir(match, bfir_id, self.bsl_code, sets)
+        return match
+
+    # ---- traffic -----------------------------------------------------------------------------------------
+    def send(self, count: int, start: int = 0, size: int = 64) -> None:
+        """`count` UDP datagrams from the source to the model-sync destination, numbered from `start`."""
+        with netns.entered(self.net.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(start, start + count):
+                s.sendto(struct.pack("!I", i).ljust(size, b"m"), (str(SYNC_ADDR), SYNC_PORT))
+
+    def received(self, expect: dict[str, int], timeout: float = 3.0) -> dict[str, list[int]]:
+        """Sequence numbers each BFER got. Reads until every BFER in `expect` has its count (or the
+        timeout passes with nothing new), then once more to catch extras (duplicates, strays)."""
+        got: dict[str, list[int]] = {n: [] for n in self.sockets}
+
+        def drain() -> bool:
+            any_new = False
+            for name, s in self.sockets.items():
+                while True:
+                    try:
+                        data = s.recv(65535)
+                    except BlockingIOError:
+                        break
+                    got[name].append(struct.unpack("!I", data[:4])[0])
+                    any_new = True
+            return any_new
+
+        while any(len(got[n]) < c for n, c in expect.items()):
+            if not select.select(list(self.sockets.values()), [], [], timeout)[0]:
+                break
+            drain()
+        drain()
+        return got
+
+    # ---- teardown ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        for s in self.sockets.values():
+            s.close()
+        self.sockets.clear()
+        self.net.close()
+        for node in self.nodes.values():
+            node.destroy()
+        self.nodes.clear()
+        root = self.bpffs_root
+        if root.exists() and root != BPFFS_ROOT and not any(root.iterdir()):
+            os.rmdir(root)
