@@ -32,13 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
+
 from dinet import netns  # noqa: E402
 from dinet.bpfsys import XDP_PASS, XDP_TX, run_live, test_run  # noqa: E402
 from dinet.model import Instance, ServiceKey  # noqa: E402
 from dinet.targets.bcc_program import BccProgram  # noqa: E402
 from dinet.targets.xdp import SteeringNode, SteerSizes  # noqa: E402
-from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
-from scapy.layers.l2 import Ether  # noqa: E402
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-{os.getpid()}")
 VIP = "10.99.0.1"

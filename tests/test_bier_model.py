@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import scapy.contrib.bier as draft
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
 from dinet import consts
 from dinet.bift import BierTopology, check_disjoint, compute_bifts, walk
 from dinet.errors import ConfigError
 from dinet.packets import BIER, BSL_BITS, BIFTId, bift_id, bitstring, bitstring_ids, si_bit, split_bift_id
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
-
 from topo.bier_domain import diamond, tree
 
 

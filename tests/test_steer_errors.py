@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import needs_bcc, needs_root
 from dinet.errors import (
     ConfigError,

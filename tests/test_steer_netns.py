@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_bcc, needs_root
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
+
+from conftest import needs_bcc, needs_root
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -20,7 +21,6 @@ pytestmark = [needs_root, needs_bcc]
 @pytest.fixture(scope="module")
 def edge(bpffs_root: Path) -> Iterator:
     from conftest import NS_PREFIX
-
     from topo.cloud_edge import CloudEdge
 
     with CloudEdge(f"{NS_PREFIX}e", sites=2, per_site=2, bpffs_root=bpffs_root) as ce:

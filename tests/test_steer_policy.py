@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, needs_bcc, needs_root
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
+
+from conftest import ROOT, needs_bcc, needs_root
 from vectors import steering as sv
 
 pytestmark = [needs_root, needs_bcc]

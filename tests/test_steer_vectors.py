@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_bcc, needs_root
 from scapy.layers.l2 import Ether
+
+from conftest import needs_bcc, needs_root
 from vectors import Drop, Forward, Pass, Vector
 from vectors import steering as sv
 

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinet import netns  # noqa: E402
 from dinet.httpclient import KeepAlive, get_once  # noqa: E402
-
 from topo.cloud_edge import VIP4, CloudEdge  # noqa: E402
 
 

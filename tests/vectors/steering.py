@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from dinet.model import Instance, ServiceKey
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
+
+from dinet.model import Instance, ServiceKey
 
 from . import Drop, Forward, Pass, Vector
 

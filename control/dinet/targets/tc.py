@@ -20,6 +20,13 @@ from .bcc_program import BccProgram, update
 C = consts.load()
 MAX_NBR = C["BIER_MAX_NEIGHBORS"]
 MAX_SETS = C["BIER_MAX_SI_PER_GROUP"]
+#: BSL codes the TC program forwards (RFC 8296 s2.1.2: 1 = 64, 2 = 128, 3 = 256 bits)
+SUPPORTED_BSL = (C["BIER_BSL_64"], C["BIER_BSL_128"], C["BIER_BSL_256"])
+
+
+def _supported(bsl_code: int) -> None:
+    if bsl_code not in SUPPORTED_BSL:
+        raise ConfigError(f"this data plane forwards BSL 64, 128 and 256 bits (codes 1-3), not code {bsl_code}")
 
 
 def _mac(text: str) -> bytes:
@@ -83,6 +90,11 @@ class BfirMatch:
         if not 0 <= self.udp_port <= 65535:
             raise ConfigError(f"UDP port must be 0-65535, not {self.udp_port}")
 
+    def __str__(self) -> str:
+        if self.udp_port:
+            return f"(*, {self.dst}, udp {self.udp_port})"
+        return f"({self.src or '*'}, {self.dst})"
+
 
 class BierNode:
     """The BIER program of one BFR and its pinned maps."""
@@ -123,6 +135,7 @@ class BierNode:
     def set_bift(self, bift_id: int, local: int, neighbors: list[BiftNeighbor]) -> None:
         """Installs (or replaces, in one write) this BFR's entry for a BIFT-id."""
         bsl, _, _ = split_bift_id(bift_id)
+        _supported(bsl)
         if len(neighbors) > MAX_NBR:
             raise TableFullError(f"BIFT-id {bift_id:#x} has {len(neighbors)} neighbours; at most {MAX_NBR}")
         v = self.bift_t.Leaf()
@@ -169,6 +182,7 @@ class BierNode:
 
     def set_bfir(self, match: BfirMatch, bfir_id: int, bsl_code: int, sets: dict[int, int]) -> None:
         """Traffic matching `match` is sent to the BFERs of `sets` (BIFT-id -> bit mask)."""
+        _supported(bsl_code)
         if not sets:
             raise ConfigError(f"{match}: no set to send to")
         if len(sets) > MAX_SETS:

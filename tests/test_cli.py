@@ -1,0 +1,107 @@
+"""The `dinet` command line: tables written and read back, errors as one line and exit status 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import RUN_ID, needs_bcc, needs_root
+
+pytestmark = [needs_root, needs_bcc]
+
+
+def dinet(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([sys.executable, "-m", "dinet.cli", *args], capture_output=True, text=True)
+    if ok:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    name = f"clitest{RUN_ID}"
+    yield name
+    for what in ("xdp", "bier"):
+        dinet(what, "destroy", "--node", name, ok=False)
+
+
+def test_steering_tables_through_the_cli(node: str) -> None:
+    svc = "10.77.0.1:443/tcp"
+    dinet("xdp", "attach", "--dev", "lo", "--mode", "generic", "--node", node, "--src4", "192.0.2.1")
+    try:
+        dinet("service", "add", svc, "--node", node)
+        dinet("instance", "set", svc, "--id", "7", "--endpoint", "192.0.2.7", "--weight", "3", "--node", node)
+        dinet("instance", "set", svc, "--id", "8", "--endpoint", "192.0.2.8", "--node", node)
+        dinet("instance", "drain", svc, "--id", "8", "--node", node)
+        listed = json.loads(dinet("service", "list", "--json", "--node", node).stdout)
+        assert listed[0]["service"] == svc
+        assert {(i["instance_id"], i["weight"], i["state"]) for i in listed[0]["instances"]} == {
+            (7, 3, "up"),
+            (8, 1, "draining"),
+        }
+        stats = json.loads(dinet("stats", "--json", "--node", node).stdout)
+        assert stats["services"][0]["packets"] == 0 and "drop_malformed" in stats["verdicts"]
+        bad = dinet("instance", "weight", svc, "--id", "9", "--weight", "1", "--node", node, ok=False)
+        assert bad.returncode == 1 and bad.stderr.strip() == f"dinet: {svc} has no instance 9"
+        bad = dinet("service", "add", "10.77.0.1:99999/tcp", "--node", node, ok=False)
+        assert bad.returncode == 1 and "port must be 1-65535" in bad.stderr and "Traceback" not in bad.stderr
+        bad = dinet("xdp", "attach", "--dev", "nosuch0", "--node", node, ok=False)
+        assert bad.returncode == 1 and "no interface 'nosuch0'" in bad.stderr
+    finally:
+        dinet("xdp", "detach", "--dev", "lo", "--mode", "generic")
+
+
+def test_bier_tables_through_the_cli(node: str) -> None:
+    dinet(
+        "bier",
+        "bift",
+        "set",
+        "--bsl",
+        "128",
+        "--si",
+        "1",
+        "--local",
+        "130",
+        "--nbr",
+        "lo,02:00:00:00:00:02,129,131-132",
+        "--node",
+        node,
+    )
+    shown = json.loads(dinet("bier", "bift", "show", "--json", "--node", node).stdout)
+    assert shown == [
+        {
+            "bift_id": 0x20001,
+            "bsl": 128,
+            "sd": 0,
+            "si": 1,
+            "local": [130],
+            "neighbors": [{"ifindex": 1, "dmac": "02:00:00:00:00:02", "bfr_ids": [129, 131, 132]}],
+        }
+    ]
+    dinet(
+        "bier", "group", "add", "10.200.0.1", "--udp-port", "9000", "--to", "1-3,65", "--bfir-id", "5", "--node", node
+    )
+    groups = json.loads(dinet("bier", "group", "list", "--json", "--node", node).stdout)
+    assert {(g["si"], g["bitmask"]) for g in groups} == {(0, "0x7"), (1, "0x1")}
+    bad = dinet("bier", "bift", "set", "--bsl", "512", "--node", node, ok=False)
+    assert bad.returncode == 1 and "forwards BSL 64, 128 and 256" in bad.stderr
+    bad = dinet(
+        "bier",
+        "group",
+        "add",
+        "10.200.0.1",
+        "--src",
+        "fd00::1",
+        "--to",
+        "1",
+        "--bfir-id",
+        "5",
+        "--node",
+        node,
+        ok=False,
+    )
+    assert bad.returncode == 1 and "different families" in bad.stderr
