@@ -294,6 +294,7 @@ static __always_inline int bfir_push(struct __sk_buff *skb)
 	return TC_ACT_SHOT; /* the copies have left; the unencapsulated original goes no further */
 }
 
+#ifndef DINET_BIER_NO_ENTRY /* bench_bier.bpf.c defines the entry points itself (bcc takes only the main text's) */
 int tc_bier(struct __sk_buff *skb)
 {
 	if ((skb->mark & MARK_DECAP_MASK) == BIER_MARK_LOCAL)
@@ -307,3 +308,4 @@ int tc_bier(struct __sk_buff *skb)
 		return bfr(skb);
 	return bfir_push(skb);
 }
+#endif
