@@ -186,7 +186,8 @@ def main() -> int:
     print(f"  each extra copy: {res['per_extra_copy_ns']:.0f} ns")
     print(f"\n{res['stream_bytes'] / 1e6:.0f} MB stream: bytes on the source's uplink and on all links of the domain")
     print(
-        f"  {'N':>2}  {'uplink BIER':>13} {'uplink unicast':>15} {'ratio':>6}  {'domain BIER':>13} {'domain unicast':>15}"
+        f"  {'N':>2}  {'uplink BIER':>13} {'uplink unicast':>15} {'ratio':>6}"
+        f"  {'domain BIER':>13} {'domain unicast':>15}"
     )
     for n, v in res["by_n"].items():
         print(
