@@ -1,0 +1,358 @@
+/* steering.p4: CATS service-ID steering in ingress, the same behaviour as ebpf/steer.bpf.c.
+ *
+ * Affinity lives in the data plane, in registers indexed by CRC-16 of the 5-tuple: an entry holds the whole
+ * 5-tuple (so a hit is exact, never a hash match), the service slot and its generation, the instance slot
+ * and id, and the time it was last used. A new flow whose index holds another flow that is still in use
+ * (seen within DINET_P4_AFFINITY_IDLE_US) is steered by the ring but not remembered, and counted
+ * (DINET_P4_AFFINITY_COLLISION): with 65,536 entries and F live flows, a new flow meets a live one with
+ * probability about F / 65,536. The control-plane alternative (a digest per new flow, then an exact entry)
+ * leaves every flow's first packets without affinity until the controller has written the entry; this way
+ * a weight change can never move a remembered flow, and no controller round trip sits on the packet path.
+ * New flows take the slot the service's ring names at CRC-32(5-tuple) mod DINET_RING_SIZE: the same hash
+ * and ring as the eBPF program, so both data planes steer a given flow to the same instance. */
+#ifndef DINET_STEERING_P4
+#define DINET_STEERING_P4
+
+#include "headers.p4"
+
+#ifndef DINET_P4_AFFINITY_IDLE_US
+#define DINET_P4_AFFINITY_IDLE_US 120000000
+#endif
+/* A P4-only verdict index: a new flow that found its affinity entry taken by a live flow. */
+#define DINET_P4_AFFINITY_COLLISION 11
+
+control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t std,
+                 out bit<1> handled) {
+    /* verdicts: DINET_DROP_* / DINET_PASS_* -> packets. svc_stats: svc_id; inst_stats: svc_id * MAX_INSTANCES + slot. */
+    counter(DINET_VERDICTS, CounterType.packets) verdicts;
+    counter(DINET_MAX_SERVICES, CounterType.packets_and_bytes) svc_stats;
+    counter(INST_INDEXES, CounterType.packets_and_bytes) inst_stats;
+    counter(DINET_MAX_SERVICES, CounterType.packets) svc_new_flows;
+    counter(INST_INDEXES, CounterType.packets) inst_new_flows;
+
+    /* Affinity, indexed by CRC-16 of the 5-tuple; written here only. */
+    register<bit<128>>(DINET_P4_AFFINITY_SIZE) aff_src;
+    register<bit<128>>(DINET_P4_AFFINITY_SIZE) aff_dst;
+    register<bit<40>>(DINET_P4_AFFINITY_SIZE) aff_ports_proto;
+    register<bit<16>>(DINET_P4_AFFINITY_SIZE) aff_svc;
+    register<bit<32>>(DINET_P4_AFFINITY_SIZE) aff_gen;
+    register<bit<16>>(DINET_P4_AFFINITY_SIZE) aff_slot;
+    register<bit<32>>(DINET_P4_AFFINITY_SIZE) aff_iid;
+    register<bit<48>>(DINET_P4_AFFINITY_SIZE) aff_seen;
+
+    bit<8> inst_state = DINET_INST_DOWN;
+    bit<32> inst_iid = 0;
+    bit<8> chk_state = DINET_INST_DOWN;
+    bit<32> chk_iid = 0;
+    bit<128> tun_src4 = 0;
+    bit<128> tun_src6 = 0;
+
+    action drop_for(bit<32> reason) {
+        verdicts.count(reason);
+        mark_to_drop(std);
+        handled = 1;
+    }
+
+    /* host_port: keyless; where traffic that is not steered goes, unchanged. Written by dinet. */
+    action pass_to(port_t port) {
+        std.egress_spec = port;
+    }
+    table host_port {
+        actions = { pass_to; }
+        default_action = pass_to(1);
+    }
+
+
+    /* vip_v4 / vip_v6: VIP address -> hit. Written by dinet with every service. */
+    table vip_v4 {
+        key = { hdr.ipv4.dst: exact; }
+        actions = { NoAction; }
+        size = DINET_MAX_VIP_ADDRS;
+    }
+    table vip_v6 {
+        key = { hdr.ipv6.dst: exact; }
+        actions = { NoAction; }
+        size = DINET_MAX_VIP_ADDRS;
+    }
+
+    /* services_v4 / services_v6: (VIP, protocol, port) -> slot, live ring half, generation. Written by dinet. */
+    action set_service(bit<16> svc_id, bit<1> ring_sel, bit<32> gen) {
+        meta.svc_id = svc_id;
+        meta.ring_sel = ring_sel;
+        meta.gen = gen;
+    }
+    table services_v4 {
+        key = { hdr.ipv4.dst: exact; meta.l4_proto: exact; hdr.l4.dport: exact; }
+        actions = { set_service; NoAction; }
+        default_action = NoAction();
+        size = DINET_MAX_SERVICES;
+    }
+    table services_v6 {
+        key = { hdr.ipv6.dst: exact; meta.l4_proto: exact; hdr.l4.dport: exact; }
+        actions = { set_service; NoAction; }
+        default_action = NoAction();
+        size = DINET_MAX_SERVICES;
+    }
+
+    /* ring: (svc_id, ring half, CRC-32 mod DINET_RING_SIZE) -> instance slot. Written by dinet. */
+    action set_slot(bit<16> slot) {
+        meta.slot = slot;
+    }
+    table ring {
+        key = { meta.svc_id: exact; meta.ring_sel: exact; meta.ring_idx: exact; }
+        actions = { set_slot; NoAction; }
+        default_action = NoAction();
+        size = 65536;
+    }
+
+    /* instance_check: (svc_id, slot) -> state and id, to judge a remembered flow. Written by dinet
+     * alongside `instances` (a table is applied once per packet, and a flow may need both). */
+    action check(bit<8> state, bit<32> instance_id) {
+        chk_state = state;
+        chk_iid = instance_id;
+    }
+    table instance_check {
+        key = { meta.svc_id: exact; meta.slot: exact; }
+        actions = { check; NoAction; }
+        default_action = NoAction();
+        size = INST_INDEXES;
+    }
+
+    /* instances: (svc_id, slot) -> tunnel endpoint, state, id. Written by dinet. */
+    action instance4(bit<32> endpoint, bit<8> state, bit<32> instance_id) {
+        meta.endpoint = (bit<128>)endpoint;
+        meta.inst_family = DINET_AF_INET;
+        inst_state = state;
+        inst_iid = instance_id;
+    }
+    action instance6(bit<128> endpoint, bit<8> state, bit<32> instance_id) {
+        meta.endpoint = endpoint;
+        meta.inst_family = DINET_AF_INET6;
+        inst_state = state;
+        inst_iid = instance_id;
+    }
+    table instances {
+        key = { meta.svc_id: exact; meta.slot: exact; }
+        actions = { instance4; instance6; NoAction; }
+        default_action = NoAction();
+        size = INST_INDEXES;
+    }
+
+    /* tunnel_source: keyless; this node's outer source addresses. Written by dinet. */
+    action set_sources(bit<32> src4, bit<128> src6) {
+        tun_src4 = (bit<128>)src4;
+        tun_src6 = src6;
+    }
+    table tunnel_source {
+        actions = { set_sources; }
+        default_action = set_sources(0, 0);
+    }
+
+    /* next_hop: keyless; where tunnelled packets go: back out of the ingress port, or out of `port`. */
+    action back_out(mac_t smac, mac_t dmac) {
+        std.egress_spec = std.ingress_port;
+        hdr.ethernet.src = smac;
+        hdr.ethernet.dst = dmac;
+    }
+    action via(port_t port, mac_t smac, mac_t dmac) {
+        std.egress_spec = port;
+        hdr.ethernet.src = smac;
+        hdr.ethernet.dst = dmac;
+    }
+    table next_hop {
+        actions = { back_out; via; }
+        default_action = back_out(0, 0);
+    }
+
+    apply {
+        handled = 0;
+        bit<1> is_ip = 0;
+        bit<1> vip = 0;
+        if (hdr.ethernet.ether_type == DINET_ETHERTYPE_IPV4) {
+            is_ip = 1;
+            if (!hdr.ipv4.isValid() || meta.bad_ihl == 1 || hdr.ipv4.version != 4) {
+                drop_for(DINET_DROP_MALFORMED);
+                return;
+            }
+            if (vip_v4.apply().hit) { vip = 1; }
+        } else if (hdr.ethernet.ether_type == DINET_ETHERTYPE_IPV6) {
+            is_ip = 1;
+            if (!hdr.ipv6.isValid() || hdr.ipv6.version != 6) {
+                drop_for(DINET_DROP_MALFORMED);
+                return;
+            }
+            if (vip_v6.apply().hit) { vip = 1; }
+        }
+        if (is_ip == 0 || vip == 0) {
+            verdicts.count(DINET_PASS_NOT_SERVICE);
+            host_port.apply();
+            handled = 1;
+            return;
+        }
+        /* addressed to a VIP: anything the program cannot steer is dropped or passed, as in the eBPF program */
+        bit<32> frame = std.packet_length - 14;
+        if (hdr.ipv4.isValid()) {
+            meta.inner_len = hdr.ipv4.total_len;
+            if ((bit<32>)hdr.ipv4.total_len > frame || hdr.ipv4.total_len < (bit<16>)hdr.ipv4.ihl * 4) {
+                drop_for(DINET_DROP_MALFORMED);
+                return;
+            }
+        } else {
+            meta.inner_len = hdr.ipv6.payload_len + 40;
+            if ((bit<32>)hdr.ipv6.payload_len + 40 > frame) {
+                drop_for(DINET_DROP_MALFORMED);
+                return;
+            }
+        }
+        if (meta.fragment == 1) {
+            drop_for(DINET_DROP_FRAGMENT);
+            return;
+        }
+        if (meta.ext_unsupported == 1) {
+            drop_for(DINET_DROP_IPV6_EXTHDR);
+            return;
+        }
+        if (std.parser_error != error.NoError) {
+            drop_for(DINET_DROP_MALFORMED);
+            return;
+        }
+        if (!hdr.l4.isValid()) {
+            verdicts.count(DINET_PASS_UNKNOWN_SERVICE);
+            host_port.apply();
+            handled = 1;
+            return;
+        }
+        bool svc_hit;
+        if (hdr.ipv4.isValid()) {
+            svc_hit = services_v4.apply().hit;
+        } else {
+            svc_hit = services_v6.apply().hit;
+        }
+        if (!svc_hit) {
+            verdicts.count(DINET_PASS_UNKNOWN_SERVICE);
+            host_port.apply();
+            handled = 1;
+            return;
+        }
+
+        bit<128> ksrc;
+        bit<128> kdst;
+        if (hdr.ipv4.isValid()) {
+            ksrc = (bit<128>)hdr.ipv4.src;
+            kdst = (bit<128>)hdr.ipv4.dst;
+            hash(meta.ring_idx, HashAlgorithm.crc32, (bit<32>)0,
+                 { hdr.ipv4.src, hdr.ipv4.dst, hdr.l4.sport, hdr.l4.dport, meta.l4_proto }, (bit<32>)DINET_RING_SIZE);
+            hash(meta.aff_idx, HashAlgorithm.crc16, (bit<32>)0,
+                 { hdr.ipv4.src, hdr.ipv4.dst, hdr.l4.sport, hdr.l4.dport, meta.l4_proto },
+                 (bit<32>)DINET_P4_AFFINITY_SIZE);
+        } else {
+            ksrc = hdr.ipv6.src;
+            kdst = hdr.ipv6.dst;
+            hash(meta.ring_idx, HashAlgorithm.crc32, (bit<32>)0,
+                 { hdr.ipv6.src, hdr.ipv6.dst, hdr.l4.sport, hdr.l4.dport, meta.l4_proto }, (bit<32>)DINET_RING_SIZE);
+            hash(meta.aff_idx, HashAlgorithm.crc16, (bit<32>)0,
+                 { hdr.ipv6.src, hdr.ipv6.dst, hdr.l4.sport, hdr.l4.dport, meta.l4_proto },
+                 (bit<32>)DINET_P4_AFFINITY_SIZE);
+        }
+        bit<40> kports = hdr.l4.sport ++ hdr.l4.dport ++ meta.l4_proto;
+
+        /* an established flow first */
+        bit<128> r_src;
+        bit<128> r_dst;
+        bit<40> r_pp;
+        bit<16> r_svc;
+        bit<32> r_gen;
+        bit<16> r_slot;
+        bit<32> r_iid;
+        bit<48> r_seen;
+        aff_src.read(r_src, meta.aff_idx);
+        aff_dst.read(r_dst, meta.aff_idx);
+        aff_ports_proto.read(r_pp, meta.aff_idx);
+        aff_svc.read(r_svc, meta.aff_idx);
+        aff_gen.read(r_gen, meta.aff_idx);
+        aff_slot.read(r_slot, meta.aff_idx);
+        aff_iid.read(r_iid, meta.aff_idx);
+        aff_seen.read(r_seen, meta.aff_idx);
+        bool same_flow = r_src == ksrc && r_dst == kdst && r_pp == kports;
+        bool hit = false;
+        if (same_flow && r_svc == meta.svc_id && r_gen == meta.gen) {
+            meta.slot = r_slot;
+            instance_check.apply();
+            /* the flow stays while its instance lives (up or draining, same occupant) */
+            if (chk_state != DINET_INST_DOWN && chk_iid == r_iid) {
+                hit = true;
+            }
+        }
+        if (!hit) {
+            meta.slot = (bit<16>)DINET_SLOT_NONE;
+            ring.apply();
+            meta.new_flow = 1;
+        }
+        if (!instances.apply().hit) {
+            drop_for(DINET_DROP_NO_INSTANCE);
+            return;
+        }
+        if (meta.new_flow == 1) {
+            if (inst_state != DINET_INST_UP) {
+                drop_for(DINET_DROP_NO_INSTANCE);
+                return;
+            }
+            bool free = (r_src == 0 && r_dst == 0 && r_pp == 0) || same_flow ||
+                        std.ingress_global_timestamp - r_seen > DINET_P4_AFFINITY_IDLE_US;
+            if (free) {
+                aff_src.write(meta.aff_idx, ksrc);
+                aff_dst.write(meta.aff_idx, kdst);
+                aff_ports_proto.write(meta.aff_idx, kports);
+                aff_svc.write(meta.aff_idx, meta.svc_id);
+                aff_gen.write(meta.aff_idx, meta.gen);
+                aff_slot.write(meta.aff_idx, meta.slot);
+                aff_iid.write(meta.aff_idx, inst_iid);
+            } else {
+                verdicts.count(DINET_P4_AFFINITY_COLLISION);
+            }
+        }
+        aff_seen.write(meta.aff_idx, std.ingress_global_timestamp);
+
+        bit<32> inst_index = (bit<32>)meta.svc_id * DINET_MAX_INSTANCES + (bit<32>)meta.slot;
+        svc_stats.count((bit<32>)meta.svc_id);
+        inst_stats.count(inst_index);
+        if (meta.new_flow == 1) {
+            svc_new_flows.count((bit<32>)meta.svc_id);
+            inst_new_flows.count(inst_index);
+        }
+
+        /* IP-in-IP toward the endpoint (RFC 2003 / RFC 2473), TTL 64, no options, no fragmentation */
+        tunnel_source.apply();
+        bit<8> inner_proto = hdr.ipv4.isValid() ? (bit<8>)DINET_IPPROTO_IPIP : (bit<8>)DINET_IPPROTO_IPV6;
+        if (meta.inst_family == DINET_AF_INET) {
+            hdr.outer_ipv4.setValid();
+            hdr.outer_ipv4.version = 4;
+            hdr.outer_ipv4.ihl = 5;
+            hdr.outer_ipv4.tos = 0;
+            hdr.outer_ipv4.total_len = meta.inner_len + 20;
+            hdr.outer_ipv4.identification = 0;
+            hdr.outer_ipv4.flags = 0;
+            hdr.outer_ipv4.frag_offset = 0;
+            hdr.outer_ipv4.ttl = DINET_ENCAP_TTL;
+            hdr.outer_ipv4.protocol = inner_proto;
+            hdr.outer_ipv4.src = tun_src4[31:0];
+            hdr.outer_ipv4.dst = meta.endpoint[31:0];
+            hdr.ethernet.ether_type = DINET_ETHERTYPE_IPV4;
+        } else {
+            hdr.outer_ipv6.setValid();
+            hdr.outer_ipv6.version = 6;
+            hdr.outer_ipv6.traffic_class = 0;
+            hdr.outer_ipv6.flow_label = 0;
+            hdr.outer_ipv6.payload_len = meta.inner_len;
+            hdr.outer_ipv6.next_hdr = inner_proto;
+            hdr.outer_ipv6.hop_limit = DINET_ENCAP_TTL;
+            hdr.outer_ipv6.src = tun_src6;
+            hdr.outer_ipv6.dst = meta.endpoint;
+            hdr.ethernet.ether_type = DINET_ETHERTYPE_IPV6;
+        }
+        next_hop.apply();
+        handled = 1;
+    }
+}
+
+#endif
