@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,32 +25,10 @@ def node(bpffs_root: Path) -> Iterator:
         bpffs_root=bpffs_root,
     )
     try:
-        install_scenario(n)
+        sv.install_scenario(n)
         yield n
     finally:
         n.destroy()
-
-
-def install_scenario(n) -> None:
-    n.configure(src4=sv.SRC4, src6=sv.SRC6, static_next_hop=(0, sv.NODE_MAC, sv.NEXT_HOP_MAC))
-    for svc, instances in sv.SERVICES.items():
-        n.add_service(svc)
-        if instances:
-            n.set_instances(svc, instances)
-
-
-def placement(n):
-    """The instance endpoint the node's ring picks for a frame's flow (read from the node's own tables)."""
-    from dinet.targets.xdp import flow_hash
-
-    def place(svc, frame):
-        src, dst, sport, dport, proto = sv.flow_of(frame)
-        h = flow_hash(ipaddress.ip_address(src), ipaddress.ip_address(dst), sport, dport, proto)
-        ring = n.ring(svc)
-        slot = ring[h % len(ring)]
-        return n.service(svc).instances[slot].endpoint
-
-    return place
 
 
 def run_vector(n, v: Vector) -> None:
@@ -78,7 +55,7 @@ def run_vector(n, v: Vector) -> None:
 
 
 def test_every_vector(node) -> None:
-    vs = sv.vectors(placement(node))
+    vs = sv.vectors(sv.placement(node))
     assert len(vs) > 15
     for v in vs:
         run_vector(node, v)
@@ -87,7 +64,7 @@ def test_every_vector(node) -> None:
 def test_vectors_steer_to_the_instances_of_their_service(node) -> None:
     """The expected endpoints come from the node's ring: check they are that service's instances,
     so the vectors do not merely agree with whatever the ring holds."""
-    place = placement(node)
+    place = sv.placement(node)
     web = [i.endpoint for i in sv.SERVICES[sv.WEB4]]
     assert place(sv.WEB4, sv.client4()) in web
     seen = {place(sv.WEB4, sv.client4(sport=p)) for p in range(1000, 1200)}

@@ -176,3 +176,26 @@ def vectors(place) -> list[Vector]:
         ),
         Vector("v6 header cut short is dropped", Ether(bytes(dns)[: 14 + 30]), Drop("drop_malformed")),
     ]
+
+
+def install_scenario(target) -> None:
+    """Installs SERVICES on a target (XDP SteeringNode or P4Node): the same calls on both."""
+    target.configure(src4=SRC4, src6=SRC6, static_next_hop=(0, NODE_MAC, NEXT_HOP_MAC))
+    for svc, instances in SERVICES.items():
+        target.add_service(svc)
+        if instances:
+            target.set_instances(svc, instances)
+
+
+def placement(target):
+    """place(service, frame): the endpoint the target's own ring (read back from it) names for the flow."""
+    from dinet.targets.xdp import flow_hash
+
+    def place(svc, frame):
+        src, dst, sport, dport, proto = flow_of(frame)
+        h = flow_hash(ipaddress.ip_address(src), ipaddress.ip_address(dst), sport, dport, proto)
+        ring = target.ring(svc)
+        slot = ring[h % len(ring)]
+        return target.service(svc).instances[slot].endpoint
+
+    return place

@@ -104,8 +104,12 @@ class BierNode:
     def __init__(self, node: str = "default", bpffs_root: Path = BPFFS_ROOT, bench: bool = False):
         self.node = node
         # bench: with ebpf/bench_bier.bpf.c's wrappers (bench/ only)
-        self.prog = BccProgram("bier.bpf.c", bpffs_root / node / "bier", {"DINET_BIER_NO_ENTRY": 1} if bench else None,
-                               after=["bench_bier.bpf.c"] if bench else [])
+        self.prog = BccProgram(
+            "bier.bpf.c",
+            bpffs_root / node / "bier",
+            {"DINET_BIER_NO_ENTRY": 1} if bench else None,
+            after=["bench_bier.bpf.c"] if bench else [],
+        )
         self.fn = self.prog.load(self.PROGRAM, "sched_cls")
         t = self.prog.table
         self.bift_t, self.bfir_t, self.counters_t, self.if_tx_t = t("bift"), t("bfir"), t("bier_counters"), t("if_tx")

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import consts, maglev
+from .. import consts
 from ..bpfsys import pinned_map_info
 from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownInstanceError, UnknownServiceError
 from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, parse_address
 from ..paths import BPFFS_ROOT
+from ..steering import plan_instances
 from .bcc_program import BccProgram, update, write_array
 
 log = logging.getLogger(__name__)
@@ -334,18 +335,6 @@ class SteeringNode:
         their flows), new ones take free slots, missing ones leave (their flows are placed anew).
         The ring is rewritten in its idle half and then switched in one write."""
         wanted = list(instances)
-        ids = [i.instance_id for i in wanted]
-        if len(set(ids)) != len(ids):
-            raise ConfigError(f"duplicate instance ids for {svc}: {sorted(ids)}")
-        if len(wanted) > self.sizes.max_instances:
-            raise TableFullError(
-                f"{svc} has {len(wanted)} instances; node {self.node!r} holds at most "
-                f"{self.sizes.max_instances} per service"
-            )
-        if wanted and all(i.weight == 0 for i in wanted):
-            raise ConfigError(
-                f"all weights of {svc} are zero: give at least one instance a weight, or drain the instances"
-            )
         for i in wanted:
             if i.endpoint.version == 4 and not self._has_src(4):
                 raise ConfigError(
@@ -358,29 +347,22 @@ class SteeringNode:
                     "has no IPv6 tunnel source (configure --src6)"
                 )
         state = self.service(svc)
-        slot_of = {inst.instance_id: slot for slot, inst in state.instances.items()}
-        free = (s for s in range(self.sizes.max_instances) if s not in state.instances)
-        placed = {i.instance_id: slot_of.get(i.instance_id) if i.instance_id in slot_of else next(free) for i in wanted}
+        plan = plan_instances(svc, state.instances, wanted, self.sizes.max_instances, self.sizes.ring_size)
         base = state.svc_id * self.sizes.max_instances
         # 1. instance entries first: the ring never names a slot that is not yet written
-        for inst in wanted:
-            idx = base + placed[inst.instance_id]
-            if idx - base not in state.instances or state.instances[idx - base] != inst:
-                if idx - base not in state.instances:
-                    del self.inst_stats_t[self.inst_stats_t.Key(idx)]
-                self.instances_t[self.instances_t.Key(idx)] = self._inst_leaf(inst)
+        for slot, inst in plan.changed.items():
+            if slot not in state.instances:
+                del self.inst_stats_t[self.inst_stats_t.Key(base + slot)]
+            self.instances_t[self.instances_t.Key(base + slot)] = self._inst_leaf(inst)
         # 2. the idle ring half, then the switch
-        table = maglev.build({i.instance_id: i.weight for i in wanted if i.usable}, self.sizes.ring_size)
-        ring = [SLOT_NONE if iid is None else placed[iid] for iid in table]
         sel = state.ring_sel ^ 1
-        write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, ring)
+        write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, plan.ring)
         v = self.services_t[self._svc_key(svc)]
         v.ring_sel = sel
         self.services_t[self._svc_key(svc)] = v
         # 3. instances that left: their slot is emptied once no ring names it
-        for slot, inst in state.instances.items():
-            if inst.instance_id not in placed:
-                self.instances_t[self.instances_t.Key(base + slot)] = self.instances_t.Leaf()
+        for slot in plan.freed:
+            self.instances_t[self.instances_t.Key(base + slot)] = self.instances_t.Leaf()
 
     def _has_src(self, version: int) -> bool:
         cfg = self.config_t[self.config_t.Key(0)]

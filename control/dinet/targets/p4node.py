@@ -1,0 +1,315 @@
+"""The dinet pipeline on a P4Runtime switch (p4/dinet.p4 on BMv2): the same operations as the XDP steering
+node and the TC BIER node, turned into table, default-action and multicast-group writes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import consts
+from ..errors import ConfigError, TableFullError, UnknownInstanceError, UnknownServiceError
+from ..model import Instance, InstanceState, IPAddress, ServiceKey, parse_address
+from ..packets import split_bift_id
+from ..steering import plan_instances
+from .p4rt import P4RuntimeSwitch, TableEntry
+from .xdp import Counter, ServiceState, SteerSizes
+
+C = consts.load()
+LOCAL_RID = 0xFFFF
+GROUPS_PER_BIFT = 512
+
+
+def _mac(text: str) -> int:
+    raw = bytes.fromhex(text.replace(":", ""))
+    if len(raw) != 6:
+        raise ConfigError(f"not a MAC address: {text!r}")
+    return int.from_bytes(raw, "big")
+
+
+@dataclass
+class _Svc:
+    svc_id: int
+    ring_sel: int
+    gen: int
+    instances: dict[int, Instance] = field(default_factory=dict)
+    halves_written: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class P4Neighbor:
+    port: int
+    smac: str
+    dmac: str
+    fbm: int
+
+
+class P4Node:
+    """Steering and BIER on one P4Runtime switch whose pipeline is dinet.p4 (compiled with `sizes`)."""
+
+    def __init__(self, switch: P4RuntimeSwitch, sizes: SteerSizes):
+        self.sw = switch
+        self.sizes = sizes
+        self._svcs: dict[ServiceKey, _Svc] = {}
+        self._gen = itertools.count(1)
+        self._vips: dict[IPAddress, int] = {}
+        self._bift_index: dict[int, int] = {}
+        self._bfir: set[Any] = set()
+
+    # ---- steering ------------------------------------------------------------------------------------
+    def configure(
+        self,
+        src4: str | IPAddress | None = None,
+        src6: str | IPAddress | None = None,
+        static_next_hop: tuple[int, str, str] | None = None,
+        host_port: int = 1,
+    ) -> None:
+        """Tunnel sources; the next hop of tunnelled packets (port 0: back out of the ingress port, as
+        XDP_TX); the port for traffic that is not steered."""
+        s4 = int(parse_address(src4)) if src4 is not None else 0
+        s6 = int(parse_address(src6)) if src6 is not None else 0
+        writes = [
+            TableEntry("tunnel_source", (), "set_sources", (("src4", s4), ("src6", s6)), is_default=True),
+            TableEntry("host_port", (), "pass_to", (("port", host_port),), is_default=True),
+        ]
+        if static_next_hop:
+            port, smac, dmac = static_next_hop
+            if port == 0:
+                writes.append(
+                    TableEntry(
+                        "next_hop", (), "back_out", (("smac", _mac(smac)), ("dmac", _mac(dmac))), is_default=True
+                    )
+                )
+            else:
+                writes.append(
+                    TableEntry(
+                        "next_hop",
+                        (),
+                        "via",
+                        (("port", port), ("smac", _mac(smac)), ("dmac", _mac(dmac))),
+                        is_default=True,
+                    )
+                )
+        self.sw.write(writes)
+
+    def _svc_entry(self, svc: ServiceKey, st: _Svc) -> TableEntry:
+        table = "services_v4" if svc.vip.version == 4 else "services_v6"
+        return TableEntry(
+            table,
+            (
+                ("hdr." + ("ipv4" if svc.vip.version == 4 else "ipv6") + ".dst", int(svc.vip)),
+                ("meta.l4_proto", svc.proto_number),
+                ("hdr.l4.dport", svc.port),
+            ),
+            "set_service",
+            (("svc_id", st.svc_id), ("ring_sel", st.ring_sel), ("gen", st.gen)),
+        )
+
+    def add_service(self, svc: ServiceKey) -> int:
+        if svc in self._svcs:
+            return self._svcs[svc].svc_id
+        used = {s.svc_id for s in self._svcs.values()}
+        free = next((i for i in range(self.sizes.max_services) if i not in used), None)
+        if free is None:
+            raise TableFullError(f"switch {self.sw.name}: the service table is full ({self.sizes.max_services})")
+        st = _Svc(free, 0, next(self._gen))
+        writes = []
+        if self._vips.get(svc.vip, 0) == 0:
+            fam = "ipv4" if svc.vip.version == 4 else "ipv6"
+            writes.append(TableEntry(f"vip_v{svc.vip.version}", ((f"hdr.{fam}.dst", int(svc.vip)),), "NoAction"))
+        writes.append(self._svc_entry(svc, st))
+        self.sw.write(writes)
+        self._vips[svc.vip] = self._vips.get(svc.vip, 0) + 1
+        self._svcs[svc] = st
+        return free
+
+    def _state(self, svc: ServiceKey) -> _Svc:
+        try:
+            return self._svcs[svc]
+        except KeyError:
+            raise UnknownServiceError(f"no service {svc} on switch {self.sw.name}") from None
+
+    def service(self, svc: ServiceKey) -> ServiceState:
+        st = self._state(svc)
+        return ServiceState(svc, st.svc_id, st.ring_sel, dict(st.instances))
+
+    def _inst_entries(self, st: _Svc, slot: int, inst: Instance) -> list[TableEntry]:
+        key = (("meta.svc_id", st.svc_id), ("meta.slot", slot))
+        if inst.endpoint.version == 4:
+            act = "instance4"
+        else:
+            act = "instance6"
+        params = (("endpoint", int(inst.endpoint)), ("state", int(inst.state)), ("instance_id", inst.instance_id))
+        return [
+            TableEntry("instances", key, act, params),
+            TableEntry("instance_check", key, "check", (("state", int(inst.state)), ("instance_id", inst.instance_id))),
+        ]
+
+    def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
+        st = self._state(svc)
+        plan = plan_instances(svc, st.instances, instances, self.sizes.max_instances, self.sizes.ring_size)
+        inserts = [
+            e
+            for slot, inst in plan.changed.items()
+            if slot not in st.instances
+            for e in self._inst_entries(st, slot, inst)
+        ]
+        modifies = [
+            e for slot, inst in plan.changed.items() if slot in st.instances for e in self._inst_entries(st, slot, inst)
+        ]
+        if inserts:
+            self.sw.write(inserts, "INSERT")
+        if modifies:
+            self.sw.write(modifies, "MODIFY")
+        sel = st.ring_sel ^ 1
+        ring = [
+            TableEntry(
+                "ring",
+                (("meta.svc_id", st.svc_id), ("meta.ring_sel", sel), ("meta.ring_idx", i)),
+                "set_slot",
+                (("slot", slot & 0xFFFF),),
+            )
+            for i, slot in enumerate(plan.ring)
+        ]
+        self.sw.write(ring, "MODIFY" if sel in st.halves_written else "INSERT")
+        st.halves_written.add(sel)
+        st.ring_sel = sel
+        self.sw.write([self._svc_entry(svc, st)], "MODIFY")
+        gone = [e for slot in plan.freed for e in self._inst_entries(st, slot, st.instances[slot])]
+        if gone:
+            self.sw.write(gone, "DELETE")
+        st.instances = {plan.placed[i.instance_id]: i for i in instances}
+
+    def _replace(self, svc: ServiceKey, instance_id: int, **changes: Any) -> None:
+        from dataclasses import replace
+
+        current = list(self._state(svc).instances.values())
+        if instance_id not in {i.instance_id for i in current}:
+            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
+        self.set_instances(svc, [replace(i, **changes) if i.instance_id == instance_id else i for i in current])
+
+    def set_weight(self, svc: ServiceKey, instance_id: int, weight: int) -> None:
+        self._replace(svc, instance_id, weight=weight)
+
+    def set_state(self, svc: ServiceKey, instance_id: int, state: InstanceState) -> None:
+        self._replace(svc, instance_id, state=state)
+
+    def drain(self, svc: ServiceKey, instance_id: int) -> None:
+        self.set_state(svc, instance_id, InstanceState.DRAINING)
+
+    def ring(self, svc: ServiceKey) -> list[int]:
+        """The live ring, read back from the switch."""
+        st = self._state(svc)
+        out = [C["DINET_SLOT_NONE"]] * self.sizes.ring_size
+        for e in self.sw.read_table("ring"):
+            m = dict(e.match)
+            if m["meta.svc_id"] == st.svc_id and m["meta.ring_sel"] == st.ring_sel:
+                slot = dict(e.params)["slot"]
+                out[m["meta.ring_idx"]] = C["DINET_SLOT_NONE"] if slot == 0xFFFF else slot
+        return out
+
+    def verdicts(self) -> dict[str, int]:
+        names = consts.verdict_names()
+        cells = self.sw.read_counters("steering.verdicts")
+        return {names[i]: cells.get(i, (0, 0))[0] for i in sorted(names) if "decap" not in names[i]}
+
+    def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]:
+        st = self._state(svc)
+        stats = self.sw.read_counters("svc_stats")
+        new = self.sw.read_counters("svc_new_flows")
+        istats = self.sw.read_counters("inst_stats")
+        inew = self.sw.read_counters("inst_new_flows")
+        base = st.svc_id * self.sizes.max_instances
+        per = {
+            i.instance_id: Counter(
+                istats.get(base + s, (0, 0))[0], istats.get(base + s, (0, 0))[1], inew.get(base + s, (0, 0))[0]
+            )
+            for s, i in st.instances.items()
+        }
+        return Counter(
+            stats.get(st.svc_id, (0, 0))[0], stats.get(st.svc_id, (0, 0))[1], new.get(st.svc_id, (0, 0))[0]
+        ), per
+
+    # ---- BIER ------------------------------------------------------------------------------------------
+    def set_bift(self, bift_id: int, local: int, neighbors: list[P4Neighbor], local_port: int = 1) -> None:
+        """This BFR's entry for one BIFT-id, with a multicast group for every set of neighbours (and the
+        local port) a bitstring can select, and the per-replica rewrite of each neighbour's copies."""
+        if len(neighbors) > 8:
+            raise TableFullError(f"BIFT-id {bift_id:#x}: {len(neighbors)} neighbours; the P4 program holds 8")
+        bsl, _, _ = split_bift_id(bift_id)
+        if bsl not in (1, 2, 3):
+            raise ConfigError(f"this data plane forwards BSL 64, 128 and 256 bits (codes 1-3), not code {bsl}")
+        fresh = bift_id not in self._bift_index
+        idx = self._bift_index.setdefault(bift_id, len(self._bift_index))
+        base = 1 + idx * GROUPS_PER_BIFT
+        n = len(neighbors)
+        fbms = [x.fbm for x in neighbors] + [0] * (8 - n)
+        params = (("group_base", base), ("neighbors", n), ("local", local), *((f"fbm{i}", fbms[i]) for i in range(8)))
+        groups = {}
+        members = [(x.port, i + 1) for i, x in enumerate(neighbors)] + [(local_port, LOCAL_RID)]
+        for mask in range(1, 1 << (n + 1)):
+            groups[base + mask] = [members[i] for i in range(n + 1) if mask >> i & 1]
+        replicas = [
+            TableEntry(
+                "bier_replica",
+                (("hdr.bift.bift_id", bift_id), ("standard_metadata.egress_rid", i + 1)),
+                "nbr_copy",
+                (("f", x.fbm), ("smac", _mac(x.smac)), ("dmac", _mac(x.dmac))),
+            )
+            for i, x in enumerate(neighbors)
+        ]
+        replicas.append(
+            TableEntry(
+                "bier_replica",
+                (("hdr.bift.bift_id", bift_id), ("standard_metadata.egress_rid", LOCAL_RID)),
+                "local_copy",
+            )
+        )
+        op = "INSERT" if fresh else "MODIFY"
+        self.sw.write_multicast_groups(groups, op)
+        self.sw.write(replicas, op)
+        self.sw.write([TableEntry("bift", (("hdr.bift.bift_id", bift_id),), "bift_entry", params)], op)
+
+    def set_bfir(
+        self,
+        dst: IPAddress | str,
+        bfir_id: int,
+        bsl_code: int,
+        sets: dict[int, int],
+        src: IPAddress | str | None = None,
+        udp_port: int = 0,
+    ) -> None:
+        if len(sets) != 1:
+            raise ConfigError("a P4 BFIR entry names one set (BIFT-id); give one entry per set")
+        ((bid, bits),) = sets.items()
+        d = parse_address(dst)
+        fam = "ipv4" if d.version == 4 else "ipv6"
+        if src is not None:
+            table, key = (
+                f"bfir_sg_v{d.version}",
+                ((f"hdr.{fam}.src", int(parse_address(src))), (f"hdr.{fam}.dst", int(d))),
+            )
+        elif udp_port:
+            table, key = f"bfir_sync_v{d.version}", ((f"hdr.{fam}.dst", int(d)), ("hdr.l4.dport", udp_port))
+        else:
+            table, key = f"bfir_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
+        op = "MODIFY" if (table, key) in self._bfir else "INSERT"
+        self.sw.write(
+            [
+                TableEntry(
+                    table, key, "push", (("bift_id", bid), ("bsl", bsl_code), ("bits", bits), ("bfir_id", bfir_id))
+                )
+            ],
+            op,
+        )
+        self._bfir.add((table, key))
+
+    def bier_counters(self) -> dict[str, int]:
+        names = {
+            v: k.removeprefix("BIER_EV_").removeprefix("BIER_").lower()
+            for k, v in C.items()
+            if k.startswith(("BIER_EV_", "BIER_DROP_"))
+        }
+        ing = self.sw.read_counters("bier.bier_counters")
+        eg = self.sw.read_counters("bier_egress.bier_copies")
+        return {name: ing.get(i, (0, 0))[0] + eg.get(i, (0, 0))[0] for i, name in sorted(names.items())}
