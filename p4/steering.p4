@@ -53,13 +53,16 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         handled = 1;
     }
 
-    /* host_port: keyless; where traffic that is not steered goes, unchanged. Written by dinet. */
+    /* host_port: ingress port -> where traffic that is not steered goes, unchanged (the host's port, or the
+     * other side of a bump in the wire). Written by dinet; the default sends it to port 1. */
     action pass_to(port_t port) {
         std.egress_spec = port;
     }
     table host_port {
+        key = { std.ingress_port: exact; }
         actions = { pass_to; }
         default_action = pass_to(1);
+        size = 512;
     }
 
 

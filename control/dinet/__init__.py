@@ -13,6 +13,11 @@ def _unshadow_protobuf() -> None:
         google = os.path.join(entry, "google")
         if os.path.isfile(os.path.join(google, "__init__.py")) and not os.path.isdir(os.path.join(google, "protobuf")):
             sys.path.remove(entry)
+            for name, mod in list(sys.modules.items()):  # already imported from there: forget it
+                if (name == "google" or name.startswith(("google.", "p4."))) and (
+                    getattr(mod, "__file__", None) or ""
+                ).startswith(entry):
+                    del sys.modules[name]
 
 
 _unshadow_protobuf()

@@ -63,14 +63,19 @@ class P4Node:
         src6: str | IPAddress | None = None,
         static_next_hop: tuple[int, str, str] | None = None,
         host_port: int = 1,
+        pass_ports: dict[int, int] | None = None,
     ) -> None:
         """Tunnel sources; the next hop of tunnelled packets (port 0: back out of the ingress port, as
-        XDP_TX); the port for traffic that is not steered."""
+        XDP_TX); where traffic that is not steered goes: `host_port`, or per ingress port `pass_ports`."""
         s4 = int(parse_address(src4)) if src4 is not None else 0
         s6 = int(parse_address(src6)) if src6 is not None else 0
         writes = [
             TableEntry("tunnel_source", (), "set_sources", (("src4", s4), ("src6", s6)), is_default=True),
             TableEntry("host_port", (), "pass_to", (("port", host_port),), is_default=True),
+        ]
+        writes += [
+            TableEntry("host_port", (("standard_metadata.ingress_port", i),), "pass_to", (("port", o),))
+            for i, o in sorted((pass_ports or {}).items())
         ]
         if static_next_hop:
             port, smac, dmac = static_next_hop
