@@ -74,7 +74,7 @@ class P4Node:
             TableEntry("host_port", (), "pass_to", (("port", host_port),), is_default=True),
         ]
         writes += [
-            TableEntry("host_port", (("standard_metadata.ingress_port", i),), "pass_to", (("port", o),))
+            TableEntry("host_port", (("std.ingress_port", i),), "pass_to", (("port", o),))
             for i, o in sorted((pass_ports or {}).items())
         ]
         if static_next_hop:
@@ -257,7 +257,7 @@ class P4Node:
         replicas = [
             TableEntry(
                 "bier_replica",
-                (("hdr.bift.bift_id", bift_id), ("standard_metadata.egress_rid", i + 1)),
+                (("hdr.bift.bift_id", bift_id), ("std.egress_rid", i + 1)),
                 "nbr_copy",
                 (("f", x.fbm), ("smac", _mac(x.smac)), ("dmac", _mac(x.dmac))),
             )
@@ -266,7 +266,7 @@ class P4Node:
         replicas.append(
             TableEntry(
                 "bier_replica",
-                (("hdr.bift.bift_id", bift_id), ("standard_metadata.egress_rid", LOCAL_RID)),
+                (("hdr.bift.bift_id", bift_id), ("std.egress_rid", LOCAL_RID)),
                 "local_copy",
             )
         )

@@ -1,0 +1,165 @@
+"""The shared BIER vectors on both data planes: the TC program on a namespace node, and BMv2."""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.l2 import ARP, Ether
+
+from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
+from dinet import netns
+from vectors import Drop, Forward
+from vectors import bier as bv
+
+pytestmark = [needs_root]
+PACKET_OUTGOING = 4
+
+
+def _norm(b: bytes) -> bytes:
+    """A BIER frame with its entropy zeroed: each data plane picks its own (RFC 8296 s2.1.2)."""
+    if len(b) > 22 and b[12:14] == b"\xab\x37":
+        return b[:19] + bytes([b[19] & 0xF0, 0, 0]) + b[22:]
+    return b
+
+
+def outcome_ok(name: str, expect: tuple, frames: dict[int, list[bytes]], local: list[bytes]) -> None:
+    """Copies as the vector says, port by port; `local`: what the node delivered to itself, compared as
+    far as the target shows it (the inner packet on BMv2's host port; the UDP payload on a Linux node)."""
+    want = {f.port: [_norm(bytes(f.packet))] for f in expect if isinstance(f, Forward)}
+    got = {p: [_norm(f) for f in fs] for p, fs in frames.items() if fs}
+    assert got == want, f"{name}: copies { ({p: [Ether(f) for f in fs] for p, fs in got.items()})!r}"
+    want_local = [f.inner for f in expect if isinstance(f, bv.Local)]
+    assert len(local) == len(want_local), f"{name}: delivered locally {local!r}"
+    for have, inner in zip(local, want_local, strict=True):
+        assert have == inner or (len(have) < len(inner) and inner.endswith(have)), f"{name}: delivered {have!r}"
+
+
+# ---- the TC program ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tc_rig(bpffs_root: Path) -> Iterator:
+    if needs_bcc.args[0]:
+        pytest.skip(needs_bcc.kwargs["reason"])
+    from dinet.targets.tc import BierNode, BiftNeighbor
+
+    t = netns.Topology(f"{NS_PREFIX}bv")
+    node = None
+    taps: dict[int, socket.socket] = {}
+    try:
+        t.add_ns("n")
+        t.add_ns("tap")
+        for ns in ("n", "tap"):
+            t.sh(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        for p in range(4):
+            t.link("n", f"p{p}", "tap", f"t{p}")
+        t.sh("n", "ip", "link", "set", "dev", "p0", "address", bv.NODE_MAC)
+        t.addr("n", "lo", f"{bv.SYNC[0]}/32")
+        node = BierNode(f"{NS_PREFIX}bv", bpffs_root=bpffs_root)
+        ns = t.ns("n")
+        for p in range(4):
+            node.attach(f"p{p}", ns)
+        nbrs = [
+            BiftNeighbor(netns.ifindex(f"p{port}", ns), smac, dmac, bv.mask(ids))
+            for port, (smac, dmac, ids) in sorted(bv.NBR.items())
+        ]
+        node.set_bift(bv.BID, bv.mask((bv.OWN,)), nbrs)
+        from dinet.targets.tc import BfirMatch
+
+        node.set_bfir(BfirMatch(bv.SYNC[0], udp_port=bv.SYNC[1]), bv.BFIR_ID, bv.BSL, {bv.BID: bv.mask((1, 2, 4, 5))})
+        with netns.entered(ns):
+            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rx.bind(bv.SYNC)
+            rx.setblocking(False)
+        taps = {p: netns.l2_socket(f"t{p}", t.ns("tap")) for p in range(4)}
+        yield node, taps, rx
+        rx.close()
+    finally:
+        for s in taps.values():
+            s.close()
+        t.close()
+        if node:
+            node.destroy()
+
+
+def _read_out(s: socket.socket, timeout: float) -> list[bytes]:
+    out = []
+    while select.select([s], [], [], timeout)[0]:
+        data, addr = s.recvfrom(65535)
+        if addr[2] != PACKET_OUTGOING and not data.startswith(b"\xff\xff\xff\xff\xff\xff"):
+            out.append(data)
+        timeout = 0
+    return out
+
+
+def test_bier_vectors_on_tc(tc_rig) -> None:
+    node, taps, rx = tc_rig
+    for v in bv.vectors():
+        before = node.counters()
+        taps[0].send(v.packet)
+        moved: dict[str, int] = {}
+        for _ in range(300):  # the veth hands the frame over asynchronously: wait for its counters to settle
+            after = node.counters()
+            moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            if all(moved.get(k, 0) >= n for k, n in v.counters.items()):
+                break
+            select.select([], [], [], 0.01)
+        assert moved == v.counters, f"{v.name}: counters {moved}"
+        frames = {
+            p: _read_out(s, 1.0 if any(isinstance(f, Forward) and f.port == p for f in v.expect) else 0)
+            for p, s in taps.items()
+        }
+        local = []
+        if any(isinstance(f, bv.Local) for f in v.expect):
+            select.select([rx], [], [], 2.0)  # the payload is already queued once the counters moved
+        while True:
+            try:
+                local.append(rx.recv(65535))  # the UDP payload of the decapsulated packet
+            except BlockingIOError:
+                break
+        outcome_ok(v.name, v.expect, frames, local)
+        assert not any(isinstance(f, Drop) for f in v.expect) or not any(frames.values())
+
+
+# ---- BMv2 ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def p4_rig() -> Iterator:
+    bmv2_tools_or_skip()
+    from bmv2_harness import bmv2_rig
+
+    from dinet.targets.p4node import P4Neighbor
+
+    with bmv2_rig(f"{NS_PREFIX}bp") as r:
+        nbrs = [P4Neighbor(port, smac, dmac, bv.mask(ids)) for port, (smac, dmac, ids) in sorted(bv.NBR.items())]
+        r.node.set_bift(bv.BID, bv.mask((bv.OWN,)), nbrs, local_port=1)
+        r.node.set_bfir(bv.SYNC[0], bv.BFIR_ID, bv.BSL, {bv.BID: bv.mask((1, 2, 4, 5))}, udp_port=bv.SYNC[1])
+        yield r
+
+
+PROBE = bytes(Ether(src="02:99:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="192.0.2.250"))
+
+
+def test_bier_vectors_on_bmv2(p4_rig) -> None:
+    r = p4_rig
+    for v in bv.vectors():
+        before = r.node.bier_counters()
+        r.inject(0, v.packet)
+        r.inject(0, PROBE)
+        host = []
+        while (f := r.read(1, timeout=5)) is not None and f != PROBE:
+            host.append(f)
+        frames = {p: [] for p in (0, 2, 3)}
+        for f in v.expect:
+            if isinstance(f, Forward):
+                got = r.read(f.port, timeout=5)
+                if got is not None:
+                    frames[f.port].append(got)
+        for p, fs in r.drain().items():
+            frames.setdefault(p, []).extend(fs)
+        after = r.node.bier_counters()
+        moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        assert moved == v.counters, f"{v.name}: counters {moved}"
+        local = [bytes(Ether(f).payload) for f in host]
+        outcome_ok(v.name, v.expect, frames, local)
