@@ -114,6 +114,7 @@ struct metadata_t {
     bit<16> slot;
     bit<32> ring_idx;
     bit<32> aff_idx;
+    bit<32> aff_idx2;
     bit<1> new_flow;
     bit<8> inst_family;
     bit<128> endpoint;

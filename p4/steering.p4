@@ -1,11 +1,11 @@
 /* steering.p4: CATS service-ID steering in ingress, the same behaviour as ebpf/steer.bpf.c.
  *
- * Affinity lives in the data plane, in registers indexed by CRC-16 of the 5-tuple: an entry holds the whole
- * 5-tuple (so a hit is exact, never a hash match), the service slot and its generation, the instance slot
- * and id, and the time it was last used. A new flow whose index holds another flow that is still in use
- * (seen within DINET_P4_AFFINITY_IDLE_US) is steered by the ring but not remembered, and counted
- * (DINET_P4_AFFINITY_COLLISION): with 65,536 entries and F live flows, a new flow meets a live one with
- * probability about F / 65,536. The control-plane alternative (a digest per new flow, then an exact entry)
+ * Affinity lives in the data plane, in registers: a two-way table indexed by two CRC-16s of the 5-tuple. An
+ * entry holds the whole 5-tuple (so a hit is exact, never a hash match), the service slot and its
+ * generation, the instance slot and id, and the time it was last used. A new flow whose two entries both
+ * hold other flows still in use (seen within DINET_P4_AFFINITY_IDLE_US) is steered by the ring but not
+ * remembered, and counted (DINET_AFFINITY_COLLISION): with N entries and F live flows that happens to a
+ * new flow with probability about (F / N)^2, one in 47,000 at F = 300 and N = 65,536. The control-plane alternative (a digest per new flow, then an exact entry)
  * leaves every flow's first packets without affinity until the controller has written the entry; this way
  * a weight change can never move a remembered flow, and no controller round trip sits on the packet path.
  * New flows take the slot the service's ring names at CRC-32(5-tuple) mod DINET_RING_SIZE: the same hash
@@ -18,8 +18,6 @@
 #ifndef DINET_P4_AFFINITY_IDLE_US
 #define DINET_P4_AFFINITY_IDLE_US 120000000
 #endif
-/* A P4-only verdict index: a new flow that found its affinity entry taken by a live flow. */
-#define DINET_P4_AFFINITY_COLLISION 11
 
 control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t std,
                  out bit<1> handled) {
@@ -248,6 +246,9 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
             hash(meta.aff_idx, HashAlgorithm.crc16, (bit<32>)0,
                  { hdr.ipv4.src, hdr.ipv4.dst, hdr.l4.sport, hdr.l4.dport, meta.l4_proto },
                  (bit<32>)DINET_P4_AFFINITY_SIZE);
+            hash(meta.aff_idx2, HashAlgorithm.crc16, (bit<32>)0,
+                 { hdr.l4.dport, hdr.l4.sport, hdr.ipv4.dst, hdr.ipv4.src, meta.l4_proto },
+                 (bit<32>)DINET_P4_AFFINITY_SIZE);
         } else {
             ksrc = hdr.ipv6.src;
             kdst = hdr.ipv6.dst;
@@ -256,29 +257,45 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
             hash(meta.aff_idx, HashAlgorithm.crc16, (bit<32>)0,
                  { hdr.ipv6.src, hdr.ipv6.dst, hdr.l4.sport, hdr.l4.dport, meta.l4_proto },
                  (bit<32>)DINET_P4_AFFINITY_SIZE);
+            hash(meta.aff_idx2, HashAlgorithm.crc16, (bit<32>)0,
+                 { hdr.l4.dport, hdr.l4.sport, hdr.ipv6.dst, hdr.ipv6.src, meta.l4_proto },
+                 (bit<32>)DINET_P4_AFFINITY_SIZE);
         }
         bit<40> kports = hdr.l4.sport ++ hdr.l4.dport ++ meta.l4_proto;
 
-        /* an established flow first */
-        bit<128> r_src;
-        bit<128> r_dst;
-        bit<40> r_pp;
+        /* an established flow first: two ways, so that a flow finds room unless both of its entries hold
+         * other flows still in use */
+        bit<32> idx1 = meta.aff_idx;
+        bit<32> idx2 = meta.aff_idx2;
+        bit<128> s1;
+        bit<128> d1;
+        bit<40> p1;
+        bit<48> seen1;
+        bit<128> s2;
+        bit<128> d2;
+        bit<40> p2;
+        bit<48> seen2;
+        aff_src.read(s1, idx1);
+        aff_dst.read(d1, idx1);
+        aff_ports_proto.read(p1, idx1);
+        aff_seen.read(seen1, idx1);
+        aff_src.read(s2, idx2);
+        aff_dst.read(d2, idx2);
+        aff_ports_proto.read(p2, idx2);
+        aff_seen.read(seen2, idx2);
+        bool m1 = s1 == ksrc && d1 == kdst && p1 == kports;
+        bool m2 = s2 == ksrc && d2 == kdst && p2 == kports;
+        bit<32> at = m1 ? idx1 : idx2;
         bit<16> r_svc;
         bit<32> r_gen;
         bit<16> r_slot;
         bit<32> r_iid;
-        bit<48> r_seen;
-        aff_src.read(r_src, meta.aff_idx);
-        aff_dst.read(r_dst, meta.aff_idx);
-        aff_ports_proto.read(r_pp, meta.aff_idx);
-        aff_svc.read(r_svc, meta.aff_idx);
-        aff_gen.read(r_gen, meta.aff_idx);
-        aff_slot.read(r_slot, meta.aff_idx);
-        aff_iid.read(r_iid, meta.aff_idx);
-        aff_seen.read(r_seen, meta.aff_idx);
-        bool same_flow = r_src == ksrc && r_dst == kdst && r_pp == kports;
+        aff_svc.read(r_svc, at);
+        aff_gen.read(r_gen, at);
+        aff_slot.read(r_slot, at);
+        aff_iid.read(r_iid, at);
         bool hit = false;
-        if (same_flow && r_svc == meta.svc_id && r_gen == meta.gen) {
+        if ((m1 || m2) && r_svc == meta.svc_id && r_gen == meta.gen) {
             meta.slot = r_slot;
             instance_check.apply();
             /* the flow stays while its instance lives (up or draining, same occupant) */
@@ -295,26 +312,30 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
             drop_for(DINET_DROP_NO_INSTANCE);
             return;
         }
+        bit<48> now = std.ingress_global_timestamp;
         if (meta.new_flow == 1) {
             if (inst_state != DINET_INST_UP) {
                 drop_for(DINET_DROP_NO_INSTANCE);
                 return;
             }
-            bool free = (r_src == 0 && r_dst == 0 && r_pp == 0) || same_flow ||
-                        std.ingress_global_timestamp - r_seen > DINET_P4_AFFINITY_IDLE_US;
-            if (free) {
-                aff_src.write(meta.aff_idx, ksrc);
-                aff_dst.write(meta.aff_idx, kdst);
-                aff_ports_proto.write(meta.aff_idx, kports);
-                aff_svc.write(meta.aff_idx, meta.svc_id);
-                aff_gen.write(meta.aff_idx, meta.gen);
-                aff_slot.write(meta.aff_idx, meta.slot);
-                aff_iid.write(meta.aff_idx, inst_iid);
+            bool free1 = m1 || (s1 == 0 && d1 == 0 && p1 == 0) || now - seen1 > DINET_P4_AFFINITY_IDLE_US;
+            bool free2 = m2 || (s2 == 0 && d2 == 0 && p2 == 0) || now - seen2 > DINET_P4_AFFINITY_IDLE_US;
+            if (free1 || free2) {
+                at = free1 ? idx1 : idx2;
+                aff_src.write(at, ksrc);
+                aff_dst.write(at, kdst);
+                aff_ports_proto.write(at, kports);
+                aff_svc.write(at, meta.svc_id);
+                aff_gen.write(at, meta.gen);
+                aff_slot.write(at, meta.slot);
+                aff_iid.write(at, inst_iid);
+                aff_seen.write(at, now);
             } else {
-                verdicts.count(DINET_P4_AFFINITY_COLLISION);
+                verdicts.count(DINET_AFFINITY_COLLISION);
             }
+        } else {
+            aff_seen.write(at, now);
         }
-        aff_seen.write(meta.aff_idx, std.ingress_global_timestamp);
 
         bit<32> inst_index = (bit<32>)meta.svc_id * DINET_MAX_INSTANCES + (bit<32>)meta.slot;
         svc_stats.count((bit<32>)meta.svc_id);

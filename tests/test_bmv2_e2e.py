@@ -108,7 +108,8 @@ def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path)
                         c.close()
             total, per = node.service_counters(svc)
             assert total.new_flows == 24 and per[1].new_flows + per[2].new_flows == 24
-            assert node.verdicts()["drop_no_instance"] == 0
+            v = node.verdicts()
+            assert v["drop_no_instance"] == 0 and v["affinity_collision"] == 0
     finally:
         for p in servers:
             p.terminate()

@@ -214,7 +214,7 @@ class P4Node:
         return out
 
     def verdicts(self) -> dict[str, int]:
-        names = consts.verdict_names()
+        names = consts.verdict_names() | {C["DINET_AFFINITY_COLLISION"]: "affinity_collision"}
         cells = self.sw.read_counters("steering.verdicts")
         return {names[i]: cells.get(i, (0, 0))[0] for i in sorted(names) if "decap" not in names[i]}
 
