@@ -58,4 +58,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'impo
   "$venv/bin/python" -m pip install -q -e "$top[test]"
   echo "$want" > "$stamp"
 fi
+# p4runtime-shell pins protobuf < 3.21, which dinet's own gRPC code cannot use: it gets a virtualenv of its
+# own (without system site-packages), used by the test that reads back what dinet wrote.
+p4sh="$top/.venv-p4sh"
+if ! "$p4sh/bin/python" -c 'import p4runtime_sh.shell' 2>/dev/null; then
+  /usr/bin/python3 -m venv "$p4sh"
+  "$p4sh/bin/python" -m pip install -q "p4runtime-shell==0.0.6"
+fi
 echo "install: ready ($venv)"

@@ -76,3 +76,33 @@ def test_tables_read_back(rig) -> None:
     assert share[13] > share[12] > share[11] > 0  # weights 3:2:1
     entries = rig.node.sw.read_table("services_v4")
     assert {dict(e.match)["hdr.l4.dport"] for e in entries} == {80, 8080}
+
+
+def test_p4runtime_shell_reads_back_what_dinet_wrote(rig) -> None:
+    """p4runtime-shell (its own virtualenv: it pins protobuf < 3.21) connects as a second controller."""
+    import json
+    import subprocess
+
+    from conftest import ROOT
+
+    py = ROOT / ".venv-p4sh" / "bin" / "python"
+    if not py.exists():
+        pytest.fail("p4runtime-shell's virtualenv .venv-p4sh is missing: run `make install`")
+    tables = ["DinetIngress.steering.services_v4", "DinetIngress.steering.instances"]
+    res = subprocess.run(
+        [str(py), str(ROOT / "tests" / "p4sh_read.py"), rig.switch.address, *tables],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    theirs = json.loads(res.stdout.strip().splitlines()[-1])
+    for table in tables:
+        mine = sorted(
+            (
+                {"match": sorted(v for _, v in e.match), "params": [v for _, v in e.params]}
+                for e in rig.node.sw.read_table(table)
+            ),
+            key=lambda r: r["match"],
+        )
+        assert theirs[table] == mine and len(mine) >= 2, table
