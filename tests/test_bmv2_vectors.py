@@ -106,3 +106,18 @@ def test_p4runtime_shell_reads_back_what_dinet_wrote(rig) -> None:
             key=lambda r: r["match"],
         )
         assert theirs[table] == mine and len(mine) >= 2, table
+
+
+def test_unreachable_switch_and_refused_write_are_named(rig, tmp_path) -> None:
+    from dinet.errors import DataPlaneError
+    from dinet.targets.p4rt import P4RuntimeSwitch, TableEntry
+
+    with pytest.raises(DataPlaneError, match="switch gone: no P4Runtime server at unix:"):
+        P4RuntimeSwitch(f"unix:{tmp_path}/nothing.sock", name="gone", timeout=1).connect()
+    e = rig.node.sw.read_table("services_v4")[0]
+    again = TableEntry("services_v4", e.match, "set_service", e.params)
+    with pytest.raises(DataPlaneError) as err:
+        rig.node.sw.write([again])  # already there: the switch refuses the INSERT
+    msg = str(err.value)
+    assert rig.node.sw.name in msg and "services_v4" in msg and "INSERT" in msg, msg
+    assert [x for x in rig.node.sw.read_table("services_v4") if x.match == e.match] == [e]  # nothing lost
