@@ -58,6 +58,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'impo
   "$venv/bin/python" -m pip install -q -e "$top[test]"
   echo "$want" > "$stamp"
 fi
+# gRPC code of control/dinet/*.proto, generated with the venv's grpcio-tools (never committed)
+"$venv/bin/python" -c 'from dinet import proto; proto.generate()'
 # p4runtime-shell pins protobuf < 3.21, which dinet's own gRPC code cannot use: it gets a virtualenv of its
 # own (without system site-packages), used by the test that reads back what dinet wrote.
 p4sh="$top/.venv-p4sh"

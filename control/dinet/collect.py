@@ -1,0 +1,186 @@
+"""The metrics collector: a gRPC service agents stream Level 0 reports to.
+
+Every agent authenticates with a token (the call's `authorization: Bearer <token>` metadata) that names the
+instances it may report for; an unknown token is refused. Every report is checked (numbers, ranges, a
+known instance, an increasing sequence, at most `max_rate` reports per second per agent) and refused with
+a reason that is counted. An instance whose agent falls silent for `timeout` seconds is expired: the
+controller is told, and takes it out of new flows."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from . import proto
+from .errors import ConfigError
+from .metrics import Level0
+from .model import ServiceKey
+
+log = logging.getLogger(__name__)
+InstanceRef = tuple[ServiceKey, int]
+
+
+@dataclass
+class Sample:
+    metrics: Level0
+    at: float  # monotonic seconds
+
+
+@dataclass
+class Collector:
+    """tokens: token -> (agent name, the instances it reports for)."""
+
+    tokens: dict[str, tuple[str, set[InstanceRef]]]
+    timeout: float = 3.0
+    max_rate: float = 1000.0
+    on_report: Callable[[InstanceRef, Level0], None] | None = None
+    on_expire: Callable[[InstanceRef], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+    latest: dict[InstanceRef, Sample] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+    accepted: int = 0
+    _seq: dict[str, int] = field(default_factory=dict)
+    _window: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _expired: set[InstanceRef] = field(default_factory=set)
+
+    def _reject(self, reason: str, detail: str) -> str:
+        self.rejected[reason] += 1
+        return f"{reason}: {detail}"
+
+    def accept(self, agent: str, allowed: set[InstanceRef], r: Any) -> str | None:
+        """Checks and stores one report; returns the refusal reason, or None when accepted."""
+        now = self.clock()
+        with self._lock:
+            start, n = self._window.get(agent, (now, 0))
+            if now - start >= 1.0:
+                start, n = now, 0
+            if n >= self.max_rate:
+                return self._reject("rate", f"agent {agent} sent more than {self.max_rate:g} reports in a second")
+            self._window[agent] = (start, n + 1)
+            try:
+                svc = ServiceKey.parse(r.service)
+            except ConfigError as e:
+                return self._reject("unknown_instance", str(e))
+            ref = (svc, int(r.instance_id))
+            if ref not in allowed:
+                return self._reject(
+                    "unknown_instance", f"agent {agent} does not report for {svc} instance {r.instance_id}"
+                )
+            if r.seq <= self._seq.get(agent, 0):
+                return self._reject("sequence", f"seq {r.seq} is not after {self._seq.get(agent, 0)}")
+            m = Level0(
+                r.cpu_load, r.gpu_util, r.queue_depth, r.active_sessions, r.tokens_per_s, r.token_latency_ms, r.healthy
+            )
+            try:
+                m.check()
+            except ConfigError as e:
+                return self._reject("invalid", str(e))
+            self._seq[agent] = r.seq
+            self.latest[ref] = Sample(m, now)
+            self._expired.discard(ref)
+            self.accepted += 1
+        if self.on_report:
+            self.on_report(ref, m)
+        return None
+
+    def expire(self) -> list[InstanceRef]:
+        """Instances silent for longer than `timeout`, each reported once until it speaks again."""
+        now = self.clock()
+        with self._lock:
+            gone = [ref for ref, s in self.latest.items() if now - s.at > self.timeout and ref not in self._expired]
+            self._expired.update(gone)
+        for ref in gone:
+            log.warning("instance %s/%d: no report for %.1fs: expired", ref[0], ref[1], self.timeout)
+            if self.on_expire:
+                self.on_expire(ref)
+        return gone
+
+    def is_expired(self, ref: InstanceRef) -> bool:
+        return ref in self._expired
+
+
+def _servicer(c: Collector) -> Any:
+    pb, pb_grpc = proto.metrics()
+
+    class Servicer(pb_grpc.CollectorServicer):  # type: ignore[misc,name-defined]
+        def Stream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+            token = dict(context.invocation_metadata()).get("authorization", "").removeprefix("Bearer ").strip()
+            if token not in c.tokens:
+                c.rejected["unauthenticated"] += 1
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
+            agent, allowed = c.tokens[token]
+            ack = pb.Ack()
+            for r in request_iterator:
+                err = c.accept(agent, allowed, r)
+                if err is None:
+                    ack.accepted += 1
+                else:
+                    ack.rejected += 1
+                    ack.last_error = err
+            return ack
+
+    return Servicer()
+
+
+class CollectorServer:
+    """The collector on a gRPC port (0: any free one; see .port). Use as a context manager."""
+
+    def __init__(self, collector: Collector, address: str = "127.0.0.1:0", workers: int = 8):
+        _, pb_grpc = proto.metrics()
+        self.collector = collector
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+        pb_grpc.add_CollectorServicer_to_server(_servicer(collector), self.server)
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {address}")
+        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+
+    def __enter__(self) -> CollectorServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(grace=1).wait()
+
+
+class Agent:
+    """The reporting side: one authenticated stream of reports (what runs beside an instance)."""
+
+    def __init__(self, address: str, token: str):
+        pb, pb_grpc = proto.metrics()
+        self.pb = pb
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.CollectorStub(self.channel)
+        self.token = token
+        self.seq = 0
+
+    def report(self, service: str, instance_id: int, m: Level0) -> Any:
+        self.seq += 1
+        return self.pb.Report(
+            service=service,
+            instance_id=instance_id,
+            seq=self.seq,
+            cpu_load=m.cpu_load,
+            gpu_util=m.gpu_util,
+            queue_depth=m.queue_depth,
+            active_sessions=m.active_sessions,
+            tokens_per_s=m.tokens_per_s,
+            token_latency_ms=m.token_latency_ms,
+            healthy=m.healthy,
+        )
+
+    def send(self, reports: list[Any], timeout: float = 10.0) -> Any:
+        """Streams the reports on one call; returns the collector's Ack."""
+        return self.stub.Stream(iter(reports), metadata=[("authorization", f"Bearer {self.token}")], timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,78 @@
+"""Steering decisions: instance weights from compute and network metrics. Pure functions, no I/O.
+
+Delay-sensitive traffic (a live avatar stream) stays on the nearest site that is not overloaded; only when
+every instance there is overloaded does it move to the next nearest. Delay-tolerant traffic (a
+text-to-image job) is spread by a Level 2 score in which compute counts most, so it leaves a busy near site
+first. Damping keeps weights still unless the target moved by more than a hysteresis band, and then moves
+them part of the way, so two sites of similar load never swap traffic back and forth."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .metrics import ClassWeights, Level1
+
+
+class TrafficClass(enum.Enum):
+    DELAY_SENSITIVE = "delay-sensitive"
+    DELAY_TOLERANT = "delay-tolerant"
+
+
+CLASS_WEIGHTS = {
+    TrafficClass.DELAY_SENSITIVE: ClassWeights(compute=0.2, communication=0.7, service=0.1),
+    TrafficClass.DELAY_TOLERANT: ClassWeights(compute=0.7, communication=0.1, service=0.2),
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    instance_id: int
+    site: int
+    l1: Level1
+    up: bool = True  # healthy and reporting
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_weight: int = 100
+    overload: float = 0.9  # Level 1 compute at or above this takes no new flow
+    hysteresis: float = 0.15  # a target within this share of max_weight of the current weight changes nothing
+    smoothing: float = 0.5  # otherwise move this share of the way (1.0: jump)
+
+
+def target_weights(cands: Iterable[Candidate], cls: TrafficClass, policy: Policy = Policy()) -> dict[int, int]:
+    cs = list(cands)
+    out = {c.instance_id: 0 for c in cs}
+    usable = [c for c in cs if c.up and c.l1.compute < policy.overload]
+    if not usable:
+        # everything overloaded: the least loaded live instance still takes new flows
+        live = [c for c in cs if c.up]
+        if live:
+            out[min(live, key=lambda c: (c.l1.compute, c.instance_id)).instance_id] = 1
+        return out
+    if cls is TrafficClass.DELAY_SENSITIVE:
+        nearest = min(c.l1.communication for c in usable)
+        usable = [c for c in usable if c.l1.communication <= nearest + 1e-9]
+    model = CLASS_WEIGHTS[cls]
+    for c in usable:
+        score = model.level2(c.l1)
+        out[c.instance_id] = max(1, round(policy.max_weight * (1.0 - score) ** 2))
+    return out
+
+
+def damp(current: Mapping[int, int], target: Mapping[int, int], policy: Policy = Policy()) -> dict[int, int]:
+    """The weights to install: `target` through the hysteresis band and smoothing. A weight of 0 (an
+    instance that must take no new flow) and a new instance take effect at once."""
+    band = policy.hysteresis * policy.max_weight
+    out = {}
+    for iid, want in target.items():
+        have = current.get(iid)
+        if have is None or want == 0 or have == 0:
+            out[iid] = want
+        elif abs(want - have) <= band:
+            out[iid] = have
+        else:
+            out[iid] = max(1, round(have + policy.smoothing * (want - have)))
+    return out

@@ -1,0 +1,78 @@
+"""Compute and network metrics in the levels of draft-ietf-cats-metric-definition.
+
+Level 0: the raw values an agent reports (`Level0`) and the path metrics of the topology (delay, loss).
+Level 1: one normalised score per category, 0 (idle, near) .. 1 (saturated, far):
+  compute       = max(cpu_load, gpu_util, queue_depth / queue_ref)
+  communication = min(1, delay_ms / delay_ref_ms + loss * loss_weight)
+  service       = min(1, token_latency_ms / latency_ref_ms)
+Level 2: one composed score, a weighted sum of the Level 1 scores, the weights chosen per traffic class.
+The draft leaves normalisation and aggregation open; these are dinet's, in one replaceable dataclass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Level0:
+    cpu_load: float = 0.0
+    gpu_util: float = 0.0
+    queue_depth: int = 0
+    active_sessions: int = 0
+    tokens_per_s: float = 0.0
+    token_latency_ms: float = 0.0
+    healthy: bool = True
+
+    def check(self) -> None:
+        """Raises ConfigError naming the first value no agent could have measured."""
+        for name in ("cpu_load", "gpu_util", "tokens_per_s", "token_latency_ms"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
+                raise ConfigError(f"{name} is not a number: {v!r}")
+            if v < 0:
+                raise ConfigError(f"{name} is negative: {v!r}")
+        for name in ("cpu_load", "gpu_util"):
+            if getattr(self, name) > 1.0:
+                raise ConfigError(f"{name} is a fraction 0..1, not {getattr(self, name)!r}")
+        if self.token_latency_ms > 600_000:
+            raise ConfigError(f"token_latency_ms out of range: {self.token_latency_ms!r}")
+
+
+@dataclass(frozen=True)
+class Level1:
+    compute: float
+    communication: float
+    service: float
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """Normalisation references (Level 0 -> Level 1). Replace it to change how raw metrics are judged."""
+
+    queue_ref: float = 32.0
+    delay_ref_ms: float = 50.0
+    loss_weight: float = 10.0
+    latency_ref_ms: float = 200.0
+
+    def level1(self, m: Level0, delay_ms: float = 0.0, loss: float = 0.0) -> Level1:
+        compute = max(m.cpu_load, m.gpu_util, min(1.0, m.queue_depth / self.queue_ref))
+        comm = min(1.0, delay_ms / self.delay_ref_ms + loss * self.loss_weight)
+        service = min(1.0, m.token_latency_ms / self.latency_ref_ms)
+        return Level1(round(compute, 6), round(comm, 6), round(service, 6))
+
+
+@dataclass(frozen=True)
+class ClassWeights:
+    """Level 1 -> Level 2 for one traffic class: how much each category counts."""
+
+    compute: float
+    communication: float
+    service: float
+
+    def level2(self, l1: Level1) -> float:
+        total = self.compute + self.communication + self.service
+        return (self.compute * l1.compute + self.communication * l1.communication + self.service * l1.service) / total

@@ -1,0 +1,72 @@
+"""The Prometheus endpoint: traffic per service and instance, current weights, metric freshness, decision
+latency and refused reports by reason, read at scrape time from the controller, collector and data plane."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.registry import Collector as PromCollector
+
+from .collect import Collector
+from .controller import Controller
+
+
+class DinetMetrics(PromCollector):
+    def __init__(self, controller: Controller, collector: Collector | None = None):
+        self.controller = controller
+        self.collector = collector
+
+    def collect(self) -> Iterator[Any]:
+        c = self.controller
+        weight = GaugeMetricFamily("dinet_instance_weight", "Installed steering weight", labels=["service", "instance"])
+        up = GaugeMetricFamily("dinet_instance_up", "1 if the instance takes new flows", labels=["service", "instance"])
+        pkts = CounterMetricFamily(
+            "dinet_instance_packets", "Packets steered to the instance", labels=["service", "instance"]
+        )
+        flows = CounterMetricFamily(
+            "dinet_instance_new_flows", "Flows placed on the instance", labels=["service", "instance"]
+        )
+        for row in c.status():
+            labels = [row["service"], str(row["instance"])]
+            weight.add_metric(labels, row["weight"])
+            up.add_metric(labels, 1 if row["state"] == "up" and row["weight"] > 0 else 0)
+            pkts.add_metric(labels, row["packets"])
+            flows.add_metric(labels, row["new_flows"])
+        yield from (weight, up, pkts, flows)
+        dec = list(c.decisions)
+        yield SummaryMetricFamily(
+            "dinet_decision_seconds",
+            "Time to decide and install a service's weights",
+            count_value=len(dec),
+            sum_value=sum(dec),
+        )
+        yield CounterMetricFamily("dinet_datapath_writes", "Writes of instance sets to the data plane", value=c.writes)
+        if self.collector is not None:
+            now = self.collector.clock()
+            age = GaugeMetricFamily(
+                "dinet_metric_age_seconds", "Seconds since the instance's last report", labels=["service", "instance"]
+            )
+            for (svc, iid), sample in sorted(self.collector.latest.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+                age.add_metric([str(svc), str(iid)], now - sample.at)
+            yield age
+            rej = CounterMetricFamily("dinet_reports_rejected", "Metric reports refused", labels=["reason"])
+            for reason, n in sorted(self.collector.rejected.items()):
+                rej.add_metric([reason], n)
+            yield rej
+            yield CounterMetricFamily(
+                "dinet_reports_accepted", "Metric reports accepted", value=self.collector.accepted
+            )
+
+
+def registry(controller: Controller, collector: Collector | None = None) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(DinetMetrics(controller, collector))
+    return reg
+
+
+def serve(reg: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> Any:
+    """Starts the HTTP endpoint; returns (server, thread) for shutdown."""
+    return start_http_server(port, addr=addr, registry=reg)

@@ -1,0 +1,34 @@
+"""The generated gRPC code of dinet's .proto files. `scripts/install.sh` generates it with grpcio-tools;
+an editable checkout without it generates it here on first use (the same command)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+HERE = Path(__file__).resolve().parent
+
+
+def generate() -> None:
+    from grpc_tools import protoc
+
+    for proto in sorted(HERE.glob("*.proto")):
+        rc = protoc.main(
+            [
+                "protoc",
+                f"-I{HERE.parent}",
+                f"--python_out={HERE.parent}",
+                f"--grpc_python_out={HERE.parent}",
+                str(proto),
+            ]
+        )
+        if rc != 0:
+            raise RuntimeError(f"protoc failed on {proto}")
+
+
+def metrics() -> tuple[ModuleType, ModuleType]:
+    """(metrics_pb2, metrics_pb2_grpc)."""
+    if not (HERE / "metrics_pb2.py").exists() or not (HERE / "metrics_pb2_grpc.py").exists():
+        generate()
+    return importlib.import_module("dinet.metrics_pb2"), importlib.import_module("dinet.metrics_pb2_grpc")

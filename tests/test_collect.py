@@ -1,0 +1,111 @@
+"""The metrics collector over real gRPC on loopback: authentication, validation, flooding, expiry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from dinet.collect import Agent, Collector, CollectorServer
+from dinet.metrics import Level0
+from dinet.model import ServiceKey
+
+SVC = ServiceKey.parse("10.99.0.1:80/tcp")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def rig() -> Iterator[tuple[Collector, CollectorServer, Clock, list]]:
+    clock = Clock()
+    events: list = []
+    c = Collector(
+        {"tok-a": ("agent-a", {(SVC, 1)}), "tok-b": ("agent-b", {(SVC, 2)})},
+        timeout=3.0,
+        max_rate=50,
+        on_report=lambda ref, m: events.append(("report", ref, m.cpu_load)),
+        on_expire=lambda ref: events.append(("expire", ref)),
+        clock=clock,
+    )
+    with CollectorServer(c) as srv:
+        yield c, srv, clock, events
+
+
+def test_valid_reports_are_accepted_and_forwarded(rig) -> None:
+    c, srv, _, events = rig
+    a = Agent(srv.address, "tok-a")
+    ack = a.send([a.report(str(SVC), 1, Level0(cpu_load=0.1 * i)) for i in range(5)])
+    assert (ack.accepted, ack.rejected) == (5, 0)
+    assert events[-1] == ("report", (SVC, 1), 0.4) and c.latest[(SVC, 1)].metrics.cpu_load == 0.4
+    a.close()
+
+
+def test_unauthenticated_agents_are_refused(rig) -> None:
+    c, srv, _, events = rig
+    a = Agent(srv.address, "wrong")
+    with pytest.raises(grpc.RpcError) as e:
+        a.send([a.report(str(SVC), 1, Level0())])
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert c.rejected["unauthenticated"] == 1 and events == []
+    a.close()
+
+
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        (dict(cpu_load=float("nan")), "invalid: cpu_load is not a number"),
+        (dict(gpu_util=-0.5), "invalid: gpu_util is negative"),
+        (dict(cpu_load=3.0), "invalid: cpu_load is a fraction"),
+        (dict(token_latency_ms=float("inf")), "invalid: token_latency_ms is not a number"),
+        (dict(instance_id=7), "unknown_instance: agent agent-a does not report for"),
+        (dict(service="not a service"), "unknown_instance: a service is VIP:PORT/PROTO"),
+    ],
+)
+def test_bad_reports_are_refused_with_a_reason(rig, bad: dict, reason: str) -> None:
+    c, srv, _, events = rig
+    a = Agent(srv.address, "tok-a")
+    r = a.report(str(SVC), 1, Level0())
+    for k, v in bad.items():
+        setattr(r, k, v)
+    ack = a.send([r, a.report(str(SVC), 1, Level0(cpu_load=0.2))])
+    assert (ack.accepted, ack.rejected) == (1, 1)
+    assert c.rejected[reason.split(":")[0]] == 1
+    assert events == [("report", (SVC, 1), 0.2)]  # the good report after the bad one still counts
+    a.close()
+    assert reason in ack.last_error or ack.last_error.startswith(reason.split(":")[0])
+
+
+def test_flooding_and_replays_are_refused(rig) -> None:
+    c, srv, clock, _ = rig
+    a = Agent(srv.address, "tok-a")
+    ack = a.send([a.report(str(SVC), 1, Level0()) for _ in range(80)])
+    assert (ack.accepted, ack.rejected) == (50, 30) and c.rejected["rate"] == 30
+    clock.t += 1.5  # a new second
+    old = a.report(str(SVC), 1, Level0())
+    old.seq = 3
+    ack = a.send([old])
+    assert ack.rejected == 1 and "seq 3" in ack.last_error
+    a.close()
+
+
+def test_silent_agents_expire_once(rig) -> None:
+    c, srv, clock, events = rig
+    a, b = Agent(srv.address, "tok-a"), Agent(srv.address, "tok-b")
+    a.send([a.report(str(SVC), 1, Level0())])
+    b.send([b.report(str(SVC), 2, Level0())])
+    clock.t += 2.0
+    a.send([a.report(str(SVC), 1, Level0())])
+    clock.t += 2.0
+    assert c.expire() == [(SVC, 2)] and c.expire() == []
+    assert ("expire", (SVC, 2)) in events and c.is_expired((SVC, 2)) and not c.is_expired((SVC, 1))
+    b.send([b.report(str(SVC), 2, Level0())])
+    assert not c.is_expired((SVC, 2))
+    a.close()
+    b.close()

@@ -1,0 +1,72 @@
+"""Decision functions on scenarios: classes, overload, hysteresis. Pure Python."""
+
+from __future__ import annotations
+
+import math
+
+from dinet.decide import Candidate, Policy, TrafficClass, damp, target_weights
+from dinet.metrics import Level0, Level1, ScoreModel
+
+NEAR, FAR = 1, 2
+
+
+def cands(near_load: float, far_load: float = 0.2) -> list[Candidate]:
+    m = ScoreModel()
+    return [
+        Candidate(1, NEAR, m.level1(Level0(cpu_load=near_load, gpu_util=near_load), delay_ms=2)),
+        Candidate(2, FAR, m.level1(Level0(cpu_load=far_load, gpu_util=far_load), delay_ms=40)),
+    ]
+
+
+def test_levels() -> None:
+    l1 = ScoreModel().level1(
+        Level0(cpu_load=0.3, gpu_util=0.8, queue_depth=8, token_latency_ms=50), delay_ms=25, loss=0.01
+    )
+    assert l1 == Level1(compute=0.8, communication=0.6, service=0.25)
+
+
+def test_delay_sensitive_stays_near_until_overloaded() -> None:
+    w = target_weights(cands(0.7), TrafficClass.DELAY_SENSITIVE)
+    assert w[1] > 0 and w[2] == 0  # busy but not overloaded: stays local
+    w = target_weights(cands(0.95), TrafficClass.DELAY_SENSITIVE)
+    assert w[1] == 0 and w[2] > 0  # overloaded: moves
+
+
+def test_delay_tolerant_leaves_a_busy_near_site_first() -> None:
+    tolerant = target_weights(cands(0.7), TrafficClass.DELAY_TOLERANT)
+    sensitive = target_weights(cands(0.7), TrafficClass.DELAY_SENSITIVE)
+    assert tolerant[2] > tolerant[1] > 0  # the far, idle site takes most of the tolerant jobs
+    assert sensitive[1] > 0 and sensitive[2] == 0  # while the avatar stream stays local
+    idle = target_weights(cands(0.1), TrafficClass.DELAY_TOLERANT)
+    assert idle[1] >= idle[2]  # an idle near site keeps its share
+
+
+def test_down_instances_and_all_overloaded() -> None:
+    cs = cands(0.2)
+    cs[0] = Candidate(1, NEAR, cs[0].l1, up=False)
+    w = target_weights(cs, TrafficClass.DELAY_SENSITIVE)
+    assert w[1] == 0 and w[2] > 0  # the near instance is down: the far one serves
+    hot = cands(0.97, 0.99)
+    assert target_weights(hot, TrafficClass.DELAY_TOLERANT) == {1: 1, 2: 0}  # least loaded keeps a trickle
+
+
+def test_hysteresis_holds_two_similar_sites_still() -> None:
+    """Loads of two sites wobble around each other: the installed weights do not flip with them."""
+    p = Policy()
+    installed: dict[int, int] = {}
+    history = []
+    for step in range(40):
+        wobble = 0.05 * math.sin(step)
+        w = target_weights(cands(0.5 + wobble, 0.5 - wobble), TrafficClass.DELAY_TOLERANT, p)
+        installed = damp(installed, w, p)
+        history.append(dict(installed))
+    changes = sum(1 for a, b in zip(history, history[1:], strict=False) if a != b)
+    assert changes <= 2, history[:6]
+    # a real shift still gets through, in steps
+    w = target_weights(cands(0.85, 0.1), TrafficClass.DELAY_TOLERANT, p)
+    after = damp(installed, w, p)
+    assert after[2] > installed[2] and after[1] < installed[1]
+
+
+def test_zero_weights_and_new_instances_are_immediate() -> None:
+    assert damp({1: 50, 2: 50}, {1: 0, 2: 60, 3: 40}) == {1: 0, 2: 50, 3: 40}
