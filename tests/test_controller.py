@@ -16,7 +16,7 @@ from dinet.collect import Agent, Collector, CollectorServer
 from dinet.controller import Controller, ServiceIntent, SitePath
 from dinet.decide import TrafficClass
 from dinet.metrics import Level0
-from dinet.model import Instance, InstanceState, ServiceKey
+from dinet.model import Instance, ServiceKey
 from dinet.observe import registry
 
 pytestmark = [needs_root, needs_bcc]

@@ -343,6 +343,67 @@ def cmd_bier_stats(a: argparse.Namespace) -> None:
         print(_table([[k, v] for k, v in sorted(tx.items())], ["egress ifindex", "copies"]))
 
 
+# ---- control plane ---------------------------------------------------------------------------------------
+def cmd_run(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .run import run
+
+    run(Path(a.file), once=a.once)
+
+
+def cmd_status(a: argparse.Namespace) -> None:
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(a.url, timeout=5).read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        raise ConfigError(f"no dinet controller answers at {a.url}: {e}") from None
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    other = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if "service" in smp.labels and "instance" in smp.labels:
+                rows.setdefault((smp.labels["service"], smp.labels["instance"]), {})[smp.name] = smp.value
+            elif "reason" in smp.labels:
+                other[f"rejected {smp.labels['reason']}"] = smp.value
+            elif smp.name in (
+                "dinet_reports_accepted_total",
+                "dinet_datapath_writes_total",
+                "dinet_decision_seconds_count",
+            ):
+                other[smp.name] = smp.value
+    if a.json:
+        print(
+            json.dumps(
+                {
+                    "instances": [{"service": k[0], "instance": k[1], **v} for k, v in sorted(rows.items())],
+                    "totals": other,
+                },
+                indent=2,
+            )
+        )
+        return
+    table = [
+        [
+            s,
+            i,
+            int(v.get("dinet_instance_weight", 0)),
+            "yes" if v.get("dinet_instance_up") else "no",
+            int(v.get("dinet_instance_packets_total", 0)),
+            int(v.get("dinet_instance_new_flows_total", 0)),
+            f"{v['dinet_metric_age_seconds']:.1f}" if "dinet_metric_age_seconds" in v else "-",
+        ]
+        for (s, i), v in sorted(rows.items())
+    ]
+    print(_table(table, ["service", "instance", "weight", "new flows", "packets", "flows", "metric age s"]))
+    for k, v in sorted(other.items()):
+        print(f"{k}: {v:g}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dinet", description="Computing-aware steering and BIER on XDP and BMv2")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -433,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--sd", type=int, default=0)
     leaf(grp, "list", cmd_bier_group_list, "BFIR entries").add_argument("--json", action="store_true")
     leaf(bier, "stats", cmd_bier_stats, "BIER counters").add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="run the controller on an intent file (YAML)")
+    p.add_argument("file")
+    p.add_argument("--once", action="store_true", help="install the intent, then exit")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("status", help="a running controller's view, from its Prometheus endpoint")
+    p.add_argument("--url", default="http://127.0.0.1:9464/metrics")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
 
     leaf(sub, "stats", cmd_stats, "counters per service, instance and verdict").add_argument(
         "--json", action="store_true"

@@ -1,0 +1,85 @@
+"""The topology and intent file that `dinet run` starts from (YAML). See topo/intent-example.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .collect import InstanceRef
+from .controller import ServiceIntent, SitePath
+from .decide import TrafficClass
+from .errors import ConfigError
+from .model import Instance, InstanceState, ServiceKey
+
+
+@dataclass
+class RunConfig:
+    node: dict[str, Any]
+    collector_listen: str = "127.0.0.1:50051"
+    collector_timeout: float = 3.0
+    collector_max_rate: float = 1000.0
+    prometheus_listen: str | None = "127.0.0.1:9464"
+    sites: dict[int, SitePath] = field(default_factory=dict)
+    services: list[ServiceIntent] = field(default_factory=list)
+    tokens: dict[str, tuple[str, set[InstanceRef]]] = field(default_factory=dict)
+
+
+def _get(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = object) -> Any:
+    if key not in d:
+        raise ConfigError(f"{where}: missing {key!r}")
+    if not isinstance(d[key], kind):
+        raise ConfigError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, not {d[key]!r}")
+    return d[key]
+
+
+def load(path: Path) -> RunConfig:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the file is not a mapping")
+    node = _get(doc, "node", str(path), dict)
+    if node.get("target") not in ("xdp", "bmv2"):
+        raise ConfigError(f"{path}: node.target must be xdp or bmv2, not {node.get('target')!r}")
+    cfg = RunConfig(node=node)
+    col = doc.get("collector") or {}
+    cfg.collector_listen = str(col.get("listen", cfg.collector_listen))
+    cfg.collector_timeout = float(col.get("timeout", cfg.collector_timeout))
+    cfg.collector_max_rate = float(col.get("max_rate", cfg.collector_max_rate))
+    prom = doc.get("prometheus") or {}
+    cfg.prometheus_listen = prom.get("listen", cfg.prometheus_listen)
+    for site, p in (doc.get("sites") or {}).items():
+        cfg.sites[int(site)] = SitePath(float((p or {}).get("delay_ms", 0)), float((p or {}).get("loss", 0)))
+    for n, s in enumerate(_get(doc, "services", str(path), list)):
+        where = f"{path}: services[{n}]"
+        key = ServiceKey.parse(str(_get(s, "service", where)))
+        try:
+            cls = TrafficClass(s.get("class", "delay-tolerant"))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: class must be delay-sensitive or delay-tolerant, not {s.get('class')!r}"
+            ) from None
+        insts = []
+        for m, i in enumerate(_get(s, "instances", where, list)):
+            w = f"{where}.instances[{m}]"
+            inst = Instance(
+                int(_get(i, "id", w)),
+                str(_get(i, "endpoint", w)),
+                int(i.get("weight", 1)),
+                InstanceState[str(i.get("state", "up")).upper()],
+                int(i.get("site", 0)),
+                str(i.get("name", "")),
+            )
+            insts.append(inst)
+            token = i.get("token")
+            if token:
+                agent, refs = cfg.tokens.setdefault(
+                    str(token), (str(i.get("name") or f"agent-{inst.instance_id}"), set())
+                )
+                refs.add((key, inst.instance_id))
+        cfg.services.append(ServiceIntent(key, cls, tuple(insts)))
+    return cfg

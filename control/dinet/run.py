@@ -1,0 +1,92 @@
+"""`dinet run FILE`: the controller with its collector and Prometheus endpoint, on the node the file names."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .collect import Collector, CollectorServer
+from .controller import Controller
+from .errors import ConfigError
+from .intent import RunConfig, load
+from .observe import registry, serve
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def open_target(cfg: RunConfig) -> Iterator[Any]:
+    node = cfg.node
+    if node["target"] == "xdp":
+        from .targets.xdp import SteeringNode
+
+        n = SteeringNode(str(node.get("name", "default")))
+        try:
+            n.configure(src4=node.get("src4"), src6=node.get("src6"))
+            for a in node.get("attach") or []:
+                n.attach(str(a["dev"]), a.get("netns"), str(a.get("mode", "native")))
+            yield n
+        finally:
+            n.close()  # maps stay pinned and programs attached: forwarding goes on without the controller
+    else:
+        from .bmv2 import compile_p4
+        from .targets.p4node import P4Node
+        from .targets.p4rt import P4RuntimeSwitch
+        from .targets.xdp import SteerSizes
+
+        sizes = SteerSizes(**{k: int(v) for k, v in (node.get("sizes") or {}).items()})
+        sw = P4RuntimeSwitch(
+            str(node["address"]),
+            int(node.get("device_id", 0)),
+            int(node.get("election_id", 1)),
+            name=str(node.get("name", node["address"])),
+        )
+        sw.connect()
+        try:
+            pipe = compile_p4(sizes.defines())
+            if node.get("set_pipeline", True):
+                sw.set_pipeline(pipe.p4info, pipe.json)
+            else:
+                sw.use_pipeline(pipe.p4info)
+            p4 = P4Node(sw, sizes)
+            p4.configure(src4=node.get("src4"), src6=node.get("src6"))
+            yield p4
+        finally:
+            sw.close()
+
+
+def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> int:
+    cfg = load(path)
+    if not cfg.tokens:
+        log.warning("%s: no instance has an agent token: no metrics will be accepted", path)
+    stop = stop or threading.Event()
+    with open_target(cfg) as target:
+        ctl = Controller(target, cfg.services, cfg.sites)
+        ctl.start()
+        if once:
+            print(f"dinet: {len(cfg.services)} service(s) installed, {ctl.writes} write(s)")
+            return 0
+        col = Collector(cfg.tokens, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
+        ctl.attach(col)
+        with CollectorServer(col, cfg.collector_listen) as srv:
+            http = None
+            if cfg.prometheus_listen:
+                host, _, port = cfg.prometheus_listen.rpartition(":")
+                try:
+                    http = serve(registry(ctl, col), int(port), host or "127.0.0.1")
+                except (OSError, ValueError) as e:
+                    raise ConfigError(f"cannot serve Prometheus on {cfg.prometheus_listen}: {e}") from None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError):  # not the main thread (tests)
+                    signal.signal(sig, lambda *_: stop.set())
+            print(f"dinet: collector on {srv.address}, metrics on http://{cfg.prometheus_listen}/metrics", flush=True)
+            while not stop.wait(0.5):
+                col.expire()
+            if http:
+                http[0].shutdown()
+    return 0

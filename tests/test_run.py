@@ -1,0 +1,99 @@
+"""`dinet run FILE` end to end: the controller process takes reports from an agent over gRPC and installs
+weights on an XDP node; `dinet status` reads them back from its Prometheus endpoint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import RUN_ID, needs_bcc, needs_root
+from dinet.collect import Agent
+from dinet.errors import ConfigError
+from dinet.intent import load
+from dinet.metrics import Level0
+
+pytestmark = [needs_root, needs_bcc]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def intent(tmp_path: Path, node: str, col: int, prom: int) -> Path:
+    text = (Path(__file__).parents[1] / "topo" / "intent-example.yaml").read_text()
+    text = text.replace("name: default", f"name: {node}").replace("127.0.0.1:50051", f"127.0.0.1:{col}")
+    text = text.replace("127.0.0.1:9464", f"127.0.0.1:{prom}")
+    p = tmp_path / "intent.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_bad_intent_files_are_refused(tmp_path: Path) -> None:
+    for text, msg in [
+        ("node: {target: dpdk}\nservices: []", "node.target must be xdp or bmv2"),
+        ("node: {target: xdp}", "missing 'services'"),
+        ("node: {target: xdp}\nservices: [{service: 'x:1/tcp', instances: []}]", "not an IPv4"),
+        ("node: {target: xdp}\nservices: [{service: '10.0.0.1:80/tcp', class: fast, instances: []}]", "class must be"),
+    ]:
+        p = tmp_path / "bad.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            load(p)
+
+
+def test_run_and_status(tmp_path: Path) -> None:
+    node = f"runtest{RUN_ID}"
+    col, prom = free_port(), free_port()
+    path = intent(tmp_path, node, col, prom)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dinet.cli", "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("dinet: collector on"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        edge, cloud = Agent(f"127.0.0.1:{col}", "edge-a-secret"), Agent(f"127.0.0.1:{col}", "cloud-a-secret")
+        ack = edge.send([edge.report("10.99.0.1:80/tcp", 11, Level0(cpu_load=0.95))])
+        assert ack.accepted == 1
+        cloud.send([cloud.report("10.99.0.1:80/tcp", 21, Level0(cpu_load=0.1))])
+        bad = Agent(f"127.0.0.1:{col}", "edge-a-secret")
+        bad.seq = 100
+        assert bad.send([bad.report("10.99.0.1:80/tcp", 21, Level0())]).rejected == 1  # not edge-a's instance
+        for a in (edge, cloud, bad):
+            a.close()
+        res = subprocess.run(
+            [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        st = json.loads(res.stdout)
+        by_id = {row["instance"]: row for row in st["instances"]}
+        assert by_id["11"]["dinet_instance_weight"] == 0 and by_id["21"]["dinet_instance_weight"] > 0
+        assert st["totals"]["rejected unknown_instance"] == 1
+        table = subprocess.run(
+            [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "10.99.0.1:80/tcp" in table and "weight" in table
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+        subprocess.run([sys.executable, "-m", "dinet.cli", "xdp", "destroy", "--node", node], capture_output=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and "no dinet controller answers" in bad.stderr
