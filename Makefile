@@ -15,6 +15,7 @@ bench: install
 	$(PY) bench/xdp_steer.py --quick
 	$(PY) bench/bier.py --quick
 	$(PY) bench/p4rt_writes.py --quick
+	$(PY) bench/reaction.py --quick
 
 clean:
 	rm -rf build p4/build .pytest_cache bench/results/*.json

@@ -27,8 +27,15 @@ from dinet.targets.xdp import SteerSizes
 
 
 def ring_entries(svc: int, n: int) -> list[TableEntry]:
-    return [TableEntry("ring", (("meta.svc_id", svc + i // 4099), ("meta.ring_sel", 0), ("meta.ring_idx", i % 4099)),
-                       "set_slot", (("slot", i % 256),)) for i in range(n)]
+    return [
+        TableEntry(
+            "ring",
+            (("meta.svc_id", svc + i // 4099), ("meta.ring_sel", 0), ("meta.ring_idx", i % 4099)),
+            "set_slot",
+            (("slot", i % 256),),
+        )
+        for i in range(n)
+    ]
 
 
 def main() -> int:

@@ -109,3 +109,15 @@ def test_silent_agents_expire_once(rig) -> None:
     assert not c.is_expired((SVC, 2))
     a.close()
     b.close()
+
+
+def test_batched_reports_are_checked_one_by_one(rig) -> None:
+    c, srv, _, events = rig
+    a = Agent(srv.address, "tok-a")
+    good = [a.report(str(SVC), 1, Level0(cpu_load=0.1)) for _ in range(3)]
+    bad = a.report(str(SVC), 1, Level0())
+    bad.gpu_util = 2.0
+    ack = a.send_batches([good[:2], [bad, good[2]]])
+    assert (ack.accepted, ack.rejected) == (3, 1) and "gpu_util is a fraction" in ack.last_error
+    assert len(events) == 3
+    a.close()

@@ -8,6 +8,7 @@ controller is told, and takes it out of new flows."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -26,6 +27,11 @@ from .model import ServiceKey
 
 log = logging.getLogger(__name__)
 InstanceRef = tuple[ServiceKey, int]
+
+
+@functools.lru_cache(maxsize=4096)
+def _service(text: str) -> ServiceKey:
+    return ServiceKey.parse(text)
 
 
 @dataclass
@@ -67,7 +73,7 @@ class Collector:
                 return self._reject("rate", f"agent {agent} sent more than {self.max_rate:g} reports in a second")
             self._window[agent] = (start, n + 1)
             try:
-                svc = ServiceKey.parse(r.service)
+                svc = _service(r.service)
             except ConfigError as e:
                 return self._reject("unknown_instance", str(e))
             ref = (svc, int(r.instance_id))
@@ -112,20 +118,33 @@ def _servicer(c: Collector) -> Any:
     pb, pb_grpc = proto.metrics()
 
     class Servicer(pb_grpc.CollectorServicer):  # type: ignore[misc,name-defined]
-        def Stream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+        def _agent(self, context: grpc.ServicerContext) -> tuple[str, set[InstanceRef]]:
             token = dict(context.invocation_metadata()).get("authorization", "").removeprefix("Bearer ").strip()
             if token not in c.tokens:
                 c.rejected["unauthenticated"] += 1
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
-            agent, allowed = c.tokens[token]
-            ack = pb.Ack()
-            for r in request_iterator:
+            return c.tokens[token]
+
+        def _take(self, agent: str, allowed: set[InstanceRef], reports: Any, ack: Any) -> None:
+            for r in reports:
                 err = c.accept(agent, allowed, r)
                 if err is None:
                     ack.accepted += 1
                 else:
                     ack.rejected += 1
                     ack.last_error = err
+
+        def Stream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+            agent, allowed = self._agent(context)
+            ack = pb.Ack()
+            self._take(agent, allowed, request_iterator, ack)
+            return ack
+
+        def StreamBatches(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+            agent, allowed = self._agent(context)
+            ack = pb.Ack()
+            for batch in request_iterator:
+                self._take(agent, allowed, batch.reports, ack)
             return ack
 
     return Servicer()
@@ -181,6 +200,11 @@ class Agent:
     def send(self, reports: list[Any], timeout: float = 10.0) -> Any:
         """Streams the reports on one call; returns the collector's Ack."""
         return self.stub.Stream(iter(reports), metadata=[("authorization", f"Bearer {self.token}")], timeout=timeout)
+
+    def send_batches(self, batches: list[list[Any]], timeout: float = 10.0) -> Any:
+        """Streams the reports in batches (one message each); returns the collector's Ack."""
+        msgs = (self.pb.ReportBatch(reports=b) for b in batches)
+        return self.stub.StreamBatches(msgs, metadata=[("authorization", f"Bearer {self.token}")], timeout=timeout)
 
     def close(self) -> None:
         self.channel.close()
