@@ -33,7 +33,7 @@ from scapy.layers.l2 import Ether
 from dinet import netns
 from dinet.bpfsys import test_run
 from dinet.packets import BIER, BIFTId, bift_id, bitstring
-from dinet.targets.bcc_program import BccProgram
+from dinet.targets.bcc_program import BccProgram, remove_pinned_tree
 from dinet.targets.tc import BfirMatch, BierNode, BiftNeighbor
 from topo.bier_domain import SYNC_ADDR, BierDomain, tree
 
@@ -173,10 +173,7 @@ def main() -> int:
         res.update(replication_cost(100_000 if a.quick else 1_000_000, 3 if a.quick else 5))
         res.update(bandwidth(100 * 10**6))
     finally:
-        if BPFFS.exists():
-            for p in sorted(BPFFS.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                p.unlink() if p.is_file() else p.rmdir()
-            BPFFS.rmdir()
+        remove_pinned_tree(BPFFS)
     res["seconds"] = round(time.monotonic() - t0, 1)
     print("\nBFR cost per packet, BPF_PROG_TEST_RUN (ns; copies really sent)")
     print(f"  {'plain forward (1 copy)':<24}{res['forward_ns']:>8.0f}")

@@ -38,7 +38,7 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from dinet import netns  # noqa: E402
 from dinet.bpfsys import XDP_PASS, XDP_TX, run_live, test_run  # noqa: E402
 from dinet.model import Instance, ServiceKey  # noqa: E402
-from dinet.targets.bcc_program import BccProgram  # noqa: E402
+from dinet.targets.bcc_program import BccProgram, remove_pinned_tree  # noqa: E402
 from dinet.targets.xdp import SteeringNode, SteerSizes  # noqa: E402
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-{os.getpid()}")
@@ -246,10 +246,7 @@ def main() -> int:
         res.update(micro(1_000_000, 3 if a.quick else 7, 4096, full_instances=not a.quick))
         res.update(forwarding(2_000_000 if a.quick else 10_000_000))
     finally:
-        if BPFFS.exists():
-            for p in sorted(BPFFS.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                p.unlink() if p.is_file() else p.rmdir()
-            BPFFS.rmdir()
+        remove_pinned_tree(BPFFS)
     floor = res["floor_ns"]
     for k in ("hit", "miss", "pass"):
         res[f"{k}_ratio"] = res[f"{k}_ns"] / floor if floor else None

@@ -47,9 +47,9 @@ def bpffs_root() -> Iterator[Path]:
     """A bpffs folder of this test run only; removed (with every map pinned in it) at the end."""
     yield TEST_BPFFS
     if TEST_BPFFS.exists():
-        for p in sorted(TEST_BPFFS.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            p.unlink() if p.is_file() else p.rmdir()
-        TEST_BPFFS.rmdir()
+        from dinet.targets.bcc_program import remove_pinned_tree
+
+        remove_pinned_tree(TEST_BPFFS)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -80,16 +80,7 @@ def cmd_service_list(a: argparse.Namespace) -> None:
                         {
                             "service": str(s.key),
                             "slot": s.svc_id,
-                            "instances": [
-                                {
-                                    "instance_id": i.instance_id,
-                                    "endpoint": str(i.endpoint),
-                                    "weight": i.weight,
-                                    "state": i.state.name.lower(),
-                                    "site_id": i.site_id,
-                                }
-                                for i in s.instances.values()
-                            ],
+                            "instances": [i.as_dict() for i in s.instances.values()],
                         }
                         for s in svcs
                     ],

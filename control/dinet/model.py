@@ -99,6 +99,15 @@ class Instance:
         if not 0 <= self.site_id < 2**16:
             raise ConfigError(f"site id must be 0..65535, not {self.site_id!r}")
 
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "instance_id": self.instance_id,
+            "endpoint": str(self.endpoint),
+            "weight": self.weight,
+            "state": self.state.name.lower(),
+            "site_id": self.site_id,
+        }
+
     @property
     def usable(self) -> bool:
         """Takes new flows."""

@@ -192,3 +192,12 @@ def update(table: Any, key: Any, leaf: Any, what: str) -> None:
                 f"is full ({table.max_entries} entries): cannot add {what}"
             ) from None
         raise DataPlaneError(f"cannot write {what}: {e}") from None
+
+
+def remove_pinned_tree(root: Path) -> None:
+    """Removes a bpffs folder and every map pinned below it (a test run's or a benchmark's own root)."""
+    if not root.exists():
+        return
+    for p in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    root.rmdir()

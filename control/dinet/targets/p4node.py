@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import consts
-from ..errors import ConfigError, TableFullError, UnknownInstanceError, UnknownServiceError
-from ..model import Instance, InstanceState, IPAddress, ServiceKey, parse_address
+from ..errors import ConfigError, TableFullError, UnknownServiceError
+from ..model import Instance, IPAddress, ServiceKey, parse_address
 from ..packets import split_bift_id
-from ..steering import plan_instances
+from ..steering import InstanceEdits, plan_instances
 from .p4rt import P4RuntimeSwitch, TableEntry
 from .xdp import Counter, ServiceState, SteerSizes
 
@@ -44,7 +44,7 @@ class P4Neighbor:
     fbm: int
 
 
-class P4Node:
+class P4Node(InstanceEdits):
     """Steering and BIER on one P4Runtime switch whose pipeline is dinet.p4 (compiled with `sizes`)."""
 
     def __init__(self, switch: P4RuntimeSwitch, sizes: SteerSizes):
@@ -184,23 +184,6 @@ class P4Node:
         if gone:
             self.sw.write(gone, "DELETE")
         st.instances = {plan.placed[i.instance_id]: i for i in instances}
-
-    def _replace(self, svc: ServiceKey, instance_id: int, **changes: Any) -> None:
-        from dataclasses import replace
-
-        current = list(self._state(svc).instances.values())
-        if instance_id not in {i.instance_id for i in current}:
-            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
-        self.set_instances(svc, [replace(i, **changes) if i.instance_id == instance_id else i for i in current])
-
-    def set_weight(self, svc: ServiceKey, instance_id: int, weight: int) -> None:
-        self._replace(svc, instance_id, weight=weight)
-
-    def set_state(self, svc: ServiceKey, instance_id: int, state: InstanceState) -> None:
-        self._replace(svc, instance_id, state=state)
-
-    def drain(self, svc: ServiceKey, instance_id: int) -> None:
-        self.set_state(svc, instance_id, InstanceState.DRAINING)
 
     def ring(self, svc: ServiceKey) -> list[int]:
         """The live ring, read back from the switch."""

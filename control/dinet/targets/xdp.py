@@ -15,10 +15,10 @@ from typing import Any
 
 from .. import consts
 from ..bpfsys import pinned_map_info
-from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownInstanceError, UnknownServiceError
+from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownServiceError
 from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, parse_address
 from ..paths import BPFFS_ROOT
-from ..steering import plan_instances
+from ..steering import InstanceEdits, plan_instances
 from .bcc_program import BccProgram, update, write_array
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def flow_hash(src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: int
     return zlib.crc32(src.packed + dst.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes([proto]))
 
 
-class SteeringNode:
+class SteeringNode(InstanceEdits):
     """The steering program of one ingress node and its pinned maps (BPFFS_ROOT/<node>/steer)."""
 
     PROGRAM = "xdp_steer"
@@ -376,34 +376,6 @@ class SteeringNode:
         v.instance_id, v.weight, v.state, v.site_id = inst.instance_id, inst.weight, int(inst.state), inst.site_id
         return v
 
-    def _replace(self, svc: ServiceKey, instance_id: int, **changes: Any) -> None:
-        current = list(self.service(svc).instances.values())
-        if instance_id not in {i.instance_id for i in current}:
-            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
-        from dataclasses import replace
-
-        self.set_instances(svc, [replace(i, **changes) if i.instance_id == instance_id else i for i in current])
-
-    def upsert_instance(self, svc: ServiceKey, inst: Instance) -> None:
-        current = [i for i in self.service(svc).instances.values() if i.instance_id != inst.instance_id]
-        self.set_instances(svc, current + [inst])
-
-    def remove_instance(self, svc: ServiceKey, instance_id: int) -> None:
-        current = list(self.service(svc).instances.values())
-        if instance_id not in {i.instance_id for i in current}:
-            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
-        self.set_instances(svc, [i for i in current if i.instance_id != instance_id])
-
-    def set_weight(self, svc: ServiceKey, instance_id: int, weight: int) -> None:
-        self._replace(svc, instance_id, weight=weight)
-
-    def set_state(self, svc: ServiceKey, instance_id: int, state: InstanceState) -> None:
-        """DRAINING: no new flow, established flows stay. DOWN: its flows are placed anew too."""
-        self._replace(svc, instance_id, state=state)
-
-    def drain(self, svc: ServiceKey, instance_id: int) -> None:
-        self.set_state(svc, instance_id, InstanceState.DRAINING)
-
     def ring(self, svc: ServiceKey) -> list[int]:
         """The live ring of a service: slot numbers (SLOT_NONE for none)."""
         st = self.service(svc)
@@ -482,14 +454,7 @@ class SteeringNode:
                     "slot": st.svc_id,
                     **total.__dict__,
                     "instances": [
-                        {
-                            "instance_id": i.instance_id,
-                            "endpoint": str(i.endpoint),
-                            "weight": i.weight,
-                            "state": i.state.name.lower(),
-                            "site_id": i.site_id,
-                            **per[i.instance_id].__dict__,
-                        }
+                        i.as_dict() | per[i.instance_id].__dict__
                         for i in sorted(st.instances.values(), key=lambda x: x.instance_id)
                     ],
                 }
