@@ -37,7 +37,7 @@ def intent(tmp_path: Path, node: str, col: int, prom: int) -> Path:
 
 def test_bad_intent_files_are_refused(tmp_path: Path) -> None:
     for text, msg in [
-        ("node: {target: dpdk}\nservices: []", "node.target must be xdp or bmv2"),
+        ("node: {target: dpdk}\nservices: []", "node.target must be xdp, bmv2 or agent"),
         ("node: {target: xdp}", "missing 'services'"),
         ("node: {target: xdp}\nservices: [{service: 'x:1/tcp', instances: []}]", "not an IPv4"),
         ("node: {target: xdp}\nservices: [{service: '10.0.0.1:80/tcp', class: fast, instances: []}]", "class must be"),

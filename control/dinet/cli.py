@@ -343,6 +343,18 @@ def cmd_run(a: argparse.Namespace) -> None:
     run(Path(a.file), once=a.once)
 
 
+def cmd_agent(a: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from .agent import serve_forever
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    serve_forever(a.node, a.listen, a.token or "", stop)
+
+
 def cmd_status(a: argparse.Namespace) -> None:
     import urllib.error
     import urllib.request
@@ -490,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--once", action="store_true", help="install the intent, then exit")
     p.set_defaults(fn=cmd_run)
+    p = leaf(sub, "agent", cmd_agent, "serve this host's programs and maps to a controller over gRPC")
+    p.add_argument("--listen", default="127.0.0.1:50061")
+    p.add_argument("--token", help="the token the controller must present")
     p = sub.add_parser("status", help="a running controller's view, from its Prometheus endpoint")
     p.add_argument("--url", default="http://127.0.0.1:9464/metrics")
     p.add_argument("--json", action="store_true")

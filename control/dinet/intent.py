@@ -43,8 +43,8 @@ def load(path: Path) -> RunConfig:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the file is not a mapping")
     node = _get(doc, "node", str(path), dict)
-    if node.get("target") not in ("xdp", "bmv2"):
-        raise ConfigError(f"{path}: node.target must be xdp or bmv2, not {node.get('target')!r}")
+    if node.get("target") not in ("xdp", "bmv2", "agent"):
+        raise ConfigError(f"{path}: node.target must be xdp, bmv2 or agent, not {node.get('target')!r}")
     cfg = RunConfig(node=node)
     col = doc.get("collector") or {}
     cfg.collector_listen = str(col.get("listen", cfg.collector_listen))

@@ -27,8 +27,17 @@ def generate() -> None:
             raise RuntimeError(f"protoc failed on {proto}")
 
 
+def _load(name: str) -> tuple[ModuleType, ModuleType]:
+    if not (HERE / f"{name}_pb2.py").exists() or not (HERE / f"{name}_pb2_grpc.py").exists():
+        generate()
+    return importlib.import_module(f"dinet.{name}_pb2"), importlib.import_module(f"dinet.{name}_pb2_grpc")
+
+
 def metrics() -> tuple[ModuleType, ModuleType]:
     """(metrics_pb2, metrics_pb2_grpc)."""
-    if not (HERE / "metrics_pb2.py").exists() or not (HERE / "metrics_pb2_grpc.py").exists():
-        generate()
-    return importlib.import_module("dinet.metrics_pb2"), importlib.import_module("dinet.metrics_pb2_grpc")
+    return _load("metrics")
+
+
+def agent() -> tuple[ModuleType, ModuleType]:
+    """(agent_pb2, agent_pb2_grpc)."""
+    return _load("agent")

@@ -22,7 +22,15 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def open_target(cfg: RunConfig) -> Iterator[Any]:
     node = cfg.node
-    if node["target"] == "xdp":
+    if node["target"] == "agent":
+        from .agent import RemoteNode
+
+        remote = RemoteNode(str(node["address"]), str(node.get("token", "")), name=str(node.get("name", "")))
+        try:
+            yield remote
+        finally:
+            remote.close()
+    elif node["target"] == "xdp":
         from .targets.xdp import SteeringNode
 
         n = SteeringNode(str(node.get("name", "default")))

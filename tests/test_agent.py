@@ -1,0 +1,148 @@
+"""The node agent: a `dinet agent` process owns a host's programs and maps; the controller drives it over
+gRPC with the same calls as a local node, and its errors come back as the same exceptions."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import RUN_ID, needs_bcc, needs_root
+from dinet.controller import Controller, ServiceIntent, SitePath
+from dinet.decide import TrafficClass
+from dinet.errors import ConfigError, DataPlaneError, UnknownInstanceError, UnknownServiceError
+from dinet.metrics import Level0
+from dinet.model import Instance, ServiceKey
+
+pytestmark = [needs_root, needs_bcc]
+SVC = ServiceKey.parse("10.98.0.1:443/tcp")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def agent() -> Iterator[tuple[str, str]]:
+    node, port = f"agenttest{RUN_ID}", free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dinet.cli",
+            "agent",
+            "--node",
+            node,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--token",
+            "ctl-secret",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("dinet agent: node"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield node, f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+        for what in ("xdp", "bier"):
+            subprocess.run([sys.executable, "-m", "dinet.cli", what, "destroy", "--node", node], capture_output=True)
+
+
+def test_controller_drives_a_node_agent(agent) -> None:
+    from dinet.agent import RemoteNode
+    from dinet.targets.xdp import SteeringNode
+
+    node, address = agent
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dinet.cli",
+            "xdp",
+            "attach",
+            "--dev",
+            "lo",
+            "--mode",
+            "generic",
+            "--node",
+            node,
+            "--src4",
+            "192.0.2.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        remote = RemoteNode(address, "ctl-secret", name=node)
+        intent = [
+            ServiceIntent(
+                SVC,
+                TrafficClass.DELAY_SENSITIVE,
+                (Instance(1, "192.0.2.11", 1, site_id=1), Instance(2, "192.0.2.12", 1, site_id=2)),
+            )
+        ]
+        ctl = Controller(remote, intent, {1: SitePath(2), 2: SitePath(30)})
+        ctl.start()
+        ctl.on_report((SVC, 1), Level0(cpu_load=0.3))
+        ctl.on_report((SVC, 2), Level0(cpu_load=0.3))
+        got = {i.instance_id: i.weight for i in remote.service(SVC).instances.values()}
+        assert got[1] > 0 and got[2] == 0  # delay-sensitive: the near site only
+        with SteeringNode(node) as local:  # the same pinned maps, read directly
+            assert {i.instance_id: i.weight for i in local.service(SVC).instances.values()} == got
+        again = Controller(remote, intent, {1: SitePath(2), 2: SitePath(30)})
+        again.start()
+        assert again.writes == 0
+        total, per = remote.service_counters(SVC)
+        assert total.packets == 0 and set(per) == {1, 2}
+        with pytest.raises(UnknownServiceError, match="no service 10.98.0.9:443/tcp"):
+            remote.service(ServiceKey.parse("10.98.0.9:443/tcp"))
+        with pytest.raises(ConfigError, match="all weights"):
+            remote.set_instances(SVC, [Instance(1, "192.0.2.11", 0)])
+        with pytest.raises(UnknownInstanceError):
+            remote.set_weight(SVC, 9, 1)
+        with pytest.raises(DataPlaneError, match="UNAUTHENTICATED"):
+            RemoteNode(address, "wrong", name=node).service(SVC)
+        remote.close()
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "dinet.cli", "xdp", "detach", "--dev", "lo", "--mode", "generic"],
+            capture_output=True,
+        )
+
+
+def test_bier_entries_through_the_agent(agent) -> None:
+    from dinet.agent import RemoteNode
+    from dinet.packets import bift_id
+    from dinet.targets.tc import BierNode
+
+    node, address = agent
+    remote = RemoteNode(address, "ctl-secret", name=node)
+    remote.set_bift(bift_id(1, 0), 1 << 2, [("lo", "02:00:00:00:00:02", 0b11)])
+    remote.set_bfir("10.200.0.1", 7, 1, {bift_id(1, 0): 0b111}, udp_port=9000)
+    with BierNode(node) as local:
+        entry = local.bifts()[bift_id(1, 0)]
+        assert entry.local == 0b100 and entry.neighbors[0].fbm == 0b11 and entry.neighbors[0].ifindex == 1
+        assert list(local.bfir_entries().values()) == [{bift_id(1, 0): 0b111}]
+    with pytest.raises(ConfigError, match="forwards BSL 64, 128 and 256"):
+        remote.set_bift(bift_id(5, 0), 1, [])
+    remote.close()
+
+
+def test_an_unreachable_agent_is_named() -> None:
+    from dinet.agent import RemoteNode
+
+    with pytest.raises(DataPlaneError, match="node agent far .*UNAVAILABLE"):
+        RemoteNode(f"127.0.0.1:{free_port()}", name="far", timeout=2).service(SVC)
