@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dinet import netns
-from dinet.bmv2 import Bmv2Switch, compile_p4
+from dinet.bmv2 import Bmv2Switch, Pipeline, compile_p4
 from dinet.targets.p4node import P4Node
 from dinet.targets.p4rt import P4RuntimeSwitch
 from dinet.targets.xdp import SteerSizes
@@ -25,6 +25,7 @@ class Bmv2Rig:
     node: P4Node
     switch: Bmv2Switch
     taps: dict[int, socket.socket]
+    pipe: Pipeline
     pending: dict[int, list[bytes]] = field(default_factory=dict)
 
     def inject(self, port: int, frame: bytes) -> None:
@@ -67,7 +68,7 @@ def bmv2_rig(prefix: str, nports: int = 4) -> Iterator[Bmv2Rig]:
             try:
                 p4rt.set_pipeline(pipe.p4info, pipe.json)
                 taps = {p: netns.l2_socket(f"t{p}", topo.ns("tap")) for p in range(nports)}
-                yield Bmv2Rig(P4Node(p4rt, SIZES), sw, taps)
+                yield Bmv2Rig(P4Node(p4rt, SIZES), sw, taps, pipe)
             finally:
                 p4rt.close()
     finally:

@@ -121,3 +121,19 @@ def test_unreachable_switch_and_refused_write_are_named(rig, tmp_path) -> None:
     msg = str(err.value)
     assert rig.node.sw.name in msg and "services_v4" in msg and "INSERT" in msg, msg
     assert [x for x in rig.node.sw.read_table("services_v4") if x.match == e.match] == [e]  # nothing lost
+
+
+def test_state_is_pushed_again_after_the_switch_restarts(rig) -> None:
+    """Last in this module: the switch dies and comes back empty; the node writes back all it had written."""
+    from dinet.errors import DataPlaneError
+
+    before = {t: sorted(map(repr, rig.node.sw.read_table(t))) for t in ("services_v4", "instances", "ring", "vip_v6")}
+    rig.switch.restart()
+    with pytest.raises(DataPlaneError, match=rig.node.sw.name):
+        rig.node.sw.read_table("services_v4")  # the old session is gone, and the error says which switch
+    written = rig.node.resync(rig.pipe.p4info, rig.pipe.json)
+    assert written > 500  # two ring halves alone
+    after = {t: sorted(map(repr, rig.node.sw.read_table(t))) for t in before}
+    assert after == before
+    for v in sv.vectors(sv.placement(rig.node)):
+        run_vector(rig, v)

@@ -105,6 +105,14 @@ class Bmv2Switch:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr", "wb"))
         return self
 
+    def restart(self) -> Bmv2Switch:
+        """Kills the switch and starts it again, empty (what a crash and a supervisor would do)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        (self.workdir / "p4rt.sock").unlink(missing_ok=True)
+        return self.start()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

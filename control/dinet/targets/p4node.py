@@ -55,6 +55,34 @@ class P4Node(InstanceEdits):
         self._vips: dict[IPAddress, int] = {}
         self._bift_index: dict[int, int] = {}
         self._bfir: set[Any] = set()
+        # what the switch should hold: replayed after the switch restarts (resync)
+        self._entries: dict[tuple[str, Any], TableEntry] = {}
+        self._groups: dict[int, list[tuple[int, int]]] = {}
+
+    def _write(self, entries: list[TableEntry], op: str = "INSERT") -> None:
+        self.sw.write(entries, op)
+        for e in entries:
+            key = (e.table, "default" if e.is_default else e.match)
+            if op == "DELETE":
+                self._entries.pop(key, None)
+            else:
+                self._entries[key] = e
+
+    def _write_groups(self, groups: dict[int, list[tuple[int, int]]], op: str) -> None:
+        self.sw.write_multicast_groups(groups, op)
+        self._groups.update(groups)
+
+    def resync(self, p4info: Any, device_config: Any) -> int:
+        """After the switch restarted (its tables empty): connect again, set the pipeline and write back
+        everything this node had written. Returns the number of entries written."""
+        self.sw.reconnect()
+        self.sw.set_pipeline(p4info, device_config)
+        self.sw.write_multicast_groups(self._groups, "INSERT")
+        defaults = [e for e in self._entries.values() if e.is_default]
+        others = [e for e in self._entries.values() if not e.is_default]
+        self.sw.write(defaults)
+        self.sw.write(others, "INSERT")
+        return len(self._entries) + len(self._groups)
 
     # ---- steering ------------------------------------------------------------------------------------
     def configure(
@@ -95,7 +123,7 @@ class P4Node(InstanceEdits):
                         is_default=True,
                     )
                 )
-        self.sw.write(writes)
+        self._write(writes)
 
     def _svc_entry(self, svc: ServiceKey, st: _Svc) -> TableEntry:
         table = "services_v4" if svc.vip.version == 4 else "services_v6"
@@ -123,7 +151,7 @@ class P4Node(InstanceEdits):
             fam = "ipv4" if svc.vip.version == 4 else "ipv6"
             writes.append(TableEntry(f"vip_v{svc.vip.version}", ((f"hdr.{fam}.dst", int(svc.vip)),), "NoAction"))
         writes.append(self._svc_entry(svc, st))
-        self.sw.write(writes)
+        self._write(writes)
         self._vips[svc.vip] = self._vips.get(svc.vip, 0) + 1
         self._svcs[svc] = st
         return free
@@ -163,9 +191,9 @@ class P4Node(InstanceEdits):
             e for slot, inst in plan.changed.items() if slot in st.instances for e in self._inst_entries(st, slot, inst)
         ]
         if inserts:
-            self.sw.write(inserts, "INSERT")
+            self._write(inserts, "INSERT")
         if modifies:
-            self.sw.write(modifies, "MODIFY")
+            self._write(modifies, "MODIFY")
         sel = st.ring_sel ^ 1
         ring = [
             TableEntry(
@@ -176,13 +204,13 @@ class P4Node(InstanceEdits):
             )
             for i, slot in enumerate(plan.ring)
         ]
-        self.sw.write(ring, "MODIFY" if sel in st.halves_written else "INSERT")
+        self._write(ring, "MODIFY" if sel in st.halves_written else "INSERT")
         st.halves_written.add(sel)
         st.ring_sel = sel
-        self.sw.write([self._svc_entry(svc, st)], "MODIFY")
+        self._write([self._svc_entry(svc, st)], "MODIFY")
         gone = [e for slot in plan.freed for e in self._inst_entries(st, slot, st.instances[slot])]
         if gone:
-            self.sw.write(gone, "DELETE")
+            self._write(gone, "DELETE")
         st.instances = {plan.placed[i.instance_id]: i for i in instances}
 
     def ring(self, svc: ServiceKey) -> list[int]:
@@ -254,9 +282,9 @@ class P4Node(InstanceEdits):
             )
         )
         op = "INSERT" if fresh else "MODIFY"
-        self.sw.write_multicast_groups(groups, op)
-        self.sw.write(replicas, op)
-        self.sw.write([TableEntry("bift", (("hdr.bift.bift_id", bift_id),), "bift_entry", params)], op)
+        self._write_groups(groups, op)
+        self._write(replicas, op)
+        self._write([TableEntry("bift", (("hdr.bift.bift_id", bift_id),), "bift_entry", params)], op)
 
     def set_bfir(
         self,
@@ -282,7 +310,7 @@ class P4Node(InstanceEdits):
         else:
             table, key = f"bfir_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
         op = "MODIFY" if (table, key) in self._bfir else "INSERT"
-        self.sw.write(
+        self._write(
             [
                 TableEntry(
                     table, key, "push", (("bift_id", bid), ("bsl", bsl_code), ("bits", bits), ("bfir_id", bfir_id))

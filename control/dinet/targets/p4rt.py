@@ -103,6 +103,16 @@ class P4RuntimeSwitch:
         finally:
             self._arbitration.set()
 
+    def reconnect(self) -> P4RuntimeSwitch:
+        """A new channel and stream (after the server restarted), arbitration again."""
+        self.close()
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = _stub(self.channel)
+        self._requests = queue.Queue()
+        self._arbitration = threading.Event()
+        self._arb_status = None
+        return self.connect()
+
     def close(self) -> None:
         self._requests.put(None)
         if self._stream is not None:
