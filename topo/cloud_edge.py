@@ -1,6 +1,7 @@
 """The cloud-edge-device steering scenario in network namespaces, on the XDP data plane.
 
     client ── ingress (XDP steering) ──┬── site1 (edge)     ── s1a, s1b
+     (or: client ── BMv2 switch ── ingress router, with --target bmv2)
                                        ├── site2 (regional) ── s2a, s2b
                                        └── site3 (cloud)    ── s3a, s3b
 
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dinet.model import Instance, ServiceKey
 from dinet.netns import Topology
@@ -57,6 +59,7 @@ class CloudEdge:
         sizes: SteerSizes | None = None,
         tcp_port: int = 80,
         udp_port: int = 53,
+        target: str = "xdp",
     ):
         self.topo = Topology(prefix)
         self.prefix = prefix
@@ -75,7 +78,12 @@ class CloudEdge:
             for k in range(1, sites + 1)
             for j in range(per_site)
         ]
-        self.steer: SteeringNode | None = None
+        if target not in ("xdp", "bmv2"):
+            raise ValueError(f"target must be xdp or bmv2, not {target!r}")
+        self.target = target
+        self.steer: Any = None  # SteeringNode (xdp) or P4Node (bmv2)
+        self.switch: Any = None
+        self.p4rt: Any = None
         self.decaps: list[DecapNode] = []
         self.passprog: BccProgram | None = None
         self.servers: list[subprocess.Popen[str]] = []
@@ -104,7 +112,13 @@ class CloudEdge:
         t = self.topo
         t.add_ns("c")
         t.add_ns("in")
-        t.link("c", "eth0", "in", "eth0")
+        if self.target == "bmv2":  # the switch sits between the client and the ingress router
+            t.add_ns("sw")
+            t.sh("sw", "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            t.link("c", "eth0", "sw", "p0", mtu=FABRIC_MTU)
+            t.link("sw", "p1", "in", "eth0", mtu=FABRIC_MTU)
+        else:
+            t.link("c", "eth0", "in", "eth0")
         t.addr("c", "eth0", "10.0.0.2/24")
         t.addr("c", "eth0", "fd00::2/64")
         t.addr("in", "eth0", "10.0.0.1/24")
@@ -148,9 +162,28 @@ class CloudEdge:
 
     def _load_programs(self) -> None:
         t = self.topo
-        self.steer = SteeringNode(f"{self.prefix}in", self.sizes, bpffs_root=self.bpffs_root)
-        self.steer.configure(src4="10.0.0.1", src6="fd00::1")
-        self.steer.attach("eth0", self.ingress_ns)
+        if self.target == "bmv2":
+            from dinet.bmv2 import Bmv2Switch, compile_p4
+            from dinet.netns import mac_of
+            from dinet.targets.p4node import P4Node
+            from dinet.targets.p4rt import P4RuntimeSwitch
+
+            pipe = compile_p4(self.sizes.defines())
+            self.switch = Bmv2Switch(f"{self.prefix}sw", {0: "p0", 1: "p1"}, t.ns("sw")).start()
+            self.p4rt = P4RuntimeSwitch(self.switch.address, name=f"{self.prefix}sw").connect()
+            self.p4rt.set_pipeline(pipe.p4info, pipe.json)
+            self.steer = P4Node(self.p4rt, self.sizes)
+            router = mac_of("eth0", self.ingress_ns)
+            self.steer.configure(
+                src4="10.0.0.254",
+                src6="fd00::254",
+                static_next_hop=(1, "02:00:00:00:00:fe", router),
+                pass_ports={0: 1, 1: 0},
+            )
+        else:
+            self.steer = SteeringNode(f"{self.prefix}in", self.sizes, bpffs_root=self.bpffs_root)
+            self.steer.configure(src4="10.0.0.1", src6="fd00::1")
+            self.steer.attach("eth0", self.ingress_ns)
         # XDP_REDIRECT into a veth needs an XDP program on the receiving end
         self.passprog = BccProgram("xdp_pass.bpf.c", self.bpffs_root / f"{self.prefix}pass" / "pass")
         for k in range(1, self.sites + 1):
@@ -225,13 +258,19 @@ class CloudEdge:
             if p.stdout:
                 p.stdout.close()
         self.servers.clear()
+        if self.p4rt:
+            self.p4rt.close()
+            self.p4rt = None
+        if self.switch:
+            self.switch.stop()
+            self.switch = None
         self.topo.close()  # interfaces go, and the programs attached to them
         for d in self.decaps:
             d.destroy()
         self.decaps.clear()
-        if self.steer:
+        if self.steer is not None and hasattr(self.steer, "destroy"):
             self.steer.destroy()
-            self.steer = None
+        self.steer = None
         if self.passprog:
             self.passprog.unpin()
             self.passprog.close()
