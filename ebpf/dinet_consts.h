@@ -39,6 +39,9 @@
 #define DINET_AFFINITY_ENTRIES 1048576
 #endif
 #define DINET_MAX_VIP_ADDRS 8192
+/* Entries of each CPU's flow cache (a power of two) and how often a cached flow refreshes its LRU entry. */
+#define DINET_FLOW_CACHE_SIZE 4096
+#define DINET_FLOW_CACHE_TOUCH 64
 /* Entries of the VIP address filter (a power of two). */
 #define DINET_VIP_FILTER_SIZE 65536
 #define DINET_MAX_ENDPOINTS 1024

@@ -32,6 +32,11 @@ BPF_TABLE_PINNED("array", __u32, struct inst_value, instances, INST_ENTRIES, PIN
 BPF_TABLE_PINNED("array", __u32, __u32, ring, RING_ENTRIES, PIN(ring));
 /* affinity: flow_key -> flow_value; written here on a new flow, LRU-evicted. */
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_value, affinity, DINET_AFFINITY_ENTRIES, PIN(affinity));
+/* flow_cache: per CPU, hash of the 5-tuple -> a copy of its affinity entry; written here only, not pinned
+ * (a cache: the LRU above stays the record). A hit costs an array load and a key compare instead of a
+ * hash-table lookup; every DINET_FLOW_CACHE_TOUCH-th hit also looks the flow up in the LRU, so that an
+ * active flow is never the least recently used there. */
+BPF_PERCPU_ARRAY(flow_cache, struct flow_cache_entry, DINET_FLOW_CACHE_SIZE);
 /* counters per service and per instance, per CPU; written here. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct steer_counter, svc_stats, DINET_MAX_SERVICES, PIN(svc_stats));
 BPF_TABLE_PINNED("percpu_array", __u32, struct steer_counter, inst_stats, INST_ENTRIES, PIN(inst_stats));
@@ -83,6 +88,19 @@ static __always_inline int not_steered(struct vip_key *vk, __u32 reason, int act
 	if (vip_addrs.lookup(vk))
 		return verdict(reason, action);
 	return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
+}
+
+static __always_inline __u32 cache_index(struct flow_key *k)
+{
+	__u32 *w = (__u32 *)k;
+	__u32 x = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4] ^ w[5] ^ w[6] ^ w[7] ^ w[8] ^ w[9];
+	return (x * 0x9E3779B1u) >> 20 & (DINET_FLOW_CACHE_SIZE - 1);
+}
+
+static __always_inline int same_key(struct flow_key *a, struct flow_key *b)
+{
+	__u64 *x = (__u64 *)a, *y = (__u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
 }
 
 static __always_inline __u32 flow_hash(struct flow_key *k)
@@ -228,7 +246,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	struct flow_key key = {};
+	struct flow_key key __attribute__((aligned(8))) = {};
 	struct vip_key vk = {};
 	void *l4;
 	__u32 inner_len;
@@ -305,7 +323,21 @@ static __always_inline int steer(struct xdp_md *ctx)
 	__u32 svc_id = DINET_MAX_SERVICES;
 	__u32 slot = DINET_SLOT_NONE;
 	struct inst_value *inst = 0;
-	struct flow_value *fv = affinity.lookup(&key);
+	__u32 cidx = cache_index(&key);
+	struct flow_cache_entry *ce = flow_cache.lookup(&cidx);
+	struct flow_value *fv = 0;
+	if (ce && same_key(&ce->key, &key)) {
+		fv = &ce->val;
+		if ((++ce->hits & (DINET_FLOW_CACHE_TOUCH - 1)) == 0)
+			affinity.lookup(&key); /* keep it recent in the LRU */
+	} else {
+		fv = affinity.lookup(&key);
+		if (fv && ce) {
+			ce->key = key;
+			ce->val = *fv;
+			ce->hits = 0;
+		}
+	}
 	if (fv && fv->svc_id < DINET_MAX_SERVICES && fv->slot < DINET_MAX_INSTANCES) {
 		__u32 sid = fv->svc_id;
 		__u32 *gen = svc_gen.lookup(&sid);
@@ -335,6 +367,11 @@ static __always_inline int steer(struct xdp_md *ctx)
 		nv.instance_id = inst->instance_id;
 		nv.gen = sv->gen;
 		affinity.update(&key, &nv);
+		if (ce) {
+			ce->key = key;
+			ce->val = nv;
+			ce->hits = 0;
+		}
 		new_flow = 1;
 	}
 	if (!inst)

@@ -62,6 +62,15 @@ struct flow_value {
 	__u32 gen;         /* svc_gen[svc_id] when placed: a removed or replaced service is not the same */
 };
 
+/* flow_cache (kernel side only): per CPU, direct-mapped, a copy of recently used affinity entries. */
+struct flow_cache_entry {
+	struct flow_key key;
+	struct flow_value val;
+	__u32 hits;
+	__u32 pad;
+};
+
+
 /* Per-CPU counters for a service (index svc_id) and an instance (index svc_id * MAX_INSTANCES + slot). */
 struct steer_counter {
 	__u64 packets;
