@@ -128,11 +128,15 @@ def test_state_is_pushed_again_after_the_switch_restarts(rig) -> None:
     from dinet.errors import DataPlaneError
 
     before = {t: sorted(map(repr, rig.node.sw.read_table(t))) for t in ("services_v4", "instances", "ring", "vip_v6")}
+    from dinet.run import keep_in_sync
+
+    assert not keep_in_sync(rig.node)  # healthy: nothing to do
     rig.switch.restart()
     with pytest.raises(DataPlaneError, match=rig.node.sw.name):
         rig.node.sw.read_table("services_v4")  # the old session is gone, and the error says which switch
-    written = rig.node.resync(rig.pipe.p4info, rig.pipe.json)
-    assert written > 500  # two ring halves alone
+    rig.node.pipeline = rig.pipe
+    assert keep_in_sync(rig.node)  # what `dinet run` does every half second
+    assert len(rig.node._entries) > 500  # two ring halves alone
     after = {t: sorted(map(repr, rig.node.sw.read_table(t))) for t in before}
     assert after == before
     for v in sv.vectors(sv.placement(rig.node)):

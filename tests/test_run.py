@@ -97,3 +97,51 @@ def test_run_and_status(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode == 1 and "no dinet controller answers" in bad.stderr
+
+
+def test_run_installs_a_bier_domain(tmp_path: Path) -> None:
+    """A `bier:` section: BIFTs computed from the links and written to every node, BFIR entries for groups."""
+    from dinet.packets import bift_id
+    from dinet.targets.tc import BierNode
+
+    names = {k: f"bierrun{RUN_ID}{k}" for k in "abc"}
+    path = tmp_path / "bier.yaml"
+    path.write_text(f"""
+node: {{target: xdp, name: steerrun{RUN_ID}}}
+services: []
+prometheus: {{listen: null}}
+nodes:
+  a: {{target: local, name: {names["a"]}}}
+  b: {{target: local, name: {names["b"]}}}
+  c: {{target: local, name: {names["c"]}}}
+bier:
+  bsl: 64
+  bfrs: {{a: 10, b: 1, c: 2}}
+  links:
+    - {{a: a, b: b, a_port: [lo, "02:00:00:00:0a:0b"], b_port: [lo, "02:00:00:00:0b:0a"]}}
+    - {{a: b, b: c, a_port: [lo, "02:00:00:00:0b:0c"], b_port: [lo, "02:00:00:00:0c:0b"]}}
+  groups:
+    - {{bfir: a, dst: 10.200.0.1, udp_port: 9000, to: [b, c]}}
+""")
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "dinet.cli", "run", "--once", str(path)], capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr
+        assert "BIER: 4 BIFT and BFIR entries written to 3 node(s)" in res.stdout
+        with BierNode(names["a"]) as a, BierNode(names["b"]) as b:
+            ea, eb = a.bifts()[bift_id(1, 0)], b.bifts()[bift_id(1, 0)]
+            assert [(n.dmac, n.fbm) for n in ea.neighbors] == [("02:00:00:00:0b:0a", 0b11)]  # b and c via b
+            assert eb.local == 0b01 and [(n.dmac, n.fbm) for n in eb.neighbors] == [
+                ("02:00:00:00:0a:0b", 1 << 9),
+                ("02:00:00:00:0c:0b", 0b10),
+            ]
+            assert list(a.bfir_entries().values()) == [{bift_id(1, 0): 0b11}]
+    finally:
+        for n in (*names.values(), f"steerrun{RUN_ID}"):
+            for what in ("bier", "xdp"):
+                subprocess.run([sys.executable, "-m", "dinet.cli", what, "destroy", "--node", n], capture_output=True)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("to: [b, c]", "to: [b, z]"))
+    with pytest.raises(ConfigError, match="no BFR 'z'"):
+        load(bad)

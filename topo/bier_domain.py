@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinet import netns
-from dinet.bift import BierTopology, compute_bifts
+from dinet.bier_control import BierController, BierGroup, BierIntent, LocalBierWriter, Port
+from dinet.bift import BierTopology
 from dinet.netns import Topology
 from dinet.packets import BSL_BITS, bift_id, si_bit
 from dinet.paths import BPFFS_ROOT
-from dinet.targets.tc import BfirMatch, BierNode, BiftNeighbor
+from dinet.targets.tc import BfirMatch, BierNode
 
 SYNC_ADDR = ipaddress.ip_address("10.200.0.1")  # the model-sync destination, local on every BFER
 SYNC_PORT = 9000
@@ -134,27 +135,18 @@ class BierDomain:
         self.topo = self.topo.without_link(a, b)
         self.install_bifts()
 
+    def controller(self, groups: list[BierGroup] | None = None) -> BierController:
+        """The domain as the controller sees it: topology, ports (interface and MAC), a writer per BFR."""
+        ports = {
+            (node, nbr): Port(ifname, netns.mac_of(ifname, self.net.ns(node)))
+            for (node, nbr), ifname in self.ifname.items()
+        }
+        intent = BierIntent(self.bsl_code, self.topo, ports, groups or [])
+        return BierController(intent, {n: LocalBierWriter(node, self.net.ns(n)) for n, node in self.nodes.items()})
+
     def install_bifts(self) -> None:
-        """Computes every BFR's BIFT and writes it; sets that a BFR no longer has are removed."""
-        bifts = compute_bifts(self.topo, self.bsl_code)
-        for name, table in bifts.items():
-            node = self.nodes[name]
-            ns = self.net.ns(name)
-            for entry in table.values():
-                nbrs = []
-                for nbr, fbm in entry.fbm.items():
-                    ifname = self.ifname[(name, nbr)]
-                    nbrs.append(
-                        BiftNeighbor(
-                            netns.ifindex(ifname, ns),
-                            netns.mac_of(ifname, ns),
-                            netns.mac_of(name, self.net.ns(nbr)),
-                            fbm,
-                        )
-                    )
-                node.set_bift(entry.bift_id, entry.local, nbrs)
-            for stale in set(node.bifts()) - {e.bift_id for e in table.values()}:
-                node.remove_bift(stale)
+        """Computes every BFR's BIFT and writes it (dinet.bier_control); sets a BFR no longer has are removed."""
+        self.controller().install()
 
     def install_bfir(self, targets: set[str], match: BfirMatch | None = None) -> BfirMatch:
         """The BFIR sends the model-sync UDP destination (or `match`) to `targets` (BFR names)."""

@@ -8,11 +8,14 @@ from typing import Any
 
 import yaml
 
+from .bier_control import BierGroup, BierIntent, Port
+from .bift import BierTopology
 from .collect import InstanceRef
 from .controller import ServiceIntent, SitePath
 from .decide import TrafficClass
 from .errors import ConfigError
 from .model import Instance, InstanceState, ServiceKey
+from .packets import BSL_CODE
 
 
 @dataclass
@@ -25,6 +28,42 @@ class RunConfig:
     sites: dict[int, SitePath] = field(default_factory=dict)
     services: list[ServiceIntent] = field(default_factory=list)
     tokens: dict[str, tuple[str, set[InstanceRef]]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # BIER nodes by BFR name
+    bier: BierIntent | None = None
+
+
+def _bier(doc: dict[str, Any], nodes: dict[str, Any], where: str) -> BierIntent:
+    code = BSL_CODE.get(int(doc.get("bsl", 64)))
+    if code is None:
+        raise ConfigError(f"{where}.bsl must be one of {sorted(BSL_CODE)}, not {doc.get('bsl')!r}")
+    topo = BierTopology()
+    for name, bfr in (_get(doc, "bfrs", where, dict)).items():
+        if str(name) not in nodes:
+            raise ConfigError(f"{where}.bfrs: {name} is not in nodes")
+        topo.add_node(str(name), None if bfr is None else int(bfr))
+    ports = {}
+    for n, link in enumerate(_get(doc, "links", where, list)):
+        w = f"{where}.links[{n}]"
+        a, b = str(_get(link, "a", w)), str(_get(link, "b", w))
+        topo.add_link(a, b, int(link.get("cost", 1)))
+        for end, other, key in ((a, b, "a_port"), (b, a, "b_port")):
+            port = _get(link, key, w, list)
+            if len(port) != 2:
+                raise ConfigError(f"{w}.{key} is [interface, MAC], not {port!r}")
+            ports[(end, other)] = Port(str(port[0]), str(port[1]))
+    groups = [
+        BierGroup(
+            str(_get(g, "bfir", f"{where}.groups")),
+            str(_get(g, "dst", f"{where}.groups")),
+            frozenset(map(str, _get(g, "to", f"{where}.groups", list))),
+            str(g.get("src") or ""),
+            int(g.get("udp_port", 0)),
+        )
+        for g in doc.get("groups") or []
+    ]
+    intent = BierIntent(code, topo, ports, groups)
+    intent.check()
+    return intent
 
 
 def _get(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = object) -> Any:
@@ -82,4 +121,10 @@ def load(path: Path) -> RunConfig:
                 )
                 refs.add((key, inst.instance_id))
         cfg.services.append(ServiceIntent(key, cls, tuple(insts)))
+    for name, n in (doc.get("nodes") or {}).items():
+        if not isinstance(n, dict) or n.get("target") not in ("local", "agent"):
+            raise ConfigError(f"{path}: nodes.{name}.target must be local or agent")
+        cfg.nodes[str(name)] = n
+    if doc.get("bier"):
+        cfg.bier = _bier(doc["bier"], cfg.nodes, f"{path}: bier")
     return cfg

@@ -62,14 +62,69 @@ def open_target(cfg: RunConfig) -> Iterator[Any]:
             else:
                 sw.use_pipeline(pipe.p4info)
             p4 = P4Node(sw, sizes)
+            p4.pipeline = pipe
             p4.configure(src4=node.get("src4"), src6=node.get("src6"))
             yield p4
         finally:
             sw.close()
 
 
+@contextlib.contextmanager
+def bier_writers(cfg: RunConfig) -> Iterator[dict[str, Any]]:
+    """A writer per BIER node: a local TC node (attached where the file says) or a node agent."""
+    from .agent import RemoteNode
+    from .bier_control import LocalBierWriter
+    from .targets.tc import BierNode
+
+    writers: dict[str, Any] = {}
+    opened: list[Any] = []
+    try:
+        for name, n in cfg.nodes.items():
+            if n["target"] == "agent":
+                r = RemoteNode(str(n["address"]), str(n.get("token", "")), name=name)
+                opened.append(r)
+                writers[name] = r
+            else:
+                b = BierNode(str(n.get("name", name)))
+                opened.append(b)
+                for a in n.get("attach") or []:
+                    b.attach(str(a["dev"]), a.get("netns"))
+                writers[name] = LocalBierWriter(b, n.get("netns"))
+        yield writers
+    finally:
+        for o in opened:
+            o.close()
+
+
+def keep_in_sync(target: Any) -> bool:
+    """For a P4Runtime switch: if it stopped answering (a restart), connect again and write back everything
+    the node had written. True if it resynced."""
+    if not hasattr(target, "resync"):
+        return False
+    from .errors import DataPlaneError
+
+    try:
+        target.sw.read_table("host_port")
+        return False
+    except DataPlaneError as e:
+        log.warning("%s; writing its state again", e)
+    try:
+        n = target.resync(target.pipeline.p4info, target.pipeline.json)
+        log.warning("switch %s: %d entries and groups written again", target.sw.name, n)
+        return True
+    except DataPlaneError as e:
+        log.warning("switch %s is still away: %s", target.sw.name, e)
+        return False
+
+
 def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> int:
     cfg = load(path)
+    if cfg.bier is not None:
+        from .bier_control import BierController
+
+        with bier_writers(cfg) as writers:
+            n = BierController(cfg.bier, writers).install()
+            print(f"dinet: BIER: {n} BIFT and BFIR entries written to {len(writers)} node(s)", flush=True)
     if not cfg.tokens:
         log.warning("%s: no instance has an agent token: no metrics will be accepted", path)
     stop = stop or threading.Event()
@@ -95,6 +150,7 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
             print(f"dinet: collector on {srv.address}, metrics on http://{cfg.prometheus_listen}/metrics", flush=True)
             while not stop.wait(0.5):
                 col.expire()
+                keep_in_sync(target)
             if http:
                 http[0].shutdown()
     return 0

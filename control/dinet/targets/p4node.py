@@ -58,6 +58,7 @@ class P4Node(InstanceEdits):
         # what the switch should hold: replayed after the switch restarts (resync)
         self._entries: dict[tuple[str, Any], TableEntry] = {}
         self._groups: dict[int, list[tuple[int, int]]] = {}
+        self.pipeline: Any = None  # the compiled pipeline, for resync (set by whoever set it)
 
     def _write(self, entries: list[TableEntry], op: str = "INSERT") -> None:
         self.sw.write(entries, op)
