@@ -1,5 +1,7 @@
 """Benchmark of BIER replication on the eBPF data plane. Prints tables and writes bench/results/bier.json.
 
+0. TC (bier.bpf.c) against the XDP alternative (bier_xdp.bpf.c: devmap broadcast, per-port program) with
+   live frames from the same in-kernel generator: input frames per second fully replicated, per fan-out.
 1. Cost of replication: BPF_PROG_TEST_RUN of the BFR path (ebpf/bench_bier.bpf.c around bier.bpf.c's bfr())
    for fan-out 1, 2, 4 and 8, beside a plain forward (one copy with new MAC addresses, no BIER processing)
    measured in the same run. The copies really leave (bpf_clone_redirect to veths whose peers drop them in
@@ -96,6 +98,104 @@ def replication_cost(repeat: int, trials: int) -> dict:
                 p.close()
 
 
+def xdp_vs_tc(packets: int) -> dict:
+    """Replication with live frames: the same generator (xdp_gen, BPF_PROG_RUN live mode), the same node
+    with 8 ports whose peers count and drop in XDP; the node replicates with the TC program (clone per
+    copy) or with the XDP alternative (devmap broadcast + per-port program). Input frames per second that
+    came out fully replicated, per fan-out."""
+    import ctypes
+
+    from bcc import BPF
+
+    from dinet.bpfsys import run_live
+    from dinet.targets.bcc_program import BccProgram
+    from dinet.targets.tc import BierNode, BiftNeighbor
+
+    t = netns.Topology(f"bx{os.getpid() % 10000}")
+    progs: list = []
+    tc = None
+    out: dict = {"xdp_pps": {}, "tc_pps": {}, "packets": packets}
+    try:
+        for n in ("g", "n", "s"):
+            t.add_ns(n)
+        t.link("g", "g0", "n", "i0")
+        for k in range(8):
+            t.link("n", f"p{k}", "s", f"q{k}")
+        sink = BccProgram("xdp_sink.bpf.c", BPFFS / "xsink" / "sink")
+        progs.append(sink)
+        for k in range(8):
+            sink.attach("xdp_sink", f"q{k}", t.ns("s"))
+        count = sink.table("sink_count")
+        gen = BccProgram("xdp_gen.bpf.c", BPFFS / "xgen" / "gen")
+        progs.append(gen)
+        gen_fd = int(gen.load("xdp_gen").fd)
+        ns = t.ns("n")
+        macs = [netns.mac_of(f"q{k}", t.ns("s")) for k in range(8)]
+        xb = BccProgram("bier_xdp.bpf.c", BPFFS / "xbier" / "x")
+        progs.append(xb)
+        egress = xb.bpf.load_func(b"xdp_bier_egress", BPF.XDP, None, 33)  # BPF_XDP_DEVMAP: a devmap program
+        ports, fbm = xb.table("bier_ports"), xb.table("port_fbm")
+        for k in range(8):
+            idx = netns.ifindex(f"p{k}", ns)
+            v = ports.Leaf()
+            v.ifindex = idx
+            v.bpf_prog.fd = egress.fd
+            with netns.entered(ns):  # the kernel resolves the ifindex in the writer's namespace
+                ports[ports.Key(k)] = v
+            e = fbm.Leaf()
+            ctypes.memmove(ctypes.addressof(e.fbm), (1 << k).to_bytes(8, "big"), 8)
+            e.dmac[:] = list(bytes.fromhex(macs[k].replace(":", "")))
+            fbm[fbm.Key(idx)] = e
+        g0 = netns.ifindex("g0", t.ns("g"))
+        dst = netns.mac_of("i0", ns)
+        t.sh("n", "ethtool", "-K", "i0", "gro", "on")  # the TC run: veth takes XDP frames only with GRO on
+
+        def template(k: int) -> bytes:
+            inner = IP(src="10.50.0.2", dst=str(SYNC_ADDR)) / UDP(sport=1024, dport=9000, chksum=0) / (b"m" * 18)
+            return bytes(
+                Ether(dst=dst)
+                / BIFTId(bift_id=bift_id(1, 0), ttl=64)
+                / BIER(bsl=1, proto=4, bitstring=bitstring(range(1, k + 1), 1))
+                / inner
+            )
+
+        def blast(k: int) -> float:
+            frame = template(k)
+            tt = gen.table("gen_template")
+            leaf = tt.Leaf()
+            ctypes.memmove(ctypes.addressof(leaf.bytes), frame, 64)
+            leaf.flows, leaf.sport_offset = 1024, 14 + 12 + 8 + 20
+            tt[tt.Key(0)] = leaf
+            before = int(sum(count.getvalue(count.Key(0))))
+            t0 = time.monotonic()
+            with netns.entered(t.ns("g")):
+                run_live(gen_fd, frame, g0, packets)
+            dt = time.monotonic() - t0
+            return (int(sum(count.getvalue(count.Key(0)))) - before) / k / dt
+
+        xb.attach("xdp_bier_bcast", "i0", ns)
+        for k in FANOUTS:
+            out["xdp_pps"][str(k)] = blast(k)
+        xb.detach("i0", ns)
+        tc = BierNode("xtc", bpffs_root=BPFFS)
+        tc.attach("i0", ns)
+        tc.set_bift(
+            bift_id(1, 0),
+            0,
+            [BiftNeighbor(netns.ifindex(f"p{k}", ns), netns.mac_of(f"p{k}", ns), macs[k], 1 << k) for k in range(8)],
+        )
+        for k in FANOUTS:
+            out["tc_pps"][str(k)] = blast(k)
+        return out
+    finally:
+        t.close()
+        if tc:
+            tc.destroy()
+        for p in progs:
+            p.unpin()
+            p.close()
+
+
 def link_bytes(d: BierDomain) -> dict[str, int]:
     """tx bytes of every interface of every namespace of the domain: 'ns/ifname' -> bytes."""
     out = {}
@@ -171,6 +271,7 @@ def main() -> int:
     res: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count()}}
     try:
         res.update(replication_cost(100_000 if a.quick else 1_000_000, 3 if a.quick else 5))
+        res["live"] = xdp_vs_tc(500_000 if a.quick else 2_000_000)
         res.update(bandwidth(100 * 10**6))
     finally:
         remove_pinned_tree(BPFFS)
@@ -181,6 +282,11 @@ def main() -> int:
         v = res["replicate_ns"][str(k)]
         print(f"  {'BIER fan-out ' + str(k):<24}{v:>8.0f}   {v / res['forward_ns']:.2f}x forward")
     print(f"  each extra copy: {res['per_extra_copy_ns']:.0f} ns")
+    live = res["live"]
+    print(f"\nreplication with live frames, {live['packets']:,} frames per fan-out (input frames/s fully replicated)")
+    print(f"  {'fan-out':>7} {'TC clone (dinet)':>17} {'XDP broadcast':>14}")
+    for k in FANOUTS:
+        print(f"  {k:>7} {live['tc_pps'][str(k)]:>17,.0f} {live['xdp_pps'][str(k)]:>14,.0f}")
     print(f"\n{res['stream_bytes'] / 1e6:.0f} MB stream: bytes on the source's uplink and on all links of the domain")
     print(
         f"  {'N':>2}  {'uplink BIER':>13} {'uplink unicast':>15} {'ratio':>6}"
