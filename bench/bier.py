@@ -1,7 +1,8 @@
 """Benchmark of BIER replication on the eBPF data plane. Prints tables and writes bench/results/bier.json.
 
-0. TC (bier.bpf.c) against the XDP alternative (bier_xdp.bpf.c: devmap broadcast, per-port program) with
-   live frames from the same in-kernel generator: input frames per second fully replicated, per fan-out.
+0. Transit replication with live frames from the same in-kernel generator: bier.bpf.c's XDP fast path
+   (devmap broadcast, per-port program) against its TC path alone (a clone per copy): input frames per
+   second fully replicated, per fan-out.
 1. Cost of replication: BPF_PROG_TEST_RUN of the BFR path (ebpf/bench_bier.bpf.c around bier.bpf.c's bfr())
    for fan-out 1, 2, 4 and 8, beside a plain forward (one copy with new MAC addresses, no BIER processing)
    measured in the same run. The copies really leave (bpf_clone_redirect to veths whose peers drop them in
@@ -62,7 +63,7 @@ def replication_cost(repeat: int, trials: int) -> dict:
             )
             for i in range(8)
         ]
-        node.set_bift(bift_id(1, 0), 0, nbrs)
+        node.set_bift(bift_id(1, 0), 0, nbrs, ns)
         fwd = node.prog.table("bench_fwd")
         fwd[fwd.Key(0)] = fwd.Leaf(nbrs[0].ifindex)
         bfr_fd = int(node.prog.load("tc_bfr_bench", "sched_cls").fd)
@@ -100,12 +101,10 @@ def replication_cost(repeat: int, trials: int) -> dict:
 
 def xdp_vs_tc(packets: int) -> dict:
     """Replication with live frames: the same generator (xdp_gen, BPF_PROG_RUN live mode), the same node
-    with 8 ports whose peers count and drop in XDP; the node replicates with the TC program (clone per
-    copy) or with the XDP alternative (devmap broadcast + per-port program). Input frames per second that
-    came out fully replicated, per fan-out."""
+    with 8 ports whose peers count and drop in XDP; the node's BIER program with its XDP fast path (transit
+    frames broadcast to the ports, a per-port program keeping its copy) or in TC alone (a clone per copy).
+    Input frames per second that came out fully replicated, per fan-out."""
     import ctypes
-
-    from bcc import BPF
 
     from dinet.bpfsys import run_live
     from dinet.targets.bcc_program import BccProgram
@@ -113,8 +112,8 @@ def xdp_vs_tc(packets: int) -> dict:
 
     t = netns.Topology(f"bx{os.getpid() % 10000}")
     progs: list = []
-    tc = None
-    out: dict = {"xdp_pps": {}, "tc_pps": {}, "packets": packets}
+    node = None
+    out: dict = {"xdp_pps": {}, "tc_pps": {}, "dinet_pps": {}, "packets": packets}
     try:
         for n in ("g", "n", "s"):
             t.add_ns(n)
@@ -130,25 +129,16 @@ def xdp_vs_tc(packets: int) -> dict:
         progs.append(gen)
         gen_fd = int(gen.load("xdp_gen").fd)
         ns = t.ns("n")
-        macs = [netns.mac_of(f"q{k}", t.ns("s")) for k in range(8)]
-        xb = BccProgram("bier_xdp.bpf.c", BPFFS / "xbier" / "x")
-        progs.append(xb)
-        egress = xb.bpf.load_func(b"xdp_bier_egress", BPF.XDP, None, 33)  # BPF_XDP_DEVMAP: a devmap program
-        ports, fbm = xb.table("bier_ports"), xb.table("port_fbm")
-        for k in range(8):
-            idx = netns.ifindex(f"p{k}", ns)
-            v = ports.Leaf()
-            v.ifindex = idx
-            v.bpf_prog.fd = egress.fd
-            with netns.entered(ns):  # the kernel resolves the ifindex in the writer's namespace
-                ports[ports.Key(k)] = v
-            e = fbm.Leaf()
-            ctypes.memmove(ctypes.addressof(e.fbm), (1 << k).to_bytes(8, "big"), 8)
-            e.dmac[:] = list(bytes.fromhex(macs[k].replace(":", "")))
-            fbm[fbm.Key(idx)] = e
         g0 = netns.ifindex("g0", t.ns("g"))
         dst = netns.mac_of("i0", ns)
-        t.sh("n", "ethtool", "-K", "i0", "gro", "on")  # the TC run: veth takes XDP frames only with GRO on
+        t.sh("n", "ethtool", "-K", "i0", "gro", "on")  # the TC-only run: veth takes XDP frames only with GRO on
+        node = BierNode("xtc", bpffs_root=BPFFS)
+        nbrs = [
+            BiftNeighbor(
+                netns.ifindex(f"p{k}", ns), netns.mac_of(f"p{k}", ns), netns.mac_of(f"q{k}", t.ns("s")), 1 << k
+            )
+            for k in range(8)
+        ]
 
         def template(k: int) -> bytes:
             inner = IP(src="10.50.0.2", dst=str(SYNC_ADDR)) / UDP(sport=1024, dport=9000, chksum=0) / (b"m" * 18)
@@ -173,24 +163,22 @@ def xdp_vs_tc(packets: int) -> dict:
             dt = time.monotonic() - t0
             return (int(sum(count.getvalue(count.Key(0)))) - before) / k / dt
 
-        xb.attach("xdp_bier_bcast", "i0", ns)
+        node.attach("i0", ns)  # TC and the XDP fast path
+        node.set_bift(bift_id(1, 0), 0, nbrs)
+        node.set_xdp_min_fanout(1)  # XDP for every transit frame
         for k in FANOUTS:
             out["xdp_pps"][str(k)] = blast(k)
-        xb.detach("i0", ns)
-        tc = BierNode("xtc", bpffs_root=BPFFS)
-        tc.attach("i0", ns)
-        tc.set_bift(
-            bift_id(1, 0),
-            0,
-            [BiftNeighbor(netns.ifindex(f"p{k}", ns), netns.mac_of(f"p{k}", ns), macs[k], 1 << k) for k in range(8)],
-        )
+        node.set_xdp_min_fanout(0)  # the default: XDP from BIER_XDP_MIN_FANOUT copies up
+        for k in FANOUTS:
+            out["dinet_pps"][str(k)] = blast(k)
+        node.prog.detach("i0", ns)  # TC alone
         for k in FANOUTS:
             out["tc_pps"][str(k)] = blast(k)
         return out
     finally:
         t.close()
-        if tc:
-            tc.destroy()
+        if node:
+            node.destroy()
         for p in progs:
             p.unpin()
             p.close()
@@ -284,9 +272,12 @@ def main() -> int:
     print(f"  each extra copy: {res['per_extra_copy_ns']:.0f} ns")
     live = res["live"]
     print(f"\nreplication with live frames, {live['packets']:,} frames per fan-out (input frames/s fully replicated)")
-    print(f"  {'fan-out':>7} {'TC clone (dinet)':>17} {'XDP broadcast':>14}")
+    print(f"  {'fan-out':>7} {'XDP always':>11} {'TC alone':>10} {'dinet (XDP from 3)':>19}")
     for k in FANOUTS:
-        print(f"  {k:>7} {live['tc_pps'][str(k)]:>17,.0f} {live['xdp_pps'][str(k)]:>14,.0f}")
+        print(
+            f"  {k:>7} {live['xdp_pps'][str(k)]:>11,.0f} {live['tc_pps'][str(k)]:>10,.0f}"
+            f" {live['dinet_pps'][str(k)]:>19,.0f}"
+        )
     print(f"\n{res['stream_bytes'] / 1e6:.0f} MB stream: bytes on the source's uplink and on all links of the domain")
     print(
         f"  {'N':>2}  {'uplink BIER':>13} {'uplink unicast':>15} {'ratio':>6}"

@@ -104,6 +104,9 @@
 #define BIER_MAX_BIFT 256
 #define BIER_MAX_BFIR 1024
 #define BIER_MAX_SI_PER_GROUP 4
+/* The XDP fast path takes a transit frame with at least this many copies to send (bier_cfg overrides):
+ * below it a clone per copy in TC is faster (bench/bier.py). */
+#define BIER_XDP_MIN_FANOUT 3
 /* skb->mark bit of a decapsulated packet handed back to the stack (so it is not classified again). */
 #define BIER_MARK_LOCAL 0x0B1E0000
 
@@ -113,6 +116,8 @@
 #define BIER_EV_LOCAL 2
 #define BIER_EV_BFIR_PUSH 3
 #define BIER_EV_PASS 4
+/* frames forwarded by the XDP fast path (transit: no bit of this node's) */
+#define BIER_EV_FAST 5
 #define BIER_DROP_NIBBLE 8
 #define BIER_DROP_VERSION 9
 #define BIER_DROP_BSL 10

@@ -76,7 +76,7 @@ class LocalBierWriter:
         nbrs = [
             BiftNeighbor(netns.ifindex(i, self.ns), netns.mac_of(i, self.ns), mac, fbm) for i, mac, fbm in neighbors
         ]
-        self.node.set_bift(bift_id, local, nbrs)
+        self.node.set_bift(bift_id, local, nbrs, self.ns)
 
     def set_bfir(
         self, dst: str, bfir_id: int, bsl_code: int, sets: dict[int, int], src: str = "", udp_port: int = 0

@@ -200,7 +200,8 @@ def cmd_bier_detach(a: argparse.Namespace) -> None:
     from .targets.bcc_program import BccProgram
 
     BccProgram.detach_tc(a.dev, a.netns)
-    print(f"TC programs removed from {a.dev}")
+    BccProgram.detach(a.dev, a.netns)
+    print(f"BIER programs (TC and XDP) removed from {a.dev}")
 
 
 def cmd_bier_destroy(a: argparse.Namespace) -> None:
@@ -231,7 +232,7 @@ def cmd_bier_bift_set(a: argparse.Namespace) -> None:
             )
         )
     with _bier(a) as n:
-        n.set_bift(bid, bitstring_mask(_ids(a.local or ""), bits, a.si), nbrs)
+        n.set_bift(bid, bitstring_mask(_ids(a.local or ""), bits, a.si), nbrs, a.netns)
         print(f"BIFT-id {bid:#07x} (BSL {bits}, SD {a.sd}, SI {a.si}): {len(nbrs)} neighbours")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import consts
-from ..errors import ConfigError, TableFullError
+from ..errors import ConfigError, DataPlaneError, TableFullError
 from ..model import IPAddress, parse_address
 from ..packets import bitstring_bytes, split_bift_id
 from ..paths import BPFFS_ROOT
@@ -20,6 +20,7 @@ from .bcc_program import BccProgram, update
 C = consts.load()
 MAX_NBR = C["BIER_MAX_NEIGHBORS"]
 MAX_SETS = C["BIER_MAX_SI_PER_GROUP"]
+BPF_XDP_DEVMAP = 33  # enum bpf_attach_type: a devmap's per-port program
 #: BSL codes the TC program forwards (RFC 8296 s2.1.2: 1 = 64, 2 = 128, 3 = 256 bits)
 SUPPORTED_BSL = (C["BIER_BSL_64"], C["BIER_BSL_128"], C["BIER_BSL_256"])
 
@@ -113,6 +114,9 @@ class BierNode:
         self.fn = self.prog.load(self.PROGRAM, "sched_cls")
         t = self.prog.table
         self.bift_t, self.bfir_t, self.counters_t, self.if_tx_t = t("bift"), t("bfir"), t("bier_counters"), t("if_tx")
+        self.ports_t, self.cfg_t = t("bier_ports"), t("bier_cfg")
+        self.netns: str | None = None  # where the node's interfaces are (set by attach)
+        self._port_fn: Any = None
 
     def __enter__(self) -> BierNode:
         return self
@@ -131,15 +135,61 @@ class BierNode:
     def prog_fd(self) -> int:
         return int(self.fn.fd)
 
-    def attach(self, ifname: str, netns: str | None = None) -> None:
+    def attach(self, ifname: str, netns: str | None = None, xdp: bool = True) -> None:
+        """tc_bier at ifname's ingress, and (xdp) the XDP fast path for transit frames in front of it."""
+        self.netns = netns
         self.prog.attach_tc_ingress(self.PROGRAM, ifname, netns)
+        if xdp:
+            self.prog.attach("xdp_bier", ifname, netns, "native")
 
     def detach(self, ifname: str, netns: str | None = None) -> None:
         self.prog.detach_tc(ifname, netns)
+        self.prog.detach(ifname, netns)
+
+    def set_xdp_min_fanout(self, n: int) -> None:
+        """The smallest number of copies a transit frame needs to take the XDP fast path (1: every transit
+        frame; 0: the default, BIER_XDP_MIN_FANOUT)."""
+        if not 0 <= n <= MAX_NBR + 1:
+            raise ConfigError(f"the XDP fan-out threshold is 0..{MAX_NBR + 1}, not {n}")
+        self.cfg_t[self.cfg_t.Key(0)] = self.cfg_t.Leaf(n)
+
+    def _ensure_ports(self, ifindexes: set[int], netns: str | None) -> None:
+        """Every neighbour's port in bier_ports (the XDP fast path's broadcast set), with xdp_bier_port."""
+        from bcc import BPF
+
+        from .. import netns as ns_mod
+
+        slots: dict[int, int] = {}  # slot -> ifindex; an empty devmap slot reads as missing
+        for i in range(self.ports_t.max_entries):
+            try:
+                slots[i] = int(self.ports_t[self.ports_t.Key(i)].ifindex)
+            except KeyError:
+                slots[i] = 0
+        missing = sorted(ifindexes - set(slots.values()))
+        if not missing:
+            return
+        if self._port_fn is None:
+            self._port_fn = self.prog.bpf.load_func(b"xdp_bier_port", BPF.XDP, None, BPF_XDP_DEVMAP)
+        free = [i for i, ifindex in slots.items() if not ifindex]
+        if len(free) < len(missing):
+            raise TableFullError(f"node {self.node!r}: no room for {len(missing)} more BIER ports")
+        with ns_mod.entered(netns):  # the kernel resolves a devmap's ifindex in the writer's namespace
+            for slot, ifindex in zip(free, missing, strict=False):
+                v = self.ports_t.Leaf()
+                v.ifindex = ifindex
+                v.bpf_prog.fd = self._port_fn.fd
+                try:
+                    self.ports_t[self.ports_t.Key(slot)] = v
+                except Exception as e:  # bcc raises a bare Exception
+                    where = f" in namespace {netns}" if netns else ""
+                    raise DataPlaneError(
+                        f"node {self.node!r}: cannot add port {ifindex}{where} to the XDP fast path: {e}"
+                    ) from None
 
     # ---- BIFT ------------------------------------------------------------------------------------------
-    def set_bift(self, bift_id: int, local: int, neighbors: list[BiftNeighbor]) -> None:
-        """Installs (or replaces, in one write) this BFR's entry for a BIFT-id."""
+    def set_bift(self, bift_id: int, local: int, neighbors: list[BiftNeighbor], netns: str | None = None) -> None:
+        """Installs (or replaces, in one write) this BFR's entry for a BIFT-id; ifindexes are those of the
+        node's namespace (`netns`, else where it was attached)."""
         bsl, _, _ = split_bift_id(bift_id)
         _supported(bsl)
         if len(neighbors) > MAX_NBR:
@@ -154,6 +204,7 @@ class BierNode:
             e.smac[:] = list(_mac(n.smac))
             e.dmac[:] = list(_mac(n.dmac))
         update(self.bift_t, self.bift_t.Key(bift_id), v, f"BIFT-id {bift_id:#x}")
+        self._ensure_ports({n.ifindex for n in neighbors}, netns if netns is not None else self.netns)
 
     def remove_bift(self, bift_id: int) -> None:
         try:
