@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from .bift import BierTopology, check_disjoint, compute_bifts
 from .errors import ConfigError
+from .model import parse_address
 from .packets import BSL_BITS, bift_id, si_bit
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ class LocalBierWriter:
     ) -> None:
         from .targets.tc import BfirMatch
 
-        self.node.set_bfir(BfirMatch(dst, src or None, udp_port), bfir_id, bsl_code, sets)
+        self.node.set_bfir(
+            BfirMatch(parse_address(dst), parse_address(src) if src else None, udp_port), bfir_id, bsl_code, sets
+        )
 
     def stale(self, keep: set[int]) -> None:
         for bid in set(self.node.bifts()) - keep:

@@ -14,7 +14,7 @@ from .collect import InstanceRef
 from .controller import ServiceIntent, SitePath
 from .decide import TrafficClass
 from .errors import ConfigError
-from .model import Instance, InstanceState, ServiceKey
+from .model import Instance, InstanceState, ServiceKey, parse_address
 from .packets import BSL_CODE
 
 
@@ -107,7 +107,7 @@ def load(path: Path) -> RunConfig:
             w = f"{where}.instances[{m}]"
             inst = Instance(
                 int(_get(i, "id", w)),
-                str(_get(i, "endpoint", w)),
+                parse_address(str(_get(i, "endpoint", w))),
                 int(i.get("weight", 1)),
                 InstanceState[str(i.get("state", "up")).upper()],
                 int(i.get("site", 0)),

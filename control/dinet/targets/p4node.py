@@ -301,6 +301,7 @@ class P4Node(InstanceEdits):
         ((bid, bits),) = sets.items()
         d = parse_address(dst)
         fam = "ipv4" if d.version == 4 else "ipv6"
+        key: tuple[tuple[str, int], ...]
         if src is not None:
             table, key = (
                 f"bfir_sg_v{d.version}",
