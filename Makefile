@@ -17,5 +17,8 @@ bench: install
 	$(PY) bench/p4rt_writes.py --quick
 	$(PY) bench/reaction.py --quick
 
+p4: install
+	$(PY) -m dinet.cli p4 compile
+
 clean:
 	rm -rf build p4/build .pytest_cache bench/results/*.json

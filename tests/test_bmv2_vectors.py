@@ -123,6 +123,43 @@ def test_unreachable_switch_and_refused_write_are_named(rig, tmp_path) -> None:
     assert [x for x in rig.node.sw.read_table("services_v4") if x.match == e.match] == [e]  # nothing lost
 
 
+def test_cli_reads_a_table_back_without_taking_over(rig) -> None:
+    """`dinet p4 read` is a read-only client: the controller stays primary and can still write."""
+    import json
+    import subprocess
+    import sys
+
+    from bmv2_harness import SIZES
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dinet.cli",
+            "p4",
+            "read",
+            "--address",
+            rig.switch.address,
+            "--table",
+            "services_v4",
+            "--json",
+            "--max-services",
+            str(SIZES.max_services),
+            "--max-instances",
+            str(SIZES.max_instances),
+            "--ring-size",
+            str(SIZES.ring_size),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert {r["match"]["hdr.l4.dport"] for r in rows} == {80, 8080}
+    rig.node.set_weight(sv.WEB4, 11, 2)  # still primary
+
+
 def test_state_is_pushed_again_after_the_switch_restarts(rig) -> None:
     """Last in this module: the switch dies and comes back empty; the node writes back all it had written."""
     from dinet.errors import DataPlaneError

@@ -344,6 +344,38 @@ def cmd_run(a: argparse.Namespace) -> None:
     run(Path(a.file), once=a.once)
 
 
+def cmd_p4_compile(a: argparse.Namespace) -> None:
+    from .bmv2 import compile_p4
+    from .targets.xdp import SteerSizes
+
+    sizes = SteerSizes(a.max_services, a.max_instances, a.ring_size)
+    pipe = compile_p4(sizes.defines())
+    print(f"{pipe.json}\n{pipe.p4info}")
+
+
+def cmd_p4_read(a: argparse.Namespace) -> None:
+    from .bmv2 import compile_p4
+    from .targets.p4rt import P4RuntimeSwitch
+    from .targets.xdp import SteerSizes
+
+    pipe = compile_p4(SteerSizes(a.max_services, a.max_instances, a.ring_size).defines())
+    with P4RuntimeSwitch(a.address, a.device_id, name=a.address, arbitrate=False) as sw:
+        sw.use_pipeline(pipe.p4info)
+        entries = sw.read_table(a.table)
+    if a.json:
+        print(
+            json.dumps(
+                [
+                    {"table": e.table, "match": dict(e.match), "action": e.action, "params": dict(e.params)}
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+    else:
+        print(_table([[dict(e.match), e.action, dict(e.params)] for e in entries], ["match", "action", "params"]))
+
+
 def cmd_agent(a: argparse.Namespace) -> None:
     import signal
     import threading
@@ -503,6 +535,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--once", action="store_true", help="install the intent, then exit")
     p.set_defaults(fn=cmd_run)
+    p4 = sub.add_parser("p4", help="the P4 program for BMv2").add_subparsers(dest="sub", required=True)
+    for name, fn, text in (
+        ("compile", cmd_p4_compile, "compile p4/dinet.p4 (p4c-bm2-ss on PATH)"),
+        ("read", cmd_p4_read, "read a table back from a switch"),
+    ):
+        p = p4.add_parser(name, help=text)
+        p.set_defaults(fn=fn)
+        p.add_argument("--max-services", type=int, default=4096)
+        p.add_argument("--max-instances", type=int, default=256)
+        p.add_argument("--ring-size", type=int, default=4099)
+        if name == "read":
+            p.add_argument("--address", required=True, help="P4Runtime address (host:port or unix:/path)")
+            p.add_argument("--device-id", type=int, default=0)
+            p.add_argument("--table", required=True)
+            p.add_argument("--json", action="store_true")
     p = leaf(sub, "agent", cmd_agent, "serve this host's programs and maps to a controller over gRPC")
     p.add_argument("--listen", default="127.0.0.1:50061")
     p.add_argument("--token", help="the token the controller must present")

@@ -47,8 +47,18 @@ class TableEntry:
 class P4RuntimeSwitch:
     """One P4Runtime device. Use as a context manager; errors name the switch and the entry."""
 
-    def __init__(self, address: str, device_id: int = 0, election_id: int = 1, name: str = "", timeout: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        device_id: int = 0,
+        election_id: int = 1,
+        name: str = "",
+        timeout: float = 10.0,
+        arbitrate: bool = True,
+    ):
+        """arbitrate=False: a read-only client (Read needs no stream channel and no primary role)."""
         self.address, self.device_id, self.name = address, device_id, name or address
+        self.arbitrate = arbitrate
         self.election_id = election_id
         self.timeout = timeout
         self.p4info: P4Info | None = None
@@ -66,6 +76,8 @@ class P4RuntimeSwitch:
             grpc.channel_ready_future(self.channel).result(timeout=self.timeout)
         except grpc.FutureTimeoutError:
             raise DataPlaneError(f"switch {self.name}: no P4Runtime server at {self.address}") from None
+        if not self.arbitrate:
+            return self
         p4r = _p4r()
 
         def requests() -> Iterator[Any]:
