@@ -247,7 +247,6 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
             mark_to_drop(std); /* nothing to send: consumed (the reason, if any, is counted above) */
             return;
         }
-        meta.nbr_mask = mask;
         std.mcast_grp = grp_base + mask;
     }
 }

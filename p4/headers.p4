@@ -121,9 +121,6 @@ struct metadata_t {
     bit<16> inner_len;
     /* BIER */
     bit<256> bs;
-    bit<256> rem;
-    bit<16> nbr_mask;
-    bit<16> bs_bytes;
     bit<1> bier_bfir;
 }
 

@@ -56,14 +56,10 @@ def entered(netns: str | None) -> Iterator[None]:
 def ifindex(ifname: str, netns: str | None = None) -> int:
     with entered(netns):
         try:
-            return socket_if_nametoindex(ifname)
+            return socket.if_nametoindex(ifname)
         except OSError:
             where = f" in namespace {netns}" if netns else ""
             raise InterfaceError(f"no interface {ifname!r}{where}") from None
-
-
-def socket_if_nametoindex(ifname: str) -> int:
-    return socket.if_nametoindex(ifname)
 
 
 def mac_of(ifname: str, netns: str | None = None) -> str:

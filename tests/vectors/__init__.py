@@ -5,7 +5,7 @@ that passes on one plane and fails on the other is a bug in one of them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from scapy.packet import Packet
 
@@ -39,4 +39,3 @@ class Vector:
     packet: Packet
     expect: Forward | Drop | Pass | list[Forward]
     port: int = 0
-    tags: tuple[str, ...] = field(default=())
