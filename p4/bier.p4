@@ -5,14 +5,18 @@
  * neighbour's F-BM, TTL minus one, the neighbour's MAC addresses; or, for the local replica, removes the
  * BIER header. F-BMs of one BFR are disjoint (dinet.bift builds them so), which makes the per-replica AND
  * the same as RFC 8279 s6.5's sequential clearing. No recirculation.
- * A BFIR entry names one set: traffic for BFERs in several sets needs an entry per set on a BFIR of its own
- * port, or the eBPF BFIR (which sends one packet per set). */
+ * A BFIR entry names up to four sets. The first pass sends set 0; while sets remain, the pass also clones
+ * the packet as it came in (I2E, session BIER_BFIR_CLONE_SESSION) with the next set's index, and egress
+ * recirculates that clone into ingress for its own pass: at most three recirculations per packet, because
+ * one pass through the replication engine can carry only one BIER header. */
 #ifndef DINET_BIER_P4
 #define DINET_BIER_P4
 
 #include "headers.p4"
 
 #define BIER_LOCAL_RID 0xFFFF
+#define BIER_BFIR_CLONE_SESSION 500
+#define PKT_INSTANCE_TYPE_INGRESS_CLONE 1
 
 control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t std, out bit<1> handled) {
     /* bier_counters: BIER_EV_* / BIER_DROP_* -> packets. */
@@ -60,9 +64,12 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
     }
 
     /* BFIR classification: (S,G), (*,G), (*, destination, UDP port) -> the header to push. Written by dinet. */
-    action push(bit<20> bift_id, bit<4> bsl, bit<256> bits, bit<16> bfir_id) {
+    bit<8> n_sets = 1;
+    action push(bit<4> bsl, bit<16> bfir_id, bit<8> sets, bit<20> bift0, bit<256> bits0, bit<20> bift1,
+                bit<256> bits1, bit<20> bift2, bit<256> bits2, bit<20> bift3, bit<256> bits3) {
+        n_sets = sets;
         hdr.bift.setValid();
-        hdr.bift.bift_id = bift_id;
+        hdr.bift.bift_id = meta.bfir_set == 3 ? bift3 : (meta.bfir_set == 2 ? bift2 : (meta.bfir_set == 1 ? bift1 : bift0));
         hdr.bift.tc = 0;
         hdr.bift.s = 1;
         hdr.bift.ttl = BIER_DEFAULT_TTL;
@@ -73,7 +80,7 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
         hdr.bier.oam = 0;
         hdr.bier.rsv = 0;
         hdr.bier.bfir_id = bfir_id;
-        meta.bs = bits;
+        meta.bs = meta.bfir_set == 3 ? bits3 : (meta.bfir_set == 2 ? bits2 : (meta.bfir_set == 1 ? bits1 : bits0));
         at_bfir = 1;
         meta.bier_bfir = 1;
     }
@@ -157,6 +164,10 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
                 hdr.bs256.bits = meta.bs;
             }
             bier_counters.count(BIER_EV_BFIR_PUSH);
+            if (meta.bfir_set + 1 < n_sets && meta.bfir_set < BIER_MAX_SI_PER_GROUP - 1) {
+                meta.bfir_set = meta.bfir_set + 1;  /* the next set, in a pass of its own */
+                clone_preserving_field_list(CloneType.I2E, BIER_BFIR_CLONE_SESSION, 1);
+            }
         } else {
             bier_counters.count(BIER_EV_RX);
             if (!hdr.bier.isValid()) {
@@ -274,6 +285,10 @@ control BierEgress(inout headers_t hdr, inout metadata_t meta, inout standard_me
     }
 
     apply {
+        if (std.instance_type == PKT_INSTANCE_TYPE_INGRESS_CLONE) {
+            recirculate_preserving_field_list(1);  /* a BFIR's next set: back to ingress, as it came in */
+            return;
+        }
         if (!hdr.bift.isValid() || std.egress_rid == 0) {
             return;
         }

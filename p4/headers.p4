@@ -122,6 +122,9 @@ struct metadata_t {
     /* BIER */
     bit<256> bs;
     bit<1> bier_bfir;
+    /* the set a BFIR pass sends (0 first); kept across the clone and recirculation of the next pass */
+    @field_list(1)
+    bit<8> bfir_set;
 }
 
 #endif

@@ -195,3 +195,79 @@ def test_bier_from_bmv2_bfir_to_linux_bfers(switch, bpffs_root: Path) -> None:
         t.close()
         for n in bfers.values():
             n.destroy()
+
+
+def test_bmv2_bfir_sends_one_packet_per_set(switch, bpffs_root: Path) -> None:
+    """BFERs in two sets (BSL 64: BFR-ids 1, 65, 66): the switch sends set 0 in the first pass and set 1 in a
+    recirculated one; each BFER gets every packet once."""
+    from bmv2_harness import DEFINES, SIZES
+
+    from dinet import netns
+    from dinet.bmv2 import Bmv2Switch, compile_p4
+    from dinet.packets import bift_id, si_bit
+    from dinet.targets.p4node import P4Neighbor, P4Node
+    from dinet.targets.p4rt import P4RuntimeSwitch
+    from dinet.targets.tc import BierNode
+
+    pipe = compile_p4(DEFINES)
+    t = netns.Topology(f"{NS_PREFIX}pm")
+    bfers: dict[int, BierNode] = {}
+    socks: dict[int, socket.socket] = {}
+    ids = {1: 1, 2: 65, 3: 66}
+    try:
+        for n in ("src", "sw", "e1", "e2", "e3"):
+            t.add_ns(n)
+        t.link("src", "eth0", "sw", "p0")
+        t.addr("src", "eth0", "10.50.0.2/24")
+        t.sh("src", "ip", "route", "add", "default", "dev", "eth0")
+        t.sh("src", "ip", "neigh", "replace", "10.200.0.1", "lladdr", "02:00:00:00:00:fe", "dev", "eth0")
+        for k, bfr in ids.items():
+            t.link("sw", f"p{k}", f"e{k}", "up0")
+            ns = t.ns(f"e{k}")
+            node = BierNode(f"{NS_PREFIX}pme{k}", bpffs_root=bpffs_root)
+            bfers[k] = node
+            node.attach("up0", ns)
+            si, pos = si_bit(bfr, 64)
+            node.set_bift(bift_id(1, si), 1 << (pos - 1), [])
+            t.addr(f"e{k}", "lo", "10.200.0.1/32")
+            with netns.entered(ns):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("10.200.0.1", 9000))
+                s.setblocking(False)
+            socks[k] = s
+        with (
+            Bmv2Switch("pm", {0: "p0", 1: "p1", 2: "p2", 3: "p3"}, t.ns("sw")) as sw,
+            P4RuntimeSwitch(sw.address, name="pm") as p4rt,
+        ):
+            p4rt.set_pipeline(pipe.p4info, pipe.json)
+            node = P4Node(p4rt, SIZES)
+            mac = {k: netns.mac_of("up0", t.ns(f"e{k}")) for k in ids}
+            node.set_bift(bift_id(1, 0), 0, [P4Neighbor(1, "02:00:00:00:00:10", mac[1], 0b1)], local_port=0)
+            node.set_bift(
+                bift_id(1, 1),
+                0,
+                [P4Neighbor(2, "02:00:00:00:00:10", mac[2], 0b01), P4Neighbor(3, "02:00:00:00:00:10", mac[3], 0b10)],
+                local_port=0,
+            )
+            node.set_bfir("10.200.0.1", 100, 1, {bift_id(1, 0): 0b1, bift_id(1, 1): 0b11}, udp_port=9000)
+            with netns.entered(t.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for i in range(20):
+                    s.sendto(struct.pack("!I", i), ("10.200.0.1", 9000))
+            got: dict[int, list[int]] = {k: [] for k in socks}
+            while any(len(v) < 20 for v in got.values()):
+                if not select.select(list(socks.values()), [], [], 5)[0]:
+                    break
+                for k, sk in socks.items():
+                    while True:
+                        try:
+                            got[k].append(struct.unpack("!I", sk.recv(64)[:4])[0])
+                        except BlockingIOError:
+                            break
+            assert all(sorted(v) == list(range(20)) for v in got.values()), got
+            assert node.bier_counters()["bfir_push"] == 40  # one push per set and packet
+    finally:
+        for sk in socks.values():
+            sk.close()
+        t.close()
+        for n in bfers.values():
+            n.destroy()

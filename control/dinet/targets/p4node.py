@@ -17,6 +17,7 @@ from .xdp import Counter, ServiceState, SteerSizes
 
 C = consts.load()
 LOCAL_RID = 0xFFFF
+BFIR_CLONE_SESSION = 500  # BIER_BFIR_CLONE_SESSION in p4/bier.p4
 GROUPS_PER_BIFT = 512
 
 
@@ -59,6 +60,7 @@ class P4Node(InstanceEdits):
         self._entries: dict[tuple[str, Any], TableEntry] = {}
         self._groups: dict[int, list[tuple[int, int]]] = {}
         self.pipeline: Any = None  # the compiled pipeline, for resync (set by whoever set it)
+        self._clone_session = False
 
     def _write(self, entries: list[TableEntry], op: str = "INSERT") -> None:
         self.sw.write(entries, op)
@@ -79,6 +81,8 @@ class P4Node(InstanceEdits):
         self.sw.reconnect()
         self.sw.set_pipeline(p4info, device_config)
         self.sw.write_multicast_groups(self._groups, "INSERT")
+        if self._clone_session:
+            self.sw.write_clone_session(BFIR_CLONE_SESSION, [(0, 1)])
         defaults = [e for e in self._entries.values() if e.is_default]
         others = [e for e in self._entries.values() if not e.is_default]
         self.sw.write(defaults)
@@ -296,9 +300,20 @@ class P4Node(InstanceEdits):
         src: IPAddress | str | None = None,
         udp_port: int = 0,
     ) -> None:
-        if len(sets) != 1:
-            raise ConfigError("a P4 BFIR entry names one set (BIFT-id); give one entry per set")
-        ((bid, bits),) = sets.items()
+        """Traffic matching the entry goes to the BFERs of `sets` (BIFT-id -> bit mask, up to four sets: the
+        program sends one set per pass, recirculating for the next)."""
+        if not 1 <= len(sets) <= C["BIER_MAX_SI_PER_GROUP"]:
+            raise ConfigError(f"a BFIR entry names 1 to {C['BIER_MAX_SI_PER_GROUP']} sets, not {len(sets)}")
+        for bid in sets:
+            if split_bift_id(bid)[0] != bsl_code:
+                raise ConfigError(f"BIFT-id {bid:#x} is not of BSL code {bsl_code}")
+        if len(sets) > 1 and not self._clone_session:
+            self.sw.write_clone_session(BFIR_CLONE_SESSION, [(0, 1)])
+            self._clone_session = True
+        ordered = sorted(sets.items()) + [(0, 0)] * (C["BIER_MAX_SI_PER_GROUP"] - len(sets))
+        params: tuple[tuple[str, int], ...] = (("bsl", bsl_code), ("bfir_id", bfir_id), ("sets", len(sets)))
+        for i, (bid, bits) in enumerate(ordered):
+            params += ((f"bift{i}", bid), (f"bits{i}", bits))
         d = parse_address(dst)
         fam = "ipv4" if d.version == 4 else "ipv6"
         key: tuple[tuple[str, int], ...]
@@ -312,14 +327,7 @@ class P4Node(InstanceEdits):
         else:
             table, key = f"bfir_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
         op = "MODIFY" if (table, key) in self._bfir else "INSERT"
-        self._write(
-            [
-                TableEntry(
-                    table, key, "push", (("bift_id", bid), ("bsl", bsl_code), ("bits", bits), ("bfir_id", bfir_id))
-                )
-            ],
-            op,
-        )
+        self._write([TableEntry(table, key, "push", params)], op)
         self._bfir.add((table, key))
 
     def bier_counters(self) -> dict[str, int]:

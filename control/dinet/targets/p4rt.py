@@ -225,6 +225,22 @@ class P4RuntimeSwitch:
                 r.instance = rid
         self._call(f"{op} of {len(groups)} multicast groups", self.stub.Write, req)
 
+    def write_clone_session(self, session_id: int, replicas: list[tuple[int, int]], op: str = "INSERT") -> None:
+        """A clone session: id -> [(egress port, instance)]."""
+        p4r = _p4r()
+        req = p4r.WriteRequest()
+        req.device_id = self.device_id
+        self._election(req)
+        u = req.updates.add()
+        u.type = getattr(p4r.Update, op)
+        cs = u.entity.packet_replication_engine_entry.clone_session_entry
+        cs.session_id = session_id
+        for port, instance in replicas:
+            r = cs.replicas.add()
+            r.egress_port = port
+            r.instance = instance
+        self._call(f"{op} of clone session {session_id}", self.stub.Write, req)
+
     def read_multicast_groups(self) -> dict[int, list[tuple[int, int]]]:
         p4r = _p4r()
         req = p4r.ReadRequest()
