@@ -105,7 +105,7 @@ def test_expiry_takes_an_instance_out_and_prometheus_shows_it(node) -> None:
         text = generate_latest(registry(ctl, col)).decode()
         a1.close()
         a2.close()
-    assert f'dinet_instance_weight{{instance="2",service="{SVC}"}} 0.0' in text
+    assert f'dinet_instance_weight{{instance="2",node="0",service="{SVC}"}} 0.0' in text
     assert 'dinet_reports_rejected_total{reason="invalid"} 1.0' in text
     assert f'dinet_metric_age_seconds{{instance="2",service="{SVC}"}} 4.0' in text
     assert "dinet_decision_seconds_count" in text and "dinet_datapath_writes_total" in text

@@ -16,6 +16,7 @@ from dinet.collect import Agent
 from dinet.errors import ConfigError
 from dinet.intent import load
 from dinet.metrics import Level0
+from dinet.model import ServiceKey
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -145,3 +146,62 @@ bier:
     bad.write_text(path.read_text().replace("to: [b, c]", "to: [b, z]"))
     with pytest.raises(ConfigError, match="no BFR 'z'"):
         load(bad)
+
+
+def test_each_ingress_node_decides_with_its_own_paths(tmp_path: Path) -> None:
+    """Two ingress nodes, each nearer to another site: a delay-sensitive service stays on each node's
+    nearest site, from the same reports."""
+    from dinet.targets.xdp import SteeringNode
+
+    names = [f"ingA{RUN_ID}", f"ingB{RUN_ID}"]
+    col, prom = free_port(), free_port()
+    path = tmp_path / "two.yaml"
+    path.write_text(f"""
+ingress:
+  - {{target: xdp, name: {names[0]}, src4: 10.0.0.1, sites: {{1: {{delay_ms: 2}}, 2: {{delay_ms: 40}}}}}}
+  - {{target: xdp, name: {names[1]}, src4: 10.0.1.1, sites: {{1: {{delay_ms: 40}}, 2: {{delay_ms: 2}}}}}}
+collector: {{listen: "127.0.0.1:{col}"}}
+prometheus: {{listen: "127.0.0.1:{prom}"}}
+services:
+  - service: 10.99.0.7:443/tcp
+    class: delay-sensitive
+    instances:
+      - {{id: 1, endpoint: 10.11.1.2, site: 1, token: one}}
+      - {{id: 2, endpoint: 10.12.1.2, site: 2, token: two}}
+""")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dinet.cli", "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("dinet: collector on"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        for token, iid in (("one", 1), ("two", 2)):
+            a = Agent(f"127.0.0.1:{col}", token)
+            assert a.send([a.report("10.99.0.7:443/tcp", iid, Level0(cpu_load=0.3))]).accepted == 1
+            a.close()
+        svc = ServiceKey.parse("10.99.0.7:443/tcp")
+        got = []
+        for n in names:
+            with SteeringNode(n) as node:
+                got.append({i.instance_id: i.weight for i in node.service(svc).instances.values()})
+        assert got[0][1] > 0 and got[0][2] == 0 and got[1][2] > 0 and got[1][1] == 0, got
+        st = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics", "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert {(r["node"], r["instance"]) for r in st["instances"] if r.get("dinet_instance_weight")} == {
+            ("0", "1"),
+            ("1", "2"),
+        }
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+        for n in names:
+            subprocess.run([sys.executable, "-m", "dinet.cli", "xdp", "destroy", "--node", n], capture_output=True)

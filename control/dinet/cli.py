@@ -398,12 +398,13 @@ def cmd_status(a: argparse.Namespace) -> None:
         text = urllib.request.urlopen(a.url, timeout=5).read().decode()
     except (urllib.error.URLError, OSError) as e:
         raise ConfigError(f"no dinet controller answers at {a.url}: {e}") from None
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+    rows: dict[tuple[str, str, str], dict[str, float]] = {}
     other = {}
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
             if "service" in smp.labels and "instance" in smp.labels:
-                rows.setdefault((smp.labels["service"], smp.labels["instance"]), {})[smp.name] = smp.value
+                key = (smp.labels.get("node", "0"), smp.labels["service"], smp.labels["instance"])
+                rows.setdefault(key, {})[smp.name] = smp.value
             elif "reason" in smp.labels:
                 other[f"rejected {smp.labels['reason']}"] = smp.value
             elif smp.name in (
@@ -416,7 +417,9 @@ def cmd_status(a: argparse.Namespace) -> None:
         print(
             json.dumps(
                 {
-                    "instances": [{"service": k[0], "instance": k[1], **v} for k, v in sorted(rows.items())],
+                    "instances": [
+                        {"node": k[0], "service": k[1], "instance": k[2], **v} for k, v in sorted(rows.items())
+                    ],
                     "totals": other,
                 },
                 indent=2,
@@ -425,6 +428,7 @@ def cmd_status(a: argparse.Namespace) -> None:
         return
     table = [
         [
+            n,
             s,
             i,
             int(v.get("dinet_instance_weight", 0)),
@@ -433,9 +437,9 @@ def cmd_status(a: argparse.Namespace) -> None:
             int(v.get("dinet_instance_new_flows_total", 0)),
             f"{v['dinet_metric_age_seconds']:.1f}" if "dinet_metric_age_seconds" in v else "-",
         ]
-        for (s, i), v in sorted(rows.items())
+        for (n, s, i), v in sorted(rows.items())
     ]
-    print(_table(table, ["service", "instance", "weight", "new flows", "packets", "flows", "metric age s"]))
+    print(_table(table, ["node", "service", "instance", "weight", "new flows", "packets", "flows", "metric age s"]))
     for k, v in sorted(other.items()):
         print(f"{k}: {v:g}")
 

@@ -19,8 +19,30 @@ from .packets import BSL_CODE
 
 
 @dataclass
-class RunConfig:
+class Ingress:
+    """An ingress steering node and its network metrics toward each site (delay, loss)."""
+
     node: dict[str, Any]
+    sites: dict[int, SitePath]
+
+
+def _sites(doc: Any) -> dict[int, SitePath]:
+    return {
+        int(site): SitePath(float((p or {}).get("delay_ms", 0)), float((p or {}).get("loss", 0)))
+        for site, p in (doc or {}).items()
+    }
+
+
+def _node(node: Any, where: str) -> dict[str, Any]:
+    if not isinstance(node, dict) or node.get("target") not in ("xdp", "bmv2", "agent"):
+        got = node.get("target") if isinstance(node, dict) else node
+        raise ConfigError(f"{where}.target must be xdp, bmv2 or agent, not {got!r}")
+    return node
+
+
+@dataclass
+class RunConfig:
+    ingress: list[Ingress]
     collector_listen: str = "127.0.0.1:50051"
     collector_timeout: float = 3.0
     collector_max_rate: float = 1000.0
@@ -81,18 +103,22 @@ def load(path: Path) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the file is not a mapping")
-    node = _get(doc, "node", str(path), dict)
-    if node.get("target") not in ("xdp", "bmv2", "agent"):
-        raise ConfigError(f"{path}: node.target must be xdp, bmv2 or agent, not {node.get('target')!r}")
-    cfg = RunConfig(node=node)
+    sites = _sites(doc.get("sites"))
+    if "ingress" in doc:  # several ingress nodes, each with its own path metrics to the sites
+        items = _get(doc, "ingress", str(path), list)
+        ingress = [
+            Ingress(_node(n, f"{path}: ingress[{i}]"), _sites(n.get("sites")) or sites) for i, n in enumerate(items)
+        ]
+    else:
+        ingress = [Ingress(_node(_get(doc, "node", str(path), dict), f"{path}: node"), sites)]
+    cfg = RunConfig(ingress=ingress)
     col = doc.get("collector") or {}
     cfg.collector_listen = str(col.get("listen", cfg.collector_listen))
     cfg.collector_timeout = float(col.get("timeout", cfg.collector_timeout))
     cfg.collector_max_rate = float(col.get("max_rate", cfg.collector_max_rate))
     prom = doc.get("prometheus") or {}
     cfg.prometheus_listen = prom.get("listen", cfg.prometheus_listen)
-    for site, p in (doc.get("sites") or {}).items():
-        cfg.sites[int(site)] = SitePath(float((p or {}).get("delay_ms", 0)), float((p or {}).get("loss", 0)))
+    cfg.sites = sites
     for n, s in enumerate(_get(doc, "services", str(path), list)):
         where = f"{path}: services[{n}]"
         key = ServiceKey.parse(str(_get(s, "service", where)))

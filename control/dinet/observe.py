@@ -15,35 +15,37 @@ from .controller import Controller
 
 
 class DinetMetrics(PromCollector):
-    def __init__(self, controller: Controller, collector: Collector | None = None):
-        self.controller = controller
+    """One controller per ingress node (labelled node="0", "1", ... in the order given) and the collector."""
+
+    def __init__(self, controllers: Controller | list[Controller], collector: Collector | None = None):
+        self.controllers = controllers if isinstance(controllers, list) else [controllers]
         self.collector = collector
 
     def collect(self) -> Iterator[Any]:
-        c = self.controller
-        weight = GaugeMetricFamily("dinet_instance_weight", "Installed steering weight", labels=["service", "instance"])
-        up = GaugeMetricFamily("dinet_instance_up", "1 if the instance takes new flows", labels=["service", "instance"])
-        pkts = CounterMetricFamily(
-            "dinet_instance_packets", "Packets steered to the instance", labels=["service", "instance"]
-        )
-        flows = CounterMetricFamily(
-            "dinet_instance_new_flows", "Flows placed on the instance", labels=["service", "instance"]
-        )
-        for row in c.status():
-            labels = [row["service"], str(row["instance"])]
-            weight.add_metric(labels, row["weight"])
-            up.add_metric(labels, 1 if row["state"] == "up" and row["weight"] > 0 else 0)
-            pkts.add_metric(labels, row["packets"])
-            flows.add_metric(labels, row["new_flows"])
+        labels = ["node", "service", "instance"]
+        weight = GaugeMetricFamily("dinet_instance_weight", "Installed steering weight", labels=labels)
+        up = GaugeMetricFamily("dinet_instance_up", "1 if the instance takes new flows", labels=labels)
+        pkts = CounterMetricFamily("dinet_instance_packets", "Packets steered to the instance", labels=labels)
+        flows = CounterMetricFamily("dinet_instance_new_flows", "Flows placed on the instance", labels=labels)
+        dec: list[float] = []
+        writes = 0
+        for n, c in enumerate(self.controllers):
+            for row in c.status():
+                values = [str(n), row["service"], str(row["instance"])]
+                weight.add_metric(values, row["weight"])
+                up.add_metric(values, 1 if row["state"] == "up" and row["weight"] > 0 else 0)
+                pkts.add_metric(values, row["packets"])
+                flows.add_metric(values, row["new_flows"])
+            dec += c.decisions
+            writes += c.writes
         yield from (weight, up, pkts, flows)
-        dec = list(c.decisions)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",
             count_value=len(dec),
             sum_value=sum(dec),
         )
-        yield CounterMetricFamily("dinet_datapath_writes", "Writes of instance sets to the data plane", value=c.writes)
+        yield CounterMetricFamily("dinet_datapath_writes", "Writes of instance sets to the data plane", value=writes)
         if self.collector is not None:
             now = self.collector.clock()
             age = GaugeMetricFamily(
@@ -61,9 +63,9 @@ class DinetMetrics(PromCollector):
             )
 
 
-def registry(controller: Controller, collector: Collector | None = None) -> CollectorRegistry:
+def registry(controllers: Controller | list[Controller], collector: Collector | None = None) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(DinetMetrics(controller, collector))
+    reg.register(DinetMetrics(controllers, collector))
     return reg
 
 

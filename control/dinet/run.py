@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def open_target(cfg: RunConfig) -> Iterator[Any]:
-    node = cfg.node
+def open_target(node: dict[str, Any]) -> Iterator[Any]:
     if node["target"] == "agent":
         from .agent import RemoteNode
 
@@ -128,29 +127,47 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
     if not cfg.tokens:
         log.warning("%s: no instance has an agent token: no metrics will be accepted", path)
     stop = stop or threading.Event()
-    with open_target(cfg) as target:
-        ctl = Controller(target, cfg.services, cfg.sites)
-        ctl.start()
+    with contextlib.ExitStack() as stack:
+        ctls = []
+        for ing in cfg.ingress:
+            target = stack.enter_context(open_target(ing.node))
+            ctl = Controller(target, cfg.services, ing.sites)
+            ctl.start()
+            ctls.append(ctl)
         if once:
-            print(f"dinet: {len(cfg.services)} service(s) installed, {ctl.writes} write(s)")
+            print(
+                f"dinet: {len(cfg.services)} service(s) installed on {len(ctls)} node(s), "
+                f"{sum(c.writes for c in ctls)} write(s)"
+            )
             return 0
         col = Collector(cfg.tokens, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
-        ctl.attach(col)
-        with CollectorServer(col, cfg.collector_listen) as srv:
-            http = None
-            if cfg.prometheus_listen:
-                host, _, port = cfg.prometheus_listen.rpartition(":")
-                try:
-                    http = serve(registry(ctl, col), int(port), host or "127.0.0.1")
-                except (OSError, ValueError) as e:
-                    raise ConfigError(f"cannot serve Prometheus on {cfg.prometheus_listen}: {e}") from None
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(ValueError):  # not the main thread (tests)
-                    signal.signal(sig, lambda *_: stop.set())
-            print(f"dinet: collector on {srv.address}, metrics on http://{cfg.prometheus_listen}/metrics", flush=True)
-            while not stop.wait(0.5):
-                col.expire()
-                keep_in_sync(target)
-            if http:
-                http[0].shutdown()
+        # every ingress node decides for itself (its own path metrics) on the same reports
+
+        def on_report(ref: Any, m: Any) -> None:
+            for c in ctls:
+                c.on_report(ref, m)
+
+        def on_expire(ref: Any) -> None:
+            for c in ctls:
+                c.on_expire(ref)
+
+        col.on_report, col.on_expire = on_report, on_expire
+        srv = stack.enter_context(CollectorServer(col, cfg.collector_listen))
+        http = None
+        if cfg.prometheus_listen:
+            host, _, port = cfg.prometheus_listen.rpartition(":")
+            try:
+                http = serve(registry(ctls, col), int(port), host or "127.0.0.1")
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"cannot serve Prometheus on {cfg.prometheus_listen}: {e}") from None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread (tests)
+                signal.signal(sig, lambda *_: stop.set())
+        print(f"dinet: collector on {srv.address}, metrics on http://{cfg.prometheus_listen}/metrics", flush=True)
+        while not stop.wait(0.5):
+            col.expire()
+            for c in ctls:
+                keep_in_sync(c.target)
+        if http:
+            http[0].shutdown()
     return 0
