@@ -72,6 +72,8 @@
 #define DINET_DROP_DECAP_MALFORMED 10
 /* P4 only: a new flow whose two affinity entries both hold live flows (steered, not remembered). */
 #define DINET_AFFINITY_COLLISION 11
+/* an ICMP "fragmentation needed" sent back for a packet that would not fit once encapsulated */
+#define DINET_ICMP_TOO_BIG 12
 #define DINET_VERDICTS 16
 
 /* RFC 8296 s2.1.2: BSL encoding, 1 = 64 bits ... 7 = 4096 bits. */

@@ -157,6 +157,69 @@ static __always_inline void count(void *stats_map_result, __u64 bytes, int new_f
 
 /* Pushes the outer IPv4 or IPv6 header (IP-in-IP) and forwards. inner_len: the inner IP datagram's
  * own length (not the frame's: a short frame carries Ethernet padding). */
+/* RFC 792 / RFC 1191: the encapsulated packet would not fit the next hop's MTU. Turn the frame into an
+ * ICMP "fragmentation needed" (type 3 code 4) from this node to the client, quoting the client's IP header
+ * and 8 bytes, with the MTU that leaves room for the outer header; send it back out (XDP_TX). The frame
+ * arrives here already encapsulated (olen bytes of outer header after Ethernet). IPv4 clients only: an
+ * IPv6 one would need an ICMPv6 Packet Too Big, still a counted drop. */
+static __always_inline int icmp4_too_big(struct xdp_md *ctx, struct steer_config *cfg, __u8 *macs, int olen,
+					 __u32 mtu)
+{
+	if (bpf_xdp_adjust_head(ctx, olen - 28)) /* room for IPv4 (20) and ICMP (8) before the quote */
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u8 *icmp = (void *)(ip + 1);
+	struct iphdr *quote = (void *)(icmp + 8);
+	if ((void *)(quote + 1) > data_end)
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	/* a packet too big for the MTU is far longer than the longest quote (60 + 8): the verifier needs it said */
+	if ((void *)icmp + 8 + 68 > data_end)
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	__u32 qlen = quote->ihl * 4 + 8;
+	if (qlen < 28 || qlen > 68)
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	__be32 client = quote->saddr;
+	__builtin_memcpy(eth->h_dest, macs + 6, ETH_ALEN);  /* back to where it came from */
+	__builtin_memcpy(eth->h_source, macs, ETH_ALEN);
+	eth->h_proto = bpf_htons(DINET_ETHERTYPE_IPV4);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(20 + 8 + qlen);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = DINET_ENCAP_TTL;
+	ip->protocol = 1; /* ICMP */
+	ip->check = 0;
+	__builtin_memcpy(&ip->saddr, cfg->src4.addr, 4);
+	ip->daddr = client;
+	ip->check = ipv4_csum(ip);
+	icmp[0] = 3; /* destination unreachable */
+	icmp[1] = 4; /* fragmentation needed and DF set */
+	icmp[2] = 0;
+	icmp[3] = 0;
+	icmp[4] = 0;
+	icmp[5] = 0;
+	__u16 next_mtu = mtu > 68 + 20 ? mtu - 20 : 68; /* what an inner packet may be, after the outer header */
+	icmp[6] = next_mtu >> 8;
+	icmp[7] = next_mtu & 0xff;
+	__s64 sum = bpf_csum_diff(0, 0, (void *)icmp, 8 + qlen, 0);
+	if (sum < 0)
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	__u32 c = (__u32)sum;
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	__u16 csum = ~c;
+	__builtin_memcpy(icmp + 2, &csum, 2);
+	int extra = (int)(data_end - data) - (int)(sizeof(*eth) + 28 + qlen);
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	return verdict(DINET_ICMP_TOO_BIG, XDP_TX);
+}
+
 static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_value *inst, __u16 inner_eth_proto,
 					     __u32 inner_len)
 {
@@ -164,6 +227,13 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 	struct steer_config *cfg = config.lookup(&zero);
 	if (!cfg)
 		return verdict(DINET_DROP_ENCAP, XDP_DROP);
+	__u8 macs[12]; /* the frame's own addresses, for an ICMP reply */
+	{
+		void *d = (void *)(long)ctx->data;
+		if (d + 12 > (void *)(long)ctx->data_end)
+			return verdict(DINET_DROP_ENCAP, XDP_DROP);
+		__builtin_memcpy(macs, d, 12);
+	}
 	int v6 = inst->family == DINET_AF_INET6;
 	int olen = v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
 	__u8 inner_proto = inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4) ? DINET_IPPROTO_IPIP : DINET_IPPROTO_IPV6;
@@ -235,8 +305,11 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 			return XDP_TX;
 		return bpf_redirect(fib.ifindex, 0);
 	}
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		if (inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4))
+			return icmp4_too_big(ctx, cfg, macs, olen, fib.mtu_result);
 		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	}
 	/* No neighbour entry yet (or no route): the kernel routes the encapsulated packet and resolves it. */
 	return verdict(DINET_PASS_SLOW_PATH, XDP_PASS);
 }

@@ -116,3 +116,41 @@ def test_unknown_service_traffic_passes_untouched(edge) -> None:
     after = edge.steer.verdicts()
     assert after["pass_not_service"] > before["pass_not_service"]
     assert after["drop_malformed"] == before["drop_malformed"]
+
+
+def test_too_big_for_the_tunnel_gets_icmp_fragmentation_needed(edge) -> None:
+    """A client packet that would not fit the next hop once encapsulated (DF set): the steering node answers
+    ICMP fragmentation needed with the MTU less the outer header, and the client's path MTU drops to it."""
+    import socket as so
+
+    from dinet import netns
+    from dinet.model import ServiceKey
+
+    svc = ServiceKey.parse("10.99.0.1:5000/udp")
+    host = edge.host("s1a")
+    edge.steer.add_service(svc)
+    edge.steer.set_instances(svc, [host.instance()])
+    edge.topo.sh("in", "ip", "link", "set", "dev", "s1", "mtu", "1420")
+    try:
+        before = edge.steer.verdicts()
+        with netns.entered(edge.client_ns):
+            s = so.socket(so.AF_INET, so.SOCK_DGRAM)
+        try:
+            s.setsockopt(so.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF set, no local fragments
+            s.connect(("10.99.0.1", 5000))
+            s.send(b"x" * 1400)  # 1428 bytes of IP, 1448 once tunnelled: over 1420
+            mtu = 0
+            for _ in range(200):  # the ICMP comes back asynchronously; wait for the route to learn it
+                mtu = s.getsockopt(so.IPPROTO_IP, 14)  # IP_MTU
+                if mtu < 1500:
+                    break
+                select.select([], [], [], 0.01)
+            assert mtu == 1400, mtu
+        finally:
+            s.close()
+        after = edge.steer.verdicts()
+        assert after["icmp_too_big"] - before["icmp_too_big"] == 1
+        assert after["drop_too_big"] == before["drop_too_big"]
+    finally:
+        edge.topo.sh("in", "ip", "link", "set", "dev", "s1", "mtu", "1600")
+        edge.steer.remove_service(svc)

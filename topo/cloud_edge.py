@@ -188,6 +188,8 @@ class CloudEdge:
         self.passprog = BccProgram("xdp_pass.bpf.c", self.bpffs_root / f"{self.prefix}pass" / "pass")
         for k in range(1, self.sites + 1):
             self.passprog.attach("xdp_pass", "up0", t.ns(f"s{k}"))
+        if self.target == "xdp":  # and XDP_TX back to the client (an ICMP from the steering node)
+            self.passprog.attach("xdp_pass", "eth0", self.client_ns)
         # One loaded decap program serves every emulated instance host (a real deployment loads one per
         # host): the same program attached in each host's namespace, its endpoint table naming them all.
         d = DecapNode(f"{self.prefix}decap", bpffs_root=self.bpffs_root)

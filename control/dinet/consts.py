@@ -27,6 +27,6 @@ def verdict_names() -> dict[int, str]:
     """Verdict counter index -> readable name ('drop_malformed', 'pass_not_service', ...)."""
     out = {}
     for name, value in load().items():
-        if name.startswith(("DINET_DROP_", "DINET_PASS_", "DINET_DECAP_")):
+        if name.startswith(("DINET_DROP_", "DINET_PASS_", "DINET_DECAP_", "DINET_ICMP_")):
             out[value] = name.removeprefix("DINET_").lower()
     return out
