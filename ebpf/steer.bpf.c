@@ -160,12 +160,11 @@ static __always_inline void count(void *stats_map_result, __u64 bytes, int new_f
 /* RFC 792 / RFC 1191: the encapsulated packet would not fit the next hop's MTU. Turn the frame into an
  * ICMP "fragmentation needed" (type 3 code 4) from this node to the client, quoting the client's IP header
  * and 8 bytes, with the MTU that leaves room for the outer header; send it back out (XDP_TX). The frame
- * arrives here already encapsulated (olen bytes of outer header after Ethernet). IPv4 clients only: an
+ * arrives here as the client sent it. IPv4 clients only: an
  * IPv6 one would need an ICMPv6 Packet Too Big, still a counted drop. */
-static __always_inline int icmp4_too_big(struct xdp_md *ctx, struct steer_config *cfg, __u8 *macs, int olen,
-					 __u32 mtu)
+static __always_inline int icmp4_too_big(struct xdp_md *ctx, struct steer_config *cfg, __u32 mtu)
 {
-	if (bpf_xdp_adjust_head(ctx, olen - 28)) /* room for IPv4 (20) and ICMP (8) before the quote */
+	if (bpf_xdp_adjust_head(ctx, -28)) /* room for IPv4 (20) and ICMP (8) before the quote */
 		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -182,7 +181,9 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, struct steer_config
 	if (qlen < 28 || qlen > 68)
 		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
 	__be32 client = quote->saddr;
-	__builtin_memcpy(eth->h_dest, macs + 6, ETH_ALEN);  /* back to where it came from */
+	__u8 macs[12]; /* the frame's own Ethernet addresses, now 28 bytes in (where IP and ICMP will go) */
+	__builtin_memcpy(macs, (void *)ip + 14, 12);
+	__builtin_memcpy(eth->h_dest, macs + 6, ETH_ALEN); /* back to where it came from */
 	__builtin_memcpy(eth->h_source, macs, ETH_ALEN);
 	eth->h_proto = bpf_htons(DINET_ETHERTYPE_IPV4);
 	ip->version = 4;
@@ -227,16 +228,33 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 	struct steer_config *cfg = config.lookup(&zero);
 	if (!cfg)
 		return verdict(DINET_DROP_ENCAP, XDP_DROP);
-	__u8 macs[12]; /* the frame's own addresses, for an ICMP reply */
-	{
-		void *d = (void *)(long)ctx->data;
-		if (d + 12 > (void *)(long)ctx->data_end)
-			return verdict(DINET_DROP_ENCAP, XDP_DROP);
-		__builtin_memcpy(macs, d, 12);
-	}
 	int v6 = inst->family == DINET_AF_INET6;
 	int olen = v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
 	__u8 inner_proto = inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4) ? DINET_IPPROTO_IPIP : DINET_IPPROTO_IPV6;
+
+	/* The next hop first (its lookup does not touch the frame): a frame too big for it once encapsulated
+	 * is answered before anything is rewritten. */
+	struct bpf_fib_lookup fib = {};
+	int rc = BPF_FIB_LKUP_RET_SUCCESS;
+	if (cfg->fwd_mode != DINET_FWD_STATIC) {
+		if (v6) {
+			fib.family = 10; /* AF_INET6 */
+			__builtin_memcpy(fib.ipv6_src, cfg->src6.addr, 16);
+			__builtin_memcpy(fib.ipv6_dst, inst->endpoint.addr, 16);
+		} else {
+			fib.family = 2; /* AF_INET */
+			__builtin_memcpy(&fib.ipv4_src, cfg->src4.addr, 4);
+			__builtin_memcpy(&fib.ipv4_dst, inst->endpoint.addr, 4);
+		}
+		fib.tot_len = inner_len + olen;
+		fib.ifindex = ctx->ingress_ifindex;
+		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+			if (inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4))
+				return icmp4_too_big(ctx, cfg, fib.mtu_result);
+			return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+		}
+	}
 
 	if (bpf_xdp_adjust_head(ctx, -olen))
 		return verdict(DINET_DROP_ENCAP, XDP_DROP);
@@ -245,8 +263,6 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return verdict(DINET_DROP_ENCAP, XDP_DROP);
-
-	struct bpf_fib_lookup fib = {};
 	if (v6) {
 		struct ipv6hdr *o6 = (void *)(eth + 1);
 		if ((void *)(o6 + 1) > data_end)
@@ -262,10 +278,6 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 		o6->hop_limit = DINET_ENCAP_TTL;
 		__builtin_memcpy(&o6->saddr, cfg->src6.addr, 16);
 		__builtin_memcpy(&o6->daddr, inst->endpoint.addr, 16);
-		fib.family = 10; /* AF_INET6 */
-		__builtin_memcpy(fib.ipv6_src, cfg->src6.addr, 16);
-		__builtin_memcpy(fib.ipv6_dst, inst->endpoint.addr, 16);
-		fib.tot_len = inner_len + sizeof(struct ipv6hdr);
 	} else {
 		struct iphdr *o4 = (void *)(eth + 1);
 		if ((void *)(o4 + 1) > data_end)
@@ -283,10 +295,6 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 		__builtin_memcpy(&o4->saddr, cfg->src4.addr, 4);
 		__builtin_memcpy(&o4->daddr, inst->endpoint.addr, 4);
 		o4->check = ipv4_csum(o4);
-		fib.family = 2; /* AF_INET */
-		__builtin_memcpy(&fib.ipv4_src, cfg->src4.addr, 4);
-		__builtin_memcpy(&fib.ipv4_dst, inst->endpoint.addr, 4);
-		fib.tot_len = inner_len + sizeof(struct iphdr);
 	}
 
 	if (cfg->fwd_mode == DINET_FWD_STATIC) {
@@ -296,19 +304,12 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 			return XDP_TX;
 		return bpf_redirect(cfg->static_ifindex, 0);
 	}
-	fib.ifindex = ctx->ingress_ifindex;
-	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 		if (fib.ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
 		return bpf_redirect(fib.ifindex, 0);
-	}
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		if (inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4))
-			return icmp4_too_big(ctx, cfg, macs, olen, fib.mtu_result);
-		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
 	}
 	/* No neighbour entry yet (or no route): the kernel routes the encapsulated packet and resolves it. */
 	return verdict(DINET_PASS_SLOW_PATH, XDP_PASS);
