@@ -4,6 +4,7 @@ weights on an XDP node; `dinet status` reads them back from its Prometheus endpo
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -205,3 +206,59 @@ services:
                 f.close()
         for n in names:
             subprocess.run([sys.executable, "-m", "dinet.cli", "xdp", "destroy", "--node", n], capture_output=True)
+
+
+def test_run_measures_sites_with_probes(tmp_path: Path, ns_prefix: str) -> None:
+    """Site 2's probe gets no answer (loss 1): a delay-sensitive service leaves it, though both sites are
+    configured as equally near."""
+    from dinet.netns import Topology
+    from dinet.targets.xdp import SteeringNode
+
+    node, col = f"probe{RUN_ID}", free_port()
+    with Topology(ns_prefix) as t:
+        ns = t.add_ns("p")  # a namespace with only loopback: 127.0.0.1 answers, 10.77.9.9 cannot be reached
+        path = tmp_path / "probe.yaml"
+        path.write_text(f"""
+node: {{target: xdp, name: {node}, src4: 10.0.0.1}}
+collector: {{listen: "127.0.0.1:{col}", timeout: 600}}
+prometheus: {{listen: null}}
+probe_interval: 0.5
+sites:
+  1: {{probe: 127.0.0.1, probe_netns: {ns}}}
+  2: {{probe: 10.77.9.9, probe_netns: {ns}}}
+services:
+  - service: 10.99.0.8:80/tcp
+    class: delay-sensitive
+    instances:
+      - {{id: 1, endpoint: 10.11.1.2, site: 1, token: one}}
+      - {{id: 2, endpoint: 10.12.1.2, site: 2, token: two}}
+""")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dinet.cli", "run", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line.startswith("dinet: collector on"), line
+            for token, iid in (("one", 1), ("two", 2)):
+                a = Agent(f"127.0.0.1:{col}", token)
+                a.send([a.report("10.99.0.8:80/tcp", iid, Level0(cpu_load=0.2))])
+                a.close()
+            svc = ServiceKey.parse("10.99.0.8:80/tcp")
+            weights = {}
+            with SteeringNode(node) as n:
+                for _ in range(100):  # the probes run every half second: wait for their verdict
+                    weights = {i.instance_id: i.weight for i in n.service(svc).instances.values()}
+                    if weights.get(2) == 0:
+                        break
+                    select.select([], [], [], 0.1)
+            assert weights[1] > 0 and weights[2] == 0, weights
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+            for f in (proc.stdout, proc.stderr):
+                if f:
+                    f.close()
+            subprocess.run([sys.executable, "-m", "dinet.cli", "xdp", "destroy", "--node", node], capture_output=True)

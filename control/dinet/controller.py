@@ -143,6 +143,15 @@ class Controller:
             del self.decisions[:-1000]
             return wrote
 
+    def update_sites(self, sites: dict[int, SitePath]) -> int:
+        """New network metrics toward sites (measured); every service is decided again. Returns writes."""
+        with self._lock:
+            before = self.writes
+            self.sites.update(sites)
+            for s in self.services:
+                self.reconcile(s.key)
+            return self.writes - before
+
     def on_report(self, ref: InstanceRef, m: Level0) -> None:
         with self._lock:
             self.metrics[ref] = m

@@ -16,14 +16,25 @@ from .decide import TrafficClass
 from .errors import ConfigError
 from .model import Instance, InstanceState, ServiceKey, parse_address
 from .packets import BSL_CODE
+from .probe import Probe
 
 
 @dataclass
 class Ingress:
-    """An ingress steering node and its network metrics toward each site (delay, loss)."""
+    """An ingress steering node, its network metrics toward each site (delay, loss), and the probes that
+    measure them where a site names a probe address."""
 
     node: dict[str, Any]
     sites: dict[int, SitePath]
+    probes: dict[int, Probe] = field(default_factory=dict)
+
+
+def _probes(doc: Any) -> dict[int, Probe]:
+    return {
+        int(site): Probe(str(p["probe"]), p.get("probe_netns"))
+        for site, p in (doc or {}).items()
+        if isinstance(p, dict) and p.get("probe")
+    }
 
 
 def _sites(doc: Any) -> dict[int, SitePath]:
@@ -47,6 +58,7 @@ class RunConfig:
     collector_timeout: float = 3.0
     collector_max_rate: float = 1000.0
     prometheus_listen: str | None = "127.0.0.1:9464"
+    probe_interval: float = 5.0
     sites: dict[int, SitePath] = field(default_factory=dict)
     services: list[ServiceIntent] = field(default_factory=list)
     tokens: dict[str, tuple[str, set[InstanceRef]]] = field(default_factory=dict)
@@ -107,15 +119,23 @@ def load(path: Path) -> RunConfig:
     if "ingress" in doc:  # several ingress nodes, each with its own path metrics to the sites
         items = _get(doc, "ingress", str(path), list)
         ingress = [
-            Ingress(_node(n, f"{path}: ingress[{i}]"), _sites(n.get("sites")) or sites) for i, n in enumerate(items)
+            Ingress(
+                _node(n, f"{path}: ingress[{i}]"),
+                _sites(n.get("sites")) or sites,
+                _probes(n.get("sites")) or _probes(doc.get("sites")),
+            )
+            for i, n in enumerate(items)
         ]
     else:
-        ingress = [Ingress(_node(_get(doc, "node", str(path), dict), f"{path}: node"), sites)]
+        ingress = [
+            Ingress(_node(_get(doc, "node", str(path), dict), f"{path}: node"), sites, _probes(doc.get("sites")))
+        ]
     cfg = RunConfig(ingress=ingress)
     col = doc.get("collector") or {}
     cfg.collector_listen = str(col.get("listen", cfg.collector_listen))
     cfg.collector_timeout = float(col.get("timeout", cfg.collector_timeout))
     cfg.collector_max_rate = float(col.get("max_rate", cfg.collector_max_rate))
+    cfg.probe_interval = float(doc.get("probe_interval", cfg.probe_interval))
     prom = doc.get("prometheus") or {}
     cfg.prometheus_listen = prom.get("listen", cfg.prometheus_listen)
     cfg.sites = sites

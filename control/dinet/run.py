@@ -12,7 +12,7 @@ from typing import Any
 
 from .collect import Collector, CollectorServer
 from .controller import Controller
-from .errors import ConfigError
+from .errors import ConfigError, DinetError
 from .intent import RunConfig, load
 from .observe import registry, serve
 
@@ -116,6 +116,18 @@ def keep_in_sync(target: Any) -> bool:
         return False
 
 
+def _probe_loop(ctl: Controller, probes: dict[int, Any], interval: float, stop: threading.Event) -> None:
+    """Measures the sites' delay and loss every `interval` seconds and hands them to the controller."""
+    while not stop.is_set():
+        try:
+            measured = {site: p.measure() for site, p in probes.items()}
+            n = ctl.update_sites(measured)
+            log.info("probes: %s (%d writes)", {s: (round(m.delay_ms, 3), m.loss) for s, m in measured.items()}, n)
+        except DinetError as e:
+            log.warning("probes: %s", e)
+        stop.wait(interval)
+
+
 def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> int:
     cfg = load(path)
     if cfg.bier is not None:
@@ -131,9 +143,13 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
         ctls = []
         for ing in cfg.ingress:
             target = stack.enter_context(open_target(ing.node))
-            ctl = Controller(target, cfg.services, ing.sites)
+            ctl = Controller(target, cfg.services, dict(ing.sites))
             ctl.start()
             ctls.append(ctl)
+            if ing.probes and not once:
+                threading.Thread(
+                    target=_probe_loop, args=(ctl, ing.probes, cfg.probe_interval, stop), daemon=True
+                ).start()
         if once:
             print(
                 f"dinet: {len(cfg.services)} service(s) installed on {len(ctls)} node(s), "
