@@ -52,10 +52,27 @@ def bpffs_root() -> Iterator[Path]:
         remove_pinned_tree(TEST_BPFFS)
 
 
+def forget_node(name: str) -> None:
+    """Removes a node's pinned maps under the default bpffs root (tests that drive the CLI or `dinet run`
+    create them there), and the root itself once empty."""
+    from dinet.paths import BPFFS_ROOT
+    from dinet.targets.bcc_program import remove_pinned_tree
+
+    remove_pinned_tree(BPFFS_ROOT / name)
+    if BPFFS_ROOT.exists() and not any(BPFFS_ROOT.iterdir()):
+        BPFFS_ROOT.rmdir()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def machine_left_as_found() -> Iterator[None]:
     """After the run: no namespace of ours, no pinned map of ours."""
     yield
+    from dinet.paths import BPFFS_ROOT
+
+    pinned = [p.name for p in BPFFS_ROOT.iterdir() if RUN_ID in p.name] if BPFFS_ROOT.exists() else []
+    for name in pinned:
+        forget_node(name)
+    assert not pinned, f"tests left pinned maps behind: {pinned}"
     left = [
         n
         for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()

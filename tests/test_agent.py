@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import RUN_ID, needs_bcc, needs_root
+from conftest import RUN_ID, forget_node, needs_bcc, needs_root
 from dinet.controller import Controller, ServiceIntent, SitePath
 from dinet.decide import TrafficClass
 from dinet.errors import ConfigError, DataPlaneError, UnknownInstanceError, UnknownServiceError
@@ -57,8 +57,7 @@ def agent() -> Iterator[tuple[str, str]]:
         for f in (proc.stdout, proc.stderr):
             if f:
                 f.close()
-        for what in ("xdp", "bier"):
-            subprocess.run([sys.executable, "-m", "dinet.cli", what, "destroy", "--node", node], capture_output=True)
+        forget_node(node)
 
 
 def test_controller_drives_a_node_agent(agent) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import RUN_ID, needs_bcc, needs_root
+from conftest import RUN_ID, forget_node, needs_bcc, needs_root
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -25,8 +25,7 @@ def dinet(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
 def node() -> Iterator[str]:
     name = f"clitest{RUN_ID}"
     yield name
-    for what in ("xdp", "bier"):
-        dinet(what, "destroy", "--node", name, ok=False)
+    forget_node(name)
 
 
 def test_steering_tables_through_the_cli(node: str) -> None:

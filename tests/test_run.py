@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID, needs_bcc, needs_root
+from conftest import RUN_ID, forget_node, needs_bcc, needs_root
 from dinet.collect import Agent
 from dinet.errors import ConfigError
 from dinet.intent import load
@@ -92,7 +92,7 @@ def test_run_and_status(tmp_path: Path) -> None:
         for f in (proc.stdout, proc.stderr):
             if f:
                 f.close()
-        subprocess.run([sys.executable, "-m", "dinet.cli", "xdp", "destroy", "--node", node], capture_output=True)
+        forget_node(node)
     bad = subprocess.run(
         [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics"],
         capture_output=True,
@@ -141,8 +141,7 @@ bier:
             assert list(a.bfir_entries().values()) == [{bift_id(1, 0): 0b11}]
     finally:
         for n in (*names.values(), f"steerrun{RUN_ID}"):
-            for what in ("bier", "xdp"):
-                subprocess.run([sys.executable, "-m", "dinet.cli", what, "destroy", "--node", n], capture_output=True)
+            forget_node(n)
     bad = tmp_path / "bad.yaml"
     bad.write_text(path.read_text().replace("to: [b, c]", "to: [b, z]"))
     with pytest.raises(ConfigError, match="no BFR 'z'"):
@@ -205,7 +204,7 @@ services:
             if f:
                 f.close()
         for n in names:
-            subprocess.run([sys.executable, "-m", "dinet.cli", "xdp", "destroy", "--node", n], capture_output=True)
+            forget_node(n)
 
 
 def test_run_measures_sites_with_probes(tmp_path: Path, ns_prefix: str) -> None:
@@ -261,4 +260,4 @@ services:
             for f in (proc.stdout, proc.stderr):
                 if f:
                     f.close()
-            subprocess.run([sys.executable, "-m", "dinet.cli", "xdp", "destroy", "--node", node], capture_output=True)
+            forget_node(node)
