@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -87,3 +88,36 @@ def machine_left_as_found() -> Iterator[None]:
 def ns_prefix(request: pytest.FixtureRequest) -> str:
     """A namespace-name prefix unique to this test (names stay short: interface names are not involved)."""
     return f"{NS_PREFIX}{abs(hash(request.node.nodeid)) % 10000:04d}"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dinet_process(*args: str, ready: str) -> Iterator[subprocess.Popen[str]]:
+    """`python -m dinet.cli ARGS` until its first line starts with `ready` (it is serving then); stopped
+    with SIGTERM on exit, which it must survive with status 0. Stopped also when the block fails."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dinet.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith(ready), (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+    assert code == 0, f"dinet {' '.join(args)} exited with {code}"

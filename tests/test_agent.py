@@ -3,14 +3,13 @@ gRPC with the same calls as a local node, and its errors come back as the same e
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from conftest import RUN_ID, forget_node, needs_bcc, needs_root
+from conftest import RUN_ID, dinet_process, forget_node, free_port, needs_bcc, needs_root
 from dinet.controller import Controller, ServiceIntent, SitePath
 from dinet.decide import TrafficClass
 from dinet.errors import ConfigError, DataPlaneError, UnknownInstanceError, UnknownServiceError
@@ -21,42 +20,15 @@ pytestmark = [needs_root, needs_bcc]
 SVC = ServiceKey.parse("10.98.0.1:443/tcp")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def agent() -> Iterator[tuple[str, str]]:
     node, port = f"agenttest{RUN_ID}", free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dinet.cli",
-            "agent",
-            "--node",
-            node,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--token",
-            "ctl-secret",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith("dinet agent: node"), (line, proc.stderr.read() if proc.poll() is not None else "")
-        yield node, f"127.0.0.1:{port}"
+        with dinet_process(
+            "agent", "--node", node, "--listen", f"127.0.0.1:{port}", "--token", "ctl-secret", ready="dinet agent: node"
+        ):
+            yield node, f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
         forget_node(node)
 
 

@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,153 +124,123 @@ def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path)
             decap.destroy()
 
 
-def test_bier_from_bmv2_bfir_to_linux_bfers(switch, bpffs_root: Path) -> None:
-    from bmv2_harness import DEFINES, SIZES
+@dataclass
+class BierRig:
+    """A source behind a BMv2 switch (port 0) and Linux BFERs e1..e3 (ports 1..3, TC program, a UDP socket
+    on the model-sync address), with the switch programmed over P4Runtime."""
 
-    from dinet import netns
-    from dinet.bmv2 import Bmv2Switch, compile_p4
-    from dinet.packets import bift_id
-    from dinet.targets.p4node import P4Neighbor, P4Node
-    from dinet.targets.p4rt import P4RuntimeSwitch
-    from dinet.targets.tc import BierNode
+    topo: Any
+    node: Any  # P4Node
+    bfers: dict[int, Any]  # BierNode per port
+    socks: dict[int, socket.socket]
 
-    pipe = compile_p4(DEFINES)
-    t = netns.Topology(f"{NS_PREFIX}pb")
-    bfers: dict[int, BierNode] = {}
-    socks: dict[int, socket.socket] = {}
-    try:
-        for n in ("src", "sw", "e1", "e2", "e3"):
-            t.add_ns(n)
-        t.link("src", "eth0", "sw", "p0")
-        t.addr("src", "eth0", "10.50.0.2/24")
-        t.sh("src", "ip", "route", "add", "default", "dev", "eth0")
-        t.sh("src", "ip", "neigh", "replace", "10.200.0.1", "lladdr", "02:00:00:00:00:fe", "dev", "eth0")
-        bid = bift_id(1, 0)
-        for k in (1, 2, 3):
-            t.link("sw", f"p{k}", f"e{k}", "up0")
-            ns = t.ns(f"e{k}")
-            node = BierNode(f"{NS_PREFIX}pbe{k}", bpffs_root=bpffs_root)
-            bfers[k] = node
-            node.attach("up0", ns)
-            node.set_bift(bid, 1 << (k - 1), [])
-            t.addr(f"e{k}", "lo", "10.200.0.1/32")
-            with netns.entered(ns):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.bind(("10.200.0.1", 9000))
-                s.setblocking(False)
-            socks[k] = s
-        with (
-            Bmv2Switch("pb", {0: "p0", 1: "p1", 2: "p2", 3: "p3"}, t.ns("sw")) as sw,
-            P4RuntimeSwitch(sw.address, name="pb") as p4rt,
-        ):
-            p4rt.set_pipeline(pipe.p4info, pipe.json)
-            node = P4Node(p4rt, SIZES)
-            node.set_bift(
-                bid,
-                0,
-                [
-                    P4Neighbor(k, "02:00:00:00:00:10", netns.mac_of("up0", t.ns(f"e{k}")), 1 << (k - 1))
-                    for k in (1, 2, 3)
-                ],
-                local_port=0,
-            )
-            assert len(p4rt.read_multicast_groups()) == 15  # every subset of three neighbours and the local port
-            node.set_bfir("10.200.0.1", 1, 1, {bid: 0b101}, udp_port=9000)  # BFERs 1 and 3
-            with netns.entered(t.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                for i in range(20):
-                    s.sendto(struct.pack("!I", i), ("10.200.0.1", 9000))
-            got: dict[int, list[int]] = {k: [] for k in socks}
-            while len(got[1]) < 20 or len(got[3]) < 20:
-                if not select.select(list(socks.values()), [], [], 5)[0]:
-                    break
-                for k, sk in socks.items():
-                    while True:
-                        try:
-                            got[k].append(struct.unpack("!I", sk.recv(64)[:4])[0])
-                        except BlockingIOError:
-                            break
-            assert sorted(got[1]) == sorted(got[3]) == list(range(20)) and got[2] == []
-            assert bfers[2].counters()["rx"] == 0 and bfers[1].counters()["local"] == 20
-            assert node.bier_counters()["copies"] == 40 and node.bier_counters()["bfir_push"] == 20
-    finally:
-        for sk in socks.values():
-            sk.close()
-        t.close()
-        for n in bfers.values():
-            n.destroy()
+    def mac(self, k: int) -> str:
+        from dinet import netns
+
+        return netns.mac_of("up0", self.topo.ns(f"e{k}"))
+
+    def send(self, n: int) -> None:
+        from dinet import netns
+
+        with netns.entered(self.topo.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(n):
+                s.sendto(struct.pack("!I", i), ("10.200.0.1", 9000))
+
+    def received(self, want: dict[int, int]) -> dict[int, list[int]]:
+        """Sequence numbers per BFER, read until each in `want` has its count or 5 s pass in silence."""
+        got: dict[int, list[int]] = {k: [] for k in self.socks}
+        while any(len(got[k]) < n for k, n in want.items()):
+            if not select.select(list(self.socks.values()), [], [], 5)[0]:
+                break
+            for k, sk in self.socks.items():
+                while True:
+                    try:
+                        got[k].append(struct.unpack("!I", sk.recv(64)[:4])[0])
+                    except BlockingIOError:
+                        break
+        return got
 
 
-def test_bmv2_bfir_sends_one_packet_per_set(switch, bpffs_root: Path) -> None:
-    """BFERs in two sets (BSL 64: BFR-ids 1, 65, 66): the switch sends set 0 in the first pass and set 1 in a
-    recirculated one; each BFER gets every packet once."""
+@contextlib.contextmanager
+def bier_rig(name: str, bfr_ids: dict[int, int], bpffs_root: Path) -> Iterator[BierRig]:
     from bmv2_harness import DEFINES, SIZES
 
     from dinet import netns
     from dinet.bmv2 import Bmv2Switch, compile_p4
     from dinet.packets import bift_id, si_bit
-    from dinet.targets.p4node import P4Neighbor, P4Node
+    from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
     from dinet.targets.tc import BierNode
 
     pipe = compile_p4(DEFINES)
-    t = netns.Topology(f"{NS_PREFIX}pm")
+    t = netns.Topology(f"{NS_PREFIX}{name}")
     bfers: dict[int, BierNode] = {}
     socks: dict[int, socket.socket] = {}
-    ids = {1: 1, 2: 65, 3: 66}
     try:
-        for n in ("src", "sw", "e1", "e2", "e3"):
+        for n in ("src", "sw", *(f"e{k}" for k in bfr_ids)):
             t.add_ns(n)
         t.link("src", "eth0", "sw", "p0")
         t.addr("src", "eth0", "10.50.0.2/24")
         t.sh("src", "ip", "route", "add", "default", "dev", "eth0")
         t.sh("src", "ip", "neigh", "replace", "10.200.0.1", "lladdr", "02:00:00:00:00:fe", "dev", "eth0")
-        for k, bfr in ids.items():
+        for k, bfr in bfr_ids.items():
             t.link("sw", f"p{k}", f"e{k}", "up0")
             ns = t.ns(f"e{k}")
-            node = BierNode(f"{NS_PREFIX}pme{k}", bpffs_root=bpffs_root)
-            bfers[k] = node
-            node.attach("up0", ns)
+            bfers[k] = BierNode(f"{NS_PREFIX}{name}e{k}", bpffs_root=bpffs_root)
+            bfers[k].attach("up0", ns)
             si, pos = si_bit(bfr, 64)
-            node.set_bift(bift_id(1, si), 1 << (pos - 1), [])
+            bfers[k].set_bift(bift_id(1, si), 1 << (pos - 1), [])
             t.addr(f"e{k}", "lo", "10.200.0.1/32")
             with netns.entered(ns):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.bind(("10.200.0.1", 9000))
-                s.setblocking(False)
-            socks[k] = s
-        with (
-            Bmv2Switch("pm", {0: "p0", 1: "p1", 2: "p2", 3: "p3"}, t.ns("sw")) as sw,
-            P4RuntimeSwitch(sw.address, name="pm") as p4rt,
-        ):
+                socks[k] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks[k].bind(("10.200.0.1", 9000))
+            socks[k].setblocking(False)
+        ports = {0: "p0", **{k: f"p{k}" for k in bfr_ids}}
+        with Bmv2Switch(name, ports, t.ns("sw")) as sw, P4RuntimeSwitch(sw.address, name=name) as p4rt:
             p4rt.set_pipeline(pipe.p4info, pipe.json)
-            node = P4Node(p4rt, SIZES)
-            mac = {k: netns.mac_of("up0", t.ns(f"e{k}")) for k in ids}
-            node.set_bift(bift_id(1, 0), 0, [P4Neighbor(1, "02:00:00:00:00:10", mac[1], 0b1)], local_port=0)
-            node.set_bift(
-                bift_id(1, 1),
-                0,
-                [P4Neighbor(2, "02:00:00:00:00:10", mac[2], 0b01), P4Neighbor(3, "02:00:00:00:00:10", mac[3], 0b10)],
-                local_port=0,
-            )
-            node.set_bfir("10.200.0.1", 100, 1, {bift_id(1, 0): 0b1, bift_id(1, 1): 0b11}, udp_port=9000)
-            with netns.entered(t.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                for i in range(20):
-                    s.sendto(struct.pack("!I", i), ("10.200.0.1", 9000))
-            got: dict[int, list[int]] = {k: [] for k in socks}
-            while any(len(v) < 20 for v in got.values()):
-                if not select.select(list(socks.values()), [], [], 5)[0]:
-                    break
-                for k, sk in socks.items():
-                    while True:
-                        try:
-                            got[k].append(struct.unpack("!I", sk.recv(64)[:4])[0])
-                        except BlockingIOError:
-                            break
-            assert all(sorted(v) == list(range(20)) for v in got.values()), got
-            assert node.bier_counters()["bfir_push"] == 40  # one push per set and packet
+            yield BierRig(t, P4Node(p4rt, SIZES), bfers, socks)
     finally:
         for sk in socks.values():
             sk.close()
         t.close()
-        for n in bfers.values():
-            n.destroy()
+        for b in bfers.values():
+            b.destroy()
+
+
+def test_bier_from_bmv2_bfir_to_linux_bfers(switch, bpffs_root: Path) -> None:
+    from dinet.packets import bift_id
+    from dinet.targets.p4node import P4Neighbor
+
+    bid = bift_id(1, 0)
+    with bier_rig("pb", {1: 1, 2: 2, 3: 3}, bpffs_root) as r:
+        r.node.set_bift(
+            bid, 0, [P4Neighbor(k, "02:00:00:00:00:10", r.mac(k), 1 << (k - 1)) for k in (1, 2, 3)], local_port=0
+        )
+        assert len(r.node.sw.read_multicast_groups()) == 15  # every subset of three neighbours and the local port
+        r.node.set_bfir("10.200.0.1", 1, 1, {bid: 0b101}, udp_port=9000)  # BFERs 1 and 3
+        r.send(20)
+        got = r.received({1: 20, 3: 20})
+        assert sorted(got[1]) == sorted(got[3]) == list(range(20)) and got[2] == []
+        assert r.bfers[2].counters()["rx"] == 0 and r.bfers[1].counters()["local"] == 20
+        assert r.node.bier_counters()["copies"] == 40 and r.node.bier_counters()["bfir_push"] == 20
+
+
+def test_bmv2_bfir_sends_one_packet_per_set(switch, bpffs_root: Path) -> None:
+    """BFERs in two sets (BSL 64: BFR-ids 1, 65, 66): the switch sends set 0 in the first pass and set 1 in a
+    recirculated one; each BFER gets every packet once."""
+    from dinet.packets import bift_id
+    from dinet.targets.p4node import P4Neighbor
+
+    with bier_rig("pm", {1: 1, 2: 65, 3: 66}, bpffs_root) as r:
+        r.node.set_bift(bift_id(1, 0), 0, [P4Neighbor(1, "02:00:00:00:00:10", r.mac(1), 0b1)], local_port=0)
+        r.node.set_bift(
+            bift_id(1, 1),
+            0,
+            [P4Neighbor(2, "02:00:00:00:00:10", r.mac(2), 0b01), P4Neighbor(3, "02:00:00:00:00:10", r.mac(3), 0b10)],
+            local_port=0,
+        )
+        r.node.set_bfir("10.200.0.1", 100, 1, {bift_id(1, 0): 0b1, bift_id(1, 1): 0b11}, udp_port=9000)
+        r.send(20)
+        got = r.received({1: 20, 2: 20, 3: 20})
+        assert all(sorted(v) == list(range(20)) for v in got.values()), got
+        assert r.node.bier_counters()["bfir_push"] == 40  # one push per set and packet

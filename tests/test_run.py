@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import select
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID, forget_node, needs_bcc, needs_root
+from conftest import RUN_ID, dinet_process, forget_node, free_port, needs_bcc, needs_root
 from dinet.collect import Agent
 from dinet.errors import ConfigError
 from dinet.intent import load
@@ -20,12 +19,6 @@ from dinet.metrics import Level0
 from dinet.model import ServiceKey
 
 pytestmark = [needs_root, needs_bcc]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def intent(tmp_path: Path, node: str, col: int, prom: int) -> Path:
@@ -54,44 +47,35 @@ def test_run_and_status(tmp_path: Path) -> None:
     node = f"runtest{RUN_ID}"
     col, prom = free_port(), free_port()
     path = intent(tmp_path, node, col, prom)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dinet.cli", "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
     try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith("dinet: collector on"), (line, proc.stderr.read() if proc.poll() is not None else "")
-        edge, cloud = Agent(f"127.0.0.1:{col}", "edge-a-secret"), Agent(f"127.0.0.1:{col}", "cloud-a-secret")
-        ack = edge.send([edge.report("10.99.0.1:80/tcp", 11, Level0(cpu_load=0.95))])
-        assert ack.accepted == 1
-        cloud.send([cloud.report("10.99.0.1:80/tcp", 21, Level0(cpu_load=0.1))])
-        bad = Agent(f"127.0.0.1:{col}", "edge-a-secret")
-        bad.seq = 100
-        assert bad.send([bad.report("10.99.0.1:80/tcp", 21, Level0())]).rejected == 1  # not edge-a's instance
-        for a in (edge, cloud, bad):
-            a.close()
-        res = subprocess.run(
-            [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics", "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        st = json.loads(res.stdout)
-        by_id = {row["instance"]: row for row in st["instances"]}
-        assert by_id["11"]["dinet_instance_weight"] == 0 and by_id["21"]["dinet_instance_weight"] > 0
-        assert st["totals"]["rejected unknown_instance"] == 1
-        table = subprocess.run(
-            [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert "10.99.0.1:80/tcp" in table and "weight" in table
+        with dinet_process("run", str(path), ready="dinet: collector on"):
+            edge, cloud = Agent(f"127.0.0.1:{col}", "edge-a-secret"), Agent(f"127.0.0.1:{col}", "cloud-a-secret")
+            ack = edge.send([edge.report("10.99.0.1:80/tcp", 11, Level0(cpu_load=0.95))])
+            assert ack.accepted == 1
+            cloud.send([cloud.report("10.99.0.1:80/tcp", 21, Level0(cpu_load=0.1))])
+            bad = Agent(f"127.0.0.1:{col}", "edge-a-secret")
+            bad.seq = 100
+            assert bad.send([bad.report("10.99.0.1:80/tcp", 21, Level0())]).rejected == 1  # not edge-a's instance
+            for a in (edge, cloud, bad):
+                a.close()
+            res = subprocess.run(
+                [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics", "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            st = json.loads(res.stdout)
+            by_id = {row["instance"]: row for row in st["instances"]}
+            assert by_id["11"]["dinet_instance_weight"] == 0 and by_id["21"]["dinet_instance_weight"] > 0
+            assert st["totals"]["rejected unknown_instance"] == 1
+            table = subprocess.run(
+                [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert "10.99.0.1:80/tcp" in table and "weight" in table
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
         forget_node(node)
     bad = subprocess.run(
         [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics"],
@@ -169,40 +153,39 @@ services:
       - {{id: 1, endpoint: 10.11.1.2, site: 1, token: one}}
       - {{id: 2, endpoint: 10.12.1.2, site: 2, token: two}}
 """)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dinet.cli", "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
     try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith("dinet: collector on"), (line, proc.stderr.read() if proc.poll() is not None else "")
-        for token, iid in (("one", 1), ("two", 2)):
-            a = Agent(f"127.0.0.1:{col}", token)
-            assert a.send([a.report("10.99.0.7:443/tcp", iid, Level0(cpu_load=0.3))]).accepted == 1
-            a.close()
-        svc = ServiceKey.parse("10.99.0.7:443/tcp")
-        got = []
-        for n in names:
-            with SteeringNode(n) as node:
-                got.append({i.instance_id: i.weight for i in node.service(svc).instances.values()})
-        assert got[0][1] > 0 and got[0][2] == 0 and got[1][2] > 0 and got[1][1] == 0, got
-        st = json.loads(
-            subprocess.run(
-                [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics", "--json"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        assert {(r["node"], r["instance"]) for r in st["instances"] if r.get("dinet_instance_weight")} == {
-            ("0", "1"),
-            ("1", "2"),
-        }
+        with dinet_process("run", str(path), ready="dinet: collector on"):
+            for token, iid in (("one", 1), ("two", 2)):
+                a = Agent(f"127.0.0.1:{col}", token)
+                assert a.send([a.report("10.99.0.7:443/tcp", iid, Level0(cpu_load=0.3))]).accepted == 1
+                a.close()
+            svc = ServiceKey.parse("10.99.0.7:443/tcp")
+            got = []
+            for n in names:
+                with SteeringNode(n) as node:
+                    got.append({i.instance_id: i.weight for i in node.service(svc).instances.values()})
+            assert got[0][1] > 0 and got[0][2] == 0 and got[1][2] > 0 and got[1][1] == 0, got
+            st = json.loads(
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dinet.cli",
+                        "status",
+                        "--url",
+                        f"http://127.0.0.1:{prom}/metrics",
+                        "--json",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+            assert {(r["node"], r["instance"]) for r in st["instances"] if r.get("dinet_instance_weight")} == {
+                ("0", "1"),
+                ("1", "2"),
+            }
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
         for n in names:
             forget_node(n)
 
@@ -232,32 +215,20 @@ services:
       - {{id: 1, endpoint: 10.11.1.2, site: 1, token: one}}
       - {{id: 2, endpoint: 10.12.1.2, site: 2, token: two}}
 """)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dinet.cli", "run", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
         try:
-            line = proc.stdout.readline() if proc.stdout else ""
-            assert line.startswith("dinet: collector on"), line
-            for token, iid in (("one", 1), ("two", 2)):
-                a = Agent(f"127.0.0.1:{col}", token)
-                a.send([a.report("10.99.0.8:80/tcp", iid, Level0(cpu_load=0.2))])
-                a.close()
-            svc = ServiceKey.parse("10.99.0.8:80/tcp")
-            weights = {}
-            with SteeringNode(node) as n:
-                for _ in range(100):  # the probes run every half second: wait for their verdict
-                    weights = {i.instance_id: i.weight for i in n.service(svc).instances.values()}
-                    if weights.get(2) == 0:
-                        break
-                    select.select([], [], [], 0.1)
-            assert weights[1] > 0 and weights[2] == 0, weights
+            with dinet_process("run", str(path), ready="dinet: collector on"):
+                for token, iid in (("one", 1), ("two", 2)):
+                    a = Agent(f"127.0.0.1:{col}", token)
+                    a.send([a.report("10.99.0.8:80/tcp", iid, Level0(cpu_load=0.2))])
+                    a.close()
+                svc = ServiceKey.parse("10.99.0.8:80/tcp")
+                weights = {}
+                with SteeringNode(node) as n:
+                    for _ in range(100):  # the probes run every half second: wait for their verdict
+                        weights = {i.instance_id: i.weight for i in n.service(svc).instances.values()}
+                        if weights.get(2) == 0:
+                            break
+                        select.select([], [], [], 0.1)
+                assert weights[1] > 0 and weights[2] == 0, weights
         finally:
-            proc.terminate()
-            assert proc.wait(timeout=10) == 0
-            for f in (proc.stdout, proc.stderr):
-                if f:
-                    f.close()
             forget_node(node)
