@@ -33,19 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from dinet import netns
-from dinet.bpfsys import test_run
 from dinet.packets import BIER, BIFTId, bift_id, bitstring
+from dinet.targets import netns
 from dinet.targets.bcc_program import BccProgram, remove_pinned_tree
+from dinet.targets.bpfsys import test_run
 from dinet.targets.tc import BfirMatch, BierNode, BiftNeighbor
 from topo.bier_domain import SYNC_ADDR, BierDomain, tree
+from topo.namespaces import Topology
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-bier-{os.getpid()}")
 FANOUTS = (1, 2, 4, 8)
 
 
 def replication_cost(repeat: int, trials: int) -> dict:
-    t = netns.Topology(f"bb{os.getpid() % 10000}")
+    t = Topology(f"bb{os.getpid() % 10000}")
     node = sink = None
     try:
         t.add_ns("r")
@@ -106,11 +107,11 @@ def xdp_vs_tc(packets: int) -> dict:
     Input frames per second that came out fully replicated, per fan-out."""
     import ctypes
 
-    from dinet.bpfsys import run_live
     from dinet.targets.bcc_program import BccProgram
+    from dinet.targets.bpfsys import run_live
     from dinet.targets.tc import BierNode, BiftNeighbor
 
-    t = netns.Topology(f"bx{os.getpid() % 10000}")
+    t = Topology(f"bx{os.getpid() % 10000}")
     progs: list = []
     node = None
     out: dict = {"xdp_pps": {}, "tc_pps": {}, "dinet_pps": {}, "packets": packets}

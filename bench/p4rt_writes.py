@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinet import netns
-from dinet.bmv2 import Bmv2Switch, compile_p4, missing_tools
+from dinet.targets.bmv2 import Bmv2Switch, compile_p4, missing_tools
 from dinet.targets.p4rt import P4RuntimeSwitch, TableEntry
 from dinet.targets.xdp import SteerSizes
+from topo.namespaces import Topology
 
 
 def ring_entries(svc: int, n: int) -> list[TableEntry]:
@@ -48,7 +48,7 @@ def main() -> int:
         return 1
     n_single, n_batch = (2_000, 20_000) if a.quick else (10_000, 60_000)
     pipe = compile_p4(SteerSizes().defines())
-    topo = netns.Topology(f"bp{os.getpid() % 10000}")
+    topo = Topology(f"bp{os.getpid() % 10000}")
     res: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count()}}
     try:
         topo.add_ns("sw")

@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinet.collect import Agent, Collector, CollectorServer
-from dinet.controller import Controller, ServiceIntent, SitePath
-from dinet.decide import Policy, TrafficClass
-from dinet.metrics import Level0
 from dinet.model import Instance, ServiceKey
+from dinet.policy.decide import Policy, TrafficClass
+from dinet.policy.scores import Level0
+from dinet.services.collect import Agent, Collector, CollectorServer
+from dinet.services.controller import Controller, ServiceIntent, SitePath
 from dinet.targets.xdp import SteeringNode, SteerSizes
 
 SVC = ServiceKey.parse("10.99.0.1:80/tcp")
@@ -43,8 +43,8 @@ def pct(xs: list[float], p: float) -> float:
 
 AGENT = """
 import sys, time
-from dinet.collect import Agent
-from dinet.metrics import Level0
+from dinet.services.collect import Agent
+from dinet.policy.scores import Level0
 addr, token = sys.argv[1], sys.argv[2]
 n, seq, per = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 a = Agent(addr, token)

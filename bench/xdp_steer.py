@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
-from dinet import netns  # noqa: E402
-from dinet.bpfsys import XDP_PASS, XDP_TX, run_live, test_run  # noqa: E402
 from dinet.model import Instance, ServiceKey  # noqa: E402
+from dinet.targets import netns  # noqa: E402
 from dinet.targets.bcc_program import BccProgram, remove_pinned_tree  # noqa: E402
+from dinet.targets.bpfsys import XDP_PASS, XDP_TX, run_live, test_run  # noqa: E402
 from dinet.targets.xdp import SteeringNode, SteerSizes  # noqa: E402
+from topo.namespaces import Topology
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-{os.getpid()}")
 VIP = "10.99.0.1"
@@ -139,7 +140,7 @@ def trafgen_conf(dmac: str, smac: str) -> str:
 
 
 def forwarding(packets: int) -> dict:
-    t = netns.Topology(f"db{os.getpid() % 10000}")
+    t = Topology(f"db{os.getpid() % 10000}")
     node = sink = gen = None
     conf = None
     try:

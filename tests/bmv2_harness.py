@@ -9,11 +9,12 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dinet import netns
-from dinet.bmv2 import Bmv2Switch, Pipeline, compile_p4
+from dinet.targets import netns
+from dinet.targets.bmv2 import Bmv2Switch, Pipeline, compile_p4
 from dinet.targets.p4node import P4Node
 from dinet.targets.p4rt import P4RuntimeSwitch
 from dinet.targets.xdp import SteerSizes
+from topo.namespaces import Topology
 
 SIZES = SteerSizes(max_services=16, max_instances=16, ring_size=251, affinity_entries=4096)
 DEFINES = SIZES.defines() | {"DINET_P4_AFFINITY_SIZE": 4096}
@@ -51,7 +52,7 @@ class Bmv2Rig:
 @contextlib.contextmanager
 def bmv2_rig(prefix: str, nports: int = 4) -> Iterator[Bmv2Rig]:
     pipe = compile_p4(DEFINES)
-    topo = netns.Topology(prefix)
+    topo = Topology(prefix)
     taps: dict[int, socket.socket] = {}
     try:
         for name in ("sw", "tap"):

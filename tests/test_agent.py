@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import RUN_ID, dinet_process, forget_node, free_port, needs_bcc, needs_root
-from dinet.controller import Controller, ServiceIntent, SitePath
-from dinet.decide import TrafficClass
 from dinet.errors import ConfigError, DataPlaneError, UnknownInstanceError, UnknownServiceError
-from dinet.metrics import Level0
 from dinet.model import Instance, ServiceKey
+from dinet.policy.decide import TrafficClass
+from dinet.policy.scores import Level0
+from dinet.services.controller import Controller, ServiceIntent, SitePath
 
 pytestmark = [needs_root, needs_bcc]
 SVC = ServiceKey.parse("10.98.0.1:443/tcp")
@@ -33,7 +33,7 @@ def agent() -> Iterator[tuple[str, str]]:
 
 
 def test_controller_drives_a_node_agent(agent) -> None:
-    from dinet.agent import RemoteNode
+    from dinet.targets.remote import RemoteNode
     from dinet.targets.xdp import SteeringNode
 
     node, address = agent
@@ -95,8 +95,8 @@ def test_controller_drives_a_node_agent(agent) -> None:
 
 
 def test_bier_entries_through_the_agent(agent) -> None:
-    from dinet.agent import RemoteNode
     from dinet.packets import bift_id
+    from dinet.targets.remote import RemoteNode
     from dinet.targets.tc import BierNode
 
     node, address = agent
@@ -113,7 +113,7 @@ def test_bier_entries_through_the_agent(agent) -> None:
 
 
 def test_an_unreachable_agent_is_named() -> None:
-    from dinet.agent import RemoteNode
+    from dinet.targets.remote import RemoteNode
 
     with pytest.raises(DataPlaneError, match="node agent far .*UNAVAILABLE"):
         RemoteNode(f"127.0.0.1:{free_port()}", name="far", timeout=2).service(SVC)

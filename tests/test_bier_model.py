@@ -8,9 +8,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from dinet import consts
-from dinet.bift import BierTopology, check_disjoint, compute_bifts, walk
 from dinet.errors import ConfigError
 from dinet.packets import BIER, BSL_BITS, BIFTId, bift_id, bitstring, bitstring_ids, si_bit, split_bift_id
+from dinet.policy.bift import BierTopology, check_disjoint, compute_bifts, walk
 from topo.bier_domain import diamond, tree
 
 

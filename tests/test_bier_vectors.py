@@ -11,7 +11,8 @@ import pytest
 from scapy.layers.l2 import ARP, Ether
 
 from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
-from dinet import netns
+from dinet.targets import netns
+from topo.namespaces import Topology
 from vectors import Drop, Forward
 from vectors import bier as bv
 
@@ -45,7 +46,7 @@ def tc_rig(bpffs_root: Path) -> Iterator:
         pytest.skip(needs_bcc.kwargs["reason"])
     from dinet.targets.tc import BierNode, BiftNeighbor
 
-    t = netns.Topology(f"{NS_PREFIX}bv")
+    t = Topology(f"{NS_PREFIX}bv")
     node = None
     taps: dict[int, socket.socket] = {}
     try:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
+from topo.namespaces import Topology
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -33,16 +34,16 @@ def switch(request: pytest.FixtureRequest) -> Iterator:
 def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path) -> None:
     from bmv2_harness import DEFINES, SIZES
 
-    from dinet import netns
-    from dinet.bmv2 import Bmv2Switch, compile_p4
-    from dinet.httpclient import KeepAlive, get_once
     from dinet.model import Instance, ServiceKey
+    from dinet.targets import netns
+    from dinet.targets.bmv2 import Bmv2Switch, compile_p4
     from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
     from dinet.targets.xdp import DecapNode
+    from topo.httpclient import KeepAlive, get_once
 
     pipe = compile_p4(DEFINES)
-    t = netns.Topology(f"{NS_PREFIX}ps")
+    t = Topology(f"{NS_PREFIX}ps")
     servers = []
     decap = None
     try:
@@ -75,8 +76,7 @@ def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path)
                     "exec",
                     t.ns(f"i{k}"),
                     sys.executable,
-                    "-m",
-                    "dinet.instance_server",
+                    str(Path(__file__).resolve().parents[1] / "topo" / "instance_server.py"),
                     "--name",
                     f"i{k}",
                     "--tcp",
@@ -135,12 +135,12 @@ class BierRig:
     socks: dict[int, socket.socket]
 
     def mac(self, k: int) -> str:
-        from dinet import netns
+        from dinet.targets import netns
 
         return netns.mac_of("up0", self.topo.ns(f"e{k}"))
 
     def send(self, n: int) -> None:
-        from dinet import netns
+        from dinet.targets import netns
 
         with netns.entered(self.topo.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for i in range(n):
@@ -165,15 +165,15 @@ class BierRig:
 def bier_rig(name: str, bfr_ids: dict[int, int], bpffs_root: Path) -> Iterator[BierRig]:
     from bmv2_harness import DEFINES, SIZES
 
-    from dinet import netns
-    from dinet.bmv2 import Bmv2Switch, compile_p4
     from dinet.packets import bift_id, si_bit
+    from dinet.targets import netns
+    from dinet.targets.bmv2 import Bmv2Switch, compile_p4
     from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
     from dinet.targets.tc import BierNode
 
     pipe = compile_p4(DEFINES)
-    t = netns.Topology(f"{NS_PREFIX}{name}")
+    t = Topology(f"{NS_PREFIX}{name}")
     bfers: dict[int, BierNode] = {}
     socks: dict[int, socket.socket] = {}
     try:

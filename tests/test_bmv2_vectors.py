@@ -165,7 +165,7 @@ def test_state_is_pushed_again_after_the_switch_restarts(rig) -> None:
     from dinet.errors import DataPlaneError
 
     before = {t: sorted(map(repr, rig.node.sw.read_table(t))) for t in ("services_v4", "instances", "ring", "vip_v6")}
-    from dinet.run import keep_in_sync
+    from dinet.services.run import keep_in_sync
 
     assert not keep_in_sync(rig.node)  # healthy: nothing to do
     rig.switch.restart()

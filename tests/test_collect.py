@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from dinet.collect import Agent, Collector, CollectorServer
-from dinet.metrics import Level0
 from dinet.model import ServiceKey
+from dinet.policy.scores import Level0
+from dinet.services.collect import Agent, Collector, CollectorServer
 
 SVC = ServiceKey.parse("10.99.0.1:80/tcp")
 

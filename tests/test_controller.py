@@ -12,12 +12,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from conftest import NS_PREFIX, needs_bcc, needs_root
-from dinet.collect import Agent, Collector, CollectorServer
-from dinet.controller import Controller, ServiceIntent, SitePath
-from dinet.decide import TrafficClass
-from dinet.metrics import Level0
 from dinet.model import Instance, ServiceKey
-from dinet.observe import registry
+from dinet.policy.decide import TrafficClass
+from dinet.policy.scores import Level0
+from dinet.services.collect import Agent, Collector, CollectorServer
+from dinet.services.controller import Controller, ServiceIntent, SitePath
+from dinet.services.observe import registry
 
 pytestmark = [needs_root, needs_bcc]
 SVC = ServiceKey.parse("10.99.0.1:80/tcp")
@@ -112,9 +112,9 @@ def test_expiry_takes_an_instance_out_and_prometheus_shows_it(node) -> None:
 
 
 def test_overload_report_moves_new_flows_off_a_site_in_namespaces(bpffs_root: Path) -> None:
-    from dinet import netns
-    from dinet.httpclient import KeepAlive, get_once
+    from dinet.targets import netns
     from topo.cloud_edge import VIP4, CloudEdge
+    from topo.httpclient import KeepAlive, get_once
 
     with CloudEdge(f"{NS_PREFIX}c", sites=2, per_site=1, bpffs_root=bpffs_root) as ce:
         svc = ServiceKey(VIP4, 80, "tcp")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from dinet.decide import Candidate, Policy, TrafficClass, damp, target_weights
-from dinet.metrics import Level0, Level1, ScoreModel
+from dinet.policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
+from dinet.policy.scores import Level0, Level1, ScoreModel
 
 NEAR, FAR = 1, 2
 

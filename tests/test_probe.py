@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from conftest import NS_PREFIX, needs_bcc, needs_root
-from dinet.controller import Controller, ServiceIntent, SitePath
-from dinet.decide import TrafficClass
-from dinet.metrics import Level0
 from dinet.model import Instance, ServiceKey
-from dinet.netns import Topology
-from dinet.probe import Probe
+from dinet.policy.decide import TrafficClass
+from dinet.policy.scores import Level0
+from dinet.services.controller import Controller, ServiceIntent, SitePath
+from dinet.services.probe import Probe
+from topo.namespaces import Topology
 
 pytestmark = [needs_root]
 

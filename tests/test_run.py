@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import RUN_ID, dinet_process, forget_node, free_port, needs_bcc, needs_root
-from dinet.collect import Agent
 from dinet.errors import ConfigError
-from dinet.intent import load
-from dinet.metrics import Level0
 from dinet.model import ServiceKey
+from dinet.policy.scores import Level0
+from dinet.services.collect import Agent
+from dinet.services.intent import load
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -144,7 +144,7 @@ def test_each_ingress_node_decides_with_its_own_paths(tmp_path: Path) -> None:
 ingress:
   - {{target: xdp, name: {names[0]}, src4: 10.0.0.1, sites: {{1: {{delay_ms: 2}}, 2: {{delay_ms: 40}}}}}}
   - {{target: xdp, name: {names[1]}, src4: 10.0.1.1, sites: {{1: {{delay_ms: 40}}, 2: {{delay_ms: 2}}}}}}
-collector: {{listen: "127.0.0.1:{col}"}}
+collector: {{listen: "127.0.0.1:{col}", timeout: 600}}   # the test's own map reads take seconds (bcc)
 prometheus: {{listen: "127.0.0.1:{prom}"}}
 services:
   - service: 10.99.0.7:443/tcp
@@ -193,8 +193,8 @@ services:
 def test_run_measures_sites_with_probes(tmp_path: Path, ns_prefix: str) -> None:
     """Site 2's probe gets no answer (loss 1): a delay-sensitive service leaves it, though both sites are
     configured as equally near."""
-    from dinet.netns import Topology
     from dinet.targets.xdp import SteeringNode
+    from topo.namespaces import Topology
 
     node, col = f"probe{RUN_ID}", free_port()
     with Topology(ns_prefix) as t:

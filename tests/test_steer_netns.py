@@ -29,7 +29,7 @@ def edge(bpffs_root: Path) -> Iterator:
 
 
 def ask(edge, fn, *args):
-    from dinet import netns
+    from dinet.targets import netns
 
     with netns.entered(edge.client_ns):
         return fn(*args)
@@ -37,7 +37,7 @@ def ask(edge, fn, *args):
 
 @pytest.mark.parametrize("vip", ["10.99.0.1", "fd00:99::1"])
 def test_tcp_reaches_instances_and_counters_agree(edge, vip: str) -> None:
-    from dinet.httpclient import get_once
+    from topo.httpclient import get_once
 
     svc = edge.services()["web4" if ":" not in vip else "web6"]
     _, before = edge.steer.service_counters(svc)
@@ -53,8 +53,8 @@ def test_tcp_reaches_instances_and_counters_agree(edge, vip: str) -> None:
 def test_udp_is_tunnelled_to_the_site_and_delivered_unchanged(edge, vip: str, outer) -> None:
     """Captured on the site routers' uplinks: the outer header names an instance endpoint and the inner
     datagram is the client's, byte for byte; the instance answers with its name."""
-    from dinet import netns
-    from dinet.httpclient import udp_ask
+    from dinet.targets import netns
+    from topo.httpclient import udp_ask
 
     socks = {k: netns.l2_socket("up0", edge.topo.ns(f"s{k}")) for k in (1, 2)}
     try:
@@ -82,9 +82,9 @@ def test_udp_is_tunnelled_to_the_site_and_delivered_unchanged(edge, vip: str, ou
 
 
 def test_established_connections_survive_weight_change_drain_and_restart(edge, bpffs_root: Path) -> None:
-    from dinet import netns
-    from dinet.httpclient import KeepAlive, get_once
+    from dinet.targets import netns
     from dinet.targets.xdp import SteeringNode
+    from topo.httpclient import KeepAlive, get_once
 
     svc = edge.services()["web4"]
     with netns.entered(edge.client_ns):
@@ -123,8 +123,8 @@ def test_too_big_for_the_tunnel_gets_icmp_fragmentation_needed(edge) -> None:
     ICMP fragmentation needed with the MTU less the outer header, and the client's path MTU drops to it."""
     import socket as so
 
-    from dinet import netns
     from dinet.model import ServiceKey
+    from dinet.targets import netns
 
     svc = ServiceKey.parse("10.99.0.1:5000/udp")
     host = edge.host("s1a")

@@ -59,7 +59,7 @@ def frame(i: int, flags: str = "S") -> bytes:
 
 
 def endpoint_of(n, i: int, flags: str = "S") -> str:
-    from dinet.bpfsys import XDP_TX, test_run
+    from dinet.targets.bpfsys import XDP_TX, test_run
 
     res = test_run(n.prog_fd, frame(i, flags))
     assert res.action == XDP_TX, f"flow {i}: {res.action_name}"
@@ -141,7 +141,7 @@ def test_draining_takes_no_new_flow_and_keeps_old_ones(node) -> None:
 
 
 def test_all_instances_draining_drops_new_flows_with_a_count(node) -> None:
-    from dinet.bpfsys import XDP_DROP, test_run
+    from dinet.targets.bpfsys import XDP_DROP, test_run
 
     for iid in (1, 2, 3):
         node.drain(SVC, iid)
@@ -153,8 +153,8 @@ def test_all_instances_draining_drops_new_flows_with_a_count(node) -> None:
 def test_removed_service_passes_untouched_and_its_flows_are_forgotten(node) -> None:
     """Placed flows of a removed service pass untouched (their affinity entries are stale), also when
     another service takes the freed slot; re-adding the service places them anew."""
-    from dinet.bpfsys import XDP_PASS, test_run
     from dinet.model import Instance
+    from dinet.targets.bpfsys import XDP_PASS, test_run
 
     placed = {i: endpoint_of(node, i) for i in range(50)}
     assert len(placed) == 50

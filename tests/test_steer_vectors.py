@@ -32,7 +32,7 @@ def node(bpffs_root: Path) -> Iterator:
 
 
 def run_vector(n, v: Vector) -> None:
-    from dinet.bpfsys import XDP_DROP, XDP_PASS, XDP_TX, test_run
+    from dinet.targets.bpfsys import XDP_DROP, XDP_PASS, XDP_TX, test_run
 
     before = n.verdicts()
     res = test_run(n.prog_fd, bytes(v.packet))

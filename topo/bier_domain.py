@@ -1,6 +1,6 @@
 """A BIER domain in network namespaces, on the eBPF data plane: one namespace per BFR, a veth per link,
 the TC program of ebpf/bier.bpf.c on every BFR interface, a source host behind the BFIR, and UDP
-receivers on the BFERs. BIFTs come from dinet.bift and are installed through dinet.targets.tc.
+receivers on the BFERs. BIFTs come from dinet.policy.bift and are installed through dinet.targets.tc.
 
     with BierDomain("bd", diamond(), bsl_code=1) as d:
         d.install_bfir(targets={"b", "d"})
@@ -19,13 +19,13 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dinet import netns
-from dinet.bier_control import BierController, BierGroup, BierIntent, LocalBierWriter, Port
-from dinet.bift import BierTopology
-from dinet.netns import Topology
 from dinet.packets import BSL_BITS, bift_id, si_bit
 from dinet.paths import BPFFS_ROOT
+from dinet.policy.bift import BierTopology
+from dinet.services.bier import BierController, BierGroup, BierIntent, LocalBierWriter, Port
+from dinet.targets import netns
 from dinet.targets.tc import BfirMatch, BierNode
+from topo.namespaces import Topology
 
 SYNC_ADDR = ipaddress.ip_address("10.200.0.1")  # the model-sync destination, local on every BFER
 SYNC_PORT = 9000
@@ -145,7 +145,7 @@ class BierDomain:
         return BierController(intent, {n: LocalBierWriter(node, self.net.ns(n)) for n, node in self.nodes.items()})
 
     def install_bifts(self) -> None:
-        """Computes every BFR's BIFT and writes it (dinet.bier_control); sets a BFR no longer has are removed."""
+        """Computes every BFR's BIFT and writes it (dinet.services.bier); sets a BFR no longer has are removed."""
         self.controller().install()
 
     def install_bfir(self, targets: set[str], match: BfirMatch | None = None) -> BfirMatch:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from dinet.model import Instance, ServiceKey
-from dinet.netns import Topology
 from dinet.paths import BPFFS_ROOT
 from dinet.targets.bcc_program import BccProgram
 from dinet.targets.xdp import DecapNode, SteeringNode, SteerSizes
+from topo.namespaces import Topology
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ class CloudEdge:
     def _load_programs(self) -> None:
         t = self.topo
         if self.target == "bmv2":
-            from dinet.bmv2 import Bmv2Switch, compile_p4
-            from dinet.netns import mac_of
+            from dinet.targets.bmv2 import Bmv2Switch, compile_p4
+            from dinet.targets.netns import mac_of
             from dinet.targets.p4node import P4Node
             from dinet.targets.p4rt import P4RuntimeSwitch
 
@@ -208,8 +208,7 @@ class CloudEdge:
                     "exec",
                     self.topo.ns(h.name),
                     sys.executable,
-                    "-m",
-                    "dinet.instance_server",
+                    str(Path(__file__).resolve().parents[1] / "topo" / "instance_server.py"),
                     "--name",
                     h.name,
                     "--tcp",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mininet.node import Switch
 
-from dinet.bmv2 import Bmv2Switch
+from dinet.targets.bmv2 import Bmv2Switch
 
 
 class Bmv2GrpcSwitch(Switch):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinet import netns  # noqa: E402
-from dinet.httpclient import KeepAlive, get_once  # noqa: E402
+from dinet.targets import netns  # noqa: E402
 from topo.cloud_edge import VIP4, CloudEdge  # noqa: E402
+from topo.httpclient import KeepAlive, get_once  # noqa: E402
 
 
 def table(title: str, rows: list[list[object]], header: list[str]) -> None:

@@ -210,8 +210,8 @@ def cmd_bier_destroy(a: argparse.Namespace) -> None:
 
 
 def cmd_bier_bift_set(a: argparse.Namespace) -> None:
-    from . import netns
     from .packets import bift_id, bitstring_mask
+    from .targets import netns
     from .targets.tc import BiftNeighbor
 
     code = _bsl_code(a.bsl)
@@ -339,13 +339,13 @@ def cmd_bier_stats(a: argparse.Namespace) -> None:
 def cmd_run(a: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .run import run
+    from .services.run import run
 
     run(Path(a.file), once=a.once)
 
 
 def cmd_p4_compile(a: argparse.Namespace) -> None:
-    from .bmv2 import compile_p4
+    from .targets.bmv2 import compile_p4
     from .targets.xdp import SteerSizes
 
     sizes = SteerSizes(a.max_services, a.max_instances, a.ring_size)
@@ -354,7 +354,7 @@ def cmd_p4_compile(a: argparse.Namespace) -> None:
 
 
 def cmd_p4_read(a: argparse.Namespace) -> None:
-    from .bmv2 import compile_p4
+    from .targets.bmv2 import compile_p4
     from .targets.p4rt import P4RuntimeSwitch
     from .targets.xdp import SteerSizes
 
@@ -380,7 +380,7 @@ def cmd_agent(a: argparse.Namespace) -> None:
     import signal
     import threading
 
-    from .agent import serve_forever
+    from .services.agent import serve_forever
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,9 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import netns
 from ..errors import DataPlaneError, InterfaceError, TableFullError, VerifierError
 from ..paths import EBPF_DIR
+from . import netns
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from .. import consts
 from ..errors import ConfigError, TableFullError, UnknownServiceError
 from ..model import Instance, IPAddress, ServiceKey, parse_address
 from ..packets import split_bift_id
-from ..steering import InstanceEdits, plan_instances
+from ..policy.steering import InstanceEdits, plan_instances
 from .p4rt import P4RuntimeSwitch, TableEntry
 from .xdp import Counter, ServiceState, SteerSizes
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from ..errors import DataPlaneError
-from ..p4info import P4Info, encode
+from .p4info import P4Info, encode
 
 log = logging.getLogger(__name__)
 

@@ -157,7 +157,7 @@ class BierNode:
         """Every neighbour's port in bier_ports (the XDP fast path's broadcast set), with xdp_bier_port."""
         from bcc import BPF
 
-        from .. import netns as ns_mod
+        from . import netns as ns_mod
 
         slots: dict[int, int] = {}  # slot -> ifindex; an empty devmap slot reads as missing
         for i in range(self.ports_t.max_entries):

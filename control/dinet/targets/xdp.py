@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import consts
-from ..bpfsys import pinned_map_info
 from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownServiceError
 from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, parse_address
 from ..paths import BPFFS_ROOT
-from ..steering import InstanceEdits, plan_instances
+from ..policy.steering import InstanceEdits, plan_instances
 from .bcc_program import BccProgram, update, write_array
+from .bpfsys import pinned_map_info
 
 log = logging.getLogger(__name__)
 C = consts.load()

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .metrics import ClassWeights, Level1
+from .scores import ClassWeights, Level1
 
 
 class TrafficClass(enum.Enum):

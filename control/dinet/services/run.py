@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, DinetError
 from .collect import Collector, CollectorServer
 from .controller import Controller
-from .errors import ConfigError, DinetError
 from .intent import RunConfig, load
 from .observe import registry, serve
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def open_target(node: dict[str, Any]) -> Iterator[Any]:
     if node["target"] == "agent":
-        from .agent import RemoteNode
+        from ..targets.remote import RemoteNode
 
         remote = RemoteNode(str(node["address"]), str(node.get("token", "")), name=str(node.get("name", "")))
         try:
@@ -30,7 +30,7 @@ def open_target(node: dict[str, Any]) -> Iterator[Any]:
         finally:
             remote.close()
     elif node["target"] == "xdp":
-        from .targets.xdp import SteeringNode
+        from ..targets.xdp import SteeringNode
 
         n = SteeringNode(str(node.get("name", "default")))
         try:
@@ -41,10 +41,10 @@ def open_target(node: dict[str, Any]) -> Iterator[Any]:
         finally:
             n.close()  # maps stay pinned and programs attached: forwarding goes on without the controller
     else:
-        from .bmv2 import compile_p4
-        from .targets.p4node import P4Node
-        from .targets.p4rt import P4RuntimeSwitch
-        from .targets.xdp import SteerSizes
+        from ..targets.bmv2 import compile_p4
+        from ..targets.p4node import P4Node
+        from ..targets.p4rt import P4RuntimeSwitch
+        from ..targets.xdp import SteerSizes
 
         sizes = SteerSizes(**{k: int(v) for k, v in (node.get("sizes") or {}).items()})
         sw = P4RuntimeSwitch(
@@ -71,9 +71,9 @@ def open_target(node: dict[str, Any]) -> Iterator[Any]:
 @contextlib.contextmanager
 def bier_writers(cfg: RunConfig) -> Iterator[dict[str, Any]]:
     """A writer per BIER node: a local TC node (attached where the file says) or a node agent."""
-    from .agent import RemoteNode
-    from .bier_control import LocalBierWriter
-    from .targets.tc import BierNode
+    from ..targets.remote import RemoteNode
+    from ..targets.tc import BierNode
+    from .bier import LocalBierWriter
 
     writers: dict[str, Any] = {}
     opened: list[Any] = []
@@ -100,7 +100,7 @@ def keep_in_sync(target: Any) -> bool:
     the node had written. True if it resynced."""
     if not hasattr(target, "resync"):
         return False
-    from .errors import DataPlaneError
+    from ..errors import DataPlaneError
 
     try:
         target.sw.read_table("host_port")
@@ -131,7 +131,7 @@ def _probe_loop(ctl: Controller, probes: dict[int, Any], interval: float, stop: 
 def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> int:
     cfg = load(path)
     if cfg.bier is not None:
-        from .bier_control import BierController
+        from .bier import BierController
 
         with bier_writers(cfg) as writers:
             n = BierController(cfg.bier, writers).install()

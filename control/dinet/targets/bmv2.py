@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataPlaneError
-from .paths import P4_DIR
+from ..errors import DataPlaneError
+from ..paths import P4_DIR
 
 log = logging.getLogger(__name__)
 TOOLS = ("p4c-bm2-ss", "simple_switch_grpc")
@@ -38,7 +38,7 @@ def compile_p4(defines: Mapping[str, int] | None = None, out_root: Path | None =
     for src in sorted(P4_DIR.glob("*.p4")) + [P4_DIR.parent / "ebpf" / "dinet_consts.h"]:
         h.update(src.read_bytes())
     out = (out_root or P4_DIR / "build") / h.hexdigest()[:16]
-    pipe = Pipeline(out / "dinet.json", out / "dinet.p4info.txtpb")
+    pipe = Pipeline(out / "dinet.json", out / "dinet.targets.p4info.txtpb")
     if pipe.json.exists() and pipe.p4info.exists():
         return pipe
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import ctypes.util
 import os
 from dataclasses import dataclass
 
-from .errors import DataPlaneError
+from ..errors import DataPlaneError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _SYS_BPF = 321  # x86_64

@@ -12,8 +12,8 @@ import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
-from .packets import BSL_BITS, bift_id, si_bit
+from ..errors import ConfigError
+from ..packets import BSL_BITS, bift_id, si_bit
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import consts, maglev
-from .errors import ConfigError, TableFullError, UnknownInstanceError
-from .model import Instance, InstanceState, ServiceKey
+from .. import consts
+from ..errors import ConfigError, TableFullError, UnknownInstanceError
+from ..model import Instance, InstanceState, ServiceKey
+from . import maglev
 
 SLOT_NONE = consts.get("DINET_SLOT_NONE")
 

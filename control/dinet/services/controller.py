@@ -1,7 +1,7 @@
 """The controller: intent (services, instances, sites) and live metrics in; weights decided; the data plane
 reconciled to them, writing only what differs.
 
-A service's weights are decided from its instances' Level 1 scores and its traffic class (dinet.decide),
+A service's weights are decided from its instances' Level 1 scores and its traffic class (dinet.policy.decide),
 damped against what is installed. A report that changes nothing installs nothing. An instance whose agent
 expired is set DOWN (its flows are placed anew); an overloaded one gets weight 0 (its flows stay). On start
 the controller reads the data plane back and keeps what is there when it matches the intent's instances, so
@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from ..errors import UnknownServiceError
+from ..model import Instance, InstanceState, ServiceKey
+from ..policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
+from ..policy.scores import Level0, ScoreModel
 from .collect import Collector, InstanceRef
-from .decide import Candidate, Policy, TrafficClass, damp, target_weights
-from .errors import UnknownServiceError
-from .metrics import Level0, ScoreModel
-from .model import Instance, InstanceState, ServiceKey
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import grpc
 
-from . import proto
-from .errors import ConfigError
-from .metrics import Level0
-from .model import ServiceKey
+from .. import proto
+from ..errors import ConfigError
+from ..model import ServiceKey
+from ..policy.scores import Level0
 
 log = logging.getLogger(__name__)
 InstanceRef = tuple[ServiceKey, int]

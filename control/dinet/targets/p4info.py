@@ -8,7 +8,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _p4i():  # type: ignore[no-untyped-def]

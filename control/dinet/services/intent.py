@@ -8,14 +8,14 @@ from typing import Any
 
 import yaml
 
-from .bier_control import BierGroup, BierIntent, Port
-from .bift import BierTopology
+from ..errors import ConfigError
+from ..model import Instance, InstanceState, ServiceKey, parse_address
+from ..packets import BSL_CODE
+from ..policy.bift import BierTopology
+from ..policy.decide import TrafficClass
+from .bier import BierGroup, BierIntent, Port
 from .collect import InstanceRef
 from .controller import ServiceIntent, SitePath
-from .decide import TrafficClass
-from .errors import ConfigError
-from .model import Instance, InstanceState, ServiceKey, parse_address
-from .packets import BSL_CODE
 from .probe import Probe
 
 

@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .bift import BierTopology, check_disjoint, compute_bifts
-from .errors import ConfigError
-from .model import parse_address
-from .packets import BSL_BITS, bift_id, si_bit
+from ..errors import ConfigError
+from ..model import parse_address
+from ..packets import BSL_BITS, bift_id, si_bit
+from ..policy.bift import BierTopology, check_disjoint, compute_bifts
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class LocalBierWriter:
         self.node, self.ns = node, netns
 
     def set_bift(self, bift_id: int, local: int, neighbors: list[tuple[str, str, int]]) -> None:
-        from . import netns
-        from .targets.tc import BiftNeighbor
+        from ..targets import netns
+        from ..targets.tc import BiftNeighbor
 
         nbrs = [
             BiftNeighbor(netns.ifindex(i, self.ns), netns.mac_of(i, self.ns), mac, fbm) for i, mac, fbm in neighbors
@@ -82,7 +82,7 @@ class LocalBierWriter:
     def set_bfir(
         self, dst: str, bfir_id: int, bsl_code: int, sets: dict[int, int], src: str = "", udp_port: int = 0
     ) -> None:
-        from .targets.tc import BfirMatch
+        from ..targets.tc import BfirMatch
 
         self.node.set_bfir(
             BfirMatch(parse_address(dst), parse_address(src) if src else None, udp_port), bfir_id, bsl_code, sets

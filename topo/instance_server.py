@@ -1,5 +1,5 @@
 """A small real service instance for demos and tests: HTTP over TCP and an echo over UDP, both answering
-with the instance's name. `python -m dinet.instance_server --name s1a --tcp 80 --udp 53` prints
+with the instance's name. `python3 topo/instance_server.py --name s1a --tcp 80 --udp 53` prints
 `ready` on stdout once both sockets listen, and serves until terminated."""
 
 from __future__ import annotations

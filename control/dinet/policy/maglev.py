@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from functools import lru_cache
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _h(instance_id: int, salt: bytes) -> int:

@@ -1,0 +1,149 @@
+"""The node agent: a process on a Linux host that owns the host's bcc programs and pinned maps and serves
+them over gRPC (its client is dinet.targets.remote.RemoteNode). Errors cross the wire as gRPC status codes
+with the message, and come back out of RemoteNode as the same dinet exceptions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from .. import proto
+from ..errors import ConfigError, DataPlaneError, DinetError
+from ..model import ServiceKey
+from ..targets.remote import CODES, inst_from_msg, inst_msg
+
+log = logging.getLogger(__name__)
+
+
+class AgentService:
+    """What the agent process serves, over a local SteeringNode (and a BierNode once BIER is asked for)."""
+
+    def __init__(self, steer: Any, bier_factory: Any = None, token: str = ""):
+        self.steer = steer
+        self.bier_factory = bier_factory
+        self.bier: Any = None
+        self.token = token
+        self.lock = threading.Lock()
+
+    def servicer(self) -> Any:
+        pb, pb_grpc = proto.agent()
+        svc_self = self
+
+        def guarded(fn: Any) -> Any:
+            def call(_servicer: Any, request: Any, context: grpc.ServicerContext) -> Any:
+                md = dict(context.invocation_metadata())
+                if svc_self.token and md.get("authorization", "") != f"Bearer {svc_self.token}":
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown controller token")
+                try:
+                    with svc_self.lock:
+                        return fn(_servicer, request)
+                except DinetError as e:
+                    code = next((c for t, c in CODES.items() if isinstance(e, t)), grpc.StatusCode.FAILED_PRECONDITION)
+                    context.abort(code, str(e))
+
+            return call
+
+        def state(svc: ServiceKey) -> Any:
+            st = svc_self.steer.service(svc)
+            return pb.ServiceState(
+                service=str(svc),
+                slot=st.svc_id,
+                ring_sel=st.ring_sel,
+                instances=[inst_msg(pb, slot, i) for slot, i in sorted(st.instances.items())],
+            )
+
+        class Servicer(pb_grpc.NodeAgentServicer):  # type: ignore[misc,name-defined]
+            @guarded
+            def AddService(self, r: Any) -> Any:  # noqa: N802 - gRPC names
+                svc = ServiceKey.parse(r.service)
+                svc_self.steer.add_service(svc)
+                return state(svc)
+
+            @guarded
+            def GetService(self, r: Any) -> Any:  # noqa: N802
+                return state(ServiceKey.parse(r.service))
+
+            @guarded
+            def SetInstances(self, r: Any) -> Any:  # noqa: N802
+                svc = ServiceKey.parse(r.service)
+                svc_self.steer.set_instances(svc, [inst_from_msg(m) for m in r.instances])
+                return state(svc)
+
+            @guarded
+            def GetCounters(self, r: Any) -> Any:  # noqa: N802
+                total, per = svc_self.steer.service_counters(ServiceKey.parse(r.service))
+                out = pb.Counters(service=pb.CounterMsg(**total.__dict__), verdicts=svc_self.steer.verdicts())
+                for iid, c in per.items():
+                    out.instances[iid].CopyFrom(pb.CounterMsg(**c.__dict__))
+                return out
+
+            @guarded
+            def SetBift(self, r: Any) -> Any:  # noqa: N802
+                from ..targets import netns
+                from ..targets.tc import BiftNeighbor
+
+                bier = svc_self._bier()
+                nbrs = [
+                    BiftNeighbor(netns.ifindex(n.ifname), netns.mac_of(n.ifname), n.dmac, int.from_bytes(n.fbm, "big"))
+                    for n in r.neighbors
+                ]
+                bier.set_bift(r.bift_id, int.from_bytes(r.local, "big"), nbrs)
+                return pb.Done()
+
+            @guarded
+            def SetBfir(self, r: Any) -> Any:  # noqa: N802
+                from ..targets.tc import BfirMatch
+
+                match = BfirMatch(r.dst, r.src or None, r.udp_port)
+                sets = {bid: int.from_bytes(bits, "big") for bid, bits in r.sets.items()}
+                svc_self._bier().set_bfir(match, r.bfir_id, r.bsl, sets)
+                return pb.Done()
+
+        return Servicer()
+
+    def _bier(self) -> Any:
+        if self.bier is None:
+            if self.bier_factory is None:
+                raise DataPlaneError("this agent runs no BIER program")
+            self.bier = self.bier_factory()
+        return self.bier
+
+
+class AgentServer:
+    def __init__(self, service: AgentService, address: str = "127.0.0.1:0"):
+        _, pb_grpc = proto.agent()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_NodeAgentServicer_to_server(service.servicer(), self.server)
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {address}")
+        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+
+    def __enter__(self) -> AgentServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(grace=1).wait()
+
+
+def serve_forever(node: str, listen: str, token: str, stop: threading.Event | None = None) -> None:
+    """`dinet agent`: serves the node's programs until stopped (SIGINT/SIGTERM in the CLI)."""
+    from ..targets.tc import BierNode
+    from ..targets.xdp import SteeringNode
+
+    stop = stop or threading.Event()
+    steer = SteeringNode(node)
+    try:
+        service = AgentService(steer, lambda: BierNode(node), token)
+        with AgentServer(service, listen) as srv:
+            print(f"dinet agent: node {node} on {srv.address}", flush=True)
+            stop.wait()
+    finally:
+        steer.close()
+        if service.bier is not None:
+            service.bier.close()

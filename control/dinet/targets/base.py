@@ -1,0 +1,129 @@
+"""The contract between the control plane and every data plane: what a steering target and a BIER target do,
+and the values they take and give back. XDP (xdp.py), TC (tc.py), P4Runtime (p4node.py) and a remote node
+agent (remote.py) each implement it; the controller sees nothing else of them.
+
+Writers apply plans computed in pure code (dinet.policy: instance slots, the Maglev ring, BIFT entries); they
+never decide. Every read method reads the data plane itself, never a copy kept in the writer: the
+controller reads back only at start and on an explicit resync, and plans from its own record in between."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .. import consts
+from ..model import Instance, IPAddress, ServiceKey
+
+C = consts.load()
+
+
+@dataclass(frozen=True)
+class SteerSizes:
+    """Table sizes of the steering pipeline (compile-time constants of steer.bpf.c and dinet.p4). Pinned maps
+    and a running switch fix them: a later load must use the same."""
+
+    max_services: int = C["DINET_MAX_SERVICES"]
+    max_instances: int = C["DINET_MAX_INSTANCES"]
+    ring_size: int = C["DINET_RING_SIZE"]
+    affinity_entries: int = C["DINET_AFFINITY_ENTRIES"]
+
+    def defines(self) -> dict[str, int]:
+        return {
+            "DINET_MAX_SERVICES": self.max_services,
+            "DINET_MAX_INSTANCES": self.max_instances,
+            "DINET_RING_SIZE": self.ring_size,
+            "DINET_AFFINITY_ENTRIES": self.affinity_entries,
+        }
+
+
+@dataclass(frozen=True)
+class Counter:
+    packets: int = 0
+    bytes: int = 0
+    new_flows: int = 0
+
+
+@dataclass
+class ServiceState:
+    """A service as read back from a data plane: its slot, the live ring half, its instances by slot."""
+
+    key: ServiceKey
+    svc_id: int
+    ring_sel: int
+    instances: dict[int, Instance] = field(default_factory=dict)  # slot -> instance
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """One remembered flow (affinity): its 5-tuple, and the service slot, instance slot and id it is held to."""
+
+    src: IPAddress
+    dst: IPAddress
+    sport: int
+    dport: int
+    proto: int
+    svc_id: int
+    slot: int
+    instance_id: int
+
+
+@runtime_checkable
+class SteeringTarget(Protocol):
+    """A steering data plane. `services()` and `service()` read the data plane; `set_instances` makes a list the
+    service's whole instance set (slots kept for those it has, the ring rewritten in its idle half, then
+    switched); `add_service` is idempotent."""
+
+    def add_service(self, svc: ServiceKey) -> int: ...
+    def remove_service(self, svc: ServiceKey) -> None: ...
+    def services(self) -> list[ServiceState]: ...
+    def service(self, svc: ServiceKey) -> ServiceState: ...
+    def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None: ...
+    def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]: ...
+
+
+@dataclass(frozen=True)
+class BiftPort:
+    """One neighbour in a BIFT entry: the node's port toward it (an interface name on Linux, a port number on
+    a switch), that port's MAC (smac; a Linux target may read it from the interface), the neighbour's MAC
+    (dmac), and the F-BM of the neighbour (RFC 8279 s6.1)."""
+
+    port: str
+    dmac: str
+    fbm: int
+    smac: str = ""
+
+
+@dataclass(frozen=True)
+class BiftEntry:
+    """A BFR's entry for one BIFT-id (BSL and SI): its own bits (local delivery) and its neighbours."""
+
+    bift_id: int
+    local: int
+    neighbors: tuple[BiftPort, ...]
+
+
+@dataclass(frozen=True)
+class BfirEntry:
+    """Traffic a BFIR encapsulates: (S,G) with src, (*,G), or (*, dst, UDP port) with udp_port; `sets` maps
+    each BIFT-id (one per SI) to the bitstring sent in it."""
+
+    dst: str
+    bfir_id: int
+    bsl_code: int
+    sets: tuple[tuple[int, int], ...]
+    src: str = ""
+    udp_port: int = 0
+
+    @property
+    def match(self) -> tuple[str, str, int]:
+        return (self.dst, self.src, self.udp_port)
+
+
+@runtime_checkable
+class BierTarget(Protocol):
+    """A BIER data plane (one BFR). Entries are written whole and removed by key."""
+
+    def set_bift(self, entry: BiftEntry) -> None: ...
+    def remove_bift(self, bift_id: int) -> None: ...
+    def set_bfir(self, entry: BfirEntry) -> None: ...
+    def remove_bfir(self, entry: BfirEntry) -> None: ...
