@@ -10,7 +10,7 @@ stamp="$venv/.dinet-install"
 [ "$(id -u)" = 0 ] || { echo "install: run as root (bcc, XDP and namespaces need it)" >&2; exit 1; }
 
 pkgs=(python3-bpfcc bpfcc-tools clang llvm libbpf-dev bpftool iproute2 iputils-ping tcpdump
-      mininet bridge-utils netsniff-ng iperf3 wrk nftables ethtool make gcc python3-venv python3-dev)
+      mininet bridge-utils netsniff-ng iperf3 wrk nftables ethtool make gcc python3-venv python3-dev procps)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -20,7 +20,9 @@ done
 kver=$(uname -r)
 moddir="/lib/modules/$kver"
 need_headers=0
-[ -e "$moddir/build/include/linux/kconfig.h" ] || need_headers=1
+# kconfig.h lives in the -common tree of Debian's split headers: look through both links
+[ -e "$moddir/build/include/linux/kconfig.h" ] || [ -e "$moddir/source/include/linux/kconfig.h" ] || need_headers=1
+[ -e "$moddir/build/Makefile" ] || need_headers=1
 
 if [ ${#missing[@]} -gt 0 ] || [ $need_headers = 1 ]; then
   echo "install: apt-get update"
