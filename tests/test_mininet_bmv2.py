@@ -3,16 +3,14 @@ other through it (the program passes what it does not steer from one port to the
 
 from __future__ import annotations
 
-import pytest
-
-from conftest import bmv2_tools_or_skip, needs_root
+from conftest import bmv2_tools_or_skip, mininet_or_skip, needs_root
 
 pytestmark = [needs_root]
 
 
 def test_hosts_talk_through_a_bmv2_switch_in_mininet() -> None:
     bmv2_tools_or_skip()
-    mininet_net = pytest.importorskip("mininet.net", reason="Mininet (Debian's python3 package) is not installed")
+    mininet_net = mininet_or_skip()
     from bmv2_harness import DEFINES, SIZES
 
     from dinet import consts
