@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dinet.targets.base import SteerSizes
 from dinet.targets.bmv2 import Bmv2Switch, compile_p4, missing_tools
 from dinet.targets.p4rt import P4RuntimeSwitch, TableEntry
-from dinet.targets.xdp import SteerSizes
 from topo.namespaces import Topology
 
 

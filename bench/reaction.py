@@ -30,7 +30,8 @@ from dinet.policy.decide import Policy, TrafficClass
 from dinet.policy.scores import Level0
 from dinet.services.collect import Agent, Collector, CollectorServer
 from dinet.services.controller import Controller, ServiceIntent, SitePath
-from dinet.targets.xdp import SteeringNode, SteerSizes
+from dinet.targets.base import SteerSizes
+from dinet.targets.xdp import SteeringNode
 
 SVC = ServiceKey.parse("10.99.0.1:80/tcp")
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-reaction-{os.getpid()}")
@@ -125,9 +126,15 @@ def main() -> int:
             res["reports_per_s"] = remote_agent(srv.address, "t1", reports, edge.seq + 1)
             res["reports_per_s_batched"] = remote_agent(srv.address, "t1", reports, edge.seq + reports + 2, per=64)
             ctl.attach(col)
-            res["reports_per_s_with_decisions"] = remote_agent(
-                srv.address, "t1", reports // 10, edge.seq + 2 * reports + 4
+            d0 = len(ctl.decisions) + ctl.decisions_dropped
+            res["reports_per_s_decided"] = remote_agent(srv.address, "t1", reports, edge.seq + 2 * reports + 4)
+            res["reports_per_s_decided_batched"] = remote_agent(
+                srv.address, "t1", reports, edge.seq + 3 * reports + 6, per=64
             )
+            res["decisions"] = len(ctl.decisions) + ctl.decisions_dropped - d0
+            if res["decisions"] != 2 * reports:
+                raise RuntimeError(f"{res['decisions']} decisions for {2 * reports} reports")
+            res["datapath_reads_after_start"] = ctl.reads - len(ctl.services)
             res["reports"] = reports
             edge.close()
             cloud.close()
@@ -143,7 +150,9 @@ def main() -> int:
     print(
         f"collector: {res['reports_per_s']:,.0f} reports/s on one stream, one report a message; "
         f"{res['reports_per_s_batched']:,.0f}/s in messages of 64; "
-        f"{res['reports_per_s_with_decisions']:,.0f}/s deciding on every report"
+        f"deciding on every report: {res['reports_per_s_decided']:,.0f}/s one a message, "
+        f"{res['reports_per_s_decided_batched']:,.0f}/s in messages of 64 "
+        f"({res['datapath_reads_after_start']} data-plane reads after start)"
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))

@@ -43,6 +43,18 @@ def bmv2_tools_or_skip() -> None:
         pytest.skip(msg)
 
 
+def mininet_or_skip():  # type: ignore[no-untyped-def]
+    """mininet.net, or a skip without Mininet (a fail under DINET_REQUIRE_BMV2=1, as in CI)."""
+    try:
+        import mininet.net
+    except ImportError:
+        msg = "Mininet (Debian's python3 package mininet) is not installed"
+        if os.environ.get("DINET_REQUIRE_BMV2") == "1":
+            pytest.fail(msg + " and DINET_REQUIRE_BMV2=1")
+        pytest.skip(msg)
+    return mininet.net
+
+
 @pytest.fixture(scope="session")
 def bpffs_root() -> Iterator[Path]:
     """A bpffs folder of this test run only; removed (with every map pinned in it) at the end."""
@@ -101,14 +113,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def dinet_process(*args: str, ready: str) -> Iterator[subprocess.Popen[str]]:
-    """`python -m dinet.cli ARGS` until its first line starts with `ready` (it is serving then); stopped
+    """`python -m dinet.cli ARGS` until a line starts with `ready` (it is serving then; the lines up to it
+    are in `.head`); stopped
     with SIGTERM on exit, which it must survive with status 0. Stopped also when the block fails."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "dinet.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith(ready), (line, proc.stderr.read() if proc.poll() is not None else "")
+        head: list[str] = []  # the lines it printed up to `ready`
+        while proc.stdout and len(head) < 20:
+            head.append(proc.stdout.readline())
+            if head[-1].startswith(ready) or not head[-1]:
+                break
+        assert head and head[-1].startswith(ready), (head, proc.stderr.read() if proc.poll() is not None else "")
+        proc.head = head  # type: ignore[attr-defined]
         yield proc
     finally:
         proc.terminate()

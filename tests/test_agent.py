@@ -96,19 +96,26 @@ def test_controller_drives_a_node_agent(agent) -> None:
 
 def test_bier_entries_through_the_agent(agent) -> None:
     from dinet.packets import bift_id
+    from dinet.targets.base import BfirEntry, BiftEntry, BiftPort
     from dinet.targets.remote import RemoteNode
     from dinet.targets.tc import BierNode
 
     node, address = agent
     remote = RemoteNode(address, "ctl-secret", name=node)
-    remote.set_bift(bift_id(1, 0), 1 << 2, [("lo", "02:00:00:00:00:02", 0b11)])
-    remote.set_bfir("10.200.0.1", 7, 1, {bift_id(1, 0): 0b111}, udp_port=9000)
+    remote.set_bift(BiftEntry(bift_id(1, 0), 1 << 2, (BiftPort("lo", "02:00:00:00:00:02", 0b11),)))
+    bfir = BfirEntry("10.200.0.1", 7, 1, ((bift_id(1, 0), 0b111),), udp_port=9000)
+    remote.set_bfir(bfir)
     with BierNode(node) as local:
         entry = local.bifts()[bift_id(1, 0)]
         assert entry.local == 0b100 and entry.neighbors[0].fbm == 0b11 and entry.neighbors[0].ifindex == 1
         assert list(local.bfir_entries().values()) == [{bift_id(1, 0): 0b111}]
     with pytest.raises(ConfigError, match="forwards BSL 64, 128 and 256"):
-        remote.set_bift(bift_id(5, 0), 1, [])
+        remote.set_bift(BiftEntry(bift_id(5, 0), 1, ()))
+    assert remote.ports_up(["lo", "no-such-if"]) == {"lo": True, "no-such-if": False}
+    remote.remove_bfir(bfir)
+    remote.remove_bift(bift_id(1, 0))
+    with BierNode(node) as local:
+        assert local.bifts() == {} and local.bfir_entries() == {}
     remote.close()
 
 

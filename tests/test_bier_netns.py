@@ -181,3 +181,26 @@ def _wait_counter(node, name: str, at_least: int, tries: int = 200) -> dict[str,
             return c
         select.select([], [], [], 0.01)
     raise AssertionError(f"counter {name} never reached {at_least}: {node.counters()}")
+
+
+def test_a_link_failure_during_a_stream_is_routed_around(bpffs_root: Path) -> None:
+    """The controller watches the domain; the link b-d fails while a stream runs to b, c and d: b and c never
+    stop receiving, d receives again through c, nobody gets a datagram twice, and only the entries the
+    failure changed are rewritten (a, b and d's; c's stay)."""
+    with BierDomain(f"{NS_PREFIX}fo", diamond(), 1, bpffs_root=bpffs_root) as d:
+        d.install_bifts()
+        writes_c = d.ctl().record["c"]
+        res = d.failover({"b", "c", "d"}, ("b", "d"), watch_interval=0.05, rate_pps=500, before_s=0.4, after_s=1.2)
+        got, fail = res["received"], res["fail_seq"]
+        assert isinstance(got, dict) and isinstance(fail, int)
+        for name in ("b", "c", "d"):
+            assert len(got[name]) == len(set(got[name])), f"{name}: duplicates"
+            assert max(got[name]) == res["sent"] - 1, f"{name}: the end of the stream did not arrive"  # type: ignore[operator]
+            assert set(range(fail)) <= set(got[name]), f"{name}: lost datagrams before the failure"
+        for name in ("b", "c"):  # never on the failed link
+            assert set(got[name]) == set(range(res["sent"])), f"{name}: lost datagrams"  # type: ignore[arg-type]
+        assert res["recompute_ms"] is not None and res["entries_rewritten"] == 3
+        assert d.ctl().record["c"] == writes_c  # c's plan is unchanged
+        assert d.ctl().down_links == {frozenset(("b", "d"))}
+        # d's datagrams now come through c: c forwarded them
+        assert d.nodes["c"].counters()["copies"] > 0

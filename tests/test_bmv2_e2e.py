@@ -31,19 +31,16 @@ def switch(request: pytest.FixtureRequest) -> Iterator:
     yield
 
 
-def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path) -> None:
-    from bmv2_harness import DEFINES, SIZES
+@contextlib.contextmanager
+def steer_topology(prefix: str, bpffs_root: Path) -> Iterator[Any]:
+    """A client (c) behind a switch namespace (sw: ports p0, p1), a router (r) and two instances (i1, i2)
+    serving HTTP on the VIP 10.99.0.1 behind the XDP decap program."""
+    import subprocess
+    import sys
 
-    from dinet.model import Instance, ServiceKey
-    from dinet.targets import netns
-    from dinet.targets.bmv2 import Bmv2Switch, compile_p4
-    from dinet.targets.p4node import P4Node
-    from dinet.targets.p4rt import P4RuntimeSwitch
     from dinet.targets.xdp import DecapNode
-    from topo.httpclient import KeepAlive, get_once
 
-    pipe = compile_p4(DEFINES)
-    t = Topology(f"{NS_PREFIX}ps")
+    t = Topology(prefix)
     servers = []
     decap = None
     try:
@@ -61,32 +58,43 @@ def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path)
             t.addr(f"i{k}", "eth0", f"10.11.{k}.2/24")
             t.addr(f"i{k}", "lo", "10.99.0.1/32")
             t.sh(f"i{k}", "ip", "route", "add", "default", "via", f"10.11.{k}.1")
-        decap = DecapNode(f"{NS_PREFIX}psdecap", bpffs_root=bpffs_root)
+        decap = DecapNode(f"{prefix}decap", bpffs_root=bpffs_root)
         for k in (1, 2):
             decap.add_endpoint(f"10.11.{k}.2")
             decap.attach("eth0", t.ns(f"i{k}"))
-        import subprocess
-        import sys
-
+        server = str(Path(__file__).resolve().parents[1] / "topo" / "instance_server.py")
         for k in (1, 2):
             p = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    t.ns(f"i{k}"),
-                    sys.executable,
-                    str(Path(__file__).resolve().parents[1] / "topo" / "instance_server.py"),
-                    "--name",
-                    f"i{k}",
-                    "--tcp",
-                    "80",
-                ],
+                ["ip", "netns", "exec", t.ns(f"i{k}"), sys.executable, server, "--name", f"i{k}", "--tcp", "80"],
                 stdout=subprocess.PIPE,
                 text=True,
             )
             servers.append(p)
             assert p.stdout and p.stdout.readline().strip() == "ready"
+        yield t
+    finally:
+        for p in servers:
+            p.terminate()
+            p.wait()
+            if p.stdout:
+                p.stdout.close()
+        t.close()
+        if decap:
+            decap.destroy()
+
+
+def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path) -> None:
+    from bmv2_harness import DEFINES, SIZES
+
+    from dinet.model import Instance, ServiceKey
+    from dinet.targets import netns
+    from dinet.targets.bmv2 import Bmv2Switch, compile_p4
+    from dinet.targets.p4node import P4Node
+    from dinet.targets.p4rt import P4RuntimeSwitch
+    from topo.httpclient import KeepAlive, get_once
+
+    pipe = compile_p4(DEFINES)
+    with steer_topology(f"{NS_PREFIX}ps", bpffs_root) as t:
         router_mac = netns.mac_of("e0", t.ns("r"))
         with Bmv2Switch("ps", {0: "p0", 1: "p1"}, t.ns("sw")) as sw, P4RuntimeSwitch(sw.address, name="ps") as p4rt:
             p4rt.set_pipeline(pipe.p4info, pipe.json)
@@ -113,15 +121,68 @@ def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path)
             assert total.new_flows == 24 and per[1].new_flows + per[2].new_flows == 24
             v = node.verdicts()
             assert v["drop_no_instance"] == 0 and v["affinity_collision"] == 0
-    finally:
-        for p in servers:
-            p.terminate()
-            p.wait()
-            if p.stdout:
-                p.stdout.close()
-        t.close()
-        if decap:
-            decap.destroy()
+
+
+def test_a_restarted_dinet_run_adopts_a_live_bmv2_switch_writes_nothing_and_moves_no_flow(
+    switch, bpffs_root: Path, tmp_path: Path
+) -> None:
+    """`dinet run` (a process of its own) programs a BMv2 switch; connections open through it; `dinet run`
+    is stopped and started again: it reads the switch back over P4Runtime, keeps the running pipeline (the
+    affinity registers with it), writes nothing, and every connection stays on its instance."""
+    from bmv2_harness import SIZES
+
+    from conftest import dinet_process, free_port
+    from dinet.targets import netns
+    from dinet.targets.bmv2 import Bmv2Switch, compile_p4
+    from dinet.targets.p4node import P4Node
+    from dinet.targets.p4rt import P4RuntimeSwitch
+    from topo.httpclient import KeepAlive, get_once
+
+    pipe = compile_p4(SIZES.defines())  # what `dinet run` compiles for these sizes
+    with steer_topology(f"{NS_PREFIX}pr", bpffs_root) as t:
+        router_mac = netns.mac_of("e0", t.ns("r"))
+        with Bmv2Switch("pr", {0: "p0", 1: "p1"}, t.ns("sw")) as sw:
+            with P4RuntimeSwitch(sw.address, name="pr", election_id=5) as p4rt:  # the site's own forwarding
+                p4rt.set_pipeline(pipe.p4info, pipe.json)
+                P4Node(p4rt, SIZES).configure(
+                    src4="10.0.0.100", static_next_hop=(1, "02:00:00:00:00:64", router_mac), pass_ports={0: 1, 1: 0}
+                )
+            intent = tmp_path / "bmv2.yaml"
+            intent.write_text(f"""
+node: {{target: bmv2, name: pr, address: "{sw.address}", src4: 10.0.0.100,
+        sizes: {{max_services: {SIZES.max_services}, max_instances: {SIZES.max_instances},
+                 ring_size: {SIZES.ring_size}, affinity_entries: {SIZES.affinity_entries}}}}}
+collector: {{listen: "127.0.0.1:{free_port()}"}}
+prometheus: {{listen: "127.0.0.1:{free_port()}"}}
+services:
+  - service: 10.99.0.1:80/tcp
+    instances:
+      - {{id: 1, endpoint: 10.11.1.2, weight: 1}}
+      - {{id: 2, endpoint: 10.11.2.2, weight: 1}}
+""")
+
+            def tables() -> dict[str, list[Any]]:
+                with P4RuntimeSwitch(sw.address, name="pr", arbitrate=False) as ro:
+                    ro.use_pipeline(pipe.p4info)
+                    return {n: sorted(map(repr, ro.read_table(n))) for n in ("services_v4", "instances", "ring")}
+
+            with dinet_process("run", str(intent), ready="dinet: collector on") as run:
+                assert any("1 write(s)" in line for line in run.head), run.head
+            before = tables()
+            with netns.entered(t.ns("c")):
+                conns = [KeepAlive("10.99.0.1") for _ in range(12)]
+                try:
+                    first = [c.get() for c in conns]
+                    assert set(first) == {"i1", "i2"}, first
+                    with dinet_process("run", str(intent), ready="dinet: collector on") as run:
+                        assert any("0 write(s) (adopted" in line for line in run.head), run.head
+                        assert [c.get() for c in conns] == first  # no connection moved
+                        assert tables() == before  # nothing written: same entries, same live ring half
+                        assert {get_once("10.99.0.1") for _ in range(8)} <= {"i1", "i2"}
+                    assert [c.get() for c in conns] == first
+                finally:
+                    for c in conns:
+                        c.close()
 
 
 @dataclass
@@ -213,11 +274,11 @@ def test_bier_from_bmv2_bfir_to_linux_bfers(switch, bpffs_root: Path) -> None:
 
     bid = bift_id(1, 0)
     with bier_rig("pb", {1: 1, 2: 2, 3: 3}, bpffs_root) as r:
-        r.node.set_bift(
+        r.node.write_bift(
             bid, 0, [P4Neighbor(k, "02:00:00:00:00:10", r.mac(k), 1 << (k - 1)) for k in (1, 2, 3)], local_port=0
         )
         assert len(r.node.sw.read_multicast_groups()) == 15  # every subset of three neighbours and the local port
-        r.node.set_bfir("10.200.0.1", 1, 1, {bid: 0b101}, udp_port=9000)  # BFERs 1 and 3
+        r.node.write_bfir("10.200.0.1", 1, 1, {bid: 0b101}, udp_port=9000)  # BFERs 1 and 3
         r.send(20)
         got = r.received({1: 20, 3: 20})
         assert sorted(got[1]) == sorted(got[3]) == list(range(20)) and got[2] == []
@@ -232,14 +293,14 @@ def test_bmv2_bfir_sends_one_packet_per_set(switch, bpffs_root: Path) -> None:
     from dinet.targets.p4node import P4Neighbor
 
     with bier_rig("pm", {1: 1, 2: 65, 3: 66}, bpffs_root) as r:
-        r.node.set_bift(bift_id(1, 0), 0, [P4Neighbor(1, "02:00:00:00:00:10", r.mac(1), 0b1)], local_port=0)
-        r.node.set_bift(
+        r.node.write_bift(bift_id(1, 0), 0, [P4Neighbor(1, "02:00:00:00:00:10", r.mac(1), 0b1)], local_port=0)
+        r.node.write_bift(
             bift_id(1, 1),
             0,
             [P4Neighbor(2, "02:00:00:00:00:10", r.mac(2), 0b01), P4Neighbor(3, "02:00:00:00:00:10", r.mac(3), 0b10)],
             local_port=0,
         )
-        r.node.set_bfir("10.200.0.1", 100, 1, {bift_id(1, 0): 0b1, bift_id(1, 1): 0b11}, udp_port=9000)
+        r.node.write_bfir("10.200.0.1", 100, 1, {bift_id(1, 0): 0b1, bift_id(1, 1): 0b11}, udp_port=9000)
         r.send(20)
         got = r.received({1: 20, 2: 20, 3: 20})
         assert all(sorted(v) == list(range(20)) for v in got.values()), got

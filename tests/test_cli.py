@@ -104,3 +104,48 @@ def test_bier_tables_through_the_cli(node: str) -> None:
         ok=False,
     )
     assert bad.returncode == 1 and "different families" in bad.stderr
+
+
+def _bad_inputs(node: str) -> list[tuple[str, ...]]:
+    """Every subcommand with input a user gets wrong: a missing node or table, a malformed value, a file or
+    switch that is not there."""
+    svc = "10.77.0.9:80/tcp"
+    n = ("--node", node)
+    return [
+        ("xdp", "attach", "--dev", "no-such-if0", *n),
+        ("xdp", "attach", "--dev", "lo", "--src4", "2001:db8::1", *n),
+        ("xdp", "detach", "--dev", "no-such-if0", *n),
+        ("decap", "attach", "--dev", "lo", "--endpoint", "not-an-ip", *n),
+        ("service", "add", "10.0.0.1:80/sctp", *n),
+        ("service", "del", svc, *n),
+        ("instance", "set", svc, "--id", "1", "--endpoint", "192.0.2.1", *n),
+        ("instance", "set", "10.77.0.1", "--id", "1", "--endpoint", "192.0.2.1", *n),
+        ("instance", "weight", svc, "--id", "1", "--weight", "1", *n),
+        ("instance", "drain", svc, "--id", "1", *n),
+        ("instance", "state", svc, "--id", "1", "sleepy", *n),
+        ("instance", "del", svc, "--id", "1", *n),
+        ("bier", "attach", "--dev", "no-such-if0", *n),
+        ("bier", "detach", "--dev", "no-such-if0", *n),
+        ("bier", "bift", "set", "--bsl", "63", "--local", "1", *n),
+        ("bier", "bift", "set", "--nbr", "lo,zz:zz,1", *n),
+        ("bier", "bift", "del", "--si", "3", *n),
+        ("bier", "group", "add", "10.200.0.1", "--to", "1-x", "--bfir-id", "1", *n),
+        ("bier", "group", "add", "not-an-ip", "--to", "1", "--bfir-id", "1", *n),
+        ("bier", "group", "del", "10.200.0.9", *n),
+        ("run", "/nonexistent/intent.yaml"),
+        ("run", "--check", "/nonexistent/intent.yaml"),
+        ("p4", "read", "--address", "unix:/nonexistent/p4rt.sock", "--table", "ring"),
+        ("agent", "--listen", "256.0.0.1:1", *n),
+        ("status", "--url", "http://127.0.0.1:1/metrics"),
+    ]
+
+
+def test_every_subcommand_answers_bad_input_with_one_line(node: str) -> None:
+    """No traceback for a user's error, from any subcommand: one line naming what is wrong, exit 1 (argparse's
+    own usage errors exit 2)."""
+    for args in _bad_inputs(node):
+        res = dinet(*args, ok=False)
+        assert res.returncode in (1, 2), f"{args}: exit {res.returncode}: {res.stderr}"
+        assert "Traceback" not in res.stderr and "internal error" not in res.stderr, f"{args}: {res.stderr}"
+        lines = [x for x in res.stderr.splitlines() if x.strip() and not x.startswith(("usage:", " "))]
+        assert len(lines) == 1 and lines[0].startswith("dinet"), f"{args}: {res.stderr!r}"

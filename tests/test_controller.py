@@ -33,7 +33,8 @@ SITES = {1: SitePath(delay_ms=2), 2: SitePath(delay_ms=30)}
 
 @pytest.fixture
 def node(bpffs_root: Path, request: pytest.FixtureRequest) -> Iterator:
-    from dinet.targets.xdp import SteeringNode, SteerSizes
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.xdp import SteeringNode
 
     n = SteeringNode(
         f"ctl{request.node.name[-20:]}",

@@ -38,7 +38,8 @@ def test_probe_measures_a_live_and_a_dead_site(net: Topology) -> None:
 
 @needs_bcc
 def test_a_site_that_stops_answering_loses_its_delay_sensitive_traffic(net: Topology, bpffs_root: Path) -> None:
-    from dinet.targets.xdp import SteeringNode, SteerSizes
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.xdp import SteeringNode
 
     svc = ServiceKey.parse("10.99.0.5:80/tcp")
     node = SteeringNode(

@@ -30,17 +30,76 @@ def intent(tmp_path: Path, node: str, col: int, prom: int) -> Path:
     return p
 
 
-def test_bad_intent_files_are_refused(tmp_path: Path) -> None:
-    for text, msg in [
-        ("node: {target: dpdk}\nservices: []", "node.target must be xdp, bmv2 or agent"),
-        ("node: {target: xdp}", "missing 'services'"),
-        ("node: {target: xdp}\nservices: [{service: 'x:1/tcp', instances: []}]", "not an IPv4"),
-        ("node: {target: xdp}\nservices: [{service: '10.0.0.1:80/tcp', class: fast, instances: []}]", "class must be"),
-    ]:
-        p = tmp_path / "bad.yaml"
-        p.write_text(text)
-        with pytest.raises(ConfigError, match=msg):
-            load(p)
+SVC_HEAD = "node: {target: xdp}\nservices:\n  - service: 10.0.0.1:80/tcp\n    instances:\n"
+BAD_INTENTS = [
+    # (the file, the one line it must give: the path in the file and what was expected)
+    ("node: {target: dpdk}\nservices: []", r"bad.yaml: node: .*'dpdk'.* expected tags: 'xdp', 'agent', 'bmv2'"),
+    ("node: {target: bmv2}\nservices: []", r"node.address: missing"),
+    ("colector: {listen: 1.2.3.4:5}\nnode: {target: xdp}", r"colector: unknown key \(a typo\?\)"),
+    (
+        SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1, wieght: 3}",
+        r"services\[0\]\.instances\[0\]\.wieght: unknown key",
+    ),
+    (SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1, weight: 1.7}", r"instances\[0\]\.weight: .*integer, got 1\.7"),
+    (SVC_HEAD + "      - {id: abc, endpoint: 10.1.1.1}", r"instances\[0\]\.id: .*integer, got 'abc'"),
+    (
+        SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1, state: sleepy}",
+        r"\.state: .*'up', 'draining' or 'down', got 'sleepy'",
+    ),
+    (SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1, weight: -1}", r"\.weight: .*greater than or equal to 0"),
+    (SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.300}", r"instances\[0\]\.endpoint: expected an IPv4 or IPv6 address"),
+    ("node: {target: xdp}\nservices: [null]", r"services\[0\]: Input should be a valid dictionary, got None"),
+    ("node: {target: xdp}\nservices: [{service: 'x:1/tcp', instances: []}]", r"services\[0\]\.service: not an IPv4"),
+    (
+        "node: {target: xdp}\nservices: [{service: '10.0.0.1:80/tcp', class: fast,"
+        " instances: [{id: 1, endpoint: 10.0.0.2}]}]",
+        r"services\[0\]\.class: .*'delay-sensitive' or 'delay-tolerant'",
+    ),
+    (
+        SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\n      - {id: 1, endpoint: 10.1.1.2}",
+        r"instance ids must be unique",
+    ),
+    (
+        SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1, token: t, name: a}\n"
+        "      - {id: 2, endpoint: 10.1.1.2, token: t, name: b}",
+        r"its token is also a's",
+    ),
+    ("node: {target: xdp}\ncollector: {timeout: 0}", r"collector\.timeout: .*greater than 0"),
+    ("node: {target: xdp}\nprometheus: {listen: nowhere}", r"prometheus\.listen: expected HOST:PORT"),
+    ("node: [", r"line \d+: not valid YAML"),
+    ("- just\n- a list", r"not a mapping"),
+    ("nodes: {a: {target: local}}\nbier: {bfrs: {a: 1, b: 2}}", r"bier.bfrs: b is not in nodes"),
+]
+
+
+@pytest.mark.parametrize("text,msg", BAD_INTENTS, ids=[f"bad{i}" for i in range(len(BAD_INTENTS))])
+def test_bad_intent_files_are_refused_with_one_line(tmp_path: Path, text: str, msg: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=msg) as e:
+        load(p)
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(p))
+
+
+def test_run_check_validates_without_starting_anything(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dinet.cli",
+            "run",
+            "--check",
+            str(Path(__file__).parents[1] / "topo" / "intent-example.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "valid: 1 service(s), 2 instance(s)" in ok.stdout, ok.stderr
+    p = tmp_path / "bad.yaml"
+    p.write_text(BAD_INTENTS[3][0])
+    bad = subprocess.run([sys.executable, "-m", "dinet.cli", "run", "--check", str(p)], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    assert "services[0].instances[0].wieght: unknown key" in bad.stderr
 
 
 def test_run_and_status(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ def test_malformed_instances_are_refused(kw: dict) -> None:
 
 @pytest.fixture(scope="module")
 def node(bpffs_root: Path) -> Iterator:
-    from dinet.targets.xdp import SteeringNode, SteerSizes
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.xdp import SteeringNode
 
     n = SteeringNode(
         "errors", SteerSizes(max_services=2, max_instances=4, ring_size=13, affinity_entries=64), bpffs_root=bpffs_root
@@ -109,7 +110,8 @@ def test_node_errors(node) -> None:
 @needs_bcc
 def test_pinned_maps_of_other_sizes_are_refused(node, bpffs_root: Path) -> None:
     from dinet.errors import DataPlaneError
-    from dinet.targets.xdp import SteeringNode, SteerSizes
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.xdp import SteeringNode
 
     with pytest.raises(DataPlaneError, match="already holds maps"):
         SteeringNode("errors", SteerSizes(max_services=8), bpffs_root=bpffs_root)

@@ -29,7 +29,8 @@ SIZES = dict(max_services=4, max_instances=8, ring_size=4099, affinity_entries=6
 
 
 def make_node(bpffs_root: Path, name: str):
-    from dinet.targets.xdp import SteeringNode, SteerSizes
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.xdp import SteeringNode
 
     return SteeringNode(name, SteerSizes(**SIZES), bpffs_root=bpffs_root)
 

@@ -17,7 +17,8 @@ pytestmark = [needs_root, needs_bcc]
 
 @pytest.fixture(scope="module")
 def node(bpffs_root: Path) -> Iterator:
-    from dinet.targets.xdp import SteeringNode, SteerSizes
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.xdp import SteeringNode
 
     n = SteeringNode(
         "vectors",

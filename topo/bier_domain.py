@@ -21,10 +21,10 @@ from pathlib import Path
 
 from dinet.packets import BSL_BITS, bift_id, si_bit
 from dinet.paths import BPFFS_ROOT
-from dinet.policy.bift import BierTopology
-from dinet.services.bier import BierController, BierGroup, BierIntent, LocalBierWriter, Port
+from dinet.policy.bift import BierIntent, BierTopology, Port
+from dinet.services.bier import BierController
 from dinet.targets import netns
-from dinet.targets.tc import BfirMatch, BierNode
+from dinet.targets.tc import BfirMatch, BierNode, TcBierTarget
 from topo.namespaces import Topology
 
 SYNC_ADDR = ipaddress.ip_address("10.200.0.1")  # the model-sync destination, local on every BFER
@@ -73,6 +73,7 @@ class BierDomain:
     nodes: dict[str, BierNode] = field(default_factory=dict)
     sockets: dict[str, socket.socket] = field(default_factory=dict)
     ifname: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, neighbour) -> interface
+    _ctl: BierController | None = None
 
     def __post_init__(self) -> None:
         self.net = Topology(self.prefix)
@@ -128,25 +129,27 @@ class BierDomain:
         self.ifname[(b, a)] = a
 
     def remove_link(self, a: str, b: str) -> None:
-        """Takes the link down for good and reinstalls every BIFT without it."""
+        """Takes the link down for good; the controller routes around it (only changed entries written)."""
         self.net.sh(a, "ip", "link", "del", "dev", b)
-        del self.ifname[(a, b)]
-        del self.ifname[(b, a)]
-        self.topo = self.topo.without_link(a, b)
-        self.install_bifts()
+        self.ctl().link_down(a, b)
 
-    def controller(self, groups: list[BierGroup] | None = None) -> BierController:
-        """The domain as the controller sees it: topology, ports (interface and MAC), a writer per BFR."""
-        ports = {
-            (node, nbr): Port(ifname, netns.mac_of(ifname, self.net.ns(node)))
-            for (node, nbr), ifname in self.ifname.items()
-        }
-        intent = BierIntent(self.bsl_code, self.topo, ports, groups or [])
-        return BierController(intent, {n: LocalBierWriter(node, self.net.ns(n)) for n, node in self.nodes.items()})
+    def ctl(self) -> BierController:
+        """The domain's controller (one for the domain's life, so it writes only what changes): topology,
+        ports (interface and MAC) and a TC BierTarget per BFR."""
+        if self._ctl is None:
+            ports = {
+                (node, nbr): Port(ifname, netns.mac_of(ifname, self.net.ns(node)))
+                for (node, nbr), ifname in self.ifname.items()
+            }
+            intent = BierIntent(self.bsl_code, self.topo, ports, [])
+            self._ctl = BierController(
+                intent, {n: TcBierTarget(node, self.net.ns(n)) for n, node in self.nodes.items()}
+            )
+        return self._ctl
 
     def install_bifts(self) -> None:
-        """Computes every BFR's BIFT and writes it (dinet.services.bier); sets a BFR no longer has are removed."""
-        self.controller().install()
+        """Computes every BFR's BIFT and writes it (dinet.services.bier)."""
+        self.ctl().install()
 
     def install_bfir(self, targets: set[str], match: BfirMatch | None = None) -> BfirMatch:
         """The BFIR sends the model-sync UDP destination (or `match`) to `targets` (BFR names)."""
@@ -193,6 +196,67 @@ class BierDomain:
             drain()
         drain()
         return got
+
+    # ---- a link failure during a stream ------------------------------------------------------------------
+    def failover(
+        self,
+        targets: set[str],
+        fail: tuple[str, str],
+        watch_interval: float = 0.1,
+        rate_pps: int = 1000,
+        before_s: float = 0.5,
+        after_s: float = 1.5,
+    ) -> dict[str, object]:
+        """Streams numbered datagrams to `targets` at `rate_pps` while the controller watches the domain
+        (every `watch_interval` s); after `before_s` the link `fail` goes down (its interface on fail[0]'s
+        side); the stream runs on `after_s`. Returns, per BFER, the sequence numbers received, the failure's
+        sequence number, and the times from the failure to the rewritten BIFTs and to the first datagram
+        each BFER received that was sent after the failure."""
+        import threading
+        import time
+
+        self.install_bfir(targets)
+        ctl = self.ctl()
+        stop = threading.Event()
+        watcher = threading.Thread(target=ctl.watch, args=(watch_interval, stop), daemon=True)
+        watcher.start()
+        total = int((before_s + after_s) * rate_pps)
+        fail_seq, t_fail = -1, 0.0
+        arrivals: dict[str, list[tuple[int, float]]] = {n: [] for n in self.sockets}
+        try:
+            with netns.entered(self.net.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                t0 = time.monotonic()
+                for i in range(total):
+                    if i == int(before_s * rate_pps):
+                        self.net.sh(fail[0], "ip", "link", "set", "dev", self.ifname[fail], "down")
+                        fail_seq, t_fail = i, time.monotonic()
+                    s.sendto(struct.pack("!I", i).ljust(64, b"m"), (str(SYNC_ADDR), SYNC_PORT))
+                    for name, sock in self.sockets.items():  # read as we go: timestamps of arrival
+                        while True:
+                            try:
+                                arrivals[name].append((struct.unpack("!I", sock.recv(65535)[:4])[0], time.monotonic()))
+                            except BlockingIOError:
+                                break
+                    pause = t0 + (i + 1) / rate_pps - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+            for name, seqs in self.received({}, timeout=0.5).items():
+                arrivals[name] += [(q, time.monotonic()) for q in seqs]
+        finally:
+            stop.set()
+            watcher.join()
+        rewrites = [h for h in ctl.history if h.detected_at >= t_fail - watch_interval]
+        first_after = {
+            n: next(((at - t_fail) * 1000 for q, at in a if q > fail_seq), None) for n, a in arrivals.items()
+        }
+        return {
+            "fail_seq": fail_seq,
+            "sent": total,
+            "received": {n: sorted(q for q, _ in a) for n, a in arrivals.items()},
+            "recompute_ms": (rewrites[0].written_at - t_fail) * 1000 if rewrites else None,
+            "entries_rewritten": rewrites[0].entries_written if rewrites else 0,
+            "first_packet_ms": first_after,
+        }
 
     # ---- teardown ------------------------------------------------------------------------------------------
     def close(self) -> None:

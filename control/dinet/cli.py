@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -339,14 +340,17 @@ def cmd_bier_stats(a: argparse.Namespace) -> None:
 def cmd_run(a: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .services.run import run
+    from .services.run import check, run
 
+    if a.check:
+        print(check(Path(a.file)))
+        return
     run(Path(a.file), once=a.once)
 
 
 def cmd_p4_compile(a: argparse.Namespace) -> None:
+    from .targets.base import SteerSizes
     from .targets.bmv2 import compile_p4
-    from .targets.xdp import SteerSizes
 
     sizes = SteerSizes(a.max_services, a.max_instances, a.ring_size)
     pipe = compile_p4(sizes.defines())
@@ -354,9 +358,9 @@ def cmd_p4_compile(a: argparse.Namespace) -> None:
 
 
 def cmd_p4_read(a: argparse.Namespace) -> None:
+    from .targets.base import SteerSizes
     from .targets.bmv2 import compile_p4
     from .targets.p4rt import P4RuntimeSwitch
-    from .targets.xdp import SteerSizes
 
     pipe = compile_p4(SteerSizes(a.max_services, a.max_instances, a.ring_size).defines())
     with P4RuntimeSwitch(a.address, a.device_id, name=a.address, arbitrate=False) as sw:
@@ -399,11 +403,14 @@ def cmd_status(a: argparse.Namespace) -> None:
     except (urllib.error.URLError, OSError) as e:
         raise ConfigError(f"no dinet controller answers at {a.url}: {e}") from None
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
+    ages: dict[tuple[str, str], float] = {}
     other = {}
     for fam in text_string_to_metric_families(text):
         for smp in fam.samples:
-            if "service" in smp.labels and "instance" in smp.labels:
-                key = (smp.labels.get("node", "0"), smp.labels["service"], smp.labels["instance"])
+            if "service" in smp.labels and "instance" in smp.labels and "node" not in smp.labels:
+                ages[(smp.labels["service"], smp.labels["instance"])] = smp.value  # per instance, every node
+            elif "service" in smp.labels and "instance" in smp.labels:
+                key = (smp.labels["node"], smp.labels["service"], smp.labels["instance"])
                 rows.setdefault(key, {})[smp.name] = smp.value
             elif "reason" in smp.labels:
                 other[f"rejected {smp.labels['reason']}"] = smp.value
@@ -413,6 +420,9 @@ def cmd_status(a: argparse.Namespace) -> None:
                 "dinet_decision_seconds_count",
             ):
                 other[smp.name] = smp.value
+    for (_, s, i), v in rows.items():
+        if (s, i) in ages:
+            v["dinet_metric_age_seconds"] = ages[(s, i)]
     if a.json:
         print(
             json.dumps(
@@ -439,9 +449,13 @@ def cmd_status(a: argparse.Namespace) -> None:
         ]
         for (n, s, i), v in sorted(rows.items())
     ]
-    print(_table(table, ["node", "service", "instance", "weight", "new flows", "packets", "flows", "metric age s"]))
-    for k, v in sorted(other.items()):
-        print(f"{k}: {v:g}")
+    print(
+        _table(
+            table, ["node", "service", "instance", "weight", "takes new flows", "packets", "new flows", "metric age s"]
+        )
+    )
+    for name, value in sorted(other.items()):
+        print(f"{name}: {value:g}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -538,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the controller on an intent file (YAML)")
     p.add_argument("file")
     p.add_argument("--once", action="store_true", help="install the intent, then exit")
+    p.add_argument("--check", action="store_true", help="validate the file and exit; starts nothing")
     p.set_defaults(fn=cmd_run)
     p4 = sub.add_parser("p4", help="the P4 program for BMv2").add_subparsers(dest="sub", required=True)
     for name, fn, text in (
@@ -574,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
+    if not a.verbose:  # gRPC's core logs its own copy of errors dinet reports in one line
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     logging.basicConfig(
         level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -584,6 +601,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # a file, socket or device the user named
+        print(f"dinet: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: one line, and the traceback on request
+        if os.environ.get("DINET_DEBUG"):
+            raise
+        print(f"dinet: internal error ({type(e).__name__}: {e}); DINET_DEBUG=1 shows the traceback", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -49,10 +49,15 @@ class ServiceKey:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vip", parse_address(self.vip))
+        # keys are looked up on every metric report: hash once (ipaddress hashes are slow)
+        object.__setattr__(self, "_hash", hash((int(self.vip), self.vip.version, self.port, self.proto)))
         if self.proto not in PROTOCOLS:
             raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, not {self.proto!r}")
         if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise ConfigError(f"port must be 1-65535, not {self.port!r}")
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
 
     @classmethod
     def parse(cls, text: str) -> ServiceKey:

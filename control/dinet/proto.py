@@ -28,8 +28,9 @@ def generate() -> None:
 
 
 def _load(name: str) -> tuple[ModuleType, ModuleType]:
-    if not (HERE / f"{name}_pb2.py").exists() or not (HERE / f"{name}_pb2_grpc.py").exists():
-        generate()
+    src, out = HERE / f"{name}.proto", [HERE / f"{name}_pb2.py", HERE / f"{name}_pb2_grpc.py"]
+    if not all(o.exists() and o.stat().st_mtime >= src.stat().st_mtime for o in out):
+        generate()  # missing, or older than the .proto (an updated checkout)
     return importlib.import_module(f"dinet.{name}_pb2"), importlib.import_module(f"dinet.{name}_pb2_grpc")
 
 

@@ -160,3 +160,140 @@ def walk(
                 todo.append((nbr, rem & fbm, out_ttl, False))
                 rem &= ~fbm
     return copies, delivered
+
+
+# ---- the domain's intent and the entries it asks of every node ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Port:
+    """A node's port toward a neighbour (an interface name on Linux, a port number on a switch) and its MAC."""
+
+    ifname: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class BierGroup:
+    """Traffic the BFIR `bfir` sends to the BFERs `to`: (S,G) with src, (*,G), or (*, dst, UDP port)."""
+
+    bfir: str
+    dst: str
+    to: frozenset[str]
+    src: str = ""
+    udp_port: int = 0
+
+
+@dataclass
+class BierIntent:
+    bsl_code: int
+    topo: BierTopology
+    ports: dict[tuple[str, str], Port]  # (node, neighbour) -> the node's port toward the neighbour
+    groups: list[BierGroup] = field(default_factory=list)
+
+    def check(self) -> None:
+        for link in self.topo.links:
+            for x, y in ((link.a, link.b), (link.b, link.a)):
+                if (x, y) not in self.ports:
+                    raise ConfigError(f"BIER link {link.a}-{link.b}: no port of {x} toward {y}")
+        for g in self.groups:
+            for n in (g.bfir, *g.to):
+                if n not in self.topo.bfr_ids:
+                    raise ConfigError(f"BIER group {g.dst}: no BFR {n!r}")
+            if self.topo.bfr_ids.get(g.bfir) is None:
+                raise ConfigError(f"BIER group {g.dst}: the BFIR {g.bfir} has no BFR-id")
+            for n in g.to:
+                if self.topo.bfr_ids[n] is None:
+                    raise ConfigError(f"BIER group {g.dst}: {n} has no BFR-id, so it cannot receive")
+
+
+@dataclass(frozen=True)
+class BiftPort:
+    """One neighbour in a BIFT entry: the node's port toward it (an interface name on Linux, a port number on
+    a switch), the neighbour's MAC (dmac), the F-BM of the neighbour (RFC 8279 s6.1), and the port's own MAC
+    (smac; a Linux target may read it from the interface)."""
+
+    port: str
+    dmac: str
+    fbm: int
+    smac: str = ""
+
+
+@dataclass(frozen=True)
+class BiftEntry:
+    """A BFR's entry for one BIFT-id (BSL, SD and SI): its own bits (local delivery) and its neighbours."""
+
+    bift_id: int
+    local: int
+    neighbors: tuple[BiftPort, ...]
+
+
+@dataclass(frozen=True)
+class BfirEntry:
+    """Traffic a BFIR encapsulates: (S,G) with src, (*,G), or (*, dst, UDP port) with udp_port; `sets` maps
+    each BIFT-id (one per SI) to the bitstring sent in it."""
+
+    dst: str
+    bfir_id: int
+    bsl_code: int
+    sets: tuple[tuple[int, int], ...]
+    src: str = ""
+    udp_port: int = 0
+
+    @property
+    def match(self) -> tuple[str, str, int]:
+        return (self.dst, self.src, self.udp_port)
+
+
+@dataclass
+class NodePlan:
+    """What one BFR must hold: its BIFT entries by BIFT-id and its BFIR entries by match."""
+
+    bifts: dict[int, BiftEntry] = field(default_factory=dict)
+    bfirs: dict[tuple[str, str, int], BfirEntry] = field(default_factory=dict)
+
+
+def group_sets(intent: BierIntent, to: frozenset[str] | set[str]) -> tuple[tuple[int, int], ...]:
+    """The bitstrings, per BIFT-id (one per SI), that name the BFERs `to`."""
+    bits = BSL_BITS[intent.bsl_code]
+    sets: dict[int, int] = {}
+    for name in to:
+        si, pos = si_bit(intent.topo.bfr_ids[name] or 0, bits)
+        bid = bift_id(intent.bsl_code, si)
+        sets[bid] = sets.get(bid, 0) | 1 << (pos - 1)
+    return tuple(sorted(sets.items()))
+
+
+def plan_domain(
+    intent: BierIntent, down_links: set[frozenset[str]] | None = None, down_nodes: set[str] | None = None
+) -> dict[str, NodePlan]:
+    """Every live BFR's entries, for the topology without the failed links and nodes: BIFTs from shortest
+    paths (RFC 8279 s6), checked disjoint, and every group's BFIR entry (the bitstring of all its BFERs:
+    a BFER that cannot be reached is simply not forwarded to, and is there again when it returns)."""
+    topo = intent.topo
+    for n in sorted(down_nodes or ()):
+        topo = topo.without_node(n)
+    for link in sorted(down_links or (), key=sorted):
+        a, b = sorted(link)
+        topo = topo.without_link(a, b)
+    bifts = compute_bifts(topo, intent.bsl_code)
+    check_disjoint(bifts)
+    plans: dict[str, NodePlan] = {}
+    for name, table in bifts.items():
+        plan = plans.setdefault(name, NodePlan())
+        for entry in table.values():
+            nbrs = tuple(
+                BiftPort(
+                    intent.ports[(name, nbr)].ifname, intent.ports[(nbr, name)].mac, fbm, intent.ports[(name, nbr)].mac
+                )
+                for nbr, fbm in entry.fbm.items()
+            )
+            plan.bifts[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs)
+    for g in intent.groups:
+        if g.bfir not in plans:
+            continue
+        e = BfirEntry(
+            g.dst, intent.topo.bfr_ids[g.bfir] or 0, intent.bsl_code, group_sets(intent, g.to), g.src, g.udp_port
+        )
+        plans[g.bfir].bfirs[e.match] = e
+    return plans

@@ -14,13 +14,13 @@ import grpc
 from .. import proto
 from ..errors import ConfigError, DataPlaneError, DinetError
 from ..model import ServiceKey
-from ..targets.remote import CODES, inst_from_msg, inst_msg
+from ..targets.remote import CODES, bfir_from_msg, bift_from_msg, inst_from_msg, inst_msg
 
 log = logging.getLogger(__name__)
 
 
 class AgentService:
-    """What the agent process serves, over a local SteeringNode (and a BierNode once BIER is asked for)."""
+    """What the agent process serves, over a local SteeringNode (and a TcBierTarget once BIER is asked for)."""
 
     def __init__(self, steer: Any, bier_factory: Any = None, token: str = ""):
         self.steer = steer
@@ -82,26 +82,39 @@ class AgentService:
                 return out
 
             @guarded
-            def SetBift(self, r: Any) -> Any:  # noqa: N802
-                from ..targets import netns
-                from ..targets.tc import BiftNeighbor
+            def RemoveService(self, r: Any) -> Any:  # noqa: N802
+                svc_self.steer.remove_service(ServiceKey.parse(r.service))
+                return pb.Done()
 
-                bier = svc_self._bier()
-                nbrs = [
-                    BiftNeighbor(netns.ifindex(n.ifname), netns.mac_of(n.ifname), n.dmac, int.from_bytes(n.fbm, "big"))
-                    for n in r.neighbors
-                ]
-                bier.set_bift(r.bift_id, int.from_bytes(r.local, "big"), nbrs)
+            @guarded
+            def ListServices(self, r: Any) -> Any:  # noqa: N802
+                return pb.ServiceList(services=[state(s.key) for s in svc_self.steer.services()])
+
+            @guarded
+            def SetBift(self, r: Any) -> Any:  # noqa: N802
+                svc_self._bier().set_bift(bift_from_msg(r))
+                return pb.Done()
+
+            @guarded
+            def RemoveBift(self, r: Any) -> Any:  # noqa: N802
+                svc_self._bier().remove_bift(r.bift_id)
                 return pb.Done()
 
             @guarded
             def SetBfir(self, r: Any) -> Any:  # noqa: N802
-                from ..targets.tc import BfirMatch
-
-                match = BfirMatch(r.dst, r.src or None, r.udp_port)
-                sets = {bid: int.from_bytes(bits, "big") for bid, bits in r.sets.items()}
-                svc_self._bier().set_bfir(match, r.bfir_id, r.bsl, sets)
+                svc_self._bier().set_bfir(bfir_from_msg(r))
                 return pb.Done()
+
+            @guarded
+            def RemoveBfir(self, r: Any) -> Any:  # noqa: N802
+                svc_self._bier().remove_bfir(bfir_from_msg(r))
+                return pb.Done()
+
+            @guarded
+            def PortsUp(self, r: Any) -> Any:  # noqa: N802
+                from ..targets.tc import links_up
+
+                return pb.PortsState(up=links_up(list(r.ifnames)))
 
         return Servicer()
 
@@ -118,9 +131,12 @@ class AgentServer:
         _, pb_grpc = proto.agent()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_NodeAgentServicer_to_server(service.servicer(), self.server)
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises it for an address it cannot resolve or bind
+            self.port = 0
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {address}")
+            raise ConfigError(f"cannot listen on {address} (address not local, or the port is taken)")
         self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
 
     def __enter__(self) -> AgentServer:
@@ -133,13 +149,13 @@ class AgentServer:
 
 def serve_forever(node: str, listen: str, token: str, stop: threading.Event | None = None) -> None:
     """`dinet agent`: serves the node's programs until stopped (SIGINT/SIGTERM in the CLI)."""
-    from ..targets.tc import BierNode
+    from ..targets.tc import BierNode, TcBierTarget
     from ..targets.xdp import SteeringNode
 
     stop = stop or threading.Event()
     steer = SteeringNode(node)
     try:
-        service = AgentService(steer, lambda: BierNode(node), token)
+        service = AgentService(steer, lambda: TcBierTarget(BierNode(node)), token)
         with AgentServer(service, listen) as srv:
             print(f"dinet agent: node {node} on {srv.address}", flush=True)
             stop.wait()

@@ -1,133 +1,143 @@
-"""BIER in the controller: the domain's topology in, every BFR's BIFT and every BFIR's entries out, written
-through whatever programs each node (a local TC node, a node agent). Recomputed when a link goes."""
+"""BIER in the controller: the domain's intent in, every BFR's BIFT and every BFIR's entries out, through each
+node's BierTarget (a local TC node, a node agent, a P4Runtime switch).
+
+It plans from its own record of what each node holds: a failed link or BFR (or one that returns) makes it
+plan the domain again (dinet.policy.bift.plan_domain) and write only the entries that changed. With BIER
+there is no tree to rebuild: the BFIR's bitstrings stay as they are; only the BFRs next to the failure get
+other F-BMs. A node that does not answer loses its record, and is written whole when it is back."""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from ..errors import ConfigError
-from ..model import parse_address
-from ..packets import BSL_BITS, bift_id, si_bit
-from ..policy.bift import BierTopology, check_disjoint, compute_bifts
+from ..errors import DataPlaneError, DinetError, InterfaceError
+from ..policy.bift import BierIntent, NodePlan, plan_domain
+from ..targets.base import BierTarget
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Port:
-    """A node's interface toward a neighbour, and that interface's MAC address."""
+@dataclass
+class Reconvergence:
+    """One change of the domain's state, and what it took."""
 
-    ifname: str
-    mac: str
-
-
-@dataclass(frozen=True)
-class BierGroup:
-    """Traffic the BFIR `bfir` sends to the BFERs `to`: (S,G) with src, (*,G), or (*, dst, UDP port)."""
-
-    bfir: str
-    dst: str
-    to: frozenset[str]
-    src: str = ""
-    udp_port: int = 0
+    down_links: set[frozenset[str]]
+    down_nodes: set[str]
+    detected_at: float  # monotonic seconds
+    written_at: float
+    entries_written: int
 
 
 @dataclass
-class BierIntent:
-    bsl_code: int
-    topo: BierTopology
-    ports: dict[tuple[str, str], Port]  # (node, neighbour) -> the node's port toward the neighbour
-    groups: list[BierGroup] = field(default_factory=list)
-
-    def check(self) -> None:
-        for link in self.topo.links:
-            for x, y in ((link.a, link.b), (link.b, link.a)):
-                if (x, y) not in self.ports:
-                    raise ConfigError(f"BIER link {link.a}-{link.b}: no port of {x} toward {y}")
-        for g in self.groups:
-            for n in (g.bfir, *g.to):
-                if n not in self.topo.bfr_ids:
-                    raise ConfigError(f"BIER group {g.dst}: no BFR {n!r}")
-            if self.topo.bfr_ids.get(g.bfir) is None:
-                raise ConfigError(f"BIER group {g.dst}: the BFIR {g.bfir} has no BFR-id")
-            for n in g.to:
-                if self.topo.bfr_ids[n] is None:
-                    raise ConfigError(f"BIER group {g.dst}: {n} has no BFR-id, so it cannot receive")
-
-
-class BierWriter(Protocol):
-    def set_bift(self, bift_id: int, local: int, neighbors: list[tuple[str, str, int]]) -> None: ...
-    def set_bfir(
-        self, dst: str, bfir_id: int, bsl_code: int, sets: dict[int, int], src: str = "", udp_port: int = 0
-    ) -> None: ...
-
-
-class LocalBierWriter:
-    """A TC BierNode on this host (in namespace `netns`), written with interface names like an agent."""
-
-    def __init__(self, node: Any, netns: str | None = None):
-        self.node, self.ns = node, netns
-
-    def set_bift(self, bift_id: int, local: int, neighbors: list[tuple[str, str, int]]) -> None:
-        from ..targets import netns
-        from ..targets.tc import BiftNeighbor
-
-        nbrs = [
-            BiftNeighbor(netns.ifindex(i, self.ns), netns.mac_of(i, self.ns), mac, fbm) for i, mac, fbm in neighbors
-        ]
-        self.node.set_bift(bift_id, local, nbrs, self.ns)
-
-    def set_bfir(
-        self, dst: str, bfir_id: int, bsl_code: int, sets: dict[int, int], src: str = "", udp_port: int = 0
-    ) -> None:
-        from ..targets.tc import BfirMatch
-
-        self.node.set_bfir(
-            BfirMatch(parse_address(dst), parse_address(src) if src else None, udp_port), bfir_id, bsl_code, sets
-        )
-
-    def stale(self, keep: set[int]) -> None:
-        for bid in set(self.node.bifts()) - keep:
-            self.node.remove_bift(bid)
-
-
 class BierController:
-    def __init__(self, intent: BierIntent, writers: dict[str, BierWriter]):
-        intent.check()
-        missing = set(intent.topo.bfr_ids) - set(writers)
+    intent: BierIntent
+    targets: dict[str, BierTarget]
+    record: dict[str, NodePlan] = field(default_factory=dict)  # what each node holds, as written
+    down_links: set[frozenset[str]] = field(default_factory=set)
+    down_nodes: set[str] = field(default_factory=set)
+    writes: int = 0
+    history: list[Reconvergence] = field(default_factory=list)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def __post_init__(self) -> None:
+        self.intent.check()
+        missing = set(self.intent.topo.bfr_ids) - set(self.targets)
         if missing:
-            raise ConfigError(f"no node programs BFR(s) {sorted(missing)}")
-        self.intent, self.writers = intent, writers
+            raise DinetError(f"no node programs BFR(s) {sorted(missing)}")
 
     def install(self) -> int:
-        """Writes every BFR's BIFT, then every group's BFIR entries; returns the entries written."""
-        i = self.intent
-        bifts = compute_bifts(i.topo, i.bsl_code)
-        check_disjoint(bifts)
+        """Writes what differs from the record on every live node; returns the entries written."""
+        with self._lock:
+            plans = plan_domain(self.intent, self.down_links, self.down_nodes)
+            n = 0
+            for name, plan in plans.items():
+                try:
+                    n += self._apply(name, plan)
+                except DataPlaneError as e:
+                    log.warning("BIER node %s: %s; written again once it answers", name, e)
+                    self.record.pop(name, None)
+            self.writes += n
+            return n
+
+    def _apply(self, name: str, plan: NodePlan) -> int:
+        t = self.targets[name]
+        old = self.record.get(name)
+        have = old or NodePlan()
         n = 0
-        for name, table in bifts.items():
-            w = self.writers[name]
-            for entry in table.values():
-                nbrs = [(i.ports[(name, nbr)].ifname, i.ports[(nbr, name)].mac, fbm) for nbr, fbm in entry.fbm.items()]
-                w.set_bift(entry.bift_id, entry.local, nbrs)
+        # new and changed entries first, so a packet always finds a path; stale ones after
+        for bid, entry in plan.bifts.items():
+            if old is None or have.bifts.get(bid) != entry:
+                t.set_bift(entry)
                 n += 1
-            if hasattr(w, "stale"):
-                w.stale({e.bift_id for e in table.values()})
-        bits = BSL_BITS[i.bsl_code]
-        for g in i.groups:
-            sets: dict[int, int] = {}
-            for name in g.to:
-                si, pos = si_bit(i.topo.bfr_ids[name] or 0, bits)
-                bid = bift_id(i.bsl_code, si)
-                sets[bid] = sets.get(bid, 0) | 1 << (pos - 1)
-            self.writers[g.bfir].set_bfir(g.dst, i.topo.bfr_ids[g.bfir] or 0, i.bsl_code, sets, g.src, g.udp_port)
+        for key, bfir in plan.bfirs.items():
+            if old is None or have.bfirs.get(key) != bfir:
+                t.set_bfir(bfir)
+                n += 1
+        for bid in set(have.bifts) - set(plan.bifts):
+            t.remove_bift(bid)
             n += 1
+        for key in set(have.bfirs) - set(plan.bfirs):
+            t.remove_bfir(have.bfirs[key])
+            n += 1
+        self.record[name] = plan
         return n
 
+    def set_state(self, down_links: set[frozenset[str]], down_nodes: set[str], detected_at: float | None = None) -> int:
+        """The links and BFRs that are down now (the rest is up). If that changed, the domain is planned
+        again and the differences written; returns the entries written."""
+        with self._lock:
+            if down_links == self.down_links and down_nodes == self.down_nodes:
+                return 0
+            t0 = detected_at if detected_at is not None else time.monotonic()
+            came_back = self.down_nodes - down_nodes
+            for name in came_back:  # it may have lost its tables: write it whole
+                self.record.pop(name, None)
+            log.warning(
+                "BIER domain: links down %s, BFRs down %s: BIFTs recomputed",
+                sorted("-".join(sorted(k)) for k in down_links) or "none",
+                sorted(down_nodes) or "none",
+            )
+            self.down_links, self.down_nodes = set(down_links), set(down_nodes)
+            n = self.install()
+            self.history.append(Reconvergence(set(down_links), set(down_nodes), t0, time.monotonic(), n))
+            return n
+
     def link_down(self, a: str, b: str) -> int:
-        """The link a-b is gone: every BIFT is computed again and written."""
-        self.intent.topo = self.intent.topo.without_link(a, b)
-        log.warning("BIER link %s-%s down: BIFTs recomputed", a, b)
-        return self.install()
+        return self.set_state(self.down_links | {frozenset((a, b))}, self.down_nodes)
+
+    def link_up(self, a: str, b: str) -> int:
+        return self.set_state(self.down_links - {frozenset((a, b))}, self.down_nodes)
+
+    def observe(self) -> tuple[set[frozenset[str]], set[str]]:
+        """Asks every node which of its ports are up: a link is down when either end's port is down or either
+        end does not answer; a node that does not answer is down."""
+        ports: dict[str, list[str]] = {}
+        for (node, _), port in self.intent.ports.items():
+            ports.setdefault(node, []).append(port.ifname)
+        state: dict[str, dict[str, bool]] = {}
+        nodes_down = set()
+        for name, t in self.targets.items():
+            try:
+                state[name] = t.ports_up(sorted(set(ports.get(name, []))))
+            except (DataPlaneError, InterfaceError) as e:
+                log.debug("BIER node %s does not answer: %s", name, e)
+                nodes_down.add(name)
+        links_down = set()
+        for link in self.intent.topo.links:
+            ends = ((link.a, link.b), (link.b, link.a))
+            if any(x in nodes_down or not state[x].get(self.intent.ports[(x, y)].ifname, False) for x, y in ends):
+                links_down.add(frozenset((link.a, link.b)))
+        return links_down, nodes_down
+
+    def watch(self, interval: float, stop: threading.Event) -> None:
+        """Observes the domain every `interval` seconds and reconverges on every change, until stopped."""
+        while not stop.wait(interval):
+            try:
+                t0 = time.monotonic()
+                links, nodes = self.observe()
+                self.set_state(links, nodes, t0)
+            except DinetError as e:
+                log.warning("BIER watch: %s", e)

@@ -57,6 +57,19 @@ class Collector:
     _window: dict[str, tuple[float, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _expired: set[InstanceRef] = field(default_factory=set)
+    _since: dict[InstanceRef, float] = field(default_factory=dict)  # when an expected instance became expected
+
+    def __post_init__(self) -> None:
+        self.set_tokens(self.tokens)
+
+    def set_tokens(self, tokens: dict[str, tuple[str, set[InstanceRef]]]) -> None:
+        """The agents and the instances each reports for (a new intent). An instance that has an agent is
+        expected to report: one never heard from within `timeout` of now (or of the start) expires."""
+        now = self.clock()
+        with self._lock:
+            self.tokens = tokens
+            expected = {ref for _, refs in tokens.values() for ref in refs}
+            self._since = {ref: self._since.get(ref, now) for ref in expected}
 
     def _reject(self, reason: str, detail: str) -> str:
         self.rejected[reason] += 1
@@ -103,9 +116,14 @@ class Collector:
         now = self.clock()
         with self._lock:
             gone = [ref for ref, s in self.latest.items() if now - s.at > self.timeout and ref not in self._expired]
+            gone += [
+                ref
+                for ref, since in self._since.items()
+                if ref not in self.latest and now - since > self.timeout and ref not in self._expired
+            ]
             self._expired.update(gone)
         for ref in gone:
-            log.warning("instance %s/%d: no report for %.1fs: expired", ref[0], ref[1], self.timeout)
+            log.warning("instance %s/%d: no report for %.1f s: expired", ref[0], ref[1], self.timeout)
             if self.on_expire:
                 self.on_expire(ref)
         return gone
@@ -158,9 +176,12 @@ class CollectorServer:
         self.collector = collector
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
         pb_grpc.add_CollectorServicer_to_server(_servicer(collector), self.server)
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises it for an address it cannot resolve or bind
+            self.port = 0
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {address}")
+            raise ConfigError(f"cannot listen on {address} (address not local, or the port is taken)")
         self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
 
     def __enter__(self) -> CollectorServer:

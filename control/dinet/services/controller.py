@@ -1,11 +1,15 @@
 """The controller: intent (services, instances, sites) and live metrics in; weights decided; the data plane
 reconciled to them, writing only what differs.
 
-A service's weights are decided from its instances' Level 1 scores and its traffic class (dinet.policy.decide),
-damped against what is installed. A report that changes nothing installs nothing. An instance whose agent
-expired is set DOWN (its flows are placed anew); an overloaded one gets weight 0 (its flows stay). On start
-the controller reads the data plane back and keeps what is there when it matches the intent's instances, so
-a restarted controller rewrites nothing and moves no flow."""
+It plans from its own record of what it installed: the data plane is read back at start (what is there is
+adopted where it holds the intent's instances, so a restarted controller writes nothing and moves no flow)
+and on an explicit `resync()`, never per report. A service's weights are decided from its instances' Level 1
+scores and its traffic class (dinet.policy.decide), damped against what is installed.
+
+An instance's state, in order of precedence: the operator's `down` or `draining` in the intent; DOWN once
+its agent expired (silent for the collector's timeout, or never heard from within the timeout of the
+start); until its first report, the state and weight it had (installed, else the intent's), never the
+default "healthy and idle"; then the decision."""
 
 from __future__ import annotations
 
@@ -14,24 +18,16 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import UnknownServiceError
 from ..model import Instance, InstanceState, ServiceKey
 from ..policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
 from ..policy.scores import Level0, ScoreModel
+from ..targets.base import SteeringTarget
 from .collect import Collector, InstanceRef
 
 log = logging.getLogger(__name__)
-
-
-class SteeringTarget(Protocol):
-    """What the controller needs of a data plane: the XDP SteeringNode and the P4Node both provide it."""
-
-    def add_service(self, svc: ServiceKey) -> int: ...
-    def service(self, svc: ServiceKey) -> Any: ...
-    def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None: ...
-    def service_counters(self, svc: ServiceKey) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +45,10 @@ class SitePath:
     loss: float = 0.0
 
 
+def _members(instances: Any) -> set[tuple[int, Any, int]]:
+    return {(i.instance_id, i.endpoint, i.site_id) for i in instances}
+
+
 @dataclass
 class Controller:
     target: SteeringTarget
@@ -58,89 +58,149 @@ class Controller:
     policy: Policy = field(default_factory=Policy)
     metrics: dict[InstanceRef, Level0] = field(default_factory=dict)
     expired: set[InstanceRef] = field(default_factory=set)
+    installed: dict[ServiceKey, tuple[Instance, ...]] = field(default_factory=dict)  # the record, by instance id
     writes: int = 0
+    reads: int = 0  # read-backs of the data plane (start and resyncs only)
     decisions: list[float] = field(default_factory=list)  # seconds per decision, most recent last
+    decisions_dropped: int = 0  # older decisions no longer in `decisions`
+    _by_key: dict[ServiceKey, ServiceIntent] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
+    def __post_init__(self) -> None:
+        self._by_key = {s.key: s for s in self.services}
+
     def intent(self, svc: ServiceKey) -> ServiceIntent:
-        for s in self.services:
-            if s.key == svc:
-                return s
-        raise UnknownServiceError(f"no service {svc} in the intent")
+        try:
+            return self._by_key[svc]
+        except KeyError:
+            raise UnknownServiceError(f"no service {svc} in the intent") from None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Installs every service; keeps what the data plane already holds where it matches the intent."""
-        for s in self.services:
-            self.target.add_service(s.key)
-            have = self._installed(s.key)
-            same_members = {(i.instance_id, i.endpoint, i.site_id) for i in have} == {
-                (i.instance_id, i.endpoint, i.site_id) for i in s.instances
-            }
-            if not same_members:
-                self._write(s.key, list(s.instances))
+    def start(self) -> int:
+        """Installs every service, adopting what the data plane holds where it matches the intent. Returns
+        the number of writes."""
+        return self.resync()
+
+    def resync(self) -> int:
+        """Reads the data plane back (the record is replaced by what it holds) and writes what differs from
+        the decisions. At start, and when a target was re-programmed or is suspected to differ."""
+        with self._lock:
+            before = self.writes
+            for s in self.services:
+                self._read_back(s.key)
+                self.reconcile(s.key)
+            return self.writes - before
+
+    def _read_back(self, svc: ServiceKey) -> None:
+        """The service as the data plane holds it (installed first if it is not there) becomes the record."""
+        self.target.add_service(svc)
+        self.reads += 1
+        have = self.target.service(svc).instances.values()
+        self.installed[svc] = tuple(sorted(have, key=lambda i: i.instance_id))
+
+    def set_intent(self, services: list[ServiceIntent]) -> int:
+        """A new intent (the file changed): services added, removed or with other instances; instances that
+        stay keep their slots and flows. Returns the writes."""
+        with self._lock:
+            before = self.writes
+            gone = set(self._by_key) - {s.key for s in services}
+            self.services, self._by_key = list(services), {s.key: s for s in services}
+            for key in sorted(gone):
+                self.target.remove_service(key)
+                self.installed.pop(key, None)
+                self.writes += 1
+                log.info("%s: removed (no longer in the intent)", key)
+            for s in self.services:
+                if s.key not in self.installed:
+                    self._read_back(s.key)
+                self.reconcile(s.key)
+            return self.writes - before
 
     def attach(self, collector: Collector) -> None:
         collector.on_report = self.on_report
         collector.on_expire = self.on_expire
 
-    def _installed(self, svc: ServiceKey) -> list[Instance]:
-        return sorted(self.target.service(svc).instances.values(), key=lambda i: i.instance_id)
-
     def _write(self, svc: ServiceKey, instances: list[Instance]) -> None:
         self.target.set_instances(svc, instances)
+        self.installed[svc] = tuple(instances)
         self.writes += 1
         log.info("%s: installed %s", svc, {i.instance_id: (i.weight, i.state.name.lower()) for i in instances})
 
     # ---- decisions ------------------------------------------------------------------------------------
     def desired(self, svc: ServiceKey) -> list[Instance]:
+        """The service's instances as they should be installed, from the record, the intent and the metrics:
+        no read of the data plane."""
         s = self.intent(svc)
-        have = {i.instance_id: i for i in self._installed(svc)}
+        installed = self.installed.get(svc, ())
+        have = {i.instance_id: i for i in installed}
+        adopt: bool | None = None  # does the record hold the intent's instances? (asked only when needed)
+
+        def kept(inst: Instance) -> Instance | None:
+            nonlocal adopt
+            if adopt is None:
+                adopt = _members(installed) == _members(s.instances)
+            return have.get(inst.instance_id) if adopt else None
+
+        decided: dict[int, Instance] = {}
         cands = []
         for inst in s.instances:
             ref = (svc, inst.instance_id)
-            m = self.metrics.get(ref, Level0())
-            path = self.sites.get(inst.site_id, SitePath())
-            up = ref not in self.expired and m.healthy
-            cands.append(Candidate(inst.instance_id, inst.site_id, self.model.level1(m, path.delay_ms, path.loss), up))
-        if not any(ref[0] == svc for ref in self.metrics):
-            # no metrics yet: keep what the data plane holds if it is this intent's instance set (a restart),
-            # else the intent's own weights
-            members = {(i.instance_id, i.endpoint, i.site_id) for i in s.instances}
-            if have and {(i.instance_id, i.endpoint, i.site_id) for i in have.values()} == members:
-                return list(have.values())
-            return list(s.instances)
-        target = target_weights(cands, s.cls, self.policy)
-        current = {iid: i.weight for iid, i in have.items() if i.state != InstanceState.DOWN}
-        weights = damp(current, target, self.policy)
-        out = []
-        for inst in s.instances:
-            ref = (svc, inst.instance_id)
-            state = (
-                InstanceState.DOWN
-                if ref in self.expired
-                else (InstanceState.DRAINING if inst.state == InstanceState.DRAINING else InstanceState.UP)
-            )
-            out.append(replace(inst, weight=weights[inst.instance_id], state=state))
-        if all(i.weight == 0 or i.state != InstanceState.UP for i in out):
+            m = self.metrics.get(ref)
+            if inst.state != InstanceState.UP:  # the operator's word wins over reports
+                old = kept(inst)
+                decided[inst.instance_id] = replace(inst, weight=old.weight if old else inst.weight)
+            elif ref in self.expired:
+                decided[inst.instance_id] = replace(inst, weight=0, state=InstanceState.DOWN)
+            elif m is None:  # not heard from yet: as it was, never "idle and healthy"
+                decided[inst.instance_id] = kept(inst) or inst
+            else:
+                path = self.sites.get(inst.site_id) or SitePath()
+                cands.append(
+                    Candidate(inst.instance_id, inst.site_id, self.model.level1(m, path.delay_ms, path.loss), m.healthy)
+                )
+        if cands:
+            target = target_weights(cands, s.cls, self.policy)
+            current = {
+                c.instance_id: have[c.instance_id].weight
+                for c in cands
+                if c.instance_id in have and have[c.instance_id].state != InstanceState.DOWN
+            }
+            weights = damp(current, target, self.policy)
+            by_id = {i.instance_id: i for i in s.instances}
+            for c in cands:
+                state = InstanceState.UP if c.up else InstanceState.DOWN
+                old, inst = have.get(c.instance_id), by_id[c.instance_id]
+                if (
+                    old is not None
+                    and (old.weight, old.state, old.site_id) == (weights[c.instance_id], state, inst.site_id)
+                    and old.endpoint == inst.endpoint
+                ):
+                    decided[c.instance_id] = old  # unchanged: no new object
+                else:
+                    decided[c.instance_id] = replace(inst, weight=weights[c.instance_id], state=state)
+        out = [decided[i.instance_id] for i in s.instances]
+        if all(not i.usable for i in out):
             live = [i for i in out if i.state == InstanceState.UP]
             if live:  # a data plane refuses all-zero weights: keep a trickle on the least loaded live one
                 best = min(
                     live, key=lambda i: (self.metrics.get((svc, i.instance_id), Level0()).cpu_load, i.instance_id)
                 )
                 out = [replace(i, weight=1) if i is best else i for i in out]
+        out.sort(key=lambda i: i.instance_id)
         return out
 
     def reconcile(self, svc: ServiceKey) -> bool:
-        """Writes the service's desired instances if they differ from what is installed; True if it wrote."""
+        """Writes the service's desired instances if they differ from the record; True if it wrote."""
         with self._lock:
             t0 = time.perf_counter()
-            want = sorted(self.desired(svc), key=lambda i: i.instance_id)
-            wrote = want != self._installed(svc)
+            want = self.desired(svc)
+            wrote = tuple(want) != self.installed.get(svc)
             if wrote:
                 self._write(svc, want)
             self.decisions.append(time.perf_counter() - t0)
-            del self.decisions[:-1000]
+            if len(self.decisions) > 2000:
+                self.decisions_dropped += len(self.decisions) - 1000
+                del self.decisions[:-1000]
             return wrote
 
     def update_sites(self, sites: dict[int, SitePath]) -> int:
@@ -156,20 +216,20 @@ class Controller:
         with self._lock:
             self.metrics[ref] = m
             self.expired.discard(ref)
-            if any(s.key == ref[0] for s in self.services):
+            if ref[0] in self._by_key:
                 self.reconcile(ref[0])
 
     def on_expire(self, ref: InstanceRef) -> None:
         with self._lock:
             self.expired.add(ref)
-            if any(s.key == ref[0] for s in self.services):
+            if ref[0] in self._by_key:
                 self.reconcile(ref[0])
 
     # ---- observation ------------------------------------------------------------------------------------
     def status(self) -> Iterator[dict[str, Any]]:
         for s in self.services:
             total, per = self.target.service_counters(s.key)
-            for inst in self._installed(s.key):
+            for inst in self.installed.get(s.key, ()):
                 m = self.metrics.get((s.key, inst.instance_id))
                 yield {
                     "service": str(s.key),

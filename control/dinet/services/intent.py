@@ -1,22 +1,322 @@
-"""The topology and intent file that `dinet run` starts from (YAML). See topo/intent-example.yaml."""
+"""The topology and intent file that `dinet run` starts from (YAML; see topo/intent-example.yaml).
+
+The file's schema is declared with pydantic: unknown keys, wrong types, out-of-range values, missing
+addresses and duplicate ids or tokens are refused with one line naming the file, the path in it
+(`services[0].instances[1].weight`) and what was expected. `load()` turns a valid file into the control
+plane's model (RunConfig)."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..model import Instance, InstanceState, ServiceKey, parse_address
 from ..packets import BSL_CODE
-from ..policy.bift import BierTopology
+from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
 from ..policy.decide import TrafficClass
-from .bier import BierGroup, BierIntent, Port
 from .collect import InstanceRef
 from .controller import ServiceIntent, SitePath
 from .probe import Probe
+
+# ---- the schema ------------------------------------------------------------------------------------------
+
+
+class _Spec(BaseModel):
+    # strict: `weight: 1.7` or `id: "abc"` is an error, not a conversion; unknown keys are errors
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _ip(v: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        raise ValueError(f"expected an IPv4 or IPv6 address, got {v!r}") from None
+
+
+def _hostport(v: Any) -> str:
+    host, sep, port = str(v).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {v!r}")
+    return str(v)
+
+
+IPText = Annotated[str, Field(min_length=1)]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class AttachSpec(_Spec):
+    dev: Name
+    netns: Name | None = None
+    mode: Literal["native", "generic", "skb", "drv"] = "native"
+
+
+class SizesSpec(_Spec):
+    max_services: int = Field(default=0, ge=0)
+    max_instances: int = Field(default=0, ge=0)
+    ring_size: int = Field(default=0, ge=0)
+    affinity_entries: int = Field(default=0, ge=0)
+
+
+class SiteSpec(_Spec):
+    delay_ms: float = Field(default=0.0, ge=0)
+    loss: float = Field(default=0.0, ge=0, le=1)
+    probe: IPText | None = None  # measured by ping where given
+    probe_netns: Name | None = None
+
+    _probe = field_validator("probe")(lambda v: None if v is None else _ip(v))
+
+
+Sites = dict[Annotated[int, Field(ge=0, lt=2**16)], SiteSpec]
+
+
+class XdpNodeSpec(_Spec):
+    target: Literal["xdp"]
+    name: Name = "default"
+    src4: IPText | None = None
+    src6: IPText | None = None
+    attach: list[AttachSpec] = []
+    sites: Sites = {}
+
+    _src = field_validator("src4", "src6")(lambda v: None if v is None else _ip(v))
+
+
+class AgentNodeSpec(_Spec):
+    target: Literal["agent"]
+    address: IPText
+    token: str = ""
+    name: Name | None = None
+    sites: Sites = {}
+
+    _addr = field_validator("address")(_hostport)
+
+
+class Bmv2NodeSpec(_Spec):
+    target: Literal["bmv2"]
+    address: IPText  # unix:/path or host:port of the P4Runtime server
+    device_id: int = Field(default=0, ge=0)
+    election_id: int = Field(default=1, ge=1)
+    name: Name | None = None
+    sizes: SizesSpec | None = None
+    src4: IPText | None = None
+    src6: IPText | None = None
+    set_pipeline: bool = True  # False: the switch must already run dinet.p4 (never set it)
+    sites: Sites = {}
+
+    _src = field_validator("src4", "src6")(lambda v: None if v is None else _ip(v))
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return v if v.startswith("unix:") else _hostport(v)
+
+
+NodeSpec = Annotated[XdpNodeSpec | AgentNodeSpec | Bmv2NodeSpec, Field(discriminator="target")]
+
+
+class CollectorSpec(_Spec):
+    listen: IPText = "127.0.0.1:50051"
+    timeout: float = Field(default=3.0, gt=0)
+    max_rate: float = Field(default=1000.0, gt=0)
+
+    _listen = field_validator("listen")(_hostport)
+
+
+class PrometheusSpec(_Spec):
+    listen: IPText | None = "127.0.0.1:9464"
+
+    _listen = field_validator("listen")(lambda v: None if v is None else _hostport(v))
+
+
+class InstanceSpec(_Spec):
+    id: int = Field(ge=1, lt=2**32)
+    endpoint: IPText
+    name: str = ""
+    site: int = Field(default=0, ge=0, lt=2**16)
+    weight: int = Field(default=1, ge=0, lt=2**32)
+    state: Literal["up", "draining", "down"] = "up"
+    token: str | None = Field(default=None, min_length=1)
+    agent: Name | None = None  # the reporting agent's identity; instances of one agent share its token
+
+    _endpoint = field_validator("endpoint")(_ip)
+
+
+class ServiceSpec(_Spec):
+    service: str
+    class_: Literal["delay-sensitive", "delay-tolerant"] = Field(default="delay-tolerant", alias="class")
+    instances: list[InstanceSpec] = Field(min_length=1)
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, v: str) -> str:
+        try:
+            return str(ServiceKey.parse(v))
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _unique(self) -> ServiceSpec:
+        ids = [i.id for i in self.instances]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"instance ids must be unique in a service; repeated: {dup}")
+        if not any(i.weight for i in self.instances if i.state == "up") and any(
+            i.state == "up" for i in self.instances
+        ):
+            raise ValueError("every instance that is up has weight 0: give at least one a weight")
+        return self
+
+
+class BierNodeLocal(_Spec):
+    target: Literal["local"]
+    name: Name | None = None
+    netns: Name | None = None
+    attach: list[AttachSpec] = []
+
+
+class BierNodeAgent(_Spec):
+    target: Literal["agent"]
+    address: IPText
+    token: str = ""
+
+    _addr = field_validator("address")(_hostport)
+
+
+class BierNodeBmv2(_Spec):
+    target: Literal["bmv2"]
+    address: IPText
+    device_id: int = Field(default=0, ge=0)
+    election_id: int = Field(default=1, ge=1)
+    sizes: SizesSpec | None = None
+    set_pipeline: bool = True
+    netns: Name | None = None  # where the switch's ports live (for their link state)
+    ports: dict[Annotated[int, Field(ge=0, lt=512)], Name] = {}  # port number -> interface name
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return v if v.startswith("unix:") else _hostport(v)
+
+
+BierNodeSpec = Annotated[BierNodeLocal | BierNodeAgent | BierNodeBmv2, Field(discriminator="target")]
+_MAC = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
+
+
+class LinkSpec(_Spec):
+    a: Name
+    b: Name
+    cost: int = Field(default=1, ge=1)
+    a_port: tuple[Annotated[str, Field(min_length=1)], Annotated[str, Field(pattern=_MAC)]]
+    b_port: tuple[Annotated[str, Field(min_length=1)], Annotated[str, Field(pattern=_MAC)]]
+
+    @field_validator("a_port", "b_port", mode="before")
+    @classmethod
+    def _port(cls, v: Any) -> Any:
+        # [eth1, MAC] on Linux, [3, MAC] on a switch: the port as text either way
+        if isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and not isinstance(v[0], bool):
+            return (str(v[0]), v[1])
+        return tuple(v) if isinstance(v, list) else v
+
+
+class GroupSpec(_Spec):
+    bfir: Name
+    dst: IPText
+    to: list[Name] = Field(min_length=1)
+    src: IPText | None = None
+    udp_port: int = Field(default=0, ge=0, le=65535)
+
+    _dst = field_validator("dst")(_ip)
+    _src = field_validator("src")(lambda v: None if v is None else _ip(v))
+
+
+class BierSpec(_Spec):
+    bsl: Literal[64, 128, 256] = 64
+    bfrs: dict[Name, Annotated[int, Field(ge=1, lt=65536)] | None]
+    links: list[LinkSpec] = []
+    groups: list[GroupSpec] = []
+    watch_interval: float = Field(default=0.5, gt=0)  # seconds between checks of links and nodes
+
+
+class IntentSpec(_Spec):
+    node: NodeSpec | None = None
+    ingress: list[NodeSpec] | None = Field(default=None, min_length=1)
+    collector: CollectorSpec = CollectorSpec()
+    prometheus: PrometheusSpec = PrometheusSpec()
+    sites: Sites = {}
+    probe_interval: float = Field(default=5.0, gt=0)
+    services: list[ServiceSpec] = []
+    nodes: dict[Name, BierNodeSpec] = {}
+    bier: BierSpec | None = None
+
+    @model_validator(mode="after")
+    def _whole(self) -> IntentSpec:
+        if (self.node is None) == (self.ingress is None) and (self.services or self.node or self.ingress):
+            raise ValueError("give either `node` (one ingress node) or `ingress` (a list), not both or neither")
+        keys = [s.service for s in self.services]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"services must be unique; repeated: {dup}")
+        owner: dict[str, str] = {}
+        for s in self.services:
+            for i in s.instances:
+                if i.token is None:
+                    continue
+                agent = i.agent or i.name or f"agent-{i.id}"
+                if owner.setdefault(i.token, agent) != agent:
+                    raise ValueError(
+                        f"{s.service} instance {i.id}: its token is also {owner[i.token]}'s; each agent has its "
+                        "own token (instances of one agent name it with `agent:`)"
+                    )
+        if self.bier is not None:
+            for name in self.bier.bfrs:
+                if name not in self.nodes:
+                    raise ValueError(f"bier.bfrs: {name} is not in nodes")
+            ids = [i for i in self.bier.bfrs.values() if i is not None]
+            dup_ids = sorted({i for i in ids if ids.count(i) > 1})
+            if dup_ids:
+                raise ValueError(f"bier.bfrs: BFR-ids must be unique; repeated: {dup_ids}")
+        return self
+
+
+_BRANCHES = {"xdp", "agent", "bmv2", "local"}  # a tagged union's branch: not a key of the file
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _BRANCHES or "[" in str(part):  # union branches and validator wrappers
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _explain(path: Path, e: ValidationError) -> ConfigError:
+    errors = e.errors(include_url=False)
+    err = errors[0]
+    where = _where(tuple(err["loc"])) or "(top level)"
+    msg = re.sub(r" or instance of \w+", "", err["msg"].removeprefix("Value error, "))
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (a typo?)"
+    elif err["type"] == "missing":
+        msg = "missing (required)"
+    given = err.get("input")
+    shown = (
+        "" if err["type"] in ("missing", "extra_forbidden") or isinstance(given, dict | list) else f", got {given!r}"
+    )
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(f"{path}: {where}: {msg}{shown}{more}")
+
+
+# ---- the model -------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -27,28 +327,6 @@ class Ingress:
     node: dict[str, Any]
     sites: dict[int, SitePath]
     probes: dict[int, Probe] = field(default_factory=dict)
-
-
-def _probes(doc: Any) -> dict[int, Probe]:
-    return {
-        int(site): Probe(str(p["probe"]), p.get("probe_netns"))
-        for site, p in (doc or {}).items()
-        if isinstance(p, dict) and p.get("probe")
-    }
-
-
-def _sites(doc: Any) -> dict[int, SitePath]:
-    return {
-        int(site): SitePath(float((p or {}).get("delay_ms", 0)), float((p or {}).get("loss", 0)))
-        for site, p in (doc or {}).items()
-    }
-
-
-def _node(node: Any, where: str) -> dict[str, Any]:
-    if not isinstance(node, dict) or node.get("target") not in ("xdp", "bmv2", "agent"):
-        got = node.get("target") if isinstance(node, dict) else node
-        raise ConfigError(f"{where}.target must be xdp, bmv2 or agent, not {got!r}")
-    return node
 
 
 @dataclass
@@ -64,113 +342,85 @@ class RunConfig:
     tokens: dict[str, tuple[str, set[InstanceRef]]] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # BIER nodes by BFR name
     bier: BierIntent | None = None
+    bier_watch_interval: float = 0.5
 
 
-def _bier(doc: dict[str, Any], nodes: dict[str, Any], where: str) -> BierIntent:
-    code = BSL_CODE.get(int(doc.get("bsl", 64)))
-    if code is None:
-        raise ConfigError(f"{where}.bsl must be one of {sorted(BSL_CODE)}, not {doc.get('bsl')!r}")
-    topo = BierTopology()
-    for name, bfr in (_get(doc, "bfrs", where, dict)).items():
-        if str(name) not in nodes:
-            raise ConfigError(f"{where}.bfrs: {name} is not in nodes")
-        topo.add_node(str(name), None if bfr is None else int(bfr))
-    ports = {}
-    for n, link in enumerate(_get(doc, "links", where, list)):
-        w = f"{where}.links[{n}]"
-        a, b = str(_get(link, "a", w)), str(_get(link, "b", w))
-        topo.add_link(a, b, int(link.get("cost", 1)))
-        for end, other, key in ((a, b, "a_port"), (b, a, "b_port")):
-            port = _get(link, key, w, list)
-            if len(port) != 2:
-                raise ConfigError(f"{w}.{key} is [interface, MAC], not {port!r}")
-            ports[(end, other)] = Port(str(port[0]), str(port[1]))
-    groups = [
-        BierGroup(
-            str(_get(g, "bfir", f"{where}.groups")),
-            str(_get(g, "dst", f"{where}.groups")),
-            frozenset(map(str, _get(g, "to", f"{where}.groups", list))),
-            str(g.get("src") or ""),
-            int(g.get("udp_port", 0)),
+def _paths(sites: dict[int, SiteSpec]) -> dict[int, SitePath]:
+    return {k: SitePath(s.delay_ms, s.loss) for k, s in sites.items()}
+
+
+def _probes(sites: dict[int, SiteSpec]) -> dict[int, Probe]:
+    return {k: Probe(s.probe, s.probe_netns) for k, s in sites.items() if s.probe}
+
+
+def parse(doc: Any, path: Path) -> RunConfig:
+    """A parsed YAML document -> RunConfig, or a ConfigError naming the path in the file."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the file is not a mapping of keys")
+    try:
+        spec = IntentSpec.model_validate(doc)
+    except ValidationError as e:
+        raise _explain(path, e) from None
+    nodes = spec.ingress if spec.ingress is not None else ([spec.node] if spec.node else [])
+    ingress = [
+        Ingress(
+            n.model_dump(exclude={"sites"}, exclude_none=True),
+            _paths(n.sites) or _paths(spec.sites),
+            _probes(n.sites) or _probes(spec.sites),
         )
-        for g in doc.get("groups") or []
+        for n in nodes
     ]
-    intent = BierIntent(code, topo, ports, groups)
-    intent.check()
-    return intent
-
-
-def _get(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = object) -> Any:
-    if key not in d:
-        raise ConfigError(f"{where}: missing {key!r}")
-    if not isinstance(d[key], kind):
-        raise ConfigError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, not {d[key]!r}")
-    return d[key]
+    cfg = RunConfig(
+        ingress=ingress,
+        collector_listen=spec.collector.listen,
+        collector_timeout=spec.collector.timeout,
+        collector_max_rate=spec.collector.max_rate,
+        prometheus_listen=spec.prometheus.listen,
+        probe_interval=spec.probe_interval,
+        sites=_paths(spec.sites),
+    )
+    for s in spec.services:
+        key = ServiceKey.parse(s.service)
+        insts = []
+        for i in s.instances:
+            insts.append(
+                Instance(i.id, parse_address(i.endpoint), i.weight, InstanceState[i.state.upper()], i.site, i.name)
+            )
+            if i.token:
+                _, refs = cfg.tokens.setdefault(i.token, (i.agent or i.name or f"agent-{i.id}", set()))
+                refs.add((key, i.id))
+        cfg.services.append(ServiceIntent(key, TrafficClass(s.class_), tuple(insts)))
+    cfg.nodes = {name: n.model_dump(exclude_none=True) for name, n in spec.nodes.items()}
+    if spec.bier is not None:
+        b = spec.bier
+        topo = BierTopology()
+        for name, bfr in b.bfrs.items():
+            topo.add_node(name, bfr)
+        ports = {}
+        for n, link in enumerate(b.links):
+            for end in (link.a, link.b):
+                if end not in b.bfrs:
+                    raise ConfigError(f"{path}: bier.links[{n}]: {end} is not in bier.bfrs")
+            topo.add_link(link.a, link.b, link.cost)
+            ports[(link.a, link.b)] = Port(*link.a_port)
+            ports[(link.b, link.a)] = Port(*link.b_port)
+        groups = [BierGroup(g.bfir, g.dst, frozenset(g.to), g.src or "", g.udp_port) for g in b.groups]
+        intent = BierIntent(BSL_CODE[b.bsl], topo, ports, groups)
+        try:
+            intent.check()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: bier: {e}") from None
+        cfg.bier, cfg.bier_watch_interval = intent, b.watch_interval
+    return cfg
 
 
 def load(path: Path) -> RunConfig:
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: the file is not a mapping")
-    sites = _sites(doc.get("sites"))
-    if "ingress" in doc:  # several ingress nodes, each with its own path metrics to the sites
-        items = _get(doc, "ingress", str(path), list)
-        ingress = [
-            Ingress(
-                _node(n, f"{path}: ingress[{i}]"),
-                _sites(n.get("sites")) or sites,
-                _probes(n.get("sites")) or _probes(doc.get("sites")),
-            )
-            for i, n in enumerate(items)
-        ]
-    else:
-        ingress = [
-            Ingress(_node(_get(doc, "node", str(path), dict), f"{path}: node"), sites, _probes(doc.get("sites")))
-        ]
-    cfg = RunConfig(ingress=ingress)
-    col = doc.get("collector") or {}
-    cfg.collector_listen = str(col.get("listen", cfg.collector_listen))
-    cfg.collector_timeout = float(col.get("timeout", cfg.collector_timeout))
-    cfg.collector_max_rate = float(col.get("max_rate", cfg.collector_max_rate))
-    cfg.probe_interval = float(doc.get("probe_interval", cfg.probe_interval))
-    prom = doc.get("prometheus") or {}
-    cfg.prometheus_listen = prom.get("listen", cfg.prometheus_listen)
-    cfg.sites = sites
-    for n, s in enumerate(_get(doc, "services", str(path), list)):
-        where = f"{path}: services[{n}]"
-        key = ServiceKey.parse(str(_get(s, "service", where)))
-        try:
-            cls = TrafficClass(s.get("class", "delay-tolerant"))
-        except ValueError:
-            raise ConfigError(
-                f"{where}: class must be delay-sensitive or delay-tolerant, not {s.get('class')!r}"
-            ) from None
-        insts = []
-        for m, i in enumerate(_get(s, "instances", where, list)):
-            w = f"{where}.instances[{m}]"
-            inst = Instance(
-                int(_get(i, "id", w)),
-                parse_address(str(_get(i, "endpoint", w))),
-                int(i.get("weight", 1)),
-                InstanceState[str(i.get("state", "up")).upper()],
-                int(i.get("site", 0)),
-                str(i.get("name", "")),
-            )
-            insts.append(inst)
-            token = i.get("token")
-            if token:
-                agent, refs = cfg.tokens.setdefault(
-                    str(token), (str(i.get("name") or f"agent-{inst.instance_id}"), set())
-                )
-                refs.add((key, inst.instance_id))
-        cfg.services.append(ServiceIntent(key, cls, tuple(insts)))
-    for name, n in (doc.get("nodes") or {}).items():
-        if not isinstance(n, dict) or n.get("target") not in ("local", "agent"):
-            raise ConfigError(f"{path}: nodes.{name}.target must be local or agent")
-        cfg.nodes[str(name)] = n
-    if doc.get("bier"):
-        cfg.bier = _bier(doc["bier"], cfg.nodes, f"{path}: bier")
-    return cfg
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {at}not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    return parse(doc, path)

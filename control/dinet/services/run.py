@@ -1,4 +1,6 @@
-"""`dinet run FILE`: the controller with its collector and Prometheus endpoint, on the node the file names."""
+"""`dinet run FILE`: the controller with its collector and Prometheus endpoint on the ingress nodes the file
+names, and the BIER domain's controller watching its links and BFRs. The file is read again when it changes
+(a new intent is applied without a restart; an invalid one is refused and the running one kept)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DinetError
+from ..errors import ConfigError, DataPlaneError, DinetError
 from .collect import Collector, CollectorServer
 from .controller import Controller
 from .intent import RunConfig, load
@@ -19,8 +21,27 @@ from .observe import registry, serve
 log = logging.getLogger(__name__)
 
 
+def _p4node(node: dict[str, Any], name: str) -> Any:
+    """A connected P4Node: adopted when the switch runs dinet's pipeline already, else programmed."""
+    from ..targets.base import SteerSizes
+    from ..targets.bmv2 import compile_p4
+    from ..targets.p4node import open_p4node
+    from ..targets.p4rt import P4RuntimeSwitch
+
+    sizes = SteerSizes(**{k: int(v) for k, v in (node.get("sizes") or {}).items() if v})
+    sw = P4RuntimeSwitch(str(node["address"]), int(node.get("device_id", 0)), int(node.get("election_id", 1)), name)
+    sw.connect()
+    try:
+        pipe = compile_p4(sizes.defines())
+        return open_p4node(sw, pipe, sizes, bool(node.get("set_pipeline", True)))
+    except BaseException:
+        sw.close()
+        raise
+
+
 @contextlib.contextmanager
 def open_target(node: dict[str, Any]) -> Iterator[Any]:
+    """The SteeringTarget of an ingress node of the intent (xdp, agent or bmv2)."""
     if node["target"] == "agent":
         from ..targets.remote import RemoteNode
 
@@ -41,78 +62,56 @@ def open_target(node: dict[str, Any]) -> Iterator[Any]:
         finally:
             n.close()  # maps stay pinned and programs attached: forwarding goes on without the controller
     else:
-        from ..targets.bmv2 import compile_p4
-        from ..targets.p4node import P4Node
-        from ..targets.p4rt import P4RuntimeSwitch
-        from ..targets.xdp import SteerSizes
-
-        sizes = SteerSizes(**{k: int(v) for k, v in (node.get("sizes") or {}).items()})
-        sw = P4RuntimeSwitch(
-            str(node["address"]),
-            int(node.get("device_id", 0)),
-            int(node.get("election_id", 1)),
-            name=str(node.get("name", node["address"])),
-        )
-        sw.connect()
+        p4 = _p4node(node, str(node.get("name") or node["address"]))
         try:
-            pipe = compile_p4(sizes.defines())
-            if node.get("set_pipeline", True):
-                sw.set_pipeline(pipe.p4info, pipe.json)
-            else:
-                sw.use_pipeline(pipe.p4info)
-            p4 = P4Node(sw, sizes)
-            p4.pipeline = pipe
             p4.configure(src4=node.get("src4"), src6=node.get("src6"))
             yield p4
         finally:
-            sw.close()
+            p4.sw.close()
 
 
 @contextlib.contextmanager
-def bier_writers(cfg: RunConfig) -> Iterator[dict[str, Any]]:
-    """A writer per BIER node: a local TC node (attached where the file says) or a node agent."""
+def bier_targets(cfg: RunConfig) -> Iterator[dict[str, Any]]:
+    """A BierTarget per BIER node: a local TC node (attached where the file says), a node agent, or a
+    P4Runtime switch."""
     from ..targets.remote import RemoteNode
-    from ..targets.tc import BierNode
-    from .bier import LocalBierWriter
+    from ..targets.tc import BierNode, TcBierTarget
 
-    writers: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
     opened: list[Any] = []
     try:
         for name, n in cfg.nodes.items():
             if n["target"] == "agent":
                 r = RemoteNode(str(n["address"]), str(n.get("token", "")), name=name)
                 opened.append(r)
-                writers[name] = r
+                targets[name] = r
+            elif n["target"] == "bmv2":
+                p4 = _p4node(n, name)
+                opened.append(p4.sw)
+                p4.port_names = {int(k): str(v) for k, v in (n.get("ports") or {}).items()}
+                p4.port_netns = n.get("netns")
+                targets[name] = p4
             else:
-                b = BierNode(str(n.get("name", name)))
+                b = BierNode(str(n.get("name") or name))
                 opened.append(b)
                 for a in n.get("attach") or []:
                     b.attach(str(a["dev"]), a.get("netns"))
-                writers[name] = LocalBierWriter(b, n.get("netns"))
-        yield writers
+                targets[name] = TcBierTarget(b, n.get("netns"))
+        yield targets
     finally:
         for o in opened:
             o.close()
 
 
 def keep_in_sync(target: Any) -> bool:
-    """For a P4Runtime switch: if it stopped answering (a restart), connect again and write back everything
-    the node had written. True if it resynced."""
-    if not hasattr(target, "resync"):
+    """For a P4Runtime switch: a restarted switch is programmed again; a transient failure is retried and
+    never wipes state. True if it wrote the switch's state back."""
+    if not hasattr(target, "check"):
         return False
-    from ..errors import DataPlaneError
-
     try:
-        target.sw.read_table("host_port")
-        return False
+        return bool(target.check() == "resynced")
     except DataPlaneError as e:
-        log.warning("%s; writing its state again", e)
-    try:
-        n = target.resync(target.pipeline.p4info, target.pipeline.json)
-        log.warning("switch %s: %d entries and groups written again", target.sw.name, n)
-        return True
-    except DataPlaneError as e:
-        log.warning("switch %s is still away: %s", target.sw.name, e)
+        log.warning("switch %s: %s", target.sw.name, e)
         return False
 
 
@@ -128,18 +127,63 @@ def _probe_loop(ctl: Controller, probes: dict[int, Any], interval: float, stop: 
         stop.wait(interval)
 
 
+def check(path: Path) -> str:
+    """`dinet run --check FILE`: validates the file without starting anything; returns a summary line."""
+    cfg = load(path)
+    bier = f", a BIER domain of {len(cfg.bier.topo.bfr_ids)} BFRs" if cfg.bier else ""
+    return (
+        f"{path}: valid: {len(cfg.services)} service(s), "
+        f"{sum(len(s.instances) for s in cfg.services)} instance(s), {len(cfg.ingress)} ingress node(s){bier}"
+    )
+
+
+class _IntentWatch:
+    """Reads the intent file again when it changes; a valid new intent goes to every controller."""
+
+    def __init__(self, path: Path, ctls: list[Controller], collector: Collector | None):
+        self.path, self.ctls, self.collector = path, ctls, collector
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        try:
+            st = self.path.stat()
+            return (st.st_mtime_ns, st.st_size)
+        except OSError:
+            return (0, 0)
+
+    def poll(self) -> None:
+        stamp = self._stamp()
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
+        try:
+            cfg = load(self.path)
+        except ConfigError as e:
+            log.error("intent not applied (the running one stays): %s", e)
+            return
+        if self.collector is not None:
+            self.collector.set_tokens(cfg.tokens)
+        n = sum(c.set_intent(cfg.services) for c in self.ctls)
+        log.warning("%s changed: new intent applied (%d writes)", self.path, n)
+
+
 def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> int:
     cfg = load(path)
-    if cfg.bier is not None:
-        from .bier import BierController
-
-        with bier_writers(cfg) as writers:
-            n = BierController(cfg.bier, writers).install()
-            print(f"dinet: BIER: {n} BIFT and BFIR entries written to {len(writers)} node(s)", flush=True)
-    if not cfg.tokens:
-        log.warning("%s: no instance has an agent token: no metrics will be accepted", path)
     stop = stop or threading.Event()
     with contextlib.ExitStack() as stack:
+        if cfg.bier is not None:
+            from .bier import BierController
+
+            targets = stack.enter_context(bier_targets(cfg))
+            bier = BierController(cfg.bier, targets)
+            n = bier.install()
+            print(f"dinet: BIER: {n} BIFT and BFIR entries written to {len(targets)} node(s)", flush=True)
+            if not once:
+                threading.Thread(
+                    target=bier.watch, args=(cfg.bier_watch_interval, stop), daemon=True, name="bier-watch"
+                ).start()
+        if cfg.services and not cfg.tokens:
+            log.warning("%s: no instance has an agent token: no metrics will be accepted", path)
         ctls = []
         for ing in cfg.ingress:
             target = stack.enter_context(open_target(ing.node))
@@ -150,15 +194,17 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
                 threading.Thread(
                     target=_probe_loop, args=(ctl, ing.probes, cfg.probe_interval, stop), daemon=True
                 ).start()
+        writes = sum(c.writes for c in ctls)
+        print(
+            f"dinet: {len(cfg.services)} service(s) on {len(ctls)} node(s): {writes} write(s) "
+            f"({'adopted what the data plane holds' if not writes and ctls else 'installed'})",
+            flush=True,
+        )
         if once:
-            print(
-                f"dinet: {len(cfg.services)} service(s) installed on {len(ctls)} node(s), "
-                f"{sum(c.writes for c in ctls)} write(s)"
-            )
             return 0
         col = Collector(cfg.tokens, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
-        # every ingress node decides for itself (its own path metrics) on the same reports
 
+        # every ingress node decides for itself (its own path metrics) on the same reports
         def on_report(ref: Any, m: Any) -> None:
             for c in ctls:
                 c.on_report(ref, m)
@@ -179,11 +225,14 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread (tests)
                 signal.signal(sig, lambda *_: stop.set())
+        watch = _IntentWatch(path, ctls, col)
         print(f"dinet: collector on {srv.address}, metrics on http://{cfg.prometheus_listen}/metrics", flush=True)
         while not stop.wait(0.5):
             col.expire()
+            watch.poll()
             for c in ctls:
-                keep_in_sync(c.target)
+                if keep_in_sync(c.target):
+                    c.resync()
         if http:
             http[0].shutdown()
     return 0

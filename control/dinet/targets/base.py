@@ -13,6 +13,19 @@ from typing import Protocol, runtime_checkable
 
 from .. import consts
 from ..model import Instance, IPAddress, ServiceKey
+from ..policy.bift import BfirEntry, BiftEntry, BiftPort
+
+__all__ = [
+    "BfirEntry",
+    "BiftEntry",
+    "BiftPort",
+    "BierTarget",
+    "Counter",
+    "FlowEntry",
+    "ServiceState",
+    "SteerSizes",
+    "SteeringTarget",
+]
 
 C = consts.load()
 
@@ -81,49 +94,14 @@ class SteeringTarget(Protocol):
     def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]: ...
 
 
-@dataclass(frozen=True)
-class BiftPort:
-    """One neighbour in a BIFT entry: the node's port toward it (an interface name on Linux, a port number on
-    a switch), that port's MAC (smac; a Linux target may read it from the interface), the neighbour's MAC
-    (dmac), and the F-BM of the neighbour (RFC 8279 s6.1)."""
-
-    port: str
-    dmac: str
-    fbm: int
-    smac: str = ""
-
-
-@dataclass(frozen=True)
-class BiftEntry:
-    """A BFR's entry for one BIFT-id (BSL and SI): its own bits (local delivery) and its neighbours."""
-
-    bift_id: int
-    local: int
-    neighbors: tuple[BiftPort, ...]
-
-
-@dataclass(frozen=True)
-class BfirEntry:
-    """Traffic a BFIR encapsulates: (S,G) with src, (*,G), or (*, dst, UDP port) with udp_port; `sets` maps
-    each BIFT-id (one per SI) to the bitstring sent in it."""
-
-    dst: str
-    bfir_id: int
-    bsl_code: int
-    sets: tuple[tuple[int, int], ...]
-    src: str = ""
-    udp_port: int = 0
-
-    @property
-    def match(self) -> tuple[str, str, int]:
-        return (self.dst, self.src, self.udp_port)
-
-
 @runtime_checkable
 class BierTarget(Protocol):
-    """A BIER data plane (one BFR). Entries are written whole and removed by key."""
+    """A BIER data plane (one BFR). Entries (values of dinet.policy.bift, planned there) are written whole and
+    removed by key. `ports_up` tells which of the node's ports have a live link (raises DataPlaneError when
+    the node does not answer: the controller takes that as the BFR failed)."""
 
     def set_bift(self, entry: BiftEntry) -> None: ...
     def remove_bift(self, bift_id: int) -> None: ...
     def set_bfir(self, entry: BfirEntry) -> None: ...
     def remove_bfir(self, entry: BfirEntry) -> None: ...
+    def ports_up(self, ports: list[str]) -> dict[str, bool]: ...

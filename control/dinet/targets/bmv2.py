@@ -38,7 +38,7 @@ def compile_p4(defines: Mapping[str, int] | None = None, out_root: Path | None =
     for src in sorted(P4_DIR.glob("*.p4")) + [P4_DIR.parent / "ebpf" / "dinet_consts.h"]:
         h.update(src.read_bytes())
     out = (out_root or P4_DIR / "build") / h.hexdigest()[:16]
-    pipe = Pipeline(out / "dinet.json", out / "dinet.targets.p4info.txtpb")
+    pipe = Pipeline(out / "dinet.json", out / "dinet.p4info.txtpb")
     if pipe.json.exists() and pipe.p4info.exists():
         return pipe
     out.mkdir(parents=True, exist_ok=True)

@@ -3,22 +3,37 @@ node and the TC BIER node, turned into table, default-action and multicast-group
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import logging
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import consts
-from ..errors import ConfigError, TableFullError, UnknownServiceError
-from ..model import Instance, IPAddress, ServiceKey, parse_address
+from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownServiceError
+from ..model import Instance, InstanceState, IPAddress, ServiceKey, parse_address
 from ..packets import split_bift_id
+from ..policy.bift import BfirEntry, BiftEntry
 from ..policy.steering import InstanceEdits, plan_instances
+from .base import Counter, ServiceState, SteerSizes
 from .p4rt import P4RuntimeSwitch, TableEntry
-from .xdp import Counter, ServiceState, SteerSizes
 
 C = consts.load()
+log = logging.getLogger(__name__)
 LOCAL_RID = 0xFFFF
 BFIR_CLONE_SESSION = 500  # BIER_BFIR_CLONE_SESSION in p4/bier.p4
 GROUPS_PER_BIFT = 512
+
+
+def _inst_meta(inst: Instance) -> bytes:
+    """What the switch keeps beside an instance entry for a controller that reads it back: the weight and the
+    site (the data plane needs neither: weights live in the ring)."""
+    return struct.pack(">IH", inst.weight, inst.site_id)
+
+
+def _key(e: TableEntry) -> tuple[str, Any]:
+    return (e.table, "default" if e.is_default else tuple(sorted(e.match)))
 
 
 def _mac(text: str) -> int:
@@ -45,6 +60,28 @@ class P4Neighbor:
     fbm: int
 
 
+def open_p4node(sw: P4RuntimeSwitch, pipeline: Any, sizes: SteerSizes, set_pipeline: bool = True) -> P4Node:
+    """A P4Node on a connected switch. A switch that already runs this pipeline (same cookie: a controller
+    restart) is adopted: its entries are read back, nothing is written, its registers (affinity) are kept.
+    Otherwise the pipeline is set, unless set_pipeline is False (then it is an error)."""
+    node = P4Node(sw, sizes)
+    node.pipeline = pipeline
+    ours = sw.pipeline_cookie(pipeline.p4info, pipeline.json)
+    running = sw.running_cookie()
+    if running == ours:
+        sw.use_pipeline(pipeline.p4info)
+        n = node.adopt()
+        log.info("switch %s runs this pipeline: adopted %d entries", sw.name, n)
+    elif set_pipeline:
+        sw.set_pipeline(pipeline.p4info, pipeline.json)
+    else:
+        raise DataPlaneError(
+            f"switch {sw.name} runs another pipeline (cookie {running}) and set_pipeline is false: "
+            "compile with the same sizes, or let dinet set it"
+        )
+    return node
+
+
 class P4Node(InstanceEdits):
     """Steering and BIER on one P4Runtime switch whose pipeline is dinet.p4 (compiled with `sizes`)."""
 
@@ -61,11 +98,16 @@ class P4Node(InstanceEdits):
         self._groups: dict[int, list[tuple[int, int]]] = {}
         self.pipeline: Any = None  # the compiled pipeline, for resync (set by whoever set it)
         self._clone_session = False
+        self.writes = 0  # entries written to the switch by this process
+        self.local_port = 1  # where a BFER's local copies leave (the host port)
+        self.port_names: dict[int, str] = {}  # port number -> interface, for link state (optional)
+        self.port_netns: str | None = None
 
     def _write(self, entries: list[TableEntry], op: str = "INSERT") -> None:
         self.sw.write(entries, op)
+        self.writes += len(entries)
         for e in entries:
-            key = (e.table, "default" if e.is_default else e.match)
+            key = _key(e)
             if op == "DELETE":
                 self._entries.pop(key, None)
             else:
@@ -75,11 +117,11 @@ class P4Node(InstanceEdits):
         self.sw.write_multicast_groups(groups, op)
         self._groups.update(groups)
 
-    def resync(self, p4info: Any, device_config: Any) -> int:
-        """After the switch restarted (its tables empty): connect again, set the pipeline and write back
-        everything this node had written. Returns the number of entries written."""
-        self.sw.reconnect()
-        self.sw.set_pipeline(p4info, device_config)
+    def resync(self, p4info: Any, device_config: Any, set_pipeline: bool = True) -> int:
+        """After the switch restarted (its tables empty): set the pipeline (unless it already runs it) and
+        write back everything this node had written. Returns the number of entries and groups written."""
+        if set_pipeline:
+            self.sw.set_pipeline(p4info, device_config)
         self.sw.write_multicast_groups(self._groups, "INSERT")
         if self._clone_session:
             self.sw.write_clone_session(BFIR_CLONE_SESSION, [(0, 1)])
@@ -88,6 +130,103 @@ class P4Node(InstanceEdits):
         self.sw.write(defaults)
         self.sw.write(others, "INSERT")
         return len(self._entries) + len(self._groups)
+
+    def check(self, retries: int = 3) -> str:
+        """What `dinet run` does every half second: is the switch there and holding what was written?
+        'ok'; 'reconnected' (a transient failure: the same pipeline with its tables and registers is still
+        there, nothing written); 'resynced' (a restarted switch: pipeline set again, entries written back);
+        'away' (no answer: try again later). A failed read never wipes state."""
+        try:
+            self.sw.read_table("host_port")
+            return "ok"
+        except DataPlaneError as e:
+            log.warning("%s", e)
+        for _ in range(retries):
+            try:
+                self.sw.reconnect()
+                running = self.sw.running_cookie()
+                break
+            except DataPlaneError as e:
+                log.warning("switch %s: %s", self.sw.name, e)
+        else:
+            return "away"
+        ours = P4RuntimeSwitch.pipeline_cookie(self.pipeline.p4info, self.pipeline.json)
+        if running == ours:
+            self.sw.use_pipeline(self.pipeline.p4info)
+            held = sum(len(self.sw.read_table(t)) for t in ("services_v4", "services_v6", "bift"))
+            if held or not (self._svcs or self._bift_index):
+                return "reconnected"
+            n = self.resync(self.pipeline.p4info, self.pipeline.json, set_pipeline=False)
+        else:
+            n = self.resync(self.pipeline.p4info, self.pipeline.json)
+        log.warning("switch %s: restarted; %d entries and groups written again", self.sw.name, n)
+        return "resynced"
+
+    def adopt(self) -> int:
+        """Reads back what a running switch holds (a controller restart against a live switch): services,
+        instances, live ring halves, VIPs, BIFT and BFIR entries, multicast groups. Nothing is written, so no
+        remembered flow moves. Returns the number of entries read."""
+        sw = self.sw
+        entries: dict[tuple[str, Any], TableEntry] = {}
+        for table in sw.p4info_tables():
+            for e in sw.read_table(table):
+                entries[_key(e)] = e
+        svcs: dict[ServiceKey, _Svc] = {}
+        by_id: dict[int, _Svc] = {}
+        protos = {6: "tcp", 17: "udp"}
+        for (table, _), e in entries.items():
+            if table in ("services_v4", "services_v6"):
+                m, prm = dict(e.match), dict(e.params)
+                fam = "ipv4" if table.endswith("v4") else "ipv6"
+                vip = (
+                    ipaddress.ip_address(m[f"hdr.{fam}.dst"])
+                    if fam == "ipv4"
+                    else ipaddress.IPv6Address(m[f"hdr.{fam}.dst"])
+                )
+                key = ServiceKey(vip, m["hdr.l4.dport"], protos.get(m["meta.l4_proto"], "tcp"))
+                st = _Svc(prm["svc_id"], prm["ring_sel"], prm["gen"])
+                svcs[key], by_id[st.svc_id] = st, st
+        for (table, _), e in entries.items():
+            m, prm = dict(e.match), dict(e.params)
+            if table == "instances" and m["meta.svc_id"] in by_id:
+                weight, site = struct.unpack(">IH", e.metadata) if len(e.metadata) == 6 else (1, 0)
+                ep = prm["endpoint"]
+                addr = ipaddress.IPv4Address(ep) if e.action == "instance4" else ipaddress.IPv6Address(ep)
+                by_id[m["meta.svc_id"]].instances[m["meta.slot"]] = Instance(
+                    prm["instance_id"], addr, weight, InstanceState(prm["state"]), site
+                )
+            elif table == "ring" and m["meta.svc_id"] in by_id:
+                by_id[m["meta.svc_id"]].halves_written.add(m["meta.ring_sel"])
+            elif table == "bift":
+                self._bift_index[m["hdr.bift.bift_id"]] = (prm["group_base"] - 1) // GROUPS_PER_BIFT
+            elif table.startswith("bfir_"):
+                self._bfir.add((table, tuple(sorted(e.match))))
+                self._clone_session |= prm.get("sets", 1) > 1
+        self._svcs = svcs
+        self._vips = {}
+        for key in svcs:
+            self._vips[key.vip] = self._vips.get(key.vip, 0) + 1
+        self._gen = itertools.count(max((s.gen for s in svcs.values()), default=0) + 1)
+        self._entries.update(entries)
+        self._groups = sw.read_multicast_groups()
+        return len(entries)
+
+    def services(self) -> list[ServiceState]:
+        return sorted((self.service(k) for k in self._svcs), key=lambda s: s.svc_id)
+
+    def remove_service(self, svc: ServiceKey) -> None:
+        """Removes a service (its packets then pass untouched): its entry, instances and ring."""
+        st = self._state(svc)
+        gone = [self._svc_entry(svc, st)]
+        gone += [e for slot, inst in st.instances.items() for e in self._inst_entries(st, slot, inst)]
+        gone += [e for e in self._entries.values() if e.table == "ring" and dict(e.match)["meta.svc_id"] == st.svc_id]
+        self._vips[svc.vip] -= 1
+        if not self._vips[svc.vip]:
+            fam = "ipv4" if svc.vip.version == 4 else "ipv6"
+            gone.append(TableEntry(f"vip_v{svc.vip.version}", ((f"hdr.{fam}.dst", int(svc.vip)),), "NoAction"))
+            del self._vips[svc.vip]
+        self._write(gone, "DELETE")
+        del self._svcs[svc]
 
     # ---- steering ------------------------------------------------------------------------------------
     def configure(
@@ -179,7 +318,7 @@ class P4Node(InstanceEdits):
             act = "instance6"
         params = (("endpoint", int(inst.endpoint)), ("state", int(inst.state)), ("instance_id", inst.instance_id))
         return [
-            TableEntry("instances", key, act, params),
+            TableEntry("instances", key, act, params, metadata=_inst_meta(inst)),
             TableEntry("instance_check", key, "check", (("state", int(inst.state)), ("instance_id", inst.instance_id))),
         ]
 
@@ -252,7 +391,7 @@ class P4Node(InstanceEdits):
         ), per
 
     # ---- BIER ------------------------------------------------------------------------------------------
-    def set_bift(self, bift_id: int, local: int, neighbors: list[P4Neighbor], local_port: int = 1) -> None:
+    def write_bift(self, bift_id: int, local: int, neighbors: list[P4Neighbor], local_port: int = 1) -> None:
         """This BFR's entry for one BIFT-id, with a multicast group for every set of neighbours (and the
         local port) a bitstring can select, and the per-replica rewrite of each neighbour's copies."""
         if len(neighbors) > 8:
@@ -291,7 +430,7 @@ class P4Node(InstanceEdits):
         self._write(replicas, op)
         self._write([TableEntry("bift", (("hdr.bift.bift_id", bift_id),), "bift_entry", params)], op)
 
-    def set_bfir(
+    def write_bfir(
         self,
         dst: IPAddress | str,
         bfir_id: int,
@@ -326,9 +465,68 @@ class P4Node(InstanceEdits):
             table, key = f"bfir_sync_v{d.version}", ((f"hdr.{fam}.dst", int(d)), ("hdr.l4.dport", udp_port))
         else:
             table, key = f"bfir_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
-        op = "MODIFY" if (table, key) in self._bfir else "INSERT"
+        op = "MODIFY" if (table, tuple(sorted(key))) in self._bfir else "INSERT"
         self._write([TableEntry(table, key, "push", params)], op)
-        self._bfir.add((table, key))
+        self._bfir.add((table, tuple(sorted(key))))
+
+    # ---- BierTarget (dinet.targets.base): ports are port numbers ------------------------------------------
+    def set_bift(self, entry: BiftEntry) -> None:
+        nbrs = []
+        for p in entry.neighbors:
+            if not p.smac:
+                raise ConfigError(f"switch {self.sw.name}: port {p.port} needs its MAC address (smac)")
+            try:
+                port = int(p.port)
+            except ValueError:
+                raise ConfigError(f"switch {self.sw.name}: a port is a number, not {p.port!r}") from None
+            nbrs.append(P4Neighbor(port, p.smac, p.dmac, p.fbm))
+        self.write_bift(entry.bift_id, entry.local, nbrs, self.local_port)
+
+    def remove_bift(self, bift_id: int) -> None:
+        if bift_id not in self._bift_index:
+            raise ConfigError(f"switch {self.sw.name} has no BIFT-id {bift_id:#x}")
+        gone = [
+            e
+            for e in self._entries.values()
+            if e.table in ("bift", "bier_replica") and dict(e.match)["hdr.bift.bift_id"] == bift_id
+        ]
+        self._write(gone, "DELETE")
+        base = 1 + self._bift_index.pop(bift_id) * GROUPS_PER_BIFT
+        groups = {g: r for g, r in self._groups.items() if base <= g < base + GROUPS_PER_BIFT}
+        self.sw.write_multicast_groups(groups, "DELETE")
+        for g in groups:
+            del self._groups[g]
+
+    def set_bfir(self, entry: BfirEntry) -> None:
+        self.write_bfir(entry.dst, entry.bfir_id, entry.bsl_code, dict(entry.sets), entry.src or None, entry.udp_port)
+
+    def remove_bfir(self, entry: BfirEntry) -> None:
+        d = parse_address(entry.dst)
+        fam = "ipv4" if d.version == 4 else "ipv6"
+        key: tuple[tuple[str, int], ...]
+        if entry.src:
+            table = f"bfir_sg_v{d.version}"
+            key = ((f"hdr.{fam}.src", int(parse_address(entry.src))), (f"hdr.{fam}.dst", int(d)))
+        elif entry.udp_port:
+            table, key = f"bfir_sync_v{d.version}", ((f"hdr.{fam}.dst", int(d)), ("hdr.l4.dport", entry.udp_port))
+        else:
+            table, key = f"bfir_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
+        if (table, tuple(sorted(key))) not in self._bfir:
+            raise ConfigError(f"switch {self.sw.name} has no BFIR entry for {entry.match}")
+        self._write([TableEntry(table, key, "push")], "DELETE")
+        self._bfir.discard((table, tuple(sorted(key))))
+
+    def ports_up(self, ports: list[str]) -> dict[str, bool]:
+        """The switch must answer (a read over P4Runtime); a port is up if its interface (port_names, in
+        port_netns) is, and taken as up where the switch's interfaces are not known."""
+        self.sw.read_table("host_port")
+        known = {str(n): name for n, name in self.port_names.items()}
+        if not known:
+            return {p: True for p in ports}
+        from .tc import links_up
+
+        state = links_up([known[p] for p in ports if p in known], self.port_netns)
+        return {p: state.get(known[p], False) if p in known else True for p in ports}
 
     def bier_counters(self) -> dict[str, int]:
         names = {

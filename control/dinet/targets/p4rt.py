@@ -5,6 +5,7 @@ table and multicast-group entries, reads of table entries and counters. Names co
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -42,6 +43,7 @@ class TableEntry:
     action: str
     params: tuple[tuple[str, int], ...] = ()
     is_default: bool = False
+    metadata: bytes = b""  # opaque to the switch, kept with the entry and read back (P4Runtime TableEntry.metadata)
 
 
 class P4RuntimeSwitch:
@@ -149,6 +151,13 @@ class P4RuntimeSwitch:
             raise DataPlaneError(f"switch {self.name}: {what} failed: {e.code().name} {detail}".strip()) from None
 
     # ---- pipeline ---------------------------------------------------------------------------------------
+    @staticmethod
+    def pipeline_cookie(p4info_path: Path, device_config: Path) -> int:
+        """The cookie dinet sets with a pipeline: 64 bits of the SHA-256 of its P4Info and device config, so a
+        controller can tell whether a running switch holds exactly the program it would set."""
+        h = hashlib.sha256(p4info_path.read_bytes() + b"\0" + device_config.read_bytes())
+        return int.from_bytes(h.digest()[:8], "big")
+
     def set_pipeline(self, p4info_path: Path, device_config: Path) -> None:
         p4r = _p4r()
         self.p4info = P4Info.load(p4info_path)
@@ -158,7 +167,23 @@ class P4RuntimeSwitch:
         req.action = p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT
         req.config.p4info.CopyFrom(self.p4info.msg)
         req.config.p4_device_config = device_config.read_bytes()
+        req.config.cookie.cookie = self.pipeline_cookie(p4info_path, device_config)
         self._call("SetForwardingPipelineConfig", self.stub.SetForwardingPipelineConfig, req)
+
+    def running_cookie(self) -> int | None:
+        """The cookie of the pipeline the switch runs (None: no pipeline, or one set without a cookie)."""
+        p4r = _p4r()
+        req = p4r.GetForwardingPipelineConfigRequest()
+        req.device_id = self.device_id
+        req.response_type = p4r.GetForwardingPipelineConfigRequest.COOKIE_ONLY
+        try:
+            resp = self.stub.GetForwardingPipelineConfig(req, timeout=self.timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # no pipeline set yet
+                return None
+            what = f"{e.code().name} {e.details()}"
+            raise DataPlaneError(f"switch {self.name}: GetForwardingPipelineConfig failed: {what}") from None
+        return int(resp.config.cookie.cookie) if resp.config.HasField("cookie") else None
 
     def use_pipeline(self, p4info_path: Path) -> None:
         """Adopts the P4Info of a pipeline the switch already runs (a controller restart)."""
@@ -189,6 +214,8 @@ class P4RuntimeSwitch:
             ap.value = encode(value, p.bitwidth)
         if e.is_default:
             msg.is_default_action = True
+        if e.metadata:
+            msg.metadata = e.metadata
         return msg
 
     def write(self, entries: Sequence[TableEntry], op: str = "INSERT", batch: int = 512) -> None:
@@ -259,6 +286,10 @@ class P4RuntimeSwitch:
         except grpc.RpcError as e:
             raise DataPlaneError(f"switch {self.name}: Read failed: {e.code().name} {e.details()}") from None
 
+    def p4info_tables(self) -> list[str]:
+        """The tables of the pipeline, by the names entries use (P4Info aliases)."""
+        return [t.preamble.alias or t.preamble.name for t in self._info().msg.tables]
+
     def read_table(self, table: str) -> list[TableEntry]:
         """The table's entries, decoded back into names and integers."""
         p4r = _p4r()
@@ -276,10 +307,11 @@ class P4RuntimeSwitch:
                 pnames = {p.id: p.name for p in action.params}
                 out.append(
                     TableEntry(
-                        t.preamble.name,
+                        t.preamble.alias or t.preamble.name,
                         tuple(sorted((fields[m.field_id], int.from_bytes(m.exact.value, "big")) for m in te.match)),
-                        action.preamble.name,
+                        action.preamble.alias or action.preamble.name,
                         tuple((pnames[p.param_id], int.from_bytes(p.value, "big")) for p in te.action.action.params),
+                        metadata=bytes(te.metadata),
                     )
                 )
         return out

@@ -11,6 +11,7 @@ from .. import proto
 from ..errors import ConfigError, DataPlaneError, DinetError, TableFullError, UnknownInstanceError, UnknownServiceError
 from ..model import Instance, InstanceState, ServiceKey
 from ..policy.steering import InstanceEdits
+from .base import BfirEntry, BiftEntry, BiftPort, Counter, ServiceState
 
 CODES = {
     UnknownServiceError: grpc.StatusCode.NOT_FOUND,
@@ -32,6 +33,42 @@ def inst_msg(pb: Any, slot: int, i: Instance) -> Any:
     )
 
 
+BITS_BYTES = 32  # bit masks cross the wire as 256-bit big-endian strings
+
+
+def _bits(mask: int) -> bytes:
+    return mask.to_bytes(BITS_BYTES, "big")
+
+
+def bift_msg(pb: Any, e: BiftEntry) -> Any:
+    return pb.BiftEntry(
+        bift_id=e.bift_id,
+        local=_bits(e.local),
+        neighbors=[pb.Neighbor(ifname=n.port, dmac=n.dmac, fbm=_bits(n.fbm), smac=n.smac) for n in e.neighbors],
+    )
+
+
+def bift_from_msg(m: Any) -> BiftEntry:
+    nbrs = tuple(BiftPort(n.ifname, n.dmac, int.from_bytes(n.fbm, "big"), n.smac) for n in m.neighbors)
+    return BiftEntry(m.bift_id, int.from_bytes(m.local, "big"), nbrs)
+
+
+def bfir_msg(pb: Any, e: BfirEntry) -> Any:
+    return pb.BfirEntry(
+        dst=e.dst,
+        src=e.src,
+        udp_port=e.udp_port,
+        bfir_id=e.bfir_id,
+        bsl=e.bsl_code,
+        sets={b: _bits(m) for b, m in e.sets},
+    )
+
+
+def bfir_from_msg(m: Any) -> BfirEntry:
+    sets = tuple(sorted((bid, int.from_bytes(bits, "big")) for bid, bits in m.sets.items()))
+    return BfirEntry(m.dst, m.bfir_id, m.bsl, sets, m.src, m.udp_port)
+
+
 def inst_from_msg(m: Any) -> Instance:
     try:
         state = InstanceState[m.state.upper() or "UP"]
@@ -41,7 +78,7 @@ def inst_from_msg(m: Any) -> Instance:
 
 
 class RemoteNode(InstanceEdits):
-    """A node agent seen from the controller: the steering calls of SteeringNode, plus set_bift/set_bfir."""
+    """A node agent seen from the controller: a SteeringTarget and a BierTarget (dinet.targets.base)."""
 
     def __init__(self, address: str, token: str = "", timeout: float = 10.0, name: str = ""):
         self.pb, pb_grpc = proto.agent()
@@ -69,8 +106,6 @@ class RemoteNode(InstanceEdits):
             raise err(detail) from None
 
     def _state(self, msg: Any) -> Any:
-        from .xdp import ServiceState
-
         return ServiceState(
             ServiceKey.parse(msg.service), msg.slot, msg.ring_sel, {m.slot: inst_from_msg(m) for m in msg.instances}
         )
@@ -86,40 +121,32 @@ class RemoteNode(InstanceEdits):
         self._call("SetInstances", req)
 
     def service_counters(self, svc: ServiceKey) -> Any:
-        from .xdp import Counter
-
         c = self._call("GetCounters", self.pb.ServiceRef(service=str(svc)))
         per = {iid: Counter(m.packets, m.bytes, m.new_flows) for iid, m in c.instances.items()}
         return Counter(c.service.packets, c.service.bytes, c.service.new_flows), per
 
-    def set_bift(self, bift_id: int, local: int, neighbors: list[tuple[str, str, int]], nbytes: int = 32) -> None:
-        """neighbors: (interface on the agent's host, neighbour MAC, F-BM)."""
-        msg = self.pb.BiftEntry(
-            bift_id=bift_id,
-            local=local.to_bytes(nbytes, "big"),
-            neighbors=[self.pb.Neighbor(ifname=i, dmac=m, fbm=f.to_bytes(nbytes, "big")) for i, m, f in neighbors],
-        )
-        self._call("SetBift", msg)
+    def remove_service(self, svc: ServiceKey) -> None:
+        self._call("RemoveService", self.pb.ServiceRef(service=str(svc)))
 
-    def set_bfir(
-        self,
-        dst: str,
-        bfir_id: int,
-        bsl_code: int,
-        sets: dict[int, int],
-        src: str = "",
-        udp_port: int = 0,
-        nbytes: int = 32,
-    ) -> None:
-        msg = self.pb.BfirEntry(
-            dst=str(dst),
-            src=str(src or ""),
-            udp_port=udp_port,
-            bfir_id=bfir_id,
-            bsl=bsl_code,
-            sets={b: m.to_bytes(nbytes, "big") for b, m in sets.items()},
-        )
-        self._call("SetBfir", msg)
+    def services(self) -> list[ServiceState]:
+        return [self._state(m) for m in self._call("ListServices", self.pb.Empty()).services]
+
+    # ---- BierTarget ------------------------------------------------------------------------------------
+    def set_bift(self, entry: BiftEntry) -> None:
+        self._call("SetBift", bift_msg(self.pb, entry))
+
+    def remove_bift(self, bift_id: int) -> None:
+        self._call("RemoveBift", self.pb.BiftRef(bift_id=bift_id))
+
+    def set_bfir(self, entry: BfirEntry) -> None:
+        self._call("SetBfir", bfir_msg(self.pb, entry))
+
+    def remove_bfir(self, entry: BfirEntry) -> None:
+        self._call("RemoveBfir", bfir_msg(self.pb, entry))
+
+    def ports_up(self, ports: list[str]) -> dict[str, bool]:
+        """Which of the agent host's interfaces are up; DataPlaneError if the agent does not answer."""
+        return dict(self._call("PortsUp", self.pb.PortsRequest(ifnames=ports)).up)
 
     def close(self) -> None:
         self.channel.close()

@@ -15,6 +15,7 @@ from ..errors import ConfigError, DataPlaneError, TableFullError
 from ..model import IPAddress, parse_address
 from ..packets import bitstring_bytes, split_bift_id
 from ..paths import BPFFS_ROOT
+from ..policy.bift import BfirEntry, BiftEntry
 from .bcc_program import BccProgram, update
 
 C = consts.load()
@@ -289,3 +290,52 @@ class BierNode:
     def tx_copies(self) -> dict[int, int]:
         """Egress ifindex -> copies sent out of it."""
         return {int(k.value): int(sum(v)) for k, v in self.if_tx_t.items()}
+
+
+def links_up(ports: list[str], netns: str | None = None) -> dict[str, bool]:
+    """Interface -> whether it is up with a live link (UP and LOWER_UP); a missing interface is down."""
+    import json
+
+    from . import netns as ns_mod
+
+    res = ns_mod.run(["ip", "-j", "link", "show"], netns, check=False)
+    if res.returncode != 0:
+        where = f"namespace {netns}" if netns else "this host"
+        raise DataPlaneError(f"cannot list the interfaces of {where}: {res.stderr.strip()}")
+    flags = {link["ifname"]: set(link.get("flags", [])) for link in json.loads(res.stdout or "[]")}
+    return {p: {"UP", "LOWER_UP"} <= flags.get(p, set()) for p in ports}
+
+
+class TcBierTarget:
+    """The BierTarget of a TC BierNode on this host (in namespace `netns`): ports are interface names."""
+
+    def __init__(self, node: BierNode, netns: str | None = None):
+        self.node, self.ns = node, netns
+
+    def set_bift(self, entry: BiftEntry) -> None:
+        from . import netns as ns_mod
+
+        nbrs = [
+            BiftNeighbor(ns_mod.ifindex(p.port, self.ns), p.smac or ns_mod.mac_of(p.port, self.ns), p.dmac, p.fbm)
+            for p in entry.neighbors
+        ]
+        self.node.set_bift(entry.bift_id, entry.local, nbrs, self.ns)
+
+    def remove_bift(self, bift_id: int) -> None:
+        self.node.remove_bift(bift_id)
+
+    @staticmethod
+    def _match(e: BfirEntry) -> BfirMatch:
+        return BfirMatch(parse_address(e.dst), parse_address(e.src) if e.src else None, e.udp_port)
+
+    def set_bfir(self, entry: BfirEntry) -> None:
+        self.node.set_bfir(self._match(entry), entry.bfir_id, entry.bsl_code, dict(entry.sets))
+
+    def remove_bfir(self, entry: BfirEntry) -> None:
+        self.node.remove_bfir(self._match(entry))
+
+    def ports_up(self, ports: list[str]) -> dict[str, bool]:
+        return links_up(ports, self.ns)
+
+    def close(self) -> None:
+        self.node.close()

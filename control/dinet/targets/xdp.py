@@ -9,7 +9,6 @@ import logging
 import socket
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownService
 from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, parse_address
 from ..paths import BPFFS_ROOT
 from ..policy.steering import InstanceEdits, plan_instances
+from .base import Counter, FlowEntry, ServiceState, SteerSizes
 from .bcc_program import BccProgram, update, write_array
 from .bpfsys import pinned_map_info
 
@@ -26,38 +26,20 @@ C = consts.load()
 SLOT_NONE = C["DINET_SLOT_NONE"]
 
 
-@dataclass(frozen=True)
-class SteerSizes:
-    """Compile-time table sizes of steer.bpf.c. Pinned maps fix them: a later load must use the same."""
-
-    max_services: int = C["DINET_MAX_SERVICES"]
-    max_instances: int = C["DINET_MAX_INSTANCES"]
-    ring_size: int = C["DINET_RING_SIZE"]
-    affinity_entries: int = C["DINET_AFFINITY_ENTRIES"]
-
-    def defines(self) -> dict[str, int]:
-        return {
-            "DINET_MAX_SERVICES": self.max_services,
-            "DINET_MAX_INSTANCES": self.max_instances,
-            "DINET_RING_SIZE": self.ring_size,
-            "DINET_AFFINITY_ENTRIES": self.affinity_entries,
-        }
-
-    @classmethod
-    def from_pinned(cls, pin_dir: Path) -> SteerSizes | None:
-        """The sizes of the maps already pinned in pin_dir (None if there are none)."""
-        svc = pinned_map_info(str(pin_dir / "services"))
-        inst = pinned_map_info(str(pin_dir / "instances"))
-        ring = pinned_map_info(str(pin_dir / "ring"))
-        aff = pinned_map_info(str(pin_dir / "affinity"))
-        if not (svc and inst and ring and aff):
-            return None
-        return cls(
-            svc.max_entries,
-            inst.max_entries // svc.max_entries,
-            ring.max_entries // (2 * svc.max_entries),
-            aff.max_entries,
-        )
+def pinned_sizes(pin_dir: Path) -> SteerSizes | None:
+    """The sizes of the steering maps already pinned in pin_dir (None if there are none)."""
+    svc = pinned_map_info(str(pin_dir / "services"))
+    inst = pinned_map_info(str(pin_dir / "instances"))
+    ring = pinned_map_info(str(pin_dir / "ring"))
+    aff = pinned_map_info(str(pin_dir / "affinity"))
+    if not (svc and inst and ring and aff):
+        return None
+    return SteerSizes(
+        svc.max_entries,
+        inst.max_entries // svc.max_entries,
+        ring.max_entries // (2 * svc.max_entries),
+        aff.max_entries,
+    )
 
 
 def _set_addr(dst: Any, addr: IPAddress) -> None:
@@ -73,35 +55,6 @@ def _get_addr(src: Any, family: int) -> IPAddress:
             raw[:4] if family == C["DINET_AF_INET"] else raw,
         )
     )
-
-
-@dataclass(frozen=True)
-class Counter:
-    packets: int = 0
-    bytes: int = 0
-    new_flows: int = 0
-
-
-@dataclass
-class ServiceState:
-    """A service as read back from the node: its slot, the live ring half, its instances by slot."""
-
-    key: ServiceKey
-    svc_id: int
-    ring_sel: int
-    instances: dict[int, Instance] = field(default_factory=dict)  # slot -> instance
-
-
-@dataclass(frozen=True)
-class FlowEntry:
-    src: IPAddress
-    dst: IPAddress
-    sport: int
-    dport: int
-    proto: int
-    svc_id: int
-    slot: int
-    instance_id: int
 
 
 def vip_fold(addr: IPAddress) -> int:
@@ -128,7 +81,7 @@ class SteeringNode(InstanceEdits):
     ):
         self.node = node
         pin_dir = bpffs_root / node / "steer"
-        pinned = SteerSizes.from_pinned(pin_dir)
+        pinned = pinned_sizes(pin_dir)
         if pinned and sizes and pinned != sizes:
             raise DataPlaneError(
                 f"node {node!r} already holds maps of sizes {pinned}; asked for {sizes}. "

@@ -1,0 +1,136 @@
+"""The controller plans from its own record, against a target that counts every read and write (no kernel):
+no read of the data plane per report; a restart adopts what is installed and writes nothing; an instance
+never heard from is neither idle nor healthy and expires within the timeout of the start; the operator's
+`down` and `draining` win over reports; a new intent is applied without a restart."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dinet.model import Instance, InstanceState, ServiceKey
+from dinet.policy.decide import Policy, TrafficClass
+from dinet.policy.scores import Level0
+from dinet.services.collect import Collector
+from dinet.services.controller import Controller, ServiceIntent, SitePath
+from dinet.targets.base import ServiceState
+
+SVC = ServiceKey.parse("10.99.0.1:80/tcp")
+A, B, C = (Instance(i, f"192.0.2.{i}", 1, site_id=i) for i in (1, 2, 3))
+SITES = {1: SitePath(2), 2: SitePath(20), 3: SitePath(20)}
+
+
+class CountingTarget:
+    """A SteeringTarget holding one plane in memory; counts reads and writes."""
+
+    def __init__(self) -> None:
+        self.plane: dict[ServiceKey, dict[int, Instance]] = {}
+        self.reads = self.writes = 0
+
+    def add_service(self, svc: ServiceKey) -> int:
+        self.plane.setdefault(svc, {})
+        return 0
+
+    def remove_service(self, svc: ServiceKey) -> None:
+        del self.plane[svc]
+        self.writes += 1
+
+    def services(self) -> list[ServiceState]:
+        return [self.service(k) for k in self.plane]
+
+    def service(self, svc: ServiceKey) -> ServiceState:
+        self.reads += 1
+        return ServiceState(svc, 0, 0, dict(self.plane[svc]))
+
+    def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
+        self.plane[svc] = {slot: i for slot, i in enumerate(instances)}
+        self.writes += 1
+
+    def installed(self, svc: ServiceKey = SVC) -> dict[int, tuple[int, str]]:
+        return {i.instance_id: (i.weight, i.state.name.lower()) for i in self.plane[svc].values()}
+
+
+def controller(target: CountingTarget, *insts: Instance) -> Controller:
+    intent = [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, insts or (A, B))]
+    return Controller(target, intent, dict(SITES), policy=Policy(smoothing=1.0))
+
+
+def test_reports_are_decided_from_the_record_without_reading_the_plane() -> None:
+    t = CountingTarget()
+    ctl = controller(t)
+    ctl.start()
+    reads = t.reads
+    for k in range(200):
+        ctl.on_report((SVC, 1 + k % 2), Level0(cpu_load=0.2 + 0.6 * (k % 3 == 0)))
+    assert t.reads == reads  # decisions read nothing back
+    assert t.writes == ctl.writes and ctl.installed[SVC] == tuple(
+        sorted(t.plane[SVC].values(), key=lambda i: i.instance_id)
+    )
+
+
+def test_a_restarted_controller_adopts_what_is_installed_and_writes_nothing() -> None:
+    t = CountingTarget()
+    first = controller(t)
+    first.start()
+    first.on_report((SVC, 1), Level0(cpu_load=0.1))
+    first.on_report((SVC, 2), Level0(cpu_load=0.8))
+    first.on_expire((SVC, 2))
+    before, writes = t.installed(), t.writes
+    assert before[2] == (0, "down")
+    second = controller(t)
+    assert second.start() == 0 and t.writes == writes and t.installed() == before
+    # the dead instance stays down until it reports: a restart does not bring it back
+    second.on_report((SVC, 1), Level0(cpu_load=0.1))
+    assert t.installed()[2] == (0, "down")
+
+
+def test_an_instance_never_heard_from_is_not_idle_and_healthy() -> None:
+    t = CountingTarget()
+    ctl = controller(t)
+    ctl.start()
+    ctl.on_report((SVC, 1), Level0(cpu_load=0.7))  # 1 is busy; 2 has said nothing
+    w = t.installed()
+    assert w[2] == (1, "up")  # as the intent installed it, not the top weight of an "idle" instance
+    assert w[1][0] > w[2][0]
+
+
+def test_an_instance_that_never_reports_expires_within_the_timeout_of_the_start() -> None:
+    clock = [100.0]
+    col = Collector({"ta": ("a", {(SVC, 1)}), "tb": ("b", {(SVC, 2)})}, timeout=3, clock=lambda: clock[0])
+    t = CountingTarget()
+    ctl = controller(t)
+    ctl.start()
+    ctl.attach(col)
+    clock[0] += 2
+    assert col.expire() == []
+    clock[0] += 2
+    assert sorted(col.expire()) == [(SVC, 1), (SVC, 2)]
+    assert t.installed() == {1: (0, "down"), 2: (0, "down")}
+    assert col.expire() == []  # once
+
+
+def test_the_operators_down_and_draining_win_over_reports_until_the_intent_changes() -> None:
+    t = CountingTarget()
+    ctl = controller(t, A, replace(B, state=InstanceState.DOWN), replace(C, state=InstanceState.DRAINING))
+    ctl.start()
+    for iid in (1, 2, 3):
+        ctl.on_report((SVC, iid), Level0(cpu_load=0.1))
+    assert t.installed()[2][1] == "down" and t.installed()[3][1] == "draining" and t.installed()[1][1] == "up"
+    ctl.set_intent([ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B, C))])  # the operator lifts both
+    ctl.on_report((SVC, 2), Level0(cpu_load=0.1))
+    assert {iid: s for iid, (_, s) in t.installed().items()} == {1: "up", 2: "up", 3: "up"}
+
+
+def test_a_new_intent_adds_and_removes_without_a_restart() -> None:
+    t = CountingTarget()
+    ctl = controller(t)
+    ctl.start()
+    other = ServiceKey.parse("10.99.0.2:443/tcp")
+    n = ctl.set_intent(
+        [
+            ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A,)),
+            ServiceIntent(other, TrafficClass.DELAY_SENSITIVE, (B,)),
+        ]
+    )
+    assert n == 2 and t.installed() == {1: (1, "up")} and t.installed(other) == {2: (1, "up")}
+    ctl.set_intent([ServiceIntent(other, TrafficClass.DELAY_SENSITIVE, (B,))])
+    assert SVC not in t.plane and SVC not in ctl.installed

@@ -1,0 +1,141 @@
+"""The P4Runtime encoding and the P4 target's plans, without a switch: canonical byte strings (P4Runtime s8.4),
+entry messages built from the compiled P4Info, and the multicast groups and replica rewrites a BIFT entry
+becomes. A switch-side test would pass a wrong plan that happens to forward the vectors; these read it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import bmv2_tools_or_skip
+from dinet.errors import ConfigError
+from dinet.targets.p4info import encode
+
+
+@pytest.mark.parametrize(
+    "value,bits,wire",
+    [
+        (0, 32, b"\x00"),
+        (1, 9, b"\x01"),
+        (0x1FF, 9, b"\x01\xff"),
+        (0x0A000001, 32, b"\x0a\x00\x00\x01"),
+        (b"\x00\x05", 16, b"\x05"),
+    ],
+)
+def test_values_are_encoded_in_the_canonical_shortest_form(value: Any, bits: int, wire: bytes) -> None:
+    assert encode(value, bits) == wire
+
+
+def test_a_value_wider_than_its_field_is_refused() -> None:
+    with pytest.raises(ConfigError, match="does not fit in 9 bits"):
+        encode(512, 9)
+
+
+class FakeSwitch:
+    """Records what a P4Node writes, as a switch would receive it."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, Any]] = []
+        self.groups: dict[int, list[tuple[int, int]]] = {}
+        self.deleted_groups: set[int] = set()
+
+    def write(self, entries: list[Any], op: str = "INSERT") -> None:
+        self.entries += [(op, e) for e in entries]
+
+    def write_multicast_groups(self, groups: dict[int, list[tuple[int, int]]], op: str = "INSERT") -> None:
+        if op == "DELETE":
+            self.deleted_groups |= set(groups)
+        else:
+            self.groups.update(groups)
+
+    def write_clone_session(self, *a: Any, **k: Any) -> None:
+        pass
+
+
+def _node() -> tuple[Any, FakeSwitch]:
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.p4node import P4Node
+
+    sw = FakeSwitch()
+    return P4Node(sw, SteerSizes(max_services=4, max_instances=4, ring_size=13)), sw  # type: ignore[arg-type]
+
+
+def test_a_bift_entry_becomes_a_group_per_subset_of_neighbours_and_a_rewrite_per_replica() -> None:
+    from dinet.packets import bift_id
+    from dinet.targets.base import BiftEntry, BiftPort
+    from dinet.targets.p4node import LOCAL_RID
+
+    node, sw = _node()
+    bid = bift_id(1, 0)
+    nbrs = tuple(BiftPort(str(p), f"02:00:00:00:00:0{p}", 1 << (p - 2), "02:00:00:00:00:10") for p in (2, 3, 4))
+    node.local_port = 1
+    node.set_bift(BiftEntry(bid, 0b1000, nbrs))
+    base = 1  # the first BIFT-id's groups start at 1
+    members = [(2, 1), (3, 2), (4, 3), (1, LOCAL_RID)]
+    assert len(sw.groups) == 2**4 - 1  # every non-empty subset of 3 neighbours and the local port
+    for mask in range(1, 16):
+        assert sw.groups[base + mask] == [members[i] for i in range(4) if mask >> i & 1]
+    replicas = {dict(e.match)["std.egress_rid"]: e for op, e in sw.entries if e.table == "bier_replica"}
+    assert {rid: dict(e.params).get("f") for rid, e in replicas.items()} == {1: 0b1, 2: 0b10, 3: 0b100, LOCAL_RID: None}
+    assert replicas[LOCAL_RID].action == "local_copy"
+    (bift,) = [e for op, e in sw.entries if e.table == "bift"]
+    params = dict(bift.params)
+    assert params["neighbors"] == 3 and params["local"] == 0b1000 and params["group_base"] == base
+    assert [params[f"fbm{i}"] for i in range(8)] == [1, 2, 4, 0, 0, 0, 0, 0]
+    # removing it takes every entry and group it made
+    node.remove_bift(bid)
+    assert {e.table for op, e in sw.entries if op == "DELETE"} == {"bift", "bier_replica"}
+    assert sum(1 for op, e in sw.entries if op == "DELETE") == 1 + 4
+    assert sw.deleted_groups == set(sw.groups)
+
+
+def test_a_switch_port_needs_its_mac_and_a_number() -> None:
+    from dinet.targets.base import BiftEntry, BiftPort
+
+    node, _ = _node()
+    with pytest.raises(ConfigError, match="needs its MAC"):
+        node.set_bift(BiftEntry(0x10000, 0, (BiftPort("2", "02:00:00:00:00:02", 1),)))
+    with pytest.raises(ConfigError, match="a port is a number, not 'eth0'"):
+        node.set_bift(BiftEntry(0x10000, 0, (BiftPort("eth0", "02:00:00:00:00:02", 1, "02:00:00:00:00:01"),)))
+
+
+def test_steering_plan_as_p4_entries_and_messages() -> None:
+    """A service with two instances: the entries the plan becomes, then their P4Runtime messages built
+    from the compiled P4Info (ids and canonical values), with the weight and site kept as entry metadata."""
+    bmv2_tools_or_skip()
+    from dinet.model import Instance, ServiceKey
+    from dinet.targets.bmv2 import compile_p4
+    from dinet.targets.p4rt import P4RuntimeSwitch
+
+    node, sw = _node()
+    svc = ServiceKey.parse("10.99.0.1:80/tcp")
+    node.add_service(svc)
+    node.set_instances(svc, [Instance(7, "192.0.2.7", 3, site_id=2), Instance(9, "2001:db8::9", 1, site_id=5)])
+    by_table: dict[str, list[Any]] = {}
+    for _, e in sw.entries:
+        by_table.setdefault(e.table, []).append(e)
+    assert len(by_table["ring"]) == 13
+    insts = {dict(e.params)["instance_id"]: e for e in by_table["instances"]}
+    assert insts[7].action == "instance4" and insts[9].action == "instance6"
+    assert insts[7].metadata == (3).to_bytes(4, "big") + (2).to_bytes(2, "big")
+    pipe = compile_p4(node.sizes.defines())
+    p4rt = P4RuntimeSwitch("unix:/nonexistent", name="offline")
+    try:
+        p4rt.use_pipeline(pipe.p4info)
+        info = p4rt._info()
+        msg = p4rt._table_entry_msg(insts[7])
+        assert msg.table_id == info.table("instances").preamble.id
+        assert msg.action.action.action_id == info.action("instance4").preamble.id
+        params = {p.param_id: p.value for p in msg.action.action.params}
+        assert params[info.param("instance4", "endpoint").id] == bytes([192, 0, 2, 7])
+        assert params[info.param("instance4", "instance_id").id] == b"\x07"
+        assert msg.metadata == insts[7].metadata
+        svc_msg = p4rt._table_entry_msg(by_table["services_v4"][-1])
+        fields = {m.field_id: m.exact.value for m in svc_msg.match}
+        assert fields[info.match_field("services_v4", "hdr.ipv4.dst").id] == bytes([10, 99, 0, 1])
+        assert fields[info.match_field("services_v4", "hdr.l4.dport").id] == b"\x50"
+    finally:
+        p4rt.close()
