@@ -219,6 +219,23 @@ def forwarding(packets: int) -> dict:
         out.update(xdp_pps_trafgen=got / dt, xdp_delivered_trafgen=got, xdp_seconds_trafgen=dt)
         out["xdp_verdicts"] = {k: v for k, v in node.verdicts().items() if v}
         node.detach("i0", t.ns("d"))
+        # 1b. the limit of any XDP program on this path: a plain redirect, MACs rewritten, no lookup
+        redirect = BccProgram("xdp_redirect.bpf.c", BPFFS / "redirect" / "redirect")
+        try:
+            rc = redirect.table("redirect_cfg")
+            cfg = rc.Leaf()
+            cfg.ifindex = netns.ifindex("i1", t.ns("d"))
+            cfg.smac[:] = list(bytes.fromhex(netns.mac_of("i1", t.ns("d")).replace(":", "")))
+            cfg.dmac[:] = list(bytes.fromhex(netns.mac_of("s0", t.ns("s")).replace(":", "")))
+            rc[rc.Key(0)] = cfg
+            redirect.attach("xdp_redirect", "i0", t.ns("d"))
+            dt, got = blast_gen()
+            out.update(redirect_pps=got / dt, redirect_delivered=got, redirect_seconds=dt)
+            redirect.detach("i0", t.ns("d"))
+        finally:
+            redirect.unpin()
+            redirect.close()
+        out["steer_over_redirect"] = out["xdp_pps"] / out["redirect_pps"] if out["redirect_pps"] else None
         # 2. the kernel: nftables DNAT on the same node, same traffic
         t.sh("d", "nft", "add table ip dinet_bench")
         t.sh("d", "nft", "add chain ip dinet_bench pre { type nat hook prerouting priority -100; }")
@@ -285,6 +302,10 @@ def main() -> int:
     print(
         f"  {'trafgen (AF_PACKET, skbs)':<28}{res['xdp_pps_trafgen']:>14,.0f}{res['nft_pps_trafgen']:>15,.0f}"
         f"{res['xdp_over_nft_trafgen']:>8.2f}"
+    )
+    print(
+        f"  plain XDP redirect (the path's limit): {res['redirect_pps']:,.0f} pps; "
+        f"steering / redirect = {res['steer_over_redirect']:.2f}"
     )
     sc = res["scale"]
     print(

@@ -42,6 +42,10 @@
 /* Entries of each CPU's flow cache (a power of two) and how often a cached flow refreshes its LRU entry. */
 #define DINET_FLOW_CACHE_SIZE 4096
 #define DINET_FLOW_CACHE_TOUCH 64
+/* Next-hop cache of the steering program (per CPU, by tunnel endpoint): entries (a power of two), and how
+ * long a FIB answer is reused: a route or neighbour change reaches steered traffic within this time. */
+#define DINET_NH_CACHE_SIZE 256
+#define DINET_NH_CACHE_NS 50000000
 /* Entries of the VIP address filter (a power of two). */
 #define DINET_VIP_FILTER_SIZE 65536
 #define DINET_MAX_ENDPOINTS 1024

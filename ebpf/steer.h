@@ -62,6 +62,20 @@ struct flow_value {
 	__u32 gen;         /* svc_gen[svc_id] when placed: a removed or replaced service is not the same */
 };
 
+/* nh_cache (kernel side only): per CPU, direct-mapped by tunnel endpoint, a copy of what bpf_fib_lookup
+ * answered for it: where to send, with which MACs, and the largest packet it accepted. Valid for
+ * DINET_NH_CACHE_NS; a larger packet, a miss or an expired entry asks the FIB again. */
+struct nh_cache_entry {
+	struct dinet_addr endpoint;
+	__u64 expires_ns;
+	__u32 ifindex;
+	__u32 ok_len;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u8 family;
+	__u8 pad[3];
+};
+
 /* flow_cache (kernel side only): per CPU, direct-mapped, a copy of recently used affinity entries. */
 struct flow_cache_entry {
 	struct flow_key key;

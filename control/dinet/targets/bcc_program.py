@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
 import errno
@@ -171,8 +172,9 @@ def write_array(table: Any, start: int, values: list[int]) -> None:
     """Writes consecutive u32 slots of an array map in one BPF_MAP_UPDATE_BATCH (element by element
     where the kernel lacks batch updates on arrays)."""
     n = len(values)
-    keys = (table.Key * n)(*[table.Key(start + i) for i in range(n)])
-    leaves = (table.Leaf * n)(*[table.Leaf(v) for v in values])
+    # u32 keys and values straight from array buffers: building n ctypes objects costs milliseconds
+    keys = (table.Key * n).from_buffer(array.array("I", range(start, start + n)))
+    leaves = (table.Leaf * n).from_buffer(array.array("I", values))
     try:
         table.items_update_batch(keys, leaves)
     except Exception:
