@@ -227,9 +227,9 @@ class BierDomain:
             with netns.entered(self.net.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 t0 = time.monotonic()
                 for i in range(total):
-                    if i == int(before_s * rate_pps):
-                        self.net.sh(fail[0], "ip", "link", "set", "dev", self.ifname[fail], "down")
+                    if i == int(before_s * rate_pps):  # the failure's time: when the command is issued
                         fail_seq, t_fail = i, time.monotonic()
+                        self.net.sh(fail[0], "ip", "link", "set", "dev", self.ifname[fail], "down")
                     s.sendto(struct.pack("!I", i).ljust(64, b"m"), (str(SYNC_ADDR), SYNC_PORT))
                     for name, sock in self.sockets.items():  # read as we go: timestamps of arrival
                         while True:

@@ -133,11 +133,22 @@ class BierController:
         return links_down, nodes_down
 
     def watch(self, interval: float, stop: threading.Event) -> None:
-        """Observes the domain every `interval` seconds and reconverges on every change, until stopped."""
-        while not stop.wait(interval):
-            try:
+        """Observes the domain and reconverges on every change, until stopped: every `interval` seconds,
+        and at once when a target that can (watch_links: a Linux node's link events) reports a change."""
+        wake = threading.Event()
+        watching = [t for t in self.targets.values() if hasattr(t, "watch_links")]
+        for t in watching:
+            t.watch_links(wake)  # type: ignore[attr-defined]
+        try:
+            while not stop.is_set():
                 t0 = time.monotonic()
-                links, nodes = self.observe()
-                self.set_state(links, nodes, t0)
-            except DinetError as e:
-                log.warning("BIER watch: %s", e)
+                try:
+                    links, nodes = self.observe()
+                    self.set_state(links, nodes, t0)
+                except DinetError as e:
+                    log.warning("BIER watch: %s", e)
+                wake.wait(interval)
+                wake.clear()
+        finally:
+            for t in watching:
+                t.unwatch_links()  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
+import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +313,7 @@ class TcBierTarget:
 
     def __init__(self, node: BierNode, netns: str | None = None):
         self.node, self.ns = node, netns
+        self._monitor: subprocess.Popen[str] | None = None
 
     def set_bift(self, entry: BiftEntry) -> None:
         from . import netns as ns_mod
@@ -337,5 +340,31 @@ class TcBierTarget:
     def ports_up(self, ports: list[str]) -> dict[str, bool]:
         return links_up(ports, self.ns)
 
+    def watch_links(self, wake: threading.Event) -> None:
+        """Sets `wake` whenever an interface of the node's namespace changes (the kernel's link events, read
+        from `ip monitor link`), so a failure is seen at once rather than at the next poll."""
+        self.unwatch_links()
+        cmd = ["ip", "-o", "monitor", "link"]
+        if self.ns:
+            cmd = ["ip", "netns", "exec", self.ns, *cmd]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._monitor = proc
+
+        def read() -> None:
+            for _ in proc.stdout or ():
+                wake.set()
+
+        threading.Thread(target=read, daemon=True, name=f"links-{self.ns or 'host'}").start()
+
+    def unwatch_links(self) -> None:
+        proc = self._monitor
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+            self._monitor = None
+
     def close(self) -> None:
+        self.unwatch_links()
         self.node.close()
