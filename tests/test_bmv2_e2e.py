@@ -305,3 +305,23 @@ def test_bmv2_bfir_sends_one_packet_per_set(switch, bpffs_root: Path) -> None:
         got = r.received({1: 20, 2: 20, 3: 20})
         assert all(sorted(v) == list(range(20)) for v in got.values()), got
         assert r.node.bier_counters()["bfir_push"] == 40  # one push per set and packet
+
+
+def test_bier_domain_of_bmv2_switches_routes_around_a_cut_link(switch) -> None:
+    """Four BMv2 BFRs (p4/dinet.p4) in a diamond, programmed through the BierTarget contract by the BIER
+    controller, which watches their ports: the cable b-d is cut during a stream to b, c and d; every BFER
+    receives again (d through c), none twice, and only the entries the failure changed are rewritten."""
+    from topo.bier_domain import BierDomain, diamond
+
+    with BierDomain(f"{NS_PREFIX}pb", diamond(), 1, target="bmv2") as d:
+        d.install_bifts()
+        res = d.failover({"b", "c", "d"}, ("b", "d"), watch_interval=0.2, rate_pps=200, before_s=0.5, after_s=2.0)
+        got, fail, sent = res["received"], res["fail_seq"], res["sent"]
+        assert isinstance(got, dict) and isinstance(fail, int) and isinstance(sent, int)
+        for name in ("b", "c", "d"):
+            assert len(got[name]) == len(set(got[name])), f"{name}: duplicates"
+            assert any(q > fail + 200 for q in got[name]), f"{name}: nothing long after the failure"
+            assert sent - 1 in got[name], f"{name}: the end of the stream did not arrive"
+        assert res["entries_rewritten"] == 3 and d.ctl().down_links == {frozenset(("b", "d"))}
+        c = d.switches["c"][2].bier_counters()
+        assert c["copies"] > 0  # d's datagrams cross c now

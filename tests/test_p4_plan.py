@@ -139,3 +139,25 @@ def test_steering_plan_as_p4_entries_and_messages() -> None:
         assert fields[info.match_field("services_v4", "hdr.l4.dport").id] == b"\x50"
     finally:
         p4rt.close()
+
+
+def test_a_bift_entry_whose_neighbours_shrink_and_grow_keeps_the_switch_consistent() -> None:
+    """Groups and replicas the switch has are modified, new ones inserted, those no longer named deleted: a
+    MODIFY of a group the switch never had (a neighbour set that grew after a failure healed) fails there."""
+    from dinet.packets import bift_id
+    from dinet.targets.base import BiftEntry, BiftPort
+
+    node, sw = _node()
+    bid = bift_id(1, 0)
+    three = tuple(BiftPort(str(p), f"02:00:00:00:00:0{p}", 1 << (p - 2), "02:00:00:00:00:10") for p in (2, 3, 4))
+    node.set_bift(BiftEntry(bid, 0, three))
+    sw.entries.clear()
+    node.set_bift(BiftEntry(bid, 0, (BiftPort("2", "02:00:00:00:00:02", 0b111, "02:00:00:00:00:10"),)))
+    deleted = [dict(e.match)["std.egress_rid"] for op, e in sw.entries if op == "DELETE"]
+    assert sorted(deleted) == [2, 3] and set(node._groups) == {2, 3, 4}  # masks 1..3 of one neighbour + local
+    assert sw.deleted_groups == {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+    sw.entries.clear()
+    node.set_bift(BiftEntry(bid, 0, three))
+    ops = {(op, dict(e.match).get("std.egress_rid")) for op, e in sw.entries if e.table == "bier_replica"}
+    assert ("INSERT", 2) in ops and ("INSERT", 3) in ops and ("MODIFY", 1) in ops
+    assert len(node._groups) == 15

@@ -8,6 +8,7 @@ import ctypes.util
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 
 from ..errors import InterfaceError
@@ -79,3 +80,34 @@ def l2_socket(ifname: str, ns: str | None = None) -> socket.socket:
             s.close()
             raise InterfaceError(f"cannot open a packet socket on {ifname}: {e.strerror}") from None
     return s
+
+
+class LinkEvents:
+    """The kernel's link events of a namespace (`ip -o monitor link`), each setting an Event: a watcher wakes
+    at a link change instead of at its next poll. start() again replaces the monitor; stop() ends it."""
+
+    def __init__(self, netns: str | None = None):
+        self.netns = netns
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self, wake: threading.Event) -> None:
+        self.stop()
+        cmd = ["ip", "-o", "monitor", "link"]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._proc = proc
+
+        def read() -> None:
+            for _ in proc.stdout or ():
+                wake.set()
+
+        threading.Thread(target=read, daemon=True, name=f"links-{self.netns or 'host'}").start()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
+            if self._proc.stdout:
+                self._proc.stdout.close()
+            self._proc = None

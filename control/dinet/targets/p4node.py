@@ -7,6 +7,7 @@ import ipaddress
 import itertools
 import logging
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..packets import split_bift_id
 from ..policy.bift import BfirEntry, BiftEntry
 from ..policy.steering import InstanceEdits, plan_instances
 from .base import Counter, ServiceState, SteerSizes
+from .netns import LinkEvents
 from .p4rt import P4RuntimeSwitch, TableEntry
 
 C = consts.load()
@@ -102,6 +104,7 @@ class P4Node(InstanceEdits):
         self.local_port = 1  # where a BFER's local copies leave (the host port)
         self.port_names: dict[int, str] = {}  # port number -> interface, for link state (optional)
         self.port_netns: str | None = None
+        self._events: LinkEvents | None = None
 
     def _write(self, entries: list[TableEntry], op: str = "INSERT") -> None:
         self.sw.write(entries, op)
@@ -425,10 +428,29 @@ class P4Node(InstanceEdits):
                 "local_copy",
             )
         )
-        op = "INSERT" if fresh else "MODIFY"
-        self._write_groups(groups, op)
-        self._write(replicas, op)
-        self._write([TableEntry("bift", (("hdr.bift.bift_id", bift_id),), "bift_entry", params)], op)
+        # groups and replicas the switch has are modified, new ones inserted, then the entry that names them
+        # is written, and last what the entry no longer names is deleted (a neighbour set may grow or shrink)
+        old_groups = {g for g in self._groups if base <= g < base + GROUPS_PER_BIFT}
+        self._write_groups({g: m for g, m in groups.items() if g not in old_groups}, "INSERT")
+        self._write_groups({g: m for g, m in groups.items() if g in old_groups}, "MODIFY")
+        old_reps = {
+            _key(e): e
+            for e in self._entries.values()
+            if e.table == "bier_replica" and dict(e.match)["hdr.bift.bift_id"] == bift_id
+        }
+        self._write([e for e in replicas if _key(e) not in old_reps], "INSERT")
+        self._write([e for e in replicas if _key(e) in old_reps], "MODIFY")
+        self._write(
+            [TableEntry("bift", (("hdr.bift.bift_id", bift_id),), "bift_entry", params)],
+            "INSERT" if fresh else "MODIFY",
+        )
+        stale_reps = [e for k, e in old_reps.items() if k not in {_key(r) for r in replicas}]
+        self._write(stale_reps, "DELETE")
+        stale_groups = {g: self._groups[g] for g in old_groups - set(groups)}
+        if stale_groups:
+            self.sw.write_multicast_groups(stale_groups, "DELETE")
+            for g in stale_groups:
+                del self._groups[g]
 
     def write_bfir(
         self,
@@ -527,6 +549,17 @@ class P4Node(InstanceEdits):
 
         state = links_up([known[p] for p in ports if p in known], self.port_netns)
         return {p: state.get(known[p], False) if p in known else True for p in ports}
+
+    def watch_links(self, wake: threading.Event) -> None:
+        """Where the switch's interfaces are known (port_netns): wake at their link events."""
+        if self.port_names:
+            self._events = LinkEvents(self.port_netns)
+            self._events.start(wake)
+
+    def unwatch_links(self) -> None:
+        if self._events is not None:
+            self._events.stop()
+            self._events = None
 
     def bier_counters(self) -> dict[str, int]:
         names = {

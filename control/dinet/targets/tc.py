@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
-import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..packets import bitstring_bytes, split_bift_id
 from ..paths import BPFFS_ROOT
 from ..policy.bift import BfirEntry, BiftEntry
 from .bcc_program import BccProgram, update
+from .netns import LinkEvents
 
 C = consts.load()
 MAX_NBR = C["BIER_MAX_NEIGHBORS"]
@@ -313,7 +313,7 @@ class TcBierTarget:
 
     def __init__(self, node: BierNode, netns: str | None = None):
         self.node, self.ns = node, netns
-        self._monitor: subprocess.Popen[str] | None = None
+        self._events = LinkEvents(netns)
 
     def set_bift(self, entry: BiftEntry) -> None:
         from . import netns as ns_mod
@@ -341,29 +341,11 @@ class TcBierTarget:
         return links_up(ports, self.ns)
 
     def watch_links(self, wake: threading.Event) -> None:
-        """Sets `wake` whenever an interface of the node's namespace changes (the kernel's link events, read
-        from `ip monitor link`), so a failure is seen at once rather than at the next poll."""
-        self.unwatch_links()
-        cmd = ["ip", "-o", "monitor", "link"]
-        if self.ns:
-            cmd = ["ip", "netns", "exec", self.ns, *cmd]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self._monitor = proc
-
-        def read() -> None:
-            for _ in proc.stdout or ():
-                wake.set()
-
-        threading.Thread(target=read, daemon=True, name=f"links-{self.ns or 'host'}").start()
+        """Sets `wake` whenever an interface of the node's namespace changes, so a failure is seen at once."""
+        self._events.start(wake)
 
     def unwatch_links(self) -> None:
-        proc = self._monitor
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
-            self._monitor = None
+        self._events.stop()
 
     def close(self) -> None:
         self.unwatch_links()
