@@ -160,6 +160,25 @@ def test_cli_reads_a_table_back_without_taking_over(rig) -> None:
     rig.node.set_weight(sv.WEB4, 11, 2)  # still primary
 
 
+def test_a_transient_failure_reconnects_and_wipes_nothing(rig) -> None:
+    """The P4Runtime session breaks while the switch runs on: the node reconnects, finds its pipeline (the
+    cookie) and its tables there and writes nothing (no pipeline set, so the registers stay); every vector
+    still gives its answer."""
+    rig.node.pipeline = rig.pipe
+    for v in sv.vectors(sv.placement(rig.node)):  # flows remembered in the registers
+        run_vector(rig, v)
+    tables = ("services_v4", "instances", "ring", "vip_v6")
+    before = {t: sorted(map(repr, rig.node.sw.read_table(t))) for t in tables}
+    writes = rig.node.writes
+    rig.node.sw.close()  # the channel is gone: the next read fails
+    assert rig.node.check() == "reconnected"
+    assert rig.node.writes == writes
+    assert {t: sorted(map(repr, rig.node.sw.read_table(t))) for t in tables} == before
+    for v in sv.vectors(sv.placement(rig.node)):
+        run_vector(rig, v)
+    assert rig.node.check() == "ok"
+
+
 def test_state_is_pushed_again_after_the_switch_restarts(rig) -> None:
     """Last in this module: the switch dies and comes back empty; the node writes back all it had written."""
     from dinet.errors import DataPlaneError

@@ -149,6 +149,8 @@ class P4RuntimeSwitch:
         except grpc.RpcError as e:
             detail = e.details() or ""
             raise DataPlaneError(f"switch {self.name}: {what} failed: {e.code().name} {detail}".strip()) from None
+        except ValueError as e:  # grpc's word for a closed channel
+            raise DataPlaneError(f"switch {self.name}: {what} failed: {e}") from None
 
     # ---- pipeline ---------------------------------------------------------------------------------------
     @staticmethod
@@ -178,6 +180,8 @@ class P4RuntimeSwitch:
         req.response_type = p4r.GetForwardingPipelineConfigRequest.COOKIE_ONLY
         try:
             resp = self.stub.GetForwardingPipelineConfig(req, timeout=self.timeout)
+        except ValueError as e:
+            raise DataPlaneError(f"switch {self.name}: GetForwardingPipelineConfig failed: {e}") from None
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:  # no pipeline set yet
                 return None
@@ -285,6 +289,8 @@ class P4RuntimeSwitch:
             return list(self.stub.Read(req, timeout=self.timeout))
         except grpc.RpcError as e:
             raise DataPlaneError(f"switch {self.name}: Read failed: {e.code().name} {e.details()}") from None
+        except ValueError as e:  # grpc's word for a closed channel
+            raise DataPlaneError(f"switch {self.name}: Read failed: {e}") from None
 
     def p4info_tables(self) -> list[str]:
         """The tables of the pipeline, by the names entries use (P4Info aliases)."""
