@@ -97,9 +97,9 @@ def main() -> int:
             policy=Policy(smoothing=1.0),
         )
         ctl.start()
-        col = Collector({"t1": ("edge", {(SVC, 1)}), "t2": ("cloud", {(SVC, 2)})}, max_rate=1e9)
+        col = Collector.with_tokens({"t1": ("edge", {(SVC, 1)}), "t2": ("cloud", {(SVC, 2)})}, max_rate=1e9)
         ctl.attach(col)
-        with CollectorServer(col) as srv:
+        with CollectorServer(col, insecure=True) as srv:
             edge, cloud = Agent(srv.address, "t1"), Agent(srv.address, "t2")
             cloud.send([cloud.report(str(SVC), 2, Level0(cpu_load=0.1))])
             edge.send([edge.report(str(SVC), 1, Level0(cpu_load=0.1))])

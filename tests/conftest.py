@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,44 @@ def dinet_process(*args: str, ready: str) -> Iterator[subprocess.Popen[str]]:
             if f:
                 f.close()
     assert code == 0, f"dinet {' '.join(args)} exited with {code}"
+
+
+@dataclass(frozen=True)
+class Certs:
+    """Credentials made by `dinet certs` for this test run: `dir` holds the project CA and an identity each
+    for a controller, a node agent, metric agents (edge, cloud) and an intruder; `other` a second CA's
+    `controller`; `expired` the project CA's `controller`, expired yesterday."""
+
+    dir: Path
+    other: Path
+    expired: Path
+
+    def identity(self, name: str, where: Path | None = None):  # type: ignore[no-untyped-def]
+        from dinet.creds import Identity
+
+        return Identity.load(where or self.dir, name)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    import datetime
+
+    from dinet.creds import issue
+
+    base = tmp_path_factory.mktemp("certs")
+    good, other, expired = base / "project", base / "other", base / "expired"
+
+    def cli(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "dinet.cli", "certs", *args], check=True, capture_output=True)
+
+    cli("init", str(good))
+    for name in ("controller", "agent", "collector", "edge", "cloud", "intruder"):
+        cli("issue", name, "--dir", str(good))
+    cli("init", str(other))
+    cli("issue", "controller", "--dir", str(other))
+    expired.mkdir()
+    for f in ("ca.crt", "ca.key"):
+        shutil.copy(good / f, expired / f)
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
+    issue(expired, "controller", days=2, not_before=past)
+    return Certs(good, other, expired)

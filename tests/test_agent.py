@@ -21,19 +21,31 @@ SVC = ServiceKey.parse("10.98.0.1:443/tcp")
 
 
 @pytest.fixture
-def agent() -> Iterator[tuple[str, str]]:
+def agent(certs, tmp_path) -> Iterator[tuple[str, str]]:
+    """`dinet agent` over mutual TLS (identity `agent`, driven by `controller`), with a token file as its
+    second factor."""
     node, port = f"agenttest{RUN_ID}", free_port()
+    token = tmp_path / "token"
+    token.write_text("ctl-secret\n")
     try:
         with dinet_process(
-            "agent", "--node", node, "--listen", f"127.0.0.1:{port}", "--token", "ctl-secret", ready="dinet agent: node"
+            "agent",
+            *("--node", node, "--listen", f"127.0.0.1:{port}", "--certs", str(certs.dir), "--identity", "agent"),
+            *("--controller", "controller", "--token-file", str(token)),
+            ready="dinet agent: node",
         ):
             yield node, f"127.0.0.1:{port}"
     finally:
         forget_node(node)
 
 
-def test_controller_drives_a_node_agent(agent) -> None:
+def remote_node(certs, address: str, name: str, token: str = "ctl-secret"):  # type: ignore[no-untyped-def]
     from dinet.targets.remote import RemoteNode
+
+    return RemoteNode(address, token, name=name, identity=certs.identity("controller"), server="agent")
+
+
+def test_controller_drives_a_node_agent(agent, certs) -> None:
     from dinet.targets.xdp import SteeringNode
 
     node, address = agent
@@ -57,7 +69,7 @@ def test_controller_drives_a_node_agent(agent) -> None:
         capture_output=True,
     )
     try:
-        remote = RemoteNode(address, "ctl-secret", name=node)
+        remote = remote_node(certs, address, node)
         intent = [
             ServiceIntent(
                 SVC,
@@ -85,7 +97,7 @@ def test_controller_drives_a_node_agent(agent) -> None:
         with pytest.raises(UnknownInstanceError):
             remote.set_weight(SVC, 9, 1)
         with pytest.raises(DataPlaneError, match="UNAUTHENTICATED"):
-            RemoteNode(address, "wrong", name=node).service(SVC)
+            remote_node(certs, address, node, token="wrong").service(SVC)
         remote.close()
     finally:
         subprocess.run(
@@ -94,14 +106,13 @@ def test_controller_drives_a_node_agent(agent) -> None:
         )
 
 
-def test_bier_entries_through_the_agent(agent) -> None:
+def test_bier_entries_through_the_agent(agent, certs) -> None:
     from dinet.packets import bift_id
     from dinet.targets.base import BfirEntry, BiftEntry, BiftPort
-    from dinet.targets.remote import RemoteNode
     from dinet.targets.tc import BierNode
 
     node, address = agent
-    remote = RemoteNode(address, "ctl-secret", name=node)
+    remote = remote_node(certs, address, node)
     remote.set_bift(BiftEntry(bift_id(1, 0), 1 << 2, (BiftPort("lo", "02:00:00:00:00:02", 0b11),)))
     bfir = BfirEntry("10.200.0.1", 7, 1, ((bift_id(1, 0), 0b111),), udp_port=9000)
     remote.set_bfir(bfir)

@@ -166,7 +166,7 @@ services:
                     ro.use_pipeline(pipe.p4info)
                     return {n: sorted(map(repr, ro.read_table(n))) for n in ("services_v4", "instances", "ring")}
 
-            with dinet_process("run", str(intent), ready="dinet: collector on") as run:
+            with dinet_process("run", "--insecure", str(intent), ready="dinet: collector on") as run:
                 assert any("1 write(s)" in line for line in run.head), run.head
             before = tables()
             with netns.entered(t.ns("c")):
@@ -174,7 +174,7 @@ services:
                 try:
                     first = [c.get() for c in conns]
                     assert set(first) == {"i1", "i2"}, first
-                    with dinet_process("run", str(intent), ready="dinet: collector on") as run:
+                    with dinet_process("run", "--insecure", str(intent), ready="dinet: collector on") as run:
                         assert any("0 write(s) (adopted" in line for line in run.head), run.head
                         assert [c.get() for c in conns] == first  # no connection moved
                         assert tables() == before  # nothing written: same entries, same live ring half

@@ -135,7 +135,11 @@ def _bad_inputs(node: str) -> list[tuple[str, ...]]:
         ("run", "/nonexistent/intent.yaml"),
         ("run", "--check", "/nonexistent/intent.yaml"),
         ("p4", "read", "--address", "unix:/nonexistent/p4rt.sock", "--table", "ring"),
-        ("agent", "--listen", "256.0.0.1:1", *n),
+        ("agent", "--listen", "256.0.0.1:1", "--insecure", *n),
+        ("agent", "--listen", "127.0.0.1:0", *n),  # no credentials and not --insecure
+        ("agent", "--certs", "/nonexistent", "--identity", "x", *n),
+        ("certs", "issue", "host1", "--dir", "/nonexistent/pki"),
+        ("certs", "issue", "bad name", "--dir", "/nonexistent/pki"),
         ("status", "--url", "http://127.0.0.1:1/metrics"),
     ]
 

@@ -26,7 +26,7 @@ class Clock:
 def rig() -> Iterator[tuple[Collector, CollectorServer, Clock, list]]:
     clock = Clock()
     events: list = []
-    c = Collector(
+    c = Collector.with_tokens(
         {"tok-a": ("agent-a", {(SVC, 1)}), "tok-b": ("agent-b", {(SVC, 2)})},
         timeout=3.0,
         max_rate=50,
@@ -34,7 +34,7 @@ def rig() -> Iterator[tuple[Collector, CollectorServer, Clock, list]]:
         on_expire=lambda ref: events.append(("expire", ref)),
         clock=clock,
     )
-    with CollectorServer(c) as srv:
+    with CollectorServer(c, insecure=True) as srv:
         yield c, srv, clock, events
 
 
@@ -53,7 +53,7 @@ def test_unauthenticated_agents_are_refused(rig) -> None:
     with pytest.raises(grpc.RpcError) as e:
         a.send([a.report(str(SVC), 1, Level0())])
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert c.rejected["unauthenticated"] == 1 and events == []
+    assert c.rejected["token"] == 1 and events == []
     a.close()
 
 

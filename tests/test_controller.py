@@ -87,11 +87,11 @@ def test_restarted_controller_rewrites_nothing(node) -> None:
 
 def test_expiry_takes_an_instance_out_and_prometheus_shows_it(node) -> None:
     clock = [100.0]
-    col = Collector({"t1": ("a1", {(SVC, 1)}), "t2": ("a2", {(SVC, 2)})}, timeout=3, clock=lambda: clock[0])
+    col = Collector.with_tokens({"t1": ("a1", {(SVC, 1)}), "t2": ("a2", {(SVC, 2)})}, timeout=3, clock=lambda: clock[0])
     ctl = Controller(node, INTENT, SITES)
     ctl.start()
     ctl.attach(col)
-    with CollectorServer(col) as srv:
+    with CollectorServer(col, insecure=True) as srv:
         a1, a2 = Agent(srv.address, "t1"), Agent(srv.address, "t2")
         a1.send([a1.report(str(SVC), 1, Level0(cpu_load=0.3))])
         a2.send([a2.report(str(SVC), 2, Level0(cpu_load=0.3))])
@@ -123,9 +123,9 @@ def test_overload_report_moves_new_flows_off_a_site_in_namespaces(bpffs_root: Pa
         ctl = Controller(ce.steer, intent, {1: SitePath(2), 2: SitePath(20)})
         ctl.start()
         tokens = {f"tok-{h.name}": (h.name, {(svc, h.instance_id)}) for h in ce.hosts}
-        col = Collector(tokens)
+        col = Collector.with_tokens(tokens)
         ctl.attach(col)
-        with CollectorServer(col) as srv:
+        with CollectorServer(col, insecure=True) as srv:
             agents = {h.name: Agent(srv.address, f"tok-{h.name}") for h in ce.hosts}
             for h in ce.hosts:
                 agents[h.name].send([agents[h.name].report(str(svc), h.instance_id, Level0(cpu_load=0.2))])

@@ -95,7 +95,7 @@ def test_an_instance_never_heard_from_is_not_idle_and_healthy() -> None:
 
 def test_an_instance_that_never_reports_expires_within_the_timeout_of_the_start() -> None:
     clock = [100.0]
-    col = Collector({"ta": ("a", {(SVC, 1)}), "tb": ("b", {(SVC, 2)})}, timeout=3, clock=lambda: clock[0])
+    col = Collector.with_tokens({"ta": ("a", {(SVC, 1)}), "tb": ("b", {(SVC, 2)})}, timeout=3, clock=lambda: clock[0])
     t = CountingTarget()
     ctl = controller(t)
     ctl.start()

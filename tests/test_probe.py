@@ -68,3 +68,13 @@ def test_a_site_that_stops_answering_loses_its_delay_sensitive_traffic(net: Topo
         assert {i.instance_id: i.weight > 0 for i in node.service(svc).instances.values()} == {1: False, 2: True}
     finally:
         node.destroy()
+
+
+def test_a_probe_takes_an_address_only() -> None:
+    from dinet.errors import ConfigError
+    from dinet.services.probe import Probe
+
+    for bad in ("-f", "example.com", "10.0.0.1; reboot", ""):
+        with pytest.raises(ConfigError, match="not an IPv4 or IPv6 address"):
+            Probe(bad)
+    assert Probe("2001:db8::1").address == "2001:db8::1"

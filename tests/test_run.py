@@ -102,17 +102,25 @@ def test_run_check_validates_without_starting_anything(tmp_path: Path) -> None:
     assert "services[0].instances[0].wieght: unknown key" in bad.stderr
 
 
-def test_run_and_status(tmp_path: Path) -> None:
+def test_run_and_status(tmp_path: Path, certs) -> None:
+    """`dinet run` over mutual TLS: metric agents with their certificates (and tokens) report; a report for
+    another agent's instance is refused and counted; `dinet status` shows weights, refusals and TLS on."""
     node = f"runtest{RUN_ID}"
     col, prom = free_port(), free_port()
     path = intent(tmp_path, node, col, prom)
+    text = path.read_text().replace("token: edge-a-secret", "token: edge-a-secret, agent: edge")
+    text = text.replace("token: cloud-a-secret", "token: cloud-a-secret, agent: cloud")
+    path.write_text(f"tls: {{dir: {certs.dir}, name: collector}}\n" + text)
     try:
-        with dinet_process("run", str(path), ready="dinet: collector on"):
-            edge, cloud = Agent(f"127.0.0.1:{col}", "edge-a-secret"), Agent(f"127.0.0.1:{col}", "cloud-a-secret")
+        with dinet_process("run", str(path), ready="dinet: collector on") as run:
+            assert "mutual TLS as collector" in run.head[-1]
+            address = f"127.0.0.1:{col}"
+            edge = Agent(address, "edge-a-secret", certs.identity("edge"))
+            cloud = Agent(address, "cloud-a-secret", certs.identity("cloud"))
             ack = edge.send([edge.report("10.99.0.1:80/tcp", 11, Level0(cpu_load=0.95))])
             assert ack.accepted == 1
             cloud.send([cloud.report("10.99.0.1:80/tcp", 21, Level0(cpu_load=0.1))])
-            bad = Agent(f"127.0.0.1:{col}", "edge-a-secret")
+            bad = Agent(address, "edge-a-secret", certs.identity("edge"))
             bad.seq = 100
             assert bad.send([bad.report("10.99.0.1:80/tcp", 21, Level0())]).rejected == 1  # not edge-a's instance
             for a in (edge, cloud, bad):
@@ -126,7 +134,7 @@ def test_run_and_status(tmp_path: Path) -> None:
             st = json.loads(res.stdout)
             by_id = {row["instance"]: row for row in st["instances"]}
             assert by_id["11"]["dinet_instance_weight"] == 0 and by_id["21"]["dinet_instance_weight"] > 0
-            assert st["totals"]["rejected unknown_instance"] == 1
+            assert st["totals"]["rejected unknown_instance"] == 1 and st["totals"]["insecure (no TLS)"] == 0
             table = subprocess.run(
                 [sys.executable, "-m", "dinet.cli", "status", "--url", f"http://127.0.0.1:{prom}/metrics"],
                 capture_output=True,
@@ -170,7 +178,9 @@ bier:
 """)
     try:
         res = subprocess.run(
-            [sys.executable, "-m", "dinet.cli", "run", "--once", str(path)], capture_output=True, text=True
+            [sys.executable, "-m", "dinet.cli", "run", "--once", "--insecure", str(path)],
+            capture_output=True,
+            text=True,
         )
         assert res.returncode == 0, res.stderr
         assert "BIER: 4 BIFT and BFIR entries written to 3 node(s)" in res.stdout
@@ -213,7 +223,7 @@ services:
       - {{id: 2, endpoint: 10.12.1.2, site: 2, token: two}}
 """)
     try:
-        with dinet_process("run", str(path), ready="dinet: collector on"):
+        with dinet_process("run", "--insecure", str(path), ready="dinet: collector on"):
             for token, iid in (("one", 1), ("two", 2)):
                 a = Agent(f"127.0.0.1:{col}", token)
                 assert a.send([a.report("10.99.0.7:443/tcp", iid, Level0(cpu_load=0.3))]).accepted == 1
@@ -275,7 +285,7 @@ services:
       - {{id: 2, endpoint: 10.12.1.2, site: 2, token: two}}
 """)
         try:
-            with dinet_process("run", str(path), ready="dinet: collector on"):
+            with dinet_process("run", "--insecure", str(path), ready="dinet: collector on"):
                 for token, iid in (("one", 1), ("two", 2)):
                     a = Agent(f"127.0.0.1:{col}", token)
                     a.send([a.report("10.99.0.8:80/tcp", iid, Level0(cpu_load=0.2))])

@@ -345,7 +345,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     if a.check:
         print(check(Path(a.file)))
         return
-    run(Path(a.file), once=a.once)
+    run(Path(a.file), once=a.once, insecure=a.insecure)
 
 
 def cmd_p4_compile(a: argparse.Namespace) -> None:
@@ -389,7 +389,30 @@ def cmd_agent(a: argparse.Namespace) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    serve_forever(a.node, a.listen, a.token or "", stop)
+    from .creds import Identity, read_token
+
+    identity = Identity.load(a.certs, a.identity) if a.certs else None
+    if identity is None and not a.insecure:
+        raise ConfigError("the node agent has no credentials: --certs DIR (see `dinet certs`), or --insecure")
+    controllers = frozenset(x.strip() for x in a.controller.split(",") if x.strip())
+    serve_forever(a.node, a.listen, read_token(a.token_file), stop, identity, controllers, a.insecure)
+
+
+def cmd_certs_init(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .creds import init_ca
+
+    print(f"CA certificate: {init_ca(Path(a.dir), a.days)} (its key, ca.key, is mode 0600: keep it off the hosts)")
+
+
+def cmd_certs_issue(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .creds import issue
+
+    key, cert = issue(Path(a.dir), a.name, a.days, tuple(a.ip or ()))
+    print(f"{a.name}: {cert} and {key} (mode 0600); copy them with {Path(a.dir) / 'ca.crt'} to its host")
 
 
 def cmd_status(a: argparse.Namespace) -> None:
@@ -414,6 +437,8 @@ def cmd_status(a: argparse.Namespace) -> None:
                 rows.setdefault(key, {})[smp.name] = smp.value
             elif "reason" in smp.labels:
                 other[f"rejected {smp.labels['reason']}"] = smp.value
+            elif smp.name == "dinet_insecure":
+                other["insecure (no TLS)"] = smp.value
             elif smp.name in (
                 "dinet_reports_accepted_total",
                 "dinet_datapath_writes_total",
@@ -553,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--once", action="store_true", help="install the intent, then exit")
     p.add_argument("--check", action="store_true", help="validate the file and exit; starts nothing")
+    p.add_argument("--insecure", action="store_true", help="without the intent's `tls`: run without TLS (a warning)")
     p.set_defaults(fn=cmd_run)
     p4 = sub.add_parser("p4", help="the P4 program for BMv2").add_subparsers(dest="sub", required=True)
     for name, fn, text in (
@@ -571,7 +597,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
     p = leaf(sub, "agent", cmd_agent, "serve this host's programs and maps to a controller over gRPC")
     p.add_argument("--listen", default="127.0.0.1:50061")
-    p.add_argument("--token", help="the token the controller must present")
+    p.add_argument("--certs", help="the certificate folder holding ca.crt and this agent's key and certificate")
+    p.add_argument("--identity", default="agent", help="this agent's certificate name (default: agent)")
+    p.add_argument("--controller", default="controller", help="identities allowed to drive this agent, comma-separated")
+    p.add_argument("--token-file", help="a second factor the controller must present (default: $DINET_TOKEN, if set)")
+    p.add_argument("--insecure", action="store_true", help="serve without TLS (a warning; tests and labs only)")
+    certs = sub.add_parser("certs", help="a CA and certificates for controllers and agents").add_subparsers(
+        dest="sub", required=True
+    )
+    p = certs.add_parser("init", help="a new CA in DIR")
+    p.add_argument("dir")
+    p.add_argument("--days", type=int, default=3650)
+    p.set_defaults(fn=cmd_certs_init)
+    p = certs.add_parser("issue", help="a key and certificate for NAME, signed by the CA in --dir")
+    p.add_argument("name")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--days", type=int, default=825)
+    p.add_argument("--ip", action="append", help="an address it is also reached by (repeatable)")
+    p.set_defaults(fn=cmd_certs_issue)
     p = sub.add_parser("status", help="a running controller's view, from its Prometheus endpoint")
     p.add_argument("--url", default="http://127.0.0.1:9464/metrics")
     p.add_argument("--json", action="store_true")

@@ -4,6 +4,7 @@ with the message, and come back out of RemoteNode as the same dinet exceptions."
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from concurrent import futures
@@ -12,6 +13,7 @@ from typing import Any
 import grpc
 
 from .. import proto
+from ..creds import Identity, peer_identity, same_token
 from ..errors import ConfigError, DataPlaneError, DinetError
 from ..model import ServiceKey
 from ..targets.remote import CODES, bfir_from_msg, bift_from_msg, inst_from_msg, inst_msg
@@ -22,12 +24,29 @@ log = logging.getLogger(__name__)
 class AgentService:
     """What the agent process serves, over a local SteeringNode (and a TcBierTarget once BIER is asked for)."""
 
-    def __init__(self, steer: Any, bier_factory: Any = None, token: str = ""):
+    def __init__(
+        self, steer: Any, bier_factory: Any = None, token: str = "", controllers: frozenset[str] = frozenset()
+    ):
+        """token: a second factor every call must carry ('' none); controllers: the identities (certificate
+        names) allowed to drive this agent over mutual TLS."""
         self.steer = steer
         self.bier_factory = bier_factory
         self.bier: Any = None
         self.token = token
+        self.controllers = controllers
+        self.refused: collections.Counter[str] = collections.Counter()  # by reason
         self.lock = threading.Lock()
+
+    def authorize(self, identity: str | None, token: str) -> str | None:
+        """The refusal reason ('identity', 'token'), counted; None when the caller may go on."""
+        reason = None
+        if identity is not None and identity not in self.controllers:
+            reason = "identity"
+        elif self.token and not same_token(token, self.token):
+            reason = "token"
+        if reason:
+            self.refused[reason] += 1
+        return reason
 
     def servicer(self) -> Any:
         pb, pb_grpc = proto.agent()
@@ -36,8 +55,12 @@ class AgentService:
         def guarded(fn: Any) -> Any:
             def call(_servicer: Any, request: Any, context: grpc.ServicerContext) -> Any:
                 md = dict(context.invocation_metadata())
-                if svc_self.token and md.get("authorization", "") != f"Bearer {svc_self.token}":
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown controller token")
+                token = md.get("authorization", "").removeprefix("Bearer ").strip()
+                reason = svc_self.authorize(peer_identity(context), token)
+                if reason == "identity":
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, "this identity may not drive this node")
+                if reason == "token":
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or missing controller token")
                 try:
                     with svc_self.lock:
                         return fn(_servicer, request)
@@ -127,12 +150,28 @@ class AgentService:
 
 
 class AgentServer:
-    def __init__(self, service: AgentService, address: str = "127.0.0.1:0"):
+    """The agent on a gRPC port, over mutual TLS with `identity`'s credentials; without credentials only
+    when `insecure` (a warning)."""
+
+    def __init__(
+        self,
+        service: AgentService,
+        address: str = "127.0.0.1:0",
+        identity: Identity | None = None,
+        insecure: bool = False,
+    ):
         _, pb_grpc = proto.agent()
+        if identity is None and not insecure:
+            raise ConfigError("the node agent has no credentials: give it a certificate (dinet certs), or --insecure")
+        self.insecure = identity is None
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_NodeAgentServicer_to_server(service.servicer(), self.server)
         try:
-            self.port = self.server.add_insecure_port(address)
+            if identity is None:
+                log.warning("node agent on %s WITHOUT TLS (--insecure)", address)
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, identity.server_credentials())
         except RuntimeError:  # grpc raises it for an address it cannot resolve or bind
             self.port = 0
         if self.port == 0:
@@ -147,7 +186,15 @@ class AgentServer:
         self.server.stop(grace=1).wait()
 
 
-def serve_forever(node: str, listen: str, token: str, stop: threading.Event | None = None) -> None:
+def serve_forever(
+    node: str,
+    listen: str,
+    token: str,
+    stop: threading.Event | None = None,
+    identity: Identity | None = None,
+    controllers: frozenset[str] = frozenset({"controller"}),
+    insecure: bool = False,
+) -> None:
     """`dinet agent`: serves the node's programs until stopped (SIGINT/SIGTERM in the CLI)."""
     from ..targets.tc import BierNode, TcBierTarget
     from ..targets.xdp import SteeringNode
@@ -155,8 +202,8 @@ def serve_forever(node: str, listen: str, token: str, stop: threading.Event | No
     stop = stop or threading.Event()
     steer = SteeringNode(node)
     try:
-        service = AgentService(steer, lambda: TcBierTarget(BierNode(node)), token)
-        with AgentServer(service, listen) as srv:
+        service = AgentService(steer, lambda: TcBierTarget(BierNode(node)), token, controllers)
+        with AgentServer(service, listen, identity, insecure) as srv:
             print(f"dinet agent: node {node} on {srv.address}", flush=True)
             stop.wait()
     finally:

@@ -1,10 +1,12 @@
 """The metrics collector: a gRPC service agents stream Level 0 reports to.
 
-Every agent authenticates with a token (the call's `authorization: Bearer <token>` metadata) that names the
-instances it may report for; an unknown token is refused. Every report is checked (numbers, ranges, a
-known instance, an increasing sequence, at most `max_rate` reports per second per agent) and refused with
-a reason that is counted. An instance whose agent falls silent for `timeout` seconds is expired: the
-controller is told, and takes it out of new flows."""
+Every agent is authenticated: over mutual TLS by its certificate's identity (and its token, where the
+intent gives it one, as a second factor), or, on a collector started --insecure, by its token alone. The
+identity names the instances the agent may report for. Every report is checked (numbers, ranges, a known
+instance, an increasing sequence, at most `max_rate` reports per second per agent; sequence and rate are
+kept per authenticated identity) and refused with a reason that is counted. An instance whose agent falls
+silent for `timeout` seconds, or never reports within `timeout` of the start, is expired: the controller
+is told, and takes it out of new flows."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 import grpc
 
 from .. import proto
+from ..creds import Identity, peer_identity, same_token
 from ..errors import ConfigError
 from ..model import ServiceKey
 from ..policy.scores import Level0
@@ -40,11 +43,19 @@ class Sample:
     at: float  # monotonic seconds
 
 
+@dataclass(frozen=True)
+class AgentAuth:
+    """What the intent says of one reporting agent: the instances it reports for, and its token ('' none)."""
+
+    refs: frozenset[InstanceRef]
+    token: str = ""
+
+
 @dataclass
 class Collector:
-    """tokens: token -> (agent name, the instances it reports for)."""
+    """agents: identity -> AgentAuth."""
 
-    tokens: dict[str, tuple[str, set[InstanceRef]]]
+    agents: dict[str, AgentAuth]
     timeout: float = 3.0
     max_rate: float = 1000.0
     on_report: Callable[[InstanceRef, Level0], None] | None = None
@@ -60,22 +71,45 @@ class Collector:
     _since: dict[InstanceRef, float] = field(default_factory=dict)  # when an expected instance became expected
 
     def __post_init__(self) -> None:
-        self.set_tokens(self.tokens)
+        self.set_agents(self.agents)
 
-    def set_tokens(self, tokens: dict[str, tuple[str, set[InstanceRef]]]) -> None:
+    @classmethod
+    def with_tokens(cls, tokens: dict[str, tuple[str, set[InstanceRef]]], **kw: Any) -> Collector:
+        """A collector whose agents are known by token: token -> (agent name, its instances)."""
+        return cls({name: AgentAuth(frozenset(refs), token) for token, (name, refs) in tokens.items()}, **kw)
+
+    def set_agents(self, agents: dict[str, AgentAuth]) -> None:
         """The agents and the instances each reports for (a new intent). An instance that has an agent is
         expected to report: one never heard from within `timeout` of now (or of the start) expires."""
         now = self.clock()
         with self._lock:
-            self.tokens = tokens
-            expected = {ref for _, refs in tokens.values() for ref in refs}
+            self.agents = agents
+            expected = {ref for a in agents.values() for ref in a.refs}
             self._since = {ref: self._since.get(ref, now) for ref in expected}
+
+    def authenticate(self, identity: str | None, token: str) -> tuple[str, Any]:
+        """(agent, its instances), or ('', the refusal reason), counted: 'identity' (a certificate the
+        intent gives no instance), 'token' (a wrong or missing token)."""
+        if identity is not None:  # mutual TLS: the certificate names the agent
+            auth = self.agents.get(identity)
+            if auth is None:
+                self.rejected["identity"] += 1
+                return "", "identity"
+            if auth.token and not same_token(token, auth.token):
+                self.rejected["token"] += 1
+                return "", "token"
+            return identity, auth.refs
+        for name, auth in self.agents.items():  # an --insecure collector: the token alone names the agent
+            if auth.token and same_token(token, auth.token):
+                return name, auth.refs
+        self.rejected["token"] += 1
+        return "", "token"
 
     def _reject(self, reason: str, detail: str) -> str:
         self.rejected[reason] += 1
         return f"{reason}: {detail}"
 
-    def accept(self, agent: str, allowed: set[InstanceRef], r: Any) -> str | None:
+    def accept(self, agent: str, allowed: Any, r: Any) -> str | None:
         """Checks and stores one report; returns the refusal reason, or None when accepted."""
         now = self.clock()
         with self._lock:
@@ -136,12 +170,14 @@ def _servicer(c: Collector) -> Any:
     pb, pb_grpc = proto.metrics()
 
     class Servicer(pb_grpc.CollectorServicer):  # type: ignore[misc,name-defined]
-        def _agent(self, context: grpc.ServicerContext) -> tuple[str, set[InstanceRef]]:
+        def _agent(self, context: grpc.ServicerContext) -> tuple[str, Any]:
             token = dict(context.invocation_metadata()).get("authorization", "").removeprefix("Bearer ").strip()
-            if token not in c.tokens:
-                c.rejected["unauthenticated"] += 1
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown agent token")
-            return c.tokens[token]
+            agent, refs = c.authenticate(peer_identity(context), token)
+            if not agent:
+                if refs == "identity":
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, "this identity reports for no instance")
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or missing agent token")
+            return agent, refs
 
         def _take(self, agent: str, allowed: set[InstanceRef], reports: Any, ack: Any) -> None:
             for r in reports:
@@ -169,15 +205,30 @@ def _servicer(c: Collector) -> Any:
 
 
 class CollectorServer:
-    """The collector on a gRPC port (0: any free one; see .port). Use as a context manager."""
+    """The collector on a gRPC port (0: any free one; see .port), over mutual TLS with `identity`'s
+    credentials; without credentials only when `insecure` (a warning). Use as a context manager."""
 
-    def __init__(self, collector: Collector, address: str = "127.0.0.1:0", workers: int = 8):
+    def __init__(
+        self,
+        collector: Collector,
+        address: str = "127.0.0.1:0",
+        workers: int = 8,
+        identity: Identity | None = None,
+        insecure: bool = False,
+    ):
         _, pb_grpc = proto.metrics()
+        if identity is None and not insecure:
+            raise ConfigError("the collector has no credentials: give it a certificate (dinet certs), or --insecure")
         self.collector = collector
+        self.insecure = identity is None
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
         pb_grpc.add_CollectorServicer_to_server(_servicer(collector), self.server)
         try:
-            self.port = self.server.add_insecure_port(address)
+            if identity is None:
+                log.warning("collector on %s WITHOUT TLS (--insecure): agents are known by token alone", address)
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, identity.server_credentials())
         except RuntimeError:  # grpc raises it for an address it cannot resolve or bind
             self.port = 0
         if self.port == 0:
@@ -195,10 +246,12 @@ class CollectorServer:
 class Agent:
     """The reporting side: one authenticated stream of reports (what runs beside an instance)."""
 
-    def __init__(self, address: str, token: str):
+    def __init__(self, address: str, token: str = "", identity: Identity | None = None, server: str = "collector"):
+        """identity: this agent's credentials (mutual TLS to a collector whose certificate names `server`);
+        None: a plain channel (a collector started --insecure)."""
         pb, pb_grpc = proto.metrics()
         self.pb = pb
-        self.channel = grpc.insecure_channel(address)
+        self.channel = identity.channel(address, server) if identity else grpc.insecure_channel(address)
         self.stub = pb_grpc.CollectorStub(self.channel)
         self.token = token
         self.seq = 0
@@ -220,12 +273,15 @@ class Agent:
 
     def send(self, reports: list[Any], timeout: float = 10.0) -> Any:
         """Streams the reports on one call; returns the collector's Ack."""
-        return self.stub.Stream(iter(reports), metadata=[("authorization", f"Bearer {self.token}")], timeout=timeout)
+        return self.stub.Stream(iter(reports), metadata=self._md(), timeout=timeout)
 
     def send_batches(self, batches: list[list[Any]], timeout: float = 10.0) -> Any:
         """Streams the reports in batches (one message each); returns the collector's Ack."""
         msgs = (self.pb.ReportBatch(reports=b) for b in batches)
-        return self.stub.StreamBatches(msgs, metadata=[("authorization", f"Bearer {self.token}")], timeout=timeout)
+        return self.stub.StreamBatches(msgs, metadata=self._md(), timeout=timeout)
+
+    def _md(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
 
     def close(self) -> None:
         self.channel.close()

@@ -21,7 +21,7 @@ from ..model import Instance, InstanceState, ServiceKey, parse_address
 from ..packets import BSL_CODE
 from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
 from ..policy.decide import TrafficClass
-from .collect import InstanceRef
+from .collect import AgentAuth
 from .controller import ServiceIntent, SitePath
 from .probe import Probe
 
@@ -90,7 +90,8 @@ class XdpNodeSpec(_Spec):
 class AgentNodeSpec(_Spec):
     target: Literal["agent"]
     address: IPText
-    token: str = ""
+    identity: Name | None = None  # the node agent's certificate name (with tls: required)
+    token: str = ""  # an optional second factor the agent expects
     name: Name | None = None
     sites: Sites = {}
 
@@ -183,6 +184,7 @@ class BierNodeLocal(_Spec):
 class BierNodeAgent(_Spec):
     target: Literal["agent"]
     address: IPText
+    identity: Name | None = None
     token: str = ""
 
     _addr = field_validator("address")(_hostport)
@@ -243,7 +245,13 @@ class BierSpec(_Spec):
     watch_interval: float = Field(default=0.5, gt=0)  # seconds between checks of links and nodes
 
 
+class TlsSpec(_Spec):
+    dir: Annotated[str, Field(min_length=1)]  # the certificate folder (dinet certs init/issue)
+    name: Name = "controller"  # this controller's (and its collector's) identity
+
+
 class IntentSpec(_Spec):
+    tls: TlsSpec | None = None
     node: NodeSpec | None = None
     ingress: list[NodeSpec] | None = Field(default=None, min_length=1)
     collector: CollectorSpec = CollectorSpec()
@@ -262,6 +270,13 @@ class IntentSpec(_Spec):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
             raise ValueError(f"services must be unique; repeated: {dup}")
+        if self.tls is not None:
+            agents: list[tuple[str, Any]] = [("node", self.node)]
+            agents += [(f"ingress[{k}]", n) for k, n in enumerate(self.ingress or [])]
+            agents += [(f"nodes.{k}", n) for k, n in self.nodes.items()]
+            for where, n in agents:
+                if isinstance(n, AgentNodeSpec | BierNodeAgent) and not n.identity:
+                    raise ValueError(f"{where}: with tls, a node agent needs its `identity` (its certificate name)")
         owner: dict[str, str] = {}
         for s in self.services:
             for i in s.instances:
@@ -339,7 +354,9 @@ class RunConfig:
     probe_interval: float = 5.0
     sites: dict[int, SitePath] = field(default_factory=dict)
     services: list[ServiceIntent] = field(default_factory=list)
-    tokens: dict[str, tuple[str, set[InstanceRef]]] = field(default_factory=dict)
+    agents: dict[str, AgentAuth] = field(default_factory=dict)  # reporting agents by identity
+    tls_dir: str | None = None
+    tls_name: str = "controller"
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # BIER nodes by BFR name
     bier: BierIntent | None = None
     bier_watch_interval: float = 0.5
@@ -386,11 +403,16 @@ def parse(doc: Any, path: Path) -> RunConfig:
             insts.append(
                 Instance(i.id, parse_address(i.endpoint), i.weight, InstanceState[i.state.upper()], i.site, i.name)
             )
-            if i.token:
-                _, refs = cfg.tokens.setdefault(i.token, (i.agent or i.name or f"agent-{i.id}", set()))
-                refs.add((key, i.id))
+            if i.token or i.agent:  # someone reports for it
+                who = i.agent or i.name or f"agent-{i.id}"
+                old = cfg.agents.get(who, AgentAuth(frozenset(), i.token or ""))
+                if i.token and old.token and old.token != i.token:
+                    raise ConfigError(f"{path}: services: agent {who} is given two tokens")
+                cfg.agents[who] = AgentAuth(old.refs | {(key, i.id)}, old.token or i.token or "")
         cfg.services.append(ServiceIntent(key, TrafficClass(s.class_), tuple(insts)))
     cfg.nodes = {name: n.model_dump(exclude_none=True) for name, n in spec.nodes.items()}
+    if spec.tls is not None:
+        cfg.tls_dir, cfg.tls_name = spec.tls.dir, spec.tls.name
     if spec.bier is not None:
         b = spec.bier
         topo = BierTopology()

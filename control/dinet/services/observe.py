@@ -17,9 +17,12 @@ from .controller import Controller
 class DinetMetrics(PromCollector):
     """One controller per ingress node (labelled node="0", "1", ... in the order given) and the collector."""
 
-    def __init__(self, controllers: Controller | list[Controller], collector: Collector | None = None):
+    def __init__(
+        self, controllers: Controller | list[Controller], collector: Collector | None = None, insecure: bool = False
+    ):
         self.controllers = controllers if isinstance(controllers, list) else [controllers]
         self.collector = collector
+        self.insecure = insecure
 
     def collect(self) -> Iterator[Any]:
         labels = ["node", "service", "instance"]
@@ -46,6 +49,9 @@ class DinetMetrics(PromCollector):
             sum_value=sum(dec),
         )
         yield CounterMetricFamily("dinet_datapath_writes", "Writes of instance sets to the data plane", value=writes)
+        yield GaugeMetricFamily(
+            "dinet_insecure", "1 if the control channels run without TLS (--insecure)", value=int(self.insecure)
+        )
         if self.collector is not None:
             now = self.collector.clock()
             age = GaugeMetricFamily(
@@ -63,9 +69,11 @@ class DinetMetrics(PromCollector):
             )
 
 
-def registry(controllers: Controller | list[Controller], collector: Collector | None = None) -> CollectorRegistry:
+def registry(
+    controllers: Controller | list[Controller], collector: Collector | None = None, insecure: bool = False
+) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(DinetMetrics(controllers, collector))
+    reg.register(DinetMetrics(controllers, collector, insecure))
     return reg
 
 

@@ -7,6 +7,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+from ..model import parse_address
 from .controller import SitePath
 
 _LOSS = re.compile(r"(\d+(?:\.\d+)?)% packet loss")
@@ -22,6 +24,12 @@ class Probe:
     count: int = 3
     interval: float = 0.2
     timeout_s: int = 1
+
+    def __post_init__(self) -> None:
+        # ping's argument: an address, never a host name or an option (`-f`) from a file
+        object.__setattr__(self, "address", str(parse_address(self.address)))
+        if self.count < 1 or self.interval < 0.2 or self.timeout_s < 1:
+            raise ConfigError(f"probe {self.address}: count >= 1, interval >= 0.2 s, timeout >= 1 s")
 
     def measure(self) -> SitePath:
         """One-way delay (half the mean RTT, ms) and loss (0..1). A site that answers nothing: loss 1."""

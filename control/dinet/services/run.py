@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError
 from .collect import Collector, CollectorServer
 from .controller import Controller
@@ -40,12 +41,18 @@ def _p4node(node: dict[str, Any], name: str) -> Any:
 
 
 @contextlib.contextmanager
-def open_target(node: dict[str, Any]) -> Iterator[Any]:
+def open_target(node: dict[str, Any], identity: Identity | None = None) -> Iterator[Any]:
     """The SteeringTarget of an ingress node of the intent (xdp, agent or bmv2)."""
     if node["target"] == "agent":
         from ..targets.remote import RemoteNode
 
-        remote = RemoteNode(str(node["address"]), str(node.get("token", "")), name=str(node.get("name", "")))
+        remote = RemoteNode(
+            str(node["address"]),
+            str(node.get("token", "")),
+            name=str(node.get("name", "")),
+            identity=identity,
+            server=str(node.get("identity", "")),
+        )
         try:
             yield remote
         finally:
@@ -71,7 +78,7 @@ def open_target(node: dict[str, Any]) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def bier_targets(cfg: RunConfig) -> Iterator[dict[str, Any]]:
+def bier_targets(cfg: RunConfig, identity: Identity | None = None) -> Iterator[dict[str, Any]]:
     """A BierTarget per BIER node: a local TC node (attached where the file says), a node agent, or a
     P4Runtime switch."""
     from ..targets.remote import RemoteNode
@@ -82,7 +89,13 @@ def bier_targets(cfg: RunConfig) -> Iterator[dict[str, Any]]:
     try:
         for name, n in cfg.nodes.items():
             if n["target"] == "agent":
-                r = RemoteNode(str(n["address"]), str(n.get("token", "")), name=name)
+                r = RemoteNode(
+                    str(n["address"]),
+                    str(n.get("token", "")),
+                    name=name,
+                    identity=identity,
+                    server=str(n.get("identity", "")),
+                )
                 opened.append(r)
                 targets[name] = r
             elif n["target"] == "bmv2":
@@ -162,19 +175,33 @@ class _IntentWatch:
             log.error("intent not applied (the running one stays): %s", e)
             return
         if self.collector is not None:
-            self.collector.set_tokens(cfg.tokens)
+            self.collector.set_agents(cfg.agents)
         n = sum(c.set_intent(cfg.services) for c in self.ctls)
         log.warning("%s changed: new intent applied (%d writes)", self.path, n)
 
 
-def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> int:
+def credentials(cfg: RunConfig, insecure: bool) -> Identity | None:
+    """The controller's identity from the intent's `tls`; None only when started --insecure."""
+    if cfg.tls_dir:
+        return Identity.load(cfg.tls_dir, cfg.tls_name)
+    if not insecure:
+        raise ConfigError(
+            "the intent has no `tls` (a certificate folder and this controller's name, see `dinet certs`): "
+            "add it, or start with --insecure to run without TLS"
+        )
+    log.warning("running WITHOUT TLS (--insecure): agents are known by token alone, and traffic is in clear")
+    return None
+
+
+def run(path: Path, once: bool = False, stop: threading.Event | None = None, insecure: bool = False) -> int:
     cfg = load(path)
+    identity = credentials(cfg, insecure)
     stop = stop or threading.Event()
     with contextlib.ExitStack() as stack:
         if cfg.bier is not None:
             from .bier import BierController
 
-            targets = stack.enter_context(bier_targets(cfg))
+            targets = stack.enter_context(bier_targets(cfg, identity))
             bier = BierController(cfg.bier, targets)
             n = bier.install()
             print(f"dinet: BIER: {n} BIFT and BFIR entries written to {len(targets)} node(s)", flush=True)
@@ -182,11 +209,11 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
                 threading.Thread(
                     target=bier.watch, args=(cfg.bier_watch_interval, stop), daemon=True, name="bier-watch"
                 ).start()
-        if cfg.services and not cfg.tokens:
-            log.warning("%s: no instance has an agent token: no metrics will be accepted", path)
+        if cfg.services and not cfg.agents:
+            log.warning("%s: no instance names a reporting agent (agent or token): no metrics will be accepted", path)
         ctls = []
         for ing in cfg.ingress:
-            target = stack.enter_context(open_target(ing.node))
+            target = stack.enter_context(open_target(ing.node, identity))
             ctl = Controller(target, cfg.services, dict(ing.sites))
             ctl.start()
             ctls.append(ctl)
@@ -202,7 +229,7 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
         )
         if once:
             return 0
-        col = Collector(cfg.tokens, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
+        col = Collector(cfg.agents, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
 
         # every ingress node decides for itself (its own path metrics) on the same reports
         def on_report(ref: Any, m: Any) -> None:
@@ -214,19 +241,24 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None) -> 
                 c.on_expire(ref)
 
         col.on_report, col.on_expire = on_report, on_expire
-        srv = stack.enter_context(CollectorServer(col, cfg.collector_listen))
+        srv = stack.enter_context(
+            CollectorServer(col, cfg.collector_listen, identity=identity, insecure=identity is None)
+        )
         http = None
         if cfg.prometheus_listen:
             host, _, port = cfg.prometheus_listen.rpartition(":")
             try:
-                http = serve(registry(ctls, col), int(port), host or "127.0.0.1")
+                http = serve(registry(ctls, col, insecure=identity is None), int(port), host or "127.0.0.1")
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot serve Prometheus on {cfg.prometheus_listen}: {e}") from None
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread (tests)
                 signal.signal(sig, lambda *_: stop.set())
         watch = _IntentWatch(path, ctls, col)
-        print(f"dinet: collector on {srv.address}, metrics on http://{cfg.prometheus_listen}/metrics", flush=True)
+        tls = "WITHOUT TLS (--insecure)" if identity is None else f"mutual TLS as {identity.name}"
+        print(
+            f"dinet: collector on {srv.address} ({tls}), metrics on http://{cfg.prometheus_listen}/metrics", flush=True
+        )
         while not stop.wait(0.5):
             col.expire()
             watch.poll()

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from .. import proto
+from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError, TableFullError, UnknownInstanceError, UnknownServiceError
 from ..model import Instance, InstanceState, ServiceKey
 from ..policy.steering import InstanceEdits
@@ -80,10 +81,22 @@ def inst_from_msg(m: Any) -> Instance:
 class RemoteNode(InstanceEdits):
     """A node agent seen from the controller: a SteeringTarget and a BierTarget (dinet.targets.base)."""
 
-    def __init__(self, address: str, token: str = "", timeout: float = 10.0, name: str = ""):
+    def __init__(
+        self,
+        address: str,
+        token: str = "",
+        timeout: float = 10.0,
+        name: str = "",
+        identity: Identity | None = None,
+        server: str = "",
+    ):
+        """identity: the controller's credentials, for mutual TLS with an agent whose certificate names
+        `server`; None: a plain channel (an agent started --insecure)."""
         self.pb, pb_grpc = proto.agent()
         self.address, self.name = address, name or address
-        self.channel = grpc.insecure_channel(address)
+        if identity is not None and not server:
+            raise ConfigError(f"node agent {self.name}: its identity (certificate name) is needed for TLS")
+        self.channel = identity.channel(address, server) if identity else grpc.insecure_channel(address)
         self.stub = pb_grpc.NodeAgentStub(self.channel)
         self.md = [("authorization", f"Bearer {token}")] if token else []
         self.timeout = timeout
@@ -101,6 +114,7 @@ class RemoteNode(InstanceEdits):
                 grpc.StatusCode.UNAVAILABLE,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
             ):
                 detail = f"node agent {self.name} ({self.address}): {code.name} {detail}"
             raise err(detail) from None

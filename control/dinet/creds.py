@@ -1,0 +1,220 @@
+"""Credentials of dinet's control channels: a project CA, a key and certificate per identity (a controller, a
+collector, a metric agent, a node agent), made with `cryptography`; gRPC's own TLS for mutual
+authentication, and the identity a peer's certificate names. An optional token is a second factor, read
+from a file or the environment, never from a command line, and compared in constant time.
+
+    dinet certs init DIR                  # DIR/ca.key (0600) and DIR/ca.crt
+    dinet certs issue NAME --dir DIR      # DIR/NAME.key (0600) and DIR/NAME.crt, signed by the CA
+
+A certificate's identity is its common name; it also carries NAME as a DNS subject-alternative name, which
+a client checks against the identity it expects of the server (gRPC's target-name override), so a server
+cannot pass for another either."""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CA_NAME = "dinet-ca"
+_IDENTITY = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 63 or any(c not in _IDENTITY for c in name) or name.startswith(("-", ".")):
+        raise ConfigError(f"an identity is 1-63 letters, digits, '-' or '.', not {name!r}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Writes a key readable by its owner only (mode 0600 from the start, never world-readable on the way)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} is missing (make it with `dinet certs`)") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e.strerror}") from None
+
+
+def init_ca(directory: Path, days: int = 3650) -> Path:
+    """A new CA in `directory` (refused if one is there: its certificates would all stop being trusted)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / "ca.key").exists():
+        raise ConfigError(f"{directory} already holds a CA (ca.key): remove it first to start anew")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )  # key_cert_sign, crl_sign
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(
+        directory / "ca.key",
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return directory / "ca.crt"
+
+
+def issue(
+    directory: Path,
+    name: str,
+    days: int = 825,
+    addresses: tuple[str, ...] = (),
+    not_before: datetime.datetime | None = None,
+) -> tuple[Path, Path]:
+    """A key and a certificate for identity `name`, signed by the CA in `directory`; usable by a server and a
+    client. `addresses`: IP addresses it may also be reached by (subject-alternative names)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    _check_name(name)
+    ca_key = serialization.load_pem_private_key(_read(directory / "ca.key", "the CA key"), None)
+    ca_cert = x509.load_pem_x509_certificate(_read(directory / "ca.crt", "the CA certificate"))
+    if ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ConfigError(f"{directory}/ca.key does not match {directory}/ca.crt")
+    alt: list[Any] = [x509.DNSName(name)]
+    for a in addresses:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(a)))
+        except ValueError:
+            raise ConfigError(f"not an IP address: {a!r}") from None
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
+    _write_private(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One identity's credentials: its key and certificate, and the CA that vouches for its peers."""
+
+    name: str
+    key: bytes
+    cert: bytes
+    ca: bytes
+
+    @classmethod
+    def load(cls, directory: Path | str, name: str) -> Identity:
+        """DIR/NAME.key, DIR/NAME.crt and DIR/ca.crt, checked: present, readable, the key matching the
+        certificate, the certificate naming NAME and signed by the CA."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        d = Path(directory)
+        key, cert, ca = (
+            _read(d / f"{name}.key", "the key"),
+            _read(d / f"{name}.crt", "the certificate"),
+            _read(d / "ca.crt", "the CA certificate"),
+        )
+        try:
+            k = serialization.load_pem_private_key(key, None)
+            c = x509.load_pem_x509_certificate(cert)
+            a = x509.load_pem_x509_certificate(ca)
+        except ValueError as e:
+            raise ConfigError(f"{d}: {name}'s key, certificate or the CA certificate is not PEM: {e}") from None
+        if k.public_key().public_numbers() != c.public_key().public_numbers():  # type: ignore[union-attr]
+            raise ConfigError(f"{d / f'{name}.key'} does not match {d / f'{name}.crt'}")
+        if identity_of_cert(c) != name:
+            raise ConfigError(f"{d / f'{name}.crt'} is {identity_of_cert(c)!r}'s certificate, not {name!r}'s")
+        try:
+            c.verify_directly_issued_by(a)
+        except (ValueError, TypeError, Exception) as e:  # cryptography raises InvalidSignature or ValueError
+            raise ConfigError(f"{d / f'{name}.crt'} is not signed by {d / 'ca.crt'}: {e or type(e).__name__}") from None
+        return cls(name, key, cert, ca)
+
+    def server_credentials(self) -> Any:
+        """gRPC TLS that requires a client certificate from this CA (mutual TLS)."""
+        import grpc
+
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
+
+    def channel(self, address: str, server: str) -> Any:
+        """A gRPC channel to `address` presenting this identity, accepting only a server whose certificate
+        names `server`."""
+        import grpc
+
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+        return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", server)])
+
+
+def identity_of_cert(cert: Any) -> str:
+    from cryptography.x509.oid import NameOID
+
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def peer_identity(context: Any) -> str | None:
+    """The identity (certificate common name) of an RPC's peer; None on a channel without TLS."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name") or []
+    return names[0].decode() if names else None
+
+
+def read_token(path: str | None = None, env: str = "DINET_TOKEN") -> str:
+    """A token from a file (its first line) or, without one, the environment variable `env`; '' if neither."""
+    if path:
+        text = _read(Path(path), "the token file").decode(errors="replace").strip()
+        if not text:
+            raise ConfigError(f"the token file {path} is empty")
+        return text.splitlines()[0].strip()
+    return os.environ.get(env, "").strip()
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Constant-time comparison (no early exit that would tell how much of a guess was right)."""
+    return hmac.compare_digest(given.encode(), expected.encode())

@@ -1,0 +1,256 @@
+"""Mutual TLS on every control channel: certificates from `dinet certs`, and every RPC of the collector and the
+node agent called with no credentials, a certificate from another CA, an expired certificate, a valid
+certificate of another identity, a wrong token and (the collector) a replayed sequence number: each refused
+with the right gRPC status, the refusals the server can see counted by reason; the valid call accepted.
+(Refusals in the TLS handshake itself, no certificate, another CA, expired, never reach the server's Python
+code: gRPC's Python server offers no hook there, so they show as UNAVAILABLE at the client, uncounted.)"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from dinet import proto
+from dinet.creds import Identity, init_ca, issue, read_token, same_token
+from dinet.errors import ConfigError, UnknownServiceError
+from dinet.model import ServiceKey
+from dinet.policy.scores import Level0
+from dinet.services.collect import Agent, AgentAuth, Collector, CollectorServer
+
+SVC = ServiceKey.parse("10.97.0.1:443/tcp")
+
+
+# ---- certificates ---------------------------------------------------------------------------------------
+def test_dinet_certs_makes_a_ca_and_identities_with_private_keys(certs) -> None:
+    for key in (certs.dir / "ca.key", certs.dir / "controller.key", certs.dir / "edge.key"):
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600, key
+    ident = certs.identity("edge")
+    assert (
+        ident.name == "edge" and b"BEGIN CERTIFICATE" in ident.cert and ident.ca == (certs.dir / "ca.crt").read_bytes()
+    )
+
+
+def test_bad_credential_files_give_one_clear_error(tmp_path: Path, certs) -> None:
+    with pytest.raises(ConfigError, match=r"the key .*nobody.key is missing"):
+        Identity.load(certs.dir, "nobody")
+    d = tmp_path / "c"
+    init_ca(d)
+    with pytest.raises(ConfigError, match="already holds a CA"):
+        init_ca(d)
+    issue(d, "a")
+    issue(d, "b")
+    (d / "a.key").write_bytes((d / "b.key").read_bytes())  # a key that is not the certificate's
+    with pytest.raises(ConfigError, match=r"a.key does not match .*a.crt"):
+        Identity.load(d, "a")
+    (d / "b.crt").write_bytes((certs.dir / "edge.crt").read_bytes())  # another identity's pair
+    (d / "b.key").write_bytes((certs.dir / "edge.key").read_bytes())
+    with pytest.raises(ConfigError, match="is 'edge''s certificate, not 'b''s"):
+        Identity.load(d, "b")
+    issue(d, "c")
+    (d / "ca.crt").write_bytes((certs.other / "ca.crt").read_bytes())
+    with pytest.raises(ConfigError, match="not signed by"):
+        Identity.load(d, "c")
+    with pytest.raises(ConfigError, match="an identity is"):
+        issue(certs.dir, "no spaces")
+    (d / "c.key").chmod(0)
+    if os.geteuid() != 0:  # root reads anything
+        with pytest.raises(ConfigError, match="cannot be read"):
+            Identity.load(d, "c")
+
+
+def test_tokens_come_from_a_file_or_the_environment_and_compare_in_constant_time(tmp_path: Path, monkeypatch) -> None:
+    f = tmp_path / "t"
+    f.write_text("s3cret\nignored\n")
+    assert read_token(str(f)) == "s3cret"
+    monkeypatch.setenv("DINET_TOKEN", "from-env")
+    assert read_token(None) == "from-env"
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_token(str(tmp_path / "empty"))
+    assert same_token("abc", "abc") and not same_token("abc", "abd") and not same_token("", "abc")
+
+
+# ---- the collector --------------------------------------------------------------------------------------
+@pytest.fixture
+def collector(certs) -> Iterator[tuple[Collector, str]]:
+    col = Collector({"edge": AgentAuth(frozenset({(SVC, 1)}), "edge-token")}, max_rate=1e9)
+    with CollectorServer(col, identity=certs.identity("collector")) as srv:
+        yield col, srv.address
+
+
+def _send(agent: Agent, rpc: str, seq: int | None = None) -> Any:
+    r = agent.report(str(SVC), 1, Level0(cpu_load=0.2))
+    if seq is not None:
+        r.seq = seq
+    return agent.send([r]) if rpc == "Stream" else agent.send_batches([[r]])
+
+
+@pytest.mark.parametrize("rpc", ["Stream", "StreamBatches"])
+def test_every_collector_rpc_refuses_whom_it_must(collector, certs, rpc: str) -> None:
+    col, address = collector
+    cases = [
+        ("no credentials", Agent(address, "edge-token"), grpc.StatusCode.UNAVAILABLE, None),
+        (
+            "another CA",
+            Agent(address, "edge-token", certs.identity("controller", certs.other)),
+            grpc.StatusCode.UNAVAILABLE,
+            None,
+        ),
+        (
+            "expired",
+            Agent(address, "edge-token", certs.identity("controller", certs.expired)),
+            grpc.StatusCode.UNAVAILABLE,
+            None,
+        ),
+        (
+            "another identity",
+            Agent(address, "edge-token", certs.identity("intruder")),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "identity",
+        ),
+        ("wrong token", Agent(address, "nope", certs.identity("edge")), grpc.StatusCode.UNAUTHENTICATED, "token"),
+        ("no token", Agent(address, "", certs.identity("edge")), grpc.StatusCode.UNAUTHENTICATED, "token"),
+        (
+            "a server that is not the collector",
+            Agent(address, "edge-token", certs.identity("edge"), server="controller"),
+            grpc.StatusCode.UNAVAILABLE,
+            None,
+        ),
+    ]
+    for what, agent, code, reason in cases:
+        before = dict(col.rejected)
+        with pytest.raises(grpc.RpcError) as e:
+            _send(agent, rpc)
+        assert e.value.code() == code, f"{what}: {e.value.code()} {e.value.details()}"
+        if reason:
+            assert col.rejected[reason] == before.get(reason, 0) + 1, what
+        agent.close()
+    assert col.accepted == 0
+    ok = Agent(address, "edge-token", certs.identity("edge"))
+    assert _send(ok, rpc).accepted == 1 and col.accepted == 1
+    replay = _send(ok, rpc, seq=ok.seq)  # the same sequence number again
+    assert replay.rejected == 1 and col.rejected["sequence"] == 1 and col.accepted == 1
+    ok.close()
+
+
+def test_sequence_and_rate_are_kept_per_authenticated_identity(certs) -> None:
+    """Two agents with their own identities: one's sequence numbers or rate never refuse the other's."""
+    col = Collector({"edge": AgentAuth(frozenset({(SVC, 1)})), "cloud": AgentAuth(frozenset({(SVC, 2)}))}, max_rate=5)
+    with CollectorServer(col, identity=certs.identity("collector")) as srv:
+        edge, cloud = (
+            Agent(srv.address, identity=certs.identity("edge")),
+            Agent(srv.address, identity=certs.identity("cloud")),
+        )
+        edge.seq = 1000
+        assert edge.send([edge.report(str(SVC), 1, Level0()) for _ in range(5)]).accepted == 5
+        assert cloud.send([cloud.report(str(SVC), 2, Level0())]).accepted == 1  # seq 1: its own numbering
+        assert edge.send([edge.report(str(SVC), 1, Level0())]).rejected == 1  # the sixth in a second: edge's
+        assert col.rejected == {"rate": 1}
+        edge.close()
+        cloud.close()
+
+
+def test_a_server_without_credentials_refuses_to_start_unless_insecure() -> None:
+    col = Collector({})
+    with pytest.raises(ConfigError, match="no credentials.*--insecure"):
+        CollectorServer(col)
+    with CollectorServer(col, insecure=True) as srv:
+        assert srv.insecure
+
+
+# ---- the node agent -------------------------------------------------------------------------------------
+class RefusingSteer:
+    """A node with no services: a call that gets through authentication ends in NOT_FOUND."""
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            raise UnknownServiceError("no service")
+
+        return call
+
+
+def _requests(pb: Any) -> dict[str, Any]:
+    """Every RPC of the NodeAgent service, with a request of its input type."""
+    svc = pb.DESCRIPTOR.services_by_name["NodeAgent"]
+    out = {}
+    for m in svc.methods:
+        req = getattr(pb, m.input_type.name)()
+        if hasattr(req, "service"):
+            req.service = str(SVC)
+        if m.input_type.name == "BfirEntry":
+            req.dst = "10.200.0.1"
+        out[m.name] = req
+    return out
+
+
+def test_every_node_agent_rpc_refuses_whom_it_must(certs) -> None:
+    from dinet.services.agent import AgentServer, AgentService
+
+    pb, pb_grpc = proto.agent()
+    service = AgentService(RefusingSteer(), None, token="ctl", controllers=frozenset({"controller"}))
+    with AgentServer(service, identity=certs.identity("agent")) as srv:
+        plain = grpc.insecure_channel(srv.address)
+        channels = {
+            "no credentials": (plain, "ctl", grpc.StatusCode.UNAVAILABLE, None),
+            "another CA": (
+                certs.identity("controller", certs.other).channel(srv.address, "agent"),
+                "ctl",
+                grpc.StatusCode.UNAVAILABLE,
+                None,
+            ),
+            "expired": (
+                certs.identity("controller", certs.expired).channel(srv.address, "agent"),
+                "ctl",
+                grpc.StatusCode.UNAVAILABLE,
+                None,
+            ),
+            "another identity": (
+                certs.identity("intruder").channel(srv.address, "agent"),
+                "ctl",
+                grpc.StatusCode.PERMISSION_DENIED,
+                "identity",
+            ),
+            "wrong token": (
+                certs.identity("controller").channel(srv.address, "agent"),
+                "nope",
+                grpc.StatusCode.UNAUTHENTICATED,
+                "token",
+            ),
+            "valid": (certs.identity("controller").channel(srv.address, "agent"), "ctl", None, None),
+        }
+        requests = _requests(pb)
+        assert len(requests) >= 11  # every RPC the proto declares
+        for rpc, req in requests.items():
+            for what, (channel, token, code, reason) in channels.items():
+                before = service.refused[reason] if reason else 0
+                stub = pb_grpc.NodeAgentStub(channel)
+                try:
+                    getattr(stub, rpc)(req, metadata=[("authorization", f"Bearer {token}")], timeout=5)
+                    got = grpc.StatusCode.OK
+                except grpc.RpcError as e:
+                    got = e.code()
+                if code is None:  # through authentication: the node's own answer
+                    assert got not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                    ), f"{rpc} {what}: {got}"
+                else:
+                    assert got == code, f"{rpc} {what}: {got}"
+                if reason:
+                    assert service.refused[reason] == before + 1, f"{rpc} {what}: not counted"
+        for ch, *_ in channels.values():
+            ch.close()
+
+
+def test_a_controller_without_the_servers_identity_is_refused_a_tls_channel(certs) -> None:
+    from dinet.targets.remote import RemoteNode
+
+    with pytest.raises(ConfigError, match="identity .* is needed for TLS"):
+        RemoteNode("127.0.0.1:1", identity=certs.identity("controller"))
