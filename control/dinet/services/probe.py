@@ -28,8 +28,8 @@ class Probe:
     def __post_init__(self) -> None:
         # ping's argument: an address, never a host name or an option (`-f`) from a file
         object.__setattr__(self, "address", str(parse_address(self.address)))
-        if self.count < 1 or self.interval < 0.2 or self.timeout_s < 1:
-            raise ConfigError(f"probe {self.address}: count >= 1, interval >= 0.2 s, timeout >= 1 s")
+        if self.count < 1 or self.interval <= 0 or self.timeout_s < 1:
+            raise ConfigError(f"probe {self.address}: count >= 1, interval > 0 s, timeout >= 1 s")
 
     def measure(self) -> SitePath:
         """One-way delay (half the mean RTT, ms) and loss (0..1). A site that answers nothing: loss 1."""
