@@ -218,3 +218,21 @@ def read_token(path: str | None = None, env: str = "DINET_TOKEN") -> str:
 def same_token(given: str, expected: str) -> bool:
     """Constant-time comparison (no early exit that would tell how much of a guess was right)."""
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def listen(server: Any, address: str, identity: Identity | None, what: str) -> tuple[int, str]:
+    """Binds a gRPC server: mutual TLS with `identity`'s credentials, or (identity None: --insecure) in clear
+    with a warning. Returns (port, address as bound); ConfigError if the address cannot be bound."""
+    import logging
+
+    try:
+        if identity is None:
+            logging.getLogger(__name__).warning("%s on %s WITHOUT TLS (--insecure)", what, address)
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, identity.server_credentials())
+    except RuntimeError:  # grpc raises it for an address it cannot resolve or bind
+        port = 0
+    if port == 0:
+        raise ConfigError(f"{what}: cannot listen on {address} (address not local, or the port is taken)")
+    return port, f"{address.rsplit(':', 1)[0]}:{port}"

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from .. import proto
-from ..creds import Identity, peer_identity, same_token
+from ..creds import Identity, listen, peer_identity, same_token
 from ..errors import ConfigError, DataPlaneError, DinetError
 from ..model import ServiceKey
 from ..targets.remote import CODES, bfir_from_msg, bift_from_msg, inst_from_msg, inst_msg
@@ -166,17 +166,7 @@ class AgentServer:
         self.insecure = identity is None
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_NodeAgentServicer_to_server(service.servicer(), self.server)
-        try:
-            if identity is None:
-                log.warning("node agent on %s WITHOUT TLS (--insecure)", address)
-                self.port = self.server.add_insecure_port(address)
-            else:
-                self.port = self.server.add_secure_port(address, identity.server_credentials())
-        except RuntimeError:  # grpc raises it for an address it cannot resolve or bind
-            self.port = 0
-        if self.port == 0:
-            raise ConfigError(f"cannot listen on {address} (address not local, or the port is taken)")
-        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        self.port, self.address = listen(self.server, address, identity, "node agent")
 
     def __enter__(self) -> AgentServer:
         self.server.start()

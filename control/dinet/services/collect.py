@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from .. import proto
-from ..creds import Identity, peer_identity, same_token
+from ..creds import Identity, listen, peer_identity, same_token
 from ..errors import ConfigError
 from ..model import ServiceKey
 from ..policy.scores import Level0
@@ -223,17 +223,7 @@ class CollectorServer:
         self.insecure = identity is None
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
         pb_grpc.add_CollectorServicer_to_server(_servicer(collector), self.server)
-        try:
-            if identity is None:
-                log.warning("collector on %s WITHOUT TLS (--insecure): agents are known by token alone", address)
-                self.port = self.server.add_insecure_port(address)
-            else:
-                self.port = self.server.add_secure_port(address, identity.server_credentials())
-        except RuntimeError:  # grpc raises it for an address it cannot resolve or bind
-            self.port = 0
-        if self.port == 0:
-            raise ConfigError(f"cannot listen on {address} (address not local, or the port is taken)")
-        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        self.port, self.address = listen(self.server, address, identity, "collector")
 
     def __enter__(self) -> CollectorServer:
         self.server.start()
