@@ -398,6 +398,57 @@ def cmd_agent(a: argparse.Namespace) -> None:
     serve_forever(a.node, a.listen, read_token(a.token_file), stop, identity, controllers, a.insecure)
 
 
+def cmd_serve(a: argparse.Namespace) -> None:
+    from .workload.serve import run
+
+    run(a.listen, a.profile, a.name or a.listen, a.model)
+
+
+def cmd_load(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .workload.load import LoadSpec, Slo, main, parse_schedule
+
+    schedule = parse_schedule(a.schedule) if a.schedule else [(0.0, a.rate)]
+    spec = LoadSpec(
+        a.url.rstrip("/"),
+        duration=a.duration,
+        schedule=schedule,
+        max_requests=a.max_requests,
+        prompt_tokens=(a.prompt_min, a.prompt_max),
+        max_tokens=(a.output_min, a.output_max),
+        sensitive_share=a.sensitive_share,
+        slo=Slo(a.ttft_slo_ms, a.tpot_slo_ms),
+        model=a.model,
+        seed=a.seed,
+        trace=Path(a.trace) if a.trace else None,
+    )
+    res = main(spec, Path(a.out) if a.out else None, progress=not a.quiet)
+    print(json.dumps(res, indent=2))
+
+
+def cmd_metrics_agent(a: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from .creds import Identity, read_token
+    from .services.collect import Agent
+    from .workload.metrics_agent import MetricsAgent
+
+    identity = Identity.load(a.certs, a.identity) if a.certs else None
+    if identity is None and not a.insecure:
+        raise ConfigError("the metrics agent has no credentials: --certs DIR (see `dinet certs`), or --insecure")
+    agent = Agent(a.collector, read_token(a.token_file), identity, a.server)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"dinet metrics-agent: {a.url} -> {a.collector} for {a.service} instance {a.instance}", flush=True)
+    try:
+        MetricsAgent(a.url, a.service, a.instance, agent, a.interval).run(stop, a.count)
+    finally:
+        agent.close()
+
+
 def cmd_certs_init(a: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -602,6 +653,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", default="controller", help="identities allowed to drive this agent, comma-separated")
     p.add_argument("--token-file", help="a second factor the controller must present (default: $DINET_TOKEN, if set)")
     p.add_argument("--insecure", action="store_true", help="serve without TLS (a warning; tests and labs only)")
+    p = sub.add_parser("serve", help="an OpenAI-compatible model server with a serving engine's timing")
+    p.add_argument("--listen", default="127.0.0.1:8000")
+    p.add_argument("--profile", default="llama3-8b-a100", help="model/GPU profile (see dinet.workload.engine)")
+    p.add_argument("--name", help="the instance's name, sent in x-dinet-instance (default: the listen address)")
+    p.add_argument("--model", help="the model name served (default: the profile's)")
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("load", help="open-loop load on an OpenAI-compatible server; JSON lines and a summary")
+    p.add_argument("--url", required=True, help="the server's base URL, e.g. http://10.99.0.1:8000")
+    p.add_argument("--rate", type=float, default=5.0, help="requests per second (Poisson)")
+    p.add_argument("--schedule", help="TIME:RATE[,TIME:RATE...]: the rate over time (instead of --rate)")
+    p.add_argument("--trace", help="an Azure LLM inference trace (CSV) to replay instead")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of arrivals")
+    p.add_argument("--max-requests", type=int, default=10_000)
+    p.add_argument("--prompt-min", type=int, default=64)
+    p.add_argument("--prompt-max", type=int, default=256)
+    p.add_argument("--output-min", type=int, default=16)
+    p.add_argument("--output-max", type=int, default=64)
+    p.add_argument("--sensitive-share", type=float, default=0.5, help="share of delay-sensitive requests")
+    p.add_argument("--ttft-slo-ms", type=float, default=500.0)
+    p.add_argument("--tpot-slo-ms", type=float, default=100.0)
+    p.add_argument("--model")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", help="JSON lines, one record per request")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_load)
+    p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")
+    p.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")
+    p.add_argument("--service", required=True, help="VIP:PORT/PROTO")
+    p.add_argument("--instance", type=int, required=True)
+    p.add_argument("--collector", required=True, help="HOST:PORT")
+    p.add_argument("--certs")
+    p.add_argument("--identity", default="agent")
+    p.add_argument("--server", default="controller", help="the collector's certificate name")
+    p.add_argument("--token-file")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--count", type=int, help="stop after this many reports")
+    p.add_argument("--insecure", action="store_true")
+    p.set_defaults(fn=cmd_metrics_agent)
     certs = sub.add_parser("certs", help="a CA and certificates for controllers and agents").add_subparsers(
         dest="sub", required=True
     )

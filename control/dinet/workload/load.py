@@ -1,0 +1,283 @@
+"""`dinet load`: an open-loop load generator on the OpenAI streaming API (any OpenAI-compatible server:
+`dinet serve`, vLLM, ...). Arrivals are Poisson at a rate that may change over time (a schedule), or replay
+a trace in the Azure LLM inference trace format (TIMESTAMP, ContextTokens, GeneratedTokens). Each request
+has a class: delay-sensitive (with TTFT and TPOT SLOs) or delay-tolerant. Per request it records class,
+TTFT, TPOT, end-to-end time, tokens, the serving instance and tier, and status, as JSON lines; the summary
+per class gives p50/p90/p99, SLO attainment and goodput. Bounded in count and time; Ctrl-C stops it cleanly
+with what it has."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime
+import json
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_ms: float = 500.0
+    tpot_ms: float = 100.0
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float  # seconds from the start
+    prompt_tokens: int
+    max_tokens: int
+    cls: str  # delay-sensitive or delay-tolerant
+
+
+@dataclass
+class Record:
+    t: float
+    cls: str
+    status: str  # ok, http NNN, error: ...
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+    instance: str = ""
+    tier: str = ""
+
+
+def poisson(schedule: list[tuple[float, float]], duration: float, rng: random.Random) -> Iterator[float]:
+    """Arrival times of a Poisson process whose rate is schedule[i][1] from time schedule[i][0] on."""
+    steps = sorted(schedule)
+    if not steps or steps[0][0] > 0:
+        raise ConfigError("a schedule starts at time 0: [(0, rate), (t, rate), ...]")
+    t, k = 0.0, 0
+    while True:
+        while k + 1 < len(steps) and t >= steps[k + 1][0]:
+            k += 1
+        rate = steps[k][1]
+        if rate <= 0:
+            if k + 1 >= len(steps):
+                return
+            t = steps[k + 1][0]
+            continue
+        t += rng.expovariate(rate)
+        if k + 1 < len(steps) and t >= steps[k + 1][0]:  # the rate changed before this arrival
+            t = steps[k + 1][0]
+            continue
+        if t >= duration:
+            return
+        yield t
+
+
+def parse_schedule(text: str) -> list[tuple[float, float]]:
+    """'0:5,10:20' -> [(0, 5), (10, 20)]: 5 requests/s from 0 s, 20/s from 10 s."""
+    out = []
+    for part in text.split(","):
+        try:
+            at, rate = part.split(":")
+            out.append((float(at), float(rate)))
+        except ValueError:
+            raise ConfigError(f"a schedule is TIME:RATE[,TIME:RATE...] (e.g. 0:5,10:20), not {text!r}") from None
+    return out
+
+
+def azure_trace(path: Path, limit: int | None = None) -> list[tuple[float, int, int]]:
+    """(seconds from the first request, context tokens, generated tokens) from an Azure LLM inference trace
+    (CSV: TIMESTAMP, ContextTokens, GeneratedTokens)."""
+    rows = []
+    try:
+        with path.open(newline="") as f:
+            for k, row in enumerate(csv.DictReader(f)):
+                if limit is not None and k >= limit:
+                    break
+                ts = row["TIMESTAMP"].strip()
+                try:
+                    at = datetime.datetime.fromisoformat(ts[:26].rstrip("Z")).timestamp()
+                except ValueError:
+                    at = float(ts)
+                rows.append((at, int(row["ContextTokens"]), int(row["GeneratedTokens"])))
+    except OSError as e:
+        raise ConfigError(f"cannot read the trace {path}: {e.strerror}") from None
+    except (KeyError, ValueError) as e:
+        raise ConfigError(
+            f"{path}: not an Azure LLM inference trace (TIMESTAMP, ContextTokens, GeneratedTokens): {e}"
+        ) from None
+    if not rows:
+        raise ConfigError(f"{path}: the trace is empty")
+    t0 = min(r[0] for r in rows)
+    return sorted((r[0] - t0, r[1], r[2]) for r in rows)
+
+
+@dataclass
+class LoadSpec:
+    url: str  # the server's base, e.g. http://10.99.0.1:8000
+    duration: float = 10.0
+    schedule: list[tuple[float, float]] = field(default_factory=lambda: [(0.0, 5.0)])
+    max_requests: int = 10_000
+    prompt_tokens: tuple[int, int] = (64, 256)
+    max_tokens: tuple[int, int] = (16, 64)
+    sensitive_share: float = 0.5
+    slo: Slo = field(default_factory=Slo)
+    model: str | None = None
+    seed: int = 1
+    timeout: float = 60.0
+    trace: Path | None = None
+
+    def arrivals(self) -> list[Arrival]:
+        rng = random.Random(self.seed)
+        cls = lambda: "delay-sensitive" if rng.random() < self.sensitive_share else "delay-tolerant"  # noqa: E731
+        if self.trace is not None:
+            rows = [r for r in azure_trace(self.trace, self.max_requests) if r[0] < self.duration]
+            return [Arrival(at, max(1, p), max(1, g), cls()) for at, p, g in rows]
+        out: list[Arrival] = []
+        for at in poisson(self.schedule, self.duration, rng):
+            if len(out) >= self.max_requests:
+                break
+            out.append(Arrival(at, rng.randint(*self.prompt_tokens), rng.randint(*self.max_tokens), cls()))
+        return out
+
+
+async def _one(session: Any, spec: LoadSpec, a: Arrival, t0: float) -> Record:
+    import aiohttp
+
+    body: dict[str, Any] = {
+        "prompt": " ".join(["w"] * a.prompt_tokens),
+        "max_tokens": a.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
+    if spec.model:
+        body["model"] = spec.model
+    rec = Record(round(a.at, 4), a.cls, "ok", a.prompt_tokens)
+    start = time.monotonic()
+    first = last = None
+    n = 0
+    try:
+        async with session.post(f"{spec.url}/v1/completions", json=body) as resp:
+            rec.instance = resp.headers.get("x-dinet-instance", "")
+            rec.tier = resp.headers.get("x-dinet-tier", "")
+            if resp.status != 200:
+                rec.status = f"http {resp.status}"
+                return rec
+            async for raw in resp.content:  # server-sent events, one per line
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                msg = json.loads(data)
+                if msg.get("usage"):
+                    rec.prompt_tokens = msg["usage"].get("prompt_tokens", rec.prompt_tokens)
+                for ch in msg.get("choices", []):
+                    if ch.get("text") or (ch.get("delta") or {}).get("content"):
+                        now = time.monotonic()
+                        first = first or now
+                        last = now
+                        n += 1
+    except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as e:
+        rec.status = f"error: {type(e).__name__}"
+        return rec
+    end = time.monotonic()
+    rec.completion_tokens = n
+    rec.e2e_ms = (end - start) * 1000
+    if first is not None:
+        rec.ttft_ms = (first - start) * 1000
+        if n > 1 and last is not None:
+            rec.tpot_ms = (last - first) * 1000 / (n - 1)
+    return rec
+
+
+async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = True) -> list[Record]:
+    """Sends the spec's arrivals open-loop (each at its time, whatever the earlier ones are doing)."""
+    import aiohttp
+    from tqdm import tqdm
+
+    arrivals = spec.arrivals()
+    records: list[Record] = []
+    bar = tqdm(total=len(arrivals), unit="req", disable=not progress, desc="dinet load")
+    timeout = aiohttp.ClientTimeout(total=spec.timeout)
+    conn = aiohttp.TCPConnector(limit=0, force_close=True)  # a connection per request: a new flow each
+    async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
+        t0 = time.monotonic()
+
+        async def fire(a: Arrival) -> None:
+            delay = t0 + a.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            records.append(await _one(session, spec, a, t0))
+            bar.update(1)
+
+        tasks = [asyncio.create_task(fire(a)) for a in arrivals]
+        loop = asyncio.get_running_loop()
+        try:  # Ctrl-C: stop sending, keep what came back
+            loop.add_signal_handler(signal.SIGINT, lambda: [t.cancel() for t in tasks])
+        except (RuntimeError, ValueError):  # not the main thread
+            pass
+        await asyncio.gather(*tasks, return_exceptions=True)
+    bar.close()
+    records.sort(key=lambda r: r.t)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+    return records
+
+
+def _pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def summary(records: list[Record], slo: Slo, duration: float) -> dict[str, Any]:
+    """Per class: requests, errors, TTFT/TPOT/e2e p50/p90/p99 (ms), SLO attainment (the share of requests
+    meeting both TTFT and TPOT SLOs; delay-tolerant: all that finished), goodput (such requests per s)."""
+    out: dict[str, Any] = {}
+    for cls in sorted({r.cls for r in records}):
+        rs = [r for r in records if r.cls == cls]
+        ok = [r for r in rs if r.status == "ok"]
+        row: dict[str, Any] = {"requests": len(rs), "errors": len(rs) - len(ok)}
+        for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            vals = [getattr(r, key) for r in ok if getattr(r, key) is not None]
+            for p in (50, 90, 99):
+                row[f"{key.removesuffix('_ms')}_p{p}_ms"] = _pct(vals, p)
+        if cls == "delay-sensitive":
+            good = [
+                r
+                for r in ok
+                if r.ttft_ms is not None
+                and r.ttft_ms <= slo.ttft_ms
+                and (r.tpot_ms is None or r.tpot_ms <= slo.tpot_ms)
+            ]
+        else:
+            good = ok
+        row["slo_attainment"] = len(good) / len(rs) if rs else None
+        row["goodput_rps"] = len(good) / duration if duration > 0 else None
+        row["tokens_per_s"] = sum(r.completion_tokens for r in ok) / duration if duration > 0 else None
+        row["instances"] = dict(
+            sorted({i: sum(1 for r in ok if r.instance == i) for i in {r.instance for r in ok}}.items())
+        )
+        out[cls] = row
+    return out
+
+
+def main(spec: LoadSpec, out: Path | None, progress: bool = True) -> dict[str, Any]:
+    records = asyncio.run(run_load(spec, out, progress))
+    return {
+        "spec": {
+            "url": spec.url,
+            "duration": spec.duration,
+            "schedule": spec.schedule,
+            "seed": spec.seed,
+            "slo": asdict(spec.slo),
+        },
+        "classes": summary(records, spec.slo, spec.duration),
+    }

@@ -1,0 +1,169 @@
+"""`dinet metrics-agent`: beside an inference server, scrapes its Prometheus endpoint (parsed with
+prometheus_client's text parser), the host's CPU and, where `nvidia-smi` answers, GPU utilisation; maps them
+to a Level 0 report and streams it to the collector every interval, with the agent's credentials. An
+endpoint that stops answering is reported unhealthy; an agent that stops reporting makes the instance expire.
+
+Mapping to Level 0 (names: vLLM; llama.cpp's server and TGI where they differ):
+
+- queue_depth: vllm:num_requests_waiting (llamacpp:requests_deferred; tgi_queue_size)
+- active_sessions: vllm:num_requests_running (llamacpp:requests_processing; tgi_batch_current_size)
+- gpu_util: the larger of the KV-cache usage (vllm:kv_cache_usage_perc, older vllm:gpu_cache_usage_perc;
+  llamacpp:kv_cache_usage_ratio) and nvidia-smi's utilization.gpu where present
+- tokens_per_s: the rise of vllm:generation_tokens_total over the interval (llamacpp:tokens_predicted_total;
+  tgi_request_generated_tokens_sum)
+- token_latency_ms: the mean time per output token over the interval, the rise of the sum over the rise of
+  the count of vllm:time_per_output_token_seconds (newer vllm:inter_token_latency_seconds; TGI:
+  tgi_request_mean_time_per_token_duration)
+- cpu_load: the host's busy share of CPU time over the interval (/proc/stat)
+- healthy: the scrape succeeded
+
+All values are labelled by model_name in vLLM; samples of every model on the endpoint are summed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..errors import ConfigError
+from ..policy.scores import Level0
+
+NAMES = {
+    "waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "tgi_queue_size"),
+    "running": ("vllm:num_requests_running", "llamacpp:requests_processing", "tgi_batch_current_size"),
+    "kv": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio"),
+    "gen_tokens": (
+        "vllm:generation_tokens_total",
+        "llamacpp:tokens_predicted_total",
+        "tgi_request_generated_tokens_sum",
+    ),
+    "tpot_sum": ("vllm:time_per_output_token_seconds_sum", "vllm:inter_token_latency_seconds_sum"),
+    "tpot_count": ("vllm:time_per_output_token_seconds_count", "vllm:inter_token_latency_seconds_count"),
+}
+
+
+def parse(text: str) -> dict[str, float]:
+    """Sample name -> value summed over labels (every model on the endpoint), for the names dinet reads."""
+    wanted = {n for names in NAMES.values() for n in names} | {"tgi_request_mean_time_per_token_duration"}
+    out: dict[str, float] = {}
+    try:
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name in wanted:
+                    out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    except ValueError as e:
+        raise ConfigError(f"not Prometheus text: {e}") from None
+    return out
+
+
+def _first(values: dict[str, float], key: str) -> float | None:
+    return next((values[n] for n in NAMES[key] if n in values), None)
+
+
+@dataclass
+class Mapper:
+    """Turns successive scrapes into Level 0 reports (rates need the previous scrape)."""
+
+    prev: dict[str, float] | None = None
+    prev_at: float = 0.0
+    cpu_prev: tuple[int, int] | None = None
+
+    def level0(self, values: dict[str, float], at: float, cpu: float = 0.0, gpu: float | None = None) -> Level0:
+        kv = _first(values, "kv") or 0.0
+        tokens_per_s = latency_ms = 0.0
+        if self.prev is not None and at > self.prev_at:
+            g, g0 = _first(values, "gen_tokens"), _first(self.prev, "gen_tokens")
+            if g is not None and g0 is not None and g >= g0:  # a restarted server resets its counters
+                tokens_per_s = (g - g0) / (at - self.prev_at)
+            s, s0 = _first(values, "tpot_sum"), _first(self.prev, "tpot_sum")
+            c, c0 = _first(values, "tpot_count"), _first(self.prev, "tpot_count")
+            if None not in (s, s0, c, c0) and c > c0 and s >= s0:  # type: ignore[operator]
+                latency_ms = (s - s0) / (c - c0) * 1000  # type: ignore[operator]
+        if not latency_ms and "tgi_request_mean_time_per_token_duration" in values:
+            latency_ms = values["tgi_request_mean_time_per_token_duration"] * 1000
+        self.prev, self.prev_at = values, at
+        return Level0(
+            cpu_load=min(1.0, max(0.0, cpu)),
+            gpu_util=min(1.0, max(kv, gpu or 0.0)),
+            queue_depth=int(_first(values, "waiting") or 0),
+            active_sessions=int(_first(values, "running") or 0),
+            tokens_per_s=tokens_per_s,
+            token_latency_ms=min(latency_ms, 600_000.0),
+            healthy=True,
+        )
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the host from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return sum(parts) - idle, sum(parts)
+
+
+def gpu_utilization() -> float | None:
+    """The mean utilization.gpu of the host's GPUs (0..1), where nvidia-smi is installed and answers."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    vals = [float(x) for x in out.stdout.split() if x.replace(".", "", 1).isdigit()]
+    return sum(vals) / len(vals) / 100 if vals else None
+
+
+def scrape(url: str, timeout: float = 2.0) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return str(r.read().decode())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ConfigError(f"cannot scrape {url}: {e}") from None
+
+
+@dataclass
+class MetricsAgent:
+    """Scrapes `url` every `interval` s and reports for (service, instance) through `agent` (a collect.Agent)."""
+
+    url: str
+    service: str
+    instance_id: int
+    agent: object
+    interval: float = 1.0
+    mapper: Mapper = field(default_factory=Mapper)
+    reports: int = 0
+    failures: int = 0
+
+    def once(self) -> Level0:
+        cpu = 0.0
+        now_cpu = cpu_times()
+        if self.mapper.cpu_prev is not None:
+            busy, total = now_cpu[0] - self.mapper.cpu_prev[0], now_cpu[1] - self.mapper.cpu_prev[1]
+            cpu = busy / total if total > 0 else 0.0
+        self.mapper.cpu_prev = now_cpu
+        try:
+            m = self.mapper.level0(parse(scrape(self.url)), time.monotonic(), cpu, gpu_utilization())
+        except ConfigError:
+            self.failures += 1
+            m = Level0(cpu_load=min(1.0, cpu), healthy=False)  # the server does not answer: not healthy
+        ack = self.agent.send([self.agent.report(self.service, self.instance_id, m)])  # type: ignore[attr-defined]
+        self.reports += ack.accepted
+        return m
+
+    def run(self, stop: threading.Event, count: int | None = None) -> None:
+        n = 0
+        while not stop.is_set() and (count is None or n < count):
+            self.once()
+            n += 1
+            stop.wait(self.interval)

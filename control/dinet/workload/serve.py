@@ -1,0 +1,264 @@
+"""`dinet serve`: an OpenAI-compatible model server whose timing follows a serving engine under load
+(dinet.workload.engine), with vLLM's Prometheus metrics. Anything built on it runs unchanged against vLLM.
+
+    POST /v1/completions, /v1/chat/completions   (stream: true -> server-sent events, as OpenAI and vLLM)
+    GET  /v1/models, /health, /metrics
+
+Every response names the instance that served it (header `x-dinet-instance`, and `x-dinet-tier`) and reports
+its usage (prompt and completion tokens). A prompt's token count is its whitespace-separated words (a
+tokenizer-free stand-in; `max_tokens` sets the output length, `ignore_eos` is implied). The text generated is
+filler: the timing, the tokens and the metrics are the workload.
+
+aiohttp: a maintained asyncio HTTP server with streaming responses, which the engine's asyncio model needs
+(one event loop, no thread per request); it is also the client side of `dinet load`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector as PromCollector
+
+from ..errors import ConfigError
+from .engine import PROFILES, Engine, Profile, Sequence
+
+# vLLM's buckets for TTFT and TPOT (seconds)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+
+
+class _EngineGauges(PromCollector):
+    def __init__(self, engine: Engine, model: str):
+        self.engine, self.model = engine, model
+
+    def collect(self) -> Any:
+        s, p = self.engine.stats, self.engine.p
+        for name, doc, value in (
+            ("vllm:num_requests_running", "Number of requests in model execution batches.", s.running),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", s.waiting),
+            ("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", s.kv_used / p.kv_tokens),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", s.kv_used / p.kv_tokens),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["model_name"])
+            g.add_metric([self.model], value)
+            yield g
+
+
+class Metrics:
+    """vLLM's metric names, labelled by model_name as vLLM does."""
+
+    def __init__(self, engine: Engine, model: str):
+        self.registry = CollectorRegistry()
+        r, lb = self.registry, ["model_name"]
+        self.model = model
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token.", lb, registry=r, buckets=TTFT_BUCKETS
+        )
+        self.tpot = Histogram(
+            "vllm:time_per_output_token_seconds", "Time per output token.", lb, registry=r, buckets=TPOT_BUCKETS
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "End-to-end request latency.", lb, registry=r, buckets=E2E_BUCKETS
+        )
+        self.queue = Histogram(
+            "vllm:request_queue_time_seconds", "Time spent waiting in the queue.", lb, registry=r, buckets=E2E_BUCKETS
+        )
+        self.prompt = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", lb, registry=r)
+        self.generation = Counter("vllm:generation_tokens", "Number of generation tokens processed.", lb, registry=r)
+        self.success = Counter("vllm:request_success", "Count of successfully processed requests.", lb, registry=r)
+        r.register(_EngineGauges(engine, model))
+        engine.observers.append(self.finished)
+
+    def finished(self, s: Sequence) -> None:
+        m = self.model
+        self.ttft.labels(m).observe(s.first_token - s.arrived)
+        self.queue.labels(m).observe(s.admitted - s.arrived)
+        self.e2e.labels(m).observe(time.monotonic() - s.arrived)
+        if s.generated > 1:
+            self.tpot.labels(m).observe((time.monotonic() - s.first_token) / (s.generated - 1))
+        self.prompt.labels(m).inc(s.prompt_tokens)
+        self.generation.labels(m).inc(s.generated)
+        self.success.labels(m).inc()
+
+
+def count_tokens(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+class Server:
+    def __init__(self, profile: Profile, name: str, model: str | None = None):
+        self.profile, self.name = profile, name
+        self.model = model or profile.model
+        self.engine = Engine(profile)
+        self.metrics = Metrics(self.engine, self.model)
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.post("/v1/completions", self.completions),
+                web.post("/v1/chat/completions", self.chat),
+                web.get("/v1/models", self.models),
+                web.get("/health", self.health),
+                web.get("/metrics", self.prom),
+            ]
+        )
+        self.app.on_shutdown.append(self._stop)
+
+    async def _stop(self, app: web.Application) -> None:
+        await self.engine.stop()
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-dinet-instance": self.name, "x-dinet-tier": self.profile.tier, "x-dinet-model": self.model}
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="", headers=self._headers())
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": self.model, "object": "model", "owned_by": "dinet", "root": self.model}]
+        return web.json_response({"object": "list", "data": data}, headers=self._headers())
+
+    async def prom(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain", charset="utf-8")
+
+    @staticmethod
+    def _error(status: int, message: str) -> web.Response:
+        return web.json_response(
+            {"object": "error", "message": message, "type": "BadRequestError", "code": status}, status=status
+        )
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ConfigError("the body is not a JSON object")
+        model = body.get("model", self.model)
+        if model != self.model:
+            raise ConfigError(f"the model `{model}` does not exist; this server has `{self.model}`")
+        mt = body.get("max_tokens", body.get("max_completion_tokens", 16))
+        if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
+            raise ConfigError(f"max_tokens must be a positive integer, not {mt!r}")
+        return body
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=True)
+
+    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            body = await self._body(request)
+            if chat:
+                msgs = body.get("messages")
+                if not isinstance(msgs, list) or not msgs:
+                    raise ConfigError("messages must be a non-empty list")
+                prompt = " ".join(str(m.get("content", "")) for m in msgs if isinstance(m, dict))
+            else:
+                p = body.get("prompt", "")
+                prompt = " ".join(map(str, p)) if isinstance(p, list) else str(p)
+            n_prompt, n_max = count_tokens(prompt), int(body.get("max_tokens", body.get("max_completion_tokens", 16)))
+            tokens = self.engine.generate(n_prompt, n_max)
+        except ConfigError as e:
+            return self._error(400, str(e))
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        obj = "chat.completion" if chat else "text_completion"
+        created = int(time.time())
+        usage = lambda n: {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}  # noqa: E731
+        if body.get("stream"):
+            resp = web.StreamResponse(
+                headers={**self._headers(), "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await resp.prepare(request)
+            n = 0
+            async for _ in tokens:
+                word = f" tok{n}"
+                choice = (
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": word} if n == 0 else {"content": word},
+                        "finish_reason": None,
+                    }
+                    if chat
+                    else {"index": 0, "text": word, "finish_reason": None}
+                )
+                n += 1
+                chunk = {
+                    "id": rid,
+                    "object": obj + (".chunk" if chat else ""),
+                    "created": created,
+                    "model": self.model,
+                    "choices": [choice],
+                }
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+            if chat:
+                last["delta"] = {}
+            else:
+                last["text"] = ""
+            end = {
+                "id": rid,
+                "object": obj + (".chunk" if chat else ""),
+                "created": created,
+                "model": self.model,
+                "choices": [last],
+                "usage": usage(n),
+            }
+            await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+            return resp
+        n = 0
+        async for _ in tokens:
+            n += 1
+        text = "".join(f" tok{i}" for i in range(n))
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+            if chat
+            else {"index": 0, "text": text, "finish_reason": "length"}
+        )
+        return web.json_response(
+            {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice], "usage": usage(n)},
+            headers=self._headers(),
+        )
+
+
+def profile_of(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ConfigError(f"no profile {name!r}; profiles: {', '.join(sorted(PROFILES))}") from None
+
+
+def run(listen: str, profile: str, name: str, model: str | None = None) -> None:
+    """Serves until SIGINT/SIGTERM; prints `ready` once it listens."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
+    server = Server(profile_of(profile), name, model)
+
+    async def main() -> None:
+        runner = web.AppRunner(server.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port))
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+        print(f"ready: {name} serving {server.model} ({server.profile.tier}) on {listen}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())

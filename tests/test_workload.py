@@ -1,0 +1,225 @@
+"""The workload: `dinet serve` (a process of its own) answers the OpenAI API with its engine's timing and
+vLLM's metrics; `dinet load` measures it; the metrics agent maps recorded vLLM /metrics texts (older and
+newer names) to Level 0 reports, and a server that stops answering takes its instance out end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import dinet_process, free_port
+from dinet.model import Instance, ServiceKey
+from dinet.policy.decide import TrafficClass
+from dinet.policy.scores import Level0
+from dinet.workload.engine import PROFILES
+from dinet.workload.load import LoadSpec, Slo, azure_trace, poisson, run_load, summary
+from dinet.workload.metrics_agent import Mapper, MetricsAgent, parse
+
+TINY = PROFILES["tiny-test"]
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    port = free_port()
+    with dinet_process(
+        "serve", "--listen", f"127.0.0.1:{port}", "--profile", "tiny-test", "--name", "inst-a", ready="ready:"
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+def metrics(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    return {
+        s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels.get("le")
+    }
+
+
+def load(url: str, **kw) -> list:  # type: ignore[no-untyped-def]
+    return asyncio.run(run_load(LoadSpec(url, **kw), progress=False))
+
+
+def test_openai_api_answers_and_names_the_instance(server: str) -> None:
+    req = urllib.request.Request(
+        f"{server}/v1/chat/completions",
+        data=json.dumps({"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 5}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        body = json.loads(r.read())
+        assert r.headers["x-dinet-instance"] == "inst-a" and r.headers["x-dinet-tier"] == "small"
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert body["choices"][0]["message"]["content"].split() == [f"tok{i}" for i in range(5)]
+    models = json.loads(urllib.request.urlopen(f"{server}/v1/models", timeout=5).read())
+    assert models["data"][0]["id"] == TINY.model
+    bad = urllib.request.Request(f"{server}/v1/completions", data=b'{"prompt": "x", "max_tokens": 0}')
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad, timeout=5)
+    assert e.value.code == 400 and "max_tokens" in json.loads(e.value.read())["message"]
+
+
+def test_at_low_load_ttft_and_tpot_follow_the_model(server: str) -> None:
+    """One request at a time: TTFT = prefill of the prompt; TPOT = one decode step at batch 1 (the model's
+    4 ms + 1 ms); within 5 ms plus 30% (an HTTP stream on a shared 2-core machine)."""
+    recs = load(
+        server, duration=2.0, schedule=[(0.0, 3.0)], prompt_tokens=(200, 200), max_tokens=(20, 20), sensitive_share=1.0
+    )
+    ok = [r for r in recs if r.status == "ok"]
+    assert len(ok) >= 3 and all(r.completion_tokens == 20 and r.instance == "inst-a" for r in ok)
+    ttft = sorted(r.ttft_ms for r in ok)[len(ok) // 2]
+    tpot = sorted(r.tpot_ms for r in ok)[len(ok) // 2]
+    want_ttft = 200 / TINY.prefill_tps * 1000  # 10 ms
+    want_tpot = TINY.decode_base_ms + TINY.decode_per_seq_ms
+    assert abs(ttft - want_ttft) <= 5 + 0.3 * want_ttft, (ttft, want_ttft)
+    assert abs(tpot - want_tpot) <= 5 + 0.3 * want_tpot, (tpot, want_tpot)
+
+
+def test_ttft_grows_with_load_and_the_queue_fills_when_the_kv_cache_is_full(server: str) -> None:
+    low = load(server, duration=2.0, schedule=[(0.0, 2.0)], prompt_tokens=(100, 100), max_tokens=(30, 30), seed=3)
+    # 600 KV tokens each on a 2,000-token cache: at most three run, the rest wait
+    high = load(server, duration=1.0, schedule=[(0.0, 40.0)], prompt_tokens=(300, 300), max_tokens=(300, 300), seed=4)
+    p50 = lambda rs: sorted(r.ttft_ms for r in rs if r.ttft_ms is not None)[len(rs) // 2]  # noqa: E731
+    assert p50(high) > 3 * p50(low), (p50(high), p50(low))
+    m = metrics(server)
+    assert m["vllm:request_queue_time_seconds_sum"] > 0
+    done = [r for r in low + high if r.status == "ok"]
+    assert m["vllm:prompt_tokens_total"] == sum(r.prompt_tokens for r in done)
+    assert m["vllm:generation_tokens_total"] == sum(r.completion_tokens for r in done)
+    assert m["vllm:time_to_first_token_seconds_count"] == len(done)
+    assert m["vllm:num_requests_running"] == 0 and m["vllm:kv_cache_usage_perc"] == 0
+
+
+def test_the_queue_and_kv_gauges_follow_a_burst(server: str) -> None:
+    async def burst() -> dict[str, float]:
+        task = asyncio.create_task(
+            run_load(
+                LoadSpec(
+                    server,
+                    duration=0.2,
+                    schedule=[(0.0, 50.0)],
+                    prompt_tokens=(300, 300),
+                    max_tokens=(300, 300),
+                    seed=5,
+                ),
+                progress=False,
+            )
+        )
+        await asyncio.sleep(0.5)
+        snap = await asyncio.to_thread(metrics, server)
+        await task
+        return snap
+
+    m = asyncio.run(burst())
+    assert m["vllm:num_requests_running"] == 3 and m["vllm:num_requests_waiting"] >= 1
+    assert m["vllm:gpu_cache_usage_perc"] == pytest.approx(3 * 600 / TINY.kv_tokens)
+
+
+def test_load_summary_and_schedules() -> None:
+    import random
+
+    arrivals = list(poisson([(0.0, 50.0), (1.0, 0.0), (2.0, 200.0)], 3.0, random.Random(1)))
+    assert not any(1.0 <= t < 2.0 for t in arrivals)  # rate 0 from 1 s to 2 s
+    assert 20 < sum(t < 1.0 for t in arrivals) < 90 and 120 < sum(t >= 2.0 for t in arrivals) < 290
+    from dinet.workload.load import Record
+
+    recs = [
+        Record(0, "delay-sensitive", "ok", 10, 5, ttft_ms=100, tpot_ms=20, e2e_ms=180, instance="a"),
+        Record(0, "delay-sensitive", "ok", 10, 5, ttft_ms=900, tpot_ms=20, e2e_ms=980, instance="b"),
+        Record(0, "delay-tolerant", "http 503"),
+    ]
+    s = summary(recs, Slo(ttft_ms=500, tpot_ms=50), duration=2.0)
+    assert s["delay-sensitive"]["slo_attainment"] == 0.5 and s["delay-sensitive"]["goodput_rps"] == 0.5
+    assert s["delay-tolerant"]["errors"] == 1 and s["delay-tolerant"]["slo_attainment"] == 0.0
+
+
+def test_an_azure_trace_is_replayed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "trace.csv"
+    f.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+    )
+    assert azure_trace(f) == [(0.0, 374, 44), (pytest.approx(4.3145790), 396, 109)]
+
+
+# ---- the metrics agent ------------------------------------------------------------------------------------
+VLLM_OLD = """# HELP vllm:num_requests_running Number of requests currently running on GPU.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{model_name="meta-llama/Meta-Llama-3-8B-Instruct"} 7.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="meta-llama/Meta-Llama-3-8B-Instruct"} 3.0
+# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{model_name="meta-llama/Meta-Llama-3-8B-Instruct"} 0.62
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{model_name="meta-llama/Meta-Llama-3-8B-Instruct"} %(gen)s
+# HELP vllm:time_per_output_token_seconds Histogram of time per output token in seconds.
+# TYPE vllm:time_per_output_token_seconds histogram
+vllm:time_per_output_token_seconds_bucket{le="0.05",model_name="meta-llama/Meta-Llama-3-8B-Instruct"} %(cnt)s
+vllm:time_per_output_token_seconds_bucket{le="+Inf",model_name="meta-llama/Meta-Llama-3-8B-Instruct"} %(cnt)s
+vllm:time_per_output_token_seconds_count{model_name="meta-llama/Meta-Llama-3-8B-Instruct"} %(cnt)s
+vllm:time_per_output_token_seconds_sum{model_name="meta-llama/Meta-Llama-3-8B-Instruct"} %(sum)s
+"""
+VLLM_NEW = VLLM_OLD.replace("gpu_cache_usage_perc", "kv_cache_usage_perc").replace(
+    "time_per_output_token_seconds", "inter_token_latency_seconds"
+)
+
+
+@pytest.mark.parametrize("text", [VLLM_OLD, VLLM_NEW], ids=["gpu_cache_usage_perc", "kv_cache_usage_perc"])
+def test_recorded_vllm_metrics_map_to_level0(text: str) -> None:
+    m = Mapper()
+    first = m.level0(parse(text % {"gen": 1000, "cnt": 1000, "sum": 20.0}), at=10.0, cpu=0.25)
+    assert (first.queue_depth, first.active_sessions, first.gpu_util) == (3, 7, 0.62)
+    assert first.tokens_per_s == 0 and first.cpu_load == 0.25 and first.healthy  # no rate from one scrape
+    second = m.level0(parse(text % {"gen": 1500, "cnt": 1500, "sum": 32.5}), at=12.0, gpu=0.9)
+    assert second.tokens_per_s == 250.0  # 500 tokens in 2 s
+    assert second.token_latency_ms == pytest.approx(25.0)  # 12.5 s over 500 tokens
+    assert second.gpu_util == 0.9  # nvidia-smi's figure, the larger
+    second.check()
+
+
+def test_garbage_metrics_are_one_clear_error() -> None:
+    from dinet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not Prometheus text"):
+        parse("vllm:num_requests_running{model_name= 7\n")
+
+
+def test_a_dead_endpoint_takes_its_instance_out_through_collector_and_controller(server: str) -> None:
+    from test_controller_record import CountingTarget
+
+    from dinet.services.collect import Agent, Collector, CollectorServer
+    from dinet.services.controller import Controller, ServiceIntent, SitePath
+
+    svc = ServiceKey.parse("10.96.0.1:8000/tcp")
+    target = CountingTarget()
+    ctl = Controller(
+        target,
+        [
+            ServiceIntent(
+                svc,
+                TrafficClass.DELAY_TOLERANT,
+                (Instance(1, "192.0.2.1", 1, site_id=1), Instance(2, "192.0.2.2", 1, site_id=2)),
+            )
+        ],
+        {1: SitePath(2), 2: SitePath(2)},
+    )
+    ctl.start()
+    col = Collector.with_tokens({"t1": ("a", {(svc, 1)}), "t2": ("b", {(svc, 2)})})
+    ctl.attach(col)
+    with CollectorServer(col, insecure=True) as srv:
+        a1, a2 = Agent(srv.address, "t1"), Agent(srv.address, "t2")
+        live = MetricsAgent(f"{server}/metrics", str(svc), 1, a1)
+        dead = MetricsAgent(f"http://127.0.0.1:{free_port()}/metrics", str(svc), 2, a2)
+        assert live.once().healthy and not dead.once().healthy
+        assert live.reports == 1 and dead.reports == 1 and dead.failures == 1
+        assert target.installed(svc)[2][1] == "down" and target.installed(svc)[1][1] == "up"
+        a1.close()
+        a2.close()
+    assert Level0().healthy
