@@ -223,3 +223,61 @@ def test_a_dead_endpoint_takes_its_instance_out_through_collector_and_controller
         a1.close()
         a2.close()
     assert Level0().healthy
+
+
+def test_prefill_hands_the_kv_cache_to_a_decode_instance() -> None:
+    """A prefill instance prefills, answers the first token, hands the KV cache (prompt tokens x the
+    profile's bytes per token, really sent) to the decode instance, and relays its tokens."""
+    dp, pp = free_port(), free_port()
+    with (
+        dinet_process(
+            "serve",
+            "--listen",
+            f"127.0.0.1:{dp}",
+            "--profile",
+            "tiny-test",
+            "--name",
+            "dec-1",
+            "--role",
+            "decode",
+            ready="ready:",
+        ),
+        dinet_process(
+            "serve",
+            "--listen",
+            f"127.0.0.1:{pp}",
+            "--profile",
+            "tiny-test",
+            "--name",
+            "pre-1",
+            "--role",
+            "prefill",
+            "--decode-url",
+            f"http://127.0.0.1:{dp}",
+            ready="ready:",
+        ),
+    ):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{pp}/v1/completions",
+            data=json.dumps({"prompt": " ".join(["w"] * 300), "max_tokens": 12}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        body = json.loads(urllib.request.urlopen(req, timeout=10).read())
+        assert body["usage"]["completion_tokens"] == 12 and body["usage"]["prompt_tokens"] == 300
+        assert body["dinet"]["decode_instance"] == "dec-1"
+        assert body["dinet"]["kv_bytes"] == 300 * TINY.kv_bytes_per_token
+        recs = load(
+            f"http://127.0.0.1:{pp}", duration=1.0, schedule=[(0.0, 5.0)], prompt_tokens=(50, 50), max_tokens=(8, 8)
+        )
+        assert recs and all(r.status == "ok" and r.completion_tokens == 8 for r in recs)
+        dec, pre = metrics(f"http://127.0.0.1:{dp}"), metrics(f"http://127.0.0.1:{pp}")
+        assert dec["vllm:generation_tokens_total"] == 11 + 7 * len(recs)  # the decode stage made the rest
+        assert pre["vllm:prompt_tokens_total"] == 300 + 50 * len(recs) and dec["vllm:prompt_tokens_total"] == 0
+        bad = urllib.request.Request(
+            f"http://127.0.0.1:{dp}/dinet/v1/kv",
+            data=b"x" * 10,
+            headers={"x-dinet-prompt-tokens": "5", "x-dinet-max-tokens": "2"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=5)
+        assert e.value.code == 400 and "KV cache of 5 tokens" in json.loads(e.value.read())["message"]

@@ -401,7 +401,7 @@ def cmd_agent(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     from .workload.serve import run
 
-    run(a.listen, a.profile, a.name or a.listen, a.model)
+    run(a.listen, a.profile, a.name or a.listen, a.model, a.role, a.decode_url or "")
 
 
 def cmd_load(a: argparse.Namespace) -> None:
@@ -658,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="llama3-8b-a100", help="model/GPU profile (see dinet.workload.engine)")
     p.add_argument("--name", help="the instance's name, sent in x-dinet-instance (default: the listen address)")
     p.add_argument("--model", help="the model name served (default: the profile's)")
+    p.add_argument("--role", default="both", choices=["both", "prefill", "decode"], help="prefill-decode pipelines")
+    p.add_argument(
+        "--decode-url", help="prefill role: the decode stage (a VIP dinet steers), e.g. http://10.99.0.2:8000"
+    )
     p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("load", help="open-loop load on an OpenAI-compatible server; JSON lines and a summary")
     p.add_argument("--url", required=True, help="the server's base URL, e.g. http://10.99.0.1:8000")

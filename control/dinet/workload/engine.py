@@ -103,6 +103,18 @@ PROFILES: dict[str, Profile] = {
         "activations: 11 ms a step; prefill 121e12x0.4/(2x1.2e9) ~ 20k tok/s, capped at 3,000 for the "
         "device class; KV 32 KiB/token",
     ),
+    "bench-fast": Profile(
+        "dinet/bench-fast",
+        "small",
+        0.5,
+        prefill_tps=1e7,
+        decode_base_ms=20.0,
+        decode_per_seq_ms=0.0,
+        max_batch=4096,
+        kv_tokens=10_000_000,
+        kv_bytes_per_token=1024,
+        source="for bench/serve.py: engine time fixed (20 ms steps, no prefill), so what grows is dinet serve's",
+    ),
     "tiny-test": Profile(
         "dinet/tiny-test",
         "small",
@@ -127,6 +139,7 @@ class Sequence:
     generated: int = 0
     admitted: float = 0.0
     first_token: float = 0.0
+    prefilled: bool = False  # its KV cache came from a prefill instance: decode only
 
     @property
     def kv_need(self) -> int:
@@ -170,18 +183,19 @@ class Engine:
                 pass
             self._task = None
 
-    def generate(self, prompt_tokens: int, max_tokens: int) -> AsyncIterator[float]:
+    def generate(self, prompt_tokens: int, max_tokens: int, prefilled: bool = False) -> AsyncIterator[float]:
         """Checks and queues a request (ConfigError at once if it can never run); the iterator yields the
-        time of each generated token as the engine makes it."""
+        time of each generated token as the engine makes it. prefilled: the prompt's KV cache was handed
+        over (a decode instance of a prefill-decode pipeline): no prefill here."""
         if prompt_tokens < 1 or max_tokens < 1:
             raise ConfigError("a request has at least one prompt token and asks for at least one")
         if prompt_tokens + max_tokens > self.p.kv_tokens:
             raise ConfigError(f"{prompt_tokens} + {max_tokens} tokens exceed the KV cache ({self.p.kv_tokens} tokens)")
-        return self._stream(prompt_tokens, max_tokens)
+        return self._stream(prompt_tokens, max_tokens, prefilled)
 
-    async def _stream(self, prompt_tokens: int, max_tokens: int) -> AsyncIterator[float]:
+    async def _stream(self, prompt_tokens: int, max_tokens: int, prefilled: bool) -> AsyncIterator[float]:
         self.start()
-        seq = Sequence(prompt_tokens, max_tokens, time.monotonic())
+        seq = Sequence(prompt_tokens, max_tokens, time.monotonic(), prefilled=prefilled)
         self.waiting.append(seq)
         self.stats.waiting = len(self.waiting)
         self._wake.set()
@@ -210,7 +224,7 @@ class Engine:
             if not self.running and not self.waiting:
                 self._wake.clear()
                 await self._wake.wait()
-            new = self._admit()
+            new = [s for s in self._admit() if not s.prefilled]
             if new:  # prefill the admitted prompts (decode waits); prefill yields each one's first token
                 tokens = sum(s.prompt_tokens for s in new)
                 self.stats.prompt_tokens += tokens

@@ -73,6 +73,8 @@ class Metrics:
         self.prompt = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", lb, registry=r)
         self.generation = Counter("vllm:generation_tokens", "Number of generation tokens processed.", lb, registry=r)
         self.success = Counter("vllm:request_success", "Count of successfully processed requests.", lb, registry=r)
+        for metric in (self.ttft, self.tpot, self.e2e, self.queue, self.prompt, self.generation, self.success):
+            metric.labels(model)  # every series from the start, at zero, as vLLM shows them
         r.register(_EngineGauges(engine, model))
         engine.observers.append(self.finished)
 
@@ -83,7 +85,8 @@ class Metrics:
         self.e2e.labels(m).observe(time.monotonic() - s.arrived)
         if s.generated > 1:
             self.tpot.labels(m).observe((time.monotonic() - s.first_token) / (s.generated - 1))
-        self.prompt.labels(m).inc(s.prompt_tokens)
+        if not s.prefilled:  # a handed-over prompt was prefilled (and counted) by the prefill instance
+            self.prompt.labels(m).inc(s.prompt_tokens)
         self.generation.labels(m).inc(s.generated)
         self.success.labels(m).inc()
 
@@ -93,8 +96,16 @@ def count_tokens(text: str) -> int:
 
 
 class Server:
-    def __init__(self, profile: Profile, name: str, model: str | None = None):
-        self.profile, self.name = profile, name
+    def __init__(self, profile: Profile, name: str, model: str | None = None, role: str = "both", decode_url: str = ""):
+        """role: both (a whole model server); prefill (prefills, then hands the KV cache to the decode
+        instance behind `decode_url`, a service VIP the network steers, and relays its tokens); decode (takes
+        handed-over KV caches on /dinet/v1/kv and decodes)."""
+        if role not in ("both", "prefill", "decode"):
+            raise ConfigError(f"role is both, prefill or decode, not {role!r}")
+        if role == "prefill" and not decode_url:
+            raise ConfigError("a prefill instance needs --decode-url (the decode stage's address)")
+        self.profile, self.name, self.role, self.decode_url = profile, name, role, decode_url.rstrip("/")
+        self._session: Any = None
         self.model = model or profile.model
         self.engine = Engine(profile)
         self.metrics = Metrics(self.engine, self.model)
@@ -106,12 +117,82 @@ class Server:
                 web.get("/v1/models", self.models),
                 web.get("/health", self.health),
                 web.get("/metrics", self.prom),
+                web.post("/dinet/v1/kv", self.kv),
             ]
         )
         self.app.on_shutdown.append(self._stop)
 
     async def _stop(self, app: web.Application) -> None:
         await self.engine.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    # ---- prefill-decode ------------------------------------------------------------------------------------
+    async def _tokens(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+        """The request's tokens: from this engine, or (prefill role) the first from here and the rest from
+        the decode instance the KV cache was handed to."""
+        if self.role != "prefill":
+            async for t in self.engine.generate(n_prompt, n_max):
+                yield t
+            return
+        async for t in self.engine.generate(n_prompt, 1):  # prefill; its output is the first token
+            yield t
+        if n_max == 1:
+            return
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        size = n_prompt * self.profile.kv_bytes_per_token
+        chunk = bytes(65536)
+
+        async def kv_cache() -> Any:  # the session's KV state, streamed (never held whole)
+            left = size
+            while left > 0:
+                yield chunk[: min(left, len(chunk))]
+                left -= min(left, len(chunk))
+
+        t0 = time.monotonic()
+        headers = {
+            "x-dinet-prompt-tokens": str(n_prompt),
+            "x-dinet-max-tokens": str(n_max - 1),
+            "x-dinet-kv-bytes": str(size),
+            "Content-Type": "application/octet-stream",
+        }
+        async with self._session.post(f"{self.decode_url}/dinet/v1/kv", data=kv_cache(), headers=headers) as r:
+            if r.status != 200:
+                raise ConfigError(f"the decode stage refused the hand-over: HTTP {r.status} {await r.text()}")
+            info.update(decode_instance=r.headers.get("x-dinet-instance", ""), kv_bytes=size)
+            async for _line in r.content:
+                info.setdefault("kv_ms", (time.monotonic() - t0) * 1000)  # the transfer and the first step
+                yield time.monotonic()
+
+    async def kv(self, request: web.Request) -> web.StreamResponse:
+        """The decode role's hand-over: the KV cache of a prefilled prompt (its size must follow the prompt
+        length and this model's profile), then one line per generated token."""
+        if self.role != "decode":
+            return self._error(404, "this instance takes no KV hand-over (not a decode instance)")
+        try:
+            n_prompt = int(request.headers["x-dinet-prompt-tokens"])
+            n_max = int(request.headers["x-dinet-max-tokens"])
+        except (KeyError, ValueError):
+            return self._error(400, "x-dinet-prompt-tokens and x-dinet-max-tokens are required integers")
+        want = n_prompt * self.profile.kv_bytes_per_token
+        got = 0
+        async for data in request.content.iter_chunked(1 << 16):
+            got += len(data)
+        if got != want:
+            return self._error(400, f"a KV cache of {n_prompt} tokens is {want} bytes here, not {got}")
+        try:
+            tokens = self.engine.generate(n_prompt, n_max, prefilled=True)
+        except ConfigError as e:
+            return self._error(400, str(e))
+        resp = web.StreamResponse(headers={**self._headers(), "Content-Type": "text/plain"})
+        await resp.prepare(request)
+        async for _ in tokens:
+            await resp.write(b"t\n")
+        await resp.write_eof()
+        return resp
 
     def _headers(self) -> dict[str, str]:
         return {"x-dinet-instance": self.name, "x-dinet-tier": self.profile.tier, "x-dinet-model": self.model}
@@ -165,7 +246,12 @@ class Server:
                 p = body.get("prompt", "")
                 prompt = " ".join(map(str, p)) if isinstance(p, list) else str(p)
             n_prompt, n_max = count_tokens(prompt), int(body.get("max_tokens", body.get("max_completion_tokens", 16)))
-            tokens = self.engine.generate(n_prompt, n_max)
+            if self.role == "decode":
+                raise ConfigError("a decode instance takes requests from prefill instances only (/dinet/v1/kv)")
+            if n_prompt + n_max > self.profile.kv_tokens:
+                raise ConfigError(f"{n_prompt} + {n_max} tokens exceed the KV cache ({self.profile.kv_tokens} tokens)")
+            info: dict[str, Any] = {}
+            tokens = self._tokens(n_prompt, n_max, info)
         except ConfigError as e:
             return self._error(400, str(e))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -210,6 +296,7 @@ class Server:
                 "model": self.model,
                 "choices": [last],
                 "usage": usage(n),
+                **({"dinet": info} if info else {}),
             }
             await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
             return resp
@@ -223,7 +310,15 @@ class Server:
             else {"index": 0, "text": text, "finish_reason": "length"}
         )
         return web.json_response(
-            {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice], "usage": usage(n)},
+            {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": self.model,
+                "choices": [choice],
+                "usage": usage(n),
+                **({"dinet": info} if info else {}),
+            },
             headers=self._headers(),
         )
 
@@ -235,12 +330,14 @@ def profile_of(name: str) -> Profile:
         raise ConfigError(f"no profile {name!r}; profiles: {', '.join(sorted(PROFILES))}") from None
 
 
-def run(listen: str, profile: str, name: str, model: str | None = None) -> None:
+def run(
+    listen: str, profile: str, name: str, model: str | None = None, role: str = "both", decode_url: str = ""
+) -> None:
     """Serves until SIGINT/SIGTERM; prints `ready` once it listens."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
-    server = Server(profile_of(profile), name, model)
+    server = Server(profile_of(profile), name, model, role, decode_url)
 
     async def main() -> None:
         runner = web.AppRunner(server.app, access_log=None)
