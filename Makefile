@@ -1,11 +1,14 @@
 # dinet: every target installs what it needs first (scripts/install.sh is idempotent: seconds when done).
 PY := .venv/bin/python
-.PHONY: install demo test bench p4 clean
+.PHONY: install demo demo-steering test bench p4 clean
 
 install:
 	bash scripts/install.sh
 
 demo: install
+	$(PY) topo/inference_demo.py
+
+demo-steering: install
 	$(PY) topo/steer_demo.py
 
 test: install

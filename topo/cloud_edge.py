@@ -61,7 +61,11 @@ class CloudEdge:
         tcp_port: int = 80,
         udp_port: int = 53,
         target: str = "xdp",
+        serve_profiles: dict[int, str] | None = None,
     ):
+        """serve_profiles: site -> a `dinet serve` profile: every instance runs an OpenAI-compatible model
+        server on tcp_port instead of the plain HTTP/UDP instance server."""
+        self.serve_profiles = serve_profiles
         self.topo = Topology(prefix)
         self.prefix = prefix
         self.sites = sites
@@ -201,6 +205,20 @@ class CloudEdge:
             d.attach("eth0", t.ns(h.name))
 
     def _start_servers(self) -> None:
+        if self.serve_profiles is not None:
+            for h in self.hosts:
+                cmd = [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"[::]:{self.tcp_port}"]
+                cmd += ["--profile", self.serve_profiles[h.site], "--name", h.name]
+                self.servers.append(
+                    subprocess.Popen(
+                        ["ip", "netns", "exec", self.topo.ns(h.name), *cmd], stdout=subprocess.PIPE, text=True
+                    )
+                )
+            for h, p in zip(self.hosts, self.servers, strict=False):
+                line = p.stdout.readline() if p.stdout else ""
+                if not line.startswith("ready"):
+                    raise RuntimeError(f"dinet serve on {h.name} did not start: {line!r}")
+            return
         for h in self.hosts:
             p = subprocess.Popen(
                 [

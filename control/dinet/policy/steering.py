@@ -32,7 +32,8 @@ def plan_instances(
         raise ConfigError(f"duplicate instance ids for {svc}: {sorted(ids)}")
     if len(wanted) > max_instances:
         raise TableFullError(f"{svc} has {len(wanted)} instances; the node holds at most {max_instances} per service")
-    if wanted and all(i.weight == 0 for i in wanted):
+    if any(i.state == InstanceState.UP for i in wanted) and not any(i.usable for i in wanted):
+        # instances up but none with a weight: a mistake (all down or draining is a state, not a mistake)
         raise ConfigError(f"all weights of {svc} are zero: give at least one instance a weight, or drain the instances")
     slot_of = {inst.instance_id: slot for slot, inst in current.items()}
     free = (s for s in range(max_instances) if s not in current)

@@ -24,7 +24,7 @@ import grpc
 
 from .. import proto
 from ..creds import Identity, listen, peer_identity, same_token
-from ..errors import ConfigError
+from ..errors import ConfigError, DinetError
 from ..model import ServiceKey
 from ..policy.scores import Level0
 
@@ -142,7 +142,11 @@ class Collector:
             self._expired.discard(ref)
             self.accepted += 1
         if self.on_report:
-            self.on_report(ref, m)
+            try:
+                self.on_report(ref, m)
+            except DinetError as e:  # the report is taken; its decision could not be installed
+                self.rejected["decision"] += 1
+                log.error("report for %s/%d taken, but its decision failed: %s", ref[0], ref[1], e)
         return None
 
     def expire(self) -> list[InstanceRef]:

@@ -342,7 +342,9 @@ def run(
     async def main() -> None:
         runner = web.AppRunner(server.app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port))
+        bind = host.strip("[]")
+        # "::" or nothing: every address of both families (asyncio makes a "::" socket IPv6-only)
+        site = web.TCPSite(runner, None if bind in ("", "::") else bind, int(port))
         try:
             await site.start()
         except OSError as e:

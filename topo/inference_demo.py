@@ -1,0 +1,193 @@
+"""The main demo: computing-aware steering of an inference service on XDP in network namespaces.
+
+The cloud-edge scenario with `dinet serve` model servers on every instance (edge: a small GPU, regional and
+cloud: larger ones), a metric agent per instance scraping its vLLM-style /metrics into the collector, the
+controller deciding weights from those metrics and the sites' delays, and `dinet load` as the client:
+  1. delay-sensitive requests go to the nearest site (edge);
+  2. long streams open on the edge instances;
+  3. a burst of work fills the edge engines' KV caches: their agents report it, the controller takes the
+     edge out of new flows; new requests go to the next nearest site while the edge's open streams go on
+     and finish, every token delivered;
+  4. prints per instance the requests each phase got, and the streams' outcome.
+Everything it creates is removed at the end, also on Ctrl-C or error.
+
+    sudo make demo          (or: sudo .venv/bin/python topo/inference_demo.py [--target bmv2] [--json FILE])
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dinet.policy.decide import TrafficClass  # noqa: E402
+from dinet.services.collect import Agent, Collector, CollectorServer  # noqa: E402
+from dinet.services.controller import Controller, ServiceIntent, SitePath  # noqa: E402
+from dinet.targets import netns  # noqa: E402
+from dinet.workload.load import LoadSpec, Record, run_load  # noqa: E402
+from dinet.workload.metrics_agent import MetricsAgent  # noqa: E402
+from topo.cloud_edge import VIP4, CloudEdge  # noqa: E402
+
+PROFILES = {1: "tiny-test", 2: "llama3-8b-a100", 3: "llama3-8b-a100"}  # edge: a small GPU, easy to fill
+DELAY_MS = {1: 2.0, 2: 10.0, 3: 30.0}
+
+
+def load_in(ns: str, spec: LoadSpec) -> list[Record]:
+    """`dinet load` from the client's namespace (its sockets are made there)."""
+    with netns.entered(ns):
+        return asyncio.run(run_load(spec, progress=False))
+
+
+class Scrapers:
+    """A metric agent per instance, scraping its /metrics from inside the instance's namespace every 0.2 s
+    and reporting to the collector on this host."""
+
+    def __init__(self, ce: CloudEdge, svc: str, collector: str):
+        self.stop = threading.Event()
+        self.threads = []
+        for h in ce.hosts:
+            agent = Agent(collector, f"token-{h.name}")
+            ma = MetricsAgent(f"http://127.0.0.1:{ce.tcp_port}/metrics", svc, h.instance_id, agent, 0.2)
+
+            def run(ma: MetricsAgent = ma, ns: str = ce.topo.ns(h.name), agent: Agent = agent) -> None:
+                while not self.stop.is_set():
+                    with netns.entered(ns):
+                        ma.once()
+                    self.stop.wait(ma.interval)
+                agent.close()
+
+            self.threads.append(threading.Thread(target=run, daemon=True))
+        for t in self.threads:
+            t.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", choices=["xdp", "bmv2"], default="xdp")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("demo: run as root (namespaces and XDP need it)", file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    prefix = f"di{os.getpid() % 10000}"
+    print(f"building the cloud-edge topology with dinet serve instances (namespaces {prefix}*) ...", flush=True)
+    results: dict[str, object] = {}
+    with CloudEdge(prefix, target=a.target, serve_profiles=PROFILES) as ce:
+        ce.install()
+        svc = ce.services()["web4"]
+        hosts = {h.instance_id: h for h in ce.hosts}
+        intent = [ServiceIntent(svc, TrafficClass.DELAY_SENSITIVE, tuple(h.instance() for h in ce.hosts))]
+        ctl = Controller(ce.steer, intent, {site: SitePath(d) for site, d in DELAY_MS.items()})
+        ctl.start()
+        tokens = {f"token-{h.name}": (h.name, {(svc, h.instance_id)}) for h in ce.hosts}
+        col = Collector.with_tokens(tokens, timeout=3.0)
+        ctl.attach(col)
+        with CollectorServer(col, insecure=True) as srv:  # the agents are in-process threads on this host
+            scrapers = Scrapers(ce, str(svc), srv.address)
+            try:
+                time.sleep(0.6)  # the first reports (a rate needs two scrapes)
+                url = f"http://{VIP4}:{ce.tcp_port}"
+                print(
+                    f"ready in {time.monotonic() - t0:.1f}s: {svc} on {len(ce.hosts)} dinet serve instances; "
+                    f"sites at {DELAY_MS} ms; weights {weight_view(ctl, svc, hosts)}"
+                )
+                quick = LoadSpec(
+                    url,
+                    duration=2.0,
+                    schedule=[(0.0, 10.0)],
+                    prompt_tokens=(32, 64),
+                    max_tokens=(8, 16),
+                    sensitive_share=1.0,
+                    seed=1,
+                )
+                p1 = load_in(ce.client_ns, quick)
+                # long streams open on the edge, then a burst fills the edge's KV caches
+                streams: list[Record] = []
+                long = LoadSpec(
+                    url,
+                    duration=0.5,
+                    schedule=[(0.0, 20.0)],
+                    prompt_tokens=(50, 50),
+                    max_tokens=(300, 300),
+                    sensitive_share=1.0,
+                    seed=2,
+                )
+                th = threading.Thread(target=lambda: streams.extend(load_in(ce.client_ns, long)))
+                th.start()
+                time.sleep(0.8)  # the streams are open and streaming before the burst
+                burst = LoadSpec(
+                    url,
+                    duration=0.5,
+                    schedule=[(0.0, 30.0)],
+                    prompt_tokens=(200, 200),
+                    max_tokens=(300, 300),
+                    sensitive_share=1.0,
+                    seed=3,
+                )
+                burst_recs: list[Record] = []
+                tb = threading.Thread(target=lambda: burst_recs.extend(load_in(ce.client_ns, burst)))
+                tb.start()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and any(i.weight > 0 for i in ctl.installed[svc] if i.site_id == 1):
+                    time.sleep(0.1)
+                overloaded_at = time.monotonic()
+                print(f"edge overloaded: weights {weight_view(ctl, svc, hosts)}")
+                p2 = load_in(ce.client_ns, quick)
+                th.join()
+                tb.join()
+            finally:
+                scrapers.close()
+        by = lambda recs: Counter(r.instance for r in recs if r.status == "ok")  # noqa: E731
+        c1, c2, cs = by(p1), by(p2), by(streams)
+        print("\nrequests answered per instance")
+        print(f"  {'instance':<10}{'site':>5}{'before':>8}{'streams':>9}{'after overload':>16}")
+        for h in ce.hosts:
+            print(f"  {h.name:<10}{h.site:>5}{c1[h.name]:>8}{cs[h.name]:>9}{c2[h.name]:>16}")
+        edge = {h.name for h in ce.hosts if h.site == 1}
+        finished = [r for r in streams if r.status == "ok" and r.completion_tokens == 300]
+        print(
+            f"\nstreams open on the edge when it was overloaded: {len(streams)}; finished with all 300 tokens: "
+            f"{len(finished)}"
+        )
+        print(f"new requests on the edge after the overload: {sum(c2[n] for n in edge)} of {sum(c2.values())} (want 0)")
+        results.update(
+            before=dict(c1),
+            streams=dict(cs),
+            after=dict(c2),
+            streams_total=len(streams),
+            streams_finished=len(finished),
+            edge_after=sum(c2[n] for n in edge),
+            reaction_s=round(overloaded_at - t0, 2),
+        )
+    print(f"\ncleaned up; demo took {time.monotonic() - t0:.1f}s")
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2))
+    ok = (
+        sum(c1[n] for n in edge) == sum(c1.values()) > 0
+        and len(finished) == len(streams) > 0
+        and results["edge_after"] == 0
+        and sum(c2.values()) > 0
+    )
+    return 0 if ok else 1
+
+
+def weight_view(ctl: Controller, svc: object, hosts: dict) -> dict[str, int]:  # type: ignore[type-arg]
+    return {hosts[i.instance_id].name: i.weight for i in ctl.installed[svc]}  # type: ignore[index]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
