@@ -19,6 +19,8 @@ bench: install
 	$(PY) bench/bier.py --quick
 	$(PY) bench/p4rt_writes.py --quick
 	$(PY) bench/reaction.py --quick
+	$(PY) bench/bier_failover.py --quick
+	$(PY) bench/serve.py --quick
 
 p4: install
 	$(PY) -m dinet.cli p4 compile

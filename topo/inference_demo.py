@@ -129,10 +129,10 @@ def main() -> int:
                 th = threading.Thread(target=lambda: streams.extend(load_in(ce.client_ns, long)))
                 th.start()
                 time.sleep(0.8)  # the streams are open and streaming before the burst
-                burst = LoadSpec(
+                burst = LoadSpec(  # enough queued work to keep the edge full for many seconds
                     url,
-                    duration=0.5,
-                    schedule=[(0.0, 30.0)],
+                    duration=1.0,
+                    schedule=[(0.0, 40.0)],
                     prompt_tokens=(200, 200),
                     max_tokens=(300, 300),
                     sensitive_share=1.0,
@@ -147,8 +147,7 @@ def main() -> int:
                 overloaded_at = time.monotonic()
                 print(f"edge overloaded: weights {weight_view(ctl, svc, hosts)}")
                 p2 = load_in(ce.client_ns, quick)
-                th.join()
-                tb.join()
+                th.join()  # the streams end on their own; the burst is cut short by the teardown
             finally:
                 scrapers.close()
         by = lambda recs: Counter(r.instance for r in recs if r.status == "ok")  # noqa: E731
@@ -173,6 +172,7 @@ def main() -> int:
             edge_after=sum(c2[n] for n in edge),
             reaction_s=round(overloaded_at - t0, 2),
         )
+    tb.join()  # its servers are gone: what is left of the burst fails at once
     print(f"\ncleaned up; demo took {time.monotonic() - t0:.1f}s")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
