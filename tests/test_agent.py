@@ -21,20 +21,20 @@ SVC = ServiceKey.parse("10.98.0.1:443/tcp")
 
 
 @pytest.fixture
-def agent(certs, tmp_path) -> Iterator[tuple[str, str]]:
+def agent(certs, tmp_path) -> Iterator[tuple[str, str, str]]:
     """`dinet agent` over mutual TLS (identity `agent`, driven by `controller`), with a token file as its
     second factor."""
-    node, port = f"agenttest{RUN_ID}", free_port()
+    node, port, prom = f"agenttest{RUN_ID}", free_port(), free_port()
     token = tmp_path / "token"
     token.write_text("ctl-secret\n")
     try:
         with dinet_process(
             "agent",
             *("--node", node, "--listen", f"127.0.0.1:{port}", "--certs", str(certs.dir), "--identity", "agent"),
-            *("--controller", "controller", "--token-file", str(token)),
+            *("--controller", "controller", "--token-file", str(token), "--prometheus", f"127.0.0.1:{prom}"),
             ready="dinet agent: node",
         ):
-            yield node, f"127.0.0.1:{port}"
+            yield node, f"127.0.0.1:{port}", f"http://127.0.0.1:{prom}/metrics"
     finally:
         forget_node(node)
 
@@ -48,7 +48,7 @@ def remote_node(certs, address: str, name: str, token: str = "ctl-secret"):  # t
 def test_controller_drives_a_node_agent(agent, certs) -> None:
     from dinet.targets.xdp import SteeringNode
 
-    node, address = agent
+    node, address, _ = agent
     subprocess.run(
         [
             sys.executable,
@@ -98,6 +98,10 @@ def test_controller_drives_a_node_agent(agent, certs) -> None:
             remote.set_weight(SVC, 9, 1)
         with pytest.raises(DataPlaneError, match="UNAUTHENTICATED"):
             remote_node(certs, address, node, token="wrong").service(SVC)
+        import urllib.request
+
+        text = urllib.request.urlopen(agent[2], timeout=5).read().decode()  # its refusals, for Prometheus
+        assert 'dinet_agent_refused_total{reason="token"} 1.0' in text and "dinet_insecure 0.0" in text
         remote.close()
     finally:
         subprocess.run(
@@ -111,7 +115,7 @@ def test_bier_entries_through_the_agent(agent, certs) -> None:
     from dinet.targets.base import BfirEntry, BiftEntry, BiftPort
     from dinet.targets.tc import BierNode
 
-    node, address = agent
+    node, address, _ = agent
     remote = remote_node(certs, address, node)
     remote.set_bift(BiftEntry(bift_id(1, 0), 1 << 2, (BiftPort("lo", "02:00:00:00:00:02", 0b11),)))
     bfir = BfirEntry("10.200.0.1", 7, 1, ((bift_id(1, 0), 0b111),), udp_port=9000)

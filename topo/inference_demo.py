@@ -55,7 +55,9 @@ class Scrapers:
         self.threads = []
         for h in ce.hosts:
             agent = Agent(collector, f"token-{h.name}")
-            ma = MetricsAgent(f"http://127.0.0.1:{ce.tcp_port}/metrics", svc, h.instance_id, agent, 0.2)
+            # every instance shares this machine: the host's CPU would make them all look alike, so the
+            # agents report the engines' own figures (queue, KV cache, tokens)
+            ma = MetricsAgent(f"http://127.0.0.1:{ce.tcp_port}/metrics", svc, h.instance_id, agent, 0.2, host_cpu=False)
 
             def run(ma: MetricsAgent = ma, ns: str = ce.topo.ns(h.name), agent: Agent = agent) -> None:
                 while not self.stop.is_set():
@@ -129,25 +131,34 @@ def main() -> int:
                 th = threading.Thread(target=lambda: streams.extend(load_in(ce.client_ns, long)))
                 th.start()
                 time.sleep(0.8)  # the streams are open and streaming before the burst
-                burst = LoadSpec(  # enough queued work to keep the edge full for many seconds
-                    url,
+                # a load step at the edge site: its local users fill both edge engines (sent inside each edge
+                # host, so none of it is steered away), enough queued work to keep them full for many seconds
+                burst = LoadSpec(
+                    f"http://127.0.0.1:{ce.tcp_port}",
                     duration=1.0,
-                    schedule=[(0.0, 40.0)],
+                    schedule=[(0.0, 40.0)],  # ~40 each: a queue of more than 32 is overload by itself
                     prompt_tokens=(200, 200),
                     max_tokens=(300, 300),
                     sensitive_share=1.0,
                     seed=3,
                 )
                 burst_recs: list[Record] = []
-                tb = threading.Thread(target=lambda: burst_recs.extend(load_in(ce.client_ns, burst)))
-                tb.start()
+                bursts = [
+                    threading.Thread(
+                        target=lambda ns: burst_recs.extend(load_in(ns, burst)), args=(ce.topo.ns(h.name),)
+                    )
+                    for h in ce.hosts
+                    if h.site == 1
+                ]
+                for tb in bursts:
+                    tb.start()
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and any(i.weight > 0 for i in ctl.installed[svc] if i.site_id == 1):
                     time.sleep(0.1)
                 overloaded_at = time.monotonic()
                 print(f"edge overloaded: weights {weight_view(ctl, svc, hosts)}")
                 p2 = load_in(ce.client_ns, quick)
-                th.join()  # the streams end on their own; the burst is cut short by the teardown
+                th.join()  # the streams end on their own; the bursts are cut short by the teardown
             finally:
                 scrapers.close()
         by = lambda recs: Counter(r.instance for r in recs if r.status == "ok")  # noqa: E731
@@ -172,7 +183,8 @@ def main() -> int:
             edge_after=sum(c2[n] for n in edge),
             reaction_s=round(overloaded_at - t0, 2),
         )
-    tb.join()  # its servers are gone: what is left of the burst fails at once
+    for tb in bursts:
+        tb.join()  # its servers are gone: what is left of the burst fails at once
     print(f"\ncleaned up; demo took {time.monotonic() - t0:.1f}s")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))

@@ -395,7 +395,7 @@ def cmd_agent(a: argparse.Namespace) -> None:
     if identity is None and not a.insecure:
         raise ConfigError("the node agent has no credentials: --certs DIR (see `dinet certs`), or --insecure")
     controllers = frozenset(x.strip() for x in a.controller.split(",") if x.strip())
-    serve_forever(a.node, a.listen, read_token(a.token_file), stop, identity, controllers, a.insecure)
+    serve_forever(a.node, a.listen, read_token(a.token_file), stop, identity, controllers, a.insecure, a.prometheus)
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
@@ -653,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", default="controller", help="identities allowed to drive this agent, comma-separated")
     p.add_argument("--token-file", help="a second factor the controller must present (default: $DINET_TOKEN, if set)")
     p.add_argument("--insecure", action="store_true", help="serve without TLS (a warning; tests and labs only)")
+    p.add_argument("--prometheus", help="HOST:PORT: serve the agent's refusals by reason for Prometheus")
     p = sub.add_parser("serve", help="an OpenAI-compatible model server with a serving engine's timing")
     p.add_argument("--listen", default="127.0.0.1:8000")
     p.add_argument("--profile", default="llama3-8b-a100", help="model/GPU profile (see dinet.workload.engine)")

@@ -184,8 +184,10 @@ def serve_forever(
     identity: Identity | None = None,
     controllers: frozenset[str] = frozenset({"controller"}),
     insecure: bool = False,
+    prometheus: str | None = None,
 ) -> None:
-    """`dinet agent`: serves the node's programs until stopped (SIGINT/SIGTERM in the CLI)."""
+    """`dinet agent`: serves the node's programs until stopped (SIGINT/SIGTERM in the CLI); with
+    `prometheus` (HOST:PORT), its refusals by reason and whether it runs without TLS."""
     from ..targets.tc import BierNode, TcBierTarget
     from ..targets.xdp import SteeringNode
 
@@ -194,9 +196,36 @@ def serve_forever(
     try:
         service = AgentService(steer, lambda: TcBierTarget(BierNode(node)), token, controllers)
         with AgentServer(service, listen, identity, insecure) as srv:
+            http = None
+            if prometheus:
+                http = _serve_metrics(service, prometheus, srv.insecure)
             print(f"dinet agent: node {node} on {srv.address}", flush=True)
             stop.wait()
+            if http:
+                http[0].shutdown()
     finally:
         steer.close()
         if service.bier is not None:
             service.bier.close()
+
+
+def _serve_metrics(service: AgentService, listen: str, insecure: bool) -> Any:
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector as PromCollector
+
+    class AgentMetrics(PromCollector):
+        def collect(self) -> Any:
+            refused = CounterMetricFamily("dinet_agent_refused", "Calls the node agent refused", labels=["reason"])
+            for reason, n in sorted(service.refused.items()):
+                refused.add_metric([reason], n)
+            yield refused
+            yield GaugeMetricFamily("dinet_insecure", "1 if the agent runs without TLS", value=int(insecure))
+
+    reg = CollectorRegistry()
+    reg.register(AgentMetrics())
+    host, _, port = listen.rpartition(":")
+    try:
+        return start_http_server(int(port), addr=host or "127.0.0.1", registry=reg)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot serve Prometheus on {listen}: {e}") from None

@@ -141,6 +141,7 @@ class MetricsAgent:
     instance_id: int
     agent: object
     interval: float = 1.0
+    host_cpu: bool = True  # False where instances share one host (emulation): its CPU says nothing of one
     mapper: Mapper = field(default_factory=Mapper)
     reports: int = 0
     failures: int = 0
@@ -148,7 +149,7 @@ class MetricsAgent:
     def once(self) -> Level0:
         cpu = 0.0
         now_cpu = cpu_times()
-        if self.mapper.cpu_prev is not None:
+        if self.host_cpu and self.mapper.cpu_prev is not None:
             busy, total = now_cpu[0] - self.mapper.cpu_prev[0], now_cpu[1] - self.mapper.cpu_prev[1]
             cpu = busy / total if total > 0 else 0.0
         self.mapper.cpu_prev = now_cpu
