@@ -11,15 +11,16 @@ BFIR's bitstring is the same before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import host, need_root, write  # noqa: E402
 
 from topo.bier_domain import BierDomain, diamond
 
@@ -31,12 +32,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 runs per watch interval (well under a minute)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bier_failover.json")
     a = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench: run as root", file=sys.stderr)
+    if not need_root():
         return 1
     runs = 3 if a.quick else 10
     rng = random.Random(8279)
-    res: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count()}, "rate_pps": 1000, "by_interval": {}}
+    res: dict = {"host": host(), "rate_pps": 1000, "by_interval": {}}
     for interval in (0.05, 0.5):
         rows = []
         for k in range(runs):
@@ -74,9 +74,7 @@ def main() -> int:
     res["recompute_ms"], res["first_packet_ms"] = best["recompute_ms"], best["first_packet_ms"]
     if BPFFS.exists():
         BPFFS.rmdir()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {a.out}")
+    write(res, a.out)
     return 0
 
 

@@ -11,14 +11,15 @@ ReadRequest. The switch runs in a namespace of its own with no port traffic.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import host, write  # noqa: E402
 
 from dinet.targets.base import SteerSizes
 from dinet.targets.bmv2 import Bmv2Switch, compile_p4, missing_tools
@@ -49,7 +50,7 @@ def main() -> int:
     n_single, n_batch = (2_000, 20_000) if a.quick else (10_000, 60_000)
     pipe = compile_p4(SteerSizes().defines())
     topo = Topology(f"bp{os.getpid() % 10000}")
-    res: dict = {"host": {"kernel": platform.release(), "cpus": os.cpu_count()}}
+    res: dict = {"host": host()}
     try:
         topo.add_ns("sw")
         with Bmv2Switch("bench", {}, topo.ns("sw")) as sw, P4RuntimeSwitch(sw.address, name="bench") as p4rt:
@@ -75,9 +76,7 @@ def main() -> int:
     print(f"  inserts/s, one per WriteRequest   {res['inserts_per_s_single']:>10,.0f}")
     print(f"  inserts/s, batches of 512         {res['inserts_per_s_batched']:>10,.0f}")
     print(f"  entries/s read back               {res['reads_per_s']:>10,.0f}")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {a.out}")
+    write(res, a.out)
     return 0
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -22,6 +20,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import host, write  # noqa: E402
 
 from dinet.workload.load import LoadSpec, run_load
 
@@ -105,7 +106,7 @@ def main() -> int:
     within = [r for r in rows if r["overhead_ms"] <= 5 and r["ok"] == r["sent"]]
     best = max(within, key=lambda r: r["requests_per_s"]) if within else None
     res = {
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count()},
+        "host": host(),
         "profile": "bench-fast",
         "output_tokens": out_tokens,
         "rows": rows,
@@ -117,9 +118,7 @@ def main() -> int:
         f"one core: dinet serve keeps TTFT within 5 ms of its engine up to {res['max_requests_per_s_within_5ms']} "
         f"req/s ({res['max_tokens_per_s_within_5ms']} tok/s); dinet load sent up to {res['load_max_sent_per_s']:.0f}/s"
     )
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {a.out}")
+    write(res, a.out)
     return 0
 
 

@@ -1,0 +1,31 @@
+"""What every benchmark shares: the host it ran on, a root check, and writing its JSON beside a line saying
+where. (bench/ is not a package: each script puts the source tree on sys.path and imports this.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def host() -> dict[str, Any]:
+    return {"kernel": platform.release(), "cpus": os.cpu_count()}
+
+
+def need_root() -> bool:
+    """False (and a line on stderr) when not root: the benchmark needs namespaces, XDP or BPF."""
+    if os.geteuid() != 0:
+        print("bench: run as root", file=sys.stderr)
+        return False
+    return True
+
+
+def write(res: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
