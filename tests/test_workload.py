@@ -14,7 +14,6 @@ import pytest
 from conftest import dinet_process, free_port
 from dinet.model import Instance, ServiceKey
 from dinet.policy.decide import TrafficClass
-from dinet.policy.scores import Level0
 from dinet.workload.engine import PROFILES
 from dinet.workload.load import LoadSpec, Slo, azure_trace, poisson, run_load, summary
 from dinet.workload.metrics_agent import Mapper, MetricsAgent, parse
@@ -109,8 +108,13 @@ def test_the_queue_and_kv_gauges_follow_a_burst(server: str) -> None:
                 progress=False,
             )
         )
-        await asyncio.sleep(0.5)
-        snap = await asyncio.to_thread(metrics, server)
+        # wait for the condition (the burst has filled the engine), not for a time
+        snap: dict[str, float] = {}
+        for _ in range(200):
+            snap = await asyncio.to_thread(metrics, server)
+            if snap["vllm:num_requests_running"] == 3 and snap["vllm:num_requests_waiting"] >= 1:
+                break
+            await asyncio.sleep(0.02)
         await task
         return snap
 
@@ -222,7 +226,6 @@ def test_a_dead_endpoint_takes_its_instance_out_through_collector_and_controller
         assert target.installed(svc)[2][1] == "down" and target.installed(svc)[1][1] == "up"
         a1.close()
         a2.close()
-    assert Level0().healthy
 
 
 def test_prefill_hands_the_kv_cache_to_a_decode_instance() -> None:

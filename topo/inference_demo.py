@@ -101,7 +101,7 @@ def main() -> int:
         with CollectorServer(col, insecure=True) as srv:  # the agents are in-process threads on this host
             scrapers = Scrapers(ce, str(svc), srv.address)
             try:
-                time.sleep(0.6)  # the first reports (a rate needs two scrapes)
+                wait_for(lambda: len(ctl.metrics) == len(ce.hosts), "every instance's first report")
                 url = f"http://{VIP4}:{ce.tcp_port}"
                 print(
                     f"ready in {time.monotonic() - t0:.1f}s: {svc} on {len(ce.hosts)} dinet serve instances; "
@@ -130,7 +130,11 @@ def main() -> int:
                 )
                 th = threading.Thread(target=lambda: streams.extend(load_in(ce.client_ns, long)))
                 th.start()
-                time.sleep(0.8)  # the streams are open and streaming before the burst
+                edge_ids = [(svc, h.instance_id) for h in ce.hosts if h.site == 1]
+                wait_for(  # the streams are open and streaming on the edge (its agents say so) before the burst
+                    lambda: sum(ctl.metrics[r].active_sessions for r in edge_ids) >= len(long.arrivals()),
+                    "the streams running on the edge",
+                )
                 # a load step at the edge site: its local users fill both edge engines (sent inside each edge
                 # host, so none of it is steered away), enough queued work to keep them full for many seconds
                 burst = LoadSpec(
@@ -152,9 +156,9 @@ def main() -> int:
                 ]
                 for tb in bursts:
                     tb.start()
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and any(i.weight > 0 for i in ctl.installed[svc] if i.site_id == 1):
-                    time.sleep(0.1)
+                wait_for(
+                    lambda: all(i.weight == 0 for i in ctl.installed[svc] if i.site_id == 1), "edge overload decided"
+                )
                 overloaded_at = time.monotonic()
                 print(f"edge overloaded: weights {weight_view(ctl, svc, hosts)}")
                 p2 = load_in(ce.client_ns, quick)
@@ -197,9 +201,22 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def wait_for(cond: object, what: str, seconds: float = 10.0) -> None:
+    """Returns once cond() holds (checked every 20 ms); a demo that cannot get there says what it waited for."""
+    deadline = time.monotonic() + seconds
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"demo: no {what} within {seconds:.0f} s")
+        time.sleep(0.02)
+
+
 def weight_view(ctl: Controller, svc: object, hosts: dict) -> dict[str, int]:  # type: ignore[type-arg]
     return {hosts[i.instance_id].name: i.weight for i in ctl.installed[svc]}  # type: ignore[index]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as e:  # a condition the demo waited for did not come (said in one line)
+        print(e, file=sys.stderr)
+        sys.exit(1)

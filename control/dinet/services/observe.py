@@ -30,8 +30,7 @@ class DinetMetrics(PromCollector):
         up = GaugeMetricFamily("dinet_instance_up", "1 if the instance takes new flows", labels=labels)
         pkts = CounterMetricFamily("dinet_instance_packets", "Packets steered to the instance", labels=labels)
         flows = CounterMetricFamily("dinet_instance_new_flows", "Flows placed on the instance", labels=labels)
-        dec: list[float] = []
-        writes = 0
+        count, seconds, writes = 0, 0.0, 0
         for n, c in enumerate(self.controllers):
             for row in c.status():
                 values = [str(n), row["service"], str(row["instance"])]
@@ -39,14 +38,15 @@ class DinetMetrics(PromCollector):
                 up.add_metric(values, 1 if row["state"] == "up" and row["weight"] > 0 else 0)
                 pkts.add_metric(values, row["packets"])
                 flows.add_metric(values, row["new_flows"])
-            dec += c.decisions
+            count += c.decisions
+            seconds += c.decision_seconds
             writes += c.writes
         yield from (weight, up, pkts, flows)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",
-            count_value=len(dec),
-            sum_value=sum(dec),
+            count_value=count,
+            sum_value=seconds,
         )
         yield CounterMetricFamily("dinet_datapath_writes", "Writes of instance sets to the data plane", value=writes)
         yield GaugeMetricFamily(

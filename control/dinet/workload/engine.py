@@ -155,7 +155,6 @@ class Stats:
     kv_used: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
-    finished: int = 0
 
 
 class Engine:
@@ -252,7 +251,6 @@ class Engine:
         for s in done:
             self.running.remove(s)
             self.stats.kv_used -= s.kv_need
-            self.stats.finished += 1
             s.queue.put_nowait(None)
             for obs in self.observers:
                 obs(s)  # type: ignore[operator]

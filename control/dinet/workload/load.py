@@ -143,7 +143,7 @@ class LoadSpec:
         return out
 
 
-async def _one(session: Any, spec: LoadSpec, a: Arrival, t0: float) -> Record:
+async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
     import aiohttp
 
     body: dict[str, Any] = {
@@ -212,7 +212,7 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
             delay = t0 + a.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            records.append(await _one(session, spec, a, t0))
+            records.append(await _one(session, spec, a))
             bar.update(1)
 
         tasks = [asyncio.create_task(fire(a)) for a in arrivals]

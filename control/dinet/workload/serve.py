@@ -257,7 +257,17 @@ class Server:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         obj = "chat.completion" if chat else "text_completion"
         created = int(time.time())
-        usage = lambda n: {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}  # noqa: E731
+
+        def envelope(choice: dict[str, Any], obj: str, n: int | None = None) -> dict[str, Any]:
+            """An OpenAI response or stream chunk around one choice; with n: the usage (and dinet's notes)."""
+            out = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice]}
+            if n is not None:
+                out["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
+                if info:
+                    out["dinet"] = info
+            return out
+
+        chunk_obj = obj + (".chunk" if chat else "")
         if body.get("stream"):
             resp = web.StreamResponse(
                 headers={**self._headers(), "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -276,28 +286,13 @@ class Server:
                     else {"index": 0, "text": word, "finish_reason": None}
                 )
                 n += 1
-                chunk = {
-                    "id": rid,
-                    "object": obj + (".chunk" if chat else ""),
-                    "created": created,
-                    "model": self.model,
-                    "choices": [choice],
-                }
-                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                await resp.write(f"data: {json.dumps(envelope(choice, chunk_obj))}\n\n".encode())
             last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
             if chat:
                 last["delta"] = {}
             else:
                 last["text"] = ""
-            end = {
-                "id": rid,
-                "object": obj + (".chunk" if chat else ""),
-                "created": created,
-                "model": self.model,
-                "choices": [last],
-                "usage": usage(n),
-                **({"dinet": info} if info else {}),
-            }
+            end = envelope(last, chunk_obj, n)
             await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
             return resp
         n = 0
@@ -310,15 +305,7 @@ class Server:
             else {"index": 0, "text": text, "finish_reason": "length"}
         )
         return web.json_response(
-            {
-                "id": rid,
-                "object": obj,
-                "created": created,
-                "model": self.model,
-                "choices": [choice],
-                "usage": usage(n),
-                **({"dinet": info} if info else {}),
-            },
+            envelope(choice, obj, n),
             headers=self._headers(),
         )
 
