@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent install of everything dinet needs on Debian 12/13 or Ubuntu, as root:
-# Debian packages (bcc, clang, iproute2, Mininet, traffic tools), kernel headers for bcc,
+# Debian packages (bcc, clang, iproute2, Mininet, traffic tools, UFTP), kernel headers for bcc,
 # a mounted bpffs, and a venv (from /usr/bin/python3 with system site-packages, so it sees
 # bcc and Mininet) holding the PyPI dependencies. A second run only checks and takes seconds.
 set -euo pipefail
@@ -10,7 +10,7 @@ stamp="$venv/.dinet-install"
 [ "$(id -u)" = 0 ] || { echo "install: run as root (bcc, XDP and namespaces need it)" >&2; exit 1; }
 
 pkgs=(python3-bpfcc bpfcc-tools clang llvm libbpf-dev bpftool iproute2 iputils-ping tcpdump
-      mininet bridge-utils netsniff-ng iperf3 wrk nftables ethtool make gcc python3-venv python3-dev procps)
+      mininet bridge-utils netsniff-ng iperf3 wrk nftables ethtool make gcc python3-venv python3-dev procps uftp)
 
 missing=()
 for p in "${pkgs[@]}"; do

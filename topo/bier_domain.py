@@ -27,7 +27,7 @@ if __name__ == "__main__":  # run as a script: the source tree's topo/ is import
 
 from dinet.packets import BSL_BITS, bift_id, si_bit
 from dinet.paths import BPFFS_ROOT
-from dinet.policy.bift import BfirEntry, BierIntent, BierTopology, Port
+from dinet.policy.bift import BfirEntry, BierIntent, BierTopology, Port, next_hops
 from dinet.services.bier import BierController
 from dinet.targets import netns
 from dinet.targets.base import SteerSizes
@@ -52,9 +52,10 @@ def diamond() -> BierTopology:
     return t
 
 
-def tree(second_set_from: int | None = None, bsl_bits: int = 64) -> BierTopology:
+def tree(second_set_from: int | None = None, bsl_bits: int = 64, redundant: bool = False) -> BierTopology:
     """Three levels below the BFIR r: m1, m2; n1..n4; eight leaf BFERs e1..e8 (BFR-ids 1..8). With
-    second_set_from=k, leaves e_k..e8 get BFR-ids in the next set (SI 1)."""
+    second_set_from=k, leaves e_k..e8 get BFR-ids in the next set (SI 1). redundant: also the links m1-m2,
+    n1-n2 and n3-n4 (cost 2), so any one failure of a link above the leaves leaves a path."""
     t = BierTopology()
     t.add_node("r", 100)
     for m in (1, 2):
@@ -67,6 +68,9 @@ def tree(second_set_from: int | None = None, bsl_bits: int = 64) -> BierTopology
         bfr = e if second_set_from is None or e < second_set_from else bsl_bits + e
         t.add_node(f"e{e}", bfr)
         t.add_link(f"n{(e + 1) // 2}", f"e{e}")
+    if redundant:
+        for x, y in (("m1", "m2"), ("n1", "n2"), ("n3", "n4")):
+            t.add_link(x, y, cost=2)
     return t
 
 
@@ -82,9 +86,12 @@ class BierDomain:
     sockets: dict[str, socket.socket] = field(default_factory=dict)
     ifname: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, neighbour) -> interface
     target: str = "tc"  # or "bmv2": every BFR a BMv2 switch running p4/dinet.p4, programmed over P4Runtime
+    unicast: bool = False  # tc: also route unicast IPv4 between the BFRs and the source (see route_unicast)
     switches: dict[str, Any] = field(default_factory=dict)  # bmv2: name -> (Bmv2Switch, P4RuntimeSwitch, P4Node)
     port_no: dict[tuple[str, str], int] = field(default_factory=dict)  # bmv2: (node, neighbour) -> port
     _ctl: BierController | None = None
+    _peer: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, neighbour) -> its address
+    _down: set[frozenset[str]] = field(default_factory=set)  # links failed by fail_link
 
     def __post_init__(self) -> None:
         self.net = Topology(self.prefix)
@@ -121,6 +128,8 @@ class BierDomain:
             self._build_bmv2()
         else:
             self._build_tc()
+            if self.unicast:
+                self.route_unicast()
         self.install_bifts()
 
     def _build_tc(self) -> None:
@@ -140,6 +149,41 @@ class BierDomain:
                     s.bind((str(SYNC_ADDR), SYNC_PORT))
                     s.setblocking(False)
                 self.sockets[name] = s
+
+    def router_addr(self, name: str) -> str:
+        """A BFR's unicast address (on its loopback when the domain routes unicast)."""
+        return f"10.60.0.{list(self.topo.bfr_ids).index(name) + 1}"
+
+    def route_unicast(self, down_links: set[frozenset[str]] | None = None) -> None:
+        """Unicast IPv4 across the domain, as the IGP beside BIER gives it (the replies of a reliable multicast,
+        a receiver's status endpoint): every BFR gets a /32 on its loopback and a /30 per link; every node
+        routes every other node's /32, and the source's subnet, through its shortest-path neighbour. Called
+        again with the links that are down, it reconverges (fail_link and restore_link do), as an IGP would."""
+        t = self.net
+        names = list(self.topo.bfr_ids)
+        if not self._peer:
+            for name in names:
+                t.forwarding(name)
+                t.addr(name, "lo", f"{self.router_addr(name)}/32")
+            for i, link in enumerate(self.topo.links):
+                t.addr(link.a, self.ifname[(link.a, link.b)], f"10.61.{i}.1/30")
+                t.addr(link.b, self.ifname[(link.b, link.a)], f"10.61.{i}.2/30")
+                self._peer[(link.a, link.b)], self._peer[(link.b, link.a)] = f"10.61.{i}.2", f"10.61.{i}.1"
+        topo = self.topo
+        for link in sorted(down_links or (), key=sorted):
+            topo = topo.without_link(*sorted(link))
+        for name in names:
+            hops = next_hops(topo, name)
+            for dst in names:
+                if dst == name:
+                    continue
+                prefixes = [f"{self.router_addr(dst)}/32"] + (["10.50.0.0/24"] if dst == self.bfir else [])
+                for prefix in prefixes:
+                    if dst in hops:
+                        nbr = hops[dst]
+                        t.route(name, prefix, self._peer[(name, nbr)], "dev", self.ifname[(name, nbr)])
+                    else:
+                        t.sh(name, "ip", "route", "del", prefix, check=False)
 
     def _build_bmv2(self) -> None:
         """Every BFR a BMv2 switch in its namespace: port 0 toward its host (the source's namespace for the
@@ -213,6 +257,21 @@ class BierDomain:
                 self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", "down")
         else:
             self.net.sh(a, "ip", "link", "set", "dev", self.ifname[(a, b)], "down")
+        self._down.add(frozenset((a, b)))
+        if self._peer:
+            self.route_unicast(self._down)
+
+    def restore_link(self, a: str, b: str) -> None:
+        """Undoes fail_link (the controller sees the link back on its next watch, or on link_up)."""
+        if self.target == "bmv2":
+            x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
+            for end in ("a", "b"):
+                self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", "up")
+        else:
+            self.net.sh(a, "ip", "link", "set", "dev", self.ifname[(a, b)], "up")
+        self._down.discard(frozenset((a, b)))
+        if self._peer:
+            self.route_unicast(self._down)
 
     def remove_link(self, a: str, b: str) -> None:
         """Takes the link down for good; the controller routes around it (only changed entries written)."""

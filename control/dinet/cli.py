@@ -449,6 +449,61 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
         agent.close()
 
 
+def cmd_sync_receiver(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .creds import read_token
+    from .sync.receiver import SyncReceiver, run
+    from .sync.uftp import UftpOptions, uid
+
+    token = read_token(a.token_file)
+    if not token and not a.insecure:
+        raise ConfigError("the sync receiver has no token: --token-file or $DINET_TOKEN, or --insecure")
+    opts = UftpOptions(port=a.port, pub_group=a.group)
+    interfaces = [x.strip() for x in a.interfaces.split(",") if x.strip()]
+    receiver = SyncReceiver(
+        Path(a.store), interfaces, uid(a.bfr_id), token, opts, not a.allow_clear, Path(a.servers) if a.servers else None
+    )
+    run(receiver, a.listen)
+
+
+def cmd_sync(a: argparse.Namespace) -> None:
+    import logging
+    from pathlib import Path
+
+    from .creds import read_token
+    from .services.bier import BierController
+    from .services.intent import load
+    from .services.run import bier_targets, credentials
+    from .sync.job import Cloud, SyncJob
+    from .sync.uftp import UftpOptions
+
+    logging.getLogger("dinet.services.bier").setLevel(logging.ERROR)
+    cfg = load(Path(a.intent))
+    if cfg.bier is None:
+        raise ConfigError(f"{a.intent} has no bier section: model sync needs the BIER domain")
+    names = [x.strip() for x in a.to.split(",") if x.strip()]
+    missing = [n for n in names if n not in cfg.sync_receivers]
+    if missing:
+        raise ConfigError(f"no receiver for {', '.join(missing)} in {a.intent} (bier.receivers)")
+    opts = UftpOptions(
+        port=a.port, pub_group=a.group, rate_mbps=a.rate, cc=a.cc, encrypt=not a.no_encrypt,
+        key=Path(a.key) if a.key else None,
+    )  # fmt: skip
+    remote = any(n["target"] == "agent" for n in cfg.nodes.values())  # TLS only matters toward node agents
+    with bier_targets(cfg, credentials(cfg, a.insecure) if remote else None) as targets:
+        ctl = BierController(cfg.bier, targets)
+        ctl.install()
+        job = SyncJob(
+            ctl, a.bfir, Path(a.file), [Cloud(n, cfg.sync_receivers[n]) for n in names], a.interface,
+            read_token(a.token_file), opts, netns=a.netns, retries=a.retries, progress=not a.quiet,
+        )  # fmt: skip
+        report = job.run()
+    print(json.dumps(report.to_json(), indent=2) if a.json else report.table())
+    if not report.ok:
+        raise SystemExit(1)
+
+
 def cmd_certs_init(a: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -696,6 +751,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="stop after this many reports")
     p.add_argument("--insecure", action="store_true")
     p.set_defaults(fn=cmd_metrics_agent)
+    p = sub.add_parser("sync", help="push a model file to GPU clouds over BIER (UFTP, encrypted, verified)")
+    p.add_argument("file")
+    p.add_argument("--to", required=True, help="the clouds (BFER names of the intent), comma-separated")
+    p.add_argument("--intent", required=True, help="the intent file with the BIER domain and bier.receivers")
+    p.add_argument("--bfir", required=True, help="the BFIR this repository sends through")
+    p.add_argument("--interface", required=True, help="this host's interface toward the BFIR")
+    p.add_argument("--netns", help="the network namespace the repository's interface is in")
+    p.add_argument("--rate", type=float, default=200.0, help="Mbit/s (fixed rate)")
+    p.add_argument("--cc", action="store_true", help="TFMCC congestion control instead of a fixed rate")
+    p.add_argument("--no-encrypt", action="store_true", help="send in clear (receivers refuse it by default)")
+    p.add_argument("--key", help="this sender's EC private key (PEM; default: an ephemeral one per job)")
+    p.add_argument("--port", type=int, default=1044)
+    p.add_argument("--group", default="230.4.4.1", help="UFTP's announce group (the receivers' -M)")
+    p.add_argument("--retries", type=int, default=2, help="UFTP restarts for receivers that dropped out")
+    p.add_argument("--token-file", help="the receivers' token (default: $DINET_TOKEN)")
+    p.add_argument("--insecure", action="store_true", help="node agents without TLS")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_sync)
+    p = sub.add_parser("sync-receiver", help="a GPU cloud's model-sync receiver (uftpd and a status endpoint)")
+    p.add_argument("--store", required=True, help="the model store (received files land here)")
+    p.add_argument("--interfaces", required=True, help="interfaces BIER delivers on, comma-separated")
+    p.add_argument("--bfr-id", type=int, required=True, help="this cloud's BFR-id (its UFTP client ID)")
+    p.add_argument("--listen", default="0.0.0.0:9444", help="the status endpoint")
+    p.add_argument("--port", type=int, default=1044)
+    p.add_argument("--group", default="230.4.4.1")
+    p.add_argument("--servers", help="uftpd's server list: the senders (and key fingerprints) accepted")
+    p.add_argument("--allow-clear", action="store_true", help="also accept sessions without encryption")
+    p.add_argument("--token-file", help="the token the repository presents (default: $DINET_TOKEN)")
+    p.add_argument("--insecure", action="store_true", help="no token (tests and labs only)")
+    p.set_defaults(fn=cmd_sync_receiver)
     certs = sub.add_parser("certs", help="a CA and certificates for controllers and agents").add_subparsers(
         dest="sub", required=True
     )

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import DataPlaneError, DinetError, InterfaceError
-from ..policy.bift import BierIntent, NodePlan, plan_domain
+from ..policy.bift import BierGroup, BierIntent, NodePlan, next_hops, plan_domain
 from ..targets.base import BierTarget
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,10 @@ class Reconvergence:
     detected_at: float  # monotonic seconds
     written_at: float
     entries_written: int
+
+
+def _key(g: BierGroup) -> tuple[str, str, str, int]:
+    return (g.bfir, g.dst, g.src, g.udp_port)
 
 
 @dataclass
@@ -104,6 +108,37 @@ class BierController:
             n = self.install()
             self.history.append(Reconvergence(set(down_links), set(down_nodes), t0, time.monotonic(), n))
             return n
+
+    def open_group(self, group: BierGroup) -> int:
+        """Adds a group (a model-sync job's multicast address and its BFERs) to the domain: its BFIR entry is
+        written now and kept through failures like the intent's own groups. Returns the entries written."""
+        with self._lock:
+            if group.bfir not in self.intent.topo.bfr_ids:
+                raise DinetError(f"no BFR {group.bfir!r} in the domain")
+            unknown = sorted(set(group.to) - {n for n, b in self.intent.topo.bfr_ids.items() if b is not None})
+            if unknown:
+                raise DinetError(f"not BFERs of the domain: {', '.join(unknown)}")
+            self.intent.groups = [g for g in self.intent.groups if _key(g) != _key(group)] + [group]
+            return self.install()
+
+    def close_group(self, group: BierGroup) -> int:
+        """Removes a group added by open_group; its BFIR entry is deleted. Returns the entries written."""
+        with self._lock:
+            self.intent.groups = [g for g in self.intent.groups if _key(g) != _key(group)]
+            return self.install()
+
+    def reachable(self, bfir: str) -> set[str]:
+        """The BFERs that `bfir` reaches now (the topology without the links and BFRs that are down)."""
+        with self._lock:
+            topo = self.intent.topo
+            for n in sorted(self.down_nodes):
+                topo = topo.without_node(n)
+            for link in sorted(self.down_links, key=sorted):
+                topo = topo.without_link(*sorted(link))
+            if bfir not in topo.bfr_ids:
+                return set()
+            hops = next_hops(topo, bfir)
+            return {n for n, b in topo.bfr_ids.items() if b is not None and (n in hops or n == bfir)}
 
     def link_down(self, a: str, b: str) -> int:
         return self.set_state(self.down_links | {frozenset((a, b))}, self.down_nodes)

@@ -243,6 +243,9 @@ class BierSpec(_Spec):
     links: list[LinkSpec] = []
     groups: list[GroupSpec] = []
     watch_interval: float = Field(default=0.5, gt=0)  # seconds between checks of links and nodes
+    receivers: dict[Name, IPText] = {}  # BFER -> HOST:PORT of its `dinet sync-receiver` (model sync)
+
+    _receivers = field_validator("receivers")(lambda v: {k: _hostport(x) for k, x in v.items()})
 
 
 class TlsSpec(_Spec):
@@ -360,6 +363,7 @@ class RunConfig:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # BIER nodes by BFR name
     bier: BierIntent | None = None
     bier_watch_interval: float = 0.5
+    sync_receivers: dict[str, str] = field(default_factory=dict)
 
 
 def _paths(sites: dict[int, SiteSpec]) -> dict[int, SitePath]:
@@ -433,6 +437,10 @@ def parse(doc: Any, path: Path) -> RunConfig:
         except ConfigError as e:
             raise ConfigError(f"{path}: bier: {e}") from None
         cfg.bier, cfg.bier_watch_interval = intent, b.watch_interval
+        for name in b.receivers:
+            if name not in b.bfrs:
+                raise ConfigError(f"{path}: bier.receivers: {name} is not in bier.bfrs")
+        cfg.sync_receivers = dict(b.receivers)
     return cfg
 
 

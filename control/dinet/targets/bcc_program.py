@@ -102,6 +102,11 @@ class BccProgram:
 
     def attach_tc_ingress(self, fn_name: str, ifname: str, ns: str | None = None) -> None:
         """Attaches a TC program (direct action) at ifname's clsact ingress hook, in namespace ns."""
+        self.attach_tc(fn_name, ifname, ns, "ingress")
+
+    def attach_tc(self, fn_name: str, ifname: str, ns: str | None = None, hook: str = "ingress", prio: int = 0) -> None:
+        """Attaches a TC program (direct action) at ifname's clsact `hook` (ingress or egress), in ns; prio
+        orders it among the hook's programs (lower first; 0: the kernel's next free one)."""
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
@@ -121,12 +126,13 @@ class BccProgram:
                     ":1",
                     fd=fn.fd,
                     name=fn.name,
-                    parent="ffff:fff2",
+                    parent="ffff:fff2" if hook == "ingress" else "ffff:fff3",
                     classid=1,
                     direct_action=True,
+                    **({"prio": prio} if prio else {}),
                 )
             except NetlinkError as e:
-                raise InterfaceError(f"cannot attach {fn_name} to {ifname} ingress: {e}") from None
+                raise InterfaceError(f"cannot attach {fn_name} to {ifname} {hook}: {e}") from None
 
     @staticmethod
     def detach_tc(ifname: str, ns: str | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Link emulation and (later) the Mininet scenario runner."""

@@ -1,0 +1,162 @@
+"""Model synchronisation in network namespaces: a BIER domain on the eBPF data plane (topo/bier_domain.py)
+that also routes unicast (the receivers' replies and status), a repository behind the BFIR, and a
+`dinet sync-receiver` process in every BFER's namespace with its own model store.
+
+    with SyncLab("ms", tree(), Path("/tmp/stores"), token="t") as lab:
+        report = lab.job(Path("model.bin"), ["e1", "e3", "e5", "e7"]).run()
+
+Every namespace, program, process and store is removed on exit, also on error or Ctrl-C. A demo:
+`sudo .venv/bin/python topo/model_sync.py` pushes 64 MiB to four of eight clouds and prints the table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":  # run as a script: the source tree's topo/ is importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dinet.paths import BPFFS_ROOT
+from dinet.policy.bift import BierTopology
+from dinet.sync.job import Cloud, SyncJob
+from dinet.sync.uftp import UftpOptions
+from topo.bier_domain import BierDomain, tree
+
+STATUS_PORT = 9444
+
+
+@dataclass
+class SyncLab:
+    prefix: str
+    topo: BierTopology
+    root: Path  # the clouds' model stores go under it, one folder each
+    token: str = "sync-lab-token"
+    bpffs_root: Path = BPFFS_ROOT
+    domain: BierDomain = field(init=False)
+    procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.domain = BierDomain(self.prefix, self.topo, 1, bpffs_root=self.bpffs_root, unicast=True)
+
+    def __enter__(self) -> SyncLab:
+        try:
+            self.domain.build()
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "token").write_text(self.token + "\n")
+            for name in self.clouds:
+                self.store(name).mkdir(parents=True, exist_ok=True)
+                self.start_receiver(name)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def clouds(self) -> list[str]:
+        """Every BFER but the BFIR: each a GPU cloud with a receiver."""
+        return [n for n, b in self.topo.bfr_ids.items() if b is not None and n != self.domain.bfir]
+
+    def store(self, name: str) -> Path:
+        return self.root / name
+
+    def cloud(self, name: str) -> Cloud:
+        """A cloud of the domain; a name it does not know gets a documentation address (TEST-NET-1), so that
+        the job, not the rig, says what is wrong with it."""
+        addr = self.domain.router_addr(name) if name in self.topo.bfr_ids else "192.0.2.1"
+        return Cloud(name, f"{addr}:{STATUS_PORT}")
+
+    def start_receiver(self, name: str) -> None:
+        ifaces = sorted(ifn for (node, _), ifn in self.domain.ifname.items() if node == name)
+        argv = ["ip", "netns", "exec", self.domain.net.ns(name), sys.executable, "-m", "dinet.cli", "sync-receiver"]
+        argv += ["--store", str(self.store(name)), "--interfaces", ",".join(ifaces)]
+        argv += ["--bfr-id", str(self.topo.bfr_ids[name]), "--token-file", str(self.root / "token")]
+        argv += ["--listen", f"{self.domain.router_addr(name)}:{STATUS_PORT}"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("dinet sync-receiver"):
+            proc.kill()
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"the receiver of {name} did not start: {line}{err}")
+        self.procs[name] = proc
+
+    def stop_receiver(self, name: str, kill: bool = False) -> None:
+        proc = self.procs.pop(name)
+        proc.kill() if kill else proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+
+    def job(self, file: Path, to: list[str], **kw: Any) -> SyncJob:
+        """A job from the repository (the source namespace behind the BFIR) to the clouds `to`."""
+        kw.setdefault("opts", UftpOptions(rate_mbps=400))
+        kw.setdefault("workdir", self.root / ".sender")
+        return SyncJob(
+            self.domain.ctl(), self.domain.bfir, file, [self.cloud(n) for n in to], "eth0", self.token,
+            netns=self.domain.net.ns("src"), **kw,
+        )  # fmt: skip
+
+    def intent(self) -> dict[str, Any]:
+        """The domain as an intent file says it (for `dinet sync --intent`): every BFR a local TC node in its
+        namespace, the links with their ports, and every cloud's receiver."""
+        from dinet.targets import netns
+
+        d = self.domain
+        links = [
+            {
+                "a": k.a, "b": k.b, "cost": k.cost,
+                "a_port": [d.ifname[(k.a, k.b)], netns.mac_of(d.ifname[(k.a, k.b)], d.net.ns(k.a))],
+                "b_port": [d.ifname[(k.b, k.a)], netns.mac_of(d.ifname[(k.b, k.a)], d.net.ns(k.b))],
+            }
+            for k in self.topo.links
+        ]  # fmt: skip
+        return {
+            "nodes": {
+                n: {"target": "local", "name": f"{self.prefix}{n}", "netns": d.net.ns(n)} for n in self.topo.bfr_ids
+            },
+            "bier": {
+                "bsl": 64,
+                "bfrs": dict(self.topo.bfr_ids),
+                "links": links,
+                "receivers": {c: self.cloud(c).receiver for c in self.clouds},
+            },
+        }
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop_receiver(name)
+        self.domain.close()
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+
+def main() -> int:
+    """Pushes 64 MiB to four of eight clouds of a three-level BIER domain and prints the per-cloud table."""
+
+    root = Path(f"/tmp/dinet-model-sync-{os.getpid()}")
+    with SyncLab(f"ms{os.getpid() % 1000}", tree(), root / "clouds") as lab:
+        model = root / "model.bin"
+        with model.open("wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(1 << 20))
+        report = lab.job(model, ["e1", "e3", "e5", "e7"]).run()
+        print(report.table())
+        model.unlink()
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
