@@ -52,25 +52,32 @@ def diamond() -> BierTopology:
     return t
 
 
-def tree(second_set_from: int | None = None, bsl_bits: int = 64, redundant: bool = False) -> BierTopology:
-    """Three levels below the BFIR r: m1, m2; n1..n4; eight leaf BFERs e1..e8 (BFR-ids 1..8). With
-    second_set_from=k, leaves e_k..e8 get BFR-ids in the next set (SI 1). redundant: also the links m1-m2,
-    n1-n2 and n3-n4 (cost 2), so any one failure of a link above the leaves leaves a path."""
+def tree(
+    second_set_from: int | None = None, bsl_bits: int = 64, redundant: bool = False, leaves: int = 8
+) -> BierTopology:
+    """Three levels below the BFIR r: m1, m2; n1..n(leaves/2); leaf BFERs e1..e<leaves> (BFR-ids 1..leaves,
+    two per n, the n split between the m). With second_set_from=k, leaves e_k.. get BFR-ids in the next set
+    (SI 1). redundant: also the links m1-m2 and n1-n2, n3-n4, ... (cost 2), so any one failure of a link
+    above the leaves leaves a path."""
+    if leaves < 4 or leaves % 4:
+        raise ValueError(f"a tree has a multiple of 4 leaves, not {leaves}")
     t = BierTopology()
     t.add_node("r", 100)
     for m in (1, 2):
         t.add_node(f"m{m}")
         t.add_link("r", f"m{m}")
-    for n in range(1, 5):
+    half = leaves // 4  # n per m
+    for n in range(1, leaves // 2 + 1):
         t.add_node(f"n{n}")
-        t.add_link(f"m{(n + 1) // 2}", f"n{n}")
-    for e in range(1, 9):
+        t.add_link(f"m{(n - 1) // half + 1}", f"n{n}")
+    for e in range(1, leaves + 1):
         bfr = e if second_set_from is None or e < second_set_from else bsl_bits + e
         t.add_node(f"e{e}", bfr)
         t.add_link(f"n{(e + 1) // 2}", f"e{e}")
     if redundant:
-        for x, y in (("m1", "m2"), ("n1", "n2"), ("n3", "n4")):
-            t.add_link(x, y, cost=2)
+        t.add_link("m1", "m2", cost=2)
+        for n in range(1, leaves // 2, 2):
+            t.add_link(f"n{n}", f"n{n + 1}", cost=2)
     return t
 
 
@@ -87,6 +94,8 @@ class BierDomain:
     ifname: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, neighbour) -> interface
     target: str = "tc"  # or "bmv2": every BFR a BMv2 switch running p4/dinet.p4, programmed over P4Runtime
     unicast: bool = False  # tc: also route unicast IPv4 between the BFRs and the source (see route_unicast)
+    xdp: bool = True  # tc: the XDP fast path for transit frames (it bypasses qdiscs: off to shape links)
+    link_mbit: float = 0.0  # tc: every link shaped to this rate in each direction (TBF; 0: not shaped)
     switches: dict[str, Any] = field(default_factory=dict)  # bmv2: name -> (Bmv2Switch, P4RuntimeSwitch, P4Node)
     port_no: dict[tuple[str, str], int] = field(default_factory=dict)  # bmv2: (node, neighbour) -> port
     _ctl: BierController | None = None
@@ -139,9 +148,12 @@ class BierDomain:
             self.nodes[name] = node
             for (owner, _), ifname in self.ifname.items():
                 if owner == name:
-                    node.attach(ifname, t.ns(name))
+                    node.attach(ifname, t.ns(name), xdp=self.xdp)
+                    self._shape(name, ifname)
             if name == self.bfir:
-                node.attach("src", t.ns(name))
+                node.attach("src", t.ns(name), xdp=self.xdp)
+                self._shape(name, "src")
+                self._shape("src", "eth0")  # the repository's uplink
             if bfr is not None and name != self.bfir:
                 t.addr(name, "lo", f"{SYNC_ADDR}/32")
                 with netns.entered(t.ns(name)):
@@ -181,9 +193,37 @@ class BierDomain:
                 for prefix in prefixes:
                     if dst in hops:
                         nbr = hops[dst]
-                        t.route(name, prefix, self._peer[(name, nbr)], "dev", self.ifname[(name, nbr)])
+                        t.route(
+                            name,
+                            prefix,
+                            self._peer[(name, nbr)],
+                            "dev",
+                            self.ifname[(name, nbr)],
+                            "src",
+                            self.router_addr(name),
+                        )  # fmt: skip  (what a BFR sends itself comes from its loopback, which every node routes)
                     else:
                         t.sh(name, "ip", "route", "del", prefix, check=False)
+
+    def _shape(self, name: str, ifname: str) -> None:
+        """TBF at the interface's egress at link_mbit (a burst of 4 ms at the rate), if links are shaped."""
+        if self.link_mbit:
+            burst = max(32_000, int(self.link_mbit * 1e6 / 8 / 250))
+            self.net.sh(
+                name, "tc", "qdisc", "add", "dev", ifname, "root", "tbf", "rate", f"{self.link_mbit}mbit",
+                "burst", str(burst), "latency", "50ms",
+            )  # fmt: skip
+
+    def tx_bytes(self) -> dict[tuple[str, str], int]:
+        """Bytes sent so far by every interface of the domain and the source: (namespace, interface) -> bytes."""
+        import json
+
+        out: dict[tuple[str, str], int] = {}
+        for name in [*self.topo.bfr_ids, "src"]:
+            for link in json.loads(self.net.sh(name, "ip", "-j", "-s", "link", "show").stdout):
+                if link["ifname"] != "lo":
+                    out[(name, link["ifname"])] = int(link["stats64"]["tx"]["bytes"])
+        return out
 
     def _build_bmv2(self) -> None:
         """Every BFR a BMv2 switch in its namespace: port 0 toward its host (the source's namespace for the

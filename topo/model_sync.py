@@ -37,11 +37,14 @@ class SyncLab:
     root: Path  # the clouds' model stores go under it, one folder each
     token: str = "sync-lab-token"
     bpffs_root: Path = BPFFS_ROOT
+    domain_options: dict[str, Any] = field(default_factory=dict)  # BierDomain's: link_mbit, xdp
     domain: BierDomain = field(init=False)
     procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.domain = BierDomain(self.prefix, self.topo, 1, bpffs_root=self.bpffs_root, unicast=True)
+        self.domain = BierDomain(
+            self.prefix, self.topo, 1, bpffs_root=self.bpffs_root, unicast=True, **self.domain_options
+        )
 
     def __enter__(self) -> SyncLab:
         try:

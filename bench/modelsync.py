@@ -1,0 +1,215 @@
+"""Model synchronisation to N GPU clouds, three ways, on one three-level BIER domain in namespaces whose
+links (and the repository's uplink) are all shaped to the same rate with TBF:
+
+  bier     one UFTP session over dinet's BIER groups: the repository sends every byte once
+  ingress  ingress replication: one UFTP session per cloud, in unicast, all at once (rate shared)
+  unicast  each cloud downloads the file over HTTP (curl from a real HTTP server on the repository), as
+           models are fetched today
+
+Per method and N: completion time of the slowest cloud, bytes on the repository's uplink, bytes on all links,
+and whether every copy is byte-identical (SHA-256). Then ten consecutive BIER jobs to changing destination
+sets (the time to set each job's BIER groups up: no tree to build), and BIER with 1% and 5% loss on one
+cloud's access link (loss from ebpf/loss.bpf.c: this kernel has no netem).
+
+    sudo .venv/bin/python bench/modelsync.py [--quick] [--size-mib N] [--clouds 2,4,8] [--link-mbit R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import host, need_root, write  # noqa: E402
+
+from dinet.lab.loss import LinkLoss
+from dinet.sync.uftp import UftpOptions, sender_argv, uid
+from topo.bier_domain import tree
+from topo.model_sync import SyncLab
+
+BPFFS = Path(f"/sys/fs/bpf/dinet-bench-modelsync-{os.getpid()}")
+HTTP_PORT = 8088
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def spread(lab: SyncLab, n: int) -> list[str]:
+    """n clouds spread over the tree (every other leaf first), so that the copies share few links."""
+    leaves = lab.clouds
+    order = leaves[::2] + leaves[1::2]
+    return order[:n]
+
+
+def clean(lab: SyncLab, names: list[str], model: Path) -> None:
+    for c in names:
+        (lab.store(c) / model.name).unlink(missing_ok=True)
+
+
+def measure(lab: SyncLab, names: list[str], model: Path, method: str, send: Any) -> dict[str, Any]:
+    clean(lab, names, model)
+    before = lab.domain.tx_bytes()
+    t0 = time.monotonic()
+    extra = send()
+    seconds = time.monotonic() - t0
+    after = lab.domain.tx_bytes()
+    want = digest(model)
+    identical = all((lab.store(c) / model.name).is_file() and digest(lab.store(c) / model.name) == want for c in names)
+    clean(lab, names, model)
+    row = {
+        "method": method,
+        "n": len(names),
+        "completion_s": round(seconds, 3),
+        "uplink_bytes": after[("src", "eth0")] - before[("src", "eth0")],
+        "total_bytes": sum(after[k] - before.get(k, 0) for k in after),
+        "bytes_identical": identical,
+        **(extra or {}),
+    }
+    print(
+        f"  {method:8s} N={row['n']:2d}: {row['completion_s']:7.2f} s, uplink {row['uplink_bytes'] / 2**20:8.1f} MiB, "
+        f"all links {row['total_bytes'] / 2**20:8.1f} MiB, byte-identical {identical}",
+        flush=True,
+    )
+    return row
+
+
+def bier(lab: SyncLab, names: list[str], model: Path, rate: float) -> dict[str, Any]:
+    report = lab.job(model, names, opts=UftpOptions(rate_mbps=rate), progress=False).run()
+    if not report.ok:
+        print(report.table(), file=sys.stderr)
+    return {"setup_ms": round(report.setup_ms, 2), "naks": sum(c.naks for c in report.clouds)}
+
+
+def ingress(lab: SyncLab, names: list[str], model: Path, rate: float) -> dict[str, Any]:
+    """One unicast UFTP session per cloud, all at once, each at rate/N (the uplink's share)."""
+    work = lab.root / ".ingress"
+    procs = []
+    for c in names:
+        d = work / c
+        d.mkdir(parents=True, exist_ok=True)
+        opts = UftpOptions(rate_mbps=rate / len(names), pub_group=lab.domain.router_addr(c))  # -M unicast
+        argv = sender_argv([model], "eth0", "230.5.5.1", [uid(lab.topo.bfr_ids[c] or 0)], opts, d / "status")
+        cmd = ["ip", "netns", "exec", lab.domain.net.ns("src"), *argv]
+        procs.append(subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p in procs:
+        p.wait()
+    return {}
+
+
+def unicast(lab: SyncLab, names: list[str], model: Path) -> dict[str, Any]:
+    """Every cloud fetches the file with curl from an HTTP server on the repository, all at once."""
+    src = lab.domain.net.ns("src")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", src, sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "10.50.0.2"],
+        cwd=model.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://10.50.0.2:{HTTP_PORT}/{model.name}"
+        deadline = time.monotonic() + 10
+        while subprocess.run(
+            ["ip", "netns", "exec", src, "curl", "-s", "-o", "/dev/null", "-I", url], check=False
+        ).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        procs = [
+            subprocess.Popen(
+                ["ip", "netns", "exec", lab.domain.net.ns(c), "curl", "-sf", "-o", str(lab.store(c) / model.name), url]
+            )
+            for c in names
+        ]
+        for p in procs:
+            p.wait()
+        return {"transfer_s": round(time.monotonic() - t0, 3)}
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="64 MiB to 2 and 4 clouds (about a minute)")
+    ap.add_argument("--size-mib", type=int, help="the model's size (default 64 quick, 1024 full)")
+    ap.add_argument("--clouds", help="N values, comma-separated (default 2,4 quick; 2,4,8,16 full)")
+    ap.add_argument("--link-mbit", type=float, default=200.0, help="every link's rate, Mbit/s")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "modelsync.json")
+    a = ap.parse_args()
+    if not need_root():
+        return 1
+    size = a.size_mib or (64 if a.quick else 1024)
+    ns = [int(x) for x in (a.clouds or ("2,4" if a.quick else "2,4,8,16")).split(",")]
+    leaves = 8 if max(ns) <= 8 else 16
+    rate = a.link_mbit * 0.9  # UFTP's fixed rate, below the link's (headers: BIER, UDP, UFTP's own)
+    rng = random.Random(8296)
+    root = Path(f"/tmp/dinet-bench-modelsync-{os.getpid()}")
+    res: dict[str, Any] = {
+        "host": host(),
+        "size_bytes": size << 20,
+        "link_mbit": a.link_mbit,
+        "uftp_rate_mbit": rate,
+        "topology": f"three levels, {leaves} clouds",
+        "rows": [],
+        "setup_ms": [],
+        "loss": [],
+    }
+    opts = {"link_mbit": a.link_mbit, "xdp": False}  # XDP redirects skip qdiscs: shaped links carry TC
+    try:
+        with SyncLab(f"bms{os.getpid() % 1000}", tree(leaves=leaves), root / "clouds", bpffs_root=BPFFS,
+                     domain_options=opts) as lab:  # fmt: skip
+            model = root / "model.bin"
+            with model.open("wb") as f:
+                for _ in range(size):
+                    f.write(rng.randbytes(1 << 20))
+            print(f"modelsync: {size} MiB, links {a.link_mbit:g} Mbit/s, {leaves} clouds", flush=True)
+            for n in ns:
+                names = spread(lab, n)
+                sends = {
+                    "bier": lambda names=names: bier(lab, names, model, rate),
+                    "ingress": lambda names=names: ingress(lab, names, model, rate),
+                    "unicast": lambda names=names: unicast(lab, names, model),
+                }
+                for method, send in sends.items():
+                    res["rows"].append(measure(lab, names, model, method, send))
+            small = root / "small.bin"
+            small.write_bytes(rng.randbytes(256 << 10))
+            for _ in range(10):  # a new destination set every job: a new bitstring, nothing else
+                names = rng.sample(lab.clouds, rng.randint(1, len(lab.clouds)))
+                report = lab.job(small, names, progress=False).run()
+                res["setup_ms"].append(round(report.setup_ms, 2))
+                clean(lab, names, small)
+            print(f"  setup per BIER job (10 destination sets): {res['setup_ms']} ms", flush=True)
+            lossy = spread(lab, 2)
+            leaf_if = next(ifn for (node, _), ifn in lab.domain.ifname.items() if node == lossy[0])
+            lossy_size = min(size, 32) if a.quick else size
+            part = root / "lossy.bin"
+            part.write_bytes(model.read_bytes()[: lossy_size << 20])
+            for rate_loss in (0.01, 0.05):
+                with LinkLoss(leaf_if, lab.domain.net.ns(lossy[0]), rate_loss, hook="ingress") as loss:
+                    row = measure(lab, lossy, part, "bier", lambda: bier(lab, lossy, part, rate))
+                    row["loss"], row["dropped"] = rate_loss, loss.counts()[1]
+                res["loss"].append(row)
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    write(res, a.out)
+    return 0 if all(r["bytes_identical"] for r in res["rows"] + res["loss"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
