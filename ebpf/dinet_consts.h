@@ -19,6 +19,7 @@
 #define DINET_IPPROTO_ROUTING 43
 #define DINET_IPPROTO_FRAGMENT 44
 #define DINET_IPPROTO_DSTOPTS 60
+#define DINET_IPPROTO_ICMPV6 58
 #define DINET_ENCAP_TTL 64
 
 /* Address families as stored in map keys and values. */
@@ -49,7 +50,13 @@
 /* Entries of the VIP address filter (a power of two). */
 #define DINET_VIP_FILTER_SIZE 65536
 #define DINET_MAX_ENDPOINTS 1024
-#define DINET_IPV6_EXT_MAX 4
+/* IPv6 extension headers (hop-by-hop, routing, destination options) the steering path walks, on both data
+ * planes, and the longest one it takes, in bytes (BMv2's varbit bounds it); beyond either:
+ * DINET_DROP_IPV6_EXTHDR. */
+#define DINET_IPV6_EXT_MAX 2
+#define DINET_IPV6_EXT_MAX_LEN 256
+/* Bytes of the client's packet quoted in an ICMPv6 Packet Too Big (a multiple of 4, at most 512). */
+#define DINET_PTB_QUOTE 128
 /* A ring slot holding this value names no instance (service with no usable instance). */
 #define DINET_SLOT_NONE 0xFFFFFFFF
 

@@ -155,6 +155,23 @@ static __always_inline int pick_slot(struct svc_value *sv, __u32 h, __u32 *slot_
 	return -1;
 }
 
+/* The instance a remembered flow stays on, or NULL: the flow stays while its service and instance live (up
+ * or draining, same occupant of the slot, same generation of the service's slot). */
+static __always_inline struct inst_value *flow_live(struct flow_value *fv, __u32 *svc_id, __u32 *slot)
+{
+	if (!fv || fv->svc_id >= DINET_MAX_SERVICES || fv->slot >= DINET_MAX_INSTANCES)
+		return 0;
+	__u32 sid = fv->svc_id;
+	__u32 *gen = svc_gen.lookup(&sid);
+	__u32 iidx = sid * DINET_MAX_INSTANCES + fv->slot;
+	struct inst_value *inst = instances.lookup(&iidx);
+	if (!gen || *gen != fv->gen || !inst || inst->state == DINET_INST_DOWN || inst->instance_id != fv->instance_id)
+		return 0;
+	*svc_id = sid;
+	*slot = fv->slot;
+	return inst;
+}
+
 static __always_inline void count(void *stats_map_result, __u64 bytes, int new_flow)
 {
 	struct steer_counter *c = stats_map_result;
@@ -167,11 +184,26 @@ static __always_inline void count(void *stats_map_result, __u64 bytes, int new_f
 
 /* Pushes the outer IPv4 or IPv6 header (IP-in-IP) and forwards. inner_len: the inner IP datagram's
  * own length (not the frame's: a short frame carries Ethernet padding). */
+/* Finishes an ICMP(v6) error built in place: folds `sum` (bpf_csum_diff's running sum, negative on error)
+ * into the checksum at csum_at, cuts the `extra` bytes beyond the message, and sends it back out. */
+static __always_inline int icmp_send(struct xdp_md *ctx, __s64 sum, __u8 *csum_at, int extra)
+{
+	if (sum < 0)
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	__u32 c = (__u32)sum;
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	__u16 csum = ~c;
+	__builtin_memcpy(csum_at, &csum, 2);
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	return verdict(DINET_ICMP_TOO_BIG, XDP_TX);
+}
+
 /* RFC 792 / RFC 1191: the encapsulated packet would not fit the next hop's MTU. Turn the frame into an
  * ICMP "fragmentation needed" (type 3 code 4) from this node to the client, quoting the client's IP header
- * and 8 bytes, with the MTU that leaves room for the outer header; send it back out (XDP_TX). The frame
- * arrives here as the client sent it. IPv4 clients only: an
- * IPv6 one would need an ICMPv6 Packet Too Big, still a counted drop. */
+ * and 8 bytes, with `mtu`, what an inner packet may be once the outer header is added; send it back out
+ * (XDP_TX). The frame arrives here as the client sent it. */
 static __always_inline int icmp4_too_big(struct xdp_md *ctx, struct steer_config *cfg, __u32 mtu)
 {
 	if (bpf_xdp_adjust_head(ctx, -28)) /* room for IPv4 (20) and ICMP (8) before the quote */
@@ -214,21 +246,78 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, struct steer_config
 	icmp[3] = 0;
 	icmp[4] = 0;
 	icmp[5] = 0;
-	__u16 next_mtu = mtu > 68 + 20 ? mtu - 20 : 68; /* what an inner packet may be, after the outer header */
+	__u16 next_mtu = mtu > 68 ? mtu : 68; /* RFC 791: every IPv4 link carries 68 bytes */
 	icmp[6] = next_mtu >> 8;
 	icmp[7] = next_mtu & 0xff;
 	__s64 sum = bpf_csum_diff(0, 0, (void *)icmp, 8 + qlen, 0);
+	return icmp_send(ctx, sum, icmp + 2, (int)(data_end - data) - (int)(sizeof(*eth) + 28 + qlen));
+}
+
+/* RFC 4443 s3.2 / RFC 8201: the IPv6 twin: an ICMPv6 Packet Too Big (type 2) from this node's IPv6 tunnel
+ * source to the client, with `mtu` (at least 1280) and the first DINET_PTB_QUOTE bytes of the client's
+ * packet (its header and what follows: enough for the client's stack to find the connection). */
+static __always_inline int icmp6_too_big(struct xdp_md *ctx, struct steer_config *cfg, __u32 mtu)
+{
+	if (bpf_xdp_adjust_head(ctx, -48)) /* room for IPv6 (40) and ICMPv6 (8) before the quote */
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	__u8 *icmp = (void *)(ip6 + 1);
+	struct ipv6hdr *quote = (void *)(icmp + 8);
+	if ((void *)icmp + 8 + DINET_PTB_QUOTE > data_end)
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	__u8 macs[12]; /* the frame's own Ethernet addresses, now 48 bytes in */
+	__builtin_memcpy(macs, (void *)ip6 + 34, 12);
+	__builtin_memcpy(eth->h_dest, macs + 6, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, macs, ETH_ALEN);
+	eth->h_proto = bpf_htons(DINET_ETHERTYPE_IPV6);
+	__u32 *src = (__u32 *)cfg->src6.addr;
+	if (!(src[0] | src[1] | src[2] | src[3])) /* no IPv6 tunnel source configured: nothing to answer from */
+		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
+	__u32 *w = (__u32 *)ip6;
+	w[0] = bpf_htonl(0x60000000);
+	ip6->payload_len = bpf_htons(8 + DINET_PTB_QUOTE);
+	ip6->nexthdr = DINET_IPPROTO_ICMPV6;
+	ip6->hop_limit = 255;
+	__builtin_memcpy(&ip6->daddr, &quote->saddr, 16);
+	__builtin_memcpy(&ip6->saddr, cfg->src6.addr, 16);
+	__u32 next_mtu = mtu > 1280 ? mtu : 1280; /* RFC 8200 s5: the IPv6 minimum */
+	icmp[0] = 2; /* Packet Too Big */
+	icmp[1] = 0;
+	icmp[2] = 0;
+	icmp[3] = 0;
+	__be32 m = bpf_htonl(next_mtu);
+	__builtin_memcpy(icmp + 4, &m, 4);
+	/* checksum over the pseudo-header (RFC 8200 s8.1), then the message */
+	__u32 pseudo[10];
+	__builtin_memcpy(pseudo, &ip6->saddr, 16);
+	__builtin_memcpy(pseudo + 4, &ip6->daddr, 16);
+	pseudo[8] = bpf_htonl(8 + DINET_PTB_QUOTE);
+	pseudo[9] = bpf_htonl(DINET_IPPROTO_ICMPV6);
+	__s64 sum = bpf_csum_diff(0, 0, pseudo, sizeof(pseudo), 0);
 	if (sum < 0)
 		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
-	__u32 c = (__u32)sum;
-	c = (c & 0xffff) + (c >> 16);
-	c = (c & 0xffff) + (c >> 16);
-	__u16 csum = ~c;
-	__builtin_memcpy(icmp + 2, &csum, 2);
-	int extra = (int)(data_end - data) - (int)(sizeof(*eth) + 28 + qlen);
-	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+	sum = bpf_csum_diff(0, 0, (void *)icmp, 8 + DINET_PTB_QUOTE, (__u32)sum);
+	return icmp_send(ctx, sum, icmp + 2, (int)(data_end - data) - (int)(sizeof(*eth) + 48 + DINET_PTB_QUOTE));
+}
+
+/* The encapsulated packet would exceed `mtu` (the next hop's): tell the client what fits once the outer
+ * header (olen bytes) is added. An IPv4 packet without DF may not be answered so (RFC 1191 s4) and this
+ * node cannot fragment in XDP: it is dropped and counted. */
+static __always_inline int too_big(struct xdp_md *ctx, struct steer_config *cfg, __u16 inner_eth_proto, __u32 mtu,
+				   int olen)
+{
+	__u32 room = mtu > (__u32)olen ? mtu - olen : 0;
+	if (inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV6))
+		return icmp6_too_big(ctx, cfg, room);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *iph = data + sizeof(struct ethhdr);
+	if ((void *)(iph + 1) > data_end || !(iph->frag_off & bpf_htons(0x4000)))
 		return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
-	return verdict(DINET_ICMP_TOO_BIG, XDP_TX);
+	return icmp4_too_big(ctx, cfg, room);
 }
 
 static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_value *inst, __u16 inner_eth_proto,
@@ -252,6 +341,8 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 	nh_idx = (nh_idx ^ (nh_idx >> 16)) & (DINET_NH_CACHE_SIZE - 1);
 	struct nh_cache_entry *nh = NULL;
 	__u64 now = 0;
+	if (cfg->fwd_mode == DINET_FWD_STATIC && cfg->static_mtu && tot_len > cfg->static_mtu)
+		return too_big(ctx, cfg, inner_eth_proto, cfg->static_mtu, olen);
 	if (cfg->fwd_mode != DINET_FWD_STATIC) {
 		nh = nh_cache.lookup(&nh_idx);
 		now = bpf_ktime_get_ns();
@@ -274,11 +365,8 @@ static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_val
 		fib.tot_len = tot_len;
 		fib.ifindex = ctx->ingress_ifindex;
 		rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-			if (inner_eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4))
-				return icmp4_too_big(ctx, cfg, fib.mtu_result);
-			return verdict(DINET_DROP_TOO_BIG, XDP_DROP);
-		}
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+			return too_big(ctx, cfg, inner_eth_proto, fib.mtu_result, olen);
 		if (rc == BPF_FIB_LKUP_RET_SUCCESS && nh) {
 			int same = nh->family == inst->family && now < nh->expires_ns &&
 				   same_addr(&nh->endpoint, &inst->endpoint) && nh->ifindex == fib.ifindex;
@@ -364,6 +452,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	struct flow_key key __attribute__((aligned(8))) = {};
 	struct vip_key vk = {};
 	void *l4;
+	void *dgram_end;
 	__u32 inner_len;
 	__u64 frame_len = data_end - data;
 
@@ -382,6 +471,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		inner_len = bpf_ntohs(iph->tot_len);
 		if (inner_len < iph->ihl * 4 || (void *)iph + inner_len > data_end)
 			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
+		dgram_end = (void *)iph + inner_len; /* what follows is Ethernet padding or trailer, not the datagram */
 		if (iph->frag_off & bpf_htons(0x3FFF)) /* MF set or offset nonzero */
 			return not_steered(&vk, DINET_DROP_FRAGMENT, XDP_DROP);
 		key.family = DINET_AF_INET;
@@ -400,6 +490,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		if ((void *)ip6 + inner_len > data_end)
 			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
+		dgram_end = (void *)ip6 + inner_len;
 		__u8 nh = ip6->nexthdr;
 		l4 = ip6 + 1;
 		/* RFC 8200 s4.1: walk hop-by-hop, routing and destination options to the upper layer. */
@@ -408,11 +499,15 @@ static __always_inline int steer(struct xdp_md *ctx)
 			if (nh != DINET_IPPROTO_HOPOPTS && nh != DINET_IPPROTO_ROUTING && nh != DINET_IPPROTO_DSTOPTS)
 				break;
 			struct ipv6_opt_hdr *oh = l4;
-			if ((void *)(oh + 1) > data_end)
+			if ((void *)(oh + 1) > data_end || (void *)(oh + 1) > dgram_end)
 				return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
+			if ((oh->hdrlen + 1) * 8 > DINET_IPV6_EXT_MAX_LEN)
+				return not_steered(&vk, DINET_DROP_IPV6_EXTHDR, XDP_DROP);
 			nh = oh->nexthdr;
 			l4 += (oh->hdrlen + 1) * 8;
 		}
+		if (l4 > dgram_end) /* the last extension header runs past the datagram */
+			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 		if (nh == DINET_IPPROTO_FRAGMENT)
 			return not_steered(&vk, DINET_DROP_FRAGMENT, XDP_DROP);
 		if (nh == DINET_IPPROTO_HOPOPTS || nh == DINET_IPPROTO_ROUTING || nh == DINET_IPPROTO_DSTOPTS)
@@ -428,7 +523,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	if (key.proto != DINET_IPPROTO_TCP && key.proto != DINET_IPPROTO_UDP)
 		return not_steered(&vk, DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
 	struct udphdr *ports = l4; /* TCP and UDP both start with source and destination port */
-	if ((void *)(ports + 1) > data_end)
+	if ((void *)(ports + 1) > data_end || (void *)(ports + 1) > dgram_end)
 		return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 	key.sport = ports->source;
 	key.dport = ports->dest;
@@ -441,8 +536,10 @@ static __always_inline int steer(struct xdp_md *ctx)
 	__u32 cidx = cache_index(&key);
 	struct flow_cache_entry *ce = flow_cache.lookup(&cidx);
 	struct flow_value *fv = 0;
+	int cached = 0;
 	if (ce && same_key(&ce->key, &key)) {
 		fv = &ce->val;
+		cached = 1;
 		if ((++ce->hits & (DINET_FLOW_CACHE_TOUCH - 1)) == 0)
 			affinity.lookup(&key); /* keep it recent in the LRU */
 	} else {
@@ -453,16 +550,17 @@ static __always_inline int steer(struct xdp_md *ctx)
 			ce->hits = 0;
 		}
 	}
-	if (fv && fv->svc_id < DINET_MAX_SERVICES && fv->slot < DINET_MAX_INSTANCES) {
-		__u32 sid = fv->svc_id;
-		__u32 *gen = svc_gen.lookup(&sid);
-		__u32 iidx = sid * DINET_MAX_INSTANCES + fv->slot;
-		inst = instances.lookup(&iidx);
-		/* The flow stays while its service and instance live (up or draining, same occupant). */
-		if (gen && *gen == fv->gen && inst && inst->state != DINET_INST_DOWN && inst->instance_id == fv->instance_id) {
-			svc_id = sid;
-			slot = fv->slot;
+	inst = flow_live(fv, &svc_id, &slot);
+	if (!inst && cached) {
+		/* This CPU's copy no longer holds (its instance left, or the set changed), but the LRU is the
+		 * record: another CPU may have placed the flow since. Only a record that does not hold either
+		 * places the flow anew, so a flow never moves between CPUs while its instance lives. */
+		fv = affinity.lookup(&key);
+		if (fv && ce) {
+			ce->val = *fv;
+			ce->hits = 0;
 		}
+		inst = flow_live(fv, &svc_id, &slot);
 	}
 	if (slot == DINET_SLOT_NONE) {
 		struct svc_key sk = {};

@@ -101,6 +101,7 @@ struct steer_config {
 	__u32 static_ifindex; /* DINET_FWD_STATIC: 0 = XDP_TX back out of the ingress port */
 	__u8 static_smac[6];
 	__u8 static_dmac[6];
+	__u32 static_mtu; /* DINET_FWD_STATIC: the next hop's MTU (0: not checked) */
 };
 
 /* endpoints (decap side): key a local tunnel endpoint address -> 1. Written by dinet. */

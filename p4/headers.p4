@@ -53,7 +53,7 @@ header ipv6_h {
 header ipv6_ext_h {
     bit<8> next_hdr;
     bit<8> hdr_ext_len;
-    varbit<2032> data;
+    varbit<(DINET_IPV6_EXT_MAX_LEN * 8 - 16)> data;
 }
 
 /* TCP and UDP both begin with the two ports. */
@@ -105,6 +105,8 @@ struct headers_t {
 
 struct metadata_t {
     bit<8> l4_proto;
+    /* the IP header's length with the extension headers parsed: where L4 starts within the datagram */
+    bit<16> l3_len;
     bit<1> bad_ihl;
     bit<1> fragment;
     bit<1> ext_unsupported;

@@ -1,4 +1,5 @@
-/* parser.p4: Ethernet, then IPv4 (with options) / IPv6 (with up to two extension headers) / BIER. */
+/* parser.p4: Ethernet, then IPv4 (with options) / IPv6 (with up to DINET_IPV6_EXT_MAX = 2 extension headers
+ * of at most DINET_IPV6_EXT_MAX_LEN bytes each, as the eBPF program) / BIER. */
 #ifndef DINET_PARSER_P4
 #define DINET_PARSER_P4
 
@@ -17,6 +18,7 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
 
     state parse_ipv4 {
         pkt.extract(hdr.ipv4);
+        meta.l3_len = ((bit<16>)hdr.ipv4.ihl) << 2;
         transition select(hdr.ipv4.ihl) {
             0 &&& 0xC: bad_ihl;  /* 0-3 */
             4: bad_ihl;
@@ -50,6 +52,7 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
 
     state parse_ipv6 {
         pkt.extract(hdr.ipv6);
+        meta.l3_len = 40;
         meta.l4_proto = hdr.ipv6.next_hdr;
         transition select(hdr.ipv6.next_hdr) {
             DINET_IPPROTO_HOPOPTS: parse_ext1;
@@ -62,7 +65,16 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
 
     state parse_ext1 {
         bit<16> la = pkt.lookahead<bit<16>>();
+        transition select(la[7:0]) {
+            0 &&& 0xE0: parse_ext1_body;  /* (hdr_ext_len + 1) * 8 <= DINET_IPV6_EXT_MAX_LEN (256) */
+            default: ext_unsupported;
+        }
+    }
+
+    state parse_ext1_body {
+        bit<16> la = pkt.lookahead<bit<16>>();
         pkt.extract(hdr.ext1, (bit<32>)la[7:0] * 64 + 48);
+        meta.l3_len = meta.l3_len + (((bit<16>)hdr.ext1.hdr_ext_len) << 3) + 8;
         meta.l4_proto = hdr.ext1.next_hdr;
         transition select(hdr.ext1.next_hdr) {
             DINET_IPPROTO_HOPOPTS: parse_ext2;
@@ -75,7 +87,16 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
 
     state parse_ext2 {
         bit<16> la = pkt.lookahead<bit<16>>();
+        transition select(la[7:0]) {
+            0 &&& 0xE0: parse_ext2_body;  /* (hdr_ext_len + 1) * 8 <= DINET_IPV6_EXT_MAX_LEN (256) */
+            default: ext_unsupported;
+        }
+    }
+
+    state parse_ext2_body {
+        bit<16> la = pkt.lookahead<bit<16>>();
         pkt.extract(hdr.ext2, (bit<32>)la[7:0] * 64 + 48);
+        meta.l3_len = meta.l3_len + (((bit<16>)hdr.ext2.hdr_ext_len) << 3) + 8;
         meta.l4_proto = hdr.ext2.next_hdr;
         transition select(hdr.ext2.next_hdr) {
             DINET_IPPROTO_HOPOPTS: ext_unsupported;

@@ -205,6 +205,10 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                 return;
             }
         }
+        if (meta.l3_len > meta.inner_len) {  /* extension headers run past the datagram (into padding) */
+            drop_for(DINET_DROP_MALFORMED);
+            return;
+        }
         if (meta.fragment == 1) {
             drop_for(DINET_DROP_FRAGMENT);
             return;
@@ -221,6 +225,10 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
             verdicts.count(DINET_PASS_UNKNOWN_SERVICE);
             host_port.apply();
             handled = 1;
+            return;
+        }
+        if (meta.l3_len + 4 > meta.inner_len) {  /* the ports lie beyond the datagram: padding, not L4 */
+            drop_for(DINET_DROP_MALFORMED);
             return;
         }
         bool svc_hit;

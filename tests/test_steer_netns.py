@@ -118,39 +118,68 @@ def test_unknown_service_traffic_passes_untouched(edge) -> None:
     assert after["drop_malformed"] == before["drop_malformed"]
 
 
-def test_too_big_for_the_tunnel_gets_icmp_fragmentation_needed(edge) -> None:
-    """A client packet that would not fit the next hop once encapsulated (DF set): the steering node answers
-    ICMP fragmentation needed with the MTU less the outer header, and the client's path MTU drops to it."""
+@pytest.mark.parametrize(
+    "vip,v6_tunnel",
+    [("10.99.0.1", False), ("10.99.0.1", True), ("fd00:99::1", False), ("fd00:99::1", True)],
+    ids=["4in4", "4in6", "6in4", "6in6"],
+)
+def test_path_mtu_through_every_tunnel(edge, vip: str, v6_tunnel: bool) -> None:
+    """Behind a next hop of MTU 1420, a 1 MB TCP upload to the VIP completes: the steering node answers the
+    client's too-big segments with ICMP "fragmentation needed" (IPv4) or ICMPv6 Packet Too Big (RFC 8201)
+    carrying 1420 less the outer header actually used (20 or 40), and the client's path MTU drops to it."""
     import socket as so
+    import threading
 
     from dinet.model import ServiceKey
     from dinet.targets import netns
 
-    svc = ServiceKey.parse("10.99.0.1:5000/udp")
+    port = 5001
+    svc = ServiceKey.parse(f"[{vip}]:{port}/tcp" if ":" in vip else f"{vip}:{port}/tcp")
     host = edge.host("s1a")
     edge.steer.add_service(svc)
-    edge.steer.set_instances(svc, [host.instance()])
+    edge.steer.set_instances(svc, [host.instance(v6=v6_tunnel)])
+    fam = so.AF_INET6 if ":" in vip else so.AF_INET
+    with netns.entered(edge.topo.ns(host.name)):
+        server = so.socket(fam, so.SOCK_STREAM)
+    server.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+    server.bind((vip, port))
+    server.listen(1)
+    server.settimeout(30)
+    got: list[int] = []
+
+    def sink() -> None:
+        conn, _ = server.accept()
+        with conn:
+            n = 0
+            while data := conn.recv(65536):
+                n += len(data)
+            got.append(n)
+
+    t = threading.Thread(target=sink)
+    t.start()
     edge.topo.sh("in", "ip", "link", "set", "dev", "s1", "mtu", "1420")
     try:
         before = edge.steer.verdicts()
         with netns.entered(edge.client_ns):
-            s = so.socket(so.AF_INET, so.SOCK_DGRAM)
+            c = so.socket(fam, so.SOCK_STREAM)
         try:
-            s.setsockopt(so.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF set, no local fragments
-            s.connect(("10.99.0.1", 5000))
-            s.send(b"x" * 1400)  # 1428 bytes of IP, 1448 once tunnelled: over 1420
-            mtu = 0
-            for _ in range(200):  # the ICMP comes back asynchronously; wait for the route to learn it
-                mtu = s.getsockopt(so.IPPROTO_IP, 14)  # IP_MTU
-                if mtu < 1500:
-                    break
-                select.select([], [], [], 0.01)
-            assert mtu == 1400, mtu
+            c.settimeout(30)
+            c.connect((vip, port))
+            c.sendall(b"m" * 1_000_000)
+            c.shutdown(so.SHUT_WR)
+            c.recv(1)  # the server closes once it has read everything
+            mtu = c.getsockopt(so.IPPROTO_IPV6, 24) if fam == so.AF_INET6 else c.getsockopt(so.IPPROTO_IP, 14)
         finally:
-            s.close()
+            c.close()
+        t.join(30)
+        assert got == [1_000_000]
+        assert mtu == 1420 - (40 if v6_tunnel else 20), mtu
         after = edge.steer.verdicts()
-        assert after["icmp_too_big"] - before["icmp_too_big"] == 1
+        assert after["icmp_too_big"] > before["icmp_too_big"]
         assert after["drop_too_big"] == before["drop_too_big"]
     finally:
+        server.close()
         edge.topo.sh("in", "ip", "link", "set", "dev", "s1", "mtu", "1600")
+        edge.topo.sh("c", "ip", "route", "flush", "cache")
+        edge.topo.sh("c", "ip", "-6", "route", "flush", "cache")
         edge.steer.remove_service(svc)

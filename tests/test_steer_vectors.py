@@ -70,3 +70,113 @@ def test_vectors_steer_to_the_instances_of_their_service(node) -> None:
     assert place(sv.WEB4, sv.client4()) in web
     seen = {place(sv.WEB4, sv.client4(sport=p)) for p in range(1000, 1200)}
     assert seen == set(web), "200 flows over weights 1:2:3 reach every instance"
+
+
+def test_too_big_for_the_static_next_hop_is_answered_per_family(node) -> None:
+    """XDP only (the P4 program has no path-MTU function): with the static next hop's MTU at 1400, a client
+    packet that would not fit once encapsulated is answered from the node's tunnel source with what fits:
+    1400 less the outer header used (20 toward an IPv4 endpoint, 40 toward an IPv6 one); ICMP "fragmentation
+    needed" for IPv4 with DF, an ICMPv6 Packet Too Big (RFC 4443 s3.2) for IPv6; IPv4 without DF is dropped
+    and counted (the node cannot fragment and may not ask the client to)."""
+    from scapy.layers.inet import ICMP, IP, TCP
+    from scapy.layers.inet6 import UDP as UDP6
+    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
+    from scapy.packet import Raw
+
+    from dinet.targets.bpfsys import XDP_DROP, XDP_TX, test_run
+
+    node.configure(static_next_hop=(0, sv.NODE_MAC, sv.NEXT_HOP_MAC), static_mtu=1400)
+    try:
+        cases = [
+            (sv.client4(sport=41000) / Raw(b"x" * 1360), 1380),
+            (sv.client4(dst="10.99.0.2", dport=8080, sport=41001) / Raw(b"x" * 1340), 1360),
+        ]
+        for pkt, mtu in cases:
+            pkt[IP].flags = "DF"
+            before = node.verdicts()
+            res = test_run(node.prog_fd, bytes(Ether(bytes(pkt))))
+            assert res.action == XDP_TX
+            got = Ether(res.data)
+            assert got.dst == sv.CLIENT_MAC and got[IP].src == str(sv.SRC4) and got[IP].dst == "10.0.0.2"
+            assert (got[ICMP].type, got[ICMP].code, got[ICMP].nexthopmtu) == (3, 4, mtu)
+            assert bytes(got[ICMP].payload)[:28] == bytes(pkt[IP])[:28]  # the client's header and 8 bytes
+            again = IP(bytes(got[IP]))
+            again.chksum = None
+            assert IP(bytes(again)).chksum == got[IP].chksum
+            assert node.verdicts()["icmp_too_big"] - before["icmp_too_big"] == 1
+        no_df = sv.client4(sport=41002) / Raw(b"x" * 1400)
+        before = node.verdicts()
+        assert test_run(node.prog_fd, bytes(no_df)).action == XDP_DROP
+        assert node.verdicts()["drop_too_big"] - before["drop_too_big"] == 1
+        six = (
+            Ether(src=sv.CLIENT_MAC, dst=sv.NODE_MAC)
+            / IPv6(src="fd00::2", dst="fd00:99::53")
+            / UDP6(sport=5400, dport=53)
+            / Raw(b"q" * 1360)
+        )
+        res = test_run(node.prog_fd, bytes(six))
+        assert res.action == XDP_TX
+        got = Ether(res.data)
+        ptb = got[ICMPv6PacketTooBig]
+        assert got[IPv6].src == str(sv.SRC6) and got[IPv6].dst == "fd00::2" and got.dst == sv.CLIENT_MAC
+        assert ptb.mtu == 1360 and bytes(ptb.payload) == bytes(six[IPv6])[:128]
+        rebuilt = IPv6(bytes(got[IPv6]))
+        rebuilt[ICMPv6PacketTooBig].cksum = None  # scapy computes it again over the pseudo-header
+        assert IPv6(bytes(rebuilt))[ICMPv6PacketTooBig].cksum == ptb.cksum
+        small = sv.client4(sport=41003) / Raw(b"x" * 100)  # fits: forwarded as before
+        assert test_run(node.prog_fd, bytes(small)).action == XDP_TX
+        assert TCP in Ether(test_run(node.prog_fd, bytes(small)).data)
+    finally:
+        node.configure(static_next_hop=(0, sv.NODE_MAC, sv.NEXT_HOP_MAC))
+
+
+def test_established_flows_stay_put_on_every_cpu_through_set_changes(node) -> None:
+    """Two CPUs, each with its own flow cache: after an instance leaves (its flows are placed anew on one
+    CPU), another joins, and one is drained, every flow goes to the same instance from both CPUs, and no
+    flow whose instance stayed up or draining ever moved."""
+    import dataclasses
+    import os
+
+    from scapy.layers.inet import IP
+
+    from dinet.model import Instance, InstanceState, ServiceKey
+    from dinet.targets.bpfsys import XDP_TX, test_run
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    svc = ServiceKey.parse("10.99.0.9:443/tcp")
+    a, b, c, d = (Instance(40 + i, f"192.0.2.{40 + i}", 1, site_id=1) for i in range(4))
+    node.add_service(svc)
+    flows = [sv.client4(dst="10.99.0.9", dport=443, sport=20000 + i) for i in range(300)]
+    home = os.sched_getaffinity(0)
+
+    def where(cpu: int) -> list[str]:
+        os.sched_setaffinity(0, {cpu})  # BPF_PROG_TEST_RUN runs on the calling thread's CPU
+        try:
+            out = []
+            for f in flows:
+                res = test_run(node.prog_fd, bytes(f))
+                assert res.action == XDP_TX
+                out.append(Ether(res.data)[IP].dst)
+            return out
+        finally:
+            os.sched_setaffinity(0, home)
+
+    try:
+        node.set_instances(svc, [a, b, c])
+        first = where(cpus[0])
+        assert where(cpus[1]) == first  # both CPUs have every flow cached now
+        node.set_instances(svc, [a, b])  # c leaves: its flows are placed anew ...
+        after_leave = where(cpus[0])  # ... on the first CPU
+        node.set_instances(svc, [a, b, d])  # d joins: the ring changes again
+        second = where(cpus[1])  # the second CPU's copies of c's flows no longer hold
+        assert second == after_leave, "a flow went to another instance on the other CPU"
+        assert where(cpus[0]) == second
+        for before, now in zip(first, second, strict=True):
+            if before != str(c.endpoint):
+                assert now == before, "a flow whose instance stayed up moved"
+        node.set_instances(svc, [dataclasses.replace(a, state=InstanceState.DRAINING), b, d])
+        assert where(cpus[1]) == second and where(cpus[0]) == second  # draining moves no established flow
+    finally:
+        node.remove_service(svc)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, PadN
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
@@ -175,6 +175,56 @@ def vectors(place) -> list[Vector]:
             Drop("drop_malformed"),
         ),
         Vector("v6 header cut short is dropped", Ether(bytes(dns)[: 14 + 30]), Drop("drop_malformed")),
+        # a datagram ends where its IP header says, not where the frame does (Ethernet pads to 60 bytes)
+        Vector(
+            "l4 ports in the Ethernet padding are dropped",
+            Ether(
+                bytes(
+                    Ether(src=CLIENT_MAC, dst=NODE_MAC)
+                    / IP(src="10.0.0.2", dst="10.99.0.1", proto=6, len=22)
+                    / Raw(b"\x9c\x40")
+                )
+                + b"\x00\x50"
+                + b"\0" * 22  # padding that reads as dport 80
+            ),
+            Drop("drop_malformed"),
+        ),
+        Vector(
+            "a v6 extension header running into the padding is dropped",
+            Ether(
+                bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src="fd00::2", dst="fd00:99::53", nh=0, plen=8))
+                + bytes(IPv6ExtHdrHopByHop(nh=17, len=1))  # says 16 bytes; the datagram holds 8 of them
+                + bytes(UDP(sport=5355, dport=53))  # in the padding
+            ),
+            Drop("drop_malformed"),
+        ),
+        Vector(
+            "v6 udp ports past the payload length are dropped",
+            Ether(
+                bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src="fd00::2", dst="fd00:99::53", nh=0, plen=8))
+                + bytes(IPv6ExtHdrHopByHop(nh=17))
+                + bytes(UDP(sport=5356, dport=53))
+            ),
+            Drop("drop_malformed"),
+        ),
+        Vector(
+            "three v6 extension headers are more than either plane walks",
+            Ether(src=CLIENT_MAC, dst=NODE_MAC)
+            / IPv6(src="fd00::2", dst="fd00:99::53")
+            / IPv6ExtHdrHopByHop()
+            / IPv6ExtHdrDestOpt()
+            / IPv6ExtHdrDestOpt()
+            / UDP(sport=5357, dport=53),
+            Drop("drop_ipv6_exthdr"),
+        ),
+        Vector(
+            "a v6 extension header longer than 256 bytes is more than either plane takes",
+            Ether(src=CLIENT_MAC, dst=NODE_MAC)
+            / IPv6(src="fd00::2", dst="fd00:99::53")
+            / IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 200), PadN(optdata=b"\0" * 92)])  # 304 bytes
+            / UDP(sport=5358, dport=53),
+            Drop("drop_ipv6_exthdr"),
+        ),
     ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import consts
-from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownServiceError
+from ..errors import ConfigError, DataPlaneError, InterfaceError, TableFullError, UnknownServiceError
 from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, parse_address
 from ..paths import BPFFS_ROOT
 from ..policy.steering import InstanceEdits, plan_instances
@@ -117,6 +117,7 @@ class SteeringNode(InstanceEdits):
 
     def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
         self.prog.attach(self.PROGRAM, ifname, netns, mode)
+        self._netns = netns
 
     def detach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
         self.prog.detach(ifname, netns, mode)
@@ -143,10 +144,14 @@ class SteeringNode(InstanceEdits):
         src4: str | IPAddress | None = None,
         src6: str | IPAddress | None = None,
         static_next_hop: tuple[int, str, str] | None = None,
+        static_mtu: int = 0,
     ) -> None:
         """Tunnel source addresses, and either FIB forwarding (default) or a static next hop
         (ifindex or 0 for back out of the ingress port, source MAC, destination MAC). What is not
-        given keeps its current value, but the forwarding mode, which is FIB unless a next hop is given."""
+        given keeps its current value, but the forwarding mode, which is FIB unless a next hop is given.
+        static_mtu: the static next hop's MTU, against which every encapsulated packet is checked (a client
+        gets ICMP "fragmentation needed" or an ICMPv6 Packet Too Big); 0: the MTU of the interface
+        `ifindex` in the namespace the program was attached in, or no check if that is unknown."""
         cfg = self.config_t[self.config_t.Key(0)]
         if src4 is not None:
             a = parse_address(src4)
@@ -162,6 +167,9 @@ class SteeringNode(InstanceEdits):
             ifindex, smac, dmac = static_next_hop
             cfg.fwd_mode = C["DINET_FWD_STATIC"]
             cfg.static_ifindex = ifindex
+            if static_mtu < 0 or static_mtu > 65535:
+                raise ConfigError(f"an MTU is 0..65535, not {static_mtu}")
+            cfg.static_mtu = static_mtu or self._mtu_of(ifindex)
             for name, mac in (("static_smac", smac), ("static_dmac", dmac)):
                 try:
                     raw = bytes.fromhex(mac.replace(":", ""))
@@ -173,6 +181,21 @@ class SteeringNode(InstanceEdits):
         else:
             cfg.fwd_mode = C["DINET_FWD_FIB"]
         self.config_t[self.config_t.Key(0)] = cfg
+
+    def _mtu_of(self, ifindex: int) -> int:
+        if not ifindex:
+            return 0
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from . import netns
+
+        try:
+            with netns.entered(getattr(self, "_netns", None)), IPRoute() as ipr:
+                links = ipr.get_links(ifindex)
+        except (NetlinkError, InterfaceError):  # no such interface here: nothing to check against
+            return 0
+        return int(links[0].get_attr("IFLA_MTU") or 0) if links else 0
 
     # ---- services --------------------------------------------------------------------------------------
     def _svc_key(self, svc: ServiceKey) -> Any:
