@@ -139,6 +139,10 @@ static __always_inline void deliver_local(struct __sk_buff *skb, __u8 proto, __u
 		bump(BIER_DROP_PROTO);
 		return;
 	}
+	if (skb->len < ETH_HLEN + hlen + (proto == BIER_PROTO_IPV4 ? 20 : 40)) {
+		bump(BIER_DROP_TRUNCATED); /* the inner packet is shorter than its own fixed header */
+		return;
+	}
 	__be16 et = bpf_htons(proto == BIER_PROTO_IPV4 ? DINET_ETHERTYPE_IPV4 : DINET_ETHERTYPE_IPV6);
 	__u32 saved = skb->mark;
 	if (bpf_skb_store_bytes(skb, 0, macs, 12, 0) || bpf_skb_store_bytes(skb, 12, &et, sizeof(et), 0))
@@ -209,49 +213,100 @@ static __always_inline int bfr(struct __sk_buff *skb)
 	return TC_ACT_SHOT; /* every copy has left; the original is consumed */
 }
 
-/* BFIR: classify an IP packet; on a match push the BIER header and forward it for each set. */
+/* BFIR classification of an IP packet: the lookup key, the BIER Proto and DSCP, and whether the packet is
+ * malformed (judged only once it matches an entry, as the steering program judges only what is addressed
+ * to a VIP). The UDP port (model sync) is read through IPv4 options and IPv6 extension headers (the same
+ * limits as steering: DINET_IPV6_EXT_MAX headers of DINET_IPV6_EXT_MAX_LEN bytes), within the datagram,
+ * and never from a fragment: a fragmented datagram is matched by (S,G) and (*,G) only, so all its
+ * fragments go the same way (model-sync senders keep their datagrams under the MTU; UFTP does). */
+struct bfir_pkt {
+	__u8 proto;
+	__u8 dscp;
+	__u8 bad;     /* malformed IP header or length */
+	__u8 short_udp; /* the UDP header does not fit the datagram */
+};
+
+static __always_inline int bfir_classify(struct __sk_buff *skb, struct bfir_key *k, struct bfir_pkt *pk)
+{
+	__u32 frame = skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;
+	__u8 l4 = 0;
+	__u32 l3 = 0, dgram = 0;
+	int frag = 0;
+	__be16 eth_proto;
+	if (bpf_skb_load_bytes(skb, 12, &eth_proto, 2))
+		return -1;
+	if (eth_proto == bpf_htons(DINET_ETHERTYPE_IPV4)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+			return -1;
+		k->family = DINET_AF_INET;
+		__builtin_memcpy(k->src, &ip.saddr, 4);
+		__builtin_memcpy(k->dst, &ip.daddr, 4);
+		k->proto = ip.protocol;
+		pk->dscp = ip.tos >> 2;
+		pk->proto = BIER_PROTO_IPV4;
+		l3 = ip.ihl * 4;
+		dgram = bpf_ntohs(ip.tot_len);
+		pk->bad = ip.version != 4 || ip.ihl < 5 || dgram < l3 || dgram > frame;
+		frag = (ip.frag_off & bpf_htons(0x3FFF)) != 0; /* MF set or offset nonzero */
+		l4 = ip.protocol;
+	} else if (eth_proto == bpf_htons(DINET_ETHERTYPE_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+			return -1;
+		k->family = DINET_AF_INET6;
+		__builtin_memcpy(k->src, &ip6.saddr, 16);
+		__builtin_memcpy(k->dst, &ip6.daddr, 16);
+		k->proto = ip6.nexthdr;
+		pk->dscp = ((ip6.priority << 4) | (ip6.flow_lbl[0] >> 4)) >> 2;
+		pk->proto = BIER_PROTO_IPV6;
+		l3 = sizeof(ip6);
+		dgram = sizeof(ip6) + bpf_ntohs(ip6.payload_len);
+		pk->bad = ip6.version != 6 || dgram > frame;
+		l4 = ip6.nexthdr;
+#pragma unroll
+		for (int i = 0; i < DINET_IPV6_EXT_MAX; i++) {
+			if (l4 != DINET_IPPROTO_HOPOPTS && l4 != DINET_IPPROTO_ROUTING && l4 != DINET_IPPROTO_DSTOPTS)
+				break;
+			__u8 oh[2];
+			if (l3 + 2 > dgram || bpf_skb_load_bytes(skb, ETH_HLEN + l3, oh, 2)) {
+				pk->bad = 1;
+				break;
+			}
+			if ((oh[1] + 1) * 8 > DINET_IPV6_EXT_MAX_LEN) {
+				l4 = 0; /* longer than either plane walks: no port is read */
+				break;
+			}
+			l4 = oh[0];
+			l3 += (oh[1] + 1) * 8;
+		}
+		if (l3 > dgram)
+			pk->bad = 1;
+		frag = l4 == DINET_IPPROTO_FRAGMENT;
+	} else {
+		return -1;
+	}
+	k->proto = l4; /* the upper layer, past any extension headers */
+	if (l4 == DINET_IPPROTO_UDP && !frag && l3 >= 20 && ETH_HLEN + l3 + 4 <= skb->len) {
+		/* a malformed datagram is matched too, so that one for us is dropped and counted, not passed */
+		__be16 port;
+		if (!bpf_skb_load_bytes(skb, ETH_HLEN + l3 + 2, &port, 2))
+			k->dport = port;
+		pk->short_udp = l3 + 8 > dgram;
+	}
+	return 0;
+}
+
+/* BFIR: classify an IP packet; on a match push the BIER header and forward it for each set; where a set
+ * holds this node's own bit the packet is also delivered here (RFC 8279 s6.5: it is a BFER for it). */
 static __always_inline int bfir_push(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
 	struct bfir_key k = {};
-	__u8 dscp = 0, proto;
-	if ((void *)(eth + 1) > data_end)
+	struct bfir_pkt pk = {};
+	__u8 macs[12];
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) || bfir_classify(skb, &k, &pk))
 		return TC_ACT_OK;
-	if (eth->h_proto == bpf_htons(DINET_ETHERTYPE_IPV4)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return TC_ACT_OK;
-		k.family = DINET_AF_INET;
-		__builtin_memcpy(k.src, &ip->saddr, 4);
-		__builtin_memcpy(k.dst, &ip->daddr, 4);
-		k.proto = ip->protocol;
-		dscp = ip->tos >> 2;
-		proto = BIER_PROTO_IPV4;
-		if (ip->protocol == DINET_IPPROTO_UDP && ip->ihl == 5) {
-			struct udphdr *u = (void *)(ip + 1);
-			if ((void *)(u + 1) <= data_end)
-				k.dport = u->dest;
-		}
-	} else if (eth->h_proto == bpf_htons(DINET_ETHERTYPE_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end)
-			return TC_ACT_OK;
-		k.family = DINET_AF_INET6;
-		__builtin_memcpy(k.src, &ip6->saddr, 16);
-		__builtin_memcpy(k.dst, &ip6->daddr, 16);
-		k.proto = ip6->nexthdr;
-		dscp = ((ip6->priority << 4) | (ip6->flow_lbl[0] >> 4)) >> 2;
-		proto = BIER_PROTO_IPV6;
-		if (ip6->nexthdr == DINET_IPPROTO_UDP) {
-			struct udphdr *u = (void *)(ip6 + 1);
-			if ((void *)(u + 1) <= data_end)
-				k.dport = u->dest;
-		}
-	} else {
-		return TC_ACT_OK;
-	}
+	__u8 dscp = pk.dscp, proto = pk.proto;
 	__be16 dport = k.dport;
 	__u8 l4 = k.proto;
 	/* (S,G) */
@@ -262,15 +317,19 @@ static __always_inline int bfir_push(struct __sk_buff *skb)
 		__builtin_memset(k.src, 0, sizeof(k.src));
 		be = bfir.lookup(&k);
 	}
+	int by_port = 0;
 	if (!be && l4 == DINET_IPPROTO_UDP && dport) { /* model sync: (*, destination, UDP port) */
 		k.dport = dport;
 		k.proto = DINET_IPPROTO_UDP;
 		be = bfir.lookup(&k);
+		by_port = 1;
 	}
 	if (!be) {
 		bump(BIER_EV_PASS);
 		return TC_ACT_OK;
 	}
+	if (pk.bad || (by_port && pk.short_udp))
+		return drop(BIER_DROP_MALFORMED);
 	if (be->bsl < BIER_BSL_64 || be->bsl > BIER_BSL_256)
 		return drop(BIER_DROP_BSL);
 	__u32 bsl = be->bsl;
@@ -291,7 +350,8 @@ static __always_inline int bfir_push(struct __sk_buff *skb)
 	h[7] = be->bfir_id & 0xff;
 	if (bpf_skb_store_bytes(skb, 12, &et, sizeof(et), 0) || bpf_skb_store_bytes(skb, BIER_OFF, h, sizeof(h), 0))
 		return drop(BIER_DROP_ENCAP);
-	bump(BIER_EV_BFIR_PUSH);
+	bump(BIER_EV_BFIR_PUSH); /* once per packet, however many sets it is sent in (BMv2 counts the same) */
+	int local = 0;
 	for (__u32 s = 0; s < BIER_MAX_SI_PER_GROUP; s++) {
 		if (s >= be->n_sets)
 			break;
@@ -302,10 +362,19 @@ static __always_inline int bfir_push(struct __sk_buff *skb)
 			bump(BIER_DROP_BIFT_MISS);
 			continue;
 		}
-		struct bier_bits rem = set->bits;
+		struct bier_bits rem;
+		rem.w[0] = set->bits.w[0] & ~e->local.w[0];
+		rem.w[1] = set->bits.w[1] & ~e->local.w[1];
+		rem.w[2] = set->bits.w[2] & ~e->local.w[2];
+		rem.w[3] = set->bits.w[3] & ~e->local.w[3];
+		local |= (set->bits.w[0] & e->local.w[0]) || (set->bits.w[1] & e->local.w[1]) ||
+			 (set->bits.w[2] & e->local.w[2]) || (set->bits.w[3] & e->local.w[3]);
 		/* RFC 8296 s2.1.1.1: BIFT-id, TC 0, S 1 (bottom of stack), TTL */
-		replicate(skb, e, &rem, bsl, (bift_id << 12) | (1 << 8) | BIER_DEFAULT_TTL);
+		if (any_bits(&rem))
+			replicate(skb, e, &rem, bsl, (bift_id << 12) | (1 << 8) | BIER_DEFAULT_TTL);
 	}
+	if (local)
+		deliver_local(skb, proto, hlen, macs);
 	return TC_ACT_SHOT; /* the copies have left; the unencapsulated original goes no further */
 }
 
@@ -358,8 +427,13 @@ int xdp_bier(struct xdp_md *ctx)
 		if (i >= e->n_nbr)
 			break;
 		struct bier_nbr *n = &e->nbr[i];
-		if ((rem.w[0] & n->fbm.w[0]) | (rem.w[1] & n->fbm.w[1]) | (rem.w[2] & n->fbm.w[2]) | (rem.w[3] & n->fbm.w[3]))
+		if ((rem.w[0] & n->fbm.w[0]) | (rem.w[1] & n->fbm.w[1]) | (rem.w[2] & n->fbm.w[2]) | (rem.w[3] & n->fbm.w[3])) {
+			/* RFC 8279 s6.5 sends a copy back through the port the frame came in on when its neighbour's
+			 * bits are set; the broadcast excludes that port, so TC sends that frame's copies */
+			if (n->ifindex == ctx->ingress_ifindex)
+				return XDP_PASS;
 			fanout++;
+		}
 		rem.w[0] &= ~n->fbm.w[0];
 		rem.w[1] &= ~n->fbm.w[1];
 		rem.w[2] &= ~n->fbm.w[2];

@@ -142,6 +142,9 @@
 #define BIER_DROP_PROTO 16
 #define BIER_DROP_REDIRECT 17
 #define BIER_DROP_ENCAP 18
+/* an IP packet that matches a BFIR entry but is malformed (version, header or total length, UDP header
+ * beyond the datagram): dropped, not encapsulated */
+#define BIER_DROP_MALFORMED 19
 #define BIER_COUNTERS 24
 
 #endif /* DINET_CONSTS_H */

@@ -123,12 +123,22 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
 
     apply {
         handled = 0;
+        bit<1> by_port = 0;  /* matched as model sync, by UDP port */
+        bit<32> frame = std.packet_length - 14;
         if (hdr.ipv4.isValid() && !hdr.bift.isValid()) {
+            /* the port is parsed only from an unfragmented datagram: fragments match (S,G) and (*,G) only */
             if (!bfir_sg_v4.apply().hit && !bfir_g_v4.apply().hit && meta.l4_proto == DINET_IPPROTO_UDP &&
                 hdr.l4.isValid()) {
-                bfir_sync_v4.apply();
+                if (bfir_sync_v4.apply().hit) { by_port = 1; }
             }
             if (at_bfir == 0) {
+                if (meta.bfir_set == 0) { bier_counters.count(BIER_EV_PASS); }
+                return;
+            }
+            /* a malformed datagram for a BFIR entry is dropped and counted, as the eBPF BFIR does */
+            if (hdr.ipv4.version != 4 || meta.bad_ihl == 1 || hdr.ipv4.total_len < (bit<16>)hdr.ipv4.ihl * 4 ||
+                (bit<32>)hdr.ipv4.total_len > frame || (by_port == 1 && meta.l3_len + 8 > hdr.ipv4.total_len)) {
+                drop_for(BIER_DROP_MALFORMED);
                 return;
             }
             hdr.bier.dscp = hdr.ipv4.tos[7:2];
@@ -136,14 +146,25 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
         } else if (hdr.ipv6.isValid() && !hdr.bift.isValid()) {
             if (!bfir_sg_v6.apply().hit && !bfir_g_v6.apply().hit && meta.l4_proto == DINET_IPPROTO_UDP &&
                 hdr.l4.isValid()) {
-                bfir_sync_v6.apply();
+                if (bfir_sync_v6.apply().hit) { by_port = 1; }
             }
             if (at_bfir == 0) {
+                if (meta.bfir_set == 0) { bier_counters.count(BIER_EV_PASS); }
+                return;
+            }
+            if (hdr.ipv6.version != 6 || (bit<32>)hdr.ipv6.payload_len + 40 > frame ||
+                meta.l3_len > hdr.ipv6.payload_len + 40 ||
+                (by_port == 1 && meta.l3_len + 8 > hdr.ipv6.payload_len + 40)) {
+                drop_for(BIER_DROP_MALFORMED);
                 return;
             }
             hdr.bier.dscp = hdr.ipv6.traffic_class[7:2];
             hdr.bier.proto = BIER_PROTO_IPV6;
         } else if (!hdr.bift.isValid()) {
+            if (hdr.ethernet.ether_type == DINET_ETHERTYPE_BIER) {  /* not even a BIFT-id word */
+                bier_counters.count(BIER_EV_RX);
+                drop_for(BIER_DROP_TRUNCATED);
+            }
             return;
         }
         handled = 1;
@@ -163,7 +184,9 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
                 hdr.bs256.setValid();
                 hdr.bs256.bits = meta.bs;
             }
-            bier_counters.count(BIER_EV_BFIR_PUSH);
+            if (meta.bfir_set == 0) {
+                bier_counters.count(BIER_EV_BFIR_PUSH);  /* once per packet, as the eBPF BFIR counts */
+            }
             if (meta.bfir_set + 1 < n_sets && meta.bfir_set < BIER_MAX_SI_PER_GROUP - 1) {
                 meta.bfir_set = meta.bfir_set + 1;  /* the next set, in a pass of its own */
                 clone_preserving_field_list(CloneType.I2E, BIER_BFIR_CLONE_SESSION, 1);
@@ -249,8 +272,15 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
         }
         if ((meta.bs & local_bits) != 0) {
             mask = mask | ((bit<16>)1 << n_nbr);
+            /* what follows the BIER header must hold the inner packet's fixed header (a BFIR's own packet
+             * was checked above) */
+            bit<32> bier_len = 14 + 12 + (hdr.bier.bsl == BIER_BSL_64 ? 32w8 : (hdr.bier.bsl == BIER_BSL_128 ? 32w16 : 32w32));
+            bit<32> fixed = hdr.bier.proto == BIER_PROTO_IPV4 ? 32w20 : 32w40;
             if (hdr.bier.proto != BIER_PROTO_IPV4 && hdr.bier.proto != BIER_PROTO_IPV6) {
                 bier_counters.count(BIER_DROP_PROTO);
+                mask = mask & ~((bit<16>)1 << n_nbr);
+            } else if (at_bfir == 0 && std.packet_length < bier_len + fixed) {
+                bier_counters.count(BIER_DROP_TRUNCATED);
                 mask = mask & ~((bit<16>)1 << n_nbr);
             }
         }

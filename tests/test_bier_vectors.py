@@ -30,8 +30,12 @@ def _norm(b: bytes) -> bytes:
 def outcome_ok(name: str, expect: tuple, frames: dict[int, list[bytes]], local: list[bytes]) -> None:
     """Copies as the vector says, port by port; `local`: what the node delivered to itself, compared as
     far as the target shows it (the inner packet on BMv2's host port; the UDP payload on a Linux node)."""
-    want = {f.port: [_norm(bytes(f.packet))] for f in expect if isinstance(f, Forward)}
-    got = {p: [_norm(f) for f in fs] for p, fs in frames.items() if fs}
+    want: dict[int, list[bytes]] = {}
+    for f in expect:
+        if isinstance(f, Forward):
+            want.setdefault(f.port, []).append(_norm(bytes(f.packet)))
+    want = {p: sorted(fs) for p, fs in want.items()}
+    got = {p: sorted(_norm(f) for f in fs) for p, fs in frames.items() if fs}
     assert got == want, f"{name}: copies { ({p: [Ether(f) for f in fs] for p, fs in got.items()})!r}"
     want_local = [f.inner for f in expect if isinstance(f, bv.Local)]
     assert len(local) == len(want_local), f"{name}: delivered locally {local!r}"
@@ -81,16 +85,23 @@ def tc_rig(bpffs_root: Path) -> Iterator:
             for port, (smac, dmac, ids) in sorted(bv.NBR.items())
         ]
         node.set_bift(bv.BID, bv.mask((bv.OWN,)), nbrs)
+        smac, dmac, _ = bv.NBR[2]
+        node.set_bift(bv.BID1, 0, [BiftNeighbor(netns.ifindex("p2", ns), smac, dmac, bv.mask((1,)))])
         from dinet.targets.tc import BfirMatch
 
-        node.set_bfir(BfirMatch(bv.SYNC[0], udp_port=bv.SYNC[1]), bv.BFIR_ID, bv.BSL, {bv.BID: bv.mask((1, 2, 4, 5))})
+        for dst, port, sets in bv.bfir_entries():
+            node.set_bfir(BfirMatch(dst, udp_port=port), bv.BFIR_ID, bv.BSL, sets)
+        rx = []
         with netns.entered(ns):
-            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            rx.bind(bv.SYNC)
-            rx.setblocking(False)
+            for port in (bv.SYNC[1], bv.OWN_PORT):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((bv.SYNC[0], port))
+                s.setblocking(False)
+                rx.append(s)
         taps = {p: netns.l2_socket(f"t{p}", t.ns("tap")) for p in range(4)}
         yield node, taps, rx
-        rx.close()
+        for s in rx:
+            s.close()
     finally:
         for s in taps.values():
             s.close()
@@ -113,7 +124,7 @@ def test_bier_vectors_on_tc(tc_rig) -> None:
     node, taps, rx = tc_rig
     for v in bv.vectors():
         before = node.counters()
-        taps[0].send(v.packet)
+        taps[v.port].send(v.packet)
         moved: dict[str, int] = {}
         for _ in range(300):  # the veth hands the frame over asynchronously: wait for its counters to settle
             after = node.counters()
@@ -123,7 +134,13 @@ def test_bier_vectors_on_tc(tc_rig) -> None:
             select.select([], [], [], 0.01)
         fast = moved.pop("fast", 0)
         assert moved == v.counters, f"{v.name}: counters {moved}"
-        transit = not any(isinstance(f, (bv.Local, Drop)) for f in v.expect) and "bfir_push" not in v.counters
+        forwards = [f for f in v.expect if isinstance(f, Forward)]
+        transit = (
+            forwards
+            and not any(isinstance(f, (bv.Local, Drop)) for f in v.expect)
+            and "bfir_push" not in v.counters
+            and all(f.port != v.port for f in forwards)  # a copy back out of the ingress port is sent by TC
+        )
         assert fast == (1 if transit else 0), f"{v.name}: XDP fast path {fast}"
         frames = {
             p: _read_out(s, 1.0 if any(isinstance(f, Forward) and f.port == p for f in v.expect) else 0)
@@ -131,12 +148,13 @@ def test_bier_vectors_on_tc(tc_rig) -> None:
         }
         local = []
         if any(isinstance(f, bv.Local) for f in v.expect):
-            select.select([rx], [], [], 2.0)  # the payload is already queued once the counters moved
-        while True:
-            try:
-                local.append(rx.recv(65535))  # the UDP payload of the decapsulated packet
-            except BlockingIOError:
-                break
+            select.select(rx, [], [], 2.0)  # the payload is already queued once the counters moved
+        for sock in rx:
+            while True:
+                try:
+                    local.append(sock.recv(65535))  # the UDP payload of the decapsulated packet
+                except BlockingIOError:
+                    break
         outcome_ok(v.name, v.expect, frames, local)
         assert not any(isinstance(f, Drop) for f in v.expect) or not any(frames.values())
 
@@ -152,7 +170,10 @@ def p4_rig() -> Iterator:
     with bmv2_rig(f"{NS_PREFIX}bp") as r:
         nbrs = [P4Neighbor(port, smac, dmac, bv.mask(ids)) for port, (smac, dmac, ids) in sorted(bv.NBR.items())]
         r.node.write_bift(bv.BID, bv.mask((bv.OWN,)), nbrs, local_port=1)
-        r.node.write_bfir(bv.SYNC[0], bv.BFIR_ID, bv.BSL, {bv.BID: bv.mask((1, 2, 4, 5))}, udp_port=bv.SYNC[1])
+        smac, dmac, _ = bv.NBR[2]
+        r.node.write_bift(bv.BID1, 0, [P4Neighbor(2, smac, dmac, bv.mask((1,)))], local_port=1)
+        for dst, port, sets in bv.bfir_entries():
+            r.node.write_bfir(dst, bv.BFIR_ID, bv.BSL, sets, udp_port=port)
         yield r
 
 
@@ -163,7 +184,7 @@ def test_bier_vectors_on_bmv2(p4_rig) -> None:
     r = p4_rig
     for v in bv.vectors():
         before = r.node.bier_counters()
-        r.inject(0, v.packet)
+        r.inject(v.port, v.packet)
         r.inject(0, PROBE)
         host = []
         while (f := r.read(1, timeout=5)) is not None and f != PROBE:
@@ -179,5 +200,8 @@ def test_bier_vectors_on_bmv2(p4_rig) -> None:
         after = r.node.bier_counters()
         moved = {k: after[k] - before[k] for k in after if after[k] != before[k] and k != "fast"}
         assert moved == v.counters, f"{v.name}: counters {moved}"
+        if any(isinstance(f, bv.Passed) for f in v.expect):  # it went on to the host port unchanged
+            assert host == [v.packet], f"{v.name}: on the host port {host!r}"
+            host = []
         local = [bytes(Ether(f).payload) for f in host]
         outcome_ok(v.name, v.expect, frames, local)

@@ -100,7 +100,7 @@ def test_five_percent_loss_toward_one_cloud_is_repaired(lab: SyncLab, model) -> 
     assert report.ok, report.table()
     assert dropped > 0.02 * (passed + dropped)  # the link really lost packets
     by = {c.name: c for c in report.clouds}
-    assert by["e2"].naks > 0 and by["e4"].naks == 0
+    assert by["e2"].naks > 0  # repaired by UFTP's NAKs (e4 may NAK too on a busy machine: no loss there is asserted)
     assert digest(received(lab, "e2", src)) == digest(src)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, UDP, IPOption_Router_Alert
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Ether
 
 from dinet.packets import BIER, BIFTId, bift_id, bitstring
@@ -22,7 +23,21 @@ NBR = {2: ("02:b1:00:00:02:00", "02:b1:00:00:00:02", (1, 4)), 3: ("02:b1:00:00:0
 OWN = 3
 BFIR_ID = 3
 SYNC = ("10.200.0.1", 9000)
+SYNC6 = ("fd00:200::1", 9000)
+OWN_PORT = 9001  # a BFIR entry whose set holds this node's own bit too
+TWO_SETS_PORT = 9002  # a BFIR entry sending in two sets (SI 0 and SI 1)
+BID1 = bift_id(BSL, 1)  # SI 1: BFR-ids 65..128; the neighbour on port 2 serves 65
 INNER = IP(src="10.50.0.2", dst=SYNC[0], tos=0x28) / UDP(sport=4000, dport=SYNC[1]) / b"model-shard-0001"
+
+
+def bfir_entries() -> list[tuple[str, int, dict[int, int]]]:
+    """The BFIR entries both rigs install: (destination, UDP port, BIFT-id -> bit mask)."""
+    return [
+        (SYNC[0], SYNC[1], {BID: mask((1, 2, 4, 5))}),
+        (SYNC6[0], SYNC6[1], {BID: mask((1, 2, 4, 5))}),
+        (SYNC[0], OWN_PORT, {BID: mask((1, OWN))}),
+        (SYNC[0], TWO_SETS_PORT, {BID: mask((1,)), BID1: mask((1,))}),
+    ]
 
 
 @dataclass(frozen=True)
@@ -33,11 +48,17 @@ class Local:
 
 
 @dataclass(frozen=True)
+class Passed:
+    """Not the BIER program's business: the frame goes on unchanged (BMv2's host port; a Linux node's stack)."""
+
+
+@dataclass(frozen=True)
 class BierVector:
     name: str
     packet: bytes
     expect: tuple  # of Forward / Local, or a single Drop
     counters: dict[str, int]  # counters that must move by exactly this much (others may not move)
+    port: int = 0  # where it comes in
 
 
 def frame(ids=(1, 2, 3), ttl=64, bid=BID, **bier) -> Ether:
@@ -131,6 +152,124 @@ def vectors() -> list[BierVector]:
             (Drop("drop_proto"),),
             {"rx": 1, "drop_proto": 1},
         ),
+        # ---- adversarial input (issue 14) ----
+        BierVector(
+            "bits of the neighbour behind the ingress port: its copy goes back out there (RFC 8279 s6.5)",
+            bytes(frame(ids=(1, 2))),
+            (copy(2, (1,), 63, frame(ids=(1, 2))), copy(3, (2,), 63, frame(ids=(1, 2)))),
+            {"rx": 1, "copies": 2},
+            port=2,
+        ),
+        BierVector(
+            "a local delivery whose inner packet is shorter than an IPv4 header is one drop",
+            bytes(Ether(bytes(frame(ids=(3,)))[: 14 + 4 + 8 + 8]) / b"short-ipv4"),
+            (Drop("drop_truncated"),),
+            {"rx": 1, "drop_truncated": 1},
+        ),
+        BierVector(
+            "a BIER frame with fewer than 4 bytes after Ethernet is truncated",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC, type=0xAB37) / b"\x00\x01"),
+            (Drop("drop_truncated"),),
+            {"rx": 1, "drop_truncated": 1},
+        ),
+        BierVector(
+            "BFIR: model-sync UDP with IPv4 options is encapsulated, options and all",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / opts_inner()),
+            (copy(2, (1, 4), 64, pushed_for(opts_inner())), copy(3, (2, 5), 64, pushed_for(opts_inner()))),
+            {"bfir_push": 1, "copies": 2},
+        ),
+        BierVector(
+            "BFIR: model-sync IPv6 behind a hop-by-hop header is encapsulated",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / inner6()),
+            (copy(2, (1, 4), 64, pushed_for(inner6())), copy(3, (2, 5), 64, pushed_for(inner6()))),
+            {"bfir_push": 1, "copies": 2},
+        ),
+        BierVector(
+            "BFIR: a set holding this node's own bit also delivers here (RFC 8279 s6.5)",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / own_inner()),
+            (copy(2, (1,), 64, pushed_for(own_inner(), (1, OWN))), Local(bytes(own_inner()))),
+            {"bfir_push": 1, "copies": 1, "local": 1},
+        ),
+        BierVector(
+            "BFIR: one packet sent in two sets counts one push",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / two_sets_inner()),
+            (
+                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,))),
+                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,), BID1)),
+            ),
+            {"bfir_push": 1, "copies": 2},
+        ),
+        *[
+            BierVector(
+                f"BFIR: malformed IPv4 for a BFIR entry is dropped ({why})",
+                bad,
+                (Drop("drop_malformed"),),
+                {"drop_malformed": 1},
+            )  # fmt: skip
+            for why, bad in malformed_sync()
+        ],
+        BierVector(
+            "BFIR: fragments are not matched by UDP port (all of a datagram's fragments go alike)",
+            bytes(
+                Ether(src="02:b1:00:00:00:99", dst=NODE_MAC)
+                / IP(src="10.50.0.2", dst=SYNC[0], flags="MF")
+                / UDP(sport=4000, dport=SYNC[1])
+                / b"first-fragment"
+            ),
+            (Passed(),),
+            {"pass": 1},
+        ),
+    ]
+
+
+def opts_inner():
+    return (
+        IP(src="10.50.0.2", dst=SYNC[0], tos=0x28, options=[IPOption_Router_Alert()])
+        / UDP(sport=4001, dport=SYNC[1])
+        / b"model-shard-0002"
+    )
+
+
+def inner6():
+    return (
+        IPv6(src="fd00:50::2", dst=SYNC6[0], tc=0x28)
+        / IPv6ExtHdrHopByHop()
+        / UDP(sport=4002, dport=SYNC6[1])
+        / b"model-shard-0003"
+    )
+
+
+def own_inner():
+    return IP(src="10.50.0.2", dst=SYNC[0], tos=0x28) / UDP(sport=4003, dport=OWN_PORT) / b"model-shard-0004"
+
+
+def two_sets_inner():
+    return IP(src="10.50.0.2", dst=SYNC[0], tos=0x28) / UDP(sport=4004, dport=TWO_SETS_PORT) / b"model-shard-0005"
+
+
+def pushed_for(inner, ids=(1, 2, 4, 5), bid=BID) -> Ether:
+    """The frame the BFIR builds for `inner` before replication (copy() sets each neighbour's part)."""
+    six = inner.version == 6
+    return (
+        Ether(dst=NODE_MAC)
+        / BIFTId(bift_id=bid, ttl=64)
+        / BIER(bsl=BSL, proto=6 if six else 4, dscp=10, bfir_id=BFIR_ID, bitstring=bitstring(ids, BSL))
+        / inner
+    )
+
+
+def malformed_sync() -> list[tuple[str, bytes]]:
+    eth = bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC, type=0x0800))
+    good = bytes(INNER)
+
+    def with_bytes(at: int, value: bytes) -> bytes:
+        return eth + good[:at] + value + good[at + len(value) :]
+
+    return [
+        ("version 5", with_bytes(0, b"\x55")),
+        ("total length 0", with_bytes(2, b"\x00\x00")),
+        ("total length beyond the frame", with_bytes(2, (len(good) + 40).to_bytes(2, "big"))),
+        ("UDP header beyond the total length", with_bytes(2, (20 + 6).to_bytes(2, "big"))),
     ]
 
 
