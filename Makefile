@@ -1,6 +1,6 @@
 # dinet: every target installs what it needs first (scripts/install.sh is idempotent: seconds when done).
 PY := .venv/bin/python
-.PHONY: install demo demo-steering test bench p4 clean
+.PHONY: install demo demo-steering demo-sync test bench fuzz p4 clean
 
 install:
 	bash scripts/install.sh
@@ -10,6 +10,9 @@ demo: install
 
 demo-steering: install
 	$(PY) topo/steer_demo.py
+
+demo-sync: install
+	$(PY) topo/model_sync.py
 
 test: install
 	bash scripts/run-tests.sh
@@ -21,6 +24,11 @@ bench: install
 	$(PY) bench/reaction.py --quick
 	$(PY) bench/bier_failover.py --quick
 	$(PY) bench/serve.py --quick
+	$(PY) bench/modelsync.py --quick
+	$(PY) bench/p4_affinity.py --quick
+
+fuzz: install
+	$(PY) bench/fuzz.py
 
 p4: install
 	$(PY) -m dinet.cli p4 compile

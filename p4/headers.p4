@@ -6,7 +6,7 @@
 #include "../ebpf/dinet_consts.h"
 
 #ifndef DINET_P4_AFFINITY_SIZE
-#define DINET_P4_AFFINITY_SIZE 65536
+#define DINET_P4_AFFINITY_SIZE 262144
 #endif
 #define INST_INDEXES (DINET_MAX_SERVICES * DINET_MAX_INSTANCES)
 

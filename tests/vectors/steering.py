@@ -208,6 +208,14 @@ def vectors(place) -> list[Vector]:
             Drop("drop_malformed"),
         ),
         Vector(
+            "a v6 datagram holding 6 of the UDP header's 8 bytes is dropped",
+            Ether(
+                bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src="fd00::2", dst="fd00:99::53", nh=17, plen=6))
+                + bytes(UDP(sport=5359, dport=53))
+            ),
+            Drop("drop_malformed"),
+        ),
+        Vector(
             "three v6 extension headers are more than either plane walks",
             Ether(src=CLIENT_MAC, dst=NODE_MAC)
             / IPv6(src="fd00::2", dst="fd00:99::53")
