@@ -165,7 +165,8 @@ static __always_inline struct inst_value *flow_live(struct flow_value *fv, __u32
 	__u32 *gen = svc_gen.lookup(&sid);
 	__u32 iidx = sid * DINET_MAX_INSTANCES + fv->slot;
 	struct inst_value *inst = instances.lookup(&iidx);
-	if (!gen || *gen != fv->gen || !inst || inst->state == DINET_INST_DOWN || inst->instance_id != fv->instance_id)
+	if (!gen || *gen != fv->gen || !inst || inst->state == DINET_INST_DOWN || inst->instance_id != fv->instance_id ||
+	    inst->epoch != fv->epoch)
 		return 0;
 	*svc_id = sid;
 	*slot = fv->slot;
@@ -579,6 +580,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		nv.slot = slot;
 		nv.instance_id = inst->instance_id;
 		nv.gen = sv->gen;
+		nv.epoch = inst->epoch;
 		affinity.update(&key, &nv);
 		if (ce) {
 			ce->key = key;

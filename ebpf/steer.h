@@ -41,6 +41,9 @@ struct inst_value {
 	__u8 family;                /* family of endpoint */
 	__u8 state;                 /* DINET_INST_* */
 	__u16 site_id;
+	__u32 epoch;                /* drawn by dinet (nonzero) each time an instance takes the slot, so a flow
+	                             * placed on an earlier occupant, even this instance before it left and came
+	                             * back, is not taken for one of this occupant's */
 };
 
 /* affinity: LRU, key the 5-tuple as seen on the wire -> where the flow was placed. Written by the
@@ -60,6 +63,7 @@ struct flow_value {
 	__u32 slot;
 	__u32 instance_id; /* the slot's occupant when placed: a reused slot is not the same instance */
 	__u32 gen;         /* svc_gen[svc_id] when placed: a removed or replaced service is not the same */
+	__u32 epoch;       /* the instance slot's epoch when placed */
 };
 
 /* nh_cache (kernel side only): per CPU, direct-mapped by tunnel endpoint, a copy of what bpf_fib_lookup

@@ -178,5 +178,11 @@ def test_established_flows_stay_put_on_every_cpu_through_set_changes(node) -> No
                 assert now == before, "a flow whose instance stayed up moved"
         node.set_instances(svc, [dataclasses.replace(a, state=InstanceState.DRAINING), b, d])
         assert where(cpus[1]) == second and where(cpus[0]) == second  # draining moves no established flow
+        # an instance that leaves and comes back (into the slot it had): the CPU that placed its flows anew
+        # and the one whose cache still names the instance must agree (the slot's epoch tells them apart)
+        node.set_instances(svc, [b, d])
+        gone = where(cpus[0])
+        node.set_instances(svc, [a, b, d])
+        assert where(cpus[1]) == gone and where(cpus[0]) == gone
     finally:
         node.remove_service(svc)

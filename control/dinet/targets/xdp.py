@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import socket
 import zlib
 from collections.abc import Iterable, Iterator
@@ -327,9 +328,13 @@ class SteeringNode(InstanceEdits):
         base = state.svc_id * self.sizes.max_instances
         # 1. instance entries first: the ring never names a slot that is not yet written
         for slot, inst in plan.changed.items():
+            key = self.instances_t.Key(base + slot)
             if slot not in state.instances:
                 del self.inst_stats_t[self.inst_stats_t.Key(base + slot)]
-            self.instances_t[self.instances_t.Key(base + slot)] = self._inst_leaf(inst)
+            stays = slot in state.instances and state.instances[slot].instance_id == inst.instance_id
+            # an instance that keeps its slot keeps its epoch (its flows stay); a new occupant draws one
+            epoch = int(self.instances_t[key].epoch) if stays else (int.from_bytes(os.urandom(4), "little") or 1)
+            self.instances_t[key] = self._inst_leaf(inst, epoch)
         # 2. the idle ring half, then the switch
         sel = state.ring_sel ^ 1
         write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, plan.ring)
@@ -345,8 +350,9 @@ class SteeringNode(InstanceEdits):
         raw = bytes((cfg.src4 if version == 4 else cfg.src6).addr)
         return any(raw)
 
-    def _inst_leaf(self, inst: Instance) -> Any:
+    def _inst_leaf(self, inst: Instance, epoch: int) -> Any:
         v = self.instances_t.Leaf()
+        v.epoch = epoch
         _set_addr(v.endpoint, inst.endpoint)
         v.family = family_of(inst.endpoint)
         v.instance_id, v.weight, v.state, v.site_id = inst.instance_id, inst.weight, int(inst.state), inst.site_id
