@@ -141,6 +141,33 @@ def unicast(lab: SyncLab, names: list[str], model: Path) -> dict[str, Any]:
         server.wait()
 
 
+def plot(res: dict[str, Any], out: Path) -> None:
+    """Completion time and bytes on the repository's uplink per method and N (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = ["bier", "ingress", "unicast"]
+    ns = sorted({r["n"] for r in res["rows"]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        rows = {r["n"]: r for r in res["rows"] if r["method"] == m}
+        xs = [i + (k - 1) * width for i in range(len(ns))]
+        ax1.bar(xs, [rows[n]["completion_s"] if n in rows else 0 for n in ns], width, label=m)
+        ax2.bar(xs, [rows[n]["uplink_bytes"] / 2**20 if n in rows else 0 for n in ns], width, label=m)
+    for ax, title in ((ax1, "slowest cloud done (s)"), (ax2, "repository uplink (MiB)")):
+        ax.set_xticks(range(len(ns)), [f"N={n}" for n in ns])
+        ax.set_title(title, fontsize=10)
+    ax1.legend(fontsize=8)
+    fig.suptitle(f"{res['size_bytes'] >> 20} MiB to N clouds, links {res['link_mbit']:g} Mbit/s", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64 MiB to 2 and 4 clouds (about a minute)")
@@ -148,7 +175,13 @@ def main() -> int:
     ap.add_argument("--clouds", help="N values, comma-separated (default 2,4 quick; 2,4,8,16 full)")
     ap.add_argument("--link-mbit", type=float, default=200.0, help="every link's rate, Mbit/s")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "modelsync.json")
+    ap.add_argument("--plot", type=Path, help="only draw the plot of an earlier run's JSON (beside it, .png)")
     a = ap.parse_args()
+    if a.plot:
+        import json
+
+        plot(json.loads(a.plot.read_text()), a.plot.with_suffix(".png"))
+        return 0
     if not need_root():
         return 1
     size = a.size_mib or (64 if a.quick else 1024)
@@ -208,6 +241,7 @@ def main() -> int:
 
         shutil.rmtree(root, ignore_errors=True)
     write(res, a.out)
+    plot(res, a.out.with_suffix(".png"))
     return 0 if all(r["bytes_identical"] for r in res["rows"] + res["loss"]) else 1
 
 
