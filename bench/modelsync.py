@@ -9,7 +9,9 @@ links (and the repository's uplink) are all shaped to the same rate with TBF:
 Per method and N: completion time of the slowest cloud, bytes on the repository's uplink, bytes on all links,
 and whether every copy is byte-identical (SHA-256). Then ten consecutive BIER jobs to changing destination
 sets (the time to set each job's BIER groups up: no tree to build), and BIER with 1% and 5% loss on one
-cloud's access link (loss from ebpf/loss.bpf.c: this kernel has no netem).
+cloud's access link (loss from ebpf/loss.bpf.c: this kernel has no netem), and BIER to four clouds with a
+link failing mid-transfer (repair time, extra bytes). The tree has redundant links (cost 2: unused unless
+a link fails).
 
     sudo .venv/bin/python bench/modelsync.py [--quick] [--size-mib N] [--clouds 2,4,8] [--link-mbit R]
 """
@@ -141,6 +143,65 @@ def unicast(lab: SyncLab, names: list[str], model: Path) -> dict[str, Any]:
         server.wait()
 
 
+def failover(lab: SyncLab, model: Path, rate: float) -> dict[str, Any]:
+    """A job to four clouds, first as it is, then with the link m1-n1 failing once the first cloud holds a
+    quarter of the file (its BIER copies and its feedback then go through n2). The BIER controller watches
+    the domain (every 50 ms, and at once on a link event); UFTP's NAKs repair what the failure lost.
+    Returns the repair time (the failure to the rewritten BIFTs), both runs' completion and uplink bytes,
+    and the extra bytes the failure cost."""
+    import threading
+
+    names = spread(lab, 4)
+    base = measure(lab, names, model, "bier", lambda: bier(lab, names, model, rate))
+    ctl = lab.domain.ctl()
+    stop = threading.Event()
+    watcher = threading.Thread(target=ctl.watch, args=(0.05, stop), daemon=True)
+    watcher.start()
+    t_fail: list[float] = []
+
+    def send() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        job = threading.Thread(target=lambda: out.update(bier(lab, names, model, rate)))
+        job.start()
+        tmp = lab.store(names[0]) / ".dinet-sync" / "tmp"
+        while job.is_alive() and not t_fail:
+            got = sum(p.stat().st_blocks * 512 for p in tmp.rglob("*") if p.is_file() and "_group_" not in p.name)
+            if got >= model.stat().st_size // 4:
+                t_fail.append(time.monotonic())
+                lab.domain.fail_link("m1", "n1")
+            time.sleep(0.01)
+        job.join()
+        return out
+
+    try:
+        failed = measure(lab, names, model, "bier", send)
+    finally:
+        stop.set()
+        watcher.join()
+        lab.domain.restore_link("m1", "n1")
+        ctl.link_up("m1", "n1")
+    rewrites = [h for h in ctl.history if t_fail and h.written_at >= t_fail[0]]
+    res = {
+        "n": len(names),
+        "size_bytes": model.stat().st_size,
+        "failed_link": "m1-n1",
+        "repair_ms": round((rewrites[0].written_at - t_fail[0]) * 1000, 1) if rewrites else None,
+        "entries_rewritten": rewrites[0].entries_written if rewrites else 0,
+        "completion_s": {"no_failure": base["completion_s"], "failure": failed["completion_s"]},
+        "uplink_bytes": {"no_failure": base["uplink_bytes"], "failure": failed["uplink_bytes"]},
+        "extra_uplink_bytes": failed["uplink_bytes"] - base["uplink_bytes"],
+        "naks": failed.get("naks"),
+        "bytes_identical": base["bytes_identical"] and failed["bytes_identical"],
+    }
+    print(
+        f"  failover: link m1-n1 down at a quarter of the file: BIFTs rewritten {res['repair_ms']} ms later, "
+        f"{res['extra_uplink_bytes'] / 2**20:.1f} MiB more on the uplink, done in {failed['completion_s']} s "
+        f"(without the failure {base['completion_s']} s), byte-identical {res['bytes_identical']}",
+        flush=True,
+    )
+    return res
+
+
 def plot(res: dict[str, Any], out: Path) -> None:
     """Completion time and bytes on the repository's uplink per method and N (matplotlib, headless)."""
     import matplotlib
@@ -202,7 +263,7 @@ def main() -> int:
     }
     opts = {"link_mbit": a.link_mbit, "xdp": False}  # XDP redirects skip qdiscs: shaped links carry TC
     try:
-        with SyncLab(f"bms{os.getpid() % 1000}", tree(leaves=leaves), root / "clouds", bpffs_root=BPFFS,
+        with SyncLab(f"bms{os.getpid() % 1000}", tree(leaves=leaves, redundant=True), root / "clouds", bpffs_root=BPFFS,
                      domain_options=opts) as lab:  # fmt: skip
             model = root / "model.bin"
             with model.open("wb") as f:
@@ -230,19 +291,23 @@ def main() -> int:
             leaf_if = next(ifn for (node, _), ifn in lab.domain.ifname.items() if node == lossy[0])
             lossy_size = min(size, 32) if a.quick else size
             part = root / "lossy.bin"
-            part.write_bytes(model.read_bytes()[: lossy_size << 20])
+            with model.open("rb") as fin, part.open("wb") as fout:  # streamed: the model may be large
+                for _ in range(lossy_size):
+                    fout.write(fin.read(1 << 20))
             for rate_loss in (0.01, 0.05):
                 with LinkLoss(leaf_if, lab.domain.net.ns(lossy[0]), rate_loss, hook="ingress") as loss:
                     row = measure(lab, lossy, part, "bier", lambda: bier(lab, lossy, part, rate))
                     row["loss"], row["dropped"] = rate_loss, loss.counts()[1]
                 res["loss"].append(row)
+            res["failover"] = failover(lab, part, rate)
     finally:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
     write(res, a.out)
     plot(res, a.out.with_suffix(".png"))
-    return 0 if all(r["bytes_identical"] for r in res["rows"] + res["loss"]) else 1
+    rows = res["rows"] + res["loss"] + ([res["failover"]] if "failover" in res else [])
+    return 0 if all(r["bytes_identical"] for r in rows) else 1
 
 
 if __name__ == "__main__":
