@@ -17,8 +17,14 @@ agree on every flow.
 
     sudo .venv/bin/python bench/fuzz.py [--quick] [--frames N] [--seed S]
 
-writes bench/results/fuzz.json: frames, violations (must be 0), frames per second, outcomes by verdict.
-BIER is not fuzzed here yet (see the README).
+Then as many frames, random and mutated BIER frames (every shared vector, random bitstrings, TTLs, sets) and
+BFIR frames (model-sync UDP to every BFIR entry, with options, extension headers, fragments), go into the
+BIER program of a node in a namespace (TC, and the XDP fast path from a fan-out of 2), in batches closed
+by a marker frame: per batch, the copies on every port (bitstring AND the port's F-BM, TTL one less, the
+neighbour's MACs; a BFIR's header and the input packet after it) and every counter must be exactly what a
+model of RFC 8279 s6.5 / RFC 8296 and the BFIR contract says.
+
+writes bench/results/fuzz.json: frames, violations (must be 0), frames per second, outcomes.
 """
 
 from __future__ import annotations
@@ -350,7 +356,7 @@ def main() -> int:
     if not need_root():
         return 1
     n = a.frames or (100_000 if a.quick else 1_000_000)
-    print(f"fuzz: {n:,} frames through ebpf/steer.bpf.c (seed {a.seed})", flush=True)
+    print(f"fuzz: {n:,} frames through ebpf/steer.bpf.c and {n:,} through ebpf/bier.bpf.c (seed {a.seed})", flush=True)
     steering = fuzz_steering(n, a.seed)
     print(
         f"  steering: {steering['frames']:,} frames, {steering['violations']} violation(s), "
@@ -358,10 +364,288 @@ def main() -> int:
     )
     for ex in steering["examples"]:
         print(f"    {ex}")
-    res = {"host": host(), "seed": a.seed, "steering": steering, "frames": n, "violations": steering["violations"]}
+    bier = fuzz_bier(n, a.seed)
+    print(
+        f"  BIER: {bier['frames']:,} frames, {bier['violations']} violation(s), {bier['frames_per_s']:,} frames/s; "
+        f"outcomes {bier['outcomes']}"
+    )
+    for ex in bier["examples"]:
+        print(f"    {ex}")
+    violations = steering["violations"] + bier["violations"]
+    res = {
+        "host": host(),
+        "seed": a.seed,
+        "steering": steering,
+        "bier": bier,
+        "frames": 2 * n,
+        "violations": violations,
+    }
     write(res, a.out)
-    return 0 if steering["violations"] == 0 else 1
+    return 0 if violations == 0 else 1
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- BIER ------------------------------------------------------------------------------------------------------
+Bifts = dict[int, tuple[int, dict[int, tuple[int, bytes, bytes]]]]
+Bfirs = dict[tuple[bytes, int], tuple[int, dict[int, int]]]
+
+
+def bier_model(frame: bytes, bifts: Bifts, bfirs: Bfirs, bfir_id: int) -> tuple[Counter[str], list[tuple[int, bytes]]]:
+    """What the BIER program must do with `frame` (arriving on a port that is no neighbour's): the counters
+    that move and the copies that leave, (port, frame with its entropy zeroed), per RFC 8279 s6.5 and
+    RFC 8296. bifts: BIFT-id -> (own bits, {port: (F-BM, source MAC, destination MAC)}); bfirs: (destination,
+    UDP port) -> (BSL code, {BIFT-id: bits}). The same contract the shared vectors hold the program to."""
+    c: Counter[str] = Counter()
+    out: list[tuple[int, bytes]] = []
+    et = frame[12:14]
+    if et == b"\xab\x37":
+        c["rx"] += 1
+        if len(frame) < 26:
+            c["drop_truncated"] += 1
+            return c, out
+        w0 = int.from_bytes(frame[14:18], "big")
+        bid, ttl = w0 >> 12, w0 & 0xFF
+        h = frame[18:26]
+        bsl = h[1] >> 4
+        if h[0] >> 4 != 5:
+            c["drop_nibble"] += 1
+        elif h[0] & 0xF != 0:
+            c["drop_version"] += 1
+        elif bsl not in (1, 2, 3) or (bid >> 16) & 0xF != bsl:
+            c["drop_bsl"] += 1
+        if sum(c.values()) > 1:
+            return c, out
+        nbytes = {1: 8, 2: 16, 3: 32}[bsl]
+        if len(frame) < 26 + nbytes:
+            c["drop_truncated"] += 1
+            return c, out
+        bs = int.from_bytes(frame[26 : 26 + nbytes], "big")
+        if not bs:
+            c["drop_zero_bitstring"] += 1
+            return c, out
+        if bid not in bifts:
+            c["drop_bift_miss"] += 1
+            return c, out
+        local, nbrs = bifts[bid]
+        rem = bs & ~local
+        if rem:
+            if ttl <= 1:
+                c["drop_ttl"] += 1
+            else:
+                for port, (fbm, smac, dmac) in nbrs.items():
+                    if rem & fbm:
+                        copy = bytearray(frame)
+                        copy[0:6], copy[6:12] = dmac, smac
+                        copy[17] = ttl - 1
+                        copy[26 : 26 + nbytes] = (rem & fbm).to_bytes(nbytes, "big")
+                        out.append((port, bier_norm(bytes(copy))))
+                        c["copies"] += 1
+                        rem &= ~fbm
+                if rem:
+                    c["drop_no_neighbor"] += 1
+        if bs & local:
+            proto = h[5] & 0x3F
+            if proto not in (4, 6):
+                c["drop_proto"] += 1
+            elif len(frame) < 26 + nbytes + (20 if proto == 4 else 40):
+                c["drop_truncated"] += 1
+            else:
+                c["local"] += 1
+        return c, out
+    # BFIR: the classification of bfir_classify, on (destination, UDP port) entries only (the rig has no (S,G))
+    ip = frame[14:]
+    if et == b"\x08\x00" and len(ip) >= 20:
+        l3, dgram = (ip[0] & 0xF) * 4, int.from_bytes(ip[2:4], "big")
+        bad = ip[0] >> 4 != 4 or ip[0] & 0xF < 5 or dgram < l3 or dgram > len(ip)
+        frag = int.from_bytes(ip[6:8], "big") & 0x3FFF != 0
+        l4, dst, dscp, proto = ip[9], ip[16:20], ip[1] >> 2, 4
+    elif et == b"\x86\xdd" and len(ip) >= 40:
+        l3, dgram = 40, 40 + int.from_bytes(ip[4:6], "big")
+        bad = ip[0] >> 4 != 6 or dgram > len(ip)
+        l4, dst, dscp, proto = ip[6], ip[24:40], ((ip[0] & 0xF) << 4 | ip[1] >> 4) >> 2, 6
+        for _ in range(EXT_MAX):
+            if l4 not in EXT:
+                break
+            if l3 + 2 > dgram or l3 + 2 > len(ip):
+                bad = True
+                break
+            if (ip[l3 + 1] + 1) * 8 > EXT_MAX_LEN:
+                l4 = 0
+                break
+            l4, l3 = ip[l3], l3 + (ip[l3 + 1] + 1) * 8
+        if l3 > dgram:
+            bad = True
+        frag = l4 == 44
+    else:
+        return c, out  # not IP (or shorter than its header): not the BIER program's business, not counted
+    port = 0
+    short_udp = False
+    if l4 == 17 and not frag and l3 >= 20 and l3 + 4 <= len(ip):
+        port = int.from_bytes(ip[l3 + 2 : l3 + 4], "big")
+        short_udp = l3 + 8 > dgram
+    entry = bfirs.get((dst, port)) if port else None
+    if entry is None:
+        c["pass"] += 1
+        return c, out
+    if bad or short_udp:
+        c["drop_malformed"] += 1
+        return c, out
+    c["bfir_push"] += 1
+    bsl, sets = entry
+    nbytes = {1: 8, 2: 16, 3: 32}[bsl]
+    any_local = False
+    for bid, bits in sets.items():
+        if bid not in bifts:
+            c["drop_bift_miss"] += 1
+            continue
+        local, nbrs = bifts[bid]
+        rem = bits & ~local
+        any_local |= bool(bits & local)
+        for p, (fbm, smac, dmac) in nbrs.items():
+            if rem & fbm:
+                word = (bid << 12 | 1 << 8 | 64).to_bytes(4, "big")
+                hdr = bytes([0x50, bsl << 4, 0, 0, (dscp >> 2) & 0xF, (dscp & 3) << 6 | proto]) + bfir_id.to_bytes(
+                    2, "big"
+                )
+                out.append(
+                    (p, bier_norm(dmac + smac + b"\xab\x37" + word + hdr + (rem & fbm).to_bytes(nbytes, "big") + ip))
+                )
+                c["copies"] += 1
+                rem &= ~fbm
+        if rem:
+            c["drop_no_neighbor"] += 1
+    if any_local:
+        c["local"] += 1
+    return c, out
+
+
+def bier_norm(frame: bytes) -> bytes:
+    """A BIER frame with its entropy zeroed (each plane picks its own, RFC 8296 s2.1.2)."""
+    if len(frame) > 22 and frame[12:14] == b"\xab\x37":
+        return frame[:19] + bytes([frame[19] & 0xF0, 0, 0]) + frame[22:]
+    return frame
+
+
+def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True) -> dict[str, Any]:
+    """n_frames random and mutated BIER and BFIR frames into the TC program (and its XDP fast path, taken from
+    a fan-out of 2) of a node in a namespace, in batches closed by a marker frame: per batch, the copies on
+    every port and the counters must be exactly what bier_model says for the batch's frames."""
+    import ipaddress
+    import select
+    import socket
+
+    from scapy.layers.l2 import Ether
+
+    from dinet.targets import netns
+    from dinet.targets.tc import BfirMatch, BierNode, BiftNeighbor
+    from topo.namespaces import Topology
+    from vectors import bier as bv
+
+    rng = random.Random(seed)
+    t = Topology(f"fz{os.getpid() % 1000}")
+    node = None
+    taps: dict[int, socket.socket] = {}
+    violations: list[str] = []
+    outcomes: Counter[str] = Counter()
+    try:
+        t.add_ns("n")
+        t.add_ns("tap")
+        for ns in ("n", "tap"):
+            t.sh(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        for p in range(4):
+            t.link("n", f"p{p}", "tap", f"t{p}")
+            t.sh("tap", "ethtool", "-K", f"t{p}", "gro", "on")
+        ns = t.ns("n")
+        node = BierNode(f"fz{os.getpid() % 1000}", bpffs_root=BPFFS)
+        node.set_xdp_min_fanout(2)  # transit frames with two copies or more take the XDP fast path
+        for p in range(4):
+            node.attach(f"p{p}", ns)
+        mac = {p: bytes.fromhex(m.replace(":", "")) for p, m in ((2, bv.NBR[2][0]), (3, bv.NBR[3][0]))}
+        dmac = {p: bytes.fromhex(bv.NBR[p][1].replace(":", "")) for p in (2, 3)}
+        nbrs = [
+            BiftNeighbor(netns.ifindex(f"p{p}", ns), bv.NBR[p][0], bv.NBR[p][1], bv.mask(bv.NBR[p][2])) for p in (2, 3)
+        ]
+        node.set_bift(bv.BID, bv.mask((bv.OWN,)), nbrs)
+        node.set_bift(bv.BID1, 0, [BiftNeighbor(netns.ifindex("p2", ns), bv.NBR[2][0], bv.NBR[2][1], bv.mask((1,)))])
+        for dst, port, sets in bv.bfir_entries():
+            node.set_bfir(BfirMatch(dst, udp_port=port), bv.BFIR_ID, bv.BSL, sets)
+
+        bifts: Bifts = {
+            bv.BID: (bv.mask((bv.OWN,)), {p: (bv.mask(bv.NBR[p][2]), mac[p], dmac[p]) for p in (2, 3)}),
+            bv.BID1: (0, {2: (bv.mask((1,)), mac[2], dmac[2])}),
+        }
+        bfirs: Bfirs = {
+            (ipaddress.ip_address(dst).packed, port): (bv.BSL, sets) for dst, port, sets in bv.bfir_entries()
+        }
+        taps = {p: netns.l2_socket(f"t{p}", t.ns("tap")) for p in range(4)}
+        seeds = [bytes(v.packet) for v in bv.vectors()]
+        for _ in range(100):
+            ids = rng.sample([1, 2, 3, 4, 5, 6, 7, 50], rng.randint(0, 5))
+            seeds.append(bytes(bv.frame(ids=tuple(ids), ttl=rng.choice([0, 1, 2, 64, 255]))))
+            seeds.append(bytes(bv.frame(ids=(1,), bid=bv.BID1)))
+        seeds += [
+            bytes(Ether(src="02:b1:00:00:00:99", dst=bv.NODE_MAC) / f())
+            for f in (bv.opts_inner, bv.inner6, bv.own_inner, bv.two_sets_inner)
+        ]
+        next_frame = mutator(rng, seeds)
+        marker = bytes(bv.frame(ids=(1, 2)) / b"--batch-end--")
+        m_counts, m_out = bier_model(marker, bifts, bfirs, bv.BFIR_ID)
+        t0 = time.monotonic()
+        sent = 0
+        while sent < n_frames:
+            frames = [next_frame() for _ in range(min(batch, n_frames - sent))]
+            want_c: Counter[str] = Counter(m_counts)
+            want_out: dict[int, list[bytes]] = {}
+            for f in frames:
+                c, out = bier_model(f, bifts, bfirs, bv.BFIR_ID)
+                want_c += c
+                drops = [k for k in c if k.startswith("drop")]
+                outcomes[drops[0] if drops else next((k for k in ("copies", "local", "pass") if c[k]), "not ip")] += 1
+                for p, b in out:
+                    want_out.setdefault(p, []).append(b)
+            before = node.counters()
+            for f in frames + [marker]:
+                taps[0].send(f)
+            got: dict[int, list[bytes]] = {}
+            for p in (2, 3):  # read until the marker's copy: the port's earlier copies came before it
+                marker_copy = dict(m_out)[p]
+                while select.select([taps[p]], [], [], 2.0)[0]:
+                    data, addr = taps[p].recvfrom(65535)
+                    if addr[2] == 4:  # PACKET_OUTGOING
+                        continue
+                    if bier_norm(data) == marker_copy:
+                        break
+                    got.setdefault(p, []).append(bier_norm(data))
+            for _ in range(200):  # counters settle once every frame has been handled (local deliveries too)
+                after = node.counters()
+                moved = Counter({k: after[k] - before[k] for k in after if after[k] != before[k]})
+                moved.pop("fast", None)
+                if moved == want_c:
+                    break
+                time.sleep(0.005)
+            wanted = {p: sorted(v) for p, v in want_out.items()}
+            if {p: sorted(v) for p, v in got.items()} != wanted or moved != want_c:
+                extra = {k: moved[k] - want_c[k] for k in set(moved) | set(want_c) if moved[k] != want_c[k]}
+                have = {p: len(v) for p, v in got.items()}
+                need = {p: len(v) for p, v in wanted.items()}
+                violations.append(f"batch at frame {sent}: counters off by {extra}; copies {have} vs {need}")
+            sent += len(frames)
+            if progress and sent % 100_000 < batch:
+                print(f"  BIER: {sent:,} frames, {len(violations)} violation(s)", flush=True)
+        seconds = time.monotonic() - t0
+    finally:
+        for s_ in taps.values():
+            s_.close()
+        t.close()
+        if node:
+            node.destroy()
+    return {
+        "frames": n_frames,
+        "violations": len(violations),
+        "examples": violations[:10],
+        "frames_per_s": round(n_frames / seconds),
+        "outcomes": dict(outcomes.most_common()),
+    }
