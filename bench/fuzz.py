@@ -535,44 +535,18 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
     every port and the counters must be exactly what bier_model says for the batch's frames."""
     import ipaddress
     import select
-    import socket
 
+    from bier_rig import tc_bier_rig
     from scapy.layers.l2 import Ether
 
-    from dinet.targets import netns
-    from dinet.targets.tc import BfirMatch, BierNode, BiftNeighbor
-    from topo.namespaces import Topology
     from vectors import bier as bv
 
     rng = random.Random(seed)
-    t = Topology(f"fz{os.getpid() % 1000}")
-    node = None
-    taps: dict[int, socket.socket] = {}
     violations: list[str] = []
     outcomes: Counter[str] = Counter()
-    try:
-        t.add_ns("n")
-        t.add_ns("tap")
-        for ns in ("n", "tap"):
-            t.sh(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        for p in range(4):
-            t.link("n", f"p{p}", "tap", f"t{p}")
-            t.sh("tap", "ethtool", "-K", f"t{p}", "gro", "on")
-        ns = t.ns("n")
-        node = BierNode(f"fz{os.getpid() % 1000}", bpffs_root=BPFFS)
-        node.set_xdp_min_fanout(2)  # transit frames with two copies or more take the XDP fast path
-        for p in range(4):
-            node.attach(f"p{p}", ns)
-        mac = {p: bytes.fromhex(m.replace(":", "")) for p, m in ((2, bv.NBR[2][0]), (3, bv.NBR[3][0]))}
+    with tc_bier_rig(f"fz{os.getpid() % 1000}", BPFFS, min_fanout=2) as (node, taps, _):
+        mac = {p: bytes.fromhex(bv.NBR[p][0].replace(":", "")) for p in (2, 3)}
         dmac = {p: bytes.fromhex(bv.NBR[p][1].replace(":", "")) for p in (2, 3)}
-        nbrs = [
-            BiftNeighbor(netns.ifindex(f"p{p}", ns), bv.NBR[p][0], bv.NBR[p][1], bv.mask(bv.NBR[p][2])) for p in (2, 3)
-        ]
-        node.set_bift(bv.BID, bv.mask((bv.OWN,)), nbrs)
-        node.set_bift(bv.BID1, 0, [BiftNeighbor(netns.ifindex("p2", ns), bv.NBR[2][0], bv.NBR[2][1], bv.mask((1,)))])
-        for dst, port, sets in bv.bfir_entries():
-            node.set_bfir(BfirMatch(dst, udp_port=port), bv.BFIR_ID, bv.BSL, sets)
-
         bifts: Bifts = {
             bv.BID: (bv.mask((bv.OWN,)), {p: (bv.mask(bv.NBR[p][2]), mac[p], dmac[p]) for p in (2, 3)}),
             bv.BID1: (0, {2: (bv.mask((1,)), mac[2], dmac[2])}),
@@ -580,7 +554,6 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
         bfirs: Bfirs = {
             (ipaddress.ip_address(dst).packed, port): (bv.BSL, sets) for dst, port, sets in bv.bfir_entries()
         }
-        taps = {p: netns.l2_socket(f"t{p}", t.ns("tap")) for p in range(4)}
         seeds = [bytes(v.packet) for v in bv.vectors()]
         for _ in range(100):
             ids = rng.sample([1, 2, 3, 4, 5, 6, 7, 50], rng.randint(0, 5))
@@ -636,12 +609,6 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
             if progress and sent % 100_000 < batch:
                 print(f"  BIER: {sent:,} frames, {len(violations)} violation(s)", flush=True)
         seconds = time.monotonic() - t0
-    finally:
-        for s_ in taps.values():
-            s_.close()
-        t.close()
-        if node:
-            node.destroy()
     return {
         "frames": n_frames,
         "violations": len(violations),

@@ -11,8 +11,6 @@ import pytest
 from scapy.layers.l2 import ARP, Ether
 
 from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
-from dinet.targets import netns
-from topo.namespaces import Topology
 from vectors import Drop, Forward
 from vectors import bier as bv
 
@@ -60,54 +58,11 @@ def _udp_payload(inner: bytes) -> bytes:
 def tc_rig(bpffs_root: Path) -> Iterator:
     if needs_bcc.args[0]:
         pytest.skip(needs_bcc.kwargs["reason"])
-    from dinet.targets.tc import BierNode, BiftNeighbor
+    from bier_rig import tc_bier_rig
 
-    t = Topology(f"{NS_PREFIX}bv")
-    node = None
-    taps: dict[int, socket.socket] = {}
-    try:
-        t.add_ns("n")
-        t.add_ns("tap")
-        for ns in ("n", "tap"):
-            t.sh(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        for p in range(4):
-            t.link("n", f"p{p}", "tap", f"t{p}")
-            t.sh("tap", "ethtool", "-K", f"t{p}", "gro", "on")  # takes the node's XDP-forwarded frames
-        t.sh("n", "ip", "link", "set", "dev", "p0", "address", bv.NODE_MAC)
-        t.addr("n", "lo", f"{bv.SYNC[0]}/32")
-        node = BierNode(f"{NS_PREFIX}bv", bpffs_root=bpffs_root)
-        node.set_xdp_min_fanout(1)  # transit vectors go through the XDP fast path (the rest through TC)
-        ns = t.ns("n")
-        for p in range(4):
-            node.attach(f"p{p}", ns)
-        nbrs = [
-            BiftNeighbor(netns.ifindex(f"p{port}", ns), smac, dmac, bv.mask(ids))
-            for port, (smac, dmac, ids) in sorted(bv.NBR.items())
-        ]
-        node.set_bift(bv.BID, bv.mask((bv.OWN,)), nbrs)
-        smac, dmac, _ = bv.NBR[2]
-        node.set_bift(bv.BID1, 0, [BiftNeighbor(netns.ifindex("p2", ns), smac, dmac, bv.mask((1,)))])
-        from dinet.targets.tc import BfirMatch
-
-        for dst, port, sets in bv.bfir_entries():
-            node.set_bfir(BfirMatch(dst, udp_port=port), bv.BFIR_ID, bv.BSL, sets)
-        rx = []
-        with netns.entered(ns):
-            for port in (bv.SYNC[1], bv.OWN_PORT):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.bind((bv.SYNC[0], port))
-                s.setblocking(False)
-                rx.append(s)
-        taps = {p: netns.l2_socket(f"t{p}", t.ns("tap")) for p in range(4)}
-        yield node, taps, rx
-        for s in rx:
-            s.close()
-    finally:
-        for s in taps.values():
-            s.close()
-        t.close()
-        if node:
-            node.destroy()
+    # transit vectors go through the XDP fast path (from one copy), the rest through TC
+    with tc_bier_rig(f"{NS_PREFIX}bv", bpffs_root, min_fanout=1) as rig:
+        yield rig
 
 
 def _read_out(s: socket.socket, timeout: float) -> list[bytes]:
