@@ -61,3 +61,15 @@ def tc_bier_rig(prefix: str, bpffs_root: Path, min_fanout: int) -> Iterator[tupl
         t.close()
         if node:
             node.destroy()
+
+
+def program_bmv2(node) -> None:  # type: ignore[no-untyped-def]
+    """The same BIFTs and BFIR entries on a BMv2 switch (a P4Node; port 1 its host port)."""
+    from dinet.targets.p4node import P4Neighbor
+
+    nbrs = [P4Neighbor(port, smac, dmac, bv.mask(ids)) for port, (smac, dmac, ids) in sorted(bv.NBR.items())]
+    node.write_bift(bv.BID, bv.mask((bv.OWN,)), nbrs, local_port=1)
+    smac, dmac, _ = bv.NBR[2]
+    node.write_bift(bv.BID1, 0, [P4Neighbor(2, smac, dmac, bv.mask((1,)))], local_port=1)
+    for dst, port, sets in bv.bfir_entries():
+        node.write_bfir(dst, bv.BFIR_ID, bv.BSL, sets, udp_port=port)

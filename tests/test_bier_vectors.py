@@ -118,17 +118,11 @@ def test_bier_vectors_on_tc(tc_rig) -> None:
 @pytest.fixture(scope="module")
 def p4_rig() -> Iterator:
     bmv2_tools_or_skip()
+    from bier_rig import program_bmv2
     from bmv2_harness import bmv2_rig
 
-    from dinet.targets.p4node import P4Neighbor
-
     with bmv2_rig(f"{NS_PREFIX}bp") as r:
-        nbrs = [P4Neighbor(port, smac, dmac, bv.mask(ids)) for port, (smac, dmac, ids) in sorted(bv.NBR.items())]
-        r.node.write_bift(bv.BID, bv.mask((bv.OWN,)), nbrs, local_port=1)
-        smac, dmac, _ = bv.NBR[2]
-        r.node.write_bift(bv.BID1, 0, [P4Neighbor(2, smac, dmac, bv.mask((1,)))], local_port=1)
-        for dst, port, sets in bv.bfir_entries():
-            r.node.write_bfir(dst, bv.BFIR_ID, bv.BSL, sets, udp_port=port)
+        program_bmv2(r.node)
         yield r
 
 
