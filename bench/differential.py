@@ -30,6 +30,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import host, need_root, write  # noqa: E402
 
 
+def unpin(bpffs: Path) -> None:
+    if bpffs.exists():
+        from dinet.targets.bcc_program import remove_pinned_tree
+
+        remove_pinned_tree(bpffs)
+
+
+def summary(n: int, differences: list[str], seconds: float, outcomes: dict[str, int], mutate: bool) -> dict[str, Any]:
+    return {
+        "frames": n,
+        "differences": len(differences),
+        "examples": differences[:10],
+        "frames_per_s": round(n / seconds),
+        "outcomes": outcomes,
+        "mutated": mutate,
+    }
+
+
 def xdp_outcome(node: Any, frame: bytes) -> tuple[str, bytes, dict[str, int]]:
     from dinet.targets.bpfsys import XDP_DROP, XDP_PASS, XDP_TX, test_run
 
@@ -104,18 +122,8 @@ def run(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True) -> 
             seconds = time.monotonic() - t0
     finally:
         node.destroy()
-        if bpffs.exists():
-            from dinet.targets.bcc_program import remove_pinned_tree
-
-            remove_pinned_tree(bpffs)
-    return {
-        "frames": n,
-        "differences": len(differences),
-        "examples": differences[:10],
-        "frames_per_s": round(n / seconds),
-        "outcomes": outcomes,
-        "mutated": mutate,
-    }
+        unpin(bpffs)
+    return summary(n, differences, seconds, outcomes, mutate)
 
 
 def bier_frames(rng: random.Random) -> list[bytes]:
@@ -231,18 +239,8 @@ def run_bier(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True
                     print(f"  BIER: {i:,} frames, {len(differences)} difference(s)", flush=True)
             seconds = time.monotonic() - t0
     finally:
-        if bpffs.exists():
-            from dinet.targets.bcc_program import remove_pinned_tree
-
-            remove_pinned_tree(bpffs)
-    return {
-        "frames": n,
-        "differences": len(differences),
-        "examples": differences[:10],
-        "frames_per_s": round(n / seconds),
-        "outcomes": outcomes,
-        "mutated": mutate,
-    }
+        unpin(bpffs)
+    return summary(n, differences, seconds, outcomes, mutate)
 
 
 def main() -> int:
