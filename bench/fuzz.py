@@ -384,10 +384,6 @@ def main() -> int:
     return 0 if violations == 0 else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ---- BIER ------------------------------------------------------------------------------------------------------
 Bifts = dict[int, tuple[int, dict[int, tuple[int, bytes, bytes]]]]
 Bfirs = dict[tuple[bytes, int], tuple[int, dict[int, int]]]
@@ -616,3 +612,7 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
         "frames_per_s": round(n_frames / seconds),
         "outcomes": dict(outcomes.most_common()),
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
