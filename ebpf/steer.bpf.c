@@ -453,7 +453,9 @@ static __always_inline int steer(struct xdp_md *ctx)
 	struct flow_key key __attribute__((aligned(8))) = {};
 	struct vip_key vk = {};
 	void *l4;
-	void *dgram_end;
+	__u32 l4_off; /* where L4 starts, from the IP header: checked against the datagram's length as a number
+		       * (a second packet-pointer bound would let clang merge the two checks where the verifier
+		       * cannot follow) */
 	__u32 inner_len;
 	__u64 frame_len = data_end - data;
 
@@ -472,7 +474,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		inner_len = bpf_ntohs(iph->tot_len);
 		if (inner_len < iph->ihl * 4 || (void *)iph + inner_len > data_end)
 			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
-		dgram_end = (void *)iph + inner_len; /* what follows is Ethernet padding or trailer, not the datagram */
+		l4_off = iph->ihl * 4; /* what follows inner_len is Ethernet padding or trailer, not the datagram */
 		if (iph->frag_off & bpf_htons(0x3FFF)) /* MF set or offset nonzero */
 			return not_steered(&vk, DINET_DROP_FRAGMENT, XDP_DROP);
 		key.family = DINET_AF_INET;
@@ -491,7 +493,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		if ((void *)ip6 + inner_len > data_end)
 			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
-		dgram_end = (void *)ip6 + inner_len;
+		l4_off = sizeof(*ip6);
 		__u8 nh = ip6->nexthdr;
 		l4 = ip6 + 1;
 		/* RFC 8200 s4.1: walk hop-by-hop, routing and destination options to the upper layer. */
@@ -500,14 +502,17 @@ static __always_inline int steer(struct xdp_md *ctx)
 			if (nh != DINET_IPPROTO_HOPOPTS && nh != DINET_IPPROTO_ROUTING && nh != DINET_IPPROTO_DSTOPTS)
 				break;
 			struct ipv6_opt_hdr *oh = l4;
-			if ((void *)(oh + 1) > data_end || (void *)(oh + 1) > dgram_end)
+			if ((void *)(oh + 1) > data_end)
+				return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
+			if (l4_off + sizeof(*oh) > inner_len)
 				return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 			if ((oh->hdrlen + 1) * 8 > DINET_IPV6_EXT_MAX_LEN)
 				return not_steered(&vk, DINET_DROP_IPV6_EXTHDR, XDP_DROP);
 			nh = oh->nexthdr;
 			l4 += (oh->hdrlen + 1) * 8;
+			l4_off += (oh->hdrlen + 1) * 8;
 		}
-		if (l4 > dgram_end) /* the last extension header runs past the datagram */
+		if (l4_off > inner_len) /* the last extension header runs past the datagram */
 			return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 		if (nh == DINET_IPPROTO_FRAGMENT)
 			return not_steered(&vk, DINET_DROP_FRAGMENT, XDP_DROP);
@@ -524,7 +529,9 @@ static __always_inline int steer(struct xdp_md *ctx)
 	if (key.proto != DINET_IPPROTO_TCP && key.proto != DINET_IPPROTO_UDP)
 		return not_steered(&vk, DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
 	struct udphdr *ports = l4; /* TCP and UDP both start with source and destination port */
-	if ((void *)(ports + 1) > data_end || (void *)(ports + 1) > dgram_end)
+	if ((void *)(ports + 1) > data_end)
+		return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
+	if (l4_off + sizeof(*ports) > inner_len) /* the L4 header's first 8 bytes lie in the datagram */
 		return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 	key.sport = ports->source;
 	key.dport = ports->dest;
