@@ -14,6 +14,7 @@ link failing mid-transfer (repair time, extra bytes). The tree has redundant lin
 a link fails).
 
     sudo .venv/bin/python bench/modelsync.py [--quick] [--size-mib N] [--clouds 2,4,8] [--link-mbit R]
+    sudo .venv/bin/dinet experiment modelsync [the same options]
 """
 
 from __future__ import annotations

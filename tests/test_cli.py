@@ -154,3 +154,26 @@ def test_every_subcommand_answers_bad_input_with_one_line(node: str) -> None:
         # one line of error; --insecure's own warning may stand before it
         lines = [x for x in res.stderr.splitlines() if x.strip() and not x.startswith(("usage:", " ", "WARNING"))]
         assert len(lines) == 1 and lines[0].startswith("dinet"), f"{args}: {res.stderr!r}"
+
+
+def test_experiment_runs_the_benchmarks_code(tmp_path) -> None:
+    """`dinet experiment modelsync ARGS` is bench/modelsync.py with ARGS: here it draws the plot of a result."""
+    rows = [
+        {
+            "method": m,
+            "n": n,
+            "completion_s": 1.0 + k,
+            "uplink_bytes": (k + 1) << 20,
+            "total_bytes": 0,
+            "bytes_identical": True,
+        }
+        for k, m in enumerate(("bier", "ingress", "unicast"))
+        for n in (2, 4)
+    ]
+    result = tmp_path / "modelsync.json"
+    result.write_text(json.dumps({"rows": rows, "size_bytes": 64 << 20, "link_mbit": 200.0}))
+    dinet("experiment", "modelsync", "--plot", str(result))
+    png = result.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = dinet("experiment", "nothing", ok=False)
+    assert res.returncode == 2 and "invalid choice" in res.stderr

@@ -504,6 +504,24 @@ def cmd_sync(a: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+EXPERIMENTS = {"modelsync": "modelsync.py"}  # name -> the benchmark in the source tree's bench/ it runs
+
+
+def cmd_experiment(a: argparse.Namespace) -> None:
+    """Runs an experiment: the same code as its benchmark (bench/NAME.py of the source tree dinet is installed
+    from, as ebpf/ and p4/ are found), with the arguments given after the name."""
+    import subprocess
+
+    from .paths import EBPF_DIR
+
+    script = EBPF_DIR.parent / "bench" / EXPERIMENTS[a.name]
+    if not script.is_file():
+        raise ConfigError(f"no {script}: dinet experiment runs from a source tree (pip install -e .)")
+    rc = subprocess.run([sys.executable, str(script), *a.args], check=False).returncode
+    if rc:
+        raise SystemExit(rc)
+
+
 def cmd_certs_init(a: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -770,6 +788,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_sync)
+    p = sub.add_parser("experiment", help="run an experiment (modelsync: BIER vs ingress replication vs HTTP)")
+    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its own options, e.g. --quick (see NAME --help)")
+    p.set_defaults(fn=cmd_experiment)
     p = sub.add_parser("sync-receiver", help="a GPU cloud's model-sync receiver (uftpd and a status endpoint)")
     p.add_argument("--store", required=True, help="the model store (received files land here)")
     p.add_argument("--interfaces", required=True, help="interfaces BIER delivers on, comma-separated")
