@@ -135,3 +135,23 @@ def test_verifier_refusal_carries_the_log(tmp_path: Path, bpffs_root: Path) -> N
     finally:
         prog.unpin()
         prog.close()
+
+
+def test_a_refused_program_leaves_no_pinned_map(tmp_path: Path, monkeypatch, bpffs_root: Path) -> None:
+    """A node whose program the kernel refuses (here: a read past the packet) must not leave the maps it
+    pinned for it behind: nothing could ever use them, and the next node of that name would adopt them."""
+    import dinet.targets.bcc_program as bp
+    from dinet.errors import VerifierError
+
+    (tmp_path / "refused.bpf.c").write_text(
+        "#include <uapi/linux/bpf.h>\n"
+        'BPF_TABLE_PINNED("array", __u32, __u32, things, 4, DINET_PIN_DIR "/things");\n'
+        "int xdp_refused(struct xdp_md *ctx) { __u8 *p = (void *)(long)ctx->data; return p[100]; }\n"
+    )
+    monkeypatch.setattr(bp, "EBPF_DIR", tmp_path)
+    pin = bpffs_root / "refused" / "prog"
+    prog = bp.BccProgram("refused.bpf.c", pin)
+    assert (pin / "things").exists()
+    with pytest.raises(VerifierError):
+        prog.load_main("xdp_refused")
+    assert not pin.exists()

@@ -54,6 +54,7 @@ class BccProgram:
             if not f.exists():
                 raise DataPlaneError(f"missing eBPF source {f}")
         text = "".join(f'#line 1 "{f}"\n{f.read_text()}\n' for f in files)
+        self.created = not pin_dir.exists() or not any(pin_dir.iterdir())  # the maps are pinned anew here
         pin_dir.mkdir(parents=True, exist_ok=True)
         cflags = [f"-I{EBPF_DIR}", f'-DDINET_PIN_DIR="{pin_dir}"', "-Wno-macro-redefined"]
         cflags += [f"-D{k}={v}" for k, v in (defines or {}).items()]
@@ -81,6 +82,17 @@ class BccProgram:
                 raise VerifierError(f"{self.source.name}:{fn_name}", err[0])
             self._fns[fn_name] = fn
         return self._fns[fn_name]
+
+    def load_main(self, fn_name: str, prog_type: str = "xdp") -> Any:
+        """load() for the program a node is built around: if the kernel refuses it, the maps this object
+        pinned anew are unpinned before the error goes up (no program could ever use them)."""
+        try:
+            return self.load(fn_name, prog_type)
+        except VerifierError:
+            if self.created:
+                self.close()
+                self.unpin()
+            raise
 
     def table(self, name: str) -> Any:
         return self.bpf.get_table(name.encode())

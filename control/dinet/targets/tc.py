@@ -114,7 +114,7 @@ class BierNode:
             {"DINET_BIER_NO_ENTRY": 1} if bench else None,
             after=["bench_bier.bpf.c"] if bench else [],
         )
-        self.fn = self.prog.load(self.PROGRAM, "sched_cls")
+        self.fn = self.prog.load_main(self.PROGRAM, "sched_cls")
         t = self.prog.table
         self.bift_t, self.bfir_t, self.counters_t, self.if_tx_t = t("bift"), t("bfir"), t("bier_counters"), t("if_tx")
         self.ports_t, self.cfg_t = t("bier_ports"), t("bier_cfg")

@@ -92,7 +92,7 @@ class SteeringNode(InstanceEdits):
         # bench: with ebpf/bench_steer.bpf.c's wrappers (bench/ only)
         defines = self.sizes.defines() | ({"DINET_STEER_NO_ENTRY": 1} if bench else {})
         self.prog = BccProgram("steer.bpf.c", pin_dir, defines, after=["bench_steer.bpf.c"] if bench else [])
-        self.fn = self.prog.load(self.PROGRAM)
+        self.fn = self.prog.load_main(self.PROGRAM)
         t = self.prog.table
         self.services_t, self.vip_addrs_t, self.instances_t = t("services"), t("vip_addrs"), t("instances")
         self.ring_t, self.affinity_t, self.config_t = t("ring"), t("affinity"), t("config")
@@ -452,7 +452,7 @@ class DecapNode:
     def __init__(self, node: str = "default", bpffs_root: Path = BPFFS_ROOT):
         self.node = node
         self.prog = BccProgram("decap.bpf.c", bpffs_root / node / "decap")
-        self.fn = self.prog.load(self.PROGRAM)
+        self.fn = self.prog.load_main(self.PROGRAM)
         self.endpoints_t = self.prog.table("endpoints")
         self.verdicts_t = self.prog.table("verdicts")
 
