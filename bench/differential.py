@@ -246,6 +246,13 @@ def run_bier(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True
     return summary(n, differences, seconds, outcomes, mutate)
 
 
+def show(name: str, res: dict[str, Any]) -> None:
+    print(f"{name}: {res['frames']:,} frames, {res['differences']} difference(s), {res['frames_per_s']} frames/s; "
+          f"{res['outcomes']}")  # fmt: skip
+    for ex in res["examples"]:
+        print(f"  {ex}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=10_000)
@@ -258,15 +265,9 @@ def main() -> int:
     import os
 
     steering = run(a.frames, a.seed, a.mutate, f"df{os.getpid() % 1000}")
-    print(f"steering: {steering['frames']:,} frames, {steering['differences']} difference(s), "
-          f"{steering['frames_per_s']} frames/s")  # fmt: skip
-    for ex in steering["examples"]:
-        print(f"  {ex}")
+    show("steering", steering)
     bier = run_bier(a.frames, a.seed, a.mutate, f"db{os.getpid() % 1000}")
-    print(f"BIER: {bier['frames']:,} frames, {bier['differences']} difference(s), {bier['frames_per_s']} frames/s; "
-          f"{bier['outcomes']}")  # fmt: skip
-    for ex in bier["examples"]:
-        print(f"  {ex}")
+    show("BIER", bier)
     total = steering["differences"] + bier["differences"]
     write({"host": host(), "seed": a.seed, "steering": steering, "bier": bier, "differences": total}, a.out)
     return 0 if total == 0 else 1

@@ -214,7 +214,8 @@ def fuzz_steering(n_frames: int, seed: int, progress: bool = True) -> dict[str, 
 
     rng = random.Random(seed)
     node = SteeringNode("fuzz", SteerSizes(16, 16, 251, 65536), bpffs_root=BPFFS)
-    violations: list[str] = []
+    violations: list[str] = []  # the first 50, as examples
+    n_violations = 0
     outcomes: Counter[str] = Counter()
     try:
         sv.install_scenario(node)
@@ -231,6 +232,13 @@ def fuzz_steering(n_frames: int, seed: int, progress: bool = True) -> dict[str, 
         placed: dict[tuple, bytes] = {}
         before = node.verdicts()
         t0 = time.monotonic()
+
+        def bad(what: str, frame: bytes) -> None:
+            nonlocal n_violations
+            n_violations += 1
+            if len(violations) < 50:
+                violations.append(f"{what}: {frame.hex()}")
+
         for i in range(n_frames):
             frame = next_frame()
             want = model(frame, services, vips)
@@ -240,36 +248,31 @@ def fuzz_steering(n_frames: int, seed: int, progress: bool = True) -> dict[str, 
             before = after
             outcomes[want[0] if want[0] == "steer" else want[1]] += 1
 
-            def bad(what: str, frame: bytes = frame) -> None:
-                if len(violations) < 50:
-                    violations.append(f"{what}: {frame.hex()}")
-                else:
-                    violations.append("")
-
             if want[0] == "steer":
                 _, dgram, flow, eps = want
                 if res.action != XDP_TX or moved:
-                    bad(f"expected a steered frame, got action {res.action_name}, counters {moved}")
+                    bad(f"expected a steered frame, got action {res.action_name}, counters {moved}", frame)
                     continue
                 why = outer_ok(res.data, frame, dgram, eps, src4, src6)
                 if why:
-                    bad(why)
+                    bad(why, frame)
                     continue
                 dst = res.data[30:34] if res.data[12:14] == b"\x08\x00" else res.data[38:54]
                 if placed.setdefault(flow, dst) != dst:
-                    bad("a flow moved to another instance")
+                    bad("a flow moved to another instance", frame)
             else:
                 verdict, reason = want
                 action = XDP_DROP if verdict == "drop" else XDP_PASS
                 if res.action != action or moved != {reason: 1}:
-                    bad(f"expected {verdict} {reason}, got action {res.action_name}, counters {moved}")
+                    bad(f"expected {verdict} {reason}, got action {res.action_name}, counters {moved}", frame)
                 elif verdict == "pass" and res.data != frame:
-                    bad("a passed frame was changed")
+                    bad("a passed frame was changed", frame)
             if progress and i and i % 100_000 == 0:
-                print(f"  {i:,} frames, {len([v for v in violations])} violation(s)", flush=True)
+                print(f"  {i:,} frames, {n_violations} violation(s)", flush=True)
         seconds = time.monotonic() - t0
         moved_flows = set_changes(node, rng, sv)
         violations += [f"set changes: {m}" for m in moved_flows]
+        n_violations += len(moved_flows)
     finally:
         node.destroy()
         if BPFFS.exists():
@@ -278,8 +281,8 @@ def fuzz_steering(n_frames: int, seed: int, progress: bool = True) -> dict[str, 
             remove_pinned_tree(BPFFS)
     return {
         "frames": n_frames,
-        "violations": len(violations),
-        "examples": [v for v in violations if v][:10],
+        "violations": n_violations,
+        "examples": violations[:10],
         "frames_per_s": round(n_frames / seconds),
         "outcomes": dict(outcomes.most_common()),
     }
@@ -346,6 +349,15 @@ def set_changes(node: Any, rng: random.Random, sv: Any, rounds: int = 6, n_flows
     return problems
 
 
+def show(name: str, res: dict[str, Any]) -> None:
+    print(
+        f"  {name}: {res['frames']:,} frames, {res['violations']} violation(s), {res['frames_per_s']:,} frames/s; "
+        f"outcomes {res['outcomes']}"
+    )
+    for ex in res["examples"]:
+        print(f"    {ex}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100,000 frames (well under a minute)")
@@ -358,19 +370,9 @@ def main() -> int:
     n = a.frames or (100_000 if a.quick else 1_000_000)
     print(f"fuzz: {n:,} frames through ebpf/steer.bpf.c and {n:,} through ebpf/bier.bpf.c (seed {a.seed})", flush=True)
     steering = fuzz_steering(n, a.seed)
-    print(
-        f"  steering: {steering['frames']:,} frames, {steering['violations']} violation(s), "
-        f"{steering['frames_per_s']:,} frames/s; outcomes {steering['outcomes']}"
-    )
-    for ex in steering["examples"]:
-        print(f"    {ex}")
+    show("steering", steering)
     bier = fuzz_bier(n, a.seed)
-    print(
-        f"  BIER: {bier['frames']:,} frames, {bier['violations']} violation(s), {bier['frames_per_s']:,} frames/s; "
-        f"outcomes {bier['outcomes']}"
-    )
-    for ex in bier["examples"]:
-        print(f"    {ex}")
+    show("BIER", bier)
     violations = steering["violations"] + bier["violations"]
     res = {
         "host": host(),

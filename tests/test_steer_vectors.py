@@ -124,8 +124,8 @@ def test_too_big_for_the_static_next_hop_is_answered_per_family(node) -> None:
         rebuilt[ICMPv6PacketTooBig].cksum = None  # scapy computes it again over the pseudo-header
         assert IPv6(bytes(rebuilt))[ICMPv6PacketTooBig].cksum == ptb.cksum
         small = sv.client4(sport=41003) / Raw(b"x" * 100)  # fits: forwarded as before
-        assert test_run(node.prog_fd, bytes(small)).action == XDP_TX
-        assert TCP in Ether(test_run(node.prog_fd, bytes(small)).data)
+        res = test_run(node.prog_fd, bytes(small))
+        assert res.action == XDP_TX and TCP in Ether(res.data)
     finally:
         node.configure(static_next_hop=(0, sv.NODE_MAC, sv.NEXT_HOP_MAC))
 

@@ -291,26 +291,21 @@ class BierDomain:
     def fail_link(self, a: str, b: str) -> None:
         """The link a-b fails: on TC nodes a's interface goes down; between BMv2 switches the cable is cut
         (both switches lose carrier)."""
-        if self.target == "bmv2":
-            x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
-            for end in ("a", "b"):
-                self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", "down")
-        else:
-            self.net.sh(a, "ip", "link", "set", "dev", self.ifname[(a, b)], "down")
-        self._down.add(frozenset((a, b)))
-        if self._peer:
-            self.route_unicast(self._down)
+        self._set_link(a, b, "down")
 
     def restore_link(self, a: str, b: str) -> None:
         """Undoes fail_link (the controller sees the link back on its next watch, or on link_up)."""
+        self._set_link(a, b, "up")
+
+    def _set_link(self, a: str, b: str, state: str) -> None:
         if self.target == "bmv2":
             x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
             for end in ("a", "b"):
-                self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", "up")
+                self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", state)
         else:
-            self.net.sh(a, "ip", "link", "set", "dev", self.ifname[(a, b)], "up")
-        self._down.discard(frozenset((a, b)))
-        if self._peer:
+            self.net.sh(a, "ip", "link", "set", "dev", self.ifname[(a, b)], state)
+        (self._down.add if state == "down" else self._down.discard)(frozenset((a, b)))
+        if self._peer:  # the domain routes unicast: the IGP reconverges too
             self.route_unicast(self._down)
 
     def remove_link(self, a: str, b: str) -> None:

@@ -134,19 +134,12 @@ class SyncReceiver:
 
 def run(receiver: SyncReceiver, listen: str) -> None:
     """uftpd and the HTTP endpoint until SIGINT/SIGTERM."""
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise ConfigError(f"--listen wants HOST:PORT, not {listen!r}")
+    from ..workload.serve import open_site
+
     receiver.start_uftpd()
 
     async def main() -> None:
-        runner = web.AppRunner(receiver.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, None if host in ("", "::", "0.0.0.0") else host, int(port))
-        try:
-            await site.start()
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+        runner = await open_site(receiver.app(), listen)
         print(f"dinet sync-receiver: {receiver.client_id} into {receiver.store}, status on {listen}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -126,7 +126,8 @@ def parse_sender(status_text: str, log_text: str, report: SenderReport | None = 
         elif parts[0] == "RESULT" and len(parts) >= 5:
             c = rep.client(parts[1])
             c.status = parts[4]
-            c.kbytes = int(parts[3].removesuffix("KB") or 0) if parts[3].removesuffix("KB").isdigit() else 0
+            kb = parts[3].removesuffix("KB")
+            c.kbytes = int(kb) if kb.isdigit() else 0
         elif parts[0] == "STATS" and len(parts) >= 7:
             try:
                 rep.client(parts[1]).seconds = float(parts[6])

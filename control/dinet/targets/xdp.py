@@ -81,6 +81,7 @@ class SteeringNode(InstanceEdits):
         self, node: str = "default", sizes: SteerSizes | None = None, bpffs_root: Path = BPFFS_ROOT, bench: bool = False
     ):
         self.node = node
+        self._netns: str | None = None  # where the program was last attached (attach)
         pin_dir = bpffs_root / node / "steer"
         pinned = pinned_sizes(pin_dir)
         if pinned and sizes and pinned != sizes:
@@ -192,7 +193,7 @@ class SteeringNode(InstanceEdits):
         from . import netns
 
         try:
-            with netns.entered(getattr(self, "_netns", None)), IPRoute() as ipr:
+            with netns.entered(self._netns), IPRoute() as ipr:
                 links = ipr.get_links(ifindex)
         except (NetlinkError, InterfaceError):  # no such interface here: nothing to check against
             return 0

@@ -317,26 +317,32 @@ def profile_of(name: str) -> Profile:
         raise ConfigError(f"no profile {name!r}; profiles: {', '.join(sorted(PROFILES))}") from None
 
 
+async def open_site(app: web.Application, listen: str) -> web.AppRunner:
+    """Serves `app` on HOST:PORT ("::" or nothing: every address of both families, which asyncio's "::" socket
+    alone is not); ConfigError, with the runner cleaned up, if the address cannot be had."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    bind = host.strip("[]")
+    site = web.TCPSite(runner, None if bind in ("", "::") else bind, int(port))
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+    return runner
+
+
 def run(
     listen: str, profile: str, name: str, model: str | None = None, role: str = "both", decode_url: str = ""
 ) -> None:
     """Serves until SIGINT/SIGTERM; prints `ready` once it listens."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
     server = Server(profile_of(profile), name, model, role, decode_url)
 
     async def main() -> None:
-        runner = web.AppRunner(server.app, access_log=None)
-        await runner.setup()
-        bind = host.strip("[]")
-        # "::" or nothing: every address of both families (asyncio makes a "::" socket IPv6-only)
-        site = web.TCPSite(runner, None if bind in ("", "::") else bind, int(port))
-        try:
-            await site.start()
-        except OSError as e:
-            await runner.cleanup()
-            raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+        runner = await open_site(server.app, listen)
         print(f"ready: {name} serving {server.model} ({server.profile.tier}) on {listen}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
