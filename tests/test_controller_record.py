@@ -134,3 +134,45 @@ def test_a_new_intent_adds_and_removes_without_a_restart() -> None:
     assert n == 2 and t.installed() == {1: (1, "up")} and t.installed(other) == {2: (1, "up")}
     ctl.set_intent([ServiceIntent(other, TrafficClass.DELAY_SENSITIVE, (B,))])
     assert SVC not in t.plane and SVC not in ctl.installed
+
+
+def test_a_service_never_takes_a_path_below_its_security_level() -> None:
+    # site 1 is the nearest but the public internet (0); sites 2 and 3 a VPN (2) and a dedicated line (3)
+    t = CountingTarget()
+    sites = {1: SitePath(2, security=0), 2: SitePath(20, security=2), 3: SitePath(30, security=3)}
+    sensitive = ServiceIntent(SVC, TrafficClass.DELAY_SENSITIVE, (A, B, C), min_security=2)
+    ctl = Controller(t, [sensitive], sites, policy=Policy(smoothing=1.0))
+    ctl.start()
+    for i in (1, 2, 3):
+        ctl.on_report((SVC, i), Level0(cpu_load=0.1))
+    have = t.installed()
+    assert have[1] == (0, "down")  # the nearest, idle, but below the service's level
+    assert have[2][0] > 0 and have[3] == (0, "up")  # the nearest path at or above the level
+    ctl.on_report((SVC, 2), Level0(cpu_load=1.0))  # the VPN's instance overloaded: on to the dedicated line
+    have = t.installed()
+    assert have[1][0] == 0 and have[3][0] > 0
+    ctl.on_report((SVC, 3), Level0(cpu_load=1.0))  # everything allowed overloaded: still never the internet
+    assert t.installed()[1][0] == 0
+
+
+def test_the_preferred_model_tier_takes_flows_until_it_saturates_and_again_after() -> None:
+    # the large tier is far (site 3), the small tiers near: the tier order wins over the distance
+    t = CountingTarget()
+    svc = ServiceIntent(
+        SVC,
+        TrafficClass.DELAY_SENSITIVE,
+        (A, B, C),
+        tier_order=("large", "small"),
+        tiers={1: "small", 2: "small", 3: "large"},
+    )
+    ctl = Controller(t, [svc], dict(SITES), policy=Policy(smoothing=1.0))
+    ctl.start()
+    for i in (1, 2, 3):
+        ctl.on_report((SVC, i), Level0(cpu_load=0.2))
+    assert [w for w, _ in t.installed().values()] == [0, 0, t.installed()[3][0]] and t.installed()[3][0] > 0
+    ctl.on_report((SVC, 3), Level0(cpu_load=0.95))  # the large tier saturates: degrade to the nearest small one
+    have = t.installed()
+    assert have[3][0] == 0 and have[1][0] > 0
+    ctl.on_report((SVC, 3), Level0(cpu_load=0.3))  # it recovers: back to the large tier
+    have = t.installed()
+    assert have[3][0] > 0 and have[1][0] == 0 and have[2][0] == 0

@@ -14,10 +14,10 @@ def test_hosts_talk_through_a_bmv2_switch_in_mininet() -> None:
     from bmv2_harness import DEFINES, SIZES
 
     from dinet import consts
+    from dinet.lab.mininet_nodes import Bmv2GrpcSwitch
     from dinet.targets.bmv2 import compile_p4
     from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
-    from topo.mininet_bmv2 import Bmv2GrpcSwitch
 
     pipe = compile_p4(DEFINES)
     net = mininet_net.Mininet(switch=Bmv2GrpcSwitch, controller=None, autoSetMacs=True)

@@ -401,7 +401,7 @@ def cmd_agent(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     from .workload.serve import run
 
-    run(a.listen, a.profile, a.name or a.listen, a.model, a.role, a.decode_url or "")
+    run(a.listen, a.profile, a.name or a.listen, a.model, a.role, a.decode_url or "", a.kv_tokens, a.max_batch)
 
 
 def cmd_load(a: argparse.Namespace) -> None:
@@ -444,7 +444,7 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
         signal.signal(sig, lambda *_: stop.set())
     print(f"dinet metrics-agent: {a.url} -> {a.collector} for {a.service} instance {a.instance}", flush=True)
     try:
-        MetricsAgent(a.url, a.service, a.instance, agent, a.interval).run(stop, a.count)
+        MetricsAgent(a.url, a.service, a.instance, agent, a.interval, host_cpu=not a.no_host_cpu).run(stop, a.count)
     finally:
         agent.close()
 
@@ -520,6 +520,58 @@ def cmd_experiment(a: argparse.Namespace) -> None:
     rc = subprocess.run([sys.executable, str(script), *a.args], check=False).returncode
     if rc:
         raise SystemExit(rc)
+
+
+def cmd_lab_check(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .lab.scenario import load
+
+    spec = load(Path(a.file))
+    pools = sum(i.pool for i in spec.instances)
+    print(
+        f"{a.file}: scenario {spec.name}: {len(spec.ingress)} ingress node(s), {len(spec.clients)} client(s), "
+        f"{len(spec.sites)} site(s), {len(spec.instances)} instance(s) ({pools} in a pool), "
+        f"{len(spec.services)} service(s): valid"
+    )
+
+
+def cmd_lab_up(a: argparse.Namespace) -> None:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from .lab.linkem import PathReport
+    from .lab.net import Lab
+    from .lab.scenario import load
+
+    spec = load(Path(a.file))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"lab {spec.name}: bringing it up on {a.target} ...", flush=True)
+    with Lab(spec, a.target, Path(a.workdir) if a.workdir else None, a.pcap, a.backend) as lab:
+        emulated = sorted({e.engine for e in lab.emulators})
+        print(f"lab {spec.name}: up; links emulated by {', '.join(emulated) or 'nothing'}; logs in {lab.workdir}/logs")
+        print(PathReport.header())
+        for r in lab.measure_paths(a.ping_count):
+            print(r.row())
+        print(f"intent: {lab.workdir}/intent.yaml; controller metrics: http://127.0.0.1:{lab.prometheus_port}/metrics")
+        if a.cli:
+            from mininet.cli import CLI
+
+            CLI(lab.net)
+        else:
+            print("Ctrl-C or `dinet lab down` ends it", flush=True)
+            stop.wait()
+    print(f"lab {spec.name}: down", flush=True)
+
+
+def cmd_lab_down(a: argparse.Namespace) -> None:
+    from .lab.net import down
+
+    for line in down(a.name) or ["nothing to remove"]:
+        print(line)
 
 
 def cmd_certs_init(a: argparse.Namespace) -> None:
@@ -605,6 +657,16 @@ def cmd_status(a: argparse.Namespace) -> None:
     )
     for name, value in sorted(other.items()):
         print(f"{name}: {value:g}")
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {v}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -733,6 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the instance's name, sent in x-dinet-instance (default: the listen address)")
     p.add_argument("--model", help="the model name served (default: the profile's)")
     p.add_argument("--role", default="both", choices=["both", "prefill", "decode"], help="prefill-decode pipelines")
+    p.add_argument("--kv-tokens", type=_positive, help="KV-cache capacity in tokens (default: the profile's)")
+    p.add_argument("--max-batch", type=_positive, help="sequences decoded together (default: the profile's)")
     p.add_argument(
         "--decode-url", help="prefill role: the decode stage (a VIP dinet steers), e.g. http://10.99.0.2:8000"
     )
@@ -768,6 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--count", type=int, help="stop after this many reports")
     p.add_argument("--insecure", action="store_true")
+    p.add_argument(
+        "--no-host-cpu", action="store_true", help="report no host CPU (instances that share one machine, as in labs)"
+    )
     p.set_defaults(fn=cmd_metrics_agent)
     p = sub.add_parser("sync", help="push a model file to GPU clouds over BIER (UFTP, encrypted, verified)")
     p.add_argument("file")
@@ -792,6 +859,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=sorted(EXPERIMENTS))
     p.add_argument("args", nargs=argparse.REMAINDER, help="its own options, e.g. --quick (see NAME --help)")
     p.set_defaults(fn=cmd_experiment)
+    lab = sub.add_parser("lab", help="Mininet scenarios of the use cases (topo/scenarios/*.yaml)").add_subparsers(
+        dest="lab_cmd", required=True
+    )
+    p = lab.add_parser("up", help="bring a scenario up: Mininet network, model servers, agents, controller")
+    p.add_argument("file")
+    p.add_argument("--target", choices=["xdp", "bmv2"], default="xdp", help="the steering node's data plane")
+    p.add_argument("--cli", action="store_true", help="open the Mininet CLI (the lab goes down when it ends)")
+    p.add_argument("--pcap", action="store_true", help="BMv2 switches write pcaps (in the work folder)")
+    p.add_argument("--backend", choices=["auto", "netem", "delayline"], default="auto", help="link emulation")
+    p.add_argument("--workdir", help="logs, the intent and pcaps (default /tmp/dinet-lab-NAME)")
+    p.add_argument("--ping-count", type=int, default=50, help="echoes per path for the RTT and loss achieved")
+    p.set_defaults(fn=cmd_lab_up)
+    p = lab.add_parser("down", help="stop a lab and remove everything it made (also after a crash)")
+    p.add_argument("name", nargs="?", help="the scenario's name (default: every lab)")
+    p.set_defaults(fn=cmd_lab_down)
+    p = lab.add_parser("check", help="validate a scenario file without bringing it up")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_lab_check)
     p = sub.add_parser("sync-receiver", help="a GPU cloud's model-sync receiver (uftpd and a status endpoint)")
     p.add_argument("--store", required=True, help="the model store (received files land here)")
     p.add_argument("--interfaces", required=True, help="interfaces BIER delivers on, comma-separated")

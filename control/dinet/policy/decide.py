@@ -32,6 +32,7 @@ class Candidate:
     site: int
     l1: Level1
     up: bool = True  # healthy and reporting
+    rank: int = 0  # its model tier's place in the service's preference (0: the preferred tier)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ def target_weights(cands: Iterable[Candidate], cls: TrafficClass, policy: Policy
         if live:
             out[min(live, key=lambda c: (c.l1.compute, c.instance_id)).instance_id] = 1
         return out
+    # model tiers: the preferred tier with room takes new flows; a lower one only while it has none
+    best = min(c.rank for c in usable)
+    usable = [c for c in usable if c.rank == best]
     if cls is TrafficClass.DELAY_SENSITIVE:
         nearest = min(c.l1.communication for c in usable)
         usable = [c for c in usable if c.l1.communication <= nearest + 1e-9]

@@ -35,6 +35,14 @@ class ServiceIntent:
     key: ServiceKey
     cls: TrafficClass
     instances: tuple[Instance, ...]
+    min_security: int = 0  # an instance whose site's path is below this level takes none of its flows
+    tier_order: tuple[str, ...] = ()  # model tiers, preferred first: the best tier with room takes new flows
+    tiers: dict[int, str] = field(default_factory=dict)  # instance id -> the tier it serves
+
+    def rank(self, instance_id: int) -> int:
+        """The instance's place in the tier order (0 best; tiers not in the order come last)."""
+        tier = self.tiers.get(instance_id)
+        return self.tier_order.index(tier) if tier in self.tier_order else len(self.tier_order)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class SitePath:
 
     delay_ms: float = 0.0
     loss: float = 0.0
+    security: int = 0  # the path's security level (0: the public internet)
 
 
 def _members(instances: Any) -> set[tuple[int, Any, int]]:
@@ -146,18 +155,19 @@ class Controller:
         for inst in s.instances:
             ref = (svc, inst.instance_id)
             m = self.metrics.get(ref)
+            path = self.sites.get(inst.site_id) or SitePath()
             if inst.state != InstanceState.UP:  # the operator's word wins over reports
                 old = kept(inst)
                 decided[inst.instance_id] = replace(inst, weight=old.weight if old else inst.weight)
+            elif path.security < s.min_security:  # its path may not carry this service: never a flow
+                decided[inst.instance_id] = replace(inst, weight=0, state=InstanceState.DOWN)
             elif ref in self.expired:
                 decided[inst.instance_id] = replace(inst, weight=0, state=InstanceState.DOWN)
             elif m is None:  # not heard from yet: as it was, never "idle and healthy"
                 decided[inst.instance_id] = kept(inst) or inst
             else:
-                path = self.sites.get(inst.site_id) or SitePath()
-                cands.append(
-                    Candidate(inst.instance_id, inst.site_id, self.model.level1(m, path.delay_ms, path.loss), m.healthy)
-                )
+                l1 = self.model.level1(m, path.delay_ms, path.loss)
+                cands.append(Candidate(inst.instance_id, inst.site_id, l1, m.healthy, s.rank(inst.instance_id)))
         if cands:
             target = target_weights(cands, s.cls, self.policy)
             current = {

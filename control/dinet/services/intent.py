@@ -67,6 +67,7 @@ class SizesSpec(_Spec):
 class SiteSpec(_Spec):
     delay_ms: float = Field(default=0.0, ge=0)
     loss: float = Field(default=0.0, ge=0, le=1)
+    security: int = Field(default=0, ge=0, le=9)  # the path's security level (0: public internet)
     probe: IPText | None = None  # measured by ping where given
     probe_netns: Name | None = None
 
@@ -98,6 +99,12 @@ class AgentNodeSpec(_Spec):
     _addr = field_validator("address")(_hostport)
 
 
+class NextHopSpec(_Spec):
+    port: int = Field(ge=0, lt=512)  # 0: back out of the port the packet came in on
+    smac: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
+    dmac: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
+
+
 class Bmv2NodeSpec(_Spec):
     target: Literal["bmv2"]
     address: IPText  # unix:/path or host:port of the P4Runtime server
@@ -108,6 +115,8 @@ class Bmv2NodeSpec(_Spec):
     src4: IPText | None = None
     src6: IPText | None = None
     set_pipeline: bool = True  # False: the switch must already run dinet.p4 (never set it)
+    next_hop: NextHopSpec | None = None  # where tunnelled packets go (default: back out of the ingress port)
+    pass_ports: dict[Annotated[int, Field(ge=0, lt=512)], Annotated[int, Field(ge=0, lt=512)]] = {}
     sites: Sites = {}
 
     _src = field_validator("src4", "src6")(lambda v: None if v is None else _ip(v))
@@ -144,6 +153,7 @@ class InstanceSpec(_Spec):
     state: Literal["up", "draining", "down"] = "up"
     token: str | None = Field(default=None, min_length=1)
     agent: Name | None = None  # the reporting agent's identity; instances of one agent share its token
+    tier: Literal["large", "small", "pruned"] | None = None  # the model tier it serves
 
     _endpoint = field_validator("endpoint")(_ip)
 
@@ -151,6 +161,8 @@ class InstanceSpec(_Spec):
 class ServiceSpec(_Spec):
     service: str
     class_: Literal["delay-sensitive", "delay-tolerant"] = Field(default="delay-tolerant", alias="class")
+    min_security: int = Field(default=0, ge=0, le=9)  # sites whose path is below this level get none of it
+    tiers: list[Literal["large", "small", "pruned"]] = []  # model tiers, preferred first (empty: any)
     instances: list[InstanceSpec] = Field(min_length=1)
 
     @field_validator("service")
@@ -317,7 +329,7 @@ def _where(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _explain(path: Path, e: ValidationError) -> ConfigError:
+def explain(path: Path, e: ValidationError) -> ConfigError:
     errors = e.errors(include_url=False)
     err = errors[0]
     where = _where(tuple(err["loc"])) or "(top level)"
@@ -367,7 +379,7 @@ class RunConfig:
 
 
 def _paths(sites: dict[int, SiteSpec]) -> dict[int, SitePath]:
-    return {k: SitePath(s.delay_ms, s.loss) for k, s in sites.items()}
+    return {k: SitePath(s.delay_ms, s.loss, s.security) for k, s in sites.items()}
 
 
 def _probes(sites: dict[int, SiteSpec]) -> dict[int, Probe]:
@@ -381,7 +393,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
     try:
         spec = IntentSpec.model_validate(doc)
     except ValidationError as e:
-        raise _explain(path, e) from None
+        raise explain(path, e) from None
     nodes = spec.ingress if spec.ingress is not None else ([spec.node] if spec.node else [])
     ingress = [
         Ingress(
@@ -413,7 +425,10 @@ def parse(doc: Any, path: Path) -> RunConfig:
                 if i.token and old.token and old.token != i.token:
                     raise ConfigError(f"{path}: services: agent {who} is given two tokens")
                 cfg.agents[who] = AgentAuth(old.refs | {(key, i.id)}, old.token or i.token or "")
-        cfg.services.append(ServiceIntent(key, TrafficClass(s.class_), tuple(insts)))
+        tiers = {i.id: str(i.tier) for i in s.instances if i.tier}
+        cfg.services.append(
+            ServiceIntent(key, TrafficClass(s.class_), tuple(insts), s.min_security, tuple(s.tiers), tiers)
+        )
     cfg.nodes = {name: n.model_dump(exclude_none=True) for name, n in spec.nodes.items()}
     if spec.tls is not None:
         cfg.tls_dir, cfg.tls_name = spec.tls.dir, spec.tls.name
@@ -444,13 +459,17 @@ def parse(doc: Any, path: Path) -> RunConfig:
     return cfg
 
 
-def load(path: Path) -> RunConfig:
+def read_yaml(path: Path) -> Any:
+    """A YAML file's document, or a ConfigError in one line (unreadable, or not YAML: where)."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
         raise ConfigError(f"{path}: {at}not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    return parse(doc, path)
+
+
+def load(path: Path) -> RunConfig:
+    return parse(read_yaml(path), path)

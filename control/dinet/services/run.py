@@ -72,7 +72,13 @@ def open_target(node: dict[str, Any], identity: Identity | None = None) -> Itera
     else:
         p4 = _p4node(node, str(node.get("name") or node["address"]))
         try:
-            p4.configure(src4=node.get("src4"), src6=node.get("src6"))
+            hop = node.get("next_hop")
+            p4.configure(
+                src4=node.get("src4"),
+                src6=node.get("src6"),
+                static_next_hop=(int(hop["port"]), str(hop["smac"]), str(hop["dmac"])) if hop else None,
+                pass_ports={int(k): int(v) for k, v in (node.get("pass_ports") or {}).items()},
+            )
             yield p4
         finally:
             p4.sw.close()

@@ -46,6 +46,10 @@ class TableEntry:
     metadata: bytes = b""  # opaque to the switch, kept with the entry and read back (P4Runtime TableEntry.metadata)
 
 
+# a whole counter array (services x instances cells, 16 MB at the default sizes) comes in one Read reply
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20)]
+
+
 class P4RuntimeSwitch:
     """One P4Runtime device. Use as a context manager; errors name the switch and the entry."""
 
@@ -64,7 +68,7 @@ class P4RuntimeSwitch:
         self.election_id = election_id
         self.timeout = timeout
         self.p4info: P4Info | None = None
-        self.channel = grpc.insecure_channel(address)
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = _stub(self.channel)
         self._requests: queue.Queue[Any] = queue.Queue()
         self._arbitration = threading.Event()
@@ -120,7 +124,7 @@ class P4RuntimeSwitch:
     def reconnect(self) -> P4RuntimeSwitch:
         """A new channel and stream (after the server restarted), arbitration again."""
         self.close()
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self.stub = _stub(self.channel)
         self._requests = queue.Queue()
         self._arbitration = threading.Event()

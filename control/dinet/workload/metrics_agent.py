@@ -21,6 +21,7 @@ All values are labelled by model_name in vLLM; samples of every model on the end
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import threading
@@ -29,10 +30,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import ConfigError
 from ..policy.scores import Level0
+
+log = logging.getLogger(__name__)
 
 NAMES = {
     "waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred", "tgi_queue_size"),
@@ -144,7 +148,8 @@ class MetricsAgent:
     host_cpu: bool = True  # False where instances share one host (emulation): its CPU says nothing of one
     mapper: Mapper = field(default_factory=Mapper)
     reports: int = 0
-    failures: int = 0
+    failures: int = 0  # scrapes that failed
+    send_failures: int = 0  # reports the collector did not take, in a row
 
     def once(self) -> Level0:
         cpu = 0.0
@@ -158,7 +163,16 @@ class MetricsAgent:
         except ConfigError:
             self.failures += 1
             m = Level0(cpu_load=min(1.0, cpu), healthy=False)  # the server does not answer: not healthy
-        ack = self.agent.send([self.agent.report(self.service, self.instance_id, m)])  # type: ignore[attr-defined]
+        try:
+            ack = self.agent.send([self.agent.report(self.service, self.instance_id, m)])  # type: ignore[attr-defined]
+        except grpc.RpcError as e:  # the collector is down or unreachable: say so once, go on trying
+            if not self.send_failures:
+                log.warning("cannot report to the collector (%s): retrying every %.1f s", e.code().name, self.interval)
+            self.send_failures += 1
+            return m
+        if self.send_failures:
+            log.warning("reporting to the collector again after %d failed attempt(s)", self.send_failures)
+            self.send_failures = 0
         self.reports += ack.accepted
         return m
 

@@ -18,6 +18,7 @@ import asyncio
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -310,11 +311,13 @@ class Server:
         )
 
 
-def profile_of(name: str) -> Profile:
+def profile_of(name: str, kv_tokens: int | None = None, max_batch: int | None = None) -> Profile:
+    """A shipped profile, with the capacity of the share of its GPUs this instance has where given."""
     try:
-        return PROFILES[name]
+        p = PROFILES[name]
     except KeyError:
         raise ConfigError(f"no profile {name!r}; profiles: {', '.join(sorted(PROFILES))}") from None
+    return replace(p, kv_tokens=kv_tokens or p.kv_tokens, max_batch=max_batch or p.max_batch)
 
 
 async def open_site(app: web.Application, listen: str) -> web.AppRunner:
@@ -336,10 +339,17 @@ async def open_site(app: web.Application, listen: str) -> web.AppRunner:
 
 
 def run(
-    listen: str, profile: str, name: str, model: str | None = None, role: str = "both", decode_url: str = ""
+    listen: str,
+    profile: str,
+    name: str,
+    model: str | None = None,
+    role: str = "both",
+    decode_url: str = "",
+    kv_tokens: int | None = None,
+    max_batch: int | None = None,
 ) -> None:
     """Serves until SIGINT/SIGTERM; prints `ready` once it listens."""
-    server = Server(profile_of(profile), name, model, role, decode_url)
+    server = Server(profile_of(profile, kv_tokens, max_batch), name, model, role, decode_url)
 
     async def main() -> None:
         runner = await open_site(server.app, listen)

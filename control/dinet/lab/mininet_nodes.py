@@ -1,7 +1,7 @@
 """Mininet switch class for BMv2 simple_switch_grpc, programmed by dinet over P4Runtime.
 
     from mininet.net import Mininet
-    from topo.mininet_bmv2 import Bmv2GrpcSwitch
+    from dinet.lab.mininet_nodes import Bmv2GrpcSwitch
     net = Mininet(switch=Bmv2GrpcSwitch, controller=None)
     s1 = net.addSwitch("s1", device_id=1, pcap_dir="/tmp/pcaps")
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mininet.node import Switch
 
-from dinet.targets.bmv2 import Bmv2Switch
+from ..targets.bmv2 import Bmv2Switch
 
 
 class Bmv2GrpcSwitch(Switch):

@@ -1,0 +1,657 @@
+"""The scenario runner: a scenario file (dinet.lab.scenario) brought up as a Mininet network with the steering
+node on XDP or BMv2, `dinet serve` instances with metric agents, and `dinet run` on the scenario's intent.
+
+    with Lab(load(Path("topo/scenarios/cloud-edge.yaml")), target="xdp") as lab:
+        lab.measure_paths()                     # RTT and loss achieved on each path, beside the configured
+        recs = lab.load("dev1", "chat", rate=5, duration=2)
+        lab.weights("chat")                     # what `dinet run` installed, read from its Prometheus endpoint
+
+The network is Mininet's: hosts (one per ingress router, client, site router and instance), Linux bridges
+for each ingress node's client LAN and for the management network, BMv2 switches (Bmv2GrpcSwitch) in front
+of the ingress routers with --target bmv2. Every host's namespace is also named (`ip netns attach`), so the
+XDP, TC and eBPF tools of dinet reach it like any namespace.
+
+Address plan (IPv4):
+    client LAN of ingress k        10.0.k.0/24      router .1, clients .10.., the P4 switch's tunnel source .254
+    path ingress k -> site s       10.k.s.0/24      ingress .1, site router .2
+    instance j at site s           10.(100+s).j.0/24  site router .1, instance .2
+    management (agents -> collector) 172.31.0.0/16  the root namespace 172.31.255.254
+    services                       their VIP (default 10.99.0.1) on each instance's loopback
+
+Links with bandwidth, delay or loss get a link emulator node (dinet.lab.linkem) on the wire. Everything the
+lab makes is recorded in a state file (/run/dinet/lab/NAME.json) from the start, so `dinet lab down` removes
+it even after the runner was killed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..errors import ConfigError, DinetError
+from ..paths import BPFFS_ROOT
+from ..targets.bcc_program import BccProgram, remove_pinned_tree
+from ..targets.xdp import DecapNode
+from .linkem import LinkEmulator, PathReport, ping, stop_processes
+from .scenario import InstanceSpec, LinkSpec, ScenarioSpec
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = Path("/run/dinet/lab")
+MGMT_ROOT = "172.31.255.254"
+TUNNEL_SMAC = "02:00:00:00:00:fe"  # the P4 switch's source MAC toward its ingress router
+
+
+def lab_tag(name: str) -> str:
+    """A short tag for the lab's names in the root namespace (interfaces are at most 15 characters)."""
+    return "d" + format(zlib.crc32(name.encode()) & 0xFFFF, "04x")
+
+
+@dataclass
+class InstanceHost:
+    spec: InstanceSpec
+    id: int
+    site_id: int
+    endpoint: str
+    gateway: str
+    mgmt: str
+    host: Any = None
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.procs)
+
+
+class Lab:
+    def __init__(
+        self,
+        spec: ScenarioSpec,
+        target: str = "xdp",
+        workdir: Path | None = None,
+        pcap: bool = False,
+        backend: str = "auto",
+        bpffs_root: Path = BPFFS_ROOT,
+        state_dir: Path = STATE_DIR,
+        agents: bool = True,
+    ):
+        """agents=False: no metrics agent beside the instances (a test or an experiment reports for them)."""
+        if target not in ("xdp", "bmv2"):
+            raise ConfigError(f"a lab's target is xdp or bmv2, not {target!r}")
+        self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
+        self.agents = agents
+        self.tag = lab_tag(spec.name)
+        self.workdir = workdir or Path(f"/tmp/dinet-lab-{spec.name}")
+        self.bpffs_root = bpffs_root
+        self.state_path = state_dir / f"{spec.name}.json"
+        self.net: Any = None
+        self.hosts: dict[str, Any] = {}  # scenario node name -> Mininet host
+        self.ingress_intf: dict[str, str] = {}  # ingress name -> its client LAN interface
+        self.instances: dict[str, InstanceHost] = {}
+        self.emulators: list[LinkEmulator] = []
+        self.paths: list[tuple[str, str, str, Any]] = []  # (ingress, site, site router's address, PathSpec)
+        self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.controller: subprocess.Popen[str] | None = None
+        self.decap: DecapNode | None = None
+        self.passprog: BccProgram | None = None
+        self.collector_port, self.prometheus_port = _free_port(), _free_port()
+        self.state: dict[str, Any] = {"pid": os.getpid(), "tag": self.tag, "netns": [], "root_links": [], "pins": []}
+        self.state["pids"] = []
+        self.service_keys = {s.name: f"{s.vip}:{s.port}/tcp" for s in spec.services}
+        self._plan()
+
+    # ---- the address plan ------------------------------------------------------------------------------
+    def _plan(self) -> None:
+        per_site: dict[str, int] = {}
+        for n, i in enumerate(self.spec.instances):
+            site = self.spec.site(i.site)
+            j = per_site[i.site] = per_site.get(i.site, 0) + 1
+            self.instances[i.name] = InstanceHost(
+                i, n + 1, site.id, f"10.{100 + site.id}.{j}.2", f"10.{100 + site.id}.{j}.1", f"172.31.0.{n + 1}"
+            )
+
+    def ns(self, node: str) -> str:
+        """The named network namespace of a scenario node."""
+        return f"{self.tag}-{node}"
+
+    def ingress_index(self, name: str) -> int:
+        return next(k for k, n in enumerate(self.spec.ingress, 1) if n.name == name)
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> None:
+        if self.state_path.exists():
+            raise DinetError(f"a lab {self.spec.name!r} is up already ({self.state_path}): `dinet lab down` it first")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        self._save()
+        self._build()
+        self._programs()
+        for inst in self.instances.values():
+            if not inst.spec.pool:
+                self.start_instance(inst.spec.name)
+        self._start_controller()  # its intent names the instances that run; their agents retry until it is up
+        if self.agents:
+            self.wait_reports({n for n, i in self.instances.items() if i.running})
+
+    def _save(self) -> None:
+        self.state_path.write_text(json.dumps(self.state, indent=1))
+
+    def _build(self) -> None:
+        from mininet.net import Mininet
+        from mininet.node import Node
+        from mininet.nodelib import LinuxBridge
+
+        from .mininet_nodes import Bmv2GrpcSwitch
+
+        s = self.spec
+        net = self.net = Mininet(controller=None, build=False, switch=LinuxBridge)
+        add = lambda name: self.hosts.setdefault(name, net.addHost(name, ip=None))  # noqa: E731
+        ends: list[tuple[Any, Any, str]] = []  # (interface a, interface b, subnet) to address after start
+        root = Node(f"{self.tag}r", inNamespace=False)
+        mgmt = net.addSwitch(f"{self.tag}m")
+        root_link = net.addLink(root, mgmt)
+        self.state["root_links"] += [root_link.intf1.name, f"{self.tag}m"]
+        for k, ing in enumerate(s.ingress, 1):
+            r = add(ing.name)
+            lan = net.addSwitch(f"{self.tag}l{k}")
+            self.state["root_links"].append(lan.name)
+            if self.target == "bmv2":
+                sw = net.addSwitch(f"{self.tag}p{k}", cls=Bmv2GrpcSwitch, device_id=k, pcap_dir=self._pcaps())
+                net.addLink(lan, sw, port2=1)
+                link = net.addLink(sw, r, port1=2)
+                self.ingress_intf[ing.name] = link.intf2.name
+                self.state["root_links"].append(sw.name)
+            else:
+                link = net.addLink(lan, r)
+                self.ingress_intf[ing.name] = link.intf2.name
+            for c in (c for c in s.clients if s.client_ingress(c) == ing.name):
+                ends.append((*self._link(add(c.name), lan, c.link), f"10.0.{k}.0/24"))
+        for site in s.sites:
+            add(site.name)
+        for site in s.sites:
+            for k, ing in enumerate(s.ingress, 1):
+                path = s.path(site.name, ing.name)
+                a, b = self._link(self.hosts[ing.name], self.hosts[site.name], path)
+                ends.append((a, b, f"10.{k}.{site.id}.0/24"))
+                self.next_hops.append((a, b, f"10.{k}.{site.id}.2"))
+                self.paths.append((ing.name, site.name, f"10.{k}.{site.id}.2", path))
+        for inst in self.instances.values():
+            h = inst.host = add(inst.spec.name)
+            a, b = self._link(self.hosts[inst.spec.site], h, inst.spec.link)
+            ends.append((a, b, inst.endpoint.rsplit(".", 1)[0] + ".0/24"))
+            net.addLink(h, mgmt)
+        net.build()
+        net.start()
+        for name, h in list(self.hosts.items()) + [(e.name, e.host) for e in self.emulators]:
+            subprocess.run(["ip", "netns", "attach", self.ns(name), str(h.pid)], check=True, capture_output=True)
+            self.state["netns"].append(self.ns(name))
+            self.state["pids"].append(h.pid)
+            h.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+            # checksums filled in by the sender: a frame copied by an XDP tunnel, a BMv2 switch or a delay
+            # line reaches its receiver without the offload's promise that the checksum will be done
+            for intf in h.intfList():
+                h.cmd(f"ethtool -K {intf.name} tx off tso off gso off >/dev/null 2>&1")
+        self._save()
+        root.cmd(f"ip addr add {MGMT_ROOT}/16 dev {root_link.intf1.name}")
+        self._address(ends)
+        for e in self.emulators:
+            e.start(self.ns(e.name), self.backend, self.workdir / "logs")
+        self.state["pids"] += [e.pid for e in self.emulators if e.pid]
+        self._save()
+
+    def _pcaps(self) -> str | None:
+        if not self.pcap:
+            return None
+        d = self.workdir / "pcap"
+        d.mkdir(parents=True, exist_ok=True)
+        return str(d)
+
+    def _link(self, a: Any, b: Any, spec: LinkSpec) -> tuple[Any, Any]:
+        """A link from a to b; an emulated one through a link emulator node. Returns the two end interfaces."""
+        if not spec.emulated:
+            link = self.net.addLink(a, b)
+            return link.intf1, link.intf2
+        e = LinkEmulator(f"x{len(self.emulators) + 1}", spec, a.name, b.name)
+        e.host = self.net.addHost(e.name, ip=None)
+        la, lb = self.net.addLink(a, e.host), self.net.addLink(e.host, b)
+        e.ends = (la.intf1, lb.intf2)
+        e.wire = (la.intf2.name, lb.intf1.name)
+        self.emulators.append(e)
+        return la.intf1, lb.intf2
+
+    def _address(self, ends: list[tuple[Any, Any, str]]) -> None:
+        s = self.spec
+        for k, ing in enumerate(s.ingress, 1):
+            r = self.hosts[ing.name]
+            r.cmd(f"ip addr add 10.0.{k}.1/24 dev {self.ingress_intf[ing.name]}")
+            r.cmd("sysctl -qw net.ipv4.ip_forward=1")
+            for n, c in enumerate((c for c in s.clients if s.client_ingress(c) == ing.name), 10):
+                h = self.hosts[c.name]
+                intf = next(i for i in ends if i[0].node is h)[0]
+                h.cmd(f"ip addr add 10.0.{k}.{n}/24 dev {intf.name}")
+                h.cmd(f"ip route add default via 10.0.{k}.1")
+        for a, b, subnet in ends:
+            base = subnet.rsplit(".", 1)[0]
+            if a.node.name in self.hosts and b.node.name in self.hosts and not subnet.startswith("10.0."):
+                a.node.cmd(f"ip addr add {base}.1/24 dev {a.name}")
+                b.node.cmd(f"ip addr add {base}.2/24 dev {b.name}")
+        # the steering program's FIB lookup finds each site router's MAC from the first packet on (a missing
+        # neighbour would send the tunnelled packet to the kernel, which drops it: its source is the router's)
+        for a, b, addr in self.next_hops:
+            a.node.cmd(f"ip neigh replace {addr} lladdr {b.MAC()} dev {a.name} nud permanent")
+        for site in s.sites:
+            h = self.hosts[site.name]
+            h.cmd("sysctl -qw net.ipv4.ip_forward=1")
+            for k, ing in enumerate(s.ingress, 1):
+                h.cmd(f"ip route add 10.0.{k}.0/24 via 10.{k}.{site.id}.1")
+                self.hosts[ing.name].cmd(f"ip route add 10.{100 + site.id}.0.0/16 via 10.{k}.{site.id}.2")
+        for inst in self.instances.values():
+            h = inst.host
+            h.cmd(f"ip route add default via {inst.gateway}")
+            h.cmd(f"ip addr add {inst.mgmt}/16 dev {inst.spec.name}-eth1")
+            for svc in s.services:
+                h.cmd(f"ip addr add {svc.vip}/32 dev lo")
+
+    def _programs(self) -> None:
+        """The decap program on every instance host; with XDP, a pass program on the far end of each of the
+        ingress routers' links (XDP_REDIRECT and XDP_TX into a veth need one there)."""
+        pins = self.bpffs_root / f"{self.tag}lab"
+        self.state["pins"].append(str(pins))
+        self._save()
+        self.decap = DecapNode(f"{self.tag}lab", bpffs_root=self.bpffs_root)
+        for inst in self.instances.values():
+            self.decap.add_endpoint(inst.endpoint)
+            self.decap.attach(f"{inst.spec.name}-eth0", self.ns(inst.spec.name))
+        if self.target != "xdp":
+            return
+        self.passprog = BccProgram("xdp_pass.bpf.c", pins / "pass")
+        for ing in self.spec.ingress:
+            for intf in self.hosts[ing.name].intfList():
+                peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+                where = None if peer.node.name not in self._named() else self.ns(peer.node.name)
+                self.passprog.attach("xdp_pass", peer.name, where)
+
+    def _named(self) -> set[str]:
+        return set(self.hosts) | {e.name for e in self.emulators}
+
+    def steer_node_name(self, ingress: str) -> str:
+        return f"{self.tag}-steer-{ingress}"
+
+    # ---- instances -------------------------------------------------------------------------------------------
+    def _popen(self, host: Any, args: list[str], log_name: str) -> subprocess.Popen[str]:
+        logf = open(self.workdir / "logs" / f"{log_name}.log", "w")  # noqa: SIM115 - lives as long as the process
+        p = host.popen(args, stdout=subprocess.PIPE, stderr=logf, text=True)
+        logf.close()
+        self.state["pids"].append(p.pid)
+        self._save()
+        return p
+
+    def start_instance(self, name: str) -> None:
+        """Starts the instance's `dinet serve` and its metrics agent (a pool instance joins this way)."""
+        inst = self.instances[name]
+        svc = self.spec.service(inst.spec.service)
+        cli = [sys.executable, "-m", "dinet.cli"]
+        serve = [*cli, "serve", "--listen", f"0.0.0.0:{svc.port}", "--profile", inst.spec.profile, "--name", name]
+        if inst.spec.model:
+            serve += ["--model", inst.spec.model]
+        for opt in ("kv_tokens", "max_batch"):
+            if getattr(inst.spec, opt):
+                serve += [f"--{opt.replace('_', '-')}", str(getattr(inst.spec, opt))]
+        if inst.spec.role != "both":
+            serve += ["--role", inst.spec.role]
+        if inst.spec.decode_service:
+            d = self.spec.service(inst.spec.decode_service)
+            serve += ["--decode-url", f"http://{d.vip}:{d.port}"]
+        p = self._popen(inst.host, serve, f"{name}-serve")
+        line = p.stdout.readline() if p.stdout else ""
+        if not line.startswith("ready"):
+            raise DinetError(f"dinet serve on {name} did not start (see {self.workdir}/logs/{name}-serve.log)")
+        if not self.agents:
+            inst.procs = [p]
+            return
+        token = self.workdir / f"token-{name}"
+        token.write_text(f"token-{name}\n")
+        agent = [*cli, "metrics-agent", "--url", f"http://127.0.0.1:{svc.port}/metrics"]
+        agent += ["--service", self.service_keys[svc.name], "--instance", str(inst.id), "--no-host-cpu"]
+        agent += ["--collector", f"{MGMT_ROOT}:{self.collector_port}", "--token-file", str(token), "--insecure"]
+        agent += ["--interval", str(self.spec.report_interval)]
+        inst.procs = [p, self._popen(inst.host, agent, f"{name}-agent")]
+
+    def stop_instance(self, name: str) -> None:
+        inst = self.instances[name]
+        stop_processes(inst.procs)
+        inst.procs = []
+
+    # ---- the controller ----------------------------------------------------------------------------------------
+    def intent(self) -> dict[str, Any]:
+        """The intent `dinet run` runs on: the scenario's services and instances, per ingress node its target
+        and its paths' delay, loss and security level."""
+        s = self.spec
+        nodes: list[dict[str, Any]] = []
+        for k, ing in enumerate(s.ingress, 1):
+            sites = {
+                site.id: {
+                    "delay_ms": 2 * s.path(site.name, ing.name).delay_ms,
+                    "loss": s.path(site.name, ing.name).loss,
+                    "security": s.path(site.name, ing.name).security,
+                }
+                for site in s.sites
+            }
+            if self.target == "xdp":
+                attach = [{"dev": self.ingress_intf[ing.name], "netns": self.ns(ing.name)}]
+                node = {"target": "xdp", "name": self.steer_node_name(ing.name), "src4": f"10.0.{k}.1"}
+                nodes.append(node | {"attach": attach, "sites": sites})
+            else:
+                sw = self.net.get(f"{self.tag}p{k}")
+                mac = self.hosts[ing.name].intf(self.ingress_intf[ing.name]).MAC()
+                nodes.append(
+                    {
+                        "target": "bmv2",
+                        "address": sw.grpc_address,
+                        "device_id": k,
+                        "name": ing.name,
+                        # counters are read whole: sized to a lab, not to a carrier's ingress node
+                        "sizes": {"max_services": 16, "max_instances": 64},
+                        "src4": f"10.0.{k}.254",
+                        "next_hop": {"port": 2, "smac": TUNNEL_SMAC, "dmac": mac},
+                        "pass_ports": {1: 2, 2: 1},
+                        "sites": sites,
+                    }
+                )
+        services = []
+        for svc in s.services:
+            insts = [
+                {
+                    "id": i.id,
+                    "endpoint": i.endpoint,
+                    "name": name,
+                    "site": i.site_id,
+                    "token": f"token-{name}",
+                    "state": "up" if i.running else "down",
+                }
+                | ({"tier": _tier(i.spec.profile)} if svc.tiers else {})
+                for name, i in self.instances.items()
+                if i.spec.service == svc.name and (i.running or not i.spec.pool)
+            ]
+            services.append(
+                {
+                    "service": self.service_keys[svc.name],
+                    "class": svc.class_,
+                    "min_security": svc.min_security,
+                    "tiers": list(svc.tiers),
+                    "instances": insts,
+                }
+            )
+        return {
+            "ingress": nodes,
+            "collector": {"listen": f"{MGMT_ROOT}:{self.collector_port}", "timeout": s.collector_timeout},
+            "prometheus": {"listen": f"127.0.0.1:{self.prometheus_port}"},
+            "services": services,
+        }
+
+    def write_intent(self) -> Path:
+        path = self.workdir / "intent.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(self.intent(), sort_keys=False))
+        tmp.replace(path)  # `dinet run` sees a whole file or the old one
+        return path
+
+    def _start_controller(self) -> None:
+        from ..services.intent import load
+
+        path = self.write_intent()
+        load(path)  # the runner's own intent is valid, or this says where it is not
+        logf = open(self.workdir / "logs" / "controller.log", "w")  # noqa: SIM115
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "dinet.cli", "run", str(path), "--insecure"],
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            text=True,
+        )
+        logf.close()
+        self.state["pids"].append(self.controller.pid)
+        self._save()
+        assert self.controller.stdout is not None
+        for line in self.controller.stdout:
+            if line.startswith("dinet: collector on"):
+                return
+        raise DinetError(f"dinet run did not start (see {self.workdir}/logs/controller.log)")
+
+    def prometheus(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """`dinet run`'s Prometheus samples by name."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/metrics", timeout=15) as r:
+            text = r.read().decode()
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                out.setdefault(smp.name, []).append((dict(smp.labels), float(smp.value)))
+        return out
+
+    def _by_instance(self, metric: str, service: str, ingress: str | None = None) -> dict[str, float]:
+        key = self.service_keys[service]
+        names = {str(i.id): n for n, i in self.instances.items()}
+        node = None if ingress is None else str(self.ingress_index(ingress) - 1)  # `dinet run` numbers its nodes
+        return {
+            names[lab["instance"]]: v
+            for lab, v in self.prometheus().get(metric, [])
+            if lab.get("service") == key and (node is None or lab.get("node") == node)
+        }
+
+    def decisions(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(service, ingress) -> instance name -> installed weight, from one read of `dinet run`'s metrics."""
+        names = {str(i.id): n for n, i in self.instances.items()}
+        keys = {v: k for k, v in self.service_keys.items()}
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for lab, v in self.prometheus().get("dinet_instance_weight", []):
+            ingress = self.spec.ingress[int(lab["node"])].name
+            out.setdefault((keys[lab["service"]], ingress), {})[names[lab["instance"]]] = int(v)
+        return out
+
+    def weights(self, service: str, ingress: str | None = None) -> dict[str, int]:
+        """Instance name -> installed weight (of the first ingress node unless named)."""
+        return {
+            k: int(v) for k, v in self._by_instance("dinet_instance_weight", service, ingress or self._first()).items()
+        }
+
+    def packets(self, service: str, ingress: str | None = None) -> dict[str, int]:
+        """Instance name -> packets the ingress node's data plane steered to it (its counters, read back)."""
+        got = self._by_instance("dinet_instance_packets_total", service, ingress or self._first())
+        return {k: int(v) for k, v in got.items()}
+
+    def up_flags(self, service: str, ingress: str | None = None) -> dict[str, int]:
+        """Instance name -> 1 if it takes new flows on the ingress node (weight > 0 and up)."""
+        got = self._by_instance("dinet_instance_up", service, ingress or self._first())
+        return {k: int(v) for k, v in got.items()}
+
+    def reporter(self, instance: str) -> Any:
+        """A collect.Agent with the instance's credentials (for a lab started with agents=False)."""
+        from ..services.collect import Agent
+
+        return Agent(f"{MGMT_ROOT}:{self.collector_port}", f"token-{instance}")
+
+    def _first(self) -> str:
+        return self.spec.ingress[0].name
+
+    def wait_reports(self, names: set[str], timeout: float = 30.0) -> None:
+        """Returns once `dinet run` has a report of each named instance."""
+        ids = {str(self.instances[n].id) for n in names}
+        deadline = time.monotonic() + timeout
+        while True:
+            have = {lab["instance"] for lab, _ in self.prometheus().get("dinet_metric_age_seconds", [])}
+            if ids <= have:
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(n for n in names if str(self.instances[n].id) not in have)
+                raise DinetError(f"no metric report from {missing} within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def wait_until(self, cond: Any, what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise DinetError(f"lab {self.spec.name}: no {what} within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    # ---- traffic -------------------------------------------------------------------------------------------------
+    def load(self, client: str, service: str, rate: float = 5.0, duration: float = 2.0, **opts: Any) -> list[dict]:  # type: ignore[type-arg]
+        """`dinet load` from a client host on a service's VIP; its per-request records."""
+        svc = self.spec.service(service)
+        out = self.workdir / f"load-{client}-{service}-{time.monotonic_ns()}.jsonl"
+        args = [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://{svc.vip}:{svc.port}", "--quiet"]
+        args += ["--rate", str(rate), "--duration", str(duration), "--out", str(out)]
+        args += ["--sensitive-share", "1" if svc.class_ == "delay-sensitive" else "0"]
+        for k, v in opts.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        p = self.hosts[client].popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, err = p.communicate(timeout=duration + 120)
+        if p.returncode != 0:
+            raise DinetError(
+                f"dinet load from {client} failed: {err.strip().splitlines()[-1] if err else p.returncode}"
+            )
+        recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+        out.unlink()
+        return recs
+
+    def measure_paths(self, count: int = 20) -> list[PathReport]:
+        """Pings each path from its ingress router to the site router: RTT and loss achieved."""
+        started = [(ing, site, spec, ping(self.hosts[ing], addr, count)) for ing, site, addr, spec in self.paths]
+        return [PathReport.from_ping(ing, site, spec, p) for ing, site, spec, p in started]
+
+    def reachability(self) -> list[str]:
+        """Pings every instance endpoint from every client (three echoes: a lossy path may take one); the
+        pairs with no answer."""
+        failed = []
+        for c in self.spec.clients:
+            for name, inst in self.instances.items():
+                out = self.hosts[c.name].cmd(f"ping -n -q -c3 -i0.1 -W2 {inst.endpoint}")
+                if inst.running and " 0 received" in out:
+                    failed.append(f"{c.name}->{name}")
+        return failed
+
+    # ---- teardown ----------------------------------------------------------------------------------------------------
+    def down(self) -> None:
+        for inst in self.instances.values():
+            stop_processes(inst.procs)
+            inst.procs = []
+        if self.controller is not None:
+            stop_processes([self.controller])
+            self.controller = None
+        for e in self.emulators:
+            e.stop()
+        if self.decap is not None:
+            self.decap.destroy()
+            self.decap = None
+        if self.passprog is not None:
+            self.passprog.unpin()
+            self.passprog.close()
+            self.passprog = None
+        if self.net is not None:
+            with contextlib.suppress(Exception):  # a half-built network: remove what is there
+                self.net.stop()
+            self.net = None
+        clean(self.state, self.bpffs_root)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+
+
+def _tier(profile: str) -> str:
+    from ..workload.engine import PROFILES
+
+    return PROFILES[profile].tier
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean(state: dict[str, Any], bpffs_root: Path = BPFFS_ROOT) -> list[str]:
+    """Removes what a lab's state names: processes, named namespaces, root-namespace interfaces and bridges,
+    pinned maps. Returns what it removed (for `dinet lab down` after a killed runner)."""
+    done = []
+    for pid in state.get("pids", []):
+        if pid != os.getpid() and _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                done.append(f"process {pid}")
+    for ns in state.get("netns", []):
+        if Path(f"/run/netns/{ns}").exists():
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            done.append(f"namespace {ns}")
+    for dev in state.get("root_links", []):
+        if Path(f"/sys/class/net/{dev}").exists():
+            subprocess.run(["ip", "link", "del", dev], capture_output=True)
+            done.append(f"interface {dev}")
+    for pin in state.get("pins", []):
+        p = Path(pin)
+        if p.exists():
+            remove_pinned_tree(p)
+            done.append(f"pins {p}")
+    leftovers = [*BPFFS_ROOT.glob(f"{state.get('tag', '~')}-steer-*")]  # pinned by `dinet run`
+    leftovers += BPFFS_ROOT.glob(f"lab-{state.get('pid', '~')}-*")  # link loss programs (dinet.lab.loss)
+    for p in leftovers:
+        remove_pinned_tree(p)
+        done.append(f"pins {p}")
+    return done
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def down(name: str | None = None, state_dir: Path = STATE_DIR) -> list[str]:
+    """`dinet lab down`: stops a running lab (its runner ends and cleans up), or removes what a killed one left.
+    Every lab when no name is given."""
+    files = [state_dir / f"{name}.json"] if name else sorted(state_dir.glob("*.json"))
+    done = []
+    for f in files:
+        if not f.exists():
+            raise ConfigError(f"no lab {name!r} is up (no {f})")
+        state = json.loads(f.read_text())
+        pid = int(state.get("pid", 0))
+        if pid and pid != os.getpid() and _alive(pid):
+            os.kill(pid, signal.SIGTERM)  # the runner tears its lab down itself
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            done.append(f"runner {pid} stopped")
+        done += clean(state)
+        f.unlink(missing_ok=True)
+    return done

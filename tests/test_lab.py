@@ -1,0 +1,186 @@
+"""The scenario runner (dinet lab) on Mininet: every scenario file comes up on XDP and on BMv2, every client
+reaches every instance, a short load is served through the steering node, each path reports the RTT it
+achieved beside the configured one, and the teardown leaves no namespace, interface, pinned map or process.
+Then the use cases' behaviours: security levels, model tiers, and the same decisions on both data planes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, bmv2_tools_or_skip, mininet_or_skip, needs_bcc, needs_root
+from dinet.errors import ConfigError
+from dinet.lab.scenario import load
+
+SCENARIOS = sorted((ROOT / "topo" / "scenarios").glob("*.yaml"))
+QUICK = {"output_min": 4, "output_max": 8, "prompt_min": 32, "prompt_max": 64}
+
+
+def test_every_scenario_file_is_valid() -> None:
+    assert {p.stem for p in SCENARIOS} >= {"cloud-edge", "enterprise", "tiers"}
+    for p in SCENARIOS:
+        spec = load(p)
+        assert spec.name == p.stem  # `dinet lab down NAME` finds it by its file's name
+
+
+def test_a_typo_in_a_scenario_is_one_line_naming_where(tmp_path: Path) -> None:
+    text = (ROOT / "topo" / "scenarios" / "enterprise.yaml").read_text().replace("min_security: 2", "min_secrity: 2")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"bad.yaml: services\[0\]\.min_secrity: unknown key"):
+        load(bad)
+    bad.write_text(text.replace("min_secrity: 2", "min_security: 2").replace("site: hqnet", "site: hqnett"))
+    with pytest.raises(ConfigError, match="cnet.site: no site 'hqnett'"):
+        load(bad)
+    res = subprocess.run(
+        [sys.executable, "-m", "dinet.cli", "lab", "check", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and "hqnett" in res.stderr
+
+
+def _lab(name: str, target: str, tmp_path: Path, agents: bool = True, **spec: object):  # type: ignore[no-untyped-def]
+    mininet_or_skip()
+    if target == "bmv2":
+        bmv2_tools_or_skip()
+    from dinet.lab.net import Lab
+
+    scenario = load(ROOT / "topo" / "scenarios" / f"{name}.yaml").model_copy(update=spec)
+    return Lab(scenario, target, tmp_path / "lab", state_dir=tmp_path, agents=agents)
+
+
+def _left_behind(tag: str, pids: list[int]) -> list[str]:
+    from dinet.paths import BPFFS_ROOT
+
+    left = [
+        n
+        for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        if n.startswith(tag)
+    ]
+    left += [d for d in os.listdir("/sys/class/net") if d.startswith(tag)]
+    left += [str(p) for p in BPFFS_ROOT.glob(f"{tag}*")] if BPFFS_ROOT.exists() else []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            left.append(f"process {pid}")
+        except ProcessLookupError:
+            pass
+    return left
+
+
+@needs_root
+@needs_bcc
+@pytest.mark.parametrize("target", ["xdp", "bmv2"])
+@pytest.mark.parametrize("name", [p.stem for p in SCENARIOS])
+def test_a_scenario_comes_up_serves_through_the_steering_node_and_leaves_nothing(
+    name: str, target: str, tmp_path: Path
+) -> None:
+    with _lab(name, target, tmp_path) as lab:
+        assert lab.reachability() == []
+        for r in lab.measure_paths(20):
+            assert r.rtt_ms is not None and r.rtt_ms >= r.rtt_configured_ms, r  # the delay is really there
+            if r.loss_configured == 0:
+                assert r.loss == 0, r
+        by_ingress = {lab.spec.client_ingress(c): c.name for c in lab.spec.clients}
+        for svc in lab.spec.services:
+            members = {i.spec.name for i in lab.instances.values() if i.spec.service == svc.name}
+            for ingress, client in by_ingress.items():
+                recs = lab.load(client, svc.name, rate=8, duration=1, seed=3, **QUICK)
+                assert recs and all(r["status"] == "ok" for r in recs), recs[:3]
+                assert {r["instance"] for r in recs} <= members
+                steered = lab.packets(svc.name, ingress)  # the steering node's counters, read back
+                assert sum(steered.values()) > 0 and set(steered) <= members
+        tag, pids = lab.tag, [p for p in lab.state["pids"] if p != os.getpid()]
+        assert (tmp_path / f"{name}.json").exists()
+    assert _left_behind(tag, pids) == []
+    assert not (tmp_path / f"{name}.json").exists()
+
+
+@needs_root
+@needs_bcc
+def test_enterprise_a_confidential_flow_never_takes_a_path_below_its_level(tmp_path: Path) -> None:
+    with _lab("enterprise", "xdp", tmp_path) as lab:
+        for ingress, client in (("br1", "staff1"), ("br2", "staff2")):
+            # the public internet path is the nearest and its instance idle: still never a confidential flow
+            w = lab.weights("confidential", ingress)
+            assert w["cnet"] == 0 and w["cline"] > 0
+            recs = lab.load(client, "confidential", rate=10, duration=1.5, seed=5, **QUICK)
+            assert recs and all(r["status"] == "ok" for r in recs)
+            assert "cnet" not in {r["instance"] for r in recs}
+            assert lab.packets("confidential", ingress)["cnet"] == 0
+            # the general service may use it, and does
+            assert lab.weights("general", ingress)["gnet"] > 0
+        recs = lab.load("staff1", "general", rate=20, duration=1.5, seed=6, **QUICK)
+        assert {r["instance"] for r in recs} == {"gline", "gnet"}
+
+
+@needs_root
+@needs_bcc
+def test_tiers_degrade_to_a_small_model_when_the_large_saturates_and_come_back(tmp_path: Path) -> None:
+    with _lab("tiers", "xdp", tmp_path) as lab:
+        w = lab.weights("assist")
+        assert w["big"] > 0 and w["s1"] == w["s2"] == 0  # the large tier first, though the farthest
+        before = lab.load("dev1", "assist", rate=8, duration=1, seed=1, **QUICK)
+        assert {r["instance"] for r in before} == {"big"}
+        # the cloud's own users fill the large tier (sent inside its host: nothing of it is steered)
+        burst = lab.instances["big"].host.popen(
+            [sys.executable, "-m", "dinet.cli", "load", "--url", "http://127.0.0.1:8000", "--quiet"]
+            + ["--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
+            + ["--output-min", "120", "--output-max", "120", "--seed", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            lab.wait_until(lambda: lab.weights("assist")["big"] == 0, "large tier saturated")
+            during = lab.load("dev1", "assist", rate=8, duration=1, seed=2, **QUICK)
+            assert during and all(r["status"] == "ok" for r in during)  # the service stays up
+            assert {r["instance"] for r in during} == {"s1"}  # the nearest small tier
+            assert burst.wait(timeout=120) == 0  # the burst drains
+        finally:
+            if burst.poll() is None:
+                burst.send_signal(signal.SIGINT)
+                burst.wait(timeout=10)
+        lab.wait_until(lambda: lab.weights("assist")["big"] > 0, "large tier back", timeout=30)
+        after = lab.load("dev1", "assist", rate=8, duration=1, seed=3, **QUICK)
+        assert {r["instance"] for r in after} == {"big"}
+
+
+@needs_root
+@needs_bcc
+def test_one_scenario_gives_the_same_decisions_on_xdp_and_bmv2(tmp_path: Path) -> None:
+    """The same file and the same reports, in the same order: the same weights on every ingress node after
+    every report, whichever data plane steers."""
+    from dinet.policy.scores import Level0
+
+    idle = Level0()
+    steps = [  # (instance, report): the internet path's instance busy, the line's overloaded, then recovery
+        *[(n, idle) for n in ("cline", "cvpn", "cnet", "gline", "gnet")],
+        ("gnet", Level0(queue_depth=12, gpu_util=0.5)),
+        ("cline", Level0(gpu_util=0.95, queue_depth=30)),
+        ("gline", Level0(gpu_util=0.3, active_sessions=8)),
+        ("cline", idle),
+        ("gnet", idle),
+    ]
+    seen = {}
+    for target in ("xdp", "bmv2"):
+        # nobody reports but the test, and nothing expires while it does (the same history on both planes)
+        with _lab("enterprise", target, tmp_path / target, agents=False, collector_timeout=120.0) as lab:
+            reporters = {n: lab.reporter(n) for n in {n for n, _ in steps}}
+            history = []
+            try:
+                for name, m in steps:
+                    svc = lab.service_keys[lab.instances[name].spec.service]
+                    ack = reporters[name].send([reporters[name].report(svc, lab.instances[name].id, m)])
+                    assert ack.accepted == 1, ack.last_error
+                    history.append(lab.decisions())
+            finally:
+                for r in reporters.values():
+                    r.close()
+            seen[target] = history
+    assert seen["xdp"] == seen["bmv2"]
+    last = seen["xdp"][-1]
+    assert last[("confidential", "br1")]["cnet"] == 0 and last[("general", "br1")]["gnet"] > 0
