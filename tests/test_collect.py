@@ -121,3 +121,28 @@ def test_batched_reports_are_checked_one_by_one(rig) -> None:
     assert (ack.accepted, ack.rejected) == (3, 1) and "gpu_util is a fraction" in ack.last_error
     assert len(events) == 3
     a.close()
+
+
+def test_a_pool_agent_announces_instances_of_its_range_at_its_sites_only() -> None:
+    from dinet.services.collect import AgentAuth, Announce, Pool
+
+    joined: list = []
+    pool = Pool(SVC, 100, 109, frozenset({3}))
+    c = Collector({"cloud-pool": AgentAuth(frozenset(), "tok-pool", (pool,))}, timeout=3.0)
+    c.on_announce = lambda ref, a: joined.append((ref, a))
+    with CollectorServer(c, insecure=True) as srv:
+        agent = Agent(srv.address, "tok-pool")
+        try:
+            ok = agent.send([agent.report(str(SVC), 101, Level0(), Announce("10.103.1.2", 3))])
+            assert ok.accepted == 1
+            outside = agent.send([agent.report(str(SVC), 110, Level0(), Announce("10.103.1.2", 3))])
+            assert outside.rejected == 1 and "does not report for" in outside.last_error
+            wrong_site = agent.send([agent.report(str(SVC), 102, Level0(), Announce("10.103.1.2", 1))])
+            assert wrong_site.rejected == 1 and "site 1 is not the pool's" in wrong_site.last_error
+            garbage = agent.send([agent.report(str(SVC), 103, Level0(), Announce("not-an-address", 3))])
+            assert garbage.rejected == 1 and "endpoint 'not-an-address'" in garbage.last_error
+            leave = agent.send([agent.report(str(SVC), 101, Level0(), Announce("10.103.1.2", 3, leaving=True))])
+            assert leave.accepted == 1
+        finally:
+            agent.close()
+    assert joined == [((SVC, 101), Announce("10.103.1.2", 3)), ((SVC, 101), Announce("10.103.1.2", 3, True))]

@@ -6,6 +6,7 @@ never heard from is neither idle nor healthy and expires within the timeout of t
 from __future__ import annotations
 
 from dataclasses import replace
+from ipaddress import ip_address
 
 from dinet.model import Instance, InstanceState, ServiceKey
 from dinet.policy.decide import Policy, TrafficClass
@@ -176,3 +177,24 @@ def test_the_preferred_model_tier_takes_flows_until_it_saturates_and_again_after
     ctl.on_report((SVC, 3), Level0(cpu_load=0.3))  # it recovers: back to the large tier
     have = t.installed()
     assert have[3][0] > 0 and have[1][0] == 0 and have[2][0] == 0
+
+
+def test_a_pool_instance_joins_without_a_restart_drains_when_leaving_and_goes_when_silent() -> None:
+    from dinet.services.collect import Announce
+
+    t = CountingTarget()
+    ctl = controller(t)
+    ctl.start()
+    for i in (1, 2):
+        ctl.on_report((SVC, i), Level0(cpu_load=0.5))
+    ctl.on_announce((SVC, 100), Announce("192.0.2.100", 3))
+    ctl.on_report((SVC, 100), Level0(cpu_load=0.0))  # idle: it takes the largest share of new flows
+    have = t.installed()
+    assert set(have) == {1, 2, 100} and have[100][0] > have[1][0] > 0
+    assert {i.endpoint for i in t.plane[SVC].values()} >= {ip_address("192.0.2.100")}
+    ctl.set_intent([ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))])  # the file re-read: it stays
+    assert 100 in t.installed()
+    ctl.on_announce((SVC, 100), Announce("192.0.2.100", 3, leaving=True))
+    assert t.installed()[100][1] == "draining"  # no new flow; its established ones stay
+    ctl.on_expire((SVC, 100))
+    assert set(t.installed()) == {1, 2}

@@ -184,3 +184,34 @@ def test_one_scenario_gives_the_same_decisions_on_xdp_and_bmv2(tmp_path: Path) -
     assert seen["xdp"] == seen["bmv2"]
     last = seen["xdp"][-1]
     assert last[("confidential", "br1")]["cnet"] == 0 and last[("general", "br1")]["gnet"] > 0
+
+
+@needs_root
+@needs_bcc
+def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_flow_moves(tmp_path: Path) -> None:
+    import threading
+
+    with _lab("elastic", "xdp", tmp_path) as lab:
+        assert set(lab.weights("chat")) == {"op1", "op2"}
+        controller_pid = lab.controller.pid
+        streams: list = []  # long streams opened on the on-premises instances before anything joins
+        long = {"output_min": 40, "output_max": 40, "prompt_min": 32, "prompt_max": 32}
+        th = threading.Thread(
+            target=lambda: streams.extend(lab.load("user1", "chat", rate=6, duration=0.5, seed=1, **long))
+        )
+        th.start()
+        try:
+            lab.join("cp1")
+            lab.wait_until(lambda: lab.weights("chat").get("cp1", 0) > 0, "cp1 installed")
+            assert lab.controller.pid == controller_pid and lab.controller.poll() is None  # no restart
+            during = lab.load("user1", "chat", rate=10, duration=1, seed=2, **QUICK)
+            assert "cp1" in {r["instance"] for r in during}
+        finally:
+            th.join()
+        assert streams and all(r["status"] == "ok" and r["completion_tokens"] == 40 for r in streams)
+        assert {r["instance"] for r in streams} <= {"op1", "op2"}  # every one finished where it started
+        lab.leave("cp1")
+        lab.wait_until(lambda: "cp1" not in lab.weights("chat"), "cp1 removed")
+        after = lab.load("user1", "chat", rate=10, duration=1, seed=3, **QUICK)
+        assert after and all(r["status"] == "ok" for r in after)
+        assert "cp1" not in {r["instance"] for r in after}

@@ -432,19 +432,22 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
     import threading
 
     from .creds import Identity, read_token
-    from .services.collect import Agent
+    from .services.collect import Agent, Announce
     from .workload.metrics_agent import MetricsAgent
 
     identity = Identity.load(a.certs, a.identity) if a.certs else None
     if identity is None and not a.insecure:
         raise ConfigError("the metrics agent has no credentials: --certs DIR (see `dinet certs`), or --insecure")
+    announce = Announce(a.announce, a.site) if a.announce else None
     agent = Agent(a.collector, read_token(a.token_file), identity, a.server)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"dinet metrics-agent: {a.url} -> {a.collector} for {a.service} instance {a.instance}", flush=True)
     try:
-        MetricsAgent(a.url, a.service, a.instance, agent, a.interval, host_cpu=not a.no_host_cpu).run(stop, a.count)
+        MetricsAgent(
+            a.url, a.service, a.instance, agent, a.interval, host_cpu=not a.no_host_cpu, announce=announce
+        ).run(stop, a.count)
     finally:
         agent.close()
 
@@ -835,6 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-host-cpu", action="store_true", help="report no host CPU (instances that share one machine, as in labs)"
     )
+    p.add_argument("--announce", metavar="ENDPOINT", help="a pool instance: join the service with this tunnel endpoint")
+    p.add_argument("--site", type=int, default=0, help="with --announce: the instance's site")
     p.set_defaults(fn=cmd_metrics_agent)
     p = sub.add_parser("sync", help="push a model file to GPU clouds over BIER (UFTP, encrypted, verified)")
     p.add_argument("file")

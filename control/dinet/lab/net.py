@@ -43,8 +43,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import ConfigError, DinetError
 from ..paths import BPFFS_ROOT
+from ..targets import netns
 from ..targets.bcc_program import BccProgram, remove_pinned_tree
 from ..targets.xdp import DecapNode
+from ..workload.metrics_agent import parse, scrape
 from .linkem import LinkEmulator, PathReport, ping, stop_processes
 from .scenario import InstanceSpec, LinkSpec, ScenarioSpec
 
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = Path("/run/dinet/lab")
 MGMT_ROOT = "172.31.255.254"
 TUNNEL_SMAC = "02:00:00:00:00:fe"  # the P4 switch's source MAC toward its ingress router
+POOL_IDS = (1000, 1999)  # the instance ids a service's pool agent may announce
 
 
 def lab_tag(name: str) -> str:
@@ -120,8 +123,9 @@ class Lab:
         for n, i in enumerate(self.spec.instances):
             site = self.spec.site(i.site)
             j = per_site[i.site] = per_site.get(i.site, 0) + 1
+            iid = POOL_IDS[0] + n if i.pool else n + 1  # a pool's ids are a range of their own
             self.instances[i.name] = InstanceHost(
-                i, n + 1, site.id, f"10.{100 + site.id}.{j}.2", f"10.{100 + site.id}.{j}.1", f"172.31.0.{n + 1}"
+                i, iid, site.id, f"10.{100 + site.id}.{j}.2", f"10.{100 + site.id}.{j}.1", f"172.31.0.{n + 1}"
             )
 
     def ns(self, node: str) -> str:
@@ -335,9 +339,12 @@ class Lab:
         if not self.agents:
             inst.procs = [p]
             return
-        token = self.workdir / f"token-{name}"
-        token.write_text(f"token-{name}\n")
+        who = f"pool-{svc.name}" if inst.spec.pool else name  # a pool instance reports with its pool's token
+        token = self.workdir / f"token-{who}"
+        token.write_text(f"token-{who}\n")
         agent = [*cli, "metrics-agent", "--url", f"http://127.0.0.1:{svc.port}/metrics"]
+        if inst.spec.pool:
+            agent += ["--announce", inst.endpoint, "--site", str(inst.site_id)]
         agent += ["--service", self.service_keys[svc.name], "--instance", str(inst.id), "--no-host-cpu"]
         agent += ["--collector", f"{MGMT_ROOT}:{self.collector_port}", "--token-file", str(token), "--insecure"]
         agent += ["--interval", str(self.spec.report_interval)]
@@ -346,6 +353,28 @@ class Lab:
     def stop_instance(self, name: str) -> None:
         inst = self.instances[name]
         stop_processes(inst.procs)
+        inst.procs = []
+
+    def join(self, name: str) -> None:
+        """A pool instance joins: its server starts and its agent announces it to the running controller."""
+        if not self.instances[name].spec.pool:
+            raise ConfigError(f"{name} is not a pool instance (pool: true in the scenario)")
+        self.start_instance(name)
+
+    def leave(self, name: str, drain_timeout: float = 60.0) -> None:
+        """A pool instance leaves: its agent announces it (no new flow from then on), its open requests
+        finish (up to drain_timeout), then its server stops; silent, it is removed from the service."""
+        inst = self.instances[name]
+        serve, agents = inst.procs[0], inst.procs[1:]
+        stop_processes(agents)  # SIGTERM: the agent's last report says `leaving`
+        url = f"http://127.0.0.1:{self.spec.service(inst.spec.service).port}/metrics"
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline:
+            with netns.entered(self.ns(name)):
+                if parse(scrape(url)).get("vllm:num_requests_running", 0.0) == 0:
+                    break
+            time.sleep(0.1)
+        stop_processes([serve])
         inst.procs = []
 
     # ---- the controller ----------------------------------------------------------------------------------------
@@ -397,7 +426,16 @@ class Lab:
                 }
                 | ({"tier": _tier(i.spec.profile)} if svc.tiers else {})
                 for name, i in self.instances.items()
-                if i.spec.service == svc.name and (i.running or not i.spec.pool)
+                if i.spec.service == svc.name and not i.spec.pool
+            ]
+            pool = [i for i in self.instances.values() if i.spec.service == svc.name and i.spec.pool]
+            pools = [
+                {
+                    "agent": f"pool-{svc.name}",
+                    "token": f"token-pool-{svc.name}",
+                    "ids": list(POOL_IDS),
+                    "sites": sorted({i.site_id for i in pool}),
+                }
             ]
             services.append(
                 {
@@ -407,6 +445,7 @@ class Lab:
                     "tiers": list(svc.tiers),
                     "instances": insts,
                 }
+                | ({"pools": pools} if pool else {})
             )
         return {
             "ingress": nodes,

@@ -11,6 +11,7 @@ is told, and takes it out of new flows."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import threading
 import time
@@ -44,11 +45,41 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Pool:
+    """Elastic capacity of a service: instances (ids first..last, at these sites) that join at run time."""
+
+    service: ServiceKey
+    first: int
+    last: int
+    sites: frozenset[int]
+
+    def __contains__(self, ref: object) -> bool:
+        return isinstance(ref, tuple) and ref[0] == self.service and self.first <= ref[1] <= self.last
+
+
+@dataclass(frozen=True)
 class AgentAuth:
-    """What the intent says of one reporting agent: the instances it reports for, and its token ('' none)."""
+    """What the intent says of one reporting agent: the instances it reports for, and its token ('' none);
+    pools: the ranges of instances it may announce (elastic capacity)."""
 
     refs: frozenset[InstanceRef]
     token: str = ""
+    pools: tuple[Pool, ...] = ()
+
+    def __contains__(self, ref: object) -> bool:
+        return ref in self.refs or any(ref in p for p in self.pools)
+
+    def pool(self, ref: InstanceRef) -> Pool | None:
+        return next((p for p in self.pools if ref in p), None)
+
+
+@dataclass(frozen=True)
+class Announce:
+    """A pool instance's announcement: where it is, and whether it is leaving."""
+
+    endpoint: str
+    site: int
+    leaving: bool = False
 
 
 @dataclass
@@ -60,6 +91,7 @@ class Collector:
     max_rate: float = 1000.0
     on_report: Callable[[InstanceRef, Level0], None] | None = None
     on_expire: Callable[[InstanceRef], None] | None = None
+    on_announce: Callable[[InstanceRef, Announce], None] | None = None  # a pool instance joins or leaves
     clock: Callable[[], float] = time.monotonic
     latest: dict[InstanceRef, Sample] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
@@ -98,10 +130,10 @@ class Collector:
             if auth.token and not same_token(token, auth.token):
                 self.rejected["token"] += 1
                 return "", "token"
-            return identity, auth.refs
+            return identity, auth
         for name, auth in self.agents.items():  # an --insecure collector: the token alone names the agent
             if auth.token and same_token(token, auth.token):
-                return name, auth.refs
+                return name, auth
         self.rejected["token"] += 1
         return "", "token"
 
@@ -128,6 +160,16 @@ class Collector:
                 return self._reject(
                     "unknown_instance", f"agent {agent} does not report for {svc} instance {r.instance_id}"
                 )
+            announce = None
+            pool = allowed.pool(ref) if isinstance(allowed, AgentAuth) and ref not in allowed.refs else None
+            if pool is not None:  # a pool instance says where it is in every report
+                if r.site not in pool.sites:
+                    return self._reject("invalid", f"{svc} instance {r.instance_id}: site {r.site} is not the pool's")
+                try:
+                    endpoint = str(ipaddress.ip_address(r.endpoint))
+                except ValueError:
+                    return self._reject("invalid", f"{svc} instance {r.instance_id}: endpoint {r.endpoint!r}")
+                announce = Announce(endpoint, int(r.site), bool(r.leaving))
             if r.seq <= self._seq.get(agent, 0):
                 return self._reject("sequence", f"seq {r.seq} is not after {self._seq.get(agent, 0)}")
             m = Level0(
@@ -141,6 +183,12 @@ class Collector:
             self.latest[ref] = Sample(m, now)
             self._expired.discard(ref)
             self.accepted += 1
+        if announce is not None and self.on_announce:
+            try:
+                self.on_announce(ref, announce)
+            except DinetError as e:
+                self.rejected["decision"] += 1
+                log.error("%s/%d announced itself, but it could not be installed: %s", ref[0], ref[1], e)
         if self.on_report:
             try:
                 self.on_report(ref, m)
@@ -183,7 +231,7 @@ def _servicer(c: Collector) -> Any:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or missing agent token")
             return agent, refs
 
-        def _take(self, agent: str, allowed: set[InstanceRef], reports: Any, ack: Any) -> None:
+        def _take(self, agent: str, allowed: Any, reports: Any, ack: Any) -> None:
             for r in reports:
                 err = c.accept(agent, allowed, r)
                 if err is None:
@@ -250,9 +298,12 @@ class Agent:
         self.token = token
         self.seq = 0
 
-    def report(self, service: str, instance_id: int, m: Level0) -> Any:
+    def report(self, service: str, instance_id: int, m: Level0, announce: Announce | None = None) -> Any:
+        """One report; a pool instance's carries its announcement (endpoint, site, leaving)."""
         self.seq += 1
+        where = {"endpoint": announce.endpoint, "site": announce.site, "leaving": announce.leaving} if announce else {}
         return self.pb.Report(
+            **where,
             service=service,
             instance_id=instance_id,
             seq=self.seq,

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import UnknownServiceError
-from ..model import Instance, InstanceState, ServiceKey
+from ..model import Instance, InstanceState, ServiceKey, parse_address
 from ..policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
 from ..policy.scores import Level0, ScoreModel
 from ..targets.base import SteeringTarget
-from .collect import Collector, InstanceRef
+from .collect import Announce, Collector, InstanceRef
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,19 @@ class Controller:
     reads: int = 0  # read-backs of the data plane (start and resyncs only)
     decisions: int = 0  # decisions made (reconciliations), and the seconds they took in all
     decision_seconds: float = 0.0
-    _by_key: dict[ServiceKey, ServiceIntent] = field(default_factory=dict)
+    joined: dict[ServiceKey, dict[int, Instance]] = field(default_factory=dict)  # pool instances, by id
+    _by_key: dict[ServiceKey, ServiceIntent] = field(default_factory=dict)  # the intent with what joined
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
         self._by_key = {s.key: s for s in self.services}
+
+    def _merge(self, svc: ServiceKey) -> None:
+        """The service as decided: its intent's instances and the pool instances that joined it."""
+        base = next(s for s in self.services if s.key == svc)
+        ids = {i.instance_id for i in base.instances}
+        extra = tuple(i for iid, i in sorted(self.joined.get(svc, {}).items()) if iid not in ids)
+        self._by_key[svc] = replace(base, instances=base.instances + extra)
 
     def intent(self, svc: ServiceKey) -> ServiceIntent:
         try:
@@ -114,6 +122,10 @@ class Controller:
             before = self.writes
             gone = set(self._by_key) - {s.key for s in services}
             self.services, self._by_key = list(services), {s.key: s for s in services}
+            for key in gone:
+                self.joined.pop(key, None)
+            for key in self.joined:
+                self._merge(key)
             for key in sorted(gone):
                 self.target.remove_service(key)
                 self.installed.pop(key, None)
@@ -128,6 +140,7 @@ class Controller:
     def attach(self, collector: Collector) -> None:
         collector.on_report = self.on_report
         collector.on_expire = self.on_expire
+        collector.on_announce = self.on_announce
 
     def _write(self, svc: ServiceKey, instances: list[Instance]) -> None:
         self.target.set_instances(svc, instances)
@@ -229,9 +242,41 @@ class Controller:
 
     def on_expire(self, ref: InstanceRef) -> None:
         with self._lock:
-            self.expired.add(ref)
-            if ref[0] in self._by_key:
-                self.reconcile(ref[0])
+            svc, iid = ref
+            if iid in self.joined.get(svc, {}):  # a pool instance that went silent has left: it is removed
+                del self.joined[svc][iid]
+                self.metrics.pop(ref, None)
+                self._merge(svc)
+                log.info("%s: pool instance %d left (silent)", svc, iid)
+            else:
+                self.expired.add(ref)
+            if svc in self._by_key:
+                self.reconcile(svc)
+
+    def on_announce(self, ref: InstanceRef, a: Announce) -> None:
+        """A pool instance joins (installed at once, taking new flows by its metrics), moves, or leaves
+        (draining: no new flow; its established flows stay until it goes silent and is removed)."""
+        with self._lock:
+            svc, iid = ref
+            if svc not in self._by_key:
+                return
+            state = InstanceState.DRAINING if a.leaving else InstanceState.UP
+            inst = Instance(iid, parse_address(a.endpoint), 1, state, a.site, f"pool-{iid}")
+            have = self.joined.setdefault(svc, {}).get(iid)
+            if have == inst:
+                return
+            self.joined[svc][iid] = inst
+            self.expired.discard(ref)
+            self._merge(svc)
+            log.info(
+                "%s: pool instance %d %s at site %d (%s)",
+                svc,
+                iid,
+                "leaving" if a.leaving else "joined",
+                a.site,
+                a.endpoint,
+            )
+            self.reconcile(svc)
 
     # ---- observation ------------------------------------------------------------------------------------
     def status(self) -> Iterator[dict[str, Any]]:

@@ -21,7 +21,7 @@ from ..model import Instance, InstanceState, ServiceKey, parse_address
 from ..packets import BSL_CODE
 from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
 from ..policy.decide import TrafficClass
-from .collect import AgentAuth
+from .collect import AgentAuth, Pool
 from .controller import ServiceIntent, SitePath
 from .probe import Probe
 
@@ -158,12 +158,28 @@ class InstanceSpec(_Spec):
     _endpoint = field_validator("endpoint")(_ip)
 
 
+class PoolSpec(_Spec):
+    """Elastic capacity: an agent that may announce instances of the service at run time."""
+
+    agent: Name  # its identity (with TLS: its certificate name)
+    token: str | None = Field(default=None, min_length=1)
+    ids: Annotated[list[Annotated[int, Field(ge=1, lt=2**32)]], Field(min_length=2, max_length=2)]  # first, last
+    sites: list[Annotated[int, Field(ge=0, lt=2**16)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> PoolSpec:
+        if self.ids[0] > self.ids[1]:
+            raise ValueError(f"ids is [first, last], not {list(self.ids)}")
+        return self
+
+
 class ServiceSpec(_Spec):
     service: str
     class_: Literal["delay-sensitive", "delay-tolerant"] = Field(default="delay-tolerant", alias="class")
     min_security: int = Field(default=0, ge=0, le=9)  # sites whose path is below this level get none of it
     tiers: list[Literal["large", "small", "pruned"]] = []  # model tiers, preferred first (empty: any)
     instances: list[InstanceSpec] = Field(min_length=1)
+    pools: list[PoolSpec] = []
 
     @field_validator("service")
     @classmethod
@@ -179,6 +195,10 @@ class ServiceSpec(_Spec):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"instance ids must be unique in a service; repeated: {dup}")
+        for p in self.pools:
+            inside = [i for i in ids if p.ids[0] <= i <= p.ids[1]]
+            if inside:
+                raise ValueError(f"pool {p.agent}: its ids {list(p.ids)} hold the intent's instances {inside}")
         if not any(i.weight for i in self.instances if i.state == "up") and any(
             i.state == "up" for i in self.instances
         ):
@@ -424,7 +444,11 @@ def parse(doc: Any, path: Path) -> RunConfig:
                 old = cfg.agents.get(who, AgentAuth(frozenset(), i.token or ""))
                 if i.token and old.token and old.token != i.token:
                     raise ConfigError(f"{path}: services: agent {who} is given two tokens")
-                cfg.agents[who] = AgentAuth(old.refs | {(key, i.id)}, old.token or i.token or "")
+                cfg.agents[who] = AgentAuth(old.refs | {(key, i.id)}, old.token or i.token or "", old.pools)
+        for p in s.pools:
+            old = cfg.agents.get(p.agent, AgentAuth(frozenset(), p.token or ""))
+            pool = Pool(key, p.ids[0], p.ids[1], frozenset(p.sites))
+            cfg.agents[p.agent] = AgentAuth(old.refs, old.token or p.token or "", (*old.pools, pool))
         tiers = {i.id: str(i.tier) for i in s.instances if i.tier}
         cfg.services.append(
             ServiceIntent(key, TrafficClass(s.class_), tuple(insts), s.min_security, tuple(s.tiers), tiers)

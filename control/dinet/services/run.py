@@ -247,7 +247,11 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None, ins
             for c in ctls:
                 c.on_expire(ref)
 
-        col.on_report, col.on_expire = on_report, on_expire
+        def on_announce(ref: Any, a: Any) -> None:
+            for c in ctls:
+                c.on_announce(ref, a)
+
+        col.on_report, col.on_expire, col.on_announce = on_report, on_expire, on_announce
         srv = stack.enter_context(
             CollectorServer(col, cfg.collector_listen, identity=identity, insecure=identity is None)
         )

@@ -28,7 +28,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -146,6 +147,7 @@ class MetricsAgent:
     agent: object
     interval: float = 1.0
     host_cpu: bool = True  # False where instances share one host (emulation): its CPU says nothing of one
+    announce: Any = None  # a pool instance's collect.Announce (endpoint, site): it joins with its reports
     mapper: Mapper = field(default_factory=Mapper)
     reports: int = 0
     failures: int = 0  # scrapes that failed
@@ -164,7 +166,8 @@ class MetricsAgent:
             self.failures += 1
             m = Level0(cpu_load=min(1.0, cpu), healthy=False)  # the server does not answer: not healthy
         try:
-            ack = self.agent.send([self.agent.report(self.service, self.instance_id, m)])  # type: ignore[attr-defined]
+            report = self.agent.report(self.service, self.instance_id, m, self.announce)  # type: ignore[attr-defined]
+            ack = self.agent.send([report])  # type: ignore[attr-defined]
         except grpc.RpcError as e:  # the collector is down or unreachable: say so once, go on trying
             if not self.send_failures:
                 log.warning("cannot report to the collector (%s): retrying every %.1f s", e.code().name, self.interval)
@@ -182,3 +185,6 @@ class MetricsAgent:
             self.once()
             n += 1
             stop.wait(self.interval)
+        if self.announce is not None and stop.is_set():  # a pool instance leaves: no new flow from now on
+            self.announce = replace(self.announce, leaving=True)
+            self.once()
