@@ -86,7 +86,7 @@ def test_a_scenario_comes_up_serves_through_the_steering_node_and_leaves_nothing
             if r.loss_configured == 0:
                 assert r.loss == 0, r
         by_ingress = {lab.spec.client_ingress(c): c.name for c in lab.spec.clients}
-        for svc in lab.spec.services:
+        for svc in lab.spec.client_services():
             members = {i.spec.name for i in lab.instances.values() if i.spec.service == svc.name}
             for ingress, client in by_ingress.items():
                 recs = lab.load(client, svc.name, rate=8, duration=1, seed=3, **QUICK)
@@ -215,3 +215,86 @@ def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_fl
         after = lab.load("user1", "chat", rate=10, duration=1, seed=3, **QUICK)
         assert after and all(r["status"] == "ok" for r in after)
         assert "cp1" not in {r["instance"] for r in after}
+
+
+class Reports:
+    """Reports for a lab's instances every 0.2 s (a lab started with agents=False): what each says is set."""
+
+    def __init__(self, lab, says: dict) -> None:  # type: ignore[no-untyped-def]
+        import threading
+
+        self.lab, self.says, self.stop = lab, dict(says), threading.Event()
+        self.agents = {n: lab.reporter(n) for n in says}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for name, m in list(self.says.items()):
+                inst = self.lab.instances[name]
+                a = self.agents[name]
+                a.send([a.report(self.lab.service_keys[inst.spec.service], inst.id, m)])
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> Reports:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        for a in self.agents.values():
+            a.close()
+
+
+def _rx_bytes(host, dev: str) -> int:  # type: ignore[no-untyped-def]
+    return int(host.cmd(f"cat /sys/class/net/{dev}/statistics/rx_bytes").strip())
+
+
+@needs_root
+@needs_bcc
+def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_chooses_and_keeps(tmp_path: Path) -> None:
+    import threading
+
+    from dinet.policy.scores import Level0
+    from dinet.workload.engine import PROFILES
+    from dinet.workload.load import LoadSpec
+
+    per_token = PROFILES["llama3-8b-a100"].kv_bytes_per_token
+    with _lab("prefill-decode", "xdp", tmp_path, agents=False) as lab:
+        idle = Level0()
+        with Reports(lab, {"pf1": idle, "dc1": idle, "dc2": idle}) as reports:
+            lab.wait_until(lambda: lab.weights("decode")["dc1"] > 0 == lab.weights("decode")["dc2"], "dc1 chosen")
+            near = lab.hosts["dcnear"]
+            rx0 = _rx_bytes(near, "dcnear-eth0")  # its link from the ingress node
+            quick = {"output_min": 8, "output_max": 8, "prompt_min": 16, "prompt_max": 32}
+            first = lab.load("user1", "prefill", rate=6, duration=1, seed=1, **quick)
+            assert first and all(r["status"] == "ok" and r["completion_tokens"] == 8 for r in first)
+            assert {r["decode_instance"] for r in first} == {"dc1"}  # the nearest decode site with room
+            assert all(r["kv_bytes"] == r["prompt_tokens"] * per_token for r in first)  # sized from the prompt
+            assert _rx_bytes(near, "dcnear-eth0") - rx0 >= sum(r["kv_bytes"] for r in first)  # it crossed the link
+            # long sessions open on dc1; then dc1 fills up: new sessions go to dc2, the open ones stay on dc1
+            opts = {"output_min": 60, "output_max": 60, "prompt_min": 16, "prompt_max": 16}
+            same = {"prompt_tokens": (16, 16), "max_tokens": (60, 60), "sensitive_share": 1.0}  # as lab.load sends
+            n_long = len(LoadSpec("http://x", duration=0.5, schedule=[(0.0, 6.0)], seed=4, **same).arrivals())
+            assert n_long > 0
+            placed = lab.new_flows("decode")["dc1"]
+            long: list = []
+
+            def sessions() -> None:
+                try:
+                    long.extend(lab.load("user1", "prefill", rate=6, duration=0.5, seed=4, **opts))
+                except Exception as e:  # said in the assertion below
+                    long.append({"status": repr(e)})
+
+            th = threading.Thread(target=sessions)
+            th.start()
+            lab.wait_until(lambda: lab.new_flows("decode")["dc1"] >= placed + n_long, "every long session on dc1")
+            reports.says["dc1"] = Level0(gpu_util=0.95, queue_depth=30)
+            lab.wait_until(lambda: lab.weights("decode")["dc1"] == 0, "dc1 out of new sessions")
+            later = lab.load(
+                "user1", "prefill", rate=6, duration=1, seed=3, output_min=8, output_max=8, prompt_min=16, prompt_max=32
+            )
+            th.join()
+        assert later and {r["decode_instance"] for r in later} == {"dc2"}
+        assert long and all(r["status"] == "ok" and r["completion_tokens"] == 60 for r in long), long
+        assert {r["decode_instance"] for r in long} == {"dc1"}

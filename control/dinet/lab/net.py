@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = Path("/run/dinet/lab")
 MGMT_ROOT = "172.31.255.254"
 TUNNEL_SMAC = "02:00:00:00:00:fe"  # the P4 switch's source MAC toward its ingress router
+FABRIC_MTU = 1600  # the tunnel's 20 bytes on top of a 1500-byte packet
 POOL_IDS = (1000, 1999)  # the instance ids a service's pool agent may announce
 
 
@@ -223,11 +224,26 @@ class Lab:
                 h.cmd(f"ethtool -K {intf.name} tx off tso off gso off >/dev/null 2>&1")
         self._save()
         root.cmd(f"ip addr add {MGMT_ROOT}/16 dev {root_link.intf1.name}")
+        self._fabric_mtu()
         self._address(ends)
         for e in self.emulators:
             e.start(self.ns(e.name), self.backend, self.workdir / "logs")
         self.state["pids"] += [e.pid for e in self.emulators if e.pid]
         self._save()
+
+    def _fabric_mtu(self) -> None:
+        """Room for the tunnel header: FABRIC_MTU on every link between routers, switches and instances (the
+        clients' side stays at 1500, and instances send at most 1500 themselves: see _address)."""
+        clients = {c.name for c in self.spec.clients}
+        edge = clients | {e.name for e in self.emulators if e.a in clients or e.b in clients}
+        for link in self.net.links:
+            nodes = {link.intf1.node.name, link.intf2.node.name}
+            if nodes & edge or any(n.startswith(f"{self.tag}l") or n.startswith(f"{self.tag}m") for n in nodes):
+                continue
+            if any(n.startswith(f"{self.tag}r") for n in nodes):
+                continue
+            for intf in (link.intf1, link.intf2):
+                intf.node.cmd(f"ip link set dev {intf.name} mtu {FABRIC_MTU}")
 
     def _pcaps(self) -> str | None:
         if not self.pcap:
@@ -275,12 +291,21 @@ class Lab:
             for k, ing in enumerate(s.ingress, 1):
                 h.cmd(f"ip route add 10.0.{k}.0/24 via 10.{k}.{site.id}.1")
                 self.hosts[ing.name].cmd(f"ip route add 10.{100 + site.id}.0.0/16 via 10.{k}.{site.id}.2")
+            # between sites (a prefill stage calling the decode stage's VIP): through the first ingress node,
+            # whose steering node takes VIP traffic from the sites as from its clients
+            h.cmd(f"ip route add default via 10.1.{site.id}.1")
+        if self.target == "bmv2":  # the P4 switch sits on the LAN side: the router sends VIP traffic to it
+            for k, ing in enumerate(s.ingress, 1):
+                r, dev = self.hosts[ing.name], self.ingress_intf[ing.name]
+                r.cmd(f"ip neigh replace 10.0.{k}.254 lladdr {TUNNEL_SMAC} dev {dev} nud permanent")
+                for vip in sorted({svc.vip for svc in s.services}):
+                    r.cmd(f"ip route add {vip}/32 via 10.0.{k}.254 dev {dev}")
         for inst in self.instances.values():
             h = inst.host
-            h.cmd(f"ip route add default via {inst.gateway}")
+            h.cmd(f"ip route add default via {inst.gateway} mtu 1500")  # its own packets fit a tunnel
             h.cmd(f"ip addr add {inst.mgmt}/16 dev {inst.spec.name}-eth1")
-            for svc in s.services:
-                h.cmd(f"ip addr add {svc.vip}/32 dev lo")
+            # its own service's VIP only: another stage's VIP (decode, from a prefill instance) is steered
+            h.cmd(f"ip addr add {s.service(inst.spec.service).vip}/32 dev lo")
 
     def _programs(self) -> None:
         """The decap program on every instance host; with XDP, a pass program on the far end of each of the
@@ -392,8 +417,9 @@ class Lab:
                 }
                 for site in s.sites
             }
-            if self.target == "xdp":
-                attach = [{"dev": self.ingress_intf[ing.name], "netns": self.ns(ing.name)}]
+            if self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
+                devs = [i.name for i in self.hosts[ing.name].intfList()]
+                attach = [{"dev": d, "netns": self.ns(ing.name)} for d in devs]
                 node = {"target": "xdp", "name": self.steer_node_name(ing.name), "src4": f"10.0.{k}.1"}
                 nodes.append(node | {"attach": attach, "sites": sites})
             else:
@@ -523,6 +549,11 @@ class Lab:
         got = self._by_instance("dinet_instance_packets_total", service, ingress or self._first())
         return {k: int(v) for k, v in got.items()}
 
+    def new_flows(self, service: str, ingress: str | None = None) -> dict[str, int]:
+        """Instance name -> flows the ingress node's data plane placed on it (its counters, read back)."""
+        got = self._by_instance("dinet_instance_new_flows_total", service, ingress or self._first())
+        return {k: int(v) for k, v in got.items()}
+
     def up_flags(self, service: str, ingress: str | None = None) -> dict[str, int]:
         """Instance name -> 1 if it takes new flows on the ingress node (weight > 0 and up)."""
         got = self._by_instance("dinet_instance_up", service, ingress or self._first())
@@ -538,11 +569,13 @@ class Lab:
         return self.spec.ingress[0].name
 
     def wait_reports(self, names: set[str], timeout: float = 30.0) -> None:
-        """Returns once `dinet run` has a report of each named instance."""
+        """Returns once `dinet run` has a fresh report of each named instance (none of them expired)."""
         ids = {str(self.instances[n].id) for n in names}
         deadline = time.monotonic() + timeout
+        fresh = self.spec.collector_timeout / 2
         while True:
-            have = {lab["instance"] for lab, _ in self.prometheus().get("dinet_metric_age_seconds", [])}
+            ages = self.prometheus().get("dinet_metric_age_seconds", [])
+            have = {lab["instance"] for lab, age in ages if age < fresh}
             if ids <= have:
                 return
             if time.monotonic() > deadline:

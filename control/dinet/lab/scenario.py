@@ -153,6 +153,10 @@ class ScenarioSpec(_Spec):
     def path(self, site: str, ingress: str) -> PathSpec:
         return self.site(site).paths.get(ingress) or PathSpec()
 
+    def client_services(self) -> list[ServiceSpec]:
+        """The services clients call (a decode stage takes hand-overs from the prefill stage only)."""
+        return [s for s in self.services if any(i.service == s.name and i.role != "decode" for i in self.instances)]
+
     def client_ingress(self, c: ClientSpec) -> str:
         return c.ingress or self.ingress[0].name
 

@@ -49,6 +49,9 @@ class Record:
     e2e_ms: float | None = None
     instance: str = ""
     tier: str = ""
+    decode_instance: str = ""  # prefill-decode: the decode instance the network chose for the session
+    kv_bytes: int = 0  # the KV cache handed over to it
+    kv_ms: float | None = None  # from the hand-over's start to the decode instance's first token
 
 
 def poisson(schedule: list[tuple[float, float]], duration: float, rng: random.Random) -> Iterator[float]:
@@ -176,6 +179,10 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                 msg = json.loads(data)
                 if msg.get("usage"):
                     rec.prompt_tokens = msg["usage"].get("prompt_tokens", rec.prompt_tokens)
+                    handed = msg.get("dinet") or {}  # a prefill instance's notes on the hand-over
+                    rec.decode_instance = str(handed.get("decode_instance", ""))
+                    rec.kv_bytes = int(handed.get("kv_bytes", 0))
+                    rec.kv_ms = round(float(handed["kv_ms"]), 3) if "kv_ms" in handed else None
                 for ch in msg.get("choices", []):
                     if ch.get("text") or (ch.get("delta") or {}).get("content"):
                         now = time.monotonic()

@@ -143,7 +143,11 @@ class Server:
         import aiohttp
 
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+            # a connection per hand-over: the network chooses the decode instance of each session (a pooled
+            # connection would carry the next session to wherever the last one went)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=300), connector=aiohttp.TCPConnector(force_close=True)
+            )
         size = n_prompt * self.profile.kv_bytes_per_token
         chunk = bytes(65536)
 
