@@ -127,13 +127,7 @@ def test_tiers_degrade_to_a_small_model_when_the_large_saturates_and_come_back(t
         before = lab.load("dev1", "assist", rate=8, duration=1, seed=1, **QUICK)
         assert {r["instance"] for r in before} == {"big"}
         # the cloud's own users fill the large tier (sent inside its host: nothing of it is steered)
-        burst = lab.instances["big"].host.popen(
-            [sys.executable, "-m", "dinet.cli", "load", "--url", "http://127.0.0.1:8000", "--quiet"]
-            + ["--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
-            + ["--output-min", "120", "--output-max", "120", "--seed", "2"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        burst = _burst(lab.instances["big"].host, 8000)
         try:
             lab.wait_until(lambda: lab.weights("assist")["big"] == 0, "large tier saturated")
             during = lab.load("dev1", "assist", rate=8, duration=1, seed=2, **QUICK)
@@ -298,3 +292,39 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
         assert later and {r["decode_instance"] for r in later} == {"dc2"}
         assert long and all(r["status"] == "ok" and r["completion_tokens"] == 60 for r in long), long
         assert {r["decode_instance"] for r in long} == {"dc1"}
+
+
+def _burst(host, port: int):  # type: ignore[no-untyped-def]
+    """A site's own users fill an instance (sent inside its host: nothing of it is steered)."""
+    return host.popen(
+        [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://127.0.0.1:{port}", "--quiet"]
+        + ["--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
+        + ["--output-min", "120", "--output-max", "120", "--seed", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@needs_root
+@needs_bcc
+def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: Path) -> None:
+    with _lab("cloud-edge-device", "xdp", tmp_path) as lab:
+        before = lab.load("dev1", "chat", rate=8, duration=1, seed=1, **QUICK)
+        assert before and all(r["offloaded"] and r["instance"] == "e1" for r in before)  # the edge pays off
+        burst = _burst(lab.instances["e1"].host, 8000)
+        try:
+            lab.wait_until(lambda: lab.weights("chat")["e1"] == 0, "edge saturated")
+            # the network would take new requests to the cloud (50 ms), beyond the device's 20 ms budget
+            assert lab.weights("chat")["c1"] > 0
+            during = lab.load("dev1", "chat", rate=8, duration=1, seed=2, **QUICK)
+            assert during and all(r["status"] == "ok" for r in during)
+            assert {(r["offloaded"], r["instance"]) for r in during} == {(False, "dev1-local")}
+            assert {r["tier"] for r in during} == {"pruned"}
+            assert burst.wait(timeout=120) == 0
+        finally:
+            if burst.poll() is None:
+                burst.send_signal(signal.SIGINT)
+                burst.wait(timeout=10)
+        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0, "edge back", timeout=30)
+        after = lab.load("dev1", "chat", rate=8, duration=1, seed=3, **QUICK)
+        assert after and all(r["offloaded"] and r["instance"] == "e1" for r in after)

@@ -422,7 +422,13 @@ def cmd_load(a: argparse.Namespace) -> None:
         model=a.model,
         seed=a.seed,
         trace=Path(a.trace) if a.trace else None,
+        local_url=a.local.rstrip("/") if a.local else None,
+        offload_view=a.offload_view,
+        offload_node=a.offload_node,
+        offload_max_rtt_ms=a.offload_max_rtt_ms,
     )
+    if bool(a.local) != bool(a.offload_view):
+        raise ConfigError("a device's load gives both --local (its own model) and --offload-view (the controller)")
     res = main(spec, Path(a.out) if a.out else None, progress=not a.quiet)
     print(json.dumps(res, indent=2))
 
@@ -559,7 +565,7 @@ def cmd_lab_up(a: argparse.Namespace) -> None:
         print(PathReport.header())
         for r in lab.measure_paths(a.ping_count):
             print(r.row())
-        print(f"intent: {lab.workdir}/intent.yaml; controller metrics: http://127.0.0.1:{lab.prometheus_port}/metrics")
+        print(f"intent: {lab.workdir}/intent.yaml; controller metrics: {lab.metrics_url}")
         if a.cli:
             from mininet.cli import CLI
 
@@ -822,6 +828,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", help="JSON lines, one record per request")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--local", help="a device's own model server: answer there when the network does not pay off")
+    p.add_argument("--offload-view", help="with --local: the controller's metrics URL (dinet run's Prometheus)")
+    p.add_argument("--offload-node", default="0", help="with --local: the ingress node (its index in the intent)")
+    p.add_argument("--offload-max-rtt-ms", type=float, default=20.0, help="with --local: the delay budget")
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")
     p.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")

@@ -108,7 +108,7 @@ class Lab:
         self.emulators: list[LinkEmulator] = []
         self.paths: list[tuple[str, str, str, Any]] = []  # (ingress, site, site router's address, PathSpec)
         self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
-        self.procs: list[subprocess.Popen[Any]] = []
+        self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
         self.controller: subprocess.Popen[str] | None = None
         self.decap: DecapNode | None = None
         self.passprog: BccProgram | None = None
@@ -160,6 +160,9 @@ class Lab:
         for inst in self.instances.values():
             if not inst.spec.pool:
                 self.start_instance(inst.spec.name)
+        for c in self.spec.clients:
+            if c.local is not None:
+                self._start_local(c.name)
         self._start_controller()  # its intent names the instances that run; their agents retry until it is up
         if self.agents:
             self.wait_reports({n for n, i in self.instances.items() if i.running})
@@ -197,6 +200,8 @@ class Lab:
                 self.ingress_intf[ing.name] = link.intf2.name
             for c in (c for c in s.clients if s.client_ingress(c) == ing.name):
                 ends.append((*self._link(add(c.name), lan, c.link), f"10.0.{k}.0/24"))
+                if c.local is not None:  # a device reads the controller's view on the management network
+                    net.addLink(self.hosts[c.name], mgmt)
         for site in s.sites:
             add(site.name)
         for site in s.sites:
@@ -276,6 +281,8 @@ class Lab:
                 intf = next(i for i in ends if i[0].node is h)[0]
                 h.cmd(f"ip addr add 10.0.{k}.{n}/24 dev {intf.name}")
                 h.cmd(f"ip route add default via 10.0.{k}.1")
+                if c.local is not None:
+                    h.cmd(f"ip addr add 172.31.{k}.{n}/16 dev {c.name}-eth1")
         for a, b, subnet in ends:
             base = subnet.rsplit(".", 1)[0]
             if a.node.name in self.hosts and b.node.name in self.hosts and not subnet.startswith("10.0."):
@@ -374,6 +381,17 @@ class Lab:
         agent += ["--collector", f"{MGMT_ROOT}:{self.collector_port}", "--token-file", str(token), "--insecure"]
         agent += ["--interval", str(self.spec.report_interval)]
         inst.procs = [p, self._popen(inst.host, agent, f"{name}-agent")]
+
+    def _start_local(self, client: str) -> None:
+        """A device's own model server (on its loopback)."""
+        local = next(c for c in self.spec.clients if c.name == client).local
+        assert local is not None
+        args = [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"127.0.0.1:{local.port}"]
+        p = self._popen(self.hosts[client], [*args, "--profile", local.profile, "--name", f"{client}-local"], client)
+        line = p.stdout.readline() if p.stdout else ""
+        if not line.startswith("ready"):
+            raise DinetError(f"the local model on {client} did not start (see {self.workdir}/logs/{client}.log)")
+        self.locals.append(p)
 
     def stop_instance(self, name: str) -> None:
         inst = self.instances[name]
@@ -476,7 +494,7 @@ class Lab:
         return {
             "ingress": nodes,
             "collector": {"listen": f"{MGMT_ROOT}:{self.collector_port}", "timeout": s.collector_timeout},
-            "prometheus": {"listen": f"127.0.0.1:{self.prometheus_port}"},
+            "prometheus": {"listen": f"{MGMT_ROOT}:{self.prometheus_port}"},  # devices read it too
             "services": services,
         }
 
@@ -508,9 +526,13 @@ class Lab:
                 return
         raise DinetError(f"dinet run did not start (see {self.workdir}/logs/controller.log)")
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{MGMT_ROOT}:{self.prometheus_port}/metrics"
+
     def prometheus(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         """`dinet run`'s Prometheus samples by name."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.prometheus_port}/metrics", timeout=15) as r:
+        with urllib.request.urlopen(self.metrics_url, timeout=15) as r:
             text = r.read().decode()
         out: dict[str, list[tuple[dict[str, str], float]]] = {}
         for fam in text_string_to_metric_families(text):
@@ -592,8 +614,15 @@ class Lab:
 
     # ---- traffic -------------------------------------------------------------------------------------------------
     def load(self, client: str, service: str, rate: float = 5.0, duration: float = 2.0, **opts: Any) -> list[dict]:  # type: ignore[type-arg]
-        """`dinet load` from a client host on a service's VIP; its per-request records."""
+        """`dinet load` from a client host on a service's VIP; its per-request records. A device with a model
+        of its own decides per request whether to offload (its records say `offloaded`)."""
         svc = self.spec.service(service)
+        spec = next(c for c in self.spec.clients if c.name == client)
+        if spec.local is not None:
+            opts.setdefault("local", f"http://127.0.0.1:{spec.local.port}")
+            opts.setdefault("offload_view", self.metrics_url)
+            opts.setdefault("offload_node", self.ingress_index(self.spec.client_ingress(spec)) - 1)
+            opts.setdefault("offload_max_rtt_ms", spec.local.offload_max_rtt_ms)
         out = self.workdir / f"load-{client}-{service}-{time.monotonic_ns()}.jsonl"
         args = [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://{svc.vip}:{svc.port}", "--quiet"]
         args += ["--rate", str(rate), "--duration", str(duration), "--out", str(out)]
@@ -631,6 +660,8 @@ class Lab:
         for inst in self.instances.values():
             stop_processes(inst.procs)
             inst.procs = []
+        stop_processes(self.locals)
+        self.locals = []
         if self.controller is not None:
             stop_processes([self.controller])
             self.controller = None

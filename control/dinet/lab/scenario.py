@@ -56,10 +56,26 @@ class IngressSpec(_Spec):
     name: NodeName
 
 
+class LocalModelSpec(_Spec):
+    """A device's own model (cloud-edge-device): a `dinet serve` on the device, answering when the network
+    does not pay off (dinet.workload.device)."""
+
+    profile: str = "llama3.2-1b-pruned-edge"
+    port: int = Field(default=9000, ge=1, le=65535)
+    offload_max_rtt_ms: float = Field(default=20.0, ge=0)  # a site farther than this is not worth it
+
+    @model_validator(mode="after")
+    def _known(self) -> LocalModelSpec:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r} is not one of {sorted(PROFILES)}")
+        return self
+
+
 class ClientSpec(_Spec):
     name: NodeName
     ingress: NodeName | None = None  # default: the first ingress node
     link: LinkSpec = LinkSpec()
+    local: LocalModelSpec | None = None
 
 
 class SiteSpec(_Spec):

@@ -284,6 +284,7 @@ class Controller:
             total, per = self.target.service_counters(s.key)
             for inst in self.installed.get(s.key, ()):
                 m = self.metrics.get((s.key, inst.instance_id))
+                path = self.sites.get(inst.site_id) or SitePath()
                 yield {
                     "service": str(s.key),
                     "class": s.cls.value,
@@ -293,6 +294,8 @@ class Controller:
                     "state": inst.state.name.lower(),
                     "cpu": m.cpu_load if m else None,
                     "gpu": m.gpu_util if m else None,
+                    "compute": self.model.level1(m).compute if m else None,  # Level 1, as decided on
+                    "delay_ms": path.delay_ms,
                     "packets": per[inst.instance_id].packets if inst.instance_id in per else 0,
                     "new_flows": per[inst.instance_id].new_flows if inst.instance_id in per else 0,
                 }

@@ -30,6 +30,12 @@ class DinetMetrics(PromCollector):
         up = GaugeMetricFamily("dinet_instance_up", "1 if the instance takes new flows", labels=labels)
         pkts = CounterMetricFamily("dinet_instance_packets", "Packets steered to the instance", labels=labels)
         flows = CounterMetricFamily("dinet_instance_new_flows", "Flows placed on the instance", labels=labels)
+        compute = GaugeMetricFamily(
+            "dinet_instance_compute", "Level 1 compute score of the last report (0 idle .. 1 full)", labels=labels
+        )
+        delay = GaugeMetricFamily(
+            "dinet_instance_path_delay_ms", "Round-trip delay from the ingress node to the site", labels=labels
+        )
         count, seconds, writes = 0, 0.0, 0
         for n, c in enumerate(self.controllers):
             for row in c.status():
@@ -38,10 +44,13 @@ class DinetMetrics(PromCollector):
                 up.add_metric(values, 1 if row["state"] == "up" and row["weight"] > 0 else 0)
                 pkts.add_metric(values, row["packets"])
                 flows.add_metric(values, row["new_flows"])
+                delay.add_metric(values, row["delay_ms"])
+                if row["compute"] is not None:
+                    compute.add_metric(values, row["compute"])
             count += c.decisions
             seconds += c.decision_seconds
             writes += c.writes
-        yield from (weight, up, pkts, flows)
+        yield from (weight, up, pkts, flows, compute, delay)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",

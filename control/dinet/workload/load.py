@@ -16,7 +16,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Record:
     e2e_ms: float | None = None
     instance: str = ""
     tier: str = ""
+    offloaded: bool | None = None  # a device's request: sent to the network (True) or answered locally
     decode_instance: str = ""  # prefill-decode: the decode instance the network chose for the session
     kv_bytes: int = 0  # the KV cache handed over to it
     kv_ms: float | None = None  # from the hand-over's start to the decode instance's first token
@@ -131,6 +132,12 @@ class LoadSpec:
     seed: int = 1
     timeout: float = 60.0
     trace: Path | None = None
+    # a device with a model of its own (cloud-edge-device): it answers locally when the network does not
+    # pay off, as the controller's metrics say (dinet.workload.device)
+    local_url: str | None = None
+    offload_view: str | None = None  # the controller's Prometheus endpoint
+    offload_node: str = "0"
+    offload_max_rtt_ms: float = 20.0
 
     def arrivals(self) -> list[Arrival]:
         rng = random.Random(self.seed)
@@ -215,11 +222,24 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
         t0 = time.monotonic()
 
+        view = None
+        if spec.local_url and spec.offload_view:
+            from .device import OffloadView
+
+            svc = f"{spec.url.split('//', 1)[-1]}/tcp"
+            view = OffloadView(spec.offload_view, svc, spec.offload_node, spec.offload_max_rtt_ms)
+
         async def fire(a: Arrival) -> None:
             delay = t0 + a.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            records.append(await _one(session, spec, a))
+            if view is None:
+                records.append(await _one(session, spec, a))
+            else:
+                offload = await view.pays_off(session)
+                rec = await _one(session, spec if offload else replace(spec, url=str(spec.local_url)), a)
+                rec.offloaded = offload
+                records.append(rec)
             bar.update(1)
 
         tasks = [asyncio.create_task(fire(a)) for a in arrivals]
