@@ -12,7 +12,7 @@ demo-steering: install
 	$(PY) topo/steer_demo.py
 
 demo-sync: install
-	$(PY) topo/model_sync.py
+	$(PY) -m dinet.lab.model_sync
 
 test: install
 	bash scripts/run-tests.sh

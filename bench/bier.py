@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from dinet.lab.bier_domain import SYNC_ADDR, BierDomain, tree
+from dinet.lab.namespaces import Topology
 from dinet.packets import BIER, BIFTId, bift_id, bitstring
 from dinet.targets import netns
 from dinet.targets.bcc_program import BccProgram, remove_pinned_tree
 from dinet.targets.bpfsys import test_run
 from dinet.targets.tc import BfirMatch, BierNode, BiftNeighbor
-from topo.bier_domain import SYNC_ADDR, BierDomain, tree
-from topo.namespaces import Topology
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-bier-{os.getpid()}")
 FANOUTS = (1, 2, 4, 8)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import host, need_root, write  # noqa: E402
 
-from topo.bier_domain import BierDomain, diamond
+from dinet.lab.bier_domain import BierDomain, diamond
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-failover-{os.getpid()}")
 

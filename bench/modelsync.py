@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import host, need_root, write  # noqa: E402
 
+from dinet.lab.bier_domain import tree
 from dinet.lab.loss import LinkLoss
+from dinet.lab.model_sync import SyncLab
 from dinet.sync.uftp import UftpOptions, sender_argv, uid
-from topo.bier_domain import tree
-from topo.model_sync import SyncLab
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-modelsync-{os.getpid()}")
 HTTP_PORT = 8088

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import host, write  # noqa: E402
 
+from dinet.lab.namespaces import Topology
 from dinet.targets.base import SteerSizes
 from dinet.targets.bmv2 import Bmv2Switch, compile_p4, missing_tools
 from dinet.targets.p4rt import P4RuntimeSwitch, TableEntry
-from topo.namespaces import Topology
 
 
 def ring_entries(svc: int, n: int) -> list[TableEntry]:

@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
+from dinet.lab.namespaces import Topology
 from dinet.model import Instance, ServiceKey  # noqa: E402
 from dinet.targets import netns  # noqa: E402
 from dinet.targets.base import SteerSizes
 from dinet.targets.bcc_program import BccProgram, remove_pinned_tree  # noqa: E402
 from dinet.targets.bpfsys import XDP_PASS, XDP_TX, run_live, test_run  # noqa: E402
 from dinet.targets.xdp import SteeringNode  # noqa: E402
-from topo.namespaces import Topology
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-{os.getpid()}")
 VIP = "10.99.0.1"

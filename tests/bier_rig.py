@@ -9,8 +9,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from dinet.lab.namespaces import Topology
 from dinet.targets import netns
-from topo.namespaces import Topology
 from vectors import bier as bv
 
 

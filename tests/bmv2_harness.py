@@ -9,12 +9,12 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from dinet.lab.namespaces import Topology
 from dinet.targets import netns
 from dinet.targets.base import SteerSizes
 from dinet.targets.bmv2 import Bmv2Switch, Pipeline, compile_p4
 from dinet.targets.p4node import P4Node
 from dinet.targets.p4rt import P4RuntimeSwitch
-from topo.namespaces import Topology
 
 SIZES = SteerSizes(max_services=16, max_instances=16, ring_size=251, affinity_entries=4096)
 DEFINES = SIZES.defines() | {"DINET_P4_AFFINITY_SIZE": 4096}

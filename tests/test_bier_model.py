@@ -9,9 +9,9 @@ from scapy.layers.l2 import Ether
 
 from dinet import consts
 from dinet.errors import ConfigError
+from dinet.lab.bier_domain import diamond, tree
 from dinet.packets import BIER, BSL_BITS, BIFTId, bift_id, bitstring, bitstring_ids, si_bit, split_bift_id
 from dinet.policy.bift import BierTopology, check_disjoint, compute_bifts, walk
-from topo.bier_domain import diamond, tree
 
 
 def frame(bsl: int = 1, ids=(1, 3), si: int = 0, ttl: int = 64):

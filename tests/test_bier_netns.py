@@ -14,10 +14,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from conftest import NS_PREFIX, needs_bcc, needs_root
+from dinet.lab.bier_domain import SYNC_ADDR, SYNC_PORT, BierDomain, diamond, tree
 from dinet.packets import BIER, BIFTId, bift_id, bitstring
 from dinet.policy.bift import compute_bifts, walk
 from dinet.targets import netns
-from topo.bier_domain import SYNC_ADDR, SYNC_PORT, BierDomain, diamond, tree
 
 pytestmark = [needs_root, needs_bcc]
 

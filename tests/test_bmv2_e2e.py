@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
-from topo.namespaces import Topology
+from dinet.lab.namespaces import Topology
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -311,7 +311,7 @@ def test_bier_domain_of_bmv2_switches_routes_around_a_cut_link(switch) -> None:
     """Four BMv2 BFRs (p4/dinet.p4) in a diamond, programmed through the BierTarget contract by the BIER
     controller, which watches their ports: the cable b-d is cut during a stream to b, c and d; every BFER
     receives again (d through c), none twice, and only the entries the failure changed are rewritten."""
-    from topo.bier_domain import BierDomain, diamond
+    from dinet.lab.bier_domain import BierDomain, diamond
 
     with BierDomain(f"{NS_PREFIX}pb", diamond(), 1, target="bmv2") as d:
         d.install_bifts()

@@ -22,7 +22,15 @@ QUICK = {"output_min": 4, "output_max": 8, "prompt_min": 32, "prompt_max": 64}
 
 
 def test_every_scenario_file_is_valid() -> None:
-    assert {p.stem for p in SCENARIOS} >= {"cloud-edge", "enterprise", "tiers"}
+    assert {p.stem for p in SCENARIOS} == {
+        "cloud-edge",
+        "cloud-edge-device",
+        "enterprise",
+        "elastic",
+        "tiers",
+        "prefill-decode",
+        "model-sync",
+    }
     for p in SCENARIOS:
         spec = load(p)
         assert spec.name == p.stem  # `dinet lab down NAME` finds it by its file's name
@@ -50,6 +58,10 @@ def _lab(name: str, target: str, tmp_path: Path, agents: bool = True, **spec: ob
     from dinet.lab.net import Lab
 
     scenario = load(ROOT / "topo" / "scenarios" / f"{name}.yaml").model_copy(update=spec)
+    if scenario.kind == "model-sync":
+        from dinet.lab.bier_lab import BierLab
+
+        return BierLab(scenario, target, tmp_path / "lab", state_dir=tmp_path)
     return Lab(scenario, target, tmp_path / "lab", state_dir=tmp_path, agents=agents)
 
 
@@ -80,24 +92,35 @@ def test_a_scenario_comes_up_serves_through_the_steering_node_and_leaves_nothing
     name: str, target: str, tmp_path: Path
 ) -> None:
     with _lab(name, target, tmp_path) as lab:
-        assert lab.reachability() == []
-        for r in lab.measure_paths(20):
-            assert r.rtt_ms is not None and r.rtt_ms >= r.rtt_configured_ms, r  # the delay is really there
-            if r.loss_configured == 0:
-                assert r.loss == 0, r
-        by_ingress = {lab.spec.client_ingress(c): c.name for c in lab.spec.clients}
-        for svc in lab.spec.client_services():
-            members = {i.spec.name for i in lab.instances.values() if i.spec.service == svc.name}
-            for ingress, client in by_ingress.items():
-                recs = lab.load(client, svc.name, rate=8, duration=1, seed=3, **QUICK)
-                assert recs and all(r["status"] == "ok" for r in recs), recs[:3]
-                assert {r["instance"] for r in recs} <= members
-                steered = lab.packets(svc.name, ingress)  # the steering node's counters, read back
-                assert sum(steered.values()) > 0 and set(steered) <= members
-        tag, pids = lab.tag, [p for p in lab.state["pids"] if p != os.getpid()]
-        assert (tmp_path / f"{name}.json").exists()
+        if lab.spec.kind == "model-sync":  # every cloud gets the check push whole (see dinet.lab.bier_lab)
+            res = lab.check()
+            assert res.ok and len(res.clouds) == lab.spec.model_sync.clouds, res
+            tag, pids = lab.tag, []
+        else:
+            tag, pids = _steering_scenario(lab)
     assert _left_behind(tag, pids) == []
     assert not (tmp_path / f"{name}.json").exists()
+
+
+def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped-def]
+    """Reachability, the paths' RTT and loss, a short load on every service from every ingress node's clients,
+    served through the steering node (its counters read back); returns the lab's tag and processes."""
+    assert lab.reachability() == []
+    for r in lab.measure_paths(20):
+        assert r.rtt_ms is not None and r.rtt_ms >= r.rtt_configured_ms, r  # the delay is really there
+        if r.loss_configured == 0:
+            assert r.loss == 0, r
+    by_ingress = {lab.spec.client_ingress(c): c.name for c in lab.spec.clients}
+    for svc in lab.spec.client_services():
+        members = {i.spec.name for i in lab.instances.values() if i.spec.service == svc.name}
+        for ingress, client in by_ingress.items():
+            recs = lab.load(client, svc.name, rate=8, duration=1, seed=3, **QUICK)
+            assert recs and all(r["status"] == "ok" for r in recs), recs[:3]
+            assert {r["instance"] for r in recs} <= members
+            steered = lab.packets(svc.name, ingress)  # the steering node's counters, read back
+            assert sum(steered.values()) > 0 and set(steered) <= members
+    assert lab.state_path.exists()
+    return str(lab.tag), [p for p in lab.state["pids"] if p != os.getpid()]
 
 
 @needs_root

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from conftest import NS_PREFIX, needs_bcc, needs_root
+from dinet.lab.namespaces import Topology
 from dinet.model import Instance, ServiceKey
 from dinet.policy.decide import TrafficClass
 from dinet.policy.scores import Level0
 from dinet.services.controller import Controller, ServiceIntent, SitePath
 from dinet.services.probe import Probe
-from topo.namespaces import Topology
 
 pytestmark = [needs_root]
 

@@ -262,8 +262,8 @@ services:
 def test_run_measures_sites_with_probes(tmp_path: Path, ns_prefix: str) -> None:
     """Site 2's probe gets no answer (loss 1): a delay-sensitive service leaves it, though both sites are
     configured as equally near."""
+    from dinet.lab.namespaces import Topology
     from dinet.targets.xdp import SteeringNode
-    from topo.namespaces import Topology
 
     node, col = f"probe{RUN_ID}", free_port()
     with Topology(ns_prefix) as t:

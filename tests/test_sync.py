@@ -17,11 +17,11 @@ import pytest
 
 from conftest import NS_PREFIX, needs_bcc, needs_root
 from dinet.errors import ConfigError
+from dinet.lab.bier_domain import tree
 from dinet.lab.loss import LinkLoss
+from dinet.lab.model_sync import SyncLab
 from dinet.sync.job import SyncReport
 from dinet.sync.uftp import UftpOptions, parse_sender
-from topo.bier_domain import tree
-from topo.model_sync import SyncLab
 
 pytestmark = [
     needs_root,

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dinet.lab.namespaces import Topology
 from dinet.model import Instance, ServiceKey
 from dinet.paths import BPFFS_ROOT
 from dinet.targets.base import SteerSizes
 from dinet.targets.bcc_program import BccProgram
 from dinet.targets.xdp import DecapNode, SteeringNode
-from topo.namespaces import Topology
 
 log = logging.getLogger(__name__)
 

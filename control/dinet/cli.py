@@ -537,6 +537,10 @@ def cmd_lab_check(a: argparse.Namespace) -> None:
     from .lab.scenario import load
 
     spec = load(Path(a.file))
+    if spec.model_sync is not None:
+        ms = spec.model_sync
+        print(f"{a.file}: scenario {spec.name}: model sync to {ms.clouds} GPU clouds over BIER: valid")
+        return
     pools = sum(i.pool for i in spec.instances)
     print(
         f"{a.file}: scenario {spec.name}: {len(spec.ingress)} ingress node(s), {len(spec.clients)} client(s), "
@@ -559,6 +563,18 @@ def cmd_lab_up(a: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"lab {spec.name}: bringing it up on {a.target} ...", flush=True)
+    if spec.model_sync is not None:
+        from .lab.bier_lab import BierLab
+
+        with BierLab(spec, a.target, Path(a.workdir) if a.workdir else None) as blab:
+            res = blab.check()
+            print(f"lab {spec.name}: up; check: {res.detail}")
+            for cloud, ok in res.clouds.items():
+                print(f"  {cloud:<6} {'ok' if ok else 'MISSING'}")
+            print("Ctrl-C or `dinet lab down` ends it", flush=True)
+            stop.wait()
+        print(f"lab {spec.name}: down", flush=True)
+        return
     with Lab(spec, a.target, Path(a.workdir) if a.workdir else None, a.pcap, a.backend) as lab:
         emulated = sorted({e.engine for e in lab.emulators})
         print(f"lab {spec.name}: up; links emulated by {', '.join(emulated) or 'nothing'}; logs in {lab.workdir}/logs")

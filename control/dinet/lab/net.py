@@ -714,6 +714,15 @@ def clean(state: dict[str, Any], bpffs_root: Path = BPFFS_ROOT) -> list[str]:
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             done.append(f"namespace {ns}")
+    prefix = state.get("netns_prefix")
+    if prefix:  # a namespace rig (the model-sync lab): every namespace it named
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        for ns in (n for n in listed if n.startswith(prefix)):
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            done.append(f"namespace {ns}")
     for dev in state.get("root_links", []):
         if Path(f"/sys/class/net/{dev}").exists():
             subprocess.run(["ip", "link", "del", dev], capture_output=True)
@@ -723,7 +732,7 @@ def clean(state: dict[str, Any], bpffs_root: Path = BPFFS_ROOT) -> list[str]:
         if p.exists():
             remove_pinned_tree(p)
             done.append(f"pins {p}")
-    leftovers = [*BPFFS_ROOT.glob(f"{state.get('tag', '~')}-steer-*")]  # pinned by `dinet run`
+    leftovers = [*BPFFS_ROOT.glob(f"{state.get('tag', '~')}*")]  # pinned by `dinet run` or the BIER rig
     leftovers += BPFFS_ROOT.glob(f"lab-{state.get('pid', '~')}-*")  # link loss programs (dinet.lab.loss)
     for p in leftovers:
         remove_pinned_tree(p)

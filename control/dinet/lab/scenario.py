@@ -115,19 +115,40 @@ class ServiceSpec(_Spec):
     tiers: list[Literal["large", "small", "pruned"]] = []  # preferred first; empty: no preference
 
 
+class ModelSyncSpec(_Spec):
+    """A model repository and GPU clouds across a BIER domain: the repository's BFIR r, two BFRs m1 m2, then
+    clouds/2 BFRs n1.., and the clouds e1.. as BFERs (three levels below the BFIR)."""
+
+    clouds: int = Field(default=8, ge=8, le=16, multiple_of=4)
+    redundant: bool = True  # also m1-m2 and n1-n2, n3-n4, ...: any one link above the clouds may fail
+    link: LinkSpec = LinkSpec()  # every link of the domain (the eBPF target shapes its rate)
+    check_mib: int = Field(default=4, ge=1, le=1024)  # what `dinet lab up` and the tests push to every cloud
+
+
 class ScenarioSpec(_Spec):
     name: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$")]
     description: str = ""
-    ingress: list[IngressSpec] = Field(min_length=1)
-    clients: list[ClientSpec] = Field(min_length=1)
-    sites: list[SiteSpec] = Field(min_length=1)
-    instances: list[InstanceSpec] = Field(min_length=1)
-    services: list[ServiceSpec] = Field(min_length=1)
+    kind: Literal["steering", "model-sync"] = "steering"
+    model_sync: ModelSyncSpec | None = None  # kind model-sync: the BIER domain
+    ingress: list[IngressSpec] = []
+    clients: list[ClientSpec] = []
+    sites: list[SiteSpec] = []
+    instances: list[InstanceSpec] = []
+    services: list[ServiceSpec] = []
     collector_timeout: float = Field(default=1.5, gt=0)
     report_interval: float = Field(default=0.2, gt=0)
 
     @model_validator(mode="after")
     def _whole(self) -> ScenarioSpec:
+        if self.kind == "model-sync":
+            if self.model_sync is None:
+                raise ValueError("a model-sync scenario has its `model_sync` block (clouds, link)")
+            if self.ingress or self.clients or self.sites or self.instances or self.services:
+                raise ValueError("a model-sync scenario has no ingress, clients, sites, instances or services")
+            return self
+        for part in ("ingress", "clients", "sites", "instances", "services"):
+            if not getattr(self, part):
+                raise ValueError(f"a steering scenario needs at least one of `{part}`")
         names = [n.name for n in self.ingress] + [c.name for c in self.clients] + [s.name for s in self.sites]
         names += [i.name for i in self.instances]
         dup = sorted({n for n in names if names.count(n) > 1})

@@ -1,6 +1,6 @@
 """A BIER domain in network namespaces, on the eBPF data plane: one namespace per BFR, a veth per link,
 the TC program of ebpf/bier.bpf.c on every BFR interface, a source host behind the BFIR, and UDP
-receivers on the BFERs. BIFTs come from dinet.policy.bift and are installed through dinet.targets.tc.
+receivers on the BFERs. BIFTs come from ..policy.bift and are installed through dinet.targets.tc.
 
     with BierDomain("bd", diamond(), bsl_code=1) as d:
         d.install_bfir(targets={"b", "d"})
@@ -16,23 +16,19 @@ import os
 import select
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":  # run as a script: the source tree's topo/ is importable
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dinet.packets import BSL_BITS, bift_id, si_bit
-from dinet.paths import BPFFS_ROOT
-from dinet.policy.bift import BfirEntry, BierIntent, BierTopology, Port, next_hops
-from dinet.services.bier import BierController
-from dinet.targets import netns
-from dinet.targets.base import SteerSizes
-from dinet.targets.tc import BfirMatch, BierNode, TcBierTarget
-from topo.namespaces import Topology
+from ..packets import BSL_BITS, bift_id, si_bit
+from ..paths import BPFFS_ROOT
+from ..policy.bift import BfirEntry, BierIntent, BierTopology, Port, next_hops
+from ..services.bier import BierController
+from ..targets import netns
+from ..targets.base import SteerSizes
+from ..targets.tc import BfirMatch, BierNode, TcBierTarget
+from .namespaces import Topology
 
 SYNC_ADDR = ipaddress.ip_address("10.200.0.1")  # the model-sync destination, local on every BFER
 SYNC_PORT = 9000
@@ -182,8 +178,8 @@ class BierDomain:
                 t.addr(link.b, self.ifname[(link.b, link.a)], f"10.61.{i}.2/30")
                 self._peer[(link.a, link.b)], self._peer[(link.b, link.a)] = f"10.61.{i}.2", f"10.61.{i}.1"
         topo = self.topo
-        for link in sorted(down_links or (), key=sorted):
-            topo = topo.without_link(*sorted(link))
+        for cut in sorted(down_links or (), key=sorted):
+            topo = topo.without_link(*sorted(cut))
         for name in names:
             hops = next_hops(topo, name)
             for dst in names:
@@ -230,9 +226,9 @@ class BierDomain:
         BFIR; for a BFER, a host namespace h<name> holding the receiver), ports 1.. its links. A switch has one
         MAC on all its ports, which its host's interface also has, so a local copy (which keeps the Ethernet
         header it arrived with) is addressed to the host."""
-        from dinet.targets.bmv2 import Bmv2Switch, compile_p4
-        from dinet.targets.p4node import P4Node
-        from dinet.targets.p4rt import P4RuntimeSwitch
+        from ..targets.bmv2 import Bmv2Switch, compile_p4
+        from ..targets.p4node import P4Node
+        from ..targets.p4rt import P4RuntimeSwitch
 
         t = self.net
         pipe = compile_p4(BMV2_SIZES.defines())
@@ -473,7 +469,7 @@ class BierDomain:
 
 def main(argv: list[str] | None = None) -> int:
     """A diamond domain: a stream to every BFER, the link b-d failing in the middle; prints who got what and
-    how long the reroute took. `sudo .venv/bin/python topo/bier_domain.py [--target tc|bmv2]`"""
+    how long the reroute took. `sudo .venv/bin/python -m dinet.lab.bier_domain [--target tc|bmv2]`"""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

@@ -1,4 +1,4 @@
-"""Model synchronisation in network namespaces: a BIER domain on the eBPF data plane (topo/bier_domain.py)
+"""Model synchronisation in network namespaces: a BIER domain on the eBPF data plane (dinet.lab.bier_domain)
 that also routes unicast (the receivers' replies and status), a repository behind the BFIR, and a
 `dinet sync-receiver` process in every BFER's namespace with its own model store.
 
@@ -6,7 +6,8 @@ that also routes unicast (the receivers' replies and status), a repository behin
         report = lab.job(Path("model.bin"), ["e1", "e3", "e5", "e7"]).run()
 
 Every namespace, program, process and store is removed on exit, also on error or Ctrl-C. A demo:
-`sudo .venv/bin/python topo/model_sync.py` pushes 64 MiB to four of eight clouds and prints the table."""
+`sudo .venv/bin/python -m dinet.lab.model_sync` (make demo-sync) pushes 64 MiB to four of eight clouds and
+prints the table."""
 
 from __future__ import annotations
 
@@ -18,14 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":  # run as a script: the source tree's topo/ is importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dinet.paths import BPFFS_ROOT
-from dinet.policy.bift import BierTopology
-from dinet.sync.job import Cloud, SyncJob
-from dinet.sync.uftp import UftpOptions
-from topo.bier_domain import BierDomain, tree
+from ..paths import BPFFS_ROOT
+from ..policy.bift import BierTopology
+from ..sync.job import Cloud, SyncJob
+from ..sync.uftp import UftpOptions
+from .bier_domain import BierDomain, tree
 
 STATUS_PORT = 9444
 
@@ -114,7 +112,7 @@ class SyncLab:
     def intent(self) -> dict[str, Any]:
         """The domain as an intent file says it (for `dinet sync --intent`): every BFR a local TC node in its
         namespace, the links with their ports, and every cloud's receiver."""
-        from dinet.targets import netns
+        from ..targets import netns
 
         d = self.domain
         links = [

@@ -6,7 +6,7 @@ import logging
 import subprocess
 from dataclasses import dataclass, field
 
-from dinet.targets.netns import run
+from ..targets.netns import run
 
 log = logging.getLogger(__name__)
 
