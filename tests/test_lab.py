@@ -351,3 +351,46 @@ def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: P
         lab.wait_until(lambda: lab.weights("chat")["e1"] > 0, "edge back", timeout=30)
         after = lab.load("dev1", "chat", rate=8, duration=1, seed=3, **QUICK)
         assert after and all(r["offloaded"] and r["instance"] == "e1" for r in after)
+
+
+@needs_root
+@needs_bcc
+def test_dinet_lab_up_then_down_from_another_shell_leaves_nothing(tmp_path: Path) -> None:
+    mininet_or_skip()
+    from dinet.lab.net import STATE_DIR, lab_tag
+
+    if (STATE_DIR / "tiers.json").exists():
+        pytest.skip("a lab named tiers is up on this machine")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dinet.cli", "lab", "up", str(ROOT / "topo/scenarios/tiers.yaml")]
+        + ["--workdir", str(tmp_path / "w"), "--ping-count", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        assert up.stdout is not None
+        for line in up.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C or"):
+                break
+        assert any(ln.startswith("in1     cloud") for ln in lines), lines  # the path table
+        assert (STATE_DIR / "tiers.json").exists()
+        down = subprocess.run(
+            [sys.executable, "-m", "dinet.cli", "lab", "down", "tiers"], capture_output=True, text=True, check=False
+        )
+        assert down.returncode == 0 and "stopped" in down.stdout, down
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+            subprocess.run(
+                [sys.executable, "-m", "dinet.cli", "lab", "down", "tiers"], capture_output=True, check=False
+            )
+        for f in (up.stdout, up.stderr):
+            if f:
+                f.close()
+    assert not (STATE_DIR / "tiers.json").exists()
+    assert _left_behind(lab_tag("tiers"), []) == []

@@ -897,7 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--target", choices=["xdp", "bmv2"], default="xdp", help="the steering node's data plane")
     p.add_argument("--cli", action="store_true", help="open the Mininet CLI (the lab goes down when it ends)")
-    p.add_argument("--pcap", action="store_true", help="BMv2 switches write pcaps (in the work folder)")
+    p.add_argument("--pcap", action="store_true", help="a pcap per host and BMv2 switch (in the work folder)")
     p.add_argument("--backend", choices=["auto", "netem", "delayline"], default="auto", help="link emulation")
     p.add_argument("--workdir", help="logs, the intent and pcaps (default /tmp/dinet-lab-NAME)")
     p.add_argument("--ping-count", type=int, default=50, help="echoes per path for the RTT and loss achieved")

@@ -109,6 +109,7 @@ class Lab:
         self.paths: list[tuple[str, str, str, Any]] = []  # (ingress, site, site router's address, PathSpec)
         self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
         self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
+        self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
         self.controller: subprocess.Popen[str] | None = None
         self.decap: DecapNode | None = None
         self.passprog: BccProgram | None = None
@@ -156,6 +157,8 @@ class Lab:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         self._save()
         self._build()
+        if self.pcap:
+            self._capture()
         self._programs()
         for inst in self.instances.values():
             if not inst.spec.pool:
@@ -249,6 +252,19 @@ class Lab:
                 continue
             for intf in (link.intf1, link.intf2):
                 intf.node.cmd(f"ip link set dev {intf.name} mtu {FABRIC_MTU}")
+
+    def _capture(self) -> None:
+        """A pcap per host (every interface: tcpdump -i any) in the work folder's pcap/."""
+        d = Path(str(self._pcaps()))
+        for name, h in self.hosts.items():
+            p = h.popen(
+                ["tcpdump", "-i", "any", "-n", "-U", "-w", str(d / f"{name}.pcap")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.captures.append(p)
+            self.state["pids"].append(p.pid)
+        self._save()
 
     def _pcaps(self) -> str | None:
         if not self.pcap:
@@ -660,8 +676,8 @@ class Lab:
         for inst in self.instances.values():
             stop_processes(inst.procs)
             inst.procs = []
-        stop_processes(self.locals)
-        self.locals = []
+        stop_processes(self.locals + self.captures)
+        self.locals, self.captures = [], []
         if self.controller is not None:
             stop_processes([self.controller])
             self.controller = None
