@@ -26,6 +26,7 @@ bench: install
 	$(PY) bench/serve.py --quick
 	$(PY) bench/modelsync.py --quick
 	$(PY) bench/p4_affinity.py --quick
+	$(PY) bench/linkem.py --quick
 
 fuzz: install
 	$(PY) bench/fuzz.py
