@@ -198,3 +198,15 @@ def test_a_pool_instance_joins_without_a_restart_drains_when_leaving_and_goes_wh
     assert t.installed()[100][1] == "draining"  # no new flow; its established ones stay
     ctl.on_expire((SVC, 100))
     assert set(t.installed()) == {1, 2}
+
+
+def test_a_service_under_a_baseline_is_placed_by_it_undamped() -> None:
+    from dinet.policy.decide import Strategy
+
+    t = CountingTarget()
+    svc = ServiceIntent(SVC, TrafficClass.DELAY_SENSITIVE, (A, B, C), strategy=Strategy.ANYCAST)
+    ctl = Controller(t, [svc], dict(SITES))  # the default policy damps: a baseline is not
+    ctl.start()
+    for i in (1, 2, 3):
+        ctl.on_report((SVC, i), Level0(cpu_load=0.95 if i == 1 else 0.0))
+    assert t.installed() == {1: (100, "up"), 2: (0, "up"), 3: (0, "up")}  # site 1 is nearest, overloaded or not

@@ -70,3 +70,28 @@ def test_hysteresis_holds_two_similar_sites_still() -> None:
 
 def test_zero_weights_and_new_instances_are_immediate() -> None:
     assert damp({1: 50, 2: 50}, {1: 0, 2: 60, 3: 40}) == {1: 0, 2: 50, 3: 40}
+
+
+def test_the_baselines_place_flows_as_their_names_say() -> None:
+    import random
+
+    from dinet.policy.decide import Strategy
+
+    # a near busy site (1), a far idle one (2), a down instance (3)
+    near = Candidate(1, 1, Level1(compute=0.8, communication=0.1, service=0.1))
+    far = Candidate(2, 2, Level1(compute=0.0, communication=0.8, service=0.1))
+    dead = Candidate(3, 2, Level1(compute=0.0, communication=0.8, service=0.1), up=False)
+    cands = [near, far, dead]
+
+    def weights(s: Strategy, seed: int = 1) -> dict[int, int]:
+        return target_weights(cands, TrafficClass.DELAY_SENSITIVE, Policy(strategy=s), random.Random(seed))
+
+    assert weights(Strategy.ANYCAST) == {1: 100, 2: 0, 3: 0}  # the nearest, busy or not
+    compute_only = weights(Strategy.COMPUTE_ONLY)
+    assert compute_only[2] > compute_only[1] > 0 and compute_only[3] == 0  # the idle far one first
+    assert weights(Strategy.ROUND_ROBIN) == {1: 100, 2: 100, 3: 0}
+    draws = {tuple(weights(Strategy.RANDOM, seed).values()) for seed in range(20)}
+    assert len(draws) > 1 and all(d[2] == 0 and d[0] > 0 and d[1] > 0 for d in draws)
+    assert weights(Strategy.RANDOM, 7) == weights(Strategy.RANDOM, 7)  # a seed repeats a run
+    dinet = weights(Strategy.DINET)
+    assert dinet[1] > 0 and dinet[2] == 0  # delay-sensitive: the nearest site that is not overloaded

@@ -91,12 +91,14 @@ class Lab:
         bpffs_root: Path = BPFFS_ROOT,
         state_dir: Path = STATE_DIR,
         agents: bool = True,
+        policy: str | None = None,
     ):
-        """agents=False: no metrics agent beside the instances (a test or an experiment reports for them)."""
+        """agents=False: no metrics agent beside the instances (a test or an experiment reports for them);
+        policy: every service's placement (dinet or a baseline: anycast, compute-only, round-robin, random)."""
         if target not in ("xdp", "bmv2"):
             raise ConfigError(f"a lab's target is xdp or bmv2, not {target!r}")
         self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
-        self.agents = agents
+        self.agents, self.policy = agents, policy
         self.tag = lab_tag(spec.name)
         self.workdir = workdir or Path(f"/tmp/dinet-lab-{spec.name}")
         self.bpffs_root = bpffs_root
@@ -503,6 +505,7 @@ class Lab:
                     "class": svc.class_,
                     "min_security": svc.min_security,
                     "tiers": list(svc.tiers),
+                    "policy": self.policy or svc.policy,
                     "instances": insts,
                 }
                 | ({"pools": pools} if pool else {})

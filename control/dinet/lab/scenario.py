@@ -113,6 +113,7 @@ class ServiceSpec(_Spec):
     class_: Literal["delay-sensitive", "delay-tolerant"] = Field(default="delay-sensitive", alias="class")
     min_security: int = Field(default=0, ge=0, le=9)  # paths below this level carry none of its flows
     tiers: list[Literal["large", "small", "pruned"]] = []  # preferred first; empty: no preference
+    policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] = "dinet"  # or a baseline
 
 
 class ModelSyncSpec(_Spec):

@@ -9,10 +9,27 @@ them part of the way, so two sites of similar load never swap traffic back and f
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .scores import ClassWeights, Level1
+
+
+class Strategy(enum.Enum):
+    """How a service's new flows are placed: dinet's decision, or a baseline to compare it with.
+
+    dinet: compute and network metrics, per traffic class (below). anycast: the nearest site with a live
+    instance, compute ignored (what IP anycast gives). compute-only: spread by compute load alone, the
+    network ignored (a load balancer's least-loaded). round-robin: every live instance the same weight (in a
+    data plane that hashes flows onto a weighted ring, equal weights spread new flows evenly: the flow-level
+    round robin). random: every live instance a random weight, drawn anew at each decision."""
+
+    DINET = "dinet"
+    ANYCAST = "anycast"
+    COMPUTE_ONLY = "compute-only"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
 
 
 class TrafficClass(enum.Enum):
@@ -41,11 +58,17 @@ class Policy:
     overload: float = 0.9  # Level 1 compute at or above this takes no new flow
     hysteresis: float = 0.15  # a target within this share of max_weight of the current weight changes nothing
     smoothing: float = 0.5  # otherwise move this share of the way (1.0: jump)
+    strategy: Strategy = Strategy.DINET
+    seed: int | None = None  # Strategy.RANDOM: its draws (None: a new sequence each process)
 
 
-def target_weights(cands: Iterable[Candidate], cls: TrafficClass, policy: Policy = Policy()) -> dict[int, int]:
+def target_weights(
+    cands: Iterable[Candidate], cls: TrafficClass, policy: Policy = Policy(), rng: random.Random | None = None
+) -> dict[int, int]:
     cs = list(cands)
     out = {c.instance_id: 0 for c in cs}
+    if policy.strategy is not Strategy.DINET:
+        return _baseline(cs, out, policy, rng or random.Random(policy.seed))
     usable = [c for c in cs if c.up and c.l1.compute < policy.overload]
     if not usable:
         # everything overloaded: the least loaded live instance still takes new flows
@@ -63,6 +86,27 @@ def target_weights(cands: Iterable[Candidate], cls: TrafficClass, policy: Policy
     for c in usable:
         score = model.level2(c.l1)
         out[c.instance_id] = max(1, round(policy.max_weight * (1.0 - score) ** 2))
+    return out
+
+
+def _baseline(cs: list[Candidate], out: dict[int, int], policy: Policy, rng: random.Random) -> dict[int, int]:
+    live = [c for c in cs if c.up]
+    if not live:
+        return out
+    s = policy.strategy
+    if s is Strategy.ANYCAST:  # the nearest site (the network's part alone), whatever its load
+        nearest = min(c.l1.communication for c in live)
+        for c in live:
+            out[c.instance_id] = policy.max_weight if c.l1.communication <= nearest + 1e-9 else 0
+    elif s is Strategy.COMPUTE_ONLY:  # least loaded first, the path ignored
+        for c in live:
+            out[c.instance_id] = max(1, round(policy.max_weight * (1.0 - c.l1.compute) ** 2))
+    elif s is Strategy.ROUND_ROBIN:
+        for c in live:
+            out[c.instance_id] = policy.max_weight
+    else:  # random
+        for c in live:
+            out[c.instance_id] = rng.randint(1, policy.max_weight)
     return out
 
 

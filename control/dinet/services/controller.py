@@ -14,6 +14,7 @@ default "healthy and idle"; then the decision."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 from ..errors import UnknownServiceError
 from ..model import Instance, InstanceState, ServiceKey, parse_address
-from ..policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
+from ..policy.decide import Candidate, Policy, Strategy, TrafficClass, damp, target_weights
 from ..policy.scores import Level0, ScoreModel
 from ..targets.base import SteeringTarget
 from .collect import Announce, Collector, InstanceRef
@@ -38,6 +39,7 @@ class ServiceIntent:
     min_security: int = 0  # an instance whose site's path is below this level takes none of its flows
     tier_order: tuple[str, ...] = ()  # model tiers, preferred first: the best tier with room takes new flows
     tiers: dict[int, str] = field(default_factory=dict)  # instance id -> the tier it serves
+    strategy: Strategy | None = None  # how its flows are placed (None: the controller's policy's)
 
     def rank(self, instance_id: int) -> int:
         """The instance's place in the tier order (0 best; tiers not in the order come last)."""
@@ -75,9 +77,11 @@ class Controller:
     joined: dict[ServiceKey, dict[int, Instance]] = field(default_factory=dict)  # pool instances, by id
     _by_key: dict[ServiceKey, ServiceIntent] = field(default_factory=dict)  # the intent with what joined
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self._by_key = {s.key: s for s in self.services}
+        self._rng = random.Random(self.policy.seed)
 
     def _merge(self, svc: ServiceKey) -> None:
         """The service as decided: its intent's instances and the pool instances that joined it."""
@@ -182,13 +186,15 @@ class Controller:
                 l1 = self.model.level1(m, path.delay_ms, path.loss)
                 cands.append(Candidate(inst.instance_id, inst.site_id, l1, m.healthy, s.rank(inst.instance_id)))
         if cands:
-            target = target_weights(cands, s.cls, self.policy)
+            policy = replace(self.policy, strategy=s.strategy) if s.strategy else self.policy
+            target = target_weights(cands, s.cls, policy, self._rng)
             current = {
                 c.instance_id: have[c.instance_id].weight
                 for c in cands
                 if c.instance_id in have and have[c.instance_id].state != InstanceState.DOWN
             }
-            weights = damp(current, target, self.policy)
+            # a baseline (anycast, round-robin, ...) is compared as it is: only dinet's decision is damped
+            weights = damp(current, target, self.policy) if policy.strategy is Strategy.DINET else target
             by_id = {i.instance_id: i for i in s.instances}
             for c in cands:
                 state = InstanceState.UP if c.up else InstanceState.DOWN

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..model import Instance, InstanceState, ServiceKey, parse_address
 from ..packets import BSL_CODE
 from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
-from ..policy.decide import TrafficClass
+from ..policy.decide import Strategy, TrafficClass
 from .collect import AgentAuth, Pool
 from .controller import ServiceIntent, SitePath
 from .probe import Probe
@@ -178,6 +178,8 @@ class ServiceSpec(_Spec):
     class_: Literal["delay-sensitive", "delay-tolerant"] = Field(default="delay-tolerant", alias="class")
     min_security: int = Field(default=0, ge=0, le=9)  # sites whose path is below this level get none of it
     tiers: list[Literal["large", "small", "pruned"]] = []  # model tiers, preferred first (empty: any)
+    # how its new flows are placed: dinet's decision, or a baseline to compare it with (dinet.policy.decide)
+    policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] | None = None
     instances: list[InstanceSpec] = Field(min_length=1)
     pools: list[PoolSpec] = []
 
@@ -450,8 +452,9 @@ def parse(doc: Any, path: Path) -> RunConfig:
             pool = Pool(key, p.ids[0], p.ids[1], frozenset(p.sites))
             cfg.agents[p.agent] = AgentAuth(old.refs, old.token or p.token or "", (*old.pools, pool))
         tiers = {i.id: str(i.tier) for i in s.instances if i.tier}
+        strategy = Strategy(s.policy) if s.policy else None
         cfg.services.append(
-            ServiceIntent(key, TrafficClass(s.class_), tuple(insts), s.min_security, tuple(s.tiers), tiers)
+            ServiceIntent(key, TrafficClass(s.class_), tuple(insts), s.min_security, tuple(s.tiers), tiers, strategy)
         )
     cfg.nodes = {name: n.model_dump(exclude_none=True) for name, n in spec.nodes.items()}
     if spec.tls is not None:
