@@ -150,7 +150,7 @@ def test_tiers_degrade_to_a_small_model_when_the_large_saturates_and_come_back(t
         before = lab.load("dev1", "assist", rate=8, duration=1, seed=1, **QUICK)
         assert {r["instance"] for r in before} == {"big"}
         # the cloud's own users fill the large tier (sent inside its host: nothing of it is steered)
-        burst = _burst(lab.instances["big"].host, 8000)
+        burst = _burst(lab, "big", 8000)
         try:
             lab.wait_until(lambda: lab.weights("assist")["big"] == 0, "large tier saturated")
             during = lab.load("dev1", "assist", rate=8, duration=1, seed=2, **QUICK)
@@ -317,9 +317,10 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
         assert {r["decode_instance"] for r in long} == {"dc1"}
 
 
-def _burst(host, port: int):  # type: ignore[no-untyped-def]
+def _burst(lab, instance: str, port: int):  # type: ignore[no-untyped-def]
     """A site's own users fill an instance (sent inside its host: nothing of it is steered)."""
-    return host.popen(
+    return lab.popen(
+        instance,
         [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://127.0.0.1:{port}", "--quiet"]
         + ["--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
         + ["--output-min", "120", "--output-max", "120", "--seed", "2"],
@@ -334,7 +335,7 @@ def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: P
     with _lab("cloud-edge-device", "xdp", tmp_path) as lab:
         before = lab.load("dev1", "chat", rate=8, duration=1, seed=1, **QUICK)
         assert before and all(r["offloaded"] and r["instance"] == "e1" for r in before)  # the edge pays off
-        burst = _burst(lab.instances["e1"].host, 8000)
+        burst = _burst(lab, "e1", 8000)
         try:
             lab.wait_until(lambda: lab.weights("chat")["e1"] == 0, "edge saturated")
             # the network would take new requests to the cloud (50 ms), beyond the device's 20 ms budget

@@ -71,8 +71,9 @@ class LinkEmulator:
             for dev in self.wire:
                 self.losses.append(LinkLoss(dev, netns, s.loss).__enter__())
         logf = open(logs / f"{self.name}.log", "w")  # noqa: SIM115 - lives as long as the process
-        self.line = self.host.popen(
-            [sys.executable, "-m", "dinet.lab.delayline", *self.wire, "--delay-ms", str(s.delay_ms)],
+        self.line = subprocess.Popen(  # by the namespace's name: see Lab.popen
+            ["ip", "netns", "exec", netns, sys.executable, "-m", "dinet.lab.delayline", *self.wire]
+            + ["--delay-ms", str(s.delay_ms)],
             stdout=subprocess.PIPE,
             stderr=logf,
             text=True,
@@ -123,10 +124,10 @@ def stop_processes(procs: list[subprocess.Popen[Any]]) -> None:
                 f.close()
 
 
-def ping(host: Any, address: str, count: int) -> subprocess.Popen[str]:
-    """A ping started from a Mininet host (`count` echoes 20 ms apart)."""
-    return host.popen(  # type: ignore[no-any-return]
-        ["ping", "-n", "-q", "-i", "0.02", "-W", "2", "-c", str(count), address],
+def ping(netns: str, address: str, count: int) -> subprocess.Popen[str]:
+    """A ping started in a network namespace (`count` echoes 20 ms apart)."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-i", "0.02", "-W", "2", "-c", str(count), address],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

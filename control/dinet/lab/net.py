@@ -258,8 +258,9 @@ class Lab:
     def _capture(self) -> None:
         """A pcap per host (every interface: tcpdump -i any) in the work folder's pcap/."""
         d = Path(str(self._pcaps()))
-        for name, h in self.hosts.items():
-            p = h.popen(
+        for name in self.hosts:
+            p = self.popen(
+                name,
                 ["tcpdump", "-i", "any", "-n", "-U", "-w", str(d / f"{name}.pcap")],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -358,9 +359,14 @@ class Lab:
         return f"{self.tag}-steer-{ingress}"
 
     # ---- instances -------------------------------------------------------------------------------------------
-    def _popen(self, host: Any, args: list[str], log_name: str) -> subprocess.Popen[str]:
+    def popen(self, node: str, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        """A process in a node's network namespace (by its name: Mininet's own popen attaches to the node's
+        mount namespace too, which leaves a chroot; `ip netns exec` does not)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.ns(node), *args], **kw)
+
+    def _popen(self, node: str, args: list[str], log_name: str) -> subprocess.Popen[str]:
         logf = open(self.workdir / "logs" / f"{log_name}.log", "w")  # noqa: SIM115 - lives as long as the process
-        p = host.popen(args, stdout=subprocess.PIPE, stderr=logf, text=True)
+        p = self.popen(node, args, stdout=subprocess.PIPE, stderr=logf, text=True)
         logf.close()
         self.state["pids"].append(p.pid)
         self._save()
@@ -382,7 +388,7 @@ class Lab:
         if inst.spec.decode_service:
             d = self.spec.service(inst.spec.decode_service)
             serve += ["--decode-url", f"http://{d.vip}:{d.port}"]
-        p = self._popen(inst.host, serve, f"{name}-serve")
+        p = self._popen(name, serve, f"{name}-serve")
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("ready"):
             raise DinetError(f"dinet serve on {name} did not start (see {self.workdir}/logs/{name}-serve.log)")
@@ -398,14 +404,14 @@ class Lab:
         agent += ["--service", self.service_keys[svc.name], "--instance", str(inst.id), "--no-host-cpu"]
         agent += ["--collector", f"{MGMT_ROOT}:{self.collector_port}", "--token-file", str(token), "--insecure"]
         agent += ["--interval", str(self.spec.report_interval)]
-        inst.procs = [p, self._popen(inst.host, agent, f"{name}-agent")]
+        inst.procs = [p, self._popen(name, agent, f"{name}-agent")]
 
     def _start_local(self, client: str) -> None:
         """A device's own model server (on its loopback)."""
         local = next(c for c in self.spec.clients if c.name == client).local
         assert local is not None
         args = [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"127.0.0.1:{local.port}"]
-        p = self._popen(self.hosts[client], [*args, "--profile", local.profile, "--name", f"{client}-local"], client)
+        p = self._popen(client, [*args, "--profile", local.profile, "--name", f"{client}-local"], client)
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("ready"):
             raise DinetError(f"the local model on {client} did not start (see {self.workdir}/logs/{client}.log)")
@@ -648,7 +654,7 @@ class Lab:
         args += ["--sensitive-share", "1" if svc.class_ == "delay-sensitive" else "0"]
         for k, v in opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        p = self.hosts[client].popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = self.popen(client, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, err = p.communicate(timeout=duration + 120)
         if p.returncode != 0:
             raise DinetError(
@@ -660,7 +666,7 @@ class Lab:
 
     def measure_paths(self, count: int = 20) -> list[PathReport]:
         """Pings each path from its ingress router to the site router: RTT and loss achieved."""
-        started = [(ing, site, spec, ping(self.hosts[ing], addr, count)) for ing, site, addr, spec in self.paths]
+        started = [(ing, site, spec, ping(self.ns(ing), addr, count)) for ing, site, addr, spec in self.paths]
         return [PathReport.from_ping(ing, site, spec, p) for ing, site, spec, p in started]
 
     def reachability(self) -> list[str]:

@@ -1,0 +1,128 @@
+"""dinet load against a field tool: NVIDIA AIPerf and `dinet load` measure the same `dinet serve` (on loopback)
+with the same open-loop rate, prompt and output lengths; their TTFT and TPOT (AIPerf: inter-token latency)
+medians are printed side by side and written to JSON.
+
+AIPerf lives in a venv of its own (.venv-aiperf in the source tree, made on first use: `pip install
+aiperf==0.13.0`, about 1.2 GB, no torch). Offline, it needs a tokenizer on disk: a word-level tokenizer
+(Hugging Face `tokenizers`, whitespace split) is written beside it, so that its prompts of N tokens are the N
+words `dinet serve` counts.
+
+    sudo .venv/bin/python bench/crosscheck.py [--quick] [--json bench/results/crosscheck.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port, host, write  # noqa: E402
+
+from dinet.workload.engine import PROFILES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+AIPERF = "aiperf==0.13.0"
+TOKENIZER = """
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+vocab = {f"w{i}": i for i in range(4000)}
+vocab["[UNK]"] = 4000
+tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(__import__("sys").argv[1])
+"""
+
+
+def ensure_aiperf(venv: Path = ROOT / ".venv-aiperf") -> tuple[Path, Path]:
+    """(the aiperf command, the tokenizer folder), installed on first use."""
+    exe, tok = venv / "bin" / "aiperf", venv / "word-tokenizer"
+    if not exe.exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", AIPERF], check=True)
+    if not (tok / "tokenizer.json").exists():
+        subprocess.run([str(venv / "bin" / "python"), "-c", TOKENIZER, str(tok)], check=True, capture_output=True)
+    return exe, tok
+
+
+def run(
+    rate: float = 2.0, requests: int = 20, prompt: int = 128, output: int = 32, profile: str = "llama3-8b-a100"
+) -> dict:  # type: ignore[type-arg]
+    aiperf, tok = ensure_aiperf()
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"127.0.0.1:{port}", "--profile", profile],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None and serve.stdout.readline().startswith("ready")
+        url = f"http://127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as d:
+            model = PROFILES[profile].model  # the name it serves (another one is a 404, as in vLLM)
+            args = [str(aiperf), "profile", "--model-names", model, "--url", url, "--endpoint-type", "completions"]
+            args += ["--streaming", "--tokenizer", str(tok), "--request-rate", str(rate)]
+            args += ["--request-count", str(requests), "--random-seed", "1", "--output-artifact-dir", d]
+            args += ["--prompt-input-tokens-mean", str(prompt), "--prompt-input-tokens-stddev", "0"]
+            args += ["--prompt-output-tokens-mean", str(output), "--prompt-output-tokens-stddev", "0"]
+            res = subprocess.run(args, capture_output=True, text=True, timeout=600)
+            if res.returncode != 0:
+                raise RuntimeError(f"aiperf failed: {res.stdout[-2000:]}{res.stderr[-2000:]}")
+            a = json.loads((Path(d) / "profile_export_aiperf.json").read_text())
+            out = Path(d) / "dinet-load.jsonl"
+            load = [sys.executable, "-m", "dinet.cli", "load", "--url", url, "--rate", str(rate), "--quiet"]
+            load += ["--duration", str(requests / rate), "--max-requests", str(requests), "--out", str(out)]
+            load += ["--prompt-min", str(prompt), "--prompt-max", str(prompt), "--output-min", str(output)]
+            load += ["--output-max", str(output), "--sensitive-share", "1", "--seed", "1"]
+            subprocess.run(load, check=True, capture_output=True, timeout=600)
+            recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    finally:
+        serve.terminate()
+        serve.wait(timeout=10)
+        if serve.stdout:
+            serve.stdout.close()
+    ok = [r for r in recs if r["status"] == "ok"]
+    return {
+        "server": {"profile": profile, "rate": rate, "prompt_tokens": prompt, "output_tokens": output},
+        "aiperf": {
+            "version": AIPERF,
+            "requests": int(a["request_count"]["avg"]),
+            "ttft_p50_ms": a["time_to_first_token"]["p50"],
+            "tpot_p50_ms": a["inter_token_latency"]["p50"],
+            "input_tokens": a["input_sequence_length"]["avg"],
+            "output_tokens": a["output_sequence_length"]["avg"],
+        },
+        "dinet_load": {
+            "requests": len(ok),
+            "errors": len(recs) - len(ok),
+            "ttft_p50_ms": statistics.median(r["ttft_ms"] for r in ok),
+            "tpot_p50_ms": statistics.median(r["tpot_ms"] for r in ok),
+            "input_tokens": statistics.mean(r["prompt_tokens"] for r in ok),
+            "output_tokens": statistics.mean(r["completion_tokens"] for r in ok),
+        },
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "crosscheck.json")
+    a = ap.parse_args()
+    res = run(requests=10 if a.quick else 40)
+    for tool in ("aiperf", "dinet_load"):
+        r = res[tool]
+        print(
+            f"{tool:<11} {r['requests']:>3} requests  TTFT p50 {r['ttft_p50_ms']:6.2f} ms  TPOT p50 "
+            f"{r['tpot_p50_ms']:6.2f} ms  tokens in/out {r['input_tokens']:.0f}/{r['output_tokens']:.0f}"
+        )
+    write({"host": host(), **res}, a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
