@@ -208,16 +208,23 @@ def test_one_scenario_gives_the_same_decisions_on_xdp_and_bmv2(tmp_path: Path) -
 def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_flow_moves(tmp_path: Path) -> None:
     import threading
 
+    from dinet.workload.load import LoadSpec
+
     with _lab("elastic", "xdp", tmp_path) as lab:
         assert set(lab.weights("chat")) == {"op1", "op2"}
         controller_pid = lab.controller.pid
         streams: list = []  # long streams opened on the on-premises instances before anything joins
         long = {"output_min": 40, "output_max": 40, "prompt_min": 32, "prompt_max": 32}
+        same = {"prompt_tokens": (32, 32), "max_tokens": (40, 40), "sensitive_share": 0.0}  # as lab.load sends
+        n_long = len(LoadSpec("http://x", duration=0.5, schedule=[(0.0, 6.0)], seed=1, **same).arrivals())
+        placed = sum(lab.new_flows("chat").values())
         th = threading.Thread(
             target=lambda: streams.extend(lab.load("user1", "chat", rate=6, duration=0.5, seed=1, **long))
         )
         th.start()
-        try:
+        try:  # every stream placed (on op1/op2) before anything joins
+            assert n_long > 0
+            lab.wait_until(lambda: sum(lab.new_flows("chat").values()) >= placed + n_long, "every stream placed")
             lab.join("cp1")
             lab.wait_until(lambda: lab.weights("chat").get("cp1", 0) > 0, "cp1 installed")
             assert lab.controller.pid == controller_pid and lab.controller.poll() is None  # no restart
