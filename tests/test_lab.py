@@ -5,6 +5,7 @@ Then the use cases' behaviours: security levels, model tiers, and the same decis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -150,17 +151,12 @@ def test_tiers_degrade_to_a_small_model_when_the_large_saturates_and_come_back(t
         before = lab.load("dev1", "assist", rate=8, duration=1, seed=1, **QUICK)
         assert {r["instance"] for r in before} == {"big"}
         # the cloud's own users fill the large tier (sent inside its host: nothing of it is steered)
-        burst = _burst(lab, "big", 8000)
-        try:
+        with _burst(lab, "big", 8000) as burst:
             lab.wait_until(lambda: lab.weights("assist")["big"] == 0, "large tier saturated")
             during = lab.load("dev1", "assist", rate=8, duration=1, seed=2, **QUICK)
             assert during and all(r["status"] == "ok" for r in during)  # the service stays up
             assert {r["instance"] for r in during} == {"s1"}  # the nearest small tier
             assert burst.wait(timeout=120) == 0  # the burst drains
-        finally:
-            if burst.poll() is None:
-                burst.send_signal(signal.SIGINT)
-                burst.wait(timeout=10)
         lab.wait_until(lambda: lab.weights("assist")["big"] > 0, "large tier back", timeout=30)
         after = lab.load("dev1", "assist", rate=8, duration=1, seed=3, **QUICK)
         assert {r["instance"] for r in after} == {"big"}
@@ -324,9 +320,11 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
         assert {r["decode_instance"] for r in long} == {"dc1"}
 
 
+@contextlib.contextmanager
 def _burst(lab, instance: str, port: int):  # type: ignore[no-untyped-def]
-    """A site's own users fill an instance (sent inside its host: nothing of it is steered)."""
-    return lab.popen(
+    """A site's own users fill an instance (sent inside its host: nothing of it is steered); stopped on exit
+    if it has not drained by then."""
+    p = lab.popen(
         instance,
         [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://127.0.0.1:{port}", "--quiet"]
         + ["--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
@@ -334,6 +332,12 @@ def _burst(lab, instance: str, port: int):  # type: ignore[no-untyped-def]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=10)
 
 
 @needs_root
@@ -342,8 +346,7 @@ def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: P
     with _lab("cloud-edge-device", "xdp", tmp_path) as lab:
         before = lab.load("dev1", "chat", rate=8, duration=1, seed=1, **QUICK)
         assert before and all(r["offloaded"] and r["instance"] == "e1" for r in before)  # the edge pays off
-        burst = _burst(lab, "e1", 8000)
-        try:
+        with _burst(lab, "e1", 8000) as burst:
             lab.wait_until(lambda: lab.weights("chat")["e1"] == 0, "edge saturated")
             # the network would take new requests to the cloud (50 ms), beyond the device's 20 ms budget
             assert lab.weights("chat")["c1"] > 0
@@ -352,10 +355,6 @@ def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: P
             assert {(r["offloaded"], r["instance"]) for r in during} == {(False, "dev1-local")}
             assert {r["tier"] for r in during} == {"pruned"}
             assert burst.wait(timeout=120) == 0
-        finally:
-            if burst.poll() is None:
-                burst.send_signal(signal.SIGINT)
-                burst.wait(timeout=10)
         lab.wait_until(lambda: lab.weights("chat")["e1"] > 0, "edge back", timeout=30)
         after = lab.load("dev1", "chat", rate=8, duration=1, seed=3, **QUICK)
         assert after and all(r["offloaded"] and r["instance"] == "e1" for r in after)

@@ -675,8 +675,9 @@ class Lab:
         failed = []
         for c in self.spec.clients:
             for name, inst in self.instances.items():
-                out = self.hosts[c.name].cmd(f"ping -n -q -c3 -i0.1 -W2 {inst.endpoint}")
-                if inst.running and " 0 received" in out:
+                if not inst.running:  # a pool instance that has not joined
+                    continue
+                if " 0 received" in self.hosts[c.name].cmd(f"ping -n -q -c3 -i0.1 -W2 {inst.endpoint}"):
                     failed.append(f"{c.name}->{name}")
         return failed
 
