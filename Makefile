@@ -14,7 +14,8 @@ demo-steering: install
 demo-sync: install
 	$(PY) -m dinet.lab.model_sync
 
-test: install
+test:
+	bash scripts/install.sh --test
 	bash scripts/run-tests.sh
 
 bench: install

@@ -11,6 +11,8 @@ stamp="$venv/.dinet-install"
 
 pkgs=(python3-bpfcc bpfcc-tools clang llvm libbpf-dev bpftool iproute2 iputils-ping tcpdump
       mininet bridge-utils netsniff-ng iperf3 wrk nftables ethtool make gcc python3-venv python3-dev procps uftp)
+# --test: also what only the test suite needs (a headless browser opens the experiments' HTML reports)
+[ "${1:-}" = --test ] && pkgs+=(chromium)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from dinet.policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
 from dinet.policy.scores import Level0, Level1, ScoreModel
@@ -22,7 +23,26 @@ def test_levels() -> None:
     l1 = ScoreModel().level1(
         Level0(cpu_load=0.3, gpu_util=0.8, queue_depth=8, token_latency_ms=50), delay_ms=25, loss=0.01
     )
-    assert l1 == Level1(compute=0.8, communication=0.6, service=0.25)
+    assert l1 == Level1(compute=0.8, communication=0.6, service=0.25, queue=0.25)
+
+
+def test_delay_sensitive_leaves_a_near_site_where_a_queue_forms() -> None:
+    """A busy GPU is no reason for a delay-sensitive flow to go far; a waiting queue is (its TTFT would
+    include it), while a site without one is usable. Delay-tolerant flows are not moved by the queue alone."""
+    m = ScoreModel()
+    queued = [
+        Candidate(NEAR, NEAR, m.level1(Level0(gpu_util=0.3, queue_depth=12), delay_ms=2)),
+        Candidate(FAR, FAR, m.level1(Level0(gpu_util=0.3), delay_ms=10)),
+    ]
+    w = target_weights(queued, TrafficClass.DELAY_SENSITIVE)
+    assert w[NEAR] == 0 and w[FAR] > 0
+    short = [replace(queued[0], l1=m.level1(Level0(gpu_util=0.3, queue_depth=2), delay_ms=2)), queued[1]]
+    w = target_weights(short, TrafficClass.DELAY_SENSITIVE)
+    assert w[NEAR] > 0 and w[FAR] == 0  # a request or two waiting: stays near
+    both = [queued[0], replace(queued[1], l1=m.level1(Level0(queue_depth=20), delay_ms=10))]
+    w = target_weights(both, TrafficClass.DELAY_SENSITIVE)
+    assert w[NEAR] > 0 and w[FAR] == 0  # queues everywhere: the nearest usable one, as before
+    assert target_weights(queued, TrafficClass.DELAY_TOLERANT)[NEAR] > 0
 
 
 def test_delay_sensitive_stays_near_until_overloaded() -> None:

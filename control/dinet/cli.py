@@ -345,7 +345,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     if a.check:
         print(check(Path(a.file)))
         return
-    run(Path(a.file), once=a.once, insecure=a.insecure)
+    run(Path(a.file), once=a.once, insecure=a.insecure, node=a.node)
 
 
 def cmd_p4_compile(a: argparse.Namespace) -> None:
@@ -426,6 +426,7 @@ def cmd_load(a: argparse.Namespace) -> None:
         offload_view=a.offload_view,
         offload_node=a.offload_node,
         offload_max_rtt_ms=a.offload_max_rtt_ms,
+        start_at=a.start_at,
     )
     if bool(a.local) != bool(a.offload_view):
         raise ConfigError("a device's load gives both --local (its own model) and --offload-view (the controller)")
@@ -438,18 +439,20 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
     import threading
 
     from .creds import Identity, read_token
-    from .services.collect import Agent, Announce
+    from .services.collect import Agent, Announce, Fanout
     from .workload.metrics_agent import MetricsAgent
 
     identity = Identity.load(a.certs, a.identity) if a.certs else None
     if identity is None and not a.insecure:
         raise ConfigError("the metrics agent has no credentials: --certs DIR (see `dinet certs`), or --insecure")
     announce = Announce(a.announce, a.site) if a.announce else None
-    agent = Agent(a.collector, read_token(a.token_file), identity, a.server)
+    token = read_token(a.token_file)
+    agents = [Agent(c, token, identity, a.server) for c in a.collector]
+    agent = agents[0] if len(agents) == 1 else Fanout(agents)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"dinet metrics-agent: {a.url} -> {a.collector} for {a.service} instance {a.instance}", flush=True)
+    print(f"dinet metrics-agent: {a.url} -> {', '.join(a.collector)} for {a.service} instance {a.instance}", flush=True)
     try:
         MetricsAgent(
             a.url, a.service, a.instance, agent, a.interval, host_cpu=not a.no_host_cpu, announce=announce
@@ -513,22 +516,33 @@ def cmd_sync(a: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-EXPERIMENTS = {"modelsync": "modelsync.py"}  # name -> the benchmark in the source tree's bench/ it runs
+EXPERIMENTS = ("steering", "tiers", "prefill-decode", "modes", "modelsync")  # dinet.experiments.EXPERIMENTS
 
 
 def cmd_experiment(a: argparse.Namespace) -> None:
-    """Runs an experiment: the same code as its benchmark (bench/NAME.py of the source tree dinet is installed
-    from, as ebpf/ and p4/ are found), with the arguments given after the name."""
-    import subprocess
+    """Runs an experiment on a scenario; its results in OUT/NAME/ (summary.json, report.html)."""
+    import shlex
+    from pathlib import Path
 
-    from .paths import EBPF_DIR
+    from .experiments import Options, run
 
-    script = EBPF_DIR.parent / "bench" / EXPERIMENTS[a.name]
-    if not script.is_file():
-        raise ConfigError(f"no {script}: dinet experiment runs from a source tree (pip install -e .)")
-    rc = subprocess.run([sys.executable, str(script), *a.args], check=False).returncode
-    if rc:
-        raise SystemExit(rc)
+    if a.repeats is not None and a.repeats < 1:
+        raise ConfigError(f"--repeats is at least 1, not {a.repeats}")
+    repeats = a.repeats if a.repeats is not None else (1 if a.quick else 3)
+    opts = Options(
+        repeats=repeats,
+        seed=a.seed,
+        quick=a.quick,
+        target=a.target,
+        out=Path(a.out),
+        progress=not a.quiet,
+        command=shlex.join(["dinet", *sys.argv[1:]]),
+    )
+    summary = run(a.name, Path(a.scenario) if a.scenario else None, opts)
+    print(f"dinet experiment {a.name}: {Path(a.out) / a.name / 'report.html'}")
+    if a.quiet:
+        return
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("versions", "plan")}, indent=2))
 
 
 def cmd_lab_check(a: argparse.Namespace) -> None:
@@ -790,6 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="install the intent, then exit")
     p.add_argument("--check", action="store_true", help="validate the file and exit; starts nothing")
     p.add_argument("--insecure", action="store_true", help="without the intent's `tls`: run without TLS (a warning)")
+    p.add_argument("--node", help="mode distributed: the ingress node (name or index) this process decides for")
     p.set_defaults(fn=cmd_run)
     p4 = sub.add_parser("p4", help="the P4 program for BMv2").add_subparsers(dest="sub", required=True)
     for name, fn, text in (
@@ -848,12 +863,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload-view", help="with --local: the controller's metrics URL (dinet run's Prometheus)")
     p.add_argument("--offload-node", default="0", help="with --local: the ingress node (its index in the intent)")
     p.add_argument("--offload-max-rtt-ms", type=float, default=20.0, help="with --local: the delay budget")
+    p.add_argument("--start-at", type=float, help="a Unix time to start at (records' t counts from it)")
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")
     p.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")
     p.add_argument("--service", required=True, help="VIP:PORT/PROTO")
     p.add_argument("--instance", type=int, required=True)
-    p.add_argument("--collector", required=True, help="HOST:PORT")
+    p.add_argument(
+        "--collector", required=True, action="append", help="HOST:PORT (repeated: every one, as in mode distributed)"
+    )
     p.add_argument("--certs")
     p.add_argument("--identity", default="agent")
     p.add_argument("--server", default="controller", help="the collector's certificate name")
@@ -886,9 +904,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_sync)
-    p = sub.add_parser("experiment", help="run an experiment (modelsync: BIER vs ingress replication vs HTTP)")
-    p.add_argument("name", choices=sorted(EXPERIMENTS))
-    p.add_argument("args", nargs=argparse.REMAINDER, help="its own options, e.g. --quick (see NAME --help)")
+    p = sub.add_parser("experiment", help="run an experiment on a scenario: results, plots and an HTML report")
+    p.add_argument("name", choices=EXPERIMENTS)
+    p.add_argument("scenario", nargs="?", help="the scenario file (default: the experiment's, in topo/scenarios)")
+    p.add_argument("--repeats", type=int, help="runs of each arm (default 3; 1 with --quick): 95%% intervals over them")
+    p.add_argument("--seed", type=int, default=1, help="the loads' and the random baseline's draws: a run repeats")
+    p.add_argument("--quick", action="store_true", help="short runs (each experiment in about 90 s), for CI")
+    p.add_argument("--target", choices=["xdp", "bmv2"], default="xdp", help="the steering node's data plane")
+    p.add_argument("--out", default="results", help="the results folder (OUT/NAME/ per experiment)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no summary on stdout")
     p.set_defaults(fn=cmd_experiment)
     lab = sub.add_parser("lab", help="Mininet scenarios of the use cases (topo/scenarios/*.yaml)").add_subparsers(
         dest="lab_cmd", required=True

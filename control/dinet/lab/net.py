@@ -92,11 +92,18 @@ class Lab:
         state_dir: Path = STATE_DIR,
         agents: bool = True,
         policy: str | None = None,
+        mode: str = "central",
+        seed: int | None = None,
     ):
         """agents=False: no metrics agent beside the instances (a test or an experiment reports for them);
-        policy: every service's placement (dinet or a baseline: anycast, compute-only, round-robin, random)."""
+        policy: every service's placement (dinet or a baseline: anycast, compute-only, round-robin, random);
+        mode: central (one `dinet run` decides for every ingress node) or distributed (a decider per ingress
+        node, `dinet run --node`, each taking the agents' reports itself); seed: the random baseline's draws."""
         if target not in ("xdp", "bmv2"):
             raise ConfigError(f"a lab's target is xdp or bmv2, not {target!r}")
+        if mode not in ("central", "distributed"):
+            raise ConfigError(f"a lab's mode is central or distributed, not {mode!r}")
+        self.mode, self.seed = mode, seed
         self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
         self.agents, self.policy = agents, policy
         self.tag = lab_tag(spec.name)
@@ -113,9 +120,12 @@ class Lab:
         self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
         self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
         self.controller: subprocess.Popen[str] | None = None
+        self.deciders: dict[str, subprocess.Popen[str]] = {}  # mode distributed: ingress name -> its decider
         self.decap: DecapNode | None = None
         self.passprog: BccProgram | None = None
         self.collector_port, self.prometheus_port = _free_port(), _free_port()
+        # mode distributed: each ingress node's decider has its own (collector, Prometheus) ports
+        self.decider_ports = {ing.name: (_free_port(), _free_port()) for ing in spec.ingress}
         self.state: dict[str, Any] = {"pid": os.getpid(), "tag": self.tag, "netns": [], "root_links": [], "pins": []}
         self.state["pids"] = []
         self.service_keys = {s.name: f"{s.vip}:{s.port}/tcp" for s in spec.services}
@@ -402,7 +412,9 @@ class Lab:
         if inst.spec.pool:
             agent += ["--announce", inst.endpoint, "--site", str(inst.site_id)]
         agent += ["--service", self.service_keys[svc.name], "--instance", str(inst.id), "--no-host-cpu"]
-        agent += ["--collector", f"{MGMT_ROOT}:{self.collector_port}", "--token-file", str(token), "--insecure"]
+        for c in self.collectors():
+            agent += ["--collector", c]
+        agent += ["--token-file", str(token), "--insecure"]
         agent += ["--interval", str(self.spec.report_interval)]
         inst.procs = [p, self._popen(name, agent, f"{name}-agent")]
 
@@ -463,7 +475,7 @@ class Lab:
                 devs = [i.name for i in self.hosts[ing.name].intfList()]
                 attach = [{"dev": d, "netns": self.ns(ing.name)} for d in devs]
                 node = {"target": "xdp", "name": self.steer_node_name(ing.name), "src4": f"10.0.{k}.1"}
-                nodes.append(node | {"attach": attach, "sites": sites})
+                nodes.append(node | {"attach": attach, "sites": sites} | self._decider(ing.name))
             else:
                 sw = self.net.get(f"{self.tag}p{k}")
                 mac = self.hosts[ing.name].intf(self.ingress_intf[ing.name]).MAC()
@@ -480,6 +492,7 @@ class Lab:
                         "pass_ports": {1: 2, 2: 1},
                         "sites": sites,
                     }
+                    | self._decider(ing.name)
                 )
         services = []
         for svc in s.services:
@@ -517,11 +530,30 @@ class Lab:
                 | ({"pools": pools} if pool else {})
             )
         return {
+            "mode": self.mode,
+            **({"seed": self.seed} if self.seed is not None else {}),
             "ingress": nodes,
             "collector": {"listen": f"{MGMT_ROOT}:{self.collector_port}", "timeout": s.collector_timeout},
             "prometheus": {"listen": f"{MGMT_ROOT}:{self.prometheus_port}"},  # devices read it too
             "services": services,
         }
+
+    def _decider(self, ingress: str) -> dict[str, Any]:
+        if self.mode != "distributed":
+            return {}
+        col, prom = self.decider_ports[ingress]
+        return {
+            "decider": {
+                "collector": {"listen": f"{MGMT_ROOT}:{col}", "timeout": self.spec.collector_timeout},
+                "prometheus": {"listen": f"{MGMT_ROOT}:{prom}"},
+            }
+        }
+
+    def collectors(self) -> list[str]:
+        """Where the agents report: `dinet run`'s collector, or every ingress node's decider."""
+        if self.mode == "central":
+            return [f"{MGMT_ROOT}:{self.collector_port}"]
+        return [f"{MGMT_ROOT}:{col}" for col, _ in self.decider_ports.values()]
 
     def write_intent(self) -> Path:
         path = self.workdir / "intent.yaml"
@@ -535,35 +567,89 @@ class Lab:
 
         path = self.write_intent()
         load(path)  # the runner's own intent is valid, or this says where it is not
-        logf = open(self.workdir / "logs" / "controller.log", "w")  # noqa: SIM115
-        self.controller = subprocess.Popen(
-            [sys.executable, "-m", "dinet.cli", "run", str(path), "--insecure"],
+        if self.mode == "central":
+            self.controller = self._start_run(path, [], "controller")
+        else:
+            self.deciders = {
+                ing.name: self._start_run(path, ["--node", ing.name], f"decider-{ing.name}")
+                for ing in self.spec.ingress
+            }
+
+    def _start_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
+        logf = open(self.workdir / "logs" / f"{log_name}.log", "w")  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "dinet.cli", "run", str(path), "--insecure", *args],
             stdout=subprocess.PIPE,
             stderr=logf,
             text=True,
         )
         logf.close()
-        self.state["pids"].append(self.controller.pid)
+        self.state["pids"].append(p.pid)
         self._save()
-        assert self.controller.stdout is not None
-        for line in self.controller.stdout:
+        assert p.stdout is not None
+        for line in p.stdout:
             if line.startswith("dinet: collector on"):
-                return
-        raise DinetError(f"dinet run did not start (see {self.workdir}/logs/controller.log)")
+                return p
+        raise DinetError(f"dinet run did not start (see {self.workdir}/logs/{log_name}.log)")
+
+    def stop_deciding(self, ingress: str | None = None) -> None:
+        """The process deciding for an ingress node dies (SIGKILL, no goodbye): in mode central the one
+        controller (every node keeps the weights it last installed), in mode distributed that node's decider."""
+        if self.mode == "central":
+            proc, self.controller = self.controller, None
+        else:
+            proc = self.deciders.pop(ingress or self._first(), None)
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def metrics_urls(self) -> list[str]:
+        """The Prometheus endpoints of what decides (one in mode central; one per live decider)."""
+        if self.mode == "central":
+            return [self.metrics_url] if self.controller is not None else []
+        return [f"http://{MGMT_ROOT}:{self.decider_ports[n][1]}/metrics" for n in self.deciders]
 
     @property
     def metrics_url(self) -> str:
+        if self.mode == "distributed":
+            return f"http://{MGMT_ROOT}:{self.decider_ports[self._first()][1]}/metrics"
         return f"http://{MGMT_ROOT}:{self.prometheus_port}/metrics"
 
-    def prometheus(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """`dinet run`'s Prometheus samples by name."""
-        with urllib.request.urlopen(self.metrics_url, timeout=15) as r:
-            text = r.read().decode()
+    def ingress_metrics_url(self, ingress: str) -> str:
+        """The Prometheus endpoint that shows the ingress node's decisions."""
+        if self.mode == "distributed":
+            return f"http://{MGMT_ROOT}:{self.decider_ports[ingress][1]}/metrics"
+        return f"http://{MGMT_ROOT}:{self.prometheus_port}/metrics"
+
+    def prometheus(self, urls: list[str] | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """The Prometheus samples by name of what decides (every decider's, merged: their node labels differ)."""
         out: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for fam in text_string_to_metric_families(text):
-            for smp in fam.samples:
-                out.setdefault(smp.name, []).append((dict(smp.labels), float(smp.value)))
+        for url in self.metrics_urls() if urls is None else urls:
+            with urllib.request.urlopen(url, timeout=15) as r:
+                text = r.read().decode()
+            for fam in text_string_to_metric_families(text):
+                for smp in fam.samples:
+                    out.setdefault(smp.name, []).append((dict(smp.labels), float(smp.value)))
         return out
+
+    def set_policy(self, policy: str | None, timeout: float = 20.0) -> None:
+        """Every service's placement changes at run time (the intent file is rewritten; what decides reads it
+        again); returns once every ingress node runs it."""
+        self.policy = policy
+        self.write_intent()
+
+        def running() -> bool:
+            want = {self.service_keys[s.name]: policy or s.policy or "dinet" for s in self.spec.services}
+            got = [(lab["service"], lab["strategy"]) for lab, _ in self.prometheus().get("dinet_service_strategy", [])]
+            return len(got) == len(want) * len(self._deciding()) and all(want[k] == v for k, v in got)
+
+        self.wait_until(running, f"policy {policy} in force", timeout)
+
+    def _deciding(self) -> list[str]:
+        """The ingress nodes something decides for now."""
+        if self.mode == "central":
+            return [ing.name for ing in self.spec.ingress] if self.controller is not None else []
+        return [ing.name for ing in self.spec.ingress] if self.mode == "central" else list(self.deciders)
 
     def _by_instance(self, metric: str, service: str, ingress: str | None = None) -> dict[str, float]:
         key = self.service_keys[service]
@@ -616,13 +702,16 @@ class Lab:
         return self.spec.ingress[0].name
 
     def wait_reports(self, names: set[str], timeout: float = 30.0) -> None:
-        """Returns once `dinet run` has a fresh report of each named instance (none of them expired)."""
+        """Returns once what decides (`dinet run`, or every decider) has a fresh report of each named instance
+        (none of them expired)."""
         ids = {str(self.instances[n].id) for n in names}
         deadline = time.monotonic() + timeout
         fresh = self.spec.collector_timeout / 2
         while True:
-            ages = self.prometheus().get("dinet_metric_age_seconds", [])
-            have = {lab["instance"] for lab, age in ages if age < fresh}
+            have = set(ids)
+            for url in self.metrics_urls():
+                ages = self.prometheus([url]).get("dinet_metric_age_seconds", [])
+                have &= {lab["instance"] for lab, age in ages if age < fresh}
             if ids <= have:
                 return
             if time.monotonic() > deadline:
@@ -645,13 +734,14 @@ class Lab:
         spec = next(c for c in self.spec.clients if c.name == client)
         if spec.local is not None:
             opts.setdefault("local", f"http://127.0.0.1:{spec.local.port}")
-            opts.setdefault("offload_view", self.metrics_url)
+            opts.setdefault("offload_view", self.ingress_metrics_url(self.spec.client_ingress(spec)))
             opts.setdefault("offload_node", self.ingress_index(self.spec.client_ingress(spec)) - 1)
             opts.setdefault("offload_max_rtt_ms", spec.local.offload_max_rtt_ms)
         out = self.workdir / f"load-{client}-{service}-{time.monotonic_ns()}.jsonl"
         args = [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://{svc.vip}:{svc.port}", "--quiet"]
         args += ["--rate", str(rate), "--duration", str(duration), "--out", str(out)]
         args += ["--sensitive-share", "1" if svc.class_ == "delay-sensitive" else "0"]
+        args += ["--ttft-slo-ms", str(svc.slo.ttft_ms), "--tpot-slo-ms", str(svc.slo.tpot_ms)]
         for k, v in opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         p = self.popen(client, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -691,6 +781,8 @@ class Lab:
         if self.controller is not None:
             stop_processes([self.controller])
             self.controller = None
+        stop_processes(list(self.deciders.values()))
+        self.deciders = {}
         for e in self.emulators:
             e.stop()
         if self.decap is not None:

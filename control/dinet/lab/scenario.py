@@ -106,6 +106,13 @@ class InstanceSpec(_Spec):
         return self
 
 
+class SloSpec(_Spec):
+    """A service's objectives per request (delay-sensitive requests meet both or count as missed)."""
+
+    ttft_ms: float = Field(default=500.0, gt=0)
+    tpot_ms: float = Field(default=100.0, gt=0)
+
+
 class ServiceSpec(_Spec):
     name: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$")]
     port: int = Field(ge=1, le=65535)
@@ -114,6 +121,7 @@ class ServiceSpec(_Spec):
     min_security: int = Field(default=0, ge=0, le=9)  # paths below this level carry none of its flows
     tiers: list[Literal["large", "small", "pruned"]] = []  # preferred first; empty: no preference
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] = "dinet"  # or a baseline
+    slo: SloSpec = SloSpec()
 
 
 class ModelSyncSpec(_Spec):

@@ -56,6 +56,9 @@ class Candidate:
 class Policy:
     max_weight: int = 100
     overload: float = 0.9  # Level 1 compute at or above this takes no new flow
+    # a delay-sensitive flow avoids an instance with this long a waiting queue (Level 1 queue) while a usable
+    # one without it exists: its TTFT would include the queue (a busy GPU without a queue is no reason to go)
+    sensitive_queue: float = 0.25
     hysteresis: float = 0.15  # a target within this share of max_weight of the current weight changes nothing
     smoothing: float = 0.5  # otherwise move this share of the way (1.0: jump)
     strategy: Strategy = Strategy.DINET
@@ -80,6 +83,7 @@ def target_weights(
     best = min(c.rank for c in usable)
     usable = [c for c in usable if c.rank == best]
     if cls is TrafficClass.DELAY_SENSITIVE:
+        usable = [c for c in usable if c.l1.queue < policy.sensitive_queue] or usable
         nearest = min(c.l1.communication for c in usable)
         usable = [c for c in usable if c.l1.communication <= nearest + 1e-9]
     model = CLASS_WEIGHTS[cls]

@@ -3,6 +3,7 @@
 Level 0: the raw values an agent reports (`Level0`) and the path metrics of the topology (delay, loss).
 Level 1: one normalised score per category, 0 (idle, near) .. 1 (saturated, far):
   compute       = max(cpu_load, gpu_util, queue_depth / queue_ref)
+  queue         = queue_depth / queue_ref (kept apart too: a delay-sensitive flow avoids a queue)
   communication = min(1, delay_ms / delay_ref_ms + loss * loss_weight)
   service       = min(1, token_latency_ms / latency_ref_ms)
 Level 2: one composed score, a weighted sum of the Level 1 scores, the weights chosen per traffic class.
@@ -47,6 +48,7 @@ class Level1:
     compute: float
     communication: float
     service: float
+    queue: float = 0.0  # the waiting queue alone (queue_depth / queue_ref), also inside `compute`
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class ScoreModel:
         compute = max(m.cpu_load, m.gpu_util, min(1.0, m.queue_depth / self.queue_ref))
         comm = min(1.0, delay_ms / self.delay_ref_ms + loss * self.loss_weight)
         service = min(1.0, m.token_latency_ms / self.latency_ref_ms)
-        return Level1(round(compute, 6), round(comm, 6), round(service, 6))
+        queue = min(1.0, m.queue_depth / self.queue_ref)
+        return Level1(round(compute, 6), round(comm, 6), round(service, 6), round(queue, 6))
 
 
 @dataclass(frozen=True)

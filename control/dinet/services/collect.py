@@ -330,3 +330,43 @@ class Agent:
 
     def close(self) -> None:
         self.channel.close()
+
+
+class Fanout:
+    """One agent's reports to several collectors at once (mode distributed: every ingress node's decider takes
+    the reports itself). A collector that does not answer is logged once and tried again at the next report;
+    the reports go on to the others. Raises only when no collector took them."""
+
+    def __init__(self, agents: list[Agent]):
+        if not agents:
+            raise ValueError("a fan-out needs at least one collector")
+        self.agents = agents
+        self.failing: set[int] = set()
+
+    def report(self, service: str, instance_id: int, m: Level0, announce: Announce | None = None) -> Any:
+        msgs = [a.report(service, instance_id, m, announce) for a in self.agents]
+        return msgs[0]  # the same report for all (each agent counts its own sequence in step)
+
+    def send(self, reports: list[Any], timeout: float = 10.0) -> Any:
+        calls = [a.stub.Stream.future(iter(reports), metadata=a._md(), timeout=timeout) for a in self.agents]
+        acks, last = [], None
+        for k, call in enumerate(calls):
+            try:
+                acks.append(call.result())
+            except grpc.RpcError as e:
+                last = e
+                if k not in self.failing:
+                    log.warning("collector %d of %d does not take reports: %s", k + 1, len(calls), e.code().name)
+                self.failing.add(k)
+                continue
+            if k in self.failing:
+                log.warning("collector %d of %d takes reports again", k + 1, len(calls))
+                self.failing.discard(k)
+        if not acks:
+            assert last is not None
+            raise last
+        return min(acks, key=lambda a: a.accepted)  # what every collector that answered took
+
+    def close(self) -> None:
+        for a in self.agents:
+            a.close()

@@ -84,6 +84,7 @@ class XdpNodeSpec(_Spec):
     src6: IPText | None = None
     attach: list[AttachSpec] = []
     sites: Sites = {}
+    decider: DeciderSpec | None = None  # mode distributed: this node's own collector and metrics
 
     _src = field_validator("src4", "src6")(lambda v: None if v is None else _ip(v))
 
@@ -95,6 +96,7 @@ class AgentNodeSpec(_Spec):
     token: str = ""  # an optional second factor the agent expects
     name: Name | None = None
     sites: Sites = {}
+    decider: DeciderSpec | None = None  # mode distributed: this node's own collector and metrics
 
     _addr = field_validator("address")(_hostport)
 
@@ -118,6 +120,7 @@ class Bmv2NodeSpec(_Spec):
     next_hop: NextHopSpec | None = None  # where tunnelled packets go (default: back out of the ingress port)
     pass_ports: dict[Annotated[int, Field(ge=0, lt=512)], Annotated[int, Field(ge=0, lt=512)]] = {}
     sites: Sites = {}
+    decider: DeciderSpec | None = None  # mode distributed: this node's own collector and metrics
 
     _src = field_validator("src4", "src6")(lambda v: None if v is None else _ip(v))
 
@@ -142,6 +145,18 @@ class PrometheusSpec(_Spec):
     listen: IPText | None = "127.0.0.1:9464"
 
     _listen = field_validator("listen")(lambda v: None if v is None else _hostport(v))
+
+
+class DeciderSpec(_Spec):
+    """mode distributed: where an ingress node's own decider (`dinet run FILE --node NAME`) takes the agents'
+    reports and serves its metrics."""
+
+    collector: CollectorSpec
+    prometheus: PrometheusSpec = PrometheusSpec(listen=None)
+
+
+for _m in (XdpNodeSpec, AgentNodeSpec, Bmv2NodeSpec):
+    _m.model_rebuild()
 
 
 class InstanceSpec(_Spec):
@@ -289,6 +304,10 @@ class TlsSpec(_Spec):
 
 class IntentSpec(_Spec):
     tls: TlsSpec | None = None
+    # central: one `dinet run` decides for every ingress node; distributed: each ingress node's decider
+    # (`dinet run FILE --node NAME`) takes the agents' reports itself and decides for its node alone
+    mode: Literal["central", "distributed"] = "central"
+    seed: int | None = None  # the random baseline's draws (None: a new sequence each start)
     node: NodeSpec | None = None
     ingress: list[NodeSpec] | None = Field(default=None, min_length=1)
     collector: CollectorSpec = CollectorSpec()
@@ -303,6 +322,18 @@ class IntentSpec(_Spec):
     def _whole(self) -> IntentSpec:
         if (self.node is None) == (self.ingress is None) and (self.services or self.node or self.ingress):
             raise ValueError("give either `node` (one ingress node) or `ingress` (a list), not both or neither")
+        if self.mode == "distributed":
+            listens: list[str] = []
+            for k, n in enumerate(self.ingress or ([self.node] if self.node else [])):
+                if n.decider is None:
+                    raise ValueError(
+                        f"ingress[{k}]: mode distributed: each ingress node needs its `decider` (collector)"
+                    )
+                listens.append(n.decider.collector.listen)
+            if len(set(listens)) != len(listens):
+                raise ValueError(
+                    f"mode distributed: every ingress node's decider listens on its own address: {listens}"
+                )
         keys = [s.service for s in self.services]
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
@@ -379,6 +410,8 @@ class Ingress:
     node: dict[str, Any]
     sites: dict[int, SitePath]
     probes: dict[int, Probe] = field(default_factory=dict)
+    collector_listen: str | None = None  # mode distributed: its decider's collector and Prometheus
+    prometheus_listen: str | None = None
 
 
 @dataclass
@@ -398,6 +431,8 @@ class RunConfig:
     bier: BierIntent | None = None
     bier_watch_interval: float = 0.5
     sync_receivers: dict[str, str] = field(default_factory=dict)
+    mode: str = "central"
+    seed: int | None = None
 
 
 def _paths(sites: dict[int, SiteSpec]) -> dict[int, SitePath]:
@@ -419,9 +454,11 @@ def parse(doc: Any, path: Path) -> RunConfig:
     nodes = spec.ingress if spec.ingress is not None else ([spec.node] if spec.node else [])
     ingress = [
         Ingress(
-            n.model_dump(exclude={"sites"}, exclude_none=True),
+            n.model_dump(exclude={"sites", "decider"}, exclude_none=True),
             _paths(n.sites) or _paths(spec.sites),
             _probes(n.sites) or _probes(spec.sites),
+            n.decider.collector.listen if n.decider else None,
+            n.decider.prometheus.listen if n.decider else None,
         )
         for n in nodes
     ]
@@ -433,6 +470,8 @@ def parse(doc: Any, path: Path) -> RunConfig:
         prometheus_listen=spec.prometheus.listen,
         probe_interval=spec.probe_interval,
         sites=_paths(spec.sites),
+        mode=spec.mode,
+        seed=spec.seed,
     )
     for s in spec.services:
         key = ServiceKey.parse(s.service)

@@ -18,11 +18,18 @@ class DinetMetrics(PromCollector):
     """One controller per ingress node (labelled node="0", "1", ... in the order given) and the collector."""
 
     def __init__(
-        self, controllers: Controller | list[Controller], collector: Collector | None = None, insecure: bool = False
+        self,
+        controllers: Controller | list[Controller],
+        collector: Collector | None = None,
+        insecure: bool = False,
+        nodes: list[str] | None = None,
     ):
+        """nodes: each controller's node label (default "0", "1", ...: a decider of one node of a distributed
+        intent labels with that node's index in the intent)."""
         self.controllers = controllers if isinstance(controllers, list) else [controllers]
         self.collector = collector
         self.insecure = insecure
+        self.nodes = nodes or [str(n) for n in range(len(self.controllers))]
 
     def collect(self) -> Iterator[Any]:
         labels = ["node", "service", "instance"]
@@ -37,9 +44,16 @@ class DinetMetrics(PromCollector):
             "dinet_instance_path_delay_ms", "Round-trip delay from the ingress node to the site", labels=labels
         )
         count, seconds, writes = 0, 0.0, 0
-        for n, c in enumerate(self.controllers):
+        strategy = GaugeMetricFamily(
+            "dinet_service_strategy",
+            "1 for the placement strategy the service runs",
+            labels=["node", "service", "strategy"],
+        )
+        for n, c in zip(self.nodes, self.controllers, strict=True):
+            for intent in c.services:
+                strategy.add_metric([n, str(intent.key), (intent.strategy or c.policy.strategy).value], 1)
             for row in c.status():
-                values = [str(n), row["service"], str(row["instance"])]
+                values = [n, row["service"], str(row["instance"])]
                 weight.add_metric(values, row["weight"])
                 up.add_metric(values, 1 if row["state"] == "up" and row["weight"] > 0 else 0)
                 pkts.add_metric(values, row["packets"])
@@ -50,7 +64,7 @@ class DinetMetrics(PromCollector):
             count += c.decisions
             seconds += c.decision_seconds
             writes += c.writes
-        yield from (weight, up, pkts, flows, compute, delay)
+        yield from (weight, up, pkts, flows, compute, delay, strategy)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",
@@ -70,8 +84,8 @@ class DinetMetrics(PromCollector):
                 age.add_metric([str(svc), str(iid)], now - sample.at)
             yield age
             rej = CounterMetricFamily("dinet_reports_rejected", "Metric reports refused", labels=["reason"])
-            for reason, n in sorted(self.collector.rejected.items()):
-                rej.add_metric([reason], n)
+            for reason, count in sorted(self.collector.rejected.items()):
+                rej.add_metric([reason], count)
             yield rej
             yield CounterMetricFamily(
                 "dinet_reports_accepted", "Metric reports accepted", value=self.collector.accepted
@@ -79,10 +93,13 @@ class DinetMetrics(PromCollector):
 
 
 def registry(
-    controllers: Controller | list[Controller], collector: Collector | None = None, insecure: bool = False
+    controllers: Controller | list[Controller],
+    collector: Collector | None = None,
+    insecure: bool = False,
+    nodes: list[str] | None = None,
 ) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(DinetMetrics(controllers, collector, insecure))
+    reg.register(DinetMetrics(controllers, collector, insecure, nodes))
     return reg
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError
+from ..policy.decide import Policy
 from .collect import Collector, CollectorServer
 from .controller import Controller
 from .intent import RunConfig, load
@@ -200,12 +201,42 @@ def credentials(cfg: RunConfig, insecure: bool) -> Identity | None:
     return None
 
 
-def run(path: Path, once: bool = False, stop: threading.Event | None = None, insecure: bool = False) -> int:
+def deciding(cfg: RunConfig, node: str | None) -> list[int]:
+    """The ingress nodes (indices in the intent) this process decides for: every one in mode central; in mode
+    distributed, the one named by --node (its name or index), and its decider's collector takes the reports."""
+    names = [str(ing.node.get("name") or k) for k, ing in enumerate(cfg.ingress)]
+    if cfg.mode == "central":
+        if node is not None:
+            raise ConfigError("--node is for an intent in mode distributed (this one is central)")
+        return list(range(len(cfg.ingress)))
+    if node is None:
+        raise ConfigError(
+            "mode distributed: each ingress node decides for itself: start `dinet run FILE --node NAME` once per "
+            f"ingress node ({', '.join(names)})"
+        )
+    for k, name in enumerate(names):
+        if node in (name, str(k)):
+            ing = cfg.ingress[k]
+            cfg.collector_listen = str(ing.collector_listen)
+            cfg.prometheus_listen = ing.prometheus_listen
+            return [k]
+    raise ConfigError(f"--node {node}: no such ingress node (names: {', '.join(names)})")
+
+
+def run(
+    path: Path,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    insecure: bool = False,
+    node: str | None = None,
+) -> int:
     cfg = load(path)
+    mine = deciding(cfg, node) if cfg.ingress else []
     identity = credentials(cfg, insecure)
     stop = stop or threading.Event()
+    policy = Policy(seed=cfg.seed)
     with contextlib.ExitStack() as stack:
-        if cfg.bier is not None:
+        if cfg.bier is not None and node is None:
             from .bier import BierController
 
             targets = stack.enter_context(bier_targets(cfg, identity))
@@ -219,9 +250,10 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None, ins
         if cfg.services and not cfg.agents:
             log.warning("%s: no instance names a reporting agent (agent or token): no metrics will be accepted", path)
         ctls = []
-        for ing in cfg.ingress:
+        for k in mine:
+            ing = cfg.ingress[k]
             target = stack.enter_context(open_target(ing.node, identity))
-            ctl = Controller(target, cfg.services, dict(ing.sites))
+            ctl = Controller(target, cfg.services, dict(ing.sites), policy=policy)
             ctl.start()
             ctls.append(ctl)
             if ing.probes and not once:
@@ -259,7 +291,8 @@ def run(path: Path, once: bool = False, stop: threading.Event | None = None, ins
         if cfg.prometheus_listen:
             host, _, port = cfg.prometheus_listen.rpartition(":")
             try:
-                http = serve(registry(ctls, col, insecure=identity is None), int(port), host or "127.0.0.1")
+                reg = registry(ctls, col, insecure=identity is None, nodes=[str(k) for k in mine])
+                http = serve(reg, int(port), host or "127.0.0.1")
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot serve Prometheus on {cfg.prometheus_listen}: {e}") from None
         for sig in (signal.SIGINT, signal.SIGTERM):

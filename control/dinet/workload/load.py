@@ -138,6 +138,7 @@ class LoadSpec:
     offload_view: str | None = None  # the controller's Prometheus endpoint
     offload_node: str = "0"
     offload_max_rtt_ms: float = 20.0
+    start_at: float | None = None  # a wall-clock (Unix) time to start at: loads and events share one clock
 
     def arrivals(self) -> list[Arrival]:
         rng = random.Random(self.seed)
@@ -220,6 +221,8 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
     timeout = aiohttp.ClientTimeout(total=spec.timeout)
     conn = aiohttp.TCPConnector(limit=0, force_close=True)  # a connection per request: a new flow each
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
+        if spec.start_at is not None and spec.start_at > time.time():
+            await asyncio.sleep(spec.start_at - time.time())
         t0 = time.monotonic()
 
         view = None

@@ -1,0 +1,175 @@
+"""`dinet experiment steering SCENARIO`: computing-aware steering against the alternatives.
+
+One lab of the scenario; per repeat and per policy (dinet, nearest-site anycast, compute-only, round-robin,
+random: switched at run time by rewriting the intent), every client sends Poisson load to every service it
+calls while events happen on one clock:
+- a load step: the site that nearest-site anycast picks for the first client's first service gets a burst of
+  its own users (sent inside its host: nothing of it is steered);
+- a site failure (full runs): the second-nearest instance of that service stops (server and agent), and comes
+  back after the run.
+Per policy and class: TTFT p50/p99, TPOT p99, SLO attainment and goodput; load per site over time; the
+established flows that did not finish where they began (flows moved); the time from each event to the new
+split (the first change of the installed weights)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..lab.net import Lab
+from ..lab.scenario import ScenarioSpec, load
+from .common import (
+    LEAD_S,
+    Options,
+    Results,
+    Sampler,
+    aggregate,
+    burst,
+    class_figures,
+    client_loads,
+    flows_moved,
+    run_events,
+    stop_loads,
+    timed,
+    versions,
+    wait_idle,
+)
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random")
+CLASSES = ("delay-sensitive", "delay-tolerant")
+
+
+def nearest(spec: ScenarioSpec, service: str, ingress: str) -> list[str]:
+    """The service's instances (not a pool's), nearest site first from the ingress node, among the sites its
+    security level allows: what nearest-site anycast would pick, in order."""
+    svc = spec.service(service)
+    allowed = [i for i in spec.instances if i.service == service and not i.pool]
+    allowed = [i for i in allowed if spec.path(i.site, ingress).security >= svc.min_security]
+    return [i.name for i in sorted(allowed, key=lambda i: (spec.path(i.site, ingress).delay_ms, i.name))]
+
+
+def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
+    """The run's shape: durations, rates and the events' times and targets."""
+    client = spec.clients[0]
+    service = spec.client_services()[0].name
+    order = nearest(spec, service, spec.client_ingress(client))
+    duration = 5.0 if quick else 30.0
+    events = [{"at": 1.0 if quick else 6.0, "kind": "load step", "instance": order[0]}]
+    if not quick and len(order) > 2:
+        events.append({"at": 18.0, "kind": "site failure", "instance": order[1]})
+    # each client at a rate one site serves within its SLOs: the step, not the base load, makes the difference
+    return {"service": service, "duration": duration, "rate": 2.5, "events": events}
+
+
+def one_run(
+    lab: Lab, policy: str, shape: dict[str, Any], seed: int, last: bool = False
+) -> tuple[list[dict[str, Any]], Sampler]:
+    """One policy once: loads, events and decision samples on one clock; the records, tagged. Then the
+    stepped instance drains (unless it is the last run): every run starts from the same state."""
+    lab.set_policy(policy)
+    start = time.time() + LEAD_S
+    loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, policy=policy)
+    # a load step is a burst that waits for its time like the loads do; a failure is run at its time
+    bursts = [burst(lab, e["instance"], start + e["at"]) for e in shape["events"] if e["kind"] == "load step"]
+    failed: list[str] = []
+
+    def fail(name: str) -> Any:
+        def go() -> None:
+            lab.stop_instance(name)
+            failed.append(name)
+
+        return go
+
+    events = [(e["at"], e["kind"], fail(e["instance"])) for e in shape["events"] if e["kind"] == "site failure"]
+    stop = threading.Event()
+    try:
+        with Sampler(lab, start) as sampler:
+            run_events(start, events, stop)
+            recs = [r for ld in loads for r in ld.records(timeout=shape["duration"] + LEAD_S + 120)]
+            for b in bursts:
+                b.records(timeout=120)
+    finally:
+        stop.set()
+        stop_loads(loads + bursts)
+        for name in failed:
+            lab.start_instance(name)
+        if failed:
+            lab.wait_reports(set(failed))
+    if not last:
+        wait_idle(lab, [e["instance"] for e in shape["events"]])
+    site = {n: lab.spec.site(i.spec.site).name for n, i in lab.instances.items()}
+    for r in recs:
+        r["site"] = site.get(r["instance"], "")
+        r["failed"] = r["instance"] in failed
+    return recs, sampler
+
+
+def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    spec = load(scenario)
+    shape = plan(spec, opts.quick)
+    res = Results(opts.out / "steering")
+    slos = {s.name: s.slo for s in spec.services}
+    per: dict[str, dict[str, list[dict[str, Any]]]] = {p: {} for p in policies}
+    timelines: dict[str, list[dict[str, Any]]] = {}
+    intent: dict[str, Any] = {}
+    up = time.monotonic()
+    with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
+        log.info("lab up: %.1f s", time.monotonic() - up)
+        intent = lab.intent()
+        bar = tqdm(total=opts.repeats * len(policies), desc="steering", unit="run", disable=not opts.progress)
+        for rep in range(opts.repeats):
+            for policy in policies:
+                with timed(f"{policy} run {rep}"):
+                    last = rep == opts.repeats - 1 and policy == policies[-1]
+                    recs, sampler = one_run(lab, policy, shape, opts.seed + rep, last)
+                res.add(recs, repeat=rep)
+                row: dict[str, Any] = {}
+                for cls in CLASSES:
+                    rs = [r for r in recs if r["cls"] == cls]
+                    if rs:
+                        row[cls] = class_figures(rs, slos, shape["duration"])
+                failed = {e["instance"] for e in shape["events"] if e["kind"] == "site failure"}
+                row["flows_moved"] = flows_moved(recs, failed)
+                key = f"{shape['service']}@{spec.client_ingress(spec.clients[0])}"
+                row["reaction_s"] = {e["kind"]: sampler.reaction(e["at"], key, e["instance"]) for e in shape["events"]}
+                per[policy].setdefault("runs", []).append(row)
+                if rep == 0:
+                    timelines[policy] = sampler.samples
+                bar.update(1)
+        bar.close()
+    summary: dict[str, Any] = {
+        "experiment": "steering",
+        "scenario": str(scenario),
+        "command": opts.command,
+        "repeats": opts.repeats,
+        "seed": opts.seed,
+        "quick": opts.quick,
+        "target": opts.target,
+        "slo": {name: slo.model_dump() for name, slo in slos.items()},
+        "plan": shape,
+        "policies": {},
+        "versions": versions(),
+    }
+    for policy in policies:
+        runs = per[policy]["runs"]
+        out: dict[str, Any] = {}
+        for cls in CLASSES:
+            have = [r[cls] for r in runs if cls in r]
+            out[cls] = aggregate(have) if have else None
+        out["flows_moved"] = sum(r["flows_moved"] for r in runs)
+        out["reaction_s"] = {
+            e["kind"]: aggregate([{"s": r["reaction_s"][e["kind"]]} for r in runs])["s"] for e in shape["events"]
+        }
+        summary["policies"][policy] = out
+    res.write(summary)
+    from .report import steering_report
+
+    steering_report(res, summary, spec, scenario, intent, timelines)
+    return summary
