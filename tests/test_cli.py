@@ -156,8 +156,11 @@ def test_every_subcommand_answers_bad_input_with_one_line(node: str) -> None:
         assert len(lines) == 1 and lines[0].startswith("dinet"), f"{args}: {res.stderr!r}"
 
 
-def test_experiment_runs_the_benchmarks_code(tmp_path) -> None:
-    """`dinet experiment modelsync ARGS` is bench/modelsync.py with ARGS: here it draws the plot of a result."""
+def test_experiment_modelsync_reports_the_benchmarks_figures(tmp_path) -> None:
+    """`dinet experiment modelsync` runs bench/modelsync.py; its report draws the benchmark's figures."""
+    from dinet.experiments.common import Results
+    from dinet.experiments.modelsync import report
+
     rows = [
         {
             "method": m,
@@ -170,10 +173,11 @@ def test_experiment_runs_the_benchmarks_code(tmp_path) -> None:
         for k, m in enumerate(("bier", "ingress", "unicast"))
         for n in (2, 4)
     ]
-    result = tmp_path / "modelsync.json"
-    result.write_text(json.dumps({"rows": rows, "size_bytes": 64 << 20, "link_mbit": 200.0}))
-    dinet("experiment", "modelsync", "--plot", str(result))
-    png = result.with_suffix(".png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = Results(tmp_path / "modelsync")
+    page = report(res, {"rows": rows, "size_bytes": 64 << 20, "link_mbit": 200.0}, tmp_path / "none.yaml").read_text()
+    assert (res.folder / "modelsync.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'src="modelsync.png"' in page and page.count("<td>bier</td>") == 2
     res = dinet("experiment", "nothing", ok=False)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+    res = dinet("experiment", "steering", "--repeats", "0", ok=False)
+    assert res.returncode == 1 and "--repeats is at least 1" in res.stderr

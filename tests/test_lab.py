@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT, bmv2_tools_or_skip, mininet_or_skip, needs_bcc, needs_root
 from dinet.errors import ConfigError
+from dinet.lab.reports import Reports
 from dinet.lab.scenario import load
 
 SCENARIOS = sorted((ROOT / "topo" / "scenarios").glob("*.yaml"))
@@ -235,35 +236,6 @@ def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_fl
         after = lab.load("user1", "chat", rate=10, duration=1, seed=3, **QUICK)
         assert after and all(r["status"] == "ok" for r in after)
         assert "cp1" not in {r["instance"] for r in after}
-
-
-class Reports:
-    """Reports for a lab's instances every 0.2 s (a lab started with agents=False): what each says is set."""
-
-    def __init__(self, lab, says: dict) -> None:  # type: ignore[no-untyped-def]
-        import threading
-
-        self.lab, self.says, self.stop = lab, dict(says), threading.Event()
-        self.agents = {n: lab.reporter(n) for n in says}
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            for name, m in list(self.says.items()):
-                inst = self.lab.instances[name]
-                a = self.agents[name]
-                a.send([a.report(self.lab.service_keys[inst.spec.service], inst.id, m)])
-            self.stop.wait(0.2)
-
-    def __enter__(self) -> Reports:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-        for a in self.agents.values():
-            a.close()
 
 
 def _rx_bytes(host, dev: str) -> int:  # type: ignore[no-untyped-def]

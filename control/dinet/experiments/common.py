@@ -156,7 +156,8 @@ def client_loads(
     for k, c in enumerate(lab.spec.clients):
         for svc in lab.spec.client_services():
             share = "1" if svc.class_ == "delay-sensitive" else "0"
-            args = ["--rate", str(rate), "--duration", str(duration), "--seed", str(seed * 100 + k)]
+            args = ["--duration", str(duration), "--seed", str(seed * 100 + k)]
+            args += ["--rate", str(rate)] if rate > 0 else []  # 0: the extra arguments give a --schedule
             args += ["--sensitive-share", share, "--ttft-slo-ms", str(svc.slo.ttft_ms)]
             args += ["--tpot-slo-ms", str(svc.slo.tpot_ms), *(extra or [])]
             url = f"http://{svc.vip}:{svc.port}"
@@ -252,6 +253,8 @@ class Sampler:
         if not before:
             return None
         ref = before[-1]["weights"][key]
+        if instance is not None and ref.get(instance, 0) == 0:
+            return None  # it took no new flows before the event: there is no split to change
         for s in self.samples:
             if s["t"] <= at or key not in s["weights"]:
                 continue

@@ -34,6 +34,13 @@ def _plt() -> Any:
     return plt
 
 
+def _log_x(ax: Any) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels overlap
+
+
 def ttft_cdf(res: Results, groups: list[str], key: str, path: Path, title: str) -> str:
     """CDFs of the delay-sensitive (else any) requests' TTFT, one line per group (policy, mode)."""
     plt = _plt()
@@ -46,7 +53,7 @@ def ttft_cdf(res: Results, groups: list[str], key: str, path: Path, title: str) 
         xs = sorted(sens)
         ys = [(k + 1) / len(xs) for k in range(len(xs))]
         ax.step(xs, ys, where="post", label=g, color=COLOURS.get(g))
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("time to first token (ms, log)")
     ax.set_ylabel("share of requests")
     ax.set_title(title)
@@ -204,3 +211,283 @@ def index(out: Path) -> Path:
     path = out / "index.html"
     path.write_text("\n".join(parts) + "\n")
     return path
+
+
+def weights_over_time(
+    timelines: dict[str, list[dict[str, Any]]], service: str, instance: str, events: list[dict[str, Any]], path: Path
+) -> str:
+    """The weight of `instance` on each ingress node over time, one panel per mode, the events marked."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(7.0, 2.2 * len(timelines) + 0.6), sharex=True, squeeze=False)
+    for ax, (mode, samples) in zip(axes[:, 0], timelines.items(), strict=True):
+        keys = sorted({k for s in samples for k in s["weights"] if k.startswith(f"{service}@")})
+        end = max((s["t"] for s in samples), default=0.0)
+        for key in keys:
+            pts = [(s["t"], s["weights"][key].get(instance, 0)) for s in samples if key in s["weights"]]
+            line = ax.plot([t for t, _ in pts], [w for _, w in pts], drawstyle="steps-post", label=key.split("@")[1])
+            if pts and pts[-1][0] < end - 0.5:  # nothing decides for it any more: the data plane keeps the weight
+                ax.plot([pts[-1][0], end], [pts[-1][1]] * 2, ls=":", color=line[0].get_color())
+        for e in events:
+            ax.axvline(e["at"], color="k", ls="--", lw=0.8)
+            ax.text(e["at"], 1.0, f" {e['kind']}", fontsize=7, va="top", transform=ax.get_xaxis_transform())
+        ax.set_ylabel(f"{mode}\nweight of {instance}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=7)
+    axes[-1, 0].set_xlabel("time from the start (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def reaction_bars(summary: dict[str, Any], path: Path) -> str:
+    """Time from each overload to the new split per mode and ingress node, with 95% intervals; a missing bar
+    is a node that never reacted (its decider dead, or the central controller)."""
+    plt = _plt()
+    modes = list(summary["modes"])
+    keys = sorted({k for m in modes for k in summary["modes"][m] if k.startswith("reaction overload")})
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    width = 0.8 / max(1, len(modes))
+    for j, mode in enumerate(modes):
+        row = summary["modes"][mode]
+        vals = [row.get(k) for k in keys]
+        errs = [(row.get("ci95") or {}).get(k) or 0.0 for k in keys]
+        xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(keys))]
+        ax.bar(xs, [v or 0.0 for v in vals], width, yerr=errs, capsize=3, label=mode, color=COLOURS.get(mode))
+        for x, v in zip(xs, vals, strict=True):
+            if v is None:
+                ax.text(x, 0.0, "none", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(keys)), [k.removeprefix("reaction ").replace("@", "\n@") for k in keys], fontsize=7)
+    ax.set_ylabel("seconds to the new split")
+    ax.set_title("reaction per ingress node")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def modes_report(
+    res: Results,
+    summary: dict[str, Any],
+    spec: ScenarioSpec,
+    scenario: Path,
+    intents: dict[str, Any],
+    timelines: dict[str, list[dict[str, Any]]],
+) -> Path:
+    plan = summary["plan"]
+    instance = plan["events"][0]["instance"]
+    figs = [
+        weights_over_time(timelines, plan["service"], instance, plan["events"], res.folder / "weights_over_time.png"),
+        reaction_bars(summary, res.folder / "reaction.png"),
+        ttft_cdf(res, list(summary["modes"]), "mode", res.folder / "ttft_cdf.png", f"TTFT per mode ({spec.name})"),
+    ]
+    metrics = [k for k in next(iter(summary["modes"].values())) if k not in ("ci95", "repeats")]
+    rows = []
+    for mode, row in summary["modes"].items():
+        ci = row.get("ci95") or {}
+        rows.append(
+            [mode, *(_fmt(row.get(m)) + (f" ± {_fmt(ci[m])}" if ci.get(m) is not None else "") for m in metrics)]
+        )
+    table_ = {"title": "per mode", "header": ["", *metrics], "rows": rows}
+    return write_html(
+        res,
+        {
+            "title": f"modes: {spec.name}",
+            "question": "Central or distributed decisions: how fast does each react, what does it cost, and what "
+            "happens when a decider dies?",
+            "summary": summary,
+            "figures": figs,
+            "tables": [table_],
+            "scenario": scenario.read_text(),
+            "intent": "\n".join(f"# mode {m}\n{yaml.safe_dump(i, sort_keys=False)}" for m, i in intents.items()),
+            "versions": summary["versions"],
+            "command": summary["command"],
+            "plan": yaml.safe_dump(plan, sort_keys=False),
+        },
+    )
+
+
+def quality_latency(summary: dict[str, Any], path: Path) -> str:
+    """Quality served (the large tier's share) against TTFT p99, one point per load step, joined per policy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for policy, row in summary["policies"].items():
+        pts = [(s.get("ttft_p99_ms"), s.get("large_share"), s["rate"]) for s in row["steps"]]
+        pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy, color=COLOURS.get(policy))
+        for x, y, r in pts:
+            ax.annotate(f"{r:g}/s", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    _log_x(ax)
+    ax.set_xlabel("TTFT p99 (ms, log)")
+    ax.set_ylabel("share served by the large tier")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("quality against latency, per offered load")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def tier_over_time(res: Results, summary: dict[str, Any], path: Path, bin_s: float = 0.5) -> str:
+    """The large tier's share of the requests started in each interval (repeat 0), the offered rate beside."""
+    plt = _plt()
+    plan = summary["plan"]
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    for policy in summary["policies"]:
+        rs = [r for r in res.records if r.get("policy") == policy and r.get("repeat", 0) == 0 and r["status"] == "ok"]
+        nbins = int(plan["duration"] / bin_s) + 1
+        xs, ys = [], []
+        for k in range(nbins):
+            b = [r for r in rs if k * bin_s <= r["t"] < (k + 1) * bin_s]
+            if b:
+                xs.append(k * bin_s)
+                ys.append(sum(r["tier"] == "large" for r in b) / len(b))
+        ax.plot(xs, ys, drawstyle="steps-post", label=policy, color=COLOURS.get(policy))
+    rate = ax.twinx()
+    sched = plan["schedule"] + [[plan["duration"], plan["schedule"][-1][1]]]
+    rate.plot([t for t, _ in sched], [r for _, r in sched], drawstyle="steps-post", color="k", ls=":", lw=1)
+    rate.set_ylabel("offered requests/s (dotted)")
+    ax.set_xlabel("time from the start (s)")
+    ax.set_ylabel("share on the large tier")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def tiers_report(
+    res: Results, summary: dict[str, Any], spec: ScenarioSpec, scenario: Path, intent: dict[str, Any]
+) -> Path:
+    policies = list(summary["policies"])
+    figs = [
+        quality_latency(summary, res.folder / "quality_latency.png"),
+        tier_over_time(res, summary, res.folder / "tier_over_time.png"),
+        ttft_cdf(res, policies, "policy", res.folder / "ttft_cdf.png", f"TTFT per policy ({spec.name})"),
+    ]
+    overall = {
+        "title": "per policy",
+        "header": [
+            "",
+            "large-tier share",
+            "degraded at (s)",
+            "recovered after the fall (s)",
+            "established flows moved",
+        ],
+        "rows": [
+            [p, _fmt(r["large_share"]), _fmt(r["degraded_at_s"]), _fmt(r["recovered_after_s"]), str(r["flows_moved"])]
+            for p, r in summary["policies"].items()
+        ],
+    }
+    steps = {
+        "title": "per load step (large-tier share / TTFT p99 ms / SLO attainment)",
+        "header": ["", *(f"{s['rate']:g}/s" for s in summary["policies"][policies[0]]["steps"])],
+        "rows": [
+            [
+                p,
+                *(
+                    f"{_fmt(s.get('large_share'))} / {_fmt(s.get('ttft_p99_ms'))} / {_fmt(s.get('slo_attainment'))}"
+                    for s in r["steps"]
+                ),
+            ]
+            for p, r in summary["policies"].items()
+        ],
+    }
+    return write_html(
+        res,
+        {
+            "title": f"tiers: {spec.name}",
+            "question": "How much quality does the service keep as load rises, at what latency, and how fast does "
+            "it degrade and recover?",
+            "summary": summary,
+            "figures": figs,
+            "tables": [overall, steps],
+            "scenario": scenario.read_text(),
+            "intent": yaml.safe_dump(intent, sort_keys=False),
+            "versions": summary["versions"],
+            "command": summary["command"],
+            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
+        },
+    )
+
+
+def per_link(summary: dict[str, Any], path: Path) -> str:
+    """KV bytes that crossed each decode site's link per policy (mean per run), and the hand-over time."""
+    plt = _plt()
+    policies = list(summary["policies"])
+    sites = summary["plan"]["decode_sites"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.8))
+    width = 0.8 / max(1, len(sites))
+    for k, site in enumerate(sites):
+        xs = [i + (k - (len(sites) - 1) / 2) * width for i in range(len(policies))]
+        mib = [summary["policies"][p]["link_rx_bytes"][site] / 2**20 for p in policies]
+        ax.bar(xs, mib, width, label=site)
+    ax.set_xticks(range(len(policies)), policies, fontsize=8)
+    ax.set_ylabel("MiB received on the site's link")
+    ax.set_title("bytes per decode link")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    for metric, label in (("kv_ms_p50", "p50"), ("kv_ms_p99", "p99")):
+        vals = [summary["policies"][p].get(metric) or 0.0 for p in policies]
+        errs = [(summary["policies"][p].get("ci95") or {}).get(metric) or 0.0 for p in policies]
+        off = -0.2 if label == "p50" else 0.2
+        ax2.bar([i + off for i in range(len(policies))], vals, 0.4, yerr=errs, capsize=3, label=label)
+    ax2.set_xticks(range(len(policies)), policies, fontsize=8)
+    ax2.set_ylabel("ms")
+    ax2.set_title("KV hand-over to the first decode token")
+    ax2.legend(fontsize=8)
+    ax2.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def prefill_report(
+    res: Results, summary: dict[str, Any], spec: ScenarioSpec, scenario: Path, intent: dict[str, Any]
+) -> Path:
+    policies = list(summary["policies"])
+    figs = [
+        per_link(summary, res.folder / "per_link.png"),
+        ttft_cdf(res, policies, "policy", res.folder / "ttft_cdf.png", f"TTFT per policy ({spec.name})"),
+        bars(
+            {p: {"sessions (prefill, then decode)": r} for p, r in summary["policies"].items()},
+            "slo_attainment",
+            res.folder / "slo_attainment.png",
+            "SLO attainment",
+            "share",
+        ),
+    ]
+    metrics = ["ttft_p50_ms", "ttft_p99_ms", "tpot_p99_ms", "kv_ms_p50", "kv_ms_p99", "slo_attainment", "goodput_rps"]
+    rows = []
+    for p, r in summary["policies"].items():
+        ci = r.get("ci95") or {}
+        cells = [_fmt(r.get(m)) + (f" ± {_fmt(ci[m])}" if ci.get(m) is not None else "") for m in metrics]
+        sess = ", ".join(f"{s}: {n}" for s, n in r["sessions"].items())
+        rows.append([p, *cells, sess, str(r["flows_moved"])])
+    table_ = {
+        "title": "per decode policy",
+        "header": ["", *metrics, "sessions per decode site", "flows moved"],
+        "rows": rows,
+    }
+    return write_html(
+        res,
+        {
+            "title": f"prefill-decode: {spec.name}",
+            "question": "Which decode instance should take a session's KV cache: does the network's choice pay off?",
+            "summary": summary,
+            "figures": figs,
+            "tables": [table_],
+            "scenario": scenario.read_text(),
+            "intent": yaml.safe_dump(intent, sort_keys=False),
+            "versions": summary["versions"],
+            "command": summary["command"],
+            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
+        },
+    )

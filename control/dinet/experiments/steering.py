@@ -58,12 +58,14 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
     client = spec.clients[0]
     service = spec.client_services()[0].name
     order = nearest(spec, service, spec.client_ingress(client))
-    duration = 5.0 if quick else 30.0
+    duration = 4.0 if quick else 30.0
     events = [{"at": 1.0 if quick else 6.0, "kind": "load step", "instance": order[0]}]
     if not quick and len(order) > 2:
         events.append({"at": 18.0, "kind": "site failure", "instance": order[1]})
     # each client at a rate one site serves within its SLOs: the step, not the base load, makes the difference
-    return {"service": service, "duration": duration, "rate": 2.5, "events": events}
+    # quick: shorter answers (a run ends when its last stream does)
+    output = [8, 32] if quick else [16, 64]
+    return {"service": service, "duration": duration, "rate": 2.5, "output": output, "events": events}
 
 
 def one_run(
@@ -73,7 +75,8 @@ def one_run(
     stepped instance drains (unless it is the last run): every run starts from the same state."""
     lab.set_policy(policy)
     start = time.time() + LEAD_S
-    loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, policy=policy)
+    out = ["--output-min", str(shape["output"][0]), "--output-max", str(shape["output"][1])]
+    loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, out, policy=policy)
     # a load step is a burst that waits for its time like the loads do; a failure is run at its time
     bursts = [burst(lab, e["instance"], start + e["at"]) for e in shape["events"] if e["kind"] == "load step"]
     failed: list[str] = []

@@ -571,8 +571,8 @@ class Lab:
             self.controller = self._start_run(path, [], "controller")
         else:
             self.deciders = {
-                ing.name: self._start_run(path, ["--node", ing.name], f"decider-{ing.name}")
-                for ing in self.spec.ingress
+                ing.name: self._start_run(path, ["--node", str(k)], f"decider-{ing.name}")
+                for k, ing in enumerate(self.spec.ingress)
             }
 
     def _start_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
@@ -602,6 +602,17 @@ class Lab:
         if proc is not None:
             proc.kill()
             proc.wait(timeout=10)
+
+    def restart_deciding(self) -> None:
+        """What stop_deciding killed starts again (it adopts what the data plane holds: no flow moves)."""
+        path = self.workdir / "intent.yaml"
+        if self.mode == "central":
+            if self.controller is None:
+                self.controller = self._start_run(path, [], "controller")
+            return
+        for k, ing in enumerate(self.spec.ingress):
+            if ing.name not in self.deciders:
+                self.deciders[ing.name] = self._start_run(path, ["--node", str(k)], f"decider-{ing.name}")
 
     def metrics_urls(self) -> list[str]:
         """The Prometheus endpoints of what decides (one in mode central; one per live decider)."""
@@ -693,10 +704,12 @@ class Lab:
         return {k: int(v) for k, v in got.items()}
 
     def reporter(self, instance: str) -> Any:
-        """A collect.Agent with the instance's credentials (for a lab started with agents=False)."""
-        from ..services.collect import Agent
+        """A collect.Agent with the instance's credentials (for a lab started with agents=False), reporting to
+        every collector (a collect.Fanout in mode distributed)."""
+        from ..services.collect import Agent, Fanout
 
-        return Agent(f"{MGMT_ROOT}:{self.collector_port}", f"token-{instance}")
+        agents = [Agent(c, f"token-{instance}") for c in self.collectors()]
+        return agents[0] if len(agents) == 1 else Fanout(agents)
 
     def _first(self) -> str:
         return self.spec.ingress[0].name

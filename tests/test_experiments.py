@@ -1,0 +1,227 @@
+"""Experiments: the statistics and the report (pure), then each experiment with --quick in Mininet, checked
+for direction and sanity (never absolute times), and its report opened in a real browser (headless
+Chromium) with every figure decoded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, mininet_or_skip, needs_bcc, needs_root
+from dinet.experiments.common import Sampler, aggregate, class_figures, flows_moved, mean_ci, pct
+from dinet.lab.scenario import SloSpec
+
+
+def test_mean_and_confidence_interval() -> None:
+    from scipy import stats
+
+    xs = [10.0, 12.0, 14.0]
+    m, h = mean_ci(xs)
+    assert m == pytest.approx(12.0)
+    # 95% two-sided, 2 degrees of freedom: t = 4.303, standard error 2/sqrt(3)
+    assert h == pytest.approx(stats.t.ppf(0.975, 2) * 2.0 / 3**0.5)
+    assert mean_ci([5.0]) == (5.0, None)
+    assert mean_ci([]) == (None, None)
+    assert mean_ci([3.0, 3.0]) == (3.0, 0.0)
+    agg = aggregate([{"a": 1.0, "b": None}, {"a": 3.0, "b": 2.0}])
+    assert agg["a"] == 2.0 and agg["b"] == 2.0 and agg["ci95"]["b"] is None and agg["repeats"] == 2
+
+
+def test_percentiles_slo_and_flows_moved() -> None:
+    def rec(ttft: float | None, tpot: float | None, status: str = "ok", instance: str = "e1") -> dict:  # type: ignore[type-arg]
+        return {"ttft_ms": ttft, "tpot_ms": tpot, "status": status, "instance": instance, "service": "chat"}
+
+    recs = [rec(100, 20), rec(300, 20), rec(900, 20), rec(200, 300), rec(None, None, "error: Timeout")]
+    fig = class_figures(recs, {"chat": SloSpec(ttft_ms=500, tpot_ms=100)}, duration=2.0)
+    assert fig["requests"] == 5 and fig["errors"] == 1
+    assert fig["slo_attainment"] == pytest.approx(2 / 5)  # 100/20 and 300/20 meet both
+    assert fig["goodput_rps"] == pytest.approx(1.0)
+    assert fig["ttft_p50_ms"] == 250 or fig["ttft_p50_ms"] in (200, 300)
+    assert pct([1, 2, 3, 4], 99) == 4 and pct([], 50) is None
+    # a stream that broke after its first token, on an instance that did not fail, is a moved flow
+    broken = [
+        rec(120, None, "error: ClientPayloadError"),
+        rec(130, None, "error: x", instance="e2"),
+        rec(None, None, "http 503"),
+    ]
+    assert flows_moved(broken) == 2
+    assert flows_moved(broken, failed={"e2"}) == 1
+
+
+def test_reaction_is_the_time_to_the_new_split() -> None:
+    s = Sampler.__new__(Sampler)
+    s.samples = [
+        {"t": 0.8, "weights": {"chat@in1": {"e1": 100, "e2": 0}}},
+        {"t": 1.2, "weights": {"chat@in1": {"e1": 50, "e2": 0}}},
+        {"t": 1.4, "weights": {"chat@in1": {"e1": 0, "e2": 100}}},
+    ]
+    assert s.reaction(1.0, "chat@in1", "e1") == pytest.approx(0.4)  # e1 takes no new flows from 1.4 s
+    assert s.reaction(1.0, "chat@in1") == pytest.approx(0.2)  # any change
+    assert s.reaction(1.0, "chat@in1", "e2") is None  # it took none before: no split to change
+    assert s.reaction(1.0, "chat@in2", "e1") is None
+
+
+def test_the_report_shows_every_figure_and_the_run(tmp_path: Path) -> None:
+    from dinet.experiments.common import Results
+    from dinet.experiments.report import steering_report
+    from dinet.lab.scenario import load
+
+    scenario = ROOT / "topo" / "scenarios" / "cloud-edge.yaml"
+    res = Results(tmp_path / "steering")
+    for k, policy in enumerate(("dinet", "anycast")):
+        res.add(
+            [
+                {"t": t / 2, "cls": "delay-sensitive", "status": "ok", "ttft_ms": 100.0 + 50 * k * t, "tpot_ms": 90.0}
+                | {"instance": "e1", "site": "edge1", "service": "chat"}
+                for t in range(8)
+            ],
+            policy=policy,
+            repeat=0,
+        )
+    row = {"delay-sensitive": {"slo_attainment": 0.9, "ci95": {"slo_attainment": 0.05}}, "delay-tolerant": None}
+    summary = {
+        "plan": {"events": [{"at": 1.0, "kind": "load step", "instance": "e1"}]},
+        "policies": {p: row | {"flows_moved": 0, "reaction_s": {"load step": 0.4}} for p in ("dinet", "anycast")},
+        "versions": {"python": "3"},
+        "command": "dinet experiment steering <tricky & escaped>",
+        "repeats": 1,
+        "seed": 1,
+        "quick": True,
+        "target": "xdp",
+    }
+    page = steering_report(res, summary, load(scenario), scenario, {"mode": "central"}, {}).read_text()
+    for png in ("ttft_cdf.png", "load_per_site.png", "slo_attainment.png"):
+        assert (res.folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{png}"' in page
+    assert "&lt;tricky &amp; escaped&gt;" in page  # escaped, not raw HTML
+    assert "cloud-edge" in page and "mode: central" in page
+
+
+# ---- the experiments, quick, in Mininet -------------------------------------------------------------------
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CI"):
+        pytest.fail("chromium is not installed (make test installs it: scripts/install.sh --test)")
+    return found
+
+
+def _opens_in_a_browser(report: Path, tmp_path: Path, figures: int = 3) -> None:
+    """The report loads in headless Chromium with every image decoded, and renders a non-blank page."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH")
+    args = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path}/chromium",
+    ]
+    dom = subprocess.run([*args, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    imgs = report.read_text().count("<img ")
+    assert imgs == figures and f'data-images="{imgs}/{imgs}"' in dom.stdout, dom.stdout[:300]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*args, f"--screenshot={shot}", "--window-size=1200,1600", report.as_uri()], capture_output=True, timeout=120
+    )
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[0] == 1600 and pixels.std() > 0.05  # something drawn, not a blank page
+
+
+def _experiment(name: str, out: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    mininet_or_skip()
+    cmd = [sys.executable, "-m", "dinet.cli", "experiment", name, *args, "--quick", "--quiet", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = out / name
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["quick"] is True and summary["command"].startswith("dinet experiment")
+    lines = (folder / "requests.jsonl").read_text().splitlines() if name != "modelsync" else []
+    assert name == "modelsync" or (lines and all(json.loads(x)["status"] for x in lines))
+    assert (out / "index.html").read_text().count(f"{name}/report.html") == 1
+    return summary
+
+
+@needs_root
+@needs_bcc
+def test_steering_dinet_beats_nearest_site_anycast_under_an_edge_load_step(tmp_path: Path) -> None:
+    s = _experiment("steering", tmp_path / "results", str(ROOT / "topo" / "scenarios" / "cloud-edge.yaml"))
+    pol = s["policies"]
+    assert set(pol) == {"dinet", "anycast", "compute-only", "round-robin", "random"}
+    dinet, anycast = pol["dinet"]["delay-sensitive"], pol["anycast"]["delay-sensitive"]
+    for key in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p99_ms", "slo_attainment"):
+        assert all(p["delay-sensitive"][key] is not None for p in pol.values()), key
+    assert dinet["ttft_p99_ms"] < anycast["ttft_p99_ms"]
+    assert dinet["slo_attainment"] > anycast["slo_attainment"]
+    assert all(p["flows_moved"] == 0 for p in pol.values())  # every policy keeps flow affinity
+    assert pol["dinet"]["reaction_s"]["load step"] is not None  # dinet took the edge out of new flows
+    assert pol["anycast"]["reaction_s"]["load step"] is None  # anycast never does
+    _opens_in_a_browser(tmp_path / "results" / "steering" / "report.html", tmp_path)
+
+
+@needs_root
+@needs_bcc
+def test_modes_distributed_keeps_deciding_when_a_decider_dies_and_central_freezes(tmp_path: Path) -> None:
+    s = _experiment("modes", tmp_path / "results")
+    central, distributed = s["modes"]["central"], s["modes"]["distributed"]
+    for m in (central, distributed):
+        assert m["reaction overload@br1"] is not None and m["reaction overload@br2"] is not None
+        assert m["flows_moved"] == 0 and m["errors_after_death"] == 0 and m["requests_after_death"] > 0
+        assert m["control_msgs_per_s"] > 0
+    # central: nothing decides after the controller dies (the weights stay frozen in the data plane)
+    assert central["reaction overload after the death@br1"] is None
+    assert central["reaction overload after the death@br2"] is None
+    assert central["keeps_deciding_after_death"] is False
+    # distributed: the dead decider's node is frozen, the other decides on
+    assert distributed["reaction overload after the death@br1"] is None
+    assert distributed["reaction overload after the death@br2"] is not None
+    assert distributed["keeps_deciding_after_death"] is True
+    assert distributed["control_msgs_per_s"] > central["control_msgs_per_s"]  # every decider takes every report
+    _opens_in_a_browser(tmp_path / "results" / "modes" / "report.html", tmp_path)
+
+
+@needs_root
+@needs_bcc
+def test_tiers_dinet_keeps_the_large_tier_until_it_is_full_and_returns(tmp_path: Path) -> None:
+    s = _experiment("tiers", tmp_path / "results")
+    pol = s["policies"]
+    dinet = pol["dinet"]
+    assert dinet["steps"][0]["large_share"] == 1.0  # light load: the large tier serves everything
+    assert dinet["degraded_at_s"] is not None and dinet["degraded_at_s"] > 0  # degrades under the top step
+    assert dinet["recovered_after_s"] is not None and dinet["steps"][-1]["large_share"] == 1.0
+    assert dinet["large_share"] > pol["anycast"]["large_share"]  # anycast serves the nearest, small tier
+    assert all(p["flows_moved"] == 0 for p in pol.values())
+    _opens_in_a_browser(tmp_path / "results" / "tiers" / "report.html", tmp_path)
+
+
+@needs_root
+@needs_bcc
+def test_prefill_decode_dinet_hands_kv_caches_over_faster_than_random(tmp_path: Path) -> None:
+    s = _experiment("prefill-decode", tmp_path / "results")
+    pol = s["policies"]
+    assert pol["dinet"]["kv_ms_p50"] < pol["random"]["kv_ms_p50"]
+    for p in pol.values():
+        assert p["errors"] == 0 and p["flows_moved"] == 0
+        for site, sent in p["kv_bytes"].items():
+            assert p["link_rx_bytes"][site] >= sent  # the KV caches really crossed the site's link
+    _opens_in_a_browser(tmp_path / "results" / "prefill-decode" / "report.html", tmp_path)
+
+
+@needs_root
+@needs_bcc
+def test_modelsync_appears_with_the_other_experiments(tmp_path: Path) -> None:
+    s = _experiment("modelsync", tmp_path / "results")
+    assert s["rows"] and all(r["bytes_identical"] for r in s["rows"])
+    top = max(r["n"] for r in s["rows"])
+    up = {r["method"]: r["uplink_bytes"] for r in s["rows"] if r["n"] == top}
+    assert up["bier"] < up["unicast"]  # one copy leaves the repository, not one per cloud
+    _opens_in_a_browser(tmp_path / "results" / "modelsync" / "report.html", tmp_path, figures=1)
