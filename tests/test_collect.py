@@ -95,6 +95,19 @@ def test_flooding_and_replays_are_refused(rig) -> None:
     a.close()
 
 
+def test_a_restarted_agent_is_heard_again(rig) -> None:
+    """An agent that restarts (a new process, its counter anew) is not taken for a replay of itself."""
+    c, srv, clock, _ = rig
+    first = Agent(srv.address, "tok-a")
+    assert first.send([first.report(str(SVC), 1, Level0()) for _ in range(20)]).accepted == 20
+    first.close()
+    clock.t += 1.5
+    again = Agent(srv.address, "tok-a")
+    ack = again.send([again.report(str(SVC), 1, Level0(cpu_load=0.5))])
+    assert ack.accepted == 1, ack.last_error
+    again.close()
+
+
 def test_silent_agents_expire_once(rig) -> None:
     c, srv, clock, events = rig
     a, b = Agent(srv.address, "tok-a"), Agent(srv.address, "tok-b")

@@ -296,7 +296,9 @@ class Agent:
         self.channel = identity.channel(address, server) if identity else grpc.insecure_channel(address)
         self.stub = pb_grpc.CollectorStub(self.channel)
         self.token = token
-        self.seq = 0
+        # the sequence starts at the clock (microseconds): a restarted agent carries on above what it sent
+        # before (the collector refuses a sequence that is not after the last), a replay stays below
+        self.seq = time.time_ns() // 1000
 
     def report(self, service: str, instance_id: int, m: Level0, announce: Announce | None = None) -> Any:
         """One report; a pool instance's carries its announcement (endpoint, site, leaving)."""
