@@ -80,7 +80,8 @@ def target_weights(
             out[min(live, key=lambda c: (c.l1.compute, c.instance_id)).instance_id] = 1
         return out
     if cls is TrafficClass.DELAY_SENSITIVE:  # a queue is no room for a delay-sensitive flow, in any tier
-        usable = [c for c in usable if c.l1.queue < policy.sensitive_queue] or usable
+        if any(c.l1.queue >= policy.sensitive_queue for c in usable):
+            usable = [c for c in usable if c.l1.queue < policy.sensitive_queue] or usable
     # model tiers: the preferred tier with room takes new flows; a lower one only while it has none
     best = min(c.rank for c in usable)
     usable = [c for c in usable if c.rank == best]

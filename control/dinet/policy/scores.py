@@ -61,11 +61,11 @@ class ScoreModel:
     latency_ref_ms: float = 200.0
 
     def level1(self, m: Level0, delay_ms: float = 0.0, loss: float = 0.0) -> Level1:
-        compute = max(m.cpu_load, m.gpu_util, min(1.0, m.queue_depth / self.queue_ref))
+        queue = round(min(1.0, m.queue_depth / self.queue_ref), 6)
+        compute = max(m.cpu_load, m.gpu_util, queue)
         comm = min(1.0, delay_ms / self.delay_ref_ms + loss * self.loss_weight)
         service = min(1.0, m.token_latency_ms / self.latency_ref_ms)
-        queue = min(1.0, m.queue_depth / self.queue_ref)
-        return Level1(round(compute, 6), round(comm, 6), round(service, 6), round(queue, 6))
+        return Level1(round(compute, 6), round(comm, 6), round(service, 6), queue)
 
 
 @dataclass(frozen=True)
