@@ -127,6 +127,25 @@ def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped
 
 @needs_root
 @needs_bcc
+def test_a_path_slows_at_run_time_on_the_wire_and_new_flows_leave_it(tmp_path: Path) -> None:
+    """Lab.set_path_delay: the path's RTT rises on the wire (pinged), the controller gets the new delay, and
+    delay-sensitive flows move to the site that is nearest now; back again when the delay is restored."""
+    with _lab("cloud-edge", "xdp", tmp_path) as lab:
+        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0 == lab.weights("chat")["e2"], "e1 nearest")
+        lab.set_path_delay("edge1", "in1", 30.0)
+        slow = next(r for r in lab.measure_paths(5) if r.site == "edge1")
+        assert slow.rtt_configured_ms == 60.0 and slow.rtt_ms is not None and slow.rtt_ms >= 60.0, slow
+        lab.wait_until(lambda: lab.weights("chat")["e1"] == 0 < lab.weights("chat")["e2"], "e2 nearest now")
+        recs = lab.load("dev1", "chat", rate=8, duration=1, seed=5, **QUICK)
+        assert recs and {r["instance"] for r in recs} == {"e2"} and all(r["status"] == "ok" for r in recs)
+        lab.set_path_delay("edge1", "in1", 2.0)
+        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0, "e1 nearest again")
+        back = next(r for r in lab.measure_paths(5) if r.site == "edge1")
+        assert back.rtt_ms is not None and back.rtt_ms < 30.0, back
+
+
+@needs_root
+@needs_bcc
 def test_enterprise_a_confidential_flow_never_takes_a_path_below_its_level(tmp_path: Path) -> None:
     with _lab("enterprise", "xdp", tmp_path) as lab:
         for ingress, client in (("br1", "staff1"), ("br2", "staff2")):

@@ -259,6 +259,104 @@ services:
             forget_node(n)
 
 
+def _weights(names: list[str], svc: ServiceKey) -> list[dict[int, int]]:
+    from dinet.targets.xdp import SteeringNode
+
+    out = []
+    for n in names:
+        with SteeringNode(n) as node:
+            out.append({i.instance_id: i.weight for i in node.service(svc).instances.values()})
+    return out
+
+
+def _until(cond, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.1)
+
+
+TWO_NODES = """
+{mode}ingress:
+  - {{target: xdp, name: {a}, src4: 10.0.0.1, sites: {{1: {{delay_ms: {d1}}}, 2: {{delay_ms: 40}}}}{dec_a}}}
+  - {{target: xdp, name: {b}, src4: 10.0.1.1, sites: {{1: {{delay_ms: 40}}, 2: {{delay_ms: 2}}}}{dec_b}}}
+collector: {{listen: "127.0.0.1:{col}", timeout: 600}}
+prometheus: {{listen: null}}
+services:
+  - service: 10.99.0.8:443/tcp
+    class: delay-sensitive
+    instances:
+      - {{id: 1, endpoint: 10.11.1.2, site: 1, token: one}}
+      - {{id: 2, endpoint: 10.12.1.2, site: 2, token: two}}
+"""
+
+
+@needs_root
+@needs_bcc
+def test_a_changed_path_delay_in_the_intent_is_decided_on_without_a_restart(tmp_path: Path) -> None:
+    names = [f"pdA{RUN_ID}", f"pdB{RUN_ID}"]
+    col = free_port()
+    path = tmp_path / "paths.yaml"
+    fill = {"mode": "", "a": names[0], "b": names[1], "col": col, "dec_a": "", "dec_b": ""}
+    path.write_text(TWO_NODES.format(d1=2, **fill))
+    svc = ServiceKey.parse("10.99.0.8:443/tcp")
+    try:
+        with dinet_process("run", "--insecure", str(path), ready="dinet: collector on"):
+            for token, iid in (("one", 1), ("two", 2)):
+                a = Agent(f"127.0.0.1:{col}", token)
+                assert a.send([a.report(str(svc), iid, Level0(cpu_load=0.3))]).accepted == 1
+                a.close()
+            _until(lambda: _weights(names, svc)[0][1] > 0 == _weights(names, svc)[0][2], "site 1 nearest on A")
+            path.write_text(TWO_NODES.format(d1=80, **fill))  # A's path to site 1 slowed down
+            _until(lambda: _weights(names, svc)[0][1] == 0 < _weights(names, svc)[0][2], "site 2 nearest on A")
+            assert _weights(names, svc)[1][2] > 0  # B's own paths did not change
+    finally:
+        for n in names:
+            forget_node(n)
+
+
+@needs_root
+@needs_bcc
+def test_distributed_mode_each_node_decides_from_the_agents_reports_and_goes_on_alone(tmp_path: Path) -> None:
+    """mode distributed: a decider per ingress node (`dinet run --node`), each taking the agents' reports
+    itself (one agent fans out to both); one decider stopped, the other still decides; `dinet run` without
+    --node is refused in one line."""
+    from dinet.services.collect import Fanout
+
+    names = [f"dmA{RUN_ID}", f"dmB{RUN_ID}"]
+    ca, cb = free_port(), free_port()
+    path = tmp_path / "dist.yaml"
+    dec = ', decider: {{collector: {{listen: "127.0.0.1:{}", timeout: 600}}}}'
+    fill = {"mode": "mode: distributed\n", "a": names[0], "b": names[1], "col": free_port()}
+    path.write_text(TWO_NODES.format(d1=2, dec_a=dec.format(ca), dec_b=dec.format(cb), **fill))
+    svc = ServiceKey.parse("10.99.0.8:443/tcp")
+    res = subprocess.run(
+        [sys.executable, "-m", "dinet.cli", "run", "--insecure", str(path)], capture_output=True, text=True
+    )
+    assert res.returncode == 1 and "--node NAME" in res.stderr and len(res.stderr.strip().splitlines()) <= 2
+    agents = {iid: Fanout([Agent(f"127.0.0.1:{c}", tok) for c in (ca, cb)]) for tok, iid in (("one", 1), ("two", 2))}
+    try:
+        with dinet_process("run", "--insecure", str(path), "--node", "1", ready="dinet: collector on"):
+            with dinet_process("run", "--insecure", str(path), "--node", names[0], ready="dinet: collector on"):
+                for iid, a in agents.items():
+                    assert a.send([a.report(str(svc), iid, Level0(cpu_load=0.3))]).accepted == 1
+                _until(
+                    lambda: (w := _weights(names, svc))[0][1] > 0 == w[0][2] and w[1][2] > 0 == w[1][1], "each nearest"
+                )
+            # A's decider is gone: B still decides on the reports (the fan-out goes on without A)
+            a = agents[2]
+            assert a.send([a.report(str(svc), 2, Level0(gpu_util=0.95, queue_depth=32))]).accepted == 1
+            _until(lambda: _weights(names, svc)[1][2] == 0 < _weights(names, svc)[1][1], "B leaves site 2")
+            assert _weights(names, svc)[0] == {1: _weights(names, svc)[0][1], 2: 0}  # A keeps what it had
+    finally:
+        for a in agents.values():
+            a.close()
+        for n in names:
+            forget_node(n)
+
+
 def test_run_measures_sites_with_probes(tmp_path: Path, ns_prefix: str) -> None:
     """Site 2's probe gets no answer (loss 1): a delay-sensitive service leaves it, though both sites are
     configured as equally near."""

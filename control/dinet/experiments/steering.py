@@ -5,6 +5,8 @@ random: switched at run time by rewriting the intent), every client sends Poisso
 calls while events happen on one clock:
 - a load step: the site that nearest-site anycast picks for the first client's first service gets a burst of
   its own users (sent inside its host: nothing of it is steered);
+- a path delay rise (full runs): that site's path slows to 40 ms one way, on the wire and in the network
+  metrics (`Lab.set_path_delay`), and is restored after the run;
 - a site failure (full runs): the second-nearest instance of that service stops (server and agent), and comes
   back after the run.
 Per policy and class: TTFT p50/p99, TPOT p99, SLO attainment and goodput; load per site over time; the
@@ -58,10 +60,17 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
     client = spec.clients[0]
     service = spec.client_services()[0].name
     order = nearest(spec, service, spec.client_ingress(client))
-    duration = 4.0 if quick else 30.0
-    events = [{"at": 1.0 if quick else 6.0, "kind": "load step", "instance": order[0]}]
-    if not quick and len(order) > 2:
-        events.append({"at": 18.0, "kind": "site failure", "instance": order[1]})
+    duration = 4.0 if quick else 36.0
+    events: list[dict[str, Any]] = [{"at": 1.0 if quick else 6.0, "kind": "load step", "instance": order[0]}]
+    if not quick:  # the nearest site's path slows down (a reroute, congestion) once its load step has drained
+        site = spec.instance(order[0]).site
+        ingress = spec.client_ingress(client)
+        events.append(
+            {"at": 16.0, "kind": "path delay rise", "instance": order[0], "site": site, "ingress": ingress}
+            | {"delay_ms": 40.0, "was_ms": spec.path(site, ingress).delay_ms}
+        )
+    if not quick and len(order) > 2:  # then the instance that is nearest now fails
+        events.append({"at": 26.0, "kind": "site failure", "instance": order[1]})
     # each client at a rate one site serves within its SLOs: the step, not the base load, makes the difference
     # quick: shorter answers (a run ends when its last stream does)
     output = [8, 32] if quick else [16, 64]
@@ -88,7 +97,11 @@ def one_run(
 
         return go
 
+    def slow(e: dict[str, Any]) -> Any:
+        return lambda: lab.set_path_delay(e["site"], e["ingress"], e["delay_ms"])
+
     events = [(e["at"], e["kind"], fail(e["instance"])) for e in shape["events"] if e["kind"] == "site failure"]
+    events += [(e["at"], e["kind"], slow(e)) for e in shape["events"] if e["kind"] == "path delay rise"]
     stop = threading.Event()
     try:
         with Sampler(lab, start) as sampler:
@@ -99,6 +112,9 @@ def one_run(
     finally:
         stop.set()
         stop_loads(loads + bursts)
+        for e in shape["events"]:  # the path as it was
+            if e["kind"] == "path delay rise" and (e["ingress"], e["site"]) in lab.path_delay:
+                lab.set_path_delay(e["site"], e["ingress"], e["was_ms"])
         for name in failed:
             lab.start_instance(name)
         if failed:

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -49,6 +50,7 @@ class DelayLine:
             (self.sa, self.sb, delay_s, collections.deque()),
             (self.sb, self.sa, back_s, collections.deque()),
         ]
+        self.control: Any = None  # a text stream of commands (`delay A_MS B_MS`), read when it has a line
         self.counts = {"forwarded": 0, "tail_dropped": 0}
         self.running = True
 
@@ -66,12 +68,17 @@ class DelayLine:
                         self.counts["tail_dropped"] += 1
             dues = [q[0][0] for *_, q in self.dirs if q]
             timeout = max(0.0, min(dues) - time.monotonic()) if dues else 0.5
+            fds = list(by_fd) + ([self.control.fileno()] if self.control is not None else [])
             try:
-                ready, _, _ = select.select(list(by_fd), [], [], timeout)
+                ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
                 continue
             now = time.monotonic()
             for fd in ready:
+                if fd not in by_fd:
+                    self._command(self.control.readline())
+                    by_fd = {d[0].fileno(): d for d in self.dirs}
+                    continue
                 src, _, delay, q = by_fd[fd]
                 for _ in range(256):  # drain a burst, then send what fell due
                     try:
@@ -79,6 +86,23 @@ class DelayLine:
                     except BlockingIOError:
                         break
                     q.append((now + delay, frame))
+
+    def _command(self, line: str) -> None:
+        """`delay A_MS B_MS`: the delays of frames read from now on (those queued keep theirs); an empty line
+        (the controlling end closed) stops reading commands; anything else is said on stderr and ignored."""
+        if not line:
+            self.control = None
+            return
+        parts = line.split()
+        try:
+            if parts[0] != "delay" or len(parts) != 3 or min(float(parts[1]), float(parts[2])) < 0:
+                raise ValueError
+        except (IndexError, ValueError):
+            print(f"delayline: not a command: {line.strip()!r} (delay A_MS B_MS)", file=sys.stderr, flush=True)
+            return
+        for k, ms in enumerate((float(parts[1]), float(parts[2]))):
+            src, out, _, q = self.dirs[k]
+            self.dirs[k] = (src, out, ms / 1e3, q)
 
     def stop(self, *_: object) -> None:
         self.running = False
@@ -100,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"delayline: cannot open {args.a}/{args.b}: {e.strerror}", file=sys.stderr)
         return 1
+    line.control = sys.stdin  # the link emulator changes the delay at run time
     signal.signal(signal.SIGTERM, line.stop)
     signal.signal(signal.SIGINT, line.stop)
     print("ready", flush=True)

@@ -74,6 +74,7 @@ class LinkEmulator:
         self.line = subprocess.Popen(  # by the namespace's name: see Lab.popen
             ["ip", "netns", "exec", netns, sys.executable, "-m", "dinet.lab.delayline", *self.wire]
             + ["--delay-ms", str(s.delay_ms)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=logf,
             text=True,
@@ -97,6 +98,23 @@ class LinkEmulator:
         if out.strip():
             raise DinetError(f"{self.name}: netem: {out.strip()}")
         return True
+
+    def set_delay(self, delay_ms: float) -> None:
+        """The link's one-way delay changes at run time (both directions; frames in flight keep theirs)."""
+        if delay_ms < 0:
+            raise DinetError(f"{self.name}: a delay is not negative: {delay_ms}")
+        if self.engine == "netem":
+            s = self.spec
+            opts = f"delay {delay_ms}ms" + (f" loss {s.loss * 100}%" if s.loss else "")
+            opts += f" rate {s.bw_mbit}mbit" if s.bw_mbit else ""
+            out = "".join(self.host.cmd(f"tc qdisc change dev {dev} root netem {opts} 2>&1") for dev in self.wire)
+            if out.strip():
+                raise DinetError(f"{self.name}: netem: {out.strip()}")
+            return
+        if self.line is None or self.line.stdin is None or self.line.poll() is not None:
+            raise DinetError(f"{self.name}: the delay line is not running")
+        self.line.stdin.write(f"delay {delay_ms} {delay_ms}\n")
+        self.line.stdin.flush()
 
     def stop(self) -> None:
         if self.line is not None:

@@ -115,6 +115,7 @@ class Lab:
         self.ingress_intf: dict[str, str] = {}  # ingress name -> its client LAN interface
         self.instances: dict[str, InstanceHost] = {}
         self.emulators: list[LinkEmulator] = []
+        self.path_delay: dict[tuple[str, str], float] = {}  # (ingress, site) -> a one-way delay set at run time
         self.paths: list[tuple[str, str, str, Any]] = []  # (ingress, site, site router's address, PathSpec)
         self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
         self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
@@ -465,7 +466,7 @@ class Lab:
         for k, ing in enumerate(s.ingress, 1):
             sites = {
                 site.id: {
-                    "delay_ms": 2 * s.path(site.name, ing.name).delay_ms,
+                    "delay_ms": 2 * self.path_delay.get((ing.name, site.name), s.path(site.name, ing.name).delay_ms),
                     "loss": s.path(site.name, ing.name).loss,
                     "security": s.path(site.name, ing.name).security,
                 }
@@ -767,9 +768,27 @@ class Lab:
         out.unlink()
         return recs
 
+    def set_path_delay(self, site: str, ingress: str, delay_ms: float) -> None:
+        """A path's one-way delay changes at run time: on the wire (its link emulator) and in the network
+        metrics `dinet run` decides on (the intent it reads again: the lab's stand-in for the network's
+        telemetry; a site with a `probe:` address is measured instead)."""
+        e = next((e for e in self.emulators if (e.a, e.b) == (ingress, site)), None)
+        if e is None:
+            raise ConfigError(f"no emulated path from {ingress} to {site} (a path with a delay has one)")
+        e.set_delay(delay_ms)
+        self.path_delay[(ingress, site)] = delay_ms
+        self.write_intent()
+
     def measure_paths(self, count: int = 20) -> list[PathReport]:
         """Pings each path from its ingress router to the site router: RTT and loss achieved."""
-        started = [(ing, site, spec, ping(self.ns(ing), addr, count)) for ing, site, addr, spec in self.paths]
+
+        def now(ing: str, site: str, spec: Any) -> Any:  # the path as it is configured now
+            d = self.path_delay.get((ing, site))
+            return spec if d is None else spec.model_copy(update={"delay_ms": d})
+
+        started = [
+            (ing, site, now(ing, site, spec), ping(self.ns(ing), addr, count)) for ing, site, addr, spec in self.paths
+        ]
         return [PathReport.from_ping(ing, site, spec, p) for ing, site, spec, p in started]
 
     def reachability(self) -> list[str]:

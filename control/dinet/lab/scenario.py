@@ -193,6 +193,9 @@ class ScenarioSpec(_Spec):
     def service(self, name: str) -> ServiceSpec:
         return next(s for s in self.services if s.name == name)
 
+    def instance(self, name: str) -> InstanceSpec:
+        return next(i for i in self.instances if i.name == name)
+
     def site(self, name: str) -> SiteSpec:
         return next(s for s in self.sites if s.name == name)
 

@@ -1,6 +1,7 @@
 """`dinet run FILE`: the controller with its collector and Prometheus endpoint on the ingress nodes the file
 names, and the BIER domain's controller watching its links and BFRs. The file is read again when it changes
-(a new intent is applied without a restart; an invalid one is refused and the running one kept)."""
+(a new intent is applied without a restart, its paths' delay and loss too; an invalid one is refused and the
+running one kept)."""
 
 from __future__ import annotations
 
@@ -161,8 +162,10 @@ def check(path: Path) -> str:
 class _IntentWatch:
     """Reads the intent file again when it changes; a valid new intent goes to every controller."""
 
-    def __init__(self, path: Path, ctls: list[Controller], collector: Collector | None):
+    def __init__(self, path: Path, ctls: list[Controller], collector: Collector | None, nodes: list[int] | None = None):
+        """nodes: each controller's ingress node (its index in the intent), whose configured paths it takes."""
         self.path, self.ctls, self.collector = path, ctls, collector
+        self.nodes = nodes if nodes is not None else list(range(len(ctls)))
         self.stamp = self._stamp()
 
     def _stamp(self) -> tuple[int, int]:
@@ -185,6 +188,13 @@ class _IntentWatch:
         if self.collector is not None:
             self.collector.set_agents(cfg.agents)
         n = sum(c.set_intent(cfg.services) for c in self.ctls)
+        for c, k in zip(self.ctls, self.nodes, strict=True):
+            if k >= len(cfg.ingress):
+                continue
+            ing = cfg.ingress[k]  # the configured paths (network metrics); a probed site keeps its measurement
+            paths = {sid: p for sid, p in ing.sites.items() if sid not in ing.probes}
+            if any(c.sites.get(sid) != p for sid, p in paths.items()):
+                n += c.update_sites(paths)
         log.warning("%s changed: new intent applied (%d writes)", self.path, n)
 
 
@@ -298,7 +308,7 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread (tests)
                 signal.signal(sig, lambda *_: stop.set())
-        watch = _IntentWatch(path, ctls, col)
+        watch = _IntentWatch(path, ctls, col, mine)
         # what start-up allocated (modules, programs, tables) lives as long as the process: the collector
         # never traverses it again, which keeps the cyclic GC's pauses out of the report-to-weights path
         gc.freeze()
