@@ -156,6 +156,32 @@ def test_a_service_never_takes_a_path_below_its_security_level() -> None:
     assert t.installed()[1][0] == 0
 
 
+def test_a_probed_site_keeps_its_security_level() -> None:
+    """A probe measures a path's delay and loss; its security level stays the intent's (a confidential service
+    keeps the measured dedicated line)."""
+    import threading
+
+    from dinet.services.run import _probe_loop
+
+    t = CountingTarget()
+    sites = {1: SitePath(2, security=3), 2: SitePath(20, security=0)}
+    svc = ServiceIntent(SVC, TrafficClass.DELAY_SENSITIVE, (A, B), min_security=2)
+    ctl = Controller(t, [svc], sites, policy=Policy(smoothing=1.0))
+    ctl.start()
+    for i in (1, 2):
+        ctl.on_report((SVC, i), Level0(cpu_load=0.1))
+    stop = threading.Event()
+
+    class OneProbe:
+        def measure(self) -> SitePath:
+            stop.set()  # one round of the loop
+            return SitePath(delay_ms=5.0, loss=0.0)
+
+    _probe_loop(ctl, {1: OneProbe()}, 0.01, stop)
+    assert ctl.sites[1] == SitePath(5.0, 0.0, security=3)
+    assert t.installed()[1][0] > 0 and t.installed()[2][0] == 0
+
+
 def test_the_preferred_model_tier_takes_flows_until_it_saturates_and_again_after() -> None:
     # the large tier is far (site 3), the small tiers near: the tier order wins over the distance
     t = CountingTarget()

@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError
 from ..policy.decide import Policy
 from .collect import Collector, CollectorServer
-from .controller import Controller
+from .controller import Controller, SitePath
 from .intent import RunConfig, load
 from .observe import registry, serve
 
@@ -141,7 +142,11 @@ def _probe_loop(ctl: Controller, probes: dict[int, Any], interval: float, stop: 
     """Measures the sites' delay and loss every `interval` seconds and hands them to the controller."""
     while not stop.is_set():
         try:
-            measured = {site: p.measure() for site, p in probes.items()}
+            # a probe measures delay and loss; the path's security level (and the rest) is the intent's
+            measured = {
+                site: replace(ctl.sites.get(site, SitePath()), delay_ms=m.delay_ms, loss=m.loss)
+                for site, m in ((site, p.measure()) for site, p in probes.items())
+            }
             n = ctl.update_sites(measured)
             log.info("probes: %s (%d writes)", {s: (round(m.delay_ms, 3), m.loss) for s, m in measured.items()}, n)
         except DinetError as e:
