@@ -182,6 +182,24 @@ def test_a_probed_site_keeps_its_security_level() -> None:
     assert t.installed()[1][0] > 0 and t.installed()[2][0] == 0
 
 
+def test_a_service_that_moves_a_kv_cache_first_counts_the_paths_rate() -> None:
+    """Two decode sites at the same delay, one behind a slower link: a service whose requests hand over 8 MiB
+    first goes to the fast one (the transfer's time counts as delay, even where both paths' Level 1
+    communication saturates); a service that moves nothing sees them as equal."""
+    sites = {1: SitePath(5, bw_mbit=1000), 2: SitePath(5, bw_mbit=100)}
+    placed = {}
+    for kb in (8192.0, 0.0):
+        t = CountingTarget()
+        svc = ServiceIntent(SVC, TrafficClass.DELAY_SENSITIVE, (A, B), transfer_kb=kb)
+        ctl = Controller(t, [svc], dict(sites), policy=Policy(smoothing=1.0))
+        ctl.start()
+        for i in (1, 2):
+            ctl.on_report((SVC, i), Level0(cpu_load=0.1))
+        placed[kb] = {i: w for i, (w, _) in t.installed().items()}
+    assert placed[8192.0][1] > 0 and placed[8192.0][2] == 0
+    assert placed[0.0][1] > 0 and placed[0.0][2] > 0
+
+
 def test_the_preferred_model_tier_takes_flows_until_it_saturates_and_again_after() -> None:
     # the large tier is far (site 3), the small tiers near: the tier order wins over the distance
     t = CountingTarget()

@@ -470,6 +470,7 @@ class Lab:
                     "loss": s.path(site.name, ing.name).loss,
                     "security": s.path(site.name, ing.name).security,
                 }
+                | ({"bw_mbit": bw} if (bw := s.path(site.name, ing.name).bw_mbit) else {})
                 for site in s.sites
             }
             if self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
@@ -526,6 +527,7 @@ class Lab:
                     "min_security": svc.min_security,
                     "tiers": list(svc.tiers),
                     "policy": self.policy or svc.policy,
+                    "transfer_kb": svc.transfer_kb,
                     "instances": insts,
                 }
                 | ({"pools": pools} if pool else {})

@@ -122,6 +122,7 @@ class ServiceSpec(_Spec):
     tiers: list[Literal["large", "small", "pruned"]] = []  # preferred first; empty: no preference
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] = "dinet"  # or a baseline
     slo: SloSpec = SloSpec()
+    transfer_kb: float = Field(default=0.0, ge=0)  # what a request moves first (a KV cache hand-over)
 
 
 class ModelSyncSpec(_Spec):

@@ -50,6 +50,9 @@ class Candidate:
     l1: Level1
     up: bool = True  # healthy and reporting
     rank: int = 0  # its model tier's place in the service's preference (0: the preferred tier)
+    # the path's delay with the service's transfer at the path's rate (ms): "nearest" among paths whose
+    # Level 1 communication is equal (a bulk transfer can saturate it on every path)
+    delay_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,12 @@ def target_weights(
     best = min(c.rank for c in usable)
     usable = [c for c in usable if c.rank == best]
     if cls is TrafficClass.DELAY_SENSITIVE:
-        nearest = min(c.l1.communication for c in usable)
-        usable = [c for c in usable if c.l1.communication <= nearest + 1e-9]
+        near = min(usable, key=lambda c: (c.l1.communication, c.delay_ms))
+        usable = [
+            c
+            for c in usable
+            if c.l1.communication <= near.l1.communication + 1e-9 and c.delay_ms <= near.delay_ms + 1e-9
+        ]
     model = CLASS_WEIGHTS[cls]
     for c in usable:
         score = model.level2(c.l1)

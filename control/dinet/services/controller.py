@@ -40,6 +40,7 @@ class ServiceIntent:
     tier_order: tuple[str, ...] = ()  # model tiers, preferred first: the best tier with room takes new flows
     tiers: dict[int, str] = field(default_factory=dict)  # instance id -> the tier it serves
     strategy: Strategy | None = None  # how its flows are placed (None: the controller's policy's)
+    transfer_kb: float = 0.0  # what a request moves before it is served (a KV cache): its time counts as delay
 
     def rank(self, instance_id: int) -> int:
         """The instance's place in the tier order (0 best; tiers not in the order come last)."""
@@ -54,6 +55,7 @@ class SitePath:
     delay_ms: float = 0.0
     loss: float = 0.0
     security: int = 0  # the path's security level (0: the public internet)
+    bw_mbit: float = 0.0  # the path's bottleneck rate (0: unknown, no transfer time counted)
 
 
 def _members(instances: Any) -> set[tuple[int, Any, int]]:
@@ -183,8 +185,10 @@ class Controller:
             elif m is None:  # not heard from yet: as it was, never "idle and healthy"
                 decided[inst.instance_id] = kept(inst) or inst
             else:
-                l1 = self.model.level1(m, path.delay_ms, path.loss)
-                cands.append(Candidate(inst.instance_id, inst.site_id, l1, m.healthy, s.rank(inst.instance_id)))
+                delay = path.delay_ms + (s.transfer_kb * 8 / path.bw_mbit if s.transfer_kb and path.bw_mbit else 0.0)
+                l1 = self.model.level1(m, delay, path.loss)
+                rank = s.rank(inst.instance_id)
+                cands.append(Candidate(inst.instance_id, inst.site_id, l1, m.healthy, rank, delay))
         if cands:
             policy = replace(self.policy, strategy=s.strategy) if s.strategy else self.policy
             target = target_weights(cands, s.cls, policy, self._rng)

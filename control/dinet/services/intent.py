@@ -68,6 +68,7 @@ class SiteSpec(_Spec):
     delay_ms: float = Field(default=0.0, ge=0)
     loss: float = Field(default=0.0, ge=0, le=1)
     security: int = Field(default=0, ge=0, le=9)  # the path's security level (0: public internet)
+    bw_mbit: float | None = Field(default=None, gt=0)  # the path's bottleneck rate (a service's transfers)
     probe: IPText | None = None  # measured by ping where given
     probe_netns: Name | None = None
 
@@ -195,6 +196,7 @@ class ServiceSpec(_Spec):
     tiers: list[Literal["large", "small", "pruned"]] = []  # model tiers, preferred first (empty: any)
     # how its new flows are placed: dinet's decision, or a baseline to compare it with (dinet.policy.decide)
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] | None = None
+    transfer_kb: float = Field(default=0.0, ge=0)  # what a request moves first (a KV cache): time at the path's rate
     instances: list[InstanceSpec] = Field(min_length=1)
     pools: list[PoolSpec] = []
 
@@ -436,7 +438,7 @@ class RunConfig:
 
 
 def _paths(sites: dict[int, SiteSpec]) -> dict[int, SitePath]:
-    return {k: SitePath(s.delay_ms, s.loss, s.security) for k, s in sites.items()}
+    return {k: SitePath(s.delay_ms, s.loss, s.security, s.bw_mbit or 0.0) for k, s in sites.items()}
 
 
 def _probes(sites: dict[int, SiteSpec]) -> dict[int, Probe]:
@@ -493,7 +495,16 @@ def parse(doc: Any, path: Path) -> RunConfig:
         tiers = {i.id: str(i.tier) for i in s.instances if i.tier}
         strategy = Strategy(s.policy) if s.policy else None
         cfg.services.append(
-            ServiceIntent(key, TrafficClass(s.class_), tuple(insts), s.min_security, tuple(s.tiers), tiers, strategy)
+            ServiceIntent(
+                key,
+                TrafficClass(s.class_),
+                tuple(insts),
+                s.min_security,
+                tuple(s.tiers),
+                tiers,
+                strategy,
+                s.transfer_kb,
+            )
         )
     cfg.nodes = {name: n.model_dump(exclude_none=True) for name, n in spec.nodes.items()}
     if spec.tls is not None:
