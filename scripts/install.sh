@@ -10,7 +10,7 @@ stamp="$venv/.dinet-install"
 [ "$(id -u)" = 0 ] || { echo "install: run as root (bcc, XDP and namespaces need it)" >&2; exit 1; }
 
 pkgs=(python3-bpfcc bpfcc-tools clang llvm libbpf-dev bpftool iproute2 iputils-ping tcpdump
-      mininet bridge-utils netsniff-ng iperf3 wrk nftables ethtool make gcc python3-venv python3-dev procps uftp)
+      mininet bridge-utils netsniff-ng iperf3 wrk nftables ethtool make gcc python3-venv python3-dev procps uftp curl)
 # --test: also what only the test suite needs (a headless browser opens the experiments' HTML reports)
 [ "${1:-}" = --test ] && pkgs+=(chromium)
 

@@ -244,8 +244,12 @@ def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_fl
             lab.join("cp1")
             lab.wait_until(lambda: lab.weights("chat").get("cp1", 0) > 0, "cp1 installed")
             assert lab.controller.pid == controller_pid and lab.controller.poll() is None  # no restart
-            during = lab.load("user1", "chat", rate=10, duration=1, seed=2, **QUICK)
-            assert "cp1" in {r["instance"] for r in during}
+            during: list = []
+            for seed in (2, 4, 6):  # each a fresh sample of new flows: cp1, at a weight > 0, takes some of them
+                during += lab.load("user1", "chat", rate=10, duration=2, seed=seed, **QUICK)
+                if "cp1" in {r["instance"] for r in during}:
+                    break
+            assert "cp1" in {r["instance"] for r in during}, lab.weights("chat")
         finally:
             th.join()
         assert streams and all(r["status"] == "ok" and r["completion_tokens"] == 40 for r in streams)
