@@ -211,7 +211,10 @@ def test_tiers_dinet_keeps_the_large_tier_until_it_is_full_and_returns(tmp_path:
 def test_prefill_decode_dinet_hands_kv_caches_over_faster_than_random(tmp_path: Path) -> None:
     s = _experiment("prefill-decode", tmp_path / "results")
     pol = s["policies"]
-    assert pol["dinet"]["kv_ms_p50"] < pol["random"]["kv_ms_p50"]
+    # the mean: random's median may fall on either path by chance; its mean holds its far sessions
+    assert pol["dinet"]["kv_ms_mean"] < pol["random"]["kv_ms_mean"]
+    share = {p: r["sessions"]["dcnear"] / max(1, sum(r["sessions"].values())) for p, r in pol.items()}
+    assert share["dinet"] > share["random"]  # the path that delivers the KV cache first
     for p in pol.values():
         assert p["errors"] == 0 and p["flows_moved"] == 0
         for site, sent in p["kv_bytes"].items():

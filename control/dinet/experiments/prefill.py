@@ -78,6 +78,7 @@ def figures(recs: list[dict[str, Any]], rx: dict[str, int], lab: Lab, shape: dic
     ok = [r for r in recs if r["status"] == "ok"]
     kv = [r["kv_ms"] for r in ok if r.get("kv_ms") is not None]
     row["kv_ms_p50"], row["kv_ms_p99"] = pct(kv, 50), pct(kv, 99)
+    row["kv_ms_mean"] = sum(kv) / len(kv) if kv else None
     site_of = {n: lab.spec.site(i.spec.site).name for n, i in lab.instances.items()}
     row["kv_bytes"] = {s: sum(r["kv_bytes"] for r in ok if site_of.get(r["decode_instance"]) == s) for s in rx}
     row["link_rx_bytes"] = rx
