@@ -889,6 +889,8 @@ def clean(state: dict[str, Any], bpffs_root: Path = BPFFS_ROOT) -> list[str]:
     for p in leftovers:
         remove_pinned_tree(p)
         done.append(f"pins {p}")
+    with contextlib.suppress(OSError):  # the pins' root folder, once empty (anyone else's pins keep it)
+        bpffs_root.rmdir()
     return done
 
 
