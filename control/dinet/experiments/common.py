@@ -91,6 +91,21 @@ class Options:
     command: str = ""  # the command that reproduces the run (written into the report)
 
 
+def header(name: str, scenario: Path, opts: Options, plan: dict[str, Any]) -> dict[str, Any]:
+    """What every summary.json starts with: the experiment, its scenario and options, the plan, the versions."""
+    return {
+        "experiment": name,
+        "scenario": str(scenario),
+        "command": opts.command,
+        "repeats": opts.repeats,
+        "seed": opts.seed,
+        "quick": opts.quick,
+        "target": opts.target,
+        "plan": plan,
+        "versions": versions(),
+    }
+
+
 @dataclass
 class Results:
     """results/NAME/: per-request records (requests.jsonl), summary.json, plots, report.html."""

@@ -34,9 +34,9 @@ from .common import (
     class_figures,
     client_loads,
     flows_moved,
+    header,
     run_events,
     stop_loads,
-    versions,
 )
 from .steering import nearest
 
@@ -163,18 +163,7 @@ def run(scenario: Path, opts: Options) -> dict[str, Any]:
                     timelines[mode] = sampler.samples
                 bar.update(1)
     bar.close()
-    summary: dict[str, Any] = {
-        "experiment": "modes",
-        "scenario": str(scenario),
-        "command": opts.command,
-        "repeats": opts.repeats,
-        "seed": opts.seed,
-        "quick": opts.quick,
-        "target": opts.target,
-        "plan": shape,
-        "modes": {},
-        "versions": versions(),
-    }
+    summary: dict[str, Any] = header("modes", scenario, opts, shape) | {"modes": {}}
     for mode in MODES:
         runs = per[mode]
         flat = [

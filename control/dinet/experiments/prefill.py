@@ -25,9 +25,9 @@ from .common import (
     class_figures,
     client_loads,
     flows_moved,
+    header,
     pct,
     stop_loads,
-    versions,
     wait_idle,
 )
 
@@ -105,18 +105,7 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
                 per[policy].append(figures(recs, rx, lab, shape, slos))
                 bar.update(1)
         bar.close()
-    summary: dict[str, Any] = {
-        "experiment": "prefill-decode",
-        "scenario": str(scenario),
-        "command": opts.command,
-        "repeats": opts.repeats,
-        "seed": opts.seed,
-        "quick": opts.quick,
-        "target": opts.target,
-        "plan": shape,
-        "policies": {},
-        "versions": versions(),
-    }
+    summary: dict[str, Any] = header("prefill-decode", scenario, opts, shape) | {"policies": {}}
     for policy, runs in per.items():
         out = aggregate([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in runs])
         out["flows_moved"] = sum(r["flows_moved"] for r in runs)

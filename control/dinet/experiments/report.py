@@ -129,14 +129,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(row: dict[str, Any], metric: str) -> str:
+    """`mean ± ci95` of one metric of an aggregated row (the mean alone with one repeat)."""
+    ci = (row.get("ci95") or {}).get(metric)
+    return _fmt(row.get(metric)) + (f" ± {_fmt(ci)}" if ci is not None else "")
+
+
 def table(rows: dict[str, dict[str, Any] | None], cls: str, metrics: list[str]) -> dict[str, Any]:
     """A table for the template: header, and per group its metrics as `mean ± ci95`."""
     body = []
     for g, row in rows.items():
         r = (row or {}).get(cls) or {}
-        ci = r.get("ci95") or {}
-        cells = [_fmt(r.get(m)) + (f" ± {_fmt(ci[m])}" if ci.get(m) is not None else "") for m in metrics]
-        body.append([g, *cells])
+        body.append([g, *(_cell(r, m) for m in metrics)])
     return {"title": cls, "header": ["", *metrics], "rows": body}
 
 
@@ -284,12 +288,7 @@ def modes_report(
         ttft_cdf(res, list(summary["modes"]), "mode", res.folder / "ttft_cdf.png", f"TTFT per mode ({spec.name})"),
     ]
     metrics = [k for k in next(iter(summary["modes"].values())) if k not in ("ci95", "repeats")]
-    rows = []
-    for mode, row in summary["modes"].items():
-        ci = row.get("ci95") or {}
-        rows.append(
-            [mode, *(_fmt(row.get(m)) + (f" ± {_fmt(ci[m])}" if ci.get(m) is not None else "") for m in metrics)]
-        )
+    rows = [[mode, *(_cell(row, m) for m in metrics)] for mode, row in summary["modes"].items()]
     table_ = {"title": "per mode", "header": ["", *metrics], "rows": rows}
     return write_html(
         res,
@@ -467,8 +466,7 @@ def prefill_report(
     metrics = ["ttft_p50_ms", "ttft_p99_ms", "tpot_p99_ms", "kv_ms_p50", "kv_ms_p99", "slo_attainment", "goodput_rps"]
     rows = []
     for p, r in summary["policies"].items():
-        ci = r.get("ci95") or {}
-        cells = [_fmt(r.get(m)) + (f" ± {_fmt(ci[m])}" if ci.get(m) is not None else "") for m in metrics]
+        cells = [_cell(r, m) for m in metrics]
         sess = ", ".join(f"{s}: {n}" for s, n in r["sessions"].items())
         rows.append([p, *cells, sess, str(r["flows_moved"])])
     table_ = {

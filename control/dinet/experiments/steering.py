@@ -33,10 +33,10 @@ from .common import (
     class_figures,
     client_loads,
     flows_moved,
+    header,
     run_events,
     stop_loads,
     timed,
-    versions,
     wait_idle,
 )
 
@@ -163,19 +163,8 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
                     timelines[policy] = sampler.samples
                 bar.update(1)
         bar.close()
-    summary: dict[str, Any] = {
-        "experiment": "steering",
-        "scenario": str(scenario),
-        "command": opts.command,
-        "repeats": opts.repeats,
-        "seed": opts.seed,
-        "quick": opts.quick,
-        "target": opts.target,
-        "slo": {name: slo.model_dump() for name, slo in slos.items()},
-        "plan": shape,
-        "policies": {},
-        "versions": versions(),
-    }
+    summary: dict[str, Any] = header("steering", scenario, opts, shape) | {"policies": {}}
+    summary["slo"] = {name: slo.model_dump() for name, slo in slos.items()}
     for policy in policies:
         runs = per[policy]["runs"]
         out: dict[str, Any] = {}
