@@ -124,7 +124,7 @@ def main() -> int:
             )
             # throughput: the agent is another process (its own core), as beside a real instance; the
             # collector checks and stores every report, then also decides on every report
-            col.on_report = None
+            col.listeners.clear()
             res["reports_per_s"] = remote_agent(srv.address, "t1", reports, edge.seq + 1)
             res["reports_per_s_batched"] = remote_agent(srv.address, "t1", reports, edge.seq + reports + 2, per=64)
             ctl.attach(col)

@@ -79,8 +79,8 @@ def test_controller_drives_a_node_agent(agent, certs) -> None:
         ]
         ctl = Controller(remote, intent, {1: SitePath(2), 2: SitePath(30)})
         ctl.start()
-        ctl.on_report((SVC, 1), Level0(cpu_load=0.3))
-        ctl.on_report((SVC, 2), Level0(cpu_load=0.3))
+        ctl.collector.observe((SVC, 1), Level0(cpu_load=0.3))
+        ctl.collector.observe((SVC, 2), Level0(cpu_load=0.3))
         got = {i.instance_id: i.weight for i in remote.service(SVC).instances.values()}
         assert got[1] > 0 and got[2] == 0  # delay-sensitive: the near site only
         with SteeringNode(node) as local:  # the same pinned maps, read directly

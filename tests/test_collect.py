@@ -30,8 +30,7 @@ def rig() -> Iterator[tuple[Collector, CollectorServer, Clock, list]]:
         {"tok-a": ("agent-a", {(SVC, 1)}), "tok-b": ("agent-b", {(SVC, 2)})},
         timeout=3.0,
         max_rate=50,
-        on_report=lambda ref, m: events.append(("report", ref, m.cpu_load)),
-        on_expire=lambda ref: events.append(("expire", ref)),
+        listeners=[lambda svc: events.append(("changed", svc))],
         clock=clock,
     )
     with CollectorServer(c, insecure=True) as srv:
@@ -43,7 +42,7 @@ def test_valid_reports_are_accepted_and_forwarded(rig) -> None:
     a = Agent(srv.address, "tok-a")
     ack = a.send([a.report(str(SVC), 1, Level0(cpu_load=0.1 * i)) for i in range(5)])
     assert (ack.accepted, ack.rejected) == (5, 0)
-    assert events[-1] == ("report", (SVC, 1), 0.4) and c.latest[(SVC, 1)].metrics.cpu_load == 0.4
+    assert events == [("changed", SVC)] * 5 and c.latest[(SVC, 1)].metrics.cpu_load == 0.4
     a.close()
 
 
@@ -77,7 +76,9 @@ def test_bad_reports_are_refused_with_a_reason(rig, bad: dict, reason: str) -> N
     ack = a.send([r, a.report(str(SVC), 1, Level0(cpu_load=0.2))])
     assert (ack.accepted, ack.rejected) == (1, 1)
     assert c.rejected[reason.split(":")[0]] == 1
-    assert events == [("report", (SVC, 1), 0.2)]  # the good report after the bad one still counts
+    assert (
+        events == [("changed", SVC)] and c.sample((SVC, 1)).cpu_load == 0.2
+    )  # the good report after the bad one still counts
     a.close()
     assert reason in ack.last_error or ack.last_error.startswith(reason.split(":")[0])
 
@@ -117,7 +118,9 @@ def test_silent_agents_expire_once(rig) -> None:
     a.send([a.report(str(SVC), 1, Level0())])
     clock.t += 2.0
     assert c.expire() == [(SVC, 2)] and c.expire() == []
-    assert ("expire", (SVC, 2)) in events and c.is_expired((SVC, 2)) and not c.is_expired((SVC, 1))
+    assert (
+        c.expired(SVC) == {2} and c.samples(SVC).keys() == {1} and c.is_expired((SVC, 2)) and not c.is_expired((SVC, 1))
+    )
     b.send([b.report(str(SVC), 2, Level0())])
     assert not c.is_expired((SVC, 2))
     a.close()
@@ -142,7 +145,7 @@ def test_a_pool_agent_announces_instances_of_its_range_at_its_sites_only() -> No
     joined: list = []
     pool = Pool(SVC, 100, 109, frozenset({3}))
     c = Collector({"cloud-pool": AgentAuth(frozenset(), "tok-pool", (pool,))}, timeout=3.0)
-    c.on_announce = lambda ref, a: joined.append((ref, a))
+    c.listeners.append(lambda svc: joined.append(c.pool(svc)))
     with CollectorServer(c, insecure=True) as srv:
         agent = Agent(srv.address, "tok-pool")
         try:
@@ -158,4 +161,4 @@ def test_a_pool_agent_announces_instances_of_its_range_at_its_sites_only() -> No
             assert leave.accepted == 1
         finally:
             agent.close()
-    assert joined == [((SVC, 101), Announce("10.103.1.2", 3)), ((SVC, 101), Announce("10.103.1.2", 3, True))]
+    assert joined == [{101: Announce("10.103.1.2", 3)}, {101: Announce("10.103.1.2", 3, True)}]

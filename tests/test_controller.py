@@ -58,16 +58,16 @@ def test_metrics_drive_weights_and_only_differences_are_written(node) -> None:
     assert weights(node) == {1: (1, "up"), 2: (1, "up")} and ctl.writes == 1
     history = []
     for _ in range(10):  # damping moves weights part of the way per report: they settle in a few steps
-        ctl.on_report((SVC, 1), Level0(cpu_load=0.2))
-        ctl.on_report((SVC, 2), Level0(cpu_load=0.2))
+        ctl.collector.observe((SVC, 1), Level0(cpu_load=0.2))
+        ctl.collector.observe((SVC, 2), Level0(cpu_load=0.2))
         history.append(ctl.writes)
     assert history[-1] == history[-4] < 10, history  # settled
     first = weights(node)
     assert first[1][0] > 1 and first[2][0] > 1
     writes = ctl.writes
-    ctl.on_report((SVC, 1), Level0(cpu_load=0.21))  # inside the hysteresis band: nothing to write
+    ctl.collector.observe((SVC, 1), Level0(cpu_load=0.21))  # inside the hysteresis band: nothing to write
     assert ctl.writes == writes and weights(node) == first
-    ctl.on_report((SVC, 1), Level0(cpu_load=0.95))  # overloaded: no new flow, its flows stay (UP, weight 0)
+    ctl.collector.observe((SVC, 1), Level0(cpu_load=0.95))  # overloaded: no new flow, its flows stay (UP, weight 0)
     assert weights(node)[1] == (0, "up") and weights(node)[2][0] > 0
     assert not ctl.reconcile(SVC)  # idempotent
 
@@ -76,8 +76,8 @@ def test_restarted_controller_rewrites_nothing(node) -> None:
     ctl = Controller(node, INTENT, SITES)
     ctl.start()
     for cpu in (0.2, 0.6):
-        ctl.on_report((SVC, 1), Level0(cpu_load=cpu))
-        ctl.on_report((SVC, 2), Level0(cpu_load=0.1))
+        ctl.collector.observe((SVC, 1), Level0(cpu_load=cpu))
+        ctl.collector.observe((SVC, 2), Level0(cpu_load=0.1))
     before, ring = weights(node), node.ring(SVC)
     again = Controller(node, INTENT, SITES)
     again.start()

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import ip_address
 
-from dinet.model import Instance, InstanceState, ServiceKey
-from dinet.policy.decide import Policy, TrafficClass
+from dinet.model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath, TrafficClass
+from dinet.policy.decide import Policy
 from dinet.policy.scores import Level0
 from dinet.services.collect import Collector
-from dinet.services.controller import Controller, ServiceIntent, SitePath
+from dinet.services.controller import Controller
 from dinet.targets.base import ServiceState
 
 SVC = ServiceKey.parse("10.99.0.1:80/tcp")
@@ -61,7 +61,7 @@ def test_reports_are_decided_from_the_record_without_reading_the_plane() -> None
     ctl.start()
     reads = t.reads
     for k in range(200):
-        ctl.on_report((SVC, 1 + k % 2), Level0(cpu_load=0.2 + 0.6 * (k % 3 == 0)))
+        ctl.collector.observe((SVC, 1 + k % 2), Level0(cpu_load=0.2 + 0.6 * (k % 3 == 0)))
     assert t.reads == reads  # decisions read nothing back
     assert t.writes == ctl.writes and ctl.installed[SVC] == tuple(
         sorted(t.plane[SVC].values(), key=lambda i: i.instance_id)
@@ -72,15 +72,15 @@ def test_a_restarted_controller_adopts_what_is_installed_and_writes_nothing() ->
     t = CountingTarget()
     first = controller(t)
     first.start()
-    first.on_report((SVC, 1), Level0(cpu_load=0.1))
-    first.on_report((SVC, 2), Level0(cpu_load=0.8))
-    first.on_expire((SVC, 2))
+    first.collector.observe((SVC, 1), Level0(cpu_load=0.1))
+    first.collector.observe((SVC, 2), Level0(cpu_load=0.8))
+    first.collector.expire_now((SVC, 2))
     before, writes = t.installed(), t.writes
     assert before[2] == (0, "down")
     second = controller(t)
     assert second.start() == 0 and t.writes == writes and t.installed() == before
     # the dead instance stays down until it reports: a restart does not bring it back
-    second.on_report((SVC, 1), Level0(cpu_load=0.1))
+    second.collector.observe((SVC, 1), Level0(cpu_load=0.1))
     assert t.installed()[2] == (0, "down")
 
 
@@ -88,7 +88,7 @@ def test_an_instance_never_heard_from_is_not_idle_and_healthy() -> None:
     t = CountingTarget()
     ctl = controller(t)
     ctl.start()
-    ctl.on_report((SVC, 1), Level0(cpu_load=0.7))  # 1 is busy; 2 has said nothing
+    ctl.collector.observe((SVC, 1), Level0(cpu_load=0.7))  # 1 is busy; 2 has said nothing
     w = t.installed()
     assert w[2] == (1, "up")  # as the intent installed it, not the top weight of an "idle" instance
     assert w[1][0] > w[2][0]
@@ -114,10 +114,10 @@ def test_the_operators_down_and_draining_win_over_reports_until_the_intent_chang
     ctl = controller(t, A, replace(B, state=InstanceState.DOWN), replace(C, state=InstanceState.DRAINING))
     ctl.start()
     for iid in (1, 2, 3):
-        ctl.on_report((SVC, iid), Level0(cpu_load=0.1))
+        ctl.collector.observe((SVC, iid), Level0(cpu_load=0.1))
     assert t.installed()[2][1] == "down" and t.installed()[3][1] == "draining" and t.installed()[1][1] == "up"
     ctl.set_intent([ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B, C))])  # the operator lifts both
-    ctl.on_report((SVC, 2), Level0(cpu_load=0.1))
+    ctl.collector.observe((SVC, 2), Level0(cpu_load=0.1))
     assert {iid: s for iid, (_, s) in t.installed().items()} == {1: "up", 2: "up", 3: "up"}
 
 
@@ -145,14 +145,14 @@ def test_a_service_never_takes_a_path_below_its_security_level() -> None:
     ctl = Controller(t, [sensitive], sites, policy=Policy(smoothing=1.0))
     ctl.start()
     for i in (1, 2, 3):
-        ctl.on_report((SVC, i), Level0(cpu_load=0.1))
+        ctl.collector.observe((SVC, i), Level0(cpu_load=0.1))
     have = t.installed()
     assert have[1] == (0, "down")  # the nearest, idle, but below the service's level
     assert have[2][0] > 0 and have[3] == (0, "up")  # the nearest path at or above the level
-    ctl.on_report((SVC, 2), Level0(cpu_load=1.0))  # the VPN's instance overloaded: on to the dedicated line
+    ctl.collector.observe((SVC, 2), Level0(cpu_load=1.0))  # the VPN's instance overloaded: on to the dedicated line
     have = t.installed()
     assert have[1][0] == 0 and have[3][0] > 0
-    ctl.on_report((SVC, 3), Level0(cpu_load=1.0))  # everything allowed overloaded: still never the internet
+    ctl.collector.observe((SVC, 3), Level0(cpu_load=1.0))  # everything allowed overloaded: still never the internet
     assert t.installed()[1][0] == 0
 
 
@@ -169,7 +169,7 @@ def test_a_probed_site_keeps_its_security_level() -> None:
     ctl = Controller(t, [svc], sites, policy=Policy(smoothing=1.0))
     ctl.start()
     for i in (1, 2):
-        ctl.on_report((SVC, i), Level0(cpu_load=0.1))
+        ctl.collector.observe((SVC, i), Level0(cpu_load=0.1))
     stop = threading.Event()
 
     class OneProbe:
@@ -194,7 +194,7 @@ def test_a_service_that_moves_a_kv_cache_first_counts_the_paths_rate() -> None:
         ctl = Controller(t, [svc], dict(sites), policy=Policy(smoothing=1.0))
         ctl.start()
         for i in (1, 2):
-            ctl.on_report((SVC, i), Level0(cpu_load=0.1))
+            ctl.collector.observe((SVC, i), Level0(cpu_load=0.1))
         placed[kb] = {i: w for i, (w, _) in t.installed().items()}
     assert placed[8192.0][1] > 0 and placed[8192.0][2] == 0
     assert placed[0.0][1] > 0 and placed[0.0][2] > 0
@@ -213,12 +213,12 @@ def test_the_preferred_model_tier_takes_flows_until_it_saturates_and_again_after
     ctl = Controller(t, [svc], dict(SITES), policy=Policy(smoothing=1.0))
     ctl.start()
     for i in (1, 2, 3):
-        ctl.on_report((SVC, i), Level0(cpu_load=0.2))
+        ctl.collector.observe((SVC, i), Level0(cpu_load=0.2))
     assert [w for w, _ in t.installed().values()] == [0, 0, t.installed()[3][0]] and t.installed()[3][0] > 0
-    ctl.on_report((SVC, 3), Level0(cpu_load=0.95))  # the large tier saturates: degrade to the nearest small one
+    ctl.collector.observe((SVC, 3), Level0(cpu_load=0.95))  # the large tier saturates: degrade to the nearest small one
     have = t.installed()
     assert have[3][0] == 0 and have[1][0] > 0
-    ctl.on_report((SVC, 3), Level0(cpu_load=0.3))  # it recovers: back to the large tier
+    ctl.collector.observe((SVC, 3), Level0(cpu_load=0.3))  # it recovers: back to the large tier
     have = t.installed()
     assert have[3][0] > 0 and have[1][0] == 0 and have[2][0] == 0
 
@@ -230,18 +230,19 @@ def test_a_pool_instance_joins_without_a_restart_drains_when_leaving_and_goes_wh
     ctl = controller(t)
     ctl.start()
     for i in (1, 2):
-        ctl.on_report((SVC, i), Level0(cpu_load=0.5))
-    ctl.on_announce((SVC, 100), Announce("192.0.2.100", 3))
-    ctl.on_report((SVC, 100), Level0(cpu_load=0.0))  # idle: it takes the largest share of new flows
+        ctl.collector.observe((SVC, i), Level0(cpu_load=0.5))
+    ctl.collector.observe(
+        (SVC, 100), Level0(cpu_load=0.0), Announce("192.0.2.100", 3)
+    )  # idle: it takes the largest share of new flows
     have = t.installed()
     assert set(have) == {1, 2, 100} and have[100][0] > have[1][0] > 0
     assert {i.endpoint for i in t.plane[SVC].values()} >= {ip_address("192.0.2.100")}
     ctl.set_intent([ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))])  # the file re-read: it stays
     assert 100 in t.installed()
-    ctl.on_announce((SVC, 100), Announce("192.0.2.100", 3, leaving=True))
+    ctl.collector.observe((SVC, 100), Level0(cpu_load=0.0), Announce("192.0.2.100", 3, leaving=True))
     assert t.installed()[100][1] == "draining"  # no new flow; its established ones stay
-    ctl.on_expire((SVC, 100))
-    assert set(t.installed()) == {1, 2}
+    ctl.collector.expire_now((SVC, 100))
+    assert set(t.installed()) == {1, 2} and ctl.collector.pool(SVC) == {}  # pruned where it is known
 
 
 def test_a_service_under_a_baseline_is_placed_by_it_undamped() -> None:
@@ -252,5 +253,5 @@ def test_a_service_under_a_baseline_is_placed_by_it_undamped() -> None:
     ctl = Controller(t, [svc], dict(SITES))  # the default policy damps: a baseline is not
     ctl.start()
     for i in (1, 2, 3):
-        ctl.on_report((SVC, i), Level0(cpu_load=0.95 if i == 1 else 0.0))
+        ctl.collector.observe((SVC, i), Level0(cpu_load=0.95 if i == 1 else 0.0))
     assert t.installed() == {1: (100, "up"), 2: (0, "up"), 3: (0, "up")}  # site 1 is nearest, overloaded or not

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pytest
+
 from dinet.policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
 from dinet.policy.scores import Level0, Level1, ScoreModel
 
@@ -115,3 +117,96 @@ def test_the_baselines_place_flows_as_their_names_say() -> None:
     assert weights(Strategy.RANDOM, 7) == weights(Strategy.RANDOM, 7)  # a seed repeats a run
     dinet = weights(Strategy.DINET)
     assert dinet[1] > 0 and dinet[2] == 0  # delay-sensitive: the nearest site that is not overloaded
+
+
+# ---- decide(): the whole decision as one pure function, table of hand-worked cases ----------------------
+
+from dinet.model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath  # noqa: E402
+from dinet.policy.decide import decide  # noqa: E402
+
+_SVC = ServiceKey.parse("10.99.0.1:80/tcp")
+_I1, _I2 = Instance(1, "192.0.2.1", 1, site_id=1), Instance(2, "192.0.2.2", 1, site_id=2)
+_PATHS = {1: SitePath(2, security=3), 2: SitePath(20, security=0)}
+_UNDAMPED = Policy(smoothing=1.0, hysteresis=0.0)
+_IDLE = Level0(cpu_load=0.0)
+
+
+def _ws(out: list[Instance]) -> dict[int, tuple[int, str]]:
+    return {i.instance_id: (i.weight, i.state.name.lower()) for i in out}
+
+
+# delay-tolerant Level 2 = 0.7 compute + 0.1 communication + 0.2 service; weight = round(100 (1 - L2)^2):
+# idle at 2 ms (communication 0.04): 99; idle at 20 ms (0.4): 92; CPU 0.5 at 2 ms (L2 0.354): 42
+DECIDE_CASES = [
+    # name, intent changes, samples, expired, installed, expected {id: (weight, state)}
+    ("both-idle-tolerant", {}, {1: _IDLE, 2: _IDLE}, set(), (), {1: (99, "up"), 2: (92, "up")}),
+    (
+        "operator-down-keeps-installed-weight",
+        {"instances": (replace(_I1, state=InstanceState.DOWN), _I2)},
+        {1: _IDLE, 2: _IDLE},
+        set(),
+        (replace(_I1, weight=7), _I2),
+        {1: (7, "down"), 2: (92, "up")},
+    ),
+    (
+        "below-security-floor-never-a-flow",
+        {"min_security": 2},
+        {1: _IDLE, 2: _IDLE},
+        set(),
+        (),
+        {1: (99, "up"), 2: (0, "down")},
+    ),
+    ("expired-is-down", {}, {1: _IDLE}, {2}, (), {1: (99, "up"), 2: (0, "down")}),
+    (
+        "unheard-keeps-what-the-record-holds",
+        {},
+        {1: Level0(cpu_load=0.5)},
+        set(),
+        (_I1, replace(_I2, weight=42)),
+        {1: (42, "up"), 2: (42, "up")},
+    ),
+    (
+        "unheard-takes-the-intent-when-the-record-is-another-set",
+        {},
+        {1: Level0(cpu_load=0.5)},
+        set(),
+        (_I1, replace(_I2, weight=42, endpoint="192.0.2.99")),
+        {1: (42, "up"), 2: (1, "up")},
+    ),
+    (
+        "everything-overloaded-keeps-a-trickle-on-the-least-loaded",
+        {},
+        {1: Level0(cpu_load=0.97), 2: Level0(cpu_load=0.95)},
+        set(),
+        (),
+        {1: (0, "up"), 2: (1, "up")},
+    ),
+    ("unhealthy-is-down", {}, {1: _IDLE, 2: Level0(healthy=False)}, set(), (), {1: (99, "up"), 2: (0, "down")}),
+]
+
+
+@pytest.mark.parametrize(
+    "changes,samples,expired,installed,want", [c[1:] for c in DECIDE_CASES], ids=[c[0] for c in DECIDE_CASES]
+)
+def test_decide_table(changes, samples, expired, installed, want) -> None:
+    intent = replace(ServiceIntent(_SVC, TrafficClass.DELAY_TOLERANT, (_I1, _I2)), **changes)
+    assert _ws(decide(intent, samples, expired, _PATHS, installed, _UNDAMPED)) == want
+
+
+def test_decide_counts_a_transfer_at_the_paths_rate_as_delay() -> None:
+    """8 MiB over 1 Gbit/s is 67 ms, over 100 Mbit/s 671 ms: the slower path is farther for a
+    delay-sensitive flow although both are 5 ms away."""
+    paths = {1: SitePath(5, bw_mbit=100), 2: SitePath(5, bw_mbit=1000)}
+    intent = ServiceIntent(_SVC, TrafficClass.DELAY_SENSITIVE, (_I1, _I2), transfer_kb=8192)
+    assert paths[1].transfer_ms(8192) == pytest.approx(655.36)
+    got = _ws(decide(intent, {1: _IDLE, 2: _IDLE}, set(), paths, (), _UNDAMPED))
+    assert got[1][0] == 0 and got[2][0] > 0
+
+
+def test_decide_is_pure_the_same_inputs_give_the_same_plan() -> None:
+    intent = ServiceIntent(_SVC, TrafficClass.DELAY_TOLERANT, (_I1, _I2))
+    samples = {1: Level0(cpu_load=0.3), 2: Level0(cpu_load=0.6)}
+    installed = (replace(_I1, weight=50), replace(_I2, weight=50))
+    a = decide(intent, samples, set(), _PATHS, installed, Policy())
+    b = decide(intent, samples, set(), _PATHS, installed, Policy())
+    assert a == b and installed == (replace(_I1, weight=50), replace(_I2, weight=50))

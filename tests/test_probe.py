@@ -56,8 +56,8 @@ def test_a_site_that_stops_answering_loses_its_delay_sensitive_traffic(net: Topo
         ]
         ctl = Controller(node, intent, {1: SitePath(delay_ms=1), 2: SitePath(delay_ms=20)})
         ctl.start()
-        ctl.on_report((svc, 1), Level0(cpu_load=0.2))
-        ctl.on_report((svc, 2), Level0(cpu_load=0.2))
+        ctl.collector.observe((svc, 1), Level0(cpu_load=0.2))
+        ctl.collector.observe((svc, 2), Level0(cpu_load=0.2))
         assert {i.instance_id: i.weight > 0 for i in node.service(svc).instances.values()} == {1: True, 2: False}
         # site 1 is measured now: its probe address is gone, site 2's answers
         measured = {

@@ -101,7 +101,7 @@ def main() -> int:
         with CollectorServer(col, insecure=True) as srv:  # the agents are in-process threads on this host
             scrapers = Scrapers(ce, str(svc), srv.address)
             try:
-                wait_for(lambda: len(ctl.metrics) == len(ce.hosts), "every instance's first report")
+                wait_for(lambda: len(col.samples(svc)) == len(ce.hosts), "every instance's first report")
                 url = f"http://{VIP4}:{ce.tcp_port}"
                 print(
                     f"ready in {time.monotonic() - t0:.1f}s: {svc} on {len(ce.hosts)} dinet serve instances; "
@@ -132,7 +132,7 @@ def main() -> int:
                 th.start()
                 edge_ids = [(svc, h.instance_id) for h in ce.hosts if h.site == 1]
                 wait_for(  # the streams are open and streaming on the edge (its agents say so) before the burst
-                    lambda: sum(ctl.metrics[r].active_sessions for r in edge_ids) >= len(long.arrivals()),
+                    lambda: sum(col.latest[r].metrics.active_sessions for r in edge_ids) >= len(long.arrivals()),
                     "the streams running on the edge",
                 )
                 # a load step at the edge site: its local users fill both edge engines (sent inside each edge

@@ -117,3 +117,69 @@ class Instance:
     def usable(self) -> bool:
         """Takes new flows."""
         return self.state == InstanceState.UP and self.weight > 0
+
+
+class TrafficClass(enum.Enum):
+    """draft-an-cats-usecase-ai s1: a delay-sensitive service (a live avatar, a chat answer) and a
+    delay-tolerant one (a batch job) are steered differently."""
+
+    DELAY_SENSITIVE = "delay-sensitive"
+    DELAY_TOLERANT = "delay-tolerant"
+
+
+class Strategy(enum.Enum):
+    """How a service's new flows are placed: dinet's decision, or a baseline to compare it with.
+
+    dinet: compute and network metrics, per traffic class (dinet.policy.decide). anycast: the nearest site
+    with a live instance, compute ignored (what IP anycast gives). compute-only: spread by compute load
+    alone, the network ignored (a load balancer's least-loaded). round-robin: every live instance the same
+    weight (in a data plane that hashes flows onto a weighted ring, equal weights spread new flows evenly:
+    the flow-level round robin). random: every live instance a random weight, drawn anew at each decision."""
+
+    DINET = "dinet"
+    ANYCAST = "anycast"
+    COMPUTE_ONLY = "compute-only"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class Slo:
+    """A service's objectives: time to first token and time per output token (0: none)."""
+
+    ttft_ms: float = 0.0
+    tpot_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class SitePath:
+    """Network metrics from an ingress node to a site: the configured or measured one-way delay, and loss."""
+
+    delay_ms: float = 0.0
+    loss: float = 0.0
+    security: int = 0  # the path's security level (0: the public internet)
+    bw_mbit: float = 0.0  # the path's bottleneck rate (0: unknown, no transfer time counted)
+
+    def transfer_ms(self, kb: float) -> float:
+        """The time `kb` kilobytes take at the path's rate (0 where the rate is unknown)."""
+        return kb * 8 / self.bw_mbit if kb and self.bw_mbit else 0.0
+
+
+@dataclass(frozen=True)
+class ServiceIntent:
+    """A service as the operator wants it steered: its class, instances and constraints."""
+
+    key: ServiceKey
+    cls: TrafficClass
+    instances: tuple[Instance, ...]
+    min_security: int = 0  # an instance whose site's path is below this level takes none of its flows
+    tier_order: tuple[str, ...] = ()  # model tiers, preferred first: the best tier with room takes new flows
+    tiers: dict[int, str] = field(default_factory=dict)  # instance id -> the tier it serves
+    strategy: Strategy | None = None  # how its flows are placed (None: the controller's policy's)
+    transfer_kb: float = 0.0  # what a request moves before it is served (a KV cache): its time counts as delay
+    slo: Slo = Slo()  # what a request should see (0: no objective; predictions still rank instances)
+
+    def rank(self, instance_id: int) -> int:
+        """The instance's place in the tier order (0 best; tiers not in the order come last)."""
+        tier = self.tiers.get(instance_id)
+        return self.tier_order.index(tier) if tier in self.tier_order else len(self.tier_order)

@@ -8,33 +8,15 @@ them part of the way, so two sites of similar load never swap traffic back and f
 
 from __future__ import annotations
 
-import enum
 import random
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
 
-from .scores import ClassWeights, Level1
+from ..model import Instance, InstanceState, ServiceIntent, SitePath, Strategy, TrafficClass
+from .scores import ClassWeights, Level0, Level1, ScoreModel
 
-
-class Strategy(enum.Enum):
-    """How a service's new flows are placed: dinet's decision, or a baseline to compare it with.
-
-    dinet: compute and network metrics, per traffic class (below). anycast: the nearest site with a live
-    instance, compute ignored (what IP anycast gives). compute-only: spread by compute load alone, the
-    network ignored (a load balancer's least-loaded). round-robin: every live instance the same weight (in a
-    data plane that hashes flows onto a weighted ring, equal weights spread new flows evenly: the flow-level
-    round robin). random: every live instance a random weight, drawn anew at each decision."""
-
-    DINET = "dinet"
-    ANYCAST = "anycast"
-    COMPUTE_ONLY = "compute-only"
-    ROUND_ROBIN = "round-robin"
-    RANDOM = "random"
-
-
-class TrafficClass(enum.Enum):
-    DELAY_SENSITIVE = "delay-sensitive"
-    DELAY_TOLERANT = "delay-tolerant"
+__all__ = ["Candidate", "Policy", "Strategy", "TrafficClass", "damp", "decide", "target_weights"]
 
 
 CLASS_WEIGHTS = {
@@ -66,6 +48,7 @@ class Policy:
     smoothing: float = 0.5  # otherwise move this share of the way (1.0: jump)
     strategy: Strategy = Strategy.DINET
     seed: int | None = None  # Strategy.RANDOM: its draws (None: a new sequence each process)
+    scores: ScoreModel = field(default_factory=ScoreModel)  # Level 0 -> Level 1
 
 
 def target_weights(
@@ -136,4 +119,82 @@ def damp(current: Mapping[int, int], target: Mapping[int, int], policy: Policy =
             out[iid] = have
         else:
             out[iid] = max(1, round(have + policy.smoothing * (want - have)))
+    return out
+
+
+def _members(instances: Iterable[Instance]) -> set[tuple[int, object, int]]:
+    return {(i.instance_id, i.endpoint, i.site_id) for i in instances}
+
+
+def decide(
+    intent: ServiceIntent,
+    samples: Mapping[int, Level0],
+    expired: AbstractSet[int],
+    paths: Mapping[int, SitePath],
+    installed: Sequence[Instance],
+    policy: Policy = Policy(),
+    rng: random.Random | None = None,
+) -> list[Instance]:
+    """A service's instances as they should be installed, sorted by id: the whole decision, from the
+    intent (with any pool instances that joined), each instance's last report (`samples`, by instance id),
+    the instances whose agents went silent (`expired`), the network metrics per site (`paths`) and what the
+    data plane holds (`installed`, the record).
+
+    An instance's state, in order of precedence: the operator's `down` or `draining` in the intent; DOWN
+    where its path is below the service's security floor, or once its agent expired; until its first
+    report, the state and weight it had (installed, where the record holds the intent's instances; else the
+    intent's), never the default "healthy and idle"; then the weights of `target_weights`, damped against
+    what is installed (baselines are not damped). A data plane refuses all-zero weights: when no instance
+    would take new flows, the least loaded live one keeps a trickle (weight 1)."""
+    have = {i.instance_id: i for i in installed}
+    adopt = _members(installed) == _members(intent.instances)
+
+    decided: dict[int, Instance] = {}
+    cands = []
+    for inst in intent.instances:
+        iid = inst.instance_id
+        m = samples.get(iid)
+        path = paths.get(inst.site_id) or SitePath()
+        old = have.get(iid) if adopt else None
+        if inst.state != InstanceState.UP:  # the operator's word wins over reports
+            decided[iid] = replace(inst, weight=old.weight if old else inst.weight)
+        elif path.security < intent.min_security or iid in expired:  # never a flow
+            decided[iid] = replace(inst, weight=0, state=InstanceState.DOWN)
+        elif m is None:  # not heard from yet: as it was, never "idle and healthy"
+            decided[iid] = old or inst
+        else:
+            delay = path.delay_ms + path.transfer_ms(intent.transfer_kb)
+            l1 = policy.scores.level1(m, delay, path.loss)
+            cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), delay))
+    if cands:
+        placing = replace(policy, strategy=intent.strategy) if intent.strategy else policy
+        target = target_weights(cands, intent.cls, placing, rng)
+        current = {
+            c.instance_id: have[c.instance_id].weight
+            for c in cands
+            if c.instance_id in have and have[c.instance_id].state != InstanceState.DOWN
+        }
+        # a baseline (anycast, round-robin, ...) is compared as it is: only dinet's decision is damped
+        weights = damp(current, target, policy) if placing.strategy is Strategy.DINET else target
+        by_id = {i.instance_id: i for i in intent.instances}
+        for c in cands:
+            state = InstanceState.UP if c.up else InstanceState.DOWN
+            prev, inst = have.get(c.instance_id), by_id[c.instance_id]
+            if prev is not None and (prev.weight, prev.state, prev.site_id, prev.endpoint) == (
+                weights[c.instance_id],
+                state,
+                inst.site_id,
+                inst.endpoint,
+            ):
+                decided[c.instance_id] = prev  # unchanged: no new object
+            else:
+                decided[c.instance_id] = replace(inst, weight=weights[c.instance_id], state=state)
+    out = [decided[i.instance_id] for i in intent.instances]
+    if all(not i.usable for i in out):
+        live = [i for i in out if i.state == InstanceState.UP]
+        if live:  # a data plane refuses all-zero weights: keep a trickle on the least loaded live one
+            idle = Level0()
+            best = min(live, key=lambda i: (samples.get(i.instance_id, idle).cpu_load, i.instance_id))
+            out = [replace(i, weight=1) if i is best else i for i in out]
+    out.sort(key=lambda i: i.instance_id)
     return out

@@ -5,8 +5,12 @@ intent gives it one, as a second factor), or, on a collector started --insecure,
 identity names the instances the agent may report for. Every report is checked (numbers, ranges, a known
 instance, an increasing sequence, at most `max_rate` reports per second per agent; sequence and rate are
 kept per authenticated identity) and refused with a reason that is counted. An instance whose agent falls
-silent for `timeout` seconds, or never reports within `timeout` of the start, is expired: the controller
-is told, and takes it out of new flows."""
+silent for `timeout` seconds, or never reports within `timeout` of the start, is expired.
+
+The collector is the one owner of what is known of instances: the last sample of each, which expired, and
+the pool instances that joined (a silent one is pruned). It tells its listeners (the controllers, one per
+ingress node) one thing: "this service changed"; they read the rest from it. A listener that fails is
+counted and logged, and the others are still told."""
 
 from __future__ import annotations
 
@@ -89,11 +93,11 @@ class Collector:
     agents: dict[str, AgentAuth]
     timeout: float = 3.0
     max_rate: float = 1000.0
-    on_report: Callable[[InstanceRef, Level0], None] | None = None
-    on_expire: Callable[[InstanceRef], None] | None = None
-    on_announce: Callable[[InstanceRef, Announce], None] | None = None  # a pool instance joins or leaves
+    # told "this service changed" (a report taken, an instance expired, a pool instance joined or left)
+    listeners: list[Callable[[ServiceKey], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
     latest: dict[InstanceRef, Sample] = field(default_factory=dict)
+    members: dict[ServiceKey, dict[int, Announce]] = field(default_factory=dict)  # pool instances that joined
     rejected: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
     _seq: dict[str, int] = field(default_factory=dict)
@@ -101,6 +105,7 @@ class Collector:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _expired: set[InstanceRef] = field(default_factory=set)
     _since: dict[InstanceRef, float] = field(default_factory=dict)  # when an expected instance became expected
+    _live: dict[ServiceKey, dict[int, Level0]] = field(default_factory=dict)  # last samples not expired, by service
 
     def __post_init__(self) -> None:
         self.set_agents(self.agents)
@@ -136,6 +141,48 @@ class Collector:
                 return name, auth
         self.rejected["token"] += 1
         return "", "token"
+
+    # ---- what the controllers read -------------------------------------------------------------------
+    def samples(self, svc: ServiceKey) -> dict[int, Level0]:
+        """The service's instances' last reports, by instance id (expired ones left out)."""
+        with self._lock:
+            return dict(self._live.get(svc, ()))
+
+    def expired(self, svc: ServiceKey) -> set[int]:
+        with self._lock:
+            return {iid for s, iid in self._expired if s == svc} if self._expired else set()
+
+    def pool(self, svc: ServiceKey) -> dict[int, Announce]:
+        """The pool instances that joined the service and have not gone silent, by instance id."""
+        with self._lock:
+            return dict(self.members.get(svc, {}))
+
+    def sample(self, ref: InstanceRef) -> Level0 | None:
+        s = self.latest.get(ref)
+        return s.metrics if s is not None and ref not in self._expired else None
+
+    def _changed(self, svc: ServiceKey) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(svc)
+            except DinetError as e:  # what was taken stays taken; its decision could not be installed
+                self.rejected["decision"] += 1
+                log.error("%s changed, but a decision on it failed: %s", svc, e)
+
+    def observe(self, ref: InstanceRef, m: Level0, announce: Announce | None = None) -> None:
+        """Takes one sample from inside the process (a test, an in-process agent): stored as an accepted
+        report is, without authentication or sequence, and the listeners are told."""
+        m.check()
+        with self._lock:
+            self._store(ref, m, announce, self.clock())
+        self._changed(ref[0])
+
+    def _store(self, ref: InstanceRef, m: Level0, announce: Announce | None, now: float) -> None:
+        self.latest[ref] = Sample(m, now)
+        self._live.setdefault(ref[0], {})[ref[1]] = m
+        self._expired.discard(ref)
+        if announce is not None:
+            self.members.setdefault(ref[0], {})[ref[1]] = announce
 
     def _reject(self, reason: str, detail: str) -> str:
         self.rejected[reason] += 1
@@ -180,25 +227,14 @@ class Collector:
             except ConfigError as e:
                 return self._reject("invalid", str(e))
             self._seq[agent] = r.seq
-            self.latest[ref] = Sample(m, now)
-            self._expired.discard(ref)
+            self._store(ref, m, announce, now)
             self.accepted += 1
-        if announce is not None and self.on_announce:
-            try:
-                self.on_announce(ref, announce)
-            except DinetError as e:
-                self.rejected["decision"] += 1
-                log.error("%s/%d announced itself, but it could not be installed: %s", ref[0], ref[1], e)
-        if self.on_report:
-            try:
-                self.on_report(ref, m)
-            except DinetError as e:  # the report is taken; its decision could not be installed
-                self.rejected["decision"] += 1
-                log.error("report for %s/%d taken, but its decision failed: %s", ref[0], ref[1], e)
+        self._changed(svc)
         return None
 
     def expire(self) -> list[InstanceRef]:
-        """Instances silent for longer than `timeout`, each reported once until it speaks again."""
+        """Instances silent for longer than `timeout`, each reported once until it speaks again. A pool
+        instance that went silent has left: it is pruned (its sample and its membership)."""
         now = self.clock()
         with self._lock:
             gone = [ref for ref, s in self.latest.items() if now - s.at > self.timeout and ref not in self._expired]
@@ -207,12 +243,29 @@ class Collector:
                 for ref, since in self._since.items()
                 if ref not in self.latest and now - since > self.timeout and ref not in self._expired
             ]
-            self._expired.update(gone)
+            for ref in gone:
+                self._drop(ref)
         for ref in gone:
             log.warning("instance %s/%d: no report for %.1f s: expired", ref[0], ref[1], self.timeout)
-            if self.on_expire:
-                self.on_expire(ref)
+        for svc in sorted({ref[0] for ref in gone}):
+            self._changed(svc)
         return gone
+
+    def expire_now(self, ref: InstanceRef) -> None:
+        """Expires one instance at once, as if its agent had gone silent (an operator's or a test's word)."""
+        with self._lock:
+            self._drop(ref)
+        self._changed(ref[0])
+
+    def _drop(self, ref: InstanceRef) -> None:
+        self._live.get(ref[0], {}).pop(ref[1], None)
+        pool = self.members.get(ref[0], {})
+        if ref[1] in pool:  # a pool instance that went silent has left
+            del pool[ref[1]]
+            self.latest.pop(ref, None)
+            log.info("%s: pool instance %d left (silent)", ref[0], ref[1])
+        else:
+            self._expired.add(ref)
 
     def is_expired(self, ref: InstanceRef) -> bool:
         return ref in self._expired

@@ -17,12 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..model import Instance, InstanceState, ServiceKey, parse_address
+from ..model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath, Strategy, TrafficClass, parse_address
 from ..packets import BSL_CODE
 from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
-from ..policy.decide import Strategy, TrafficClass
 from .collect import AgentAuth, Pool
-from .controller import ServiceIntent, SitePath
 from .probe import Probe
 
 # ---- the schema ------------------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ import subprocess
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..model import parse_address
-from .controller import SitePath
+from ..model import SitePath, parse_address
 
 _LOSS = re.compile(r"(\d+(?:\.\d+)?)% packet loss")
 _RTT = re.compile(r"= [\d.]+/([\d.]+)/")

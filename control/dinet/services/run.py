@@ -17,9 +17,10 @@ from typing import Any
 
 from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError
+from ..model import SitePath
 from ..policy.decide import Policy
 from .collect import Collector, CollectorServer
-from .controller import Controller, SitePath
+from .controller import Controller
 from .intent import RunConfig, load
 from .observe import registry, serve
 
@@ -264,11 +265,13 @@ def run(
                 ).start()
         if cfg.services and not cfg.agents:
             log.warning("%s: no instance names a reporting agent (agent or token): no metrics will be accepted", path)
+        # one collector owns the reports; every ingress node's controller decides on them (its own paths)
+        col = Collector(cfg.agents, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
         ctls = []
         for k in mine:
             ing = cfg.ingress[k]
             target = stack.enter_context(open_target(ing.node, identity))
-            ctl = Controller(target, cfg.services, dict(ing.sites), policy=policy)
+            ctl = Controller(target, cfg.services, dict(ing.sites), policy=policy, collector=col)
             ctl.start()
             ctls.append(ctl)
             if ing.probes and not once:
@@ -283,22 +286,6 @@ def run(
         )
         if once:
             return 0
-        col = Collector(cfg.agents, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
-
-        # every ingress node decides for itself (its own path metrics) on the same reports
-        def on_report(ref: Any, m: Any) -> None:
-            for c in ctls:
-                c.on_report(ref, m)
-
-        def on_expire(ref: Any) -> None:
-            for c in ctls:
-                c.on_expire(ref)
-
-        def on_announce(ref: Any, a: Any) -> None:
-            for c in ctls:
-                c.on_announce(ref, a)
-
-        col.on_report, col.on_expire, col.on_announce = on_report, on_expire, on_announce
         srv = stack.enter_context(
             CollectorServer(col, cfg.collector_listen, identity=identity, insecure=identity is None)
         )
