@@ -67,6 +67,13 @@ BAD_INTENTS = [
     ("node: {target: xdp}\ncollector: {timeout: 0}", r"collector\.timeout: .*greater than 0"),
     ("node: {target: xdp}\nprometheus: {listen: nowhere}", r"prometheus\.listen: expected HOST:PORT"),
     ("node: [", r"line \d+: not valid YAML"),
+    # a second `services:` would silently replace the first (and a hot reload then remove every service)
+    (
+        SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\nservices: []",
+        r"line 6: not valid YAML: duplicate key 'services'",
+    ),
+    ("node: {target: xdp}\ncollector: {timeout: .inf}", r"collector\.timeout: .*finite number"),
+    (SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\n    slo: {ttft_ms: .nan}", r"slo\.ttft_ms: .*finite number"),
     ("- just\n- a list", r"not a mapping"),
     ("nodes: {a: {target: local}}\nbier: {bfrs: {a: 1, b: 2}}", r"bier.bfrs: b is not in nodes"),
 ]

@@ -64,6 +64,32 @@ def test_bad_credential_files_give_one_clear_error(tmp_path: Path, certs) -> Non
             Identity.load(d, "c")
 
 
+def test_the_ca_and_an_identity_are_never_replaced_silently_and_an_open_key_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    d = tmp_path / "c"
+    init_ca(d)
+    ca_key = (d / "ca.key").read_bytes()
+    with pytest.raises(ConfigError, match="'ca' names the CA's own files"):
+        issue(d, "ca")
+    assert (d / "ca.key").read_bytes() == ca_key
+    issue(d, "edge")
+    key = (d / "edge.key").read_bytes()
+    with pytest.raises(ConfigError, match="already holds edge's key or certificate: --force"):
+        issue(d, "edge")
+    assert (d / "edge.key").read_bytes() == key
+    cli = [sys.executable, "-m", "dinet.cli", "certs", "issue", "edge", "--dir", str(d)]
+    refused = subprocess.run(cli, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "--force" in refused.stderr
+    assert (d / "edge.key").read_bytes() == key
+    assert subprocess.run([*cli, "--force"], capture_output=True).returncode == 0
+    assert (d / "edge.key").read_bytes() != key and Identity.load(d, "edge").name == "edge"
+    (d / "edge.key").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"edge.key is readable by others \(mode 644\)"):
+        Identity.load(d, "edge")
+
+
 def test_tokens_come_from_a_file_or_the_environment_and_compare_in_constant_time(tmp_path: Path, monkeypatch) -> None:
     f = tmp_path / "t"
     f.write_text("s3cret\nignored\n")

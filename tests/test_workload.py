@@ -284,3 +284,82 @@ def test_prefill_hands_the_kv_cache_to_a_decode_instance() -> None:
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(bad, timeout=5)
         assert e.value.code == 400 and "KV cache of 5 tokens" in json.loads(e.value.read())["message"]
+
+
+def test_the_engines_what_if_ttft_matches_what_a_request_then_sees() -> None:
+    """The oracle's view: the TTFT the engine predicts for a request arriving now, from its exact state, is
+    what the request then measures when nothing else arrives (the engine's own schedule, run forward)."""
+    import time
+
+    from dinet.workload.engine import PROFILES, Engine
+
+    async def scenario() -> tuple[float, float, float]:
+        e = Engine(PROFILES["tiny-test"])  # 8 at once, 2,000 KV tokens
+        busy = [e.generate(150, 60) for _ in range(12)]  # more than the KV cache holds: some wait
+        drains = [asyncio.create_task(_drain(g)) for g in busy]
+        await asyncio.sleep(0.05)
+        idle_guess = Engine(PROFILES["tiny-test"]).ttft_if_added(150, 60)
+        guess = e.ttft_if_added(150, 60)
+        t0 = time.monotonic()
+        first = await anext(aiter(e.generate(150, 60)))  # the time of its first token
+        seen = first - t0
+        await asyncio.gather(*drains)
+        await e.stop()
+        return idle_guess, guess, seen
+
+    async def _drain(g) -> None:
+        async for _ in g:
+            pass
+
+    idle_guess, guess, seen = asyncio.run(scenario())
+    assert idle_guess == pytest.approx(150 / 20_000)  # idle: the prefill alone
+    assert guess > 10 * idle_guess  # behind 12 requests that fill the cache
+    assert seen == pytest.approx(guess, rel=0.25)
+
+
+def test_the_client_side_pickers_send_each_request_where_it_would_wait_least() -> None:
+    """The baselines of the steering experiment: least-queue (every /metrics scraped each 50 ms, fewest
+    waiting first) and the oracle (every engine asked what TTFT the request would see) send requests past an
+    instance whose queue is full to the idle one; the oracle's debug endpoint refuses nonsense."""
+    import threading
+    import time
+
+    ports = free_port(), free_port()
+    serve = [
+        ("serve", "--listen", f"127.0.0.1:{p}", "--profile", "tiny-test", "--name", n)
+        for p, n in zip(ports, "ab", strict=True)
+    ]
+    a, b = (f"http://127.0.0.1:{p}" for p in ports)
+    with dinet_process(*serve[0], ready="ready:"), dinet_process(*serve[1], ready="ready:"):
+        # 20 requests of 400 KV tokens each into a's 2,000: five run, the rest wait for seconds
+        fill = threading.Thread(
+            target=load,
+            args=(a,),
+            kwargs={"duration": 0.5, "schedule": [(0.0, 40.0)], "prompt_tokens": (200, 200), "max_tokens": (200, 200)},
+        )
+        fill.start()
+        try:
+            deadline = time.monotonic() + 10
+            while metrics(a).get("vllm:num_requests_waiting", 0) < 5:
+                assert time.monotonic() < deadline, "the fill never queued"
+                time.sleep(0.02)
+            for pick in ("least-queue", "oracle"):
+                recs = load(
+                    a,
+                    duration=1.0,
+                    schedule=[(0.0, 8.0)],
+                    prompt_tokens=(50, 50),
+                    max_tokens=(5, 5),
+                    pick=pick,
+                    endpoints=(a, b),
+                )
+                ok = [r for r in recs if r.status == "ok"]
+                assert len(ok) >= 3 and {r.instance for r in ok} == {"b"}, (pick, [r.instance for r in recs])
+            assert metrics(a)["vllm:num_requests_waiting"] > 0  # a was full all along
+        finally:
+            fill.join(timeout=60)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{a}/dinet/v1/ttft?prompt=x", timeout=5)
+        assert e.value.code == 400
+        idle = json.loads(urllib.request.urlopen(f"{b}/dinet/v1/ttft?prompt=200&max_tokens=10", timeout=5).read())
+        assert idle["instance"] == "b" and idle["ttft_ms"] == pytest.approx(200 / TINY.prefill_tps * 1000)

@@ -427,6 +427,8 @@ def cmd_load(a: argparse.Namespace) -> None:
         offload_node=a.offload_node,
         offload_max_rtt_ms=a.offload_max_rtt_ms,
         start_at=a.start_at,
+        pick=a.pick or "",
+        endpoints=tuple(a.endpoint or ()),
     )
     if bool(a.local) != bool(a.offload_view):
         raise ConfigError("a device's load gives both --local (its own model) and --offload-view (the controller)")
@@ -626,7 +628,7 @@ def cmd_certs_issue(a: argparse.Namespace) -> None:
 
     from .creds import issue
 
-    key, cert = issue(Path(a.dir), a.name, a.days, tuple(a.ip or ()))
+    key, cert = issue(Path(a.dir), a.name, a.days, tuple(a.ip or ()), force=a.force)
     print(f"{a.name}: {cert} and {key} (mode 0600); copy them with {Path(a.dir) / 'ca.crt'} to its host")
 
 
@@ -864,6 +866,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload-node", default="0", help="with --local: the ingress node (its index in the intent)")
     p.add_argument("--offload-max-rtt-ms", type=float, default=20.0, help="with --local: the delay budget")
     p.add_argument("--start-at", type=float, help="a Unix time to start at (records' t counts from it)")
+    p.add_argument(
+        "--pick",
+        choices=["least-queue", "oracle"],
+        help="pick an instance per request at the client (a baseline) instead of sending to --url's VIP",
+    )
+    p.add_argument("--endpoint", action="append", help="with --pick: an instance's URL (once per instance)")
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")
     p.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")
@@ -956,6 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True)
     p.add_argument("--days", type=int, default=825)
     p.add_argument("--ip", action="append", help="an address it is also reached by (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace the identity's key and certificate if it has them")
     p.set_defaults(fn=cmd_certs_issue)
     p = sub.add_parser("status", help="a running controller's view, from its Prometheus endpoint")
     p.add_argument("--url", default="http://127.0.0.1:9464/metrics")

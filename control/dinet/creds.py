@@ -41,6 +41,18 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _check_private(path: Path) -> None:
+    """Refuses a private key that others may read (as ssh does): it is no secret any more."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return  # _read says it is missing
+    except OSError as e:
+        raise ConfigError(f"the key {path} cannot be read: {e.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"the key {path} is readable by others (mode {mode & 0o777:o}): chmod 600 it")
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -91,15 +103,22 @@ def issue(
     days: int = 825,
     addresses: tuple[str, ...] = (),
     not_before: datetime.datetime | None = None,
+    force: bool = False,
 ) -> tuple[Path, Path]:
     """A key and a certificate for identity `name`, signed by the CA in `directory`; usable by a server and a
-    client. `addresses`: IP addresses it may also be reached by (subject-alternative names)."""
+    client. `addresses`: IP addresses it may also be reached by (subject-alternative names). An identity that
+    has a key already is refused unless `force` (its holder's key would silently stop working); `ca` is never
+    an identity (its files are the CA's)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     _check_name(name)
+    if name == "ca":
+        raise ConfigError("'ca' names the CA's own files (ca.key, ca.crt): choose another identity")
+    if not force and ((directory / f"{name}.key").exists() or (directory / f"{name}.crt").exists()):
+        raise ConfigError(f"{directory} already holds {name}'s key or certificate: --force to replace them")
     ca_key = serialization.load_pem_private_key(_read(directory / "ca.key", "the CA key"), None)
     ca_cert = x509.load_pem_x509_certificate(_read(directory / "ca.crt", "the CA certificate"))
     if ca_cert.public_key().public_numbers() != ca_key.public_key().public_numbers():  # type: ignore[union-attr]
@@ -153,6 +172,7 @@ class Identity:
         from cryptography.hazmat.primitives import serialization
 
         d = Path(directory)
+        _check_private(d / f"{name}.key")
         key, cert, ca = (
             _read(d / f"{name}.key", "the key"),
             _read(d / f"{name}.crt", "the certificate"),

@@ -166,6 +166,17 @@ class SitePath:
 
 
 @dataclass(frozen=True)
+class InstancePrior:
+    """What the operator knows of an instance before its reports teach it (an engine profile's figures; 0:
+    unknown, the policy's default applies). dinet.policy.predict learns each from reports and then uses that."""
+
+    service_s: float = 0.0  # how long a request holds its place
+    capacity: float = 0.0  # requests at once
+    prefill_ms: float = 0.0  # TTFT with no queue
+    tpot_ms: float = 0.0  # time per output token
+
+
+@dataclass(frozen=True)
 class ServiceIntent:
     """A service as the operator wants it steered: its class, instances and constraints."""
 
@@ -178,6 +189,7 @@ class ServiceIntent:
     strategy: Strategy | None = None  # how its flows are placed (None: the controller's policy's)
     transfer_kb: float = 0.0  # what a request moves before it is served (a KV cache): its time counts as delay
     slo: Slo = Slo()  # what a request should see (0: no objective; predictions still rank instances)
+    priors: dict[int, InstancePrior] = field(default_factory=dict)  # instance id -> what it is known to do
 
     def rank(self, instance_id: int) -> int:
         """The instance's place in the tier order (0 best; tiers not in the order come last)."""

@@ -162,11 +162,29 @@ def start_load(lab: Lab, node: str, url: str, start_at: float, args: list[str], 
     return Load(proc, out, tags)
 
 
+# baselines that pick an instance per request at the client (dinet.workload.pickers), past the VIP
+CLIENT_PICKS = ("least-queue", "oracle")
+
+
+def pick_args(lab: Lab, pick: str, service: str) -> list[str]:
+    """`dinet load`'s arguments for a client-side picker over the service's running instances."""
+    port = lab.spec.service(service).port
+    eps = [f"http://{i.endpoint}:{port}" for i in lab.instances.values() if i.spec.service == service and i.running]
+    return ["--pick", pick, *(a for ep in eps for a in ("--endpoint", ep))]
+
+
 def client_loads(
-    lab: Lab, start_at: float, duration: float, rate: float, seed: int, extra: list[str] | None = None, **tags: Any
+    lab: Lab,
+    start_at: float,
+    duration: float,
+    rate: float,
+    seed: int,
+    extra: list[str] | None = None,
+    pick: str = "",
+    **tags: Any,
 ) -> list[Load]:
     """Every client on every service it calls, Poisson at `rate` per client and service; the requests' class
-    is their service's."""
+    is their service's. pick: a client-side picker (CLIENT_PICKS) instead of the VIP."""
     loads = []
     for k, c in enumerate(lab.spec.clients):
         for svc in lab.spec.client_services():
@@ -175,6 +193,7 @@ def client_loads(
             args += ["--rate", str(rate)] if rate > 0 else []  # 0: the extra arguments give a --schedule
             args += ["--sensitive-share", share, "--ttft-slo-ms", str(svc.slo.ttft_ms)]
             args += ["--tpot-slo-ms", str(svc.slo.tpot_ms), *(extra or [])]
+            args += pick_args(lab, pick, svc.name) if pick else []
             url = f"http://{svc.vip}:{svc.port}"
             loads.append(start_load(lab, c.name, url, start_at, args, tags | {"client": c.name, "service": svc.name}))
     return loads

@@ -33,7 +33,7 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("dinet", "random", "compute-only")
+POLICIES = ("dinet", "anycast", "random", "compute-only")
 
 
 def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:

@@ -20,6 +20,8 @@ COLOURS = {
     "compute-only": "#4393c3",
     "round-robin": "#8c6bb1",
     "random": "#999999",
+    "least-queue": "#e08214",
+    "oracle": "#000000",
     "central": "#d6604d",
     "distributed": "#1b7837",
 }

@@ -1,12 +1,14 @@
 """`dinet experiment steering SCENARIO`: computing-aware steering against the alternatives.
 
 One lab of the scenario; per repeat and per policy (dinet, nearest-site anycast, compute-only, round-robin,
-random: switched at run time by rewriting the intent), every client sends Poisson load to every service it
-calls while events happen on one clock:
+random: switched at run time by rewriting the intent; least-queue and oracle: picked per request at the
+client, past the VIP, dinet.workload.pickers), every client sends Poisson load to every service it calls
+while events happen on one clock:
 - a load step: the site that nearest-site anycast picks for the first client's first service gets a burst of
   its own users (sent inside its host: nothing of it is steered);
-- a path delay rise (full runs): that site's path slows to 40 ms one way, on the wire and in the network
-  metrics (`Lab.set_path_delay`), and is restored after the run;
+- a path delay rise: the farthest site's path (the site with the most capacity) slows to 500 ms one way, on
+  the wire and in the network metrics (`Lab.set_path_delay`), and is restored after the run (quick runs: from
+  the start);
 - a site failure (full runs): the second-nearest instance of that service stops (server and agent), and comes
   back after the run.
 Per policy and class: TTFT p50/p99, TPOT p99, SLO attainment and goodput; load per site over time; the
@@ -24,6 +26,7 @@ from typing import Any
 from ..lab.net import Lab
 from ..lab.scenario import ScenarioSpec, load
 from .common import (
+    CLIENT_PICKS,
     LEAD_S,
     Options,
     Results,
@@ -42,7 +45,7 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random")
+POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
 CLASSES = ("delay-sensitive", "delay-tolerant")
 
 
@@ -61,14 +64,15 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
     service = spec.client_services()[0].name
     order = nearest(spec, service, spec.client_ingress(client))
     duration = 4.0 if quick else 36.0
+    # compute matters: the nearest site's own users fill it (anycast stays; a network-blind policy leaves)
     events: list[dict[str, Any]] = [{"at": 1.0 if quick else 6.0, "kind": "load step", "instance": order[0]}]
-    if not quick:  # the nearest site's path slows down (a reroute, congestion) once its load step has drained
-        site = spec.instance(order[0]).site
-        ingress = spec.client_ingress(client)
-        events.append(
-            {"at": 16.0, "kind": "path delay rise", "instance": order[0], "site": site, "ingress": ingress}
-            | {"delay_ms": 40.0, "was_ms": spec.path(site, ingress).delay_ms}
-        )
+    # the network matters: the farthest site, the one with the most capacity that a compute-only policy likes,
+    # is rerouted onto a path of 500 ms one way (quick: from the start)
+    site, ingress = spec.instance(order[-1]).site, spec.client_ingress(client)
+    events.append(
+        {"at": 0.0 if quick else 16.0, "kind": "path delay rise", "instance": order[-1], "site": site}
+        | {"ingress": ingress, "delay_ms": 500.0, "was_ms": spec.path(site, ingress).delay_ms}
+    )
     if not quick and len(order) > 2:  # then the instance that is nearest now fails
         events.append({"at": 26.0, "kind": "site failure", "instance": order[1]})
     # each client at a rate one site serves within its SLOs: the step, not the base load, makes the difference
@@ -82,10 +86,11 @@ def one_run(
 ) -> tuple[list[dict[str, Any]], Sampler]:
     """One policy once: loads, events and decision samples on one clock; the records, tagged. Then the
     stepped instance drains (unless it is the last run): every run starts from the same state."""
-    lab.set_policy(policy)
+    pick = policy if policy in CLIENT_PICKS else ""
+    lab.set_policy("round-robin" if pick else policy)  # a client-side picker goes past the VIP
     start = time.time() + LEAD_S
     out = ["--output-min", str(shape["output"][0]), "--output-max", str(shape["output"][1])]
-    loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, out, policy=policy)
+    loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, out, pick, policy=policy)
     # a load step is a burst that waits for its time like the loads do; a failure is run at its time
     bursts = [burst(lab, e["instance"], start + e["at"]) for e in shape["events"] if e["kind"] == "load step"]
     failed: list[str] = []

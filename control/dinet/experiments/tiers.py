@@ -32,7 +32,7 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("dinet", "anycast", "compute-only")
+POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random")
 
 
 def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:

@@ -508,6 +508,7 @@ class Lab:
                     "state": "up" if i.running else "down",
                 }
                 | ({"tier": _tier(i.spec.profile)} if svc.tiers else {})
+                | {"prior": _prior(i.spec)}
                 for name, i in self.instances.items()
                 if i.spec.service == svc.name and not i.spec.pool
             ]
@@ -528,6 +529,7 @@ class Lab:
                     "tiers": list(svc.tiers),
                     "policy": self.policy or svc.policy,
                     "transfer_kb": svc.transfer_kb,
+                    "slo": {"ttft_ms": svc.slo.ttft_ms, "tpot_ms": svc.slo.tpot_ms},
                     "instances": insts,
                 }
                 | ({"pools": pools} if pool else {})
@@ -833,6 +835,23 @@ class Lab:
         clean(self.state, self.bpffs_root)
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
+
+
+def _prior(spec: Any) -> dict[str, float]:
+    """An instance's figures from its engine profile, for the policy until reports teach them: a request of
+    200 prompt and 64 output tokens at batch 1, as many at once as the KV cache holds of 400 tokens each."""
+    from ..workload.engine import PROFILES
+
+    p = PROFILES[spec.profile]
+    kv = spec.kv_tokens or p.kv_tokens
+    prefill = 200 / p.prefill_tps * 1000
+    tpot = p.decode_base_ms + p.decode_per_seq_ms
+    return {
+        "service_s": round((prefill + 64 * tpot) / 1000, 3),
+        "capacity": float(min(spec.max_batch or p.max_batch, max(1, kv // 400))),
+        "prefill_ms": round(prefill, 3),
+        "tpot_ms": round(tpot, 3),
+    }
 
 
 def _tier(profile: str) -> str:

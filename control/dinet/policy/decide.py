@@ -1,28 +1,39 @@
 """Steering decisions: instance weights from compute and network metrics. Pure functions, no I/O.
 
-Delay-sensitive traffic (a live avatar stream) stays on the nearest site that is not overloaded; only when
-every instance there is overloaded does it move to the next nearest. Delay-tolerant traffic (a
-text-to-image job) is spread by a Level 2 score in which compute counts most, so it leaves a busy near site
-first. Damping keeps weights still unless the target moved by more than a hysteresis band, and then moves
-them part of the way, so two sites of similar load never swap traffic back and forth."""
+dinet places a service's new flows on what a new request is predicted to see on each instance
+(dinet.policy.predict: time to first token from the path's round trip, the transfer at the path's rate, the
+instance's queue and prefill; time per output token from its batch), weighted by the instance's headroom
+(the requests per second it can still take before new ones wait), so the best instance is not flooded until
+it becomes the worst:
+
+- An instance takes no new flow while unhealthy, overloaded (Level 1 compute >= `overload`), or, for a
+  delay-sensitive service, while its predicted TTFT or TPOT misses the service's SLO (with no SLO: while a
+  new request would wait) and another instance meets it. Model tiers: the preferred tier that meets it
+  takes new flows; a lower one only while none does.
+- Delay-sensitive: each instance's cost is its predicted share of the SLO, the larger of TTFT / the TTFT
+  objective and TPOT / the TPOT objective (the instance where a request keeps the most margin is the least
+  likely to miss); with no SLO, its predicted TTFT. The instances within `slack` of the lowest cost take
+  new flows, each in proportion to headroom x exp(-(its cost - the lowest) / slack); slack is `slo_slack`
+  (a share of the SLO) or, with no SLO, `sensitive_slack_ms`.
+- Delay-tolerant: every instance whose TPOT meets the SLO, in proportion to headroom, near ones given up
+  first (x (2 + Level 1 communication) / 3: draft-an-cats-usecase-ai s1).
+
+Damping keeps weights still unless the target moved by more than a hysteresis band, and then moves them
+part of the way, so two sites of similar load never swap traffic back and forth."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
-from ..model import Instance, InstanceState, ServiceIntent, SitePath, Strategy, TrafficClass
-from .scores import ClassWeights, Level0, Level1, ScoreModel
+from ..model import Instance, InstanceState, ServiceIntent, SitePath, Slo, Strategy, TrafficClass
+from .predict import Prediction, Priors, Rates, predict, seeded
+from .scores import Level0, Level1, ScoreModel
 
 __all__ = ["Candidate", "Policy", "Strategy", "TrafficClass", "damp", "decide", "target_weights"]
-
-
-CLASS_WEIGHTS = {
-    TrafficClass.DELAY_SENSITIVE: ClassWeights(compute=0.2, communication=0.7, service=0.1),
-    TrafficClass.DELAY_TOLERANT: ClassWeights(compute=0.7, communication=0.1, service=0.2),
-}
 
 
 @dataclass(frozen=True)
@@ -35,15 +46,18 @@ class Candidate:
     # the path's delay with the service's transfer at the path's rate (ms): "nearest" among paths whose
     # Level 1 communication is equal (a bulk transfer can saturate it on every path)
     delay_ms: float = 0.0
+    pred: Prediction | None = None  # what a new request would see there (None: judged from l1 and the priors)
 
 
 @dataclass(frozen=True)
 class Policy:
     max_weight: int = 100
     overload: float = 0.9  # Level 1 compute at or above this takes no new flow
-    # a delay-sensitive flow avoids an instance with this long a waiting queue (Level 1 queue) while a usable
-    # one without it exists: its TTFT would include the queue (a busy GPU without a queue is no reason to go)
-    sensitive_queue: float = 0.25
+    # delay-sensitive: instances whose predicted TTFT is within the larger of these of the best take flows
+    sensitive_slack_ms: float = 10.0
+    slo_slack: float = 0.1  # (with an SLO: a share of the objectives)
+    headroom_floor: float = 0.05  # req/s: a full instance still ranks by its predicted TTFT
+    priors: Priors = field(default_factory=Priors)  # an instance's rates before its reports teach them
     hysteresis: float = 0.15  # a target within this share of max_weight of the current weight changes nothing
     smoothing: float = 0.5  # otherwise move this share of the way (1.0: jump)
     strategy: Strategy = Strategy.DINET
@@ -51,8 +65,15 @@ class Policy:
     scores: ScoreModel = field(default_factory=ScoreModel)  # Level 0 -> Level 1
 
 
+NO_SLO = Slo()
+
+
 def target_weights(
-    cands: Iterable[Candidate], cls: TrafficClass, policy: Policy = Policy(), rng: random.Random | None = None
+    cands: Iterable[Candidate],
+    cls: TrafficClass,
+    policy: Policy = Policy(),
+    rng: random.Random | None = None,
+    slo: Slo = NO_SLO,
 ) -> dict[int, int]:
     cs = list(cands)
     out = {c.instance_id: 0 for c in cs}
@@ -65,24 +86,52 @@ def target_weights(
         if live:
             out[min(live, key=lambda c: (c.l1.compute, c.instance_id)).instance_id] = 1
         return out
-    if cls is TrafficClass.DELAY_SENSITIVE:  # a queue is no room for a delay-sensitive flow, in any tier
-        if any(c.l1.queue >= policy.sensitive_queue for c in usable):
-            usable = [c for c in usable if c.l1.queue < policy.sensitive_queue] or usable
+    sensitive = cls is TrafficClass.DELAY_SENSITIVE
+    pred = {c.instance_id: c.pred or _l1_prediction(c, policy) for c in usable}
+
+    def fits(c: Candidate) -> bool:
+        p = pred[c.instance_id]
+        if slo.tpot_ms and p.tpot_ms > slo.tpot_ms:
+            return False
+        if not sensitive:
+            return True
+        return p.ttft_ms <= slo.ttft_ms if slo.ttft_ms else p.wait_ms <= 0
+
     # model tiers: the preferred tier with room takes new flows; a lower one only while it has none
+    usable = [c for c in usable if fits(c)] or usable
     best = min(c.rank for c in usable)
     usable = [c for c in usable if c.rank == best]
-    if cls is TrafficClass.DELAY_SENSITIVE:
-        near = min(usable, key=lambda c: (c.l1.communication, c.delay_ms))
-        usable = [
-            c
-            for c in usable
-            if c.l1.communication <= near.l1.communication + 1e-9 and c.delay_ms <= near.delay_ms + 1e-9
-        ]
-    model = CLASS_WEIGHTS[cls]
-    for c in usable:
-        score = model.level2(c.l1)
-        out[c.instance_id] = max(1, round(policy.max_weight * (1.0 - score) ** 2))
+    scores: dict[int, float] = {}
+    if sensitive:
+        slack = policy.slo_slack if slo.ttft_ms or slo.tpot_ms else policy.sensitive_slack_ms
+        cost = {c.instance_id: _sensitive_cost(pred[c.instance_id], slo) for c in usable}
+        first = min(cost.values())
+        for c in usable:
+            p, k = pred[c.instance_id], cost[c.instance_id]
+            if k <= first + slack:
+                scores[c.instance_id] = (p.headroom + policy.headroom_floor) * math.exp(-(k - first) / slack)
+    else:
+        for c in usable:
+            p = pred[c.instance_id]
+            scores[c.instance_id] = (p.headroom + policy.headroom_floor) * (2 + c.l1.communication) / 3
+    top = max(scores.values())
+    for iid, s in scores.items():
+        out[iid] = max(1, round(policy.max_weight * s / top))
     return out
+
+
+def _sensitive_cost(p: Prediction, slo: Slo) -> float:
+    """The share of the SLO a request is predicted to use (the tighter objective); no SLO: TTFT in ms."""
+    if not (slo.ttft_ms or slo.tpot_ms):
+        return p.ttft_ms
+    return max(p.ttft_ms / slo.ttft_ms if slo.ttft_ms else 0.0, p.tpot_ms / slo.tpot_ms if slo.tpot_ms else 0.0)
+
+
+def _l1_prediction(c: Candidate, policy: Policy) -> Prediction:
+    """A candidate given by its Level 1 scores alone: its queue, and its load as capacity taken."""
+    busy = c.l1.compute if c.l1.compute > c.l1.queue else 0.0
+    queue = round(c.l1.queue * policy.scores.queue_ref)
+    return predict(Level0(queue_depth=queue), Rates(), c.delay_ms, 0.0, policy.priors, busy)
 
 
 def _baseline(cs: list[Candidate], out: dict[int, int], policy: Policy, rng: random.Random) -> dict[int, int]:
@@ -134,11 +183,13 @@ def decide(
     installed: Sequence[Instance],
     policy: Policy = Policy(),
     rng: random.Random | None = None,
+    rates: Mapping[int, Rates] | None = None,
 ) -> list[Instance]:
     """A service's instances as they should be installed, sorted by id: the whole decision, from the
     intent (with any pool instances that joined), each instance's last report (`samples`, by instance id),
     the instances whose agents went silent (`expired`), the network metrics per site (`paths`) and what the
-    data plane holds (`installed`, the record).
+    data plane holds (`installed`, the record); `rates`: each instance's rates learned from its reports
+    (dinet.policy.predict.learn; absent: the policy's priors).
 
     An instance's state, in order of precedence: the operator's `down` or `draining` in the intent; DOWN
     where its path is below the service's security floor, or once its agent expired; until its first
@@ -163,12 +214,16 @@ def decide(
         elif m is None:  # not heard from yet: as it was, never "idle and healthy"
             decided[iid] = old or inst
         else:
-            delay = path.delay_ms + path.transfer_ms(intent.transfer_kb)
-            l1 = policy.scores.level1(m, delay, path.loss)
-            cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), delay))
+            transfer = path.transfer_ms(intent.transfer_kb)
+            l1 = policy.scores.level1(m, path.delay_ms + transfer, path.loss)
+            # utilisation that the report's counts of requests do not show (a report of loads alone)
+            busy = 0.0 if (m.active_sessions or m.queue_depth or m.kv_usage) else max(m.cpu_load, m.gpu_util)
+            learned = seeded((rates or {}).get(iid) or Rates(), intent.priors.get(iid))
+            p = predict(m, learned, path.delay_ms, transfer, policy.priors, busy, path.loss)
+            cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), path.delay_ms + transfer, p))
     if cands:
         placing = replace(policy, strategy=intent.strategy) if intent.strategy else policy
-        target = target_weights(cands, intent.cls, placing, rng)
+        target = target_weights(cands, intent.cls, placing, rng, intent.slo)
         current = {
             c.instance_id: have[c.instance_id].weight
             for c in cands

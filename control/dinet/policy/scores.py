@@ -27,20 +27,34 @@ class Level0:
     tokens_per_s: float = 0.0
     token_latency_ms: float = 0.0
     healthy: bool = True
+    kv_usage: float = 0.0  # 0..1 of the KV cache in use (also inside gpu_util, as before)
+    ttft_ms: float = 0.0  # mean time to first token over the interval, at the server (0: none finished)
+    finished_per_s: float = 0.0  # requests completed per second over the interval
 
     def check(self) -> None:
         """Raises ConfigError naming the first value no agent could have measured."""
-        for name in ("cpu_load", "gpu_util", "tokens_per_s", "token_latency_ms"):
+        for name in (
+            "cpu_load",
+            "gpu_util",
+            "tokens_per_s",
+            "token_latency_ms",
+            "kv_usage",
+            "ttft_ms",
+            "finished_per_s",
+        ):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
                 raise ConfigError(f"{name} is not a number: {v!r}")
             if v < 0:
                 raise ConfigError(f"{name} is negative: {v!r}")
-        for name in ("cpu_load", "gpu_util"):
+        for name in ("cpu_load", "gpu_util", "kv_usage"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name} is a fraction 0..1, not {getattr(self, name)!r}")
-        if self.token_latency_ms > 600_000:
-            raise ConfigError(f"token_latency_ms out of range: {self.token_latency_ms!r}")
+        for name in ("token_latency_ms", "ttft_ms"):
+            if getattr(self, name) > 600_000:
+                raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
+        if self.finished_per_s > 1e6:
+            raise ConfigError(f"finished_per_s out of range: {self.finished_per_s!r}")
 
 
 @dataclass(frozen=True)

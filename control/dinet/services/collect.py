@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import grpc
@@ -31,6 +31,7 @@ from .. import proto
 from ..creds import Identity, listen, peer_identity, same_token
 from ..errors import ConfigError, DinetError
 from ..model import ServiceKey
+from ..policy.predict import Rates, learn
 from ..policy.scores import Level0
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,26 @@ def _service(text: str) -> ServiceKey:
     return ServiceKey.parse(text)
 
 
+LEVEL0_FIELDS = tuple(f.name for f in fields(Level0))
+
+
+def level0_of(r: Any) -> Level0:
+    """A report message's Level 0 (unchecked; see Level0.check)."""
+    return Level0(**{name: getattr(r, name) for name in LEVEL0_FIELDS})
+
+
+def report_of(pb: Any, service: str, instance_id: int, seq: int, m: Level0, announce: Announce | None) -> Any:
+    """The report message carrying `m` (and a pool instance's announcement): level0_of's inverse."""
+    where = {"endpoint": announce.endpoint, "site": announce.site, "leaving": announce.leaving} if announce else {}
+    values = {n: getattr(m, n) for n in LEVEL0_FIELDS}
+    return pb.Report(service=service, instance_id=instance_id, seq=seq, **where, **values)
+
+
 @dataclass
 class Sample:
     metrics: Level0
     at: float  # monotonic seconds
+    rates: Rates = Rates()  # what the reports so far taught of the instance (dinet.policy.predict)
 
 
 @dataclass(frozen=True)
@@ -105,7 +122,7 @@ class Collector:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _expired: set[InstanceRef] = field(default_factory=set)
     _since: dict[InstanceRef, float] = field(default_factory=dict)  # when an expected instance became expected
-    _live: dict[ServiceKey, dict[int, Level0]] = field(default_factory=dict)  # last samples not expired, by service
+    _by_svc: dict[ServiceKey, dict[int, Sample]] = field(default_factory=dict)  # `latest` by service
 
     def __post_init__(self) -> None:
         self.set_agents(self.agents)
@@ -146,11 +163,19 @@ class Collector:
     def samples(self, svc: ServiceKey) -> dict[int, Level0]:
         """The service's instances' last reports, by instance id (expired ones left out)."""
         with self._lock:
-            return dict(self._live.get(svc, ()))
+            d = self._by_svc.get(svc, {})
+            if not self._expired:
+                return {iid: s.metrics for iid, s in d.items()}
+            return {iid: s.metrics for iid, s in d.items() if (svc, iid) not in self._expired}
 
     def expired(self, svc: ServiceKey) -> set[int]:
         with self._lock:
             return {iid for s, iid in self._expired if s == svc} if self._expired else set()
+
+    def rates(self, svc: ServiceKey) -> dict[int, Rates]:
+        """The service's instances' learned rates, by instance id (kept while an instance is expired)."""
+        with self._lock:
+            return {iid: s.rates for iid, s in self._by_svc.get(svc, {}).items()}
 
     def pool(self, svc: ServiceKey) -> dict[int, Announce]:
         """The pool instances that joined the service and have not gone silent, by instance id."""
@@ -178,8 +203,10 @@ class Collector:
         self._changed(ref[0])
 
     def _store(self, ref: InstanceRef, m: Level0, announce: Announce | None, now: float) -> None:
-        self.latest[ref] = Sample(m, now)
-        self._live.setdefault(ref[0], {})[ref[1]] = m
+        prev = self.latest.get(ref)
+        self.latest[ref] = self._by_svc.setdefault(ref[0], {})[ref[1]] = Sample(
+            m, now, learn(prev.rates if prev else Rates(), m)
+        )
         self._expired.discard(ref)
         if announce is not None:
             self.members.setdefault(ref[0], {})[ref[1]] = announce
@@ -219,9 +246,7 @@ class Collector:
                 announce = Announce(endpoint, int(r.site), bool(r.leaving))
             if r.seq <= self._seq.get(agent, 0):
                 return self._reject("sequence", f"seq {r.seq} is not after {self._seq.get(agent, 0)}")
-            m = Level0(
-                r.cpu_load, r.gpu_util, r.queue_depth, r.active_sessions, r.tokens_per_s, r.token_latency_ms, r.healthy
-            )
+            m = level0_of(r)
             try:
                 m.check()
             except ConfigError as e:
@@ -258,11 +283,11 @@ class Collector:
         self._changed(ref[0])
 
     def _drop(self, ref: InstanceRef) -> None:
-        self._live.get(ref[0], {}).pop(ref[1], None)
         pool = self.members.get(ref[0], {})
         if ref[1] in pool:  # a pool instance that went silent has left
             del pool[ref[1]]
             self.latest.pop(ref, None)
+            self._by_svc.get(ref[0], {}).pop(ref[1], None)
             log.info("%s: pool instance %d left (silent)", ref[0], ref[1])
         else:
             self._expired.add(ref)
@@ -356,20 +381,7 @@ class Agent:
     def report(self, service: str, instance_id: int, m: Level0, announce: Announce | None = None) -> Any:
         """One report; a pool instance's carries its announcement (endpoint, site, leaving)."""
         self.seq += 1
-        where = {"endpoint": announce.endpoint, "site": announce.site, "leaving": announce.leaving} if announce else {}
-        return self.pb.Report(
-            **where,
-            service=service,
-            instance_id=instance_id,
-            seq=self.seq,
-            cpu_load=m.cpu_load,
-            gpu_util=m.gpu_util,
-            queue_depth=m.queue_depth,
-            active_sessions=m.active_sessions,
-            tokens_per_s=m.tokens_per_s,
-            token_latency_ms=m.token_latency_ms,
-            healthy=m.healthy,
-        )
+        return report_of(self.pb, service, instance_id, self.seq, m, announce)
 
     def send(self, reports: list[Any], timeout: float = 10.0) -> Any:
         """Streams the reports on one call; returns the collector's Ack."""

@@ -142,6 +142,7 @@ class Controller:
             self.installed.get(svc, ()),
             self.policy,
             self._rng,
+            self.collector.rates(svc),
         )
 
     def reconcile(self, svc: ServiceKey) -> bool:

@@ -17,7 +17,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath, Strategy, TrafficClass, parse_address
+from ..model import (
+    Instance,
+    InstancePrior,
+    InstanceState,
+    ServiceIntent,
+    ServiceKey,
+    SitePath,
+    Slo,
+    Strategy,
+    TrafficClass,
+    parse_address,
+)
 from ..packets import BSL_CODE
 from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
 from .collect import AgentAuth, Pool
@@ -28,7 +39,8 @@ from .probe import Probe
 
 class _Spec(BaseModel):
     # strict: `weight: 1.7` or `id: "abc"` is an error, not a conversion; unknown keys are errors
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # .inf and .nan are no timeout, rate or delay
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _ip(v: Any) -> str:
@@ -158,6 +170,15 @@ for _m in (XdpNodeSpec, AgentNodeSpec, Bmv2NodeSpec):
     _m.model_rebuild()
 
 
+class PriorSpec(_Spec):
+    """An instance's figures before its reports teach them (an engine profile's); 0: unknown."""
+
+    service_s: float = Field(default=0.0, ge=0, le=86400, allow_inf_nan=False)
+    capacity: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
+    prefill_ms: float = Field(default=0.0, ge=0, le=600_000, allow_inf_nan=False)
+    tpot_ms: float = Field(default=0.0, ge=0, le=600_000, allow_inf_nan=False)
+
+
 class InstanceSpec(_Spec):
     id: int = Field(ge=1, lt=2**32)
     endpoint: IPText
@@ -168,6 +189,7 @@ class InstanceSpec(_Spec):
     token: str | None = Field(default=None, min_length=1)
     agent: Name | None = None  # the reporting agent's identity; instances of one agent share its token
     tier: Literal["large", "small", "pruned"] | None = None  # the model tier it serves
+    prior: PriorSpec | None = None  # what it is known to do before its reports say (dinet.policy.predict)
 
     _endpoint = field_validator("endpoint")(_ip)
 
@@ -187,6 +209,13 @@ class PoolSpec(_Spec):
         return self
 
 
+class SloSpec(_Spec):
+    """What a request of the service should see: dinet steers delay-sensitive flows to where it is predicted."""
+
+    ttft_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # time to first token (0: none)
+    tpot_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # time per output token (0: none)
+
+
 class ServiceSpec(_Spec):
     service: str
     class_: Literal["delay-sensitive", "delay-tolerant"] = Field(default="delay-tolerant", alias="class")
@@ -195,6 +224,7 @@ class ServiceSpec(_Spec):
     # how its new flows are placed: dinet's decision, or a baseline to compare it with (dinet.policy.decide)
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] | None = None
     transfer_kb: float = Field(default=0.0, ge=0)  # what a request moves first (a KV cache): time at the path's rate
+    slo: SloSpec = SloSpec()
     instances: list[InstanceSpec] = Field(min_length=1)
     pools: list[PoolSpec] = []
 
@@ -502,6 +532,8 @@ def parse(doc: Any, path: Path) -> RunConfig:
                 tiers,
                 strategy,
                 s.transfer_kb,
+                Slo(s.slo.ttft_ms, s.slo.tpot_ms),
+                {i.id: InstancePrior(**i.prior.model_dump()) for i in s.instances if i.prior},
             )
         )
     cfg.nodes = {name: n.model_dump(exclude_none=True) for name, n in spec.nodes.items()}
@@ -534,10 +566,25 @@ def parse(doc: Any, path: Path) -> RunConfig:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last: a second
+    `services:` would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """A YAML file's document, or a ConfigError in one line (unreadable, or not YAML: where)."""
+    """A YAML file's document, or a ConfigError in one line (unreadable, not YAML, or a key given twice in
+    one mapping: where)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:

@@ -204,6 +204,47 @@ class Engine:
                 return
             yield t
 
+    def ttft_if_added(self, prompt_tokens: int, max_tokens: int, limit_s: float = 600.0) -> float:
+        """The exact time to first token a request would see if it arrived now (seconds): the engine's own
+        schedule run forward on a copy of its state, with no further arrival (the oracle baseline's view).
+        `limit_s` if it would not start within that (or could never run here)."""
+        if prompt_tokens + max_tokens > self.p.kv_tokens:
+            return limit_s
+        running = [s.max_tokens - s.generated for s in self.running]  # tokens each still makes
+        need = [s.kv_need for s in self.running]
+        waiting = [(s.prompt_tokens, s.max_tokens, s.kv_need, s.prefilled) for s in self.waiting]
+        waiting.append((prompt_tokens, max_tokens, prompt_tokens + max_tokens, False))
+        mine = len(waiting) - 1
+        kv, t, admitted = self.stats.kv_used, 0.0, 0
+        while t < limit_s:
+            new = []
+            while admitted < len(waiting) and len(running) < self.p.max_batch:
+                prompt, out, kv_need, prefilled = waiting[admitted]
+                if kv + kv_need > self.p.kv_tokens:
+                    break
+                kv += kv_need
+                running.append(out)
+                need.append(kv_need)
+                new.append((admitted, prompt, prefilled, len(running) - 1))
+                admitted += 1
+            prefill = [(k, prompt, pos) for k, prompt, prefilled, pos in new if not prefilled]
+            if prefill:
+                t += sum(p for _, p, _ in prefill) / self.p.prefill_tps
+                if any(k == mine for k, _, _ in prefill):
+                    return t
+                for _, _, pos in prefill:  # the prefill made their first token
+                    running[pos] -= 1
+            elif running:
+                t += (self.p.decode_base_ms + self.p.decode_per_seq_ms * len(running)) / 1000
+                running = [r - 1 for r in running]
+            else:
+                return limit_s  # nothing runs and the head cannot be admitted: it never will be
+            done = [j for j, r in enumerate(running) if r <= 0]
+            for j in reversed(done):
+                kv -= need[j]
+                del running[j], need[j]
+        return limit_s
+
     def _admit(self) -> list[Sequence]:
         new = []
         while self.waiting and len(self.running) < self.p.max_batch:

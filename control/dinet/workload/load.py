@@ -21,12 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Slo:
-    ttft_ms: float = 500.0
-    tpot_ms: float = 100.0
+from ..model import Slo
 
 
 @dataclass(frozen=True)
@@ -127,7 +122,7 @@ class LoadSpec:
     prompt_tokens: tuple[int, int] = (64, 256)
     max_tokens: tuple[int, int] = (16, 64)
     sensitive_share: float = 0.5
-    slo: Slo = field(default_factory=Slo)
+    slo: Slo = field(default_factory=lambda: Slo(500.0, 100.0))
     model: str | None = None
     seed: int = 1
     timeout: float = 60.0
@@ -139,6 +134,9 @@ class LoadSpec:
     offload_node: str = "0"
     offload_max_rtt_ms: float = 20.0
     start_at: float | None = None  # a wall-clock (Unix) time to start at: loads and events share one clock
+    # a per-request picker at the client instead of the VIP (the baselines of dinet.workload.pickers)
+    pick: str = ""
+    endpoints: tuple[str, ...] = ()  # the instances' URLs it picks from
 
     def arrivals(self) -> list[Arrival]:
         rng = random.Random(self.seed)
@@ -225,6 +223,13 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
             await asyncio.sleep(spec.start_at - time.time())
         t0 = time.monotonic()
 
+        chooser = None
+        if spec.pick:
+            from .pickers import picker
+
+            chooser = picker(spec.pick, list(spec.endpoints))
+            await chooser.start(session)
+
         view = None
         if spec.local_url and spec.offload_view:
             from .device import OffloadView
@@ -236,7 +241,10 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
             delay = t0 + a.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if view is None:
+            if chooser is not None:
+                url = await chooser.pick(session, a.prompt_tokens, a.max_tokens)
+                records.append(await _one(session, replace(spec, url=url), a))
+            elif view is None:
                 records.append(await _one(session, spec, a))
             else:
                 offload = await view.pays_off(session)
@@ -252,6 +260,8 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
         except (RuntimeError, ValueError):  # not the main thread
             pass
         await asyncio.gather(*tasks, return_exceptions=True)
+        if chooser is not None:
+            await chooser.stop()
     bar.close()
     records.sort(key=lambda r: r.t)
     if out is not None:

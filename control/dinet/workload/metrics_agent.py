@@ -14,6 +14,10 @@ Mapping to Level 0 (names: vLLM; llama.cpp's server and TGI where they differ):
 - token_latency_ms: the mean time per output token over the interval, the rise of the sum over the rise of
   the count of vllm:time_per_output_token_seconds (newer vllm:inter_token_latency_seconds; TGI:
   tgi_request_mean_time_per_token_duration)
+- kv_usage: the KV-cache usage alone (the same names as above)
+- ttft_ms: the mean time to first token over the interval, the rise of the sum over the rise of the count of
+  vllm:time_to_first_token_seconds (llama.cpp and TGI: none; 0)
+- finished_per_s: the rise of vllm:request_success_total over the interval (TGI: tgi_request_success)
 - cpu_load: the host's busy share of CPU time over the interval (/proc/stat)
 - healthy: the scrape succeeded
 
@@ -50,6 +54,9 @@ NAMES = {
     ),
     "tpot_sum": ("vllm:time_per_output_token_seconds_sum", "vllm:inter_token_latency_seconds_sum"),
     "tpot_count": ("vllm:time_per_output_token_seconds_count", "vllm:inter_token_latency_seconds_count"),
+    "ttft_sum": ("vllm:time_to_first_token_seconds_sum",),
+    "ttft_count": ("vllm:time_to_first_token_seconds_count",),
+    "finished": ("vllm:request_success_total", "tgi_request_success_total", "tgi_request_success"),
 }
 
 
@@ -79,17 +86,24 @@ class Mapper:
     prev_at: float = 0.0
     cpu_prev: tuple[int, int] | None = None
 
+    def _rise(self, values: dict[str, float], key: str) -> float | None:
+        """How much a counter rose since the previous scrape (None: absent, or reset by a restart)."""
+        v, v0 = _first(values, key), _first(self.prev or {}, key)
+        return v - v0 if v is not None and v0 is not None and v >= v0 else None
+
+    def _mean(self, values: dict[str, float], key: str) -> float:
+        """A histogram's mean over the interval in ms: the sum's rise over the count's (0: nothing observed)."""
+        s, c = self._rise(values, f"{key}_sum"), self._rise(values, f"{key}_count")
+        return s / c * 1000 if s is not None and c else 0.0
+
     def level0(self, values: dict[str, float], at: float, cpu: float = 0.0, gpu: float | None = None) -> Level0:
-        kv = _first(values, "kv") or 0.0
-        tokens_per_s = latency_ms = 0.0
+        kv = min(1.0, max(0.0, _first(values, "kv") or 0.0))
+        tokens_per_s = latency_ms = ttft_ms = finished_per_s = 0.0
         if self.prev is not None and at > self.prev_at:
-            g, g0 = _first(values, "gen_tokens"), _first(self.prev, "gen_tokens")
-            if g is not None and g0 is not None and g >= g0:  # a restarted server resets its counters
-                tokens_per_s = (g - g0) / (at - self.prev_at)
-            s, s0 = _first(values, "tpot_sum"), _first(self.prev, "tpot_sum")
-            c, c0 = _first(values, "tpot_count"), _first(self.prev, "tpot_count")
-            if None not in (s, s0, c, c0) and c > c0 and s >= s0:  # type: ignore[operator]
-                latency_ms = (s - s0) / (c - c0) * 1000  # type: ignore[operator]
+            dt = at - self.prev_at
+            tokens_per_s = (self._rise(values, "gen_tokens") or 0.0) / dt
+            finished_per_s = (self._rise(values, "finished") or 0.0) / dt
+            latency_ms, ttft_ms = self._mean(values, "tpot"), self._mean(values, "ttft")
         if not latency_ms and "tgi_request_mean_time_per_token_duration" in values:
             latency_ms = values["tgi_request_mean_time_per_token_duration"] * 1000
         self.prev, self.prev_at = values, at
@@ -101,6 +115,9 @@ class Mapper:
             tokens_per_s=tokens_per_s,
             token_latency_ms=min(latency_ms, 600_000.0),
             healthy=True,
+            kv_usage=kv,
+            ttft_ms=min(ttft_ms, 600_000.0),
+            finished_per_s=min(finished_per_s, 1e6),
         )
 
 

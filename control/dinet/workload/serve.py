@@ -119,6 +119,7 @@ class Server:
                 web.get("/health", self.health),
                 web.get("/metrics", self.prom),
                 web.post("/dinet/v1/kv", self.kv),
+                web.get("/dinet/v1/ttft", self.ttft),
             ]
         )
         self.app.on_shutdown.append(self._stop)
@@ -201,6 +202,19 @@ class Server:
 
     def _headers(self) -> dict[str, str]:
         return {"x-dinet-instance": self.name, "x-dinet-tier": self.profile.tier, "x-dinet-model": self.model}
+
+    async def ttft(self, request: web.Request) -> web.Response:
+        """The oracle's view (a debug endpoint, not vLLM's): the time to first token a request of
+        ?prompt=N&max_tokens=M would see if it arrived now, from the engine's exact state."""
+        try:
+            prompt = int(request.query.get("prompt", "128"))
+            out = int(request.query.get("max_tokens", "64"))
+        except ValueError:
+            return self._error(400, "prompt and max_tokens are integers")
+        if not (1 <= prompt <= 10_000_000 and 1 <= out <= 10_000_000):
+            return self._error(400, "prompt and max_tokens are 1..10,000,000")
+        s = self.engine.ttft_if_added(prompt, out)
+        return web.json_response({"ttft_ms": s * 1000, "instance": self.name}, headers=self._headers())
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="", headers=self._headers())

@@ -1,0 +1,133 @@
+"""What a new request would see on each instance: predicted time to first token and time per output token,
+from compute metrics (the instance's reports) and network metrics (the path). Pure functions, no I/O.
+
+An instance's rates are learned online from its own reports (`learn`), so a real vLLM, TGI or llama.cpp
+server needs no profile; until reports arrive an instance's prior (`InstancePrior` in the intent, an engine
+profile's figures) and then the policy's `Priors` stand in.
+
+- service time S: how long a request holds its place, by Little's law the running requests over the
+  completions per second (R / X), averaged;
+- capacity C: how many requests it runs at once before new ones wait. vLLM admits while the KV cache has
+  room, so C is the running requests over the KV cache's share in use (R / kv_usage); where requests
+  already wait, the running count itself is the limit;
+- prefill: the time to first token the server measured in intervals when nothing waited (the prompt's
+  prefill and scheduling, no queue);
+- TPOT: the time per output token the server measured; tokens per request: generated tokens per second over
+  completions per second.
+
+A new request at an instance then waits for the requests ahead of it beyond the capacity to finish, at the
+instance's completion rate C / S (`wait = max(0, R + Q + 1 - C) x S / C`), so
+
+    TTFT = 2 x path delay + transfer at the path's rate + wait + prefill + loss x loss_ms
+    TPOT = the instance's TPOT;  e2e = TTFT + tokens per request x TPOT
+
+and its spare rate (`headroom`, requests per second it can still take without queueing) is
+(C - R - Q) / S. The weights (dinet.policy.decide) come from these two numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..model import InstancePrior
+from .scores import Level0
+
+MAX_CAPACITY = 4096.0  # requests at once: a bound on what a barely used KV cache extrapolates to
+
+
+@dataclass(frozen=True)
+class Priors:
+    """What is assumed of an instance before its reports say otherwise."""
+
+    service_s: float = 5.0  # a chat answer of a few hundred tokens
+    capacity: float = 8.0  # requests at once
+    prefill_ms: float = 50.0
+    tpot_ms: float = 50.0
+    tokens_per_request: float = 128.0
+    alpha: float = 0.3  # the weight of a new observation in the running averages
+    # a request's first exchange is a few packets; each lost one costs TCP a retransmission timeout (>= 200
+    # ms): about 5 x 200 ms per unit of loss
+    loss_ms: float = 1000.0
+
+
+@dataclass(frozen=True)
+class Rates:
+    """An instance's learned rates (0: not learned yet, the prior applies)."""
+
+    service_s: float = 0.0
+    capacity: float = 0.0
+    prefill_ms: float = 0.0
+    tpot_ms: float = 0.0
+    tokens_per_request: float = 0.0
+    observations: int = 0
+
+
+def seeded(r: Rates, prior: InstancePrior | None) -> Rates:
+    """The learned rates, where a rate is not learned yet the instance's prior (an engine profile's)."""
+    if prior is None:
+        return r
+    return replace(
+        r,
+        service_s=r.service_s or prior.service_s,
+        capacity=r.capacity or prior.capacity,
+        prefill_ms=r.prefill_ms or prior.prefill_ms,
+        tpot_ms=r.tpot_ms or prior.tpot_ms,
+    )
+
+
+def _avg(old: float, new: float, alpha: float) -> float:
+    return new if old <= 0 else old + alpha * (new - old)
+
+
+def learn(r: Rates, m: Level0, priors: Priors = Priors()) -> Rates:
+    """The rates after one more report."""
+    a = priors.alpha
+    running, waiting, done = m.active_sessions, m.queue_depth, m.finished_per_s
+    out = replace(r, observations=r.observations + 1)
+    if running > 0 and done > 0:
+        out = replace(out, service_s=_avg(r.service_s, running / done, a))
+        if m.tokens_per_s > 0:
+            out = replace(out, tokens_per_request=_avg(r.tokens_per_request, m.tokens_per_s / done, a))
+    if waiting > 0 and running > 0:  # it queues: what runs is all it holds
+        out = replace(out, capacity=_avg(r.capacity, float(running), a))
+    elif running > 0 and m.kv_usage > 0:  # admitted while the KV cache has room
+        out = replace(out, capacity=_avg(r.capacity, min(MAX_CAPACITY, running / m.kv_usage), a))
+    if m.ttft_ms > 0 and waiting == 0:
+        out = replace(out, prefill_ms=_avg(r.prefill_ms, m.ttft_ms, a))
+    if m.token_latency_ms > 0:
+        out = replace(out, tpot_ms=_avg(r.tpot_ms, m.token_latency_ms, a))
+    return out
+
+
+@dataclass(frozen=True)
+class Prediction:
+    ttft_ms: float
+    tpot_ms: float
+    e2e_ms: float  # a request of the instance's mean length
+    headroom: float  # requests per second it can still take before new ones wait (0: full)
+    wait_ms: float  # the queueing part of ttft_ms
+
+
+def predict(
+    m: Level0,
+    r: Rates,
+    delay_ms: float,
+    transfer_ms: float = 0.0,
+    priors: Priors = Priors(),
+    busy: float = 0.0,
+    loss: float = 0.0,
+) -> Prediction:
+    """A new request's prediction at an instance that last reported `m`, with learned rates `r`, over a
+    path of one-way `delay_ms` that takes `transfer_ms` to carry what the request moves first. `busy`: a
+    share 0..1 of the instance already taken by what the report's counts do not show (CPU or GPU load of
+    other users): its capacity is that much smaller."""
+    service_s = r.service_s or priors.service_s
+    capacity = max(1.0, (r.capacity or priors.capacity) * (1.0 - min(busy, 0.99)))
+    tpot = m.token_latency_ms or r.tpot_ms or priors.tpot_ms
+    prefill = r.prefill_ms or priors.prefill_ms
+    ahead = m.active_sessions + m.queue_depth + 1 - capacity
+    wait_ms = max(0.0, ahead) * service_s / capacity * 1000
+    ttft = 2 * delay_ms + transfer_ms + wait_ms + prefill + loss * priors.loss_ms
+    tokens = r.tokens_per_request or priors.tokens_per_request
+    free = capacity - m.active_sessions - m.queue_depth
+    headroom = max(0.0, free) / service_s
+    return Prediction(ttft, tpot, ttft + tokens * tpot, headroom, wait_ms)

@@ -1,0 +1,141 @@
+"""Predicted latency per instance (dinet.policy.predict) and the placement on it (dinet.policy.decide): hand-
+worked cases, no kernel."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from dinet.model import Instance, ServiceIntent, ServiceKey, SitePath, Slo, TrafficClass
+from dinet.policy.decide import Policy, decide
+from dinet.policy.predict import Priors, Rates, learn, predict
+from dinet.policy.scores import Level0
+
+SVC = ServiceKey.parse("10.99.0.1:8000/tcp")
+UNDAMPED = Policy(smoothing=1.0, hysteresis=0.0)
+
+
+def test_rates_are_learned_from_reports() -> None:
+    # 4 running, 0.5 finished/s: by Little's law each holds its place 8 s; 40 tokens/s over 0.5 requests/s:
+    # 80 tokens a request; half the KV cache for 4 requests: 8 at once; no queue: its TTFT is the prefill
+    r = learn(
+        Rates(),
+        Level0(
+            active_sessions=4,
+            finished_per_s=0.5,
+            tokens_per_s=40,
+            kv_usage=0.5,
+            ttft_ms=120,
+            token_latency_ms=90,
+        ),
+    )
+    assert r == Rates(
+        service_s=8.0, capacity=8.0, prefill_ms=120.0, tpot_ms=90.0, tokens_per_request=80.0, observations=1
+    )
+    # the next report moves each average 0.3 of the way: 6 s, 60 tokens, 10 at once
+    r2 = learn(r, Level0(active_sessions=6, finished_per_s=1.0, tokens_per_s=60, kv_usage=0.6, token_latency_ms=90))
+    assert (r2.service_s, r2.tokens_per_request, r2.capacity) == pytest.approx((7.4, 74.0, 8.6))
+    assert r2.prefill_ms == 120.0  # no TTFT in that interval: kept
+    # requests wait: what runs is all it holds; a TTFT measured behind a queue is not the prefill
+    r3 = learn(Rates(), Level0(active_sessions=5, queue_depth=3, ttft_ms=900, kv_usage=0.4))
+    assert r3.capacity == 5.0 and r3.prefill_ms == 0.0
+
+
+def test_predicted_ttft_counts_the_path_the_transfer_the_queue_and_the_prefill() -> None:
+    edge = Rates(service_s=8.0, capacity=8.0, prefill_ms=120.0, tpot_ms=90.0, tokens_per_request=80.0)
+    # 8 running, 3 waiting, 8 at once: a new request waits for 4 to finish at 1 a second (8 / 8 s)
+    p = predict(Level0(active_sessions=8, queue_depth=3, token_latency_ms=90), edge, delay_ms=2)
+    assert (p.wait_ms, p.ttft_ms, p.tpot_ms, p.headroom) == pytest.approx((4000.0, 4124.0, 90.0, 0.0))
+    assert p.e2e_ms == pytest.approx(4124.0 + 80 * 90)
+    cloud = Rates(service_s=3.0, capacity=200.0, prefill_ms=30.0, tpot_ms=20.0, tokens_per_request=80.0)
+    q = predict(Level0(), cloud, delay_ms=25, transfer_ms=8.0, loss=0.01)
+    # 50 ms round trip + 8 ms transfer + no wait + 30 ms prefill + 1% loss x 1 s; 200 free at 3 s each
+    assert (q.ttft_ms, q.tpot_ms, q.headroom) == pytest.approx((98.0, 20.0, 200 / 3))
+    # before any report: the priors
+    assert predict(Level0(), Rates(), 0.0).ttft_ms == Priors().prefill_ms
+
+
+def _svc(*sites: int, slo: Slo | None = None, cls: TrafficClass = TrafficClass.DELAY_SENSITIVE) -> ServiceIntent:
+    insts = tuple(Instance(k + 1, f"192.0.2.{k + 1}", 1, site_id=s) for k, s in enumerate(sites))
+    return ServiceIntent(SVC, cls, insts, slo=slo or Slo())
+
+
+def _weights(intent: ServiceIntent, samples: dict, rates: dict, paths: dict) -> dict[int, int]:
+    return {i.instance_id: i.weight for i in decide(intent, samples, set(), paths, (), UNDAMPED, None, rates)}
+
+
+EDGE = Rates(service_s=8.0, capacity=8.0, prefill_ms=65.0, tpot_ms=90.0, tokens_per_request=60.0)
+CLOUD = Rates(service_s=2.0, capacity=256.0, prefill_ms=8.0, tpot_ms=20.0, tokens_per_request=60.0)
+PATHS = {1: SitePath(2), 2: SitePath(25)}
+
+
+FAST_EDGE = Rates(service_s=2.0, capacity=8.0, prefill_ms=10.0, tpot_ms=20.0, tokens_per_request=60.0)
+
+
+def test_a_near_edge_shares_while_it_keeps_the_margin_and_leaves_when_a_request_would_wait() -> None:
+    """The edge is 2 ms away, the cloud 25 ms; both decode at 20 ms a token. Against an SLO of 1 s TTFT and
+    250 ms TPOT both use 0.08 of it (TPOT is the tighter): both take flows, by headroom (8 / 2 s = 4 req/s
+    against 256 / 2 s). Once the edge runs 8 and one waits, a new request would wait 0.5 s there (0.5 of the
+    TTFT objective): the cloud alone."""
+    intent = _svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250))
+    idle = _weights(intent, {1: Level0(), 2: Level0()}, {1: FAST_EDGE, 2: CLOUD}, PATHS)
+    assert idle == {1: round(100 * 4.05 / 128.05), 2: 100}
+    full = _weights(
+        intent,
+        {1: Level0(active_sessions=8, queue_depth=1, kv_usage=0.9), 2: Level0()},
+        {1: FAST_EDGE, 2: CLOUD},
+        PATHS,
+    )
+    assert full == {1: 0, 2: 100}
+
+
+def test_token_latency_weighs_against_the_path() -> None:
+    """An edge GPU at 90 ms a token uses 0.36 of a 250 ms TPOT objective, the far cloud's 20 ms 0.08: the
+    cloud keeps more margin, however near the edge. Once the cloud's path is slow enough that its TTFT uses
+    more of the SLO than the edge's TPOT does, by more than the slack (0.1; a 300 ms one-way path: 0.61), the edge
+    is the choice."""
+    intent = _svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250))
+    w = _weights(intent, {1: Level0(), 2: Level0()}, {1: EDGE, 2: CLOUD}, PATHS)
+    assert w == {1: 0, 2: 100}
+    slow = _weights(intent, {1: Level0(), 2: Level0()}, {1: EDGE, 2: CLOUD}, {1: SitePath(2), 2: SitePath(300)})
+    assert slow == {1: 100, 2: 0}
+
+
+def test_equal_instances_share_by_headroom_so_the_best_is_not_flooded() -> None:
+    """Two instances at one site, the same rates: one has 6 of its 8 places taken. New flows go 2 : 8."""
+    intent = _svc(1, 1, slo=Slo(ttft_ms=1000))
+    samples = {1: Level0(active_sessions=6, kv_usage=0.75), 2: Level0()}
+    w = _weights(intent, samples, {1: EDGE, 2: EDGE}, PATHS)
+    # headroom 2/8 and 8/8 req/s, + 0.05 each: 0.3 : 1.05
+    assert w == {1: round(100 * 0.3 / 1.05), 2: 100}
+
+
+def test_without_an_slo_a_delay_sensitive_flow_stays_near_while_nothing_waits() -> None:
+    intent = _svc(1, 2)
+    w = _weights(intent, {1: Level0(), 2: Level0()}, {1: EDGE, 2: EDGE}, PATHS)
+    assert w == {1: 100, 2: 0}  # 4 + 65 ms against 50 + 65 ms: beyond the 10 ms slack
+    busy = _weights(intent, {1: Level0(active_sessions=8, queue_depth=2), 2: Level0()}, {1: EDGE, 2: EDGE}, PATHS)
+    assert busy == {1: 0, 2: 100}
+
+
+def test_delay_tolerant_gives_up_the_near_instance_first() -> None:
+    intent = _svc(1, 2, cls=TrafficClass.DELAY_TOLERANT)
+    w = _weights(intent, {1: Level0(), 2: Level0()}, {1: EDGE, 2: EDGE}, {1: SitePath(2), 2: SitePath(40)})
+    # the same headroom (1.05); (2 + 0.04) / 3 against (2 + 0.8) / 3
+    assert w == {1: round(100 * 2.04 / 2.8), 2: 100}
+
+
+def test_an_instances_prior_stands_in_until_its_reports_teach_the_rate() -> None:
+    from dinet.model import InstancePrior
+    from dinet.policy.predict import seeded
+
+    prior = InstancePrior(service_s=6.0, capacity=8.0, prefill_ms=130.0, tpot_ms=90.0)
+    assert seeded(Rates(), prior) == Rates(service_s=6.0, capacity=8.0, prefill_ms=130.0, tpot_ms=90.0)
+    assert seeded(Rates(tpot_ms=30.0), prior).tpot_ms == 30.0  # learned: the report's figure wins
+    # in a decision: an idle edge known to decode at 90 ms a token against a cloud known for 20 ms
+    intent = replace(
+        _svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250)),
+        priors={1: prior, 2: InstancePrior(service_s=2.0, capacity=256.0, prefill_ms=10.0, tpot_ms=20.0)},
+    )
+    assert _weights(intent, {1: Level0(), 2: Level0()}, {}, PATHS) == {1: 0, 2: 100}
