@@ -137,6 +137,7 @@ def _bad_inputs(node: str) -> list[tuple[str, ...]]:
         ("p4", "read", "--address", "unix:/nonexistent/p4rt.sock", "--table", "ring"),
         ("agent", "--listen", "256.0.0.1:1", "--insecure", *n),
         ("agent", "--listen", "127.0.0.1:0", *n),  # no credentials and not --insecure
+        ("agent", "--listen", "127.0.0.1:0", "--insecure", *n),  # without TLS and without a token: anyone
         ("agent", "--certs", "/nonexistent", "--identity", "x", *n),
         ("certs", "issue", "host1", "--dir", "/nonexistent/pki"),
         ("certs", "issue", "bad name", "--dir", "/nonexistent/pki"),

@@ -255,3 +255,45 @@ def test_a_service_under_a_baseline_is_placed_by_it_undamped() -> None:
     for i in (1, 2, 3):
         ctl.collector.observe((SVC, i), Level0(cpu_load=0.95 if i == 1 else 0.0))
     assert t.installed() == {1: (100, "up"), 2: (0, "up"), 3: (0, "up")}  # site 1 is nearest, overloaded or not
+
+
+class FlakyTarget(CountingTarget):
+    """A data plane that refuses every write while `away` (a switch restarting, a node agent unreachable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = False
+        self.tried = 0
+
+    def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
+        self.tried += 1
+        if self.away:
+            from dinet.errors import DataPlaneError
+
+            raise DataPlaneError("the switch does not answer")
+        super().set_instances(svc, instances)
+
+
+def test_a_failing_data_plane_is_counted_retried_and_resynced_and_stops_no_other_node() -> None:
+    """Two ingress nodes decide on one collector's reports. One node's data plane goes away: its failure is
+    counted, it is not written to again until its backoff has passed, and the other node is decided for on
+    every report; once it answers, a resync writes what was decided meanwhile."""
+    col = Collector({})
+    flaky, fine = FlakyTarget(), CountingTarget()
+    intent = [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))]
+    down, up = (Controller(t, intent, dict(SITES), policy=Policy(smoothing=1.0), collector=col) for t in (flaky, fine))
+    down.start()
+    up.start()
+    flaky.away = True
+    col.observe((SVC, 2), Level0(cpu_load=0.1))  # 2 idle: both nodes should give it the top weight
+    assert down.failing and down.errors == 1 and col.rejected["decision"] == 1
+    assert fine.installed()[2][0] == 100  # the other node decided all the same
+    tried = flaky.tried
+    col.observe((SVC, 1), Level0(cpu_load=0.95))  # 1 overloaded
+    assert flaky.tried == tried  # no write is tried while it is failing
+    assert fine.installed()[1][0] == 0
+    assert not down.retry(now=0.0)  # the backoff has not passed
+    assert not down.retry(now=1e12) and down.errors == 2  # still away: counted again, backoff longer
+    flaky.away = False
+    assert down.retry(now=2e12) and not down.failing
+    assert flaky.installed() == fine.installed()  # what was decided meanwhile is in place

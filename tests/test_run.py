@@ -88,6 +88,16 @@ def test_bad_intent_files_are_refused_with_one_line(tmp_path: Path, text: str, m
     assert "\n" not in str(e.value) and str(e.value).startswith(str(p))
 
 
+def test_an_instance_named_only_is_reported_for_by_its_name(tmp_path: Path) -> None:
+    """An instance with a `name:` and no `agent:` or token has an agent all the same: the identity of its name
+    (its reports are taken, and it expires when they stop); one with neither reports for nothing."""
+    p = tmp_path / "i.yaml"
+    p.write_text(SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1, name: edge-a}\n      - {id: 2, endpoint: 10.1.1.2}")
+    cfg = load(p)
+    assert set(cfg.agents) == {"edge-a"}
+    assert cfg.agents["edge-a"].refs == {(ServiceKey.parse("10.0.0.1:80/tcp"), 1)}
+
+
 def test_run_check_validates_without_starting_anything(tmp_path: Path) -> None:
     ok = subprocess.run(
         [

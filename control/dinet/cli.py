@@ -881,7 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--collector", required=True, action="append", help="HOST:PORT (repeated: every one, as in mode distributed)"
     )
     p.add_argument("--certs")
-    p.add_argument("--identity", default="agent")
+    # not the node agent's default ("agent"): a metrics host must not pose as a node agent by default
+    p.add_argument("--identity", default="metrics-agent", help="this agent's certificate name (NAME.key, NAME.crt)")
     p.add_argument("--server", default="controller", help="the collector's certificate name")
     p.add_argument("--token-file")
     p.add_argument("--interval", type=float, default=1.0)

@@ -163,6 +163,8 @@ class AgentServer:
         _, pb_grpc = proto.agent()
         if identity is None and not insecure:
             raise ConfigError("the node agent has no credentials: give it a certificate (dinet certs), or --insecure")
+        if identity is None and not service.token:  # as the insecure collector: a token names who may call
+            raise ConfigError("a node agent without TLS (--insecure) needs a token: --token-file FILE or DINET_TOKEN")
         self.insecure = identity is None
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_NodeAgentServicer_to_server(service.servicer(), self.server)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import UnknownServiceError
+from ..errors import DinetError, UnknownServiceError
 from ..model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath, parse_address
 from ..policy.decide import Policy, decide
 from ..targets.base import SteeringTarget
@@ -41,6 +41,10 @@ class Controller:
     reads: int = 0  # read-backs of the data plane (start and resyncs only)
     decisions: int = 0  # decisions made (reconciliations), and the seconds they took in all
     decision_seconds: float = 0.0
+    errors: int = 0  # decisions or writes the data plane refused, or could not take (away, restarting)
+    failing: bool = False  # a write failed: no write is tried until retry() has resynced the data plane
+    _retry_at: float = 0.0
+    _backoff: float = 0.0
     _by_key: dict[ServiceKey, ServiceIntent] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _rng: random.Random = field(default_factory=random.Random)
@@ -86,10 +90,19 @@ class Controller:
         the decisions. At start, and when a target was re-programmed or is suspected to differ."""
         with self._lock:
             before = self.writes
+            self._remove_gone()
             for s in self.services:
                 self._read_back(s.key)
                 self.reconcile(s.key)
             return self.writes - before
+
+    def _remove_gone(self) -> None:
+        """Services installed that the intent no longer has are removed (the record keeps one until then)."""
+        for key in sorted(set(self.installed) - set(self._by_key)):
+            self.target.remove_service(key)
+            self.installed.pop(key, None)
+            self.writes += 1
+            log.info("%s: removed (no longer in the intent)", key)
 
     def _read_back(self, svc: ServiceKey) -> None:
         """The service as the data plane holds it (installed first if it is not there) becomes the record."""
@@ -103,13 +116,10 @@ class Controller:
         stay keep their slots and flows. Returns the writes."""
         with self._lock:
             before = self.writes
-            gone = set(self._by_key) - {s.key for s in services}
             self.services, self._by_key = list(services), {s.key: s for s in services}
-            for key in sorted(gone):
-                self.target.remove_service(key)
-                self.installed.pop(key, None)
-                self.writes += 1
-                log.info("%s: removed (no longer in the intent)", key)
+            if self.failing:  # retry() applies it all once the data plane answers
+                return 0
+            self._remove_gone()
             for s in self.services:
                 if s.key not in self.installed:
                     self._read_back(s.key)
@@ -162,16 +172,53 @@ class Controller:
         with self._lock:
             before = self.writes
             self.sites.update(sites)
+            if self.failing:  # retry() decides them all once the data plane answers
+                return 0
             for s in self.services:
                 self.reconcile(s.key)
             return self.writes - before
 
     def changed(self, svc: ServiceKey) -> None:
         """The collector's event: something known of the service's instances changed (a report, an expiry,
-        a pool instance that joined or left). Decided again if the service is in the intent."""
+        a pool instance that joined or left). Decided again if the service is in the intent; while the data
+        plane is failing nothing is written (retry() resyncs it all once it answers)."""
         with self._lock:
-            if svc in self._by_key:
+            if svc not in self._by_key or self.failing:
+                return
+            try:
                 self.reconcile(svc)
+            except DinetError as e:
+                self.failed(f"{svc}: decision", e)
+                raise
+
+    # ---- faults -------------------------------------------------------------------------------------------
+    def failed(self, what: str, e: DinetError, now: float | None = None) -> None:
+        """A write to the data plane failed: counted, and retried by retry() with a backoff (0.25 s doubling
+        to 5 s). The data plane keeps forwarding on what it holds meanwhile."""
+        with self._lock:
+            self.errors += 1
+            if not self.failing:
+                log.error("%s failed: %s (resync once the data plane answers)", what, e)
+            self.failing = True
+            self._backoff = min(5.0, max(0.25, self._backoff * 2))
+            self._retry_at = (time.monotonic() if now is None else now) + self._backoff
+
+    def retry(self, now: float | None = None) -> bool:
+        """Resyncs the data plane after a failure once the backoff has passed. True when it is well."""
+        with self._lock:
+            if not self.failing:
+                return True
+            if (time.monotonic() if now is None else now) < self._retry_at:
+                return False
+            self.failing = False  # resync writes for real
+            try:
+                self.resync()
+            except DinetError as e:
+                self.failed("resync", e, now)
+                return False
+            self._backoff = 0.0
+            log.warning("the data plane answers again: resynced (%d errors so far)", self.errors)
+            return True
 
     # ---- observation ------------------------------------------------------------------------------------
     def status(self) -> Iterator[dict[str, Any]]:

@@ -510,7 +510,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
             insts.append(
                 Instance(i.id, parse_address(i.endpoint), i.weight, InstanceState[i.state.upper()], i.site, i.name)
             )
-            if i.token or i.agent:  # someone reports for it
+            if i.token or i.agent or i.name:  # someone reports for it: its agent, by default its name
                 who = i.agent or i.name or f"agent-{i.id}"
                 old = cfg.agents.get(who, AgentAuth(frozenset(), i.token or ""))
                 if i.token and old.token and old.token != i.token:

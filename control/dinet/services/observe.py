@@ -49,7 +49,15 @@ class DinetMetrics(PromCollector):
             "1 for the placement strategy the service runs",
             labels=["node", "service", "strategy"],
         )
+        errors = CounterMetricFamily(
+            "dinet_controller_errors", "Writes the data plane refused or could not take, retried", labels=["node"]
+        )
+        failing = GaugeMetricFamily(
+            "dinet_controller_failing", "1 while the node's data plane is away (resync pending)", labels=["node"]
+        )
         for n, c in zip(self.nodes, self.controllers, strict=True):
+            errors.add_metric([n], c.errors)
+            failing.add_metric([n], int(c.failing))
             for intent in c.services:
                 strategy.add_metric([n, str(intent.key), (intent.strategy or c.policy.strategy).value], 1)
             for row in c.status():
@@ -64,7 +72,7 @@ class DinetMetrics(PromCollector):
             count += c.decisions
             seconds += c.decision_seconds
             writes += c.writes
-        yield from (weight, up, pkts, flows, compute, delay, strategy)
+        yield from (weight, up, pkts, flows, compute, delay, strategy, errors, failing)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",

@@ -148,10 +148,14 @@ def _probe_loop(ctl: Controller, probes: dict[int, Any], interval: float, stop: 
                 site: replace(ctl.sites.get(site, SitePath()), delay_ms=m.delay_ms, loss=m.loss)
                 for site, m in ((site, p.measure()) for site, p in probes.items())
             }
-            n = ctl.update_sites(measured)
-            log.info("probes: %s (%d writes)", {s: (round(m.delay_ms, 3), m.loss) for s, m in measured.items()}, n)
         except DinetError as e:
             log.warning("probes: %s", e)
+        else:
+            try:
+                n = ctl.update_sites(measured)
+                log.info("probes: %s (%d writes)", {s: (round(m.delay_ms, 3), m.loss) for s, m in measured.items()}, n)
+            except DinetError as e:
+                ctl.failed("the probes' decision", e)
         stop.wait(interval)
 
 
@@ -193,14 +197,18 @@ class _IntentWatch:
             return
         if self.collector is not None:
             self.collector.set_agents(cfg.agents)
-        n = sum(c.set_intent(cfg.services) for c in self.ctls)
-        for c, k in zip(self.ctls, self.nodes, strict=True):
-            if k >= len(cfg.ingress):
-                continue
-            ing = cfg.ingress[k]  # the configured paths (network metrics); a probed site keeps its measurement
-            paths = {sid: p for sid, p in ing.sites.items() if sid not in ing.probes}
-            if any(c.sites.get(sid) != p for sid, p in paths.items()):
-                n += c.update_sites(paths)
+        n = 0
+        for c, k in zip(self.ctls, self.nodes, strict=True):  # each node on its own: one failing stops no other
+            try:
+                n += c.set_intent(cfg.services)
+                if k >= len(cfg.ingress):
+                    continue
+                ing = cfg.ingress[k]  # the configured paths (network metrics); a probed site keeps its measurement
+                paths = {sid: p for sid, p in ing.sites.items() if sid not in ing.probes}
+                if any(c.sites.get(sid) != p for sid, p in paths.items()):
+                    n += c.update_sites(paths)
+            except DinetError as e:
+                c.failed("the new intent", e)
         log.warning("%s changed: new intent applied (%d writes)", self.path, n)
 
 
@@ -308,12 +316,18 @@ def run(
         print(
             f"dinet: collector on {srv.address} ({tls}), metrics on http://{cfg.prometheus_listen}/metrics", flush=True
         )
+        # a failure here is counted and retried (with backoff, then a resync): `dinet run` never exits on a
+        # data plane or node agent that is away, and one node's failure stops no other node
         while not stop.wait(0.5):
             col.expire()
             watch.poll()
             for c in ctls:
-                if keep_in_sync(c.target):
-                    c.resync()
+                try:
+                    if keep_in_sync(c.target):
+                        c.resync()
+                except DinetError as e:
+                    c.failed("resync", e)
+                c.retry()
         if http:
             http[0].shutdown()
     return 0

@@ -5,9 +5,10 @@
   instance's `/metrics` scraped every 50 ms (their default refresh). Run at the client, so no proxy hop counts
   against it.
 - oracle: each request goes to the instance where it would see the lowest time to first token given every
-  engine's exact state at that moment (`dinet serve`'s debug endpoint /dinet/v1/ttft, which runs the
-  engine's own schedule forward) plus the round trip to it, measured by that very query. An upper bound no
-  deployable picker reaches: the query's own time is not counted in the request's TTFT."""
+  engine's state (`dinet serve`'s debug endpoint /dinet/v1/ttft, which runs the engine's own schedule
+  forward) plus the round trip to it, both polled back to back from every engine in the background. Near an
+  upper bound at arrival: it knows each engine's schedule exactly (as fresh as the path allows), though not
+  the arrivals still to come nor what the tokens after the first will take."""
 
 from __future__ import annotations
 
@@ -31,83 +32,91 @@ def _first(values: dict[str, float], key: str) -> float:
 
 
 @dataclass
-class LeastQueue:
-    """Scrapes every endpoint's /metrics every `interval` s (in the background) and picks by (waiting, KV)."""
+class _Poller:
+    """Polls every endpoint in a loop of its own (a far one never holds up a near one), keeping what each
+    last answered; an endpoint that fails `drop_after` times in a row is no candidate until it answers."""
 
     endpoints: list[str]
     interval: float = 0.05
-    rng: random.Random = field(default_factory=lambda: random.Random(1))
-    state: dict[str, tuple[float, float]] = field(default_factory=dict)  # endpoint -> (waiting, kv use)
+    timeout: float = 5.0
+    drop_after: int = 3
+    state: dict[str, Any] = field(default_factory=dict)
     failures: int = 0
-    _task: asyncio.Task[None] | None = None
+    _misses: dict[str, int] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self, session: Any) -> None:
-        await self._scrape_all(session)
-        self._task = asyncio.create_task(self._loop(session))
+        await asyncio.gather(*(self._poll(session, ep) for ep in self.endpoints))  # a first view of each
+        self._tasks = [asyncio.create_task(self._loop(session, ep)) for ep in self.endpoints]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _loop(self, session: Any) -> None:
+    async def _loop(self, session: Any, ep: str) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self._scrape_all(session)
+            await self._poll(session, ep)
 
-    async def _scrape_all(self, session: Any) -> None:
-        await asyncio.gather(*(self._scrape(session, ep) for ep in self.endpoints))
-
-    async def _scrape(self, session: Any, ep: str) -> None:
+    async def _poll(self, session: Any, ep: str) -> None:
         import aiohttp
 
         try:
-            async with session.get(f"{ep}/metrics", timeout=aiohttp.ClientTimeout(total=1.0)) as r:
-                values = parse(await r.text())
-        except (TimeoutError, aiohttp.ClientError, ConfigError):
+            value = await self.query(session, ep, aiohttp.ClientTimeout(total=self.timeout))
+        except (TimeoutError, aiohttp.ClientError, ConfigError, KeyError, ValueError):
             self.failures += 1
-            self.state.pop(ep, None)  # not answering: not a candidate until it does
+            self._misses[ep] = self._misses.get(ep, 0) + 1
+            if self._misses[ep] >= self.drop_after:
+                self.state.pop(ep, None)
             return
-        self.state[ep] = (_first(values, "waiting"), _first(values, "kv"))
+        self._misses[ep] = 0
+        self.state[ep] = value
 
-    async def pick(self, session: Any, prompt_tokens: int, max_tokens: int) -> str:
+    async def query(self, session: Any, ep: str, timeout: Any) -> Any:
+        raise NotImplementedError
+
+    def best(self, key: Any, rng: random.Random) -> str:
         live = [ep for ep in self.endpoints if ep in self.state] or self.endpoints
-        best = min(self.state.get(ep, (0.0, 0.0)) for ep in live)
-        return self.rng.choice([ep for ep in live if self.state.get(ep, (0.0, 0.0)) == best])
+        scores = {ep: key(self.state[ep]) if ep in self.state else float("inf") for ep in live}
+        low = min(scores.values())
+        return rng.choice([ep for ep in live if scores[ep] == low])
 
 
 @dataclass
-class Oracle:
-    """Asks every endpoint what TTFT a request would see there now; picks the lowest with the round trip."""
+class LeastQueue(_Poller):
+    """Fewest waiting requests, then the least KV cache in use, from each endpoint's /metrics."""
 
-    endpoints: list[str]
-    failures: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(1))
 
-    async def start(self, session: Any) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def _ask(self, session: Any, ep: str, prompt_tokens: int, max_tokens: int) -> float:
-        import aiohttp
-
-        t0 = time.monotonic()
-        try:
-            async with session.get(
-                f"{ep}/dinet/v1/ttft",
-                params={"prompt": str(prompt_tokens), "max_tokens": str(max_tokens)},
-                timeout=aiohttp.ClientTimeout(total=2.0),
-            ) as r:
-                ttft_ms = float((await r.json())["ttft_ms"])
-        except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
-            self.failures += 1
-            return float("inf")
-        return ttft_ms + (time.monotonic() - t0) * 1000
+    async def query(self, session: Any, ep: str, timeout: Any) -> tuple[float, float]:
+        async with session.get(f"{ep}/metrics", timeout=timeout) as r:
+            values = parse(await r.text())
+        return _first(values, "waiting"), _first(values, "kv")
 
     async def pick(self, session: Any, prompt_tokens: int, max_tokens: int) -> str:
-        guesses = await asyncio.gather(*(self._ask(session, ep, prompt_tokens, max_tokens) for ep in self.endpoints))
-        return min(zip(guesses, self.endpoints, strict=True))[1]
+        return self.best(lambda s: s, self.rng)
+
+
+@dataclass
+class Oracle(_Poller):
+    """The lowest TTFT each engine's own schedule gives a request now (a reference request of 128 prompt and
+    32 output tokens, polled every 20 ms from every engine, as fresh as each path allows), plus the round
+    trip to it."""
+
+    interval: float = 0.02
+    rng: random.Random = field(default_factory=lambda: random.Random(1))
+
+    async def query(self, session: Any, ep: str, timeout: Any) -> tuple[float, float]:
+        t0 = time.monotonic()
+        async with session.get(
+            f"{ep}/dinet/v1/ttft", params={"prompt": "128", "max_tokens": "32"}, timeout=timeout
+        ) as r:
+            ttft_ms = float((await r.json())["ttft_ms"])
+        return ttft_ms, (time.monotonic() - t0) * 1000
+
+    async def pick(self, session: Any, prompt_tokens: int, max_tokens: int) -> str:
+        return self.best(lambda s: s[0] + s[1], self.rng)
 
 
 def picker(kind: str, endpoints: list[str]) -> LeastQueue | Oracle:
