@@ -94,13 +94,18 @@ def test_ttft_grows_with_load_and_the_queue_fills_when_the_kv_cache_is_full(serv
 
 
 def test_the_queue_and_kv_gauges_follow_a_burst(server: str) -> None:
-    async def burst() -> dict[str, float]:
+    """Ten requests of 300 prompt and 300 output tokens into a KV cache of 2,000 tokens (125 blocks of 16):
+    six prompts fit (19 blocks each), the rest wait; as the six generate, the cache fills and the newest
+    running ones are preempted (recomputed later). Every request finishes with all its tokens."""
+
+    async def burst() -> tuple[dict[str, float], list]:
         task = asyncio.create_task(
             run_load(
                 LoadSpec(
                     server,
                     duration=0.2,
-                    schedule=[(0.0, 50.0)],
+                    schedule=[(0.0, 200.0)],
+                    max_requests=10,
                     prompt_tokens=(300, 300),
                     max_tokens=(300, 300),
                     seed=5,
@@ -110,17 +115,20 @@ def test_the_queue_and_kv_gauges_follow_a_burst(server: str) -> None:
         )
         # wait for the condition (the burst has filled the engine), not for a time
         snap: dict[str, float] = {}
-        for _ in range(200):
+        for _ in range(500):
             snap = await asyncio.to_thread(metrics, server)
-            if snap["vllm:num_requests_running"] == 3 and snap["vllm:num_requests_waiting"] >= 1:
+            if snap["vllm:num_requests_waiting"] >= 1 and snap["vllm:kv_cache_usage_perc"] >= 0.9:
                 break
             await asyncio.sleep(0.02)
-        await task
-        return snap
+        return snap, await task
 
-    m = asyncio.run(burst())
-    assert m["vllm:num_requests_running"] == 3 and m["vllm:num_requests_waiting"] >= 1
-    assert m["vllm:gpu_cache_usage_perc"] == pytest.approx(3 * 600 / TINY.kv_tokens)
+    m, recs = asyncio.run(burst())
+    assert m["vllm:num_requests_waiting"] >= 1 and m["vllm:kv_cache_usage_perc"] >= 0.9
+    assert m["vllm:num_requests_running"] <= 6  # what the blocks hold
+    assert len(recs) == 10 and all(r.status == "ok" and r.completion_tokens == 300 for r in recs)
+    after = metrics(server)
+    assert after["vllm:num_preemptions_total"] >= 1  # 6 x 600 tokens do not fit 2,000
+    assert after["vllm:kv_cache_usage_perc"] == 0 and after["vllm:num_requests_running"] == 0
 
 
 def test_load_summary_and_schedules() -> None:
@@ -312,7 +320,8 @@ def test_the_engines_what_if_ttft_matches_what_a_request_then_sees() -> None:
             pass
 
     idle_guess, guess, seen = asyncio.run(scenario())
-    assert idle_guess == pytest.approx(150 / 20_000)  # idle: the prefill alone
+    # idle: one step of the prompt's prefill: max(4 ms, 149 tokens at 20,000/s) + 1 ms for the sequence
+    assert idle_guess == pytest.approx(149 / 20_000 + 0.001)
     assert guess > 10 * idle_guess  # behind 12 requests that fill the cache
     assert seen == pytest.approx(guess, rel=0.25)
 
@@ -362,4 +371,62 @@ def test_the_client_side_pickers_send_each_request_where_it_would_wait_least() -
             urllib.request.urlopen(f"{a}/dinet/v1/ttft?prompt=x", timeout=5)
         assert e.value.code == 400
         idle = json.loads(urllib.request.urlopen(f"{b}/dinet/v1/ttft?prompt=200&max_tokens=10", timeout=5).read())
-        assert idle["instance"] == "b" and idle["ttft_ms"] == pytest.approx(200 / TINY.prefill_tps * 1000)
+        assert idle["instance"] == "b" and idle["ttft_ms"] == pytest.approx(199 / TINY.prefill_tps * 1000 + 1)
+
+
+def test_chunked_prefill_shares_each_steps_budget_with_the_decodes() -> None:
+    """vLLM's scheduler, hand-worked: a budget of 100 tokens a step. A decoding sequence takes 1 token of it
+    each step and makes a token every step; a 250-token prompt that arrives is prefilled in chunks of 99, 99
+    and 52 tokens over three steps (the decode never waits for the whole prefill) and makes its first token at
+    the end of the third. Each step takes max(4 ms, prefill / 20,000 tokens/s) + 1 ms per sequence."""
+    from dataclasses import replace as with_
+
+    from dinet.workload.engine import Scheduler, Sequence
+
+    sched = Scheduler(with_(TINY, max_batched_tokens=100))
+    talker = Sequence(10, 50, 0.0, queue=None)
+    sched.add(talker)
+    first = sched.step()
+    assert first is not None and first.tokens == [talker] and first.seconds == pytest.approx(0.004 + 0.001)
+    newcomer = Sequence(250, 5, 0.0, queue=None)
+    sched.add(newcomer)
+    seconds, got = [], []
+    for _ in range(3):
+        step = sched.step()
+        assert step is not None
+        seconds.append(step.seconds)
+        got.append(list(step.tokens))
+    assert [t == [talker] for t in got[:2]] == [True, True]  # the decode goes on every step
+    assert got[2] == [talker, newcomer]  # the prompt's last chunk makes its first token
+    # 98 tokens of prefill (the chunk of 99 less 1 counted with its sequence), 98, then 51 (below the 4 ms floor)
+    assert seconds == pytest.approx([98 / 20_000 + 0.002, 98 / 20_000 + 0.002, 0.004 + 0.002])
+
+
+def test_a_full_kv_cache_preempts_the_newest_sequence_and_recomputes_it() -> None:
+    """Blocks of 16 tokens, 8 blocks: two sequences of 40-token prompts (3 blocks each) run; as they grow to
+    need a 4th block each, 2 blocks are left and then none: the newer one is preempted, its blocks freed, and
+    it waits at the head of the queue; it comes back, recomputing its prompt and the tokens it had made."""
+    from dataclasses import replace as with_
+
+    from dinet.workload.engine import Scheduler, Sequence
+
+    sched = Scheduler(with_(TINY, kv_tokens=128, max_batched_tokens=512))
+    older, newer = Sequence(40, 40, 0.0, queue=None), Sequence(40, 40, 0.0, queue=None)
+    sched.add(older)
+    sched.add(newer)
+    preempted_at = None
+    for k in range(200):
+        step = sched.step()
+        assert step is not None
+        if newer.preemptions and preempted_at is None:
+            preempted_at = k
+            assert sched.waiting[0] is newer and newer.blocks == 0 and newer.computed == 0
+            made = newer.generated
+            assert made > 0  # what it made stays made: its recompute covers prompt + those tokens
+        if older in step.finished:
+            break
+    assert preempted_at is not None and older.preemptions == 0 and sched.stats.preemptions >= 1
+    while newer.generated < newer.max_tokens:
+        step = sched.step()
+        assert step is not None
+    assert sched.idle and sched.free == 8

@@ -1,15 +1,28 @@
-"""A serving engine's timing under load, modelled as vLLM schedules (continuous batching): requests wait until
-the batch has room (at most `max_batch` sequences) and the KV cache can hold their prompt and the tokens they
-may generate; admitted prompts are prefilled at `prefill_tps` tokens/s (decoding waits meanwhile, as with
-vLLM's default scheduling without chunked prefill); then every decode step emits one token for each running
-sequence and takes `decode_base_ms + decode_per_seq_ms x running`. So TTFT grows with the queue and the
-prefill in front of a request, TPOT with the batch, and requests queue when the KV cache is full.
+"""A serving engine's timing under load, modelled as vLLM's scheduler runs it (continuous batching with chunked
+prefill and paged attention):
+
+- every step has a token budget (`max_batched_tokens`, vLLM's max_num_batched_tokens): the running sequences
+  are served first, a decoding one taking 1 token of it and one still prefilling the next chunk of its
+  prompt; the budget left admits waiting requests first come, first served, their first prompt chunk in this
+  step (at most `max_batch` sequences run at once). So a long prompt is prefilled over several steps and
+  never stalls the decodes for a whole prefill.
+- the KV cache is paged in blocks of `BLOCK_TOKENS` tokens allocated as tokens are computed, not reserved
+  for the whole answer at admission; when a running sequence needs a block and none is free, the most
+  recently admitted sequence is preempted: its blocks are freed and it goes back to the head of the queue, to
+  be recomputed (prompt and what it generated so far) when it is admitted again (vLLM's recompute mode).
+- a step takes max(`decode_base_ms`, prefill tokens / `prefill_tps`) + `decode_per_seq_ms` x sequences in the
+  step: reading the weights once bounds a step from below (memory-bound decode), a large prefill chunk is
+  compute-bound, and every sequence adds its KV reads. A sequence whose computed tokens reach its prompt
+  (plus what it generated) makes one token at the end of the step.
+
+The schedule is one pure class (`Scheduler`) that two drivers run: the engine in real time (asyncio), and
+`Engine.ttft_if_added`, which runs it forward on a copy of the state (the oracle baseline's view).
 
 Profiles are first-principles estimates from public hardware and model figures, with the arithmetic in each
 profile's `source`: a decode step at batch 1 is memory-bound (weights bytes / HBM bandwidth, at 60% of peak),
 each extra sequence adds its KV reads and some compute; prefill is compute-bound (2 x parameters FLOPs per
 token at 40% of peak dense FP16/BF16 FLOPs). They are a model, not a measurement: anything built on it runs
-unchanged against a real vLLM."""
+unchanged against a real vLLM. Not modelled (yet): prefix caching."""
 
 from __future__ import annotations
 
@@ -17,7 +30,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 
@@ -34,6 +47,7 @@ class Profile:
     kv_tokens: int  # KV-cache capacity in tokens
     kv_bytes_per_token: int  # for prefill-decode hand-over: bytes of KV state per token
     source: str = ""
+    max_batched_tokens: int = 2048  # a step's token budget (vLLM's max_num_batched_tokens with chunked prefill)
 
     def __post_init__(self) -> None:
         if self.tier not in ("large", "small", "pruned"):
@@ -130,20 +144,34 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-@dataclass
+BLOCK_TOKENS = 16  # tokens per KV-cache block (vLLM's default block size)
+
+
+def _blocks(tokens: int) -> int:
+    return -(-tokens // BLOCK_TOKENS)
+
+
+@dataclass(eq=False)  # a sequence is itself: two alike are still two (list.remove, `in`)
 class Sequence:
     prompt_tokens: int
     max_tokens: int
     arrived: float
-    queue: asyncio.Queue[float | None] = field(default_factory=asyncio.Queue)  # a token's time, None: done
+    queue: asyncio.Queue[float | None] | None = field(default_factory=asyncio.Queue)  # a token's time, None: done
     generated: int = 0
+    computed: int = 0  # tokens whose KV is computed (prompt, then generated ones)
+    blocks: int = 0  # KV blocks it holds
     admitted: float = 0.0
     first_token: float = 0.0
     prefilled: bool = False  # its KV cache came from a prefill instance: decode only
+    preemptions: int = 0
 
     @property
-    def kv_need(self) -> int:
-        return self.prompt_tokens + self.max_tokens
+    def target(self) -> int:
+        """Tokens whose KV must be computed before its next token: the prompt and what it generated."""
+        return self.prompt_tokens + self.generated
+
+    def copy(self) -> Sequence:
+        return replace(self, queue=None)
 
 
 @dataclass
@@ -152,9 +180,128 @@ class Stats:
 
     running: int = 0
     waiting: int = 0
-    kv_used: int = 0
+    kv_used: int = 0  # tokens' worth of KV blocks in use
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    preemptions: int = 0
+
+
+@dataclass
+class Step:
+    seconds: float
+    tokens: list[Sequence]  # each makes one token at the end of the step
+    finished: list[Sequence]  # of those, the ones that made their last
+    admitted: list[Sequence]
+
+
+class Scheduler:
+    """The engine's state and its schedule, one step at a time; no clock, no I/O."""
+
+    def __init__(self, profile: Profile):
+        self.p = profile
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.free = profile.kv_tokens // BLOCK_TOKENS
+        self.stats = Stats()
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+        self.stats.waiting = len(self.waiting)
+
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.waiting
+
+    def copy(self) -> Scheduler:
+        c = Scheduler(self.p)
+        c.waiting = deque(s.copy() for s in self.waiting)
+        c.running = [s.copy() for s in self.running]
+        c.free = self.free
+        return c
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Frees the sequence's blocks and puts it back at the head of the queue (recompute)."""
+        self.running.remove(seq)
+        self.free += seq.blocks
+        seq.blocks, seq.computed = 0, 0
+        seq.preemptions += 1
+        self.stats.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def _grow(self, seq: Sequence, tokens: int) -> bool:
+        """Blocks for `tokens` computed tokens, preempting the newest running sequences as needed; False if the
+        sequence itself had to go."""
+        need = _blocks(tokens) - seq.blocks
+        while need > self.free:
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        self.free -= max(0, need)
+        seq.blocks += max(0, need)
+        return True
+
+    def step(self) -> Step | None:
+        """Schedules one step; None when nothing can run (idle, or a head that never fits)."""
+        budget, prefill, scheduled = self.p.max_batched_tokens, 0, []
+        for seq in list(self.running):  # the running first, oldest first
+            if budget <= 0:
+                break
+            if seq not in self.running:  # preempted by an older one's growth
+                continue
+            chunk = min(seq.target - seq.computed, budget)
+            if chunk <= 0 or not self._grow(seq, seq.computed + chunk):
+                continue
+            seq.computed += chunk
+            budget -= chunk
+            prefill += chunk - 1
+            scheduled.append(seq)
+        admitted = []
+        while self.waiting and budget > 0 and len(self.running) < self.p.max_batch:
+            seq = self.waiting[0]
+            if seq.prefilled and not seq.computed and not seq.preemptions:  # its KV arrived whole
+                seq.computed = seq.prompt_tokens - 1
+                if _blocks(seq.prompt_tokens) > self.free:
+                    seq.computed = 0
+                    break
+                seq.blocks = _blocks(seq.prompt_tokens)
+                self.free -= seq.blocks
+            chunk = min(seq.target - seq.computed, budget)
+            need = _blocks(seq.computed + chunk) - seq.blocks
+            if need > self.free:
+                if seq.prefilled and seq.blocks:  # undo: it waits for room with nothing held
+                    self.free += seq.blocks
+                    seq.blocks, seq.computed = 0, 0
+                break  # first come, first served: the head waits for room
+            self.waiting.popleft()
+            self.free -= need
+            seq.blocks += need
+            seq.computed += chunk
+            budget -= chunk
+            prefill += chunk - 1
+            self.running.append(seq)
+            scheduled.append(seq)
+            admitted.append(seq)
+        if not scheduled:
+            return None
+        seconds = max(self.p.decode_base_ms, prefill / self.p.prefill_tps * 1000) + self.p.decode_per_seq_ms * len(
+            scheduled
+        )
+        tokens = [s for s in scheduled if s.computed >= s.target]
+        finished = []
+        for s in tokens:
+            s.generated += 1
+            if s.generated >= s.max_tokens:
+                finished.append(s)
+        for s in finished:
+            self.running.remove(s)
+            self.free += s.blocks
+            s.blocks = 0
+        self.stats.prompt_tokens += prefill
+        self.stats.generation_tokens += len(tokens)
+        self.stats.running, self.stats.waiting = len(self.running), len(self.waiting)
+        self.stats.kv_used = self.p.kv_tokens // BLOCK_TOKENS * BLOCK_TOKENS - self.free * BLOCK_TOKENS
+        return Step(seconds / 1000, tokens, finished, admitted)
 
 
 class Engine:
@@ -162,12 +309,22 @@ class Engine:
 
     def __init__(self, profile: Profile, clock: object = time.monotonic):
         self.p = profile
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self.stats = Stats()
+        self.sched = Scheduler(profile)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.observers: list[object] = []  # called with (seq) when a sequence finishes
+
+    @property
+    def stats(self) -> Stats:
+        return self.sched.stats
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.sched.running
+
+    @property
+    def waiting(self) -> deque[Sequence]:
+        return self.sched.waiting
 
     def start(self) -> None:
         if self._task is None:
@@ -195,9 +352,9 @@ class Engine:
     async def _stream(self, prompt_tokens: int, max_tokens: int, prefilled: bool) -> AsyncIterator[float]:
         self.start()
         seq = Sequence(prompt_tokens, max_tokens, time.monotonic(), prefilled=prefilled)
-        self.waiting.append(seq)
-        self.stats.waiting = len(self.waiting)
+        self.sched.add(seq)
         self._wake.set()
+        assert seq.queue is not None
         while True:
             t = await seq.queue.get()
             if t is None:
@@ -205,94 +362,48 @@ class Engine:
             yield t
 
     def ttft_if_added(self, prompt_tokens: int, max_tokens: int, limit_s: float = 600.0) -> float:
-        """The exact time to first token a request would see if it arrived now (seconds): the engine's own
-        schedule run forward on a copy of its state, with no further arrival (the oracle baseline's view).
-        `limit_s` if it would not start within that (or could never run here)."""
+        """The time to first token a request would see if it arrived now (seconds): the engine's own schedule
+        run forward on a copy of its state, with no further arrival (the oracle baseline's view). `limit_s`
+        if it would not start within that (or could never run here)."""
         if prompt_tokens + max_tokens > self.p.kv_tokens:
             return limit_s
-        running = [s.max_tokens - s.generated for s in self.running]  # tokens each still makes
-        need = [s.kv_need for s in self.running]
-        waiting = [(s.prompt_tokens, s.max_tokens, s.kv_need, s.prefilled) for s in self.waiting]
-        waiting.append((prompt_tokens, max_tokens, prompt_tokens + max_tokens, False))
-        mine = len(waiting) - 1
-        kv, t, admitted = self.stats.kv_used, 0.0, 0
+        sim = self.sched.copy()
+        mine = Sequence(prompt_tokens, max_tokens, 0.0, queue=None)
+        sim.add(mine)
+        t = 0.0
         while t < limit_s:
-            new = []
-            while admitted < len(waiting) and len(running) < self.p.max_batch:
-                prompt, out, kv_need, prefilled = waiting[admitted]
-                if kv + kv_need > self.p.kv_tokens:
-                    break
-                kv += kv_need
-                running.append(out)
-                need.append(kv_need)
-                new.append((admitted, prompt, prefilled, len(running) - 1))
-                admitted += 1
-            prefill = [(k, prompt, pos) for k, prompt, prefilled, pos in new if not prefilled]
-            if prefill:
-                t += sum(p for _, p, _ in prefill) / self.p.prefill_tps
-                if any(k == mine for k, _, _ in prefill):
-                    return t
-                for _, _, pos in prefill:  # the prefill made their first token
-                    running[pos] -= 1
-            elif running:
-                t += (self.p.decode_base_ms + self.p.decode_per_seq_ms * len(running)) / 1000
-                running = [r - 1 for r in running]
-            else:
-                return limit_s  # nothing runs and the head cannot be admitted: it never will be
-            done = [j for j, r in enumerate(running) if r <= 0]
-            for j in reversed(done):
-                kv -= need[j]
-                del running[j], need[j]
+            step = sim.step()
+            if step is None:
+                return limit_s
+            t += step.seconds
+            if mine.generated:
+                return t
         return limit_s
-
-    def _admit(self) -> list[Sequence]:
-        new = []
-        while self.waiting and len(self.running) < self.p.max_batch:
-            seq = self.waiting[0]
-            if self.stats.kv_used + seq.kv_need > self.p.kv_tokens:
-                break  # first come, first served: the head waits for room
-            self.waiting.popleft()
-            self.stats.kv_used += seq.kv_need
-            seq.admitted = time.monotonic()
-            self.running.append(seq)
-            new.append(seq)
-        self.stats.waiting, self.stats.running = len(self.waiting), len(self.running)
-        return new
 
     async def _loop(self) -> None:
         while True:
-            if not self.running and not self.waiting:
+            if self.sched.idle:
                 self._wake.clear()
                 await self._wake.wait()
-            new = [s for s in self._admit() if not s.prefilled]
-            if new:  # prefill the admitted prompts (decode waits); prefill yields each one's first token
-                tokens = sum(s.prompt_tokens for s in new)
-                self.stats.prompt_tokens += tokens
-                await asyncio.sleep(tokens / self.p.prefill_tps)
-                self._emit(new, time.monotonic())
-                continue  # admit again before decoding: a free batch slot is taken at once
-            if not self.running:
-                await asyncio.sleep(0)
+            step = self.sched.step()
+            if step is None:  # the head waits for room that only a finishing sequence frees: none runs
+                self._wake.clear()
+                await self._wake.wait()
                 continue
-            step = (self.p.decode_base_ms + self.p.decode_per_seq_ms * len(self.running)) / 1000
-            await asyncio.sleep(step)
-            self._emit(list(self.running), time.monotonic())
+            now = time.monotonic()
+            for s in step.admitted:
+                s.admitted = s.admitted or now
+            await asyncio.sleep(step.seconds)
+            self._emit(step, time.monotonic())
 
-    def _emit(self, seqs: list[Sequence], now: float) -> None:
-        """One token for each of `seqs`; the finished ones leave the batch and free their KV cache."""
-        done = []
-        for s in seqs:
-            s.generated += 1
+    def _emit(self, step: Step, now: float) -> None:
+        for s in step.tokens:
             if s.generated == 1:
                 s.first_token = now
-            s.queue.put_nowait(now)
-            if s.generated >= s.max_tokens:
-                done.append(s)
-        self.stats.generation_tokens += len(seqs)
-        for s in done:
-            self.running.remove(s)
-            self.stats.kv_used -= s.kv_need
-            s.queue.put_nowait(None)
+            if s.queue is not None:
+                s.queue.put_nowait(now)
+        for s in step.finished:
+            if s.queue is not None:
+                s.queue.put_nowait(None)
             for obs in self.observers:
                 obs(s)  # type: ignore[operator]
-        self.stats.running = len(self.running)

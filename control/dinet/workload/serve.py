@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as PromCollector
 
 from ..errors import ConfigError
@@ -50,6 +50,9 @@ class _EngineGauges(PromCollector):
             g = GaugeMetricFamily(name, doc, labels=["model_name"])
             g.add_metric([self.model], value)
             yield g
+        pre = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of preemptions.", labels=["model_name"])
+        pre.add_metric([self.model], s.preemptions)
+        yield pre
 
 
 class Metrics:
