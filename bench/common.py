@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,4 @@ def write(res: dict[str, Any], out: Path) -> None:
     print(f"wrote {out}")
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now, on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from dinet.netutil import free_port  # noqa: E402,F401 - the benchmarks' import of it

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,10 +27,9 @@ from dinet.workload.load import LoadSpec, run_load
 
 def engine_ttft(url: str) -> tuple[float, float]:
     """(sum, count) of the server's own TTFT histogram."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from dinet.promtext import fetch, samples
 
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-    vals = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    vals = {name: value for name, _, value in samples(fetch(f"{url}/metrics", timeout=5))}
     return vals.get("vllm:time_to_first_token_seconds_sum", 0.0), vals.get(
         "vllm:time_to_first_token_seconds_count", 0.0
     )

@@ -103,13 +103,7 @@ def ns_prefix(request: pytest.FixtureRequest) -> str:
     return f"{NS_PREFIX}{abs(hash(request.node.nodeid)) % 10000:04d}"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now, on loopback."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from dinet.netutil import free_port  # noqa: E402,F401 - the tests' import of it
 
 
 @contextlib.contextmanager

@@ -430,3 +430,72 @@ def test_a_full_kv_cache_preempts_the_newest_sequence_and_recomputes_it() -> Non
         step = sched.step()
         assert step is not None
     assert sched.idle and sched.free == 8
+
+
+def test_the_metrics_agent_skips_bad_samples_and_bounds_every_scrape() -> None:
+    """A sample no server could have measured is skipped and counted (the rest of the page still counts); a
+    body larger than the cap and a server that drips its answer are failed scrapes (the instance is reported
+    unhealthy) within the scrape's one deadline, and the agent goes on."""
+    import http.server
+    import threading
+    import time
+
+    from dinet.promtext import MAX_BYTES
+
+    bad: list[str] = []
+    page = (
+        'vllm:num_requests_waiting{model_name="m"} NaN\n'
+        'vllm:num_requests_running{model_name="m"} 3\n'
+        'vllm:kv_cache_usage_perc{model_name="m"} -0.5\n'
+        'vllm:generation_tokens_total{model_name="m"} 1e30\n'
+        'vllm:num_requests_waiting{model_name="other"} +Inf\n'
+    )
+    assert parse(page, bad) == {"vllm:num_requests_running": 3.0}
+    assert [b.split("=")[0] for b in bad] == [
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:generation_tokens_total",
+        "vllm:num_requests_waiting",
+    ]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.end_headers()
+            if self.path == "/huge":
+                chunk = b"# " + b"x" * 65534 + b"\n"
+                for _ in range(MAX_BYTES // len(chunk) + 2):
+                    self.wfile.write(chunk)
+            elif self.path == "/drip":
+                for _ in range(20):
+                    self.wfile.write(b"#")
+                    self.wfile.flush()
+                    time.sleep(0.25)
+            else:
+                self.wfile.write(page.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    class Sink:
+        def report(self, *a: object) -> object:
+            return a
+
+        def send(self, reports: list) -> object:
+            return type("Ack", (), {"accepted": len(reports)})()
+
+    try:
+        good = MetricsAgent(f"{base}/metrics", "10.96.0.1:8000/tcp", 1, Sink(), host_cpu=False)
+        m = good.once()
+        assert m.healthy and m.active_sessions == 3 and good.bad_samples == 4 and good.failures == 0
+        for path in ("/huge", "/drip"):
+            agent = MetricsAgent(f"{base}{path}", "10.96.0.1:8000/tcp", 1, Sink(), host_cpu=False)
+            # the drip's answer is valid text (comments) that completes after 5 s, each byte well within a
+            # read's timeout: only the scrape's one deadline (2 s) fails it
+            assert not agent.once().healthy and agent.failures == 1 and agent.reports == 1
+    finally:
+        srv.shutdown()

@@ -633,35 +633,26 @@ def cmd_certs_issue(a: argparse.Namespace) -> None:
 
 
 def cmd_status(a: argparse.Namespace) -> None:
-    import urllib.error
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
+    from .promtext import fetch, samples
 
     try:
-        text = urllib.request.urlopen(a.url, timeout=5).read().decode()
-    except (urllib.error.URLError, OSError) as e:
+        text = fetch(a.url, timeout=5)
+    except ConfigError as e:
         raise ConfigError(f"no dinet controller answers at {a.url}: {e}") from None
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     ages: dict[tuple[str, str], float] = {}
     other = {}
-    for fam in text_string_to_metric_families(text):
-        for smp in fam.samples:
-            if "service" in smp.labels and "instance" in smp.labels and "node" not in smp.labels:
-                ages[(smp.labels["service"], smp.labels["instance"])] = smp.value  # per instance, every node
-            elif "service" in smp.labels and "instance" in smp.labels:
-                key = (smp.labels["node"], smp.labels["service"], smp.labels["instance"])
-                rows.setdefault(key, {})[smp.name] = smp.value
-            elif "reason" in smp.labels:
-                other[f"rejected {smp.labels['reason']}"] = smp.value
-            elif smp.name == "dinet_insecure":
-                other["insecure (no TLS)"] = smp.value
-            elif smp.name in (
-                "dinet_reports_accepted_total",
-                "dinet_datapath_writes_total",
-                "dinet_decision_seconds_count",
-            ):
-                other[smp.name] = smp.value
+    for name, labels, value in samples(text):
+        if "service" in labels and "instance" in labels and "node" not in labels:
+            ages[(labels["service"], labels["instance"])] = value  # per instance, every node
+        elif "service" in labels and "instance" in labels:
+            rows.setdefault((labels["node"], labels["service"], labels["instance"]), {})[name] = value
+        elif "reason" in labels:
+            other[f"rejected {labels['reason']}"] = value
+        elif name == "dinet_insecure":
+            other["insecure (no TLS)"] = value
+        elif name in ("dinet_reports_accepted_total", "dinet_datapath_writes_total", "dinet_decision_seconds_count"):
+            other[name] = value
     for (_, s, i), v in rows.items():
         if (s, i) in ages:
             v["dinet_metric_age_seconds"] = ages[(s, i)]

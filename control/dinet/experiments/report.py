@@ -159,6 +159,9 @@ def write_html(res: Results, context: dict[str, Any]) -> Path:
     return path
 
 
+CLASS_NAMES = ("delay-sensitive", "delay-tolerant")
+
+
 def steering_report(
     res: Results,
     summary: dict[str, Any],
@@ -185,14 +188,28 @@ def steering_report(
             for p, row in summary["policies"].items()
         ],
     }
+
+    def pooled(row: dict[str, Any] | None) -> str:
+        if not row or not row.get("ttft_p99_pooled"):
+            return "-"
+        q = row["ttft_p99_pooled"]
+        ci = f" [{_fmt(q['ci95'][0])}, {_fmt(q['ci95'][1])}]" if q["ci95"] else ""
+        return f"{_fmt(q['p99'])}{ci} (n={q['n']})"
+
+    p99 = {
+        "title": "TTFT p99 of every repeat's requests pooled (ms), bootstrap 95% interval, requests behind it",
+        "header": ["", *CLASS_NAMES],
+        "rows": [[p, *(pooled(row.get(c)) for c in CLASS_NAMES)] for p, row in summary["policies"].items()],
+    }
     return write_html(
         res,
         {
             "title": f"steering: {spec.name}",
-            "question": "Does steering on compute and network metrics pay off, when, and by how much?",
+            "question": "Does steering on compute and network metrics pay off, when, and by how much? "
+            + summary.get("hygiene", ""),
             "summary": summary,
             "figures": figs,
-            "tables": [*tables, extra],
+            "tables": [*tables, p99, extra],
             "scenario": scenario.read_text(),
             "intent": yaml.safe_dump(intent, sort_keys=False),
             "versions": summary["versions"],

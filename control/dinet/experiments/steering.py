@@ -18,6 +18,7 @@ split (the first change of the installed weights)."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..lab.scenario import ScenarioSpec, load
 from .common import (
     CLIENT_PICKS,
     LEAD_S,
+    SETTLE_S,
     Options,
     Results,
     Sampler,
@@ -37,6 +39,7 @@ from .common import (
     client_loads,
     flows_moved,
     header,
+    pooled_p99,
     run_events,
     stop_loads,
     timed,
@@ -124,8 +127,9 @@ def one_run(
             lab.start_instance(name)
         if failed:
             lab.wait_reports(set(failed))
-    if not last:
-        wait_idle(lab, [e["instance"] for e in shape["events"]])
+    if not last:  # the next arm starts from idle instances, after a settle (no queue, no stream carries over)
+        wait_idle(lab, [n for n, i in lab.instances.items() if i.spec.service == shape["service"]])
+        time.sleep(SETTLE_S)
     site = {n: lab.spec.site(i.spec.site).name for n, i in lab.instances.items()}
     for r in recs:
         r["site"] = site.get(r["instance"], "")
@@ -149,9 +153,11 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
         intent = lab.intent()
         bar = tqdm(total=opts.repeats * len(policies), desc="steering", unit="run", disable=not opts.progress)
         for rep in range(opts.repeats):
-            for policy in policies:
+            order = list(policies)  # a new order each repeat: no policy always follows the same one
+            random.Random(opts.seed * 1000 + rep).shuffle(order)
+            for policy in order:
                 with timed(f"{policy} run {rep}"):
-                    last = rep == opts.repeats - 1 and policy == policies[-1]
+                    last = rep == opts.repeats - 1 and policy == order[-1]
                     recs, sampler = one_run(lab, policy, shape, opts.seed + rep, last)
                 res.add(recs, repeat=rep)
                 row: dict[str, Any] = {}
@@ -169,6 +175,10 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
                 bar.update(1)
         bar.close()
     summary: dict[str, Any] = header("steering", scenario, opts, shape) | {"policies": {}}
+    summary["hygiene"] = (
+        f"one lab; the policies' order shuffled each repeat (seed {opts.seed}); between arms every instance of "
+        f"the service idle, then {SETTLE_S:g} s to settle"
+    )
     summary["slo"] = {name: slo.model_dump() for name, slo in slos.items()}
     for policy in policies:
         runs = per[policy]["runs"]
@@ -176,6 +186,10 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
         for cls in CLASSES:
             have = [r[cls] for r in runs if cls in r]
             out[cls] = aggregate(have) if have else None
+        for cls in CLASSES:  # the p99 of every repeat's requests together, with its bootstrap interval
+            recs = [r for r in res.records if r["policy"] == policy and r["cls"] == cls and r["status"] == "ok"]
+            if out[cls] is not None:
+                out[cls]["ttft_p99_pooled"] = pooled_p99([r["ttft_ms"] for r in recs], seed=opts.seed)
         out["flows_moved"] = sum(r["flows_moved"] for r in runs)
         out["reaction_s"] = {
             e["kind"]: aggregate([{"s": r["reaction_s"][e["kind"]]} for r in runs])["s"] for e in shape["events"]

@@ -32,17 +32,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import ConfigError, DinetError
+from ..netutil import free_port
 from ..paths import BPFFS_ROOT
+from ..promtext import fetch, samples
 from ..targets import netns
 from ..targets.bcc_program import BccProgram, remove_pinned_tree
 from ..targets.xdp import DecapNode
@@ -124,9 +124,9 @@ class Lab:
         self.deciders: dict[str, subprocess.Popen[str]] = {}  # mode distributed: ingress name -> its decider
         self.decap: DecapNode | None = None
         self.passprog: BccProgram | None = None
-        self.collector_port, self.prometheus_port = _free_port(), _free_port()
+        self.collector_port, self.prometheus_port = free_port(), free_port()
         # mode distributed: each ingress node's decider has its own (collector, Prometheus) ports
-        self.decider_ports = {ing.name: (_free_port(), _free_port()) for ing in spec.ingress}
+        self.decider_ports = {ing.name: (free_port(), free_port()) for ing in spec.ingress}
         self.state: dict[str, Any] = {"pid": os.getpid(), "tag": self.tag, "netns": [], "root_links": [], "pins": []}
         self.state["pids"] = []
         self.service_keys = {s.name: f"{s.vip}:{s.port}/tcp" for s in spec.services}
@@ -641,11 +641,8 @@ class Lab:
         """The Prometheus samples by name of what decides (every decider's, merged: their node labels differ)."""
         out: dict[str, list[tuple[dict[str, str], float]]] = {}
         for url in self.metrics_urls() if urls is None else urls:
-            with urllib.request.urlopen(url, timeout=15) as r:
-                text = r.read().decode()
-            for fam in text_string_to_metric_families(text):
-                for smp in fam.samples:
-                    out.setdefault(smp.name, []).append((dict(smp.labels), float(smp.value)))
+            for name, labels, value in samples(fetch(url, timeout=15)):
+                out.setdefault(name, []).append((labels, value))
         return out
 
     def set_policy(self, policy: str | None, timeout: float = 20.0) -> None:
@@ -858,14 +855,6 @@ def _tier(profile: str) -> str:
     from ..workload.engine import PROFILES
 
     return PROFILES[profile].tier
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean(state: dict[str, Any], bpffs_root: Path = BPFFS_ROOT) -> list[str]:

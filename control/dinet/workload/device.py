@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from ..policy.decide import Policy
+from ..promtext import samples
 
 
 @dataclass
@@ -44,11 +43,9 @@ class OffloadView:
             "dinet_instance_compute": "compute",
             "dinet_instance_path_delay_ms": "delay_ms",
         }
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                lab = s.labels
-                if s.name in names and lab.get("service") == self.service and lab.get("node") == self.node:
-                    rows.setdefault(lab["instance"], {})[names[s.name]] = float(s.value)
+        for name, lab, value in samples(text):
+            if name in names and lab.get("service") == self.service and lab.get("node") == self.node:
+                rows.setdefault(lab["instance"], {})[names[name]] = value
         self.rows = rows
         return any(
             r.get("up", 0) > 0

@@ -219,16 +219,15 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
     timeout = aiohttp.ClientTimeout(total=spec.timeout)
     conn = aiohttp.TCPConnector(limit=0, force_close=True)  # a connection per request: a new flow each
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
-        if spec.start_at is not None and spec.start_at > time.time():
-            await asyncio.sleep(spec.start_at - time.time())
-        t0 = time.monotonic()
-
         chooser = None
-        if spec.pick:
+        if spec.pick:  # its first view of every endpoint before the clock starts, then polled meanwhile
             from .pickers import picker
 
             chooser = picker(spec.pick, list(spec.endpoints))
             await chooser.start(session)
+        if spec.start_at is not None and spec.start_at > time.time():
+            await asyncio.sleep(spec.start_at - time.time())
+        t0 = time.monotonic()
 
         view = None
         if spec.local_url and spec.offload_view:

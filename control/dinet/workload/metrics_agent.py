@@ -26,20 +26,19 @@ All values are labelled by model_name in vLLM; samples of every model on the end
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import ConfigError
 from ..policy.scores import Level0
+from ..promtext import fetch, samples
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +59,23 @@ NAMES = {
 }
 
 
-def parse(text: str) -> dict[str, float]:
-    """Sample name -> value summed over labels (every model on the endpoint), for the names dinet reads."""
-    wanted = {n for names in NAMES.values() for n in names} | {"tgi_request_mean_time_per_token_duration"}
+WANTED = {n for names in NAMES.values() for n in names} | {"tgi_request_mean_time_per_token_duration"}
+MAX_SAMPLE = float(2**32 - 1)  # counts and gauges dinet reads fit 32 bits; beyond is a broken exporter
+
+
+def parse(text: str, bad: list[str] | None = None) -> dict[str, float]:
+    """Sample name -> value summed over labels (every model on the endpoint), for the names dinet reads. A
+    sample no server could have measured (NaN, infinite, negative, beyond 32 bits) is skipped, and named in
+    `bad` where given."""
     out: dict[str, float] = {}
-    try:
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name in wanted:
-                    out[s.name] = out.get(s.name, 0.0) + float(s.value)
-    except ValueError as e:
-        raise ConfigError(f"not Prometheus text: {e}") from None
+    for name, _, value in samples(text):
+        if name not in WANTED:
+            continue
+        if not math.isfinite(value) or value < 0 or value > MAX_SAMPLE:
+            if bad is not None:
+                bad.append(f"{name}={value!r}")
+            continue
+        out[name] = out.get(name, 0.0) + value
     return out
 
 
@@ -147,11 +152,8 @@ def gpu_utilization() -> float | None:
 
 
 def scrape(url: str, timeout: float = 2.0) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return str(r.read().decode())
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ConfigError(f"cannot scrape {url}: {e}") from None
+    """The endpoint's text: one deadline for the whole answer, at most promtext.MAX_BYTES (ConfigError)."""
+    return fetch(url, timeout)
 
 
 @dataclass
@@ -168,6 +170,7 @@ class MetricsAgent:
     mapper: Mapper = field(default_factory=Mapper)
     reports: int = 0
     failures: int = 0  # scrapes that failed
+    bad_samples: int = 0  # samples skipped as no server could have measured them
     send_failures: int = 0  # reports the collector did not take, in a row
 
     def once(self) -> Level0:
@@ -178,7 +181,13 @@ class MetricsAgent:
             cpu = busy / total if total > 0 else 0.0
         self.mapper.cpu_prev = now_cpu
         try:
-            m = self.mapper.level0(parse(scrape(self.url)), time.monotonic(), cpu, gpu_utilization())
+            bad: list[str] = []
+            values = parse(scrape(self.url), bad)
+            if bad:
+                if not self.bad_samples:
+                    log.warning("%s: skipping samples no server could have measured: %s", self.url, ", ".join(bad[:3]))
+                self.bad_samples += len(bad)
+            m = self.mapper.level0(values, time.monotonic(), cpu, gpu_utilization())
         except ConfigError:
             self.failures += 1
             m = Level0(cpu_load=min(1.0, cpu), healthy=False)  # the server does not answer: not healthy

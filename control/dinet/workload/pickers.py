@@ -45,9 +45,12 @@ class _Poller:
     _misses: dict[str, int] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def start(self, session: Any) -> None:
-        await asyncio.gather(*(self._poll(session, ep) for ep in self.endpoints))  # a first view of each
+    async def start(self, session: Any, first_view_s: float = 1.0) -> None:
+        """Starts polling; returns once every endpoint answered once, or after `first_view_s`."""
         self._tasks = [asyncio.create_task(self._loop(session, ep)) for ep in self.endpoints]
+        deadline = time.monotonic() + first_view_s
+        while len(self.state) < len(self.endpoints) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -56,8 +59,8 @@ class _Poller:
 
     async def _loop(self, session: Any, ep: str) -> None:
         while True:
-            await asyncio.sleep(self.interval)
             await self._poll(session, ep)
+            await asyncio.sleep(self.interval)
 
     async def _poll(self, session: Any, ep: str) -> None:
         import aiohttp
