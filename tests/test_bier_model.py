@@ -124,3 +124,17 @@ def test_bad_topologies_are_refused() -> None:
     t.add_node("y", 2)
     with pytest.raises(ConfigError, match="positive"):
         t.add_link("x", "y", 0)
+
+
+def test_bfr_ids_become_one_bitstring_per_set() -> None:
+    """RFC 8279 s3, hand-worked with BSL 64: BFR-ids 1, 3 and 64 are set 0's bits 1, 3 and 64; 65 and 130 are
+    set 1's bit 1 and set 2's bit 2. BIFT-id = BSL code 1 << 16 | SD << 8 | SI."""
+    from dinet.policy.bift import bfir_sets
+
+    assert bfir_sets([1, 3, 64, 65, 130], 1) == {
+        1 << 16 | 0: 1 | 1 << 2 | 1 << 63,
+        1 << 16 | 1: 1,
+        1 << 16 | 2: 1 << 1,
+    }
+    assert bfir_sets([5], 1, sd=7) == {1 << 16 | 7 << 8: 1 << 4}
+    assert bfir_sets([], 1) == {}

@@ -184,7 +184,7 @@ def _ids(text: str) -> list[int]:
 
 
 def _bsl_code(bits: int) -> int:
-    from .packets import BSL_CODE
+    from .rfc8296 import BSL_CODE
 
     if bits not in BSL_CODE:
         raise ConfigError(f"BSL must be one of {sorted(BSL_CODE)} bits, not {bits}")
@@ -211,7 +211,7 @@ def cmd_bier_destroy(a: argparse.Namespace) -> None:
 
 
 def cmd_bier_bift_set(a: argparse.Namespace) -> None:
-    from .packets import bift_id, bitstring_mask
+    from .rfc8296 import bift_id, bitstring_mask
     from .targets import netns
     from .targets.tc import BiftNeighbor
 
@@ -238,7 +238,7 @@ def cmd_bier_bift_set(a: argparse.Namespace) -> None:
 
 
 def cmd_bier_bift_show(a: argparse.Namespace) -> None:
-    from .packets import BSL_BITS, bitstring_ids, split_bift_id
+    from .rfc8296 import BSL_BITS, bitstring_ids, split_bift_id
 
     with _bier(a) as n:
         bifts = n.bifts()
@@ -269,7 +269,7 @@ def cmd_bier_bift_show(a: argparse.Namespace) -> None:
 
 
 def cmd_bier_bift_del(a: argparse.Namespace) -> None:
-    from .packets import bift_id
+    from .rfc8296 import bift_id
 
     with _bier(a) as n:
         n.remove_bift(bift_id(_bsl_code(a.bsl), a.si, a.sd))
@@ -283,13 +283,10 @@ def _match(a: argparse.Namespace) -> Any:
 
 
 def cmd_bier_group_add(a: argparse.Namespace) -> None:
-    from .packets import BSL_BITS, bift_id, si_bit
+    from .policy.bift import bfir_sets
 
     code = _bsl_code(a.bsl)
-    sets: dict[int, int] = {}
-    for bfr in _ids(a.to):
-        si, pos = si_bit(bfr, BSL_BITS[code])
-        sets[bift_id(code, si, a.sd)] = sets.get(bift_id(code, si, a.sd), 0) | 1 << (pos - 1)
+    sets = bfir_sets(_ids(a.to), code, a.sd)
     with _bier(a) as n:
         n.set_bfir(_match(a), a.bfir_id, code, sets)
         print(f"{_match(a)} -> BFR-ids {a.to} in {len(sets)} set(s)")
@@ -302,7 +299,7 @@ def cmd_bier_group_del(a: argparse.Namespace) -> None:
 
 
 def cmd_bier_group_list(a: argparse.Namespace) -> None:
-    from .packets import split_bift_id
+    from .rfc8296 import split_bift_id
 
     with _bier(a) as n:
         entries = n.bfir_entries()

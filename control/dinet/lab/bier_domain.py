@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..packets import BSL_BITS, bift_id, si_bit
 from ..paths import BPFFS_ROOT
-from ..policy.bift import BfirEntry, BierIntent, BierTopology, Port, next_hops
+from ..policy.bift import BfirEntry, BierIntent, BierTopology, Port, bfir_sets, next_hops
 from ..services.bier import BierController
 from ..targets import netns
 from ..targets.base import SteerSizes
@@ -335,14 +334,9 @@ class BierDomain:
 
     def install_bfir(self, targets: set[str], match: BfirMatch | None = None) -> BfirMatch:
         """The BFIR sends the model-sync UDP destination (or `match`) to `targets` (BFR names)."""
-        bits = BSL_BITS[self.bsl_code]
-        sets: dict[int, int] = {}
-        for name in targets:
-            bfr = self.topo.bfr_ids[name]
-            assert bfr is not None, f"{name} is not a BFER"
-            si, pos = si_bit(bfr, bits)
-            bid = bift_id(self.bsl_code, si)
-            sets[bid] = sets.get(bid, 0) | 1 << (pos - 1)
+        ids = [self.topo.bfr_ids[name] for name in targets]
+        assert None not in ids, f"{targets} are not all BFERs"
+        sets = bfir_sets((b for b in ids if b is not None), self.bsl_code)
         match = match or BfirMatch(SYNC_ADDR, udp_port=SYNC_PORT)
         bfir_id = self.topo.bfr_ids[self.bfir] or 1
         entry = BfirEntry(

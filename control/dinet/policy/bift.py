@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..packets import BSL_BITS, bift_id, si_bit
+from ..rfc8296 import BSL_BITS, bift_id, si_bit
 
 
 @dataclass(frozen=True)
@@ -253,15 +254,22 @@ class NodePlan:
     bfirs: dict[tuple[str, str, int], BfirEntry] = field(default_factory=dict)
 
 
+def bfir_sets(bfr_ids: Iterable[int], bsl_code: int, sd: int = 0) -> dict[int, int]:
+    """BIFT-id -> the bitstring (an integer) naming the given BFR-ids in that set: one per SI that holds
+    one of them (RFC 8279 s3: a destination set spanning several sets is sent once per set). The one place
+    BFR-ids become a BFIR's bitstrings (the controller, the CLI, the lab)."""
+    bits = BSL_BITS[bsl_code]
+    sets: dict[int, int] = {}
+    for bfr in bfr_ids:
+        si, pos = si_bit(bfr, bits)
+        bid = bift_id(bsl_code, si, sd)
+        sets[bid] = sets.get(bid, 0) | 1 << (pos - 1)
+    return sets
+
+
 def group_sets(intent: BierIntent, to: frozenset[str] | set[str]) -> tuple[tuple[int, int], ...]:
     """The bitstrings, per BIFT-id (one per SI), that name the BFERs `to`."""
-    bits = BSL_BITS[intent.bsl_code]
-    sets: dict[int, int] = {}
-    for name in to:
-        si, pos = si_bit(intent.topo.bfr_ids[name] or 0, bits)
-        bid = bift_id(intent.bsl_code, si)
-        sets[bid] = sets.get(bid, 0) | 1 << (pos - 1)
-    return tuple(sorted(sets.items()))
+    return tuple(sorted(bfir_sets((intent.topo.bfr_ids[name] or 0 for name in to), intent.bsl_code).items()))
 
 
 def plan_domain(

@@ -29,8 +29,8 @@ from ..model import (
     TrafficClass,
     parse_address,
 )
-from ..packets import BSL_CODE
 from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
+from ..rfc8296 import BSL_CODE
 from .collect import AgentAuth, Pool
 from .probe import Probe
 

@@ -14,9 +14,9 @@ from typing import Any
 from .. import consts
 from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownServiceError
 from ..model import Instance, InstanceState, IPAddress, ServiceKey, parse_address
-from ..packets import split_bift_id
 from ..policy.bift import BfirEntry, BiftEntry
 from ..policy.steering import InstanceEdits, plan_instances
+from ..rfc8296 import split_bift_id
 from .base import Counter, ServiceState, SteerSizes
 from .netns import LinkEvents
 from .p4rt import P4RuntimeSwitch, TableEntry

@@ -14,9 +14,9 @@ from typing import Any
 from .. import consts
 from ..errors import ConfigError, DataPlaneError, TableFullError
 from ..model import IPAddress, parse_address
-from ..packets import bitstring_bytes, split_bift_id
 from ..paths import BPFFS_ROOT
 from ..policy.bift import BfirEntry, BiftEntry
+from ..rfc8296 import bitstring_bytes, split_bift_id
 from .bcc_program import BccProgram, update
 from .netns import LinkEvents
 
