@@ -18,6 +18,25 @@ from dinet.experiments.common import Sampler, aggregate, class_figures, flows_mo
 from dinet.lab.scenario import SloSpec
 
 
+def test_the_cli_offers_exactly_the_packages_experiments() -> None:
+    """The CLI keeps its own list (its parser must not import the experiments' heavy modules): it must be
+    the package's."""
+    from dinet.cli import EXPERIMENTS as offered
+    from dinet.experiments import EXPERIMENTS
+
+    assert tuple(offered) == tuple(EXPERIMENTS)
+
+
+def test_pooled_p99_has_a_bootstrap_interval_and_its_count() -> None:
+    from dinet.experiments.common import pooled_p99
+
+    vals = [float(v) for v in range(1, 201)]  # 1..200 ms: the p99 is 198 (nearest rank)
+    q = pooled_p99(vals)
+    assert q["p99"] == 198.0 and q["n"] == 200
+    assert q["ci95"] is not None and q["ci95"][0] <= 198.0 <= q["ci95"][1] <= 200.0
+    assert pooled_p99([5.0] * 3) == {"p99": 5.0, "n": 3, "ci95": None}  # too few to resample
+
+
 def test_mean_and_confidence_interval() -> None:
     from scipy import stats
 

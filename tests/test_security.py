@@ -182,6 +182,33 @@ def test_sequence_and_rate_are_kept_per_authenticated_identity(certs) -> None:
         cloud.close()
 
 
+def test_agents_sharing_an_identity_never_lock_each_other_out(certs) -> None:
+    """A pool's instances share one identity: the agent started later is ahead in sequence, yet the earlier
+    one's reports are still taken (each agent process is a session of its own); a replay within a session is
+    refused, and a report with the largest sequence locks out only its own session."""
+    col = Collector({"edge": AgentAuth(frozenset({(SVC, 1), (SVC, 2)}))})
+    with CollectorServer(col, identity=certs.identity("collector")) as srv:
+        early = Agent(srv.address, identity=certs.identity("edge"))
+        late = Agent(srv.address, identity=certs.identity("edge"))
+        late.seq = early.seq + 1_000_000  # started a second later
+        for _ in range(3):
+            assert late.send([late.report(str(SVC), 2, Level0())]).accepted == 1
+            assert early.send([early.report(str(SVC), 1, Level0())]).accepted == 1
+        again = early.send([early.report(str(SVC), 1, Level0())]).accepted
+        early.seq -= 1  # a replay of the report just sent, in the same session
+        replayed = early.send([early.report(str(SVC), 1, Level0())])
+        assert again == 1 and replayed.rejected == 1 and "is not after" in replayed.last_error
+        late.seq = 2**64 - 2  # the largest sequence there is
+        assert late.send([late.report(str(SVC), 2, Level0())]).accepted == 1
+        early.seq += 1
+        assert early.send([early.report(str(SVC), 1, Level0())]).accepted == 1  # not locked out by it
+        restarted = Agent(srv.address, identity=certs.identity("edge"))  # a new process: a new session
+        assert restarted.send([restarted.report(str(SVC), 2, Level0())]).accepted == 1
+        for a in (early, late, restarted):
+            a.close()
+    assert col.rejected == {"sequence": 1}
+
+
 def test_a_server_without_credentials_refuses_to_start_unless_insecure() -> None:
     col = Collector({})
     with pytest.raises(ConfigError, match="no credentials.*--insecure"):

@@ -3,8 +3,9 @@
 Every agent is authenticated: over mutual TLS by its certificate's identity (and its token, where the
 intent gives it one, as a second factor), or, on a collector started --insecure, by its token alone. The
 identity names the instances the agent may report for. Every report is checked (numbers, ranges, a known
-instance, an increasing sequence, at most `max_rate` reports per second per agent; sequence and rate are
-kept per authenticated identity) and refused with a reason that is counted. An instance whose agent falls
+instance, an increasing sequence, at most `max_rate` reports per second per agent; the rate is kept per
+authenticated identity, the sequence per identity and agent session, so agents sharing an identity never
+lock each other out) and refused with a reason that is counted. An instance whose agent falls
 silent for `timeout` seconds, or never reports within `timeout` of the start, is expired.
 
 The collector is the one owner of what is known of instances: the last sample of each, which expired, and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import secrets
 import threading
 import time
 from collections import Counter
@@ -44,6 +46,7 @@ def _service(text: str) -> ServiceKey:
 
 
 LEVEL0_FIELDS = tuple(f.name for f in fields(Level0))
+MAX_SESSIONS = 256  # per identity: the sessions whose sequence is remembered (the least recent goes first)
 
 
 def level0_of(r: Any) -> Level0:
@@ -51,11 +54,13 @@ def level0_of(r: Any) -> Level0:
     return Level0(**{name: getattr(r, name) for name in LEVEL0_FIELDS})
 
 
-def report_of(pb: Any, service: str, instance_id: int, seq: int, m: Level0, announce: Announce | None) -> Any:
+def report_of(
+    pb: Any, service: str, instance_id: int, seq: int, m: Level0, announce: Announce | None, session: int = 0
+) -> Any:
     """The report message carrying `m` (and a pool instance's announcement): level0_of's inverse."""
     where = {"endpoint": announce.endpoint, "site": announce.site, "leaving": announce.leaving} if announce else {}
     values = {n: getattr(m, n) for n in LEVEL0_FIELDS}
-    return pb.Report(service=service, instance_id=instance_id, seq=seq, **where, **values)
+    return pb.Report(service=service, instance_id=instance_id, seq=seq, session=session, **where, **values)
 
 
 @dataclass
@@ -117,7 +122,7 @@ class Collector:
     members: dict[ServiceKey, dict[int, Announce]] = field(default_factory=dict)  # pool instances that joined
     rejected: Counter[str] = field(default_factory=Counter)
     accepted: int = 0
-    _seq: dict[str, int] = field(default_factory=dict)
+    _seq: dict[str, dict[int, int]] = field(default_factory=dict)  # identity -> session -> last sequence
     _window: dict[str, tuple[float, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _expired: set[InstanceRef] = field(default_factory=set)
@@ -244,14 +249,19 @@ class Collector:
                 except ValueError:
                     return self._reject("invalid", f"{svc} instance {r.instance_id}: endpoint {r.endpoint!r}")
                 announce = Announce(endpoint, int(r.site), bool(r.leaving))
-            if r.seq <= self._seq.get(agent, 0):
-                return self._reject("sequence", f"seq {r.seq} is not after {self._seq.get(agent, 0)}")
+            sessions = self._seq.setdefault(agent, {})
+            last = sessions.get(r.session, 0)
+            if r.seq <= last:
+                return self._reject("sequence", f"seq {r.seq} is not after {last} (session {r.session:x})")
             m = level0_of(r)
             try:
                 m.check()
             except ConfigError as e:
                 return self._reject("invalid", str(e))
-            self._seq[agent] = r.seq
+            sessions.pop(r.session, None)  # most recent last: the oldest session is the first to go
+            sessions[r.session] = r.seq
+            if len(sessions) > MAX_SESSIONS:
+                del sessions[next(iter(sessions))]
             self._store(ref, m, announce, now)
             self.accepted += 1
         self._changed(svc)
@@ -377,11 +387,12 @@ class Agent:
         # the sequence starts at the clock (microseconds): a restarted agent carries on above what it sent
         # before (the collector refuses a sequence that is not after the last), a replay stays below
         self.seq = time.time_ns() // 1000
+        self.session = secrets.randbits(64)  # this process's session: its sequence is checked on its own
 
     def report(self, service: str, instance_id: int, m: Level0, announce: Announce | None = None) -> Any:
         """One report; a pool instance's carries its announcement (endpoint, site, leaving)."""
         self.seq += 1
-        return report_of(self.pb, service, instance_id, self.seq, m, announce)
+        return report_of(self.pb, service, instance_id, self.seq, m, announce, self.session)
 
     def send(self, reports: list[Any], timeout: float = 10.0) -> Any:
         """Streams the reports on one call; returns the collector's Ack."""
