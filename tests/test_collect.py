@@ -162,3 +162,54 @@ def test_a_pool_agent_announces_instances_of_its_range_at_its_sites_only() -> No
         finally:
             agent.close()
     assert joined == [{101: Announce("10.103.1.2", 3)}, {101: Announce("10.103.1.2", 3, True)}]
+
+
+@pytest.mark.parametrize(
+    "endpoint,why",
+    [
+        ("0.0.0.0", "not a unicast address"),
+        ("127.0.0.1", "not a unicast address"),
+        ("255.255.255.255", "not a unicast address"),
+        ("224.0.0.1", "not a unicast address"),
+        ("10.99.0.1", "the service's own VIP"),
+        ("10.200.0.7", "outside the pool's prefixes"),
+    ],
+    ids=["unspecified", "loopback", "broadcast", "multicast", "the-vip", "outside-prefixes"],
+)
+def test_a_pool_agent_cannot_announce_an_endpoint_that_is_no_instance(endpoint: str, why: str) -> None:
+    import ipaddress
+
+    from dinet.services.collect import AgentAuth, Announce, Pool
+
+    pool = Pool(SVC, 100, 109, frozenset({3}), (ipaddress.ip_network("10.103.0.0/16"),))
+    c = Collector({"cloud-pool": AgentAuth(frozenset(), "tok-pool", (pool,))}, timeout=3.0)
+    with CollectorServer(c, insecure=True) as srv:
+        agent = Agent(srv.address, "tok-pool")
+        try:
+            ack = agent.send([agent.report(str(SVC), 101, Level0(), Announce(endpoint, 3))])
+            assert ack.rejected == 1 and why in ack.last_error
+            assert c.pool(SVC) == {}
+        finally:
+            agent.close()
+
+
+def test_a_pool_instance_keeps_its_endpoint_until_it_has_left() -> None:
+    """Re-announcing an id at another address would move its established flows there: refused while it is a
+    member; once it went silent (pruned), the id may join at the new address."""
+    from dinet.services.collect import AgentAuth, Announce, Pool
+
+    clock = Clock()
+    pool = Pool(SVC, 100, 109, frozenset({3}))
+    c = Collector({"cloud-pool": AgentAuth(frozenset(), "tok-pool", (pool,))}, timeout=3.0, clock=clock)
+    with CollectorServer(c, insecure=True) as srv:
+        agent = Agent(srv.address, "tok-pool")
+        try:
+            assert agent.send([agent.report(str(SVC), 101, Level0(), Announce("10.103.1.2", 3))]).accepted == 1
+            moved = agent.send([agent.report(str(SVC), 101, Level0(), Announce("10.103.9.9", 3))])
+            assert moved.rejected == 1 and "is at 10.103.1.2, not 10.103.9.9" in moved.last_error
+            clock.t += 4.0
+            assert c.expire() == [(SVC, 101)] and c.pool(SVC) == {}  # silent: pruned
+            again = agent.send([agent.report(str(SVC), 101, Level0(), Announce("10.103.9.9", 3))])
+            assert again.accepted == 1 and c.pool(SVC) == {101: Announce("10.103.9.9", 3)}
+        finally:
+            agent.close()

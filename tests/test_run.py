@@ -73,6 +73,16 @@ BAD_INTENTS = [
         r"line 6: not valid YAML: duplicate key 'services'",
     ),
     ("node: {target: xdp}\ncollector: {timeout: .inf}", r"collector\.timeout: .*finite number"),
+    (
+        SVC_HEAD
+        + "      - {id: 1, endpoint: 10.1.1.1}\n    pools: [{agent: p, token: t, ids: [100, 399], sites: [1]}]",
+        r"301 instances and pool ids do not fit the instance table \(256 per service\)",
+    ),
+    (
+        SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\n    pools: [{agent: p, token: t, ids: [100, 109], sites: [1],"
+        " prefixes: [10.1.0.0/33]}]",
+        r"prefixes: '10.1.0.0/33' is not a network",
+    ),
     (SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\n    slo: {ttft_ms: .nan}", r"slo\.ttft_ms: .*finite number"),
     ("- just\n- a list", r"not a mapping"),
     ("nodes: {a: {target: local}}\nbier: {bfrs: {a: 1, b: 2}}", r"bier.bfrs: b is not in nodes"),

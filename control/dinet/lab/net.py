@@ -56,7 +56,7 @@ STATE_DIR = Path("/run/dinet/lab")
 MGMT_ROOT = "172.31.255.254"
 TUNNEL_SMAC = "02:00:00:00:00:fe"  # the P4 switch's source MAC toward its ingress router
 FABRIC_MTU = 1600  # the tunnel's 20 bytes on top of a 1500-byte packet
-POOL_IDS = (1000, 1999)  # the instance ids a service's pool agent may announce
+POOL_IDS = (1000, 1099)  # the instance ids a service's pool agent may announce (within the table)
 
 
 def lab_tag(name: str) -> str:

@@ -78,6 +78,22 @@ class Pool:
     first: int
     last: int
     sites: frozenset[int]
+    prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # where its endpoints may be
+
+    def endpoint_error(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        """Why an announced endpoint cannot be an instance of the pool ('' if it can)."""
+        if (
+            addr.is_unspecified
+            or addr.is_loopback
+            or addr.is_multicast
+            or addr == ipaddress.ip_address("255.255.255.255")
+        ):
+            return "not a unicast address"
+        if addr == self.service.vip:
+            return "the service's own VIP"
+        if self.prefixes and not any(addr in p for p in self.prefixes):
+            return f"outside the pool's prefixes ({', '.join(map(str, self.prefixes))})"
+        return ""
 
     def __contains__(self, ref: object) -> bool:
         return isinstance(ref, tuple) and ref[0] == self.service and self.first <= ref[1] <= self.last
@@ -245,10 +261,20 @@ class Collector:
                 if r.site not in pool.sites:
                     return self._reject("invalid", f"{svc} instance {r.instance_id}: site {r.site} is not the pool's")
                 try:
-                    endpoint = str(ipaddress.ip_address(r.endpoint))
+                    addr = ipaddress.ip_address(r.endpoint)
                 except ValueError:
                     return self._reject("invalid", f"{svc} instance {r.instance_id}: endpoint {r.endpoint!r}")
-                announce = Announce(endpoint, int(r.site), bool(r.leaving))
+                why = pool.endpoint_error(addr)
+                if why:
+                    return self._reject("invalid", f"{svc} instance {r.instance_id}: endpoint {addr} is {why}")
+                known = self.members.get(svc, {}).get(ref[1])
+                if known is not None and known.endpoint != str(addr):  # its flows must not follow a new address
+                    return self._reject(
+                        "invalid",
+                        f"{svc} instance {r.instance_id} is at {known.endpoint}, not {addr}: a new endpoint is a "
+                        "new instance (another id, or this one once it has left)",
+                    )
+                announce = Announce(str(addr), int(r.site), bool(r.leaving))
             sessions = self._seq.setdefault(agent, {})
             last = sessions.get(r.session, 0)
             if r.seq <= last:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import consts
 from ..errors import ConfigError
 from ..model import (
     Instance,
@@ -201,11 +202,17 @@ class PoolSpec(_Spec):
     token: str | None = Field(default=None, min_length=1)
     ids: Annotated[list[Annotated[int, Field(ge=1, lt=2**32)]], Field(min_length=2, max_length=2)]  # first, last
     sites: list[Annotated[int, Field(ge=0, lt=2**16)]] = Field(min_length=1)
+    prefixes: list[str] = []  # the networks its instances' endpoints must be in (empty: any unicast address)
 
     @model_validator(mode="after")
     def _range(self) -> PoolSpec:
         if self.ids[0] > self.ids[1]:
             raise ValueError(f"ids is [first, last], not {list(self.ids)}")
+        for p in self.prefixes:
+            try:
+                ipaddress.ip_network(p)
+            except ValueError:
+                raise ValueError(f"prefixes: {p!r} is not a network (10.103.0.0/16, fd00::/64)") from None
         return self
 
 
@@ -246,6 +253,10 @@ class ServiceSpec(_Spec):
             inside = [i for i in ids if p.ids[0] <= i <= p.ids[1]]
             if inside:
                 raise ValueError(f"pool {p.agent}: its ids {list(p.ids)} hold the intent's instances {inside}")
+        room = consts.get("DINET_MAX_INSTANCES")  # the data plane's instance table, per service
+        want = len(ids) + sum(p.ids[1] - p.ids[0] + 1 for p in self.pools)
+        if want > room:
+            raise ValueError(f"{want} instances and pool ids do not fit the instance table ({room} per service)")
         if not any(i.weight for i in self.instances if i.state == "up") and any(
             i.state == "up" for i in self.instances
         ):
@@ -518,7 +529,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
                 cfg.agents[who] = AgentAuth(old.refs | {(key, i.id)}, old.token or i.token or "", old.pools)
         for p in s.pools:
             old = cfg.agents.get(p.agent, AgentAuth(frozenset(), p.token or ""))
-            pool = Pool(key, p.ids[0], p.ids[1], frozenset(p.sites))
+            pool = Pool(key, p.ids[0], p.ids[1], frozenset(p.sites), tuple(ipaddress.ip_network(x) for x in p.prefixes))
             cfg.agents[p.agent] = AgentAuth(old.refs, old.token or p.token or "", (*old.pools, pool))
         tiers = {i.id: str(i.tier) for i in s.instances if i.tier}
         strategy = Strategy(s.policy) if s.policy else None
