@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -213,3 +214,37 @@ def test_a_pool_instance_keeps_its_endpoint_until_it_has_left() -> None:
             assert again.accepted == 1 and c.pool(SVC) == {101: Announce("10.103.9.9", 3)}
         finally:
             agent.close()
+
+
+def test_one_identity_cannot_take_every_worker_of_the_collector() -> None:
+    """An authenticated agent that opens endless report streams gets `max_streams` of them; the next is
+    refused (RESOURCE_EXHAUSTED, counted), and another agent's reports are still taken at once."""
+    import threading
+
+    c = Collector.with_tokens({"tok-a": ("agent-a", {(SVC, 1)}), "tok-b": ("agent-b", {(SVC, 2)})}, max_streams=2)
+    release = threading.Event()
+    with CollectorServer(c, insecure=True) as srv:
+        hog, fair = Agent(srv.address, "tok-a"), Agent(srv.address, "tok-b")
+        hogs = [Agent(srv.address, "tok-a") for _ in range(2)]  # a session each, so both reports count
+
+        def endless(a: Agent):  # one report, then a stream that never ends until released
+            yield a.report(str(SVC), 1, Level0())
+            release.wait(30)
+
+        try:
+            held = [a.stub.Stream.future(endless(a), metadata=a._md(), timeout=30) for a in hogs]
+            deadline = time.monotonic() + 10
+            while c.accepted < 2:  # both streams are open and took their first report
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(grpc.RpcError) as e:
+                hog.send([hog.report(str(SVC), 1, Level0())])
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and c.rejected["streams"] == 1
+            assert fair.send([fair.report(str(SVC), 2, Level0())], timeout=5).accepted == 1
+        finally:
+            release.set()
+            for f in held:
+                f.result(timeout=10)
+            for a in (hog, fair, *hogs):
+                a.close()
+    assert c.rejected["streams"] == 1 and c.accepted == 3

@@ -131,6 +131,7 @@ class Collector:
     agents: dict[str, AgentAuth]
     timeout: float = 3.0
     max_rate: float = 1000.0
+    max_streams: int = 4  # open report streams per identity (of 16 workers): one agent cannot take them all
     # told "this service changed" (a report taken, an instance expired, a pool instance joined or left)
     listeners: list[Callable[[ServiceKey], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
@@ -144,6 +145,7 @@ class Collector:
     _expired: set[InstanceRef] = field(default_factory=set)
     _since: dict[InstanceRef, float] = field(default_factory=dict)  # when an expected instance became expected
     _by_svc: dict[ServiceKey, dict[int, Sample]] = field(default_factory=dict)  # `latest` by service
+    _streams: Counter[str] = field(default_factory=Counter)  # open report streams per identity
 
     def __post_init__(self) -> None:
         self.set_agents(self.agents)
@@ -231,6 +233,19 @@ class Collector:
         self._expired.discard(ref)
         if announce is not None:
             self.members.setdefault(ref[0], {})[ref[1]] = announce
+
+    def open_stream(self, agent: str) -> bool:
+        """Takes one of the identity's stream places (False, counted, when it holds `max_streams` already)."""
+        with self._lock:
+            if self._streams[agent] >= self.max_streams:
+                self.rejected["streams"] += 1
+                return False
+            self._streams[agent] += 1
+            return True
+
+    def close_stream(self, agent: str) -> None:
+        with self._lock:
+            self._streams[agent] -= 1
 
     def _reject(self, reason: str, detail: str) -> str:
         self.rejected[reason] += 1
@@ -354,18 +369,33 @@ def _servicer(c: Collector) -> Any:
                     ack.rejected += 1
                     ack.last_error = err
 
+        def _limited(self, agent: str, context: grpc.ServicerContext) -> None:
+            if not c.open_stream(agent):
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this identity has {c.max_streams} report streams open already",
+                )
+
         def Stream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
             agent, allowed = self._agent(context)
-            ack = pb.Ack()
-            self._take(agent, allowed, request_iterator, ack)
-            return ack
+            self._limited(agent, context)
+            try:
+                ack = pb.Ack()
+                self._take(agent, allowed, request_iterator, ack)
+                return ack
+            finally:
+                c.close_stream(agent)
 
         def StreamBatches(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
             agent, allowed = self._agent(context)
-            ack = pb.Ack()
-            for batch in request_iterator:
-                self._take(agent, allowed, batch.reports, ack)
-            return ack
+            self._limited(agent, context)
+            try:
+                ack = pb.Ack()
+                for batch in request_iterator:
+                    self._take(agent, allowed, batch.reports, ack)
+                return ack
+            finally:
+                c.close_stream(agent)
 
     return Servicer()
 
@@ -378,7 +408,7 @@ class CollectorServer:
         self,
         collector: Collector,
         address: str = "127.0.0.1:0",
-        workers: int = 8,
+        workers: int = 16,
         identity: Identity | None = None,
         insecure: bool = False,
     ):
