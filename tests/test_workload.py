@@ -499,3 +499,94 @@ def test_the_metrics_agent_skips_bad_samples_and_bounds_every_scrape() -> None:
             assert not agent.once().healthy and agent.failures == 1 and agent.reports == 1
     finally:
         srv.shutdown()
+
+
+def _read_until(s, marker: bytes, limit: int = 1 << 20) -> bytes:  # type: ignore[no-untyped-def]
+    """What a socket gives until `marker` is in it (or it closes, or `limit` bytes came)."""
+    got = b""
+    while marker not in got and len(got) < limit:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _wait_metric(url: str, name: str, want: float, timeout: float = 10.0) -> dict[str, float]:
+    """Polls /metrics until `name` reads `want` (the condition, not a time); the last reading."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(url)
+        if m.get(name) == want or time.monotonic() > deadline:
+            return m
+        time.sleep(0.02)
+
+
+def test_a_client_that_hangs_up_frees_its_place_and_the_server_refuses_what_cannot_run(server: str) -> None:
+    """A stream whose client goes after two tokens, and a plain request whose client goes before its answer,
+    leave the batch and free their KV cache at once (not after 1,500 more tokens); max_tokens beyond the
+    model's context and JSON nested too deeply are a 400 with a reason, never a traceback."""
+    import socket
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(server)
+    for stream in (True, False):
+        body = json.dumps({"prompt": "a b c", "max_tokens": 1500, "stream": stream}).encode()
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        running = _wait_metric(server, "vllm:num_requests_running", 1.0)
+        assert running["vllm:num_requests_running"] == 1 and running["vllm:kv_cache_usage_perc"] > 0
+        if stream:
+            assert b"tok0" in _read_until(s, b"tok0")  # it streams
+        s.close()
+        gone = _wait_metric(server, "vllm:num_requests_running", 0.0)
+        assert gone["vllm:num_requests_running"] == 0 and gone["vllm:kv_cache_usage_perc"] == 0, stream
+    for payload, reason in (
+        (json.dumps({"prompt": "a", "max_tokens": 9000}).encode(), "maximum context length is 8192 tokens"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ):
+        req = urllib.request.Request(f"{server}/v1/completions", data=payload)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 400 and reason in json.loads(e.value.read())["message"]
+
+
+def test_a_stopped_server_does_not_wait_for_its_long_requests() -> None:
+    """SIGTERM with a request of 1,500 tokens under way (7.5 s of decoding here): the server is gone within its
+    2 s grace, with status 0."""
+    import socket
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"127.0.0.1:{port}", "--profile", "tiny-test"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("ready:")
+        body = json.dumps({"prompt": "a", "max_tokens": 1500, "stream": True}).encode()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        assert b"tok0" in _read_until(s, b"tok0")
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0  # not after the request's 7.5 s
+        s.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
@@ -48,6 +48,7 @@ class Profile:
     kv_bytes_per_token: int  # for prefill-decode hand-over: bytes of KV state per token
     source: str = ""
     max_batched_tokens: int = 2048  # a step's token budget (vLLM's max_num_batched_tokens with chunked prefill)
+    max_model_len: int = 8192  # the model's context: prompt + output tokens of one request (Llama 3)
 
     def __post_init__(self) -> None:
         if self.tier not in ("large", "small", "pruned"):
@@ -208,6 +209,17 @@ class Scheduler:
         self.waiting.append(seq)
         self.stats.waiting = len(self.waiting)
 
+    def cancel(self, seq: Sequence) -> None:
+        """A request whose client has gone: it leaves the queue or the batch, and its blocks are freed."""
+        if seq in self.running:
+            self.running.remove(seq)
+            self.free += seq.blocks
+            seq.blocks = 0
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.stats.running, self.stats.waiting = len(self.running), len(self.waiting)
+        self.stats.kv_used = self.p.kv_tokens // BLOCK_TOKENS * BLOCK_TOKENS - self.free * BLOCK_TOKENS
+
     @property
     def idle(self) -> bool:
         return not self.running and not self.waiting
@@ -339,27 +351,36 @@ class Engine:
                 pass
             self._task = None
 
-    def generate(self, prompt_tokens: int, max_tokens: int, prefilled: bool = False) -> AsyncIterator[float]:
+    def generate(self, prompt_tokens: int, max_tokens: int, prefilled: bool = False) -> AsyncGenerator[float, None]:
         """Checks and queues a request (ConfigError at once if it can never run); the iterator yields the
         time of each generated token as the engine makes it. prefilled: the prompt's KV cache was handed
         over (a decode instance of a prefill-decode pipeline): no prefill here."""
         if prompt_tokens < 1 or max_tokens < 1:
             raise ConfigError("a request has at least one prompt token and asks for at least one")
+        if prompt_tokens + max_tokens > self.p.max_model_len:
+            raise ConfigError(
+                f"this model's maximum context length is {self.p.max_model_len} tokens; the request asks for "
+                f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} to generate)"
+            )
         if prompt_tokens + max_tokens > self.p.kv_tokens:
             raise ConfigError(f"{prompt_tokens} + {max_tokens} tokens exceed the KV cache ({self.p.kv_tokens} tokens)")
         return self._stream(prompt_tokens, max_tokens, prefilled)
 
-    async def _stream(self, prompt_tokens: int, max_tokens: int, prefilled: bool) -> AsyncIterator[float]:
+    async def _stream(self, prompt_tokens: int, max_tokens: int, prefilled: bool) -> AsyncGenerator[float, None]:
         self.start()
         seq = Sequence(prompt_tokens, max_tokens, time.monotonic(), prefilled=prefilled)
         self.sched.add(seq)
         self._wake.set()
         assert seq.queue is not None
-        while True:
-            t = await seq.queue.get()
-            if t is None:
-                return
-            yield t
+        try:
+            while True:
+                t = await seq.queue.get()
+                if t is None:
+                    return
+                yield t
+        finally:  # closed early (the client went away): nothing keeps its place or its KV cache
+            if seq.generated < seq.max_tokens:
+                self.sched.cancel(seq)
 
     def ttft_if_added(self, prompt_tokens: int, max_tokens: int, limit_s: float = 600.0) -> float:
         """The time to first token a request would see if it arrived now (seconds): the engine's own schedule

@@ -15,6 +15,7 @@ aiohttp: a maintained asyncio HTTP server with streaming responses, which the en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -137,11 +138,13 @@ class Server:
         """The request's tokens: from this engine, or (prefill role) the first from here and the rest from
         the decode instance the KV cache was handed to."""
         if self.role != "prefill":
-            async for t in self.engine.generate(n_prompt, n_max):
-                yield t
+            async with contextlib.aclosing(self.engine.generate(n_prompt, n_max)) as gen:
+                async for t in gen:
+                    yield t
             return
-        async for t in self.engine.generate(n_prompt, 1):  # prefill; its output is the first token
-            yield t
+        async with contextlib.aclosing(self.engine.generate(n_prompt, 1)) as gen:  # prefill: the first token
+            async for t in gen:
+                yield t
         if n_max == 1:
             return
         import aiohttp
@@ -198,8 +201,9 @@ class Server:
             return self._error(400, str(e))
         resp = web.StreamResponse(headers={**self._headers(), "Content-Type": "text/plain"})
         await resp.prepare(request)
-        async for _ in tokens:
-            await resp.write(b"t\n")
+        async with contextlib.aclosing(tokens):  # the prefill instance hung up: the session leaves the batch
+            async for _ in tokens:
+                await resp.write(b"t\n")
         await resp.write_eof()
         return resp
 
@@ -240,6 +244,8 @@ class Server:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError("the body is not JSON") from None
+        except RecursionError:
+            raise ConfigError("the body's JSON is nested too deeply") from None
         if not isinstance(body, dict):
             raise ConfigError("the body is not a JSON object")
         model = body.get("model", self.model)
@@ -270,6 +276,11 @@ class Server:
             n_prompt, n_max = count_tokens(prompt), int(body.get("max_tokens", body.get("max_completion_tokens", 16)))
             if self.role == "decode":
                 raise ConfigError("a decode instance takes requests from prefill instances only (/dinet/v1/kv)")
+            if n_prompt + n_max > self.profile.max_model_len:
+                raise ConfigError(
+                    f"this model's maximum context length is {self.profile.max_model_len} tokens; the request asks"
+                    f" for {n_prompt + n_max} ({n_prompt} in the prompt, {n_max} to generate)"
+                )
             if n_prompt + n_max > self.profile.kv_tokens:
                 raise ConfigError(f"{n_prompt} + {n_max} tokens exceed the KV cache ({self.profile.kv_tokens} tokens)")
             info: dict[str, Any] = {}
@@ -296,19 +307,20 @@ class Server:
             )
             await resp.prepare(request)
             n = 0
-            async for _ in tokens:
-                word = f" tok{n}"
-                choice = (
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": word} if n == 0 else {"content": word},
-                        "finish_reason": None,
-                    }
-                    if chat
-                    else {"index": 0, "text": word, "finish_reason": None}
-                )
-                n += 1
-                await resp.write(f"data: {json.dumps(envelope(choice, chunk_obj))}\n\n".encode())
+            async with contextlib.aclosing(tokens):  # a client that hangs up frees its place at once
+                async for _ in tokens:
+                    word = f" tok{n}"
+                    choice = (
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": word} if n == 0 else {"content": word},
+                            "finish_reason": None,
+                        }
+                        if chat
+                        else {"index": 0, "text": word, "finish_reason": None}
+                    )
+                    n += 1
+                    await resp.write(f"data: {json.dumps(envelope(choice, chunk_obj))}\n\n".encode())
             last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
             if chat:
                 last["delta"] = {}
@@ -318,8 +330,9 @@ class Server:
             await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
             return resp
         n = 0
-        async for _ in tokens:
-            n += 1
+        async with contextlib.aclosing(tokens):
+            async for _ in tokens:
+                n += 1
         text = "".join(f" tok{i}" for i in range(n))
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
@@ -347,7 +360,9 @@ async def open_site(app: web.Application, listen: str) -> web.AppRunner:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
-    runner = web.AppRunner(app, access_log=None)
+    # a handler is cancelled when its client disconnects (its request then leaves the engine), and a stop
+    # waits at most 2 s for what is still answering
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
     await runner.setup()
     bind = host.strip("[]")
     site = web.TCPSite(runner, None if bind in ("", "::") else bind, int(port))
