@@ -297,3 +297,37 @@ def test_a_failing_data_plane_is_counted_retried_and_resynced_and_stops_no_other
     flaky.away = False
     assert down.retry(now=2e12) and not down.failing
     assert flaky.installed() == fine.installed()  # what was decided meanwhile is in place
+
+
+def test_a_restarted_controller_keeps_a_joined_pool_instance_and_a_dead_one_down() -> None:
+    """A pool instance joined and another instance died; then the controller (and its collector) restart. The
+    new one adopts both as the data plane holds them and writes nothing; the pool instance stays until it
+    is silent for the collector's timeout (then it is removed), or reports and goes on."""
+    from dinet.services.collect import AgentAuth, Announce, Pool
+
+    clock = [100.0]
+    agents = {
+        "a": AgentAuth(frozenset({(SVC, 1), (SVC, 2)})),
+        "pool": AgentAuth(frozenset(), "", (Pool(SVC, 100, 109, frozenset({3})),)),
+    }
+    t = CountingTarget()
+    first = Controller(
+        t,
+        [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))],
+        dict(SITES),
+        collector=Collector(agents, clock=lambda: clock[0]),
+    )
+    first.start()
+    first.collector.observe((SVC, 1), Level0(cpu_load=0.3))
+    first.collector.observe((SVC, 100), Level0(cpu_load=0.1), Announce("192.0.2.100", 3))
+    first.collector.expire_now((SVC, 2))
+    before, writes = t.installed(), t.writes
+    assert before[100][1] == "up" and before[2] == (0, "down")
+    again = Collector(agents, timeout=3.0, clock=lambda: clock[0])
+    second = Controller(t, [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))], dict(SITES), collector=again)
+    assert second.start() == 0 and t.writes == writes and t.installed() == before
+    again.observe((SVC, 1), Level0(cpu_load=0.3))
+    assert t.installed()[100] == before[100] and t.installed()[2] == (0, "down")  # not dropped, not revived
+    clock[0] += 4.0
+    assert (SVC, 100) in again.expire()
+    assert 100 not in t.installed()  # silent past the timeout: it has left

@@ -171,10 +171,6 @@ def damp(current: Mapping[int, int], target: Mapping[int, int], policy: Policy =
     return out
 
 
-def _members(instances: Iterable[Instance]) -> set[tuple[int, object, int]]:
-    return {(i.instance_id, i.endpoint, i.site_id) for i in instances}
-
-
 def decide(
     intent: ServiceIntent,
     samples: Mapping[int, Level0],
@@ -194,11 +190,11 @@ def decide(
     An instance's state, in order of precedence: the operator's `down` or `draining` in the intent; DOWN
     where its path is below the service's security floor, or once its agent expired; until its first
     report, the state and weight it had (installed, where the record holds the intent's instances; else the
-    intent's), never the default "healthy and idle"; then the weights of `target_weights`, damped against
+    intent's; each instance is adopted on its own: the same id, endpoint and site), never the default "healthy
+    and idle"; then the weights of `target_weights`, damped against
     what is installed (baselines are not damped). A data plane refuses all-zero weights: when no instance
     would take new flows, the least loaded live one keeps a trickle (weight 1)."""
     have = {i.instance_id: i for i in installed}
-    adopt = _members(installed) == _members(intent.instances)
 
     decided: dict[int, Instance] = {}
     cands = []
@@ -206,7 +202,9 @@ def decide(
         iid = inst.instance_id
         m = samples.get(iid)
         path = paths.get(inst.site_id) or SitePath()
-        old = have.get(iid) if adopt else None
+        old = have.get(iid)
+        if old is not None and (old.endpoint, old.site_id) != (inst.endpoint, inst.site_id):
+            old = None  # another instance under that id: nothing of the record is its
         if inst.state != InstanceState.UP:  # the operator's word wins over reports
             decided[iid] = replace(inst, weight=old.weight if old else inst.weight)
         elif path.security < intent.min_security or iid in expired:  # never a flow

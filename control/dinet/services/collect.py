@@ -162,6 +162,7 @@ class Collector:
         with self._lock:
             self.agents = agents
             expected = {ref for a in agents.values() for ref in a.refs}
+            expected |= {(svc, iid) for svc, m in self.members.items() for iid in m}  # adopted pool members too
             self._since = {ref: self._since.get(ref, now) for ref in expected}
 
     def authenticate(self, identity: str | None, token: str) -> tuple[str, Any]:
@@ -327,6 +328,17 @@ class Collector:
             self._changed(svc)
         return gone
 
+    def adopt(self, ref: InstanceRef, endpoint: str, site: int) -> bool:
+        """A pool instance the data plane holds but this collector has not heard of (it restarted): taken as a
+        member as it is, expected to report within `timeout` like any instance, and pruned if it does not.
+        False when no agent's pool holds it (or it is known already)."""
+        with self._lock:
+            if ref[1] in self.members.get(ref[0], {}) or not any(a.pool(ref) is not None for a in self.agents.values()):
+                return False
+            self.members.setdefault(ref[0], {})[ref[1]] = Announce(endpoint, site)
+            self._since.setdefault(ref, self.clock())
+            return True
+
     def expire_now(self, ref: InstanceRef) -> None:
         """Expires one instance at once, as if its agent had gone silent (an operator's or a test's word)."""
         with self._lock:
@@ -339,6 +351,8 @@ class Collector:
             del pool[ref[1]]
             self.latest.pop(ref, None)
             self._by_svc.get(ref[0], {}).pop(ref[1], None)
+            if not any(ref in a.refs for a in self.agents.values()):
+                self._since.pop(ref, None)
             log.info("%s: pool instance %d left (silent)", ref[0], ref[1])
         else:
             self._expired.add(ref)

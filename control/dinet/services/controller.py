@@ -110,6 +110,10 @@ class Controller:
         self.reads += 1
         have = self.target.service(svc).instances.values()
         self.installed[svc] = tuple(sorted(have, key=lambda i: i.instance_id))
+        ids = {i.instance_id for i in self._by_key[svc].instances} if svc in self._by_key else set()
+        for inst in self.installed[svc]:  # pool instances that joined before a restart stay until silent
+            if inst.instance_id not in ids:
+                self.collector.adopt((svc, inst.instance_id), str(inst.endpoint), inst.site_id)
 
     def set_intent(self, services: list[ServiceIntent]) -> int:
         """A new intent (the file changed): services added, removed or with other instances; instances that
