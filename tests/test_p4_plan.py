@@ -161,3 +161,69 @@ def test_a_bift_entry_whose_neighbours_shrink_and_grow_keeps_the_switch_consiste
     ops = {(op, dict(e.match).get("std.egress_rid")) for op, e in sw.entries if e.table == "bier_replica"}
     assert ("INSERT", 2) in ops and ("INSERT", 3) in ops and ("MODIFY", 1) in ops
     assert len(node._groups) == 15
+
+
+class StrictSwitch(FakeSwitch):
+    """A switch that holds what it is given as P4Runtime does (INSERT of an entry it has: ALREADY_EXISTS;
+    MODIFY of one it lacks: NOT_FOUND) and can refuse one write call (the `fail_at`-th)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[Any, Any] = {}
+        self.calls = 0
+        self.fail_at = 0
+
+    def write(self, entries: list[Any], op: str = "INSERT") -> None:
+        from dinet.errors import DataPlaneError
+        from dinet.targets.p4node import _key
+
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise DataPlaneError("the switch refused the write (injected)")
+        for e in entries:
+            k = _key(e)
+            if op == "INSERT" and not e.is_default and k in self.held:
+                raise DataPlaneError(f"ALREADY_EXISTS: {k}")
+            if op == "MODIFY" and not e.is_default and k not in self.held:
+                raise DataPlaneError(f"NOT_FOUND: {k}")
+        for e in entries:
+            if op == "DELETE":
+                self.held.pop(_key(e), None)
+            else:
+                self.held[_key(e)] = e
+        super().write(entries, op)
+
+    def p4info_tables(self) -> list[str]:
+        return sorted({k[0] for k in self.held})
+
+    def read_table(self, table: str) -> list[Any]:
+        return [e for k, e in self.held.items() if k[0] == table]
+
+    def read_multicast_groups(self) -> dict[int, list[tuple[int, int]]]:
+        return dict(self.groups)
+
+
+def test_a_write_that_fails_half_way_leaves_the_record_as_the_switch_holds_it() -> None:
+    """A third instance's entries are inserted, then the switch refuses the ring write. The record follows the
+    switch (read back), so the same decision written again succeeds (no ALREADY_EXISTS until a resync) and
+    the switch ends up holding exactly the plan."""
+    from dinet.errors import DataPlaneError
+    from dinet.model import Instance, ServiceKey
+    from dinet.targets.base import SteerSizes
+    from dinet.targets.p4node import P4Node
+
+    sw = StrictSwitch()
+    node = P4Node(sw, SteerSizes(max_services=4, max_instances=4, ring_size=13))  # type: ignore[arg-type]
+    svc = ServiceKey.parse("10.99.0.1:80/tcp")
+    node.add_service(svc)
+    two = [Instance(1, "192.0.2.1", 1), Instance(2, "192.0.2.2", 1)]
+    node.set_instances(svc, two)
+    three = [*two, Instance(3, "192.0.2.3", 1)]
+    sw.fail_at = sw.calls + 2  # the new slot's INSERT goes through, the ring's write is refused
+    with pytest.raises(DataPlaneError, match="injected"):
+        node.set_instances(svc, three)
+    assert {i.instance_id for i in node.service(svc).instances.values()} == {1, 2, 3}  # as the switch holds it
+    node.set_instances(svc, three)
+    live = node.service(svc)
+    assert {i.instance_id for i in live.instances.values()} == {1, 2, 3}
+    assert set(node.ring(svc)) == set(live.instances)  # the live ring half holds every slot, nothing else

@@ -105,6 +105,7 @@ class P4Node(InstanceEdits):
         self.port_names: dict[int, str] = {}  # port number -> interface, for link state (optional)
         self.port_netns: str | None = None
         self._events: LinkEvents | None = None
+        self._stale = False  # a write failed half-way and the switch could not be read back: read before writing
 
     def _write(self, entries: list[TableEntry], op: str = "INSERT") -> None:
         self.sw.write(entries, op)
@@ -326,6 +327,22 @@ class P4Node(InstanceEdits):
         ]
 
     def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
+        """Writes the instance set in the order that never strands a flow (new slots, then the other ring half,
+        then the service entry that switches to it, then what was freed). A write that fails half-way leaves
+        the record as the switch holds it: read back at once, or before the next write if the switch is away."""
+        if self._stale:
+            self.adopt()
+            self._stale = False
+        try:
+            self._set_instances(svc, instances)
+        except DataPlaneError:
+            try:
+                self.adopt()
+            except DataPlaneError:
+                self._stale = True
+            raise
+
+    def _set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
         st = self._state(svc)
         plan = plan_instances(svc, st.instances, instances, self.sizes.max_instances, self.sizes.ring_size)
         inserts = [
