@@ -263,3 +263,34 @@ def test_dinet_sync_cli_pushes_through_the_intents_domain(lab: SyncLab, model, t
     assert lab.domain.nodes["r"].bfir_entries() == {}
     bad = subprocess.run(argv[:6] + ["e2,e9"] + argv[7:], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode != 0 and "no receiver for e9" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_receiver_answers_for_its_own_files_only_never_through_a_link(tmp_path: Path) -> None:
+    """A link in the store (to /etc/shadow, or to a file elsewhere) is no model: 404, and nothing is read
+    through it; the store's own file is hashed."""
+    import asyncio
+    import hashlib
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from dinet.sync.receiver import SyncReceiver, sha256_of
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "model.bin").write_bytes(b"weights")
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not yours")
+    (store / "leak.bin").symlink_to(outside)
+    rx = SyncReceiver(store=store, interfaces=[], client_id="1", token="t")
+
+    async def ask() -> tuple[int, dict, int]:
+        async with TestClient(TestServer(rx.app())) as c:
+            hdr = {"Authorization": "Bearer t"}
+            ok = await c.get("/sync/v1/files/model.bin", headers=hdr)
+            bad = await c.get("/sync/v1/files/leak.bin", headers=hdr)
+            return ok.status, await ok.json(), bad.status
+
+    status, body, leak = asyncio.run(ask())
+    assert status == 200 and body["sha256"] == hashlib.sha256(b"weights").hexdigest() and leak == 404
+    with pytest.raises(OSError):
+        sha256_of(store / "leak.bin")

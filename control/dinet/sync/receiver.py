@@ -37,7 +37,8 @@ CHUNK = 4 << 20
 def sha256_of(path: Path) -> str:
     """Streamed: a model far larger than memory is read in 4 MiB chunks."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a link is never followed out of the store
+    with os.fdopen(fd, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -121,8 +122,8 @@ class SyncReceiver:
     async def file(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         path = self.store / name
-        if "/" in name or name.startswith(".") or not path.is_file():
-            return web.json_response({"error": f"no file {name!r}"}, status=404)
+        if "/" in name or name.startswith(".") or path.is_symlink() or not path.is_file():
+            return web.json_response({"error": f"no file {name!r} (links are not followed)"}, status=404)
         st = path.stat()
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._hashes.get(name)
