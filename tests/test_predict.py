@@ -40,18 +40,36 @@ def test_rates_are_learned_from_reports() -> None:
     # requests wait: what runs is all it holds; a TTFT measured behind a queue is not the prefill
     r3 = learn(Rates(), Level0(active_sessions=5, queue_depth=3, ttft_ms=900, kv_usage=0.4))
     assert r3.capacity == 5.0 and r3.prefill_ms == 0.0
+    # lightly loaded (2 running, none waiting): also what it does unloaded
+    r4 = learn(Rates(), Level0(active_sessions=2, finished_per_s=0.5, ttft_ms=70, token_latency_ms=91))
+    assert (r4.prefill_idle_ms, r4.tpot_idle_ms) == (70.0, 91.0)
+
+
+def test_an_instance_a_burst_slowed_is_chosen_again_once_it_is_idle() -> None:
+    """Under a burst the edge's TPOT was 600 ms (learned); idle again, it is predicted from what it does
+    lightly loaded (its prior's 90 ms a token), so it takes flows again instead of being shunned for ever."""
+    from dinet.model import InstancePrior
+    from dinet.policy.predict import seeded
+
+    burst = Rates(service_s=8.0, capacity=30.0, prefill_ms=900.0, tpot_ms=600.0, tokens_per_request=60.0)
+    prior = InstancePrior(service_s=6.0, capacity=20.0, prefill_ms=130.0, tpot_ms=90.0)
+    r = seeded(burst, prior)
+    busy = predict(Level0(active_sessions=10, token_latency_ms=600), r, delay_ms=2)
+    idle = predict(Level0(), r, delay_ms=2)
+    assert busy.tpot_ms == 600 and (idle.tpot_ms, idle.ttft_ms) == (90.0, 8 + 130.0)
 
 
 def test_predicted_ttft_counts_the_path_the_transfer_the_queue_and_the_prefill() -> None:
     edge = Rates(service_s=8.0, capacity=8.0, prefill_ms=120.0, tpot_ms=90.0, tokens_per_request=80.0)
     # 8 running, 3 waiting, 8 at once: a new request waits for 4 to finish at 1 a second (8 / 8 s)
     p = predict(Level0(active_sessions=8, queue_depth=3, token_latency_ms=90), edge, delay_ms=2)
-    assert (p.wait_ms, p.ttft_ms, p.tpot_ms, p.headroom) == pytest.approx((4000.0, 4124.0, 90.0, 0.0))
-    assert p.e2e_ms == pytest.approx(4124.0 + 80 * 90)
+    # two round trips of 4 ms (a new connection's handshake, then the request) + the wait + the prefill
+    assert (p.wait_ms, p.ttft_ms, p.tpot_ms, p.headroom) == pytest.approx((4000.0, 4128.0, 90.0, 0.0))
+    assert p.e2e_ms == pytest.approx(4128.0 + 80 * 90)
     cloud = Rates(service_s=3.0, capacity=200.0, prefill_ms=30.0, tpot_ms=20.0, tokens_per_request=80.0)
     q = predict(Level0(), cloud, delay_ms=25, transfer_ms=8.0, loss=0.01)
-    # 50 ms round trip + 8 ms transfer + no wait + 30 ms prefill + 1% loss x 1 s; 200 free at 3 s each
-    assert (q.ttft_ms, q.tpot_ms, q.headroom) == pytest.approx((98.0, 20.0, 200 / 3))
+    # 2 x 50 ms round trips + 8 ms transfer + no wait + 30 ms prefill + 1% loss x 1 s; 200 free at 3 s each
+    assert (q.ttft_ms, q.tpot_ms, q.headroom) == pytest.approx((148.0, 20.0, 200 / 3))
     # before any report: the priors
     assert predict(Level0(), Rates(), 0.0).ttft_ms == Priors().prefill_ms
 
@@ -75,12 +93,15 @@ FAST_EDGE = Rates(service_s=2.0, capacity=8.0, prefill_ms=10.0, tpot_ms=20.0, to
 
 def test_a_near_edge_shares_while_it_keeps_the_margin_and_leaves_when_a_request_would_wait() -> None:
     """The edge is 2 ms away, the cloud 25 ms; both decode at 20 ms a token. Against an SLO of 1 s TTFT and
-    250 ms TPOT both use 0.08 of it (TPOT is the tighter): both take flows, by headroom (8 / 2 s = 4 req/s
-    against 256 / 2 s). Once the edge runs 8 and one waits, a new request would wait 0.5 s there (0.5 of the
+    250 ms TPOT the edge uses 0.08 of it (TPOT is the tighter), the cloud 0.108 (TTFT: 2 round trips of 50 ms
+    and 8 ms of prefill): both take flows, by headroom (8 / 2 s = 4 req/s against 256 / 2 s) x
+    exp(-0.028 / 0.1). Once the edge runs 8 and one waits, a new request would wait 0.5 s there (0.5 of the
     TTFT objective): the cloud alone."""
+    import math
+
     intent = _svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250))
     idle = _weights(intent, {1: Level0(), 2: Level0()}, {1: FAST_EDGE, 2: CLOUD}, PATHS)
-    assert idle == {1: round(100 * 4.05 / 128.05), 2: 100}
+    assert idle == {1: round(100 * 4.05 / (128.05 * math.exp(-0.028 / 0.1))), 2: 100}
     full = _weights(
         intent,
         {1: Level0(active_sessions=8, queue_depth=1, kv_usage=0.9), 2: Level0()},
@@ -93,8 +114,8 @@ def test_a_near_edge_shares_while_it_keeps_the_margin_and_leaves_when_a_request_
 def test_token_latency_weighs_against_the_path() -> None:
     """An edge GPU at 90 ms a token uses 0.36 of a 250 ms TPOT objective, the far cloud's 20 ms 0.08: the
     cloud keeps more margin, however near the edge. Once the cloud's path is slow enough that its TTFT uses
-    more of the SLO than the edge's TPOT does, by more than the slack (0.1; a 300 ms one-way path: 0.61), the edge
-    is the choice."""
+    more of the SLO than the edge's TPOT does, by more than the slack (0.1; a 300 ms one-way path: 1.21), the
+    edge is the choice."""
     intent = _svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250))
     w = _weights(intent, {1: Level0(), 2: Level0()}, {1: EDGE, 2: CLOUD}, PATHS)
     assert w == {1: 0, 2: 100}
@@ -131,7 +152,9 @@ def test_an_instances_prior_stands_in_until_its_reports_teach_the_rate() -> None
     from dinet.policy.predict import seeded
 
     prior = InstancePrior(service_s=6.0, capacity=8.0, prefill_ms=130.0, tpot_ms=90.0)
-    assert seeded(Rates(), prior) == Rates(service_s=6.0, capacity=8.0, prefill_ms=130.0, tpot_ms=90.0)
+    assert seeded(Rates(), prior) == Rates(
+        service_s=6.0, capacity=8.0, prefill_ms=130.0, tpot_ms=90.0, prefill_idle_ms=130.0, tpot_idle_ms=90.0
+    )
     assert seeded(Rates(tpot_ms=30.0), prior).tpot_ms == 30.0  # learned: the report's figure wins
     # in a decision: an idle edge known to decode at 90 ms a token against a cloud known for 20 ms
     intent = replace(

@@ -13,12 +13,17 @@ profile's figures) and then the policy's `Priors` stand in.
 - prefill: the time to first token the server measured in intervals when nothing waited (the prompt's
   prefill and scheduling, no queue);
 - TPOT: the time per output token the server measured; tokens per request: generated tokens per second over
-  completions per second.
+  completions per second;
+- prefill and TPOT lightly loaded (at most LIGHT running, none waiting): an idle instance is predicted from
+  these (or its prior), so one that a burst slowed is not shunned for ever once the burst is over (it would
+  get no flow to show that it recovered).
 
 A new request at an instance then waits for the requests ahead of it beyond the capacity to finish, at the
 instance's completion rate C / S (`wait = max(0, R + Q + 1 - C) x S / C`), so
 
-    TTFT = 2 x path delay + transfer at the path's rate + wait + prefill + loss x loss_ms
+    TTFT = round trips x 2 x path delay + transfer at the path's rate + wait + prefill + loss x loss_ms
+
+(a new flow is a new connection: 2 round trips, TCP's handshake and then the request to its first token)
     TPOT = the instance's TPOT;  e2e = TTFT + tokens per request x TPOT
 
 and its spare rate (`headroom`, requests per second it can still take without queueing) is
@@ -32,6 +37,7 @@ from ..model import InstancePrior
 from .scores import Level0
 
 MAX_CAPACITY = 4096.0  # requests at once: a bound on what a barely used KV cache extrapolates to
+LIGHT = 2  # running requests at most (and none waiting) for a report to show the instance lightly loaded
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class Priors:
     # a request's first exchange is a few packets; each lost one costs TCP a retransmission timeout (>= 200
     # ms): about 5 x 200 ms per unit of loss
     loss_ms: float = 1000.0
+    # a new flow is a new connection: TCP's handshake, then the request and its first token (TLS 1.3 adds one)
+    round_trips: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,10 @@ class Rates:
     tpot_ms: float = 0.0
     tokens_per_request: float = 0.0
     observations: int = 0
+    # what it does lightly loaded (at most LIGHT running, none waiting): an idle instance is predicted from
+    # these, not from what it did under a burst (it gets no flow to show it has recovered otherwise)
+    prefill_idle_ms: float = 0.0
+    tpot_idle_ms: float = 0.0
 
 
 def seeded(r: Rates, prior: InstancePrior | None) -> Rates:
@@ -71,6 +83,8 @@ def seeded(r: Rates, prior: InstancePrior | None) -> Rates:
         capacity=r.capacity or prior.capacity,
         prefill_ms=r.prefill_ms or prior.prefill_ms,
         tpot_ms=r.tpot_ms or prior.tpot_ms,
+        prefill_idle_ms=r.prefill_idle_ms or prior.prefill_ms,
+        tpot_idle_ms=r.tpot_idle_ms or prior.tpot_ms,
     )
 
 
@@ -91,10 +105,15 @@ def learn(r: Rates, m: Level0, priors: Priors = Priors()) -> Rates:
         out = replace(out, capacity=_avg(r.capacity, float(running), a))
     elif running > 0 and m.kv_usage > 0:  # admitted while the KV cache has room
         out = replace(out, capacity=_avg(r.capacity, min(MAX_CAPACITY, running / m.kv_usage), a))
+    light = running <= LIGHT and waiting == 0
     if m.ttft_ms > 0 and waiting == 0:
         out = replace(out, prefill_ms=_avg(r.prefill_ms, m.ttft_ms, a))
+        if light:
+            out = replace(out, prefill_idle_ms=_avg(r.prefill_idle_ms, m.ttft_ms, a))
     if m.token_latency_ms > 0:
         out = replace(out, tpot_ms=_avg(r.tpot_ms, m.token_latency_ms, a))
+        if light:
+            out = replace(out, tpot_idle_ms=_avg(r.tpot_idle_ms, m.token_latency_ms, a))
     return out
 
 
@@ -122,11 +141,16 @@ def predict(
     other users): its capacity is that much smaller."""
     service_s = r.service_s or priors.service_s
     capacity = max(1.0, (r.capacity or priors.capacity) * (1.0 - min(busy, 0.99)))
-    tpot = m.token_latency_ms or r.tpot_ms or priors.tpot_ms
-    prefill = r.prefill_ms or priors.prefill_ms
+    idle = m.active_sessions == 0 and m.queue_depth == 0
+    if idle:  # what it does lightly loaded, not what it did under the last burst
+        tpot = r.tpot_idle_ms or r.tpot_ms or priors.tpot_ms
+        prefill = r.prefill_idle_ms or r.prefill_ms or priors.prefill_ms
+    else:
+        tpot = m.token_latency_ms or r.tpot_ms or priors.tpot_ms
+        prefill = r.prefill_ms or priors.prefill_ms
     ahead = m.active_sessions + m.queue_depth + 1 - capacity
     wait_ms = max(0.0, ahead) * service_s / capacity * 1000
-    ttft = 2 * delay_ms + transfer_ms + wait_ms + prefill + loss * priors.loss_ms
+    ttft = priors.round_trips * 2 * delay_ms + transfer_ms + wait_ms + prefill + loss * priors.loss_ms
     tokens = r.tokens_per_request or priors.tokens_per_request
     free = capacity - m.active_sessions - m.queue_depth
     headroom = max(0.0, free) / service_s
