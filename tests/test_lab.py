@@ -129,19 +129,26 @@ def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped
 @needs_bcc
 def test_a_path_slows_at_run_time_on_the_wire_and_new_flows_leave_it(tmp_path: Path) -> None:
     """Lab.set_path_delay: the path's RTT rises on the wire (pinged), the controller gets the new delay, and
-    delay-sensitive flows move to the site that is nearest now; back again when the delay is restored."""
+    delay-sensitive flows leave the site that was best (the cloud: its H100s keep the most of the SLO) for
+    the edges; back again when the delay is restored."""
     with _lab("cloud-edge", "xdp", tmp_path) as lab:
-        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0 == lab.weights("chat")["e2"], "e1 nearest")
-        lab.set_path_delay("edge1", "in1", 30.0)
-        slow = next(r for r in lab.measure_paths(5) if r.site == "edge1")
-        assert slow.rtt_configured_ms == 60.0 and slow.rtt_ms is not None and slow.rtt_ms >= 60.0, slow
-        lab.wait_until(lambda: lab.weights("chat")["e1"] == 0 < lab.weights("chat")["e2"], "e2 nearest now")
+        cloud, edges = {"c1", "c2"}, {"e1", "e2", "e3"}
+
+        def on(names: set[str]) -> bool:
+            w = lab.weights("chat")
+            return all(w[n] > 0 for n in names) and all(w[n] == 0 for n in w if n not in names)
+
+        lab.wait_until(lambda: on(cloud), "the cloud preferred")
+        lab.set_path_delay("cloud", "in1", 300.0)
+        slow = next(r for r in lab.measure_paths(3) if r.site == "cloud")
+        assert slow.rtt_configured_ms == 600.0 and slow.rtt_ms is not None and slow.rtt_ms >= 600.0, slow
+        lab.wait_until(lambda: on(edges), "the edges now")
         recs = lab.load("dev1", "chat", rate=8, duration=1, seed=5, **QUICK)
-        assert recs and {r["instance"] for r in recs} == {"e2"} and all(r["status"] == "ok" for r in recs)
-        lab.set_path_delay("edge1", "in1", 2.0)
-        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0, "e1 nearest again")
-        back = next(r for r in lab.measure_paths(5) if r.site == "edge1")
-        assert back.rtt_ms is not None and back.rtt_ms < 30.0, back
+        assert recs and {r["instance"] for r in recs} <= edges and all(r["status"] == "ok" for r in recs)
+        lab.set_path_delay("cloud", "in1", 25.0)
+        lab.wait_until(lambda: on(cloud), "the cloud again")
+        back = next(r for r in lab.measure_paths(3) if r.site == "cloud")
+        assert back.rtt_ms is not None and back.rtt_ms < 300.0, back
 
 
 @needs_root
@@ -175,7 +182,7 @@ def test_tiers_degrade_to_a_small_model_when_the_large_saturates_and_come_back(t
             lab.wait_until(lambda: lab.weights("assist")["big"] == 0, "large tier saturated")
             during = lab.load("dev1", "assist", rate=8, duration=1, seed=2, **QUICK)
             assert during and all(r["status"] == "ok" for r in during)  # the service stays up
-            assert {r["instance"] for r in during} == {"s1"}  # the nearest small tier
+            assert {r["instance"] for r in during} <= {"s1", "s2"}  # a small tier (both keep the SLO's margin)
             assert burst.wait(timeout=120) == 0  # the burst drains
         lab.wait_until(lambda: lab.weights("assist")["big"] > 0, "large tier back", timeout=30)
         after = lab.load("dev1", "assist", rate=8, duration=1, seed=3, **QUICK)

@@ -68,6 +68,10 @@ class Policy:
 NO_SLO = Slo()
 
 
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2] if xs else 0.0
+
+
 def target_weights(
     cands: Iterable[Candidate],
     cls: TrafficClass,
@@ -198,6 +202,14 @@ def decide(
 
     decided: dict[int, Instance] = {}
     cands = []
+    known = {
+        i.instance_id: seeded((rates or {}).get(i.instance_id) or Rates(), intent.priors.get(i.instance_id))
+        for i in intent.instances
+    }
+    # an instance nothing is known of yet is taken to be like its siblings (the service's median), not like
+    # the policy's generic prior: a guess either way, but one that does not favour the unknown
+    typical_prefill = _median([r.prefill_ms for r in known.values() if r.prefill_ms])
+    typical_tpot = _median([r.tpot_ms for r in known.values() if r.tpot_ms])
     for inst in intent.instances:
         iid = inst.instance_id
         m = samples.get(iid)
@@ -216,7 +228,11 @@ def decide(
             l1 = policy.scores.level1(m, path.delay_ms + transfer, path.loss)
             # utilisation that the report's counts of requests do not show (a report of loads alone)
             busy = 0.0 if (m.active_sessions or m.queue_depth or m.kv_usage) else max(m.cpu_load, m.gpu_util)
-            learned = seeded((rates or {}).get(iid) or Rates(), intent.priors.get(iid))
+            learned = known[iid]
+            if not learned.prefill_ms or not learned.tpot_ms:
+                learned = replace(
+                    learned, prefill_ms=learned.prefill_ms or typical_prefill, tpot_ms=learned.tpot_ms or typical_tpot
+                )
             p = predict(m, learned, path.delay_ms, transfer, policy.priors, busy, path.loss)
             cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), path.delay_ms + transfer, p))
     if cands:

@@ -83,8 +83,10 @@ def seeded(r: Rates, prior: InstancePrior | None) -> Rates:
         capacity=r.capacity or prior.capacity,
         prefill_ms=r.prefill_ms or prior.prefill_ms,
         tpot_ms=r.tpot_ms or prior.tpot_ms,
-        prefill_idle_ms=r.prefill_idle_ms or prior.prefill_ms,
-        tpot_idle_ms=r.tpot_idle_ms or prior.tpot_ms,
+        # what it does unloaded is the profile's batch-1 figure where there is one: a report's TTFT is
+        # observed when a request finishes, and the last of a burst's requests carry its queue with them
+        prefill_idle_ms=prior.prefill_ms or r.prefill_idle_ms,
+        tpot_idle_ms=prior.tpot_ms or r.tpot_idle_ms,
     )
 
 
