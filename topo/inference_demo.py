@@ -98,10 +98,13 @@ def main() -> int:
         tokens = {f"token-{h.name}": (h.name, {(svc, h.instance_id)}) for h in ce.hosts}
         col = Collector.with_tokens(tokens, timeout=3.0)
         ctl.attach(col)
+        decided = ctl.decisions
         with CollectorServer(col, insecure=True) as srv:  # the agents are in-process threads on this host
             scrapers = Scrapers(ce, str(svc), srv.address)
             try:
                 wait_for(lambda: len(col.samples(svc)) == len(ce.hosts), "every instance's first report")
+                # and decided on: a report is stored before the decision on it is written
+                wait_for(lambda: ctl.decisions >= decided + len(ce.hosts), "the decisions on those reports")
                 url = f"http://{VIP4}:{ce.tcp_port}"
                 print(
                     f"ready in {time.monotonic() - t0:.1f}s: {svc} on {len(ce.hosts)} dinet serve instances; "

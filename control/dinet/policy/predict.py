@@ -81,7 +81,9 @@ def seeded(r: Rates, prior: InstancePrior | None) -> Rates:
         r,
         service_s=r.service_s or prior.service_s,
         capacity=r.capacity or prior.capacity,
-        prefill_ms=r.prefill_ms or prior.prefill_ms,
+        # the prefill is the profile's where there is one: a report's TTFT is observed when a request finishes,
+        # and a burst's last requests carry its queue into intervals with no queue (learned only without one)
+        prefill_ms=prior.prefill_ms or r.prefill_ms,
         tpot_ms=r.tpot_ms or prior.tpot_ms,
         # what it does unloaded is the profile's batch-1 figure where there is one: a report's TTFT is
         # observed when a request finishes, and the last of a burst's requests carry its queue with them
