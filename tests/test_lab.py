@@ -346,6 +346,9 @@ def _burst(lab, instance: str, port: int):  # type: ignore[no-untyped-def]
 @needs_bcc
 def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: Path) -> None:
     with _lab("cloud-edge-device", "xdp", tmp_path) as lab:
+        # every instance heard from: the edge keeps the device's objective, the cloud (108 ms to a first token)
+        # does not
+        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0 == lab.weights("chat")["c1"], "the edge preferred")
         before = lab.load("dev1", "chat", rate=8, duration=1, seed=1, **QUICK)
         assert before and all(r["offloaded"] and r["instance"] == "e1" for r in before)  # the edge pays off
         with _burst(lab, "e1", 8000) as burst:

@@ -208,8 +208,10 @@ def decide(
     }
     # an instance nothing is known of yet is taken to be like its siblings (the service's median), not like
     # the policy's generic prior: a guess either way, but one that does not favour the unknown
-    typical_prefill = _median([r.prefill_ms for r in known.values() if r.prefill_ms])
-    typical_tpot = _median([r.tpot_ms for r in known.values() if r.tpot_ms])
+    typical = {
+        f: _median([getattr(r, f) for r in known.values() if getattr(r, f)])
+        for f in ("prefill_ms", "tpot_ms", "capacity", "service_s")
+    }
     for inst in intent.instances:
         iid = inst.instance_id
         m = samples.get(iid)
@@ -228,11 +230,14 @@ def decide(
             l1 = policy.scores.level1(m, path.delay_ms + transfer, path.loss)
             # utilisation that the report's counts of requests do not show (a report of loads alone)
             busy = 0.0 if (m.active_sessions or m.queue_depth or m.kv_usage) else max(m.cpu_load, m.gpu_util)
-            learned = known[iid]
-            if not learned.prefill_ms or not learned.tpot_ms:
-                learned = replace(
-                    learned, prefill_ms=learned.prefill_ms or typical_prefill, tpot_ms=learned.tpot_ms or typical_tpot
-                )
+            learned = known[iid]  # what is not known of it (a pool instance that just joined) is its siblings'
+            learned = replace(
+                learned,
+                prefill_ms=learned.prefill_ms or typical["prefill_ms"],
+                tpot_ms=learned.tpot_ms or typical["tpot_ms"],
+                capacity=learned.capacity or typical["capacity"],
+                service_s=learned.service_s or typical["service_s"],
+            )
             p = predict(m, learned, path.delay_ms, transfer, policy.priors, busy, path.loss)
             cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), path.delay_ms + transfer, p))
     if cands:
