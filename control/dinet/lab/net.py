@@ -836,12 +836,13 @@ class Lab:
 
 def _prior(spec: Any) -> dict[str, float]:
     """An instance's figures from its engine profile, for the policy until reports teach them: a request of
-    128 prompt and 64 output tokens at batch 1, as many at once as the KV cache holds of 400 tokens each."""
+    64 prompt and 64 output tokens at batch 1 (a short chat turn), as many at once as the KV cache holds of 400
+    tokens each."""
     from ..workload.engine import PROFILES
 
     p = PROFILES[spec.profile]
     kv = spec.kv_tokens or p.kv_tokens
-    prefill = 128 / p.prefill_tps * 1000
+    prefill = 64 / p.prefill_tps * 1000
     tpot = p.decode_base_ms + p.decode_per_seq_ms
     return {
         "service_s": round((prefill + 64 * tpot) / 1000, 3),
