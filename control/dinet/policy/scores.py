@@ -6,8 +6,8 @@ Level 1: one normalised score per category, 0 (idle, near) .. 1 (saturated, far)
   queue         = queue_depth / queue_ref (kept apart too: a delay-sensitive flow avoids a queue)
   communication = min(1, delay_ms / delay_ref_ms + loss * loss_weight)
   service       = min(1, token_latency_ms / latency_ref_ms)
-Level 2: one composed score, a weighted sum of the Level 1 scores, the weights chosen per traffic class.
-The draft leaves normalisation and aggregation open; these are dinet's, in one replaceable dataclass.
+The placement itself is on predicted latency (dinet.policy.predict), not on a composed Level 2 score. The
+draft leaves normalisation open; these are dinet's, in one replaceable dataclass.
 """
 
 from __future__ import annotations
@@ -80,16 +80,3 @@ class ScoreModel:
         comm = min(1.0, delay_ms / self.delay_ref_ms + loss * self.loss_weight)
         service = min(1.0, m.token_latency_ms / self.latency_ref_ms)
         return Level1(round(compute, 6), round(comm, 6), round(service, 6), queue)
-
-
-@dataclass(frozen=True)
-class ClassWeights:
-    """Level 1 -> Level 2 for one traffic class: how much each category counts."""
-
-    compute: float
-    communication: float
-    service: float
-
-    def level2(self, l1: Level1) -> float:
-        total = self.compute + self.communication + self.service
-        return (self.compute * l1.compute + self.communication * l1.communication + self.service * l1.service) / total
