@@ -28,6 +28,7 @@ bench: install
 	$(PY) bench/modelsync.py --quick
 	$(PY) bench/p4_affinity.py --quick
 	$(PY) bench/linkem.py --quick
+	$(PY) bench/bier_scale.py --quick
 
 fuzz: install
 	$(PY) bench/fuzz.py

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import scapy.contrib.bier as draft
 from scapy.layers.inet import IP, UDP
@@ -9,9 +11,9 @@ from scapy.layers.l2 import Ether
 
 from dinet import consts
 from dinet.errors import ConfigError
-from dinet.lab.bier_domain import diamond, tree
+from dinet.lab.bier_domain import diamond, random_domain, tree
 from dinet.packets import BIER, BSL_BITS, BIFTId, bift_id, bitstring, bitstring_ids, si_bit, split_bift_id
-from dinet.policy.bift import BierTopology, check_disjoint, compute_bifts, walk
+from dinet.policy.bift import BierTopology, BiftPlanner, BiftSet, check_disjoint, compute_bifts, next_hops, walk
 
 
 def frame(bsl: int = 1, ids=(1, 3), si: int = 0, ttl: int = 64):
@@ -138,3 +140,62 @@ def test_bfr_ids_become_one_bitstring_per_set() -> None:
     }
     assert bfir_sets([5], 1, sd=7) == {1 << 16 | 7 << 8: 1 << 4}
     assert bfir_sets([], 1) == {}
+
+
+def _by_definition(topo: BierTopology, bsl: int) -> dict[str, dict[int, tuple[dict[str, int], int]]]:
+    """RFC 8279 s6.5 one source at a time: next_hops' Dijkstra per BFR, F-BM = OR of the BFERs behind a
+    neighbour (the reference the planner must equal)."""
+    bits = BSL_BITS[bsl]
+    sets = sorted({si_bit(b, bits)[0] for b in topo.bfr_ids.values() if b is not None})
+    out = {}
+    for node, own in topo.bfr_ids.items():
+        hops = next_hops(topo, node)
+        out[node] = {}
+        for si in sets:
+            fbm: dict[str, int] = {}
+            for dest, bfr in topo.bfr_ids.items():
+                if bfr is not None and dest in hops and si_bit(bfr, bits)[0] == si:
+                    fbm[hops[dest]] = fbm.get(hops[dest], 0) | 1 << (si_bit(bfr, bits)[1] - 1)
+            local = 1 << (si_bit(own, bits)[1] - 1) if own is not None and si_bit(own, bits)[0] == si else 0
+            out[node][si] = (fbm, local)
+    return out
+
+
+def _plain(tables: dict[str, dict[int, BiftSet]]) -> dict[str, dict[int, tuple[dict[str, int], int]]]:
+    return {n: {si: (e.fbm, e.local) for si, e in t.items()} for n, t in tables.items()}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_planner_equals_the_per_source_definition(seed: int) -> None:
+    topo = random_domain(120, 209, seed, bfer_every=2)  # 60 BFERs over two sets of 64
+    assert _plain(compute_bifts(topo, 1)) == _by_definition(topo, 1)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_planner_after_changes_equals_planning_from_scratch(seed: int) -> None:
+    """Links and BFRs go down and come back one change at a time: the incremental tables equal a plan of
+    the topology as it is then, and the BFRs it names as changed are exactly those whose tables differ."""
+    rng = random.Random(seed)
+    topo = random_domain(80, 139, seed, bfer_every=2)
+    planner = BiftPlanner(topo, 1)
+    links = [frozenset((k.a, k.b)) for k in topo.links]
+    down_links: set[frozenset[str]] = set()
+    down_nodes: set[str] = set()
+    for step in range(30):
+        before = _plain(planner.tables())
+        if step % 7 == 6:
+            node = rng.choice(sorted(topo.bfr_ids))
+            down_nodes ^= {node}
+        elif down_links and rng.random() < 0.4:
+            down_links.remove(rng.choice(sorted(down_links, key=sorted)))
+        else:
+            down_links.add(rng.choice(links))
+        changed = planner.set_state(down_links, down_nodes)
+        now = topo
+        for n in sorted(down_nodes):
+            now = now.without_node(n)
+        for link in sorted(down_links, key=sorted):
+            now = now.without_link(*sorted(link))
+        after = _plain(planner.tables())
+        assert after == _by_definition(now, 1), f"step {step}"
+        assert changed == {n for n in after if before.get(n) != after[n]}, f"step {step}"

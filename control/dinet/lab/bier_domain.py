@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import select
 import socket
 import struct
@@ -73,6 +74,29 @@ def tree(
         t.add_link("m1", "m2", cost=2)
         for n in range(1, leaves // 2, 2):
             t.add_link(f"n{n}", f"n{n + 1}", cost=2)
+    return t
+
+
+def random_domain(bfrs: int, links: int, seed: int = 8279, bfer_every: int = 1) -> BierTopology:
+    """A connected domain for planning at scale: a random tree over `bfrs` BFRs r0.. plus random links up
+    to `links`, costs 1-3 (so equal-cost paths, where the tie-break decides, are common). Every
+    `bfer_every`-th BFR is a BFER (BFR-id its number + 1). Seeded: the same arguments, the same domain."""
+    if links < bfrs - 1 or links > bfrs * (bfrs - 1) // 2:
+        raise ValueError(f"{bfrs} BFRs cannot have {links} links and be connected")
+    rng = random.Random(seed)
+    t = BierTopology()
+    for i in range(bfrs):
+        t.add_node(f"r{i}", i + 1 if i % bfer_every == 0 else None)
+    pairs: set[tuple[int, int]] = set()
+    for i in range(1, bfrs):
+        j = rng.randrange(i)
+        pairs.add((j, i))
+        t.add_link(f"r{j}", f"r{i}", rng.choice((1, 1, 2, 3)))
+    while len(pairs) < links:
+        x, y = sorted(rng.sample(range(bfrs), 2))
+        if (x, y) not in pairs:
+            pairs.add((x, y))
+            t.add_link(f"r{x}", f"r{y}", rng.choice((1, 1, 2, 3)))
     return t
 
 

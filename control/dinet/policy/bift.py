@@ -13,6 +13,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
 from ..errors import ConfigError
 from ..rfc8296 import BSL_BITS, bift_id, si_bit
 
@@ -89,30 +93,224 @@ def next_hops(topo: BierTopology, src: str) -> dict[str, str]:
     return {n: first for n, (_, first) in best.items()}
 
 
+class BiftPlanner:
+    """Every BFR's BIFT (RFC 8279 s6) for a topology whose links and BFRs go down and come back.
+
+    The next hop from s toward d is, of s's neighbours n with cost(s, n) + dist(n, d) = dist(s, d), the one
+    with the smallest name (what next_hops gives, one source at a time). All-pairs distances come from
+    scipy's Dijkstra (C), the next hops and F-BMs from numpy, so a 1,000-BFR domain is planned in well
+    under a second. After a change of one link only the distance rows the link can touch are computed
+    again (the sources with a shortest path over it, or one the new link shortens or ties), and only the
+    BFRs whose next hops read those rows get new tables: `set_state` names them."""
+
+    def __init__(self, topo: BierTopology, bsl_code: int, sd: int = 0):
+        self.topo, self.bsl_code, self.sd = topo, bsl_code, sd
+        self.bits = BSL_BITS[bsl_code]
+        self.names = list(topo.bfr_ids)
+        self._index = {n: i for i, n in enumerate(self.names)}
+        rank = {n: r for r, n in enumerate(sorted(self.names))}
+        self._rank = [rank[n] for n in self.names]
+        size = len(self.names)
+        self._si = np.full(size, -1, dtype=np.int64)
+        self._pos = np.zeros(size, dtype=np.int64)
+        for name, bfr in topo.bfr_ids.items():
+            if bfr is not None:
+                self._si[self._index[name]], self._pos[self._index[name]] = si_bit(bfr, self.bits)
+        self._base: dict[int, dict[int, int]] = {i: {} for i in range(size)}  # every link, up or down
+        for x, nbrs in topo.neighbors().items():
+            for y, cost in nbrs.items():
+                self._base[self._index[x]][self._index[y]] = cost
+        self._adj = {i: dict(nbrs) for i, nbrs in self._base.items()}  # the links that are up
+        self.down_links: set[frozenset[str]] = set()
+        self.down_nodes: set[str] = set()
+        self._sets = self._live_sets()
+        self._dist = dijkstra(self._graph(), directed=True) if size else np.zeros((0, 0))
+        every = np.arange(size)
+        self._hop = self._hops(every, every)
+        self._tables = {s: self._table(s) for s in range(size)}
+
+    # ---- the state ----------------------------------------------------------------------------------------
+    def tables(self) -> dict[str, dict[int, BiftSet]]:
+        """Every live BFR's BIFT: name -> SI -> BiftSet, for every set that holds a live BFER."""
+        return {self.names[i]: t for i, t in self._tables.items() if self.names[i] not in self.down_nodes}
+
+    def set_state(self, down_links: set[frozenset[str]], down_nodes: set[str]) -> set[str]:
+        """Moves to the state where exactly these links and BFRs are down; returns the live BFRs whose
+        tables changed (a BFR that came back is among them)."""
+        for n in set(down_nodes) | {x for link in down_links for x in link}:
+            if n not in self._index:
+                raise ConfigError(f"BIER state: no BFR {n!r}")
+        back = self.down_nodes - set(down_nodes)
+        was = {(i, j): self._link_up(i, j) for i, j in self._links_of(self.down_links, self.down_nodes)}
+        self.down_links, self.down_nodes = set(down_links), set(down_nodes)
+        touched: set[int] = set()
+        for i, j in sorted(set(was) | self._links_of(self.down_links, self.down_nodes)):
+            up = self._link_up(i, j)
+            if was.get((i, j), True) != up:
+                touched |= self._relink(i, j, self._base[i][j] if up else None)
+        sets = self._live_sets()
+        if sets != self._sets:  # a set lost (or gained) its only BFER: every table has other entries
+            self._sets = sets
+            touched = set(range(len(self.names)))
+        changed = set()
+        for s in touched:
+            table = self._table(s)
+            if table != self._tables[s]:
+                self._tables[s] = table
+                changed.add(self.names[s])
+        return (changed | back) - self.down_nodes
+
+    def next_hops(self, src: str) -> dict[str, str]:
+        """BFR -> the neighbour of src on its shortest path now (what the BFIR reaches)."""
+        s = self._index[src]
+        return {self.names[d]: self.names[h] for d, h in enumerate(self._hop[s]) if h >= 0}
+
+    # ---- the arithmetic -------------------------------------------------------------------------------------
+    def _links_of(self, down_links: set[frozenset[str]], down_nodes: set[str]) -> set[tuple[int, int]]:
+        """The links (i < j) that these failures take down."""
+        out = set()
+        for link in down_links:
+            i, j = sorted(self._index[n] for n in link)
+            if j in self._base[i]:
+                out.add((i, j))
+        for n in down_nodes:
+            i = self._index[n]
+            out |= {(min(i, j), max(i, j)) for j in self._base[i]}
+        return out
+
+    def _link_up(self, i: int, j: int) -> bool:
+        a, b = self.names[i], self.names[j]
+        return frozenset((a, b)) not in self.down_links and a not in self.down_nodes and b not in self.down_nodes
+
+    def _live_sets(self) -> list[int]:
+        return sorted(
+            {int(si) for si, name in zip(self._si, self.names, strict=True) if si >= 0 and name not in self.down_nodes}
+        )
+
+    def _graph(self) -> csr_matrix:
+        rows = [i for i, nbrs in self._adj.items() for _ in nbrs]
+        cols = [j for nbrs in self._adj.values() for j in nbrs]
+        vals = [c for nbrs in self._adj.values() for c in nbrs.values()]
+        size = len(self.names)
+        return csr_matrix((np.array(vals, dtype=np.float64), (rows, cols)), shape=(size, size))
+
+    def _hops(self, sources: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The next hop (-1: none) of every source toward every BFR in `cols`: of the source's neighbours
+        n with cost(s, n) + dist(n, d) = dist(s, d), the one with the smallest name. All sources at once:
+        one row per (source, neighbour) pair, the smallest rank per source by reduceat (in blocks)."""
+        out = np.full((len(sources), len(cols)), -1, dtype=np.int64)
+        dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
+        by_rank = np.argsort(rank)
+        none = len(self.names)
+        for lo in range(0, len(sources), 128):
+            block = sources[lo : lo + 128]
+            pairs = [(k, n, c) for k, s in enumerate(block.tolist()) for n, c in self._adj[s].items()]
+            if not pairs:
+                continue
+            row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
+            want = dist[np.ix_(block[row], cols)]
+            ok = np.isfinite(want) & (cost[:, None] + dist[np.ix_(nbr, cols)] == want)
+            ranked = np.where(ok, rank[nbr][:, None], none)
+            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+            best = np.minimum.reduceat(ranked, starts, axis=0)
+            hops = np.where(best < none, by_rank[np.minimum(best, none - 1)], -1)
+            out[lo + row[starts]] = hops
+        out[sources[:, None] == cols[None, :]] = -1
+        return out
+
+    def _relink(self, i: int, j: int, cost: int | None) -> set[int]:
+        """Sets the link i-j's cost (None: down); returns the BFRs whose next hops changed."""
+        old = self._adj[i].get(j)
+        if old == cost:
+            return set()
+        moved: set[int] = set()
+        if old is not None:  # the link goes (a dearer one is the cheaper's removal, then an addition)
+            del self._adj[i][j], self._adj[j][i]
+            moved |= self._removed(i, j, old)
+        if cost is not None:
+            self._adj[i][j] = self._adj[j][i] = cost
+            moved |= self._added(i, j, cost)
+        # s's next hop toward d reads dist(s, d) and its neighbours' dist(n, d): only the columns that
+        # moved can change, for s or a neighbour of s with a row that moved (and i and j: their neighbours)
+        cols = np.array(sorted(moved), dtype=np.int64)
+        redo = set(moved)
+        for r in moved:
+            redo |= set(self._adj[r])
+        changed = set()
+        if cols.size:
+            rows = np.array(sorted(redo - {i, j}), dtype=np.int64)
+            hops = self._hops(rows, cols)
+            differ = np.any(hops != self._hop[np.ix_(rows, cols)], axis=1)
+            for k in np.flatnonzero(differ).tolist():
+                self._hop[rows[k], cols] = hops[k]
+                changed.add(int(rows[k]))
+        ends = np.array([i, j], dtype=np.int64)
+        self._hop[ends] = self._hops(ends, np.arange(len(self.names)))
+        return changed | {i, j}
+
+    def _removed(self, i: int, j: int, cost: int) -> set[int]:
+        """Distances after the link i-j (of `cost`) went; returns the rows that changed. Only a pair with a
+        shortest path over the link can change: s on i's side (a shortest path from s to j through i) with
+        d on j's side. Dijkstra runs from the smaller side only, the other side's rows take the columns by
+        symmetry."""
+        dist = self._dist
+        with np.errstate(invalid="ignore"):
+            near_i = np.flatnonzero(dist[:, i] + cost == dist[:, j])
+            near_j = np.flatnonzero(dist[:, j] + cost == dist[:, i])
+        if not near_i.size or not near_j.size:
+            return set()
+        side = near_i if near_i.size <= near_j.size else near_j
+        new = dijkstra(self._graph(), directed=True, indices=side)
+        diff = new != dist[side]
+        dist[side] = new
+        dist[:, side] = new.T
+        return set(side[diff.any(axis=1)].tolist()) | set(np.flatnonzero(diff.any(axis=0)).tolist())
+
+    def _added(self, i: int, j: int, cost: int) -> set[int]:
+        """Distances after a link i-j of `cost` came: a shortest path uses it at most once, so
+        dist'(s, d) = min(dist(s, d), dist(s, i) + cost + dist(j, d), dist(s, j) + cost + dist(i, d)), no
+        search needed. Returns the rows that changed."""
+        dist = self._dist
+        via = np.minimum(dist[:, i, None] + cost + dist[None, j, :], dist[:, j, None] + cost + dist[None, i, :])
+        better = via < dist
+        rows = np.flatnonzero(better.any(axis=1))
+        if rows.size:
+            np.minimum(dist, via, out=dist)
+        return set(rows.tolist())
+
+    def _table(self, s: int) -> dict[int, BiftSet]:
+        hop = self._hop[s]
+        dests = np.flatnonzero((hop >= 0) & (self._si >= 0))
+        nbrs = np.array(sorted(self._adj[s]), dtype=np.int64)
+        fbms: dict[int, dict[str, int]] = {si: {} for si in self._sets}
+        if dests.size:
+            sets = np.array(self._sets)
+            set_no = np.searchsorted(sets, self._si[dests]) if len(sets) > 1 else np.zeros(dests.size, np.int64)
+            bits = np.zeros((len(nbrs), len(self._sets) * self.bits), dtype=bool)
+            bits[np.searchsorted(nbrs, hop[dests]), set_no * self.bits + self._pos[dests] - 1] = True
+            packed = np.packbits(bits, axis=1, bitorder="little")
+            full = (1 << self.bits) - 1
+            for k, n in enumerate(nbrs.tolist()):
+                every = int.from_bytes(packed[k].tobytes(), "little")  # the sets side by side
+                for m, si in enumerate(self._sets):
+                    fbm = every >> (m * self.bits) & full
+                    if fbm:
+                        fbms[si][self.names[n]] = fbm
+        own_si, own_pos = int(self._si[s]), int(self._pos[s])
+        return {
+            si: BiftSet(
+                bift_id(self.bsl_code, si, self.sd),
+                si,
+                dict(sorted(fbms[si].items())),
+                1 << (own_pos - 1) if own_si == si else 0,
+            )
+            for si in self._sets
+        }
+
+
 def compute_bifts(topo: BierTopology, bsl_code: int, sd: int = 0) -> dict[str, dict[int, BiftSet]]:
     """Every BFR's BIFT: name -> SI -> BiftSet, for every set that holds a BFER."""
-    bits = BSL_BITS[bsl_code]
-    sets = sorted({si_bit(b, bits)[0] for b in topo.bfr_ids.values() if b is not None})
-    out: dict[str, dict[int, BiftSet]] = {}
-    for node, own in topo.bfr_ids.items():
-        hops = next_hops(topo, node)
-        table: dict[int, BiftSet] = {}
-        for si in sets:
-            fbm: dict[str, int] = defaultdict(int)
-            for dest, bfr in topo.bfr_ids.items():
-                if bfr is None or dest == node or dest not in hops:
-                    continue
-                s, pos = si_bit(bfr, bits)
-                if s == si:
-                    fbm[hops[dest]] |= 1 << (pos - 1)
-            local = 0
-            if own is not None:
-                s, pos = si_bit(own, bits)
-                if s == si:
-                    local = 1 << (pos - 1)
-            table[si] = BiftSet(bift_id(bsl_code, si, sd), si, dict(sorted(fbm.items())), local)
-        out[node] = table
-    return out
+    return BiftPlanner(topo, bsl_code, sd).tables()
 
 
 def check_disjoint(bifts: dict[str, dict[int, BiftSet]]) -> None:
@@ -272,36 +470,60 @@ def group_sets(intent: BierIntent, to: frozenset[str] | set[str]) -> tuple[tuple
     return tuple(sorted(bfir_sets((intent.topo.bfr_ids[name] or 0 for name in to), intent.bsl_code).items()))
 
 
+class DomainPlanner:
+    """plan_domain for one domain over its life: the BIFTs move with the failures incrementally
+    (BiftPlanner), and only the BFRs whose tables changed get new BIFT entries; the others keep the very
+    objects they had. The BFIR entries follow the intent's groups as they are at each call."""
+
+    def __init__(self, intent: BierIntent):
+        self.intent = intent
+        self.bifts = BiftPlanner(intent.topo, intent.bsl_code)
+        self._entries = {name: self._entries_of(name, t) for name, t in self.bifts.tables().items()}
+        self.last_changed: set[str] = set(self._entries)  # the BFRs the last plan() gave new BIFT entries
+
+    def _entries_of(self, name: str, table: dict[int, BiftSet]) -> dict[int, BiftEntry]:
+        ports = self.intent.ports
+        out = {}
+        for entry in table.values():
+            nbrs = tuple(
+                BiftPort(ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac)
+                for nbr, fbm in entry.fbm.items()
+            )
+            out[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs)
+        return out
+
+    def plan(
+        self, down_links: set[frozenset[str]] | None = None, down_nodes: set[str] | None = None
+    ) -> dict[str, NodePlan]:
+        """Every live BFR's entries with these links and BFRs down (see plan_domain)."""
+        changed = self.bifts.set_state(set(down_links or ()), set(down_nodes or ()))
+        tables = self.bifts.tables()
+        for name in changed:
+            self._entries[name] = self._entries_of(name, tables[name])
+        self.last_changed = changed
+        plans = {name: NodePlan(bifts=self._entries[name]) for name in tables}
+        for g in self.intent.groups:
+            if g.bfir not in plans:
+                continue
+            e = BfirEntry(
+                g.dst,
+                self.intent.topo.bfr_ids[g.bfir] or 0,
+                self.intent.bsl_code,
+                group_sets(self.intent, g.to),
+                g.src,
+                g.udp_port,
+            )
+            plans[g.bfir].bfirs[e.match] = e
+        return plans
+
+
 def plan_domain(
     intent: BierIntent, down_links: set[frozenset[str]] | None = None, down_nodes: set[str] | None = None
 ) -> dict[str, NodePlan]:
     """Every live BFR's entries, for the topology without the failed links and nodes: BIFTs from shortest
     paths (RFC 8279 s6), checked disjoint, and every group's BFIR entry (the bitstring of all its BFERs:
     a BFER that cannot be reached is simply not forwarded to, and is there again when it returns)."""
-    topo = intent.topo
-    for n in sorted(down_nodes or ()):
-        topo = topo.without_node(n)
-    for link in sorted(down_links or (), key=sorted):
-        a, b = sorted(link)
-        topo = topo.without_link(a, b)
-    bifts = compute_bifts(topo, intent.bsl_code)
-    check_disjoint(bifts)
-    plans: dict[str, NodePlan] = {}
-    for name, table in bifts.items():
-        plan = plans.setdefault(name, NodePlan())
-        for entry in table.values():
-            nbrs = tuple(
-                BiftPort(
-                    intent.ports[(name, nbr)].ifname, intent.ports[(nbr, name)].mac, fbm, intent.ports[(name, nbr)].mac
-                )
-                for nbr, fbm in entry.fbm.items()
-            )
-            plan.bifts[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs)
-    for g in intent.groups:
-        if g.bfir not in plans:
-            continue
-        e = BfirEntry(
-            g.dst, intent.topo.bfr_ids[g.bfir] or 0, intent.bsl_code, group_sets(intent, g.to), g.src, g.udp_port
-        )
-        plans[g.bfir].bfirs[e.match] = e
+    planner = DomainPlanner(intent)
+    plans = planner.plan(down_links, down_nodes)
+    check_disjoint(planner.bifts.tables())
     return plans

@@ -2,9 +2,9 @@
 node's BierTarget (a local TC node, a node agent, a P4Runtime switch).
 
 It plans from its own record of what each node holds: a failed link or BFR (or one that returns) makes it
-plan the domain again (dinet.policy.bift.plan_domain) and write only the entries that changed. With BIER
-there is no tree to rebuild: the BFIR's bitstrings stay as they are; only the BFRs next to the failure get
-other F-BMs. A node that does not answer loses its record, and is written whole when it is back."""
+plan the domain again (dinet.policy.bift.DomainPlanner: incrementally, only the BFRs the change touches) and
+write only the entries that changed. With BIER there is no tree to rebuild: the BFIR's bitstrings stay as
+they are; only the BFRs whose shortest paths crossed the failure get other F-BMs. A node that does not answer loses its record, and is written whole when it is back."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import DataPlaneError, DinetError, InterfaceError
-from ..policy.bift import BierGroup, BierIntent, NodePlan, next_hops, plan_domain
+from ..policy.bift import BierGroup, BierIntent, DomainPlanner, NodePlan, next_hops
 from ..targets.base import BierTarget
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class BierController:
     writes: int = 0
     history: list[Reconvergence] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _planner: DomainPlanner | None = None
 
     def __post_init__(self) -> None:
         self.intent.check()
@@ -55,7 +56,9 @@ class BierController:
     def install(self) -> int:
         """Writes what differs from the record on every live node; returns the entries written."""
         with self._lock:
-            plans = plan_domain(self.intent, self.down_links, self.down_nodes)
+            if self._planner is None:
+                self._planner = DomainPlanner(self.intent)
+            plans = self._planner.plan(self.down_links, self.down_nodes)
             n = 0
             for name, plan in plans.items():
                 try:
