@@ -33,6 +33,8 @@
 BPF_TABLE_PINNED("hash", __u32, struct bift_entry, bift, BIER_MAX_BIFT, PIN(bift));
 /* bfir: bfir_key -> bfir_entry; written by dinet. */
 BPF_TABLE_PINNED("hash", struct bfir_key, struct bfir_entry, bfir, BIER_MAX_BFIR, PIN(bfir));
+/* bier_port_down: ifindex -> when its port went down; written by dinet's link monitor (fast reroute). */
+BPF_TABLE_PINNED("hash", __u32, __u64, bier_port_down, BIER_MAX_PORTS, PIN(bier_port_down));
 /* bier_counters: BIER_* event or drop -> packets, per CPU; written here. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, bier_counters, BIER_COUNTERS, PIN(bier_counters));
 /* bier_ports: slot -> a BIER port (ifindex) and its devmap program (xdp_bier_port); written by dinet with the
@@ -45,8 +47,9 @@ struct bier_ports_table_t {
 };
 __attribute__((section("maps/devmap:" PIN(bier_ports)))) struct bier_ports_table_t bier_ports = {
 	.max_entries = BIER_MAX_NEIGHBORS * 4};
-/* bier_cfg: 0 -> the smallest fan-out the XDP fast path takes (0: BIER_XDP_MIN_FANOUT); written by dinet. */
-BPF_TABLE_PINNED("array", __u32, __u32, bier_cfg, 1, PIN(bier_cfg));
+/* bier_cfg: 0 -> the smallest fan-out the XDP fast path takes (0: BIER_XDP_MIN_FANOUT); 1 -> how many of the
+ * node's ports are down (fast reroute); written by dinet. */
+BPF_TABLE_PINNED("array", __u32, __u32, bier_cfg, 2, PIN(bier_cfg));
 /* if_tx: egress ifindex -> copies sent there, per CPU; written here. */
 BPF_TABLE_PINNED("percpu_hash", __u32, __u64, if_tx, 256, PIN(if_tx));
 
@@ -131,6 +134,33 @@ static __always_inline int replicate(struct __sk_buff *skb, struct bift_entry *e
 	return sent;
 }
 
+/* Fast reroute: while a port of one of e's neighbours is down, the entry dinet planned for that case (the
+ * neighbour's bits moved to its loop-free alternates) replaces e. With no port down this costs one array
+ * read. One failure at a time is covered: the first down port found decides. */
+static __always_inline struct bift_entry *rerouted(struct bift_entry *e, __u32 bift_id)
+{
+	__u32 one = 1;
+	__u32 *down = bier_cfg.lookup(&one);
+	if (!down || !*down)
+		return e;
+	for (__u32 i = 0; i < BIER_MAX_NEIGHBORS; i++) {
+		if (i >= e->n_nbr)
+			break;
+		__u32 ifindex = e->nbr[i].ifindex;
+		if (!bier_port_down.lookup(&ifindex))
+			continue;
+		__u32 key = ((i + 1) << BIER_FRR_KEY_SHIFT) | bift_id;
+		struct bift_entry *b = bift.lookup(&key);
+		if (b) {
+			bump(BIER_EV_FRR);
+			return b;
+		}
+		bump(BIER_DROP_PORT_DOWN);
+		return e;
+	}
+	return e;
+}
+
 /* First pass of local delivery: label a clone as the inner protocol and hand it back to this ingress,
  * addressed as it arrived (replication rewrote the MAC addresses for the last neighbour). */
 static __always_inline void deliver_local(struct __sk_buff *skb, __u8 proto, __u32 hlen, __u8 *macs)
@@ -194,6 +224,7 @@ static __always_inline int bfr(struct __sk_buff *skb)
 	struct bift_entry *e = bift.lookup(&bift_id);
 	if (!e)
 		return drop(BIER_DROP_BIFT_MISS);
+	e = rerouted(e, bift_id);
 
 	struct bier_bits rem;
 	rem.w[0] = bs.w[0] & ~e->local.w[0];
@@ -362,6 +393,7 @@ static __always_inline int bfir_push(struct __sk_buff *skb)
 			bump(BIER_DROP_BIFT_MISS);
 			continue;
 		}
+		e = rerouted(e, bift_id);
 		struct bier_bits rem;
 		rem.w[0] = set->bits.w[0] & ~e->local.w[0];
 		rem.w[1] = set->bits.w[1] & ~e->local.w[1];
@@ -417,6 +449,10 @@ int xdp_bier(struct xdp_md *ctx)
 		bs.w[2] = w[2];
 		bs.w[3] = w[3];
 	}
+	__u32 one = 1;
+	__u32 *down = bier_cfg.lookup(&one);
+	if (down && *down)
+		return XDP_PASS; /* a port is down: TC's fast reroute decides where copies go */
 	struct bift_entry *e = bift.lookup(&bift_id);
 	if (!e || !any_bits(&bs) || (bs.w[0] & e->local.w[0]) || (bs.w[1] & e->local.w[1]) ||
 	    (bs.w[2] & e->local.w[2]) || (bs.w[3] & e->local.w[3]))

@@ -28,6 +28,12 @@ struct bift_entry {
 	struct bier_nbr nbr[BIER_MAX_NEIGHBORS];
 };
 
+/* Fast reroute (loop-free alternates per BFER, planned by dinet with the BIFT): `bift` also holds, under
+ * key ((i + 1) << BIER_FRR_KEY_SHIFT) | BIFT-id, the whole entry to use while the port of the entry's
+ * neighbour i is down (that neighbour's bits moved to its backups). bier_port_down: ifindex -> when the
+ * port went down (CLOCK_MONOTONIC ns), bier_cfg[1]: how many are down; both written by the node's link
+ * monitor the moment the kernel reports the link (no controller, no planning in between). */
+
 /* bfir: key the traffic to encapsulate -> the sets to send it to. Looked up as (S,G), then (*,G), then
  * (*, destination, UDP port) for model sync. Addresses in network order, IPv4 in the first 4 bytes. */
 struct bfir_key {

@@ -114,8 +114,12 @@
 #define BIER_DEFAULT_TTL 64
 #define BIER_MAX_BSL_WORDS 4
 #define BIER_MAX_NEIGHBORS 16
-#define BIER_MAX_BIFT 256
+#define BIER_MAX_BIFT 1024
 #define BIER_MAX_BFIR 1024
+/* fast reroute: the entry for "neighbour slot i's port is down" is kept in `bift` under the BIFT-id with
+ * i + 1 above its 20 bits; ports a node can see down */
+#define BIER_FRR_KEY_SHIFT 20
+#define BIER_MAX_PORTS 256
 #define BIER_MAX_SI_PER_GROUP 4
 /* The XDP fast path takes a transit frame with at least this many copies to send (bier_cfg overrides):
  * below it a clone per copy in TC is faster (bench/bier.py). */
@@ -131,6 +135,8 @@
 #define BIER_EV_PASS 4
 /* frames forwarded by the XDP fast path (transit: no bit of this node's) */
 #define BIER_EV_FAST 5
+/* frames replicated with a fast-reroute entry (a neighbour's port was down) */
+#define BIER_EV_FRR 6
 #define BIER_DROP_NIBBLE 8
 #define BIER_DROP_VERSION 9
 #define BIER_DROP_BSL 10
@@ -145,6 +151,8 @@
 /* an IP packet that matches a BFIR entry but is malformed (version, header or total length, UDP header
  * beyond the datagram): dropped, not encapsulated */
 #define BIER_DROP_MALFORMED 19
+/* frames with a neighbour whose port is down and no fast-reroute entry for it (that copy is lost) */
+#define BIER_DROP_PORT_DOWN 20
 #define BIER_COUNTERS 24
 
 #endif /* DINET_CONSTS_H */

@@ -7,8 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,17 @@ def bpffs_root() -> Iterator[Path]:
         from dinet.targets.bcc_program import remove_pinned_tree
 
         remove_pinned_tree(TEST_BPFFS)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Polls `cond` (every 2 ms) until it holds or `timeout` s pass; returns whether it held. For state another
+    thread or the kernel sets (a monitor's mark, a counter): the test waits for the state, not for time."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
 
 
 def forget_node(name: str) -> None:

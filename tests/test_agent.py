@@ -112,17 +112,20 @@ def test_controller_drives_a_node_agent(agent, certs) -> None:
 
 def test_bier_entries_through_the_agent(agent, certs) -> None:
     from dinet.packets import bift_id
-    from dinet.targets.base import BfirEntry, BiftEntry, BiftPort
+    from dinet.targets.base import BfirEntry, BiftBackup, BiftEntry, BiftPort
     from dinet.targets.tc import BierNode
 
     node, address, _ = agent
     remote = remote_node(certs, address, node)
-    remote.set_bift(BiftEntry(bift_id(1, 0), 1 << 2, (BiftPort("lo", "02:00:00:00:00:02", 0b11),)))
+    backup = BiftBackup("lo", (BiftPort("lo", "02:00:00:00:00:03", 0b01),))  # fast reroute travels too
+    remote.set_bift(BiftEntry(bift_id(1, 0), 1 << 2, (BiftPort("lo", "02:00:00:00:00:02", 0b11),), (backup,)))
     bfir = BfirEntry("10.200.0.1", 7, 1, ((bift_id(1, 0), 0b111),), udp_port=9000)
     remote.set_bfir(bfir)
     with BierNode(node) as local:
         entry = local.bifts()[bift_id(1, 0)]
         assert entry.local == 0b100 and entry.neighbors[0].fbm == 0b11 and entry.neighbors[0].ifindex == 1
+        (key, frr), *_ = local.frr_entries().items()
+        assert key == (bift_id(1, 0), 0) and [(n.dmac, n.fbm) for n in frr.neighbors] == [("02:00:00:00:00:03", 1)]
         assert list(local.bfir_entries().values()) == [{bift_id(1, 0): 0b111}]
     with pytest.raises(ConfigError, match="forwards BSL 64, 128 and 256"):
         remote.set_bift(BiftEntry(bift_id(5, 0), 1, ()))
@@ -130,7 +133,7 @@ def test_bier_entries_through_the_agent(agent, certs) -> None:
     remote.remove_bfir(bfir)
     remote.remove_bift(bift_id(1, 0))
     with BierNode(node) as local:
-        assert local.bifts() == {} and local.bfir_entries() == {}
+        assert local.bifts() == {} and local.bfir_entries() == {} and local.frr_entries() == {}
     remote.close()
 
 

@@ -199,3 +199,23 @@ def test_planner_after_changes_equals_planning_from_scratch(seed: int) -> None:
         after = _plain(planner.tables())
         assert after == _by_definition(now, 1), f"step {step}"
         assert changed == {n for n in after if before.get(n) != after[n]}, f"step {step}"
+
+
+def test_fast_reroute_backups_are_loop_free_alternates() -> None:
+    """The diamond has no loop-free alternate for b's link to d (a's path to d runs through b); with the
+    rung b-c, c is one: it reaches d without b. b's link to a protects c's bit through d."""
+    assert "d" not in BiftPlanner(diamond(), 1).backups("b")
+    assert BiftPlanner(diamond(), 1).backups("b")["a"] == {0: {"d": 0b010}}  # c, behind a, through d
+    rung = diamond()
+    rung.add_link("b", "c")
+    p = BiftPlanner(rung, 1)
+    assert p.backups("b")["d"] == {0: {"c": 0b100}}
+    assert p.backups("a")["b"] == {0: {"c": 0b101}}  # b and d, both through c
+    # every backup delivers where the primary would have, with the protected link gone
+    for node in rung.bfr_ids:
+        for nbr, per in p.backups(node).items():
+            cut = BiftPlanner(rung.without_link(node, nbr), 1).tables()
+            for si, by in per.items():
+                for backup, fbm in by.items():
+                    copies, got = walk(cut, backup, si, fbm)
+                    assert node not in {c.to for c in copies}, f"{node}->{backup} loops back"

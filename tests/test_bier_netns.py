@@ -13,7 +13,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from conftest import NS_PREFIX, needs_bcc, needs_root
+from conftest import NS_PREFIX, needs_bcc, needs_root, wait_for
 from dinet.lab.bier_domain import SYNC_ADDR, SYNC_PORT, BierDomain, diamond, tree
 from dinet.packets import BIER, BIFTId, bift_id, bitstring
 from dinet.policy.bift import compute_bifts, walk
@@ -186,8 +186,8 @@ def _wait_counter(node, name: str, at_least: int, tries: int = 200) -> dict[str,
 def test_a_link_failure_during_a_stream_is_routed_around(bpffs_root: Path) -> None:
     """The controller watches the domain; the link b-d fails while a stream runs to b, c and d: b and c never
     stop receiving, d receives again through c, nobody gets a datagram twice, and only the entries the
-    failure changed are rewritten (a, b and d's; c's stay)."""
-    with BierDomain(f"{NS_PREFIX}fo", diamond(), 1, bpffs_root=bpffs_root) as d:
+    failure changed are rewritten (a, b and d's; c's stay). No fast reroute: the controller's rewrite alone."""
+    with BierDomain(f"{NS_PREFIX}fo", diamond(), 1, bpffs_root=bpffs_root, frr=False) as d:
         d.install_bifts()
         writes_c = d.ctl().record["c"]
         res = d.failover({"b", "c", "d"}, ("b", "d"), watch_interval=0.05, rate_pps=500, before_s=0.4, after_s=1.2)
@@ -204,3 +204,43 @@ def test_a_link_failure_during_a_stream_is_routed_around(bpffs_root: Path) -> No
         assert d.ctl().down_links == {frozenset(("b", "d"))}
         # d's datagrams now come through c: c forwarded them
         assert d.nodes["c"].counters()["copies"] > 0
+
+
+def test_fast_reroute_takes_the_backup_before_any_controller(bpffs_root: Path) -> None:
+    """Diamond with the rung b-c: b's link to d fails and no controller runs. With fast reroute, b's link
+    monitor marks the port down and b sends d's bit to c (its loop-free alternate), which delivers it: every
+    datagram reaches every BFER once, the copies on the backup are counted at b, and the backup entry reads
+    back as planned. Without it, d gets nothing until a controller rewrites the BIFTs."""
+    for frr in (True, False):
+        with BierDomain(f"{NS_PREFIX}fr{int(frr)}", diamond(rung=True), 1, bpffs_root=bpffs_root, frr=frr) as d:
+            targets = {"b", "c", "d"}
+            d.install_bfir(targets)
+            b = d.nodes["b"]
+            to_d, to_c = (netns.ifindex(d.ifname[("b", x)], d.net.ns("b")) for x in ("d", "c"))
+            to_a = netns.ifindex(d.ifname[("b", "a")], d.net.ns("b"))
+            primary = b.bifts()[bift_id(1, 0)]
+            assert [(n.ifindex, n.fbm) for n in primary.neighbors] == [(to_a, 1 << 9), (to_c, 0b010), (to_d, 0b100)]
+            if frr:  # while d's port (slot 2) is down: d's bit joins c's F-BM
+                backup = b.frr_entries()[(bift_id(1, 0), 2)]
+                assert [(n.ifindex, n.fbm) for n in backup.neighbors] == [(to_a, 1 << 9), (to_c, 0b110)]
+                assert backup.local == primary.local == 0b001
+            else:
+                assert b.frr_entries() == {}
+            d.send(10)
+            exactly_once(d.received({t: 10 for t in targets}), targets, 10)
+            d.fail_link("b", "d")
+            # the monitor's mark is what the program reads: wait for it, not for time
+            assert wait_for(lambda: to_d in b.ports_down()), "b's link monitor never marked the port"  # noqa: B023
+            d.send(20, start=10)
+            got = d.received({"b": 20, "c": 20} | ({"d": 20} if frr else {}), timeout=1.0)
+            for name in ("b", "c"):
+                assert sorted(got[name]) == list(range(10, 30)), name
+            counters = b.counters()
+            if frr:
+                assert sorted(got["d"]) == list(range(10, 30)), "d: not every datagram came through c"
+                assert counters["frr"] == 20 and counters["drop_port_down"] == 0  # every frame, on the backup entry
+                assert d.nodes["c"].counters()["copies"] >= 20
+            else:
+                assert got["d"] == [] and counters["frr"] == 0 and counters["drop_port_down"] == 20
+            d.restore_link("b", "d")
+            assert wait_for(lambda: to_d not in b.ports_down()), "the port was not cleared when it came back"  # noqa: B023

@@ -18,10 +18,12 @@ import select
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InterfaceError
 from ..paths import BPFFS_ROOT
 from ..policy.bift import BfirEntry, BierIntent, BierTopology, Port, bfir_sets, next_hops
 from ..services.bier import BierController
@@ -33,17 +35,19 @@ from .namespaces import Topology
 SYNC_ADDR = ipaddress.ip_address("10.200.0.1")  # the model-sync destination, local on every BFER
 SYNC_PORT = 9000
 SOURCE_ADDR = "10.50.0.2"
+SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>: receive times in a control message (Python's socket lacks it)
 BMV2_SIZES = SteerSizes(max_services=4, max_instances=4, ring_size=13, affinity_entries=1024)
 
 
-def diamond() -> BierTopology:
-    """a (the BFIR, BFR-id 10) linked to b and c, both linked to d; b, c, d are BFERs 1, 2, 3."""
+def diamond(rung: bool = False) -> BierTopology:
+    """a (the BFIR, BFR-id 10) linked to b and c, both linked to d; b, c, d are BFERs 1, 2, 3. rung: also
+    the link b-c (then b's link to d has a loop-free alternate, c: fast reroute can protect it)."""
     t = BierTopology()
     t.add_node("a", 10)
     t.add_node("b", 1)
     t.add_node("c", 2)
     t.add_node("d", 3)
-    for x, y in (("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")):
+    for x, y in (("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")) + ((("b", "c"),) if rung else ()):
         t.add_link(x, y)
     return t
 
@@ -115,6 +119,7 @@ class BierDomain:
     unicast: bool = False  # tc: also route unicast IPv4 between the BFRs and the source (see route_unicast)
     xdp: bool = True  # tc: the XDP fast path for transit frames (it bypasses qdiscs: off to shape links)
     link_mbit: float = 0.0  # tc: every link shaped to this rate in each direction (TBF; 0: not shaped)
+    frr: bool = True  # backup neighbours in the BIFTs (fast reroute; the TC nodes' link monitors use them)
     switches: dict[str, Any] = field(default_factory=dict)  # bmv2: name -> (Bmv2Switch, P4RuntimeSwitch, P4Node)
     port_no: dict[tuple[str, str], int] = field(default_factory=dict)  # bmv2: (node, neighbour) -> port
     _ctl: BierController | None = None
@@ -321,11 +326,40 @@ class BierDomain:
             x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
             for end in ("a", "b"):
                 self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", state)
-        else:
-            self.net.sh(a, "ip", "link", "set", "dev", self.ifname[(a, b)], state)
+        else:  # over netlink from this process: the failure's time is when the kernel is told, not a fork later
+            from pyroute2 import IPRoute
+
+            with netns.entered(self.net.ns(a)), IPRoute() as ip:
+                ip.link("set", index=ip.link_lookup(ifname=self.ifname[(a, b)])[0], state=state)
         (self._down.add if state == "down" else self._down.discard)(frozenset((a, b)))
         if self._peer:  # the domain routes unicast: the IGP reconverges too
             self.route_unicast(self._down)
+
+    def _cutter(self, a: str, b: str) -> Callable[[], None]:
+        """fail_link(a, b) made ready ahead (TC: a netlink socket open in a's namespace and the request
+        built), so that calling it is one request to the kernel: what a failover measures starts there."""
+        if self.target != "tc":
+            return lambda: self.fail_link(a, b)
+        with netns.entered(self.net.ns(a)):  # a netlink socket belongs to the namespace it was made in
+            nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        index = netns.ifindex(self.ifname[(a, b)], self.net.ns(a))
+        # RTM_NEWLINK (16), NLM_F_REQUEST | NLM_F_ACK; ifinfomsg: this index, flags 0 under the change mask IFF_UP
+        request = struct.pack("=IHHII", 32, 16, 0x5, 1, 0) + struct.pack("=BBHiII", 0, 0, 0, index, 0, 0x1)
+
+        def cut() -> None:
+            try:
+                nl.send(request)
+                ack = nl.recv(4096)  # NLMSG_ERROR with error 0: done
+                err = struct.unpack_from("=i", ack, 16)[0]
+                if err:
+                    raise InterfaceError(f"cannot take {self.ifname[(a, b)]} down in {a}: {os.strerror(-err)}")
+            finally:
+                nl.close()
+            self._down.add(frozenset((a, b)))
+            if self._peer:
+                self.route_unicast(self._down)
+
+        return cut
 
     def remove_link(self, a: str, b: str) -> None:
         """Takes the link down for good; the controller routes around it (only changed entries written)."""
@@ -343,7 +377,7 @@ class BierDomain:
                 )
                 for (node, nbr), ifname in self.ifname.items()
             }
-            intent = BierIntent(self.bsl_code, self.topo, ports, [])
+            intent = BierIntent(self.bsl_code, self.topo, ports, [], frr=self.frr)
             targets: dict[str, Any] = (
                 {n: s[2] for n, s in self.switches.items()}
                 if self.target == "bmv2"
@@ -418,8 +452,10 @@ class BierDomain:
         """Streams numbered datagrams to `targets` at `rate_pps` while the controller watches the domain
         (every `watch_interval` s); after `before_s` the link `fail` goes down (its interface on fail[0]'s
         side); the stream runs on `after_s`. Returns, per BFER, the sequence numbers received, the failure's
-        sequence number, and the times from the failure to the rewritten BIFTs and to the first datagram
-        each BFER received that was sent after the failure."""
+        sequence number, and the times from the failure (the request to take the port down; the stream goes on
+        meanwhile) to the rewritten BIFTs, on TC nodes to the failed port's mark by its node's link monitor
+        (what fast reroute reads), and to the first datagram each BFER received (the kernel's arrival time) of
+        those sent once the failure took effect (after the mark; elsewhere after the request)."""
         import threading
         import time
 
@@ -430,32 +466,64 @@ class BierDomain:
         watcher.start()
         total = int((before_s + after_s) * rate_pps)
         fail_seq, t_fail = -1, 0.0
+        cut = self._cutter(*fail)
+        cutter: threading.Thread | None = None
+        sent_at: list[float] = []
         arrivals: dict[str, list[tuple[int, float]]] = {n: [] for n in self.sockets}
+        # arrival times from the kernel (SO_TIMESTAMPNS, the wall clock), not from when this loop reads
+        for sock in self.sockets.values():
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        wall = time.time() - time.monotonic()
+
+        def drain(name: str, sock: socket.socket) -> None:
+            while True:
+                try:
+                    data, anc, _, _ = sock.recvmsg(65535, socket.CMSG_SPACE(16))
+                except BlockingIOError:
+                    return
+                stamp = next((struct.unpack("=qq", d[:16]) for lvl, kind, d in anc if kind == SO_TIMESTAMPNS), None)
+                at = stamp[0] + stamp[1] / 1e9 - wall if stamp else time.monotonic()
+                arrivals[name].append((struct.unpack("!I", data[:4])[0], at))
+
         try:
             with netns.entered(self.net.ns("src")), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 t0 = time.monotonic()
                 for i in range(total):
-                    if i == int(before_s * rate_pps):  # the failure's time: when the command is issued
-                        fail_seq, t_fail = i, time.monotonic()
-                        self.fail_link(*fail)
+                    if i == int(before_s * rate_pps):  # the failure's time: when the request is made; the
+                        fail_seq, t_fail = i, time.monotonic()  # stream goes on while the kernel takes it
+                        cutter = threading.Thread(target=cut, name="cut")
+                        cutter.start()
+                    sent_at.append(time.monotonic())
                     s.sendto(struct.pack("!I", i).ljust(64, b"m"), (str(SYNC_ADDR), SYNC_PORT))
-                    for name, sock in self.sockets.items():  # read as we go: timestamps of arrival
-                        while True:
-                            try:
-                                arrivals[name].append((struct.unpack("!I", sock.recv(65535)[:4])[0], time.monotonic()))
-                            except BlockingIOError:
-                                break
+                    for name, sock in self.sockets.items():  # read as we go (the socket buffers are small)
+                        drain(name, sock)
                     pause = t0 + (i + 1) / rate_pps - time.monotonic()
                     if pause > 0:
                         time.sleep(pause)
-            for name, seqs in self.received({}, timeout=0.5).items():
-                arrivals[name] += [(q, time.monotonic()) for q in seqs]
+            if cutter is not None:
+                cutter.join()
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # the last datagrams still on their way
+                if select.select(list(self.sockets.values()), [], [], 0.1)[0]:
+                    for name, sock in self.sockets.items():
+                        drain(name, sock)
         finally:
+            for sock in self.sockets.values():
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
             stop.set()
             watcher.join()
         rewrites = [h for h in ctl.history if h.detected_at >= t_fail - watch_interval]
+        marked = None
+        if self.target == "tc":  # when the failed port's node saw it down (its link monitor's mark)
+            port = netns.ifindex(self.ifname[fail], self.net.ns(fail[0]))
+            at = self.nodes[fail[0]].ports_down().get(port)
+            marked = (at / 1e9 - t_fail) * 1000 if at else None
+        # the first datagram each BFER got of those sent once the failure took effect (the port marked down
+        # on TC nodes, else the request): through the backup or the new path, never the failed link
+        since = t_fail + (marked or 0) / 1000
         first_after = {
-            n: next(((at - t_fail) * 1000 for q, at in a if q > fail_seq), None) for n, a in arrivals.items()
+            n: min(((at - t_fail) * 1000 for q, at in a if sent_at[q] >= since), default=None)
+            for n, a in arrivals.items()
         }
         return {
             "fail_seq": fail_seq,
@@ -464,6 +532,7 @@ class BierDomain:
             "recompute_ms": (rewrites[0].written_at - t_fail) * 1000 if rewrites else None,
             "entries_rewritten": rewrites[0].entries_written if rewrites else 0,
             "first_packet_ms": first_after,
+            "port_marked_ms": marked,
         }
 
     # ---- teardown ------------------------------------------------------------------------------------------

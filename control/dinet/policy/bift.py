@@ -127,7 +127,7 @@ class BiftPlanner:
         self._dist = dijkstra(self._graph(), directed=True) if size else np.zeros((0, 0))
         every = np.arange(size)
         self._hop = self._hops(every, every)
-        self._tables = {s: self._table(s) for s in range(size)}
+        self._tables = self._tables_of(list(range(size)))
 
     # ---- the state ----------------------------------------------------------------------------------------
     def tables(self) -> dict[str, dict[int, BiftSet]]:
@@ -153,8 +153,7 @@ class BiftPlanner:
             self._sets = sets
             touched = set(range(len(self.names)))
         changed = set()
-        for s in touched:
-            table = self._table(s)
+        for s, table in self._tables_of(sorted(touched)).items():
             if table != self._tables[s]:
                 self._tables[s] = table
                 changed.add(self.names[s])
@@ -164,6 +163,39 @@ class BiftPlanner:
         """BFR -> the neighbour of src on its shortest path now (what the BFIR reaches)."""
         s = self._index[src]
         return {self.names[d]: self.names[h] for d, h in enumerate(self._hop[s]) if h >= 0}
+
+    def backups(self, src: str) -> dict[str, dict[int, dict[str, int]]]:
+        """Fast reroute for src (RFC 5286's loop-free alternates, per BFER): neighbour n -> SI -> backup
+        neighbour b -> the F-BM b takes over while src's link to n is down. A BFER d behind n gets the
+        neighbour b != n minimising cost(src, b) + dist(b, d) (ties: the smallest name) among those with
+        dist(b, d) < dist(b, src) + dist(src, d): whatever way b's own BIFT breaks ties, its path to d does
+        not come back through src, so the copy cannot loop while the other BFRs still forward as before the
+        failure. A BFER with no such neighbour is not protected (its bits are counted as lost until the
+        controller's new BIFTs come)."""
+        s = self._index[src]
+        dist, hop = self._dist, self._hop[s]
+        nbrs = sorted(self._adj[s], key=self._rank.__getitem__)
+        out: dict[str, dict[int, dict[str, int]]] = {}
+        for n in nbrs:
+            dests = np.flatnonzero((hop == n) & (self._si >= 0))
+            if not dests.size:
+                continue
+            best = np.full(dests.size, np.inf)
+            pick = np.full(dests.size, -1, dtype=np.int64)
+            for b in nbrs:  # by name: a later one must be strictly better to win a tie
+                if b == n:
+                    continue
+                with np.errstate(invalid="ignore"):
+                    free = dist[b, dests] < dist[b, s] + dist[s, dests]
+                cost = np.where(free, self._adj[s][b] + dist[b, dests], np.inf)
+                win = cost < best
+                best[win], pick[win] = cost[win], b
+            for d, b in zip(dests.tolist(), pick.tolist(), strict=True):
+                if b >= 0:
+                    si, pos = int(self._si[d]), int(self._pos[d])
+                    per = out.setdefault(self.names[n], {}).setdefault(si, {})
+                    per[self.names[b]] = per.get(self.names[b], 0) | 1 << (pos - 1)
+        return out
 
     # ---- the arithmetic -------------------------------------------------------------------------------------
     def _links_of(self, down_links: set[frozenset[str]], down_nodes: set[str]) -> set[tuple[int, int]]:
@@ -278,34 +310,45 @@ class BiftPlanner:
             np.minimum(dist, via, out=dist)
         return set(rows.tolist())
 
-    def _table(self, s: int) -> dict[int, BiftSet]:
-        hop = self._hop[s]
-        dests = np.flatnonzero((hop >= 0) & (self._si >= 0))
-        nbrs = np.array(sorted(self._adj[s]), dtype=np.int64)
-        fbms: dict[int, dict[str, int]] = {si: {} for si in self._sets}
-        if dests.size:
-            sets = np.array(self._sets)
-            set_no = np.searchsorted(sets, self._si[dests]) if len(sets) > 1 else np.zeros(dests.size, np.int64)
-            bits = np.zeros((len(nbrs), len(self._sets) * self.bits), dtype=bool)
-            bits[np.searchsorted(nbrs, hop[dests]), set_no * self.bits + self._pos[dests] - 1] = True
-            packed = np.packbits(bits, axis=1, bitorder="little")
-            full = (1 << self.bits) - 1
-            for k, n in enumerate(nbrs.tolist()):
-                every = int.from_bytes(packed[k].tobytes(), "little")  # the sets side by side
-                for m, si in enumerate(self._sets):
-                    fbm = every >> (m * self.bits) & full
-                    if fbm:
-                        fbms[si][self.names[n]] = fbm
-        own_si, own_pos = int(self._si[s]), int(self._pos[s])
-        return {
-            si: BiftSet(
-                bift_id(self.bsl_code, si, self.sd),
-                si,
-                dict(sorted(fbms[si].items())),
-                1 << (own_pos - 1) if own_si == si else 0,
-            )
-            for si in self._sets
-        }
+    def _tables_of(self, nodes: list[int]) -> dict[int, dict[int, BiftSet]]:
+        """The BIFTs of these BFRs at once: one bit row per (BFR, neighbour), the sets side by side, set from
+        the next hops in one scatter and packed in one call (a Python loop per BFR would dominate)."""
+        if not nodes:
+            return {}
+        size, width = len(self.names), len(self._sets) * self.bits
+        pairs = [(s, n) for s in nodes for n in sorted(self._adj[s])]
+        keys = np.array([s * size + n for s, n in pairs], dtype=np.int64)
+        order = np.argsort(keys)
+        at = np.array(nodes, dtype=np.int64)
+        hop = self._hop[at]
+        k, d = np.nonzero((hop >= 0) & (self._si >= 0)[None, :])
+        row = order[np.searchsorted(keys[order], at[k] * size + hop[k, d])]
+        col = np.searchsorted(np.array(self._sets), self._si[d]) * self.bits + self._pos[d] - 1
+        bits = np.zeros((len(pairs), width), dtype=bool)
+        bits[row, col] = True
+        packed = np.packbits(bits, axis=1, bitorder="little")
+        full = (1 << self.bits) - 1
+        fbms: dict[int, dict[int, dict[str, int]]] = {s: {si: {} for si in self._sets} for s in nodes}
+        for r in np.flatnonzero(packed.any(axis=1)).tolist():
+            s, n = pairs[r]
+            every = int.from_bytes(packed[r].tobytes(), "little")
+            for m, si in enumerate(self._sets):
+                fbm = every >> (m * self.bits) & full
+                if fbm:
+                    fbms[s][si][self.names[n]] = fbm
+        out = {}
+        for s in nodes:
+            own_si, own_pos = int(self._si[s]), int(self._pos[s])
+            out[s] = {
+                si: BiftSet(
+                    bift_id(self.bsl_code, si, self.sd),
+                    si,
+                    dict(sorted(fbms[s][si].items())),
+                    1 << (own_pos - 1) if own_si == si else 0,
+                )
+                for si in self._sets
+            }
+        return out
 
 
 def compute_bifts(topo: BierTopology, bsl_code: int, sd: int = 0) -> dict[str, dict[int, BiftSet]]:
@@ -389,6 +432,7 @@ class BierIntent:
     topo: BierTopology
     ports: dict[tuple[str, str], Port]  # (node, neighbour) -> the node's port toward the neighbour
     groups: list[BierGroup] = field(default_factory=list)
+    frr: bool = True  # backup neighbours in every BIFT entry (fast reroute: BiftPlanner.backups)
 
     def check(self) -> None:
         for link in self.topo.links:
@@ -419,12 +463,23 @@ class BiftPort:
 
 
 @dataclass(frozen=True)
+class BiftBackup:
+    """Fast reroute of one BIFT entry: while the port toward a neighbour (`port`) is down, the entry's
+    neighbours are these: that neighbour's bits moved to its loop-free alternates (BiftPlanner.backups),
+    a BFER without one left out (its bits are not forwarded until the controller's new BIFTs)."""
+
+    port: str
+    neighbors: tuple[BiftPort, ...]
+
+
+@dataclass(frozen=True)
 class BiftEntry:
     """A BFR's entry for one BIFT-id (BSL, SD and SI): its own bits (local delivery) and its neighbours."""
 
     bift_id: int
     local: int
     neighbors: tuple[BiftPort, ...]
+    backups: tuple[BiftBackup, ...] = ()  # fast reroute, per protected neighbour (a target may not do it)
 
 
 @dataclass(frozen=True)
@@ -483,13 +538,24 @@ class DomainPlanner:
 
     def _entries_of(self, name: str, table: dict[int, BiftSet]) -> dict[int, BiftEntry]:
         ports = self.intent.ports
+
+        def port(nbr: str, fbm: int) -> BiftPort:
+            return BiftPort(ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac)
+
+        frr = self.bifts.backups(name) if self.intent.frr else {}
         out = {}
-        for entry in table.values():
-            nbrs = tuple(
-                BiftPort(ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac)
-                for nbr, fbm in entry.fbm.items()
-            )
-            out[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs)
+        for si, entry in table.items():
+            backups = []
+            for nbr, per in sorted(frr.items()):  # the whole entry while nbr's port is down
+                if not per.get(si) or nbr not in entry.fbm:
+                    continue
+                fbm = {n: f for n, f in entry.fbm.items() if n != nbr}
+                for b, f in per[si].items():
+                    fbm[b] = fbm.get(b, 0) | f
+                ports_down = tuple(port(n, f) for n, f in sorted(fbm.items()))
+                backups.append(BiftBackup(ports[(name, nbr)].ifname, ports_down))
+            nbrs = tuple(port(nbr, fbm) for nbr, fbm in entry.fbm.items())
+            out[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs, tuple(backups))
         return out
 
     def plan(
@@ -498,8 +564,13 @@ class DomainPlanner:
         """Every live BFR's entries with these links and BFRs down (see plan_domain)."""
         changed = self.bifts.set_state(set(down_links or ()), set(down_nodes or ()))
         tables = self.bifts.tables()
-        for name in changed:
-            self._entries[name] = self._entries_of(name, tables[name])
+        # backups read other BFRs' distances: with fast reroute every BFR's entries are made again (and
+        # kept where equal); without it only the BFRs whose tables changed
+        for name in tables if self.intent.frr else changed:
+            entries = self._entries_of(name, tables[name])
+            if entries != self._entries.get(name):
+                self._entries[name] = entries
+                changed.add(name)
         self.last_changed = changed
         plans = {name: NodePlan(bifts=self._entries[name]) for name in tables}
         for g in self.intent.groups:

@@ -4,7 +4,12 @@ node's BierTarget (a local TC node, a node agent, a P4Runtime switch).
 It plans from its own record of what each node holds: a failed link or BFR (or one that returns) makes it
 plan the domain again (dinet.policy.bift.DomainPlanner: incrementally, only the BFRs the change touches) and
 write only the entries that changed. With BIER there is no tree to rebuild: the BFIR's bitstrings stay as
-they are; only the BFRs whose shortest paths crossed the failure get other F-BMs. A node that does not answer loses its record, and is written whole when it is back."""
+they are; only the BFRs whose shortest paths crossed the failure get other F-BMs. A node that does not
+answer loses its record, and is written whole when it is back.
+
+Fast reroute (intent.frr): every BIFT entry carries, per neighbour, the entry to use while the port toward
+it is down (its BFERs moved to loop-free alternates); the node's data plane swaps to it as soon as its link
+monitor sees the port go, and this controller's rewrite then makes the new primary paths."""
 
 from __future__ import annotations
 

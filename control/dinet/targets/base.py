@@ -13,10 +13,11 @@ from typing import Protocol, runtime_checkable
 
 from .. import consts
 from ..model import Instance, IPAddress, ServiceKey
-from ..policy.bift import BfirEntry, BiftEntry, BiftPort
+from ..policy.bift import BfirEntry, BiftBackup, BiftEntry, BiftPort
 
 __all__ = [
     "BfirEntry",
+    "BiftBackup",
     "BiftEntry",
     "BiftPort",
     "BierTarget",

@@ -12,7 +12,7 @@ from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError, TableFullError, UnknownInstanceError, UnknownServiceError
 from ..model import Instance, InstanceState, ServiceKey
 from ..policy.steering import InstanceEdits
-from .base import BfirEntry, BiftEntry, BiftPort, Counter, ServiceState
+from .base import BfirEntry, BiftBackup, BiftEntry, BiftPort, Counter, ServiceState
 
 CODES = {
     UnknownServiceError: grpc.StatusCode.NOT_FOUND,
@@ -42,16 +42,23 @@ def _bits(mask: int) -> bytes:
 
 
 def bift_msg(pb: Any, e: BiftEntry) -> Any:
+    def nbrs(ports: tuple[BiftPort, ...]) -> list[Any]:
+        return [pb.Neighbor(ifname=n.port, dmac=n.dmac, fbm=_bits(n.fbm), smac=n.smac) for n in ports]
+
     return pb.BiftEntry(
         bift_id=e.bift_id,
         local=_bits(e.local),
-        neighbors=[pb.Neighbor(ifname=n.port, dmac=n.dmac, fbm=_bits(n.fbm), smac=n.smac) for n in e.neighbors],
+        neighbors=nbrs(e.neighbors),
+        backups=[pb.Backup(ifname=b.port, neighbors=nbrs(b.neighbors)) for b in e.backups],
     )
 
 
 def bift_from_msg(m: Any) -> BiftEntry:
-    nbrs = tuple(BiftPort(n.ifname, n.dmac, int.from_bytes(n.fbm, "big"), n.smac) for n in m.neighbors)
-    return BiftEntry(m.bift_id, int.from_bytes(m.local, "big"), nbrs)
+    def nbrs(ns: Any) -> tuple[BiftPort, ...]:
+        return tuple(BiftPort(n.ifname, n.dmac, int.from_bytes(n.fbm, "big"), n.smac) for n in ns)
+
+    backups = tuple(BiftBackup(b.ifname, nbrs(b.neighbors)) for b in m.backups)
+    return BiftEntry(m.bift_id, int.from_bytes(m.local, "big"), nbrs(m.neighbors), backups)
 
 
 def bfir_msg(pb: Any, e: BfirEntry) -> Any:

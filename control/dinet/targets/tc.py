@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import logging
+import os
+import select
 import socket
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +20,17 @@ from .. import consts
 from ..errors import ConfigError, DataPlaneError, TableFullError
 from ..model import IPAddress, parse_address
 from ..paths import BPFFS_ROOT
-from ..policy.bift import BfirEntry, BiftEntry
+from ..policy.bift import BfirEntry, BiftEntry, BiftPort
 from ..rfc8296 import bitstring_bytes, split_bift_id
 from .bcc_program import BccProgram, update
 from .netns import LinkEvents
 
+log = logging.getLogger(__name__)
 C = consts.load()
 MAX_NBR = C["BIER_MAX_NEIGHBORS"]
 MAX_SETS = C["BIER_MAX_SI_PER_GROUP"]
+FRR_SHIFT = C["BIER_FRR_KEY_SHIFT"]
+FRR_MASK = (1 << FRR_SHIFT) - 1
 BPF_XDP_DEVMAP = 33  # enum bpf_attach_type: a devmap's per-port program
 #: BSL codes the TC program forwards (RFC 8296 s2.1.2: 1 = 64, 2 = 128, 3 = 256 bits)
 SUPPORTED_BSL = (C["BIER_BSL_64"], C["BIER_BSL_128"], C["BIER_BSL_256"])
@@ -118,8 +126,11 @@ class BierNode:
         t = self.prog.table
         self.bift_t, self.bfir_t, self.counters_t, self.if_tx_t = t("bift"), t("bfir"), t("bier_counters"), t("if_tx")
         self.ports_t, self.cfg_t = t("bier_ports"), t("bier_cfg")
+        self.down_t = t("bier_port_down")
         self.netns: str | None = None  # where the node's interfaces are (set by attach)
         self._port_fn: Any = None
+        self._monitor: PortMonitor | None = None
+        self.ports: set[int] = set()  # the ifindexes the program is attached to (the ports the monitor watches)
 
     def __enter__(self) -> BierNode:
         return self
@@ -128,11 +139,14 @@ class BierNode:
         self.close()
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
         self.prog.close()
 
     def destroy(self) -> None:
+        self.close()
         self.prog.unpin()
-        self.prog.close()
 
     @property
     def prog_fd(self) -> int:
@@ -144,6 +158,20 @@ class BierNode:
         self.prog.attach_tc_ingress(self.PROGRAM, ifname, netns)
         if xdp:
             self.prog.attach("xdp_bier", ifname, netns, "native")
+        from . import netns as ns_mod
+
+        self.watch_ports({ns_mod.ifindex(ifname, netns)}, netns)
+
+    def watch_ports(self, ifindexes: set[int], netns: str | None) -> None:
+        """The node's link monitor (fast reroute) watches these ports too; started with the first."""
+        new = ifindexes - self.ports
+        self.ports |= ifindexes
+        if self._monitor is None or self._monitor.netns != netns:
+            if self._monitor is not None:
+                self._monitor.stop()
+            self._monitor = PortMonitor(self, netns)
+        elif new:
+            self._monitor.seed()
 
     def detach(self, ifname: str, netns: str | None = None) -> None:
         self.prog.detach_tc(ifname, netns)
@@ -190,9 +218,17 @@ class BierNode:
                     ) from None
 
     # ---- BIFT ------------------------------------------------------------------------------------------
-    def set_bift(self, bift_id: int, local: int, neighbors: list[BiftNeighbor], netns: str | None = None) -> None:
+    def set_bift(
+        self, bift_id: int, local: int, neighbors: list[BiftNeighbor], netns: str | None = None, down_slot: int = -1
+    ) -> None:
         """Installs (or replaces, in one write) this BFR's entry for a BIFT-id; ifindexes are those of the
-        node's namespace (`netns`, else where it was attached)."""
+        node's namespace (`netns`, else where it was attached). down_slot=i: instead, the entry to use while
+        the port of the BIFT-id's neighbour i is down (fast reroute)."""
+        if bift_id >> FRR_SHIFT:
+            raise ConfigError(f"a BIFT-id has 20 bits, not {bift_id:#x}")
+        if not -1 <= down_slot < MAX_NBR:
+            raise ConfigError(f"a neighbour slot is 0..{MAX_NBR - 1}, not {down_slot}")
+        key = (down_slot + 1) << FRR_SHIFT | bift_id
         bsl, _, _ = split_bift_id(bift_id)
         _supported(bsl)
         if len(neighbors) > MAX_NBR:
@@ -206,24 +242,38 @@ class BierNode:
             e.ifindex = n.ifindex
             e.smac[:] = list(_mac(n.smac))
             e.dmac[:] = list(_mac(n.dmac))
-        update(self.bift_t, self.bift_t.Key(bift_id), v, f"BIFT-id {bift_id:#x}")
+        what = f"BIFT-id {bift_id:#x}" + (f" while neighbour {down_slot}'s port is down" if down_slot >= 0 else "")
+        update(self.bift_t, self.bift_t.Key(key), v, what)
         self._ensure_ports({n.ifindex for n in neighbors}, netns if netns is not None else self.netns)
 
-    def remove_bift(self, bift_id: int) -> None:
+    def remove_bift(self, bift_id: int, down_slot: int = -1) -> None:
         try:
-            del self.bift_t[self.bift_t.Key(bift_id)]
+            del self.bift_t[self.bift_t.Key((down_slot + 1) << FRR_SHIFT | bift_id)]
         except KeyError:
-            raise ConfigError(f"node {self.node!r} has no BIFT-id {bift_id:#x}") from None
+            what = f" for neighbour {down_slot}'s port down" if down_slot >= 0 else ""
+            raise ConfigError(f"node {self.node!r} has no BIFT-id {bift_id:#x}{what}") from None
+
+    # ---- fast reroute --------------------------------------------------------------------------------------
+    def frr_entries(self) -> dict[tuple[int, int], BiftReadback]:
+        """(BIFT-id, neighbour slot) -> the entry used while that neighbour's port is down."""
+        return {(bid & FRR_MASK, (bid >> FRR_SHIFT) - 1): e for bid, e in self._entries().items() if bid >> FRR_SHIFT}
+
+    def ports_down(self) -> dict[int, int]:
+        """ifindex -> when it went down (CLOCK_MONOTONIC ns), as the program sees it."""
+        return {int(k.value): int(v.value) for k, v in self.down_t.items()}
 
     def bifts(self) -> dict[int, BiftReadback]:
+        return {bid: e for bid, e in self._entries().items() if not bid >> FRR_SHIFT}
+
+    def _entries(self) -> dict[int, BiftReadback]:
         out = {}
         for k, v in self.bift_t.items():
-            bsl, _, _ = split_bift_id(k.value)
+            bsl, _, _ = split_bift_id(k.value & FRR_MASK)
             nbrs = tuple(
                 BiftNeighbor(int(n.ifindex), _fmt_mac(n.smac), _fmt_mac(n.dmac), _get_bits(n.fbm, bsl))
                 for n in list(v.nbr)[: v.n_nbr]
             )
-            out[int(k.value)] = BiftReadback(int(k.value), _get_bits(v.local, bsl), nbrs)
+            out[int(k.value)] = BiftReadback(int(k.value) & FRR_MASK, _get_bits(v.local, bsl), nbrs)
         return dict(sorted(out.items()))
 
     # ---- BFIR ------------------------------------------------------------------------------------------
@@ -308,6 +358,88 @@ def links_up(ports: list[str], netns: str | None = None) -> dict[str, bool]:
     return {p: {"UP", "LOWER_UP"} <= flags.get(p, set()) for p in ports}
 
 
+class PortMonitor:
+    """The node's own link monitor for fast reroute: a NETLINK_ROUTE socket in the node's namespace, joined
+    to the link group, marks a port down in bier_port_down the moment the kernel reports it without
+    IFF_UP or IFF_LOWER_UP (or gone), with the time, and clears it when the port is back. No controller and
+    no planning in between: the next frame replicate() sends already takes the backup neighbour.
+    (A kernel probe on netif_carrier_off would take user space out too; this kernel has no kprobes and
+    refuses tracing programs, so the monitor is a thread.) Ports already down when it starts are marked."""
+
+    RTMGRP_LINK = 1
+    RTM_NEWLINK, RTM_DELLINK = 16, 17
+    IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+
+    def __init__(self, node: BierNode, netns: str | None):
+        from . import netns as ns_mod
+
+        self.node, self.netns = node, netns
+        self.events = 0  # link messages handled
+        with ns_mod.entered(netns):
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.bind((0, self.RTMGRP_LINK))
+        self._stop_r, self._stop_w = os.pipe()
+        self.seed()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ports-{node.node}")
+        self._thread.start()
+
+    def seed(self) -> None:
+        """Marks the node's ports as they are now."""
+        import json
+
+        from . import netns as ns_mod
+
+        res = ns_mod.run(["ip", "-j", "link", "show"], self.netns, check=False)
+        for link in json.loads(res.stdout or "[]") if res.returncode == 0 else []:
+            flags = set(link.get("flags", []))
+            self._mark(int(link["ifindex"]), not {"UP", "LOWER_UP"} <= flags)
+
+    def _mark(self, ifindex: int, down: bool) -> None:
+        if ifindex not in self.node.ports:
+            return
+        t = self.node.down_t
+        try:
+            if down:
+                if t.Key(ifindex) not in t:
+                    t[t.Key(ifindex)] = t.Leaf(time.monotonic_ns())
+            else:
+                del t[t.Key(ifindex)]
+        except KeyError:
+            pass
+        except Exception as e:  # bcc raises a bare Exception (a full map)
+            log.warning("node %s: cannot mark port %d %s: %s", self.node.node, ifindex, "down" if down else "up", e)
+        cfg = self.node.cfg_t
+        cfg[cfg.Key(1)] = cfg.Leaf(len(t))  # the programs look at the ports only while one is down
+
+    def _run(self) -> None:
+        while True:
+            ready = select.select([self._sock.fileno(), self._stop_r], [], [])[0]
+            if self._stop_r in ready:
+                return
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                continue
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if length < 16:
+                    break
+                if kind in (self.RTM_NEWLINK, self.RTM_DELLINK) and off + 32 <= len(data):
+                    _, _, _, index, flags, _ = struct.unpack_from("=BBHiII", data, off + 16)
+                    up = kind == self.RTM_NEWLINK and flags & self.IFF_UP and flags & self.IFF_LOWER_UP
+                    self._mark(index, not up)
+                    self.events += 1
+                off += (length + 3) & ~3
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        for fd in (self._stop_r, self._stop_w):
+            os.close(fd)
+        self._sock.close()
+
+
 class TcBierTarget:
     """The BierTarget of a TC BierNode on this host (in namespace `netns`): ports are interface names."""
 
@@ -318,14 +450,31 @@ class TcBierTarget:
     def set_bift(self, entry: BiftEntry) -> None:
         from . import netns as ns_mod
 
-        nbrs = [
-            BiftNeighbor(ns_mod.ifindex(p.port, self.ns), p.smac or ns_mod.mac_of(p.port, self.ns), p.dmac, p.fbm)
-            for p in entry.neighbors
-        ]
-        self.node.set_bift(entry.bift_id, entry.local, nbrs, self.ns)
+        def nbr(p: BiftPort) -> BiftNeighbor:
+            return BiftNeighbor(
+                ns_mod.ifindex(p.port, self.ns), p.smac or ns_mod.mac_of(p.port, self.ns), p.dmac, p.fbm
+            )
+
+        # the fast-reroute entries first: a port that goes down between the writes finds its backup there
+        slot = {p.port: i for i, p in enumerate(entry.neighbors)}
+        keep = set()
+        for b in entry.backups:
+            self.node.set_bift(entry.bift_id, entry.local, [nbr(p) for p in b.neighbors], self.ns, slot[b.port])
+            keep.add(slot[b.port])
+        primary = [nbr(p) for p in entry.neighbors]
+        self.node.set_bift(entry.bift_id, entry.local, primary, self.ns)
+        self._drop_frr(entry.bift_id, keep)
+        if entry.backups:  # the ports whose loss the data plane must see at once
+            self.node.watch_ports({n.ifindex for n in primary}, self.ns if self.ns is not None else self.node.netns)
+
+    def _drop_frr(self, bift_id: int, keep: set[int]) -> None:
+        for bid, i in self.node.frr_entries():
+            if bid == bift_id and i not in keep:
+                self.node.remove_bift(bid, i)
 
     def remove_bift(self, bift_id: int) -> None:
         self.node.remove_bift(bift_id)
+        self._drop_frr(bift_id, set())
 
     @staticmethod
     def _match(e: BfirEntry) -> BfirMatch:
