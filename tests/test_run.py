@@ -226,6 +226,10 @@ bier:
     bad.write_text(path.read_text().replace("to: [b, c]", "to: [b, z]"))
     with pytest.raises(ConfigError, match="no BFR 'z'"):
         load(bad)
+    off = tmp_path / "nofrr.yaml"
+    off.write_text(path.read_text().replace("  bsl: 64\n", "  bsl: 64\n  frr: false\n"))
+    loaded, loaded_off = load(path).bier, load(off).bier
+    assert loaded is not None and loaded_off is not None and loaded.frr and not loaded_off.frr
 
 
 def test_each_ingress_node_decides_with_its_own_paths(tmp_path: Path) -> None:

@@ -333,6 +333,7 @@ class BierSpec(_Spec):
     links: list[LinkSpec] = []
     groups: list[GroupSpec] = []
     watch_interval: float = Field(default=0.5, gt=0)  # seconds between checks of links and nodes
+    frr: bool = True  # fast reroute: backup entries per neighbour, used by a node as soon as its port goes down
     receivers: dict[Name, IPText] = {}  # BFER -> HOST:PORT of its `dinet sync-receiver` (model sync)
 
     _receivers = field_validator("receivers")(lambda v: {k: _hostport(x) for k, x in v.items()})
@@ -564,7 +565,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
             ports[(link.a, link.b)] = Port(*link.a_port)
             ports[(link.b, link.a)] = Port(*link.b_port)
         groups = [BierGroup(g.bfir, g.dst, frozenset(g.to), g.src or "", g.udp_port) for g in b.groups]
-        intent = BierIntent(BSL_CODE[b.bsl], topo, ports, groups)
+        intent = BierIntent(BSL_CODE[b.bsl], topo, ports, groups, frr=b.frr)
         try:
             intent.check()
         except ConfigError as e:
