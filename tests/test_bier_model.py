@@ -14,6 +14,7 @@ from dinet.errors import ConfigError
 from dinet.lab.bier_domain import diamond, random_domain, tree
 from dinet.packets import BIER, BSL_BITS, BIFTId, bift_id, bitstring, bitstring_ids, si_bit, split_bift_id
 from dinet.policy.bift import BierTopology, BiftPlanner, BiftSet, check_disjoint, compute_bifts, next_hops, walk
+from dinet.policy.p2mp import p2mp_tree, tree_links
 
 
 def frame(bsl: int = 1, ids=(1, 3), si: int = 0, ttl: int = 64):
@@ -219,3 +220,25 @@ def test_fast_reroute_backups_are_loop_free_alternates() -> None:
                 for backup, fbm in by.items():
                     copies, got = walk(cut, backup, si, fbm)
                     assert node not in {c.to for c in copies}, f"{node}->{backup} loops back"
+
+
+def test_sr_p2mp_trees_hold_state_where_they_branch() -> None:
+    """The tree baseline: a model to e1, e2 and e5 from r follows the BIFTs' shortest paths; SR-P2MP holds a
+    replication segment at the root, where the tree branches and at the leaves (m1 and m2 pass it on),
+    the per-node trees of PIM or mLDP at every node on it; the bitstring needs none of it."""
+    t = tree()
+    p = BiftPlanner(t, 1)
+    links = tree_links(p, "r", {"e1", "e2", "e5"})
+    assert links == {("r", "m1"), ("m1", "n1"), ("n1", "e1"), ("n1", "e2"), ("r", "m2"), ("m2", "n3"), ("n3", "e5")}
+    sr = p2mp_tree(p, 7, "r", {"e1", "e2", "e5"})
+    assert {n: (s.downstream, s.local) for n, s in sr.items()} == {
+        "r": (("e5", "n1"), False),  # m1 and m2, n3 pass through: r's replicas go to n1 and e5 over unicast
+        "n1": (("e1", "e2"), False),
+        "e1": ((), True),
+        "e2": ((), True),
+        "e5": ((), True),
+    }
+    assert len(p2mp_tree(p, 7, "r", {"e1", "e2", "e5"}, per_node=True)) == 8  # every node on the tree
+    # the same copies as BIER: one per tree link
+    copies, got = walk(p.tables(), "r", 0, 0b10011)
+    assert {(c.frm, c.to) for c in copies} == links and got == {"e1", "e2", "e5"}

@@ -197,6 +197,11 @@ class BiftPlanner:
                     per[self.names[b]] = per.get(self.names[b], 0) | 1 << (pos - 1)
         return out
 
+    def next_hops_toward(self, dest: str) -> dict[str, str]:
+        """BFR -> its next hop toward dest now (the BFRs that reach it)."""
+        d = self._index[dest]
+        return {self.names[s]: self.names[h] for s, h in enumerate(self._hop[:, d].tolist()) if h >= 0}
+
     # ---- the arithmetic -------------------------------------------------------------------------------------
     def _links_of(self, down_links: set[frozenset[str]], down_nodes: set[str]) -> set[tuple[int, int]]:
         """The links (i < j) that these failures take down."""
