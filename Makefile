@@ -6,10 +6,10 @@ install:
 	bash scripts/install.sh
 
 demo: install
-	$(PY) topo/inference_demo.py
+	$(PY) -m topo.inference_demo
 
 demo-steering: install
-	$(PY) topo/steer_demo.py
+	$(PY) -m topo.steer_demo
 
 demo-sync: install
 	$(PY) -m dinet.lab.model_sync
@@ -19,19 +19,20 @@ test:
 	bash scripts/run-tests.sh
 
 bench: install
-	$(PY) bench/xdp_steer.py --quick
-	$(PY) bench/bier.py --quick
-	$(PY) bench/p4rt_writes.py --quick
-	$(PY) bench/reaction.py --quick
-	$(PY) bench/bier_failover.py --quick
-	$(PY) bench/serve.py --quick
-	$(PY) bench/modelsync.py --quick
-	$(PY) bench/p4_affinity.py --quick
-	$(PY) bench/linkem.py --quick
-	$(PY) bench/bier_scale.py --quick
+	$(PY) -m bench.xdp_steer --quick
+	$(PY) -m bench.bier --quick
+	$(PY) -m bench.p4rt_writes --quick
+	$(PY) -m bench.reaction --quick
+	$(PY) -m bench.bier_failover --quick
+	$(PY) -m bench.serve --quick
+	$(PY) -m bench.modelsync --quick
+	$(PY) -m bench.p4_affinity --quick
+	$(PY) -m bench.linkem --quick
+	$(PY) -m bench.bier_scale --quick
+	$(PY) -m bench.bier_vs_tree --quick
 
 fuzz: install
-	$(PY) bench/fuzz.py
+	$(PY) -m bench.fuzz
 
 p4: install
 	$(PY) -m dinet.cli p4 compile

@@ -13,7 +13,7 @@
    same header), in the same run. Bytes are the interfaces' own tx counters: the source's uplink, and the
    sum over every link of the domain.
 
-    sudo .venv/bin/python bench/bier.py [--quick] [--out FILE]
+    sudo .venv/bin/python -m bench.bier [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether

@@ -11,7 +11,7 @@ takes the port down) to b's link monitor marking the port, and to the first data
 that d receives, and the datagrams d lost. The stream runs at 1,000 pps, so the first datagram after the
 failure leaves up to 1 ms after it.
 
-    sudo .venv/bin/python bench/bier_failover.py [--quick] [--out FILE]
+    sudo .venv/bin/python -m bench.bier_failover [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -23,11 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import host, need_root, write  # noqa: E402
-
+from bench.common import host, need_root, write
 from dinet.lab.bier_domain import BierDomain, diamond
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-failover-{os.getpid()}")

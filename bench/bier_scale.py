@@ -7,7 +7,7 @@ repairs of randomly drawn links, with the p95 and the largest beside it), the BF
 change (median), and, for sizes up to --reference-upto, the time of the per-source Dijkstra the planner
 replaced (next_hops once per BFR) to show what it buys.
 
-    .venv/bin/python bench/bier_scale.py [--quick] [--out FILE]
+    .venv/bin/python -m bench.bier_scale [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import host, write
-
+from bench.common import host, write
 from dinet.lab.bier_domain import random_domain
 from dinet.policy.bift import BiftPlanner, next_hops
 

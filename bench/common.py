@@ -1,5 +1,6 @@
 """What every benchmark shares: the host it ran on, a root check, and writing its JSON beside a line saying
-where. (bench/ is not a package: each script puts the source tree on sys.path and imports this.)"""
+where. The benchmarks run as modules from the source tree (`python -m bench.NAME`), so `bench`, `tests` (the
+packet vectors and rigs) and `topo` import as packages, with no edit of sys.path."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ aiperf==0.13.0`, about 1.2 GB, no torch). Offline, it needs a tokenizer on disk:
 (Hugging Face `tokenizers`, whitespace split) is written beside it, so that its prompts of N tokens are the N
 words `dinet serve` counts.
 
-    sudo .venv/bin/python bench/crosscheck.py [--quick] [--json bench/results/crosscheck.json]
+    sudo .venv/bin/python -m bench.crosscheck [--quick] [--json bench/results/crosscheck.json]
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import free_port, host, write  # noqa: E402
-
-from dinet.workload.engine import PROFILES  # noqa: E402
+from bench.common import free_port, host, write
+from dinet.workload.engine import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 AIPERF = "aiperf==0.13.0"

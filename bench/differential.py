@@ -5,7 +5,7 @@ of the shared scenario, with IPv4 options, IPv6 extension headers, unknown ports
 same frame out (steered to the same instance, byte for byte), or the same frame passed, or a drop, with the
 same verdict counter. A difference is a bug in one of them.
 
-    sudo .venv/bin/python bench/differential.py [--frames 10000] [--mutate] [--seed S]
+    sudo .venv/bin/python -m bench.differential [--frames 10000] [--mutate] [--seed S]
 
 Then the same for BIER: random valid BIER frames (bitstrings, TTLs, both sets) and BFIR frames (model-sync
 UDP to every entry, options, extension headers) into the eBPF BIER node and the BMv2 switch of the shared
@@ -23,11 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from common import host, need_root, write  # noqa: E402
+from bench.common import host, need_root, write
 
 
 def unpin(bpffs: Path) -> None:
@@ -89,17 +85,17 @@ def bmv2_outcome(rig: Any, frame: bytes, probes: tuple[bytes, bytes, bytes]) -> 
 
 def run(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True) -> dict[str, Any]:
     import fuzz
-    from bmv2_harness import bmv2_rig
     from scapy.layers.l2 import ARP, Ether
 
     from dinet.targets.xdp import SteeringNode
-    from vectors import steering as sv
+    from tests.bmv2_harness import bmv2_rig
+    from tests.vectors import steering as sv
 
     rng = random.Random(seed)
     arp = bytes(Ether(src="02:99:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="192.0.2.250"))
     steered = bytes(sv.client4(sport=1, src="10.255.255.254"))
     bpffs = Path(f"/sys/fs/bpf/dinet-bench-diff-{prefix}")
-    from bmv2_harness import SIZES
+    from tests.bmv2_harness import SIZES
 
     node = SteeringNode("diff", SIZES, bpffs_root=bpffs)
     differences: list[str] = []
@@ -134,7 +130,7 @@ def bier_frames(rng: random.Random) -> list[bytes]:
     and BFIR frames (model-sync UDP to every entry, with IPv4 options and IPv6 extension headers)."""
     from scapy.layers.l2 import Ether
 
-    from vectors import bier as bv
+    from tests.vectors import bier as bv
 
     out = []
     for _ in range(200):
@@ -153,11 +149,11 @@ def run_bier(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True
     import select
 
     import fuzz
-    from bier_rig import program_bmv2, tc_bier_rig
-    from bmv2_harness import bmv2_rig
     from scapy.layers.l2 import ARP, Ether
 
-    from vectors import bier as bv
+    from tests.bier_rig import program_bmv2, tc_bier_rig
+    from tests.bmv2_harness import bmv2_rig
+    from tests.vectors import bier as bv
 
     rng = random.Random(seed)
     arp = bytes(Ether(src="02:99:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="192.0.2.250"))

@@ -15,7 +15,7 @@ A second phase changes the instance set (an instance leaves, another joins, one 
 arrive on both CPUs: established flows never move while their instance is up or draining, and both CPUs
 agree on every flow.
 
-    sudo .venv/bin/python bench/fuzz.py [--quick] [--frames N] [--seed S]
+    sudo .venv/bin/python -m bench.fuzz [--quick] [--frames N] [--seed S]
 
 Then as many frames, random and mutated BIER frames (every shared vector, random bitstrings, TTLs, sets) and
 BFIR frames (model-sync UDP to every BFIR entry, with options, extension headers, fragments), go into the
@@ -41,11 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from common import host, need_root, write  # noqa: E402
+from bench.common import host, need_root, write
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-fuzz-{os.getpid()}")
 EXT = {0, 43, 60}  # hop-by-hop, routing, destination options
@@ -210,7 +206,7 @@ def fuzz_steering(n_frames: int, seed: int, progress: bool = True) -> dict[str, 
     from dinet.targets.base import SteerSizes
     from dinet.targets.bpfsys import XDP_DROP, XDP_PASS, XDP_TX, test_run
     from dinet.targets.xdp import SteeringNode
-    from vectors import steering as sv
+    from tests.vectors import steering as sv
 
     rng = random.Random(seed)
     node = SteeringNode("fuzz", SteerSizes(16, 16, 251, 65536), bpffs_root=BPFFS)
@@ -534,10 +530,10 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
     import ipaddress
     import select
 
-    from bier_rig import tc_bier_rig
     from scapy.layers.l2 import Ether
 
-    from vectors import bier as bv
+    from tests.bier_rig import tc_bier_rig
+    from tests.vectors import bier as bv
 
     rng = random.Random(seed)
     violations: list[str] = []

@@ -5,7 +5,7 @@ For each configured one-way delay: the RTT ping measures through it (min, mean, 
 apart; configured RTT = 2 x delay) and the TCP rate iperf3 carries in 3 s, unshaped and at 100 Mbit/s. The
 figures that chose the fallback (see dinet.lab.linkem for why a node on the wire, not NFQUEUE at the ends).
 
-    sudo .venv/bin/python bench/linkem.py [--quick] [--json bench/results/linkem.json]
+    sudo .venv/bin/python -m bench.linkem [--quick] [--json bench/results/linkem.json]
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import host, need_root, write  # noqa: E402
-
-from dinet.lab.namespaces import Topology  # noqa: E402
+from bench.common import host, need_root, write
+from dinet.lab.namespaces import Topology
 
 
 def ping_stats(t: Topology, count: int) -> dict[str, float]:

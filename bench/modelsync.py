@@ -13,7 +13,7 @@ cloud's access link (loss from ebpf/loss.bpf.c: this kernel has no netem), and B
 link failing mid-transfer (repair time, extra bytes). The tree has redundant links (cost 2: unused unless
 a link fails).
 
-    sudo .venv/bin/python bench/modelsync.py [--quick] [--size-mib N] [--clouds 2,4,8] [--link-mbit R]
+    sudo .venv/bin/python -m bench.modelsync [--quick] [--size-mib N] [--clouds 2,4,8] [--link-mbit R]
     sudo .venv/bin/dinet experiment modelsync [the same options]
 """
 
@@ -29,11 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import host, need_root, write  # noqa: E402
-
+from bench.common import host, need_root, write
+from dinet.experiments.modelsync import plot
 from dinet.lab.bier_domain import tree
 from dinet.lab.loss import LinkLoss
 from dinet.lab.model_sync import SyncLab
@@ -201,33 +198,6 @@ def failover(lab: SyncLab, model: Path, rate: float) -> dict[str, Any]:
         flush=True,
     )
     return res
-
-
-def plot(res: dict[str, Any], out: Path) -> None:
-    """Completion time and bytes on the repository's uplink per method and N (matplotlib, headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = ["bier", "ingress", "unicast"]
-    ns = sorted({r["n"] for r in res["rows"]})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    width = 0.8 / len(methods)
-    for k, m in enumerate(methods):
-        rows = {r["n"]: r for r in res["rows"] if r["method"] == m}
-        xs = [i + (k - 1) * width for i in range(len(ns))]
-        ax1.bar(xs, [rows[n]["completion_s"] if n in rows else 0 for n in ns], width, label=m)
-        ax2.bar(xs, [rows[n]["uplink_bytes"] / 2**20 if n in rows else 0 for n in ns], width, label=m)
-    for ax, title in ((ax1, "slowest cloud done (s)"), (ax2, "repository uplink (MiB)")):
-        ax.set_xticks(range(len(ns)), [f"N={n}" for n in ns])
-        ax.set_title(title, fontsize=10)
-    ax1.legend(fontsize=8)
-    fig.suptitle(f"{res['size_bytes'] >> 20} MiB to N clouds, links {res['link_mbit']:g} Mbit/s", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    print(f"wrote {out}")
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ the table as the program does and counts the flows left out, for the default siz
 times larger indexed by CRC-32 (the program's default now), and a four-way table of 65,536 entries (two more
 hashes over other field orders), so that the choice is made on figures. Pure Python: no switch needed.
 
-    .venv/bin/python bench/p4_affinity.py [--quick]
+    .venv/bin/python -m bench.p4_affinity [--quick]
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import sys
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import host, write  # noqa: E402
+from bench.common import host, write
 
 
 def _table() -> list[int]:

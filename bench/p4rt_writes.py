@@ -5,7 +5,7 @@ Table entries of dinet.p4's `ring` table (three exact keys, one action parameter
 WriteRequest (each waits for its answer), then in batched WriteRequests of 512, then read back in one
 ReadRequest. The switch runs in a namespace of its own with no port traffic.
 
-    sudo .venv/bin/python bench/p4rt_writes.py [--quick] [--out FILE]
+    sudo .venv/bin/python -m bench.p4rt_writes [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import host, write  # noqa: E402
-
+from bench.common import host, write
 from dinet.lab.namespaces import Topology
 from dinet.targets.base import SteerSizes
 from dinet.targets.bmv2 import Bmv2Switch, compile_p4, missing_tools

@@ -9,7 +9,7 @@ bench/results/reaction.json.
    (authentication once per stream, every report checked and stored): one report per message, 64 per
    message (ReportBatch, an agent for a host's many instances), and with a decision on every report.
 
-    sudo .venv/bin/python bench/reaction.py [--quick] [--out FILE]
+    sudo .venv/bin/python -m bench.reaction [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import host, need_root, write  # noqa: E402
-
+from bench.common import host, need_root, write
 from dinet.model import Instance, ServiceKey
 from dinet.policy.decide import Policy, TrafficClass
 from dinet.policy.scores import Level0

@@ -4,7 +4,7 @@ so what grows with the rate is the server's (HTTP, SSE, the event loop). For eac
 token seen by the client is compared with the engine's own (vLLM's TTFT histogram on /metrics): the server
 keeps up while the difference stays within 5 ms. The server is pinned to CPU 0, the load generator to CPU 1.
 
-    .venv/bin/python bench/serve.py [--quick] [--out FILE]
+    .venv/bin/python -m bench.serve [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import free_port, host, write  # noqa: E402
-
+from bench.common import free_port, host, write
 from dinet.workload.load import LoadSpec, run_load
 
 

@@ -16,7 +16,7 @@
    trafgen (AF_PACKET: every frame starts as an skb, whose cost both paths then share). The sink counts
    with an XDP program (ebpf/xdp_sink.bpf.c).
 
-    sudo .venv/bin/python bench/xdp_steer.py [--quick] [--out FILE]
+    sudo .venv/bin/python -m bench.xdp_steer [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -32,18 +32,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
-from scapy.layers.l2 import Ether  # noqa: E402
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
 
 from dinet.lab.namespaces import Topology
-from dinet.model import Instance, ServiceKey  # noqa: E402
-from dinet.targets import netns  # noqa: E402
+from dinet.model import Instance, ServiceKey
+from dinet.targets import netns
 from dinet.targets.base import SteerSizes
-from dinet.targets.bcc_program import BccProgram, remove_pinned_tree  # noqa: E402
-from dinet.targets.bpfsys import XDP_PASS, XDP_TX, run_live, test_run  # noqa: E402
-from dinet.targets.xdp import SteeringNode  # noqa: E402
+from dinet.targets.bcc_program import BccProgram, remove_pinned_tree
+from dinet.targets.bpfsys import XDP_PASS, XDP_TX, run_live, test_run
+from dinet.targets.xdp import SteeringNode
 
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-{os.getpid()}")
 VIP = "10.99.0.1"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dinet.lab.namespaces import Topology
 from dinet.targets import netns
-from vectors import bier as bv
+from tests.vectors import bier as bv
 
 
 @contextlib.contextmanager

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # topo/ and tests/vectors are importable as packages
+ROOT = Path(__file__).resolve().parents[1]  # on sys.path (pyproject's pytest pythonpath): topo, tests, bench
 
 RUN_ID = uuid.uuid4().hex[:4]
 TEST_BPFFS = Path(f"/sys/fs/bpf/dinet-test-{RUN_ID}")

@@ -11,8 +11,8 @@ import pytest
 from scapy.layers.l2 import ARP, Ether
 
 from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
-from vectors import Drop, Forward
-from vectors import bier as bv
+from tests.vectors import Drop, Forward
+from tests.vectors import bier as bv
 
 pytestmark = [needs_root]
 PACKET_OUTGOING = 4
@@ -58,7 +58,7 @@ def _udp_payload(inner: bytes) -> bytes:
 def tc_rig(bpffs_root: Path) -> Iterator:
     if needs_bcc.args[0]:
         pytest.skip(needs_bcc.kwargs["reason"])
-    from bier_rig import tc_bier_rig
+    from tests.bier_rig import tc_bier_rig
 
     # transit vectors go through the XDP fast path (from one copy), the rest through TC
     with tc_bier_rig(f"{NS_PREFIX}bv", bpffs_root, min_fanout=1) as rig:
@@ -118,8 +118,8 @@ def test_bier_vectors_on_tc(tc_rig) -> None:
 @pytest.fixture(scope="module")
 def p4_rig() -> Iterator:
     bmv2_tools_or_skip()
-    from bier_rig import program_bmv2
-    from bmv2_harness import bmv2_rig
+    from tests.bier_rig import program_bmv2
+    from tests.bmv2_harness import bmv2_rig
 
     with bmv2_rig(f"{NS_PREFIX}bp") as r:
         program_bmv2(r.node)

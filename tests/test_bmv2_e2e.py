@@ -84,13 +84,12 @@ def steer_topology(prefix: str, bpffs_root: Path) -> Iterator[Any]:
 
 
 def test_steering_through_bmv2_keeps_established_flows(switch, bpffs_root: Path) -> None:
-    from bmv2_harness import DEFINES, SIZES
-
     from dinet.model import Instance, ServiceKey
     from dinet.targets import netns
     from dinet.targets.bmv2 import Bmv2Switch, compile_p4
     from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
+    from tests.bmv2_harness import DEFINES, SIZES
     from topo.httpclient import KeepAlive, get_once
 
     pipe = compile_p4(DEFINES)
@@ -129,13 +128,12 @@ def test_a_restarted_dinet_run_adopts_a_live_bmv2_switch_writes_nothing_and_move
     """`dinet run` (a process of its own) programs a BMv2 switch; connections open through it; `dinet run`
     is stopped and started again: it reads the switch back over P4Runtime, keeps the running pipeline (the
     affinity registers with it), writes nothing, and every connection stays on its instance."""
-    from bmv2_harness import SIZES
-
     from conftest import dinet_process, free_port
     from dinet.targets import netns
     from dinet.targets.bmv2 import Bmv2Switch, compile_p4
     from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
+    from tests.bmv2_harness import SIZES
     from topo.httpclient import KeepAlive, get_once
 
     pipe = compile_p4(SIZES.defines())  # what `dinet run` compiles for these sizes
@@ -224,14 +222,13 @@ class BierRig:
 
 @contextlib.contextmanager
 def bier_rig(name: str, bfr_ids: dict[int, int], bpffs_root: Path) -> Iterator[BierRig]:
-    from bmv2_harness import DEFINES, SIZES
-
     from dinet.packets import bift_id, si_bit
     from dinet.targets import netns
     from dinet.targets.bmv2 import Bmv2Switch, compile_p4
     from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
     from dinet.targets.tc import BierNode
+    from tests.bmv2_harness import DEFINES, SIZES
 
     pipe = compile_p4(DEFINES)
     t = Topology(f"{NS_PREFIX}{name}")

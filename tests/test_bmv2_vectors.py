@@ -9,8 +9,8 @@ import pytest
 from scapy.layers.l2 import ARP, Ether
 
 from conftest import bmv2_tools_or_skip, needs_root
-from vectors import Drop, Forward, Pass, Vector
-from vectors import steering as sv
+from tests.vectors import Drop, Forward, Pass, Vector
+from tests.vectors import steering as sv
 
 pytestmark = [needs_root]
 PROBE = bytes(Ether(src="02:99:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="192.0.2.250"))
@@ -19,9 +19,8 @@ PROBE = bytes(Ether(src="02:99:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(pdst
 @pytest.fixture(scope="module")
 def rig(request: pytest.FixtureRequest) -> Iterator:
     bmv2_tools_or_skip()
-    from bmv2_harness import bmv2_rig
-
     from conftest import NS_PREFIX
+    from tests.bmv2_harness import bmv2_rig
 
     with bmv2_rig(f"{NS_PREFIX}v") as r:
         sv.install_scenario(r.node)
@@ -129,7 +128,7 @@ def test_cli_reads_a_table_back_without_taking_over(rig) -> None:
     import subprocess
     import sys
 
-    from bmv2_harness import SIZES
+    from tests.bmv2_harness import SIZES
 
     res = subprocess.run(
         [

@@ -6,17 +6,12 @@ word-level tokenizer on disk)."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-
-from conftest import ROOT
 
 
 @pytest.mark.timeout(1200)  # the first run installs AIPerf (a few minutes)
 def test_dinet_load_and_aiperf_measure_the_same_ttft_and_tpot() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from crosscheck import run
+    from bench.crosscheck import run
 
     res = run(rate=2.0, requests=16, prompt=128, output=32)
     a, d = res["aiperf"], res["dinet_load"]

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from dinet.policy.decide import Candidate, Policy, TrafficClass, damp, target_weights
+from dinet.model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath
+from dinet.policy.decide import Candidate, Policy, TrafficClass, damp, decide, target_weights
 from dinet.policy.scores import Level0, Level1, ScoreModel
 
 NEAR, FAR = 1, 2
@@ -120,9 +121,6 @@ def test_the_baselines_place_flows_as_their_names_say() -> None:
 
 
 # ---- decide(): the whole decision as one pure function, table of hand-worked cases ----------------------
-
-from dinet.model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath  # noqa: E402
-from dinet.policy.decide import decide  # noqa: E402
 
 _SVC = ServiceKey.parse("10.99.0.1:80/tcp")
 _I1, _I2 = Instance(1, "192.0.2.1", 1, site_id=1), Instance(2, "192.0.2.2", 1, site_id=2)

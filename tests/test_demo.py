@@ -23,7 +23,8 @@ def test_demo(target: str, tmp_path: Path) -> None:
     res = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "topo" / "steer_demo.py"),
+            "-m",
+            "topo.steer_demo",
             "--target",
             target,
             "--requests",
@@ -33,6 +34,7 @@ def test_demo(target: str, tmp_path: Path) -> None:
             "--json",
             str(out),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -53,7 +55,8 @@ def test_inference_demo(target: str, tmp_path: Path) -> None:
         bmv2_tools_or_skip()
     out = tmp_path / "demo.json"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "topo" / "inference_demo.py"), "--target", target, "--json", str(out)],
+        [sys.executable, "-m", "topo.inference_demo", "--target", target, "--json", str(out)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

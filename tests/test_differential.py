@@ -5,19 +5,14 @@ the same copies on every port and the same counters."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
 
 pytestmark = [needs_root, needs_bcc]
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
 
 def test_xdp_and_bmv2_agree_frame_by_frame() -> None:
     bmv2_tools_or_skip()
-    import differential
+    from bench import differential
 
     res = differential.run(400, seed=15, mutate=True, prefix=f"{NS_PREFIX}df", progress=False)
     assert res["differences"] == 0, res["examples"]
@@ -26,7 +21,7 @@ def test_xdp_and_bmv2_agree_frame_by_frame() -> None:
 
 def test_ebpf_and_bmv2_bier_agree_frame_by_frame() -> None:
     bmv2_tools_or_skip()
-    import differential
+    from bench import differential
 
     res = differential.run_bier(300, seed=16, mutate=True, prefix=f"{NS_PREFIX}db", progress=False)
     assert res["differences"] == 0, res["examples"]

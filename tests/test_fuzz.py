@@ -5,18 +5,13 @@ against a model of RFC 8279 s6.5. Any violation is a bug in the program (or in t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from conftest import needs_bcc, needs_root
 
 pytestmark = [needs_root, needs_bcc]
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
 
 def test_20000_fuzzed_frames_break_no_invariant() -> None:
-    import fuzz
+    from bench import fuzz
 
     res = fuzz.fuzz_steering(20_000, seed=14, progress=False)
     assert res["violations"] == 0, res["examples"]
@@ -29,9 +24,8 @@ def test_20000_fuzzed_frames_break_no_invariant() -> None:
 def test_the_model_tells_steered_from_malformed() -> None:
     """The reference model is not the program's echo: a frame the program must drop is one the model
     calls malformed, and a well-formed one it calls steered."""
-    import fuzz
-
-    from vectors import steering as sv
+    from bench import fuzz
+    from tests.vectors import steering as sv
 
     services = {(bytes([10, 99, 0, 1]), 6, 80): {bytes([192, 0, 2, 11])}}
     vips = {bytes([10, 99, 0, 1])}
@@ -42,7 +36,7 @@ def test_the_model_tells_steered_from_malformed() -> None:
 
 
 def test_20000_fuzzed_frames_through_bier_match_the_model() -> None:
-    import fuzz
+    from bench import fuzz
 
     res = fuzz.fuzz_bier(20_000, seed=14, progress=False)
     assert res["violations"] == 0, res["examples"]

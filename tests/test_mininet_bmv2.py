@@ -11,13 +11,12 @@ pytestmark = [needs_root]
 def test_hosts_talk_through_a_bmv2_switch_in_mininet() -> None:
     bmv2_tools_or_skip()
     mininet_net = mininet_or_skip()
-    from bmv2_harness import DEFINES, SIZES
-
     from dinet import consts
     from dinet.lab.mininet_nodes import Bmv2GrpcSwitch
     from dinet.targets.bmv2 import compile_p4
     from dinet.targets.p4node import P4Node
     from dinet.targets.p4rt import P4RuntimeSwitch
+    from tests.bmv2_harness import DEFINES, SIZES
 
     pipe = compile_p4(DEFINES)
     net = mininet_net.Mininet(switch=Bmv2GrpcSwitch, controller=None, autoSetMacs=True)

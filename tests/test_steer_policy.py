@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -15,7 +16,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from conftest import ROOT, needs_bcc, needs_root
-from vectors import steering as sv
+from tests.vectors import steering as sv
 
 pytestmark = [needs_root, needs_bcc]
 
@@ -111,10 +112,11 @@ def test_affinity_holds_across_weight_changes_and_a_restart(node, bpffs_root: Pa
     name = node.node
     node.close()
     code = (
-        "import sys; from pathlib import Path; sys.path.insert(0, {!r}); from test_steer_policy import *; "
-        "n = make_node(Path({!r}), {!r}); n.set_weight(SVC, 2, 9); n.close()"
-    ).format(str(ROOT / "tests"), str(bpffs_root), name)
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+        "from pathlib import Path; from tests.test_steer_policy import *; "
+        f"n = make_node(Path({str(bpffs_root)!r}), {name!r}); n.set_weight(SVC, 2, 9); n.close()"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}  # the module imports conftest
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
     again = make_node(bpffs_root, name)
     try:
         assert again.service(SVC).instances[1].weight == 9  # slot 1 = instance 2

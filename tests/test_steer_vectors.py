@@ -9,8 +9,8 @@ import pytest
 from scapy.layers.l2 import Ether
 
 from conftest import needs_bcc, needs_root
-from vectors import Drop, Forward, Pass, Vector
-from vectors import steering as sv
+from tests.vectors import Drop, Forward, Pass, Vector
+from tests.vectors import steering as sv
 
 pytestmark = [needs_root, needs_bcc]
 

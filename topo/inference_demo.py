@@ -11,7 +11,7 @@ controller deciding weights from those metrics and the sites' delays, and `dinet
   4. prints per instance the requests each phase got, and the streams' outcome.
 Everything it creates is removed at the end, also on Ctrl-C or error.
 
-    sudo make demo          (or: sudo .venv/bin/python topo/inference_demo.py [--target bmv2] [--json FILE])
+    sudo make demo          (or: sudo .venv/bin/python -m topo.inference_demo [--target bmv2] [--json FILE])
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dinet.policy.decide import TrafficClass  # noqa: E402
-from dinet.services.collect import Agent, Collector, CollectorServer  # noqa: E402
-from dinet.services.controller import Controller, ServiceIntent, SitePath  # noqa: E402
-from dinet.targets import netns  # noqa: E402
-from dinet.workload.load import LoadSpec, Record, run_load  # noqa: E402
-from dinet.workload.metrics_agent import MetricsAgent  # noqa: E402
-from topo.cloud_edge import VIP4, CloudEdge  # noqa: E402
+from dinet.policy.decide import TrafficClass
+from dinet.services.collect import Agent, Collector, CollectorServer
+from dinet.services.controller import Controller, ServiceIntent, SitePath
+from dinet.targets import netns
+from dinet.workload.load import LoadSpec, Record, run_load
+from dinet.workload.metrics_agent import MetricsAgent
+from topo.cloud_edge import VIP4, CloudEdge
 
 PROFILES = {1: "tiny-test", 2: "llama3-8b-a100", 3: "llama3-8b-a100"}  # edge: a small GPU, easy to fill
 DELAY_MS = {1: 2.0, 2: 10.0, 3: 30.0}

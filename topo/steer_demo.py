@@ -10,7 +10,7 @@ running a real HTTP service), then:
      that every established connection survived.
 Everything it creates is removed at the end, also on Ctrl-C or error.
 
-    sudo make demo          (or: sudo .venv/bin/python topo/steer_demo.py [--json FILE])
+    sudo make demo          (or: sudo .venv/bin/python -m topo.steer_demo [--json FILE])
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dinet.targets import netns  # noqa: E402
-from topo.cloud_edge import VIP4, CloudEdge  # noqa: E402
-from topo.httpclient import KeepAlive, get_once  # noqa: E402
+from dinet.targets import netns
+from topo.cloud_edge import VIP4, CloudEdge
+from topo.httpclient import KeepAlive, get_once
 
 
 def table(title: str, rows: list[list[object]], header: list[str]) -> None:
