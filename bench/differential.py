@@ -84,7 +84,7 @@ def bmv2_outcome(rig: Any, frame: bytes, probes: tuple[bytes, bytes, bytes]) -> 
 
 
 def run(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True) -> dict[str, Any]:
-    import fuzz
+    from bench import fuzz
     from scapy.layers.l2 import ARP, Ether
 
     from dinet.targets.xdp import SteeringNode
@@ -148,7 +148,7 @@ def run_bier(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True
     on eBPF as local deliveries and passes), and every counter but the eBPF fast path's must agree."""
     import select
 
-    import fuzz
+    from bench import fuzz
     from scapy.layers.l2 import ARP, Ether
 
     from tests.bier_rig import program_bmv2, tc_bier_rig

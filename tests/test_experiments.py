@@ -9,12 +9,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, mininet_or_skip, needs_bcc, needs_root
+from conftest import ROOT, mininet_or_skip, needs_bcc, needs_root, wait_for
 from dinet.experiments.common import Sampler, aggregate, class_figures, flows_moved, mean_ci, pct
+from dinet.errors import ConfigError
 from dinet.lab.scenario import SloSpec
 
 
@@ -71,6 +74,27 @@ def test_percentiles_slo_and_flows_moved() -> None:
     ]
     assert flows_moved(broken) == 2
     assert flows_moved(broken, failed={"e2"}) == 1
+
+
+def test_the_sampler_goes_on_when_a_decider_stops_answering() -> None:
+    """A decider killed on purpose fails its scrape (a ConfigError from dinet.promtext): the sampler skips
+    that sample and keeps sampling the others; it once died there, and the run's later reactions read None."""
+    calls: list[int] = []
+
+    class Lab:
+        instances: dict = {}
+        service_keys: dict = {}
+        spec = SimpleNamespace(ingress=[])
+
+        def prometheus(self) -> dict:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConfigError("cannot scrape http://127.0.0.1:1/metrics: Connection refused")
+            return {"dinet_reports_accepted_total": [({}, 5.0)]}
+
+    with Sampler(Lab(), time.time(), interval=0.01) as sampler:  # type: ignore[arg-type]
+        assert wait_for(lambda: len(sampler.samples) >= 2), "the sampler stopped after the failed scrape"
+    assert sampler.samples[0]["reports"] == 5.0
 
 
 def test_reaction_is_the_time_to_the_new_split() -> None:

@@ -266,8 +266,8 @@ class Sampler:
             t = time.time() - self.start_at
             try:
                 prom = self.lab.prometheus()
-            except OSError as e:  # a decider killed on purpose answers no more: its node's weights are frozen
-                log.debug("sampler: %s", e)
+            except (OSError, DinetError) as e:  # a decider killed on purpose answers no more (a scrape's error
+                log.debug("sampler: %s", e)  # is a ConfigError): its node's weights are frozen; sample on
                 continue
             names = {str(i.id): n for n, i in self.lab.instances.items()}
             keys = {v: k for k, v in self.lab.service_keys.items()}

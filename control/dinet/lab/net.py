@@ -623,7 +623,8 @@ class Lab:
         """The Prometheus endpoints of what decides (one in mode central; one per live decider)."""
         if self.mode == "central":
             return [self.metrics_url] if self.controller is not None else []
-        return [f"http://{MGMT_ROOT}:{self.decider_ports[n][1]}/metrics" for n in self.deciders]
+        live = list(self.deciders)  # one copy: stop_deciding may take one out from another thread meanwhile
+        return [f"http://{MGMT_ROOT}:{self.decider_ports[n][1]}/metrics" for n in live]
 
     @property
     def metrics_url(self) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import DataPlaneError, DinetError, InterfaceError
 from ..policy.bift import BierGroup, BierIntent, DomainPlanner, NodePlan, next_hops
@@ -76,6 +76,8 @@ class BierController:
 
     def _apply(self, name: str, plan: NodePlan) -> int:
         t = self.targets[name]
+        if not getattr(t, "fast_reroute", False):  # written, and recorded, without the backups it cannot use
+            plan = NodePlan({bid: replace(e, backups=()) for bid, e in plan.bifts.items()}, plan.bfirs)
         old = self.record.get(name)
         have = old or NodePlan()
         n = 0

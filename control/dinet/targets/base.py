@@ -99,7 +99,10 @@ class SteeringTarget(Protocol):
 class BierTarget(Protocol):
     """A BIER data plane (one BFR). Entries (values of dinet.policy.bift, planned there) are written whole and
     removed by key. `ports_up` tells which of the node's ports have a live link (raises DataPlaneError when
-    the node does not answer: the controller takes that as the BFR failed)."""
+    the node does not answer: the controller takes that as the BFR failed). `fast_reroute`: whether the
+    target uses an entry's backups (a target without it is written entries without them)."""
+
+    fast_reroute: bool
 
     def set_bift(self, entry: BiftEntry) -> None: ...
     def remove_bift(self, bift_id: int) -> None: ...

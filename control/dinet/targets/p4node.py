@@ -87,6 +87,8 @@ def open_p4node(sw: P4RuntimeSwitch, pipeline: Any, sizes: SteerSizes, set_pipel
 class P4Node(InstanceEdits):
     """Steering and BIER on one P4Runtime switch whose pipeline is dinet.p4 (compiled with `sizes`)."""
 
+    fast_reroute = False  # v1model has no port state: BIER backups are not written (see the README)
+
     def __init__(self, switch: P4RuntimeSwitch, sizes: SteerSizes):
         self.sw = switch
         self.sizes = sizes

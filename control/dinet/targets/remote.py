@@ -88,6 +88,8 @@ def inst_from_msg(m: Any) -> Instance:
 class RemoteNode(InstanceEdits):
     """A node agent seen from the controller: a SteeringTarget and a BierTarget (dinet.targets.base)."""
 
+    fast_reroute = True  # the agent's node is a TC BIER node
+
     def __init__(
         self,
         address: str,

@@ -441,6 +441,7 @@ class PortMonitor:
 
 
 class TcBierTarget:
+    fast_reroute = True
     """The BierTarget of a TC BierNode on this host (in namespace `netns`): ports are interface names."""
 
     def __init__(self, node: BierNode, netns: str | None = None):
