@@ -84,9 +84,9 @@ def bmv2_outcome(rig: Any, frame: bytes, probes: tuple[bytes, bytes, bytes]) -> 
 
 
 def run(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True) -> dict[str, Any]:
-    from bench import fuzz
     from scapy.layers.l2 import ARP, Ether
 
+    from bench import fuzz
     from dinet.targets.xdp import SteeringNode
     from tests.bmv2_harness import bmv2_rig
     from tests.vectors import steering as sv
@@ -148,9 +148,9 @@ def run_bier(n: int, seed: int, mutate: bool, prefix: str, progress: bool = True
     on eBPF as local deliveries and passes), and every counter but the eBPF fast path's must agree."""
     import select
 
-    from bench import fuzz
     from scapy.layers.l2 import ARP, Ether
 
+    from bench import fuzz
     from tests.bier_rig import program_bmv2, tc_bier_rig
     from tests.bmv2_harness import bmv2_rig
     from tests.vectors import bier as bv

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT, mininet_or_skip, needs_bcc, needs_root, wait_for
-from dinet.experiments.common import Sampler, aggregate, class_figures, flows_moved, mean_ci, pct
 from dinet.errors import ConfigError
+from dinet.experiments.common import Sampler, aggregate, class_figures, flows_moved, mean_ci, pct
 from dinet.lab.scenario import SloSpec
 
 
