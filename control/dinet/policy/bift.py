@@ -159,11 +159,6 @@ class BiftPlanner:
                 changed.add(self.names[s])
         return (changed | back) - self.down_nodes
 
-    def next_hops(self, src: str) -> dict[str, str]:
-        """BFR -> the neighbour of src on its shortest path now (what the BFIR reaches)."""
-        s = self._index[src]
-        return {self.names[d]: self.names[h] for d, h in enumerate(self._hop[s]) if h >= 0}
-
     def backups(self, src: str) -> dict[str, dict[int, dict[str, int]]]:
         """Fast reroute for src (RFC 5286's loop-free alternates, per BFER): neighbour n -> SI -> backup
         neighbour b -> the F-BM b takes over while src's link to n is down. A BFER d behind n gets the
@@ -539,7 +534,6 @@ class DomainPlanner:
         self.intent = intent
         self.bifts = BiftPlanner(intent.topo, intent.bsl_code)
         self._entries = {name: self._entries_of(name, t) for name, t in self.bifts.tables().items()}
-        self.last_changed: set[str] = set(self._entries)  # the BFRs the last plan() gave new BIFT entries
 
     def _entries_of(self, name: str, table: dict[int, BiftSet]) -> dict[int, BiftEntry]:
         ports = self.intent.ports
@@ -576,7 +570,6 @@ class DomainPlanner:
             if entries != self._entries.get(name):
                 self._entries[name] = entries
                 changed.add(name)
-        self.last_changed = changed
         plans = {name: NodePlan(bifts=self._entries[name]) for name in tables}
         for g in self.intent.groups:
             if g.bfir not in plans:

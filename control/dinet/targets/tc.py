@@ -374,7 +374,6 @@ class PortMonitor:
         from . import netns as ns_mod
 
         self.node, self.netns = node, netns
-        self.events = 0  # link messages handled
         with ns_mod.entered(netns):
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock.bind((0, self.RTMGRP_LINK))
@@ -429,7 +428,6 @@ class PortMonitor:
                     _, _, _, index, flags, _ = struct.unpack_from("=BBHiII", data, off + 16)
                     up = kind == self.RTM_NEWLINK and flags & self.IFF_UP and flags & self.IFF_LOWER_UP
                     self._mark(index, not up)
-                    self.events += 1
                 off += (length + 3) & ~3
 
     def stop(self) -> None:
