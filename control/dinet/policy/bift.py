@@ -567,9 +567,8 @@ class DomainPlanner:
         # kept where equal); without it only the BFRs whose tables changed
         for name in tables if self.intent.frr else changed:
             entries = self._entries_of(name, tables[name])
-            if entries != self._entries.get(name):
+            if entries != self._entries.get(name):  # unchanged entries stay the very objects they were
                 self._entries[name] = entries
-                changed.add(name)
         plans = {name: NodePlan(bifts=self._entries[name]) for name in tables}
         for g in self.intent.groups:
             if g.bfir not in plans:
