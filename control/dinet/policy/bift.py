@@ -123,6 +123,7 @@ class BiftPlanner:
         self._adj = {i: dict(nbrs) for i, nbrs in self._base.items()}  # the links that are up
         self.down_links: set[frozenset[str]] = set()
         self.down_nodes: set[str] = set()
+        self._rows_moved: set[int] = set()  # the distance rows (and link ends) the last set_state moved
         self._sets = self._live_sets()
         self._dist = dijkstra(self._graph(), directed=True) if size else np.zeros((0, 0))
         every = np.arange(size)
@@ -144,6 +145,7 @@ class BiftPlanner:
         was = {(i, j): self._link_up(i, j) for i, j in self._links_of(self.down_links, self.down_nodes)}
         self.down_links, self.down_nodes = set(down_links), set(down_nodes)
         touched: set[int] = set()
+        self._rows_moved = set()
         for i, j in sorted(set(was) | self._links_of(self.down_links, self.down_nodes)):
             up = self._link_up(i, j)
             if was.get((i, j), True) != up:
@@ -152,12 +154,22 @@ class BiftPlanner:
         if sets != self._sets:  # a set lost (or gained) its only BFER: every table has other entries
             self._sets = sets
             touched = set(range(len(self.names)))
+            self._rows_moved = set(touched)
         changed = set()
         for s, table in self._tables_of(sorted(touched)).items():
             if table != self._tables[s]:
                 self._tables[s] = table
                 changed.add(self.names[s])
         return (changed | back) - self.down_nodes
+
+    def backups_stale(self) -> set[str]:
+        """The live BFRs whose backups the last set_state may have changed: backups(s) reads s's row and
+        next hops and its neighbours' rows, so a BFR with a moved row, a neighbour of one, or an end of a
+        link that changed."""
+        stale = set(self._rows_moved)
+        for r in self._rows_moved:
+            stale |= set(self._base[r])
+        return {self.names[s] for s in stale} - self.down_nodes
 
     def backups(self, src: str) -> dict[str, dict[int, dict[str, int]]]:
         """Fast reroute for src (RFC 5286's loop-free alternates, per BFER): neighbour n -> SI -> backup
@@ -278,6 +290,7 @@ class BiftPlanner:
                 changed.add(int(rows[k]))
         ends = np.array([i, j], dtype=np.int64)
         self._hop[ends] = self._hops(ends, np.arange(len(self.names)))
+        self._rows_moved |= moved | {i, j}
         return changed | {i, j}
 
     def _removed(self, i: int, j: int, cost: int) -> set[int]:
@@ -563,9 +576,9 @@ class DomainPlanner:
         """Every live BFR's entries with these links and BFRs down (see plan_domain)."""
         changed = self.bifts.set_state(set(down_links or ()), set(down_nodes or ()))
         tables = self.bifts.tables()
-        # backups read other BFRs' distances: with fast reroute every BFR's entries are made again (and
-        # kept where equal); without it only the BFRs whose tables changed
-        for name in tables if self.intent.frr else changed:
+        # backups read the neighbours' distances too: with fast reroute also the BFRs next to a moved row
+        redo = changed | self.bifts.backups_stale() if self.intent.frr else changed
+        for name in redo:
             entries = self._entries_of(name, tables[name])
             if entries != self._entries.get(name):  # unchanged entries stay the very objects they were
                 self._entries[name] = entries
