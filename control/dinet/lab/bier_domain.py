@@ -327,34 +327,40 @@ class BierDomain:
             for end in ("a", "b"):
                 self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", state)
         else:  # over netlink from this process: the failure's time is when the kernel is told, not a fork later
-            from pyroute2 import IPRoute
-
-            with netns.entered(self.net.ns(a)), IPRoute() as ip:
-                ip.link("set", index=ip.link_lookup(ifname=self.ifname[(a, b)])[0], state=state)
+            self._link_request(a, b, state == "up")()
         (self._down.add if state == "down" else self._down.discard)(frozenset((a, b)))
         if self._peer:  # the domain routes unicast: the IGP reconverges too
             self.route_unicast(self._down)
+
+    def _link_request(self, a: str, b: str, up: bool) -> Callable[[], None]:
+        """One netlink request, built ahead, that sets a's port toward b up or down (TC nodes)."""
+        with netns.entered(self.net.ns(a)):  # a netlink socket belongs to the namespace it was made in
+            nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        index = netns.ifindex(self.ifname[(a, b)], self.net.ns(a))
+        # RTM_NEWLINK (16), NLM_F_REQUEST | NLM_F_ACK; ifinfomsg: this index, IFF_UP set or not under its mask
+        request = struct.pack("=IHHII", 32, 16, 0x5, 1, 0) + struct.pack("=BBHiII", 0, 0, 0, index, int(up), 0x1)
+
+        def send() -> None:
+            try:
+                nl.send(request)
+                err = struct.unpack_from("=i", nl.recv(4096), 16)[0]  # NLMSG_ERROR with error 0: done
+                if err:
+                    where = f"{self.ifname[(a, b)]} in {a}"
+                    raise InterfaceError(f"cannot set {where} {'up' if up else 'down'}: {os.strerror(-err)}")
+            finally:
+                nl.close()
+
+        return send
 
     def _cutter(self, a: str, b: str) -> Callable[[], None]:
         """fail_link(a, b) made ready ahead (TC: a netlink socket open in a's namespace and the request
         built), so that calling it is one request to the kernel: what a failover measures starts there."""
         if self.target != "tc":
             return lambda: self.fail_link(a, b)
-        with netns.entered(self.net.ns(a)):  # a netlink socket belongs to the namespace it was made in
-            nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        index = netns.ifindex(self.ifname[(a, b)], self.net.ns(a))
-        # RTM_NEWLINK (16), NLM_F_REQUEST | NLM_F_ACK; ifinfomsg: this index, flags 0 under the change mask IFF_UP
-        request = struct.pack("=IHHII", 32, 16, 0x5, 1, 0) + struct.pack("=BBHiII", 0, 0, 0, index, 0, 0x1)
+        down = self._link_request(a, b, up=False)
 
         def cut() -> None:
-            try:
-                nl.send(request)
-                ack = nl.recv(4096)  # NLMSG_ERROR with error 0: done
-                err = struct.unpack_from("=i", ack, 16)[0]
-                if err:
-                    raise InterfaceError(f"cannot take {self.ifname[(a, b)]} down in {a}: {os.strerror(-err)}")
-            finally:
-                nl.close()
+            down()
             self._down.add(frozenset((a, b)))
             if self._peer:
                 self.route_unicast(self._down)

@@ -439,8 +439,9 @@ class PortMonitor:
 
 
 class TcBierTarget:
-    fast_reroute = True
     """The BierTarget of a TC BierNode on this host (in namespace `netns`): ports are interface names."""
+
+    fast_reroute = True
 
     def __init__(self, node: BierNode, netns: str | None = None):
         self.node, self.ns = node, netns
