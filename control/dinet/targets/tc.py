@@ -344,8 +344,8 @@ class BierNode:
         return {int(k.value): int(sum(v)) for k, v in self.if_tx_t.items()}
 
 
-def links_up(ports: list[str], netns: str | None = None) -> dict[str, bool]:
-    """Interface -> whether it is up with a live link (UP and LOWER_UP); a missing interface is down."""
+def _links(netns: str | None) -> list[tuple[int, str, bool]]:
+    """Every interface of the namespace: (ifindex, name, up with a live link: UP and LOWER_UP)."""
     import json
 
     from . import netns as ns_mod
@@ -354,8 +354,16 @@ def links_up(ports: list[str], netns: str | None = None) -> dict[str, bool]:
     if res.returncode != 0:
         where = f"namespace {netns}" if netns else "this host"
         raise DataPlaneError(f"cannot list the interfaces of {where}: {res.stderr.strip()}")
-    flags = {link["ifname"]: set(link.get("flags", [])) for link in json.loads(res.stdout or "[]")}
-    return {p: {"UP", "LOWER_UP"} <= flags.get(p, set()) for p in ports}
+    return [
+        (int(link["ifindex"]), link["ifname"], {"UP", "LOWER_UP"} <= set(link.get("flags", [])))
+        for link in json.loads(res.stdout or "[]")
+    ]
+
+
+def links_up(ports: list[str], netns: str | None = None) -> dict[str, bool]:
+    """Interface -> whether it is up with a live link (UP and LOWER_UP); a missing interface is down."""
+    up = {name: live for _, name, live in _links(netns)}
+    return {p: up.get(p, False) for p in ports}
 
 
 class PortMonitor:
@@ -384,14 +392,8 @@ class PortMonitor:
 
     def seed(self) -> None:
         """Marks the node's ports as they are now."""
-        import json
-
-        from . import netns as ns_mod
-
-        res = ns_mod.run(["ip", "-j", "link", "show"], self.netns, check=False)
-        for link in json.loads(res.stdout or "[]") if res.returncode == 0 else []:
-            flags = set(link.get("flags", []))
-            self._mark(int(link["ifindex"]), not {"UP", "LOWER_UP"} <= flags)
+        for ifindex, _, live in _links(self.netns):
+            self._mark(ifindex, not live)
 
     def _mark(self, ifindex: int, down: bool) -> None:
         if ifindex not in self.node.ports:
