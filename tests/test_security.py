@@ -307,3 +307,218 @@ def test_a_controller_without_the_servers_identity_is_refused_a_tls_channel(cert
 
     with pytest.raises(ConfigError, match="identity .* is needed for TLS"):
         RemoteNode("127.0.0.1:1", identity=certs.identity("controller"))
+
+
+# ---- revocation -----------------------------------------------------------------------------------------
+class OpenStream:
+    """A report stream the test feeds one report at a time (it stays open until ended or closed by the server)."""
+
+    def __init__(self, agent: Agent):
+        import queue
+
+        self.agent, self.q = agent, queue.Queue()  # type: ignore[var-annotated]
+        self.call = agent.stub.Stream.future(iter(self.q.get, None), metadata=agent._md(), timeout=30)
+
+    def send(self, iid: int = 1) -> None:
+        self.q.put(self.agent.report(str(SVC), iid, Level0(cpu_load=0.1)))
+
+    def outcome(self) -> grpc.StatusCode:
+        self.q.put(None)
+        try:
+            self.call.result(timeout=10)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+
+
+@pytest.fixture
+def own_ca(tmp_path: Path) -> Path:
+    """A CA of the test's own (revocations must not leak into the session's shared certificates)."""
+    d = tmp_path / "ca"
+    init_ca(d)
+    for name in ("collector", "controller", "agent", "edge", "cloud"):
+        issue(d, name)
+    return d
+
+
+def _taken(col: Collector) -> Any:
+    import threading
+
+    ev = threading.Event()
+    col.listeners.append(lambda _svc: ev.set())
+    return ev
+
+
+def test_a_revoked_certificate_is_refused_and_its_open_streams_are_closed(own_ca: Path) -> None:
+    """`dinet certs revoke edge`: edge's next call is refused (PERMISSION_DENIED, counted), the stream it holds
+    open is closed at its next report, and an idle one at the next sweep; cloud, not revoked, goes on."""
+    import subprocess
+    import sys
+
+    ident = Identity.load(own_ca, "collector")
+    auth = {"edge": AgentAuth(frozenset({(SVC, 1)})), "cloud": AgentAuth(frozenset({(SVC, 2)}))}
+    col = Collector(auth, max_rate=1e9, revocations=ident.revocations())
+    col.revocations.every = 0  # type: ignore[union-attr]  # re-read at every check (the default: each second)
+    with CollectorServer(col, identity=ident) as srv:
+        edge = Agent(srv.address, identity=Identity.load(own_ca, "edge"))
+        cloud = Agent(srv.address, identity=Identity.load(own_ca, "cloud"))
+        taken = _taken(col)
+        busy, idle = OpenStream(edge), OpenStream(edge)
+        busy.send()
+        assert taken.wait(10) and col.accepted == 1
+        out = subprocess.run(
+            [sys.executable, "-m", "dinet.cli", "certs", "revoke", "edge", "--dir", str(own_ca)],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0 and "revoked" in out.stdout, out.stderr
+        busy.send()  # the open stream's next report: refused, and the stream with it
+        assert busy.outcome() == grpc.StatusCode.PERMISSION_DENIED
+        assert col.sweep() == 1  # the idle one
+        assert idle.outcome() == grpc.StatusCode.CANCELLED
+        with pytest.raises(grpc.RpcError) as e:
+            edge.send([edge.report(str(SVC), 1, Level0())])
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "revoked" in (e.value.details() or "")
+        assert col.accepted == 1 and col.rejected["revoked"] == 1 and col.rejected["closed"] == 2
+        assert cloud.send([cloud.report(str(SVC), 2, Level0())]).accepted == 1
+        for a in (edge, cloud):
+            a.close()
+
+
+def test_a_bad_revocation_list_is_refused_at_the_start_and_never_lets_a_revoked_certificate_back(
+    own_ca: Path, tmp_path: Path
+) -> None:
+    from dinet.creds import revoke
+
+    other = tmp_path / "other"
+    init_ca(other)
+    issue(other, "edge")
+    (own_ca / "crl.pem").write_bytes(revoke(other, "edge").read_bytes())  # signed by another CA
+    with pytest.raises(ConfigError, match="crl.pem is not signed by the project CA"):
+        Identity.load(own_ca, "collector").revocations()
+    (own_ca / "crl.pem").unlink()
+    revs = Identity.load(own_ca, "collector").revocations()
+    revs.every = 0
+    edge_serial = _serial(own_ca / "edge.crt")
+    assert not revs.revoked(edge_serial)
+    revoke(own_ca, "edge")
+    revoke(own_ca, "edge")  # twice: one entry
+    assert revs.revoked(edge_serial) and len(revs.serials) == 1
+    revoke(own_ca, "cloud")  # the entries already there are kept
+    assert revs.revoked(edge_serial) and revs.revoked(_serial(own_ca / "cloud.crt"))
+    (own_ca / "crl.pem").write_text("garbage\n")  # a broken file while running: the last good list holds
+    assert revs.revoked(edge_serial) and not revs.revoked(None)
+    with pytest.raises(ConfigError, match="not a PEM CRL"):
+        Identity.load(own_ca, "collector").revocations()
+
+
+def _serial(path: Path) -> int:
+    from cryptography import x509
+
+    return int(x509.load_pem_x509_certificate(path.read_bytes()).serial_number)
+
+
+def test_a_removed_identitys_open_streams_are_closed(own_ca: Path) -> None:
+    """A new intent that no longer names edge (or changes its token) closes edge's open streams at once, busy
+    or idle; edge's new calls with the old token are refused."""
+    col = Collector({"edge": AgentAuth(frozenset({(SVC, 1)}), "t1")}, max_rate=1e9)
+    with CollectorServer(col, identity=Identity.load(own_ca, "collector")) as srv:
+        edge = Agent(srv.address, "t1", identity=Identity.load(own_ca, "edge"))
+        taken = _taken(col)
+        busy, idle = OpenStream(edge), OpenStream(edge)
+        busy.send()
+        assert taken.wait(10)
+        col.set_agents({"edge": AgentAuth(frozenset({(SVC, 1)}), "t2")})  # its token changed
+        assert idle.outcome() == busy.outcome() == grpc.StatusCode.CANCELLED
+        with pytest.raises(grpc.RpcError) as e:
+            edge.send([edge.report(str(SVC), 1, Level0())])
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        new = Agent(srv.address, "t2", identity=Identity.load(own_ca, "edge"))
+        again = OpenStream(new)
+        taken.clear()
+        again.send()
+        assert taken.wait(10)
+        col.set_agents({})  # edge removed
+        assert again.outcome() == grpc.StatusCode.CANCELLED
+        with pytest.raises(grpc.RpcError) as e:
+            new.send([new.report(str(SVC), 1, Level0())])
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert col.rejected["closed"] == 3
+        edge.close()
+        new.close()
+
+
+def test_a_node_agent_refuses_a_revoked_controller(own_ca: Path) -> None:
+    from dinet.creds import revoke
+    from dinet.services.agent import AgentServer, AgentService
+
+    pb, pb_grpc = proto.agent()
+    ident = Identity.load(own_ca, "agent")
+    service = AgentService(
+        RefusingSteer(), None, controllers=frozenset({"controller"}), revocations=ident.revocations()
+    )
+    service.revocations.every = 0  # type: ignore[union-attr]
+    with AgentServer(service, identity=ident) as srv:
+        ch = Identity.load(own_ca, "controller").channel(srv.address, "agent")
+        stub = pb_grpc.NodeAgentStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetService(pb.ServiceRef(service=str(SVC)), timeout=5)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND  # through: the node's own answer
+        revoke(own_ca, "controller")
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetService(pb.ServiceRef(service=str(SVC)), timeout=5)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and service.refused["revoked"] == 1
+        ch.close()
+
+
+DISTRIBUTED = """
+tls: {{dir: {dir}}}
+mode: distributed
+ingress:
+  - {{target: agent, name: a, address: "127.0.0.1:1", identity: agent,
+     decider: {{collector: {{listen: "127.0.0.1:1"}}{ida}}}}}
+  - {{target: agent, name: b, address: "127.0.0.1:2", identity: agent,
+     decider: {{collector: {{listen: "127.0.0.1:2"}}{idb}}}}}
+services: []
+"""
+
+
+def test_in_mode_distributed_each_decider_drives_only_the_node_agents_that_name_it(
+    own_ca: Path, tmp_path: Path
+) -> None:
+    """With tls, deciders that share a certificate are refused (any one could drive every node agent); each
+    decider runs as its own identity, and a node agent started `--controller decider-a` refuses decider-b."""
+    from dinet.services.agent import AgentServer, AgentService
+    from dinet.services.intent import load
+    from dinet.services.run import credentials, deciding
+
+    for name in ("decider-a", "decider-b"):
+        issue(own_ca, name)
+    path = tmp_path / "d.yaml"
+    path.write_text(DISTRIBUTED.format(dir=own_ca, ida="", idb=""))
+    with pytest.raises(ConfigError, match="each decider needs its own `identity`"):
+        load(path)
+    path.write_text(DISTRIBUTED.format(dir=own_ca, ida=", identity: decider-a", idb=", identity: decider-a"))
+    with pytest.raises(ConfigError, match="each decider needs its own `identity`"):
+        load(path)
+    path.write_text(DISTRIBUTED.format(dir=own_ca, ida=", identity: decider-a", idb=", identity: decider-b"))
+    ids = {}
+    for node in ("a", "b"):
+        cfg = load(path)
+        deciding(cfg, node)
+        ids[node] = credentials(cfg, insecure=False)
+    assert {n: i.name for n, i in ids.items() if i} == {"a": "decider-a", "b": "decider-b"}
+    pb, pb_grpc = proto.agent()
+    service = AgentService(RefusingSteer(), None, controllers=frozenset({"decider-a"}))
+    with AgentServer(service, identity=Identity.load(own_ca, "agent")) as srv:
+        got = {}
+        for node, ident in ids.items():
+            assert ident is not None
+            ch = ident.channel(srv.address, "agent")
+            try:
+                pb_grpc.NodeAgentStub(ch).GetService(pb.ServiceRef(service=str(SVC)), timeout=5)
+            except grpc.RpcError as e:
+                got[node] = e.code()
+            ch.close()
+    assert got == {"a": grpc.StatusCode.NOT_FOUND, "b": grpc.StatusCode.PERMISSION_DENIED}
+    assert service.refused == {"identity": 1}

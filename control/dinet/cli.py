@@ -446,7 +446,10 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
         raise ConfigError("the metrics agent has no credentials: --certs DIR (see `dinet certs`), or --insecure")
     announce = Announce(a.announce, a.site) if a.announce else None
     token = read_token(a.token_file)
-    agents = [Agent(c, token, identity, a.server) for c in a.collector]
+    agents = []
+    for c in a.collector:  # [NAME@]HOST:PORT: NAME is that collector's certificate name (default --server)
+        name, _, address = c.rpartition("@")
+        agents.append(Agent(address, token, identity, name or a.server))
     agent = agents[0] if len(agents) == 1 else Fanout(agents)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -627,6 +630,15 @@ def cmd_certs_issue(a: argparse.Namespace) -> None:
 
     key, cert = issue(Path(a.dir), a.name, a.days, tuple(a.ip or ()), force=a.force)
     print(f"{a.name}: {cert} and {key} (mode 0600); copy them with {Path(a.dir) / 'ca.crt'} to its host")
+
+
+def cmd_certs_revoke(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .creds import revoke
+
+    crl = revoke(Path(a.dir), a.name)
+    print(f"{a.name}: revoked in {crl}; copy it beside ca.crt on every host (servers re-read it as it changes)")
 
 
 def cmd_status(a: argparse.Namespace) -> None:
@@ -866,7 +878,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", required=True, help="VIP:PORT/PROTO")
     p.add_argument("--instance", type=int, required=True)
     p.add_argument(
-        "--collector", required=True, action="append", help="HOST:PORT (repeated: every one, as in mode distributed)"
+        "--collector",
+        required=True,
+        action="append",
+        help="[NAME@]HOST:PORT (repeated: every decider, as in mode distributed; NAME: its certificate name)",
     )
     p.add_argument("--certs")
     # not the node agent's default ("agent"): a metrics host must not pose as a node agent by default
@@ -955,6 +970,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip", action="append", help="an address it is also reached by (repeatable)")
     p.add_argument("--force", action="store_true", help="replace the identity's key and certificate if it has them")
     p.set_defaults(fn=cmd_certs_issue)
+    p = certs.add_parser("revoke", help="add NAME's certificate to the CA's revocation list (--dir/crl.pem)")
+    p.add_argument("name")
+    p.add_argument("--dir", required=True)
+    p.set_defaults(fn=cmd_certs_revoke)
     p = sub.add_parser("status", help="a running controller's view, from its Prometheus endpoint")
     p.add_argument("--url", default="http://127.0.0.1:9464/metrics")
     p.add_argument("--json", action="store_true")

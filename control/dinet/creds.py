@@ -5,6 +5,10 @@ from a file or the environment, never from a command line, and compared in const
 
     dinet certs init DIR                  # DIR/ca.key (0600) and DIR/ca.crt
     dinet certs issue NAME --dir DIR      # DIR/NAME.key (0600) and DIR/NAME.crt, signed by the CA
+    dinet certs revoke NAME --dir DIR     # NAME's certificate into DIR/crl.pem, a CRL the CA signs
+
+Every server (collector, node agent) reads DIR/crl.pem beside its own credentials, again whenever it changes:
+a revoked certificate is refused at its next call, and the report streams it holds open are closed.
 
 A certificate's identity is its common name; it also carries NAME as a DNS subject-alternative name, which
 a client checks against the identity it expects of the server (gRPC's target-name override), so a server
@@ -13,9 +17,13 @@ cannot pass for another either."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hmac
 import ipaddress
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,8 @@ from typing import Any
 from .errors import ConfigError
 
 CA_NAME = "dinet-ca"
+CRL_FILE = "crl.pem"
+log = logging.getLogger(__name__)
 _IDENTITY = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
 
 
@@ -163,6 +173,7 @@ class Identity:
     key: bytes
     cert: bytes
     ca: bytes
+    directory: Path | None = None  # where it was loaded from: its CRL (crl.pem) is there
 
     @classmethod
     def load(cls, directory: Path | str, name: str) -> Identity:
@@ -192,7 +203,11 @@ class Identity:
             c.verify_directly_issued_by(a)
         except (ValueError, TypeError, Exception) as e:  # cryptography raises InvalidSignature or ValueError
             raise ConfigError(f"{d / f'{name}.crt'} is not signed by {d / 'ca.crt'}: {e or type(e).__name__}") from None
-        return cls(name, key, cert, ca)
+        return cls(name, key, cert, ca, d)
+
+    def revocations(self) -> Revocations:
+        """The CRL beside these credentials (DIR/crl.pem; none yet: nothing revoked), checked as it changes."""
+        return Revocations((self.directory or Path(".")) / CRL_FILE, self.ca)
 
     def server_credentials(self) -> Any:
         """gRPC TLS that requires a client certificate from this CA (mutual TLS)."""
@@ -211,6 +226,109 @@ class Identity:
         return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", server)])
 
 
+def revoke(directory: Path, name: str) -> Path:
+    """Adds NAME's certificate (DIR/NAME.crt) to the CA's revocation list DIR/crl.pem (made if absent; the
+    entries already there are kept), signed by the CA and written whole in one rename."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    _check_name(name)
+    ca_key = serialization.load_pem_private_key(_read(directory / "ca.key", "the CA key"), None)
+    ca_cert = x509.load_pem_x509_certificate(_read(directory / "ca.crt", "the CA certificate"))
+    cert = x509.load_pem_x509_certificate(_read(directory / f"{name}.crt", "the certificate"))
+    path = directory / CRL_FILE
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + datetime.timedelta(days=3650))
+    )
+    serials = set()
+    if path.exists():
+        for r in _load_crl(path, ca_cert.public_key()):
+            serials.add(r.serial_number)
+            builder = builder.add_revoked_certificate(r)
+    if cert.serial_number not in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(path)
+    return path
+
+
+def _load_crl(path: Path, ca_public_key: Any) -> Any:
+    from cryptography import x509
+
+    try:
+        crl = x509.load_pem_x509_crl(_read(path, "the revocation list"))
+    except ValueError as e:
+        raise ConfigError(f"{path} is not a PEM CRL: {e}") from None
+    if not crl.is_signature_valid(ca_public_key):
+        raise ConfigError(f"{path} is not signed by the project CA")
+    return crl
+
+
+class Revocations:
+    """The serial numbers a CRL file revokes, read again when the file changes (checked at most every
+    `every` seconds). A CRL that is absent revokes nothing; one that does not verify against the CA, or
+    cannot be read, is refused at the start (ConfigError) and, once running, logged while the last good list
+    stays in force (a bad file never lets a revoked certificate back in)."""
+
+    def __init__(self, path: Path, ca_pem: bytes, every: float = 1.0, clock: Any = time.monotonic):
+        from cryptography import x509
+
+        self.path, self.every, self.clock = path, every, clock
+        self._ca_key = x509.load_pem_x509_certificate(ca_pem).public_key()
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = -1e18
+        self.serials: frozenset[int] = frozenset()
+        self.generation = 0  # grows each time the list changes
+        self._reload(strict=True)
+
+    def _reload(self, strict: bool) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            stamp = None
+        except OSError as e:
+            if strict:
+                raise ConfigError(f"{self.path} cannot be read: {e.strerror}") from None
+            return
+        else:
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        try:
+            serials = frozenset(r.serial_number for r in _load_crl(self.path, self._ca_key)) if stamp else frozenset()
+        except ConfigError as e:
+            if strict:
+                raise
+            log.error("%s; the last good revocation list stays in force", e)
+            return
+        self._stamp = stamp
+        if serials != self.serials:
+            self.serials, self.generation = serials, self.generation + 1
+            log.warning("%s: %d certificate(s) revoked", self.path, len(serials))
+
+    def refresh(self) -> int:
+        """Re-reads the file if it changed (at most every `every` seconds); the list's generation."""
+        now = self.clock()
+        with self._lock:
+            if now - self._checked >= self.every:
+                self._checked = now
+                self._reload(strict=False)
+            return self.generation
+
+    def revoked(self, serial: int | None) -> bool:
+        self.refresh()
+        return serial is not None and serial in self.serials
+
+
 def identity_of_cert(cert: Any) -> str:
     from cryptography.x509.oid import NameOID
 
@@ -223,6 +341,19 @@ def peer_identity(context: Any) -> str | None:
     auth = context.auth_context()
     names = auth.get("x509_common_name") or []
     return names[0].decode() if names else None
+
+
+def peer_serial(context: Any) -> int | None:
+    """The serial number of an RPC peer's certificate; None on a channel without TLS."""
+    pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+    return _serial_of(pem) if pem else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _serial_of(pem: bytes) -> int:
+    from cryptography import x509
+
+    return int(x509.load_pem_x509_certificate(pem).serial_number)
 
 
 def read_token(path: str | None = None, env: str = "DINET_TOKEN") -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from .. import proto
-from ..creds import Identity, listen, peer_identity, same_token
+from ..creds import Identity, Revocations, listen, peer_identity, peer_serial, same_token
 from ..errors import ConfigError, DataPlaneError, DinetError
 from ..model import ServiceKey
 from ..targets.remote import CODES, bfir_from_msg, bift_from_msg, inst_from_msg, inst_msg
@@ -25,22 +25,30 @@ class AgentService:
     """What the agent process serves, over a local SteeringNode (and a TcBierTarget once BIER is asked for)."""
 
     def __init__(
-        self, steer: Any, bier_factory: Any = None, token: str = "", controllers: frozenset[str] = frozenset()
+        self,
+        steer: Any,
+        bier_factory: Any = None,
+        token: str = "",
+        controllers: frozenset[str] = frozenset(),
+        revocations: Revocations | None = None,
     ):
         """token: a second factor every call must carry ('' none); controllers: the identities (certificate
-        names) allowed to drive this agent over mutual TLS."""
+        names) allowed to drive this agent over mutual TLS; revocations: the CRL of their CA."""
         self.steer = steer
         self.bier_factory = bier_factory
         self.bier: Any = None
         self.token = token
         self.controllers = controllers
+        self.revocations = revocations
         self.refused: collections.Counter[str] = collections.Counter()  # by reason
         self.lock = threading.Lock()
 
-    def authorize(self, identity: str | None, token: str) -> str | None:
-        """The refusal reason ('identity', 'token'), counted; None when the caller may go on."""
+    def authorize(self, identity: str | None, token: str, serial: int | None = None) -> str | None:
+        """The refusal reason ('revoked', 'identity', 'token'), counted; None when the caller may go on."""
         reason = None
-        if identity is not None and identity not in self.controllers:
+        if self.revocations is not None and self.revocations.revoked(serial):
+            reason = "revoked"
+        elif identity is not None and identity not in self.controllers:
             reason = "identity"
         elif self.token and not same_token(token, self.token):
             reason = "token"
@@ -56,7 +64,9 @@ class AgentService:
             def call(_servicer: Any, request: Any, context: grpc.ServicerContext) -> Any:
                 md = dict(context.invocation_metadata())
                 token = md.get("authorization", "").removeprefix("Bearer ").strip()
-                reason = svc_self.authorize(peer_identity(context), token)
+                reason = svc_self.authorize(peer_identity(context), token, peer_serial(context))
+                if reason == "revoked":
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, "this certificate is revoked")
                 if reason == "identity":
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, "this identity may not drive this node")
                 if reason == "token":
@@ -196,7 +206,8 @@ def serve_forever(
     stop = stop or threading.Event()
     steer = SteeringNode(node)
     try:
-        service = AgentService(steer, lambda: TcBierTarget(BierNode(node)), token, controllers)
+        revocations = identity.revocations() if identity else None
+        service = AgentService(steer, lambda: TcBierTarget(BierNode(node)), token, controllers, revocations)
         with AgentServer(service, listen, identity, insecure) as srv:
             http = None
             if prometheus:

@@ -6,7 +6,10 @@ identity names the instances the agent may report for. Every report is checked (
 instance, an increasing sequence, at most `max_rate` reports per second per agent; the rate is kept per
 authenticated identity, the sequence per identity and agent session, so agents sharing an identity never
 lock each other out) and refused with a reason that is counted. An instance whose agent falls
-silent for `timeout` seconds, or never reports within `timeout` of the start, is expired.
+silent for `timeout` seconds, or never reports within `timeout` of the start, is expired. An open stream
+stays admitted only while its identity does: one whose identity a new intent removes, whose token it
+changes, or whose certificate the CRL revokes is closed (at its next report, or at the next expiry round
+if it sends none).
 
 The collector is the one owner of what is known of instances: the last sample of each, which expired, and
 the pool instances that joined (a silent one is pruned). It tells its listeners (the controllers, one per
@@ -30,7 +33,7 @@ from typing import Any
 import grpc
 
 from .. import proto
-from ..creds import Identity, listen, peer_identity, same_token
+from ..creds import Identity, Revocations, listen, peer_identity, peer_serial, same_token
 from ..errors import ConfigError, DinetError
 from ..model import ServiceKey
 from ..policy.predict import Rates, learn
@@ -135,6 +138,7 @@ class Collector:
     # told "this service changed" (a report taken, an instance expired, a pool instance joined or left)
     listeners: list[Callable[[ServiceKey], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
+    revocations: Revocations | None = None  # the CRL of the agents' CA (None: nothing is revoked)
     latest: dict[InstanceRef, Sample] = field(default_factory=dict)
     members: dict[ServiceKey, dict[int, Announce]] = field(default_factory=dict)  # pool instances that joined
     rejected: Counter[str] = field(default_factory=Counter)
@@ -146,6 +150,7 @@ class Collector:
     _since: dict[InstanceRef, float] = field(default_factory=dict)  # when an expected instance became expected
     _by_svc: dict[ServiceKey, dict[int, Sample]] = field(default_factory=dict)  # `latest` by service
     _streams: Counter[str] = field(default_factory=Counter)  # open report streams per identity
+    _open: dict[int, tuple[str, int | None, str, Any]] = field(default_factory=dict)  # (agent, serial, token, ctx)
 
     def __post_init__(self) -> None:
         self.set_agents(self.agents)
@@ -164,10 +169,15 @@ class Collector:
             expected = {ref for a in agents.values() for ref in a.refs}
             expected |= {(svc, iid) for svc, m in self.members.items() for iid in m}  # adopted pool members too
             self._since = {ref: self._since.get(ref, now) for ref in expected}
+        self.sweep()
 
-    def authenticate(self, identity: str | None, token: str) -> tuple[str, Any]:
+    def authenticate(self, identity: str | None, token: str, serial: int | None = None) -> tuple[str, Any]:
         """(agent, its instances), or ('', the refusal reason), counted: 'identity' (a certificate the
-        intent gives no instance), 'token' (a wrong or missing token)."""
+        intent gives no instance), 'token' (a wrong or missing token), 'revoked' (a certificate the CRL
+        names; serial: the peer certificate's)."""
+        if self.revocations is not None and self.revocations.revoked(serial):
+            self.rejected["revoked"] += 1
+            return "", "revoked"
         if identity is not None:  # mutual TLS: the certificate names the agent
             auth = self.agents.get(identity)
             if auth is None:
@@ -235,18 +245,51 @@ class Collector:
         if announce is not None:
             self.members.setdefault(ref[0], {})[ref[1]] = announce
 
-    def open_stream(self, agent: str) -> bool:
-        """Takes one of the identity's stream places (False, counted, when it holds `max_streams` already)."""
+    def admitted(self, agent: str, serial: int | None, token: str) -> tuple[AgentAuth | None, str]:
+        """(the agent's instances as the intent now says, '') while an open stream may go on; (None, why)
+        once its identity was removed, its token changed or its certificate revoked."""
+        auth = self.agents.get(agent)
+        if auth is None:
+            return None, f"the identity {agent} was removed from the intent"
+        if auth.token and not same_token(token, auth.token):
+            return None, f"the token of {agent} changed"
+        if self.revocations is not None and self.revocations.revoked(serial):
+            return None, f"the certificate of {agent} (serial {serial:x}) is revoked"
+        return auth, ""
+
+    def open_stream(self, agent: str, serial: int | None = None, token: str = "", context: Any = None) -> bool:
+        """Takes one of the identity's stream places (False, counted, when it holds `max_streams` already);
+        `context` (the call's) is cancelled by sweep() once the stream is no longer admitted."""
         with self._lock:
             if self._streams[agent] >= self.max_streams:
                 self.rejected["streams"] += 1
                 return False
             self._streams[agent] += 1
+            if context is not None:
+                self._open[id(context)] = (agent, serial, token, context)
             return True
 
-    def close_stream(self, agent: str) -> None:
+    def close_stream(self, agent: str, context: Any = None) -> None:
         with self._lock:
             self._streams[agent] -= 1
+            self._open.pop(id(context), None)
+
+    def sweep(self) -> int:
+        """Closes the open streams that are no longer admitted (an identity removed, a token changed, a
+        certificate revoked), counted as 'closed'; how many."""
+        with self._lock:
+            streams = list(self._open.items())
+        n = 0
+        for key, (agent, serial, token, ctx) in streams:
+            _, why = self.admitted(agent, serial, token)
+            if why:
+                log.warning("closing a report stream: %s", why)
+                with self._lock:
+                    self._open.pop(key, None)
+                ctx.cancel()
+                self.rejected["closed"] += 1
+                n += 1
+        return n
 
     def _reject(self, reason: str, detail: str) -> str:
         self.rejected[reason] += 1
@@ -326,6 +369,7 @@ class Collector:
             log.warning("instance %s/%d: no report for %.1f s: expired", ref[0], ref[1], self.timeout)
         for svc in sorted({ref[0] for ref in gone}):
             self._changed(svc)
+        self.sweep()
         return gone
 
     def adopt(self, ref: InstanceRef, endpoint: str, site: int) -> bool:
@@ -365,51 +409,55 @@ def _servicer(c: Collector) -> Any:
     pb, pb_grpc = proto.metrics()
 
     class Servicer(pb_grpc.CollectorServicer):  # type: ignore[misc,name-defined]
-        def _agent(self, context: grpc.ServicerContext) -> tuple[str, Any]:
+        def _open(self, context: grpc.ServicerContext) -> tuple[str, int | None, str]:
+            """Authenticates the call and takes a stream place: (agent, its certificate's serial, token)."""
             token = dict(context.invocation_metadata()).get("authorization", "").removeprefix("Bearer ").strip()
-            agent, refs = c.authenticate(peer_identity(context), token)
+            serial = peer_serial(context)
+            agent, why = c.authenticate(peer_identity(context), token, serial)
             if not agent:
-                if refs == "identity":
+                if why == "identity":
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, "this identity reports for no instance")
+                if why == "revoked":
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, "this certificate is revoked")
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or missing agent token")
-            return agent, refs
+            if not c.open_stream(agent, serial, token, context):
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this identity has {c.max_streams} report streams open already",
+                )
+            return agent, serial, token
 
-        def _take(self, agent: str, allowed: Any, reports: Any, ack: Any) -> None:
+        def _take(self, who: tuple[str, int | None, str], reports: Any, ack: Any, context: Any) -> None:
             for r in reports:
-                err = c.accept(agent, allowed, r)
+                allowed, why = c.admitted(*who)  # a stream lives only as long as its identity does
+                if allowed is None:
+                    c.rejected["closed"] += 1
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+                err = c.accept(who[0], allowed, r)
                 if err is None:
                     ack.accepted += 1
                 else:
                     ack.rejected += 1
                     ack.last_error = err
 
-        def _limited(self, agent: str, context: grpc.ServicerContext) -> None:
-            if not c.open_stream(agent):
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"this identity has {c.max_streams} report streams open already",
-                )
-
         def Stream(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
-            agent, allowed = self._agent(context)
-            self._limited(agent, context)
+            who = self._open(context)
             try:
                 ack = pb.Ack()
-                self._take(agent, allowed, request_iterator, ack)
+                self._take(who, request_iterator, ack, context)
                 return ack
             finally:
-                c.close_stream(agent)
+                c.close_stream(who[0], context)
 
         def StreamBatches(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-            agent, allowed = self._agent(context)
-            self._limited(agent, context)
+            who = self._open(context)
             try:
                 ack = pb.Ack()
                 for batch in request_iterator:
-                    self._take(agent, allowed, batch.reports, ack)
+                    self._take(who, batch.reports, ack, context)
                 return ack
             finally:
-                c.close_stream(agent)
+                c.close_stream(who[0], context)
 
     return Servicer()
 

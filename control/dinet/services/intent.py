@@ -165,6 +165,9 @@ class DeciderSpec(_Spec):
 
     collector: CollectorSpec
     prometheus: PrometheusSpec = PrometheusSpec(listen=None)
+    # with tls: this decider's own certificate name (required then, one per decider), so that each node
+    # agent accepts only the decider named for it (`dinet agent --controller NAME`)
+    identity: Name | None = None
 
 
 for _m in (XdpNodeSpec, AgentNodeSpec, Bmv2NodeSpec):
@@ -376,6 +379,13 @@ class IntentSpec(_Spec):
                 raise ValueError(
                     f"mode distributed: every ingress node's decider listens on its own address: {listens}"
                 )
+            if self.tls is not None:
+                names = [n.decider.identity for n in self.ingress or ([self.node] if self.node else []) if n.decider]
+                if None in names or len(set(names)) != len(names):
+                    raise ValueError(
+                        "mode distributed with tls: each decider needs its own `identity` (a certificate of its "
+                        "own), else every decider could drive every node agent"
+                    )
         keys = [s.service for s in self.services]
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
@@ -454,6 +464,7 @@ class Ingress:
     probes: dict[int, Probe] = field(default_factory=dict)
     collector_listen: str | None = None  # mode distributed: its decider's collector and Prometheus
     prometheus_listen: str | None = None
+    decider_identity: str | None = None  # mode distributed with tls: its decider's certificate name
 
 
 @dataclass
@@ -501,6 +512,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
             _probes(n.sites) or _probes(spec.sites),
             n.decider.collector.listen if n.decider else None,
             n.decider.prometheus.listen if n.decider else None,
+            n.decider.identity if n.decider else None,
         )
         for n in nodes
     ]

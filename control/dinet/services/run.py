@@ -243,6 +243,7 @@ def deciding(cfg: RunConfig, node: str | None) -> list[int]:
             ing = cfg.ingress[k]
             cfg.collector_listen = str(ing.collector_listen)
             cfg.prometheus_listen = ing.prometheus_listen
+            cfg.tls_name = ing.decider_identity or cfg.tls_name  # each decider is a controller of its own
             return [k]
     raise ConfigError(f"--node {node}: no such ingress node (names: {', '.join(names)})")
 
@@ -274,7 +275,12 @@ def run(
         if cfg.services and not cfg.agents:
             log.warning("%s: no instance names a reporting agent (agent or token): no metrics will be accepted", path)
         # one collector owns the reports; every ingress node's controller decides on them (its own paths)
-        col = Collector(cfg.agents, timeout=cfg.collector_timeout, max_rate=cfg.collector_max_rate)
+        col = Collector(
+            cfg.agents,
+            timeout=cfg.collector_timeout,
+            max_rate=cfg.collector_max_rate,
+            revocations=identity.revocations() if identity else None,
+        )
         ctls = []
         for k in mine:
             ing = cfg.ingress[k]
