@@ -328,8 +328,8 @@ def _burst(lab, instance: str, port: int):  # type: ignore[no-untyped-def]
     if it has not drained by then."""
     p = lab.popen(
         instance,
-        [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://127.0.0.1:{port}", "--quiet"]
-        + ["--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
+        [sys.executable, "-m", "dinet.cli", "load", "--url", f"{lab.scheme}://127.0.0.1:{port}", "--quiet"]
+        + [*lab.tls_args(), "--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
         + ["--output-min", "120", "--output-max", "120", "--seed", "2"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -522,3 +522,21 @@ def test_in_mode_distributed_each_decider_drives_only_the_node_agents_that_name_
             ch.close()
     assert got == {"a": grpc.StatusCode.NOT_FOUND, "b": grpc.StatusCode.PERMISSION_DENIED}
     assert service.refused == {"identity": 1}
+
+
+def test_https_credentials_that_cannot_work_are_one_clear_error(own_ca: Path) -> None:
+    from dinet.creds import client_tls, server_tls
+
+    assert server_tls(own_ca / "edge.crt", own_ca / "edge.key") is not None
+    with pytest.raises(ConfigError, match="no certificate and key of one pair"):
+        server_tls(own_ca / "edge.crt", own_ca / "cloud.key")
+    with pytest.raises(ConfigError, match="the key .*missing.key is missing"):
+        server_tls(own_ca / "edge.crt", own_ca / "missing.key")
+    os.chmod(own_ca / "cloud.key", 0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        server_tls(own_ca / "cloud.crt", own_ca / "cloud.key")
+    with pytest.raises(ConfigError, match="the CA certificate .*nope.crt is missing"):
+        client_tls(own_ca / "nope.crt")
+    (own_ca / "junk.crt").write_text("junk\n")
+    with pytest.raises(ConfigError, match="holds no CA certificate"):
+        client_tls(own_ca / "junk.crt")

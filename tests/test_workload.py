@@ -590,3 +590,96 @@ def test_a_stopped_server_does_not_wait_for_its_long_requests() -> None:
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+class Relay:
+    """A TCP relay on loopback that keeps every byte it carries (what a tap on the wire would see)."""
+
+    def __init__(self, target: int):
+        import socket
+        import threading
+
+        self.target, self.seen, self.lock = target, bytearray(), threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                a, _ = self.sock.accept()
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := src.recv(65536):
+                with self.lock:
+                    self.seen += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["https", "clear"])
+def test_requests_answers_and_kv_hand_overs_cross_the_wire_encrypted(tmp_path, tls: bool) -> None:  # type: ignore[no-untyped-def]
+    """`dinet serve` over HTTPS (a certificate of the project CA) and `dinet load --ca`: through a tap on
+    the wire between client and prefill instance, and between prefill and decode instance (the KV cache
+    hand-over), no prompt, no answer token, no header and no KV byte in clear; in clear (the control) they
+    are all there. A client without the CA is refused the connection."""
+    from dinet.creds import init_ca, issue
+
+    d = tmp_path / "tls"
+    init_ca(d)
+    for name in ("pre-1", "dec-1"):
+        issue(d, name, addresses=("127.0.0.1",))
+    dp, pp = free_port(), free_port()
+    scheme = "https" if tls else "http"
+    dec_tap = Relay(dp)
+    args = lambda n: ["--tls-cert", str(d / f"{n}.crt"), "--tls-key", str(d / f"{n}.key")] if tls else []  # noqa: E731
+    with (
+        dinet_process(
+            "serve", "--listen", f"127.0.0.1:{dp}", "--profile", "tiny-test", "--name", "dec-1", "--role", "decode",
+            *args("dec-1"), ready="ready:",
+        ),
+        dinet_process(
+            "serve", "--listen", f"127.0.0.1:{pp}", "--profile", "tiny-test", "--name", "pre-1", "--role", "prefill",
+            "--decode-url", f"{scheme}://127.0.0.1:{dec_tap.port}", "--ca", str(d / "ca.crt"), *args("pre-1"),
+            ready="ready:",
+        ),
+    ):  # fmt: skip
+        client_tap = Relay(pp)
+        spec = dict(duration=1.0, schedule=[(0.0, 4.0)], prompt_tokens=(40, 40), max_tokens=(6, 6), seed=3)
+        url = f"{scheme}://127.0.0.1:{client_tap.port}"
+        recs = load(url, ca=str(d / "ca.crt"), **spec)
+        assert recs and all(r.status == "ok" and r.completion_tokens == 6 for r in recs), recs
+        assert {r.decode_instance for r in recs} == {"dec-1"}
+        if tls:
+            refused = load(url, **spec)  # no --ca: the system's CAs do not know the project's
+            assert refused and all(r.status.startswith("error") for r in refused)
+        client_tap.close()
+    dec_tap.close()
+    clear = {
+        "the prompt": b"w w w w" in client_tap.seen,
+        "the answer's tokens": b"tok1" in client_tap.seen,
+        "the request's JSON": b'"max_tokens"' in client_tap.seen,
+        "the hand-over's headers": b"x-dinet-kv-bytes" in dec_tap.seen,
+        "the KV cache": bytes(512) in dec_tap.seen,
+    }
+    assert len(client_tap.seen) > 1000 and len(dec_tap.seen) > 40 * TINY.kv_bytes_per_token
+    assert clear == dict.fromkeys(clear, not tls), clear

@@ -398,7 +398,13 @@ def cmd_agent(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     from .workload.serve import run
 
-    run(a.listen, a.profile, a.name or a.listen, a.model, a.role, a.decode_url or "", a.kv_tokens, a.max_batch)
+    if bool(a.tls_cert) != bool(a.tls_key):
+        raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
+    tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
+    run(
+        a.listen, a.profile, a.name or a.listen, a.model, a.role, a.decode_url or "", a.kv_tokens, a.max_batch,
+        tls, a.ca,
+    )  # fmt: skip
 
 
 def cmd_load(a: argparse.Namespace) -> None:
@@ -426,6 +432,7 @@ def cmd_load(a: argparse.Namespace) -> None:
         start_at=a.start_at,
         pick=a.pick or "",
         endpoints=tuple(a.endpoint or ()),
+        ca=a.ca,
     )
     if bool(a.local) != bool(a.offload_view):
         raise ConfigError("a device's load gives both --local (its own model) and --offload-view (the controller)")
@@ -457,7 +464,7 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
     print(f"dinet metrics-agent: {a.url} -> {', '.join(a.collector)} for {a.service} instance {a.instance}", flush=True)
     try:
         MetricsAgent(
-            a.url, a.service, a.instance, agent, a.interval, host_cpu=not a.no_host_cpu, announce=announce
+            a.url, a.service, a.instance, agent, a.interval, host_cpu=not a.no_host_cpu, announce=announce, ca=a.ca
         ).run(stop, a.count)
     finally:
         agent.close()
@@ -839,12 +846,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="both", choices=["both", "prefill", "decode"], help="prefill-decode pipelines")
     p.add_argument("--kv-tokens", type=_positive, help="KV-cache capacity in tokens (default: the profile's)")
     p.add_argument("--max-batch", type=_positive, help="sequences decoded together (default: the profile's)")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; `dinet certs issue` makes one)")
+    p.add_argument("--tls-key", help="its private key (mode 0600)")
+    p.add_argument("--ca", help="the CA of an https --decode-url's certificate (default: the system's)")
     p.add_argument(
         "--decode-url", help="prefill role: the decode stage (a VIP dinet steers), e.g. http://10.99.0.2:8000"
     )
     p.set_defaults(fn=cmd_serve)
     p = sub.add_parser("load", help="open-loop load on an OpenAI-compatible server; JSON lines and a summary")
-    p.add_argument("--url", required=True, help="the server's base URL, e.g. http://10.99.0.1:8000")
+    p.add_argument("--url", required=True, help="the server's base URL, e.g. http://10.99.0.1:8000 or https://...")
+    p.add_argument("--ca", help="the CA that signs an https server's certificate (default: the system's)")
     p.add_argument("--rate", type=float, default=5.0, help="requests per second (Poisson)")
     p.add_argument("--schedule", help="TIME:RATE[,TIME:RATE...]: the rate over time (instead of --rate)")
     p.add_argument("--trace", help="an Azure LLM inference trace (CSV) to replay instead")
@@ -875,6 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")
     p.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")
+    p.add_argument("--ca", help="the CA that signs an https endpoint's certificate (default: the system's)")
     p.add_argument("--service", required=True, help="VIP:PORT/PROTO")
     p.add_argument("--instance", type=int, required=True)
     p.add_argument(

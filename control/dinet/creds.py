@@ -356,6 +356,36 @@ def _serial_of(pem: bytes) -> int:
     return int(x509.load_pem_x509_certificate(pem).serial_number)
 
 
+def server_tls(cert: str | Path, key: str | Path) -> Any:
+    """An ssl context serving HTTPS with this certificate (the project CA's, or any) and key; the key must be
+    readable by its owner only. ConfigError for a missing, unreadable or mismatched pair."""
+    import ssl
+
+    _check_private(Path(key))
+    _read(Path(cert), "the certificate")
+    _read(Path(key), "the key")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(f"{cert} and {key} are no certificate and key of one pair: {e}") from None
+    return ctx
+
+
+def client_tls(ca: str | Path | None = None) -> Any:
+    """An ssl context for HTTPS clients that checks the server's certificate and name: against `ca` (the
+    project CA, a PEM file) or, without one, the system's trusted CAs."""
+    import ssl
+
+    if ca is not None:
+        _read(Path(ca), "the CA certificate")
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca else None)
+    except ssl.SSLError as e:
+        raise ConfigError(f"{ca} holds no CA certificate: {e}") from None
+
+
 def read_token(path: str | None = None, env: str = "DINET_TOKEN") -> str:
     """A token from a file (its first line) or, without one, the environment variable `env`; '' if neither."""
     if path:

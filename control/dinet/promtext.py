@@ -17,15 +17,22 @@ from .errors import ConfigError
 MAX_BYTES = 16 << 20  # a vLLM /metrics page is tens of KiB
 
 
-def fetch(url: str, timeout: float = 2.0, max_bytes: int = MAX_BYTES) -> str:
-    """The body of `url` (http or https), or a ConfigError naming what went wrong: no answer, an HTTP
-    error, more than `max_bytes`, or not all of it within `timeout` seconds."""
+def fetch(url: str, timeout: float = 2.0, max_bytes: int = MAX_BYTES, ca: str | None = None) -> str:
+    """The body of `url` (http or https; `ca`: the CA that signs an https server's certificate, default the
+    system's), or a ConfigError naming what went wrong: no answer, an HTTP error, more than `max_bytes`, or
+    not all of it within `timeout` seconds."""
     u = urllib.parse.urlsplit(url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ConfigError(f"cannot scrape {url!r}: not an http(s) URL")
     deadline = time.monotonic() + timeout
-    conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-    conn = conn_cls(u.hostname, u.port, timeout=timeout)
+    if u.scheme == "https":
+        from .creds import client_tls
+
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            u.hostname, u.port, timeout=timeout, context=client_tls(ca)
+        )
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     try:
         conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""))
         resp = conn.getresponse()

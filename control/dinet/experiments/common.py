@@ -169,7 +169,9 @@ CLIENT_PICKS = ("least-queue", "oracle")
 def pick_args(lab: Lab, pick: str, service: str) -> list[str]:
     """`dinet load`'s arguments for a client-side picker over the service's running instances."""
     port = lab.spec.service(service).port
-    eps = [f"http://{i.endpoint}:{port}" for i in lab.instances.values() if i.spec.service == service and i.running]
+    eps = [
+        f"{lab.scheme}://{i.endpoint}:{port}" for i in lab.instances.values() if i.spec.service == service and i.running
+    ]
     return ["--pick", pick, *(a for ep in eps for a in ("--endpoint", ep))]
 
 
@@ -194,7 +196,8 @@ def client_loads(
             args += ["--sensitive-share", share, "--ttft-slo-ms", str(svc.slo.ttft_ms)]
             args += ["--tpot-slo-ms", str(svc.slo.tpot_ms), *(extra or [])]
             args += pick_args(lab, pick, svc.name) if pick else []
-            url = f"http://{svc.vip}:{svc.port}"
+            args += lab.tls_args()
+            url = f"{lab.scheme}://{svc.vip}:{svc.port}"
             loads.append(start_load(lab, c.name, url, start_at, args, tags | {"client": c.name, "service": svc.name}))
     return loads
 
@@ -214,7 +217,8 @@ def burst(lab: Lab, instance: str, start_at: float, rate: float = 80.0) -> Load:
     args = ["--rate", str(rate), "--duration", f"{count / rate:.3f}", "--max-requests", str(count)]
     args += ["--prompt-min", str(BURST_PROMPT), "--prompt-max", str(BURST_PROMPT), "--seed", "2"]
     args += ["--output-min", str(BURST_OUTPUT), "--output-max", str(BURST_OUTPUT)]
-    return start_load(lab, instance, f"http://127.0.0.1:{port}", start_at, args, {"burst": instance})
+    args += lab.tls_args()
+    return start_load(lab, instance, f"{lab.scheme}://127.0.0.1:{port}", start_at, args, {"burst": instance})
 
 
 def stop_loads(loads: list[Load]) -> None:
@@ -384,7 +388,7 @@ def wait_idle(lab: Lab, names: Iterable[str], timeout: float = 120.0) -> None:
                 continue
             port = lab.spec.service(inst.spec.service).port
             with netns.entered(lab.ns(n)):
-                m = parse(scrape(f"http://127.0.0.1:{port}/metrics"))
+                m = parse(scrape(f"{lab.scheme}://127.0.0.1:{port}/metrics", ca=lab.ca))
             if m.get("vllm:num_requests_running", 0.0) or m.get("vllm:num_requests_waiting", 0.0):
                 return False
         return True

@@ -41,6 +41,8 @@ class LinkEmulator:
         self.engine = ""
         self.line: subprocess.Popen[str] | None = None
         self.losses: list[LinkLoss] = []
+        self.netns = ""
+        self.cuts: list[LinkLoss] = []  # set_cut's droppers (made at the first cut)
 
     @property
     def pid(self) -> int | None:
@@ -48,6 +50,7 @@ class LinkEmulator:
 
     def start(self, netns: str, backend: str, logs: Path) -> None:
         """Configures the node (its namespace named `netns`): netem if asked or available, else the fallback."""
+        self.netns = netns
         for end in self.ends:  # whole frames on the wire: no segmentation offload, checksums filled in
             end.node.cmd(f"ethtool -K {end.name} tx off tso off gso off gro off >/dev/null 2>&1")
         for dev in self.wire:
@@ -116,14 +119,26 @@ class LinkEmulator:
         self.line.stdin.write(f"delay {delay_ms} {delay_ms}\n")
         self.line.stdin.flush()
 
+    def set_cut(self, cut: bool) -> None:
+        """The link fails (every frame dropped, both ways) or comes back; the interfaces and every route stay
+        as they are, as when a fibre is cut further along (a TC program that drops all, made at the first cut)."""
+        if not self.cuts:
+            if not cut:
+                return
+            for dev in self.wire:
+                self.cuts.append(LinkLoss(dev, self.netns, 0.0).__enter__())
+        for c in self.cuts:
+            c.set_rate(1.0 if cut else 0.0)
+
     def stop(self) -> None:
         if self.line is not None:
             stop_processes([self.line])
             self.line = None
-        for loss in self.losses:
+        for loss in self.losses + self.cuts:
             with contextlib.suppress(Exception):  # its interface may be gone already
                 loss.close()
         self.losses.clear()
+        self.cuts.clear()
 
 
 def stop_processes(procs: list[subprocess.Popen[Any]]) -> None:

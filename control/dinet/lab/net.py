@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,16 +95,22 @@ class Lab:
         policy: str | None = None,
         mode: str = "central",
         seed: int | None = None,
+        probes: bool = False,
+        tls: bool = True,
     ):
         """agents=False: no metrics agent beside the instances (a test or an experiment reports for them);
         policy: every service's placement (dinet or a baseline: anycast, compute-only, round-robin, random);
         mode: central (one `dinet run` decides for every ingress node) or distributed (a decider per ingress
-        node, `dinet run --node`, each taking the agents' reports itself); seed: the random baseline's draws."""
+        node, `dinet run --node`, each taking the agents' reports itself); seed: the random baseline's draws;
+        probes: every path is measured by ping from its ingress node (each second) instead of configured, so
+        a cut path (cut_path) is seen as lost; tls: the model servers speak HTTPS (a certificate per instance
+        from a CA of the lab's, naming the service VIP, its own address and loopback) and every client
+        checks it: requests, answers, scrapes and KV hand-overs cross the network encrypted."""
         if target not in ("xdp", "bmv2"):
             raise ConfigError(f"a lab's target is xdp or bmv2, not {target!r}")
         if mode not in ("central", "distributed"):
             raise ConfigError(f"a lab's mode is central or distributed, not {mode!r}")
-        self.mode, self.seed = mode, seed
+        self.mode, self.seed, self.probes, self.tls = mode, seed, probes, tls
         self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
         self.agents, self.policy = agents, policy
         self.tag = lab_tag(spec.name)
@@ -143,6 +150,29 @@ class Lab:
                 i, iid, site.id, f"10.{100 + site.id}.{j}.2", f"10.{100 + site.id}.{j}.1", f"172.31.0.{n + 1}"
             )
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def ca(self) -> str | None:
+        """The lab CA's certificate (tls=True): what a client trusts the model servers by."""
+        return str(self.workdir / "tls" / "ca.crt") if self.tls else None
+
+    def tls_args(self) -> list[str]:
+        """`dinet load`'s (or an agent's) arguments to check the model servers' certificates."""
+        return ["--ca", str(self.ca)] if self.ca else []
+
+    def _certs(self) -> None:
+        from ..creds import init_ca, issue
+
+        d = self.workdir / "tls"
+        shutil.rmtree(d, ignore_errors=True)  # a lab's CA lives as long as the lab
+        init_ca(d, days=30)
+        for name, inst in self.instances.items():
+            vip = self.spec.service(inst.spec.service).vip
+            issue(d, name, days=30, addresses=(str(vip), inst.endpoint, "127.0.0.1"))
+
     def ns(self, node: str) -> str:
         """The named network namespace of a scenario node."""
         return f"{self.tag}-{node}"
@@ -173,6 +203,8 @@ class Lab:
         if self.pcap:
             self._capture()
         self._programs()
+        if self.tls:
+            self._certs()
         for inst in self.instances.values():
             if not inst.spec.pool:
                 self.start_instance(inst.spec.name)
@@ -386,6 +418,28 @@ class Lab:
     def start_instance(self, name: str) -> None:
         """Starts the instance's `dinet serve` and its metrics agent (a pool instance joins this way)."""
         inst = self.instances[name]
+        serve = self._start_serve(name)
+        inst.procs = [serve, self._start_agent(name)] if self.agents else [serve]
+
+    def kill(self, name: str, which: str = "serve") -> None:
+        """SIGKILL, no goodbye: the instance's model server (`serve`) or its metrics agent (`agent`)."""
+        inst = self.instances[name]
+        k = ("serve", "agent").index(which)
+        if k >= len(inst.procs):
+            raise ConfigError(f"{name} runs no {which}")
+        inst.procs[k].kill()
+        inst.procs[k].wait(timeout=10)
+
+    def restart(self, name: str, which: str = "serve") -> None:
+        """What kill() stopped starts again (the same address, port and identity)."""
+        inst = self.instances[name]
+        k = ("serve", "agent").index(which)
+        if k >= len(inst.procs) or inst.procs[k].poll() is None:
+            raise ConfigError(f"{name}'s {which} is running (or never ran): kill it first")
+        inst.procs[k] = self._start_serve(name) if which == "serve" else self._start_agent(name)
+
+    def _start_serve(self, name: str) -> subprocess.Popen[str]:
+        inst = self.instances[name]
         svc = self.spec.service(inst.spec.service)
         cli = [sys.executable, "-m", "dinet.cli"]
         serve = [*cli, "serve", "--listen", f"0.0.0.0:{svc.port}", "--profile", inst.spec.profile, "--name", name]
@@ -398,18 +452,24 @@ class Lab:
             serve += ["--role", inst.spec.role]
         if inst.spec.decode_service:
             d = self.spec.service(inst.spec.decode_service)
-            serve += ["--decode-url", f"http://{d.vip}:{d.port}"]
+            serve += ["--decode-url", f"{self.scheme}://{d.vip}:{d.port}", *self.tls_args()]
+        if self.tls:
+            serve += ["--tls-cert", str(self.workdir / "tls" / f"{name}.crt")]
+            serve += ["--tls-key", str(self.workdir / "tls" / f"{name}.key")]
         p = self._popen(name, serve, f"{name}-serve")
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("ready"):
             raise DinetError(f"dinet serve on {name} did not start (see {self.workdir}/logs/{name}-serve.log)")
-        if not self.agents:
-            inst.procs = [p]
-            return
+        return p
+
+    def _start_agent(self, name: str) -> subprocess.Popen[str]:
+        inst = self.instances[name]
+        svc = self.spec.service(inst.spec.service)
+        cli = [sys.executable, "-m", "dinet.cli"]
         who = f"pool-{svc.name}" if inst.spec.pool else name  # a pool instance reports with its pool's token
         token = self.workdir / f"token-{who}"
         token.write_text(f"token-{who}\n")
-        agent = [*cli, "metrics-agent", "--url", f"http://127.0.0.1:{svc.port}/metrics"]
+        agent = [*cli, "metrics-agent", "--url", f"{self.scheme}://127.0.0.1:{svc.port}/metrics", *self.tls_args()]
         if inst.spec.pool:
             agent += ["--announce", inst.endpoint, "--site", str(inst.site_id)]
         agent += ["--service", self.service_keys[svc.name], "--instance", str(inst.id), "--no-host-cpu"]
@@ -417,7 +477,7 @@ class Lab:
             agent += ["--collector", c]
         agent += ["--token-file", str(token), "--insecure"]
         agent += ["--interval", str(self.spec.report_interval)]
-        inst.procs = [p, self._popen(name, agent, f"{name}-agent")]
+        return self._popen(name, agent, f"{name}-agent")
 
     def _start_local(self, client: str) -> None:
         """A device's own model server (on its loopback)."""
@@ -447,11 +507,11 @@ class Lab:
         inst = self.instances[name]
         serve, agents = inst.procs[0], inst.procs[1:]
         stop_processes(agents)  # SIGTERM: the agent's last report says `leaving`
-        url = f"http://127.0.0.1:{self.spec.service(inst.spec.service).port}/metrics"
+        url = f"{self.scheme}://127.0.0.1:{self.spec.service(inst.spec.service).port}/metrics"
         deadline = time.monotonic() + drain_timeout
         while time.monotonic() < deadline:
             with netns.entered(self.ns(name)):
-                if parse(scrape(url)).get("vllm:num_requests_running", 0.0) == 0:
+                if parse(scrape(url, ca=self.ca)).get("vllm:num_requests_running", 0.0) == 0:
                     break
             time.sleep(0.1)
         stop_processes([serve])
@@ -471,6 +531,7 @@ class Lab:
                     "security": s.path(site.name, ing.name).security,
                 }
                 | ({"bw_mbit": bw} if (bw := s.path(site.name, ing.name).bw_mbit) else {})
+                | self._probe(ing.name, site.name)
                 for site in s.sites
             }
             if self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
@@ -541,7 +602,14 @@ class Lab:
             "collector": {"listen": f"{MGMT_ROOT}:{self.collector_port}", "timeout": s.collector_timeout},
             "prometheus": {"listen": f"{MGMT_ROOT}:{self.prometheus_port}"},  # devices read it too
             "services": services,
-        }
+        } | ({"probe_interval": 1.0} if self.probes else {})
+
+    def _probe(self, ingress: str, site: str) -> dict[str, Any]:
+        """probes=True: the site's router, pinged from the ingress node over the path."""
+        if not self.probes:
+            return {}
+        addr = next(a for i, s, a, _ in self.paths if (i, s) == (ingress, site))
+        return {"probe": addr, "probe_netns": self.ns(ingress)}
 
     def _decider(self, ingress: str) -> dict[str, Any]:
         if self.mode != "distributed":
@@ -754,7 +822,8 @@ class Lab:
             opts.setdefault("offload_node", self.ingress_index(self.spec.client_ingress(spec)) - 1)
             opts.setdefault("offload_max_rtt_ms", spec.local.offload_max_rtt_ms)
         out = self.workdir / f"load-{client}-{service}-{time.monotonic_ns()}.jsonl"
-        args = [sys.executable, "-m", "dinet.cli", "load", "--url", f"http://{svc.vip}:{svc.port}", "--quiet"]
+        args = [sys.executable, "-m", "dinet.cli", "load", "--url", f"{self.scheme}://{svc.vip}:{svc.port}", "--quiet"]
+        args += self.tls_args()
         args += ["--rate", str(rate), "--duration", str(duration), "--out", str(out)]
         args += ["--sensitive-share", "1" if svc.class_ == "delay-sensitive" else "0"]
         args += ["--ttft-slo-ms", str(svc.slo.ttft_ms), "--tpot-slo-ms", str(svc.slo.tpot_ms)]
@@ -769,6 +838,14 @@ class Lab:
         recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
         out.unlink()
         return recs
+
+    def cut_path(self, ingress: str, site: str, cut: bool = True) -> None:
+        """The path from an ingress node to a site fails (every frame dropped both ways) or comes back. What
+        decides learns it only by measuring (a lab with probes=True), as it would in a network."""
+        e = next((e for e in self.emulators if (e.a, e.b) == (ingress, site)), None)
+        if e is None:
+            raise ConfigError(f"no emulated path from {ingress} to {site} (a path with a delay has one)")
+        e.set_cut(cut)
 
     def set_path_delay(self, site: str, ingress: str, delay_ms: float) -> None:
         """A path's one-way delay changes at run time: on the wire (its link emulator) and in the network

@@ -238,6 +238,7 @@ class Controller:
                     "site": inst.site_id,
                     "weight": inst.weight,
                     "state": inst.state.name.lower(),
+                    "healthy": m.healthy if m else None,
                     "cpu": m.cpu_load if m else None,
                     "gpu": m.gpu_util if m else None,
                     "compute": self.policy.scores.level1(m).compute if m else None,  # Level 1, as decided on

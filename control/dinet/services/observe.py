@@ -35,6 +35,11 @@ class DinetMetrics(PromCollector):
         labels = ["node", "service", "instance"]
         weight = GaugeMetricFamily("dinet_instance_weight", "Installed steering weight", labels=labels)
         up = GaugeMetricFamily("dinet_instance_up", "1 if the instance takes new flows", labels=labels)
+        serving = GaugeMetricFamily(
+            "dinet_instance_in_service",
+            "1 if the instance is in service (up, its last report healthy; its weight may still be 0)",
+            labels=labels,
+        )
         pkts = CounterMetricFamily("dinet_instance_packets", "Packets steered to the instance", labels=labels)
         flows = CounterMetricFamily("dinet_instance_new_flows", "Flows placed on the instance", labels=labels)
         compute = GaugeMetricFamily(
@@ -64,6 +69,7 @@ class DinetMetrics(PromCollector):
                 values = [n, row["service"], str(row["instance"])]
                 weight.add_metric(values, row["weight"])
                 up.add_metric(values, 1 if row["state"] == "up" and row["weight"] > 0 else 0)
+                serving.add_metric(values, 1 if row["state"] == "up" and row["healthy"] is not False else 0)
                 pkts.add_metric(values, row["packets"])
                 flows.add_metric(values, row["new_flows"])
                 delay.add_metric(values, row["delay_ms"])
@@ -72,7 +78,7 @@ class DinetMetrics(PromCollector):
             count += c.decisions
             seconds += c.decision_seconds
             writes += c.writes
-        yield from (weight, up, pkts, flows, compute, delay, strategy, errors, failing)
+        yield from (weight, up, serving, pkts, flows, compute, delay, strategy, errors, failing)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",

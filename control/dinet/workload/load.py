@@ -137,6 +137,7 @@ class LoadSpec:
     # a per-request picker at the client instead of the VIP (the baselines of dinet.workload.pickers)
     pick: str = ""
     endpoints: tuple[str, ...] = ()  # the instances' URLs it picks from
+    ca: str | None = None  # the CA that signs an https server's certificate (default: the system's)
 
     def arrivals(self) -> list[Arrival]:
         rng = random.Random(self.seed)
@@ -217,7 +218,10 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
     records: list[Record] = []
     bar = tqdm(total=len(arrivals), unit="req", disable=not progress, desc="dinet load")
     timeout = aiohttp.ClientTimeout(total=spec.timeout)
-    conn = aiohttp.TCPConnector(limit=0, force_close=True)  # a connection per request: a new flow each
+    from ..creds import client_tls
+
+    tls = client_tls(spec.ca) if spec.ca else True  # https: the server's certificate and name are checked
+    conn = aiohttp.TCPConnector(limit=0, force_close=True, ssl=tls)  # a connection per request: a new flow each
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
         chooser = None
         if spec.pick:  # its first view of every endpoint before the clock starts, then polled meanwhile

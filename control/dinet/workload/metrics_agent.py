@@ -151,9 +151,10 @@ def gpu_utilization() -> float | None:
     return sum(vals) / len(vals) / 100 if vals else None
 
 
-def scrape(url: str, timeout: float = 2.0) -> str:
-    """The endpoint's text: one deadline for the whole answer, at most promtext.MAX_BYTES (ConfigError)."""
-    return fetch(url, timeout)
+def scrape(url: str, timeout: float = 2.0, ca: str | None = None) -> str:
+    """The endpoint's text: one deadline for the whole answer, at most promtext.MAX_BYTES (ConfigError);
+    ca: the CA of an https endpoint's certificate."""
+    return fetch(url, timeout, ca=ca)
 
 
 @dataclass
@@ -167,6 +168,7 @@ class MetricsAgent:
     interval: float = 1.0
     host_cpu: bool = True  # False where instances share one host (emulation): its CPU says nothing of one
     announce: Any = None  # a pool instance's collect.Announce (endpoint, site): it joins with its reports
+    ca: str | None = None  # the CA of an https endpoint's certificate (default: the system's)
     mapper: Mapper = field(default_factory=Mapper)
     reports: int = 0
     failures: int = 0  # scrapes that failed
@@ -182,7 +184,7 @@ class MetricsAgent:
         self.mapper.cpu_prev = now_cpu
         try:
             bad: list[str] = []
-            values = parse(scrape(self.url), bad)
+            values = parse(scrape(self.url, ca=self.ca), bad)
             if bad:
                 if not self.bad_samples:
                     log.warning("%s: skipping samples no server could have measured: %s", self.url, ", ".join(bad[:3]))

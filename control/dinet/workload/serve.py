@@ -101,9 +101,18 @@ def count_tokens(text: str) -> int:
 
 
 class Server:
-    def __init__(self, profile: Profile, name: str, model: str | None = None, role: str = "both", decode_url: str = ""):
+    def __init__(
+        self,
+        profile: Profile,
+        name: str,
+        model: str | None = None,
+        role: str = "both",
+        decode_url: str = "",
+        ca: str | None = None,
+    ):
         """role: both (a whole model server); prefill (prefills, then hands the KV cache to the decode
-        instance behind `decode_url`, a service VIP the network steers, and relays its tokens); decode (takes
+        instance behind `decode_url`, a service VIP the network steers, and relays its tokens; https: over
+        TLS, the decode instance's certificate checked against `ca`, default the system's CAs); decode (takes
         handed-over KV caches on /dinet/v1/kv and decodes)."""
         if role not in ("both", "prefill", "decode"):
             raise ConfigError(f"role is both, prefill or decode, not {role!r}")
@@ -111,6 +120,7 @@ class Server:
             raise ConfigError("a prefill instance needs --decode-url (the decode stage's address)")
         self.profile, self.name, self.role, self.decode_url = profile, name, role, decode_url.rstrip("/")
         self._session: Any = None
+        self.ca = ca
         self.model = model or profile.model
         self.engine = Engine(profile)
         self.metrics = Metrics(self.engine, self.model)
@@ -152,8 +162,12 @@ class Server:
         if self._session is None:
             # a connection per hand-over: the network chooses the decode instance of each session (a pooled
             # connection would carry the next session to wherever the last one went)
+            from ..creds import client_tls
+
+            tls = client_tls(self.ca) if self.decode_url.startswith("https:") else None
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=300), connector=aiohttp.TCPConnector(force_close=True)
+                timeout=aiohttp.ClientTimeout(total=300),
+                connector=aiohttp.TCPConnector(force_close=True, ssl=tls if tls is not None else True),
             )
         size = n_prompt * self.profile.kv_bytes_per_token
         chunk = bytes(65536)
@@ -354,9 +368,10 @@ def profile_of(name: str, kv_tokens: int | None = None, max_batch: int | None = 
     return replace(p, kv_tokens=kv_tokens or p.kv_tokens, max_batch=max_batch or p.max_batch)
 
 
-async def open_site(app: web.Application, listen: str) -> web.AppRunner:
+async def open_site(app: web.Application, listen: str, tls: Any = None) -> web.AppRunner:
     """Serves `app` on HOST:PORT ("::" or nothing: every address of both families, which asyncio's "::" socket
-    alone is not); ConfigError, with the runner cleaned up, if the address cannot be had."""
+    alone is not), over HTTPS with `tls` (an ssl context, creds.server_tls); ConfigError, with the runner
+    cleaned up, if the address cannot be had."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
@@ -365,7 +380,7 @@ async def open_site(app: web.Application, listen: str) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
     await runner.setup()
     bind = host.strip("[]")
-    site = web.TCPSite(runner, None if bind in ("", "::") else bind, int(port))
+    site = web.TCPSite(runner, None if bind in ("", "::") else bind, int(port), ssl_context=tls)
     try:
         await site.start()
     except OSError as e:
@@ -383,13 +398,20 @@ def run(
     decode_url: str = "",
     kv_tokens: int | None = None,
     max_batch: int | None = None,
+    tls: tuple[str, str] | None = None,
+    ca: str | None = None,
 ) -> None:
-    """Serves until SIGINT/SIGTERM; prints `ready` once it listens."""
-    server = Server(profile_of(profile, kv_tokens, max_batch), name, model, role, decode_url)
+    """Serves until SIGINT/SIGTERM; prints `ready` once it listens. tls: (certificate, key) to serve HTTPS;
+    ca: the CA that signs the decode stage's certificate (an https --decode-url)."""
+    from ..creds import server_tls
+
+    server = Server(profile_of(profile, kv_tokens, max_batch), name, model, role, decode_url, ca)
+    ctx = server_tls(*tls) if tls else None
 
     async def main() -> None:
-        runner = await open_site(server.app, listen)
-        print(f"ready: {name} serving {server.model} ({server.profile.tier}) on {listen}", flush=True)
+        runner = await open_site(server.app, listen, ctx)
+        scheme = "https" if ctx else "http"
+        print(f"ready: {name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         import signal
