@@ -30,6 +30,7 @@ bench: install
 	$(PY) -m bench.linkem --quick
 	$(PY) -m bench.bier_scale --quick
 	$(PY) -m bench.bier_vs_tree --quick
+	$(PY) -m bench.chaos --quick
 
 fuzz: install
 	$(PY) -m bench.fuzz

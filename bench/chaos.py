@@ -9,11 +9,14 @@ run checks, throughout, what a user relies on:
 - every instance that reports again is back in service within the expiry plus one decision;
 - nothing is left behind afterwards (namespaces, processes, pins).
 
-    sudo .venv/bin/python -m bench.chaos [--quick] [--seed N] [--duration S]
+    sudo .venv/bin/python -m bench.chaos [--quick] [--seed N] [--duration S] [--target xdp|bmv2]
 
-It prints the figures and writes bench/results/chaos.json: {"faults", "requests", "lost", "lost_unexplained",
-"flows_moved_unexplained", "controller_exits", "longest_without_decision_s", ...}. The goal is 0 for every
-`unexplained` figure and for `controller_exits`. --quick (CI): one fault of each kind in about a minute.
+It prints the figures and writes bench/results/chaos[-bmv2][-quick].json: {"faults", "requests", "lost",
+"lost_unexplained", "flows_moved_unexplained", "controller_exits", "longest_without_decision_s", ...}. The
+goal is 0 for every `unexplained` figure and for `controller_exits`. --quick (CI): one fault of each kind in
+about a minute. --target bmv2 adds the ingress switch killed and started again (empty: what decides finds
+it and writes its tables back; the flows' registers are gone, P4Runtime on BMv2 cannot write them, so every
+flow through the switch counts as under that fault).
 
 Attribution is by time where the client cannot know the instance: a request that failed before any answer
 (no instance header) is explained only if it began while some instance was under a fault; one that names
@@ -44,6 +47,7 @@ from dinet.promtext import fetch, samples
 log = logging.getLogger("chaos")
 SCENARIO = Path(__file__).resolve().parent.parent / "topo" / "scenarios" / "cloud-edge.yaml"
 KINDS = ("agent", "server", "controller", "link")
+SWITCH_KINDS = (*KINDS, "switch")  # target bmv2: the ingress switch killed and started again, empty
 RATE = 2.0  # requests per second per client: the edges serve it within their SLOs
 LOAD_TIMEOUT_S = 60.0  # dinet load's per-request timeout
 
@@ -108,13 +112,17 @@ def plan(lab: Lab, rng: random.Random, duration: float, quick: bool) -> list[Fau
     """The faults, one after another: each held for a few seconds, then a quiet gap."""
     edges = [n for n, i in lab.instances.items() if not i.spec.pool]
     sites = sorted({lab.spec.site(lab.instances[n].spec.site).name for n in edges})
-    kinds = list(KINDS) if quick else []
+    all_kinds = SWITCH_KINDS if lab.target == "bmv2" else KINDS
+    kinds = list(all_kinds) if quick else []
     t, out = 6.0, []
     while t < duration - 14:
-        kind = kinds.pop(0) if quick else rng.choice(KINDS)
-        target = {"agent": rng.choice(edges), "server": rng.choice(edges), "controller": "controller"}.get(
-            kind, rng.choice(sites)
-        )
+        kind = kinds.pop(0) if quick else rng.choice(all_kinds)
+        target = {
+            "agent": rng.choice(edges),
+            "server": rng.choice(edges),
+            "controller": "controller",
+            "switch": lab.spec.ingress[0].name,
+        }.get(kind, rng.choice(sites))
         out.append(Fault(kind, target, round(t, 1)))
         t += rng.uniform(4, 6) + rng.uniform(4, 8)  # held, then quiet
         if quick and not kinds:
@@ -124,7 +132,12 @@ def plan(lab: Lab, rng: random.Random, duration: float, quick: bool) -> list[Fau
 
 def inject(lab: Lab, f: Fault, tl: Timeline, hold: float) -> None:
     ingress = lab.spec.ingress[0].name
-    if f.kind == "controller":
+    if f.kind == "switch":  # its flow registers go with it (P4Runtime cannot write them back on BMv2)
+        f.affected = list(lab.instances)
+        lab.kill_switch(f.target)
+        time.sleep(hold)
+        lab.start_switch(f.target)
+    elif f.kind == "controller":
         tl.killing = True
         lab.stop_deciding()
         time.sleep(hold)  # the fault's duration, not a wait for a state
@@ -156,11 +169,11 @@ def attribute(records: list[dict[str, Any]], faults: list[Fault], grace: float) 
         lost += 1
         reasons[r["status"]] = reasons.get(r["status"], 0) + 1
         start = r["t"]
-        end = start + (r["e2e_ms"] / 1000 if r.get("e2e_ms") else LOAD_TIMEOUT_S)
+        end = start + (r.get("failed_ms") or LOAD_TIMEOUT_S * 1000) / 1000
         inst = r.get("instance") or ""
         hit = [w for w in windows if start <= w[1] and end >= w[0] and (not inst or inst in w[2])]
         if not hit:
-            unexplained.append({k: r.get(k) for k in ("t", "status", "instance", "ttft_ms")})
+            unexplained.append({k: r.get(k) for k in ("t", "status", "instance", "ttft_ms", "failed_ms", "error")})
             if r.get("ttft_ms") is not None:  # its stream had begun: it broke on a live instance
                 moved += 1
     return {"lost": lost, "lost_unexplained": len(unexplained), "flows_moved_unexplained": moved,
@@ -179,11 +192,11 @@ def leftovers(lab: Lab) -> list[str]:
     return left
 
 
-def run(quick: bool = False, seed: int = 1, duration: float | None = None) -> dict[str, Any]:
+def run(quick: bool = False, seed: int = 1, duration: float | None = None, target: str = "xdp") -> dict[str, Any]:
     spec = load(SCENARIO).model_copy(update={"name": "chaos"})
-    duration = duration or (60.0 if quick else 300.0)
+    duration = duration or (60.0 + 15 * (target == "bmv2") if quick else 300.0)
     rng = random.Random(seed)
-    lab = Lab(spec, workdir=Path("/tmp/dinet-chaos"), probes=True, seed=seed)
+    lab = Lab(spec, target=target, workdir=Path("/tmp/dinet-chaos"), probes=True, seed=seed)
     grace = spec.collector_timeout + spec.report_interval + 1.0 + 2.0  # expiry, a report, a probe round
     with lab:
         start = time.time() + 2.0
@@ -212,7 +225,8 @@ def run(quick: bool = False, seed: int = 1, duration: float | None = None) -> di
         "seed": seed,
         "duration_s": duration,
         "faults": len(faults),
-        "by_kind": {k: sum(f.kind == k for f in faults) for k in KINDS},
+        "target": target,
+        "by_kind": {k: sum(f.kind == k for f in faults) for k in (SWITCH_KINDS if target == "bmv2" else KINDS)},
         "requests": len(records),
         **attribute(records, faults, grace),
         "controller_exits": exits,
@@ -234,18 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one fault of each kind in about a minute (CI)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration", type=float, help="seconds of load (default 300; --quick 60)")
-    ap.add_argument("--out", default=str(RESULTS / "chaos.json"))
+    ap.add_argument("--target", default="xdp", choices=["xdp", "bmv2"], help="bmv2 adds switch restarts")
+    ap.add_argument("--out", help="default bench/results/chaos.json (--quick: chaos-quick.json)")
     a = ap.parse_args(argv)
     if not need_root():
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = run(a.quick, a.seed, a.duration)
+    res = run(a.quick, a.seed, a.duration, a.target)
     keys = ("faults", "requests", "lost", "lost_unexplained", "flows_moved_unexplained", "controller_exits",
             "longest_without_decision_s", "back_in_service_max_s", "late_or_never_back")  # fmt: skip
     for k in keys:
         print(f"{k:28} {res[k]}")
     print(f"{'by kind':28} {json.dumps(res['by_kind'])}; lost by status {json.dumps(res['why_lost'])}")
-    write(res, Path(a.out))
+    name = f"chaos{'-bmv2' if a.target == 'bmv2' else ''}{'-quick' if a.quick else ''}.json"
+    write(res, Path(a.out) if a.out else RESULTS / name)
     bad = res["lost_unexplained"] or res["flows_moved_unexplained"] or res["controller_exits"] or res["leftovers"]
     return 1 if bad else 0
 

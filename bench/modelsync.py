@@ -101,8 +101,9 @@ def ingress(lab: SyncLab, names: list[str], model: Path, rate: float) -> dict[st
     for c in names:
         d = work / c
         d.mkdir(parents=True, exist_ok=True)
-        opts = UftpOptions(rate_mbps=rate / len(names), pub_group=lab.domain.router_addr(c))  # -M unicast
-        argv = sender_argv([model], "eth0", "230.5.5.1", [uid(lab.topo.bfr_ids[c] or 0)], opts, d / "status")
+        # -M unicast, the receivers' pinned key; the private group source-specific, as they require
+        opts = UftpOptions(rate_mbps=rate / len(names), pub_group=lab.domain.router_addr(c), key=lab.key)
+        argv = sender_argv([model], "eth0", "232.5.5.1", [uid(lab.topo.bfr_ids[c] or 0)], opts, d / "status")
         cmd = ["ip", "netns", "exec", lab.domain.net.ns("src"), *argv]
         procs.append(subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     for p in procs:

@@ -127,7 +127,8 @@ def test_a_restarted_dinet_run_adopts_a_live_bmv2_switch_writes_nothing_and_move
 ) -> None:
     """`dinet run` (a process of its own) programs a BMv2 switch; connections open through it; `dinet run`
     is stopped and started again: it reads the switch back over P4Runtime, keeps the running pipeline (the
-    affinity registers with it), writes nothing, and every connection stays on its instance."""
+    affinity registers with it), writes nothing, and every connection stays on its instance. The intent
+    names the switch's ports and next hop as they already are: configuring them again is no error."""
     from conftest import dinet_process, free_port
     from dinet.targets import netns
     from dinet.targets.bmv2 import Bmv2Switch, compile_p4
@@ -147,7 +148,8 @@ def test_a_restarted_dinet_run_adopts_a_live_bmv2_switch_writes_nothing_and_move
                 )
             intent = tmp_path / "bmv2.yaml"
             intent.write_text(f"""
-node: {{target: bmv2, name: pr, address: "{sw.address}", src4: 10.0.0.100,
+node: {{target: bmv2, name: pr, address: "{sw.address}", src4: 10.0.0.100, pass_ports: {{0: 1, 1: 0}},
+        next_hop: {{port: 1, smac: "02:00:00:00:00:64", dmac: "{router_mac}"}},
         sizes: {{max_services: {SIZES.max_services}, max_instances: {SIZES.max_instances},
                  ring_size: {SIZES.ring_size}, affinity_entries: {SIZES.affinity_entries}}}}}
 collector: {{listen: "127.0.0.1:{free_port()}"}}

@@ -248,3 +248,58 @@ def test_one_identity_cannot_take_every_worker_of_the_collector() -> None:
             for a in (hog, fair, *hogs):
                 a.close()
     assert c.rejected["streams"] == 1 and c.accepted == 3
+
+
+def test_an_instance_never_heard_from_expires_only_after_the_reconnect_grace(rig) -> None:
+    from dinet.services.collect import FIRST_REPORT_GRACE_S
+
+    c, _, clock, _ = rig  # nobody has reported since the start
+    clock.t += c.timeout + FIRST_REPORT_GRACE_S / 2
+    assert c.expire() == []  # an agent may still be reconnecting to a collector that just started
+    clock.t += FIRST_REPORT_GRACE_S
+    assert sorted(c.expire()) == [(SVC, 1), (SVC, 2)]
+
+
+def test_a_restarted_collector_hears_every_agent_again_before_any_instance_expires() -> None:
+    """The collector (a controller) is away for 7 s and comes back on its port: the agent, reporting all the
+    while, is heard again before the restarted collector would expire its instance (its channel's
+    reconnect backoff is capped; the first report has a grace), so no instance goes and no flow moves."""
+    import threading
+
+    from dinet.netutil import free_port
+
+    port = free_port()
+    tokens = {"tok-a": ("agent-a", {(SVC, 1)})}
+    first = Collector.with_tokens(tokens, timeout=1.5)
+    agent = Agent(f"127.0.0.1:{port}", "tok-a")
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(0.1):
+            try:
+                agent.send([agent.report(str(SVC), 1, Level0())], timeout=1)
+            except grpc.RpcError:
+                pass  # the collector is away: the agent goes on
+
+    th = threading.Thread(target=report, daemon=True)
+    with CollectorServer(first, f"127.0.0.1:{port}", insecure=True):
+        th.start()
+        deadline = time.monotonic() + 10
+        while first.accepted == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.accepted > 0
+    time.sleep(7.0)  # the fault: no collector for 7 s (an uncapped backoff would wait 4 s more by then)
+    second = Collector.with_tokens(tokens, timeout=1.5)
+    expired = []
+    try:
+        with CollectorServer(second, f"127.0.0.1:{port}", insecure=True):
+            deadline = time.monotonic() + 10
+            while second.accepted == 0 and time.monotonic() < deadline:
+                expired += second.expire()
+                time.sleep(0.05)
+            expired += second.expire()
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        agent.close()
+    assert second.accepted > 0 and expired == []

@@ -102,7 +102,7 @@ def test_expiry_takes_an_instance_out_and_prometheus_shows_it(node) -> None:
         a1.send([a1.report(str(SVC), 1, Level0(cpu_load=0.3))])
         clock[0] += 2
         assert col.expire() == [(SVC, 2)]
-        assert weights(node)[2][1] == "down" and weights(node)[1][0] > 0
+        assert weights(node)[2][1] == "draining" and weights(node)[1][0] > 0  # its open flows stay
         text = generate_latest(registry(ctl, col)).decode()
         a1.close()
         a2.close()

@@ -156,7 +156,7 @@ DECIDE_CASES = [
         (),
         {1: (100, "up"), 2: (0, "down")},
     ),
-    ("expired-is-down", {}, {1: _IDLE}, {2}, (), {1: (100, "up"), 2: (0, "down")}),
+    ("expired-drains", {}, {1: _IDLE}, {2}, (), {1: (100, "up"), 2: (0, "draining")}),
     (
         "unheard-keeps-what-the-record-holds",
         {},

@@ -253,7 +253,7 @@ def test_dinet_sync_cli_pushes_through_the_intents_domain(lab: SyncLab, model, t
     intent.write_text(yaml.safe_dump(lab.intent()))
     argv = [sys.executable, "-m", "dinet.cli", "sync", str(src), "--to", "e2,e5", "--intent", str(intent)]
     argv += ["--bfir", "r", "--interface", "eth0", "--netns", lab.domain.net.ns("src"), "--json", "--quiet"]
-    argv += ["--token-file", str(lab.root / "token")]
+    argv += ["--token-file", str(lab.root / "token"), "--key", str(lab.key), "--ca", lab.ca]
     env = {**os.environ, "DINET_BPFFS_ROOT": str(lab.domain.bpffs_root)}
     res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -294,3 +294,71 @@ def test_the_receiver_answers_for_its_own_files_only_never_through_a_link(tmp_pa
     assert status == 200 and body["sha256"] == hashlib.sha256(b"weights").hexdigest() and leak == 404
     with pytest.raises(OSError):
         sha256_of(store / "leak.bin")
+
+
+def test_receivers_take_files_from_their_pinned_sender_only(lab: SyncLab, model, tmp_path: Path) -> None:
+    """Every receiver pins the repository's UFTP key: a job with another key is refused before it sends (the
+    receivers say whom they pin), and a sender that claims the pinned key but holds another is refused by
+    uftpd itself: nothing reaches the store. The pinned key goes through."""
+    from dinet.sync import job as job_mod
+    from dinet.sync.uftp import fingerprint, make_key
+
+    src = model(1)
+    other = tmp_path / "other.key"
+    make_key(other)
+    refused = lab.job(src, ["e1", "e2"], opts=UftpOptions(rate_mbps=40, key=other), progress=False).run()
+    assert not refused.ok and all("pinned senders only" in c.status for c in refused.clouds), refused.table()
+    pinned = fingerprint(lab.key)
+    job = lab.job(src, ["e3"], opts=UftpOptions(rate_mbps=40, key=other), progress=False, retries=0)
+    job.receiver_wait_s = 1.0
+    real = job_mod.fingerprint
+    job_mod.fingerprint = lambda key: pinned  # the job believes it holds the pinned key
+    try:
+        forged = job.run()
+    finally:
+        job_mod.fingerprint = real
+    assert not forged.ok and forged.clouds[0].status.startswith("failed"), forged.table()
+    assert not received(lab, "e3", src).exists()
+    ok = lab.job(src, ["e3"], progress=False).run()
+    assert ok.ok and digest(received(lab, "e3", src)) == digest(src)
+
+
+def test_the_receivers_status_is_https_with_the_project_ca(lab: SyncLab, model) -> None:
+    """The token and the status cross the network over TLS: a job that does not trust the project CA is
+    one clear error, and so is one that speaks HTTP to an HTTPS receiver."""
+    src = model(1)
+    with pytest.raises(ConfigError, match="certificate this job does not trust"):
+        lab.job(src, ["e1"], ca=None, progress=False).run()
+    clear = lab.job(src, ["e1"], progress=False)
+    clear.tls = False
+    rep = clear.run()
+    assert not rep.ok and "does not answer" in rep.clouds[0].status
+
+
+def test_a_receiver_without_pinned_senders_or_tls_refuses_to_start(tmp_path: Path) -> None:
+    import sys
+
+    from dinet.sync.uftp import read_servers
+
+    base = [sys.executable, "-m", "dinet.cli", "sync-receiver", "--store", str(tmp_path), "--interfaces", "lo"]
+    base += ["--bfr-id", "3", "--listen", "127.0.0.1:0"]
+    env = {**os.environ, "DINET_TOKEN": "t"}
+    for extra, want in (
+        ([], "over HTTPS"),
+        (["--insecure"], "pinned senders only"),
+        (["--insecure", "--servers", str(tmp_path / "none")], "cannot be read"),
+    ):
+        res = subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=30)
+        assert res.returncode != 0 and want in res.stderr and "Traceback" not in res.stderr, (extra, res.stderr)
+    key = tmp_path / "repo.key"
+    line = subprocess.run(
+        [sys.executable, "-m", "dinet.cli", "sync-pin", str(key), "--address", "10.50.0.2", "--new"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert line.startswith("0x0A320002|10.50.0.2|") and os.stat(key).st_mode & 0o077 == 0
+    servers = tmp_path / "servers"
+    servers.write_text(f"# the repository\n{line}\n")
+    assert read_servers(servers)[0]["address"] == "10.50.0.2"
+    servers.write_text(f"{line}\n0x1|10.0.0.1\n")
+    with pytest.raises(ConfigError, match="servers:2: not ID"):
+        read_servers(servers)

@@ -473,19 +473,37 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
 def cmd_sync_receiver(a: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .creds import read_token
+    from .creds import read_token, server_tls
     from .sync.receiver import SyncReceiver, run
     from .sync.uftp import UftpOptions, uid
 
     token = read_token(a.token_file)
     if not token and not a.insecure:
         raise ConfigError("the sync receiver has no token: --token-file or $DINET_TOKEN, or --insecure")
+    if bool(a.tls_cert) != bool(a.tls_key):
+        raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
+    if not a.tls_cert and not a.insecure:
+        raise ConfigError(
+            "the sync receiver's status carries the token: serve it over HTTPS (--tls-cert, --tls-key: `dinet "
+            "certs issue`), or --insecure"
+        )
     opts = UftpOptions(port=a.port, pub_group=a.group)
     interfaces = [x.strip() for x in a.interfaces.split(",") if x.strip()]
     receiver = SyncReceiver(
-        Path(a.store), interfaces, uid(a.bfr_id), token, opts, not a.allow_clear, Path(a.servers) if a.servers else None
-    )
-    run(receiver, a.listen)
+        Path(a.store), interfaces, uid(a.bfr_id), token, opts, not a.allow_clear,
+        Path(a.servers) if a.servers else None, a.any_sender,
+    )  # fmt: skip
+    run(receiver, a.listen, server_tls(a.tls_cert, a.tls_key) if a.tls_cert else None)
+
+
+def cmd_sync_pin(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .sync.uftp import fingerprint, make_key, server_line
+
+    key = Path(a.key)
+    fp = make_key(key) if a.new else fingerprint(key)
+    print(server_line(a.address, fp))
 
 
 def cmd_sync(a: argparse.Namespace) -> None:
@@ -518,6 +536,7 @@ def cmd_sync(a: argparse.Namespace) -> None:
         job = SyncJob(
             ctl, a.bfir, Path(a.file), [Cloud(n, cfg.sync_receivers[n]) for n in names], a.interface,
             read_token(a.token_file), opts, netns=a.netns, retries=a.retries, progress=not a.quiet,
+            tls=not a.insecure, ca=a.ca,
         )  # fmt: skip
         report = job.run()
     print(json.dumps(report.to_json(), indent=2) if a.json else report.table())
@@ -921,10 +940,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-encrypt", action="store_true", help="send in clear (receivers refuse it by default)")
     p.add_argument("--key", help="this sender's EC private key (PEM; default: an ephemeral one per job)")
     p.add_argument("--port", type=int, default=1044)
-    p.add_argument("--group", default="230.4.4.1", help="UFTP's announce group (the receivers' -M)")
+    p.add_argument("--group", default="232.4.4.1", help="UFTP's announce group (the receivers' -M; 232/8)")
+    p.add_argument("--ca", help="the CA of the receivers' certificates (default: the system's)")
     p.add_argument("--retries", type=int, default=2, help="UFTP restarts for receivers that dropped out")
     p.add_argument("--token-file", help="the receivers' token (default: $DINET_TOKEN)")
-    p.add_argument("--insecure", action="store_true", help="node agents without TLS")
+    p.add_argument("--insecure", action="store_true", help="node agents and the receivers' status without TLS")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_sync)
@@ -962,12 +982,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bfr-id", type=int, required=True, help="this cloud's BFR-id (its UFTP client ID)")
     p.add_argument("--listen", default="0.0.0.0:9444", help="the status endpoint")
     p.add_argument("--port", type=int, default=1044)
-    p.add_argument("--group", default="230.4.4.1")
-    p.add_argument("--servers", help="uftpd's server list: the senders (and key fingerprints) accepted")
+    p.add_argument("--group", default="232.4.4.1", help="UFTP's announce group (232/8: pinned senders need it)")
+    p.add_argument("--servers", help="the pinned senders (uftpd's server list; `dinet sync-pin` writes a line)")
+    p.add_argument("--any-sender", action="store_true", help="take files from any sender (no --servers)")
+    p.add_argument("--tls-cert", help="serve the status over HTTPS with this certificate (`dinet certs issue`)")
+    p.add_argument("--tls-key", help="its private key (mode 0600)")
     p.add_argument("--allow-clear", action="store_true", help="also accept sessions without encryption")
     p.add_argument("--token-file", help="the token the repository presents (default: $DINET_TOKEN)")
-    p.add_argument("--insecure", action="store_true", help="no token (tests and labs only)")
+    p.add_argument("--insecure", action="store_true", help="no token, status in clear (tests and labs only)")
     p.set_defaults(fn=cmd_sync_receiver)
+    p = sub.add_parser("sync-pin", help="the line of a receiver's --servers file that pins a sender's UFTP key")
+    p.add_argument("key", help="the sender's key (PEM, as `dinet sync --key` takes it)")
+    p.add_argument("--address", required=True, help="the IPv4 address the sender sends from")
+    p.add_argument("--new", action="store_true", help="make the key first (EC prime256v1, mode 0600)")
+    p.set_defaults(fn=cmd_sync_pin)
     certs = sub.add_parser("certs", help="a CA and certificates for controllers and agents").add_subparsers(
         dest="sub", required=True
     )

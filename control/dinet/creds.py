@@ -215,15 +215,16 @@ class Identity:
 
         return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
 
-    def channel(self, address: str, server: str) -> Any:
+    def channel(self, address: str, server: str, options: list[tuple[str, Any]] | None = None) -> Any:
         """A gRPC channel to `address` presenting this identity, accepting only a server whose certificate
-        names `server`."""
+        names `server`; `options`: more gRPC channel options."""
         import grpc
 
         creds = grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
-        return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", server)])
+        opts = [("grpc.ssl_target_name_override", server), *(options or [])]
+        return grpc.secure_channel(address, creds, options=opts)
 
 
 def revoke(directory: Path, name: str) -> Path:

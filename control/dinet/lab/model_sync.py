@@ -1,6 +1,8 @@
 """Model synchronisation in network namespaces: a BIER domain on the eBPF data plane (dinet.lab.bier_domain)
 that also routes unicast (the receivers' replies and status), a repository behind the BFIR, and a
-`dinet sync-receiver` process in every BFER's namespace with its own model store.
+`dinet sync-receiver` process in every BFER's namespace with its own model store, as they are deployed: each
+receiver pins the repository (its UFTP key's fingerprint, made for the lab) and answers over HTTPS with a
+certificate from the lab's CA.
 
     with SyncLab("ms", tree(), Path("/tmp/stores"), token="t") as lab:
         report = lab.job(Path("model.bin"), ["e1", "e3", "e5", "e7"]).run()
@@ -11,6 +13,7 @@ prints the table."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -22,8 +25,8 @@ from typing import Any
 from ..paths import BPFFS_ROOT
 from ..policy.bift import BierTopology
 from ..sync.job import Cloud, SyncJob
-from ..sync.uftp import UftpOptions
-from .bier_domain import BierDomain, tree
+from ..sync.uftp import UftpOptions, make_key, server_line
+from .bier_domain import SOURCE_ADDR, BierDomain, tree
 
 STATUS_PORT = 9444
 
@@ -49,6 +52,7 @@ class SyncLab:
             self.domain.build()
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / "token").write_text(self.token + "\n")
+            self._credentials()
             for name in self.clouds:
                 self.store(name).mkdir(parents=True, exist_ok=True)
                 self.start_receiver(name)
@@ -65,6 +69,26 @@ class SyncLab:
         """Every BFER but the BFIR: each a GPU cloud with a receiver."""
         return [n for n, b in self.topo.bfr_ids.items() if b is not None and n != self.domain.bfir]
 
+    @property
+    def key(self) -> Path:
+        """The repository's UFTP key: the one sender every receiver takes files from."""
+        return self.root / ".repo" / "uftp.key"
+
+    @property
+    def ca(self) -> str:
+        return str(self.root / ".repo" / "tls" / "ca.crt")
+
+    def _credentials(self) -> None:
+        from ..creds import init_ca, issue
+
+        d = self.root / ".repo"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        (d / "servers").write_text(server_line(SOURCE_ADDR, make_key(self.key)) + "\n")
+        init_ca(d / "tls", days=30)
+        for name in self.clouds:
+            issue(d / "tls", name, days=30, addresses=(self.domain.router_addr(name),))
+
     def store(self, name: str) -> Path:
         return self.root / name
 
@@ -80,6 +104,9 @@ class SyncLab:
         argv += ["--store", str(self.store(name)), "--interfaces", ",".join(ifaces)]
         argv += ["--bfr-id", str(self.topo.bfr_ids[name]), "--token-file", str(self.root / "token")]
         argv += ["--listen", f"{self.domain.router_addr(name)}:{STATUS_PORT}"]
+        argv += ["--servers", str(self.root / ".repo" / "servers")]
+        tls = self.root / ".repo" / "tls"
+        argv += ["--tls-cert", str(tls / f"{name}.crt"), "--tls-key", str(tls / f"{name}.key")]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("dinet sync-receiver"):
@@ -102,8 +129,10 @@ class SyncLab:
 
     def job(self, file: Path, to: list[str], **kw: Any) -> SyncJob:
         """A job from the repository (the source namespace behind the BFIR) to the clouds `to`."""
-        kw.setdefault("opts", UftpOptions(rate_mbps=400))
+        opts = kw.get("opts") or UftpOptions(rate_mbps=400)
+        kw["opts"] = opts if opts.key is not None else dataclasses.replace(opts, key=self.key)  # the pinned key
         kw.setdefault("workdir", self.root / ".sender")
+        kw.setdefault("ca", self.ca)
         return SyncJob(
             self.domain.ctl(), self.domain.bfir, file, [self.cloud(n) for n in to], "eth0", self.token,
             netns=self.domain.net.ns("src"), **kw,

@@ -839,6 +839,17 @@ class Lab:
         out.unlink()
         return recs
 
+    def kill_switch(self, ingress: str) -> None:
+        """target bmv2: the ingress node's switch dies (SIGKILL), its tables and flow registers with it."""
+        sw = self.net.get(f"{self.tag}p{self.ingress_index(ingress)}")
+        if sw.bmv2.proc is not None and sw.bmv2.proc.poll() is None:
+            sw.bmv2.proc.kill()
+            sw.bmv2.proc.wait()
+
+    def start_switch(self, ingress: str) -> None:
+        """The switch kill_switch stopped starts again, empty: what decides finds it and writes it back."""
+        self.net.get(f"{self.tag}p{self.ingress_index(ingress)}").bmv2.restart()
+
     def cut_path(self, ingress: str, site: str, cut: bool = True) -> None:
         """The path from an ingress node to a site fails (every frame dropped both ways) or comes back. What
         decides learns it only by measuring (a lab with probes=True), as it would in a network."""

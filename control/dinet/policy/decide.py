@@ -192,7 +192,9 @@ def decide(
     (dinet.policy.predict.learn; absent: the policy's priors).
 
     An instance's state, in order of precedence: the operator's `down` or `draining` in the intent; DOWN
-    where its path is below the service's security floor, or once its agent expired; until its first
+    where its path is below the service's security floor (its flows move at once); DRAINING once its agent
+    expired (no new flow; its established flows stay: a silent agent is no proof that its server is gone,
+    and a TCP flow moved to another instance breaks); until its first
     report, the state and weight it had (installed, where the record holds the intent's instances; else the
     intent's; each instance is adopted on its own: the same id, endpoint and site), never the default "healthy
     and idle"; then the weights of `target_weights`, damped against
@@ -221,8 +223,10 @@ def decide(
             old = None  # another instance under that id: nothing of the record is its
         if inst.state != InstanceState.UP:  # the operator's word wins over reports
             decided[iid] = replace(inst, weight=old.weight if old else inst.weight)
-        elif path.security < intent.min_security or iid in expired:  # never a flow
+        elif path.security < intent.min_security:  # never a flow, not even an established one
             decided[iid] = replace(inst, weight=0, state=InstanceState.DOWN)
+        elif iid in expired:  # no new flow; the established ones stay where they are
+            decided[iid] = replace(inst, weight=0, state=InstanceState.DRAINING)
         elif m is None:  # not heard from yet: as it was, never "idle and healthy"
             decided[iid] = old or inst
         else:

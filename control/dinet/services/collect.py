@@ -6,7 +6,8 @@ identity names the instances the agent may report for. Every report is checked (
 instance, an increasing sequence, at most `max_rate` reports per second per agent; the rate is kept per
 authenticated identity, the sequence per identity and agent session, so agents sharing an identity never
 lock each other out) and refused with a reason that is counted. An instance whose agent falls
-silent for `timeout` seconds, or never reports within `timeout` of the start, is expired. An open stream
+silent for `timeout` seconds, or never reports within `timeout` plus a grace (RECONNECT_S: an agent's
+channel to a collector that was away reconnects within it) of the start, is expired. An open stream
 stays admitted only while its identity does: one whose identity a new intent removes, whose token it
 changes, or whose certificate the CRL revokes is closed (at its next report, or at the next expiry round
 if it sends none).
@@ -50,6 +51,16 @@ def _service(text: str) -> ServiceKey:
 
 LEVEL0_FIELDS = tuple(f.name for f in fields(Level0))
 MAX_SESSIONS = 256  # per identity: the sessions whose sequence is remembered (the least recent goes first)
+RECONNECT_S = 1.0  # an agent's gRPC channel retries a collector at least this often (its reconnect backoff cap)
+# a restarted collector hears an agent again only once its channel has reconnected: an instance it never
+# heard from is expired after timeout + this, never before (else every instance of a restarted controller
+# would go, though each one's agent is there)
+FIRST_REPORT_GRACE_S = 2 * RECONNECT_S
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", int(RECONNECT_S * 1000)),
+]
 
 
 def level0_of(r: Any) -> Level0:
@@ -162,7 +173,8 @@ class Collector:
 
     def set_agents(self, agents: dict[str, AgentAuth]) -> None:
         """The agents and the instances each reports for (a new intent). An instance that has an agent is
-        expected to report: one never heard from within `timeout` of now (or of the start) expires."""
+        expected to report: one never heard from within `timeout` + FIRST_REPORT_GRACE_S of now (or of the
+        start) expires."""
         now = self.clock()
         with self._lock:
             self.agents = agents
@@ -358,10 +370,11 @@ class Collector:
         now = self.clock()
         with self._lock:
             gone = [ref for ref, s in self.latest.items() if now - s.at > self.timeout and ref not in self._expired]
+            first = self.timeout + FIRST_REPORT_GRACE_S
             gone += [
                 ref
                 for ref, since in self._since.items()
-                if ref not in self.latest and now - since > self.timeout and ref not in self._expired
+                if ref not in self.latest and now - since > first and ref not in self._expired
             ]
             for ref in gone:
                 self._drop(ref)
@@ -499,7 +512,11 @@ class Agent:
         None: a plain channel (a collector started --insecure)."""
         pb, pb_grpc = proto.metrics()
         self.pb = pb
-        self.channel = identity.channel(address, server) if identity else grpc.insecure_channel(address)
+        self.channel = (
+            identity.channel(address, server, CHANNEL_OPTIONS)
+            if identity
+            else grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        )
         self.stub = pb_grpc.CollectorStub(self.channel)
         self.token = token
         # the sequence starts at the clock (microseconds): a restarted agent carries on above what it sent

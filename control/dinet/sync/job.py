@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -30,7 +31,7 @@ from ..policy.bift import BierGroup
 from ..services.bier import BierController
 from ..targets import netns as ns_mod
 from .receiver import sha256_of
-from .uftp import SenderReport, UftpOptions, parse_sender, sender_argv, uid
+from .uftp import SenderReport, UftpOptions, fingerprint, parse_sender, sender_argv, uid
 
 
 @dataclass(frozen=True)
@@ -122,19 +123,33 @@ class SyncJob:
     receiver_wait_s: float = 15.0  # how long a restart waits for a dropped receiver to answer again
     workdir: Path | None = None  # UFTP's restart files and logs (default: a temp dir, kept if the job fails)
     progress: bool = True
+    tls: bool = True  # the receivers' status over HTTPS (False: in clear, labs only)
+    ca: str | None = None  # the CA of the receivers' certificates (default: the system's)
 
     # ---- receivers -----------------------------------------------------------------------------------------
     def _get(self, cloud: Cloud, path: str, timeout: float = 3.0) -> dict[str, Any]:
         auth = {"Authorization": f"Bearer {self.token}"}
-        req = urllib.request.Request(f"http://{cloud.receiver}{path}", headers=auth)
+        req = urllib.request.Request(f"{'https' if self.tls else 'http'}://{cloud.receiver}{path}", headers=auth)
+        ctx = None
+        if self.tls:
+            from ..creds import client_tls
+
+            ctx = client_tls(self.ca)
         try:
-            with ns_mod.entered(self.netns), urllib.request.urlopen(req, timeout=timeout) as resp:
+            with ns_mod.entered(self.netns), urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
         except urllib.error.HTTPError as e:
             if e.code == 401:
                 raise ConfigError(f"{cloud.name}'s receiver at {cloud.receiver} refused the token") from None
             raise ReceiverError(f"{cloud.name}: HTTP {e.code} for {path}") from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, ssl.SSLCertVerificationError):
+                raise ConfigError(
+                    f"{cloud.name}'s receiver at {cloud.receiver} shows a certificate this job does not trust "
+                    f"({e.reason.verify_message}): the project CA is --ca"
+                ) from None
+            raise ReceiverError(f"{cloud.name}'s receiver at {cloud.receiver} does not answer ({e})") from None
         except (OSError, ValueError) as e:
             raise ReceiverError(f"{cloud.name}'s receiver at {cloud.receiver} does not answer ({e})") from None
 
@@ -164,11 +179,18 @@ class SyncJob:
         if cut:
             raise ConfigError(f"no BIER path from {self.bfir} to {', '.join(cut)} (links or BFRs down)")
         failed: dict[str, str] = {}
+        mine = fingerprint(self.opts.key) if self.opts.key is not None else None
         for c in self.clouds:
             try:
                 info = self._get(c, "/sync/v1/info")
             except ReceiverError as e:
                 failed[c.name] = f"failed: {e}"
+                continue
+            pins = info.get("senders", "any")
+            if pins != "any" and mine not in {s.get("fingerprint") for s in pins}:
+                failed[c.name] = "failed: it takes files from pinned senders only, and not from " + (
+                    f"this key ({mine})" if mine else "an ephemeral key: give the job the pinned --key"
+                )
                 continue
             if int(info.get("free_bytes", 0)) < size:
                 raise ConfigError(f"disk full at {c.name}: {info.get('free_bytes')} bytes free, the file is {size}")
@@ -186,7 +208,8 @@ class SyncJob:
         live = [c for c in self.clouds if c.name not in failed]
         work = self.workdir or Path(tempfile.mkdtemp(prefix="dinet-sync-"))
         work.mkdir(parents=True, exist_ok=True)
-        priv = f"230.5.{random.randrange(1, 255)}.{random.randrange(1, 255)}"  # UFTP's private range
+        # the private group: source-specific (232/8), which receivers that pin their senders require
+        priv = f"232.5.{random.randrange(1, 255)}.{random.randrange(1, 255)}"
         to = frozenset(c.name for c in live)
         groups = [BierGroup(self.bfir, g, to, udp_port=self.opts.port) for g in (self.opts.pub_group, priv)]
         sender = SenderReport()

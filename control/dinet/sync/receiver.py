@@ -2,12 +2,15 @@
 and answers the repository's questions over HTTP (aiohttp, as dinet serve): free space before a job, bytes
 received while it runs, and the SHA-256 of a received file after it, so the sender checks every copy.
 
-    GET /sync/v1/info          {"client": "0x00000003", "free_bytes": N}
+    GET /sync/v1/info          {"client": "0x00000003", "free_bytes": N, "senders": [pinned senders] | "any"}
     GET /sync/v1/progress      {"receiving": bytes written into the temp dir so far}
     GET /sync/v1/files/NAME    {"name", "size", "sha256"} of a received file (404 if absent)
 
-Every request carries `Authorization: Bearer TOKEN`; without a token the receiver refuses to start unless
---insecure. The uftpd child dies with this process (PR_SET_PDEATHSIG)."""
+Every request carries `Authorization: Bearer TOKEN`, over HTTPS (--tls-cert/--tls-key: a certificate of the
+project CA naming the address the repository reaches it by); without a token or a certificate the receiver
+refuses to start unless --insecure. It takes files only from the senders its server list pins (UFTP's -S:
+each sender's ID, address and key fingerprint; `dinet sync-pin` writes the line), unless --any-sender. The
+uftpd child dies with this process (PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from aiohttp import web
 
 from ..creds import same_token
 from ..errors import ConfigError
-from .uftp import UftpOptions, receiver_argv
+from .uftp import UftpOptions, read_servers, receiver_argv
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,10 @@ class SyncReceiver:
     token: str
     opts: UftpOptions = field(default_factory=UftpOptions)
     require_encryption: bool = True
-    servers: Path | None = None
+    servers: Path | None = None  # the pinned senders (uftpd -S); None: any sender (any_sender must say so)
+    any_sender: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    senders: list[dict[str, str]] = field(default_factory=list)
     _hashes: dict[str, tuple[tuple[int, int, int], str]] = field(default_factory=dict)
 
     @property
@@ -67,6 +72,12 @@ class SyncReceiver:
     def start_uftpd(self) -> None:
         if not self.store.is_dir():
             raise ConfigError(f"the model store {self.store} is not a directory")
+        if self.servers is None and not self.any_sender:
+            raise ConfigError(
+                "the receiver takes files from pinned senders only: --servers FILE (a line per sender, "
+                "`dinet sync-pin KEY --address IP` writes it), or --any-sender"
+            )
+        self.senders = read_servers(self.servers) if self.servers is not None else []
         (self.state / "tmp").mkdir(parents=True, exist_ok=True)
         argv = receiver_argv(
             self.store, self.state / "tmp", self.interfaces, self.client_id, self.opts,
@@ -108,7 +119,12 @@ class SyncReceiver:
         st = os.statvfs(self.store)
         alive = self.proc is not None and self.proc.poll() is None
         return web.json_response(
-            {"client": self.client_id, "free_bytes": st.f_bavail * st.f_frsize, "uftpd": "running" if alive else "down"}
+            {
+                "client": self.client_id,
+                "free_bytes": st.f_bavail * st.f_frsize,
+                "uftpd": "running" if alive else "down",
+                "senders": self.senders if self.servers is not None else "any",
+            }
         )
 
     async def progress(self, request: web.Request) -> web.Response:
@@ -133,15 +149,16 @@ class SyncReceiver:
         return web.json_response({"name": name, "size": st.st_size, "sha256": cached[1]})
 
 
-def run(receiver: SyncReceiver, listen: str) -> None:
-    """uftpd and the HTTP endpoint until SIGINT/SIGTERM."""
+def run(receiver: SyncReceiver, listen: str, tls: Any = None) -> None:
+    """uftpd and the HTTP endpoint (HTTPS with `tls`, an ssl context) until SIGINT/SIGTERM."""
     from ..workload.serve import open_site
 
     receiver.start_uftpd()
 
     async def main() -> None:
-        runner = await open_site(receiver.app(), listen)
-        print(f"dinet sync-receiver: {receiver.client_id} into {receiver.store}, status on {listen}", flush=True)
+        runner = await open_site(receiver.app(), listen, tls)
+        where = f"{'https' if tls else 'http'}://{listen}"
+        print(f"dinet sync-receiver: {receiver.client_id} into {receiver.store}, status on {where}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

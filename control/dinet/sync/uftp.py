@@ -6,14 +6,18 @@ by ECDH with ECDSA signatures. dinet adds the network (the BIER group of a job) 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
 
-PUB_GROUP = "230.4.4.1"  # UFTP's default announce group; receivers listen on it (uftpd -M)
+# the announce group receivers listen on (uftpd -M): source-specific (232/8), as receivers that pin their
+# senders (uftpd -S, dinet's default) require of both groups
+PUB_GROUP = "232.4.4.1"
 PORT = 1044  # UFTP's default port: announcements and data go to it
 CURVE = "prime256v1"
 
@@ -141,3 +145,57 @@ def parse_sender(status_text: str, log_text: str, report: SenderReport | None = 
             if rep.first_data_at is None:
                 rep.first_data_at = m.group(1)
     return rep
+
+
+_FP = re.compile(r"fingerprint: ((?:[0-9A-F]{2}:){19}[0-9A-F]{2})")
+_SERVER = re.compile(r"^0x[0-9A-Fa-f]{8}\|[^|]+(\|(?:[0-9A-Fa-f]{2}:){19}[0-9A-Fa-f]{2})?$")
+
+
+def fingerprint(key: Path) -> str:
+    """A sender key's fingerprint as UFTP prints and checks it (uftp_keymgt: SHA-1 of the public key)."""
+    out = subprocess.run([require("uftp_keymgt"), str(key)], capture_output=True, text=True)
+    m = _FP.search(out.stdout + out.stderr)  # uftp_keymgt prints on stderr
+    if out.returncode != 0 or m is None:
+        raise ConfigError(f"{key} is no UFTP key (uftp_keymgt: {(out.stderr or out.stdout).strip()[:200]})")
+    return m.group(1)
+
+
+def make_key(key: Path) -> str:
+    """A new sender key (EC, CURVE) in `key`, mode 0600; its fingerprint."""
+    if key.exists():
+        raise ConfigError(f"{key} exists: a sender keeps its key (its receivers pin it)")
+    out = subprocess.run([require("uftp_keymgt"), "-g", f"ec:{CURVE}", str(key)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ConfigError(f"cannot make a key in {key}: {(out.stderr or out.stdout).strip()[:200]}")
+    key.chmod(0o600)
+    return fingerprint(key)
+
+
+def server_line(address: str, fp: str) -> str:
+    """The line of uftpd's server list (-S) that pins a sender: its UFTP ID (its IPv4 address, uftp's default
+    ID), the address its announcements come from, and its key's fingerprint."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ConfigError(f"a sender's address is IPv4 (uftp's ID is derived from it), not {address!r}") from None
+    return f"0x{int(ip):08X}|{ip}|{fp}"
+
+
+def read_servers(path: Path) -> list[dict[str, str]]:
+    """The senders a server list pins, checked line by line (a typo is one error naming the line)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"the server list {path} cannot be read: {e.strerror}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not _SERVER.match(line):
+            raise ConfigError(f"{path}:{n}: not ID|ADDRESS|FINGERPRINT (0x1234ABCD|10.0.0.1|AA:BB:...): {line!r}")
+        uid_, addr, *fp = line.split("|")
+        out.append({"id": uid_, "address": addr, "fingerprint": fp[0].upper() if fp else ""})
+    if not out:
+        raise ConfigError(f"the server list {path} names no sender: no one could send to this receiver")
+    return out

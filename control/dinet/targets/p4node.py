@@ -273,7 +273,14 @@ class P4Node(InstanceEdits):
                         is_default=True,
                     )
                 )
-        self._write(writes)
+        # idempotent: a restarted controller configures a switch it adopted (entries there already)
+        held = [e for e in writes if _key(e) in self._entries]
+        changed = [e for e in held if self._entries[_key(e)] != e]
+        if changed:
+            self._write(changed, "MODIFY")
+        fresh = [e for e in writes if _key(e) not in self._entries]
+        if fresh:
+            self._write(fresh)
 
     def _svc_entry(self, svc: ServiceKey, st: _Svc) -> TableEntry:
         table = "services_v4" if svc.vip.version == 4 else "services_v6"

@@ -48,6 +48,8 @@ class Record:
     decode_instance: str = ""  # prefill-decode: the decode instance the network chose for the session
     kv_bytes: int = 0  # the KV cache handed over to it
     kv_ms: float | None = None  # from the hand-over's start to the decode instance's first token
+    error: str = ""  # what went wrong, for a request that failed
+    failed_ms: float | None = None  # when, from its start
 
 
 def poisson(schedule: list[tuple[float, float]], duration: float, rng: random.Random) -> Iterator[float]:
@@ -198,6 +200,8 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                         n += 1
     except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as e:
         rec.status = f"error: {type(e).__name__}"
+        rec.error = str(e)[:200]
+        rec.failed_ms = round((time.monotonic() - start) * 1000, 3)
         return rec
     end = time.monotonic()
     rec.completion_tokens = n
