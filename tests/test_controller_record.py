@@ -76,12 +76,12 @@ def test_a_restarted_controller_adopts_what_is_installed_and_writes_nothing() ->
     first.collector.observe((SVC, 2), Level0(cpu_load=0.8))
     first.collector.expire_now((SVC, 2))
     before, writes = t.installed(), t.writes
-    assert before[2] == (0, "down")
+    assert before[2] == (0, "draining")  # expired: no new flow (its open ones stay)
     second = controller(t)
     assert second.start() == 0 and t.writes == writes and t.installed() == before
-    # the dead instance stays down until it reports: a restart does not bring it back
+    # the silent instance stays out until it reports: a restart does not bring it back
     second.collector.observe((SVC, 1), Level0(cpu_load=0.1))
-    assert t.installed()[2] == (0, "down")
+    assert t.installed()[2] == (0, "draining")
 
 
 def test_an_instance_never_heard_from_is_not_idle_and_healthy() -> None:
@@ -95,17 +95,20 @@ def test_an_instance_never_heard_from_is_not_idle_and_healthy() -> None:
 
 
 def test_an_instance_that_never_reports_expires_within_the_timeout_of_the_start() -> None:
+    """Within the timeout plus the grace an agent needs to reconnect to a collector that just started."""
+    from dinet.services.collect import FIRST_REPORT_GRACE_S
+
     clock = [100.0]
     col = Collector.with_tokens({"ta": ("a", {(SVC, 1)}), "tb": ("b", {(SVC, 2)})}, timeout=3, clock=lambda: clock[0])
     t = CountingTarget()
     ctl = controller(t)
     ctl.start()
     ctl.attach(col)
-    clock[0] += 2
+    clock[0] += 3 + FIRST_REPORT_GRACE_S / 2
     assert col.expire() == []
-    clock[0] += 2
+    clock[0] += FIRST_REPORT_GRACE_S
     assert sorted(col.expire()) == [(SVC, 1), (SVC, 2)]
-    assert t.installed() == {1: (0, "down"), 2: (0, "down")}
+    assert t.installed() == {1: (0, "draining"), 2: (0, "draining")}
     assert col.expire() == []  # once
 
 
@@ -299,7 +302,7 @@ def test_a_failing_data_plane_is_counted_retried_and_resynced_and_stops_no_other
     assert flaky.installed() == fine.installed()  # what was decided meanwhile is in place
 
 
-def test_a_restarted_controller_keeps_a_joined_pool_instance_and_a_dead_one_down() -> None:
+def test_a_restarted_controller_keeps_a_joined_pool_instance_and_a_silent_one_out() -> None:
     """A pool instance joined and another instance died; then the controller (and its collector) restart. The
     new one adopts both as the data plane holds them and writes nothing; the pool instance stays until it
     is silent for the collector's timeout (then it is removed), or reports and goes on."""
@@ -322,12 +325,12 @@ def test_a_restarted_controller_keeps_a_joined_pool_instance_and_a_dead_one_down
     first.collector.observe((SVC, 100), Level0(cpu_load=0.1), Announce("192.0.2.100", 3))
     first.collector.expire_now((SVC, 2))
     before, writes = t.installed(), t.writes
-    assert before[100][1] == "up" and before[2] == (0, "down")
+    assert before[100][1] == "up" and before[2] == (0, "draining")
     again = Collector(agents, timeout=3.0, clock=lambda: clock[0])
     second = Controller(t, [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))], dict(SITES), collector=again)
     assert second.start() == 0 and t.writes == writes and t.installed() == before
     again.observe((SVC, 1), Level0(cpu_load=0.3))
-    assert t.installed()[100] == before[100] and t.installed()[2] == (0, "down")  # not dropped, not revived
-    clock[0] += 4.0
+    assert t.installed()[100] == before[100] and t.installed()[2] == (0, "draining")  # not dropped, not revived
+    clock[0] += 6.0  # past the timeout and the reconnect grace
     assert (SVC, 100) in again.expire()
     assert 100 not in t.installed()  # silent past the timeout: it has left

@@ -32,6 +32,7 @@ def test_every_scenario_file_is_valid() -> None:
         "tiers",
         "prefill-decode",
         "model-sync",
+        "cooperative",
     }
     for p in SCENARIOS:
         spec = load(p)
@@ -118,7 +119,9 @@ def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped
         for ingress, client in by_ingress.items():
             recs = lab.load(client, svc.name, rate=8, duration=1, seed=3, **QUICK)
             assert recs and all(r["status"] == "ok" for r in recs), recs[:3]
-            assert {r["instance"] for r in recs} <= members
+            # a device that drafts answers itself, with every round verified by the service's instances
+            served = {v for r in recs for v in (r["verifiers"].split(",") if r.get("verifiers") else [r["instance"]])}
+            assert served <= members, served
             steered = lab.packets(svc.name, ingress)  # the steering node's counters, read back
             assert sum(steered.values()) > 0 and set(steered) <= members
     assert lab.state_path.exists()
@@ -363,6 +366,39 @@ def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: P
         lab.wait_until(lambda: lab.weights("chat")["e1"] > 0, "edge back", timeout=30)
         after = lab.load("dev1", "chat", rate=8, duration=1, seed=3, **QUICK)
         assert after and all(r["offloaded"] and r["instance"] == "e1" for r in after)
+
+
+@needs_root
+@needs_bcc
+def test_a_speculative_session_keeps_its_verifier_and_new_sessions_move_when_its_edge_fills(tmp_path: Path) -> None:
+    """Devices draft, the network picks the verifier: every round of a session reaches one verifier (its
+    rounds ride one flow); when that edge fills up, new sessions verify elsewhere while an open one stays."""
+    import threading
+
+    with _lab("cooperative", "xdp", tmp_path) as lab:
+        spec = {"prompt_min": 64, "prompt_max": 64, "output_min": 40, "output_max": 40}
+        first = lab.load("dev1", "target", rate=3, duration=2, seed=1, **spec)
+        assert first and all(r["status"] == "ok" and r["completion_tokens"] == 40 for r in first), first
+        assert all(r["rounds"] > 1 and "," not in r["verifiers"] for r in first)  # one verifier a session
+        assert sum(r["rounds"] for r in first) < sum(r["completion_tokens"] for r in first)
+        chosen = max({r["verifiers"] for r in first}, key=[r["verifiers"] for r in first].count)
+        assert chosen in ("e1", "e2"), chosen  # an edge: a round trip of 4-10 ms, not the cloud's 50
+        port = lab.spec.service("target").port
+        long: list[dict] = []  # type: ignore[type-arg]
+        with _burst(lab, chosen, port) as burst:
+            th = threading.Thread(  # sessions open on `chosen` as its edge fills: they stay
+                target=lambda: long.extend(
+                    lab.load("dev2", "target", rate=4, duration=0.5, seed=4, prompt_min=64, prompt_max=64,
+                             output_min=200, output_max=200)
+                )
+            )  # fmt: skip
+            th.start()
+            lab.wait_until(lambda: lab.weights("target")[chosen] == 0, f"{chosen} saturated", timeout=60)
+            later = lab.load("dev1", "target", rate=4, duration=2, seed=2, **spec)
+            th.join()
+            assert burst.wait(timeout=120) == 0
+        assert later and all(r["status"] == "ok" and chosen not in r["verifiers"].split(",") for r in later), later
+        assert long and all(r["status"] == "ok" and "," not in r["verifiers"] for r in long), long
 
 
 @needs_root

@@ -683,3 +683,87 @@ def test_requests_answers_and_kv_hand_overs_cross_the_wire_encrypted(tmp_path, t
     }
     assert len(client_tap.seen) > 1000 and len(dec_tap.seen) > 40 * TINY.kv_bytes_per_token
     assert clear == dict.fromkeys(clear, not tls), clear
+
+
+def test_speculative_acceptance_follows_the_pair_and_k_grows_with_the_round_trip() -> None:
+    from dinet.workload.speculative import accepted, best_k, expected_tokens
+
+    for k, alpha in ((4, 0.7), (8, 0.5), (2, 0.9)):
+        draws = [accepted(f"s{i}", 100, k, alpha) for i in range(4000)]
+        assert all(0 <= d <= k for d in draws)
+        mean = sum(d + 1 for d in draws) / len(draws)
+        assert abs(mean - expected_tokens(k, alpha)) < 0.05 * expected_tokens(k, alpha), (k, alpha, mean)
+    assert accepted("s", 1, 5, 0.0) == 0 and accepted("s", 1, 5, 1.0) == 5
+    assert accepted("s", 7, 5, 0.7) == accepted("s", 7, 5, 0.7)  # seeded: the same session, the same draws
+    ks = [best_k(0.01, rtt, 0.7) for rtt in (0.001, 0.01, 0.05, 0.2)]
+    assert ks == sorted(ks) and ks[0] < ks[-1]  # a longer round trip pays for more drafted tokens a round
+    assert best_k(0.01, 0.2, 0.0) == 1  # nothing is ever accepted: draft the least
+
+
+def test_a_draft_instance_has_every_round_verified_by_one_target_on_one_connection() -> None:
+    """`dinet serve --role draft --verify-url` answers the OpenAI API with the target's help: every request
+    gets its max_tokens; its rounds all reach the one verifier over one connection, so only a session's first
+    round computes the context (a miss) and the others hit; the verifier counts rounds, drafts and
+    acceptances; a malformed round is a 400."""
+    vp, dp = free_port(), free_port()
+    with (
+        dinet_process(
+            "serve", "--listen", f"127.0.0.1:{vp}", "--profile", "tiny-test", "--name", "verif-1", ready="ready:"
+        ),
+        dinet_process(
+            "serve", "--listen", f"127.0.0.1:{dp}", "--profile", "tiny-test", "--name", "draft-1", "--role", "draft",
+            "--verify-url", f"http://127.0.0.1:{vp}", "--acceptance", "0.7", ready="ready:",
+        ),
+    ):  # fmt: skip
+        recs = load(
+            f"http://127.0.0.1:{dp}", duration=1.0, schedule=[(0.0, 6.0)], prompt_tokens=(30, 30), max_tokens=(40, 40)
+        )
+        assert recs and all(r.status == "ok" and r.completion_tokens == 40 for r in recs), recs
+        assert all(r.verifiers == "verif-1" and r.rounds >= 1 and r.accepted <= r.drafted for r in recs)
+        assert sum(r.rounds for r in recs) < sum(r.completion_tokens for r in recs)  # more than a token a round
+        m = metrics(f"http://127.0.0.1:{vp}")
+        assert m["dinet:spec_verify_rounds_total"] == sum(r.rounds for r in recs)
+        assert m["dinet:spec_accepted_tokens_total"] == sum(r.accepted for r in recs)
+        assert m["dinet:spec_draft_tokens_total"] == sum(r.drafted for r in recs)
+        assert m["dinet:spec_session_misses_total"] == len(recs)  # each session's first round only
+        assert m["dinet:spec_session_hits_total"] == sum(r.rounds - 1 for r in recs)
+        bad = urllib.request.Request(
+            f"http://127.0.0.1:{vp}/dinet/v1/verify", data=json.dumps({"session": "x", "context": 0}).encode()
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=5)
+        assert e.value.code == 400 and "context is an integer" in json.loads(e.value.read())["message"]
+
+
+def test_a_cascade_escalates_exactly_the_requests_below_its_threshold() -> None:
+    """`dinet serve --role cascade`: the small model answers a request whose confidence reaches the
+    threshold, and passes the others to the large model behind --escalate-url, whose answer the client gets
+    whole; the quality model says which answers are at the large model's level (all escalated ones)."""
+    from dinet.workload.cascade import at_large_level, confidence
+
+    lp, sp = free_port(), free_port()
+    with (
+        dinet_process("serve", "--listen", f"127.0.0.1:{lp}", "--profile", "tiny-test", "--name", "large-1",
+                      ready="ready:"),
+        dinet_process(
+            "serve", "--listen", f"127.0.0.1:{sp}", "--profile", "tiny-test", "--name", "small-1", "--role",
+            "cascade", "--escalate-url", f"http://127.0.0.1:{lp}", "--threshold", "0.6", "--large-quality", "1.0",
+            ready="ready:",
+        ),
+    ):  # fmt: skip
+        recs = load(
+            f"http://127.0.0.1:{sp}", duration=2.0, schedule=[(0.0, 15.0)], prompt_tokens=(20, 20), max_tokens=(6, 6)
+        )
+        assert len(recs) > 10 and all(r.status == "ok" and r.completion_tokens == 6 for r in recs), recs
+        up = [r for r in recs if r.escalated]
+        assert 0 < len(up) < len(recs)  # both branches taken
+        assert {r.answered_by for r in up} == {"large-1"} and {r.answered_by for r in recs if not r.escalated} == {
+            "small-1"
+        }
+        assert all(r.large_level for r in up)
+        assert metrics(f"http://127.0.0.1:{sp}")["dinet:cascade_escalations_total"] == len(up)
+        assert metrics(f"http://127.0.0.1:{lp}")["vllm:request_success_total"] == len(up)
+        assert all(r.escalated == (r.confidence < 0.6) for r in recs)  # below the threshold, and only then
+    assert 0.0 <= min(confidence(f"r{i}") for i in range(100)) <= max(confidence(f"r{i}") for i in range(100)) <= 1.0
+    share = sum(at_large_level(f"r{i}", 0.5, 1.0, False) for i in range(4000)) / 4000
+    assert abs(share - 0.5) < 0.03

@@ -403,7 +403,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
     run(
         a.listen, a.profile, a.name or a.listen, a.model, a.role, a.decode_url or "", a.kv_tokens, a.max_batch,
-        tls, a.ca,
+        tls, a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
     )  # fmt: skip
 
 
@@ -862,7 +862,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="llama3-8b-a100", help="model/GPU profile (see dinet.workload.engine)")
     p.add_argument("--name", help="the instance's name, sent in x-dinet-instance (default: the listen address)")
     p.add_argument("--model", help="the model name served (default: the profile's)")
-    p.add_argument("--role", default="both", choices=["both", "prefill", "decode"], help="prefill-decode pipelines")
+    p.add_argument(
+        "--role",
+        default="both",
+        choices=["both", "prefill", "decode", "draft", "cascade"],
+        help="prefill/decode: a pipeline split at the KV cache; draft: speculative decoding with --verify-url; "
+        "cascade: a small model escalating to --escalate-url",
+    )
+    p.add_argument("--escalate-url", help="cascade role: the large model (a VIP dinet steers)")
+    p.add_argument("--threshold", type=float, default=0.6, help="cascade role: escalate below this confidence")
+    p.add_argument("--large-quality", type=float, default=1.0, help="cascade role: the large model's quality")
+    p.add_argument("--verify-url", help="draft role: the target model that verifies each round (a VIP dinet steers)")
+    p.add_argument(
+        "--acceptance", type=float, default=0.7, help="draft role: the pair's acceptance rate per drafted token"
+    )
     p.add_argument("--kv-tokens", type=_positive, help="KV-cache capacity in tokens (default: the profile's)")
     p.add_argument("--max-batch", type=_positive, help="sequences decoded together (default: the profile's)")
     p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; `dinet certs issue` makes one)")

@@ -484,6 +484,10 @@ class Lab:
         local = next(c for c in self.spec.clients if c.name == client).local
         assert local is not None
         args = [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"127.0.0.1:{local.port}"]
+        if local.role == "draft":  # every round to the target model's VIP: the network picks the verifier
+            svc = self.spec.service(str(local.verify_service))
+            args += ["--role", "draft", "--verify-url", f"{self.scheme}://{svc.vip}:{svc.port}", *self.tls_args()]
+            args += ["--acceptance", str(local.acceptance)]
         p = self._popen(client, [*args, "--profile", local.profile, "--name", f"{client}-local"], client)
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("ready"):
@@ -816,13 +820,16 @@ class Lab:
         of its own decides per request whether to offload (its records say `offloaded`)."""
         svc = self.spec.service(service)
         spec = next(c for c in self.spec.clients if c.name == client)
-        if spec.local is not None:
+        url = f"{self.scheme}://{svc.vip}:{svc.port}"
+        if spec.local is not None and spec.local.role == "draft":  # the device's own drafter takes them
+            url = f"http://127.0.0.1:{spec.local.port}"
+        elif spec.local is not None:
             opts.setdefault("local", f"http://127.0.0.1:{spec.local.port}")
             opts.setdefault("offload_view", self.ingress_metrics_url(self.spec.client_ingress(spec)))
             opts.setdefault("offload_node", self.ingress_index(self.spec.client_ingress(spec)) - 1)
             opts.setdefault("offload_max_rtt_ms", spec.local.offload_max_rtt_ms)
         out = self.workdir / f"load-{client}-{service}-{time.monotonic_ns()}.jsonl"
-        args = [sys.executable, "-m", "dinet.cli", "load", "--url", f"{self.scheme}://{svc.vip}:{svc.port}", "--quiet"]
+        args = [sys.executable, "-m", "dinet.cli", "load", "--url", url, "--quiet"]
         args += self.tls_args()
         args += ["--rate", str(rate), "--duration", str(duration), "--out", str(out)]
         args += ["--sensitive-share", "1" if svc.class_ == "delay-sensitive" else "0"]

@@ -57,12 +57,17 @@ class IngressSpec(_Spec):
 
 
 class LocalModelSpec(_Spec):
-    """A device's own model (cloud-edge-device): a `dinet serve` on the device, answering when the network
-    does not pay off (dinet.workload.device)."""
+    """A device's own model: a `dinet serve` on the device. role both (cloud-edge-device): it answers when
+    the network does not pay off (dinet.workload.device); role draft (speculative decoding): it drafts and has
+    every round verified by a target model of `verify_service`, whose VIP the network steers
+    (dinet.workload.speculative); the device's requests go to it."""
 
     profile: str = "llama3.2-1b-pruned-edge"
     port: int = Field(default=9000, ge=1, le=65535)
     offload_max_rtt_ms: float = Field(default=20.0, ge=0)  # a site farther than this is not worth it
+    role: Literal["both", "draft"] = "both"
+    verify_service: str | None = None  # role draft: the target model's service
+    acceptance: float = Field(default=0.7, ge=0, le=1)  # role draft: the model pair's acceptance rate
 
     @model_validator(mode="after")
     def _known(self) -> LocalModelSpec:
@@ -170,6 +175,10 @@ class ScenarioSpec(_Spec):
         for k, c in enumerate(self.clients):
             if c.ingress is not None and c.ingress not in ingress:
                 raise ValueError(f"clients[{k}] ({c.name}): no ingress node {c.ingress!r}")
+            if c.local is not None and (c.local.role == "draft") != (c.local.verify_service is not None):
+                raise ValueError(f"clients[{k}] ({c.name}): a draft model names its verify_service, and only it")
+            if c.local is not None and c.local.verify_service not in (None, *services):
+                raise ValueError(f"clients[{k}] ({c.name}): no service {c.local.verify_service!r}")
         ids = [s.id for s in self.sites]
         if len(set(ids)) != len(ids):
             raise ValueError(f"site ids must be unique; got {ids}")

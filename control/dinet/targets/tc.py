@@ -398,10 +398,13 @@ class PortMonitor:
     def _mark(self, ifindex: int, down: bool) -> None:
         if ifindex not in self.node.ports:
             return
-        t = self.node.down_t
+        t, cfg = self.node.down_t, self.node.cfg_t
+        # the programs look at the ports only while cfg[1] says one is down: it counts a port before its mark
+        # is written and after its mark is gone, so whoever sees a mark sees the programs reading it
         try:
             if down:
                 if t.Key(ifindex) not in t:
+                    cfg[cfg.Key(1)] = cfg.Leaf(len(t) + 1)
                     t[t.Key(ifindex)] = t.Leaf(time.monotonic_ns())
             else:
                 del t[t.Key(ifindex)]
@@ -409,8 +412,7 @@ class PortMonitor:
             pass
         except Exception as e:  # bcc raises a bare Exception (a full map)
             log.warning("node %s: cannot mark port %d %s: %s", self.node.node, ifindex, "down" if down else "up", e)
-        cfg = self.node.cfg_t
-        cfg[cfg.Key(1)] = cfg.Leaf(len(t))  # the programs look at the ports only while one is down
+        cfg[cfg.Key(1)] = cfg.Leaf(len(t))
 
     def _run(self) -> None:
         while True:

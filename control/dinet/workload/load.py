@@ -48,6 +48,14 @@ class Record:
     decode_instance: str = ""  # prefill-decode: the decode instance the network chose for the session
     kv_bytes: int = 0  # the KV cache handed over to it
     kv_ms: float | None = None  # from the hand-over's start to the decode instance's first token
+    rounds: int = 0  # speculative decoding: rounds of drafted tokens verified across the network
+    drafted: int = 0  # tokens drafted
+    accepted: int = 0  # of which the target accepted
+    verifiers: str = ""  # the verifier instances in the order the rounds met them (one: the session stayed)
+    escalated: bool | None = None  # cascade: passed to the large model
+    confidence: float | None = None  # cascade: the small model's confidence in its answer
+    answered_by: str = ""  # cascade: the instance whose answer the client got
+    large_level: bool | None = None  # cascade: an answer as good as the large model's (the quality model)
     error: str = ""  # what went wrong, for a request that failed
     failed_ms: float | None = None  # when, from its start
 
@@ -192,6 +200,13 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                     rec.decode_instance = str(handed.get("decode_instance", ""))
                     rec.kv_bytes = int(handed.get("kv_bytes", 0))
                     rec.kv_ms = round(float(handed["kv_ms"]), 3) if "kv_ms" in handed else None
+                    rec.rounds, rec.drafted = int(handed.get("rounds", 0)), int(handed.get("drafted", 0))
+                    rec.accepted = int(handed.get("accepted", 0))
+                    rec.verifiers = ",".join(map(str, handed.get("verifiers", [])))
+                    if "escalated" in handed:
+                        rec.escalated, rec.large_level = bool(handed["escalated"]), bool(handed["large_level"])
+                        rec.answered_by = str(handed.get("answered_by", ""))
+                        rec.confidence = float(handed.get("confidence", 0.0))
                 for ch in msg.get("choices", []):
                     if ch.get("text") or (ch.get("delta") or {}).get("content"):
                         now = time.monotonic()

@@ -3,6 +3,13 @@
 
     POST /v1/completions, /v1/chat/completions   (stream: true -> server-sent events, as OpenAI and vLLM)
     GET  /v1/models, /health, /metrics
+    POST /dinet/v1/kv       a decode instance takes a prefilled prompt's KV cache (prefill-decode)
+    POST /dinet/v1/verify   a target model verifies a round of drafted tokens (speculative decoding)
+
+Roles: both (a whole model server, and a verifier); prefill and decode (a pipeline split at the KV cache);
+draft (a small model that drafts and has every round verified behind --verify-url: dinet.workload.speculative);
+cascade (a small model that answers, or escalates to the large model behind --escalate-url when its
+confidence is low: dinet.workload.cascade).
 
 Every response names the instance that served it (header `x-dinet-instance`, and `x-dinet-tier`) and reports
 its usage (prompt and completion tokens). A prompt's token count is its whitespace-separated words (a
@@ -28,6 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as PromCollector
 
 from ..errors import ConfigError
+from . import cascade
+from . import speculative as spec
 from .engine import PROFILES, Engine, Profile, Sequence
 
 # vLLM's buckets for TTFT and TPOT (seconds)
@@ -78,6 +87,19 @@ class Metrics:
         self.prompt = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", lb, registry=r)
         self.generation = Counter("vllm:generation_tokens", "Number of generation tokens processed.", lb, registry=r)
         self.success = Counter("vllm:request_success", "Count of successfully processed requests.", lb, registry=r)
+        # speculative decoding, as a verifier sees it (vLLM's spec-decode counters are the drafter's own)
+        self.spec_rounds = Counter("dinet:spec_verify_rounds", "Rounds of drafted tokens verified.", lb, registry=r)
+        self.spec_drafted = Counter("dinet:spec_draft_tokens", "Drafted tokens verified.", lb, registry=r)
+        self.spec_accepted = Counter("dinet:spec_accepted_tokens", "Drafted tokens accepted.", lb, registry=r)
+        self.spec_hits = Counter(
+            "dinet:spec_session_hits", "Rounds of a session whose context this verifier held.", lb, registry=r
+        )
+        self.spec_misses = Counter(
+            "dinet:spec_session_misses", "Rounds that computed the session's whole context again.", lb, registry=r
+        )
+        self.escalations = Counter(
+            "dinet:cascade_escalations", "Requests a cascade's small model passed to the large one.", lb, registry=r
+        )
         for metric in (self.ttft, self.tpot, self.e2e, self.queue, self.prompt, self.generation, self.success):
             metric.labels(model)  # every series from the start, at zero, as vLLM shows them
         r.register(_EngineGauges(engine, model))
@@ -109,15 +131,31 @@ class Server:
         role: str = "both",
         decode_url: str = "",
         ca: str | None = None,
+        verify_url: str = "",
+        alpha: float = spec.ALPHA,
+        escalate_url: str = "",
+        threshold: float = cascade.THRESHOLD,
+        large_quality: float = 1.0,
     ):
         """role: both (a whole model server); prefill (prefills, then hands the KV cache to the decode
         instance behind `decode_url`, a service VIP the network steers, and relays its tokens; https: over
         TLS, the decode instance's certificate checked against `ca`, default the system's CAs); decode (takes
-        handed-over KV caches on /dinet/v1/kv and decodes)."""
-        if role not in ("both", "prefill", "decode"):
-            raise ConfigError(f"role is both, prefill or decode, not {role!r}")
+        handed-over KV caches on /dinet/v1/kv and decodes); draft (drafts tokens and has each round verified
+        by the target behind `verify_url`, a service VIP, accepting each with probability `alpha`)."""
+        if role not in ("both", "prefill", "decode", "draft", "cascade"):
+            raise ConfigError(f"role is both, prefill, decode, draft or cascade, not {role!r}")
+        if role == "cascade" and not escalate_url:
+            raise ConfigError("a cascade instance needs --escalate-url (the large model's address)")
+        self.escalate_url, self.threshold = escalate_url.rstrip("/"), cascade.check_threshold(threshold)
+        self.large_quality = large_quality
         if role == "prefill" and not decode_url:
             raise ConfigError("a prefill instance needs --decode-url (the decode stage's address)")
+        if role == "draft" and not verify_url:
+            raise ConfigError("a draft instance needs --verify-url (the target model's address)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"an acceptance rate is 0..1, not {alpha}")
+        self.verify_url, self.alpha = verify_url.rstrip("/"), alpha
+        self.cache = spec.SessionCache()
         self.profile, self.name, self.role, self.decode_url = profile, name, role, decode_url.rstrip("/")
         self._session: Any = None
         self.ca = ca
@@ -133,6 +171,7 @@ class Server:
                 web.get("/health", self.health),
                 web.get("/metrics", self.prom),
                 web.post("/dinet/v1/kv", self.kv),
+                web.post("/dinet/v1/verify", self.verify),
                 web.get("/dinet/v1/ttft", self.ttft),
             ]
         )
@@ -143,10 +182,120 @@ class Server:
         if self._session is not None:
             await self._session.close()
 
+    def _tls(self, url: str) -> Any:
+        """The TLS of a client toward a stage behind `url` (https: its certificate checked against the CA)."""
+        from ..creds import client_tls
+
+        tls = client_tls(self.ca) if url.startswith("https:") else None
+        return tls if tls is not None else True
+
+    # ---- speculative decoding --------------------------------------------------------------------------------
+    async def verify(self, request: web.Request) -> web.Response:
+        """One round: the k drafted tokens (and, for a session this instance does not hold, its whole context)
+        computed in one pass, and one token more; how many drafts the target accepts."""
+        if self.role != "both":
+            return self._error(404, "this instance verifies nothing (not a whole model server)")
+        try:
+            session, context, draft, alpha = spec.verify_request(await self._body(request))
+            compute, hit = self.cache.to_compute(session, context, draft)
+            tokens = self.engine.generate(compute, 1)
+        except ConfigError as e:
+            return self._error(400, str(e))
+        async with contextlib.aclosing(tokens):  # a drafter that hung up leaves the batch
+            async for _ in tokens:
+                pass
+        n = spec.accepted(session, context, draft, alpha)
+        self.cache.hold(session, context + n + 1)
+        self.metrics.spec_rounds.labels(self.model).inc()
+        self.metrics.spec_drafted.labels(self.model).inc(draft)
+        self.metrics.spec_accepted.labels(self.model).inc(n)
+        (self.metrics.spec_hits if hit else self.metrics.spec_misses).labels(self.model).inc()
+        return web.json_response({"accepted": n, "cache_hit": hit, "instance": self.name}, headers=self._headers())
+
+    async def _speculate(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+        """The draft role's tokens: rounds of k drafted here, verified behind verify_url on one connection
+        (one flow, so the network keeps the session on its verifier); k adapts to the measured round trip."""
+        import aiohttp
+
+        session = uuid.uuid4().hex[:16]
+        conn = aiohttp.TCPConnector(limit=1, ssl=self._tls(self.verify_url))  # one flow for the session
+        draft_s = spec.Ewma(max(self.profile.decode_base_ms, 1.0) / 1000)
+        answer_s: spec.Ewma | None = None
+        ctx, made, rounds, drafted, taken = n_prompt, 0, 0, 0, 0
+        verifiers: list[str] = []
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as http:
+            while made < n_max:
+                k = min(spec.best_k(draft_s.value, answer_s.value if answer_s else 0.05, self.alpha), n_max - made)
+                t0 = time.monotonic()
+                # the draft model: the prompt's prefill in the first round, then k of its decode steps
+                gen = self.engine.generate(ctx, k, prefilled=rounds > 0)
+                async with contextlib.aclosing(gen):
+                    async for _ in gen:
+                        pass
+                t1 = time.monotonic()
+                draft_s.add((t1 - t0) / k if rounds else draft_s.value)
+                body = {"session": session, "context": ctx, "draft": k, "alpha": self.alpha}
+                async with http.post(f"{self.verify_url}/dinet/v1/verify", json=body) as r:
+                    if r.status != 200:
+                        raise ConfigError(f"the verifier refused a round: HTTP {r.status} {await r.text()}")
+                    answer = await r.json()
+                now = time.monotonic()
+                answer_s = answer_s or spec.Ewma(now - t1)
+                answer_s.add(now - t1)
+                n = min(int(answer["accepted"]) + 1, n_max - made)
+                if not verifiers or verifiers[-1] != answer.get("instance"):
+                    verifiers.append(str(answer.get("instance", "")))
+                rounds, drafted, taken = rounds + 1, drafted + k, taken + int(answer["accepted"])
+                made, ctx = made + n, ctx + n
+                info.update(rounds=rounds, drafted=drafted, accepted=taken, verifiers=verifiers, k=k)
+                for _ in range(n):
+                    yield now
+
+    # ---- cascade ---------------------------------------------------------------------------------------------
+    async def _cascade(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+        """The cascade role's tokens: this small model's, or, when its confidence (read at its first token) is
+        below the threshold, the large model's behind escalate_url (a new flow: the network picks it)."""
+        import aiohttp
+
+        rid = uuid.uuid4().hex
+        conf = cascade.confidence(rid)
+        gen = self.engine.generate(n_prompt, n_max)
+        async with contextlib.aclosing(gen):
+            first = await gen.__anext__()
+            if conf >= self.threshold:
+                level = cascade.at_large_level(rid, self.profile.quality, self.large_quality, False)
+                info.update(escalated=False, confidence=conf, answered_by=self.name, large_level=level)
+                yield first
+                async for t in gen:
+                    yield t
+                return
+        self.metrics.escalations.labels(self.model).inc()  # the small model's answer is dropped here
+        info.update(escalated=True, confidence=conf, large_level=True)
+        conn = aiohttp.TCPConnector(force_close=True, ssl=self._tls(self.escalate_url))
+        body = {"prompt": " ".join(["w"] * n_prompt), "max_tokens": n_max, "stream": True, "ignore_eos": True}
+        async with (
+            aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as http,
+            http.post(f"{self.escalate_url}/v1/completions", json=body) as r,
+        ):
+            if r.status != 200:
+                raise ConfigError(f"the large model refused the escalation: HTTP {r.status}")
+            info["answered_by"] = r.headers.get("x-dinet-instance", "")
+            async for raw in r.content:  # server-sent events: one token a chunk, then the usage and [DONE]
+                line = raw.decode().strip()
+                if not line.startswith("data:") or line == "data: [DONE]":
+                    continue
+                if any(c.get("text") for c in json.loads(line[5:]).get("choices", [])):
+                    yield time.monotonic()
+
     # ---- prefill-decode ------------------------------------------------------------------------------------
     async def _tokens(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
         """The request's tokens: from this engine, or (prefill role) the first from here and the rest from
-        the decode instance the KV cache was handed to."""
+        the decode instance the KV cache was handed to, or (draft role) rounds verified by the target."""
+        if self.role in ("draft", "cascade"):
+            stage = self._speculate if self.role == "draft" else self._cascade
+            async for t in stage(n_prompt, n_max, info):
+                yield t
+            return
         if self.role != "prefill":
             async with contextlib.aclosing(self.engine.generate(n_prompt, n_max)) as gen:
                 async for t in gen:
@@ -162,12 +311,9 @@ class Server:
         if self._session is None:
             # a connection per hand-over: the network chooses the decode instance of each session (a pooled
             # connection would carry the next session to wherever the last one went)
-            from ..creds import client_tls
-
-            tls = client_tls(self.ca) if self.decode_url.startswith("https:") else None
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=300),
-                connector=aiohttp.TCPConnector(force_close=True, ssl=tls if tls is not None else True),
+                connector=aiohttp.TCPConnector(force_close=True, ssl=self._tls(self.decode_url)),
             )
         size = n_prompt * self.profile.kv_bytes_per_token
         chunk = bytes(65536)
@@ -400,12 +546,20 @@ def run(
     max_batch: int | None = None,
     tls: tuple[str, str] | None = None,
     ca: str | None = None,
+    verify_url: str = "",
+    alpha: float = spec.ALPHA,
+    escalate_url: str = "",
+    threshold: float = cascade.THRESHOLD,
+    large_quality: float = 1.0,
 ) -> None:
     """Serves until SIGINT/SIGTERM; prints `ready` once it listens. tls: (certificate, key) to serve HTTPS;
     ca: the CA that signs the decode stage's certificate (an https --decode-url)."""
     from ..creds import server_tls
 
-    server = Server(profile_of(profile, kv_tokens, max_batch), name, model, role, decode_url, ca)
+    server = Server(
+        profile_of(profile, kv_tokens, max_batch), name, model, role, decode_url, ca, verify_url, alpha,
+        escalate_url, threshold, large_quality,
+    )  # fmt: skip
     ctx = server_tls(*tls) if tls else None
 
     async def main() -> None:
