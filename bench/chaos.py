@@ -1,6 +1,8 @@
 """The chaos run: while a cloud-edge lab serves steady load, faults are injected one after another at random
 (seeded): the controller killed (SIGKILL) and restarted, an instance's metrics agent killed and restarted, an
-instance's model server killed and restarted, a path from the ingress node to a site cut and restored. The
+instance's model server killed and restarted, a path from the ingress node to a site cut and restored, and
+on XDP the node agent that holds the ingress node's program (`dinet run` drives it over gRPC) killed and
+restarted. The
 run checks, throughout, what a user relies on:
 
 - `dinet run` never exits on its own (only when this run kills it);
@@ -47,7 +49,14 @@ from dinet.promtext import fetch, samples
 log = logging.getLogger("chaos")
 SCENARIO = Path(__file__).resolve().parent.parent / "topo" / "scenarios" / "cloud-edge.yaml"
 KINDS = ("agent", "server", "controller", "link")
+NODE_AGENT_KINDS = (*KINDS, "node-agent")  # target xdp: the ingress node's program is held by a node agent
 SWITCH_KINDS = (*KINDS, "switch")  # target bmv2: the ingress switch killed and started again, empty
+
+
+def kinds_of(target: str) -> tuple[str, ...]:
+    return SWITCH_KINDS if target == "bmv2" else NODE_AGENT_KINDS
+
+
 RATE = 2.0  # requests per second per client: the edges serve it within their SLOs
 LOAD_TIMEOUT_S = 60.0  # dinet load's per-request timeout
 
@@ -112,7 +121,7 @@ def plan(lab: Lab, rng: random.Random, duration: float, quick: bool) -> list[Fau
     """The faults, one after another: each held for a few seconds, then a quiet gap."""
     edges = [n for n, i in lab.instances.items() if not i.spec.pool]
     sites = sorted({lab.spec.site(lab.instances[n].spec.site).name for n in edges})
-    all_kinds = SWITCH_KINDS if lab.target == "bmv2" else KINDS
+    all_kinds = kinds_of(lab.target)
     kinds = list(all_kinds) if quick else []
     t, out = 6.0, []
     while t < duration - 14:
@@ -122,6 +131,7 @@ def plan(lab: Lab, rng: random.Random, duration: float, quick: bool) -> list[Fau
             "server": rng.choice(edges),
             "controller": "controller",
             "switch": lab.spec.ingress[0].name,
+            "node-agent": lab.spec.ingress[0].name,
         }.get(kind, rng.choice(sites))
         out.append(Fault(kind, target, round(t, 1)))
         t += rng.uniform(4, 6) + rng.uniform(4, 8)  # held, then quiet
@@ -132,7 +142,11 @@ def plan(lab: Lab, rng: random.Random, duration: float, quick: bool) -> list[Fau
 
 def inject(lab: Lab, f: Fault, tl: Timeline, hold: float) -> None:
     ingress = lab.spec.ingress[0].name
-    if f.kind == "switch":  # its flow registers go with it (P4Runtime cannot write them back on BMv2)
+    if f.kind == "node-agent":  # its program forwards on from the pinned maps; `dinet run` counts, retries
+        lab.kill_node_agent(f.target)
+        time.sleep(hold)
+        lab.start_node_agent(f.target)
+    elif f.kind == "switch":  # its flow registers go with it (P4Runtime cannot write them back on BMv2)
         f.affected = list(lab.instances)
         lab.kill_switch(f.target)
         time.sleep(hold)
@@ -194,9 +208,11 @@ def leftovers(lab: Lab) -> list[str]:
 
 def run(quick: bool = False, seed: int = 1, duration: float | None = None, target: str = "xdp") -> dict[str, Any]:
     spec = load(SCENARIO).model_copy(update={"name": "chaos"})
-    duration = duration or (60.0 + 15 * (target == "bmv2") if quick else 300.0)
+    duration = duration or (75.0 if quick else 300.0)
     rng = random.Random(seed)
-    lab = Lab(spec, target=target, workdir=Path("/tmp/dinet-chaos"), probes=True, seed=seed)
+    lab = Lab(
+        spec, target=target, workdir=Path("/tmp/dinet-chaos"), probes=True, seed=seed, node_agents=target == "xdp"
+    )
     grace = spec.collector_timeout + spec.report_interval + 1.0 + 2.0  # expiry, a report, a probe round
     with lab:
         start = time.time() + 2.0
@@ -226,7 +242,7 @@ def run(quick: bool = False, seed: int = 1, duration: float | None = None, targe
         "duration_s": duration,
         "faults": len(faults),
         "target": target,
-        "by_kind": {k: sum(f.kind == k for f in faults) for k in (SWITCH_KINDS if target == "bmv2" else KINDS)},
+        "by_kind": {k: sum(f.kind == k for f in faults) for k in kinds_of(target)},
         "requests": len(records),
         **attribute(records, faults, grace),
         "controller_exits": exits,

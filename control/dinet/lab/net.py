@@ -97,6 +97,7 @@ class Lab:
         seed: int | None = None,
         probes: bool = False,
         tls: bool = True,
+        node_agents: bool = False,
     ):
         """agents=False: no metrics agent beside the instances (a test or an experiment reports for them);
         policy: every service's placement (dinet or a baseline: anycast, compute-only, round-robin, random);
@@ -105,12 +106,20 @@ class Lab:
         probes: every path is measured by ping from its ingress node (each second) instead of configured, so
         a cut path (cut_path) is seen as lost; tls: the model servers speak HTTPS (a certificate per instance
         from a CA of the lab's, naming the service VIP, its own address and loopback) and every client
-        checks it: requests, answers, scrapes and KV hand-overs cross the network encrypted."""
+        checks it: requests, answers, scrapes and KV hand-overs cross the network encrypted; node_agents
+        (target xdp): each ingress node's program is held by a `dinet agent` process of its own, which `dinet
+        run` drives over gRPC (target agent), as on a remote host."""
         if target not in ("xdp", "bmv2"):
             raise ConfigError(f"a lab's target is xdp or bmv2, not {target!r}")
         if mode not in ("central", "distributed"):
             raise ConfigError(f"a lab's mode is central or distributed, not {mode!r}")
         self.mode, self.seed, self.probes, self.tls = mode, seed, probes, tls
+        if node_agents and target != "xdp":
+            raise ConfigError("node agents hold XDP programs: a lab with node_agents has target xdp")
+        self.node_agents: dict[str, subprocess.Popen[str] | None] = (
+            dict.fromkeys((i.name for i in spec.ingress), None) if node_agents else {}
+        )
+        self.node_agent_ports = {i.name: free_port() for i in spec.ingress}
         self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
         self.agents, self.policy = agents, policy
         self.tag = lab_tag(spec.name)
@@ -211,6 +220,9 @@ class Lab:
         for c in self.spec.clients:
             if c.local is not None:
                 self._start_local(c.name)
+        for ingress in self.node_agents:
+            self._attach_steering(ingress)
+            self.start_node_agent(ingress)
         self._start_controller()  # its intent names the instances that run; their agents retry until it is up
         if self.agents:
             self.wait_reports({n for n, i in self.instances.items() if i.running})
@@ -401,6 +413,49 @@ class Lab:
     def steer_node_name(self, ingress: str) -> str:
         return f"{self.tag}-steer-{ingress}"
 
+    # ---- node agents (node_agents=True) ---------------------------------------------------------------------
+    def _attach_steering(self, ingress: str) -> None:
+        """The ingress node's steering program, attached to its interfaces and pinned, as a host's setup would
+        leave it for its node agent (which loads the pinned maps and drives them)."""
+        from ..targets.xdp import SteeringNode
+
+        k = self.ingress_index(ingress)
+        n = SteeringNode(self.steer_node_name(ingress))
+        try:
+            n.configure(src4=f"10.0.{k}.1")
+            for intf in self.hosts[ingress].intfList():
+                n.attach(intf.name, self.ns(ingress))
+        finally:
+            n.close()
+
+    def start_node_agent(self, ingress: str) -> None:
+        """`dinet agent` for the ingress node (again, after kill_node_agent), on the management network."""
+        token = self.workdir / "token-node-agent"
+        token.write_text("token-node-agent\n")
+        logf = open(self.workdir / "logs" / f"node-agent-{ingress}.log", "w")  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "dinet.cli", "agent", "--node", self.steer_node_name(ingress), "--insecure"]
+            + ["--listen", f"{MGMT_ROOT}:{self.node_agent_ports[ingress]}", "--token-file", str(token)],
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            text=True,
+        )
+        logf.close()
+        self.state["pids"].append(p.pid)
+        self._save()
+        line = p.stdout.readline() if p.stdout else ""
+        if not line.startswith("dinet agent"):
+            raise DinetError(f"the node agent of {ingress} did not start (see {self.workdir}/logs)")
+        self.node_agents[ingress] = p
+
+    def kill_node_agent(self, ingress: str) -> None:
+        """The node agent dies (SIGKILL): its program goes on forwarding from the pinned maps."""
+        p = self.node_agents.get(ingress)
+        if p is not None:
+            p.kill()
+            p.wait(timeout=10)
+            self.node_agents[ingress] = None
+
     # ---- instances -------------------------------------------------------------------------------------------
     def popen(self, node: str, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """A process in a node's network namespace (by its name: Mininet's own popen attaches to the node's
@@ -538,7 +593,11 @@ class Lab:
                 | self._probe(ing.name, site.name)
                 for site in s.sites
             }
-            if self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
+            if self.node_agents:  # driven through its node agent
+                addr = f"{MGMT_ROOT}:{self.node_agent_ports[ing.name]}"
+                node = {"target": "agent", "address": addr, "token": "token-node-agent"}
+                nodes.append(node | {"name": self.steer_node_name(ing.name), "sites": sites} | self._decider(ing.name))
+            elif self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
                 devs = [i.name for i in self.hosts[ing.name].intfList()]
                 attach = [{"dev": d, "netns": self.ns(ing.name)} for d in devs]
                 node = {"target": "xdp", "name": self.steer_node_name(ing.name), "src4": f"10.0.{k}.1"}
@@ -912,6 +971,8 @@ class Lab:
             self.controller = None
         stop_processes(list(self.deciders.values()))
         self.deciders = {}
+        stop_processes([p for p in self.node_agents.values() if p is not None])
+        self.node_agents = dict.fromkeys(self.node_agents, None)
         for e in self.emulators:
             e.stop()
         if self.decap is not None:
