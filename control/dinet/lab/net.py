@@ -432,17 +432,9 @@ class Lab:
         """`dinet agent` for the ingress node (again, after kill_node_agent), on the management network."""
         token = self.workdir / "token-node-agent"
         token.write_text("token-node-agent\n")
-        logf = open(self.workdir / "logs" / f"node-agent-{ingress}.log", "w")  # noqa: SIM115
-        p = subprocess.Popen(
-            [sys.executable, "-m", "dinet.cli", "agent", "--node", self.steer_node_name(ingress), "--insecure"]
-            + ["--listen", f"{MGMT_ROOT}:{self.node_agent_ports[ingress]}", "--token-file", str(token)],
-            stdout=subprocess.PIPE,
-            stderr=logf,
-            text=True,
-        )
-        logf.close()
-        self.state["pids"].append(p.pid)
-        self._save()
+        args = ["agent", "--node", self.steer_node_name(ingress), "--insecure"]
+        args += ["--listen", f"{MGMT_ROOT}:{self.node_agent_ports[ingress]}", "--token-file", str(token)]
+        p = self._spawn(args, f"node-agent-{ingress}")
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("dinet agent"):
             raise DinetError(f"the node agent of {ingress} did not start (see {self.workdir}/logs)")
@@ -711,17 +703,17 @@ class Lab:
                 for k, ing in enumerate(self.spec.ingress)
             }
 
-    def _start_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
-        logf = open(self.workdir / "logs" / f"{log_name}.log", "w")  # noqa: SIM115
-        p = subprocess.Popen(
-            [sys.executable, "-m", "dinet.cli", "run", str(path), "--insecure", *args],
-            stdout=subprocess.PIPE,
-            stderr=logf,
-            text=True,
-        )
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[str]:
+        """`dinet ARGS` in the root namespace (on the management network), its stderr in the lab's logs."""
+        logf = open(self.workdir / "logs" / f"{log_name}.log", "w")  # noqa: SIM115 - lives as long as the process
+        p = subprocess.Popen([sys.executable, "-m", "dinet.cli", *args], stdout=subprocess.PIPE, stderr=logf, text=True)
         logf.close()
         self.state["pids"].append(p.pid)
         self._save()
+        return p
+
+    def _start_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
+        p = self._spawn(["run", str(path), "--insecure", *args], log_name)
         assert p.stdout is not None
         for line in p.stdout:
             if line.startswith("dinet: collector on"):
