@@ -396,15 +396,15 @@ def cmd_agent(a: argparse.Namespace) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from .workload.serve import run
+    from .workload.serve import Server, profile_of, run
 
     if bool(a.tls_cert) != bool(a.tls_key):
         raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
-    tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
-    run(
-        a.listen, a.profile, a.name or a.listen, a.model, a.role, a.decode_url or "", a.kv_tokens, a.max_batch,
-        tls, a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
+    server = Server(
+        profile_of(a.profile, a.kv_tokens, a.max_batch), a.name or a.listen, a.model, a.role, a.decode_url or "",
+        a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
     )  # fmt: skip
+    run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None)
 
 
 def cmd_load(a: argparse.Namespace) -> None:

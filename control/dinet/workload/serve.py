@@ -535,37 +535,17 @@ async def open_site(app: web.Application, listen: str, tls: Any = None) -> web.A
     return runner
 
 
-def run(
-    listen: str,
-    profile: str,
-    name: str,
-    model: str | None = None,
-    role: str = "both",
-    decode_url: str = "",
-    kv_tokens: int | None = None,
-    max_batch: int | None = None,
-    tls: tuple[str, str] | None = None,
-    ca: str | None = None,
-    verify_url: str = "",
-    alpha: float = spec.ALPHA,
-    escalate_url: str = "",
-    threshold: float = cascade.THRESHOLD,
-    large_quality: float = 1.0,
-) -> None:
-    """Serves until SIGINT/SIGTERM; prints `ready` once it listens. tls: (certificate, key) to serve HTTPS;
-    ca: the CA that signs the decode stage's certificate (an https --decode-url)."""
+def run(server: Server, listen: str, tls: tuple[str, str] | None = None) -> None:
+    """Serves `server` until SIGINT/SIGTERM; prints `ready` once it listens. tls: (certificate, key) to serve
+    HTTPS."""
     from ..creds import server_tls
 
-    server = Server(
-        profile_of(profile, kv_tokens, max_batch), name, model, role, decode_url, ca, verify_url, alpha,
-        escalate_url, threshold, large_quality,
-    )  # fmt: skip
     ctx = server_tls(*tls) if tls else None
 
     async def main() -> None:
         runner = await open_site(server.app, listen, ctx)
         scheme = "https" if ctx else "http"
-        print(f"ready: {name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}", flush=True)
+        print(f"ready: {server.name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         import signal
