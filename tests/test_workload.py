@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.request
 from collections.abc import Iterator
 
@@ -30,10 +31,11 @@ def server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def metrics(url: str) -> dict[str, float]:
+def metrics(url: str, ca: str | None = None) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    ctx = ssl.create_default_context(cafile=ca) if ca and url.startswith("https:") else None
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=5, context=ctx).read().decode()
     return {
         s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels.get("le")
     }
@@ -738,7 +740,8 @@ def test_a_draft_instance_has_every_round_verified_by_one_target_on_one_connecti
 def test_a_cascade_escalates_exactly_the_requests_below_its_threshold() -> None:
     """`dinet serve --role cascade`: the small model answers a request whose confidence reaches the
     threshold, and passes the others to the large model behind --escalate-url, whose answer the client gets
-    whole; the quality model says which answers are at the large model's level (all escalated ones)."""
+    whole; the quality model says which answers are at the large model's level (all escalated ones: the
+    large instance here is of the reference quality, 0.5)."""
     from dinet.workload.cascade import at_large_level, confidence
 
     lp, sp = free_port(), free_port()
@@ -747,7 +750,7 @@ def test_a_cascade_escalates_exactly_the_requests_below_its_threshold() -> None:
                       ready="ready:"),
         dinet_process(
             "serve", "--listen", f"127.0.0.1:{sp}", "--profile", "tiny-test", "--name", "small-1", "--role",
-            "cascade", "--escalate-url", f"http://127.0.0.1:{lp}", "--threshold", "0.6", "--large-quality", "1.0",
+            "cascade", "--escalate-url", f"http://127.0.0.1:{lp}", "--threshold", "0.6", "--large-quality", "0.5",
             ready="ready:",
         ),
     ):  # fmt: skip
@@ -767,3 +770,89 @@ def test_a_cascade_escalates_exactly_the_requests_below_its_threshold() -> None:
     assert 0.0 <= min(confidence(f"r{i}") for i in range(100)) <= max(confidence(f"r{i}") for i in range(100)) <= 1.0
     share = sum(at_large_level(f"r{i}", 0.5, 1.0, False) for i in range(4000)) / 4000
     assert abs(share - 0.5) < 0.03
+
+
+def test_split_inference_picks_the_floor_or_all_on_premises_from_the_path_and_the_tail() -> None:
+    """The split point follows the path and the tail: a fast path and an idle fast tail take the privacy floor,
+    a slow uplink, a long round trip or a loaded tail keep every layer on premises; the estimates recover
+    an uplink's rate and round trip from the exchanges' timings."""
+    from dinet.workload.engine import PROFILES
+    from dinet.workload.split import Estimates, activation_bytes, choose, predict, tail_tokens
+
+    head = PROFILES["llama3-8b-l4"]  # the premises' GPU: 89 ms a step for the whole model
+    fast = Estimates(rate_bps=200e6, rtt_s=0.004, tail_prefill_s=1 / 7800, tail_step_s=0.0135)
+    assert choose(head, 500, 128, fast, floor=2) == 2
+    for slow in (
+        Estimates(rate_bps=2e6, rtt_s=0.004, tail_step_s=0.0135),  # the uplink drops
+        Estimates(rate_bps=200e6, rtt_s=0.120, tail_step_s=0.0135),  # the round trip grows
+        Estimates(rate_bps=200e6, rtt_s=0.004, tail_step_s=0.120),
+    ):  # the tail is loaded
+        assert choose(head, 500, 128, slow, floor=2) == head.layers, slow  # fmt: skip
+    assert choose(head, 500, 128, fast, floor=head.layers) == head.layers  # the floor binds
+    # linear in k: the time grows with every layer kept on the slower premises GPU, by the same step
+    t = [predict(head, k, 500, 128, fast) for k in range(2, head.layers)]
+    assert all(b > a for a, b in zip(t, t[1:], strict=False))
+    assert activation_bytes(4096, 500) == 4096 * 500 * 2 and tail_tokens(500, 8, 32) == 375
+    est = Estimates()
+    up, one, rate, rtt = activation_bytes(4096, 500), activation_bytes(4096, 1), 50e6, 0.02
+    prefill = up * 8 / rate + rtt + 0.05  # the tail reported 50 ms of prefill
+    est.update(up, one, prefill, 0.05, 375, [one * 8 / rate + rtt + 0.01] * 5, [0.01] * 5)
+    assert est.rate_bps == pytest.approx(rate, rel=1e-6) and est.rtt_s == pytest.approx(rtt, rel=1e-6)
+    assert est.tail_step_s == pytest.approx(0.01) and est.tail_prefill_s == pytest.approx(0.05 / 375)
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["https", "clear"])
+def test_split_inference_sends_activations_of_the_right_size_and_never_the_prompt(tmp_path, tls: bool) -> None:  # type: ignore[no-untyped-def]
+    """`dinet serve --role split --tail-url`: each request's prompt activations and one token's per decode
+    token reach the tail (hidden x tokens x 2 bytes; the head and the tail count the same bytes); through a
+    tap between head and tail the prompt's text never passes, and over HTTPS nothing of the exchange is in
+    clear; a tail of another model refuses the request with a one-line reason."""
+    import asyncio
+
+    import aiohttp
+
+    from dinet.creds import init_ca, issue
+
+    d = tmp_path / "tls"
+    init_ca(d)
+    issue(d, "tail-1", addresses=("127.0.0.1",))
+    tp, hp = free_port(), free_port()
+    scheme = "https" if tls else "http"
+    tap = Relay(tp)
+    cert = ["--tls-cert", str(d / "tail-1.crt"), "--tls-key", str(d / "tail-1.key")] if tls else []
+    with (
+        dinet_process("serve", "--listen", f"127.0.0.1:{tp}", "--profile", "tiny-test", "--name", "tail-1", *cert,
+                      ready="ready:"),
+        dinet_process(
+            "serve", "--listen", f"127.0.0.1:{hp}", "--profile", "tiny-test", "--name", "head-1", "--role", "split",
+            "--tail-url", f"{scheme}://127.0.0.1:{tap.port}", "--ca", str(d / "ca.crt"), "--split-layers", "3",
+            ready="ready:",
+        ),
+    ):  # fmt: skip
+        recs = load(
+            f"http://127.0.0.1:{hp}", duration=1.0, schedule=[(0.0, 5.0)], prompt_tokens=(40, 40), max_tokens=(6, 6)
+        )
+        assert recs and all(r.status == "ok" and r.completion_tokens == 6 for r in recs), recs
+        assert {(r.split_layers, r.tail) for r in recs} == {(3, "tail-1")}
+        assert {r.activation_bytes for r in recs} == {256 * 2 * (40 + 5)}  # the prompt's, then 5 tokens'
+        sent = sum(r.activation_bytes for r in recs)
+        assert metrics(f"http://127.0.0.1:{hp}")["dinet:split_sent_bytes_total"] == sent
+        m = metrics(f"{scheme}://127.0.0.1:{tp}", ca=str(d / "ca.crt"))
+        assert m["dinet:split_activation_bytes_total"] == sent and m["dinet:split_sessions_total"] == len(recs)
+
+        async def refused() -> dict:  # type: ignore[type-arg]
+            ctx = ssl.create_default_context(cafile=str(d / "ca.crt")) if tls else False
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(f"{scheme}://127.0.0.1:{tp}/dinet/v1/split", ssl=ctx) as ws,
+            ):
+                await ws.send_json({"session": "s", "layers": 32, "hidden": 4096, "split": 2, "prompt": 4,
+                                    "max_tokens": 2})  # fmt: skip
+                return dict(await ws.receive_json())
+
+        assert "this tail runs dinet/tiny-test (8 layers, hidden 256), not 32/4096" in asyncio.run(refused())["error"]
+        assert metrics(f"{scheme}://127.0.0.1:{tp}", ca=str(d / "ca.crt"))["dinet:split_refused_total"] == 1
+    tap.close()
+    assert len(tap.seen) > sent
+    assert b"w w w w" not in tap.seen  # the prompt never leaves the premises
+    assert (b'{"token": 0' in tap.seen) == (not tls)  # the tail's answers: in clear only without TLS

@@ -403,6 +403,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     server = Server(
         profile_of(a.profile, a.kv_tokens, a.max_batch), a.name or a.listen, a.model, a.role, a.decode_url or "",
         a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
+        a.tail_url or "", a.privacy_layers, a.split_layers,
     )  # fmt: skip
     run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None)
 
@@ -865,9 +866,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--role",
         default="both",
-        choices=["both", "prefill", "decode", "draft", "cascade"],
+        choices=["both", "prefill", "decode", "draft", "cascade", "split"],
         help="prefill/decode: a pipeline split at the KV cache; draft: speculative decoding with --verify-url; "
-        "cascade: a small model escalating to --escalate-url",
+        "cascade: a small model escalating to --escalate-url; split: the first layers here, the rest on --tail-url",
+    )
+    p.add_argument("--tail-url", help="split role: the tail that runs the last layers (a VIP dinet steers)")
+    p.add_argument(
+        "--privacy-layers", type=_positive, default=2, help="split role: layers that always stay here (default 2)"
+    )
+    p.add_argument(
+        "--split-layers", type=_positive, help="split role: always this many layers here (default: chosen per request)"
     )
     p.add_argument("--escalate-url", help="cascade role: the large model (a VIP dinet steers)")
     p.add_argument("--threshold", type=float, default=0.6, help="cascade role: escalate below this confidence")

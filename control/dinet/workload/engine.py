@@ -49,6 +49,8 @@ class Profile:
     source: str = ""
     max_batched_tokens: int = 2048  # a step's token budget (vLLM's max_num_batched_tokens with chunked prefill)
     max_model_len: int = 8192  # the model's context: prompt + output tokens of one request (Llama 3)
+    layers: int = 0  # transformer layers (split inference cuts between two); 0: not given
+    hidden: int = 0  # hidden size: the values per token that cross a split (its activations)
 
     def __post_init__(self) -> None:
         if self.tier not in ("large", "small", "pruned"):
@@ -76,6 +78,8 @@ PROFILES: dict[str, Profile] = {
         source="A100-80GB: 2.0 TB/s HBM, 312 TFLOPs BF16; 16 GB of weights: 16/(2.0x0.6) = 13 ms a step; "
         "prefill 312e12x0.4/(2x8e9) = 7,800 tok/s; KV 128 KiB/token (32 layers, 8 KV heads x 128), "
         "~50 GB free: ~400k tokens",
+        layers=32,
+        hidden=4096,
     ),
     "llama3-70b-h100x4": Profile(
         "meta-llama/Meta-Llama-3-70B-Instruct",
@@ -90,6 +94,8 @@ PROFILES: dict[str, Profile] = {
         source="4 x H100-SXM (tensor parallel): 4 x 3.35 TB/s, 4 x 989 TFLOPs BF16; 140 GB of weights: "
         "140/(13.4x0.6) = 17.5 ms a step; prefill 3,956e12x0.4/(2x70e9) = 11,300 tok/s (+35% for overlap, "
         "as measured runs show); KV 320 KiB/token, ~180 GB free: ~560k tokens",
+        layers=80,
+        hidden=8192,
     ),
     "llama3-8b-l4": Profile(
         "meta-llama/Meta-Llama-3-8B-Instruct",
@@ -103,6 +109,8 @@ PROFILES: dict[str, Profile] = {
         kv_bytes_per_token=_llama(8, 32, 8, 128),
         source="L4 (an edge GPU): 300 GB/s, 121 TFLOPs FP16; 16 GB of weights: 16/(0.3x0.6) = 89 ms a step; "
         "prefill 121e12x0.4/(2x8e9) = 3,000 tok/s, halved for its clocks under load; ~6.5 GB free: 50k tokens",
+        layers=32,
+        hidden=4096,
     ),
     "llama3.2-1b-pruned-edge": Profile(
         "meta-llama/Llama-3.2-1B-Instruct",
@@ -117,6 +125,8 @@ PROFILES: dict[str, Profile] = {
         source="L4 or a device NPU: 2.5 GB of weights at 300 GB/s x 0.6 (= 14 ms), less for its smaller "
         "activations: 11 ms a step; prefill 121e12x0.4/(2x1.2e9) ~ 20k tok/s, capped at 3,000 for the "
         "device class; KV 32 KiB/token",
+        layers=16,
+        hidden=2048,
     ),
     "bench-fast": Profile(
         "dinet/bench-fast",
@@ -141,6 +151,8 @@ PROFILES: dict[str, Profile] = {
         kv_tokens=2_000,
         kv_bytes_per_token=1024,
         source="for tests: small, fast, easy to fill",
+        layers=8,
+        hidden=256,
     ),
 }
 

@@ -9,6 +9,7 @@ with what it has."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import datetime
 import json
@@ -56,6 +57,10 @@ class Record:
     confidence: float | None = None  # cascade: the small model's confidence in its answer
     answered_by: str = ""  # cascade: the instance whose answer the client got
     large_level: bool | None = None  # cascade: an answer as good as the large model's (the quality model)
+    split_layers: int | None = None  # split inference: the layers run on premises (all of them: nothing crossed)
+    activation_bytes: int = 0  # split inference: activation bytes sent across the network
+    tail: str = ""  # split inference: the tail instance the network chose
+    quality: float | None = None  # the answering model's quality (x-dinet-quality; the profile's)
     error: str = ""  # what went wrong, for a request that failed
     failed_ms: float | None = None  # when, from its start
 
@@ -183,6 +188,8 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
         async with session.post(f"{spec.url}/v1/completions", json=body) as resp:
             rec.instance = resp.headers.get("x-dinet-instance", "")
             rec.tier = resp.headers.get("x-dinet-tier", "")
+            with contextlib.suppress(TypeError, ValueError):
+                rec.quality = float(resp.headers.get("x-dinet-quality"))  # type: ignore[arg-type]
             if resp.status != 200:
                 rec.status = f"http {resp.status}"
                 return rec
@@ -207,6 +214,9 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                         rec.escalated, rec.large_level = bool(handed["escalated"]), bool(handed["large_level"])
                         rec.answered_by = str(handed.get("answered_by", ""))
                         rec.confidence = float(handed.get("confidence", 0.0))
+                    if "split" in handed:
+                        rec.split_layers, rec.tail = int(handed["split"]), str(handed.get("tail", ""))
+                        rec.activation_bytes = int(handed.get("activation_bytes", 0))
                 for ch in msg.get("choices", []):
                     if ch.get("text") or (ch.get("delta") or {}).get("content"):
                         now = time.monotonic()

@@ -5,11 +5,13 @@
     GET  /v1/models, /health, /metrics
     POST /dinet/v1/kv       a decode instance takes a prefilled prompt's KV cache (prefill-decode)
     POST /dinet/v1/verify   a target model verifies a round of drafted tokens (speculative decoding)
+    GET  /dinet/v1/split    (WebSocket) a tail computes the last layers of a split model (split inference)
 
 Roles: both (a whole model server, and a verifier); prefill and decode (a pipeline split at the KV cache);
 draft (a small model that drafts and has every round verified behind --verify-url: dinet.workload.speculative);
 cascade (a small model that answers, or escalates to the large model behind --escalate-url when its
-confidence is low: dinet.workload.cascade).
+confidence is low: dinet.workload.cascade); split (the head of a model split between the premises and the
+network: the first layers here, the rest on the tail behind --tail-url; dinet.workload.split).
 
 Every response names the instance that served it (header `x-dinet-instance`, and `x-dinet-tier`) and reports
 its usage (prompt and completion tokens). A prompt's token count is its whitespace-separated words (a
@@ -37,6 +39,7 @@ from prometheus_client.registry import Collector as PromCollector
 from ..errors import ConfigError
 from . import cascade
 from . import speculative as spec
+from . import split as sp
 from .engine import PROFILES, Engine, Profile, Sequence
 
 # vLLM's buckets for TTFT and TPOT (seconds)
@@ -100,6 +103,21 @@ class Metrics:
         self.escalations = Counter(
             "dinet:cascade_escalations", "Requests a cascade's small model passed to the large one.", lb, registry=r
         )
+        # split inference: the tail's view (sessions, activation bytes taken) and the head's (bytes sent,
+        # requests kept whole on premises, probes of the path)
+        self.split_sessions = Counter("dinet:split_sessions", "Split requests a tail completed.", lb, registry=r)
+        self.split_bytes = Counter(
+            "dinet:split_activation_bytes", "Activation bytes a tail took from heads.", lb, registry=r
+        )
+        self.split_refused = Counter("dinet:split_refused", "Split requests a tail refused.", lb, registry=r)
+        self.split_sent = Counter("dinet:split_sent_bytes", "Activation bytes a head sent to tails.", lb, registry=r)
+        self.split_local = Counter(
+            "dinet:split_local_requests", "Requests a head kept whole on premises (no split paid off).", lb, registry=r
+        )
+        self.split_probes = Counter("dinet:split_probes", "Probes of the path a head sent.", lb, registry=r)
+        self.split_fallbacks = Counter(
+            "dinet:split_fallbacks", "Requests a head answered whole because no tail answered.", lb, registry=r
+        )
         for metric in (self.ttft, self.tpot, self.e2e, self.queue, self.prompt, self.generation, self.success):
             metric.labels(model)  # every series from the start, at zero, as vLLM shows them
         r.register(_EngineGauges(engine, model))
@@ -136,14 +154,28 @@ class Server:
         escalate_url: str = "",
         threshold: float = cascade.THRESHOLD,
         large_quality: float = 1.0,
+        tail_url: str = "",
+        floor: int = sp.FLOOR,
+        fixed_split: int | None = None,
     ):
         """role: both (a whole model server); prefill (prefills, then hands the KV cache to the decode
         instance behind `decode_url`, a service VIP the network steers, and relays its tokens; https: over
         TLS, the decode instance's certificate checked against `ca`, default the system's CAs); decode (takes
         handed-over KV caches on /dinet/v1/kv and decodes); draft (drafts tokens and has each round verified
-        by the target behind `verify_url`, a service VIP, accepting each with probability `alpha`)."""
-        if role not in ("both", "prefill", "decode", "draft", "cascade"):
-            raise ConfigError(f"role is both, prefill, decode, draft or cascade, not {role!r}")
+        by the target behind `verify_url`, a service VIP, accepting each with probability `alpha`); cascade
+        (answers, or escalates to `escalate_url`); split (the first layers here, at least `floor`, the rest on
+        the tail behind `tail_url`; the split point chosen per request, or `fixed_split` layers here)."""
+        if role not in ("both", "prefill", "decode", "draft", "cascade", "split"):
+            raise ConfigError(f"role is both, prefill, decode, draft, cascade or split, not {role!r}")
+        if role == "split":
+            if not tail_url:
+                raise ConfigError("a split instance needs --tail-url (the tail's address)")
+            sp.check_split(profile, floor, fixed_split)
+        self.tail_url, self.floor, self.fixed_split = tail_url.rstrip("/"), floor, fixed_split
+        self.est = sp.Estimates()
+        self._heads: dict[int, Engine] = {}
+        self._last_split = time.monotonic()
+        self._probe: asyncio.Task[None] | None = None
         if role == "cascade" and not escalate_url:
             raise ConfigError("a cascade instance needs --escalate-url (the large model's address)")
         self.escalate_url, self.threshold = escalate_url.rstrip("/"), cascade.check_threshold(threshold)
@@ -172,13 +204,18 @@ class Server:
                 web.get("/metrics", self.prom),
                 web.post("/dinet/v1/kv", self.kv),
                 web.post("/dinet/v1/verify", self.verify),
+                web.get("/dinet/v1/split", self.split),
                 web.get("/dinet/v1/ttft", self.ttft),
             ]
         )
         self.app.on_shutdown.append(self._stop)
 
     async def _stop(self, app: web.Application) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self.engine.stop()
+        for head in self._heads.values():
+            await head.stop()
         if self._session is not None:
             await self._session.close()
 
@@ -280,6 +317,11 @@ class Server:
             if r.status != 200:
                 raise ConfigError(f"the large model refused the escalation: HTTP {r.status}")
             info["answered_by"] = r.headers.get("x-dinet-instance", "")
+            try:  # the answer's level is the quality of the model that gave it (the VIP may pick any tier)
+                q = float(r.headers.get("x-dinet-quality", self.large_quality))
+            except ValueError:
+                q = self.large_quality
+            info["large_level"] = cascade.at_large_level(rid, q, self.large_quality, False)
             async for raw in r.content:  # server-sent events: one token a chunk, then the usage and [DONE]
                 line = raw.decode().strip()
                 if not line.startswith("data:") or line == "data: [DONE]":
@@ -287,12 +329,179 @@ class Server:
                 if any(c.get("text") for c in json.loads(line[5:]).get("choices", [])):
                     yield time.monotonic()
 
+    # ---- split inference -------------------------------------------------------------------------------------
+    async def _split(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+        """The split role's tokens: the first k layers here and the rest on the tail behind tail_url (k chosen
+        from the measured path and tail, or fixed); all here when no split pays off or no tail answers."""
+        import aiohttp
+
+        p = self.profile
+        k = self.fixed_split if self.fixed_split is not None else sp.choose(p, n_prompt, n_max, self.est, self.floor)
+        if k < p.layers:
+            try:
+                async for t in self._exchange(k, n_prompt, n_max, info):
+                    yield t
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                if "split" in info:  # tokens already went out: the request fails
+                    raise ConfigError(f"the tail went away: {e}") from None
+                self.metrics.split_fallbacks.labels(self.model).inc()
+                info["fallback"] = str(e)[:200] or type(e).__name__
+        else:
+            self._probe_later()
+        self.metrics.split_local.labels(self.model).inc()
+        info.update(split=p.layers, activation_bytes=0, tail="")
+        async with contextlib.aclosing(self.engine.generate(n_prompt, n_max)) as gen:
+            async for t in gen:
+                yield t
+
+    def _probe_later(self) -> None:
+        """While no split pays off: a small split request now and then measures the path and the tail again."""
+        if self.fixed_split is None and time.monotonic() - self._last_split >= sp.PROBE_S:
+            if self._probe is None or self._probe.done():
+                self._last_split = time.monotonic()
+                self._probe = asyncio.get_running_loop().create_task(self._send_probe())
+
+    async def _send_probe(self) -> None:
+        import aiohttp
+
+        self.metrics.split_probes.labels(self.model).inc()
+        try:
+            async for _ in self._exchange(self.floor, sp.PROBE_TOKENS, 2, {}):
+                pass
+        except (aiohttp.ClientError, OSError, TimeoutError, ConfigError):
+            self.metrics.split_fallbacks.labels(self.model).inc()
+
+    async def _exchange(self, k: int, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+        """One split request on its own WebSocket (one flow: the network picks the tail and keeps it): the
+        prompt's activations after this side's k layers, then one token's activations per token; the tail
+        answers each with its token and its time, from which the estimates learn."""
+        import aiohttp
+
+        p = self.profile
+        head = self._heads.get(k)
+        if head is None:
+            head = self._heads[k] = Engine(sp.head_profile(p, k))
+        session = uuid.uuid4().hex[:16]
+        up, one = sp.activation_bytes(p.hidden, n_prompt), sp.activation_bytes(p.hidden, 1)
+        async with contextlib.aclosing(head.generate(n_prompt, 1)) as gen:  # this side's layers of the prompt
+            async for _ in gen:
+                pass
+        payload = sp.activations(session, up)
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.ws_connect(f"{self.tail_url}/dinet/v1/split", ssl=self._tls(self.tail_url), max_msg_size=0) as ws,
+        ):
+            start = {"session": session, "layers": p.layers, "hidden": p.hidden, "split": k}
+            await ws.send_json(start | {"prompt": n_prompt, "max_tokens": n_max})
+            t0 = time.monotonic()
+            for i in range(0, up, sp.CHUNK):
+                await ws.send_bytes(payload[i : i + sp.CHUNK])
+            first = await self._tail_answer(ws)
+            prefill_s, tail_prefill = time.monotonic() - t0, first["ms"] / 1000
+            sent = up
+            self.metrics.split_sent.labels(self.model).inc(up)
+            info.update(split=k, tail=str(first.get("instance", "")), activation_bytes=sent)
+            yield time.monotonic()
+            token_s: list[float] = []
+            tail_s: list[float] = []
+            for i in range(1, n_max):
+                async with contextlib.aclosing(head.generate(n_prompt + i, 1, prefilled=True)) as gen:
+                    async for _ in gen:
+                        pass
+                t1 = time.monotonic()
+                await ws.send_bytes(payload[:one] if one <= up else sp.activations(session, one))
+                answer = await self._tail_answer(ws)
+                now = time.monotonic()
+                token_s.append(now - t1)
+                tail_s.append(answer["ms"] / 1000)
+                sent += one
+                self.metrics.split_sent.labels(self.model).inc(one)
+                info["activation_bytes"] = sent
+                yield now
+        tail_work = sp.tail_tokens(n_prompt, k, p.layers)
+        self.est.update(up, one, prefill_s, tail_prefill, tail_work, token_s, tail_s)
+        self._last_split = time.monotonic()
+
+    @staticmethod
+    async def _tail_answer(ws: Any) -> dict[str, Any]:
+        import aiohttp
+
+        msg = await ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise aiohttp.ClientError(f"the tail closed the split request ({msg.type.name})")
+        answer = json.loads(msg.data)
+        if "error" in answer:
+            raise ConfigError(f"the tail refused the split request: {answer['error']}")
+        return dict(answer)
+
+    async def split(self, request: web.Request) -> web.StreamResponse:
+        """The tail of a split request (WebSocket): the prompt's activations at the cut, its layers' share of
+        the prefill in this engine's batch, the first token; then per token one token's activations and a
+        decode slot. A malformed request gets {"error": ...} and the socket closes."""
+        import aiohttp
+
+        if self.role != "both":
+            return self._error(404, "this instance runs no tail of a split model (not a whole model server)")
+        ws = web.WebSocketResponse(max_msg_size=sp.CHUNK + 1024)
+        await ws.prepare(request)
+        p = self.profile
+
+        async def activations(want: int) -> bool:
+            got = 0
+            while got < want:
+                msg = await ws.receive()
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    return False  # the head hung up
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    raise ConfigError(f"activations are binary messages; got {msg.type.name} after {got} bytes")
+                got += len(msg.data)
+            if got != want:
+                raise ConfigError(f"the activations are {want} bytes, not {got}")
+            self.metrics.split_bytes.labels(self.model).inc(got)
+            return True
+
+        async def compute(tokens: int, prefilled: bool) -> float:
+            t = time.monotonic()
+            async with contextlib.aclosing(self.engine.generate(tokens, 1, prefilled=prefilled)) as gen:
+                async for _ in gen:
+                    pass
+            return (time.monotonic() - t) * 1000
+
+        try:
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise ConfigError("a split request opens with a JSON object")
+            try:
+                opening = json.loads(msg.data)
+            except (json.JSONDecodeError, RecursionError):
+                raise ConfigError("a split request opens with a JSON object") from None
+            _, k, n_prompt, n_max = sp.split_request(opening, p)
+            if not await activations(sp.activation_bytes(p.hidden, n_prompt)):
+                return ws
+            ms = await compute(sp.tail_tokens(n_prompt, k, p.layers), False)
+            await ws.send_json({"token": 0, "ms": ms, "instance": self.name})
+            for i in range(1, n_max):
+                if not await activations(sp.activation_bytes(p.hidden, 1)):
+                    return ws
+                ms = await compute(sp.tail_tokens(n_prompt + i, k, p.layers), True)
+                await ws.send_json({"token": i, "ms": ms})
+            self.metrics.split_sessions.labels(self.model).inc()
+        except ConfigError as e:
+            self.metrics.split_refused.labels(self.model).inc()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_json({"error": str(e)})
+        finally:
+            await ws.close()
+        return ws
+
     # ---- prefill-decode ------------------------------------------------------------------------------------
     async def _tokens(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
         """The request's tokens: from this engine, or (prefill role) the first from here and the rest from
         the decode instance the KV cache was handed to, or (draft role) rounds verified by the target."""
-        if self.role in ("draft", "cascade"):
-            stage = self._speculate if self.role == "draft" else self._cascade
+        if self.role in ("draft", "cascade", "split"):
+            stage = {"draft": self._speculate, "cascade": self._cascade, "split": self._split}[self.role]
             async for t in stage(n_prompt, n_max, info):
                 yield t
             return
@@ -368,7 +577,12 @@ class Server:
         return resp
 
     def _headers(self) -> dict[str, str]:
-        return {"x-dinet-instance": self.name, "x-dinet-tier": self.profile.tier, "x-dinet-model": self.model}
+        return {
+            "x-dinet-instance": self.name,
+            "x-dinet-tier": self.profile.tier,
+            "x-dinet-model": self.model,
+            "x-dinet-quality": str(self.profile.quality),
+        }
 
     async def ttft(self, request: web.Request) -> web.Response:
         """The oracle's view (a debug endpoint, not vLLM's): the time to first token a request of
