@@ -99,7 +99,8 @@ def test_expiry_takes_an_instance_out_and_prometheus_shows_it(node) -> None:
         bad.cpu_load = float("nan")
         a2.send([bad])
         clock[0] += 2
-        a1.send([a1.report(str(SVC), 1, Level0(cpu_load=0.3))])
+        coop = Level0(cpu_load=0.3, verify_rounds_per_s=12.5, spec_acceptance=0.6, activation_bytes_per_s=2e6)
+        a1.send([a1.report(str(SVC), 1, coop)])
         clock[0] += 2
         assert col.expire() == [(SVC, 2)]
         assert weights(node)[2][1] == "draining" and weights(node)[1][0] > 0  # its open flows stay
@@ -110,6 +111,10 @@ def test_expiry_takes_an_instance_out_and_prometheus_shows_it(node) -> None:
     assert 'dinet_reports_rejected_total{reason="invalid"} 1.0' in text
     assert f'dinet_metric_age_seconds{{instance="2",service="{SVC}"}} 4.0' in text
     assert "dinet_decision_seconds_count" in text and "dinet_datapath_writes_total" in text
+    # cooperative inference at a partner: what its agent last reported, per instance
+    assert f'dinet_instance_verify_rounds_per_s{{instance="1",service="{SVC}"}} 12.5' in text
+    assert f'dinet_instance_spec_acceptance{{instance="1",service="{SVC}"}} 0.6' in text
+    assert f'dinet_instance_activation_bytes_per_s{{instance="1",service="{SVC}"}} 2e+06' in text
 
 
 def test_overload_report_moves_new_flows_off_a_site_in_namespaces(bpffs_root: Path) -> None:

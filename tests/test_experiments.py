@@ -282,3 +282,31 @@ def test_modelsync_appears_with_the_other_experiments(tmp_path: Path) -> None:
     up = {r["method"]: r["uplink_bytes"] for r in s["rows"] if r["n"] == top}
     assert up["bier"] < up["unicast"]  # one copy leaves the repository, not one per cloud
     _opens_in_a_browser(tmp_path / "results" / "modelsync" / "report.html", tmp_path, figures=1)
+
+
+@needs_root
+@needs_bcc
+def test_cooperative_dinet_picks_partners_that_pay_off_and_split_inference_follows_the_uplink(tmp_path: Path) -> None:
+    """Speculative decoding under a load step at the nearest edge: dinet's sessions verify elsewhere and
+    stream more tokens per second than the nearest verifier's, at a quality above the device's own model's.
+    Split inference: a drop of the devices' uplink moves the split point towards the device (more requests
+    all on premises after it). Every paradigm has every baseline that applies, and what it measures."""
+    s = _experiment("cooperative", tmp_path / "results")
+    par = s["paradigms"]
+    want = {"dinet", "nearest", "least-loaded", "random", "device-alone", "cloud-alone"}
+    keys = {"ttft_p50_ms", "tokens_per_s", "e2e_p99_ms", "quality", "uplink_bytes", "slo_attainment"}
+    for name in ("speculative", "split", "cascade"):
+        assert set(par[name]["policies"]) == want, name
+        for pol, row in par[name]["policies"].items():
+            assert keys <= set(row) and row["errors"] == 0 and row["tokens_per_s"], (name, pol, row)
+    spec = par["speculative"]["policies"]
+    assert spec["dinet"]["tokens_per_s"] >= spec["nearest"]["tokens_per_s"]
+    assert spec["dinet"]["after_event_on_nearest"] < spec["nearest"]["after_event_on_nearest"] == 1.0
+    assert spec["dinet"]["quality"] > spec["device-alone"]["quality"]
+    assert spec["device-alone"]["uplink_bytes"] < 1000 < spec["dinet"]["uplink_bytes"]  # a stray ARP at most
+    split = par["split"]["policies"]
+    assert split["dinet"]["split_before"] > split["dinet"]["split_after"]  # towards the device after the drop
+    assert split["dinet"]["activation_bytes"] > 0 and split["device-alone"]["uplink_bytes"] < 1000
+    casc = par["cascade"]["policies"]
+    assert 0 < casc["dinet"]["escalated"] < 1 and casc["dinet"]["quality"] > casc["device-alone"]["quality"]
+    _opens_in_a_browser(tmp_path / "results" / "cooperative" / "report.html", tmp_path)

@@ -442,3 +442,42 @@ def test_dinet_lab_up_then_down_from_another_shell_leaves_nothing(tmp_path: Path
                 f.close()
     assert not (STATE_DIR / "tiers.json").exists()
     assert _left_behind(lab_tag("tiers"), []) == []
+
+
+@needs_root
+@needs_bcc
+def test_split_inference_sends_its_activations_encrypted_over_the_uplink_and_never_the_prompt(tmp_path: Path) -> None:
+    """A split 8B: its first 2 layers on the device's premises, the rest on the tail the network picks behind
+    the tail service's VIP. On the device's uplink: every request's activations (hidden x tokens x 2 bytes,
+    counted by the link itself), only TLS toward the VIP (not even the WebSocket upgrade in clear), and no
+    byte of the prompt."""
+    from scapy.all import IP, TCP, rdpcap
+
+    with _lab("cooperative", "xdp", tmp_path) as lab:
+        svc = lab.spec.service("tail")
+        head = lab.serve_local("dev1", "head", [
+            "--profile", "llama3-8b-l4", "--role", "split", "--tail-url", f"https://{svc.vip}:{svc.port}",
+            "--split-layers", "2", *lab.tls_args()])  # fmt: skip
+        pcap = tmp_path / "uplink.pcap"
+        intf = lab.hosts["dev1"].defaultIntf().name
+        capture = ["tcpdump", "-i", intf, "-n", "-w", str(pcap), "tcp", "and", "dst", "host", svc.vip]
+        cap = lab.popen("dev1", capture, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert cap.stderr is not None and "listening on" in cap.stderr.readline()
+            before = lab.uplink_bytes("dev1")
+            recs = lab.load("dev1", "tail", url=head, rate=2, duration=2, seed=1, prompt_min=100, prompt_max=100,
+                            output_min=8, output_max=8)  # fmt: skip
+            sent = lab.uplink_bytes("dev1") - before
+        finally:
+            cap.send_signal(signal.SIGINT)
+            cap.wait(timeout=10)
+    assert recs and all(r["status"] == "ok" and r["completion_tokens"] == 8 for r in recs), recs
+    assert {r["split_layers"] for r in recs} == {2} and {r["tail"] for r in recs} <= {"t1", "t3"}
+    act = 4096 * 2 * (100 + 7)  # the prompt's activations, then 7 tokens'
+    assert {r["activation_bytes"] for r in recs} == {act}
+    assert sent >= act * len(recs)  # they crossed the device's own link
+    packets = [p for p in rdpcap(str(pcap)) if IP in p and TCP in p]
+    payload = b"".join(bytes(p[TCP].payload) for p in packets)
+    # one connection per request (the bytes are counted by the link: the capture may stop before its last)
+    assert len({p[TCP].sport for p in packets}) == len(recs) and len(payload) > act
+    assert b"w w w" not in payload and b"websocket" not in payload.lower() and b"/dinet/v1/split" not in payload

@@ -198,6 +198,22 @@ def test_recorded_vllm_metrics_map_to_level0(text: str) -> None:
     second.check()
 
 
+def test_a_partners_cooperative_counters_map_to_level0() -> None:
+    """A verifier's and a tail's own counters (dinet serve's) become rates over the interval: verify rounds
+    per second, the share of drafted tokens accepted, activation bytes per second."""
+    text = (
+        "dinet:spec_verify_rounds_total %(r)s\ndinet:spec_draft_tokens_total %(d)s\n"
+        "dinet:spec_accepted_tokens_total %(a)s\ndinet:split_activation_bytes_total %(b)s\n"
+    )
+    m = Mapper()
+    first = m.level0(parse(text % {"r": 10, "d": 40, "a": 20, "b": 1000}), at=10.0)
+    assert (first.verify_rounds_per_s, first.spec_acceptance, first.activation_bytes_per_s) == (0, 0, 0)
+    second = m.level0(parse(text % {"r": 30, "d": 120, "a": 76, "b": 5000}), at=12.0)
+    assert second.verify_rounds_per_s == 10.0 and second.spec_acceptance == pytest.approx(0.7)
+    assert second.activation_bytes_per_s == 2000.0
+    second.check()
+
+
 def test_garbage_metrics_are_one_clear_error() -> None:
     from dinet.errors import ConfigError
 
@@ -777,7 +793,7 @@ def test_split_inference_picks_the_floor_or_all_on_premises_from_the_path_and_th
     a slow uplink, a long round trip or a loaded tail keep every layer on premises; the estimates recover
     an uplink's rate and round trip from the exchanges' timings."""
     from dinet.workload.engine import PROFILES
-    from dinet.workload.split import Estimates, activation_bytes, choose, predict, tail_tokens
+    from dinet.workload.split import Estimates, activation_bytes, bounded, choose, predict, tail_tokens
 
     head = PROFILES["llama3-8b-l4"]  # the premises' GPU: 89 ms a step for the whole model
     fast = Estimates(rate_bps=200e6, rtt_s=0.004, tail_prefill_s=1 / 7800, tail_step_s=0.0135)
@@ -799,6 +815,13 @@ def test_split_inference_picks_the_floor_or_all_on_premises_from_the_path_and_th
     est.update(up, one, prefill, 0.05, 375, [one * 8 / rate + rtt + 0.01] * 5, [0.01] * 5)
     assert est.rate_bps == pytest.approx(rate, rel=1e-6) and est.rtt_s == pytest.approx(rtt, rel=1e-6)
     assert est.tail_step_s == pytest.approx(0.01) and est.tail_prefill_s == pytest.approx(0.05 / 375)
+    # an exchange in flight that outlasts twice the estimate bounds the rate before its request ends
+    assert bounded(est, [(100.0, up, 0.05)], now=100.1) is est  # still within what 50 Mbit/s takes
+    slow = bounded(est, [(100.0, up, 0.05)], now=110.05)
+    assert slow.rate_bps == pytest.approx(up * 8 / 10.0) and choose(head, 500, 128, slow, floor=2) == head.layers
+    # one token's exchange: the tail's step and the round trip are not the link's
+    assert bounded(est, [(100.0, one, 0.03)], now=100.05) is est
+    assert bounded(est, [(100.0, one, 0.03)], now=100.5).rate_bps == pytest.approx(one * 8 / 0.47)
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["https", "clear"])
@@ -856,3 +879,37 @@ def test_split_inference_sends_activations_of_the_right_size_and_never_the_promp
     assert len(tap.seen) > sent
     assert b"w w w w" not in tap.seen  # the prompt never leaves the premises
     assert (b'{"token": 0' in tap.seen) == (not tls)  # the tail's answers: in clear only without TLS
+
+
+def test_a_split_head_whose_tail_does_not_answer_answers_whole_on_premises() -> None:
+    """An adaptive split head (an 8B on an L4: a split pays off by its estimates) whose tail refuses the
+    connection answers every request whole on premises, counted as a fallback, none failed."""
+    hp, dead = free_port(), free_port()
+    with dinet_process(
+        "serve", "--listen", f"127.0.0.1:{hp}", "--profile", "llama3-8b-l4", "--name", "head-1", "--role", "split",
+        "--tail-url", f"http://127.0.0.1:{dead}", ready="ready:",
+    ):  # fmt: skip
+        recs = load(
+            f"http://127.0.0.1:{hp}", duration=1.0, schedule=[(0.0, 3.0)], prompt_tokens=(40, 40), max_tokens=(6, 6)
+        )
+        assert recs and all(r.status == "ok" and r.completion_tokens == 6 for r in recs), recs
+        assert {(r.split_layers, r.activation_bytes) for r in recs} == {(32, 0)}
+        m = metrics(f"http://127.0.0.1:{hp}")
+        assert m["dinet:split_fallbacks_total"] >= 1 and m["dinet:split_local_requests_total"] == len(recs)
+
+
+def test_split_estimates_read_a_path_that_slowed_during_a_request_as_a_dearer_split() -> None:
+    """The prompt's upload went at 200 Mbit/s, then the uplink dropped: the last token exchanges outlast the
+    prompt's. The estimates take the round trip as it was and lower the rate, so the next request stays on
+    premises; a probe on the recovered path (prompt and token exchanges consistent) restores both."""
+    from dinet.workload.engine import PROFILES
+    from dinet.workload.split import Estimates, activation_bytes, choose
+
+    head = PROFILES["llama3-8b-l4"]
+    up, one = activation_bytes(4096, 200), activation_bytes(4096, 1)
+    est = Estimates(rate_bps=200e6, rtt_s=0.008, tail_step_s=0.0135, samples=3)
+    assert choose(head, 200, 64, est, floor=2) == 2
+    fast, slow = one * 8 / 200e6 + 0.008, one * 8 / 2e6 + 0.008
+    est.update(up, one, up * 8 / 200e6 + 0.008 + 0.03, 0.03, 188, [fast] * 30 + [slow] * 33, [0.0] * 63)
+    assert est.rtt_s == 0.008 and est.rate_bps < 10e6
+    assert choose(head, 200, 64, est, floor=2) == head.layers

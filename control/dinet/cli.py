@@ -545,7 +545,14 @@ def cmd_sync(a: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-EXPERIMENTS = ("steering", "tiers", "prefill-decode", "modes", "modelsync")  # dinet.experiments.EXPERIMENTS
+EXPERIMENTS = (
+    "steering",
+    "tiers",
+    "prefill-decode",
+    "modes",
+    "modelsync",
+    "cooperative",
+)  # dinet.experiments.EXPERIMENTS
 
 
 def cmd_experiment(a: argparse.Namespace) -> None:

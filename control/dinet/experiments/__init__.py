@@ -20,6 +20,7 @@ EXPERIMENTS = {
     "prefill-decode": ("prefill", "prefill-decode.yaml"),
     "modes": ("modes", "enterprise.yaml"),
     "modelsync": ("modelsync", "model-sync.yaml"),
+    "cooperative": ("cooperative", "cooperative.yaml"),
 }
 
 

@@ -369,14 +369,19 @@ def tier_over_time(res: Results, summary: dict[str, Any], path: Path, bin_s: flo
     sched = plan["schedule"] + [[plan["duration"], plan["schedule"][-1][1]]]
     rate.plot([t for t, _ in sched], [r for _, r in sched], drawstyle="steps-post", color="k", ls=":", lw=1)
     rate.set_ylabel("offered requests/s (dotted)")
+    return _share_over_time(fig, ax, "share on the large tier", path, top=1.05)
+
+
+def _share_over_time(fig: Any, ax: Any, ylabel: str, path: Path, top: float) -> str:
+    """Finishes and writes a plot of shares (0..top) against the run's time."""
     ax.set_xlabel("time from the start (s)")
-    ax.set_ylabel("share on the large tier")
-    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.05, top)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
     return path.name
 
 
@@ -501,6 +506,130 @@ def prefill_report(
             "summary": summary,
             "figures": figs,
             "tables": [table_],
+            "scenario": scenario.read_text(),
+            "intent": yaml.safe_dump(intent, sort_keys=False),
+            "versions": summary["versions"],
+            "command": summary["command"],
+            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
+        },
+    )
+
+
+COOP_COLOURS = {
+    "dinet": "#1b7837",
+    "nearest": "#d6604d",
+    "least-loaded": "#4393c3",
+    "random": "#999999",
+    "device-alone": "#e08214",
+    "cloud-alone": "#8c6bb1",
+}
+COOP_METRICS = [
+    ("tokens_per_s", "tokens/s per request"),
+    ("quality", "quality (share at the best model's level)"),
+    ("e2e_p99_ms", "end-to-end p99 (ms)"),
+    ("uplink_bytes", "device uplink bytes per request"),
+]
+
+
+def cooperative_bars(summary: dict[str, Any], path: Path) -> str:
+    """Per paradigm (rows) and figure (columns): one bar per policy with its 95% interval."""
+    plt = _plt()
+    paradigms = list(summary["paradigms"])
+    fig, axes = plt.subplots(len(paradigms), len(COOP_METRICS), figsize=(13.0, 3.0 * len(paradigms)), squeeze=False)
+    for i, paradigm in enumerate(paradigms):
+        rows = summary["paradigms"][paradigm]["policies"]
+        for j, (metric, label) in enumerate(COOP_METRICS):
+            ax = axes[i][j]
+            names = list(rows)
+            vals = [rows[p].get(metric) or 0.0 for p in names]
+            errs = [(rows[p].get("ci95") or {}).get(metric) or 0.0 for p in names]
+            ax.bar(range(len(names)), vals, yerr=errs, capsize=3, color=[COOP_COLOURS.get(p, "#555") for p in names])
+            ax.set_xticks(range(len(names)), names, fontsize=7, rotation=30)
+            ax.set_title(f"{paradigm}: {label}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            if metric == "uplink_bytes" and max(vals, default=0) > 0:
+                ax.set_yscale("symlog", linthresh=1000)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def over_time(res: Results, summary: dict[str, Any], paradigm: str, share: Any, ylabel: str, path: Path,
+              bin_s: float = 1.0) -> str:  # fmt: skip
+    """A per-request share (share(record) in 0..1) over the requests started in each interval (repeat 0), per
+    steered policy, the paradigm's event marked."""
+    plt = _plt()
+    plan = summary["plan"]
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    for policy in ("dinet", "nearest", "least-loaded", "random"):
+        rs = [
+            r
+            for r in res.records
+            if r.get("paradigm") == paradigm and r.get("policy") == policy and r.get("repeat", 0) == 0
+            and r["status"] == "ok"
+        ]  # fmt: skip
+        xs, ys = [], []
+        for k in range(int(plan["duration"] / bin_s) + 1):
+            b = [share(r) for r in rs if k * bin_s <= r["t"] < (k + 1) * bin_s]
+            if b:
+                xs.append(k * bin_s)
+                ys.append(sum(b) / len(b))
+        ax.plot(xs, ys, drawstyle="steps-post", label=policy, color=COOP_COLOURS.get(policy))
+    ev = plan["events"][paradigm]
+    ax.axvline(ev["at"], color="k", ls=":", lw=1)
+    ax.text(ev["at"], 1.02, ev["what"], fontsize=7)
+    return _share_over_time(fig, ax, ylabel, path, top=1.1)
+
+
+def cooperative_report(
+    res: Results, summary: dict[str, Any], spec: ScenarioSpec, scenario: Path, intent: dict[str, Any]
+) -> Path:
+    plan = summary["plan"]
+    near = plan["nearest"]["speculative"]
+    from ..workload.engine import PROFILES
+
+    layers = PROFILES[plan["models"]["head"]].layers
+    figs = [
+        cooperative_bars(summary, res.folder / "paradigms.png"),
+        over_time(
+            res,
+            summary,
+            "speculative",
+            lambda r: (r.get("verifiers") or "").split(",")[0] == near,
+            f"share of sessions verified at {near}",
+            res.folder / "verifier_over_time.png",
+        ),  # fmt: skip
+        over_time(
+            res,
+            summary,
+            "split",
+            lambda r: (r.get("split_layers") or layers) < layers,
+            "share of requests split (not all on premises)",
+            res.folder / "split_over_time.png",
+        ),  # fmt: skip
+    ]
+    metrics = ["ttft_p50_ms", "tokens_per_s", "e2e_p99_ms", "quality", "uplink_bytes", "slo_attainment", "errors"]
+    extra = {
+        "speculative": ["acceptance", "rounds_per_request", "after_event_on_nearest", "sessions_moved"],
+        "cascade": ["escalated"],
+        "split": ["split_before", "split_after", "activation_bytes"],
+    }
+    tables = []
+    for paradigm, body in summary["paradigms"].items():
+        cols = metrics + extra.get(paradigm, [])
+        rows = [[p, *(_cell(r, m) for m in cols)] for p, r in body["policies"].items()]
+        title = f"{paradigm} (event at {body['event']['at']:g} s: {body['event']['what']})"
+        tables.append({"title": title, "header": ["", *cols], "rows": rows})
+    return write_html(
+        res,
+        {
+            "title": f"cooperative: {spec.name}",
+            "question": "Cooperative inference across device, edge and cloud: does the network's choice of partner "
+            "pay off, and against no cooperation at all?",
+            "summary": summary,
+            "figures": figs,
+            "tables": tables,
             "scenario": scenario.read_text(),
             "intent": yaml.safe_dump(intent, sort_keys=False),
             "versions": summary["versions"],

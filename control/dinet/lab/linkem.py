@@ -119,6 +119,35 @@ class LinkEmulator:
         self.line.stdin.write(f"delay {delay_ms} {delay_ms}\n")
         self.line.stdin.flush()
 
+    def _wire(self, toward: str) -> str:
+        if toward not in (self.a, self.b):
+            raise DinetError(f"{self.name} joins {self.a} and {self.b}, not {toward}")
+        return self.wire[1] if toward == self.b else self.wire[0]
+
+    def set_rate(self, mbit: float, toward: str) -> None:
+        """The link's rate toward one of its ends changes at run time (the queue is tbf's: 100 ms of it)."""
+        if mbit <= 0:
+            raise DinetError(f"{self.name}: a rate is positive, not {mbit}")
+        dev = self._wire(toward)
+        burst = max(16_000, int(mbit * 1e6 / 8 / 250))
+        if self.engine == "netem":
+            s = self.spec
+            opts = f"delay {s.delay_ms}ms rate {mbit}mbit" + (f" loss {s.loss * 100}%" if s.loss else "")
+            out = self.host.cmd(f"tc qdisc change dev {dev} root netem {opts} 2>&1")
+        else:
+            verb = "change" if self.spec.bw_mbit is not None else "add"
+            out = self.host.cmd(f"tc qdisc {verb} dev {dev} root tbf rate {mbit}mbit burst {burst} latency 100ms 2>&1")
+        if out.strip():
+            raise DinetError(f"{self.name}: cannot set {dev} to {mbit} Mbit/s: {out.strip()}")
+
+    def tx_bytes(self, toward: str) -> int:
+        """Bytes sent toward one end (the interface counter of the wire to it)."""
+        out = self.host.cmd(f"cat /sys/class/net/{self._wire(toward)}/statistics/tx_bytes").strip()
+        try:
+            return int(out)
+        except ValueError:
+            raise DinetError(f"{self.name}: no byte counter: {out}") from None
+
     def set_cut(self, cut: bool) -> None:
         """The link fails (every frame dropped, both ways) or comes back; the interfaces and every route stay
         as they are, as when a fibre is cut further along (a TC program that drops all, made at the first cut)."""

@@ -135,6 +135,7 @@ class Lab:
         self.paths: list[tuple[str, str, str, Any]] = []  # (ingress, site, site router's address, PathSpec)
         self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
         self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
+        self._local_port = 9100  # serve_local's ports on the devices
         self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
         self.controller: subprocess.Popen[str] | None = None
         self.deciders: dict[str, subprocess.Popen[str]] = {}  # mode distributed: ingress name -> its decider
@@ -541,6 +542,40 @@ class Lab:
             raise DinetError(f"the local model on {client} did not start (see {self.workdir}/logs/{client}.log)")
         self.locals.append(p)
 
+    def serve_local(self, client: str, name: str, args: list[str]) -> str:
+        """Another model server on a device (`dinet serve ARGS` on its loopback, stopped with the lab): the
+        experiments' device-side roles (a drafter, a cascade's small model, a split model's head, the device
+        alone). Returns its URL on the device."""
+        if client not in {c.name for c in self.spec.clients}:
+            raise ConfigError(f"no client {client!r}")
+        self._local_port += 1
+        listen = f"127.0.0.1:{self._local_port}"
+        cmd = [sys.executable, "-m", "dinet.cli", "serve", "--listen", listen, "--name", name, *args]
+        p = self._popen(client, cmd, f"{client}-{name}")
+        line = p.stdout.readline() if p.stdout else ""
+        if not line.startswith("ready"):
+            stop_processes([p])
+            raise DinetError(f"{name} on {client} did not start (see {self.workdir}/logs/{client}-{name}.log)")
+        self.locals.append(p)
+        return f"http://{listen}"
+
+    def _uplink(self, client: str) -> LinkEmulator:
+        e = next((e for e in self.emulators if e.a == client), None)
+        if e is None:
+            raise ConfigError(f"{client} has no emulated link (a link with a rate or a delay has one)")
+        return e
+
+    def set_uplink_rate(self, client: str, mbit: float) -> None:
+        """A client's uplink (from it toward the network) changes its rate at run time (a device's uplink
+        dropping); the downlink keeps its own."""
+        e = self._uplink(client)
+        e.set_rate(mbit, toward=e.b)
+
+    def uplink_bytes(self, client: str) -> int:
+        """Bytes a client's emulated link has carried from it toward the network (the link's own counter)."""
+        e = self._uplink(client)
+        return e.tx_bytes(toward=e.b)
+
     def stop_instance(self, name: str) -> None:
         inst = self.instances[name]
         stop_processes(inst.procs)
@@ -866,19 +901,23 @@ class Lab:
             time.sleep(0.05)
 
     # ---- traffic -------------------------------------------------------------------------------------------------
-    def load(self, client: str, service: str, rate: float = 5.0, duration: float = 2.0, **opts: Any) -> list[dict]:  # type: ignore[type-arg]
-        """`dinet load` from a client host on a service's VIP; its per-request records. A device with a model
-        of its own decides per request whether to offload (its records say `offloaded`)."""
+    def load(
+        self, client: str, service: str, rate: float = 5.0, duration: float = 2.0, url: str | None = None, **opts: Any
+    ) -> list[dict]:  # type: ignore[type-arg]
+        """`dinet load` from a client host on a service's VIP (or on `url`: a server of serve_local's); its
+        per-request records. A device with a model of its own decides per request whether to offload (its
+        records say `offloaded`)."""
         svc = self.spec.service(service)
         spec = next(c for c in self.spec.clients if c.name == client)
-        url = f"{self.scheme}://{svc.vip}:{svc.port}"
-        if spec.local is not None and spec.local.role == "draft":  # the device's own drafter takes them
-            url = f"http://127.0.0.1:{spec.local.port}"
-        elif spec.local is not None:
-            opts.setdefault("local", f"http://127.0.0.1:{spec.local.port}")
-            opts.setdefault("offload_view", self.ingress_metrics_url(self.spec.client_ingress(spec)))
-            opts.setdefault("offload_node", self.ingress_index(self.spec.client_ingress(spec)) - 1)
-            opts.setdefault("offload_max_rtt_ms", spec.local.offload_max_rtt_ms)
+        if url is None:
+            url = f"{self.scheme}://{svc.vip}:{svc.port}"
+            if spec.local is not None and spec.local.role == "draft":  # the device's own drafter takes them
+                url = f"http://127.0.0.1:{spec.local.port}"
+            elif spec.local is not None:
+                opts.setdefault("local", f"http://127.0.0.1:{spec.local.port}")
+                opts.setdefault("offload_view", self.ingress_metrics_url(self.spec.client_ingress(spec)))
+                opts.setdefault("offload_node", self.ingress_index(self.spec.client_ingress(spec)) - 1)
+                opts.setdefault("offload_max_rtt_ms", spec.local.offload_max_rtt_ms)
         out = self.workdir / f"load-{client}-{service}-{time.monotonic_ns()}.jsonl"
         args = [sys.executable, "-m", "dinet.cli", "load", "--url", url, "--quiet"]
         args += self.tls_args()

@@ -30,6 +30,10 @@ class Level0:
     kv_usage: float = 0.0  # 0..1 of the KV cache in use (also inside gpu_util, as before)
     ttft_ms: float = 0.0  # mean time to first token over the interval, at the server (0: none finished)
     finished_per_s: float = 0.0  # requests completed per second over the interval
+    # cooperative inference at a partner instance (observability: no placement rule reads them)
+    verify_rounds_per_s: float = 0.0  # speculative decoding: rounds verified per second
+    spec_acceptance: float = 0.0  # the share of drafted tokens accepted over the interval (0..1)
+    activation_bytes_per_s: float = 0.0  # split inference: activation bytes taken from heads per second
 
     def check(self) -> None:
         """Raises ConfigError naming the first value no agent could have measured."""
@@ -41,20 +45,24 @@ class Level0:
             "kv_usage",
             "ttft_ms",
             "finished_per_s",
+            "verify_rounds_per_s",
+            "spec_acceptance",
+            "activation_bytes_per_s",
         ):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
                 raise ConfigError(f"{name} is not a number: {v!r}")
             if v < 0:
                 raise ConfigError(f"{name} is negative: {v!r}")
-        for name in ("cpu_load", "gpu_util", "kv_usage"):
+        for name in ("cpu_load", "gpu_util", "kv_usage", "spec_acceptance"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name} is a fraction 0..1, not {getattr(self, name)!r}")
         for name in ("token_latency_ms", "ttft_ms"):
             if getattr(self, name) > 600_000:
                 raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
-        if self.finished_per_s > 1e6:
-            raise ConfigError(f"finished_per_s out of range: {self.finished_per_s!r}")
+        for name, top in (("finished_per_s", 1e6), ("verify_rounds_per_s", 1e6), ("activation_bytes_per_s", 1e12)):
+            if getattr(self, name) > top:
+                raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,22 @@ class DinetMetrics(PromCollector):
             age = GaugeMetricFamily(
                 "dinet_metric_age_seconds", "Seconds since the instance's last report", labels=["service", "instance"]
             )
+            lb = ["service", "instance"]
+            coop = [  # cooperative inference at the partner instances (their agents' last reports)
+                (GaugeMetricFamily("dinet_instance_verify_rounds_per_s", "Speculative rounds verified per second",
+                                   labels=lb), "verify_rounds_per_s"),
+                (GaugeMetricFamily("dinet_instance_spec_acceptance", "Share of drafted tokens accepted",
+                                   labels=lb), "spec_acceptance"),
+                (GaugeMetricFamily("dinet_instance_activation_bytes_per_s",
+                                   "Split inference: activation bytes taken from heads per second", labels=lb),
+                 "activation_bytes_per_s"),
+            ]  # fmt: skip
             for (svc, iid), sample in sorted(self.collector.latest.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
                 age.add_metric([str(svc), str(iid)], now - sample.at)
+                for family, name in coop:
+                    family.add_metric([str(svc), str(iid)], getattr(sample.metrics, name))
             yield age
+            yield from (family for family, _ in coop)
             rej = CounterMetricFamily("dinet_reports_rejected", "Metric reports refused", labels=["reason"])
             for reason, count in sorted(self.collector.rejected.items()):
                 rej.add_metric([reason], count)

@@ -60,6 +60,7 @@ class Record:
     split_layers: int | None = None  # split inference: the layers run on premises (all of them: nothing crossed)
     activation_bytes: int = 0  # split inference: activation bytes sent across the network
     tail: str = ""  # split inference: the tail instance the network chose
+    fallback: str = ""  # split inference: why a split request was computed on premises after all
     quality: float | None = None  # the answering model's quality (x-dinet-quality; the profile's)
     error: str = ""  # what went wrong, for a request that failed
     failed_ms: float | None = None  # when, from its start
@@ -185,7 +186,10 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
     first = last = None
     n = 0
     try:
-        async with session.post(f"{spec.url}/v1/completions", json=body) as resp:
+        # a request id from the seed and the arrival (vLLM's X-Request-Id): a server's per-request draws (a
+        # cascade's confidence) are then the same in every run of the same load
+        rid = {"x-request-id": f"load-{spec.seed}-{a.at:.6f}"}
+        async with session.post(f"{spec.url}/v1/completions", json=body, headers=rid) as resp:
             rec.instance = resp.headers.get("x-dinet-instance", "")
             rec.tier = resp.headers.get("x-dinet-tier", "")
             with contextlib.suppress(TypeError, ValueError):
@@ -217,6 +221,7 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                     if "split" in handed:
                         rec.split_layers, rec.tail = int(handed["split"]), str(handed.get("tail", ""))
                         rec.activation_bytes = int(handed.get("activation_bytes", 0))
+                        rec.fallback = str(handed.get("fallback", ""))
                 for ch in msg.get("choices", []):
                     if ch.get("text") or (ch.get("delta") or {}).get("content"):
                         now = time.monotonic()

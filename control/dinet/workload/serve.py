@@ -176,6 +176,9 @@ class Server:
         self._heads: dict[int, Engine] = {}
         self._last_split = time.monotonic()
         self._probe: asyncio.Task[None] | None = None
+        self._down_until = 0.0  # a tail that did not answer: every request on premises until then
+        # split requests' exchanges in flight: (start, bytes, the seconds of it that are not the transfer)
+        self._inflight: dict[str, tuple[float, int, float]] = {}
         if role == "cascade" and not escalate_url:
             raise ConfigError("a cascade instance needs --escalate-url (the large model's address)")
         self.escalate_url, self.threshold = escalate_url.rstrip("/"), cascade.check_threshold(threshold)
@@ -289,12 +292,11 @@ class Server:
                     yield now
 
     # ---- cascade ---------------------------------------------------------------------------------------------
-    async def _cascade(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+    async def _cascade(self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str) -> Any:
         """The cascade role's tokens: this small model's, or, when its confidence (read at its first token) is
         below the threshold, the large model's behind escalate_url (a new flow: the network picks it)."""
         import aiohttp
 
-        rid = uuid.uuid4().hex
         conf = cascade.confidence(rid)
         gen = self.engine.generate(n_prompt, n_max)
         async with contextlib.aclosing(gen):
@@ -336,17 +338,27 @@ class Server:
         import aiohttp
 
         p = self.profile
-        k = self.fixed_split if self.fixed_split is not None else sp.choose(p, n_prompt, n_max, self.est, self.floor)
+        if self.fixed_split is not None:
+            k = self.fixed_split
+        elif time.monotonic() < self._down_until:  # the tail did not answer: on premises until a probe does
+            k = p.layers
+        else:
+            est = sp.bounded(self.est, list(self._inflight.values()), time.monotonic())
+            k = sp.choose(p, n_prompt, n_max, est, self.floor)
         if k < p.layers:
             try:
-                async for t in self._exchange(k, n_prompt, n_max, info):
+                # an adaptive split gives up when the whole request would have been done on premises
+                whole = sp.predict(p, p.layers, n_prompt, n_max, self.est) if self.fixed_split is None else None
+                async for t in self._exchange(k, n_prompt, n_max, info, deadline=whole):
                     yield t
                 return
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 if "split" in info:  # tokens already went out: the request fails
                     raise ConfigError(f"the tail went away: {e}") from None
                 self.metrics.split_fallbacks.labels(self.model).inc()
-                info["fallback"] = str(e)[:200] or type(e).__name__
+                if not isinstance(e, TimeoutError):
+                    self._down_until = time.monotonic() + sp.PROBE_S
+                info["fallback"] = str(e)[:200] or "the first token was later than the whole request here"
         else:
             self._probe_later()
         self.metrics.split_local.labels(self.model).inc()
@@ -369,13 +381,17 @@ class Server:
         try:
             async for _ in self._exchange(self.floor, sp.PROBE_TOKENS, 2, {}):
                 pass
+            self._down_until = 0.0
         except (aiohttp.ClientError, OSError, TimeoutError, ConfigError):
-            self.metrics.split_fallbacks.labels(self.model).inc()
+            self._down_until = time.monotonic() + sp.PROBE_S
 
-    async def _exchange(self, k: int, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+    async def _exchange(
+        self, k: int, n_prompt: int, n_max: int, info: dict[str, Any], deadline: float | None = None
+    ) -> Any:
         """One split request on its own WebSocket (one flow: the network picks the tail and keeps it): the
         prompt's activations after this side's k layers, then one token's activations per token; the tail
-        answers each with its token and its time, from which the estimates learn."""
+        answers each with its token and its time, from which the estimates learn. TimeoutError if the first
+        token has not come back within `deadline` seconds of the upload's start."""
         import aiohttp
 
         p = self.profile
@@ -388,17 +404,33 @@ class Server:
             async for _ in gen:
                 pass
         payload = sp.activations(session, up)
-        timeout = aiohttp.ClientTimeout(total=300)
+        timeout = aiohttp.ClientTimeout(total=300, sock_connect=min(deadline or 10.0, 10.0))
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
-            http.ws_connect(f"{self.tail_url}/dinet/v1/split", ssl=self._tls(self.tail_url), max_msg_size=0) as ws,
+            # no permessage-deflate: the activations' bytes are the workload, on the wire as they are
+            http.ws_connect(
+                f"{self.tail_url}/dinet/v1/split", ssl=self._tls(self.tail_url), max_msg_size=0, compress=0
+            ) as ws,
         ):
             start = {"session": session, "layers": p.layers, "hidden": p.hidden, "split": k}
             await ws.send_json(start | {"prompt": n_prompt, "max_tokens": n_max})
             t0 = time.monotonic()
-            for i in range(0, up, sp.CHUNK):
-                await ws.send_bytes(payload[i : i + sp.CHUNK])
-            first = await self._tail_answer(ws)
+            work = sp.tail_tokens(n_prompt, k, p.layers)
+            self._inflight[session] = (t0, up, self.est.rtt_s + work * self.est.tail_prefill_s)
+
+            async def upload() -> dict[str, Any]:
+                for i in range(0, up, sp.CHUNK):
+                    await ws.send_bytes(payload[i : i + sp.CHUNK])
+                return await self._tail_answer(ws)
+
+            try:  # a request whose upload outlasts the whole request on premises goes back there (_split)
+                first = await asyncio.wait_for(upload(), timeout=deadline)
+            except TimeoutError:
+                self.est.slow_upload(up, time.monotonic() - t0)
+                await self._abandon(ws)
+                raise
+            finally:
+                del self._inflight[session]
             prefill_s, tail_prefill = time.monotonic() - t0, first["ms"] / 1000
             sent = up
             self.metrics.split_sent.labels(self.model).inc(up)
@@ -411,8 +443,12 @@ class Server:
                     async for _ in gen:
                         pass
                 t1 = time.monotonic()
-                await ws.send_bytes(payload[:one] if one <= up else sp.activations(session, one))
-                answer = await self._tail_answer(ws)
+                self._inflight[session] = (t1, one, self.est.rtt_s + self.est.tail_step_s)
+                try:
+                    await ws.send_bytes(sp.activations(f"{session}:{i}", one))
+                    answer = await self._tail_answer(ws)
+                finally:
+                    del self._inflight[session]
                 now = time.monotonic()
                 token_s.append(now - t1)
                 tail_s.append(answer["ms"] / 1000)
@@ -420,9 +456,22 @@ class Server:
                 self.metrics.split_sent.labels(self.model).inc(one)
                 info["activation_bytes"] = sent
                 yield now
-        tail_work = sp.tail_tokens(n_prompt, k, p.layers)
-        self.est.update(up, one, prefill_s, tail_prefill, tail_work, token_s, tail_s)
+        self.est.update(up, one, prefill_s, tail_prefill, work, token_s, tail_s)
         self._last_split = time.monotonic()
+
+    @staticmethod
+    async def _abandon(ws: Any) -> None:
+        """Drops a split request's connection at once: what its upload left in the socket's buffers is
+        discarded (a reset), not sent on over a slow uplink ahead of the other requests' tokens."""
+        import socket
+        import struct
+
+        sock = ws.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(ws.close(), 0.2)  # cancelled, aiohttp closes the connection itself
 
     @staticmethod
     async def _tail_answer(ws: Any) -> dict[str, Any]:
@@ -444,7 +493,7 @@ class Server:
 
         if self.role != "both":
             return self._error(404, "this instance runs no tail of a split model (not a whole model server)")
-        ws = web.WebSocketResponse(max_msg_size=sp.CHUNK + 1024)
+        ws = web.WebSocketResponse(max_msg_size=sp.CHUNK + 1024, compress=False)
         await ws.prepare(request)
         p = self.profile
 
@@ -497,12 +546,15 @@ class Server:
         return ws
 
     # ---- prefill-decode ------------------------------------------------------------------------------------
-    async def _tokens(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+    async def _tokens(self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str = "") -> Any:
         """The request's tokens: from this engine, or (prefill role) the first from here and the rest from
         the decode instance the KV cache was handed to, or (draft role) rounds verified by the target."""
         if self.role in ("draft", "cascade", "split"):
-            stage = {"draft": self._speculate, "cascade": self._cascade, "split": self._split}[self.role]
-            async for t in stage(n_prompt, n_max, info):
+            if self.role == "cascade":
+                stages = self._cascade(n_prompt, n_max, info, rid)
+            else:
+                stages = (self._speculate if self.role == "draft" else self._split)(n_prompt, n_max, info)
+            async for t in stages:
                 yield t
             return
         if self.role != "prefill":
@@ -658,7 +710,9 @@ class Server:
             if n_prompt + n_max > self.profile.kv_tokens:
                 raise ConfigError(f"{n_prompt} + {n_max} tokens exceed the KV cache ({self.profile.kv_tokens} tokens)")
             info: dict[str, Any] = {}
-            tokens = self._tokens(n_prompt, n_max, info)
+            # the request's own id where the client gave one (vLLM's X-Request-Id): seeds the cascade's draws
+            rid = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+            tokens = self._tokens(n_prompt, n_max, info, rid)
         except ConfigError as e:
             return self._error(400, str(e))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"

@@ -19,8 +19,11 @@ round trip (from each request's upload and per-token exchanges), and the tail's 
 per decode step (the tail reports its time with every answer: its load shows there). A transformer's
 activations have the same size at every layer boundary, so the bytes do not depend on k and the prediction
 is linear in k: the best split is the floor or L, and the path's rate and delay and the tail's load decide
-which (AI Flow's adaptive paradigm). While it keeps everything local, the head probes the path every PROBE_S
-with a small split request of its own, so that it sees the path recover."""
+which (AI Flow's adaptive paradigm). An upload in flight that takes longer than the estimates say bounds the
+rate for the next decisions at once (`bounded`), and a request whose first token has not come back by the
+time the whole request would have finished on premises is abandoned and computed there (a rate drop costs
+at most that). While it keeps everything local, the head probes the path every PROBE_S with a small split
+request of its own, so that it sees the path recover."""
 
 from __future__ import annotations
 
@@ -93,10 +96,19 @@ class Estimates:
             self.tail_prefill_s = self._mix(self.tail_prefill_s, tail_prefill_s / tail_work)
         a = prefill_s - tail_prefill_s  # up_bytes at the rate + a round trip
         if token_s:
-            nets = sorted(t - s for t, s in zip(token_s, tail_token_s, strict=True))
-            b = nets[len(nets) // 2]  # tok_bytes at the rate + a round trip (the median exchange)
+            nets = [t - s for t, s in zip(token_s, tail_token_s, strict=True)]
+            recent = max(4, len(nets) // 4)  # the path as it is now: the last exchanges, and as it was
+            b = sorted(nets[-recent:])[len(nets[-recent:]) // 2]  # tok_bytes at the rate + a round trip
+            b0 = sorted(nets[:recent])[len(nets[:recent]) // 2]
             self.tail_step_s = self._mix(self.tail_step_s, sorted(tail_token_s)[len(tail_token_s) // 2])
-            if a > b > 0 and up_bytes > tok_bytes:
+            if b > 2 * b0 > 0 and b > self.rtt_s:
+                # the last token exchanges took more than twice the first ones: the path changed during the
+                # request, and its prompt's upload no longer says what the path is. The round trip is taken
+                # as it was and the rate as what the rest allows (a delay rise is read as a rate drop: either
+                # way a split costs more now; not mixed with the old rate, which is stale); the next probe
+                # tells them apart
+                self.rate_bps = tok_bytes * 8 / (b - self.rtt_s)
+            elif a > b > 0 and up_bytes > tok_bytes:
                 rate = (up_bytes - tok_bytes) * 8 / (a - b)
                 self.rate_bps = self._mix(self.rate_bps, rate)
                 self.rtt_s = self._mix(self.rtt_s, max(0.0, b - tok_bytes * 8 / rate))
@@ -105,6 +117,22 @@ class Estimates:
         elif a > 0:  # no decode exchange: the prefill alone, the round trip as it was
             self.rate_bps = self._mix(self.rate_bps, up_bytes * 8 / max(a - self.rtt_s, 1e-6))
         self.samples += 1
+
+    def slow_upload(self, up_bytes: int, elapsed: float) -> None:
+        """An upload that had not been answered after `elapsed` seconds: the rate is at most what would
+        have carried it in that time."""
+        self.rate_bps = min(self.rate_bps, up_bytes * 8 / max(elapsed, 1e-6))
+
+
+def bounded(est: Estimates, inflight: list[tuple[float, int, float]], now: float) -> Estimates:
+    """The estimates with the uplink's rate bounded by the exchanges in flight ((start, bytes, the seconds
+    of it that are not the transfer: round trip and the tail's time) each) that took more than twice what the
+    estimates say: a rate drop shows at the next token of a request that met it, not at its end."""
+    rate = est.rate_bps
+    for t0, n, other in inflight:
+        if now - t0 > 2 * (n * 8 / est.rate_bps + other):
+            rate = min(rate, n * 8 / max(now - t0 - other, 1e-3))
+    return est if rate == est.rate_bps else replace(est, rate_bps=rate)
 
 
 def predict(p: Profile, k: int, prompt: int, out: int, est: Estimates) -> float:
