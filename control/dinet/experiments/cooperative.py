@@ -72,7 +72,7 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
         inst = [i for i in spec.instances if i.service == service]
         return [i.name for i in sorted(inst, key=lambda i: spec.path(i.site, ingress).delay_ms)]
 
-    duration = 10.0 if quick else 40.0
+    duration = 8.0 if quick else 40.0
     return {
         "devices": [c.name for c in devices],
         "ingress": ingress,
@@ -90,7 +90,7 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
         "duration": duration,
         "rate": 1.0,  # new requests per second per device (Poisson)
         "prompt": 200,
-        "output": 64 if quick else 128,
+        "output": 48 if quick else 128,
         "events": {
             "speculative": {"at": EVENT_AT["speculative"] * duration, "what": f"load step at {by_delay(target)[0]}"},
             "cascade": {
@@ -207,10 +207,13 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
         elif paradigm == "split":
             for c in urls:
                 lab.set_uplink_rate(c, rate[c] or 1000.0)
-    uplink = sum(lab.uplink_bytes(c) - up0[c] for c in shape["devices"])
+            if policy in STEERED:  # this arm's heads: what they still send counts here, not in the next arm
+                for url, _ in urls.values():
+                    lab.stop_local(url)
     from .common import wait_idle
 
     wait_idle(lab, devs._instances(shape["services"][paradigm]))
+    uplink = sum(lab.uplink_bytes(c) - up0[c] for c in shape["devices"])
     return {"records": recs, "uplink_bytes": uplink}
 
 

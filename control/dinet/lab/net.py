@@ -136,6 +136,7 @@ class Lab:
         self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
         self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
         self._local_port = 9100  # serve_local's ports on the devices
+        self._served: dict[str, subprocess.Popen[Any]] = {}  # serve_local's servers by URL
         self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
         self.controller: subprocess.Popen[str] | None = None
         self.deciders: dict[str, subprocess.Popen[str]] = {}  # mode distributed: ingress name -> its decider
@@ -557,7 +558,16 @@ class Lab:
             stop_processes([p])
             raise DinetError(f"{name} on {client} did not start (see {self.workdir}/logs/{client}-{name}.log)")
         self.locals.append(p)
+        self._served[f"http://{listen}"] = p
         return f"http://{listen}"
+
+    def stop_local(self, url: str) -> None:
+        """Stops a server serve_local started (its connections close with it)."""
+        p = self._served.pop(url, None)
+        if p is None:
+            raise ConfigError(f"no server of serve_local at {url}")
+        stop_processes([p])
+        self.locals.remove(p)
 
     def _uplink(self, client: str) -> LinkEmulator:
         e = next((e for e in self.emulators if e.a == client), None)

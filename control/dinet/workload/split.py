@@ -38,7 +38,9 @@ BYTES_PER_VALUE = 2  # FP16 activations
 FLOOR = 2  # layers that stay on premises whatever the path (the privacy floor)
 PROBE_S = 3.0  # while all runs locally: a probe of the path this often
 PROBE_TOKENS = 8  # a probe's prompt (its activations: 8 x hidden x 2 bytes, 64 KiB for a hidden size of 4096)
-CHUNK = 1 << 20  # activations travel in WebSocket messages of at most this many bytes
+# activations travel in WebSocket messages of at most this many bytes: what waits in the process to be sent
+# stays small (the socket's own buffer is what an abandoned request's reset drops)
+CHUNK = 1 << 16
 
 
 def activation_bytes(hidden: int, tokens: int) -> int:
