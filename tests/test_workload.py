@@ -913,3 +913,23 @@ def test_split_estimates_read_a_path_that_slowed_during_a_request_as_a_dearer_sp
     est.update(up, one, up * 8 / 200e6 + 0.008 + 0.03, 0.03, 188, [fast] * 30 + [slow] * 33, [0.0] * 63)
     assert est.rtt_s == 0.008 and est.rate_bps < 10e6
     assert choose(head, 200, 64, est, floor=2) == head.layers
+
+
+def test_a_split_head_whose_tail_runs_another_model_answers_whole_and_says_why() -> None:
+    """A tail of another model refuses the split request; the head answers it whole on premises and the
+    record carries the tail's one-line reason."""
+    tp, hp = free_port(), free_port()
+    with (
+        dinet_process("serve", "--listen", f"127.0.0.1:{tp}", "--profile", "tiny-test", "--name", "tail-1",
+                      ready="ready:"),
+        dinet_process(
+            "serve", "--listen", f"127.0.0.1:{hp}", "--profile", "llama3-8b-l4", "--name", "head-1", "--role", "split",
+            "--tail-url", f"http://127.0.0.1:{tp}", "--split-layers", "2", ready="ready:",
+        ),
+    ):  # fmt: skip
+        recs = load(
+            f"http://127.0.0.1:{hp}", duration=0.5, schedule=[(0.0, 4.0)], prompt_tokens=(20, 20), max_tokens=(3, 3)
+        )
+        assert recs and all(r.status == "ok" and r.completion_tokens == 3 and r.split_layers == 32 for r in recs)
+        assert all("this tail runs dinet/tiny-test (8 layers, hidden 256), not 32/4096" in r.fallback for r in recs)
+        assert metrics(f"http://127.0.0.1:{tp}")["dinet:split_refused_total"] == len(recs)

@@ -352,7 +352,7 @@ class Server:
                 async for t in self._exchange(k, n_prompt, n_max, info, deadline=whole):
                     yield t
                 return
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            except (aiohttp.ClientError, OSError, TimeoutError, ConfigError) as e:
                 if "split" in info:  # tokens already went out: the request fails
                     raise ConfigError(f"the tail went away: {e}") from None
                 self.metrics.split_fallbacks.labels(self.model).inc()
