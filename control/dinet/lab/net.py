@@ -921,8 +921,9 @@ class Lab:
         spec = next(c for c in self.spec.clients if c.name == client)
         if url is None:
             url = f"{self.scheme}://{svc.vip}:{svc.port}"
-            if spec.local is not None and spec.local.role == "draft":  # the device's own drafter takes them
-                url = f"http://127.0.0.1:{spec.local.port}"
+            if spec.local is not None and spec.local.role == "draft":
+                if spec.local.verify_service == service:  # the device's own drafter takes them
+                    url = f"http://127.0.0.1:{spec.local.port}"
             elif spec.local is not None:
                 opts.setdefault("local", f"http://127.0.0.1:{spec.local.port}")
                 opts.setdefault("offload_view", self.ingress_metrics_url(self.spec.client_ingress(spec)))
