@@ -30,7 +30,20 @@ from typing import Any
 from ..errors import ConfigError
 from ..lab.net import Lab
 from ..lab.scenario import ScenarioSpec, load
-from .common import LEAD_S, Load, Options, Results, aggregate, header, meets, pct, run_events, start_load, stop_loads
+from .common import (
+    LEAD_S,
+    Load,
+    Options,
+    Results,
+    aggregate,
+    header,
+    meets,
+    pct,
+    run_events,
+    start_load,
+    stop_loads,
+    wait_idle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +123,7 @@ class Devices:
         tls = lab.tls_args()
         vip = {p: self._vip(s) for p, s in shape["services"].items()}
         m = shape["models"]
-        q_ref = max(self.quality(i) for i in self._instances(shape["services"]["cascade"]))
+        q_ref = max(self.quality(i) for i in self.instances(shape["services"]["cascade"]))
         self.urls: dict[tuple[str, str], str] = {}
         self.vip = vip
         for c in shape["devices"]:
@@ -124,7 +137,7 @@ class Devices:
             self.urls[(c, "head-alone")] = lab.serve_local(c, f"{c}-whole", ["--profile", m["head"]])
         self.heads = 0
 
-    def _instances(self, service: str) -> list[str]:
+    def instances(self, service: str) -> list[str]:
         return [n for n, i in self.lab.instances.items() if i.spec.service == service]
 
     def _vip(self, service: str) -> str:
@@ -210,9 +223,7 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
             if policy in STEERED:  # this arm's heads: what they still send counts here, not in the next arm
                 for url, _ in urls.values():
                     lab.stop_local(url)
-    from .common import wait_idle
-
-    wait_idle(lab, devs._instances(shape["services"][paradigm]))
+    wait_idle(lab, devs.instances(shape["services"][paradigm]))
     uplink = sum(lab.uplink_bytes(c) - up0[c] for c in shape["devices"])
     return {"records": recs, "uplink_bytes": uplink}
 
@@ -225,7 +236,7 @@ def quality(r: dict[str, Any], paradigm: str, policy: str, devs: Devices, shape:
         return None
     if paradigm == "split":  # one model however it is cut, on premises or not
         return 1.0
-    ref = max(devs.quality(i) for i in devs._instances(shape["services"][paradigm]))
+    ref = max(devs.quality(i) for i in devs.instances(shape["services"][paradigm]))
     if policy == "device-alone":
         return min(1.0, PROFILES[shape["models"]["small"]].quality / ref)
     if policy == "cloud-alone":
@@ -237,6 +248,8 @@ def quality(r: dict[str, Any], paradigm: str, policy: str, devs: Devices, shape:
 
 
 def figures(run: dict[str, Any], paradigm: str, policy: str, devs: Devices, shape: dict[str, Any]) -> dict[str, Any]:
+    from ..workload.engine import PROFILES
+
     recs = run["records"]
     ok = [r for r in recs if r["status"] == "ok"]
     slo = devs.lab.spec.service(shape["services"][paradigm]).slo
@@ -267,19 +280,13 @@ def figures(run: dict[str, Any], paradigm: str, policy: str, devs: Devices, shap
     if paradigm == "cascade" and policy in STEERED:
         row["escalated"] = sum(1 for r in ok if r.get("escalated")) / len(ok) if ok else None
     if paradigm == "split" and policy in STEERED:
-        layers = devs_layers()
+        layers = PROFILES[HEAD].layers
         before = [r for r in ok if r["t"] < at]
         after = [r for r in ok if r["t"] >= at + 2.0]  # the head has met the drop
         row["split_before"] = sum(r["split_layers"] < layers for r in before) / len(before) if before else None
         row["split_after"] = sum(r["split_layers"] < layers for r in after) / len(after) if after else None
         row["activation_bytes"] = sum(r["activation_bytes"] for r in ok) / len(ok) if ok else None
     return row
-
-
-def devs_layers() -> int:
-    from ..workload.engine import PROFILES
-
-    return PROFILES[HEAD].layers
 
 
 def run(scenario: Path, opts: Options) -> dict[str, Any]:
