@@ -933,3 +933,54 @@ def test_a_split_head_whose_tail_runs_another_model_answers_whole_and_says_why()
         assert recs and all(r.status == "ok" and r.completion_tokens == 3 and r.split_layers == 32 for r in recs)
         assert all("this tail runs dinet/tiny-test (8 layers, hidden 256), not 32/4096" in r.fallback for r in recs)
         assert metrics(f"http://127.0.0.1:{tp}")["dinet:split_refused_total"] == len(recs)
+
+
+def test_a_drafter_leaves_a_swamped_verifier_on_a_new_flow() -> None:
+    """`--replace-after 4`: the verifier answers a connection's first 3 rounds at once and then leaves the
+    next unanswered; the drafter abandons that round after 4x its usual answer time (at least 0.25 s) and
+    sends it again on a new connection (a new flow, which the network would place anew), which is answered:
+    every token arrives, the session counts one replacement, the verifier saw two connections."""
+    import threading
+
+    from aiohttp import web
+
+    peers: list[object] = []
+    rounds: dict[object, int] = {}
+    stall = asyncio.Event()  # never set: the first connection's 4th round waits until the drafter leaves
+
+    async def verify(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer not in peers:
+            peers.append(peer)
+        rounds[peer] = rounds.get(peer, 0) + 1
+        await request.json()
+        if peers.index(peer) == 0 and rounds[peer] > 3:
+            await stall.wait()
+        return web.json_response({"accepted": 1, "cache_hit": rounds[peer] > 1, "instance": f"v{peers.index(peer)}"})
+
+    app = web.Application()
+    app.router.add_post("/dinet/v1/verify", verify)
+    vp = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", vp).start())
+    th = threading.Thread(target=loop.run_forever, daemon=True)
+    th.start()
+    dp = free_port()
+    try:
+        with dinet_process(
+            "serve", "--listen", f"127.0.0.1:{dp}", "--profile", "tiny-test", "--name", "draft-1", "--role", "draft",
+            "--verify-url", f"http://127.0.0.1:{vp}", "--replace-after", "4", ready="ready:",
+        ):  # fmt: skip
+            recs = load(f"http://127.0.0.1:{dp}", duration=0.2, schedule=[(0.0, 50.0)], prompt_tokens=(10, 10),
+                        max_tokens=(20, 20), max_requests=1)  # fmt: skip
+            assert len(recs) == 1 and recs[0].status == "ok" and recs[0].completion_tokens == 20, recs
+            assert recs[0].verifiers == "v0,v1" and recs[0].replaced == 1
+            assert metrics(f"http://127.0.0.1:{dp}")["dinet:spec_replaced_total"] == 1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(timeout=5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+    assert len(peers) == 2

@@ -403,7 +403,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     server = Server(
         profile_of(a.profile, a.kv_tokens, a.max_batch), a.name or a.listen, a.model, a.role, a.decode_url or "",
         a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
-        a.tail_url or "", a.privacy_layers, a.split_layers,
+        a.tail_url or "", a.privacy_layers, a.split_layers, a.replace_after,
     )  # fmt: skip
     run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None)
 
@@ -876,6 +876,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["both", "prefill", "decode", "draft", "cascade", "split"],
         help="prefill/decode: a pipeline split at the KV cache; draft: speculative decoding with --verify-url; "
         "cascade: a small model escalating to --escalate-url; split: the first layers here, the rest on --tail-url",
+    )
+    p.add_argument(
+        "--replace-after",
+        type=float,
+        default=0.0,
+        help="draft role: a round unanswered after this many times the usual answer time is sent again on a new "
+        "flow (0: never; the session stays with its verifier)",
     )
     p.add_argument("--tail-url", help="split role: the tail that runs the last layers (a VIP dinet steers)")
     p.add_argument(

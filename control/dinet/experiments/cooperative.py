@@ -98,6 +98,8 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
         },
         "models": {"draft": local.profile, "small": local.profile, "head": HEAD},
         "acceptance": local.acceptance,
+        # a drafter's round unanswered after 8x its usual answer time (at least 0.25 s) goes again on a new flow
+        "replace_after": 8.0,
         "threshold": 0.6,
         "privacy_layers": 2,
         "duration": duration,
@@ -129,7 +131,8 @@ class Devices:
         for c in shape["devices"]:
             self.urls[(c, "speculative")] = lab.serve_local(c, f"{c}-draft", [
                 "--profile", m["draft"], "--role", "draft", "--verify-url", vip["speculative"],
-                "--acceptance", str(shape["acceptance"]), *tls])  # fmt: skip
+                "--acceptance", str(shape["acceptance"]), "--replace-after", str(shape["replace_after"]),
+                *tls])  # fmt: skip
             self.urls[(c, "cascade")] = lab.serve_local(c, f"{c}-small", [
                 "--profile", m["small"], "--role", "cascade", "--escalate-url", vip["cascade"],
                 "--threshold", str(shape["threshold"]), "--large-quality", str(q_ref), *tls])  # fmt: skip

@@ -52,6 +52,7 @@ class Record:
     rounds: int = 0  # speculative decoding: rounds of drafted tokens verified across the network
     drafted: int = 0  # tokens drafted
     accepted: int = 0  # of which the target accepted
+    replaced: int = 0  # speculative decoding: rounds the drafter sent again on a new flow (its verifier swamped)
     verifiers: str = ""  # the verifier instances in the order the rounds met them (one: the session stayed)
     escalated: bool | None = None  # cascade: passed to the large model
     confidence: float | None = None  # cascade: the small model's confidence in its answer
@@ -214,6 +215,7 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                     rec.rounds, rec.drafted = int(handed.get("rounds", 0)), int(handed.get("drafted", 0))
                     rec.accepted = int(handed.get("accepted", 0))
                     rec.verifiers = ",".join(map(str, handed.get("verifiers", [])))
+                    rec.replaced = int(handed.get("replaced", 0))
                     if "escalated" in handed:
                         rec.escalated, rec.large_level = bool(handed["escalated"]), bool(handed["large_level"])
                         rec.answered_by = str(handed.get("answered_by", ""))

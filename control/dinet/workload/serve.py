@@ -97,6 +97,9 @@ class Metrics:
         self.spec_hits = Counter(
             "dinet:spec_session_hits", "Rounds of a session whose context this verifier held.", lb, registry=r
         )
+        self.spec_replaced = Counter(
+            "dinet:spec_replaced", "Rounds a drafter sent again on a new flow, its verifier swamped.", lb, registry=r
+        )
         self.spec_misses = Counter(
             "dinet:spec_session_misses", "Rounds that computed the session's whole context again.", lb, registry=r
         )
@@ -157,6 +160,7 @@ class Server:
         tail_url: str = "",
         floor: int = sp.FLOOR,
         fixed_split: int | None = None,
+        replace_after: float = 0.0,
     ):
         """role: both (a whole model server); prefill (prefills, then hands the KV cache to the decode
         instance behind `decode_url`, a service VIP the network steers, and relays its tokens; https: over
@@ -190,6 +194,9 @@ class Server:
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"an acceptance rate is 0..1, not {alpha}")
         self.verify_url, self.alpha = verify_url.rstrip("/"), alpha
+        if replace_after < 0:
+            raise ConfigError(f"--replace-after is a multiple of the usual answer time (0: never), not {replace_after}")
+        self.replace_after = replace_after
         self.cache = spec.SessionCache()
         self.profile, self.name, self.role, self.decode_url = profile, name, role, decode_url.rstrip("/")
         self._session: Any = None
@@ -254,16 +261,31 @@ class Server:
 
     async def _speculate(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
         """The draft role's tokens: rounds of k drafted here, verified behind verify_url on one connection
-        (one flow, so the network keeps the session on its verifier); k adapts to the measured round trip."""
+        (one flow, so the network keeps the session on its verifier); k adapts to the measured round trip.
+        With replace_after, a round unanswered after that many times the usual answer time (at least
+        spec.REPLACE_MIN_S) is abandoned and sent again on a new connection: a new flow, which the network
+        places anew (the network never moves the old one; this end host leaves it), and whose verifier
+        computes the session's whole context again. At most spec.MAX_REPLACE times a session."""
         import aiohttp
 
         session = uuid.uuid4().hex[:16]
-        conn = aiohttp.TCPConnector(limit=1, ssl=self._tls(self.verify_url))  # one flow for the session
+
+        def flow() -> Any:  # one connection, one flow for the session
+            conn = aiohttp.TCPConnector(limit=1, ssl=self._tls(self.verify_url))
+            return aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300))
+
+        async def verify(http: Any, body: dict[str, Any]) -> dict[str, Any]:
+            async with http.post(f"{self.verify_url}/dinet/v1/verify", json=body) as r:
+                if r.status != 200:
+                    raise ConfigError(f"the verifier refused a round: HTTP {r.status} {await r.text()}")
+                return dict(await r.json())
+
         draft_s = spec.Ewma(max(self.profile.decode_base_ms, 1.0) / 1000)
         answer_s: spec.Ewma | None = None
-        ctx, made, rounds, drafted, taken = n_prompt, 0, 0, 0, 0
+        ctx, made, rounds, drafted, taken, replaced = n_prompt, 0, 0, 0, 0, 0
         verifiers: list[str] = []
-        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as http:
+        http = flow()
+        try:
             while made < n_max:
                 k = min(spec.best_k(draft_s.value, answer_s.value if answer_s else 0.05, self.alpha), n_max - made)
                 t0 = time.monotonic()
@@ -275,10 +297,17 @@ class Server:
                 t1 = time.monotonic()
                 draft_s.add((t1 - t0) / k if rounds else draft_s.value)
                 body = {"session": session, "context": ctx, "draft": k, "alpha": self.alpha}
-                async with http.post(f"{self.verify_url}/dinet/v1/verify", json=body) as r:
-                    if r.status != 200:
-                        raise ConfigError(f"the verifier refused a round: HTTP {r.status} {await r.text()}")
-                    answer = await r.json()
+                limit = None
+                if self.replace_after and answer_s is not None and replaced < spec.MAX_REPLACE:
+                    limit = max(spec.REPLACE_MIN_S, self.replace_after * answer_s.value)
+                try:
+                    answer = await asyncio.wait_for(verify(http, body), timeout=limit)
+                except TimeoutError:  # the verifier is swamped: leave it (its round is cancelled there)
+                    await http.close()
+                    http, replaced, answer_s = flow(), replaced + 1, None
+                    self.metrics.spec_replaced.labels(self.model).inc()
+                    t1 = time.monotonic()
+                    answer = await verify(http, body)
                 now = time.monotonic()
                 answer_s = answer_s or spec.Ewma(now - t1)
                 answer_s.add(now - t1)
@@ -288,8 +317,12 @@ class Server:
                 rounds, drafted, taken = rounds + 1, drafted + k, taken + int(answer["accepted"])
                 made, ctx = made + n, ctx + n
                 info.update(rounds=rounds, drafted=drafted, accepted=taken, verifiers=verifiers, k=k)
+                if replaced:
+                    info["replaced"] = replaced
                 for _ in range(n):
                     yield now
+        finally:
+            await http.close()
 
     # ---- cascade ---------------------------------------------------------------------------------------------
     async def _cascade(self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str) -> Any:

@@ -26,6 +26,8 @@ from ..errors import ConfigError
 
 ALPHA = 0.7  # the acceptance rate of a small draft / large target pair (Leviathan et al. 2023, Table 3)
 K_MAX = 16
+REPLACE_MIN_S = 0.25  # a drafter leaves its verifier (replace_after) no sooner than this into a round
+MAX_REPLACE = 2  # times a session may leave its verifier
 MAX_SESSIONS = 4096  # sessions whose context a verifier remembers (least recently used first out)
 
 
