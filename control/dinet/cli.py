@@ -988,7 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", help="the scenario file (default: the experiment's, in topo/scenarios)")
     p.add_argument("--repeats", type=int, help="runs of each arm (default 3; 1 with --quick): 95%% intervals over them")
     p.add_argument("--seed", type=int, default=1, help="the loads' and the random baseline's draws: a run repeats")
-    p.add_argument("--quick", action="store_true", help="short runs (each experiment in about 90 s), for CI")
+    p.add_argument("--quick", action="store_true", help="short runs (about 90 s; cooperative about 5 min), for CI")
     p.add_argument("--target", choices=["xdp", "bmv2"], default="xdp", help="the steering node's data plane")
     p.add_argument("--out", default="results", help="the results folder (OUT/NAME/ per experiment)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no summary on stdout")
