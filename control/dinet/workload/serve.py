@@ -139,6 +139,14 @@ class Metrics:
         self.success.labels(m).inc()
 
 
+async def drain(tokens: Any) -> None:
+    """Runs an engine request to its last token; closed at once if the caller is cancelled (a client that
+    hung up), so its place in the batch and its KV cache are freed."""
+    async with contextlib.aclosing(tokens):
+        async for _ in tokens:
+            pass
+
+
 def count_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
@@ -248,9 +256,7 @@ class Server:
             tokens = self.engine.generate(compute, 1)
         except ConfigError as e:
             return self._error(400, str(e))
-        async with contextlib.aclosing(tokens):  # a drafter that hung up leaves the batch
-            async for _ in tokens:
-                pass
+        await drain(tokens)  # a drafter that hung up leaves the batch
         n = spec.accepted(session, context, draft, alpha)
         self.cache.hold(session, context + n + 1)
         self.metrics.spec_rounds.labels(self.model).inc()
@@ -290,10 +296,7 @@ class Server:
                 k = min(spec.best_k(draft_s.value, answer_s.value if answer_s else 0.05, self.alpha), n_max - made)
                 t0 = time.monotonic()
                 # the draft model: the prompt's prefill in the first round, then k of its decode steps
-                gen = self.engine.generate(ctx, k, prefilled=rounds > 0)
-                async with contextlib.aclosing(gen):
-                    async for _ in gen:
-                        pass
+                await drain(self.engine.generate(ctx, k, prefilled=rounds > 0))
                 t1 = time.monotonic()
                 draft_s.add((t1 - t0) / k if rounds else draft_s.value)
                 body = {"session": session, "context": ctx, "draft": k, "alpha": self.alpha}
@@ -433,9 +436,7 @@ class Server:
             head = self._heads[k] = Engine(sp.head_profile(p, k))
         session = uuid.uuid4().hex[:16]
         up, one = sp.activation_bytes(p.hidden, n_prompt), sp.activation_bytes(p.hidden, 1)
-        async with contextlib.aclosing(head.generate(n_prompt, 1)) as gen:  # this side's layers of the prompt
-            async for _ in gen:
-                pass
+        await drain(head.generate(n_prompt, 1))  # this side's layers of the prompt
         payload = sp.activations(session, up)
         timeout = aiohttp.ClientTimeout(total=300, sock_connect=min(deadline or 10.0, 10.0))
         async with (
@@ -472,9 +473,7 @@ class Server:
             token_s: list[float] = []
             tail_s: list[float] = []
             for i in range(1, n_max):
-                async with contextlib.aclosing(head.generate(n_prompt + i, 1, prefilled=True)) as gen:
-                    async for _ in gen:
-                        pass
+                await drain(head.generate(n_prompt + i, 1, prefilled=True))
                 t1 = time.monotonic()
                 self._inflight[session] = (t1, one, self.est.rtt_s + self.est.tail_step_s)
                 try:
@@ -546,9 +545,7 @@ class Server:
 
         async def compute(tokens: int, prefilled: bool) -> float:
             t = time.monotonic()
-            async with contextlib.aclosing(self.engine.generate(tokens, 1, prefilled=prefilled)) as gen:
-                async for _ in gen:
-                    pass
+            await drain(self.engine.generate(tokens, 1, prefilled=prefilled))
             return (time.monotonic() - t) * 1000
 
         try:
