@@ -60,6 +60,20 @@
 /* A ring slot holding this value names no instance (service with no usable instance). */
 #define DINET_SLOT_NONE 0xFFFFFFFF
 
+/* Session-affine services (service flag DINET_SVC_SESSION): a new flow is placed by its session key, not its
+ * 5-tuple, so every connection of one conversation reaches the same instance. The key is, in this order:
+ * the IPv6 flow label when nonzero (RFC 6437: set by the source, unchanged end to end), tagged
+ * DINET_SESSION_TAG_LABEL; else the source port's group when the port is at least DINET_SESSION_PORT_MIN
+ * (outside Linux's default ephemeral range 32768-60999; a client binds one of the 2^PORT_BITS ports of its
+ * session's group), tagged DINET_SESSION_TAG_PORT; else none, and the 5-tuple places the flow. The hash is
+ * CRC-32 over source, destination, the 32-bit key (tag << 24 | value, network order), destination port and
+ * protocol. */
+#define DINET_SVC_SESSION 1
+#define DINET_SESSION_PORT_MIN 61440
+#define DINET_SESSION_PORT_BITS 3
+#define DINET_SESSION_TAG_LABEL 1
+#define DINET_SESSION_TAG_PORT 2
+
 /* Instance states in the instance table. */
 #define DINET_INST_DOWN 0
 #define DINET_INST_UP 1

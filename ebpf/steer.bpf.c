@@ -1,7 +1,9 @@
 /* steer.bpf.c: XDP program of the ingress steering node (CATS service-ID anycast).
  * A packet to a service (VIP, protocol, port) keeps the instance its flow was placed on
  * (affinity table); a new flow takes the instance its hash selects in the service's weighted
- * Maglev ring (filled by dinet). The packet is then IP-in-IP encapsulated toward the instance's
+ * Maglev ring (filled by dinet); a session-affine service's new flow hashes its session key instead (the IPv6
+ * flow label, or the client's source-port group: dinet_consts.h), so one conversation's connections meet
+ * one instance. The packet is then IP-in-IP encapsulated toward the instance's
  * tunnel endpoint and forwarded (FIB lookup, or a static next hop); the endpoint's decap program
  * delivers it and the instance answers the client directly. Everything else passes untouched.
  * Compiled by bcc with -DDINET_PIN_DIR="..." naming the bpffs folder that holds the node's maps. */
@@ -113,7 +115,21 @@ static __always_inline int same_key(struct flow_key *a, struct flow_key *b)
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
 }
 
-static __always_inline __u32 flow_hash(struct flow_key *k)
+/* A new flow's session key (dinet_consts.h: tag << 24 | value), or 0 when it has none. label: the IPv6 flow
+ * label (0 for IPv4 or when unset). */
+static __always_inline __u32 session_key(struct flow_key *k, __u32 label)
+{
+	if (label)
+		return (DINET_SESSION_TAG_LABEL << 24) | label;
+	__u16 sport = bpf_ntohs(k->sport);
+	if (sport >= DINET_SESSION_PORT_MIN)
+		return (DINET_SESSION_TAG_PORT << 24) | (sport >> DINET_SESSION_PORT_BITS);
+	return 0;
+}
+
+/* The hash that places a new flow: CRC-32 over src, dst (4 or 16 bytes each), then sport and dport, or with a
+ * session key the key (4 bytes) and dport, then proto, all in wire order. */
+static __always_inline __u32 flow_hash(struct flow_key *k, __u32 session)
 {
 	__u32 crc = 0xFFFFFFFF;
 	int alen = k->family == DINET_AF_INET ? 4 : 16;
@@ -125,10 +141,20 @@ static __always_inline __u32 flow_hash(struct flow_key *k)
 	for (int i = 0; i < 16; i++)
 		if (i < alen)
 			crc = crc32_byte(crc, k->dst.addr[i]);
-	__u8 *ports = (__u8 *)&k->sport; /* sport then dport, network order */
+	__u8 mid[6];
+	int mlen = 4;
+	if (session) {
+		__be32 s = bpf_htonl(session);
+		__builtin_memcpy(mid, &s, 4);
+		__builtin_memcpy(mid + 4, &k->dport, 2);
+		mlen = 6;
+	} else {
+		__builtin_memcpy(mid, &k->sport, 4); /* sport then dport, network order */
+	}
 #pragma unroll
-	for (int i = 0; i < 4; i++)
-		crc = crc32_byte(crc, ports[i]);
+	for (int i = 0; i < 6; i++)
+		if (i < mlen)
+			crc = crc32_byte(crc, mid[i]);
 	crc = crc32_byte(crc, k->proto);
 	return crc ^ 0xFFFFFFFF;
 }
@@ -173,7 +199,7 @@ static __always_inline struct inst_value *flow_live(struct flow_value *fv, __u32
 	return inst;
 }
 
-static __always_inline void count(void *stats_map_result, __u64 bytes, int new_flow)
+static __always_inline void count(void *stats_map_result, __u64 bytes, int new_flow, int by_session)
 {
 	struct steer_counter *c = stats_map_result;
 	if (!c)
@@ -181,6 +207,7 @@ static __always_inline void count(void *stats_map_result, __u64 bytes, int new_f
 	c->packets += 1;
 	c->bytes += bytes;
 	c->new_flows += new_flow;
+	c->session_flows += by_session;
 }
 
 /* Pushes the outer IPv4 or IPv6 header (IP-in-IP) and forwards. inner_len: the inner IP datagram's
@@ -458,6 +485,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		       * cannot follow) */
 	__u32 inner_len;
 	__u64 frame_len = data_end - data;
+	__u32 label = 0; /* the IPv6 flow label (RFC 6437), a session-affine service's key where set */
 
 	if ((void *)(eth + 1) > data_end)
 		return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
@@ -520,6 +548,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 			return not_steered(&vk, DINET_DROP_IPV6_EXTHDR, XDP_DROP);
 		key.family = DINET_AF_INET6;
 		key.proto = nh;
+		label = ((__u32)(ip6->flow_lbl[0] & 0x0f) << 16) | ((__u32)ip6->flow_lbl[1] << 8) | ip6->flow_lbl[2];
 		__builtin_memcpy(key.src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(key.dst.addr, &ip6->daddr, 16);
 	} else {
@@ -537,7 +566,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	key.dport = ports->dest;
 
 	/* An established flow first: one hash lookup, then array loads only. */
-	int new_flow = 0;
+	int new_flow = 0, by_session = 0;
 	__u32 svc_id = DINET_MAX_SERVICES;
 	__u32 slot = DINET_SLOT_NONE;
 	struct inst_value *inst = 0;
@@ -579,7 +608,9 @@ static __always_inline int steer(struct xdp_md *ctx)
 		struct svc_value *sv = services.lookup(&sk);
 		if (!sv || sv->svc_id >= DINET_MAX_SERVICES)
 			return not_steered(&vk, DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
-		if (pick_slot(sv, flow_hash(&key), &slot, &inst) < 0)
+		__u32 session = (sv->flags & DINET_SVC_SESSION) ? session_key(&key, label) : 0;
+		by_session = session != 0;
+		if (pick_slot(sv, flow_hash(&key, session), &slot, &inst) < 0)
 			return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
 		svc_id = sv->svc_id;
 		struct flow_value nv = {};
@@ -601,8 +632,8 @@ static __always_inline int steer(struct xdp_md *ctx)
 
 	__u32 svc_idx = svc_id;
 	__u32 inst_idx = svc_id * DINET_MAX_INSTANCES + slot;
-	count(svc_stats.lookup(&svc_idx), frame_len, new_flow);
-	count(inst_stats.lookup(&inst_idx), frame_len, new_flow);
+	count(svc_stats.lookup(&svc_idx), frame_len, new_flow, by_session);
+	count(inst_stats.lookup(&inst_idx), frame_len, new_flow, by_session);
 	return encap_and_forward(ctx, inst, eth_proto, inner_len);
 }
 

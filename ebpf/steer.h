@@ -24,6 +24,7 @@ struct svc_value {
 	__u32 svc_id;
 	__u32 ring_sel;
 	__u32 gen;
+	__u32 flags; /* DINET_SVC_SESSION: new flows placed by their session key (dinet_consts.h) */
 };
 
 /* vip_addrs: key the VIP address alone -> number of services on it, so non-service traffic
@@ -94,6 +95,7 @@ struct steer_counter {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
+	__u64 session_flows; /* of the new flows, those placed by a session key */
 };
 
 /* config: index 0, the ingress node's tunnel sources and forwarding mode. Written by dinet. */

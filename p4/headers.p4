@@ -113,6 +113,7 @@ struct metadata_t {
     bit<16> svc_id;
     bit<1> ring_sel;
     bit<32> gen;
+    bit<8> svc_flags;  /* DINET_SVC_* */
     bit<16> slot;
     bit<32> ring_idx;
     bit<32> aff_idx;

@@ -12,8 +12,9 @@
  * alternative (a digest per new flow, then an exact entry) leaves every flow's first packets without
  * affinity until the controller has written the entry; this way a weight change can never move a
  * remembered flow, and no controller round trip sits on the packet path.
- * New flows take the slot the service's ring names at CRC-32(5-tuple) mod DINET_RING_SIZE: the same hash
- * and ring as the eBPF program, so both data planes steer a given flow to the same instance. */
+ * New flows take the slot the service's ring names at CRC-32(5-tuple) mod DINET_RING_SIZE (a session-affine
+ * service's: CRC-32 over the session key in the 5-tuple's stead): the same hash and ring as the eBPF program,
+ * so both data planes steer a given flow to the same instance. */
 #ifndef DINET_STEERING_P4
 #define DINET_STEERING_P4
 
@@ -31,6 +32,9 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     counter(INST_INDEXES, CounterType.packets_and_bytes) inst_stats;
     counter(DINET_MAX_SERVICES, CounterType.packets) svc_new_flows;
     counter(INST_INDEXES, CounterType.packets) inst_new_flows;
+    /* of the new flows, those placed by a session key */
+    counter(DINET_MAX_SERVICES, CounterType.packets) svc_session_flows;
+    counter(INST_INDEXES, CounterType.packets) inst_session_flows;
 
     /* Affinity, indexed by CRC-16 of the 5-tuple; written here only. */
     register<bit<128>>(DINET_P4_AFFINITY_SIZE) aff_src;
@@ -80,11 +84,13 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         size = DINET_MAX_VIP_ADDRS;
     }
 
-    /* services_v4 / services_v6: (VIP, protocol, port) -> slot, live ring half, generation. Written by dinet. */
-    action set_service(bit<16> svc_id, bit<1> ring_sel, bit<32> gen) {
+    /* services_v4 / services_v6: (VIP, protocol, port) -> slot, live ring half, generation, flags
+     * (DINET_SVC_SESSION: new flows placed by their session key). Written by dinet. */
+    action set_service(bit<16> svc_id, bit<1> ring_sel, bit<32> gen, bit<8> flags) {
         meta.svc_id = svc_id;
         meta.ring_sel = ring_sel;
         meta.gen = gen;
+        meta.svc_flags = flags;
     }
     table services_v4 {
         key = { hdr.ipv4.dst: exact; meta.l4_proto: exact; hdr.l4.dport: exact; }
@@ -277,6 +283,27 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         }
         bit<40> kports = hdr.l4.sport ++ hdr.l4.dport ++ meta.l4_proto;
 
+        /* a session-affine service places a new flow by its session key where it has one (dinet_consts.h):
+         * the IPv6 flow label, else the group of a source port at or above DINET_SESSION_PORT_MIN */
+        bit<32> session = 0;
+        if ((meta.svc_flags & DINET_SVC_SESSION) != 0) {
+            if (hdr.ipv6.isValid() && hdr.ipv6.flow_label != 0) {
+                session = ((bit<32>)DINET_SESSION_TAG_LABEL << 24) | (bit<32>)hdr.ipv6.flow_label;
+            } else if (hdr.l4.sport >= DINET_SESSION_PORT_MIN) {
+                session = ((bit<32>)DINET_SESSION_TAG_PORT << 24) |
+                          (bit<32>)(hdr.l4.sport >> DINET_SESSION_PORT_BITS);
+            }
+        }
+        if (session != 0) {
+            if (hdr.ipv4.isValid()) {
+                hash(meta.ring_idx, HashAlgorithm.crc32, (bit<32>)0,
+                     { hdr.ipv4.src, hdr.ipv4.dst, session, hdr.l4.dport, meta.l4_proto }, (bit<32>)DINET_RING_SIZE);
+            } else {
+                hash(meta.ring_idx, HashAlgorithm.crc32, (bit<32>)0,
+                     { hdr.ipv6.src, hdr.ipv6.dst, session, hdr.l4.dport, meta.l4_proto }, (bit<32>)DINET_RING_SIZE);
+            }
+        }
+
         /* an established flow first: two ways, so that a flow finds room unless both of its entries hold
          * other flows still in use */
         bit<32> idx1 = meta.aff_idx;
@@ -357,6 +384,10 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         if (meta.new_flow == 1) {
             svc_new_flows.count((bit<32>)meta.svc_id);
             inst_new_flows.count(inst_index);
+            if (session != 0) {
+                svc_session_flows.count((bit<32>)meta.svc_id);
+                inst_session_flows.count(inst_index);
+            }
         }
 
         /* IP-in-IP toward the endpoint (RFC 2003 / RFC 2473), TTL 64, no options, no fragmentation */

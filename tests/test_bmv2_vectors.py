@@ -66,6 +66,10 @@ def test_every_steering_vector_on_bmv2(rig) -> None:
     assert len(vs) > 15 and sum(isinstance(v.expect, Forward) for v in vs) >= 6
     for v in vs:
         run_vector(rig, v)
+    # the flows a session key placed, counted per service (two session ports; a label, a label with a session
+    # port, a session port alone)
+    assert rig.node.service_counters(sv.CHAT4)[0].session_flows == 2
+    assert rig.node.service_counters(sv.CHAT6)[0].session_flows == 3
 
 
 def test_tables_read_back(rig) -> None:
@@ -74,7 +78,10 @@ def test_tables_read_back(rig) -> None:
     share = {slots[s].instance_id: ring.count(s) for s in slots}
     assert share[13] > share[12] > share[11] > 0  # weights 3:2:1
     entries = rig.node.sw.read_table("services_v4")
-    assert {dict(e.match)["hdr.l4.dport"] for e in entries} == {80, 8080}
+    assert {dict(e.match)["hdr.l4.dport"] for e in entries} == {80, 8080, 8000}
+    flags = {dict(e.match)["hdr.l4.dport"]: dict(e.params)["flags"] for e in entries}
+    assert flags == {80: 0, 8080: 0, 8000: 1}  # the session-affine service's flag, read from the switch
+    assert rig.node.service(sv.CHAT4).session and not rig.node.service(sv.WEB4).session
 
 
 def test_p4runtime_shell_reads_back_what_dinet_wrote(rig) -> None:
@@ -155,7 +162,7 @@ def test_cli_reads_a_table_back_without_taking_over(rig) -> None:
     )
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert {r["match"]["hdr.l4.dport"] for r in rows} == {80, 8080}
+    assert {r["match"]["hdr.l4.dport"] for r in rows} == {80, 8080, 8000}
     rig.node.set_weight(sv.WEB4, 11, 2)  # still primary
 
 

@@ -42,6 +42,10 @@ def test_steering_tables_through_the_cli(node: str) -> None:
             (7, 3, "up"),
             (8, 1, "draining"),
         }
+        assert listed[0]["placement"] == "flow"
+        dinet("service", "add", svc, "--session", "--node", node)  # the same service, now session-affine
+        listed = json.loads(dinet("service", "list", "--json", "--node", node).stdout)
+        assert listed[0]["placement"] == "session" and len(listed[0]["instances"]) == 2
         stats = json.loads(dinet("stats", "--json", "--node", node).stdout)
         assert stats["services"][0]["packets"] == 0 and "drop_malformed" in stats["verdicts"]
         bad = dinet("instance", "weight", svc, "--id", "9", "--weight", "1", "--node", node, ok=False)

@@ -25,10 +25,12 @@ class CountingTarget:
 
     def __init__(self) -> None:
         self.plane: dict[ServiceKey, dict[int, Instance]] = {}
+        self.session: dict[ServiceKey, bool] = {}
         self.reads = self.writes = 0
 
-    def add_service(self, svc: ServiceKey) -> int:
+    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
         self.plane.setdefault(svc, {})
+        self.session[svc] = session
         return 0
 
     def remove_service(self, svc: ServiceKey) -> None:
@@ -40,7 +42,7 @@ class CountingTarget:
 
     def service(self, svc: ServiceKey) -> ServiceState:
         self.reads += 1
-        return ServiceState(svc, 0, 0, dict(self.plane[svc]))
+        return ServiceState(svc, 0, 0, dict(self.plane[svc]), self.session.get(svc, False))
 
     def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
         self.plane[svc] = {slot: i for slot, i in enumerate(instances)}
@@ -53,6 +55,22 @@ class CountingTarget:
 def controller(target: CountingTarget, *insts: Instance) -> Controller:
     intent = [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, insts or (A, B))]
     return Controller(target, intent, dict(SITES), policy=Policy(smoothing=1.0))
+
+
+def test_a_session_affine_service_is_installed_so_and_a_changed_placement_reaches_the_plane() -> None:
+    """The intent's placement reaches the data plane at start and when the intent changes it (the service
+    keeps its instances: only how new flows are placed changes)."""
+    import dataclasses
+
+    t = CountingTarget()
+    intent = ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B), session=True)
+    ctl = Controller(t, [intent], dict(SITES), policy=Policy(smoothing=1.0))
+    ctl.start()
+    assert t.session[SVC] is True and set(t.installed()) == {A.instance_id, B.instance_id}
+    ctl.set_intent([dataclasses.replace(intent, session=False)])
+    assert t.session[SVC] is False and set(t.installed()) == {A.instance_id, B.instance_id}
+    ctl.set_intent([intent])
+    assert t.session[SVC] is True
 
 
 def test_reports_are_decided_from_the_record_without_reading_the_plane() -> None:

@@ -984,3 +984,103 @@ def test_a_drafter_leaves_a_swamped_verifier_on_a_new_flow() -> None:
         loop.run_until_complete(runner.cleanup())
         loop.close()
     assert len(peers) == 2
+
+
+def _first_token_after(sched, seq) -> float:  # type: ignore[no-untyped-def]
+    """Runs the schedule until `seq` makes its first token; the seconds that took."""
+    sched.add(seq)
+    t = 0.0
+    while not seq.generated:
+        step = sched.step()
+        assert step is not None
+        t += step.seconds
+    while not sched.idle:
+        assert sched.step() is not None
+    return t
+
+
+def test_prefix_caching_skips_the_prompt_blocks_held_and_only_a_prefix() -> None:
+    """vLLM's automatic prefix caching: a second prompt sharing the first's first 100 tokens finds their 6
+    full blocks (96 tokens) and prefills only the rest; a prompt that differs in its first token finds
+    nothing (the hash chain: a hit is always a prefix); a repeated prompt still computes its last token; the
+    counters are vLLM's (queried and hit prompt tokens). Without caching nothing is found."""
+    from dataclasses import replace as with_
+
+    from dinet.workload.engine import Scheduler, Sequence, block_hashes
+
+    p = with_(TINY, prefill_tps=1000.0, max_batched_tokens=4096)
+    words = [f"w{i}" for i in range(300)]
+    sched = Scheduler(p, prefix_caching=True)
+    cold = _first_token_after(sched, Sequence(300, 2, 0.0, queue=None, prefix=block_hashes(words)))
+    warm_seq = Sequence(320, 2, 0.0, queue=None, prefix=block_hashes(words + ["x"] * 20))
+    warm = _first_token_after(sched, warm_seq)
+    assert warm_seq.cached == 288 and warm < cold / 3  # 18 blocks of 16 found; 32 tokens prefilled
+    other = Sequence(300, 2, 0.0, queue=None, prefix=block_hashes(["y"] + words[1:]))
+    _first_token_after(sched, other)
+    assert other.cached == 0
+    again = Sequence(300, 2, 0.0, queue=None, prefix=block_hashes(words))
+    _first_token_after(sched, again)
+    assert again.cached == 288  # 299 tokens could be found; whole blocks of them: 18
+    assert sched.stats.prefix_queries == 300 + 320 + 300 + 300 and sched.stats.prefix_hits == 288 * 2
+    plain = Scheduler(p)
+    same = Sequence(300, 2, 0.0, queue=None, prefix=block_hashes(words))
+    _first_token_after(plain, Sequence(300, 2, 0.0, queue=None, prefix=block_hashes(words)))
+    _first_token_after(plain, same)
+    assert same.cached == 0 and plain.stats.prefix_queries == 0
+
+
+def test_cached_blocks_live_in_free_blocks_and_the_least_recently_used_go_first() -> None:
+    """8 blocks of KV: two finished 48-token prompts leave 6 blocks cached; a third prompt of 5 blocks
+    takes free blocks, evicting the least recently used (the first prompt's, unless it was hit since)."""
+    from dataclasses import replace as with_
+
+    from dinet.workload.engine import Scheduler, Sequence, block_hashes
+
+    sched = Scheduler(with_(TINY, kv_tokens=128, max_batched_tokens=512), prefix_caching=True)
+    a, b, c = ([f"{k}{i}" for i in range(49)] for k in "abc")
+    for words in (a, b):
+        _first_token_after(sched, Sequence(49, 1, 0.0, queue=None, prefix=block_hashes(words)))
+    assert len(sched.cached) == 6 and sched.free == 8
+    hit_a = Sequence(49, 1, 0.0, queue=None, prefix=block_hashes(a))  # a is now the most recently used
+    _first_token_after(sched, hit_a)
+    assert hit_a.cached == 48
+    big = Sequence(80, 1, 0.0, queue=None, prefix=block_hashes(c + ["z"] * 31))  # 5 blocks, 5 full
+    _first_token_after(sched, big)
+    got_a = Sequence(49, 1, 0.0, queue=None, prefix=block_hashes(a))
+    got_b = Sequence(49, 1, 0.0, queue=None, prefix=block_hashes(b))
+    sched2 = sched.copy()
+    _first_token_after(sched2, got_b)
+    _first_token_after(sched, got_a)
+    assert got_b.cached == 0  # b's blocks were the least recently used: taken by the big prompt
+    assert got_a.cached > 0  # some of a's survive (8 free blocks: 5 of the big prompt's and 3 others)
+
+
+def test_a_prefix_caching_server_reports_cached_tokens_per_request_and_vllms_counters() -> None:
+    """`dinet serve --prefix-caching`: a second turn of a conversation finds the first turn's prompt
+    (usage.prompt_tokens_details.cached_tokens, OpenAI's field) and /metrics counts queries and hits by
+    vLLM's names; a server without the flag reports no cached tokens."""
+    port, plain = free_port(), free_port()
+    with (
+        dinet_process("serve", "--listen", f"127.0.0.1:{port}", "--profile", "tiny-test", "--prefix-caching",
+                      ready="ready:"),
+        dinet_process("serve", "--listen", f"127.0.0.1:{plain}", "--profile", "tiny-test", ready="ready:"),
+    ):  # fmt: skip
+
+        def ask(url: str, text: str) -> dict:  # type: ignore[type-arg]
+            req = urllib.request.Request(
+                f"{url}/v1/chat/completions",
+                data=json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": 3}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())["usage"]  # type: ignore[no-any-return]
+
+        first = " ".join(f"t{i}" for i in range(70))
+        url = f"http://127.0.0.1:{port}"
+        u1 = ask(url, first)
+        u2 = ask(url, first + " and then some more words")
+        assert u1["prompt_tokens_details"] == {"cached_tokens": 0}
+        assert u2["prompt_tokens_details"] == {"cached_tokens": 64}
+        m = metrics(url)
+        assert m["vllm:prefix_cache_queries_total"] == 70 + 75 and m["vllm:prefix_cache_hits_total"] == 64
+        assert "prompt_tokens_details" not in ask(f"http://127.0.0.1:{plain}", first)

@@ -62,7 +62,8 @@ def cmd_decap_attach(a: argparse.Namespace) -> None:
 # ---- services and instances -------------------------------------------------------------------------------
 def cmd_service_add(a: argparse.Namespace) -> None:
     with _steer(a) as n:
-        print(f"{a.service}: slot {n.add_service(ServiceKey.parse(a.service))}")
+        slot = n.add_service(ServiceKey.parse(a.service), session=a.session)
+        print(f"{a.service}: slot {slot}" + (" (session-affine)" if a.session else ""))
 
 
 def cmd_service_del(a: argparse.Namespace) -> None:
@@ -81,6 +82,7 @@ def cmd_service_list(a: argparse.Namespace) -> None:
                         {
                             "service": str(s.key),
                             "slot": s.svc_id,
+                            "placement": "session" if s.session else "flow",
                             "instances": [i.as_dict() for i in s.instances.values()],
                         }
                         for s in svcs
@@ -90,10 +92,11 @@ def cmd_service_list(a: argparse.Namespace) -> None:
             )
             return
         rows = [
-            [str(s.key), s.svc_id, i.instance_id, i.endpoint, i.weight, i.state.name.lower(), i.site_id]
+            [str(s.key) + (" (session)" if s.session else ""), s.svc_id, i.instance_id, i.endpoint, i.weight,
+             i.state.name.lower(), i.site_id]
             for s in svcs
             for i in sorted(s.instances.values(), key=lambda x: x.instance_id)
-        ]
+        ]  # fmt: skip
         rows += [[str(s.key), s.svc_id, "-", "-", "-", "-", "-"] for s in svcs if not s.instances]
         print(_table(rows, ["service", "slot", "instance", "endpoint", "weight", "state", "site"]))
 
@@ -403,7 +406,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     server = Server(
         profile_of(a.profile, a.kv_tokens, a.max_batch), a.name or a.listen, a.model, a.role, a.decode_url or "",
         a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
-        a.tail_url or "", a.privacy_layers, a.split_layers, a.replace_after,
+        a.tail_url or "", a.privacy_layers, a.split_layers, a.replace_after, a.prefix_caching,
     )  # fmt: skip
     run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None)
 
@@ -776,7 +779,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", action="append", required=True, help="a local tunnel endpoint (repeatable)")
 
     svc = sub.add_parser("service", help="services (VIP:PORT/PROTO)").add_subparsers(dest="sub", required=True)
-    leaf(svc, "add", cmd_service_add, "install a service").add_argument("service")
+    p = leaf(svc, "add", cmd_service_add, "install a service (again: change its placement)")
+    p.add_argument("service")
+    p.add_argument(
+        "--session",
+        action="store_true",
+        help="session-affine: place new flows by their session key (the IPv6 flow label, or a source port of "
+        "61440-65535 by its group of 8), so a conversation's connections reach one instance",
+    )
     leaf(svc, "del", cmd_service_del, "remove a service").add_argument("service")
     leaf(svc, "list", cmd_service_list, "services and instances").add_argument("--json", action="store_true")
 
@@ -883,6 +893,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="draft role: a round unanswered after this many times the usual answer time is sent again on a new "
         "flow (0: never; the session stays with its verifier)",
+    )
+    p.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="keep prompts' KV blocks for later requests (vLLM's automatic prefix caching; its metrics and "
+        "usage.prompt_tokens_details.cached_tokens)",
     )
     p.add_argument("--tail-url", help="split role: the tail that runs the last layers (a VIP dinet steers)")
     p.add_argument(

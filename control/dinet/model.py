@@ -190,6 +190,7 @@ class ServiceIntent:
     transfer_kb: float = 0.0  # what a request moves before it is served (a KV cache): its time counts as delay
     slo: Slo = Slo()  # what a request should see (0: no objective; predictions still rank instances)
     priors: dict[int, InstancePrior] = field(default_factory=dict)  # instance id -> what it is known to do
+    session: bool = False  # session-affine: new flows placed by their session key (dinet.policy.session)
 
     def rank(self, instance_id: int) -> int:
         """The instance's place in the tier order (0 best; tiers not in the order come last)."""

@@ -26,6 +26,9 @@ WEB4 = ServiceKey.parse("10.99.0.1:80/tcp")
 DNS6 = ServiceKey.parse("[fd00:99::53]:53/udp")
 MIXED = ServiceKey.parse("10.99.0.2:8080/tcp")  # an IPv4 VIP served from IPv6 endpoints (4in6)
 EMPTY = ServiceKey.parse("10.99.0.3:80/tcp")  # installed, no instance yet
+CHAT4 = ServiceKey.parse("10.99.0.4:8000/tcp")  # session-affine: placed by the source port's group
+CHAT6 = ServiceKey.parse("[fd00:99::80]:8000/tcp")  # session-affine: placed by the flow label
+SESSION = {CHAT4, CHAT6}
 
 SERVICES: dict[ServiceKey, list[Instance]] = {
     WEB4: [
@@ -36,6 +39,12 @@ SERVICES: dict[ServiceKey, list[Instance]] = {
     DNS6: [Instance(21, "2001:db8:2::21", 1, site_id=1), Instance(22, "2001:db8:2::22", 1, site_id=2)],
     MIXED: [Instance(31, "2001:db8:3::31", 1, site_id=3)],
     EMPTY: [],
+    CHAT4: [
+        Instance(41, "192.0.2.41", 1, site_id=1),
+        Instance(42, "192.0.2.42", 1, site_id=2),
+        Instance(43, "192.0.2.43", 1, site_id=3),
+    ],
+    CHAT6: [Instance(61, "2001:db8:6::61", 1, site_id=1), Instance(62, "2001:db8:6::62", 1, site_id=2)],
 }
 
 
@@ -62,6 +71,23 @@ def l3_datagram(frame):
     if raw[0] >> 4 == 4:
         return IP(raw[: int.from_bytes(raw[2:4], "big")])
     return IPv6(raw[: 40 + int.from_bytes(raw[4:6], "big")])
+
+
+def chat6(sport: int = 50000, label: int = 0, src: str = "fd00::2"):
+    return (
+        Ether(src=CLIENT_MAC, dst=NODE_MAC)
+        / IPv6(src=src, dst="fd00:99::80", fl=label)
+        / TCP(sport=sport, dport=8000, flags="S")
+    )
+
+
+def session_of(frame) -> int:
+    """The frame's session key (dinet.policy.session), from its flow label and source port."""
+    from dinet.policy.session import session_key
+
+    label = frame[IPv6].fl if IPv6 in frame else 0
+    l4 = frame[TCP] if TCP in frame else frame[UDP]
+    return session_key(l4.sport, label)
 
 
 def flow_of(frame) -> tuple[str, str, int, int, int]:
@@ -123,6 +149,16 @@ def vectors(place) -> list[Vector]:
         steered("v6 with hop-by-hop and destination options is steered", DNS6, dns_ext),
         steered("v4 VIP served from a v6 endpoint is IPv4-in-IPv6", MIXED, mixed),
         steered("a short frame's Ethernet padding is not counted in the tunnel's length", WEB4, pad),
+        steered("a session port's flow is placed by its group", CHAT4, client4("10.99.0.4", 61448, 8000)),
+        steered("another port of that group is placed by the group too", CHAT4, client4("10.99.0.4", 61455, 8000)),
+        steered(
+            "an ephemeral port to a session service is placed by its 5-tuple", CHAT4, client4("10.99.0.4", 40000, 8000)
+        ),
+        steered("a session port to a flow-placed service is placed by its 5-tuple", WEB4, client4(sport=61448)),
+        steered("a v6 flow label places the flow by the label", CHAT6, chat6(50000, 0x12345)),
+        steered("the flow label wins over a session port", CHAT6, chat6(61448, 0xABCDE)),
+        steered("v6 without a flow label falls back to the session port", CHAT6, chat6(61449)),
+        steered("v6 without a key is placed by its 5-tuple", CHAT6, chat6(50001)),
         Vector("a port the VIP does not serve passes untouched", client4(dport=81), Pass("pass_unknown_service")),
         Vector(
             "icmp to a VIP passes untouched",
@@ -240,18 +276,19 @@ def install_scenario(target) -> None:
     """Installs SERVICES on a target (XDP SteeringNode or P4Node): the same calls on both."""
     target.configure(src4=SRC4, src6=SRC6, static_next_hop=(0, NODE_MAC, NEXT_HOP_MAC))
     for svc, instances in SERVICES.items():
-        target.add_service(svc)
+        target.add_service(svc, session=svc in SESSION)
         if instances:
             target.set_instances(svc, instances)
 
 
 def placement(target):
     """place(service, frame): the endpoint the target's own ring (read back from it) names for the flow."""
-    from dinet.targets.xdp import flow_hash
+    from dinet.policy.session import flow_hash
 
     def place(svc, frame):
         src, dst, sport, dport, proto = flow_of(frame)
-        h = flow_hash(ipaddress.ip_address(src), ipaddress.ip_address(dst), sport, dport, proto)
+        session = session_of(frame) if target.service(svc).session else 0
+        h = flow_hash(ipaddress.ip_address(src), ipaddress.ip_address(dst), sport, dport, proto, session)
         ring = target.ring(svc)
         slot = ring[h % len(ring)]
         return target.service(svc).instances[slot].endpoint

@@ -87,13 +87,14 @@ class AgentService:
                 slot=st.svc_id,
                 ring_sel=st.ring_sel,
                 instances=[inst_msg(pb, slot, i) for slot, i in sorted(st.instances.items())],
+                session=st.session,
             )
 
         class Servicer(pb_grpc.NodeAgentServicer):  # type: ignore[misc,name-defined]
             @guarded
             def AddService(self, r: Any) -> Any:  # noqa: N802 - gRPC names
                 svc = ServiceKey.parse(r.service)
-                svc_self.steer.add_service(svc)
+                svc_self.steer.add_service(svc, session=r.session)
                 return state(svc)
 
             @guarded

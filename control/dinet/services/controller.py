@@ -106,7 +106,7 @@ class Controller:
 
     def _read_back(self, svc: ServiceKey) -> None:
         """The service as the data plane holds it (installed first if it is not there) becomes the record."""
-        self.target.add_service(svc)
+        self.target.add_service(svc, session=svc in self._by_key and self._by_key[svc].session)
         self.reads += 1
         have = self.target.service(svc).instances.values()
         self.installed[svc] = tuple(sorted(have, key=lambda i: i.instance_id))
@@ -120,6 +120,7 @@ class Controller:
         stay keep their slots and flows. Returns the writes."""
         with self._lock:
             before = self.writes
+            old = {k: i.session for k, i in self._by_key.items()}
             self.services, self._by_key = list(services), {s.key: s for s in services}
             if self.failing:  # retry() applies it all once the data plane answers
                 return 0
@@ -127,6 +128,9 @@ class Controller:
             for s in self.services:
                 if s.key not in self.installed:
                     self._read_back(s.key)
+                elif old.get(s.key, s.session) != s.session:  # placement changed: flows placed stay
+                    self.target.add_service(s.key, session=s.session)
+                    self.writes += 1
                 self.reconcile(s.key)
             return self.writes - before
 
@@ -245,4 +249,5 @@ class Controller:
                     "delay_ms": path.delay_ms,
                     "packets": per[inst.instance_id].packets if inst.instance_id in per else 0,
                     "new_flows": per[inst.instance_id].new_flows if inst.instance_id in per else 0,
+                    "session_flows": per[inst.instance_id].session_flows if inst.instance_id in per else 0,
                 }

@@ -42,6 +42,9 @@ class DinetMetrics(PromCollector):
         )
         pkts = CounterMetricFamily("dinet_instance_packets", "Packets steered to the instance", labels=labels)
         flows = CounterMetricFamily("dinet_instance_new_flows", "Flows placed on the instance", labels=labels)
+        sessions = CounterMetricFamily(
+            "dinet_instance_session_flows", "Flows placed on the instance by their session key", labels=labels
+        )
         compute = GaugeMetricFamily(
             "dinet_instance_compute", "Level 1 compute score of the last report (0 idle .. 1 full)", labels=labels
         )
@@ -72,13 +75,14 @@ class DinetMetrics(PromCollector):
                 serving.add_metric(values, 1 if row["state"] == "up" and row["healthy"] is not False else 0)
                 pkts.add_metric(values, row["packets"])
                 flows.add_metric(values, row["new_flows"])
+                sessions.add_metric(values, row["session_flows"])
                 delay.add_metric(values, row["delay_ms"])
                 if row["compute"] is not None:
                     compute.add_metric(values, row["compute"])
             count += c.decisions
             seconds += c.decision_seconds
             writes += c.writes
-        yield from (weight, up, serving, pkts, flows, compute, delay, strategy, errors, failing)
+        yield from (weight, up, serving, pkts, flows, sessions, compute, delay, strategy, errors, failing)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",

@@ -55,16 +55,19 @@ class Counter:
     packets: int = 0
     bytes: int = 0
     new_flows: int = 0
+    session_flows: int = 0  # of the new flows, those placed by a session key (a session-affine service)
 
 
 @dataclass
 class ServiceState:
-    """A service as read back from a data plane: its slot, the live ring half, its instances by slot."""
+    """A service as read back from a data plane: its slot, the live ring half, its instances by slot, and
+    whether it places new flows by their session key (dinet_consts.h, DINET_SVC_SESSION)."""
 
     key: ServiceKey
     svc_id: int
     ring_sel: int
     instances: dict[int, Instance] = field(default_factory=dict)  # slot -> instance
+    session: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,10 @@ class FlowEntry:
 class SteeringTarget(Protocol):
     """A steering data plane. `services()` and `service()` read the data plane; `set_instances` makes a list the
     service's whole instance set (slots kept for those it has, the ring rewritten in its idle half, then
-    switched); `add_service` is idempotent."""
+    switched); `add_service` is idempotent, and sets whether the service is session-affine (new flows placed by
+    their session key: the IPv6 flow label or the client's source-port group) on a service already there."""
 
-    def add_service(self, svc: ServiceKey) -> int: ...
+    def add_service(self, svc: ServiceKey, session: bool = False) -> int: ...
     def remove_service(self, svc: ServiceKey) -> None: ...
     def services(self) -> list[ServiceState]: ...
     def service(self, svc: ServiceKey) -> ServiceState: ...

@@ -52,6 +52,7 @@ class _Svc:
     gen: int
     instances: dict[int, Instance] = field(default_factory=dict)
     halves_written: set[int] = field(default_factory=set)
+    flags: int = 0  # DINET_SVC_*
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class P4Node(InstanceEdits):
                     else ipaddress.IPv6Address(m[f"hdr.{fam}.dst"])
                 )
                 key = ServiceKey(vip, m["hdr.l4.dport"], protos.get(m["meta.l4_proto"], "tcp"))
-                st = _Svc(prm["svc_id"], prm["ring_sel"], prm["gen"])
+                st = _Svc(prm["svc_id"], prm["ring_sel"], prm["gen"], flags=prm.get("flags", 0))
                 svcs[key], by_id[st.svc_id] = st, st
         for (table, _), e in entries.items():
             m, prm = dict(e.match), dict(e.params)
@@ -292,17 +293,22 @@ class P4Node(InstanceEdits):
                 ("hdr.l4.dport", svc.port),
             ),
             "set_service",
-            (("svc_id", st.svc_id), ("ring_sel", st.ring_sel), ("gen", st.gen)),
+            (("svc_id", st.svc_id), ("ring_sel", st.ring_sel), ("gen", st.gen), ("flags", st.flags)),
         )
 
-    def add_service(self, svc: ServiceKey) -> int:
+    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
+        flags = C["DINET_SVC_SESSION"] if session else 0
         if svc in self._svcs:
-            return self._svcs[svc].svc_id
+            st = self._svcs[svc]
+            if st.flags != flags:  # flows already placed stay where they are
+                st.flags = flags
+                self._write([self._svc_entry(svc, st)], "MODIFY")
+            return st.svc_id
         used = {s.svc_id for s in self._svcs.values()}
         free = next((i for i in range(self.sizes.max_services) if i not in used), None)
         if free is None:
             raise TableFullError(f"switch {self.sw.name}: the service table is full ({self.sizes.max_services})")
-        st = _Svc(free, 0, next(self._gen))
+        st = _Svc(free, 0, next(self._gen), flags=flags)
         writes = []
         if self._vips.get(svc.vip, 0) == 0:
             fam = "ipv4" if svc.vip.version == 4 else "ipv6"
@@ -321,7 +327,7 @@ class P4Node(InstanceEdits):
 
     def service(self, svc: ServiceKey) -> ServiceState:
         st = self._state(svc)
-        return ServiceState(svc, st.svc_id, st.ring_sel, dict(st.instances))
+        return ServiceState(svc, st.svc_id, st.ring_sel, dict(st.instances), bool(st.flags & C["DINET_SVC_SESSION"]))
 
     def _inst_entries(self, st: _Svc, slot: int, inst: Instance) -> list[TableEntry]:
         key = (("meta.svc_id", st.svc_id), ("meta.slot", slot))
@@ -406,18 +412,23 @@ class P4Node(InstanceEdits):
         st = self._state(svc)
         stats = self.sw.read_counters("svc_stats")
         new = self.sw.read_counters("svc_new_flows")
+        sess = self.sw.read_counters("svc_session_flows")
         istats = self.sw.read_counters("inst_stats")
         inew = self.sw.read_counters("inst_new_flows")
+        isess = self.sw.read_counters("inst_session_flows")
         base = st.svc_id * self.sizes.max_instances
+        zero = (0, 0)
         per = {
             i.instance_id: Counter(
-                istats.get(base + s, (0, 0))[0], istats.get(base + s, (0, 0))[1], inew.get(base + s, (0, 0))[0]
+                istats.get(base + s, zero)[0],
+                istats.get(base + s, zero)[1],
+                inew.get(base + s, zero)[0],
+                isess.get(base + s, zero)[0],
             )
             for s, i in st.instances.items()
         }
-        return Counter(
-            stats.get(st.svc_id, (0, 0))[0], stats.get(st.svc_id, (0, 0))[1], new.get(st.svc_id, (0, 0))[0]
-        ), per
+        i = st.svc_id
+        return Counter(stats.get(i, zero)[0], stats.get(i, zero)[1], new.get(i, zero)[0], sess.get(i, zero)[0]), per
 
     # ---- BIER ------------------------------------------------------------------------------------------
     def write_bift(self, bift_id: int, local: int, neighbors: list[P4Neighbor], local_port: int = 1) -> None:

@@ -130,11 +130,15 @@ class RemoteNode(InstanceEdits):
 
     def _state(self, msg: Any) -> Any:
         return ServiceState(
-            ServiceKey.parse(msg.service), msg.slot, msg.ring_sel, {m.slot: inst_from_msg(m) for m in msg.instances}
+            ServiceKey.parse(msg.service),
+            msg.slot,
+            msg.ring_sel,
+            {m.slot: inst_from_msg(m) for m in msg.instances},
+            msg.session,
         )
 
-    def add_service(self, svc: ServiceKey) -> int:
-        return int(self._call("AddService", self.pb.ServiceRef(service=str(svc))).slot)
+    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
+        return int(self._call("AddService", self.pb.ServiceRef(service=str(svc), session=session)).slot)
 
     def service(self, svc: ServiceKey) -> Any:
         return self._state(self._call("GetService", self.pb.ServiceRef(service=str(svc))))
@@ -145,8 +149,9 @@ class RemoteNode(InstanceEdits):
 
     def service_counters(self, svc: ServiceKey) -> Any:
         c = self._call("GetCounters", self.pb.ServiceRef(service=str(svc)))
-        per = {iid: Counter(m.packets, m.bytes, m.new_flows) for iid, m in c.instances.items()}
-        return Counter(c.service.packets, c.service.bytes, c.service.new_flows), per
+        per = {iid: Counter(m.packets, m.bytes, m.new_flows, m.session_flows) for iid, m in c.instances.items()}
+        s = c.service
+        return Counter(s.packets, s.bytes, s.new_flows, s.session_flows), per
 
     def remove_service(self, svc: ServiceKey) -> None:
         self._call("RemoveService", self.pb.ServiceRef(service=str(svc)))

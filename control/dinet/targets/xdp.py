@@ -8,7 +8,6 @@ import ctypes
 import logging
 import os
 import socket
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,9 +66,8 @@ def vip_fold(addr: IPAddress) -> int:
     return (x ^ (x >> 16)) & (C["DINET_VIP_FILTER_SIZE"] - 1)
 
 
-def flow_hash(src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: int) -> int:
-    """The data planes' hash of a new flow (CRC-32 over the 5-tuple in wire order)."""
-    return zlib.crc32(src.packed + dst.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes([proto]))
+def _session(v: Any) -> bool:
+    return bool(v.flags & C["DINET_SVC_SESSION"])
 
 
 class SteeringNode(InstanceEdits):
@@ -221,7 +219,7 @@ class SteeringNode(InstanceEdits):
         for k, v in self.services_t.items():
             vip = _get_addr(k.vip, k.family)
             key = ServiceKey(vip, socket.ntohs(k.port), protos.get(k.proto, "tcp"))
-            out.append(ServiceState(key, v.svc_id, v.ring_sel, self._read_instances(v.svc_id)))
+            out.append(ServiceState(key, v.svc_id, v.ring_sel, self._read_instances(v.svc_id), _session(v)))
         return sorted(out, key=lambda s: s.svc_id)
 
     def service(self, svc: ServiceKey) -> ServiceState:
@@ -229,16 +227,21 @@ class SteeringNode(InstanceEdits):
             v = self.services_t[self._svc_key(svc)]
         except KeyError:
             raise UnknownServiceError(f"no service {svc} on node {self.node!r}") from None
-        return ServiceState(svc, v.svc_id, v.ring_sel, self._read_instances(v.svc_id))
+        return ServiceState(svc, v.svc_id, v.ring_sel, self._read_instances(v.svc_id), _session(v))
 
-    def add_service(self, svc: ServiceKey) -> int:
+    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
         """Installs a service with no instance (new flows to it are dropped, counted, until it has some).
-        Returns its slot; adding an existing service changes nothing."""
+        Returns its slot; adding an existing service changes nothing but whether it is session-affine."""
         k = self._svc_key(svc)
         try:
-            return int(self.services_t[k].svc_id)
+            have = self.services_t[k]
         except KeyError:
             pass
+        else:
+            if _session(have) != session:  # one word of the value; flows already placed stay where they are
+                have.flags = C["DINET_SVC_SESSION"] if session else 0
+                update(self.services_t, k, have, f"service {svc}")
+            return int(have.svc_id)
         free = next((i for i in range(self.sizes.max_services) if i not in self._used_ids), None)
         if free is None:
             raise TableFullError(
@@ -247,6 +250,7 @@ class SteeringNode(InstanceEdits):
             )
         v = self.services_t.Leaf()
         v.svc_id, v.ring_sel, v.gen = free, 0, self._bump_gen(free)
+        v.flags = C["DINET_SVC_SESSION"] if session else 0
         vk = self._vip_key(svc.vip)
         count = self.vip_addrs_t.get(vk)
         update(self.vip_addrs_t, vk, self.vip_addrs_t.Leaf((count.value if count else 0) + 1), f"VIP {svc.vip}")
@@ -368,7 +372,12 @@ class SteeringNode(InstanceEdits):
     # ---- reading back ---------------------------------------------------------------------------------
     def _sum(self, table: Any, idx: int) -> Counter:
         vals = table.getvalue(table.Key(idx))
-        return Counter(sum(v.packets for v in vals), sum(v.bytes for v in vals), sum(v.new_flows for v in vals))
+        return Counter(
+            sum(v.packets for v in vals),
+            sum(v.bytes for v in vals),
+            sum(v.new_flows for v in vals),
+            sum(v.session_flows for v in vals),
+        )
 
     def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]:
         """(the service's counter, instance id -> counter)."""

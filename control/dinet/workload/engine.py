@@ -14,6 +14,14 @@ prefill and paged attention):
   step: reading the weights once bounds a step from below (memory-bound decode), a large prefill chunk is
   compute-bound, and every sequence adds its KV reads. A sequence whose computed tokens reach its prompt
   (plus what it generated) makes one token at the end of the step.
+- automatic prefix caching (vLLM's APC, on with `prefix_caching`): a prompt's full blocks are named by a chain
+  of hashes (each block's hash covers the blocks before it, so a hit is always a prefix). At admission the
+  longest run of leading blocks whose KV is held (by a running sequence, or left cached by a finished one) is
+  not computed again; at most the prompt less one token, which is computed to make the first token. A
+  finished (or preempted) sequence's prompt blocks stay cached among the free blocks until an allocation needs
+  the block (least recently used first). Not modelled: sharing saves no memory here (each sequence still
+  counts its own blocks), and generated tokens' blocks are not cached (a next turn's prompt finds its history
+  up to the last answer).
 
 The schedule is one pure class (`Scheduler`) that two drivers run: the engine in real time (asyncio), and
 `Engine.ttft_if_added`, which runs it forward on a copy of the state (the oracle baseline's view).
@@ -22,14 +30,15 @@ Profiles are first-principles estimates from public hardware and model figures, 
 profile's `source`: a decode step at batch 1 is memory-bound (weights bytes / HBM bandwidth, at 60% of peak),
 each extra sequence adds its KV reads and some compute; prefill is compute-bound (2 x parameters FLOPs per
 token at 40% of peak dense FP16/BF16 FLOPs). They are a model, not a measurement: anything built on it runs
-unchanged against a real vLLM. Not modelled (yet): prefix caching."""
+unchanged against a real vLLM."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections import deque
-from collections.abc import AsyncGenerator
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
@@ -164,6 +173,22 @@ def _blocks(tokens: int) -> int:
     return -(-tokens // BLOCK_TOKENS)
 
 
+def block_hashes(tokens: Iterable[str]) -> tuple[bytes, ...]:
+    """The chain of hashes that names a prompt's full KV blocks: block i's covers its BLOCK_TOKENS tokens and
+    block i-1's hash, so equal hashes mean equal prefixes (vLLM's scheme; BLAKE2b, the same in every
+    process, so a router and an engine name a block alike). A last partial block is not named."""
+    out: list[bytes] = []
+    block: list[str] = []
+    parent = b""
+    for tok in tokens:
+        block.append(tok)
+        if len(block) == BLOCK_TOKENS:
+            parent = hashlib.blake2b(parent + "\x00".join(block).encode(), digest_size=16).digest()
+            out.append(parent)
+            block = []
+    return tuple(out)
+
+
 @dataclass(eq=False)  # a sequence is itself: two alike are still two (list.remove, `in`)
 class Sequence:
     prompt_tokens: int
@@ -177,6 +202,10 @@ class Sequence:
     first_token: float = 0.0
     prefilled: bool = False  # its KV cache came from a prefill instance: decode only
     preemptions: int = 0
+    prefix: tuple[bytes, ...] = ()  # its prompt's full blocks (block_hashes); empty: not looked up
+    cached: int = 0  # prompt tokens found in the prefix cache at its first admission
+    looked_up: bool = False
+    held: int = 0  # of its prefix blocks, how many it holds in the cache's record (computed ones)
 
     @property
     def target(self) -> int:
@@ -197,6 +226,8 @@ class Stats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     preemptions: int = 0
+    prefix_queries: int = 0  # prompt tokens looked up in the prefix cache (vLLM's prefix_cache_queries)
+    prefix_hits: int = 0  # of those, found (vLLM's prefix_cache_hits)
 
 
 @dataclass
@@ -210,12 +241,17 @@ class Step:
 class Scheduler:
     """The engine's state and its schedule, one step at a time; no clock, no I/O."""
 
-    def __init__(self, profile: Profile):
+    def __init__(self, profile: Profile, prefix_caching: bool = False):
         self.p = profile
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free = profile.kv_tokens // BLOCK_TOKENS
         self.stats = Stats()
+        self.prefix_caching = prefix_caching
+        # the prefix cache: blocks held by running sequences (hash -> how many hold it), and blocks no one
+        # holds that are still cached among the free ones, least recently used first (at most `free` of them)
+        self.active: dict[bytes, int] = {}
+        self.cached: OrderedDict[bytes, None] = OrderedDict()
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -227,8 +263,10 @@ class Scheduler:
             self.running.remove(seq)
             self.free += seq.blocks
             seq.blocks = 0
+            self._release(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+            self._release(seq)  # hits it took at a first admission that found no room
         self.stats.running, self.stats.waiting = len(self.running), len(self.waiting)
         self.stats.kv_used = self.p.kv_tokens // BLOCK_TOKENS * BLOCK_TOKENS - self.free * BLOCK_TOKENS
 
@@ -237,17 +275,70 @@ class Scheduler:
         return not self.running and not self.waiting
 
     def copy(self) -> Scheduler:
-        c = Scheduler(self.p)
+        c = Scheduler(self.p, self.prefix_caching)
         c.waiting = deque(s.copy() for s in self.waiting)
         c.running = [s.copy() for s in self.running]
         c.free = self.free
+        c.active, c.cached = dict(self.active), OrderedDict(self.cached)
         return c
+
+    # ---- prefix cache ------------------------------------------------------------------------------------
+    def _look_up(self, seq: Sequence) -> None:
+        """At a sequence's first admission: its leading blocks whose KV is held are not computed again."""
+        if seq.looked_up or not self.prefix_caching or seq.prefilled:
+            return
+        seq.looked_up = True
+        hit = 0
+        limit = (seq.prompt_tokens - 1) // BLOCK_TOKENS  # the last prompt token is always computed
+        for h in seq.prefix[:limit]:
+            if h in self.active:
+                self.active[h] += 1
+            elif h in self.cached:
+                del self.cached[h]
+                self.active[h] = 1
+            else:
+                break
+            hit += 1
+        seq.held = hit
+        seq.cached = seq.computed = hit * BLOCK_TOKENS
+        self.stats.prefix_queries += seq.prompt_tokens
+        self.stats.prefix_hits += seq.cached
+
+    def _hold_computed(self, seq: Sequence) -> None:
+        """Its prompt blocks computed so far join the record (others may hit them from now on)."""
+        if not self.prefix_caching:
+            return
+        done = min(seq.computed, seq.prompt_tokens) // BLOCK_TOKENS
+        for h in seq.prefix[seq.held : done]:
+            if h in self.cached:
+                del self.cached[h]
+            self.active[h] = self.active.get(h, 0) + 1
+        seq.held = max(seq.held, min(done, len(seq.prefix)))
+
+    def _release(self, seq: Sequence) -> None:
+        """Its blocks are free: the prefix blocks it held stay cached until an allocation takes them."""
+        for h in seq.prefix[: seq.held]:
+            n = self.active.get(h, 0) - 1
+            if n > 0:
+                self.active[h] = n
+            else:
+                self.active.pop(h, None)
+                self.cached[h] = None
+                self.cached.move_to_end(h)
+        seq.held = 0
+        self._evict()
+
+    def _evict(self) -> None:
+        """Cached blocks live in free blocks: what allocations took is gone, least recently used first."""
+        while len(self.cached) > self.free:
+            self.cached.popitem(last=False)
 
     def _preempt(self, seq: Sequence) -> None:
         """Frees the sequence's blocks and puts it back at the head of the queue (recompute)."""
         self.running.remove(seq)
         self.free += seq.blocks
-        seq.blocks, seq.computed = 0, 0
+        self._release(seq)
+        seq.blocks, seq.computed, seq.looked_up = 0, 0, False  # looked up again when admitted again
         seq.preemptions += 1
         self.stats.preemptions += 1
         self.waiting.appendleft(seq)
@@ -277,12 +368,15 @@ class Scheduler:
             if chunk <= 0 or not self._grow(seq, seq.computed + chunk):
                 continue
             seq.computed += chunk
+            self._hold_computed(seq)
             budget -= chunk
             prefill += chunk - 1
             scheduled.append(seq)
         admitted = []
+        self._evict()
         while self.waiting and budget > 0 and len(self.running) < self.p.max_batch:
             seq = self.waiting[0]
+            self._look_up(seq)
             if seq.prefilled and not seq.computed and not seq.preemptions:  # its KV arrived whole
                 seq.computed = seq.prompt_tokens - 1
                 if _blocks(seq.prompt_tokens) > self.free:
@@ -301,6 +395,7 @@ class Scheduler:
             self.free -= need
             seq.blocks += need
             seq.computed += chunk
+            self._hold_computed(seq)
             budget -= chunk
             prefill += chunk - 1
             self.running.append(seq)
@@ -321,6 +416,8 @@ class Scheduler:
             self.running.remove(s)
             self.free += s.blocks
             s.blocks = 0
+            self._release(s)
+        self._evict()
         self.stats.prompt_tokens += prefill
         self.stats.generation_tokens += len(tokens)
         self.stats.running, self.stats.waiting = len(self.running), len(self.waiting)
@@ -331,9 +428,9 @@ class Scheduler:
 class Engine:
     """One model instance. `generate()` yields one event per token (its time); runs in the caller's loop."""
 
-    def __init__(self, profile: Profile, clock: object = time.monotonic):
+    def __init__(self, profile: Profile, clock: object = time.monotonic, prefix_caching: bool = False):
         self.p = profile
-        self.sched = Scheduler(profile)
+        self.sched = Scheduler(profile, prefix_caching)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.observers: list[object] = []  # called with (seq) when a sequence finishes
@@ -363,10 +460,19 @@ class Engine:
                 pass
             self._task = None
 
-    def generate(self, prompt_tokens: int, max_tokens: int, prefilled: bool = False) -> AsyncGenerator[float, None]:
+    def generate(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        prefilled: bool = False,
+        prefix: tuple[bytes, ...] = (),
+        note: dict[str, object] | None = None,
+    ) -> AsyncGenerator[float, None]:
         """Checks and queues a request (ConfigError at once if it can never run); the iterator yields the
         time of each generated token as the engine makes it. prefilled: the prompt's KV cache was handed
-        over (a decode instance of a prefill-decode pipeline): no prefill here."""
+        over (a decode instance of a prefill-decode pipeline): no prefill here. prefix: the prompt's
+        block_hashes, looked up in the prefix cache; `note` gets `cached_tokens`, the prompt tokens found
+        there, once the first token is out."""
         if prompt_tokens < 1 or max_tokens < 1:
             raise ConfigError("a request has at least one prompt token and asks for at least one")
         if prompt_tokens + max_tokens > self.p.max_model_len:
@@ -376,11 +482,18 @@ class Engine:
             )
         if prompt_tokens + max_tokens > self.p.kv_tokens:
             raise ConfigError(f"{prompt_tokens} + {max_tokens} tokens exceed the KV cache ({self.p.kv_tokens} tokens)")
-        return self._stream(prompt_tokens, max_tokens, prefilled)
+        return self._stream(prompt_tokens, max_tokens, prefilled, prefix, note)
 
-    async def _stream(self, prompt_tokens: int, max_tokens: int, prefilled: bool) -> AsyncGenerator[float, None]:
+    async def _stream(
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        prefilled: bool,
+        prefix: tuple[bytes, ...],
+        note: dict[str, object] | None,
+    ) -> AsyncGenerator[float, None]:
         self.start()
-        seq = Sequence(prompt_tokens, max_tokens, time.monotonic(), prefilled=prefilled)
+        seq = Sequence(prompt_tokens, max_tokens, time.monotonic(), prefilled=prefilled, prefix=prefix)
         self.sched.add(seq)
         self._wake.set()
         assert seq.queue is not None
@@ -389,19 +502,23 @@ class Engine:
                 t = await seq.queue.get()
                 if t is None:
                     return
+                if note is not None and self.sched.prefix_caching and "cached_tokens" not in note:
+                    note["cached_tokens"] = seq.cached
                 yield t
         finally:  # closed early (the client went away): nothing keeps its place or its KV cache
             if seq.generated < seq.max_tokens:
                 self.sched.cancel(seq)
 
-    def ttft_if_added(self, prompt_tokens: int, max_tokens: int, limit_s: float = 600.0) -> float:
+    def ttft_if_added(
+        self, prompt_tokens: int, max_tokens: int, limit_s: float = 600.0, prefix: tuple[bytes, ...] = ()
+    ) -> float:
         """The time to first token a request would see if it arrived now (seconds): the engine's own schedule
         run forward on a copy of its state, with no further arrival (the oracle baseline's view). `limit_s`
         if it would not start within that (or could never run here)."""
         if prompt_tokens + max_tokens > self.p.kv_tokens:
             return limit_s
         sim = self.sched.copy()
-        mine = Sequence(prompt_tokens, max_tokens, 0.0, queue=None)
+        mine = Sequence(prompt_tokens, max_tokens, 0.0, queue=None, prefix=prefix)
         sim.add(mine)
         t = 0.0
         while t < limit_s:

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from . import cascade
 from . import speculative as spec
 from . import split as sp
-from .engine import PROFILES, Engine, Profile, Sequence
+from .engine import PROFILES, Engine, Profile, Sequence, block_hashes
 
 # vLLM's buckets for TTFT and TPOT (seconds)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -63,9 +63,18 @@ class _EngineGauges(PromCollector):
             g = GaugeMetricFamily(name, doc, labels=["model_name"])
             g.add_metric([self.model], value)
             yield g
-        pre = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of preemptions.", labels=["model_name"])
-        pre.add_metric([self.model], s.preemptions)
-        yield pre
+        for name, doc, value in (
+            ("vllm:num_preemptions", "Cumulative number of preemptions.", s.preemptions),
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                s.prefix_queries,
+            ),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", s.prefix_hits),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["model_name"])
+            c.add_metric([self.model], value)
+            yield c
 
 
 class Metrics:
@@ -169,6 +178,7 @@ class Server:
         floor: int = sp.FLOOR,
         fixed_split: int | None = None,
         replace_after: float = 0.0,
+        prefix_caching: bool = False,
     ):
         """role: both (a whole model server); prefill (prefills, then hands the KV cache to the decode
         instance behind `decode_url`, a service VIP the network steers, and relays its tokens; https: over
@@ -176,7 +186,9 @@ class Server:
         handed-over KV caches on /dinet/v1/kv and decodes); draft (drafts tokens and has each round verified
         by the target behind `verify_url`, a service VIP, accepting each with probability `alpha`); cascade
         (answers, or escalates to `escalate_url`); split (the first layers here, at least `floor`, the rest on
-        the tail behind `tail_url`; the split point chosen per request, or `fixed_split` layers here)."""
+        the tail behind `tail_url`; the split point chosen per request, or `fixed_split` layers here).
+        prefix_caching: the engine keeps prompts' KV blocks for later requests (vLLM's automatic prefix
+        caching); a response's usage says how many prompt tokens were found (prompt_tokens_details)."""
         if role not in ("both", "prefill", "decode", "draft", "cascade", "split"):
             raise ConfigError(f"role is both, prefill, decode, draft, cascade or split, not {role!r}")
         if role == "split":
@@ -210,7 +222,7 @@ class Server:
         self._session: Any = None
         self.ca = ca
         self.model = model or profile.model
-        self.engine = Engine(profile)
+        self.engine = Engine(profile, prefix_caching=prefix_caching)
         self.metrics = Metrics(self.engine, self.model)
         self.app = web.Application()
         self.app.add_routes(
@@ -576,7 +588,9 @@ class Server:
         return ws
 
     # ---- prefill-decode ------------------------------------------------------------------------------------
-    async def _tokens(self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str = "") -> Any:
+    async def _tokens(
+        self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str = "", prefix: tuple[bytes, ...] = ()
+    ) -> Any:
         """The request's tokens: from this engine, or (prefill role) the first from here and the rest from
         the decode instance the KV cache was handed to, or (draft role) rounds verified by the target."""
         if self.role in ("draft", "cascade", "split"):
@@ -588,7 +602,7 @@ class Server:
                 yield t
             return
         if self.role != "prefill":
-            async with contextlib.aclosing(self.engine.generate(n_prompt, n_max)) as gen:
+            async with contextlib.aclosing(self.engine.generate(n_prompt, n_max, prefix=prefix, note=info)) as gen:
                 async for t in gen:
                     yield t
             return
@@ -742,7 +756,8 @@ class Server:
             info: dict[str, Any] = {}
             # the request's own id where the client gave one (vLLM's X-Request-Id): seeds the cascade's draws
             rid = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
-            tokens = self._tokens(n_prompt, n_max, info, rid)
+            prefix = block_hashes(prompt.split()) if self.engine.sched.prefix_caching else ()
+            tokens = self._tokens(n_prompt, n_max, info, rid, prefix)
         except ConfigError as e:
             return self._error(400, str(e))
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -753,9 +768,17 @@ class Server:
             """An OpenAI response or stream chunk around one choice; with n: the usage (and dinet's notes)."""
             out = {"id": rid, "object": obj, "created": created, "model": self.model, "choices": [choice]}
             if n is not None:
-                out["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
-                if info:
-                    out["dinet"] = info
+                usage: dict[str, Any] = {
+                    "prompt_tokens": n_prompt,
+                    "completion_tokens": n,
+                    "total_tokens": n_prompt + n,
+                }
+                notes = dict(info)
+                if "cached_tokens" in notes:  # OpenAI's field for prompt tokens served from a cache
+                    usage["prompt_tokens_details"] = {"cached_tokens": notes.pop("cached_tokens")}
+                out["usage"] = usage
+                if notes:
+                    out["dinet"] = notes
             return out
 
         chunk_obj = obj + (".chunk" if chat else "")
