@@ -69,6 +69,17 @@
  * CRC-32 over source, destination, the 32-bit key (tag << 24 | value, network order), destination port and
  * protocol. */
 #define DINET_SVC_SESSION 1
+/* Sessions remembered per steering node: key (service slot, client address, session key) -> the instance the
+ * session's first flow took. A session's next flow goes there while the instance lives (up or draining, the
+ * same occupant of the slot), whatever the weights say since; a session whose instance left is placed anew
+ * (by its key on the ring) and counted as re-placed. The eBPF map is an LRU; the P4 table is direct-mapped by
+ * CRC-32 of the key (a colliding session takes the entry: the one it replaced is placed by the ring again). */
+#ifndef DINET_SESSION_ENTRIES
+#define DINET_SESSION_ENTRIES 65536
+#endif
+#ifndef DINET_P4_SESSION_SIZE
+#define DINET_P4_SESSION_SIZE 65536
+#endif
 #define DINET_SESSION_PORT_MIN 61440
 #define DINET_SESSION_PORT_BITS 3
 #define DINET_SESSION_TAG_LABEL 1

@@ -34,6 +34,8 @@ BPF_TABLE_PINNED("array", __u32, struct inst_value, instances, INST_ENTRIES, PIN
 BPF_TABLE_PINNED("array", __u32, __u32, ring, RING_ENTRIES, PIN(ring));
 /* affinity: flow_key -> flow_value; written here on a new flow, LRU-evicted. */
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_value, affinity, DINET_AFFINITY_ENTRIES, PIN(affinity));
+/* sessions: session_key -> session_value; written here when a session-affine service places a session, LRU. */
+BPF_TABLE_PINNED("lru_hash", struct session_key, struct session_value, sessions, DINET_SESSION_ENTRIES, PIN(sessions));
 /* flow_cache: per CPU, hash of the 5-tuple -> a copy of its affinity entry; written here only, not pinned
  * (a cache: the LRU above stays the record). A hit costs an array load and a key compare instead of a
  * hash-table lookup; every DINET_FLOW_CACHE_TOUCH-th hit also looks the flow up in the LRU, so that an
@@ -199,15 +201,53 @@ static __always_inline struct inst_value *flow_live(struct flow_value *fv, __u32
 	return inst;
 }
 
-static __always_inline void count(void *stats_map_result, __u64 bytes, int new_flow, int by_session)
+/* What a new flow of a session-affine service did: found its session's instance, placed a new session, or
+ * placed a session whose instance had left. */
+#define SESSION_NONE 0
+#define SESSION_FOUND 1
+#define SESSION_NEW 2
+#define SESSION_REPLACED 3
+
+/* Whether a flow was placed in the current generation of its service (its instance may have left since): a new
+ * flow so remembered does not consult its session's entry (as p4/steering.p4). On the new-flow path only. */
+static __always_inline int remembered(struct flow_value *fv)
+{
+	if (!fv || fv->svc_id >= DINET_MAX_SERVICES)
+		return 0;
+	__u32 sid = fv->svc_id;
+	__u32 *gen = svc_gen.lookup(&sid);
+	return gen && *gen == fv->gen;
+}
+
+static __always_inline void count(void *stats_map_result, __u64 bytes, int new_flow, int session_event)
 {
 	struct steer_counter *c = stats_map_result;
 	if (!c)
 		return;
 	c->packets += 1;
 	c->bytes += bytes;
-	c->new_flows += new_flow;
-	c->session_flows += by_session;
+	if (!new_flow) /* an established flow's packet pays for two adds, no more */
+		return;
+	c->new_flows += 1;
+	if (session_event == SESSION_FOUND)
+		c->session_flows += 1;
+	else if (session_event == SESSION_NEW)
+		c->sessions += 1;
+	else if (session_event == SESSION_REPLACED)
+		c->sessions_replaced += 1;
+}
+
+/* The instance a remembered session goes to, or NULL: while it lives (up or draining, the same occupant of the
+ * slot) in the same generation of the service's slot. */
+static __always_inline struct inst_value *session_live(struct session_value *sv, __u32 svc_id, __u32 gen)
+{
+	if (!sv || sv->slot >= DINET_MAX_INSTANCES || sv->gen != gen)
+		return 0;
+	__u32 iidx = svc_id * DINET_MAX_INSTANCES + sv->slot;
+	struct inst_value *inst = instances.lookup(&iidx);
+	if (!inst || inst->state == DINET_INST_DOWN || inst->instance_id != sv->instance_id || inst->epoch != sv->epoch)
+		return 0;
+	return inst;
 }
 
 /* Pushes the outer IPv4 or IPv6 header (IP-in-IP) and forwards. inner_len: the inner IP datagram's
@@ -566,7 +606,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	key.dport = ports->dest;
 
 	/* An established flow first: one hash lookup, then array loads only. */
-	int new_flow = 0, by_session = 0;
+	int new_flow = 0, session_event = SESSION_NONE;
 	__u32 svc_id = DINET_MAX_SERVICES;
 	__u32 slot = DINET_SLOT_NONE;
 	struct inst_value *inst = 0;
@@ -609,9 +649,33 @@ static __always_inline int steer(struct xdp_md *ctx)
 		if (!sv || sv->svc_id >= DINET_MAX_SERVICES)
 			return not_steered(&vk, DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
 		__u32 session = (sv->flags & DINET_SVC_SESSION) ? session_key(&key, label) : 0;
-		by_session = session != 0;
-		if (pick_slot(sv, flow_hash(&key, session), &slot, &inst) < 0)
-			return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
+		struct session_key sk2 = {};
+		struct session_value *known = 0;
+		inst = 0;
+		if (session && !remembered(fv)) {
+			sk2.src = key.src;
+			sk2.svc_id = sv->svc_id;
+			sk2.session = session;
+			sk2.family = key.family;
+			known = sessions.lookup(&sk2);
+			inst = session_live(known, sv->svc_id, sv->gen);
+		}
+		if (inst && known) {
+			slot = known->slot; /* the session's instance, whatever the weights say since */
+			session_event = SESSION_FOUND;
+		} else {
+			if (pick_slot(sv, flow_hash(&key, session), &slot, &inst) < 0)
+				return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
+			if (session) {
+				struct session_value nsv = {};
+				nsv.slot = slot;
+				nsv.instance_id = inst->instance_id;
+				nsv.epoch = inst->epoch;
+				nsv.gen = sv->gen;
+				sessions.update(&sk2, &nsv);
+				session_event = known ? SESSION_REPLACED : SESSION_NEW;
+			}
+		}
 		svc_id = sv->svc_id;
 		struct flow_value nv = {};
 		nv.svc_id = svc_id;
@@ -632,8 +696,8 @@ static __always_inline int steer(struct xdp_md *ctx)
 
 	__u32 svc_idx = svc_id;
 	__u32 inst_idx = svc_id * DINET_MAX_INSTANCES + slot;
-	count(svc_stats.lookup(&svc_idx), frame_len, new_flow, by_session);
-	count(inst_stats.lookup(&inst_idx), frame_len, new_flow, by_session);
+	count(svc_stats.lookup(&svc_idx), frame_len, new_flow, session_event);
+	count(inst_stats.lookup(&inst_idx), frame_len, new_flow, session_event);
 	return encap_and_forward(ctx, inst, eth_proto, inner_len);
 }
 

@@ -67,6 +67,22 @@ struct flow_value {
 	__u32 epoch;       /* the instance slot's epoch when placed */
 };
 
+/* sessions: LRU, key (service slot, session key, client address) -> the instance its flows go to. Written by
+ * the program when a session-affine service places a session; read by dinet (list); evicted by the LRU. */
+struct session_key {
+	struct dinet_addr src;
+	__u32 svc_id;
+	__u32 session; /* tag << 24 | value (dinet_consts.h) */
+	__u32 family;
+};
+
+struct session_value {
+	__u32 slot;
+	__u32 instance_id;
+	__u32 epoch;
+	__u32 gen; /* svc_gen[svc_id] when placed */
+};
+
 /* nh_cache (kernel side only): per CPU, direct-mapped by tunnel endpoint, a copy of what bpf_fib_lookup
  * answered for it: where to send, with which MACs, and the largest packet it accepted. Valid for
  * DINET_NH_CACHE_NS; a larger packet, a miss or an expired entry asks the FIB again. */
@@ -95,7 +111,9 @@ struct steer_counter {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
-	__u64 session_flows; /* of the new flows, those placed by a session key */
+	__u64 session_flows;     /* of the new flows, those of a session that found its session's instance */
+	__u64 sessions;          /* sessions placed (a session key seen for the first time) */
+	__u64 sessions_replaced; /* sessions placed again: the instance they had left */
 };
 
 /* config: index 0, the ingress node's tunnel sources and forwarding mode. Written by dinet. */

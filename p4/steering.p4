@@ -32,9 +32,13 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     counter(INST_INDEXES, CounterType.packets_and_bytes) inst_stats;
     counter(DINET_MAX_SERVICES, CounterType.packets) svc_new_flows;
     counter(INST_INDEXES, CounterType.packets) inst_new_flows;
-    /* of the new flows, those placed by a session key */
+    /* new flows of sessions: that found their session's instance; sessions placed; sessions placed again */
     counter(DINET_MAX_SERVICES, CounterType.packets) svc_session_flows;
     counter(INST_INDEXES, CounterType.packets) inst_session_flows;
+    counter(DINET_MAX_SERVICES, CounterType.packets) svc_sessions;
+    counter(INST_INDEXES, CounterType.packets) inst_sessions;
+    counter(DINET_MAX_SERVICES, CounterType.packets) svc_sessions_replaced;
+    counter(INST_INDEXES, CounterType.packets) inst_sessions_replaced;
 
     /* Affinity, indexed by CRC-16 of the 5-tuple; written here only. */
     register<bit<128>>(DINET_P4_AFFINITY_SIZE) aff_src;
@@ -45,6 +49,16 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     register<bit<16>>(DINET_P4_AFFINITY_SIZE) aff_slot;
     register<bit<32>>(DINET_P4_AFFINITY_SIZE) aff_iid;
     register<bit<48>>(DINET_P4_AFFINITY_SIZE) aff_seen;
+
+    /* Sessions of session-affine services, direct-mapped by CRC-32 of (client address, session key, service
+     * slot); written here only: the key, the service's generation, and the instance slot and id the session
+     * went to. A session that finds its entry taken by another is placed by the ring and takes the entry. */
+    register<bit<128>>(DINET_P4_SESSION_SIZE) ses_src;
+    register<bit<32>>(DINET_P4_SESSION_SIZE) ses_key;
+    register<bit<16>>(DINET_P4_SESSION_SIZE) ses_svc;
+    register<bit<32>>(DINET_P4_SESSION_SIZE) ses_gen;
+    register<bit<16>>(DINET_P4_SESSION_SIZE) ses_slot;
+    register<bit<32>>(DINET_P4_SESSION_SIZE) ses_iid;
 
     bit<8> inst_state = DINET_INST_DOWN;
     bit<32> inst_iid = 0;
@@ -335,18 +349,45 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         aff_gen.read(r_gen, at);
         aff_slot.read(r_slot, at);
         aff_iid.read(r_iid, at);
+        bool remembered = (m1 || m2) && r_svc == meta.svc_id && r_gen == meta.gen;
+
+        /* a new flow of a session: its session's entry, where the flow itself is not remembered */
+        bit<32> ses_at = 0;
+        bool ses_known = false;
+        bool ses_match = false;
+        bit<16> s_slot = 0;
+        bit<32> s_iid = 0;
+        if (session != 0 && !remembered) {
+            hash(ses_at, HashAlgorithm.crc32, (bit<32>)0, { ksrc, session, meta.svc_id }, (bit<32>)DINET_P4_SESSION_SIZE);
+            bit<128> q_src;
+            bit<32> q_key;
+            bit<16> q_svc;
+            bit<32> q_gen;
+            ses_src.read(q_src, ses_at);
+            ses_key.read(q_key, ses_at);
+            ses_svc.read(q_svc, ses_at);
+            ses_gen.read(q_gen, ses_at);
+            ses_slot.read(s_slot, ses_at);
+            ses_iid.read(s_iid, ses_at);
+            ses_known = q_src == ksrc && q_key == session && q_svc == meta.svc_id;
+            ses_match = ses_known && q_gen == meta.gen;
+        }
         bool hit = false;
-        if ((m1 || m2) && r_svc == meta.svc_id && r_gen == meta.gen) {
-            meta.slot = r_slot;
+        bool found = false;
+        if (remembered || ses_match) {
+            meta.slot = remembered ? r_slot : s_slot;
             instance_check.apply();
-            /* the flow stays while its instance lives (up or draining, same occupant) */
-            if (chk_state != DINET_INST_DOWN && chk_iid == r_iid) {
-                hit = true;
+            /* the flow (or the session) stays while its instance lives (up or draining, same occupant) */
+            if (chk_state != DINET_INST_DOWN && chk_iid == (remembered ? r_iid : s_iid)) {
+                hit = remembered;
+                found = !remembered;
             }
         }
         if (!hit) {
-            meta.slot = (bit<16>)DINET_SLOT_NONE;
-            ring.apply();
+            if (!found) {
+                meta.slot = (bit<16>)DINET_SLOT_NONE;
+                ring.apply();
+            }
             meta.new_flow = 1;
         }
         if (!instances.apply().hit) {
@@ -355,12 +396,21 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         }
         bit<48> now = std.ingress_global_timestamp;
         if (meta.new_flow == 1) {
-            if (inst_state != DINET_INST_UP) {
+            /* a new flow takes an instance that is up, or its session's while it drains */
+            if (inst_state != DINET_INST_UP && !(found && inst_state == DINET_INST_DRAINING)) {
                 drop_for(DINET_DROP_NO_INSTANCE);
                 return;
             }
             bool free1 = m1 || (s1 == 0 && d1 == 0 && p1 == 0) || now - seen1 > DINET_P4_AFFINITY_IDLE_US;
             bool free2 = m2 || (s2 == 0 && d2 == 0 && p2 == 0) || now - seen2 > DINET_P4_AFFINITY_IDLE_US;
+            if (session != 0 && !found) {  /* a session placed: its entry names where it went */
+                ses_src.write(ses_at, ksrc);
+                ses_key.write(ses_at, session);
+                ses_svc.write(ses_at, meta.svc_id);
+                ses_gen.write(ses_at, meta.gen);
+                ses_slot.write(ses_at, meta.slot);
+                ses_iid.write(ses_at, inst_iid);
+            }
             if (free1 || free2) {
                 at = free1 ? idx1 : idx2;
                 aff_src.write(at, ksrc);
@@ -384,9 +434,15 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         if (meta.new_flow == 1) {
             svc_new_flows.count((bit<32>)meta.svc_id);
             inst_new_flows.count(inst_index);
-            if (session != 0) {
+            if (found) {
                 svc_session_flows.count((bit<32>)meta.svc_id);
                 inst_session_flows.count(inst_index);
+            } else if (ses_known) {
+                svc_sessions_replaced.count((bit<32>)meta.svc_id);
+                inst_sessions_replaced.count(inst_index);
+            } else if (session != 0) {
+                svc_sessions.count((bit<32>)meta.svc_id);
+                inst_sessions.count(inst_index);
             }
         }
 

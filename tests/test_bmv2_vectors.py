@@ -66,10 +66,22 @@ def test_every_steering_vector_on_bmv2(rig) -> None:
     assert len(vs) > 15 and sum(isinstance(v.expect, Forward) for v in vs) >= 6
     for v in vs:
         run_vector(rig, v)
-    # the flows a session key placed, counted per service (two session ports; a label, a label with a session
-    # port, a session port alone)
-    assert rig.node.service_counters(sv.CHAT4)[0].session_flows == 2
-    assert rig.node.service_counters(sv.CHAT6)[0].session_flows == 3
+    # sessions placed and flows that found their session's instance (two ports of one group; a label, a label
+    # with a session port, a session port alone: three sessions)
+    chat4, chat6 = rig.node.service_counters(sv.CHAT4)[0], rig.node.service_counters(sv.CHAT6)[0]
+    assert (chat4.sessions, chat4.session_flows, chat6.sessions, chat6.session_flows) == (1, 1, 3, 0)
+
+
+def test_a_session_stays_with_its_instance_through_weight_changes_and_drain_and_moves_when_it_leaves(rig) -> None:
+    """The same story as on XDP (tests.vectors.steering.session_story), on the switch's session registers."""
+
+    def endpoint(frame) -> str:  # type: ignore[no-untyped-def]
+        rig.inject(0, bytes(frame))
+        got = rig.read(0, timeout=5)
+        assert got is not None, "nothing left port 0"
+        return str(Ether(got).payload.dst)
+
+    sv.session_story(rig.node, endpoint)
 
 
 def test_tables_read_back(rig) -> None:

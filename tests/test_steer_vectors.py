@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,15 @@ def node(bpffs_root: Path) -> Iterator:
         yield n
     finally:
         n.destroy()
+
+
+def endpoint(n, frame) -> str:  # type: ignore[no-untyped-def]
+    """Where the node sends a frame: the tunnel endpoint of the instance it chose."""
+    from dinet.targets.bpfsys import XDP_TX, test_run
+
+    res = test_run(n.prog_fd, bytes(frame))
+    assert res.action == XDP_TX, res.action_name
+    return str(Ether(res.data).payload.dst)
 
 
 def run_vector(n, v: Vector) -> None:
@@ -75,28 +85,23 @@ def test_vectors_steer_to_the_instances_of_their_service(node) -> None:
 def test_a_conversation_keeps_its_instance_and_conversations_spread(node) -> None:
     """A session-affine service: the ports of one session group, and the connections of one flow label, are
     placed on one instance (the data plane's own answer, not the reference model's); 64 groups and 64 labels
-    reach every instance; the service reads back as session-affine and its session flows are counted."""
+    reach every instance; the service reads back as session-affine; sessions placed and flows that found
+    their session's instance are counted."""
     from dinet.policy.session import session_ports
-    from dinet.targets.bpfsys import XDP_TX, test_run
-
-    def endpoint(frame) -> str:
-        res = test_run(node.prog_fd, bytes(frame))
-        assert res.action == XDP_TX
-        out = Ether(res.data)
-        return out.payload.dst
 
     before = node.service_counters(sv.CHAT4)[0]  # a client of its own: no flow of the vectors' is met again
     for group in (500, 501):  # not among the 64 below: every flow here is new
         ports = list(session_ports(group))
-        assert len({endpoint(sv.client4("10.99.0.4", p, 8000, src="10.0.0.9")) for p in ports}) == 1
-    firsts = {endpoint(sv.client4("10.99.0.4", session_ports(g)[0], 8000, src="10.0.0.9")) for g in range(64)}
+        assert len({endpoint(node, sv.client4("10.99.0.4", p, 8000, src="10.0.0.9")) for p in ports}) == 1
+    firsts = {endpoint(node, sv.client4("10.99.0.4", session_ports(g)[0], 8000, src="10.0.0.9")) for g in range(64)}
     assert firsts == {str(i.endpoint) for i in sv.SERVICES[sv.CHAT4]}
     for k, label in enumerate((1, 0xFFFFF)):  # new flows each (the affinity table keys on the 5-tuple)
-        assert len({endpoint(sv.chat6(sport, label)) for sport in range(42000 + 16 * k, 42016 + 16 * k)}) == 1
-    labels = {endpoint(sv.chat6(43000 + label, label)) for label in range(1, 65)}
+        assert len({endpoint(node, sv.chat6(sport, label)) for sport in range(42000 + 16 * k, 42016 + 16 * k)}) == 1
+    labels = {endpoint(node, sv.chat6(43000 + label, label)) for label in range(1, 65)}
     assert labels == {str(i.endpoint) for i in sv.SERVICES[sv.CHAT6]}
     after = node.service_counters(sv.CHAT4)[0]
-    assert after.session_flows - before.session_flows == 2 * 8 + 64
+    assert after.sessions - before.sessions == 2 + 64 and after.session_flows - before.session_flows == 2 * 7
+    assert after.sessions_replaced == before.sessions_replaced
     assert node.service(sv.CHAT4).session and not node.service(sv.WEB4).session
     node.add_service(sv.WEB4, session=True)  # placement changed in place: the same slot, flows kept
     try:
@@ -104,6 +109,19 @@ def test_a_conversation_keeps_its_instance_and_conversations_spread(node) -> Non
     finally:
         node.add_service(sv.WEB4)
     assert not node.service(sv.WEB4).session
+
+
+def test_a_session_stays_with_its_instance_through_weight_changes_and_drain_and_moves_when_it_leaves(
+    node,
+) -> None:
+    """The session table, not the ring, holds a session (tests.vectors.steering.session_story); its entry reads
+    back with the instance it went to."""
+    from dinet.policy.session import session_key, session_ports
+
+    moved = sv.session_story(node, lambda f: endpoint(node, f))
+    key = (node.service(sv.CHAT4).svc_id, ipaddress.ip_address(sv.STORY_CLIENT), session_key(session_ports(40)[0]))
+    slot, _ = node.sessions()[key]
+    assert str(node.service(sv.CHAT4).instances[slot].endpoint) == moved
 
 
 def test_too_big_for_the_static_next_hop_is_answered_per_family(node) -> None:

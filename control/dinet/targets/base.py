@@ -55,7 +55,9 @@ class Counter:
     packets: int = 0
     bytes: int = 0
     new_flows: int = 0
-    session_flows: int = 0  # of the new flows, those placed by a session key (a session-affine service)
+    session_flows: int = 0  # of the new flows, those of a session that found its session's instance
+    sessions: int = 0  # sessions placed (a session key met for the first time)
+    sessions_replaced: int = 0  # sessions placed again: the instance they had left
 
 
 @dataclass

@@ -412,23 +412,22 @@ class P4Node(InstanceEdits):
         st = self._state(svc)
         stats = self.sw.read_counters("svc_stats")
         new = self.sw.read_counters("svc_new_flows")
-        sess = self.sw.read_counters("svc_session_flows")
         istats = self.sw.read_counters("inst_stats")
         inew = self.sw.read_counters("inst_new_flows")
-        isess = self.sw.read_counters("inst_session_flows")
+        kinds = ("session_flows", "sessions", "sessions_replaced")
+        svc_kinds = [self.sw.read_counters(f"svc_{k}") for k in kinds]
+        inst_kinds = [self.sw.read_counters(f"inst_{k}") for k in kinds]
         base = st.svc_id * self.sizes.max_instances
         zero = (0, 0)
-        per = {
-            i.instance_id: Counter(
-                istats.get(base + s, zero)[0],
-                istats.get(base + s, zero)[1],
-                inew.get(base + s, zero)[0],
-                isess.get(base + s, zero)[0],
-            )
-            for s, i in st.instances.items()
-        }
-        i = st.svc_id
-        return Counter(stats.get(i, zero)[0], stats.get(i, zero)[1], new.get(i, zero)[0], sess.get(i, zero)[0]), per
+
+        def counter(
+            cells: dict[int, tuple[int, int]], flows: dict[int, tuple[int, int]], more: list, i: int
+        ) -> Counter:  # type: ignore[type-arg]
+            return Counter(cells.get(i, zero)[0], cells.get(i, zero)[1], flows.get(i, zero)[0],
+                           *(m.get(i, zero)[0] for m in more))  # fmt: skip
+
+        per = {i.instance_id: counter(istats, inew, inst_kinds, base + s) for s, i in st.instances.items()}
+        return counter(stats, new, svc_kinds, st.svc_id), per
 
     # ---- BIER ------------------------------------------------------------------------------------------
     def write_bift(self, bift_id: int, local: int, neighbors: list[P4Neighbor], local_port: int = 1) -> None:

@@ -149,9 +149,11 @@ class RemoteNode(InstanceEdits):
 
     def service_counters(self, svc: ServiceKey) -> Any:
         c = self._call("GetCounters", self.pb.ServiceRef(service=str(svc)))
-        per = {iid: Counter(m.packets, m.bytes, m.new_flows, m.session_flows) for iid, m in c.instances.items()}
-        s = c.service
-        return Counter(s.packets, s.bytes, s.new_flows, s.session_flows), per
+
+        def counter(m: Any) -> Counter:
+            return Counter(m.packets, m.bytes, m.new_flows, m.session_flows, m.sessions, m.sessions_replaced)
+
+        return counter(c.service), {iid: counter(m) for iid, m in c.instances.items()}
 
     def remove_service(self, svc: ServiceKey) -> None:
         self._call("RemoveService", self.pb.ServiceRef(service=str(svc)))

@@ -96,7 +96,7 @@ class SteeringNode(InstanceEdits):
         self.services_t, self.vip_addrs_t, self.instances_t = t("services"), t("vip_addrs"), t("instances")
         self.ring_t, self.affinity_t, self.config_t = t("ring"), t("affinity"), t("config")
         self.svc_stats_t, self.inst_stats_t, self.verdicts_t = t("svc_stats"), t("inst_stats"), t("verdicts")
-        self.vip_filter_t, self.svc_gen_t = t("vip_filter"), t("svc_gen")
+        self.vip_filter_t, self.svc_gen_t, self.sessions_t = t("vip_filter"), t("svc_gen"), t("sessions")
         self._fill_crc_table(t("crc_table"))
         # slots in use, read once: this process is the node's one writer while it holds the node
         self._used_ids = {int(v.svc_id) for v in self.services_t.values()}
@@ -377,6 +377,8 @@ class SteeringNode(InstanceEdits):
             sum(v.bytes for v in vals),
             sum(v.new_flows for v in vals),
             sum(v.session_flows for v in vals),
+            sum(v.sessions for v in vals),
+            sum(v.sessions_replaced for v in vals),
         )
 
     def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]:
@@ -393,6 +395,13 @@ class SteeringNode(InstanceEdits):
             if idx in names and "decap" not in names[idx]:
                 out[names[idx]] = int(sum(self.verdicts_t.getvalue(self.verdicts_t.Key(idx))))
         return out
+
+    def sessions(self) -> dict[tuple[int, IPAddress, int], tuple[int, int]]:
+        """Sessions remembered (LRU): (service slot, client address, session key) -> (instance slot, id)."""
+        return {
+            (int(k.svc_id), _get_addr(k.src, k.family), int(k.session)): (int(v.slot), int(v.instance_id))
+            for k, v in self.sessions_t.items()
+        }
 
     def affinity(self, limit: int | None = None) -> Iterator[FlowEntry]:
         """Flows in the affinity table (LRU: the kernel may evict the least recently used)."""
@@ -423,6 +432,7 @@ class SteeringNode(InstanceEdits):
             "instances",
             "ring",
             "affinity",
+            "sessions",
             "svc_stats",
             "inst_stats",
             "verdicts",
