@@ -1084,3 +1084,77 @@ def test_a_prefix_caching_server_reports_cached_tokens_per_request_and_vllms_cou
         m = metrics(url)
         assert m["vllm:prefix_cache_queries_total"] == 70 + 75 and m["vllm:prefix_cache_hits_total"] == 64
         assert "prompt_tokens_details" not in ask(f"http://127.0.0.1:{plain}", first)
+
+
+def test_conversations_grow_their_prompts_find_their_prefixes_and_carry_their_session_key() -> None:
+    """`dinet load --turns`: each turn's prompt is the system prompt, every earlier question and answer, and a
+    new question; against a prefix-caching server a later turn finds the earlier turns' blocks, and the
+    first turns find the shared system prompt; each connection of a conversation is bound to a port of its
+    session group (dinet.policy.session), one group per conversation."""
+    from dinet.policy.session import session_ports
+
+    port = free_port()
+    with dinet_process(
+        "serve", "--listen", f"127.0.0.1:{port}", "--profile", "tiny-test", "--prefix-caching", ready="ready:"
+    ):
+        recs = load(
+            f"http://127.0.0.1:{port}", duration=2.0, schedule=[(0.0, 3.0)], turns=(3, 3), system_tokens=64,
+            prompt_tokens=(20, 30), max_tokens=(4, 4), think_s=0.05, session_key="port",
+        )  # fmt: skip
+    convs: dict[int, list] = {}  # type: ignore[type-arg]
+    for r in recs:
+        assert r.status == "ok", r
+        convs.setdefault(r.conversation, []).append(r)
+    assert len(convs) >= 3
+    for cid, turns in convs.items():
+        turns.sort(key=lambda r: r.turn)
+        assert [r.turn for r in turns] == list(range(len(turns)))
+        prompts = [r.prompt_tokens for r in turns]
+        assert prompts == sorted(prompts) and len(set(prompts)) == len(prompts)  # each turn adds to the last
+        for before, r in zip(turns, turns[1:], strict=False):  # the earlier turn's prompt, in whole blocks, is found
+            assert r.cached_tokens >= before.prompt_tokens // 16 * 16
+        ports = {int(r.session.split()[1]) for r in turns}
+        assert ports <= set(session_ports(cid))
+    firsts = sorted((r for r in recs if r.turn == 0), key=lambda r: r.t)
+    assert all(r.cached_tokens >= 64 for r in firsts[1:])  # the shared system prompt (4 blocks)
+    table = summary(recs, Slo(1000, 1000), 2.0)
+    assert 0.5 < table["delay-sensitive"]["prefix_hit_rate"] < 1.0
+
+
+def test_a_conversation_over_ipv6_carries_its_flow_label_on_the_wire() -> None:
+    """--session-key flow-label: every connection of a conversation carries the conversation's IPv6 flow label
+    (RFC 6437; the kernel's flow label manager), seen on the wire; different conversations, different labels."""
+    import subprocess
+    import tempfile
+    import time
+
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.utils import rdpcap
+
+    port = free_port()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        dinet_process("serve", "--listen", f"[::1]:{port}", "--profile", "tiny-test", ready="ready:"),
+    ):
+        pcap = f"{tmp}/lo.pcap"
+        cap = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "--immediate-mode", "-w", pcap, f"ip6 and tcp dst port {port}"],
+                               stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            assert cap.stderr is not None and b"listening" in cap.stderr.readline()
+            recs = load(
+                f"http://[::1]:{port}", duration=1.5, schedule=[(0.0, 3.0)], turns=(2, 2), prompt_tokens=(5, 5),
+                max_tokens=(2, 2), think_s=0.05, session_key="flow-label",
+            )  # fmt: skip
+            time.sleep(0.2)  # immediate mode, -U: each packet is written as it comes; the last ones reach the file
+        finally:
+            cap.terminate()
+            cap.wait(timeout=10)
+        # each connection's SYN (what places a flow) and its data; a reset the kernel sends for a closed socket
+        # carries a label of its own
+        pkts = [p for p in rdpcap(pcap) if IPv6 in p and "R" not in str(p[TCP].flags)]
+        labels = {p[IPv6].fl for p in pkts}
+        syns = sum("S" in str(p[TCP].flags) for p in pkts)
+    want = {int(r.session.split()[1], 16) for r in recs}
+    assert all(r.status == "ok" for r in recs) and len(want) == len({r.conversation for r in recs}) >= 2
+    assert labels == want and syns >= len(want)

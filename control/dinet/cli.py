@@ -437,11 +437,28 @@ def cmd_load(a: argparse.Namespace) -> None:
         pick=a.pick or "",
         endpoints=tuple(a.endpoint or ()),
         ca=a.ca,
+        turns=_range(a.turns),
+        system_tokens=a.system_tokens,
+        system_prompts=a.system_prompts,
+        think_s=a.think_s,
+        session_key=a.session_key,
     )
     if bool(a.local) != bool(a.offload_view):
         raise ConfigError("a device's load gives both --local (its own model) and --offload-view (the controller)")
     res = main(spec, Path(a.out) if a.out else None, progress=not a.quiet)
     print(json.dumps(res, indent=2))
+
+
+def _range(text: str) -> tuple[int, int]:
+    """'3' -> (3, 3); '2-5' -> (2, 5)."""
+    lo, _, hi = text.partition("-")
+    try:
+        out = (int(lo), int(hi or lo))
+    except ValueError:
+        raise ConfigError(f"expected N or MIN-MAX, not {text!r}") from None
+    if not 1 <= out[0] <= out[1]:
+        raise ConfigError(f"expected N or MIN-MAX with 1 <= MIN <= MAX, not {text!r}")
+    return out
 
 
 def cmd_metrics_agent(a: argparse.Namespace) -> None:
@@ -953,6 +970,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="pick an instance per request at the client (a baseline) instead of sending to --url's VIP",
     )
     p.add_argument("--endpoint", action="append", help="with --pick: an instance's URL (once per instance)")
+    p.add_argument(
+        "--turns",
+        default="1",
+        help="N or MIN-MAX: multi-turn conversations of that many turns (the rate: conversations per second); each "
+        "turn's prompt is the conversation so far and a question of --prompt-min..max words",
+    )
+    p.add_argument("--system-tokens", type=int, default=0, help="conversations: a shared system prompt of N words")
+    p.add_argument("--system-prompts", type=_positive, default=1, help="conversations: distinct system prompts")
+    p.add_argument("--think-s", type=float, default=1.0, help="conversations: mean think time between turns")
+    p.add_argument(
+        "--session-key",
+        choices=["none", "port", "flow-label"],
+        default="none",
+        help="conversations: what names the conversation to the network: a source port of its group (61440-65535), "
+        "or an IPv6 flow label (dinet.policy.session)",
+    )
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")
     p.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")

@@ -1,20 +1,28 @@
 """`dinet load`: an open-loop load generator on the OpenAI streaming API (any OpenAI-compatible server:
 `dinet serve`, vLLM, ...). Arrivals are Poisson at a rate that may change over time (a schedule), or replay
-a trace in the Azure LLM inference trace format (TIMESTAMP, ContextTokens, GeneratedTokens). Each request
-has a class: delay-sensitive (with TTFT and TPOT SLOs) or delay-tolerant. Per request it records class,
-TTFT, TPOT, end-to-end time, tokens, the serving instance and tier, and status, as JSON lines; the summary
-per class gives p50/p90/p99, SLO attainment and goodput. Bounded in count and time; Ctrl-C stops it cleanly
-with what it has."""
+a trace in the Azure LLM inference trace format (TIMESTAMP, ContextTokens, GeneratedTokens), or holds
+multi-turn conversations (`turns`): conversations start Poisson, each turn's prompt is the conversation so far
+(a system prompt shared by many, every earlier question and answer) and a new question, sent after the last
+answer and a think time; each connection may carry the conversation's session key (a source port of its
+group, or an IPv6 flow label: dinet.policy.session). Each request has a class: delay-sensitive (with TTFT
+and TPOT SLOs) or delay-tolerant. Per request it records class, TTFT, TPOT, end-to-end time, tokens, the
+serving instance and tier, the prompt tokens found in the server's prefix cache, and status, as JSON lines;
+the summary per class gives p50/p90/p99, SLO attainment, goodput and the prefix-cache hit rate. Bounded in
+count and time; Ctrl-C stops it cleanly with what it has."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import csv
 import datetime
+import errno
 import json
 import random
 import signal
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -65,6 +73,86 @@ class Record:
     quality: float | None = None  # the answering model's quality (x-dinet-quality; the profile's)
     error: str = ""  # what went wrong, for a request that failed
     failed_ms: float | None = None  # when, from its start
+    conversation: int | None = None  # multi-turn: the conversation and its turn (0 first)
+    turn: int = 0
+    cached_tokens: int | None = None  # prompt tokens the server found in its prefix cache (usage's details)
+    session: str = ""  # the session key the connection carried: port NNNNN, label 0xNNNNN, or none
+
+
+SESSION_KEYS = ("none", "port", "flow-label")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    cid: int
+    at: float  # its first question, seconds from the start
+    cls: str
+    system: int  # which system prompt
+    questions: tuple[int, ...]  # words per question, one per turn
+    answers: tuple[int, ...]  # tokens asked for per turn
+    think: tuple[float, ...]  # seconds between an answer and the next question
+
+
+# the session key of the connection being opened (the socket factory reads it): ("port", group) or
+# ("flow-label", label); and what it did, for the record
+_SESSION: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("dinet_session", default=None)
+_SESSION_USED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("dinet_session_used", default=None)
+IPV6_FLOWLABEL_MGR, IPV6_FLOWINFO_SEND = 32, 33  # linux/in6.h
+IPV6_FL_A_GET, IPV6_FL_S_ANY, IPV6_FL_F_CREATE = 0, 255, 1
+
+
+class _LabelledSocket(socket.socket):
+    """An IPv6 socket whose connections carry a flow label the kernel was asked for (RFC 6437; Linux's
+    flow label manager): connect() names it in the address, as the kernel takes it."""
+
+    label = 0
+
+    def connect(self, address: Any) -> None:
+        super().connect((address[0], address[1], self.label, address[3] if len(address) > 3 else 0))
+
+    def connect_ex(self, address: Any) -> int:
+        return super().connect_ex((address[0], address[1], self.label, address[3] if len(address) > 3 else 0))
+
+
+def session_socket(addr_info: Any) -> socket.socket:
+    """aiohttp's socket factory: a socket for the connection being opened, bound to a free port of its
+    session's group (bind fails on a port in use or in TIME_WAIT: the next is tried; all taken: an ephemeral
+    port, no key), or carrying its session's flow label (IPv6 only)."""
+    from ..policy.session import session_ports
+
+    family, type_, proto, _, address = addr_info
+    key, used = _SESSION.get(), _SESSION_USED.get()
+    if key is not None and key[0] == "flow-label" and family == socket.AF_INET6:
+        sock: socket.socket = _LabelledSocket(family, type_, proto)
+        label = key[1] & 0xFFFFF or 1
+        # struct in6_flowlabel_req: the destination, the label, GET (created if new), shared with any socket (a
+        # conversation's connections reuse it while the last one's lingers)
+        req = socket.inet_pton(socket.AF_INET6, address[0]) + struct.pack("!I", label)
+        req += struct.pack("=BBHHHI", IPV6_FL_A_GET, IPV6_FL_S_ANY, IPV6_FL_F_CREATE, 0, 0, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, req)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FLOWINFO_SEND, 1)
+        sock.label = label  # type: ignore[attr-defined]
+        if used is not None:
+            used.append(f"label 0x{label:05x}")
+        sock.setblocking(False)
+        return sock
+    sock = socket.socket(family, type_, proto)
+    sock.setblocking(False)
+    if key is not None and key[0] == "port":
+        for port in session_ports(key[1]):
+            try:
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            if used is not None:
+                used.append(f"port {port}")
+            break
+        else:
+            if used is not None:
+                used.append("none: its ports were taken")
+    return sock
 
 
 def poisson(schedule: list[tuple[float, float]], duration: float, rng: random.Random) -> Iterator[float]:
@@ -155,6 +243,45 @@ class LoadSpec:
     pick: str = ""
     endpoints: tuple[str, ...] = ()  # the instances' URLs it picks from
     ca: str | None = None  # the CA that signs an https server's certificate (default: the system's)
+    # multi-turn conversations: turns per conversation (1: single requests as above), a system prompt of
+    # `system_tokens` words shared by the conversations that draw the same of `system_prompts`, the mean think
+    # time between an answer and the next question, and the session key each connection carries
+    turns: tuple[int, int] = (1, 1)
+    system_tokens: int = 0
+    system_prompts: int = 1
+    think_s: float = 1.0
+    session_key: str = "none"  # none, port (a source port of the conversation's group), flow-label (IPv6)
+
+    @property
+    def chat(self) -> bool:
+        return self.turns[1] > 1 or self.system_tokens > 0
+
+    def conversations(self) -> list[Conversation]:
+        """Conversation mode: when each starts (Poisson at the schedule's rate), its turns, questions' and
+        answers' lengths, system prompt and think times, all from the seed."""
+        if self.session_key not in SESSION_KEYS:
+            raise ConfigError(f"a session key is one of {', '.join(SESSION_KEYS)}, not {self.session_key!r}")
+        if not 1 <= self.turns[0] <= self.turns[1]:
+            raise ConfigError(f"turns is MIN-MAX with 1 <= MIN <= MAX, not {self.turns}")
+        rng = random.Random(self.seed)
+        out: list[Conversation] = []
+        for at in poisson(self.schedule, self.duration, rng):
+            if len(out) >= self.max_requests:
+                break
+            n = rng.randint(*self.turns)
+            cls = "delay-sensitive" if rng.random() < self.sensitive_share else "delay-tolerant"
+            out.append(
+                Conversation(
+                    len(out),
+                    at,
+                    cls,
+                    rng.randrange(max(1, self.system_prompts)),
+                    tuple(rng.randint(*self.prompt_tokens) for _ in range(n)),
+                    tuple(rng.randint(*self.max_tokens) for _ in range(n)),
+                    tuple(rng.expovariate(1 / self.think_s) if self.think_s > 0 else 0.0 for _ in range(n)),
+                )
+            )
+        return out
 
     def arrivals(self) -> list[Arrival]:
         rng = random.Random(self.seed)
@@ -170,16 +297,27 @@ class LoadSpec:
         return out
 
 
-async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
+async def _one(
+    session: Any,
+    spec: LoadSpec,
+    a: Arrival,
+    messages: list[dict[str, str]] | None = None,
+    text: list[str] | None = None,
+) -> Record:
+    """One request: a completion of a.prompt_tokens words, or (messages) a chat turn whose answer's text is
+    appended to `text`."""
     import aiohttp
 
     body: dict[str, Any] = {
-        "prompt": " ".join(["w"] * a.prompt_tokens),
         "max_tokens": a.max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
+    if messages is None:
+        body["prompt"] = " ".join(["w"] * a.prompt_tokens)
+    else:
+        body["messages"] = messages
     if spec.model:
         body["model"] = spec.model
     rec = Record(round(a.at, 4), a.cls, "ok", a.prompt_tokens)
@@ -190,7 +328,8 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
         # a request id from the seed and the arrival (vLLM's X-Request-Id): a server's per-request draws (a
         # cascade's confidence) are then the same in every run of the same load
         rid = {"x-request-id": f"load-{spec.seed}-{a.at:.6f}"}
-        async with session.post(f"{spec.url}/v1/completions", json=body, headers=rid) as resp:
+        path = "/v1/completions" if messages is None else "/v1/chat/completions"
+        async with session.post(f"{spec.url}{path}", json=body, headers=rid) as resp:
             rec.instance = resp.headers.get("x-dinet-instance", "")
             rec.tier = resp.headers.get("x-dinet-tier", "")
             with contextlib.suppress(TypeError, ValueError):
@@ -208,6 +347,9 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                 msg = json.loads(data)
                 if msg.get("usage"):
                     rec.prompt_tokens = msg["usage"].get("prompt_tokens", rec.prompt_tokens)
+                    details = msg["usage"].get("prompt_tokens_details") or {}
+                    if isinstance(details.get("cached_tokens"), int):
+                        rec.cached_tokens = details["cached_tokens"]
                     handed = msg.get("dinet") or {}  # a prefill instance's notes on the hand-over
                     rec.decode_instance = str(handed.get("decode_instance", ""))
                     rec.kv_bytes = int(handed.get("kv_bytes", 0))
@@ -226,6 +368,8 @@ async def _one(session: Any, spec: LoadSpec, a: Arrival) -> Record:
                         rec.fallback = str(handed.get("fallback", ""))
                 for ch in msg.get("choices", []):
                     if ch.get("text") or (ch.get("delta") or {}).get("content"):
+                        if text is not None:
+                            text.append(ch.get("text") or ch["delta"]["content"])
                         now = time.monotonic()
                         first = first or now
                         last = now
@@ -250,14 +394,18 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
     import aiohttp
     from tqdm import tqdm
 
-    arrivals = spec.arrivals()
+    convs = spec.conversations() if spec.chat else []
+    arrivals = [] if spec.chat else spec.arrivals()
     records: list[Record] = []
-    bar = tqdm(total=len(arrivals), unit="req", disable=not progress, desc="dinet load")
+    total = sum(len(c.questions) for c in convs) if spec.chat else len(arrivals)
+    bar = tqdm(total=total, unit="req", disable=not progress, desc="dinet load")
     timeout = aiohttp.ClientTimeout(total=spec.timeout)
     from ..creds import client_tls
 
     tls = client_tls(spec.ca) if spec.ca else True  # https: the server's certificate and name are checked
-    conn = aiohttp.TCPConnector(limit=0, force_close=True, ssl=tls)  # a connection per request: a new flow each
+    # a connection per request: a new flow each; a conversation's connections carry its session key
+    factory = session_socket if spec.session_key != "none" else None
+    conn = aiohttp.TCPConnector(limit=0, force_close=True, ssl=tls, socket_factory=factory)
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
         chooser = None
         if spec.pick:  # its first view of every endpoint before the clock starts, then polled meanwhile
@@ -292,7 +440,46 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
                 records.append(rec)
             bar.update(1)
 
-        tasks = [asyncio.create_task(fire(a)) for a in arrivals]
+        async def converse(c: Conversation) -> None:
+            """Its turns one after another: each question after the last answer and a think time; each turn's
+            prompt the whole conversation so far."""
+            delay = t0 + c.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            system = " ".join(f"s{c.system}w{i}" for i in range(spec.system_tokens))
+            messages = [{"role": "system", "content": system}] if system else []
+            # the conversation's group of session ports (conversations spread over the groups) or its label
+            key = (
+                ("port", c.cid)
+                if spec.session_key == "port"
+                else ("flow-label", (spec.seed * 7919 + c.cid) % 0xFFFFF + 1)
+            )
+            for turn, (words, answer) in enumerate(zip(c.questions, c.answers, strict=True)):
+                at = time.monotonic() - t0
+                if turn and at >= spec.duration:  # no question after the load's end
+                    break
+                question = " ".join(f"c{c.cid}t{turn}w{i}" for i in range(words))
+                messages.append({"role": "user", "content": question})
+                prompt = sum(len(m["content"].split()) for m in messages)
+                text: list[str] = []
+                used: list[str] = []
+                token_key = _SESSION.set(key if spec.session_key != "none" else None)
+                token_used = _SESSION_USED.set(used)
+                try:
+                    rec = await _one(session, spec, Arrival(at, prompt, answer, c.cls), messages, text)
+                finally:
+                    _SESSION.reset(token_key)
+                    _SESSION_USED.reset(token_used)
+                rec.conversation, rec.turn, rec.session = c.cid, turn, used[0] if used else "none"
+                records.append(rec)
+                bar.update(1)
+                if rec.status != "ok":
+                    break  # a conversation whose answer did not come ends there
+                messages.append({"role": "assistant", "content": "".join(text).strip()})
+                await asyncio.sleep(c.think[turn])
+
+        tasks = [asyncio.create_task(converse(c)) for c in convs]
+        tasks += [asyncio.create_task(fire(a)) for a in arrivals]
         loop = asyncio.get_running_loop()
         try:  # Ctrl-C: stop sending, keep what came back
             loop.add_signal_handler(signal.SIGINT, lambda: [t.cancel() for t in tasks])
@@ -341,6 +528,11 @@ def summary(records: list[Record], slo: Slo, duration: float) -> dict[str, Any]:
         row["slo_attainment"] = len(good) / len(rs) if rs else None
         row["goodput_rps"] = len(good) / duration if duration > 0 else None
         row["tokens_per_s"] = sum(r.completion_tokens for r in ok) / duration if duration > 0 else None
+        looked = [r for r in ok if r.cached_tokens is not None]
+        if looked:  # the share of prompt tokens the servers found in their prefix caches
+            row["prefix_hit_rate"] = sum(r.cached_tokens or 0 for r in looked) / max(
+                1, sum(r.prompt_tokens for r in looked)
+            )
         row["instances"] = dict(
             sorted({i: sum(1 for r in ok if r.instance == i) for i in {r.instance for r in ok}}.items())
         )
@@ -357,6 +549,11 @@ def main(spec: LoadSpec, out: Path | None, progress: bool = True) -> dict[str, A
             "schedule": spec.schedule,
             "seed": spec.seed,
             "slo": asdict(spec.slo),
-        },
+        }
+        | (
+            {"turns": spec.turns, "system_tokens": spec.system_tokens, "session_key": spec.session_key}
+            if spec.chat
+            else {}
+        ),
         "classes": summary(records, spec.slo, spec.duration),
     }
