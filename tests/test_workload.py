@@ -1138,8 +1138,8 @@ def test_a_conversation_over_ipv6_carries_its_flow_label_on_the_wire() -> None:
         dinet_process("serve", "--listen", f"[::1]:{port}", "--profile", "tiny-test", ready="ready:"),
     ):
         pcap = f"{tmp}/lo.pcap"
-        cap = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "--immediate-mode", "-w", pcap, f"ip6 and tcp dst port {port}"],
-                               stderr=subprocess.PIPE)  # fmt: skip
+        dump = ["tcpdump", "-i", "lo", "-n", "-U", "--immediate-mode", "-w", pcap, f"ip6 and tcp dst port {port}"]
+        cap = subprocess.Popen(dump, stderr=subprocess.PIPE)
         try:
             assert cap.stderr is not None and b"listening" in cap.stderr.readline()
             recs = load(
