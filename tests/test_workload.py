@@ -36,9 +36,15 @@ def metrics(url: str, ca: str | None = None) -> dict[str, float]:
 
     ctx = ssl.create_default_context(cafile=ca) if ca and url.startswith("https:") else None
     text = urllib.request.urlopen(f"{url}/metrics", timeout=5, context=ctx).read().decode()
-    return {
+    out = {
         s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels.get("le")
     }
+    for fam in text_string_to_metric_families(text):  # and each labelled series by its labels but model_name
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k not in ("model_name", "le"))
+            if labels and not s.labels.get("le"):
+                out[f"{s.name}{{{labels}}}"] = s.value
+    return out
 
 
 def load(url: str, **kw) -> list:  # type: ignore[no-untyped-def]
@@ -1158,3 +1164,77 @@ def test_a_conversation_over_ipv6_carries_its_flow_label_on_the_wire() -> None:
     want = {int(r.session.split()[1], 16) for r in recs}
     assert all(r.status == "ok" for r in recs) and len(want) == len({r.conversation for r in recs}) >= 2
     assert labels == want and syns >= len(want)
+
+
+def test_the_prefix_index_sends_a_prompt_where_its_longest_prefix_went_unless_that_backend_is_swamped() -> None:
+    """The L7 router's choice (dinet.workload.prefix_router.PrefixIndex), hand-worked: a prompt goes to the
+    backend that was sent the longest run of its leading blocks; no match: the least loaded; a best match
+    with more than `guard` requests beyond the least loaded yields to it; a backend left out is not chosen;
+    the index forgets the least recently sent blocks first."""
+    from dinet.workload.engine import block_hashes
+    from dinet.workload.prefix_router import PrefixIndex
+
+    idx = PrefixIndex(3, index_blocks=4, guard=2)
+    a = block_hashes([f"a{i}" for i in range(64)])  # 4 blocks
+    b = block_hashes([f"a{i}" for i in range(32)] + [f"b{i}" for i in range(32)])  # shares a's first 2
+    assert idx.choose(a, [1, 0, 2], [True] * 3) == (1, 0)  # nothing known: the least loaded
+    idx.sent(1, a)
+    assert idx.choose(b, [0, 0, 0], [True] * 3) == (1, 2)
+    assert idx.choose(a, [0, 2, 0], [True] * 3) == (1, 4)  # 2 beyond the least: within the guard
+    assert idx.choose(a, [0, 3, 0], [True] * 3) == (0, 0)  # 3 beyond: the least loaded
+    assert idx.choose(a, [0, 0, 0], [True, False, True]) == (0, 0)  # left out
+    idx.sent(2, b)
+    assert idx.choose(b, [0, 1, 0], [True] * 3) == (2, 4)
+    idx.sent(1, b)  # backend 1 holds at most 4 blocks: a's last two go
+    assert idx.matched(1, a) == 2 and idx.matched(1, b) == 4
+
+
+def test_the_l7_router_keeps_a_conversation_on_the_backend_that_holds_it_and_streams_its_answers() -> None:
+    """`dinet route` in front of two prefix-caching servers: a conversation's turns (new connections each,
+    no session key) reach the backend that served its first turn, so each later turn finds the earlier
+    turns' prefix; answers stream through with the backend's name; a backend that is down is counted and the
+    request answered by the other; bad JSON is a 400 in one line."""
+    p1, p2, pr = free_port(), free_port(), free_port()
+    with (
+        dinet_process("serve", "--listen", f"127.0.0.1:{p1}", "--profile", "tiny-test", "--name", "b1",
+                      "--prefix-caching", ready="ready:"),
+        dinet_process("serve", "--listen", f"127.0.0.1:{p2}", "--profile", "tiny-test", "--name", "b2",
+                      "--prefix-caching", ready="ready:"),
+        dinet_process("route", "--listen", f"127.0.0.1:{pr}", "--backend", f"http://127.0.0.1:{p1}",
+                      "--backend", f"http://127.0.0.1:{p2}", ready="ready:"),
+    ):  # fmt: skip
+        router = f"http://127.0.0.1:{pr}"
+        recs = load(router, duration=2.0, schedule=[(0.0, 4.0)], turns=(3, 3), prompt_tokens=(40, 60),
+                    max_tokens=(4, 4), think_s=0.05)  # fmt: skip
+        assert recs and all(r.status == "ok" and r.completion_tokens == 4 for r in recs)
+        by_conv: dict[int, set[str]] = {}
+        for r in recs:
+            by_conv.setdefault(r.conversation, set()).add(r.instance)
+            if r.turn:
+                assert r.cached_tokens >= 32, r  # the earlier turns' blocks, found where they were left
+        assert all(len(v) == 1 for v in by_conv.values()) and {i for v in by_conv.values() for i in v} == {"b1", "b2"}
+        m = metrics(router)
+        assert sum(v for k, v in m.items() if k.startswith("dinet_router_requests_total{")) == len(recs)
+        assert m["dinet_router_matched_blocks_total"] > 0
+        bad = urllib.request.Request(f"{router}/v1/completions", data=b"{nope")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=5)
+        assert e.value.code == 400 and json.loads(e.value.read())["message"] == "the body is not JSON"
+    with (
+        dinet_process("serve", "--listen", f"127.0.0.1:{p2}", "--profile", "tiny-test", "--name", "b2", ready="ready:"),
+        dinet_process(
+            "route",
+            "--listen",
+            f"127.0.0.1:{pr}",
+            "--backend",
+            f"http://127.0.0.1:{p1}",
+            "--backend",
+            f"http://127.0.0.1:{p2}",
+            ready="ready:",
+        ),
+    ):  # fmt: skip  (b1 is down now)
+        recs = load(f"http://127.0.0.1:{pr}", duration=1.0, schedule=[(0.0, 4.0)], prompt_tokens=(8, 8),
+                    max_tokens=(2, 2))  # fmt: skip
+        assert recs and all(r.status == "ok" and r.instance == "b2" for r in recs)
+        failed = metrics(f"http://127.0.0.1:{pr}")
+        assert failed[f"dinet_router_backend_failures_total{{backend=http://127.0.0.1:{p1}}}"] >= 1

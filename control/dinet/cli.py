@@ -411,6 +411,12 @@ def cmd_serve(a: argparse.Namespace) -> None:
     run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None)
 
 
+def cmd_route(a: argparse.Namespace) -> None:
+    from .workload.prefix_router import Router, run
+
+    run(Router(a.backend, a.guard, a.index_blocks, a.ca), a.listen)
+
+
 def cmd_load(a: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -940,6 +946,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode-url", help="prefill role: the decode stage (a VIP dinet steers), e.g. http://10.99.0.2:8000"
     )
     p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("route", help="an L7 prefix-aware router in front of model servers (a baseline)")
+    p.add_argument("--listen", default="127.0.0.1:8100")
+    p.add_argument("--backend", action="append", required=True, help="a model server's URL (once per backend)")
+    p.add_argument(
+        "--guard", type=int, default=4, help="requests in flight beyond the least loaded before the match yields"
+    )
+    p.add_argument("--index-blocks", type=_positive, default=100_000, help="prompt blocks remembered per backend")
+    p.add_argument("--ca", help="the CA that signs https backends' certificates (default: the system's)")
+    p.set_defaults(fn=cmd_route)
     p = sub.add_parser("load", help="open-loop load on an OpenAI-compatible server; JSON lines and a summary")
     p.add_argument("--url", required=True, help="the server's base URL, e.g. http://10.99.0.1:8000 or https://...")
     p.add_argument("--ca", help="the CA that signs an https server's certificate (default: the system's)")

@@ -862,11 +862,18 @@ def run(server: Server, listen: str, tls: tuple[str, str] | None = None) -> None
     from ..creds import server_tls
 
     ctx = server_tls(*tls) if tls else None
+    scheme = "https" if ctx else "http"
+    serve_until_signal(
+        server.app, listen, f"{server.name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}", ctx
+    )
+
+
+def serve_until_signal(app: web.Application, listen: str, what: str, tls: Any = None) -> None:
+    """Serves `app` until SIGINT/SIGTERM; prints `ready: WHAT` once it listens (what the lab waits for)."""
 
     async def main() -> None:
-        runner = await open_site(server.app, listen, ctx)
-        scheme = "https" if ctx else "http"
-        print(f"ready: {server.name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}", flush=True)
+        runner = await open_site(app, listen, tls)
+        print(f"ready: {what}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         import signal
