@@ -1,14 +1,15 @@
 """Benchmark of the XDP steering node. Prints a table and writes bench/results/xdp_steer.json.
 
 1. BPF_PROG_TEST_RUN, 1,000,000 repetitions per run, median of 5 (9 without --quick) runs taken in rounds
-   (every case once per round), ns per packet:
-   an empty XDP_PASS program (the floor), an affinity hit, a new flow, and pass-through of traffic that
-   is not for a service. The hit and new-flow figures come from ebpf/bench_steer.bpf.c, which undoes the
-   encapsulation after each repetition (BPF_PROG_TEST_RUN does not reset the buffer): that undo is
-   included, so both figures err on the slow side; xdp_undo_probe (push the header room, undo it) measures
-   that undo, and the hit is also given without it. Tables are at full size (4,096 services, 256
-   instances per service, a 4,099-slot ring per service, 1,048,576 affinity entries) and the new-flow run
-   fills the affinity table, so the hit run looks up a full LRU table.
+   (every case once per round), ns per packet: an empty XDP_PASS program (the floor), an affinity hit, a
+   new flow, a new flow of a session-affine service (from session ports: one in 8 places a new session,
+   the other 7 find theirs in the session table), and pass-through of traffic that is not for a service.
+   The hit and new-flow figures come from ebpf/bench_steer.bpf.c, which undoes the encapsulation after
+   each repetition (BPF_PROG_TEST_RUN does not reset the buffer): that undo is included, so both figures
+   err on the slow side; xdp_undo_probe (push the header room, undo it) measures that undo, and the hit is
+   also given without it. Tables are at full size (4,096 services, 256 instances per service, a 4,099-slot
+   ring per service, 1,048,576 affinity entries) and the new-flow run fills the affinity table, so the hit
+   run looks up a full LRU table.
 2. Forwarding through veth in namespaces, generator -> node -> sink, UDP to the service over 1,024 flows:
    packets per second delivered through the XDP steering node, then through the same namespaces steered
    by the kernel (nftables DNAT), in the same run. Two generators: ebpf/xdp_gen.bpf.c run with
@@ -70,6 +71,9 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
         bench_svc = ServiceKey.parse(f"{VIP}:80/tcp")
         node.add_service(bench_svc)
         node.set_instances(bench_svc, instances)
+        chat = ServiceKey.parse(f"{VIP}:8000/tcp")  # session-affine: its new flows go through the session table
+        node.add_service(chat, session=True)
+        node.set_instances(chat, instances)
         for i in range(1, services):
             svc = ServiceKey(f"10.{100 + i // 250}.{i % 250}.1", 80, "tcp")  # type: ignore[arg-type]
             node.add_service(svc)
@@ -80,12 +84,17 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
         hit_fd = int(node.prog.load("xdp_steer_hit").fd)
         miss_fd = int(node.prog.load("xdp_steer_miss").fd)
         probe_fd = int(node.prog.load("xdp_undo_probe").fd)
+        session_fd = int(node.prog.load("xdp_steer_session_miss").fd)
         floor_fd = int(floor.load("xdp_pass").fd)
         svc_frame = bytes(Ether() / IP(src="10.64.0.1", dst=VIP) / TCP(sport=40000, dport=80, flags="A") / (b"x" * 10))
         other = bytes(Ether() / IP(src="10.64.0.1", dst="10.7.7.7") / UDP(sport=40000, dport=53) / (b"x" * 10))
+        chat_frame = bytes(
+            Ether() / IP(src="10.65.0.1", dst=VIP) / TCP(sport=61440, dport=8000, flags="S") / (b"x" * 10)
+        )
         # the new-flow run first: it fills the affinity table, which the hit runs then search. Then every case
         # once per round, so that a slow spell of the machine weighs on the floor and the cases alike
         runs: dict[str, list[float]] = {"miss": [median_ns(miss_fd, svc_frame, repeat, 1, XDP_TX)]}
+        runs["session"] = [median_ns(session_fd, chat_frame, repeat, 1, XDP_TX)]
         for _ in range(trials):
             for name, fd, frame, want in (
                 ("floor", floor_fd, svc_frame, XDP_PASS),
@@ -96,6 +105,7 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
                 runs.setdefault(name, []).append(median_ns(fd, frame, repeat, 1, want))
         for _ in range(trials - 1):
             runs["miss"].append(median_ns(miss_fd, svc_frame, repeat, 1, XDP_TX))
+            runs["session"].append(median_ns(session_fd, chat_frame, repeat, 1, XDP_TX))
         res = {f"{k}_ns": float(statistics.median(v)) for k, v in runs.items()}
         res["runs_ns"] = runs
         # the benchmark's own undo of the encapsulation, estimated as half of push + undo above the floor
@@ -279,13 +289,18 @@ def main() -> int:
     finally:
         remove_pinned_tree(BPFFS)
     floor = res["floor_ns"]
-    for k in ("hit", "miss", "pass"):
+    for k in ("hit", "miss", "session", "pass"):
         res[f"{k}_ratio"] = res[f"{k}_ns"] / floor if floor else None
     res["seconds"] = round(time.monotonic() - t0, 1)
     print(f"\nBPF_PROG_TEST_RUN, {res['repeat']:,} repetitions, median of {res['trials']} (ns/packet)")
     print(f"  {'case':<22}{'ns':>8}{'x floor':>9}")
     print(f"  {'empty XDP_PASS (floor)':<22}{floor:>8.1f}{1:>9.2f}")
-    for k, label in (("hit", "affinity hit"), ("miss", "new flow"), ("pass", "not a service")):
+    for k, label in (
+        ("hit", "affinity hit"),
+        ("miss", "new flow"),
+        ("session", "new session flow"),
+        ("pass", "not a service"),
+    ):
         print(f"  {label:<22}{res[k + '_ns']:>8.1f}{res[k + '_ratio']:>9.2f}")
     print(
         f"  (hit and new flow include the benchmark's undo of the encapsulation, about {res['undo_ns']:.1f} ns;"

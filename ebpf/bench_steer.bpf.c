@@ -81,3 +81,24 @@ int xdp_steer_miss(struct xdp_md *ctx)
 	iph->saddr = (iph->saddr & bpf_htonl(0xffff0000)) | bpf_htonl(n >> 16);
 	return run_and_restore(ctx, 0);
 }
+
+/* As xdp_steer_miss, to a session-affine service: every repetition a new flow from a session port
+ * (61440 + n mod 4096, the client address from n / 4096), so that the 8 ports of a session group come in a
+ * row: one flow in 8 places a new session, the other 7 find theirs. */
+int xdp_steer_session_miss(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *iph = data + sizeof(struct ethhdr);
+	struct udphdr *l4 = (void *)(iph + 1);
+	if ((void *)(l4 + 1) > data_end)
+		return XDP_ABORTED;
+	__u32 zero = 0;
+	__u32 *seq = bench_seq.lookup(&zero);
+	if (!seq)
+		return XDP_ABORTED;
+	__u32 n = (*seq)++;
+	l4->source = bpf_htons(DINET_SESSION_PORT_MIN + (n & 4095));
+	iph->saddr = (iph->saddr & bpf_htonl(0xffff0000)) | bpf_htonl((n >> 12) & 0xffff);
+	return run_and_restore(ctx, 0);
+}

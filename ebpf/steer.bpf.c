@@ -237,15 +237,16 @@ static __always_inline void count(void *stats_map_result, __u64 bytes, int new_f
 		c->sessions_replaced += 1;
 }
 
-/* The instance a remembered session goes to, or NULL: while it lives (up or draining, the same occupant of the
- * slot) in the same generation of the service's slot. */
+/* The instance a remembered session's new flow goes to, or NULL: while it takes new flows (up, the same occupant
+ * of the slot) in the same generation of the service's slot. A draining instance keeps its established flows
+ * (affinity), not its sessions: their next connections are placed anew. */
 static __always_inline struct inst_value *session_live(struct session_value *sv, __u32 svc_id, __u32 gen)
 {
 	if (!sv || sv->slot >= DINET_MAX_INSTANCES || sv->gen != gen)
 		return 0;
 	__u32 iidx = svc_id * DINET_MAX_INSTANCES + sv->slot;
 	struct inst_value *inst = instances.lookup(&iidx);
-	if (!inst || inst->state == DINET_INST_DOWN || inst->instance_id != sv->instance_id || inst->epoch != sv->epoch)
+	if (!inst || inst->state != DINET_INST_UP || inst->instance_id != sv->instance_id || inst->epoch != sv->epoch)
 		return 0;
 	return inst;
 }

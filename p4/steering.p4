@@ -377,10 +377,11 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         if (remembered || ses_match) {
             meta.slot = remembered ? r_slot : s_slot;
             instance_check.apply();
-            /* the flow (or the session) stays while its instance lives (up or draining, same occupant) */
-            if (chk_state != DINET_INST_DOWN && chk_iid == (remembered ? r_iid : s_iid)) {
-                hit = remembered;
-                found = !remembered;
+            /* the flow stays while its instance lives (up or draining, same occupant); a session's new flow
+             * while its instance takes new flows (up) */
+            if (chk_iid == (remembered ? r_iid : s_iid)) {
+                hit = remembered && chk_state != DINET_INST_DOWN;
+                found = !remembered && chk_state == DINET_INST_UP;
             }
         }
         if (!hit) {
@@ -396,8 +397,7 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         }
         bit<48> now = std.ingress_global_timestamp;
         if (meta.new_flow == 1) {
-            /* a new flow takes an instance that is up, or its session's while it drains */
-            if (inst_state != DINET_INST_UP && !(found && inst_state == DINET_INST_DRAINING)) {
+            if (inst_state != DINET_INST_UP) {
                 drop_for(DINET_DROP_NO_INSTANCE);
                 return;
             }

@@ -72,7 +72,7 @@ def test_every_steering_vector_on_bmv2(rig) -> None:
     assert (chat4.sessions, chat4.session_flows, chat6.sessions, chat6.session_flows) == (1, 1, 3, 0)
 
 
-def test_a_session_stays_with_its_instance_through_weight_changes_and_drain_and_moves_when_it_leaves(rig) -> None:
+def test_a_session_stays_with_its_instance_through_weight_changes_and_moves_when_it_drains(rig) -> None:
     """The same story as on XDP (tests.vectors.steering.session_story), on the switch's session registers."""
 
     def endpoint(frame) -> str:  # type: ignore[no-untyped-def]

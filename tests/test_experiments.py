@@ -318,3 +318,23 @@ def test_cooperative_dinet_picks_partners_that_pay_off_and_split_inference_follo
     casc = par["cascade"]["policies"]
     assert 0 < casc["dinet"]["escalated"] < 1 and casc["dinet"]["quality"] > casc["device-alone"]["quality"]
     _opens_in_a_browser(tmp_path / "results" / "cooperative" / "report.html", tmp_path)
+
+
+@needs_root
+@needs_bcc
+@pytest.mark.timeout(900)
+def test_prefix_sessions_keep_conversations_where_their_cache_is_as_an_l7_router_does(tmp_path: Path) -> None:
+    """Multi-turn conversations with prefix-caching instances: the session-affine data plane keeps every later
+    turn on its conversation's instance and finds more of each prompt cached than per-flow placement, and
+    comes near the L7 prefix-aware router (within 10 points in a quick run; the README gives the full run's
+    figures against the goal of 5). The summary has the issue's shape; the data plane counted the sessions."""
+    s = _experiment("prefix", tmp_path / "results")
+    pol = s["policies"]
+    assert set(pol) == {"session", "five-tuple", "l7-prefix"}
+    for row in pol.values():
+        assert {"hit_rate", "ttft_p50_ms", "ttft_p99_ms", "tokens_per_s"} <= set(row) and row["tokens_per_s"] > 0
+    sess, flow, l7 = pol["session"], pol["five-tuple"], pol["l7-prefix"]
+    assert sess["stayed"] > 0.9 > 0.6 > flow["stayed"]  # later turns on the previous turn's instance
+    assert sess["hit_rate"] > flow["hit_rate"] + 0.05 and sess["hit_rate"] > l7["hit_rate"] - 0.10
+    assert sess["sessions"] > 0 and sess["session_flows"] > 0 and flow["sessions"] == 0
+    _opens_in_a_browser(tmp_path / "results" / "prefix" / "report.html", tmp_path, figures=4)

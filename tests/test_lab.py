@@ -33,6 +33,7 @@ def test_every_scenario_file_is_valid() -> None:
         "prefill-decode",
         "model-sync",
         "cooperative",
+        "prefix",
     }
     for p in SCENARIOS:
         spec = load(p)

@@ -111,7 +111,7 @@ def test_a_conversation_keeps_its_instance_and_conversations_spread(node) -> Non
     assert not node.service(sv.WEB4).session
 
 
-def test_a_session_stays_with_its_instance_through_weight_changes_and_drain_and_moves_when_it_leaves(
+def test_a_session_stays_with_its_instance_through_weight_changes_and_moves_when_it_drains(
     node,
 ) -> None:
     """The session table, not the ring, holds a session (tests.vectors.steering.session_story); its entry reads

@@ -578,6 +578,7 @@ EXPERIMENTS = (
     "modes",
     "modelsync",
     "cooperative",
+    "prefix",
 )  # dinet.experiments.EXPERIMENTS
 
 

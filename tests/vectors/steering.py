@@ -301,10 +301,11 @@ STORY_CLIENT = "10.0.0.77"
 
 def session_story(target, endpoint) -> str:  # type: ignore[no-untyped-def]
     """A session on a session-affine service, told the same on every target (`endpoint(frame)`: where the
-    target sends the frame): after the weights move most of the ring away from the session's instance, and
-    while that instance drains (it takes no new session), the session's next connections still go there;
-    once the instance is down the session is placed anew (counted re-placed) and stays on its new instance.
-    Returns the new instance's endpoint; the service's instances are as before when it returns."""
+    target sends the frame): after the weights move most of the ring away from the session's instance, the
+    session's next connections still go there, while new sessions follow the weights; once that instance
+    drains (it takes no new flow), the session's next connection is placed anew (counted re-placed) and the
+    session stays on its new instance. Returns the new instance's endpoint; the service's instances are as
+    before when it returns."""
     from dinet.model import InstanceState
     from dinet.policy.session import session_ports
 
@@ -322,14 +323,12 @@ def session_story(target, endpoint) -> str:  # type: ignore[no-untyped-def]
         assert conn(next(ports)) == home
         fresh = [conn(session_ports(g)[0]) for g in range(100, 140)]
         assert fresh.count(home) < 8, fresh  # new sessions follow the weights (1 in 101 of the ring is home's)
+        before = target.service_counters(svc)[0]
         target.set_instances(svc, [Instance(i.instance_id, i.endpoint, 1, InstanceState.DRAINING if i is mine
                                             else InstanceState.UP, i.site_id) for i in insts])  # fmt: skip
-        assert conn(next(ports)) == home
-        assert home not in {conn(session_ports(g)[0]) for g in range(140, 160)}  # no new session on a drain
-        before = target.service_counters(svc)[0]
-        target.set_instances(svc, [i for i in insts if i is not mine])  # it left
         moved = conn(next(ports))
         assert moved != home and conn(next(ports)) == moved
+        assert home not in {conn(session_ports(g)[0]) for g in range(140, 160)}  # no new session on a drain
         after = target.service_counters(svc)[0]
         assert after.sessions_replaced - before.sessions_replaced == 1
         assert after.session_flows - before.session_flows == 1

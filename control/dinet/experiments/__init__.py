@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "modes": ("modes", "enterprise.yaml"),
     "modelsync": ("modelsync", "model-sync.yaml"),
     "cooperative": ("cooperative", "cooperative.yaml"),
+    "prefix": ("prefix", "prefix.yaml"),
 }
 
 

@@ -24,6 +24,9 @@ COLOURS = {
     "oracle": "#000000",
     "central": "#d6604d",
     "distributed": "#1b7837",
+    "session": "#1b7837",
+    "five-tuple": "#d6604d",
+    "l7-prefix": "#4393c3",
 }
 
 
@@ -627,6 +630,78 @@ def cooperative_report(
             "title": f"cooperative: {spec.name}",
             "question": "Cooperative inference across device, edge and cloud: does the network's choice of partner "
             "pay off, and against no cooperation at all?",
+            "summary": summary,
+            "figures": figs,
+            "tables": tables,
+            "scenario": scenario.read_text(),
+            "intent": yaml.safe_dump(intent, sort_keys=False),
+            "versions": summary["versions"],
+            "command": summary["command"],
+            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
+        },
+    )
+
+
+def hit_rate_over_time(res: Results, summary: dict[str, Any], path: Path, bin_s: float = 1.0) -> str:
+    """The prefix-cache hit rate of the requests started in each second, one line per policy (repeat 0), the
+    events marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    for policy in summary["policies"]:
+        rs = [r for r in res.records if r["policy"] == policy and r.get("repeat", 0) == 0]
+        rs = [r for r in rs if r["status"] == "ok" and r.get("cached_tokens") is not None]
+        if not rs:
+            continue
+        n = int(max(r["t"] for r in rs) / bin_s) + 1
+        hit, sent = [0] * n, [0] * n
+        for r in rs:
+            k = int(r["t"] / bin_s)
+            hit[k] += r["cached_tokens"]
+            sent[k] += r["prompt_tokens"]
+        xs = [k * bin_s for k in range(n) if sent[k]]
+        ax.plot(xs, [hit[k] / sent[k] for k in range(n) if sent[k]], label=policy, color=COLOURS.get(policy))
+    for e in summary["plan"]["events"]:
+        ax.axvline(e["at"], color="k", ls="--", lw=0.8)
+        ax.text(e["at"], 1.02, f" {e['kind']}", fontsize=7, va="bottom")
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("time from the start (s)")
+    ax.set_ylabel("prefix-cache hit rate")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def prefix_report(
+    res: Results, summary: dict[str, Any], spec: ScenarioSpec, scenario: Path, intent: dict[str, Any]
+) -> Path:
+    policies = list(summary["policies"])
+    rows: dict[str, dict[str, Any] | None] = {p: {"all": summary["policies"][p]} for p in policies}
+    figs = [
+        bars(rows, "hit_rate", res.folder / "hit_rate.png", "prefix-cache hit rate", "prompt tokens found cached"),
+        bars(rows, "ttft_p99_ms", res.folder / "ttft_p99.png", "TTFT p99", "ms"),
+        ttft_cdf(res, policies, "policy", res.folder / "ttft_cdf.png", "time to first token, every turn"),
+        hit_rate_over_time(res, summary, res.folder / "hit_rate_over_time.png"),
+    ]
+    metrics = ["hit_rate", "ttft_p50_ms", "ttft_p99_ms", "tokens_per_s", "slo_attainment", "stayed", "errors"]
+    phases = [f"{ph}_{m}" for ph in ("steady", "load step", "failure") for m in ("hit_rate", "ttft_p99_ms")]
+    counts = ["sessions", "sessions_replaced", "session_flows"]
+    tables = [
+        {
+            "title": title,
+            "header": ["", *cols],
+            "rows": [[p, *(_cell(summary["policies"][p], m) for m in cols)] for p in policies],
+        }
+        for title, cols in (("every turn", metrics), ("per phase", phases), ("the data plane's sessions", counts))
+    ]
+    return write_html(
+        res,
+        {
+            "title": f"prefix: {spec.name}",
+            "question": "Does placing a conversation by a session key in the data plane keep its KV cache as well as "
+            "an L7 prefix-aware router, without parsing a request?",
             "summary": summary,
             "figures": figs,
             "tables": tables,

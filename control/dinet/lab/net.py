@@ -122,6 +122,8 @@ class Lab:
         self.node_agent_ports = {i.name: free_port() for i in spec.ingress}
         self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
         self.agents, self.policy = agents, policy
+        self.placement: str | None = None  # every service's placement, set at run time (set_placement)
+        self.routers: dict[str, subprocess.Popen[str]] = {}  # L7 routers (start_router) by URL
         self.tag = lab_tag(spec.name)
         self.workdir = workdir or Path(f"/tmp/dinet-lab-{spec.name}")
         self.bpffs_root = bpffs_root
@@ -499,6 +501,8 @@ class Lab:
                 serve += [f"--{opt.replace('_', '-')}", str(getattr(inst.spec, opt))]
         if inst.spec.role != "both":
             serve += ["--role", inst.spec.role]
+        if inst.spec.prefix_caching:
+            serve += ["--prefix-caching"]
         if inst.spec.decode_service:
             d = self.spec.service(inst.spec.decode_service)
             serve += ["--decode-url", f"{self.scheme}://{d.vip}:{d.port}", *self.tls_args()]
@@ -690,6 +694,7 @@ class Lab:
                     "tiers": list(svc.tiers),
                     "policy": self.policy or svc.policy,
                     "transfer_kb": svc.transfer_kb,
+                    "placement": self.placement or svc.placement,
                     "slo": {"ttft_ms": svc.slo.ttft_ms, "tpot_ms": svc.slo.tpot_ms},
                     "instances": insts,
                 }
@@ -827,6 +832,52 @@ class Lab:
 
         self.wait_until(running, f"policy {policy} in force", timeout)
 
+    def set_placement(self, placement: str | None, timeout: float = 20.0) -> None:
+        """Every service's placement (flow, session; None: the scenario's) changes at run time; returns once
+        every ingress node's data plane has it (what decides says so on its Prometheus endpoint)."""
+        if placement not in (None, "flow", "session"):
+            raise ConfigError(f"a placement is flow or session, not {placement!r}")
+        self.placement = placement
+        self.write_intent()
+
+        def running() -> bool:
+            want = {self.service_keys[s.name]: placement or s.placement for s in self.spec.services}
+            got = [
+                (lab["service"], lab["placement"]) for lab, _ in self.prometheus().get("dinet_service_placement", [])
+            ]
+            return len(got) == len(want) * len(self._deciding()) and all(want[k] == v for k, v in got)
+
+        self.wait_until(running, f"placement {placement} in force", timeout)
+
+    def start_router(self, service: str, ingress: str | None = None, guard: int = 4) -> str:
+        """An L7 prefix-aware router (`dinet route`) on an ingress node, in front of the service's instances
+        (their own addresses, past the VIP), where a gateway would run: clients reach it on the node's LAN
+        address. Stopped with the lab; returns its URL."""
+        ing = ingress or self.spec.ingress[0].name
+        k = self.ingress_index(ing)
+        svc = self.spec.service(service)
+        listen = f"10.0.{k}.1:{8100 + len(self.routers)}"
+        cmd = [sys.executable, "-m", "dinet.cli", "route", "--listen", listen, "--guard", str(guard)]
+        for inst in self.instances.values():
+            if inst.spec.service == service:
+                cmd += ["--backend", f"{self.scheme}://{inst.endpoint}:{svc.port}"]
+        if self.ca:
+            cmd += ["--ca", self.ca]
+        p = self._popen(ing, cmd, f"{ing}-route")
+        line = p.stdout.readline() if p.stdout else ""
+        if not line.startswith("ready"):
+            stop_processes([p])
+            raise DinetError(f"dinet route on {ing} did not start (see {self.workdir}/logs/{ing}-route.log)")
+        self.locals.append(p)
+        self.routers[f"http://{listen}"] = p
+        return f"http://{listen}"
+
+    def stop_router(self, url: str) -> None:
+        """Stops a router start_router started."""
+        p = self.routers.pop(url)
+        stop_processes([p])
+        self.locals.remove(p)
+
     def _deciding(self) -> list[str]:
         """The ingress nodes something decides for now."""
         if self.mode == "central":
@@ -868,6 +919,15 @@ class Lab:
         """Instance name -> flows the ingress node's data plane placed on it (its counters, read back)."""
         got = self._by_instance("dinet_instance_new_flows_total", service, ingress or self._first())
         return {k: int(v) for k, v in got.items()}
+
+    def session_counts(self, service: str, ingress: str | None = None) -> dict[str, int]:
+        """What the ingress node's data plane did with the service's sessions, over all its instances: sessions
+        placed, placed again (their instance had left), new flows that found their session's instance."""
+        out = {}
+        for kind in ("sessions", "sessions_replaced", "session_flows"):
+            got = self._by_instance(f"dinet_instance_{kind}_total", service, ingress or self._first())
+            out[kind] = int(sum(got.values()))
+        return out
 
     def up_flags(self, service: str, ingress: str | None = None) -> dict[str, int]:
         """Instance name -> 1 if it takes new flows on the ingress node (weight > 0 and up)."""

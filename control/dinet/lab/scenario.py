@@ -101,6 +101,7 @@ class InstanceSpec(_Spec):
     decode_service: str | None = None  # prefill role: the decode stage's service (steered by its VIP)
     link: LinkSpec = LinkSpec()  # its access link at the site
     pool: bool = False  # elastic capacity: joins at run time (`Lab.join`), not at start
+    prefix_caching: bool = False  # the engine keeps prompts' KV blocks for later requests (vLLM's APC)
 
     @model_validator(mode="after")
     def _known(self) -> InstanceSpec:
@@ -128,6 +129,7 @@ class ServiceSpec(_Spec):
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] = "dinet"  # or a baseline
     slo: SloSpec = SloSpec()
     transfer_kb: float = Field(default=0.0, ge=0)  # what a request moves first (a KV cache hand-over)
+    placement: Literal["flow", "session"] = "flow"  # session: a conversation's connections meet one instance
 
 
 class ModelSyncSpec(_Spec):

@@ -250,4 +250,6 @@ class Controller:
                     "packets": per[inst.instance_id].packets if inst.instance_id in per else 0,
                     "new_flows": per[inst.instance_id].new_flows if inst.instance_id in per else 0,
                     "session_flows": per[inst.instance_id].session_flows if inst.instance_id in per else 0,
+                    "sessions": per[inst.instance_id].sessions if inst.instance_id in per else 0,
+                    "sessions_replaced": per[inst.instance_id].sessions_replaced if inst.instance_id in per else 0,
                 }

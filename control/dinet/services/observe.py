@@ -43,7 +43,11 @@ class DinetMetrics(PromCollector):
         pkts = CounterMetricFamily("dinet_instance_packets", "Packets steered to the instance", labels=labels)
         flows = CounterMetricFamily("dinet_instance_new_flows", "Flows placed on the instance", labels=labels)
         sessions = CounterMetricFamily(
-            "dinet_instance_session_flows", "Flows placed on the instance by their session key", labels=labels
+            "dinet_instance_session_flows", "New flows that found their session's instance", labels=labels
+        )
+        placed = CounterMetricFamily("dinet_instance_sessions", "Sessions placed on the instance", labels=labels)
+        replaced = CounterMetricFamily(
+            "dinet_instance_sessions_replaced", "Sessions placed again on the instance (theirs had left)", labels=labels
         )
         compute = GaugeMetricFamily(
             "dinet_instance_compute", "Level 1 compute score of the last report (0 idle .. 1 full)", labels=labels
@@ -63,11 +67,17 @@ class DinetMetrics(PromCollector):
         failing = GaugeMetricFamily(
             "dinet_controller_failing", "1 while the node's data plane is away (resync pending)", labels=["node"]
         )
+        placement = GaugeMetricFamily(
+            "dinet_service_placement",
+            "1 for how the service's new flows are placed (flow: by the 5-tuple; session: by the session key)",
+            labels=["node", "service", "placement"],
+        )
         for n, c in zip(self.nodes, self.controllers, strict=True):
             errors.add_metric([n], c.errors)
             failing.add_metric([n], int(c.failing))
             for intent in c.services:
                 strategy.add_metric([n, str(intent.key), (intent.strategy or c.policy.strategy).value], 1)
+                placement.add_metric([n, str(intent.key), "session" if intent.session else "flow"], 1)
             for row in c.status():
                 values = [n, row["service"], str(row["instance"])]
                 weight.add_metric(values, row["weight"])
@@ -76,13 +86,16 @@ class DinetMetrics(PromCollector):
                 pkts.add_metric(values, row["packets"])
                 flows.add_metric(values, row["new_flows"])
                 sessions.add_metric(values, row["session_flows"])
+                placed.add_metric(values, row["sessions"])
+                replaced.add_metric(values, row["sessions_replaced"])
                 delay.add_metric(values, row["delay_ms"])
                 if row["compute"] is not None:
                     compute.add_metric(values, row["compute"])
             count += c.decisions
             seconds += c.decision_seconds
             writes += c.writes
-        yield from (weight, up, serving, pkts, flows, sessions, compute, delay, strategy, errors, failing)
+        yield from (weight, up, serving, pkts, flows, sessions, placed, replaced, compute, delay, strategy, placement)
+        yield from (errors, failing)
         yield SummaryMetricFamily(
             "dinet_decision_seconds",
             "Time to decide and install a service's weights",

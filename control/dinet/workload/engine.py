@@ -328,6 +328,10 @@ class Scheduler:
         seq.held = 0
         self._evict()
 
+    def reset_prefix_cache(self) -> None:
+        """Forgets every cached block no running sequence holds (vLLM's reset_prefix_cache)."""
+        self.cached.clear()
+
     def _evict(self) -> None:
         """Cached blocks live in free blocks: what allocations took is gone, least recently used first."""
         while len(self.cached) > self.free:

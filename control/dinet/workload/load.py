@@ -93,9 +93,9 @@ class Conversation:
     think: tuple[float, ...]  # seconds between an answer and the next question
 
 
-# the session key of the connection being opened (the socket factory reads it): ("port", group) or
-# ("flow-label", label); and what it did, for the record
-_SESSION: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("dinet_session", default=None)
+# the session key of the connection being opened (the socket factory reads it): ("port", group, the port of
+# the group to try first) or ("flow-label", label, 0); and what it did, for the record
+_SESSION: contextvars.ContextVar[tuple[str, int, int] | None] = contextvars.ContextVar("dinet_session", default=None)
 _SESSION_USED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("dinet_session_used", default=None)
 IPV6_FLOWLABEL_MGR, IPV6_FLOWINFO_SEND = 32, 33  # linux/in6.h
 IPV6_FL_A_GET, IPV6_FL_S_ANY, IPV6_FL_F_CREATE = 0, 255, 1
@@ -139,7 +139,9 @@ def session_socket(addr_info: Any) -> socket.socket:
     sock = socket.socket(family, type_, proto)
     sock.setblocking(False)
     if key is not None and key[0] == "port":
-        for port in session_ports(key[1]):
+        group = list(session_ports(key[1]))
+        k = key[2] % len(group)  # each turn and each retry on another port first: a new flow, placed anew
+        for port in group[k:] + group[:k]:
             try:
                 sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
             except OSError as e:
@@ -449,32 +451,37 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
             system = " ".join(f"s{c.system}w{i}" for i in range(spec.system_tokens))
             messages = [{"role": "system", "content": system}] if system else []
             # the conversation's group of session ports (conversations spread over the groups) or its label
-            key = (
-                ("port", c.cid)
-                if spec.session_key == "port"
-                else ("flow-label", (spec.seed * 7919 + c.cid) % 0xFFFFF + 1)
-            )
+            label = (spec.seed * 7919 + c.cid) % 0xFFFFF + 1
+            tries = 0  # connections the conversation opened: the next one starts on the group's next port
             for turn, (words, answer) in enumerate(zip(c.questions, c.answers, strict=True)):
-                at = time.monotonic() - t0
-                if turn and at >= spec.duration:  # no question after the load's end
-                    break
                 question = " ".join(f"c{c.cid}t{turn}w{i}" for i in range(words))
                 messages.append({"role": "user", "content": question})
-                prompt = sum(len(m["content"].split()) for m in messages)
-                text: list[str] = []
-                used: list[str] = []
-                token_key = _SESSION.set(key if spec.session_key != "none" else None)
-                token_used = _SESSION_USED.set(used)
-                try:
-                    rec = await _one(session, spec, Arrival(at, prompt, answer, c.cls), messages, text)
-                finally:
-                    _SESSION.reset(token_key)
-                    _SESSION_USED.reset(token_used)
-                rec.conversation, rec.turn, rec.session = c.cid, turn, used[0] if used else "none"
-                records.append(rec)
-                bar.update(1)
-                if rec.status != "ok":
-                    break  # a conversation whose answer did not come ends there
+                # a turn whose answer did not come is asked again, as a user or a client library would: after
+                # the think time, then twice that, then give up
+                for attempt in range(3):
+                    at = time.monotonic() - t0
+                    if (turn or attempt) and at >= spec.duration:  # no question after the load's end
+                        return
+                    prompt = sum(len(m["content"].split()) for m in messages)
+                    text: list[str] = []
+                    used: list[str] = []
+                    key = ("port", c.cid, tries) if spec.session_key == "port" else ("flow-label", label, 0)
+                    tries += 1
+                    token_key = _SESSION.set(key if spec.session_key != "none" else None)
+                    token_used = _SESSION_USED.set(used)
+                    try:
+                        rec = await _one(session, spec, Arrival(at, prompt, answer, c.cls), messages, text)
+                    finally:
+                        _SESSION.reset(token_key)
+                        _SESSION_USED.reset(token_used)
+                    rec.conversation, rec.turn, rec.session = c.cid, turn, used[0] if used else "none"
+                    records.append(rec)
+                    bar.update(1)
+                    if rec.status == "ok":
+                        break
+                    await asyncio.sleep(c.think[turn] * 2**attempt)
+                else:
+                    return  # three times without an answer: the conversation ends there
                 messages.append({"role": "assistant", "content": "".join(text).strip()})
                 await asyncio.sleep(c.think[turn])
 

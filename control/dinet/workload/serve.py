@@ -236,6 +236,7 @@ class Server:
                 web.post("/dinet/v1/verify", self.verify),
                 web.get("/dinet/v1/split", self.split),
                 web.get("/dinet/v1/ttft", self.ttft),
+                web.post("/reset_prefix_cache", self.reset_prefix_cache),
             ]
         )
         self.app.on_shutdown.append(self._stop)
@@ -692,6 +693,12 @@ class Server:
             return self._error(400, "prompt and max_tokens are 1..10,000,000")
         s = self.engine.ttft_if_added(prompt, out)
         return web.json_response({"ttft_ms": s * 1000, "instance": self.name}, headers=self._headers())
+
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """vLLM's POST /reset_prefix_cache: the cached blocks no request holds are forgotten (an experiment's
+        arms each start cold)."""
+        self.engine.sched.reset_prefix_cache()
+        return web.Response(text="OK")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="", headers=self._headers())
