@@ -63,8 +63,10 @@ int xdp_undo_probe(struct xdp_md *ctx)
 	return run_and_restore(ctx, 1);
 }
 
-/* Expects Ethernet, IPv4 without options, then TCP or UDP (the benchmark's frame). */
-int xdp_steer_miss(struct xdp_md *ctx)
+/* Gives the frame (Ethernet, IPv4 without options, then TCP or UDP: the benchmark's) the next flow of a
+ * per-CPU sequence n: source port port_base + (n & port_mask), the client address's low 16 bits from the rest
+ * of n; then steers it and undoes the encapsulation. */
+static __always_inline int next_flow(struct xdp_md *ctx, __u16 port_base, __u32 port_mask, int port_bits)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -77,9 +79,15 @@ int xdp_steer_miss(struct xdp_md *ctx)
 	if (!seq)
 		return XDP_ABORTED;
 	__u32 n = (*seq)++;
-	l4->source = bpf_htons(n & 0xffff);
-	iph->saddr = (iph->saddr & bpf_htonl(0xffff0000)) | bpf_htonl(n >> 16);
+	l4->source = bpf_htons(port_base + (n & port_mask));
+	iph->saddr = (iph->saddr & bpf_htonl(0xffff0000)) | bpf_htonl((n >> port_bits) & 0xffff);
 	return run_and_restore(ctx, 0);
+}
+
+/* Every repetition a new flow. */
+int xdp_steer_miss(struct xdp_md *ctx)
+{
+	return next_flow(ctx, 0, 0xffff, 16);
 }
 
 /* As xdp_steer_miss, to a session-affine service: every repetition a new flow from a session port
@@ -87,18 +95,5 @@ int xdp_steer_miss(struct xdp_md *ctx)
  * row: one flow in 8 places a new session, the other 7 find theirs. */
 int xdp_steer_session_miss(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *iph = data + sizeof(struct ethhdr);
-	struct udphdr *l4 = (void *)(iph + 1);
-	if ((void *)(l4 + 1) > data_end)
-		return XDP_ABORTED;
-	__u32 zero = 0;
-	__u32 *seq = bench_seq.lookup(&zero);
-	if (!seq)
-		return XDP_ABORTED;
-	__u32 n = (*seq)++;
-	l4->source = bpf_htons(DINET_SESSION_PORT_MIN + (n & 4095));
-	iph->saddr = (iph->saddr & bpf_htonl(0xffff0000)) | bpf_htonl((n >> 12) & 0xffff);
-	return run_and_restore(ctx, 0);
+	return next_flow(ctx, DINET_SESSION_PORT_MIN, 4095, 12);
 }

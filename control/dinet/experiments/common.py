@@ -11,12 +11,13 @@ import json
 import logging
 import math
 import platform
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -236,6 +237,24 @@ def timed(what: str) -> Any:
         log.info("%s: %.1f s", what, time.monotonic() - t)
 
     return cm()
+
+
+def arms(policies: Iterable[str], opts: Options, desc: str) -> Iterator[tuple[int, str, bool]]:
+    """(repeat, policy, last) for every run of an experiment, the policies in a new order each repeat (seeded:
+    no policy always follows the same one), with a progress bar over them."""
+    from tqdm import tqdm
+
+    names = list(policies)
+    bar = tqdm(total=opts.repeats * len(names), desc=desc, unit="run", disable=not opts.progress)
+    try:
+        for rep in range(opts.repeats):
+            order = list(names)
+            random.Random(opts.seed * 1000 + rep).shuffle(order)
+            for policy in order:
+                yield rep, policy, rep == opts.repeats - 1 and policy == order[-1]
+                bar.update(1)
+    finally:
+        bar.close()
 
 
 def run_events(start_at: float, events: list[tuple[float, str, Callable[[], None]]], stop: threading.Event) -> None:

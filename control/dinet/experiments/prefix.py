@@ -19,7 +19,6 @@ the data plane's session counters; per phase (steady, load step, failure) the hi
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 import urllib.request
@@ -34,6 +33,7 @@ from .common import (
     Options,
     Results,
     aggregate,
+    arms,
     header,
     meets,
     pct,
@@ -171,7 +171,6 @@ def figures(recs: list[dict[str, Any]], slo: Any, duration: float) -> dict[str, 
 
 
 def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> dict[str, Any]:
-    from tqdm import tqdm
 
     spec = load(scenario)
     shape = plan(spec, opts.quick)
@@ -181,24 +180,17 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
     intent: dict[str, Any] = {}
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
         intent = lab.intent()
-        bar = tqdm(total=opts.repeats * len(policies), desc="prefix", unit="run", disable=not opts.progress)
-        for rep in range(opts.repeats):
-            order = list(policies)  # a new order each repeat: no policy always follows the same one
-            random.Random(opts.seed * 1000 + rep).shuffle(order)
-            for policy in order:
-                with timed(f"{policy} run {rep}"):
-                    last = rep == opts.repeats - 1 and policy == order[-1]
-                    recs = one_run(lab, policy, shape, opts.seed + rep, last)
-                res.add(recs, repeat=rep)
-                row = figures(recs, slo, shape["duration"])
-                for phase in ("steady", "load step", "failure"):
-                    part = figures([r for r in recs if r["phase"] == phase], slo, shape["duration"])
-                    row[f"{phase}_hit_rate"], row[f"{phase}_ttft_p99_ms"] = part["hit_rate"], part["ttft_p99_ms"]
-                counts: dict[str, int] = next((r["session_counts"] for r in recs if "session_counts" in r), {})
-                row |= {k: counts.get(k, 0) for k in ("sessions", "sessions_replaced", "session_flows")}
-                runs[policy].append(row)
-                bar.update(1)
-        bar.close()
+        for rep, policy, last in arms(policies, opts, "prefix"):
+            with timed(f"{policy} run {rep}"):
+                recs = one_run(lab, policy, shape, opts.seed + rep, last)
+            res.add(recs, repeat=rep)
+            row = figures(recs, slo, shape["duration"])
+            for phase in ("steady", "load step", "failure"):
+                part = figures([r for r in recs if r["phase"] == phase], slo, shape["duration"])
+                row[f"{phase}_hit_rate"], row[f"{phase}_ttft_p99_ms"] = part["hit_rate"], part["ttft_p99_ms"]
+            counts: dict[str, int] = next((r["session_counts"] for r in recs if "session_counts" in r), {})
+            row |= {k: counts.get(k, 0) for k in ("sessions", "sessions_replaced", "session_flows")}
+            runs[policy].append(row)
     summary: dict[str, Any] = header("prefix", scenario, opts, shape) | {"policies": {}}
     summary["hygiene"] = (
         f"one lab; the policies' order shuffled each repeat (seed {opts.seed}); every arm starts with the engines'"

@@ -39,6 +39,14 @@ def _plt() -> Any:
     return plt
 
 
+def _saved(fig: Any, path: Path) -> str:
+    """Lays the figure out, writes it as a PNG and closes it; its file name (what the report links)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path.name
+
+
 def _log_x(ax: Any) -> None:
     from matplotlib.ticker import NullFormatter
 
@@ -64,10 +72,7 @@ def ttft_cdf(res: Results, groups: list[str], key: str, path: Path, title: str) 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def load_per_site(
@@ -94,10 +99,7 @@ def load_per_site(
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=max(1, len(sites)))
     axes[-1, 0].set_xlabel("time from the start (s)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def bars(rows: dict[str, dict[str, Any] | None], metric: str, path: Path, title: str, ylabel: str) -> str:
@@ -120,10 +122,7 @@ def bars(rows: dict[str, dict[str, Any] | None], metric: str, path: Path, title:
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def _fmt(v: Any) -> str:
@@ -160,6 +159,36 @@ def write_html(res: Results, context: dict[str, Any]) -> Path:
     path = res.folder / "report.html"
     path.write_text(page)
     return path
+
+
+def page(
+    res: Results,
+    title: str,
+    question: str,
+    summary: dict[str, Any],
+    figures: list[str],
+    tables: list[dict[str, Any]],
+    scenario: Path,
+    intent: dict[str, Any] | str,
+    plan: dict[str, Any] | None = None,
+) -> Path:
+    """An experiment's report.html: its question, figures and tables, the scenario and intent it ran, the
+    versions and the command that reproduces it, the plan."""
+    return write_html(
+        res,
+        {
+            "title": title,
+            "question": question,
+            "summary": summary,
+            "figures": figures,
+            "tables": tables,
+            "scenario": scenario.read_text(),
+            "intent": intent if isinstance(intent, str) else yaml.safe_dump(intent, sort_keys=False),
+            "versions": summary["versions"],
+            "command": summary["command"],
+            "plan": yaml.safe_dump(plan if plan is not None else summary["plan"], sort_keys=False),
+        },
+    )
 
 
 CLASS_NAMES = ("delay-sensitive", "delay-tolerant")
@@ -204,21 +233,15 @@ def steering_report(
         "header": ["", *CLASS_NAMES],
         "rows": [[p, *(pooled(row.get(c)) for c in CLASS_NAMES)] for p, row in summary["policies"].items()],
     }
-    return write_html(
+    return page(
         res,
-        {
-            "title": f"steering: {spec.name}",
-            "question": "Does steering on compute and network metrics pay off, when, and by how much? "
-            + summary.get("hygiene", ""),
-            "summary": summary,
-            "figures": figs,
-            "tables": [*tables, p99, extra],
-            "scenario": scenario.read_text(),
-            "intent": yaml.safe_dump(intent, sort_keys=False),
-            "versions": summary["versions"],
-            "command": summary["command"],
-            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
-        },
+        f"steering: {spec.name}",
+        "Does steering on compute and network metrics pay off, when, and by how much? " + summary.get("hygiene", ""),
+        summary,
+        figs,
+        [*tables, p99, extra],
+        scenario,
+        intent,
     )
 
 
@@ -260,10 +283,7 @@ def weights_over_time(
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=7)
     axes[-1, 0].set_xlabel("time from the start (s)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def reaction_bars(summary: dict[str, Any], path: Path) -> str:
@@ -288,10 +308,7 @@ def reaction_bars(summary: dict[str, Any], path: Path) -> str:
     ax.set_title("reaction per ingress node")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def modes_report(
@@ -312,21 +329,17 @@ def modes_report(
     metrics = [k for k in next(iter(summary["modes"].values())) if k not in ("ci95", "repeats")]
     rows = [[mode, *(_cell(row, m) for m in metrics)] for mode, row in summary["modes"].items()]
     table_ = {"title": "per mode", "header": ["", *metrics], "rows": rows}
-    return write_html(
+    return page(
         res,
-        {
-            "title": f"modes: {spec.name}",
-            "question": "Central or distributed decisions: how fast does each react, what does it cost, and what "
-            "happens when a decider dies?",
-            "summary": summary,
-            "figures": figs,
-            "tables": [table_],
-            "scenario": scenario.read_text(),
-            "intent": "\n".join(f"# mode {m}\n{yaml.safe_dump(i, sort_keys=False)}" for m, i in intents.items()),
-            "versions": summary["versions"],
-            "command": summary["command"],
-            "plan": yaml.safe_dump(plan, sort_keys=False),
-        },
+        f"modes: {spec.name}",
+        "Central or distributed decisions: how fast does each react, what does it cost, and what "
+        "happens when a decider dies?",
+        summary,
+        figs,
+        [table_],
+        scenario,
+        "\n".join(f"# mode {m}\n{yaml.safe_dump(i, sort_keys=False)}" for m, i in intents.items()),
+        plan=plan,
     )
 
 
@@ -347,10 +360,7 @@ def quality_latency(summary: dict[str, Any], path: Path) -> str:
     ax.set_title("quality against latency, per offered load")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def tier_over_time(res: Results, summary: dict[str, Any], path: Path, bin_s: float = 0.5) -> str:
@@ -425,21 +435,16 @@ def tiers_report(
             for p, r in summary["policies"].items()
         ],
     }
-    return write_html(
+    return page(
         res,
-        {
-            "title": f"tiers: {spec.name}",
-            "question": "How much quality does the service keep as load rises, at what latency, and how fast does "
-            "it degrade and recover?",
-            "summary": summary,
-            "figures": figs,
-            "tables": [overall, steps],
-            "scenario": scenario.read_text(),
-            "intent": yaml.safe_dump(intent, sort_keys=False),
-            "versions": summary["versions"],
-            "command": summary["command"],
-            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
-        },
+        f"tiers: {spec.name}",
+        "How much quality does the service keep as load rises, at what latency, and how fast does "
+        "it degrade and recover?",
+        summary,
+        figs,
+        [overall, steps],
+        scenario,
+        intent,
     )
 
 
@@ -469,10 +474,7 @@ def per_link(summary: dict[str, Any], path: Path) -> str:
     ax2.set_title("KV hand-over to the first decode token")
     ax2.legend(fontsize=8)
     ax2.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def prefill_report(
@@ -501,20 +503,15 @@ def prefill_report(
         "header": ["", *metrics, "sessions per decode site", "flows moved"],
         "rows": rows,
     }
-    return write_html(
+    return page(
         res,
-        {
-            "title": f"prefill-decode: {spec.name}",
-            "question": "Which decode instance should take a session's KV cache: does the network's choice pay off?",
-            "summary": summary,
-            "figures": figs,
-            "tables": [table_],
-            "scenario": scenario.read_text(),
-            "intent": yaml.safe_dump(intent, sort_keys=False),
-            "versions": summary["versions"],
-            "command": summary["command"],
-            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
-        },
+        f"prefill-decode: {spec.name}",
+        "Which decode instance should take a session's KV cache: does the network's choice pay off?",
+        summary,
+        figs,
+        [table_],
+        scenario,
+        intent,
     )
 
 
@@ -624,21 +621,16 @@ def cooperative_report(
         rows = [[p, *(_cell(r, m) for m in cols)] for p, r in body["policies"].items()]
         title = f"{paradigm} (event at {body['event']['at']:g} s: {body['event']['what']})"
         tables.append({"title": title, "header": ["", *cols], "rows": rows})
-    return write_html(
+    return page(
         res,
-        {
-            "title": f"cooperative: {spec.name}",
-            "question": "Cooperative inference across device, edge and cloud: does the network's choice of partner "
-            "pay off, and against no cooperation at all?",
-            "summary": summary,
-            "figures": figs,
-            "tables": tables,
-            "scenario": scenario.read_text(),
-            "intent": yaml.safe_dump(intent, sort_keys=False),
-            "versions": summary["versions"],
-            "command": summary["command"],
-            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
-        },
+        f"cooperative: {spec.name}",
+        "Cooperative inference across device, edge and cloud: does the network's choice of partner "
+        "pay off, and against no cooperation at all?",
+        summary,
+        figs,
+        tables,
+        scenario,
+        intent,
     )
 
 
@@ -668,10 +660,7 @@ def hit_rate_over_time(res: Results, summary: dict[str, Any], path: Path, bin_s:
     ax.set_ylabel("prefix-cache hit rate")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _saved(fig, path)
 
 
 def prefix_report(
@@ -696,19 +685,14 @@ def prefix_report(
         }
         for title, cols in (("every turn", metrics), ("per phase", phases), ("the data plane's sessions", counts))
     ]
-    return write_html(
+    return page(
         res,
-        {
-            "title": f"prefix: {spec.name}",
-            "question": "Does placing a conversation by a session key in the data plane keep its KV cache as well as "
-            "an L7 prefix-aware router, without parsing a request?",
-            "summary": summary,
-            "figures": figs,
-            "tables": tables,
-            "scenario": scenario.read_text(),
-            "intent": yaml.safe_dump(intent, sort_keys=False),
-            "versions": summary["versions"],
-            "command": summary["command"],
-            "plan": yaml.safe_dump(summary["plan"], sort_keys=False),
-        },
+        f"prefix: {spec.name}",
+        "Does placing a conversation by a session key in the data plane keep its KV cache as well as "
+        "an L7 prefix-aware router, without parsing a request?",
+        summary,
+        figs,
+        tables,
+        scenario,
+        intent,
     )

@@ -18,7 +18,6 @@ split (the first change of the installed weights)."""
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from .common import (
     Results,
     Sampler,
     aggregate,
+    arms,
     burst,
     class_figures,
     client_loads,
@@ -138,7 +138,6 @@ def one_run(
 
 
 def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> dict[str, Any]:
-    from tqdm import tqdm
 
     spec = load(scenario)
     shape = plan(spec, opts.quick)
@@ -151,29 +150,22 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
         log.info("lab up: %.1f s", time.monotonic() - up)
         intent = lab.intent()
-        bar = tqdm(total=opts.repeats * len(policies), desc="steering", unit="run", disable=not opts.progress)
-        for rep in range(opts.repeats):
-            order = list(policies)  # a new order each repeat: no policy always follows the same one
-            random.Random(opts.seed * 1000 + rep).shuffle(order)
-            for policy in order:
-                with timed(f"{policy} run {rep}"):
-                    last = rep == opts.repeats - 1 and policy == order[-1]
-                    recs, sampler = one_run(lab, policy, shape, opts.seed + rep, last)
-                res.add(recs, repeat=rep)
-                row: dict[str, Any] = {}
-                for cls in CLASSES:
-                    rs = [r for r in recs if r["cls"] == cls]
-                    if rs:
-                        row[cls] = class_figures(rs, slos, shape["duration"])
-                failed = {e["instance"] for e in shape["events"] if e["kind"] == "site failure"}
-                row["flows_moved"] = flows_moved(recs, failed)
-                key = f"{shape['service']}@{spec.client_ingress(spec.clients[0])}"
-                row["reaction_s"] = {e["kind"]: sampler.reaction(e["at"], key, e["instance"]) for e in shape["events"]}
-                per[policy].setdefault("runs", []).append(row)
-                if rep == 0:
-                    timelines[policy] = sampler.samples
-                bar.update(1)
-        bar.close()
+        for rep, policy, last in arms(policies, opts, "steering"):
+            with timed(f"{policy} run {rep}"):
+                recs, sampler = one_run(lab, policy, shape, opts.seed + rep, last)
+            res.add(recs, repeat=rep)
+            row: dict[str, Any] = {}
+            for cls in CLASSES:
+                rs = [r for r in recs if r["cls"] == cls]
+                if rs:
+                    row[cls] = class_figures(rs, slos, shape["duration"])
+            failed = {e["instance"] for e in shape["events"] if e["kind"] == "site failure"}
+            row["flows_moved"] = flows_moved(recs, failed)
+            key = f"{shape['service']}@{spec.client_ingress(spec.clients[0])}"
+            row["reaction_s"] = {e["kind"]: sampler.reaction(e["at"], key, e["instance"]) for e in shape["events"]}
+            per[policy].setdefault("runs", []).append(row)
+            if rep == 0:
+                timelines[policy] = sampler.samples
     summary: dict[str, Any] = header("steering", scenario, opts, shape) | {"policies": {}}
     summary["hygiene"] = (
         f"one lab; the policies' order shuffled each repeat (seed {opts.seed}); between arms every instance of "

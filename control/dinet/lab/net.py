@@ -509,10 +509,16 @@ class Lab:
         if self.tls:
             serve += ["--tls-cert", str(self.workdir / "tls" / f"{name}.crt")]
             serve += ["--tls-key", str(self.workdir / "tls" / f"{name}.key")]
-        p = self._popen(name, serve, f"{name}-serve")
+        return self._start_ready(name, serve, f"{name}-serve", f"dinet serve on {name}")
+
+    def _start_ready(self, node: str, cmd: list[str], log_name: str, what: str) -> subprocess.Popen[str]:
+        """A process on a lab node that says `ready` on its first line (dinet serve, dinet route); stopped and
+        a DinetError naming its log if it does not."""
+        p = self._popen(node, cmd, log_name)
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("ready"):
-            raise DinetError(f"dinet serve on {name} did not start (see {self.workdir}/logs/{name}-serve.log)")
+            stop_processes([p])
+            raise DinetError(f"{what} did not start (see {self.workdir}/logs/{log_name}.log)")
         return p
 
     def _start_agent(self, name: str) -> subprocess.Popen[str]:
@@ -541,11 +547,8 @@ class Lab:
             svc = self.spec.service(str(local.verify_service))
             args += ["--role", "draft", "--verify-url", f"{self.scheme}://{svc.vip}:{svc.port}", *self.tls_args()]
             args += ["--acceptance", str(local.acceptance)]
-        p = self._popen(client, [*args, "--profile", local.profile, "--name", f"{client}-local"], client)
-        line = p.stdout.readline() if p.stdout else ""
-        if not line.startswith("ready"):
-            raise DinetError(f"the local model on {client} did not start (see {self.workdir}/logs/{client}.log)")
-        self.locals.append(p)
+        args += ["--profile", local.profile, "--name", f"{client}-local"]
+        self.locals.append(self._start_ready(client, args, client, f"the local model on {client}"))
 
     def serve_local(self, client: str, name: str, args: list[str]) -> str:
         """Another model server on a device (`dinet serve ARGS` on its loopback, stopped with the lab): the
@@ -556,11 +559,7 @@ class Lab:
         self._local_port += 1
         listen = f"127.0.0.1:{self._local_port}"
         cmd = [sys.executable, "-m", "dinet.cli", "serve", "--listen", listen, "--name", name, *args]
-        p = self._popen(client, cmd, f"{client}-{name}")
-        line = p.stdout.readline() if p.stdout else ""
-        if not line.startswith("ready"):
-            stop_processes([p])
-            raise DinetError(f"{name} on {client} did not start (see {self.workdir}/logs/{client}-{name}.log)")
+        p = self._start_ready(client, cmd, f"{client}-{name}", f"{name} on {client}")
         self.locals.append(p)
         self._served[f"http://{listen}"] = p
         return f"http://{listen}"
@@ -863,11 +862,7 @@ class Lab:
                 cmd += ["--backend", f"{self.scheme}://{inst.endpoint}:{svc.port}"]
         if self.ca:
             cmd += ["--ca", self.ca]
-        p = self._popen(ing, cmd, f"{ing}-route")
-        line = p.stdout.readline() if p.stdout else ""
-        if not line.startswith("ready"):
-            stop_processes([p])
-            raise DinetError(f"dinet route on {ing} did not start (see {self.workdir}/logs/{ing}-route.log)")
+        p = self._start_ready(ing, cmd, f"{ing}-route", f"dinet route on {ing}")
         self.locals.append(p)
         self.routers[f"http://{listen}"] = p
         return f"http://{listen}"
