@@ -104,6 +104,23 @@ static __always_inline int not_steered(struct vip_key *vk, __u32 reason, int act
 	return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
 }
 
+/* A TCP SYN without ACK, its flags within the datagram (the first 14 bytes of TCP, as p4/parser.p4 reads them). */
+static __always_inline int tcp_syn(void *l4, void *data_end, __u32 l4_off, __u32 inner_len, __u8 proto)
+{
+	if (proto != DINET_IPPROTO_TCP || l4_off + 14 > inner_len || l4 + 14 > data_end)
+		return 0;
+	return (((__u8 *)l4)[13] & 0x12) == 0x02;
+}
+
+/* The service a flow is addressed to: its destination, port, protocol and family. */
+static __always_inline void svc_key_of(struct svc_key *sk, struct flow_key *k)
+{
+	sk->vip = k->dst;
+	sk->port = k->dport;
+	sk->proto = k->proto;
+	sk->family = k->family;
+}
+
 static __always_inline __u32 cache_index(struct flow_key *k)
 {
 	__u32 *w = (__u32 *)k;
@@ -640,20 +657,29 @@ static __always_inline int steer(struct xdp_md *ctx)
 		}
 		inst = flow_live(fv, &svc_id, &slot);
 	}
+	/* A TCP SYN (no ACK) on the 5-tuple of a flow a session key placed opens a new connection of that session:
+	 * the session's entry places it, whatever the affinity table remembers of the 5-tuple (a client reuses its
+	 * session's ports; as Katran skips its LRU for a SYN). Flows placed by their 5-tuple never pay for this. */
+	if (inst && fv && fv->session && tcp_syn(l4, data_end, l4_off, inner_len, key.proto)) {
+		inst = 0;
+		fv = 0; /* not remembered: its session's entry places it */
+		slot = DINET_SLOT_NONE;
+		svc_id = DINET_MAX_SERVICES;
+	}
+	struct svc_value *sv = 0;
 	if (slot == DINET_SLOT_NONE) {
-		struct svc_key sk = {};
-		sk.vip = key.dst;
-		sk.port = key.dport;
-		sk.proto = key.proto;
-		sk.family = key.family;
-		struct svc_value *sv = services.lookup(&sk);
+		if (!sv) {
+			struct svc_key sk = {};
+			svc_key_of(&sk, &key);
+			sv = services.lookup(&sk);
+		}
 		if (!sv || sv->svc_id >= DINET_MAX_SERVICES)
 			return not_steered(&vk, DINET_PASS_UNKNOWN_SERVICE, XDP_PASS);
 		__u32 session = (sv->flags & DINET_SVC_SESSION) ? session_key(&key, label) : 0;
 		struct session_key sk2 = {};
 		struct session_value *known = 0;
 		inst = 0;
-		if (session && !remembered(fv)) {
+		if (session && (!remembered(fv) || tcp_syn(l4, data_end, l4_off, inner_len, key.proto))) {
 			sk2.src = key.src;
 			sk2.svc_id = sv->svc_id;
 			sk2.session = session;
@@ -684,6 +710,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		nv.instance_id = inst->instance_id;
 		nv.gen = sv->gen;
 		nv.epoch = inst->epoch;
+		nv.session = session;
 		affinity.update(&key, &nv);
 		if (ce) {
 			ce->key = key;

@@ -65,6 +65,7 @@ struct flow_value {
 	__u32 instance_id; /* the slot's occupant when placed: a reused slot is not the same instance */
 	__u32 gen;         /* svc_gen[svc_id] when placed: a removed or replaced service is not the same */
 	__u32 epoch;       /* the instance slot's epoch when placed */
+	__u32 session;     /* the session key it was placed by (0: its 5-tuple placed it) */
 };
 
 /* sessions: LRU, key (service slot, session key, client address) -> the instance its flows go to. Written by

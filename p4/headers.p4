@@ -62,6 +62,15 @@ header l4_ports_h {
     bit<16> dport;
 }
 
+/* TCP's header after its ports, through its flags (parsed where the datagram holds it: a SYN to a
+ * session-affine service is a new connection of its session). */
+header tcp_more_h {
+    bit<32> seq;
+    bit<32> ack;
+    bit<8> offset_reserved;
+    bit<8> flags;
+}
+
 /* RFC 8296 s2.1.1: the BIFT-id word, then the BIER header proper. */
 header bift_word_h {
     bit<20> bift_id;
@@ -101,12 +110,14 @@ struct headers_t {
     ipv6_ext_h ext1;
     ipv6_ext_h ext2;
     l4_ports_h l4;
+    tcp_more_h tcp;
 }
 
 struct metadata_t {
     bit<8> l4_proto;
     /* the IP header's length with the extension headers parsed: where L4 starts within the datagram */
     bit<16> l3_len;
+    bit<16> dgram_len;  /* the IP datagram's own length (IPv4 total length; IPv6 payload length + 40) */
     bit<1> bad_ihl;
     bit<1> fragment;
     bit<1> ext_unsupported;

@@ -19,6 +19,7 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
     state parse_ipv4 {
         pkt.extract(hdr.ipv4);
         meta.l3_len = ((bit<16>)hdr.ipv4.ihl) << 2;
+        meta.dgram_len = hdr.ipv4.total_len;
         transition select(hdr.ipv4.ihl) {
             0 &&& 0xC: bad_ihl;  /* 0-3 */
             4: bad_ihl;
@@ -53,6 +54,7 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
     state parse_ipv6 {
         pkt.extract(hdr.ipv6);
         meta.l3_len = 40;
+        meta.dgram_len = hdr.ipv6.payload_len + 40;
         meta.l4_proto = hdr.ipv6.next_hdr;
         transition select(hdr.ipv6.next_hdr) {
             DINET_IPPROTO_HOPOPTS: parse_ext1;
@@ -122,6 +124,23 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
 
     state parse_l4 {
         pkt.extract(hdr.l4);
+        transition select(meta.l4_proto) {
+            DINET_IPPROTO_TCP: tcp_room;
+            default: accept;
+        }
+    }
+
+    /* TCP's flags where the datagram holds its first 14 bytes (as the eBPF program reads them) */
+    state tcp_room {
+        bit<16> room = meta.dgram_len - meta.l3_len;
+        transition select(room) {
+            0 .. 13: accept;
+            default: parse_tcp;
+        }
+    }
+
+    state parse_tcp {
+        pkt.extract(hdr.tcp);
         transition accept;
     }
 
@@ -168,6 +187,7 @@ control DinetDeparser(packet_out pkt, in headers_t hdr) {
         pkt.emit(hdr.ext1);
         pkt.emit(hdr.ext2);
         pkt.emit(hdr.l4);
+        pkt.emit(hdr.tcp);
     }
 }
 

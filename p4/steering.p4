@@ -349,7 +349,11 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         aff_gen.read(r_gen, at);
         aff_slot.read(r_slot, at);
         aff_iid.read(r_iid, at);
-        bool remembered = (m1 || m2) && r_svc == meta.svc_id && r_gen == meta.gen;
+        /* a TCP SYN (no ACK) to a session-affine service opens a new connection of its session: its
+         * session's entry places it, whatever the affinity table remembers of the 5-tuple (a client reuses
+         * its session's ports; as Katran skips its LRU for a SYN) */
+        bool syn_of_session = session != 0 && hdr.tcp.isValid() && (hdr.tcp.flags & 0x12) == 0x02;
+        bool remembered = (m1 || m2) && r_svc == meta.svc_id && r_gen == meta.gen && !syn_of_session;
 
         /* a new flow of a session: its session's entry, where the flow itself is not remembered */
         bit<32> ses_at = 0;

@@ -315,7 +315,8 @@ def session_story(target, endpoint) -> str:  # type: ignore[no-untyped-def]
     def conn(sport: int) -> str:
         return str(endpoint(client4("10.99.0.4", sport, 8000, src=STORY_CLIENT)))
 
-    home = conn(next(ports))
+    first = next(ports)
+    home = conn(first)
     mine = next(i for i in insts if str(i.endpoint) == home)
     try:
         target.set_instances(svc, [Instance(i.instance_id, i.endpoint, 1 if i is mine else 50, site_id=i.site_id)
@@ -328,10 +329,15 @@ def session_story(target, endpoint) -> str:  # type: ignore[no-untyped-def]
                                             else InstanceState.UP, i.site_id) for i in insts])  # fmt: skip
         moved = conn(next(ports))
         assert moved != home and conn(next(ports)) == moved
+        # the first port again: its old connection's packets stay on the draining instance (affinity), a new
+        # connection on it (a SYN) goes where its session is now
+        ack = client4("10.99.0.4", first, 8000, src=STORY_CLIENT)
+        ack[TCP].flags = "A"
+        assert str(endpoint(ack)) == home and conn(first) == moved
         assert home not in {conn(session_ports(g)[0]) for g in range(140, 160)}  # no new session on a drain
         after = target.service_counters(svc)[0]
         assert after.sessions_replaced - before.sessions_replaced == 1
-        assert after.session_flows - before.session_flows == 1
+        assert after.session_flows - before.session_flows == 2
         return moved
     finally:
         target.set_instances(svc, insts)
