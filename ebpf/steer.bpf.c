@@ -632,7 +632,9 @@ static __always_inline int steer(struct xdp_md *ctx)
 	struct flow_cache_entry *ce = flow_cache.lookup(&cidx);
 	struct flow_value *fv = 0;
 	int cached = 0;
-	if (ce && same_key(&ce->key, &key)) {
+	/* A flow a session key placed is not served from this CPU's copy: a SYN on its 5-tuple may re-place it
+	 * (below) on another CPU, and only the LRU, shared by all, says so at once. */
+	if (ce && same_key(&ce->key, &key) && !ce->val.session) {
 		fv = &ce->val;
 		cached = 1;
 		if ((++ce->hits & (DINET_FLOW_CACHE_TOUCH - 1)) == 0)

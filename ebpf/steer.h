@@ -98,7 +98,8 @@ struct nh_cache_entry {
 	__u8 pad[3];
 };
 
-/* flow_cache (kernel side only): per CPU, direct-mapped, a copy of recently used affinity entries. */
+/* flow_cache (kernel side only): per CPU, direct-mapped, a copy of recently used affinity entries (never used
+ * for a flow a session key placed: a SYN on its 5-tuple may re-place it, and only the shared LRU says so). */
 struct flow_cache_entry {
 	struct flow_key key;
 	struct flow_value val;

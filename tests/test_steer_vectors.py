@@ -238,3 +238,42 @@ def test_established_flows_stay_put_on_every_cpu_through_set_changes(node) -> No
         assert where(cpus[1]) == gone and where(cpus[0]) == gone
     finally:
         node.remove_service(svc)
+
+
+def test_a_session_flow_re_placed_on_one_cpu_is_followed_on_the_other(node) -> None:
+    """A SYN on a session port re-places its 5-tuple (the session moved: its instance drains); the next packets
+    of that connection, handled by the other CPU, follow it there: that CPU's copy of the old placement is
+    never used for a flow a session key placed (the LRU, shared, is read)."""
+    import os
+
+    from scapy.layers.inet import TCP
+
+    from dinet.model import Instance, InstanceState
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("one CPU")
+    home_cpus = os.sched_getaffinity(0)
+
+    def on(cpu: int, frame) -> str:  # type: ignore[no-untyped-def]
+        os.sched_setaffinity(0, {cpu})
+        try:
+            return endpoint(node, frame)
+        finally:
+            os.sched_setaffinity(0, home_cpus)
+
+    svc, insts = sv.CHAT4, sv.SERVICES[sv.CHAT4]
+    syn = sv.client4("10.99.0.4", 63000, 8000, src="10.0.0.88")
+    ack = sv.client4("10.99.0.4", 63000, 8000, src="10.0.0.88")
+    ack[TCP].flags = "A"
+    home = on(cpus[0], syn)
+    assert on(cpus[1], ack) == home  # the other CPU has the flow too now
+    mine = next(i for i in insts if str(i.endpoint) == home)
+    try:
+        node.set_instances(svc, [Instance(i.instance_id, i.endpoint, 1, InstanceState.DRAINING if i is mine
+                                          else InstanceState.UP, i.site_id) for i in insts])  # fmt: skip
+        moved = on(cpus[0], syn)  # a new connection on the same port: its session is placed anew
+        assert moved != home
+        assert on(cpus[1], ack) == moved and on(cpus[0], ack) == moved
+    finally:
+        node.set_instances(svc, insts)

@@ -1098,6 +1098,7 @@ def test_conversations_grow_their_prompts_find_their_prefixes_and_carry_their_se
     first turns find the shared system prompt; each connection of a conversation is bound to a port of its
     session group (dinet.policy.session), one group per conversation."""
     from dinet.policy.session import session_ports
+    from dinet.workload.load import conversation_group
 
     port = free_port()
     with dinet_process(
@@ -1120,7 +1121,7 @@ def test_conversations_grow_their_prompts_find_their_prefixes_and_carry_their_se
         for before, r in zip(turns, turns[1:], strict=False):  # the earlier turn's prompt, in whole blocks, is found
             assert r.cached_tokens >= before.prompt_tokens // 16 * 16
         ports = {int(r.session.split()[1]) for r in turns}
-        assert ports <= set(session_ports(cid))
+        assert ports <= set(session_ports(conversation_group(1, cid)))
     firsts = sorted((r for r in recs if r.turn == 0), key=lambda r: r.t)
     assert all(r.cached_tokens >= 64 for r in firsts[1:])  # the shared system prompt (4 blocks)
     table = summary(recs, Slo(1000, 1000), 2.0)

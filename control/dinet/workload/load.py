@@ -82,6 +82,12 @@ class Record:
 SESSION_KEYS = ("none", "port", "flow-label")
 
 
+def conversation_group(seed: int, cid: int) -> int:
+    """The session port group of a load's conversation: consecutive conversations on consecutive groups, the
+    groups shifted by the seed (another load's conversations start on other groups)."""
+    return seed * 97 + cid
+
+
 @dataclass(frozen=True)
 class Conversation:
     cid: int
@@ -465,7 +471,8 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
                     prompt = sum(len(m["content"].split()) for m in messages)
                     text: list[str] = []
                     used: list[str] = []
-                    key = ("port", c.cid, tries) if spec.session_key == "port" else ("flow-label", label, 0)
+                    group = conversation_group(spec.seed, c.cid)
+                    key = ("port", group, tries) if spec.session_key == "port" else ("flow-label", label, 0)
                     tries += 1
                     token_key = _SESSION.set(key if spec.session_key != "none" else None)
                     token_used = _SESSION_USED.set(used)
