@@ -109,6 +109,28 @@ def model(frame: bytes, services: dict[tuple[bytes, int, int], set[bytes]], vips
     return ("steer", dgram, (src, dst, sport, dport, proto), eps)
 
 
+def new_session_connection(frame: bytes, dgram: int, sessions: set[tuple[bytes, int, int]]) -> bool:
+    """Per the contract (dinet_consts.h, steer.bpf.c): a TCP SYN without ACK to a session-affine service that
+    carries a session key (a flow label, or a source port of the session range), its flags within the
+    datagram, is a new connection of its session: it may be placed anew. `frame` is one the model steers."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    from dinet.policy.session import session_key
+
+    pkt = Ether(frame)
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    if TCP not in pkt:
+        return False
+    tcp = pkt[TCP]
+    if (ipaddress.ip_address(ip.dst).packed, 6, tcp.dport) not in sessions:
+        return False
+    l4 = len(bytes(ip)) - len(bytes(tcp))
+    label = pkt[IPv6].fl if IPv6 in pkt else 0
+    return l4 + 14 <= dgram and (int(tcp.flags) & 0x12) == 0x02 and session_key(tcp.sport, label) != 0
+
+
 def outer_ok(out: bytes, inp: bytes, dgram: int, eps: set[bytes], src4: bytes, src6: bytes) -> str:
     """'' if `out` is the tunnelled `inp` toward one of `eps`, else what is wrong."""
     if out[12:14] == b"\x08\x00":
@@ -223,6 +245,7 @@ def fuzz_steering(n_frames: int, seed: int, progress: bool = True) -> dict[str, 
             (raw(k.vip), k.proto_number, k.port): {raw(i.endpoint) for i in insts} for k, insts in sv.SERVICES.items()
         }
         vips = {raw(k.vip) for k in sv.SERVICES}
+        sessions = {(raw(k.vip), k.proto_number, k.port) for k in sv.SESSION}
         src4, src6 = raw(sv.SRC4), raw(sv.SRC6)
         next_frame = mutator(rng, seeds_for(sv, sv.placement(node), rng))
         placed: dict[tuple, bytes] = {}
@@ -254,7 +277,9 @@ def fuzz_steering(n_frames: int, seed: int, progress: bool = True) -> dict[str, 
                     bad(why, frame)
                     continue
                 dst = res.data[30:34] if res.data[12:14] == b"\x08\x00" else res.data[38:54]
-                if placed.setdefault(flow, dst) != dst:
+                if new_session_connection(frame, dgram, sessions):
+                    placed[flow] = dst  # a SYN of a session opens a new connection: placed anew, by its session
+                elif placed.setdefault(flow, dst) != dst:
                     bad("a flow moved to another instance", frame)
             else:
                 verdict, reason = want
