@@ -1153,7 +1153,11 @@ def test_a_conversation_over_ipv6_carries_its_flow_label_on_the_wire() -> None:
                 f"http://[::1]:{port}", duration=1.5, schedule=[(0.0, 3.0)], turns=(2, 2), prompt_tokens=(5, 5),
                 max_tokens=(2, 2), think_s=0.05, session_key="flow-label",
             )  # fmt: skip
-            time.sleep(0.2)  # immediate mode, -U: each packet is written as it comes; the last ones reach the file
+            # immediate mode, -U: each packet is written as it comes; wait until the last conversation's is there
+            last = max(int(r.session.split()[1], 16) for r in recs)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(IPv6 in p and p[IPv6].fl == last for p in rdpcap(pcap)):
+                time.sleep(0.05)
         finally:
             cap.terminate()
             cap.wait(timeout=10)
