@@ -91,8 +91,11 @@ def _reset_caches(lab: Lab, service: str) -> None:
             urllib.request.urlopen(req, timeout=10, context=ctx).read()
 
 
-def one_run(lab: Lab, policy: str, shape: dict[str, Any], seed: int, last: bool = False) -> list[dict[str, Any]]:
-    """One policy once: every client's conversations and the events on one clock; the records, tagged."""
+def one_run(
+    lab: Lab, policy: str, shape: dict[str, Any], seed: int, last: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One policy once: every client's conversations and the events on one clock; the records, tagged, and what
+    the data plane counted of sessions meanwhile (sessions placed, re-placed, flows that found theirs)."""
     svc = lab.spec.service(shape["service"])
     lab.set_placement("session" if policy == "session" else "flow")
     _reset_caches(lab, svc.name)
@@ -141,10 +144,7 @@ def one_run(lab: Lab, policy: str, shape: dict[str, Any], seed: int, last: bool 
     for r in recs:
         r["phase"] = _phase(r["t"], shape["events"])
         r["failed"] = r["instance"] in failed
-    counts = {k: after[k] - before.get(k, 0) for k in after}
-    for r in recs[:1]:
-        r["session_counts"] = counts  # the data plane's view of the run, carried by its first record
-    return recs
+    return recs, {k: after[k] - before.get(k, 0) for k in after}  # and the data plane's view of the run
 
 
 def figures(recs: list[dict[str, Any]], slo: Any, duration: float) -> dict[str, Any]:
@@ -182,13 +182,12 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
         intent = lab.intent()
         for rep, policy, last in arms(policies, opts, "prefix"):
             with timed(f"{policy} run {rep}"):
-                recs = one_run(lab, policy, shape, opts.seed + rep, last)
+                recs, counts = one_run(lab, policy, shape, opts.seed + rep, last)
             res.add(recs, repeat=rep)
             row = figures(recs, slo, shape["duration"])
             for phase in ("steady", "load step", "failure"):
                 part = figures([r for r in recs if r["phase"] == phase], slo, shape["duration"])
                 row[f"{phase}_hit_rate"], row[f"{phase}_ttft_p99_ms"] = part["hit_rate"], part["ttft_p99_ms"]
-            counts: dict[str, int] = next((r["session_counts"] for r in recs if "session_counts" in r), {})
             row |= {k: counts.get(k, 0) for k in ("sessions", "sessions_replaced", "session_flows")}
             runs[policy].append(row)
     summary: dict[str, Any] = header("prefix", scenario, opts, shape) | {"policies": {}}

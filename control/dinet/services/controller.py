@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import DinetError, UnknownServiceError
 from ..model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath, parse_address
 from ..policy.decide import Policy, decide
-from ..targets.base import SteeringTarget
+from ..targets.base import Counter, SteeringTarget
 from .collect import Collector
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,7 @@ class Controller:
             for inst in self.installed.get(s.key, ()):
                 m = self.collector.sample((s.key, inst.instance_id))
                 path = self.sites.get(inst.site_id) or SitePath()
+                c = per.get(inst.instance_id) or Counter()  # the data plane's counters (none yet: zero)
                 yield {
                     "service": str(s.key),
                     "class": s.cls.value,
@@ -247,9 +248,9 @@ class Controller:
                     "gpu": m.gpu_util if m else None,
                     "compute": self.policy.scores.level1(m).compute if m else None,  # Level 1, as decided on
                     "delay_ms": path.delay_ms,
-                    "packets": per[inst.instance_id].packets if inst.instance_id in per else 0,
-                    "new_flows": per[inst.instance_id].new_flows if inst.instance_id in per else 0,
-                    "session_flows": per[inst.instance_id].session_flows if inst.instance_id in per else 0,
-                    "sessions": per[inst.instance_id].sessions if inst.instance_id in per else 0,
-                    "sessions_replaced": per[inst.instance_id].sessions_replaced if inst.instance_id in per else 0,
+                    "packets": c.packets,
+                    "new_flows": c.new_flows,
+                    "session_flows": c.session_flows,
+                    "sessions": c.sessions,
+                    "sessions_replaced": c.sessions_replaced,
                 }

@@ -113,11 +113,14 @@ class _LabelledSocket(socket.socket):
 
     label = 0
 
+    def _labelled(self, address: Any) -> tuple[str, int, int, int]:
+        return (address[0], address[1], self.label, address[3] if len(address) > 3 else 0)
+
     def connect(self, address: Any) -> None:
-        super().connect((address[0], address[1], self.label, address[3] if len(address) > 3 else 0))
+        super().connect(self._labelled(address))
 
     def connect_ex(self, address: Any) -> int:
-        return super().connect_ex((address[0], address[1], self.label, address[3] if len(address) > 3 else 0))
+        return super().connect_ex(self._labelled(address))
 
 
 def session_socket(addr_info: Any) -> socket.socket:
