@@ -47,8 +47,14 @@
  * long a FIB answer is reused: a route or neighbour change reaches steered traffic within this time. */
 #define DINET_NH_CACHE_SIZE 256
 #define DINET_NH_CACHE_NS 50000000
-/* Entries of the VIP address filter (a power of two). */
+/* Entries of the VIP address filter (a power of two), and its 64-bit value: the VIP addresses that fold
+ * there (low 32 bits), the session-affine services that do (16 bits), and an epoch bumped whenever the
+ * latter changes (the top 16 bits; the steering program's flow cache keeps copies of one epoch only). */
 #define DINET_VIP_FILTER_SIZE 65536
+#define DINET_FILTER_VIPS 0xFFFFFFFF
+#define DINET_FILTER_SESSIONS_SHIFT 32
+#define DINET_FILTER_SESSIONS_MASK 0xFFFF
+#define DINET_FILTER_EPOCH_SHIFT 48
 #define DINET_MAX_ENDPOINTS 1024
 /* IPv6 extension headers (hop-by-hop, routing, destination options) the steering path walks, on both data
  * planes, and the longest one it takes, in bytes (BMv2's varbit bounds it); beyond either:

@@ -22,9 +22,11 @@
 BPF_TABLE_PINNED("hash", struct svc_key, struct svc_value, services, DINET_MAX_SERVICES, PIN(services));
 /* vip_addrs: vip_key -> count of services on that address; written by dinet. */
 BPF_TABLE_PINNED("hash", struct vip_key, __u32, vip_addrs, DINET_MAX_VIP_ADDRS, PIN(vip_addrs));
-/* vip_filter: vip_fold(address) -> number of VIP addresses that fold there; written by dinet. One
- * array load sends most traffic that is not for a service on its way; only a hit costs a hash lookup. */
-BPF_TABLE_PINNED("array", __u32, __u32, vip_filter, DINET_VIP_FILTER_SIZE, PIN(vip_filter));
+/* vip_filter: vip_fold(address) -> what folds there (dinet_consts.h: DINET_FILTER_*): how many VIP addresses,
+ * how many session-affine services, and an epoch bumped when the latter changes; written by dinet. One array
+ * load sends most traffic that is not for a service on its way (only a hit costs a hash lookup) and tells
+ * the packets of session-affine services from the rest, so that only they pay for the session rules. */
+BPF_TABLE_PINNED("array", __u32, __u64, vip_filter, DINET_VIP_FILTER_SIZE, PIN(vip_filter));
 /* svc_gen: svc_id -> the slot's generation, bumped by dinet whenever a service takes or leaves the slot.
  * An affinity hit is trusted without the service lookup when its generation is still current. */
 BPF_TABLE_PINNED("array", __u32, __u32, svc_gen, DINET_MAX_SERVICES, PIN(svc_gen));
@@ -88,11 +90,12 @@ static __always_inline __u32 vip_fold(struct vip_key *vk)
 	return (x ^ (x >> 16)) & (DINET_VIP_FILTER_SIZE - 1);
 }
 
-static __always_inline int maybe_vip(struct vip_key *vk)
+/* What folds where the address does (DINET_FILTER_*), 0 when nothing does. */
+static __always_inline __u64 maybe_vip(struct vip_key *vk)
 {
 	__u32 idx = vip_fold(vk);
-	__u32 *n = vip_filter.lookup(&idx);
-	return n && *n;
+	__u64 *n = vip_filter.lookup(&idx);
+	return n ? *n : 0;
 }
 
 /* A packet the program does not steer: dropped with `reason` if it is addressed to a VIP (malformed,
@@ -544,6 +547,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	__u32 inner_len;
 	__u64 frame_len = data_end - data;
 	__u32 label = 0; /* the IPv6 flow label (RFC 6437), a session-affine service's key where set */
+	__u64 filt;      /* what folds where the destination does (DINET_FILTER_*) */
 
 	if ((void *)(eth + 1) > data_end)
 		return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
@@ -555,7 +559,8 @@ static __always_inline int steer(struct xdp_md *ctx)
 			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
 		__builtin_memcpy(vk.addr.addr, &iph->daddr, 4);
 		vk.family = DINET_AF_INET;
-		if (!maybe_vip(&vk))
+		filt = maybe_vip(&vk);
+		if (!(filt & DINET_FILTER_VIPS))
 			return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
 		inner_len = bpf_ntohs(iph->tot_len);
 		if (inner_len < iph->ihl * 4 || (void *)iph + inner_len > data_end)
@@ -574,7 +579,8 @@ static __always_inline int steer(struct xdp_md *ctx)
 			return verdict(DINET_DROP_MALFORMED, XDP_DROP);
 		__builtin_memcpy(vk.addr.addr, &ip6->daddr, 16);
 		vk.family = DINET_AF_INET6;
-		if (!maybe_vip(&vk))
+		filt = maybe_vip(&vk);
+		if (!(filt & DINET_FILTER_VIPS))
 			return verdict(DINET_PASS_NOT_SERVICE, XDP_PASS);
 		inner_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		if ((void *)ip6 + inner_len > data_end)
@@ -622,29 +628,37 @@ static __always_inline int steer(struct xdp_md *ctx)
 		return not_steered(&vk, DINET_DROP_MALFORMED, XDP_DROP);
 	key.sport = ports->source;
 	key.dport = ports->dest;
+	/* Where a session-affine service folds (and only there), whether this is a TCP SYN: the session rules
+	 * below need it; read here, so that nothing of the L4 header stays live past the lookups. */
+	int sessions_here = (filt >> DINET_FILTER_SESSIONS_SHIFT) & DINET_FILTER_SESSIONS_MASK;
+	int syn = sessions_here && tcp_syn(l4, data_end, l4_off, inner_len, key.proto);
 
-	/* An established flow first: one hash lookup, then array loads only. */
+	/* An established flow first: one hash lookup, then array loads only. A CPU's copy of an affinity entry is
+	 * tagged with its destination's filter entry (session-affine services there and their epoch) when made;
+	 * no copy is made where a session-affine service folds, so packets there take the LRU alone (a SYN on
+	 * another CPU may have re-placed a flow, below, and only the LRU, shared by all, says so at once), and a
+	 * copy made before session services came or went is not used (the epoch has moved on). */
 	int new_flow = 0, session_event = SESSION_NONE;
 	__u32 svc_id = DINET_MAX_SERVICES;
 	__u32 slot = DINET_SLOT_NONE;
 	struct inst_value *inst = 0;
+	__u32 tag = filt >> DINET_FILTER_SESSIONS_SHIFT;
 	__u32 cidx = cache_index(&key);
 	struct flow_cache_entry *ce = flow_cache.lookup(&cidx);
 	struct flow_value *fv = 0;
 	int cached = 0;
-	/* A flow a session key placed is not served from this CPU's copy: a SYN on its 5-tuple may re-place it
-	 * (below) on another CPU, and only the LRU, shared by all, says so at once. */
-	if (ce && same_key(&ce->key, &key) && !ce->val.session) {
+	if (ce && same_key(&ce->key, &key) && ce->tag == tag) {
 		fv = &ce->val;
 		cached = 1;
 		if ((++ce->hits & (DINET_FLOW_CACHE_TOUCH - 1)) == 0)
 			affinity.lookup(&key); /* keep it recent in the LRU */
 	} else {
 		fv = affinity.lookup(&key);
-		if (fv && ce) {
+		if (fv && ce && !sessions_here) {
 			ce->key = key;
 			ce->val = *fv;
 			ce->hits = 0;
+			ce->tag = tag;
 		}
 	}
 	inst = flow_live(fv, &svc_id, &slot);
@@ -653,22 +667,28 @@ static __always_inline int steer(struct xdp_md *ctx)
 		 * record: another CPU may have placed the flow since. Only a record that does not hold either
 		 * places the flow anew, so a flow never moves between CPUs while its instance lives. */
 		fv = affinity.lookup(&key);
-		if (fv && ce) {
+		if (fv && ce) { /* cached: the copy is of this tag */
 			ce->val = *fv;
 			ce->hits = 0;
 		}
 		inst = flow_live(fv, &svc_id, &slot);
 	}
-	/* A TCP SYN (no ACK) on the 5-tuple of a flow a session key placed opens a new connection of that session:
-	 * the session's entry places it, whatever the affinity table remembers of the 5-tuple (a client reuses its
-	 * session's ports; as Katran skips its LRU for a SYN). Flows placed by their 5-tuple never pay for this. */
-	if (inst && fv && fv->session && tcp_syn(l4, data_end, l4_off, inner_len, key.proto)) {
-		inst = 0;
-		fv = 0; /* not remembered: its session's entry places it */
-		slot = DINET_SLOT_NONE;
-		svc_id = DINET_MAX_SERVICES;
-	}
+	/* A TCP SYN (no ACK) with a session key to a session-affine service opens a new connection of that
+	 * session: the session's entry places it, whatever the affinity table remembers of the 5-tuple (a client
+	 * reuses its session's ports, also ones an earlier placement policy remembered; as Katran skips its LRU
+	 * for a SYN). Only destinations where a session-affine service folds pay for this. */
 	struct svc_value *sv = 0;
+	if (inst && syn) {
+		struct svc_key sk = {};
+		svc_key_of(&sk, &key);
+		sv = services.lookup(&sk);
+		if (sv && (sv->flags & DINET_SVC_SESSION) && session_key(&key, label)) {
+			inst = 0;
+			fv = 0; /* not remembered: its session's entry places it */
+			slot = DINET_SLOT_NONE;
+			svc_id = DINET_MAX_SERVICES;
+		}
+	}
 	if (slot == DINET_SLOT_NONE) {
 		if (!sv) {
 			struct svc_key sk = {};
@@ -681,7 +701,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		struct session_key sk2 = {};
 		struct session_value *known = 0;
 		inst = 0;
-		if (session && (!remembered(fv) || tcp_syn(l4, data_end, l4_off, inner_len, key.proto))) {
+		if (session && (syn || !remembered(fv))) {
 			sk2.src = key.src;
 			sk2.svc_id = sv->svc_id;
 			sk2.session = session;
@@ -714,10 +734,11 @@ static __always_inline int steer(struct xdp_md *ctx)
 		nv.epoch = inst->epoch;
 		nv.session = session;
 		affinity.update(&key, &nv);
-		if (ce) {
+		if (ce && !sessions_here) {
 			ce->key = key;
 			ce->val = nv;
 			ce->hits = 0;
+			ce->tag = tag;
 		}
 		new_flow = 1;
 	}

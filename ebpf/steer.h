@@ -98,13 +98,15 @@ struct nh_cache_entry {
 	__u8 pad[3];
 };
 
-/* flow_cache (kernel side only): per CPU, direct-mapped, a copy of recently used affinity entries (never used
- * for a flow a session key placed: a SYN on its 5-tuple may re-place it, and only the shared LRU says so). */
+/* flow_cache (kernel side only): per CPU, direct-mapped, a copy of recently used affinity entries (never made
+ * where a session-affine service folds: a SYN on a 5-tuple may re-place its flow, and only the shared LRU says
+ * so). tag: the upper half of the destination's vip_filter entry when copied (no session services, and their
+ * epoch): a copy of another tag is not used, as the LRU may have moved on meanwhile. */
 struct flow_cache_entry {
 	struct flow_key key;
 	struct flow_value val;
 	__u32 hits;
-	__u32 pad;
+	__u32 tag;
 };
 
 

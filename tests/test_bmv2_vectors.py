@@ -72,8 +72,8 @@ def test_every_steering_vector_on_bmv2(rig) -> None:
     assert (chat4.sessions, chat4.session_flows, chat6.sessions, chat6.session_flows) == (1, 1, 3, 0)
 
 
-def test_a_session_stays_with_its_instance_through_weight_changes_and_moves_when_it_drains(rig) -> None:
-    """The same story as on XDP (tests.vectors.steering.session_story), on the switch's session registers."""
+def endpoint_of(rig):  # type: ignore[no-untyped-def]
+    """Where the switch sends a frame (a story's `endpoint`): the outer destination of what leaves port 0."""
 
     def endpoint(frame) -> str:  # type: ignore[no-untyped-def]
         rig.inject(0, bytes(frame))
@@ -81,7 +81,17 @@ def test_a_session_stays_with_its_instance_through_weight_changes_and_moves_when
         assert got is not None, "nothing left port 0"
         return str(Ether(got).payload.dst)
 
-    sv.session_story(rig.node, endpoint)
+    return endpoint
+
+
+def test_a_session_stays_with_its_instance_through_weight_changes_and_moves_when_it_drains(rig) -> None:
+    """The same story as on XDP (tests.vectors.steering.session_story), on the switch's session registers."""
+    sv.session_story(rig.node, endpoint_of(rig))
+
+
+def test_a_new_connection_on_a_tuple_placed_per_flow_follows_its_session_after_a_placement_change(rig) -> None:
+    """tests.vectors.steering.placement_change_story on the switch, as on XDP."""
+    sv.placement_change_story(rig.node, endpoint_of(rig))
 
 
 def test_tables_read_back(rig) -> None:

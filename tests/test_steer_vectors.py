@@ -124,6 +124,26 @@ def test_a_session_stays_with_its_instance_through_weight_changes_and_moves_when
     assert str(node.service(sv.CHAT4).instances[slot].endpoint) == moved
 
 
+def test_a_new_connection_on_a_tuple_placed_per_flow_follows_its_session_after_a_placement_change(node) -> None:
+    """tests.vectors.steering.placement_change_story (a SYN on a tuple remembered from per-flow placement), and
+    the VIP filter that tells the program where the session rules apply: a session-affine service counts in
+    its address's entry, and every change of that count moves the entry's epoch on (so a CPU's flow cache
+    keeps no copy from before: the story's last step reads what the LRU says, not the first step's copies)."""
+    from dinet.targets.xdp import FilterEntry, vip_fold
+
+    def entry() -> FilterEntry:
+        t = node.vip_filter_t
+        return FilterEntry.unpack(t[t.Key(vip_fold(ipaddress.ip_address("10.99.0.4")))].value)
+
+    before = entry()
+    assert (before.vips, before.sessions) == (1, 1)
+    sv.placement_change_story(node, lambda f: endpoint(node, f))
+    after = entry()
+    assert (after.vips, after.sessions, after.epoch) == (1, 1, (before.epoch + 4) & 0xFFFF)
+    web = FilterEntry.unpack(node.vip_filter_t[node.vip_filter_t.Key(vip_fold(sv.WEB4.vip))].value)
+    assert web.vips == 1 and web.sessions == 0  # a per-flow service's packets skip the session rules
+
+
 def test_too_big_for_the_static_next_hop_is_answered_per_family(node) -> None:
     """XDP only (the P4 program has no path-MTU function): with the static next hop's MTU at 1400, a client
     packet that would not fit once encapsulated is answered from the node's tunnel source with what fits:

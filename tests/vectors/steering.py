@@ -341,3 +341,43 @@ def session_story(target, endpoint) -> str:  # type: ignore[no-untyped-def]
         return moved
     finally:
         target.set_instances(svc, insts)
+
+
+PLACEMENT_CLIENT = "10.0.0.78"
+
+
+def placement_change_story(target, endpoint) -> str:  # type: ignore[no-untyped-def]
+    """A service's placement changed in place, told the same on every target: connections from one session
+    port group, placed per 5-tuple while the service was not session-affine, keep their instances when it
+    becomes so (established flows never move); a new connection (a SYN) on any of those same 5-tuples then
+    goes to the session's instance, whatever the affinity table remembered of the tuple; back to per-flow
+    placement, the tuples stay where they went last. Returns the session's endpoint; the service is
+    session-affine again when it returns."""
+    from dinet.policy.session import session_ports
+
+    svc = CHAT4
+    ports = session_ports(60)
+
+    def frame(sport: int, flags: str):  # type: ignore[no-untyped-def]
+        f = client4("10.99.0.4", sport, 8000, src=PLACEMENT_CLIENT)
+        f[TCP].flags = flags
+        return f
+
+    def at(sport: int, flags: str) -> str:
+        return str(endpoint(frame(sport, flags)))
+
+    try:
+        target.add_service(svc, session=False)
+        first = {p: at(p, "S") for p in ports}
+        assert len(set(first.values())) > 1, first  # per 5-tuple: the group's ports spread over instances
+        target.add_service(svc, session=True)
+        assert {p: at(p, "A") for p in ports} == first  # established flows stay where they were placed
+        again = {p: at(p, "S") for p in ports}
+        home = again[ports[0]]
+        assert set(again.values()) == {home}, again  # a new connection on a remembered tuple: its session's
+        assert {p: at(p, "A") for p in ports} == again
+        target.add_service(svc, session=False)
+        assert {p: at(p, "A") for p in ports} == again  # the tuples stay where they went last
+        return home
+    finally:
+        target.add_service(svc, session=True)

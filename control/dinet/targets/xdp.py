@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,32 @@ def vip_fold(addr: IPAddress) -> int:
     for i in range(0, 16, 4):
         x ^= int.from_bytes(raw[i : i + 4], "little")
     return (x ^ (x >> 16)) & (C["DINET_VIP_FILTER_SIZE"] - 1)
+
+
+@dataclass(frozen=True)
+class FilterEntry:
+    """A vip_filter value: VIP addresses and session-affine services folding there, and the entry's epoch."""
+
+    vips: int = 0
+    sessions: int = 0
+    epoch: int = 0
+
+    @classmethod
+    def unpack(cls, value: int) -> FilterEntry:
+        return cls(
+            value & C["DINET_FILTER_VIPS"],
+            value >> C["DINET_FILTER_SESSIONS_SHIFT"] & C["DINET_FILTER_SESSIONS_MASK"],
+            value >> C["DINET_FILTER_EPOCH_SHIFT"],
+        )
+
+    def pack(self) -> int:
+        return (
+            self.vips | self.sessions << C["DINET_FILTER_SESSIONS_SHIFT"] | self.epoch << C["DINET_FILTER_EPOCH_SHIFT"]
+        )
+
+    def add(self, vips: int, sessions: int) -> FilterEntry:
+        epoch = (self.epoch + 1) & 0xFFFF if sessions else self.epoch
+        return FilterEntry(max(0, self.vips + vips), max(0, self.sessions + sessions), epoch)
 
 
 def _session(v: Any) -> bool:
@@ -240,7 +267,11 @@ class SteeringNode(InstanceEdits):
         else:
             if _session(have) != session:  # one word of the value; flows already placed stay where they are
                 have.flags = C["DINET_SVC_SESSION"] if session else 0
+                if session:  # the filter first: the program takes the session rules there before it needs them
+                    self._filter_add(svc.vip, sessions=+1)
                 update(self.services_t, k, have, f"service {svc}")
+                if not session:
+                    self._filter_add(svc.vip, sessions=-1)
             return int(have.svc_id)
         free = next((i for i in range(self.sizes.max_services) if i not in self._used_ids), None)
         if free is None:
@@ -254,8 +285,7 @@ class SteeringNode(InstanceEdits):
         vk = self._vip_key(svc.vip)
         count = self.vip_addrs_t.get(vk)
         update(self.vip_addrs_t, vk, self.vip_addrs_t.Leaf((count.value if count else 0) + 1), f"VIP {svc.vip}")
-        if count is None:
-            self._filter_add(svc.vip, +1)
+        self._filter_add(svc.vip, vips=int(count is None), sessions=int(session))
         update(self.services_t, k, v, f"service {svc}")
         self._used_ids.add(free)
         log.info("node %s: service %s added as slot %d", self.node, svc, free)
@@ -272,7 +302,7 @@ class SteeringNode(InstanceEdits):
             self.vip_addrs_t[vk] = self.vip_addrs_t.Leaf(count.value - 1)
         elif count is not None:
             del self.vip_addrs_t[vk]
-            self._filter_add(svc.vip, -1)
+        self._filter_add(svc.vip, vips=-int(count is not None and count.value <= 1), sessions=-int(state.session))
         self._clear_service_slots(state.svc_id)
         self._used_ids.discard(state.svc_id)
 
@@ -282,9 +312,14 @@ class SteeringNode(InstanceEdits):
         self.svc_gen_t[k] = self.svc_gen_t.Leaf(gen)
         return gen
 
-    def _filter_add(self, vip: IPAddress, delta: int) -> None:
+    def _filter_add(self, vip: IPAddress, vips: int = 0, sessions: int = 0) -> None:
+        """Counts VIP addresses and session-affine services in and out of the filter entry their address folds
+        to (dinet_consts.h, DINET_FILTER_*); a change of the latter bumps the entry's epoch."""
+        if not vips and not sessions:
+            return
         k = self.vip_filter_t.Key(vip_fold(vip))
-        self.vip_filter_t[k] = self.vip_filter_t.Leaf(max(0, self.vip_filter_t[k].value + delta))
+        have = FilterEntry.unpack(self.vip_filter_t[k].value)
+        self.vip_filter_t[k] = self.vip_filter_t.Leaf(have.add(vips, sessions).pack())
 
     def _clear_service_slots(self, svc_id: int) -> None:
         """Empties a removed service's instance slots and counters, so the slot is clean for its next user."""
