@@ -12,7 +12,7 @@ demo-steering: install
 	$(PY) -m topo.steer_demo
 
 demo-sync: install
-	$(PY) -m dinet.lab.model_sync
+	$(PY) -m dinet.cli lab sync-demo
 
 test:
 	bash scripts/install.sh --test

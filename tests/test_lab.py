@@ -55,6 +55,23 @@ def test_a_typo_in_a_scenario_is_one_line_naming_where(tmp_path: Path) -> None:
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and "hqnett" in res.stderr
 
 
+def test_a_second_lab_up_of_a_running_scenario_is_refused_and_leaves_the_first_alone(tmp_path: Path) -> None:
+    """`dinet lab up` of a scenario that is up already says so before it makes anything, and the running lab's
+    state (what `dinet lab down` removes it by) stays; the same for a model-sync scenario's lab."""
+    from dinet.errors import DinetError
+    from dinet.lab.bier_lab import BierLab
+    from dinet.lab.net import Lab
+
+    for cls, scenario in ((Lab, "cloud-edge"), (BierLab, "model-sync")):
+        spec = load(ROOT / f"topo/scenarios/{scenario}.yaml")
+        running = tmp_path / f"{spec.name}.json"
+        running.write_text('{"pid": 1, "tag": "other", "netns": ["other-h1"]}')
+        with pytest.raises(DinetError, match="is up already"), cls(spec, workdir=tmp_path / "w", state_dir=tmp_path):
+            pass
+        assert running.read_text() == '{"pid": 1, "tag": "other", "netns": ["other-h1"]}'
+        assert not (tmp_path / "w").exists()  # nothing made
+
+
 def _lab(name: str, target: str, tmp_path: Path, agents: bool = True, **spec: object):  # type: ignore[no-untyped-def]
     mininet_or_skip()
     if target == "bmv2":

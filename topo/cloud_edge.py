@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dinet.lab.namespaces import Topology
+from dinet.lab.rig import Rig
 from dinet.model import Instance, ServiceKey
 from dinet.paths import BPFFS_ROOT
 from dinet.targets.base import SteerSizes
@@ -50,7 +51,7 @@ class InstanceHost:
         )
 
 
-class CloudEdge:
+class CloudEdge(Rig):
     def __init__(
         self,
         prefix: str,
@@ -100,17 +101,6 @@ class CloudEdge:
     @property
     def ingress_ns(self) -> str:
         return self.topo.ns("in")
-
-    def __enter__(self) -> CloudEdge:
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---- construction ------------------------------------------------------------------------------
     def build(self) -> None:

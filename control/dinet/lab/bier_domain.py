@@ -17,7 +17,6 @@ import random
 import select
 import socket
 import struct
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..targets import netns
 from ..targets.base import SteerSizes
 from ..targets.tc import BfirMatch, BierNode, TcBierTarget
 from .namespaces import Topology
+from .rig import Rig
 
 SYNC_ADDR = ipaddress.ip_address("10.200.0.1")  # the model-sync destination, local on every BFER
 SYNC_PORT = 9000
@@ -105,7 +105,7 @@ def random_domain(bfrs: int, links: int, seed: int = 8279, bfer_every: int = 1) 
 
 
 @dataclass
-class BierDomain:
+class BierDomain(Rig):
     prefix: str
     topo: BierTopology
     bsl_code: int = 1
@@ -130,17 +130,6 @@ class BierDomain:
         self.net = Topology(self.prefix)
         if not self.bfir:
             self.bfir = next(iter(self.topo.bfr_ids))
-
-    def __enter__(self) -> BierDomain:
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---- construction ------------------------------------------------------------------------------
     def build(self) -> None:
@@ -560,20 +549,15 @@ class BierDomain:
             os.rmdir(root)
 
 
-def main(argv: list[str] | None = None) -> int:
+def failover_demo(target: str = "tc") -> None:
     """A diamond domain: a stream to every BFER, the link b-d failing in the middle; prints who got what and
-    how long the reroute took. `sudo .venv/bin/python -m dinet.lab.bier_domain [--target tc|bmv2]`"""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--target", choices=["tc", "bmv2"], default="tc")
-    a = ap.parse_args(argv)
-    with BierDomain(f"bd{os.getpid() % 1000}", diamond(), 1, target=a.target) as d:
+    how long the reroute took (`dinet lab bier-failover [--target tc|bmv2]`)."""
+    with BierDomain(f"bd{os.getpid() % 1000}", diamond(), 1, target=target) as d:
         d.install_bifts()
         res = d.failover({"b", "c", "d"}, ("b", "d"), watch_interval=0.5, rate_pps=500, before_s=0.5, after_s=1.0)
         got = res["received"]
         assert isinstance(got, dict)
-        print(f"{a.target}: {res['sent']} datagrams, the link b-d failed at #{res['fail_seq']}")
+        print(f"{target}: {res['sent']} datagrams, the link b-d failed at #{res['fail_seq']}")
         for name in sorted(got):
             seqs = got[name]
             print(
@@ -584,8 +568,3 @@ def main(argv: list[str] | None = None) -> int:
             f"  BIFTs rewritten {res['recompute_ms']:.1f} ms after the failure ({res['entries_rewritten']} entries); "
             f"first datagram at d through c after {res['first_packet_ms']['d']:.1f} ms"  # type: ignore[index]
         )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,6 +26,7 @@ from ..paths import BPFFS_ROOT
 from .bier_domain import BierDomain, tree
 from .model_sync import SyncLab
 from .net import STATE_DIR, clean, lab_tag
+from .rig import Rig
 from .scenario import ScenarioSpec
 
 
@@ -39,7 +40,7 @@ class CheckResult:
         return all(self.clouds.values())
 
 
-class BierLab:
+class BierLab(Rig):
     def __init__(
         self, spec: ScenarioSpec, target: str = "xdp", workdir: Path | None = None, state_dir: Path = STATE_DIR
     ):
@@ -58,28 +59,25 @@ class BierLab:
     def clouds(self) -> list[str]:
         return [n for n, b in self.topo.bfr_ids.items() if b is not None and n != "r"]
 
-    def __enter__(self) -> BierLab:
+    def ready(self) -> None:
         if self.state_path.exists():
             raise DinetError(f"a lab {self.spec.name!r} is up already ({self.state_path}): `dinet lab down` it first")
+
+    def build(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         self.state_path.write_text(json.dumps(self.state))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            prefix = self.state["netns_prefix"]
-            if self.target == "xdp":
-                rate = self.ms.link.bw_mbit or 0.0
-                opts = {"link_mbit": rate, "xdp": not rate}  # XDP redirects skip the shaping qdisc
-                self.sync = SyncLab(prefix, self.topo, self.workdir / "clouds", domain_options=opts).__enter__()
-                self.domain = self.sync.domain
-            else:
-                self.domain = BierDomain(prefix, self.topo, 1, target="bmv2").__enter__()
-                self.domain.install_bifts()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        prefix = self.state["netns_prefix"]
+        if self.target == "xdp":
+            rate = self.ms.link.bw_mbit or 0.0
+            opts = {"link_mbit": rate, "xdp": not rate}  # XDP redirects skip the shaping qdisc
+            self.sync = SyncLab(prefix, self.topo, self.workdir / "clouds", domain_options=opts).__enter__()
+            self.domain = self.sync.domain
+        else:
+            self.domain = BierDomain(prefix, self.topo, 1, target="bmv2").__enter__()
+            self.domain.install_bifts()
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         if self.sync is not None:
             self.sync.close()
         elif self.domain is not None:

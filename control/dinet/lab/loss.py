@@ -17,12 +17,13 @@ from ..errors import ConfigError, InterfaceError
 from ..paths import BPFFS_ROOT
 from ..targets import netns as ns_mod
 from ..targets.bcc_program import BccProgram
+from .rig import Rig
 
 PARENT = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 PRIO = 1  # before the BIER and steering programs (pyroute2 gives those the next free priorities)
 
 
-class LinkLoss:
+class LinkLoss(Rig):
     def __init__(self, ifname: str, netns: str | None = None, rate: float = 0.0, hook: str = "egress"):
         if hook not in PARENT:
             raise ConfigError(f"a loss hook is ingress or egress, not {hook!r}")
@@ -30,19 +31,11 @@ class LinkLoss:
         self.prog: BccProgram | None = None
         self._rate = rate
 
-    def __enter__(self) -> LinkLoss:
+    def build(self) -> None:
         pin = BPFFS_ROOT / f"lab-{os.getpid()}-{self.netns or 'root'}-{self.ifname}" / "loss"
         self.prog = BccProgram("loss.bpf.c", pin)
-        try:
-            self.set_rate(self._rate)
-            self._attach()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.set_rate(self._rate)
+        self._attach()
 
     def _attach(self) -> None:
         assert self.prog is not None

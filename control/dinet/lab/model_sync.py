@@ -8,8 +8,7 @@ certificate from the lab's CA.
         report = lab.job(Path("model.bin"), ["e1", "e3", "e5", "e7"]).run()
 
 Every namespace, program, process and store is removed on exit, also on error or Ctrl-C. A demo:
-`sudo .venv/bin/python -m dinet.lab.model_sync` (make demo-sync) pushes 64 MiB to four of eight clouds and
-prints the table."""
+`dinet lab sync-demo` (make demo-sync) pushes 64 MiB to four of eight clouds and prints the table."""
 
 from __future__ import annotations
 
@@ -27,12 +26,13 @@ from ..policy.bift import BierTopology
 from ..sync.job import Cloud, SyncJob
 from ..sync.uftp import UftpOptions, make_key, server_line
 from .bier_domain import SOURCE_ADDR, BierDomain, tree
+from .rig import Rig
 
 STATUS_PORT = 9444
 
 
 @dataclass
-class SyncLab:
+class SyncLab(Rig):
     prefix: str
     topo: BierTopology
     root: Path  # the clouds' model stores go under it, one folder each
@@ -47,22 +47,14 @@ class SyncLab:
             self.prefix, self.topo, 1, bpffs_root=self.bpffs_root, unicast=True, **self.domain_options
         )
 
-    def __enter__(self) -> SyncLab:
-        try:
-            self.domain.build()
-            self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / "token").write_text(self.token + "\n")
-            self._credentials()
-            for name in self.clouds:
-                self.store(name).mkdir(parents=True, exist_ok=True)
-                self.start_receiver(name)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def build(self) -> None:
+        self.domain.build()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "token").write_text(self.token + "\n")
+        self._credentials()
+        for name in self.clouds:
+            self.store(name).mkdir(parents=True, exist_ok=True)
+            self.start_receiver(name)
 
     @property
     def clouds(self) -> list[str]:
@@ -172,8 +164,9 @@ class SyncLab:
             shutil.rmtree(self.root)
 
 
-def main() -> int:
-    """Pushes 64 MiB to four of eight clouds of a three-level BIER domain and prints the per-cloud table."""
+def demo() -> bool:
+    """Pushes 64 MiB to four of eight clouds of a three-level BIER domain and prints the per-cloud table;
+    whether every cloud has the file (`dinet lab sync-demo`)."""
 
     root = Path(f"/tmp/dinet-model-sync-{os.getpid()}")
     with SyncLab(f"ms{os.getpid() % 1000}", tree(), root / "clouds") as lab:
@@ -185,8 +178,4 @@ def main() -> int:
         print(report.table())
         model.unlink()
     shutil.rmtree(root, ignore_errors=True)
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return report.ok

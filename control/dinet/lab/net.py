@@ -49,6 +49,7 @@ from ..targets.bcc_program import BccProgram, remove_pinned_tree
 from ..targets.xdp import DecapNode
 from ..workload.metrics_agent import parse, scrape
 from .linkem import LinkEmulator, PathReport, ping, stop_processes
+from .rig import Rig
 from .scenario import InstanceSpec, LinkSpec, ScenarioSpec
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class InstanceHost:
         return bool(self.procs)
 
 
-class Lab:
+class Lab(Rig):
     def __init__(
         self,
         spec: ScenarioSpec,
@@ -194,20 +195,11 @@ class Lab:
         return next(k for k, n in enumerate(self.spec.ingress, 1) if n.name == name)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
-    def __enter__(self) -> Lab:
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.down()
-
-    def up(self) -> None:
+    def ready(self) -> None:
         if self.state_path.exists():
             raise DinetError(f"a lab {self.spec.name!r} is up already ({self.state_path}): `dinet lab down` it first")
+
+    def build(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1057,7 +1049,7 @@ class Lab:
         return failed
 
     # ---- teardown ----------------------------------------------------------------------------------------------------
-    def down(self) -> None:
+    def close(self) -> None:
         for inst in self.instances.values():
             stop_processes(inst.procs)
             inst.procs = []

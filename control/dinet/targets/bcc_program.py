@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ..errors import DataPlaneError, InterfaceError, TableFullError, VerifierError
 from ..paths import EBPF_DIR
@@ -184,6 +184,49 @@ class BccProgram:
         with contextlib.suppress(OSError):
             self.pin_dir.parent.rmdir()  # the node's folder, once its last program is gone
             self.pin_dir.parent.parent.rmdir()  # and the root, once its last node is gone
+
+
+class ProgramNode:
+    """What every program node (steering, decapsulation, BIER) shares: its program (`prog`, maps pinned in
+    the node's folder) and main function loaded, a context manager that closes it, destroy() that also
+    unpins its maps. Subclasses name PROGRAM (and PROG_TYPE) and hand over the BccProgram they built."""
+
+    PROGRAM = ""
+    PROG_TYPE = "xdp"
+
+    def __init__(self, node: str, prog: BccProgram):
+        self.node = node
+        self.prog = prog
+        self.fn = prog.load_main(self.PROGRAM, self.PROG_TYPE)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases this process's handles; pinned maps and attached programs stay."""
+        self.prog.close()
+
+    def destroy(self) -> None:
+        """Closes and unpins every map of the node (attached programs keep theirs until detached)."""
+        self.close()
+        self.prog.unpin()
+
+    @property
+    def prog_fd(self) -> int:
+        return int(self.fn.fd)
+
+
+class XdpProgramNode(ProgramNode):
+    """A program node whose main function attaches at XDP."""
+
+    def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
+        self.prog.attach(self.PROGRAM, ifname, netns, mode)
+
+    def detach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
+        self.prog.detach(ifname, netns, mode)
 
 
 def write_array(table: Any, start: int, values: list[int]) -> None:

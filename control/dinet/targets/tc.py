@@ -22,7 +22,7 @@ from ..model import IPAddress, parse_address
 from ..paths import BPFFS_ROOT
 from ..policy.bift import BfirEntry, BiftEntry, BiftPort
 from ..rfc8296 import bitstring_bytes, split_bift_id
-from .bcc_program import BccProgram, update
+from .bcc_program import BccProgram, ProgramNode, update
 from .netns import LinkEvents
 
 log = logging.getLogger(__name__)
@@ -108,21 +108,23 @@ class BfirMatch:
         return f"({self.src or '*'}, {self.dst})"
 
 
-class BierNode:
+class BierNode(ProgramNode):
     """The BIER program of one BFR and its pinned maps."""
 
     PROGRAM = "tc_bier"
+    PROG_TYPE = "sched_cls"
 
     def __init__(self, node: str = "default", bpffs_root: Path = BPFFS_ROOT, bench: bool = False):
-        self.node = node
         # bench: with ebpf/bench_bier.bpf.c's wrappers (bench/ only)
-        self.prog = BccProgram(
-            "bier.bpf.c",
-            bpffs_root / node / "bier",
-            {"DINET_BIER_NO_ENTRY": 1} if bench else None,
-            after=["bench_bier.bpf.c"] if bench else [],
+        super().__init__(
+            node,
+            BccProgram(
+                "bier.bpf.c",
+                bpffs_root / node / "bier",
+                {"DINET_BIER_NO_ENTRY": 1} if bench else None,
+                after=["bench_bier.bpf.c"] if bench else [],
+            ),
         )
-        self.fn = self.prog.load_main(self.PROGRAM, "sched_cls")
         t = self.prog.table
         self.bift_t, self.bfir_t, self.counters_t, self.if_tx_t = t("bift"), t("bfir"), t("bier_counters"), t("if_tx")
         self.ports_t, self.cfg_t = t("bier_ports"), t("bier_cfg")
@@ -132,25 +134,11 @@ class BierNode:
         self._monitor: PortMonitor | None = None
         self.ports: set[int] = set()  # the ifindexes the program is attached to (the ports the monitor watches)
 
-    def __enter__(self) -> BierNode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
-        self.prog.close()
-
-    def destroy(self) -> None:
-        self.close()
-        self.prog.unpin()
-
-    @property
-    def prog_fd(self) -> int:
-        return int(self.fn.fd)
+        super().close()
 
     def attach(self, ifname: str, netns: str | None = None, xdp: bool = True) -> None:
         """tc_bier at ifname's ingress, and (xdp) the XDP fast path for transit frames in front of it."""

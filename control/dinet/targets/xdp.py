@@ -19,7 +19,7 @@ from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, p
 from ..paths import BPFFS_ROOT
 from ..policy.steering import InstanceEdits, plan_instances
 from .base import Counter, FlowEntry, ServiceState, SteerSizes
-from .bcc_program import BccProgram, update, write_array
+from .bcc_program import BccProgram, XdpProgramNode, update, write_array
 from .bpfsys import pinned_map_info
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _session(v: Any) -> bool:
     return bool(v.flags & C["DINET_SVC_SESSION"])
 
 
-class SteeringNode(InstanceEdits):
+class SteeringNode(XdpProgramNode, InstanceEdits):
     """The steering program of one ingress node and its pinned maps (BPFFS_ROOT/<node>/steer)."""
 
     PROGRAM = "xdp_steer"
@@ -105,7 +105,6 @@ class SteeringNode(InstanceEdits):
     def __init__(
         self, node: str = "default", sizes: SteerSizes | None = None, bpffs_root: Path = BPFFS_ROOT, bench: bool = False
     ):
-        self.node = node
         self._netns: str | None = None  # where the program was last attached (attach)
         pin_dir = bpffs_root / node / "steer"
         pinned = pinned_sizes(pin_dir)
@@ -117,8 +116,9 @@ class SteeringNode(InstanceEdits):
         self.sizes = pinned or sizes or SteerSizes()
         # bench: with ebpf/bench_steer.bpf.c's wrappers (bench/ only)
         defines = self.sizes.defines() | ({"DINET_STEER_NO_ENTRY": 1} if bench else {})
-        self.prog = BccProgram("steer.bpf.c", pin_dir, defines, after=["bench_steer.bpf.c"] if bench else [])
-        self.fn = self.prog.load_main(self.PROGRAM)
+        super().__init__(
+            node, BccProgram("steer.bpf.c", pin_dir, defines, after=["bench_steer.bpf.c"] if bench else [])
+        )
         t = self.prog.table
         self.services_t, self.vip_addrs_t, self.instances_t = t("services"), t("vip_addrs"), t("instances")
         self.ring_t, self.affinity_t, self.config_t = t("ring"), t("affinity"), t("config")
@@ -128,31 +128,10 @@ class SteeringNode(InstanceEdits):
         # slots in use, read once: this process is the node's one writer while it holds the node
         self._used_ids = {int(v.svc_id) for v in self.services_t.values()}
 
-    # ---- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> SteeringNode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.prog.close()
-
-    @property
-    def prog_fd(self) -> int:
-        return int(self.fn.fd)
-
+    # ---- lifecycle (ProgramNode: close, destroy, detach) -----------------------------------------------
     def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
-        self.prog.attach(self.PROGRAM, ifname, netns, mode)
+        super().attach(ifname, netns, mode)
         self._netns = netns
-
-    def detach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
-        self.prog.detach(ifname, netns, mode)
-
-    def destroy(self) -> None:
-        """Unpins every map of the node (attached programs keep theirs until detached)."""
-        self.prog.unpin()
-        self.close()
 
     @staticmethod
     def _fill_crc_table(table: Any) -> None:
@@ -499,37 +478,15 @@ class SteeringNode(InstanceEdits):
         return {"node": self.node, "services": services, "verdicts": self.verdicts()}
 
 
-class DecapNode:
+class DecapNode(XdpProgramNode):
     """The decap program of a tunnel endpoint host and its pinned maps (BPFFS_ROOT/<node>/decap)."""
 
     PROGRAM = "xdp_decap"
 
     def __init__(self, node: str = "default", bpffs_root: Path = BPFFS_ROOT):
-        self.node = node
-        self.prog = BccProgram("decap.bpf.c", bpffs_root / node / "decap")
-        self.fn = self.prog.load_main(self.PROGRAM)
+        super().__init__(node, BccProgram("decap.bpf.c", bpffs_root / node / "decap"))
         self.endpoints_t = self.prog.table("endpoints")
         self.verdicts_t = self.prog.table("verdicts")
-
-    def __enter__(self) -> DecapNode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.prog.close()
-
-    @property
-    def prog_fd(self) -> int:
-        return int(self.fn.fd)
-
-    def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
-        self.prog.attach(self.PROGRAM, ifname, netns, mode)
-
-    def detach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
-        self.prog.detach(ifname, netns, mode)
-
-    def destroy(self) -> None:
-        self.prog.unpin()
-        self.prog.close()
 
     def _key(self, addr: IPAddress) -> Any:
         k = self.endpoints_t.Key()
