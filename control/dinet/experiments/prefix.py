@@ -2,11 +2,13 @@
 
 One lab of the scenario (topo/scenarios/prefix.yaml: instances with automatic prefix caching behind one
 ingress node). Every client holds multi-turn conversations (`dinet load --turns`: each turn resends the
-conversation so far behind a system prompt many users share), every connection bound to a source port of its
-conversation's session group. Per repeat and per policy, on one clock:
+conversation so far behind a system prompt many users share). Per repeat and per policy, on one clock:
 - session: the service is session-affine (dinet's data plane places a conversation's connections by their
-  session key and keeps them on its instance);
-- five-tuple: the same clients, the service placed per flow (every connection anew: today's steering);
+  session key and keeps them on its instance); every connection is bound to a source port of its
+  conversation's session group;
+- five-tuple: the same conversations, the service placed per flow (every connection anew: today's steering),
+  from the clients' own ephemeral ports, as a client that knows no session key connects (reused session
+  ports would tie a new connection to the instance an old one on that tuple went to, even a failed one);
 - l7-prefix: the clients send to an L7 prefix-aware router on the ingress node (`dinet route`: it parses each
   request, hashes the prompt's blocks and sends it where its longest prefix went, with a load guard), the
   field's way (llm-d, SGLang's router), its proxy hop counted.
@@ -112,7 +114,7 @@ def one_run(
         args += ["--system-tokens", str(shape["system_tokens"]), "--system-prompts", str(shape["system_prompts"])]
         args += ["--prompt-min", str(shape["question"][0]), "--prompt-max", str(shape["question"][1])]
         args += ["--output-min", str(shape["answer"][0]), "--output-max", str(shape["answer"][1])]
-        args += ["--session-key", "port", "--sensitive-share", "1"]
+        args += ["--session-key", "port" if policy == "session" else "none", "--sensitive-share", "1"]
         args += ["--ttft-slo-ms", str(svc.slo.ttft_ms), "--tpot-slo-ms", str(svc.slo.tpot_ms), *lab.tls_args()]
         loads.append(
             start_load(lab, c.name, url, start, args, {"policy": policy, "client": c.name, "service": svc.name})
