@@ -140,7 +140,7 @@ def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped
             # a device that drafts answers itself, with every round verified by the service's instances
             served = {v for r in recs for v in (r["verifiers"].split(",") if r.get("verifiers") else [r["instance"]])}
             assert served <= members, served
-            steered = lab.packets(svc.name, ingress)  # the steering node's counters, read back
+            steered = lab.view.packets(svc.name, ingress)  # the steering node's counters, read back
             assert sum(steered.values()) > 0 and set(steered) <= members
     assert lab.state_path.exists()
     return str(lab.tag), [p for p in lab.state["pids"] if p != os.getpid()]
@@ -156,7 +156,7 @@ def test_a_path_slows_at_run_time_on_the_wire_and_new_flows_leave_it(tmp_path: P
         cloud, edges = {"c1", "c2"}, {"e1", "e2", "e3"}
 
         def on(names: set[str]) -> bool:
-            w = lab.weights("chat")
+            w = lab.view.weights("chat")
             return all(w[n] > 0 for n in names) and all(w[n] == 0 for n in w if n not in names)
 
         lab.wait_until(lambda: on(cloud), "the cloud preferred")
@@ -178,14 +178,14 @@ def test_enterprise_a_confidential_flow_never_takes_a_path_below_its_level(tmp_p
     with _lab("enterprise", "xdp", tmp_path) as lab:
         for ingress, client in (("br1", "staff1"), ("br2", "staff2")):
             # the public internet path is the nearest and its instance idle: still never a confidential flow
-            w = lab.weights("confidential", ingress)
+            w = lab.view.weights("confidential", ingress)
             assert w["cnet"] == 0 and w["cline"] > 0
             recs = lab.load(client, "confidential", rate=10, duration=1.5, seed=5, **QUICK)
             assert recs and all(r["status"] == "ok" for r in recs)
             assert "cnet" not in {r["instance"] for r in recs}
-            assert lab.packets("confidential", ingress)["cnet"] == 0
+            assert lab.view.packets("confidential", ingress)["cnet"] == 0
             # the general service may use it, and does
-            assert lab.weights("general", ingress)["gnet"] > 0
+            assert lab.view.weights("general", ingress)["gnet"] > 0
         recs = lab.load("staff1", "general", rate=20, duration=1.5, seed=6, **QUICK)
         assert {r["instance"] for r in recs} == {"gline", "gnet"}
 
@@ -194,18 +194,18 @@ def test_enterprise_a_confidential_flow_never_takes_a_path_below_its_level(tmp_p
 @needs_bcc
 def test_tiers_degrade_to_a_small_model_when_the_large_saturates_and_come_back(tmp_path: Path) -> None:
     with _lab("tiers", "xdp", tmp_path) as lab:
-        w = lab.weights("assist")
+        w = lab.view.weights("assist")
         assert w["big"] > 0 and w["s1"] == w["s2"] == 0  # the large tier first, though the farthest
         before = lab.load("dev1", "assist", rate=8, duration=1, seed=1, **QUICK)
         assert {r["instance"] for r in before} == {"big"}
         # the cloud's own users fill the large tier (sent inside its host: nothing of it is steered)
         with _burst(lab, "big", 8000) as burst:
-            lab.wait_until(lambda: lab.weights("assist")["big"] == 0, "large tier saturated")
+            lab.wait_until(lambda: lab.view.weights("assist")["big"] == 0, "large tier saturated")
             during = lab.load("dev1", "assist", rate=8, duration=1, seed=2, **QUICK)
             assert during and all(r["status"] == "ok" for r in during)  # the service stays up
             assert {r["instance"] for r in during} <= {"s1", "s2"}  # a small tier (both keep the SLO's margin)
             assert burst.wait(timeout=120) == 0  # the burst drains
-        lab.wait_until(lambda: lab.weights("assist")["big"] > 0, "large tier back", timeout=30)
+        lab.wait_until(lambda: lab.view.weights("assist")["big"] > 0, "large tier back", timeout=30)
         after = lab.load("dev1", "assist", rate=8, duration=1, seed=3, **QUICK)
         assert {r["instance"] for r in after} == {"big"}
 
@@ -237,7 +237,7 @@ def test_one_scenario_gives_the_same_decisions_on_xdp_and_bmv2(tmp_path: Path) -
                     svc = lab.service_keys[lab.instances[name].spec.service]
                     ack = reporters[name].send([reporters[name].report(svc, lab.instances[name].id, m)])
                     assert ack.accepted == 1, ack.last_error
-                    history.append(lab.decisions())
+                    history.append(lab.view.decisions())
             finally:
                 for r in reporters.values():
                     r.close()
@@ -255,35 +255,35 @@ def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_fl
     from dinet.workload.load import LoadSpec
 
     with _lab("elastic", "xdp", tmp_path) as lab:
-        assert set(lab.weights("chat")) == {"op1", "op2"}
+        assert set(lab.view.weights("chat")) == {"op1", "op2"}
         controller_pid = lab.controller.pid
         streams: list = []  # long streams opened on the on-premises instances before anything joins
         long = {"output_min": 40, "output_max": 40, "prompt_min": 32, "prompt_max": 32}
         same = {"prompt_tokens": (32, 32), "max_tokens": (40, 40), "sensitive_share": 0.0}  # as lab.load sends
         n_long = len(LoadSpec("http://x", duration=0.5, schedule=[(0.0, 6.0)], seed=1, **same).arrivals())
-        placed = sum(lab.new_flows("chat").values())
+        placed = sum(lab.view.new_flows("chat").values())
         th = threading.Thread(
             target=lambda: streams.extend(lab.load("user1", "chat", rate=6, duration=0.5, seed=1, **long))
         )
         th.start()
         try:  # every stream placed (on op1/op2) before anything joins
             assert n_long > 0
-            lab.wait_until(lambda: sum(lab.new_flows("chat").values()) >= placed + n_long, "every stream placed")
+            lab.wait_until(lambda: sum(lab.view.new_flows("chat").values()) >= placed + n_long, "every stream placed")
             lab.join("cp1")
-            lab.wait_until(lambda: lab.weights("chat").get("cp1", 0) > 0, "cp1 installed")
+            lab.wait_until(lambda: lab.view.weights("chat").get("cp1", 0) > 0, "cp1 installed")
             assert lab.controller.pid == controller_pid and lab.controller.poll() is None  # no restart
             during: list = []
             for seed in (2, 4, 6):  # each a fresh sample of new flows: cp1, at a weight > 0, takes some of them
                 during += lab.load("user1", "chat", rate=10, duration=2, seed=seed, **QUICK)
                 if "cp1" in {r["instance"] for r in during}:
                     break
-            assert "cp1" in {r["instance"] for r in during}, lab.weights("chat")
+            assert "cp1" in {r["instance"] for r in during}, lab.view.weights("chat")
         finally:
             th.join()
         assert streams and all(r["status"] == "ok" and r["completion_tokens"] == 40 for r in streams)
         assert {r["instance"] for r in streams} <= {"op1", "op2"}  # every one finished where it started
         lab.leave("cp1")
-        lab.wait_until(lambda: "cp1" not in lab.weights("chat"), "cp1 removed")
+        lab.wait_until(lambda: "cp1" not in lab.view.weights("chat"), "cp1 removed")
         after = lab.load("user1", "chat", rate=10, duration=1, seed=3, **QUICK)
         assert after and all(r["status"] == "ok" for r in after)
         assert "cp1" not in {r["instance"] for r in after}
@@ -306,7 +306,9 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
     with _lab("prefill-decode", "xdp", tmp_path, agents=False) as lab:
         idle = Level0()
         with Reports(lab, {"pf1": idle, "dc1": idle, "dc2": idle}) as reports:
-            lab.wait_until(lambda: lab.weights("decode")["dc1"] > 0 == lab.weights("decode")["dc2"], "dc1 chosen")
+            lab.wait_until(
+                lambda: lab.view.weights("decode")["dc1"] > 0 == lab.view.weights("decode")["dc2"], "dc1 chosen"
+            )
             near = lab.hosts["dcnear"]
             rx0 = _rx_bytes(near, "dcnear-eth0")  # its link from the ingress node
             quick = {"output_min": 8, "output_max": 8, "prompt_min": 16, "prompt_max": 32}
@@ -320,7 +322,7 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
             same = {"prompt_tokens": (16, 16), "max_tokens": (60, 60), "sensitive_share": 1.0}  # as lab.load sends
             n_long = len(LoadSpec("http://x", duration=0.5, schedule=[(0.0, 6.0)], seed=4, **same).arrivals())
             assert n_long > 0
-            placed = lab.new_flows("decode")["dc1"]
+            placed = lab.view.new_flows("decode")["dc1"]
             long: list = []
 
             def sessions() -> None:
@@ -331,9 +333,9 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
 
             th = threading.Thread(target=sessions)
             th.start()
-            lab.wait_until(lambda: lab.new_flows("decode")["dc1"] >= placed + n_long, "every long session on dc1")
+            lab.wait_until(lambda: lab.view.new_flows("decode")["dc1"] >= placed + n_long, "every long session on dc1")
             reports.says["dc1"] = Level0(gpu_util=0.95, queue_depth=30)
-            lab.wait_until(lambda: lab.weights("decode")["dc1"] == 0, "dc1 out of new sessions")
+            lab.wait_until(lambda: lab.view.weights("decode")["dc1"] == 0, "dc1 out of new sessions")
             later = lab.load(
                 "user1", "prefill", rate=6, duration=1, seed=3, output_min=8, output_max=8, prompt_min=16, prompt_max=32
             )
@@ -369,19 +371,21 @@ def test_a_device_answers_locally_while_the_network_does_not_pay_off(tmp_path: P
     with _lab("cloud-edge-device", "xdp", tmp_path) as lab:
         # every instance heard from: the edge keeps the device's objective, the cloud (108 ms to a first token)
         # does not
-        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0 == lab.weights("chat")["c1"], "the edge preferred")
+        lab.wait_until(
+            lambda: lab.view.weights("chat")["e1"] > 0 == lab.view.weights("chat")["c1"], "the edge preferred"
+        )
         before = lab.load("dev1", "chat", rate=8, duration=1, seed=1, **QUICK)
         assert before and all(r["offloaded"] and r["instance"] == "e1" for r in before)  # the edge pays off
         with _burst(lab, "e1", 8000) as burst:
-            lab.wait_until(lambda: lab.weights("chat")["e1"] == 0, "edge saturated")
+            lab.wait_until(lambda: lab.view.weights("chat")["e1"] == 0, "edge saturated")
             # the network would take new requests to the cloud (50 ms), beyond the device's 20 ms budget
-            assert lab.weights("chat")["c1"] > 0
+            assert lab.view.weights("chat")["c1"] > 0
             during = lab.load("dev1", "chat", rate=8, duration=1, seed=2, **QUICK)
             assert during and all(r["status"] == "ok" for r in during)
             assert {(r["offloaded"], r["instance"]) for r in during} == {(False, "dev1-local")}
             assert {r["tier"] for r in during} == {"pruned"}
             assert burst.wait(timeout=120) == 0
-        lab.wait_until(lambda: lab.weights("chat")["e1"] > 0, "edge back", timeout=30)
+        lab.wait_until(lambda: lab.view.weights("chat")["e1"] > 0, "edge back", timeout=30)
         after = lab.load("dev1", "chat", rate=8, duration=1, seed=3, **QUICK)
         assert after and all(r["offloaded"] and r["instance"] == "e1" for r in after)
 
@@ -411,7 +415,7 @@ def test_a_speculative_session_keeps_its_verifier_and_new_sessions_move_when_its
                 )
             )  # fmt: skip
             th.start()
-            lab.wait_until(lambda: lab.weights("target")[chosen] == 0, f"{chosen} saturated", timeout=60)
+            lab.wait_until(lambda: lab.view.weights("target")[chosen] == 0, f"{chosen} saturated", timeout=60)
             later = lab.load("dev1", "target", rate=4, duration=2, seed=2, **spec)
             th.join()
             assert burst.wait(timeout=120) == 0

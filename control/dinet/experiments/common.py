@@ -288,7 +288,7 @@ class Sampler:
         while not self.stop.wait(self.interval):
             t = time.time() - self.start_at
             try:
-                prom = self.lab.prometheus()
+                prom = self.lab.view.prometheus()
             except (OSError, DinetError) as e:  # a decider killed on purpose answers no more (a scrape's error
                 log.debug("sampler: %s", e)  # is a ConfigError): its node's weights are frozen; sample on
                 continue

@@ -94,7 +94,7 @@ def one_run(lab: Lab, shape: dict[str, Any], seed: int) -> tuple[dict[str, Any],
     service = shape["service"]
     start = time.time() + LEAD_S
     with Reports(lab, dict.fromkeys(names, IDLE), lab.spec.report_interval) as reports:
-        lab.wait_reports(set(names))
+        lab.view.wait_reports(set(names))
         loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, extra=["--output-max", "96"])
 
         def says(name: str, m: Level0) -> Any:

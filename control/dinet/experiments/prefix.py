@@ -119,7 +119,7 @@ def one_run(
         loads.append(
             start_load(lab, c.name, url, start, args, {"policy": policy, "client": c.name, "service": svc.name})
         )
-    before = lab.session_counts(svc.name)
+    before = lab.view.session_counts(svc.name)
     failed: list[str] = []
 
     def fail() -> None:
@@ -130,7 +130,7 @@ def one_run(
     try:
         run_events(start, [(failure["at"], failure["kind"], fail)], stop)
         recs = [r for ld in loads for r in ld.records(timeout=shape["duration"] + LEAD_S + 180)]
-        after = lab.session_counts(svc.name)
+        after = lab.view.session_counts(svc.name)
     finally:
         stop.set()
         stop_loads(loads)
@@ -139,7 +139,7 @@ def one_run(
         for name in failed:
             lab.start_instance(name)
         if failed:
-            lab.wait_reports(set(failed))
+            lab.view.wait_reports(set(failed))
     if not last:
         wait_idle(lab, [n for n, i in lab.instances.items() if i.spec.service == svc.name])
         time.sleep(SETTLE_S)

@@ -126,7 +126,7 @@ def one_run(
         for name in failed:
             lab.start_instance(name)
         if failed:
-            lab.wait_reports(set(failed))
+            lab.view.wait_reports(set(failed))
     if not last:  # the next arm starts from idle instances, after a settle (no queue, no stream carries over)
         wait_idle(lab, [n for n, i in lab.instances.items() if i.spec.service == shape["service"]])
         time.sleep(SETTLE_S)

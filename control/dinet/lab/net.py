@@ -4,7 +4,7 @@ node on XDP or BMv2, `dinet serve` instances with metric agents, and `dinet run`
     with Lab(load(Path("topo/scenarios/cloud-edge.yaml")), target="xdp") as lab:
         lab.measure_paths()                     # RTT and loss achieved on each path, beside the configured
         recs = lab.load("dev1", "chat", rate=5, duration=2)
-        lab.weights("chat")                     # what `dinet run` installed, read from its Prometheus endpoint
+        lab.view.weights("chat")                # what `dinet run` installed, read from its Prometheus endpoint
 
 The network is Mininet's: hosts (one per ingress router, client, site router and instance), Linux bridges
 for each ingress node's client LAN and for the management network, BMv2 switches (Bmv2GrpcSwitch) in front
@@ -43,7 +43,6 @@ import yaml
 from ..errors import ConfigError, DinetError
 from ..netutil import free_port
 from ..paths import BPFFS_ROOT
-from ..promtext import fetch, samples
 from ..targets import netns
 from ..targets.bcc_program import BccProgram, remove_pinned_tree
 from ..targets.xdp import DecapNode
@@ -51,6 +50,7 @@ from ..workload.metrics_agent import parse, scrape
 from .linkem import LinkEmulator, PathReport, ping, stop_processes
 from .rig import Rig
 from .scenario import InstanceSpec, LinkSpec, ScenarioSpec
+from .view import ControllerView
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,13 @@ class Lab(Rig):
         self.state["pids"] = []
         self.service_keys = {s.name: f"{s.vip}:{s.port}/tcp" for s in spec.services}
         self._plan()
+        self.view = ControllerView(
+            self.metrics_urls,
+            self.service_keys,
+            {n: i.id for n, i in self.instances.items()},
+            [ing.name for ing in spec.ingress],
+            spec.collector_timeout / 2,
+        )
 
     # ---- the address plan ------------------------------------------------------------------------------
     def _plan(self) -> None:
@@ -221,7 +228,7 @@ class Lab(Rig):
             self.start_node_agent(ingress)
         self._start_controller()  # its intent names the instances that run; their agents retry until it is up
         if self.agents:
-            self.wait_reports({n for n, i in self.instances.items() if i.running})
+            self.view.wait_reports({n for n, i in self.instances.items() if i.running})
 
     def _save(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=1))
@@ -802,14 +809,6 @@ class Lab(Rig):
             return f"http://{MGMT_ROOT}:{self.decider_ports[ingress][1]}/metrics"
         return f"http://{MGMT_ROOT}:{self.prometheus_port}/metrics"
 
-    def prometheus(self, urls: list[str] | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """The Prometheus samples by name of what decides (every decider's, merged: their node labels differ)."""
-        out: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for url in self.metrics_urls() if urls is None else urls:
-            for name, labels, value in samples(fetch(url, timeout=15)):
-                out.setdefault(name, []).append((labels, value))
-        return out
-
     def set_policy(self, policy: str | None, timeout: float = 20.0) -> None:
         """Every service's placement changes at run time (the intent file is rewritten; what decides reads it
         again); returns once every ingress node runs it."""
@@ -818,7 +817,9 @@ class Lab(Rig):
 
         def running() -> bool:
             want = {self.service_keys[s.name]: policy or s.policy or "dinet" for s in self.spec.services}
-            got = [(lab["service"], lab["strategy"]) for lab, _ in self.prometheus().get("dinet_service_strategy", [])]
+            got = [
+                (lab["service"], lab["strategy"]) for lab, _ in self.view.prometheus().get("dinet_service_strategy", [])
+            ]
             return len(got) == len(want) * len(self._deciding()) and all(want[k] == v for k, v in got)
 
         self.wait_until(running, f"policy {policy} in force", timeout)
@@ -834,7 +835,8 @@ class Lab(Rig):
         def running() -> bool:
             want = {self.service_keys[s.name]: placement or s.placement for s in self.spec.services}
             got = [
-                (lab["service"], lab["placement"]) for lab, _ in self.prometheus().get("dinet_service_placement", [])
+                (lab["service"], lab["placement"])
+                for lab, _ in self.view.prometheus().get("dinet_service_placement", [])
             ]
             return len(got) == len(want) * len(self._deciding()) and all(want[k] == v for k, v in got)
 
@@ -871,56 +873,6 @@ class Lab(Rig):
             return [ing.name for ing in self.spec.ingress] if self.controller is not None else []
         return [ing.name for ing in self.spec.ingress] if self.mode == "central" else list(self.deciders)
 
-    def _by_instance(self, metric: str, service: str, ingress: str | None = None) -> dict[str, float]:
-        key = self.service_keys[service]
-        names = {str(i.id): n for n, i in self.instances.items()}
-        node = None if ingress is None else str(self.ingress_index(ingress) - 1)  # `dinet run` numbers its nodes
-        return {
-            names[lab["instance"]]: v
-            for lab, v in self.prometheus().get(metric, [])
-            if lab.get("service") == key and (node is None or lab.get("node") == node)
-        }
-
-    def decisions(self) -> dict[tuple[str, str], dict[str, int]]:
-        """(service, ingress) -> instance name -> installed weight, from one read of `dinet run`'s metrics."""
-        names = {str(i.id): n for n, i in self.instances.items()}
-        keys = {v: k for k, v in self.service_keys.items()}
-        out: dict[tuple[str, str], dict[str, int]] = {}
-        for lab, v in self.prometheus().get("dinet_instance_weight", []):
-            ingress = self.spec.ingress[int(lab["node"])].name
-            out.setdefault((keys[lab["service"]], ingress), {})[names[lab["instance"]]] = int(v)
-        return out
-
-    def weights(self, service: str, ingress: str | None = None) -> dict[str, int]:
-        """Instance name -> installed weight (of the first ingress node unless named)."""
-        return {
-            k: int(v) for k, v in self._by_instance("dinet_instance_weight", service, ingress or self._first()).items()
-        }
-
-    def packets(self, service: str, ingress: str | None = None) -> dict[str, int]:
-        """Instance name -> packets the ingress node's data plane steered to it (its counters, read back)."""
-        got = self._by_instance("dinet_instance_packets_total", service, ingress or self._first())
-        return {k: int(v) for k, v in got.items()}
-
-    def new_flows(self, service: str, ingress: str | None = None) -> dict[str, int]:
-        """Instance name -> flows the ingress node's data plane placed on it (its counters, read back)."""
-        got = self._by_instance("dinet_instance_new_flows_total", service, ingress or self._first())
-        return {k: int(v) for k, v in got.items()}
-
-    def session_counts(self, service: str, ingress: str | None = None) -> dict[str, int]:
-        """What the ingress node's data plane did with the service's sessions, over all its instances: sessions
-        placed, placed again (their instance had left), new flows that found their session's instance."""
-        out = {}
-        for kind in ("sessions", "sessions_replaced", "session_flows"):
-            got = self._by_instance(f"dinet_instance_{kind}_total", service, ingress or self._first())
-            out[kind] = int(sum(got.values()))
-        return out
-
-    def up_flags(self, service: str, ingress: str | None = None) -> dict[str, int]:
-        """Instance name -> 1 if it takes new flows on the ingress node (weight > 0 and up)."""
-        got = self._by_instance("dinet_instance_up", service, ingress or self._first())
-        return {k: int(v) for k, v in got.items()}
-
     def reporter(self, instance: str) -> Any:
         """A collect.Agent with the instance's credentials (for a lab started with agents=False), reporting to
         every collector (a collect.Fanout in mode distributed)."""
@@ -931,24 +883,6 @@ class Lab(Rig):
 
     def _first(self) -> str:
         return self.spec.ingress[0].name
-
-    def wait_reports(self, names: set[str], timeout: float = 30.0) -> None:
-        """Returns once what decides (`dinet run`, or every decider) has a fresh report of each named instance
-        (none of them expired)."""
-        ids = {str(self.instances[n].id) for n in names}
-        deadline = time.monotonic() + timeout
-        fresh = self.spec.collector_timeout / 2
-        while True:
-            have = set(ids)
-            for url in self.metrics_urls():
-                ages = self.prometheus([url]).get("dinet_metric_age_seconds", [])
-                have &= {lab["instance"] for lab, age in ages if age < fresh}
-            if ids <= have:
-                return
-            if time.monotonic() > deadline:
-                missing = sorted(n for n in names if str(self.instances[n].id) not in have)
-                raise DinetError(f"no metric report from {missing} within {timeout:.0f} s")
-            time.sleep(0.1)
 
     def wait_until(self, cond: Any, what: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
