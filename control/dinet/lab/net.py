@@ -43,6 +43,25 @@ import yaml
 from ..errors import ConfigError, DinetError
 from ..netutil import free_port
 from ..paths import BPFFS_ROOT
+from ..services.intent import (
+    AgentNodeSpec,
+    AttachSpec,
+    Bmv2NodeSpec,
+    CollectorSpec,
+    DeciderSpec,
+    IntentSpec,
+    NextHopSpec,
+    PoolSpec,
+    PriorSpec,
+    PrometheusSpec,
+    ServiceSpec,
+    SiteSpec,
+    SizesSpec,
+    SloSpec,
+    XdpNodeSpec,
+    dump,
+)
+from ..services.intent import InstanceSpec as IntentInstance
 from ..targets import netns
 from ..targets.bcc_program import BccProgram, remove_pinned_tree
 from ..targets.xdp import DecapNode
@@ -617,112 +636,114 @@ class Lab(Rig):
 
     # ---- the controller ----------------------------------------------------------------------------------------
     def intent(self) -> dict[str, Any]:
-        """The intent `dinet run` runs on: the scenario's services and instances, per ingress node its target
-        and its paths' delay, loss and security level."""
+        """The intent as its file has it (intent_spec(), the keys it sets)."""
+        return dump(self.intent_spec())
+
+    def intent_spec(self) -> IntentSpec:
+        """The intent `dinet run` runs on, built in the intent's own schema: the scenario's services and
+        instances, per ingress node its target and its paths' delay, loss and security level."""
         s = self.spec
-        nodes: list[dict[str, Any]] = []
+        nodes: list[XdpNodeSpec | AgentNodeSpec | Bmv2NodeSpec] = []
         for k, ing in enumerate(s.ingress, 1):
-            sites = {
-                site.id: {
-                    "delay_ms": 2 * self.path_delay.get((ing.name, site.name), s.path(site.name, ing.name).delay_ms),
-                    "loss": s.path(site.name, ing.name).loss,
-                    "security": s.path(site.name, ing.name).security,
-                }
-                | ({"bw_mbit": bw} if (bw := s.path(site.name, ing.name).bw_mbit) else {})
-                | self._probe(ing.name, site.name)
-                for site in s.sites
-            }
+            sites = {site.id: self._site(ing.name, site.name) for site in s.sites}
             if self.node_agents:  # driven through its node agent
                 addr = f"{MGMT_ROOT}:{self.node_agent_ports[ing.name]}"
-                node = {"target": "agent", "address": addr, "token": "token-node-agent"}
-                nodes.append(node | {"name": self.steer_node_name(ing.name), "sites": sites} | self._decider(ing.name))
+                nodes.append(
+                    AgentNodeSpec(
+                        target="agent", address=addr, token="token-node-agent", name=self.steer_node_name(ing.name),
+                        sites=sites, **self._decider(ing.name),
+                    )
+                )  # fmt: skip
             elif self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
                 devs = [i.name for i in self.hosts[ing.name].intfList()]
-                attach = [{"dev": d, "netns": self.ns(ing.name)} for d in devs]
-                node = {"target": "xdp", "name": self.steer_node_name(ing.name), "src4": f"10.0.{k}.1"}
-                nodes.append(node | {"attach": attach, "sites": sites} | self._decider(ing.name))
+                nodes.append(
+                    XdpNodeSpec(
+                        target="xdp", name=self.steer_node_name(ing.name), src4=f"10.0.{k}.1",
+                        attach=[AttachSpec(dev=d, netns=self.ns(ing.name)) for d in devs], sites=sites,
+                        **self._decider(ing.name),
+                    )
+                )  # fmt: skip
             else:
                 sw = self.net.get(f"{self.tag}p{k}")
                 mac = self.hosts[ing.name].intf(self.ingress_intf[ing.name]).MAC()
                 nodes.append(
-                    {
-                        "target": "bmv2",
-                        "address": sw.grpc_address,
-                        "device_id": k,
-                        "name": ing.name,
+                    Bmv2NodeSpec(
+                        target="bmv2", address=sw.grpc_address, device_id=k, name=ing.name,
                         # counters are read whole: sized to a lab, not to a carrier's ingress node
-                        "sizes": {"max_services": 16, "max_instances": 64},
-                        "src4": f"10.0.{k}.254",
-                        "next_hop": {"port": 2, "smac": TUNNEL_SMAC, "dmac": mac},
-                        "pass_ports": {1: 2, 2: 1},
-                        "sites": sites,
-                    }
-                    | self._decider(ing.name)
-                )
-        services = []
-        for svc in s.services:
-            insts = [
-                {
-                    "id": i.id,
-                    "endpoint": i.endpoint,
-                    "name": name,
-                    "site": i.site_id,
-                    "token": f"token-{name}",
-                    "state": "up" if i.running else "down",
-                }
-                | ({"tier": _tier(i.spec.profile)} if svc.tiers else {})
-                | {"prior": _prior(i.spec)}
-                for name, i in self.instances.items()
-                if i.spec.service == svc.name and not i.spec.pool
-            ]
-            pool = [i for i in self.instances.values() if i.spec.service == svc.name and i.spec.pool]
-            pools = [
-                {
-                    "agent": f"pool-{svc.name}",
-                    "token": f"token-pool-{svc.name}",
-                    "ids": list(POOL_IDS),
-                    "sites": sorted({i.site_id for i in pool}),
-                }
-            ]
-            services.append(
-                {
-                    "service": self.service_keys[svc.name],
-                    "class": svc.class_,
-                    "min_security": svc.min_security,
-                    "tiers": list(svc.tiers),
-                    "policy": self.policy or svc.policy,
-                    "transfer_kb": svc.transfer_kb,
-                    "placement": self.placement or svc.placement,
-                    "slo": {"ttft_ms": svc.slo.ttft_ms, "tpot_ms": svc.slo.tpot_ms},
-                    "instances": insts,
-                }
-                | ({"pools": pools} if pool else {})
-            )
-        return {
-            "mode": self.mode,
-            **({"seed": self.seed} if self.seed is not None else {}),
-            "ingress": nodes,
-            "collector": {"listen": f"{MGMT_ROOT}:{self.collector_port}", "timeout": s.collector_timeout},
-            "prometheus": {"listen": f"{MGMT_ROOT}:{self.prometheus_port}"},  # devices read it too
-            "services": services,
-        } | ({"probe_interval": 1.0} if self.probes else {})
+                        sizes=SizesSpec(max_services=16, max_instances=64), src4=f"10.0.{k}.254",
+                        next_hop=NextHopSpec(port=2, smac=TUNNEL_SMAC, dmac=mac), pass_ports={1: 2, 2: 1},
+                        sites=sites, **self._decider(ing.name),
+                    )
+                )  # fmt: skip
+        given: dict[str, Any] = {"mode": self.mode} | ({"seed": self.seed} if self.seed is not None else {})
+        return IntentSpec(
+            ingress=nodes,
+            collector=CollectorSpec(listen=f"{MGMT_ROOT}:{self.collector_port}", timeout=s.collector_timeout),
+            prometheus=PrometheusSpec(listen=f"{MGMT_ROOT}:{self.prometheus_port}"),  # devices read it too
+            services=[self._service(svc) for svc in s.services],
+            **given | ({"probe_interval": 1.0} if self.probes else {}),
+        )
 
-    def _probe(self, ingress: str, site: str) -> dict[str, Any]:
-        """probes=True: the site's router, pinged from the ingress node over the path."""
-        if not self.probes:
-            return {}
-        addr = next(a for i, s, a, _ in self.paths if (i, s) == (ingress, site))
-        return {"probe": addr, "probe_netns": self.ns(ingress)}
+    def _site(self, ingress: str, site: str) -> SiteSpec:
+        """A site as an ingress node sees it: its path's round trip (a delay set at run time where there is
+        one), loss, security level and rate; with probes, where to ping."""
+        path = self.spec.path(site, ingress)
+        given: dict[str, Any] = {"bw_mbit": path.bw_mbit} if path.bw_mbit else {}  # (unset: the defaults)
+        if self.probes:  # the site's router, pinged from the ingress node over the path
+            addr = next(a for i, t, a, _ in self.paths if (i, t) == (ingress, site))
+            given |= {"probe": addr, "probe_netns": self.ns(ingress)}
+        delay = 2 * self.path_delay.get((ingress, site), path.delay_ms)
+        return SiteSpec(delay_ms=delay, loss=path.loss, security=path.security, **given)
+
+    def _service(self, svc: Any) -> ServiceSpec:
+        """A service of the scenario with its instances (pool instances join at run time: the pool)."""
+
+        def tier(i: InstanceHost) -> dict[str, Any]:
+            return {"tier": _tier(i.spec.profile)} if svc.tiers else {}
+
+        insts = [
+            IntentInstance(
+                id=i.id,
+                endpoint=i.endpoint,
+                name=name,
+                site=i.site_id,
+                token=f"token-{name}",
+                state="up" if i.running else "down",
+                prior=PriorSpec(**_prior(i.spec)),
+                **tier(i),
+            )  # fmt: skip
+            for name, i in self.instances.items()
+            if i.spec.service == svc.name and not i.spec.pool
+        ]
+        pool = [i for i in self.instances.values() if i.spec.service == svc.name and i.spec.pool]
+        pools = [
+            PoolSpec(
+                agent=f"pool-{svc.name}",
+                token=f"token-pool-{svc.name}",
+                ids=list(POOL_IDS),
+                sites=sorted({i.site_id for i in pool}),
+            )
+            for _ in pool[:1]  # one pool per service, where it has pool instances
+        ]
+        # the file's names where the schema's differ ("class"), and what is given only where there is some
+        given: dict[str, Any] = {"class": svc.class_, "policy": self.policy or svc.policy}
+        given |= {"placement": self.placement or svc.placement} | ({"pools": pools} if pools else {})
+        return ServiceSpec(
+            service=self.service_keys[svc.name], min_security=svc.min_security, tiers=list(svc.tiers),
+            transfer_kb=svc.transfer_kb, slo=SloSpec(ttft_ms=svc.slo.ttft_ms, tpot_ms=svc.slo.tpot_ms),
+            instances=insts, **given,
+        )  # fmt: skip
 
     def _decider(self, ingress: str) -> dict[str, Any]:
+        """mode distributed: the ingress node's own decider (collector and metrics), as a node's keyword."""
         if self.mode != "distributed":
             return {}
         col, prom = self.decider_ports[ingress]
         return {
-            "decider": {
-                "collector": {"listen": f"{MGMT_ROOT}:{col}", "timeout": self.spec.collector_timeout},
-                "prometheus": {"listen": f"{MGMT_ROOT}:{prom}"},
-            }
+            "decider": DeciderSpec(
+                collector=CollectorSpec(listen=f"{MGMT_ROOT}:{col}", timeout=self.spec.collector_timeout),
+                prometheus=PrometheusSpec(listen=f"{MGMT_ROOT}:{prom}"),
+            )
         }
 
     def collectors(self) -> list[str]:

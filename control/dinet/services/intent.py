@@ -621,5 +621,10 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: {at}not valid YAML: {getattr(e, 'problem', None) or e}") from None
 
 
+def dump(spec: IntentSpec) -> dict[str, Any]:
+    """An intent as a file would have it: the keys that were given, by their names in the file."""
+    return spec.model_dump(by_alias=True, exclude_unset=True)
+
+
 def load(path: Path) -> RunConfig:
     return parse(read_yaml(path), path)
