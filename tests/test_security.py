@@ -505,8 +505,9 @@ def test_in_mode_distributed_each_decider_drives_only_the_node_agents_that_name_
     ids = {}
     for node in ("a", "b"):
         cfg = load(path)
-        deciding(cfg, node)
-        ids[node] = credentials(cfg, insecure=False)
+        _, mine = deciding(cfg, node)
+        assert cfg.tls_name == "controller"  # what the file says stays as it says
+        ids[node] = credentials(mine, insecure=False)
     assert {n: i.name for n, i in ids.items() if i} == {"a": "decider-a", "b": "decider-b"}
     pb, pb_grpc = proto.agent()
     service = AgentService(RefusingSteer(), None, controllers=frozenset({"decider-a"}))

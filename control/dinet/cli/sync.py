@@ -32,7 +32,7 @@ def cmd_sync(a: argparse.Namespace) -> None:
         port=a.port, pub_group=a.group, rate_mbps=a.rate, cc=a.cc, encrypt=not a.no_encrypt,
         key=Path(a.key) if a.key else None,
     )  # fmt: skip
-    remote = any(n["target"] == "agent" for n in cfg.nodes.values())  # TLS only matters toward node agents
+    remote = any(n.target == "agent" for n in cfg.nodes.values())  # TLS only matters toward node agents
     with bier_targets(cfg, credentials(cfg, a.insecure) if remote else None) as targets:
         ctl = BierController(cfg.bier, targets)
         ctl.install()

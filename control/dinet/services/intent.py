@@ -142,7 +142,8 @@ class Bmv2NodeSpec(_Spec):
         return v if v.startswith("unix:") else _hostport(v)
 
 
-NodeSpec = Annotated[XdpNodeSpec | AgentNodeSpec | Bmv2NodeSpec, Field(discriminator="target")]
+SteerNodeSpec = XdpNodeSpec | AgentNodeSpec | Bmv2NodeSpec  # an ingress node, by its target
+NodeSpec = Annotated[SteerNodeSpec, Field(discriminator="target")]
 
 
 class CollectorSpec(_Spec):
@@ -462,7 +463,7 @@ class Ingress:
     """An ingress steering node, its network metrics toward each site (delay, loss), and the probes that
     measure them where a site names a probe address."""
 
-    node: dict[str, Any]
+    node: SteerNodeSpec  # the node as the intent gives it (its target, where it is, how it attaches)
     sites: dict[int, SitePath]
     probes: dict[int, Probe] = field(default_factory=dict)
     collector_listen: str | None = None  # mode distributed: its decider's collector and Prometheus
@@ -483,7 +484,7 @@ class RunConfig:
     agents: dict[str, AgentAuth] = field(default_factory=dict)  # reporting agents by identity
     tls_dir: str | None = None
     tls_name: str = "controller"
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # BIER nodes by BFR name
+    nodes: dict[str, BierNodeLocal | BierNodeAgent | BierNodeBmv2] = field(default_factory=dict)  # BIER nodes by BFR
     bier: BierIntent | None = None
     bier_watch_interval: float = 0.5
     sync_receivers: dict[str, str] = field(default_factory=dict)
@@ -510,7 +511,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
     nodes = spec.ingress if spec.ingress is not None else ([spec.node] if spec.node else [])
     ingress = [
         Ingress(
-            n.model_dump(exclude={"sites", "decider"}, exclude_none=True),
+            n,
             _paths(n.sites) or _paths(spec.sites),
             _probes(n.sites) or _probes(spec.sites),
             n.decider.collector.listen if n.decider else None,
@@ -564,7 +565,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
                 s.placement == "session",
             )
         )
-    cfg.nodes = {name: n.model_dump(exclude_none=True) for name, n in spec.nodes.items()}
+    cfg.nodes = dict(spec.nodes)
     if spec.tls is not None:
         cfg.tls_dir, cfg.tls_name = spec.tls.dir, spec.tls.name
     if spec.bier is not None:

@@ -10,7 +10,6 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,109 +21,10 @@ from ..policy.decide import Policy
 from .collect import Collector, CollectorServer
 from .controller import Controller
 from .intent import RunConfig, load
+from .nodes import bier_targets, open_target
 from .observe import registry, serve
 
 log = logging.getLogger(__name__)
-
-
-def _p4node(node: dict[str, Any], name: str) -> Any:
-    """A connected P4Node: adopted when the switch runs dinet's pipeline already, else programmed."""
-    from ..targets.base import SteerSizes
-    from ..targets.bmv2 import compile_p4
-    from ..targets.p4node import open_p4node
-    from ..targets.p4rt import P4RuntimeSwitch
-
-    sizes = SteerSizes(**{k: int(v) for k, v in (node.get("sizes") or {}).items() if v})
-    sw = P4RuntimeSwitch(str(node["address"]), int(node.get("device_id", 0)), int(node.get("election_id", 1)), name)
-    sw.connect()
-    try:
-        pipe = compile_p4(sizes.defines())
-        return open_p4node(sw, pipe, sizes, bool(node.get("set_pipeline", True)))
-    except BaseException:
-        sw.close()
-        raise
-
-
-@contextlib.contextmanager
-def open_target(node: dict[str, Any], identity: Identity | None = None) -> Iterator[Any]:
-    """The SteeringTarget of an ingress node of the intent (xdp, agent or bmv2)."""
-    if node["target"] == "agent":
-        from ..targets.remote import RemoteNode
-
-        remote = RemoteNode(
-            str(node["address"]),
-            str(node.get("token", "")),
-            name=str(node.get("name", "")),
-            identity=identity,
-            server=str(node.get("identity", "")),
-        )
-        try:
-            yield remote
-        finally:
-            remote.close()
-    elif node["target"] == "xdp":
-        from ..targets.xdp import SteeringNode
-
-        n = SteeringNode(str(node.get("name", "default")))
-        try:
-            n.configure(src4=node.get("src4"), src6=node.get("src6"))
-            for a in node.get("attach") or []:
-                n.attach(str(a["dev"]), a.get("netns"), str(a.get("mode", "native")))
-            yield n
-        finally:
-            n.close()  # maps stay pinned and programs attached: forwarding goes on without the controller
-    else:
-        p4 = _p4node(node, str(node.get("name") or node["address"]))
-        try:
-            hop = node.get("next_hop")
-            p4.configure(
-                src4=node.get("src4"),
-                src6=node.get("src6"),
-                static_next_hop=(int(hop["port"]), str(hop["smac"]), str(hop["dmac"])) if hop else None,
-                pass_ports={int(k): int(v) for k, v in (node.get("pass_ports") or {}).items()},
-            )
-            yield p4
-        finally:
-            p4.sw.close()
-
-
-@contextlib.contextmanager
-def bier_targets(cfg: RunConfig, identity: Identity | None = None) -> Iterator[dict[str, Any]]:
-    """A BierTarget per BIER node: a local TC node (attached where the file says), a node agent, or a
-    P4Runtime switch."""
-    from ..targets.remote import RemoteNode
-    from ..targets.tc import BierNode, TcBierTarget
-
-    targets: dict[str, Any] = {}
-    opened: list[Any] = []
-    try:
-        for name, n in cfg.nodes.items():
-            if n["target"] == "agent":
-                r = RemoteNode(
-                    str(n["address"]),
-                    str(n.get("token", "")),
-                    name=name,
-                    identity=identity,
-                    server=str(n.get("identity", "")),
-                )
-                opened.append(r)
-                targets[name] = r
-            elif n["target"] == "bmv2":
-                p4 = _p4node(n, name)
-                opened.append(p4.sw)
-                p4.port_names = {int(k): str(v) for k, v in (n.get("ports") or {}).items()}
-                p4.port_netns = n.get("netns")
-                targets[name] = p4
-            else:
-                b = BierNode(str(n.get("name") or name))
-                opened.append(b)
-                for a in n.get("attach") or []:
-                    b.attach(str(a["dev"]), a.get("netns"))
-                targets[name] = TcBierTarget(b, n.get("netns"))
-        yield targets
-    finally:
-        for o in opened:
-            o.close()
 
 
 def keep_in_sync(target: Any) -> bool:
@@ -225,14 +125,16 @@ def credentials(cfg: RunConfig, insecure: bool) -> Identity | None:
     return None
 
 
-def deciding(cfg: RunConfig, node: str | None) -> list[int]:
-    """The ingress nodes (indices in the intent) this process decides for: every one in mode central; in mode
-    distributed, the one named by --node (its name or index), and its decider's collector takes the reports."""
-    names = [str(ing.node.get("name") or k) for k, ing in enumerate(cfg.ingress)]
+def deciding(cfg: RunConfig, node: str | None) -> tuple[list[int], RunConfig]:
+    """The ingress nodes (indices in the intent) this process decides for, and the configuration it runs: every
+    node in mode central; in mode distributed, the one named by --node (its name or index), whose decider's
+    collector, Prometheus endpoint and identity this process takes (the returned configuration; `cfg` stays
+    as it was)."""
+    names = [str(ing.node.name or k) for k, ing in enumerate(cfg.ingress)]
     if cfg.mode == "central":
         if node is not None:
             raise ConfigError("--node is for an intent in mode distributed (this one is central)")
-        return list(range(len(cfg.ingress)))
+        return list(range(len(cfg.ingress))), cfg
     if node is None:
         raise ConfigError(
             "mode distributed: each ingress node decides for itself: start `dinet run FILE --node NAME` once per "
@@ -241,10 +143,13 @@ def deciding(cfg: RunConfig, node: str | None) -> list[int]:
     for k, name in enumerate(names):
         if node in (name, str(k)):
             ing = cfg.ingress[k]
-            cfg.collector_listen = str(ing.collector_listen)
-            cfg.prometheus_listen = ing.prometheus_listen
-            cfg.tls_name = ing.decider_identity or cfg.tls_name  # each decider is a controller of its own
-            return [k]
+            mine = replace(
+                cfg,
+                collector_listen=str(ing.collector_listen),
+                prometheus_listen=ing.prometheus_listen,
+                tls_name=ing.decider_identity or cfg.tls_name,  # each decider is a controller of its own
+            )
+            return [k], mine
     raise ConfigError(f"--node {node}: no such ingress node (names: {', '.join(names)})")
 
 
@@ -256,7 +161,7 @@ def run(
     node: str | None = None,
 ) -> int:
     cfg = load(path)
-    mine = deciding(cfg, node) if cfg.ingress else []
+    mine, cfg = deciding(cfg, node) if cfg.ingress else ([], cfg)
     identity = credentials(cfg, insecure)
     stop = stop or threading.Event()
     policy = Policy(seed=cfg.seed)
