@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..creds import Identity
+from ..targets.base import BierTarget, SteeringTarget
 from .intent import AgentNodeSpec, BierNodeAgent, BierNodeBmv2, Bmv2NodeSpec, RunConfig, SteerNodeSpec
 
+if TYPE_CHECKING:  # imported where used: each pulls in its data plane's libraries (bcc, gRPC stubs)
+    from ..targets.p4node import P4Node
+    from ..targets.remote import RemoteNode
 
-def _p4node(node: Bmv2NodeSpec | BierNodeBmv2, name: str) -> Any:
+
+def _p4node(node: Bmv2NodeSpec | BierNodeBmv2, name: str) -> P4Node:
     """A connected P4Node: adopted when the switch runs dinet's pipeline already, else programmed."""
     from ..targets.base import SteerSizes
     from ..targets.bmv2 import compile_p4
@@ -30,14 +35,14 @@ def _p4node(node: Bmv2NodeSpec | BierNodeBmv2, name: str) -> Any:
         raise
 
 
-def _remote(node: AgentNodeSpec | BierNodeAgent, name: str, identity: Identity | None) -> Any:
+def _remote(node: AgentNodeSpec | BierNodeAgent, name: str, identity: Identity | None) -> RemoteNode:
     from ..targets.remote import RemoteNode
 
     return RemoteNode(node.address, node.token, name=name, identity=identity, server=node.identity or "")
 
 
 @contextlib.contextmanager
-def open_target(node: SteerNodeSpec, identity: Identity | None = None) -> Iterator[Any]:
+def open_target(node: SteerNodeSpec, identity: Identity | None = None) -> Iterator[SteeringTarget]:
     """The SteeringTarget of an ingress node of the intent (xdp, agent or bmv2), closed on leaving."""
     if node.target == "agent":
         remote = _remote(node, node.name or "", identity)
@@ -72,12 +77,12 @@ def open_target(node: SteerNodeSpec, identity: Identity | None = None) -> Iterat
 
 
 @contextlib.contextmanager
-def bier_targets(cfg: RunConfig, identity: Identity | None = None) -> Iterator[dict[str, Any]]:
+def bier_targets(cfg: RunConfig, identity: Identity | None = None) -> Iterator[dict[str, BierTarget]]:
     """A BierTarget per BIER node: a local TC node (attached where the file says), a node agent, or a
     P4Runtime switch; closed on leaving."""
     from ..targets.tc import BierNode, TcBierTarget
 
-    targets: dict[str, Any] = {}
+    targets: dict[str, BierTarget] = {}
     opened: list[Any] = []
     try:
         for name, n in cfg.nodes.items():
