@@ -166,9 +166,9 @@ def inject(lab: Lab, f: Fault, tl: Timeline, hold: float) -> None:
         lab.restart(f.target, which)
     else:  # a path cut: every instance at the site is out of reach
         f.affected = [n for n, i in lab.instances.items() if lab.spec.site(i.spec.site).name == f.target]
-        lab.cut_path(ingress, f.target, True)
+        lab.links.cut_path(ingress, f.target, True)
         time.sleep(hold)
-        lab.cut_path(ingress, f.target, False)
+        lab.links.cut_path(ingress, f.target, False)
     f.restored = round(time.time() - tl.start, 2)
 
 

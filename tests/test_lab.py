@@ -127,7 +127,7 @@ def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped
     """Reachability, the paths' RTT and loss, a short load on every service from every ingress node's clients,
     served through the steering node (its counters read back); returns the lab's tag and processes."""
     assert lab.reachability() == []
-    for r in lab.measure_paths(20):
+    for r in lab.links.measure_paths(20):
         assert r.rtt_ms is not None and r.rtt_ms >= r.rtt_configured_ms, r  # the delay is really there
         if r.loss_configured == 0:
             assert r.loss == 0, r
@@ -149,7 +149,7 @@ def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped
 @needs_root
 @needs_bcc
 def test_a_path_slows_at_run_time_on_the_wire_and_new_flows_leave_it(tmp_path: Path) -> None:
-    """Lab.set_path_delay: the path's RTT rises on the wire (pinged), the controller gets the new delay, and
+    """lab.links.set_path_delay: the path's RTT rises on the wire (pinged), the controller gets the new delay, and
     delay-sensitive flows leave the site that was best (the cloud: its H100s keep the most of the SLO) for
     the edges; back again when the delay is restored."""
     with _lab("cloud-edge", "xdp", tmp_path) as lab:
@@ -160,15 +160,15 @@ def test_a_path_slows_at_run_time_on_the_wire_and_new_flows_leave_it(tmp_path: P
             return all(w[n] > 0 for n in names) and all(w[n] == 0 for n in w if n not in names)
 
         lab.wait_until(lambda: on(cloud), "the cloud preferred")
-        lab.set_path_delay("cloud", "in1", 300.0)
-        slow = next(r for r in lab.measure_paths(3) if r.site == "cloud")
+        lab.links.set_path_delay("cloud", "in1", 300.0)
+        slow = next(r for r in lab.links.measure_paths(3) if r.site == "cloud")
         assert slow.rtt_configured_ms == 600.0 and slow.rtt_ms is not None and slow.rtt_ms >= 600.0, slow
         lab.wait_until(lambda: on(edges), "the edges now")
         recs = lab.load("dev1", "chat", rate=8, duration=1, seed=5, **QUICK)
         assert recs and {r["instance"] for r in recs} <= edges and all(r["status"] == "ok" for r in recs)
-        lab.set_path_delay("cloud", "in1", 25.0)
+        lab.links.set_path_delay("cloud", "in1", 25.0)
         lab.wait_until(lambda: on(cloud), "the cloud again")
-        back = next(r for r in lab.measure_paths(3) if r.site == "cloud")
+        back = next(r for r in lab.links.measure_paths(3) if r.site == "cloud")
         assert back.rtt_ms is not None and back.rtt_ms < 300.0, back
 
 
@@ -486,10 +486,10 @@ def test_split_inference_sends_its_activations_encrypted_over_the_uplink_and_nev
         cap = lab.popen("dev1", capture, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             assert cap.stderr is not None and "listening on" in cap.stderr.readline()
-            before = lab.uplink_bytes("dev1")
+            before = lab.links.uplink_bytes("dev1")
             recs = lab.load("dev1", "tail", url=head, rate=2, duration=2, seed=1, prompt_min=100, prompt_max=100,
                             output_min=8, output_max=8)  # fmt: skip
-            sent = lab.uplink_bytes("dev1") - before
+            sent = lab.links.uplink_bytes("dev1") - before
         finally:
             cap.send_signal(signal.SIGINT)
             cap.wait(timeout=10)

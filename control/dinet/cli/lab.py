@@ -91,10 +91,10 @@ def cmd_lab_up(a: argparse.Namespace) -> None:
         print(f"lab {spec.name}: down", flush=True)
         return
     with Lab(spec, a.target, Path(a.workdir) if a.workdir else None, a.pcap, a.backend) as lab:
-        emulated = sorted({e.engine for e in lab.emulators})
+        emulated = sorted({e.engine for e in lab.links.emulators})
         print(f"lab {spec.name}: up; links emulated by {', '.join(emulated) or 'nothing'}; logs in {lab.workdir}/logs")
         print(PathReport.header())
-        for r in lab.measure_paths(a.ping_count):
+        for r in lab.links.measure_paths(a.ping_count):
             print(r.row())
         print(f"intent: {lab.workdir}/intent.yaml; controller metrics: {lab.metrics_url}")
         if a.cli:

@@ -181,7 +181,7 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
     args += ["--output-min", str(shape["output"]), "--output-max", str(shape["output"])]
     ing = shape["ingress"]
     urls = {c: devs.url(c, paradigm, policy) for c in shape["devices"]}
-    up0 = {c: lab.uplink_bytes(c) for c in shape["devices"]}
+    up0 = {c: lab.links.uplink_bytes(c) for c in shape["devices"]}
     start = time.time() + LEAD_S
     loads = [
         start_load(lab, c, url, start, [*args, "--seed", str(seed * 100 + k), *extra], {"client": c})
@@ -198,13 +198,15 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
         sargs += ["--output-min", "64", "--output-max", "64", "--seed", "2", *lab.tls_args()]
         site.append(start_load(lab, near, f"{lab.scheme}://127.0.0.1:{port}", start + at, sargs, {"site": near}))
     elif paradigm == "cascade":
-        events.append((at, shape["events"][paradigm]["what"], lambda: lab.set_path_delay(near_site, ing, RISE_MS)))
+        events.append(
+            (at, shape["events"][paradigm]["what"], lambda: lab.links.set_path_delay(near_site, ing, RISE_MS))
+        )
     else:
         rate = {c.name: c.link.bw_mbit for c in lab.spec.clients}
 
         def drop() -> None:
             for c in urls:
-                lab.set_uplink_rate(c, DROP_MBIT)
+                lab.links.set_uplink_rate(c, DROP_MBIT)
 
         events.append((at, shape["events"][paradigm]["what"], drop))
     stop = threading.Event()
@@ -219,15 +221,15 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
         for ld in site:  # the site's own users: not in the results
             ld.out.unlink(missing_ok=True)
         if paradigm == "cascade":
-            lab.set_path_delay(near_site, ing, base_delay)
+            lab.links.set_path_delay(near_site, ing, base_delay)
         elif paradigm == "split":
             for c in urls:
-                lab.set_uplink_rate(c, rate[c] or 1000.0)
+                lab.links.set_uplink_rate(c, rate[c] or 1000.0)
             if policy in STEERED:  # this arm's heads: what they still send counts here, not in the next arm
                 for url, _ in urls.values():
                     lab.stop_local(url)
     wait_idle(lab, devs.instances(shape["services"][paradigm]))
-    uplink = sum(lab.uplink_bytes(c) - up0[c] for c in shape["devices"])
+    uplink = sum(lab.links.uplink_bytes(c) - up0[c] for c in shape["devices"])
     return {"records": recs, "uplink_bytes": uplink}
 
 

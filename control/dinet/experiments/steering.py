@@ -7,7 +7,7 @@ while events happen on one clock:
 - a load step: the site that nearest-site anycast picks for the first client's first service gets a burst of
   its own users (sent inside its host: nothing of it is steered);
 - a path delay rise: the farthest site's path (the site with the most capacity) slows to 500 ms one way, on
-  the wire and in the network metrics (`Lab.set_path_delay`), and is restored after the run (quick runs: from
+  the wire and in the network metrics (`lab.links.set_path_delay`), and is restored after the run (quick runs: from
   the start);
 - a site failure (full runs): the second-nearest instance of that service stops (server and agent), and comes
   back after the run.
@@ -106,7 +106,7 @@ def one_run(
         return go
 
     def slow(e: dict[str, Any]) -> Any:
-        return lambda: lab.set_path_delay(e["site"], e["ingress"], e["delay_ms"])
+        return lambda: lab.links.set_path_delay(e["site"], e["ingress"], e["delay_ms"])
 
     events = [(e["at"], e["kind"], fail(e["instance"])) for e in shape["events"] if e["kind"] == "site failure"]
     events += [(e["at"], e["kind"], slow(e)) for e in shape["events"] if e["kind"] == "path delay rise"]
@@ -121,8 +121,8 @@ def one_run(
         stop.set()
         stop_loads(loads + bursts)
         for e in shape["events"]:  # the path as it was
-            if e["kind"] == "path delay rise" and (e["ingress"], e["site"]) in lab.path_delay:
-                lab.set_path_delay(e["site"], e["ingress"], e["was_ms"])
+            if e["kind"] == "path delay rise" and (e["ingress"], e["site"]) in lab.links.path_delay:
+                lab.links.set_path_delay(e["site"], e["ingress"], e["was_ms"])
         for name in failed:
             lab.start_instance(name)
         if failed:

@@ -2,7 +2,7 @@
 node on XDP or BMv2, `dinet serve` instances with metric agents, and `dinet run` on the scenario's intent.
 
     with Lab(load(Path("topo/scenarios/cloud-edge.yaml")), target="xdp") as lab:
-        lab.measure_paths()                     # RTT and loss achieved on each path, beside the configured
+        lab.links.measure_paths()               # RTT and loss achieved on each path, beside the configured
         recs = lab.load("dev1", "chat", rate=5, duration=2)
         lab.view.weights("chat")                # what `dinet run` installed, read from its Prometheus endpoint
 
@@ -66,7 +66,8 @@ from ..targets import netns
 from ..targets.bcc_program import BccProgram, remove_pinned_tree
 from ..targets.xdp import DecapNode
 from ..workload.metrics_agent import parse, scrape
-from .linkem import LinkEmulator, PathReport, ping, stop_processes
+from .linkem import LinkEmulator, stop_processes
+from .links import Links
 from .rig import Rig
 from .scenario import InstanceSpec, LinkSpec, ScenarioSpec
 from .view import ControllerView
@@ -152,9 +153,7 @@ class Lab(Rig):
         self.hosts: dict[str, Any] = {}  # scenario node name -> Mininet host
         self.ingress_intf: dict[str, str] = {}  # ingress name -> its client LAN interface
         self.instances: dict[str, InstanceHost] = {}
-        self.emulators: list[LinkEmulator] = []
-        self.path_delay: dict[tuple[str, str], float] = {}  # (ingress, site) -> a one-way delay set at run time
-        self.paths: list[tuple[str, str, str, Any]] = []  # (ingress, site, site router's address, PathSpec)
+        self.links = Links(self.ns, self.write_intent)  # emulated links and paths, changed and measured
         self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
         self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
         self._local_port = 9100  # serve_local's ports on the devices
@@ -292,7 +291,7 @@ class Lab(Rig):
                 a, b = self._link(self.hosts[ing.name], self.hosts[site.name], path)
                 ends.append((a, b, f"10.{k}.{site.id}.0/24"))
                 self.next_hops.append((a, b, f"10.{k}.{site.id}.2"))
-                self.paths.append((ing.name, site.name, f"10.{k}.{site.id}.2", path))
+                self.links.paths.append((ing.name, site.name, f"10.{k}.{site.id}.2", path))
         for inst in self.instances.values():
             h = inst.host = add(inst.spec.name)
             a, b = self._link(self.hosts[inst.spec.site], h, inst.spec.link)
@@ -300,7 +299,7 @@ class Lab(Rig):
             net.addLink(h, mgmt)
         net.build()
         net.start()
-        for name, h in list(self.hosts.items()) + [(e.name, e.host) for e in self.emulators]:
+        for name, h in list(self.hosts.items()) + [(e.name, e.host) for e in self.links.emulators]:
             subprocess.run(["ip", "netns", "attach", self.ns(name), str(h.pid)], check=True, capture_output=True)
             self.state["netns"].append(self.ns(name))
             self.state["pids"].append(h.pid)
@@ -313,16 +312,16 @@ class Lab(Rig):
         root.cmd(f"ip addr add {MGMT_ROOT}/16 dev {root_link.intf1.name}")
         self._fabric_mtu()
         self._address(ends)
-        for e in self.emulators:
+        for e in self.links.emulators:
             e.start(self.ns(e.name), self.backend, self.workdir / "logs")
-        self.state["pids"] += [e.pid for e in self.emulators if e.pid]
+        self.state["pids"] += [e.pid for e in self.links.emulators if e.pid]
         self._save()
 
     def _fabric_mtu(self) -> None:
         """Room for the tunnel header: FABRIC_MTU on every link between routers, switches and instances (the
         clients' side stays at 1500, and instances send at most 1500 themselves: see _address)."""
         clients = {c.name for c in self.spec.clients}
-        edge = clients | {e.name for e in self.emulators if e.a in clients or e.b in clients}
+        edge = clients | {e.name for e in self.links.emulators if e.a in clients or e.b in clients}
         for link in self.net.links:
             nodes = {link.intf1.node.name, link.intf2.node.name}
             if nodes & edge or any(n.startswith(f"{self.tag}l") or n.startswith(f"{self.tag}m") for n in nodes):
@@ -358,12 +357,12 @@ class Lab(Rig):
         if not spec.emulated:
             link = self.net.addLink(a, b)
             return link.intf1, link.intf2
-        e = LinkEmulator(f"x{len(self.emulators) + 1}", spec, a.name, b.name)
+        e = LinkEmulator(f"x{len(self.links.emulators) + 1}", spec, a.name, b.name)
         e.host = self.net.addHost(e.name, ip=None)
         la, lb = self.net.addLink(a, e.host), self.net.addLink(e.host, b)
         e.ends = (la.intf1, lb.intf2)
         e.wire = (la.intf2.name, lb.intf1.name)
-        self.emulators.append(e)
+        self.links.emulators.append(e)
         return la.intf1, lb.intf2
 
     def _address(self, ends: list[tuple[Any, Any, str]]) -> None:
@@ -430,7 +429,7 @@ class Lab(Rig):
                 self.passprog.attach("xdp_pass", peer.name, where)
 
     def _named(self) -> set[str]:
-        return set(self.hosts) | {e.name for e in self.emulators}
+        return set(self.hosts) | {e.name for e in self.links.emulators}
 
     def steer_node_name(self, ingress: str) -> str:
         return f"{self.tag}-steer-{ingress}"
@@ -590,23 +589,6 @@ class Lab(Rig):
         stop_processes([p])
         self.locals.remove(p)
 
-    def _uplink(self, client: str) -> LinkEmulator:
-        e = next((e for e in self.emulators if e.a == client), None)
-        if e is None:
-            raise ConfigError(f"{client} has no emulated link (a link with a rate or a delay has one)")
-        return e
-
-    def set_uplink_rate(self, client: str, mbit: float) -> None:
-        """A client's uplink (from it toward the network) changes its rate at run time (a device's uplink
-        dropping); the downlink keeps its own."""
-        e = self._uplink(client)
-        e.set_rate(mbit, toward=e.b)
-
-    def uplink_bytes(self, client: str) -> int:
-        """Bytes a client's emulated link has carried from it toward the network (the link's own counter)."""
-        e = self._uplink(client)
-        return e.tx_bytes(toward=e.b)
-
     def stop_instance(self, name: str) -> None:
         inst = self.instances[name]
         stop_processes(inst.procs)
@@ -690,9 +672,9 @@ class Lab(Rig):
         path = self.spec.path(site, ingress)
         given: dict[str, Any] = {"bw_mbit": path.bw_mbit} if path.bw_mbit else {}  # (unset: the defaults)
         if self.probes:  # the site's router, pinged from the ingress node over the path
-            addr = next(a for i, t, a, _ in self.paths if (i, t) == (ingress, site))
+            addr = self.links.probe_address(ingress, site)
             given |= {"probe": addr, "probe_netns": self.ns(ingress)}
-        delay = 2 * self.path_delay.get((ingress, site), path.delay_ms)
+        delay = 2 * self.links.delay_ms(ingress, site, path.delay_ms)
         return SiteSpec(delay_ms=delay, loss=path.loss, security=path.security, **given)
 
     def _service(self, svc: Any) -> ServiceSpec:
@@ -960,37 +942,6 @@ class Lab(Rig):
         """The switch kill_switch stopped starts again, empty: what decides finds it and writes it back."""
         self.net.get(f"{self.tag}p{self.ingress_index(ingress)}").bmv2.restart()
 
-    def cut_path(self, ingress: str, site: str, cut: bool = True) -> None:
-        """The path from an ingress node to a site fails (every frame dropped both ways) or comes back. What
-        decides learns it only by measuring (a lab with probes=True), as it would in a network."""
-        e = next((e for e in self.emulators if (e.a, e.b) == (ingress, site)), None)
-        if e is None:
-            raise ConfigError(f"no emulated path from {ingress} to {site} (a path with a delay has one)")
-        e.set_cut(cut)
-
-    def set_path_delay(self, site: str, ingress: str, delay_ms: float) -> None:
-        """A path's one-way delay changes at run time: on the wire (its link emulator) and in the network
-        metrics `dinet run` decides on (the intent it reads again: the lab's stand-in for the network's
-        telemetry; a site with a `probe:` address is measured instead)."""
-        e = next((e for e in self.emulators if (e.a, e.b) == (ingress, site)), None)
-        if e is None:
-            raise ConfigError(f"no emulated path from {ingress} to {site} (a path with a delay has one)")
-        e.set_delay(delay_ms)
-        self.path_delay[(ingress, site)] = delay_ms
-        self.write_intent()
-
-    def measure_paths(self, count: int = 20) -> list[PathReport]:
-        """Pings each path from its ingress router to the site router: RTT and loss achieved."""
-
-        def now(ing: str, site: str, spec: Any) -> Any:  # the path as it is configured now
-            d = self.path_delay.get((ing, site))
-            return spec if d is None else spec.model_copy(update={"delay_ms": d})
-
-        started = [
-            (ing, site, now(ing, site, spec), ping(self.ns(ing), addr, count)) for ing, site, addr, spec in self.paths
-        ]
-        return [PathReport.from_ping(ing, site, spec, p) for ing, site, spec, p in started]
-
     def reachability(self) -> list[str]:
         """Pings every instance endpoint from every client (three echoes: a lossy path may take one); the
         pairs with no answer."""
@@ -1017,7 +968,7 @@ class Lab(Rig):
         self.deciders = {}
         stop_processes([p for p in self.node_agents.values() if p is not None])
         self.node_agents = dict.fromkeys(self.node_agents, None)
-        for e in self.emulators:
+        for e in self.links.emulators:
             e.stop()
         if self.decap is not None:
             self.decap.destroy()
