@@ -82,16 +82,18 @@ def test_the_sampler_goes_on_when_a_decider_stops_answering() -> None:
     that sample and keeps sampling the others; it once died there, and the run's later reactions read None."""
     calls: list[int] = []
 
-    class Lab:
-        instances: dict = {}
-        service_keys: dict = {}
-        spec = SimpleNamespace(ingress=[])
-
+    class View:  # what the sampler reads: the lab's view of what decides
         def prometheus(self) -> dict:
             calls.append(1)
             if len(calls) == 1:
                 raise ConfigError("cannot scrape http://127.0.0.1:1/metrics: Connection refused")
             return {"dinet_reports_accepted_total": [({}, 5.0)]}
+
+    class Lab:
+        instances: dict = {}
+        service_keys: dict = {}
+        spec = SimpleNamespace(ingress=[])
+        view = View()
 
     with Sampler(Lab(), time.time(), interval=0.01) as sampler:  # type: ignore[arg-type]
         assert wait_for(lambda: len(sampler.samples) >= 2), "the sampler stopped after the failed scrape"
