@@ -220,6 +220,10 @@ def seeds_for(sv: Any, place: Any, rng: random.Random) -> list[bytes]:
         ext = rng.choice([IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(), IPv6ExtHdrFragment()])
         out.append(bytes(eth / IPv6(dst="fd00:99::53") / ext / UDP(sport=sport, dport=53) / body))
         out.append(bytes(eth / IP(dst="10.99.0.2") / TCP(sport=sport, dport=8080) / body))
+        pick = sv.PICK4  # two choices: what the data plane placed decides where the next flow goes
+        out.append(
+            bytes(eth / IP(src=f"10.2.{rng.randrange(256)}.2", dst=str(pick.vip)) / TCP(sport=sport, dport=pick.port))
+        )
     return out
 
 

@@ -5,7 +5,9 @@
    affinity hit of a session-affine service (on its own address: where such a service folds in the VIP
    filter, packets skip the per-CPU flow cache for the shared LRU and a SYN costs a service lookup), a
    new flow, a new flow of a session-affine service (from session ports: one in 8 places a new session,
-   the other 7 find theirs in the session table), and pass-through of traffic that is not for a service.
+   the other 7 find theirs in the session table), a new flow and a hit of a two-choices service (two ring
+   candidates, a second CRC-32, the lower loaded, an atomic add where it goes; a hit pays nothing for it), and
+   pass-through of traffic that is not for a service.
    The hit and new-flow figures come from ebpf/bench_steer.bpf.c, which undoes the encapsulation after
    each repetition (BPF_PROG_TEST_RUN does not reset the buffer): that undo is included, so both figures
    err on the slow side; xdp_undo_probe (push the header room, undo it) measures that undo, and the hit is
@@ -33,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from scapy.layers.inet import IP, TCP, UDP
@@ -40,7 +43,7 @@ from scapy.layers.l2 import Ether
 
 from dinet.errors import InterfaceError
 from dinet.lab.namespaces import Topology
-from dinet.model import Instance, ServiceKey
+from dinet.model import Instance, InstanceLoad, ServiceKey
 from dinet.targets import netns
 from dinet.targets.base import SteerSizes
 from dinet.targets.bcc_program import BccProgram, remove_pinned_tree
@@ -50,6 +53,7 @@ from dinet.targets.xdp import SteeringNode
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-{os.getpid()}")
 VIP = "10.99.0.1"
 CHAT_VIP = "10.99.0.4"  # the session-affine service's address: another entry of the VIP filter than VIP's
+PICK_VIP = "10.99.0.5"  # the two-choices service's address
 
 
 def median_ns(fd: int, frame: bytes, repeat: int, trials: int, want: int | None = None) -> float:
@@ -78,7 +82,13 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
         chat = ServiceKey.parse(f"{CHAT_VIP}:8000/tcp")  # session-affine: its flows go through the session rules
         node.add_service(chat, session=True)
         node.set_instances(chat, instances)
-        for i in range(2, services):  # the benchmark's two services and 4,094 others: the table full
+        pick = ServiceKey.parse(f"{PICK_VIP}:8100/tcp")  # two choices: two ring candidates, the lower loaded
+        node.add_service(pick, two_choices=True)
+        node.set_instances(
+            pick,
+            [replace(i, load=InstanceLoad(10_000 + 37 * n % 5000, 800, n % 3, 1)) for n, i in enumerate(instances)],
+        )
+        for i in range(3, services):  # the benchmark's two services and 4,094 others: the table full
             svc = ServiceKey(f"10.{100 + i // 250}.{i % 250}.1", 80, "tcp")  # type: ignore[arg-type]
             node.add_service(svc)
             if full_instances:
@@ -98,15 +108,18 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
         chat_ack = bytes(
             Ether() / IP(src="10.65.0.1", dst=CHAT_VIP) / TCP(sport=61440, dport=8000, flags="A") / (b"x" * 10)
         )
+        pick_frame = bytes(Ether() / IP(src="10.66.0.1", dst=PICK_VIP) / TCP(sport=40000, dport=8100) / (b"x" * 10))
         # the new-flow run first: it fills the affinity table, which the hit runs then search. Then every case
         # once per round, so that a slow spell of the machine weighs on the floor and the cases alike
         runs: dict[str, list[float]] = {"miss": [median_ns(miss_fd, svc_frame, repeat, 1, XDP_TX)]}
         runs["session"] = [median_ns(session_fd, chat_frame, repeat, 1, XDP_TX)]
+        runs["two_choices"] = [median_ns(miss_fd, pick_frame, repeat, 1, XDP_TX)]
         for _ in range(trials):
             for name, fd, frame, want in (
                 ("floor", floor_fd, svc_frame, XDP_PASS),
                 ("hit", hit_fd, svc_frame, XDP_TX),
                 ("session_hit", hit_fd, chat_ack, XDP_TX),
+                ("two_choices_hit", hit_fd, pick_frame, XDP_TX),
                 ("pass", steer_fd, other, XDP_PASS),
                 ("push_undo", probe_fd, svc_frame, XDP_TX),
             ):
@@ -114,6 +127,7 @@ def micro(repeat: int, trials: int, services: int, full_instances: bool) -> dict
         for _ in range(trials - 1):
             runs["miss"].append(median_ns(miss_fd, svc_frame, repeat, 1, XDP_TX))
             runs["session"].append(median_ns(session_fd, chat_frame, repeat, 1, XDP_TX))
+            runs["two_choices"].append(median_ns(miss_fd, pick_frame, repeat, 1, XDP_TX))
         res = {f"{k}_ns": float(statistics.median(v)) for k, v in runs.items()}
         res["runs_ns"] = runs
         # the benchmark's own undo of the encapsulation, estimated as half of push + undo above the floor
@@ -307,7 +321,7 @@ def main() -> int:
     finally:
         remove_pinned_tree(BPFFS)
     floor = res["floor_ns"]
-    for k in ("hit", "session_hit", "miss", "session", "pass"):
+    for k in ("hit", "session_hit", "two_choices_hit", "miss", "session", "two_choices", "pass"):
         res[f"{k}_ratio"] = res[f"{k}_ns"] / floor if floor else None
     res["seconds"] = round(time.monotonic() - t0, 1)
     print(f"\nBPF_PROG_TEST_RUN, {res['repeat']:,} repetitions, median of {res['trials']} (ns/packet)")
@@ -316,8 +330,10 @@ def main() -> int:
     for k, label in (
         ("hit", "affinity hit"),
         ("session_hit", "session-affine hit"),
+        ("two_choices_hit", "two-choices hit"),
         ("miss", "new flow"),
         ("session", "new session flow"),
+        ("two_choices", "new two-choices flow"),
         ("pass", "not a service"),
     ):
         print(f"  {label:<22}{res[k + '_ns']:>8.1f}{res[k + '_ratio']:>9.2f}")

@@ -91,6 +91,16 @@
 #define DINET_SESSION_TAG_LABEL 1
 #define DINET_SESSION_TAG_PORT 2
 
+/* Two-choices services (service flag DINET_SVC_TWO_CHOICES; not with DINET_SVC_SESSION): a new flow takes two
+ * candidates from the weighted ring, the first at CRC-32 over (source, destination, source port, destination
+ * port, protocol) as every flow, the second at CRC-32 over the same fields in the reverse order (destination
+ * port, source port, destination, source, protocol), and goes to the one whose load is lower (the first on a
+ * tie). An instance's load is what the controller last wrote for it (inst_value.load: dinet writes predicted
+ * TTFT in microseconds) plus what the new flows the data plane placed there since add: each new flow beyond
+ * `load_free` adds `load_step` (n placed: load + max(0, n - load_free) x load_step). The count of placed flows
+ * restarts whenever the controller writes a load of another report (load_gen). */
+#define DINET_SVC_TWO_CHOICES 2
+
 /* Instance states in the instance table. */
 #define DINET_INST_DOWN 0
 #define DINET_INST_UP 1

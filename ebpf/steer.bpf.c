@@ -49,6 +49,9 @@ BPF_PERCPU_ARRAY(nh_cache, struct nh_cache_entry, DINET_NH_CACHE_SIZE);
 /* counters per service and per instance, per CPU; written here. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct steer_counter, svc_stats, DINET_MAX_SERVICES, PIN(svc_stats));
 BPF_TABLE_PINNED("percpu_array", __u32, struct steer_counter, inst_stats, INST_ENTRIES, PIN(inst_stats));
+/* inst_placed: index as instances -> new flows placed on a two-choices instance under its load's report (steer.h);
+ * shared by every CPU (added to atomically), written here. */
+BPF_TABLE_PINNED("array", __u32, struct placed_value, inst_placed, INST_ENTRIES, PIN(inst_placed));
 /* verdicts: DINET_DROP_* / DINET_PASS_* -> packets, per CPU; written here. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, verdicts, DINET_VERDICTS, PIN(verdicts));
 /* config: 0 -> steer_config; written by dinet. */
@@ -78,6 +81,16 @@ static __always_inline __u32 crc32_byte(__u32 crc, __u8 byte)
 	__u32 i = (crc ^ byte) & 0xff;
 	__u32 *t = crc_table.lookup(&i);
 	return t ? *t ^ (crc >> 8) : crc;
+}
+
+/* The CRC over an address's first alen bytes (4 or 16). */
+static __always_inline __u32 crc32_addr(__u32 crc, struct dinet_addr *a, int alen)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		if (i < alen)
+			crc = crc32_byte(crc, a->addr[i]);
+	return crc;
 }
 
 /* The flow's hash: CRC-32 over src, dst (4 or 16 bytes each), sport, dport, proto, in wire order. */
@@ -155,14 +168,8 @@ static __always_inline __u32 flow_hash(struct flow_key *k, __u32 session)
 {
 	__u32 crc = 0xFFFFFFFF;
 	int alen = k->family == DINET_AF_INET ? 4 : 16;
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		if (i < alen)
-			crc = crc32_byte(crc, k->src.addr[i]);
-#pragma unroll
-	for (int i = 0; i < 16; i++)
-		if (i < alen)
-			crc = crc32_byte(crc, k->dst.addr[i]);
+	crc = crc32_addr(crc, &k->src, alen);
+	crc = crc32_addr(crc, &k->dst, alen);
 	__u8 mid[6];
 	int mlen = 4;
 	if (session) {
@@ -179,6 +186,33 @@ static __always_inline __u32 flow_hash(struct flow_key *k, __u32 session)
 			crc = crc32_byte(crc, mid[i]);
 	crc = crc32_byte(crc, k->proto);
 	return crc ^ 0xFFFFFFFF;
+}
+
+/* A two-choices service's second candidate: CRC-32 over dport, sport, dst, src (4 or 16 bytes each), proto, in
+ * wire order (the first candidate's fields reversed, as p4/steering.p4 hashes them). New flows only. */
+static __always_inline __u32 flow_hash2(struct flow_key *k)
+{
+	__u32 crc = 0xFFFFFFFF;
+	int alen = k->family == DINET_AF_INET ? 4 : 16;
+	__u8 ports[4];
+	__builtin_memcpy(ports, &k->dport, 2);
+	__builtin_memcpy(ports + 2, &k->sport, 2);
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		crc = crc32_byte(crc, ports[i]);
+	crc = crc32_addr(crc, &k->dst, alen);
+	crc = crc32_addr(crc, &k->src, alen);
+	crc = crc32_byte(crc, k->proto);
+	return crc ^ 0xFFFFFFFF;
+}
+
+/* A two-choices instance's load now: the controller's, plus what the flows placed here since add
+ * (dinet_consts.h, DINET_SVC_TWO_CHOICES). */
+static __always_inline __u64 load_now(struct inst_value *inst, struct placed_value *p)
+{
+	__u32 n = p && p->gen == inst->load_gen ? p->count : 0;
+	__u64 beyond = n > inst->load_free ? n - inst->load_free : 0;
+	return inst->load + beyond * inst->load_step;
 }
 
 /* Picks the slot for a new flow: the ring's choice, or the next usable slot if the ring still
@@ -227,6 +261,33 @@ static __always_inline struct inst_value *flow_live(struct flow_value *fv, __u32
 #define SESSION_FOUND 1
 #define SESSION_NEW 2
 #define SESSION_REPLACED 3
+
+/* A two-choices service's new flow (dinet_consts.h, DINET_SVC_TWO_CHOICES): the ring's second candidate
+ * instead of the first (*slot, *inst) where its load is lower; then counts the flow where it goes. */
+static __always_inline void two_choices(struct svc_value *sv, struct flow_key *k, __u32 *slot, struct inst_value **inst)
+{
+	__u32 slot2;
+	struct inst_value *inst2;
+	__u32 idx = sv->svc_id * DINET_MAX_INSTANCES + *slot;
+	struct placed_value *p = inst_placed.lookup(&idx);
+	if (pick_slot(sv, flow_hash2(k), &slot2, &inst2) == 0 && slot2 != *slot) {
+		__u32 idx2 = sv->svc_id * DINET_MAX_INSTANCES + slot2;
+		struct placed_value *p2 = inst_placed.lookup(&idx2);
+		if (load_now(inst2, p2) < load_now(*inst, p)) {
+			*slot = slot2;
+			*inst = inst2;
+			p = p2;
+		}
+	}
+	if (!p)
+		return;
+	if (p->gen == (*inst)->load_gen) {
+		__sync_fetch_and_add(&p->count, 1);
+	} else { /* the first flow under a new report's load (two CPUs may both restart it: one flow lost) */
+		p->gen = (*inst)->load_gen;
+		p->count = 1;
+	}
+}
 
 /* Whether a flow was placed in the current generation of its service (its instance may have left since): a new
  * flow so remembered does not consult its session's entry (as p4/steering.p4). On the new-flow path only. */
@@ -715,6 +776,8 @@ static __always_inline int steer(struct xdp_md *ctx)
 		} else {
 			if (pick_slot(sv, flow_hash(&key, session), &slot, &inst) < 0)
 				return verdict(DINET_DROP_NO_INSTANCE, XDP_DROP);
+			if ((sv->flags & DINET_SVC_TWO_CHOICES) && !session)
+				two_choices(sv, &key, &slot, &inst);
 			if (session) {
 				struct session_value nsv = {};
 				nsv.slot = slot;

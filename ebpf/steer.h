@@ -45,6 +45,19 @@ struct inst_value {
 	__u32 epoch;                /* drawn by dinet (nonzero) each time an instance takes the slot, so a flow
 	                             * placed on an earlier occupant, even this instance before it left and came
 	                             * back, is not taken for one of this occupant's */
+	/* two-choices services (dinet_consts.h, DINET_SVC_TWO_CHOICES): the load the controller last wrote */
+	__u32 load_gen;  /* the report the load is of: placed flows counted under another do not count */
+	__u32 load_step; /* what each new flow placed here beyond load_free adds to load */
+	__u32 load_free; /* new flows it takes before they add anything (requests it runs before one waits) */
+	__u32 pad;
+	__u64 load;      /* dinet writes a new request's predicted TTFT in microseconds */
+};
+
+/* inst_placed: index as instances -> the new flows the program placed on a two-choices service's instance
+ * under the load of report `gen` (shared by every CPU, added to atomically). Written here only; read by dinet. */
+struct placed_value {
+	__u32 gen;
+	__u32 count;
 };
 
 /* affinity: LRU, key the 5-tuple as seen on the wire -> where the flow was placed. Written by the

@@ -60,6 +60,21 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     register<bit<16>>(DINET_P4_SESSION_SIZE) ses_slot;
     register<bit<32>>(DINET_P4_SESSION_SIZE) ses_iid;
 
+    /* New flows placed on each instance of a two-choices service under the load of report `gen`
+     * (dinet_consts.h, DINET_SVC_TWO_CHOICES), index svc_id * MAX_INSTANCES + slot; written here only. */
+    register<bit<32>>(INST_INDEXES) placed_gen;
+    register<bit<32>>(INST_INDEXES) placed_count;
+
+    bit<16> slot_b = (bit<16>)DINET_SLOT_NONE;
+    bit<32> ring_idx_b = 0;
+    bit<64> load_a_value = 0;
+    bit<32> load_a_step = 1;
+    bit<32> load_a_free = 0;
+    bit<32> load_a_gen = 0;
+    bit<64> load_b_value = 0;
+    bit<32> load_b_step = 1;
+    bit<32> load_b_free = 0;
+    bit<32> load_b_gen = 0;
     bit<8> inst_state = DINET_INST_DOWN;
     bit<32> inst_iid = 0;
     bit<8> chk_state = DINET_INST_DOWN;
@@ -128,6 +143,47 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         actions = { set_slot; NoAction; }
         default_action = NoAction();
         size = 65536;
+    }
+
+    /* ring_b: a two-choices service's ring again, for its second candidate: (svc_id, ring half, CRC-32 of the
+     * reversed fields mod DINET_RING_SIZE) -> instance slot (a table is applied once per packet). Written by
+     * dinet with `ring`, for two-choices services. */
+    action set_slot_b(bit<16> slot) {
+        slot_b = slot;
+    }
+    table ring_b {
+        key = { meta.svc_id: exact; meta.ring_sel: exact; ring_idx_b: exact; }
+        actions = { set_slot_b; NoAction; }
+        default_action = NoAction();
+        size = 65536;
+    }
+
+    /* load_a / load_b: (svc_id, slot) -> the load the controller last wrote for an instance that is up: its
+     * value, step, free and report (dinet_consts.h, DINET_SVC_TWO_CHOICES); the first and the second candidate's
+     * (the same entries in both). Written by dinet for two-choices services. */
+    action set_load_a(bit<64> value, bit<32> step, bit<32> free, bit<32> gen) {
+        load_a_value = value;
+        load_a_step = step;
+        load_a_free = free;
+        load_a_gen = gen;
+    }
+    table load_a {
+        key = { meta.svc_id: exact; meta.slot: exact; }
+        actions = { set_load_a; NoAction; }
+        default_action = NoAction();
+        size = INST_INDEXES;
+    }
+    action set_load_b(bit<64> value, bit<32> step, bit<32> free, bit<32> gen) {
+        load_b_value = value;
+        load_b_step = step;
+        load_b_free = free;
+        load_b_gen = gen;
+    }
+    table load_b {
+        key = { meta.svc_id: exact; slot_b: exact; }
+        actions = { set_load_b; NoAction; }
+        default_action = NoAction();
+        size = INST_INDEXES;
     }
 
     /* instance_check: (svc_id, slot) -> state and id, to judge a remembered flow. Written by dinet
@@ -392,6 +448,51 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
             if (!found) {
                 meta.slot = (bit<16>)DINET_SLOT_NONE;
                 ring.apply();
+                if ((meta.svc_flags & DINET_SVC_TWO_CHOICES) != 0 && session == 0) {
+                    /* the second candidate: the ring at the reversed fields' hash; the lower load wins (the
+                     * first on a tie), and the flow counts where it goes */
+                    if (hdr.ipv4.isValid()) {
+                        hash(ring_idx_b, HashAlgorithm.crc32, (bit<32>)0,
+                             { hdr.l4.dport, hdr.l4.sport, hdr.ipv4.dst, hdr.ipv4.src, meta.l4_proto },
+                             (bit<32>)DINET_RING_SIZE);
+                    } else {
+                        hash(ring_idx_b, HashAlgorithm.crc32, (bit<32>)0,
+                             { hdr.l4.dport, hdr.l4.sport, hdr.ipv6.dst, hdr.ipv6.src, meta.l4_proto },
+                             (bit<32>)DINET_RING_SIZE);
+                    }
+                    ring_b.apply();
+                    bool a_up = load_a.apply().hit;
+                    bool b_up = load_b.apply().hit;
+                    bit<32> base = (bit<32>)meta.svc_id * DINET_MAX_INSTANCES;
+                    bit<32> ia = base + (bit<32>)meta.slot;
+                    bit<32> ib = base + (bit<32>)slot_b;
+                    bit<32> ga = 0;
+                    bit<32> na = 0;
+                    bit<32> gb = 0;
+                    bit<32> nb = 0;
+                    if (a_up) {
+                        placed_gen.read(ga, ia);
+                        placed_count.read(na, ia);
+                    }
+                    if (b_up) {
+                        placed_gen.read(gb, ib);
+                        placed_count.read(nb, ib);
+                    }
+                    if (ga != load_a_gen) { na = 0; }
+                    if (gb != load_b_gen) { nb = 0; }
+                    bit<64> xa = load_a_value;
+                    if (na > load_a_free) { xa = xa + (bit<64>)(na - load_a_free) * (bit<64>)load_a_step; }
+                    bit<64> xb = load_b_value;
+                    if (nb > load_b_free) { xb = xb + (bit<64>)(nb - load_b_free) * (bit<64>)load_b_step; }
+                    if (b_up && slot_b != meta.slot && (!a_up || xb < xa)) {
+                        meta.slot = slot_b;
+                        placed_gen.write(ib, load_b_gen);
+                        placed_count.write(ib, nb + 1);
+                    } else if (a_up) {
+                        placed_gen.write(ia, load_a_gen);
+                        placed_count.write(ia, na + 1);
+                    }
+                }
             }
             meta.new_flow = 1;
         }

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import RUN_ID, dinet_process, forget_node, free_port, needs_bcc, needs_root
 from dinet.errors import ConfigError, DataPlaneError, UnknownInstanceError, UnknownServiceError
-from dinet.model import Instance, ServiceKey
+from dinet.model import Instance, InstanceLoad, ServiceKey
 from dinet.policy.decide import TrafficClass
 from dinet.policy.scores import Level0
 from dinet.services.controller import Controller, ServiceIntent, SitePath
@@ -90,6 +90,20 @@ def test_controller_drives_a_node_agent(agent, certs) -> None:
         assert again.writes == 0
         total, per = remote.service_counters(SVC)
         assert total.packets == 0 and set(per) == {1, 2}
+        # two choices and instance loads cross the agent both ways, and reach the maps
+        remote.add_service(SVC, two_choices=True)
+        loaded = [Instance(1, "192.0.2.11", 1, site_id=1, load=InstanceLoad(4000, 250, 2, 7)),
+                  Instance(2, "192.0.2.12", 1, site_id=2)]  # fmt: skip
+        remote.set_instances(SVC, loaded)
+        st = remote.service(SVC)
+        assert st.two_choices and not st.session
+        assert sorted(st.instances.values(), key=lambda i: i.instance_id) == loaded
+        with SteeringNode(node) as local:
+            assert {i.instance_id: i.load for i in local.service(SVC).instances.values()} == {
+                1: loaded[0].load,
+                2: None,
+            }
+        remote.add_service(SVC)
         with pytest.raises(UnknownServiceError, match="no service 10.98.0.9:443/tcp"):
             remote.service(ServiceKey.parse("10.98.0.9:443/tcp"))
         with pytest.raises(ConfigError, match="all weights"):

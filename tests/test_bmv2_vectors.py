@@ -94,16 +94,30 @@ def test_a_new_connection_on_a_tuple_placed_per_flow_follows_its_session_after_a
     sv.placement_change_story(rig.node, endpoint_of(rig))
 
 
+def test_two_choices_place_each_new_flow_on_the_lower_loaded_candidate(rig) -> None:
+    """tests.vectors.steering.two_choices_story on the switch (its placed-flow registers), as on XDP."""
+    assert sv.two_choices_story(rig.node, endpoint_of(rig)) > 0
+
+
 def test_tables_read_back(rig) -> None:
     ring = rig.node.ring(sv.WEB4)
     slots = rig.node.service(sv.WEB4).instances
     share = {slots[s].instance_id: ring.count(s) for s in slots}
     assert share[13] > share[12] > share[11] > 0  # weights 3:2:1
     entries = rig.node.sw.read_table("services_v4")
-    assert {dict(e.match)["hdr.l4.dport"] for e in entries} == {80, 8080, 8000}
+    assert {dict(e.match)["hdr.l4.dport"] for e in entries} == {80, 8080, 8000, 8100}
     flags = {dict(e.match)["hdr.l4.dport"]: dict(e.params)["flags"] for e in entries}
-    assert flags == {80: 0, 8080: 0, 8000: 1}  # the session-affine service's flag, read from the switch
+    assert flags == {80: 0, 8080: 0, 8000: 1, 8100: 2}  # session-affine, two choices: read from the switch
     assert rig.node.service(sv.CHAT4).session and not rig.node.service(sv.WEB4).session
+    # a two-choices service's second ring and loads (one in each load table per instance up)
+    pick = rig.node.service(sv.PICK4)
+    ring_b = [e for e in rig.node.sw.read_table("ring_b") if dict(e.match)["meta.svc_id"] == pick.svc_id]
+    live = {dict(e.match)["ring_idx_b"]: dict(e.params)["slot"] for e in ring_b
+            if dict(e.match)["meta.ring_sel"] == pick.ring_sel}  # fmt: skip
+    assert [live[i] for i in range(len(live))] == rig.node.ring(sv.PICK4)
+    for table in ("load_a", "load_b"):
+        loads = {tuple(dict(e.params)[k] for k in ("value", "step", "free")) for e in rig.node.sw.read_table(table)}
+        assert loads == {(i.load.value, i.load.step, i.load.free) for i in pick.instances.values() if i.load}
 
 
 def test_p4runtime_shell_reads_back_what_dinet_wrote(rig) -> None:
@@ -184,7 +198,7 @@ def test_cli_reads_a_table_back_without_taking_over(rig) -> None:
     )
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert {r["match"]["hdr.l4.dport"] for r in rows} == {80, 8080, 8000}
+    assert {r["match"]["hdr.l4.dport"] for r in rows} == {80, 8080, 8000, 8100}
     rig.node.set_weight(sv.WEB4, 11, 2)  # still primary
 
 

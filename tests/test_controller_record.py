@@ -26,11 +26,13 @@ class CountingTarget:
     def __init__(self) -> None:
         self.plane: dict[ServiceKey, dict[int, Instance]] = {}
         self.session: dict[ServiceKey, bool] = {}
+        self.two_choices: dict[ServiceKey, bool] = {}
         self.reads = self.writes = 0
 
-    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
+    def add_service(self, svc: ServiceKey, session: bool = False, two_choices: bool = False) -> int:
         self.plane.setdefault(svc, {})
         self.session[svc] = session
+        self.two_choices[svc] = two_choices
         return 0
 
     def remove_service(self, svc: ServiceKey) -> None:
@@ -42,7 +44,9 @@ class CountingTarget:
 
     def service(self, svc: ServiceKey) -> ServiceState:
         self.reads += 1
-        return ServiceState(svc, 0, 0, dict(self.plane[svc]), self.session.get(svc, False))
+        return ServiceState(
+            svc, 0, 0, dict(self.plane[svc]), self.session.get(svc, False), self.two_choices.get(svc, False)
+        )
 
     def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
         self.plane[svc] = {slot: i for slot, i in enumerate(instances)}
@@ -71,6 +75,29 @@ def test_a_session_affine_service_is_installed_so_and_a_changed_placement_reache
     assert t.session[SVC] is False and set(t.installed()) == {A.instance_id, B.instance_id}
     ctl.set_intent([intent])
     assert t.session[SVC] is True
+    ctl.set_intent([dataclasses.replace(intent, session=False, two_choices=True)])
+    assert (t.session[SVC], t.two_choices[SVC]) == (False, True)
+
+
+def test_a_two_choices_service_gets_each_reports_load_written_and_no_more() -> None:
+    """Each report of an instance of a two-choices service writes its load under a new seq (the data plane's
+    counts restart); deciding again without a new report writes nothing."""
+    t = CountingTarget()
+    intent = ServiceIntent(SVC, TrafficClass.DELAY_SENSITIVE, (A, B), two_choices=True)
+    ctl = Controller(t, [intent], dict(SITES), policy=Policy(smoothing=1.0))
+    ctl.start()
+    assert t.two_choices[SVC] is True
+    seqs = []
+    for running in (1, 3, 3):
+        ctl.collector.observe((SVC, A.instance_id), Level0(active_sessions=running))
+        ctl.collector.observe((SVC, B.instance_id), Level0())
+        loads = {i.instance_id: i.load for i in t.plane[SVC].values()}
+        assert all(ld is not None for ld in loads.values())
+        seqs.append(loads[A.instance_id].seq)  # type: ignore[union-attr]
+    assert seqs[0] < seqs[1] < seqs[2]  # every report a new one, even one that says the same
+    writes = t.writes
+    ctl.reconcile(SVC)
+    assert t.writes == writes
 
 
 def test_reports_are_decided_from_the_record_without_reading_the_plane() -> None:

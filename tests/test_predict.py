@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from dinet.model import Instance, ServiceIntent, ServiceKey, SitePath, Slo, TrafficClass
+from dinet.model import Instance, ServiceIntent, ServiceKey, SitePath, Slo, Strategy, TrafficClass
 from dinet.policy.decide import Policy, decide
 from dinet.policy.predict import Priors, Rates, learn, predict
 from dinet.policy.scores import Level0
@@ -162,3 +162,29 @@ def test_an_instances_prior_stands_in_until_its_reports_teach_the_rate() -> None
         priors={1: prior, 2: InstancePrior(service_s=2.0, capacity=256.0, prefill_ms=10.0, tpot_ms=20.0)},
     )
     assert _weights(intent, {1: Level0(), 2: Level0()}, {}, PATHS) == {1: 0, 2: 100}
+
+
+def test_a_two_choices_service_carries_each_instances_predicted_ttft_and_its_growth_to_the_data_plane() -> None:
+    """Hand-worked: the edge (8 at once, 2 s each) runs 5, so a new request waits nowhere: TTFT 2 x 4 ms + 10 ms
+    of prefill = 18 ms; 2 more fit before one waits (8 - 5 - 1), then each adds 2 s / 8 = 250 ms. The cloud
+    (256 at once, 2 s each) is idle: 2 x 50 ms + 8 ms = 108 ms, 255 fit, then 7,812.5 us each (rounded half to
+    even). The seq is the report the load is of (the learned rates' observations + 1): the data plane restarts
+    its counts when it changes. The same service without two choices carries no load; a baseline neither."""
+    from dinet.model import InstanceLoad
+
+    intent = replace(_svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250)), two_choices=True)
+    rates = {1: replace(FAST_EDGE, observations=6), 2: replace(CLOUD, observations=9)}
+    samples = {1: Level0(active_sessions=5), 2: Level0()}
+    got = {i.instance_id: i.load for i in decide(intent, samples, set(), PATHS, (), UNDAMPED, None, rates)}
+    assert got == {1: InstanceLoad(18_000, 250_000, 2, 7), 2: InstanceLoad(108_000, 7_812, 255, 10)}
+    plain = replace(intent, two_choices=False)
+    assert all(i.load is None for i in decide(plain, samples, set(), PATHS, (), UNDAMPED, None, rates))
+    rr = replace(intent, strategy=Strategy.ROUND_ROBIN)
+    assert all(i.load is None for i in decide(rr, samples, set(), PATHS, (), UNDAMPED, None, rates))
+    # the same report again: the same loads, so nothing is written; a new report (seq) is a new load
+    installed = tuple(decide(intent, samples, set(), PATHS, (), UNDAMPED, None, rates))
+    again = decide(intent, samples, set(), PATHS, installed, UNDAMPED, None, rates)
+    assert all(a is b for a, b in zip(again, installed, strict=True))
+    rates[1] = replace(rates[1], observations=7)
+    moved = {i.instance_id: i.load for i in decide(intent, samples, set(), PATHS, installed, UNDAMPED, None, rates)}
+    assert moved[1] == InstanceLoad(18_000, 250_000, 2, 8) and moved[2] == got[2]

@@ -84,7 +84,10 @@ BAD_INTENTS = [
         r"prefixes: '10.1.0.0/33' is not a network",
     ),
     (SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\n    slo: {ttft_ms: .nan}", r"slo\.ttft_ms: .*finite number"),
-    (SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\n    placement: sticky", r"placement: .*'flow' or 'session'"),
+    (
+        SVC_HEAD + "      - {id: 1, endpoint: 10.1.1.1}\n    placement: sticky",
+        r"placement: .*'flow', 'session' or 'two-choices'",
+    ),
     ("- just\n- a list", r"not a mapping"),
     ("nodes: {a: {target: local}}\nbier: {bfrs: {a: 1, b: 2}}", r"bier.bfrs: b is not in nodes"),
 ]

@@ -144,6 +144,49 @@ def test_a_new_connection_on_a_tuple_placed_per_flow_follows_its_session_after_a
     assert web.vips == 1 and web.sessions == 0  # a per-flow service's packets skip the session rules
 
 
+def test_two_choices_place_each_new_flow_on_the_lower_loaded_candidate_from_either_cpu(node) -> None:
+    """tests.vectors.steering.two_choices_story, new flows alternating between two CPUs: the count of flows
+    placed is one per instance for every CPU (added to atomically), so each CPU sees the other's placements;
+    the loads written read back as written."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    home = os.sched_getaffinity(0)
+    turn = iter(range(10**6))
+
+    def on_both(frame) -> str:  # type: ignore[no-untyped-def]
+        os.sched_setaffinity(0, {cpus[next(turn) % len(cpus)]})
+        try:
+            return endpoint(node, frame)
+        finally:
+            os.sched_setaffinity(0, home)
+
+    assert sv.two_choices_story(node, on_both) > 0  # the second candidate took some
+    st = node.service(sv.PICK4)
+    assert st.two_choices and not st.session
+    assert {i.instance_id: (i.load.value, i.load.step, i.load.free) for i in st.instances.values() if i.load} == {
+        i.instance_id: (i.load.value, i.load.step, i.load.free) for i in sv.SERVICES[sv.PICK4] if i.load
+    }
+
+
+def test_a_load_alone_rewrites_no_ring(node) -> None:
+    """A new report's loads change the instance entries only: the live ring half stays (the weights did not move),
+    while a weight change switches halves."""
+    from dataclasses import replace
+
+    st = node.service(sv.PICK4)
+    insts = list(st.instances.values())
+    node.set_instances(sv.PICK4, [replace(i, load=replace(i.load, value=i.load.value + 1, seq=i.load.seq + 1))
+                                  for i in insts])  # fmt: skip
+    again = node.service(sv.PICK4)
+    assert again.ring_sel == st.ring_sel
+    assert {i.load.value for i in again.instances.values()} == {i.load.value + 1 for i in insts}
+    node.set_instances(sv.PICK4, [replace(i, weight=i.weight + 1) for i in again.instances.values()])
+    assert node.service(sv.PICK4).ring_sel != st.ring_sel
+    seq = max(i.load.seq for i in again.instances.values()) + 1  # seqs never repeat on a node: counts restart
+    node.set_instances(sv.PICK4, [replace(i, load=replace(i.load, seq=seq)) for i in sv.SERVICES[sv.PICK4]])
+
+
 def test_too_big_for_the_static_next_hop_is_answered_per_family(node) -> None:
     """XDP only (the P4 program has no path-MTU function): with the static next hop's MTU at 1400, a client
     packet that would not fit once encapsulated is answered from the node's tunnel source with what fits:

@@ -80,8 +80,34 @@ class ServiceKey:
 
 
 @dataclass(frozen=True)
+class InstanceLoad:
+    """What a two-choices service's data plane compares its two candidates by (dinet_consts.h,
+    DINET_SVC_TWO_CHOICES): `value` now (dinet: a new request's predicted TTFT, microseconds), plus, for the
+    n-th new flow the data plane places there before the next report, max(0, n - free) x step. `seq` names the
+    report the value is of (1..2^32-1): the data plane's count of flows placed restarts when it changes."""
+
+    value: int
+    step: int = 0
+    free: int = 0
+    seq: int = 1
+
+    def __post_init__(self) -> None:
+        for name, top in (("value", 2**64), ("step", 2**32), ("free", 2**32)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < top:
+                raise ConfigError(f"load {name} must be an integer 0..{top - 1}, not {v!r}")
+        if isinstance(self.seq, bool) or not isinstance(self.seq, int) or not 1 <= self.seq < 2**32:
+            raise ConfigError(f"load seq must be 1..2^32-1, not {self.seq!r}")
+
+    def now(self, placed: int) -> int:
+        """The load after `placed` new flows (the data plane's own arithmetic)."""
+        return self.value + max(0, placed - self.free) * self.step
+
+
+@dataclass(frozen=True)
 class Instance:
-    """One instance of a service: the operator's id, the tunnel endpoint that reaches it, its weight and state."""
+    """One instance of a service: the operator's id, the tunnel endpoint that reaches it, its weight and state,
+    and for a two-choices service the load its new flows are compared by (None: none written, 0)."""
 
     instance_id: int
     endpoint: IPAddress
@@ -89,6 +115,7 @@ class Instance:
     state: InstanceState = InstanceState.UP
     site_id: int = 0
     name: str = field(default="", compare=False)
+    load: InstanceLoad | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoint", parse_address(self.endpoint))
@@ -111,7 +138,7 @@ class Instance:
             "weight": self.weight,
             "state": self.state.name.lower(),
             "site_id": self.site_id,
-        }
+        } | ({"load": self.load.__dict__} if self.load else {})
 
     @property
     def usable(self) -> bool:
@@ -191,6 +218,13 @@ class ServiceIntent:
     slo: Slo = Slo()  # what a request should see (0: no objective; predictions still rank instances)
     priors: dict[int, InstancePrior] = field(default_factory=dict)  # instance id -> what it is known to do
     session: bool = False  # session-affine: new flows placed by their session key (dinet.policy.session)
+    # two-choices: a new flow takes two candidates from the ring and goes to the one with the lower load
+    two_choices: bool = False
+
+    @property
+    def placement(self) -> str:
+        """How its new flows are placed: flow (the ring, by the 5-tuple), session, two-choices."""
+        return "session" if self.session else "two-choices" if self.two_choices else "flow"
 
     def rank(self, instance_id: int) -> int:
         """The instance's place in the tier order (0 best; tiers not in the order come last)."""

@@ -6,13 +6,14 @@ gets (TTL 64, id 0, no flags, the node's tunnel source) and the instance the rin
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, PadN
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from dinet.model import Instance, ServiceKey
+from dinet.model import Instance, InstanceLoad, ServiceKey
 
 from . import Drop, Forward, Pass, Vector
 
@@ -29,6 +30,8 @@ EMPTY = ServiceKey.parse("10.99.0.3:80/tcp")  # installed, no instance yet
 CHAT4 = ServiceKey.parse("10.99.0.4:8000/tcp")  # session-affine: placed by the source port's group
 CHAT6 = ServiceKey.parse("[fd00:99::80]:8000/tcp")  # session-affine: placed by the flow label
 SESSION = {CHAT4, CHAT6}
+PICK4 = ServiceKey.parse("10.99.0.5:8100/tcp")  # two choices: the lower loaded of two ring candidates
+TWO_CHOICES = {PICK4}
 
 SERVICES: dict[ServiceKey, list[Instance]] = {
     WEB4: [
@@ -45,6 +48,11 @@ SERVICES: dict[ServiceKey, list[Instance]] = {
         Instance(43, "192.0.2.43", 1, site_id=3),
     ],
     CHAT6: [Instance(61, "2001:db8:6::61", 1, site_id=1), Instance(62, "2001:db8:6::62", 1, site_id=2)],
+    PICK4: [
+        Instance(51, "192.0.2.51", 1, site_id=1, load=InstanceLoad(4000, 1500, 2, 1)),
+        Instance(52, "192.0.2.52", 2, site_id=2, load=InstanceLoad(9000, 300, 0, 1)),
+        Instance(53, "2001:db8:5::53", 1, site_id=3, load=InstanceLoad(6000, 1000, 1, 1)),
+    ],
 }
 
 
@@ -276,7 +284,7 @@ def install_scenario(target) -> None:
     """Installs SERVICES on a target (XDP SteeringNode or P4Node): the same calls on both."""
     target.configure(src4=SRC4, src6=SRC6, static_next_hop=(0, NODE_MAC, NEXT_HOP_MAC))
     for svc, instances in SERVICES.items():
-        target.add_service(svc, session=svc in SESSION)
+        target.add_service(svc, session=svc in SESSION, two_choices=svc in TWO_CHOICES)
         if instances:
             target.set_instances(svc, instances)
 
@@ -381,3 +389,51 @@ def placement_change_story(target, endpoint) -> str:  # type: ignore[no-untyped-
         return home
     finally:
         target.add_service(svc, session=True)
+
+
+def two_choices_story(target, endpoint) -> int:  # type: ignore[no-untyped-def]
+    """New flows of a two-choices service, told the same on every target against the reference
+    (dinet.policy.choices): each goes to the lower loaded of its two ring candidates, the load being the one the
+    controller wrote plus what the flows placed there since add; an established flow's packets count nothing;
+    a load of a new report restarts the counts. Returns how many flows the second candidate took; the service's
+    instances are as installed (under a later report) when it returns."""
+    from dinet.policy.choices import Placed, candidates, choose
+
+    svc, insts = PICK4, SERVICES[PICK4]
+    seq = max(i.load.seq for i in target.service(svc).instances.values() if i.load) + 1
+    client = f"10.1.{seq % 256}.79"  # flows no earlier telling of the story placed
+
+    def install(loads: dict[int, InstanceLoad]) -> None:
+        target.set_instances(svc, [Instance(i.instance_id, i.endpoint, i.weight, site_id=i.site_id,
+                                            load=loads[i.instance_id]) for i in insts])  # fmt: skip
+
+    def run(sports: range, placed: Placed) -> tuple[int, int]:
+        st = target.service(svc)
+        ring = target.ring(svc)
+        slot_of = {str(i.endpoint): s for s, i in st.instances.items()}
+        second = spread = 0
+        for sport in sports:
+            first, other = candidates(ring, ipaddress.ip_address(client), PICK4.vip, sport, PICK4.port, 6)
+            want = choose(first, other, st.instances, placed)
+            got = slot_of[str(endpoint(client4("10.99.0.5", sport, PICK4.port, src=client)))]
+            assert got == want, (sport, first, other, got, want, placed)
+            second += got != first
+            ack = client4("10.99.0.5", sport, PICK4.port, src=client)
+            ack[TCP].flags = "A"
+            assert slot_of[str(endpoint(ack))] == got  # its next packet stays, and counts nothing
+        spread = len({slot for slot, n in placed.count.items() if n})
+        return second, spread
+
+    loads = {i.instance_id: replace(i.load, seq=seq) for i in insts if i.load}
+    try:
+        install(loads)
+        second, spread = run(range(41000, 41040), Placed())
+        assert spread == 3, spread  # the counts spread the flows over every instance
+        # a new report: the counts restart from the loads it wrote (52, the heaviest, now the lightest)
+        loads = {51: InstanceLoad(9000, 1500, 0, seq + 1), 52: InstanceLoad(500, 300, 4, seq + 1),
+                 53: InstanceLoad(9000, 1000, 0, seq + 1)}  # fmt: skip
+        install(loads)
+        more, _ = run(range(42000, 42030), Placed())
+        return second + more
+    finally:
+        install({i.instance_id: replace(i.load, seq=seq + 2) for i in insts if i.load})

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from ..model import Instance, InstanceState, ServiceKey
+from ..targets.base import ServiceState
 from .common import iface, leaf, table
 
 
@@ -49,8 +50,13 @@ def cmd_decap_attach(a: argparse.Namespace) -> None:
 
 def cmd_service_add(a: argparse.Namespace) -> None:
     with _steer(a) as n:
-        slot = n.add_service(ServiceKey.parse(a.service), session=a.session)
-        print(f"{a.service}: slot {slot}" + (" (session-affine)" if a.session else ""))
+        slot = n.add_service(ServiceKey.parse(a.service), session=a.session, two_choices=a.two_choices)
+        how = " (session-affine)" if a.session else " (two choices)" if a.two_choices else ""
+        print(f"{a.service}: slot {slot}{how}")
+
+
+def _placement(s: ServiceState) -> str:
+    return "session" if s.session else "two-choices" if s.two_choices else "flow"
 
 
 def cmd_service_del(a: argparse.Namespace) -> None:
@@ -69,7 +75,7 @@ def cmd_service_list(a: argparse.Namespace) -> None:
                         {
                             "service": str(s.key),
                             "slot": s.svc_id,
-                            "placement": "session" if s.session else "flow",
+                            "placement": _placement(s),
                             "instances": [i.as_dict() for i in s.instances.values()],
                         }
                         for s in svcs
@@ -79,8 +85,8 @@ def cmd_service_list(a: argparse.Namespace) -> None:
             )
             return
         rows = [
-            [str(s.key) + (" (session)" if s.session else ""), s.svc_id, i.instance_id, i.endpoint, i.weight,
-             i.state.name.lower(), i.site_id]
+            [str(s.key) + ("" if _placement(s) == "flow" else f" ({_placement(s)})"), s.svc_id, i.instance_id,
+             i.endpoint, i.weight, i.state.name.lower(), i.site_id]
             for s in svcs
             for i in sorted(s.instances.values(), key=lambda x: x.instance_id)
         ]  # fmt: skip
@@ -178,6 +184,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="session-affine: place new flows by their session key (the IPv6 flow label, or a source port of "
         "61440-65535 by its group of 8), so a conversation's connections reach one instance",
+    )
+    p.add_argument(
+        "--two-choices",
+        action="store_true",
+        help="two choices: a new flow takes two candidates from the ring and goes to the lower loaded (the "
+        "controller's load plus the new flows placed there since; without a controller, those flows alone)",
     )
     leaf(svc, "del", cmd_service_del, "remove a service").add_argument("service")
     leaf(svc, "list", cmd_service_list, "services and instances").add_argument("--json", action="store_true")

@@ -828,10 +828,10 @@ class Lab(Rig):
         self.wait_until(running, f"policy {policy} in force", timeout)
 
     def set_placement(self, placement: str | None, timeout: float = 20.0) -> None:
-        """Every service's placement (flow, session; None: the scenario's) changes at run time; returns once
-        every ingress node's data plane has it (what decides says so on its Prometheus endpoint)."""
-        if placement not in (None, "flow", "session"):
-            raise ConfigError(f"a placement is flow or session, not {placement!r}")
+        """Every service's placement (flow, session, two-choices; None: the scenario's) changes at run time;
+        returns once every ingress node's data plane has it (what decides says so on its Prometheus endpoint)."""
+        if placement not in (None, "flow", "session", "two-choices"):
+            raise ConfigError(f"a placement is flow, session or two-choices, not {placement!r}")
         self.placement = placement
         self.write_intent()
 

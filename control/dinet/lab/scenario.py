@@ -129,7 +129,8 @@ class ServiceSpec(_Spec):
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] = "dinet"  # or a baseline
     slo: SloSpec = SloSpec()
     transfer_kb: float = Field(default=0.0, ge=0)  # what a request moves first (a KV cache hand-over)
-    placement: Literal["flow", "session"] = "flow"  # session: a conversation's connections meet one instance
+    # session: a conversation's connections meet one instance; two-choices: the lower loaded of two candidates
+    placement: Literal["flow", "session", "two-choices"] = "flow"
 
 
 class ModelSyncSpec(_Spec):

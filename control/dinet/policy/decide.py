@@ -18,6 +18,10 @@ it becomes the worst:
 - Delay-tolerant: every instance whose TPOT meets the SLO, in proportion to headroom, near ones given up
   first (x (2 + Level 1 communication) / 3: draft-an-cats-usecase-ai s1).
 
+A two-choices service's instances also carry their load for the data plane (`InstanceLoad`): the predicted
+TTFT, and how it grows with each request placed there before the next report; the data plane puts each new
+flow on the lower loaded of two ring candidates (dinet.policy.choices).
+
 Damping keeps weights still unless the target moved by more than a hysteresis band, and then moves them
 part of the way, so two sites of similar load never swap traffic back and forth."""
 
@@ -29,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
-from ..model import Instance, InstanceState, ServiceIntent, SitePath, Slo, Strategy, TrafficClass
+from ..model import Instance, InstanceLoad, InstanceState, ServiceIntent, SitePath, Slo, Strategy, TrafficClass
 from .predict import Prediction, Priors, Rates, predict, seeded
 from .scores import Level0, Level1, ScoreModel
 
@@ -138,6 +142,15 @@ def _l1_prediction(c: Candidate, policy: Policy) -> Prediction:
     return predict(Level0(queue_depth=queue), Rates(), c.delay_ms, 0.0, policy.priors, busy)
 
 
+def _load(p: Prediction, seq: int) -> InstanceLoad:
+    """A two-choices instance's load for the data plane: the predicted TTFT (us), and what each request it
+    places there adds once `free` more have come (the wait of one request more: S / C)."""
+    cap32 = 0xFFFFFFFF
+    return InstanceLoad(
+        min(2**64 - 1, round(p.ttft_ms * 1000)), min(cap32, round(p.step_ms * 1000)), min(cap32, p.free), seq
+    )
+
+
 def _baseline(cs: list[Candidate], out: dict[int, int], policy: Policy, rng: random.Random) -> dict[int, int]:
     live = [c for c in cs if c.up]
     if not live:
@@ -204,6 +217,7 @@ def decide(
 
     decided: dict[int, Instance] = {}
     cands = []
+    seqs: dict[int, int] = {}  # the report each candidate's load is of (its learned rates' observations)
     known = {
         i.instance_id: seeded((rates or {}).get(i.instance_id) or Rates(), intent.priors.get(i.instance_id))
         for i in intent.instances
@@ -244,6 +258,7 @@ def decide(
             )
             p = predict(m, learned, path.delay_ms, transfer, policy.priors, busy, path.loss)
             cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), path.delay_ms + transfer, p))
+            seqs[iid] = learned.observations % 0xFFFFFFFF + 1
     if cands:
         placing = replace(policy, strategy=intent.strategy) if intent.strategy else policy
         target = target_weights(cands, intent.cls, placing, rng, intent.slo)
@@ -255,18 +270,21 @@ def decide(
         # a baseline (anycast, round-robin, ...) is compared as it is: only dinet's decision is damped
         weights = damp(current, target, policy) if placing.strategy is Strategy.DINET else target
         by_id = {i.instance_id: i for i in intent.instances}
+        two = intent.two_choices and placing.strategy is Strategy.DINET
         for c in cands:
             state = InstanceState.UP if c.up else InstanceState.DOWN
             prev, inst = have.get(c.instance_id), by_id[c.instance_id]
-            if prev is not None and (prev.weight, prev.state, prev.site_id, prev.endpoint) == (
+            load = _load(c.pred, seqs[c.instance_id]) if two and c.pred else None
+            if prev is not None and (prev.weight, prev.state, prev.site_id, prev.endpoint, prev.load) == (
                 weights[c.instance_id],
                 state,
                 inst.site_id,
                 inst.endpoint,
+                load,
             ):
                 decided[c.instance_id] = prev  # unchanged: no new object
             else:
-                decided[c.instance_id] = replace(inst, weight=weights[c.instance_id], state=state)
+                decided[c.instance_id] = replace(inst, weight=weights[c.instance_id], state=state, load=load)
     out = [decided[i.instance_id] for i in intent.instances]
     if all(not i.usable for i in out):
         live = [i for i in out if i.state == InstanceState.UP]

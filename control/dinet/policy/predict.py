@@ -27,10 +27,13 @@ instance's completion rate C / S (`wait = max(0, R + Q + 1 - C) x S / C`), so
     TPOT = the instance's TPOT;  e2e = TTFT + tokens per request x TPOT
 
 and its spare rate (`headroom`, requests per second it can still take without queueing) is
-(C - R - Q) / S. The weights (dinet.policy.decide) come from these two numbers."""
+(C - R - Q) / S. The weights (dinet.policy.decide) come from these two numbers. For a two-choices service the
+data plane also gets the TTFT itself with how it grows as it places more requests there before the next report
+(`free` more before one waits, then S / C each: dinet.model.InstanceLoad)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from ..model import InstancePrior
@@ -128,6 +131,8 @@ class Prediction:
     e2e_ms: float  # a request of the instance's mean length
     headroom: float  # requests per second it can still take before new ones wait (0: full)
     wait_ms: float  # the queueing part of ttft_ms
+    step_ms: float = 0.0  # what each further request adds to the wait once the instance is full: S / C
+    free: int = 0  # further requests it takes before the next one waits
 
 
 def predict(
@@ -158,4 +163,5 @@ def predict(
     tokens = r.tokens_per_request or priors.tokens_per_request
     free = capacity - m.active_sessions - m.queue_depth
     headroom = max(0.0, free) / service_s
-    return Prediction(ttft, tpot, ttft + tokens * tpot, headroom, wait_ms)
+    step_ms = service_s / capacity * 1000
+    return Prediction(ttft, tpot, ttft + tokens * tpot, headroom, wait_ms, step_ms, max(0, math.floor(-ahead)))

@@ -21,6 +21,7 @@ class InstancePlan:
     ring: list[int]  # the ring: slot per position, SLOT_NONE where no instance is usable
     changed: dict[int, Instance]  # slot -> instance to write before the ring switches
     freed: list[int]  # slots to empty after the ring switches
+    ring_changed: bool = True  # False: the ring the data plane holds is this one (only loads changed)
 
 
 def plan_instances(
@@ -42,7 +43,11 @@ def plan_instances(
     table = maglev.build({i.instance_id: i.weight for i in wanted if i.usable}, ring_size)
     ring = [SLOT_NONE if iid is None else placed[iid] for iid in table]
     freed = [slot for slot, inst in current.items() if inst.instance_id not in placed]
-    return InstancePlan(placed, ring, changed, freed)
+    # the ring is a function of the usable instances' weights and slots: the same inputs, the same ring
+    ring_inputs = {placed[i.instance_id]: (i.instance_id, i.weight) for i in wanted if i.usable}
+    held = {slot: (i.instance_id, i.weight) for slot, i in current.items() if i.usable}
+    ring_changed = not current or ring_inputs != held
+    return InstancePlan(placed, ring, changed, freed, ring_changed)
 
 
 class InstanceEdits:

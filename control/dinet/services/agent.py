@@ -88,13 +88,14 @@ class AgentService:
                 ring_sel=st.ring_sel,
                 instances=[inst_msg(pb, slot, i) for slot, i in sorted(st.instances.items())],
                 session=st.session,
+                two_choices=st.two_choices,
             )
 
         class Servicer(pb_grpc.NodeAgentServicer):  # type: ignore[misc,name-defined]
             @guarded
             def AddService(self, r: Any) -> Any:  # noqa: N802 - gRPC names
                 svc = ServiceKey.parse(r.service)
-                svc_self.steer.add_service(svc, session=r.session)
+                svc_self.steer.add_service(svc, session=r.session, two_choices=r.two_choices)
                 return state(svc)
 
             @guarded

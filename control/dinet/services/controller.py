@@ -106,7 +106,10 @@ class Controller:
 
     def _read_back(self, svc: ServiceKey) -> None:
         """The service as the data plane holds it (installed first if it is not there) becomes the record."""
-        self.target.add_service(svc, session=svc in self._by_key and self._by_key[svc].session)
+        intent = self._by_key.get(svc)
+        self.target.add_service(
+            svc, session=bool(intent and intent.session), two_choices=bool(intent and intent.two_choices)
+        )
         self.reads += 1
         have = self.target.service(svc).instances.values()
         self.installed[svc] = tuple(sorted(have, key=lambda i: i.instance_id))
@@ -120,7 +123,7 @@ class Controller:
         stay keep their slots and flows. Returns the writes."""
         with self._lock:
             before = self.writes
-            old = {k: i.session for k, i in self._by_key.items()}
+            old = {k: i.placement for k, i in self._by_key.items()}
             self.services, self._by_key = list(services), {s.key: s for s in services}
             if self.failing:  # retry() applies it all once the data plane answers
                 return 0
@@ -128,8 +131,8 @@ class Controller:
             for s in self.services:
                 if s.key not in self.installed:
                     self._read_back(s.key)
-                elif old.get(s.key, s.session) != s.session:  # placement changed: flows placed stay
-                    self.target.add_service(s.key, session=s.session)
+                elif old.get(s.key, s.placement) != s.placement:  # placement changed: flows placed stay
+                    self.target.add_service(s.key, session=s.session, two_choices=s.two_choices)
                     self.writes += 1
                 self.reconcile(s.key)
             return self.writes - before

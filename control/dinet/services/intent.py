@@ -235,9 +235,11 @@ class ServiceSpec(_Spec):
     # how its new flows are placed: dinet's decision, or a baseline to compare it with (dinet.policy.decide)
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] | None = None
     transfer_kb: float = Field(default=0.0, ge=0)  # what a request moves first (a KV cache): time at the path's rate
-    # flow: a new flow placed by its 5-tuple; session: by its session key where it has one (the IPv6 flow label,
-    # or a source port in the session range), so a conversation's connections reach one instance
-    placement: Literal["flow", "session"] = "flow"
+    # flow: a new flow placed on the ring by its 5-tuple; session: by its session key where it has one (the IPv6
+    # flow label, or a source port in the session range), so a conversation's connections reach one instance;
+    # two-choices: on the lower loaded of two ring candidates (the controller's load plus the new flows the data
+    # plane placed since: dinet_consts.h, DINET_SVC_TWO_CHOICES)
+    placement: Literal["flow", "session", "two-choices"] = "flow"
     slo: SloSpec = SloSpec()
     instances: list[InstanceSpec] = Field(min_length=1)
     pools: list[PoolSpec] = []
@@ -563,6 +565,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
                 Slo(s.slo.ttft_ms, s.slo.tpot_ms),
                 {i.id: InstancePrior(**i.prior.model_dump()) for i in s.instances if i.prior},
                 s.placement == "session",
+                s.placement == "two-choices",
             )
         )
     cfg.nodes = dict(spec.nodes)

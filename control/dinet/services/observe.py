@@ -69,7 +69,8 @@ class DinetMetrics(PromCollector):
         )
         placement = GaugeMetricFamily(
             "dinet_service_placement",
-            "1 for how the service's new flows are placed (flow: by the 5-tuple; session: by the session key)",
+            "1 for how the service's new flows are placed (flow: by the 5-tuple; session: by the session key; "
+            "two-choices: the lower loaded of two ring candidates)",
             labels=["node", "service", "placement"],
         )
         for n, c in zip(self.nodes, self.controllers, strict=True):
@@ -77,7 +78,7 @@ class DinetMetrics(PromCollector):
             failing.add_metric([n], int(c.failing))
             for intent in c.services:
                 strategy.add_metric([n, str(intent.key), (intent.strategy or c.policy.strategy).value], 1)
-                placement.add_metric([n, str(intent.key), "session" if intent.session else "flow"], 1)
+                placement.add_metric([n, str(intent.key), intent.placement], 1)
             for row in c.status():
                 values = [n, row["service"], str(row["instance"])]
                 weight.add_metric(values, row["weight"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from .. import consts
+from ..errors import ConfigError
 from ..model import Instance, IPAddress, ServiceKey
 from ..policy.bift import BfirEntry, BiftBackup, BiftEntry, BiftPort
 
@@ -26,6 +27,7 @@ __all__ = [
     "ServiceState",
     "SteerSizes",
     "SteeringTarget",
+    "svc_flags",
 ]
 
 C = consts.load()
@@ -62,14 +64,16 @@ class Counter:
 
 @dataclass
 class ServiceState:
-    """A service as read back from a data plane: its slot, the live ring half, its instances by slot, and
-    whether it places new flows by their session key (dinet_consts.h, DINET_SVC_SESSION)."""
+    """A service as read back from a data plane: its slot, the live ring half, its instances by slot, and how it
+    places new flows (dinet_consts.h): by their session key (DINET_SVC_SESSION), on the lower loaded of two
+    ring candidates (DINET_SVC_TWO_CHOICES), else by the ring alone."""
 
     key: ServiceKey
     svc_id: int
     ring_sel: int
     instances: dict[int, Instance] = field(default_factory=dict)  # slot -> instance
     session: bool = False
+    two_choices: bool = False  # DINET_SVC_TWO_CHOICES: new flows to the lower loaded of two ring candidates
 
 
 @dataclass(frozen=True)
@@ -86,14 +90,23 @@ class FlowEntry:
     instance_id: int
 
 
+def svc_flags(session: bool, two_choices: bool) -> int:
+    """The service flags (DINET_SVC_*) of a placement; a service is session-affine or two-choices, not both."""
+    if session and two_choices:
+        raise ConfigError("a service places new flows by their session or on two choices, not both")
+    return (C["DINET_SVC_SESSION"] if session else 0) | (C["DINET_SVC_TWO_CHOICES"] if two_choices else 0)
+
+
 @runtime_checkable
 class SteeringTarget(Protocol):
     """A steering data plane. `services()` and `service()` read the data plane; `set_instances` makes a list the
     service's whole instance set (slots kept for those it has, the ring rewritten in its idle half, then
-    switched); `add_service` is idempotent, and sets whether the service is session-affine (new flows placed by
-    their session key: the IPv6 flow label or the client's source-port group) on a service already there."""
+    switched, where the weights changed; an instance's load alone is written in place); `add_service` is
+    idempotent, and sets how the service places new flows on a service already there: session-affine (by their
+    session key: the IPv6 flow label or the client's source-port group) or two-choices (the lower loaded of two
+    ring candidates), not both."""
 
-    def add_service(self, svc: ServiceKey, session: bool = False) -> int: ...
+    def add_service(self, svc: ServiceKey, session: bool = False, two_choices: bool = False) -> int: ...
     def remove_service(self, svc: ServiceKey) -> None: ...
     def services(self) -> list[ServiceState]: ...
     def service(self, svc: ServiceKey) -> ServiceState: ...

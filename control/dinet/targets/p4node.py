@@ -8,16 +8,16 @@ import itertools
 import logging
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import consts
 from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownServiceError
-from ..model import Instance, InstanceState, IPAddress, ServiceKey, parse_address
+from ..model import Instance, InstanceLoad, InstanceState, IPAddress, ServiceKey, parse_address
 from ..policy.bift import BfirEntry, BiftEntry
 from ..policy.steering import InstanceEdits, plan_instances
 from ..rfc8296 import split_bift_id
-from .base import Counter, ServiceState, SteerSizes
+from .base import Counter, ServiceState, SteerSizes, svc_flags
 from .netns import LinkEvents
 from .p4rt import P4RuntimeSwitch, TableEntry
 
@@ -193,6 +193,7 @@ class P4Node(InstanceEdits):
                 key = ServiceKey(vip, m["hdr.l4.dport"], protos.get(m["meta.l4_proto"], "tcp"))
                 st = _Svc(prm["svc_id"], prm["ring_sel"], prm["gen"], flags=prm.get("flags", 0))
                 svcs[key], by_id[st.svc_id] = st, st
+        loads: dict[tuple[int, int], InstanceLoad] = {}
         for (table, _), e in entries.items():
             m, prm = dict(e.match), dict(e.params)
             if table == "instances" and m["meta.svc_id"] in by_id:
@@ -202,6 +203,10 @@ class P4Node(InstanceEdits):
                 by_id[m["meta.svc_id"]].instances[m["meta.slot"]] = Instance(
                     prm["instance_id"], addr, weight, InstanceState(prm["state"]), site
                 )
+            elif table == "load_a" and m["meta.svc_id"] in by_id and prm["gen"]:
+                loads[(m["meta.svc_id"], m["meta.slot"])] = InstanceLoad(
+                    prm["value"], prm["step"], prm["free"], prm["gen"]
+                )
             elif table == "ring" and m["meta.svc_id"] in by_id:
                 by_id[m["meta.svc_id"]].halves_written.add(m["meta.ring_sel"])
             elif table == "bift":
@@ -209,6 +214,9 @@ class P4Node(InstanceEdits):
             elif table.startswith("bfir_"):
                 self._bfir.add((table, tuple(sorted(e.match))))
                 self._clone_session |= prm.get("sets", 1) > 1
+        for (sid, slot), ld in loads.items():
+            if slot in by_id[sid].instances:
+                by_id[sid].instances[slot] = replace(by_id[sid].instances[slot], load=ld)
         self._svcs = svcs
         self._vips = {}
         for key in svcs:
@@ -226,7 +234,11 @@ class P4Node(InstanceEdits):
         st = self._state(svc)
         gone = [self._svc_entry(svc, st)]
         gone += [e for slot, inst in st.instances.items() for e in self._inst_entries(st, slot, inst)]
-        gone += [e for e in self._entries.values() if e.table == "ring" and dict(e.match)["meta.svc_id"] == st.svc_id]
+        gone += [
+            e
+            for e in self._entries.values()
+            if e.table in ("ring", "ring_b", "load_a", "load_b") and dict(e.match)["meta.svc_id"] == st.svc_id
+        ]
         self._vips[svc.vip] -= 1
         if not self._vips[svc.vip]:
             fam = "ipv4" if svc.vip.version == 4 else "ipv6"
@@ -296,12 +308,15 @@ class P4Node(InstanceEdits):
             (("svc_id", st.svc_id), ("ring_sel", st.ring_sel), ("gen", st.gen), ("flags", st.flags)),
         )
 
-    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
-        flags = C["DINET_SVC_SESSION"] if session else 0
+    def add_service(self, svc: ServiceKey, session: bool = False, two_choices: bool = False) -> int:
+        flags = svc_flags(session, two_choices)
         if svc in self._svcs:
             st = self._svcs[svc]
             if st.flags != flags:  # flows already placed stay where they are
                 st.flags = flags
+                if two_choices:  # its second ring and loads before the flag that makes them read
+                    self._write_ring_b(st, self._live_ring(st), st.ring_sel)
+                    self._sync_loads(st, self._load_entries(st, st.instances))
                 self._write([self._svc_entry(svc, st)], "MODIFY")
             return st.svc_id
         used = {s.svc_id for s in self._svcs.values()}
@@ -327,7 +342,70 @@ class P4Node(InstanceEdits):
 
     def service(self, svc: ServiceKey) -> ServiceState:
         st = self._state(svc)
-        return ServiceState(svc, st.svc_id, st.ring_sel, dict(st.instances), bool(st.flags & C["DINET_SVC_SESSION"]))
+        return ServiceState(
+            svc,
+            st.svc_id,
+            st.ring_sel,
+            dict(st.instances),
+            bool(st.flags & C["DINET_SVC_SESSION"]),
+            bool(st.flags & C["DINET_SVC_TWO_CHOICES"]),
+        )
+
+    def _live_ring(self, st: _Svc) -> list[int]:
+        """The ring the service's live half holds (planned again from the record: the same inputs, the same ring)."""
+        return plan_instances(
+            ServiceKey.parse("0.0.0.0:1/tcp"), st.instances, list(st.instances.values()), self.sizes.max_instances,
+            self.sizes.ring_size,
+        ).ring  # fmt: skip
+
+    def _ring_entries(self, table: str, st: _Svc, sel: int, ring: list[int]) -> list[TableEntry]:
+        idx = "meta.ring_idx" if table == "ring" else "ring_idx_b"
+        act = "set_slot" if table == "ring" else "set_slot_b"
+        return [
+            TableEntry(table, (("meta.svc_id", st.svc_id), ("meta.ring_sel", sel), (idx, i)), act,
+                       (("slot", slot & 0xFFFF),))
+            for i, slot in enumerate(ring)
+        ]  # fmt: skip
+
+    def _load_entries(self, st: _Svc, instances: dict[int, Instance]) -> dict[tuple[str, Any], TableEntry]:
+        """A two-choices service's load entries: one in each of load_a and load_b per instance that is up."""
+        out = {}
+        for slot, inst in instances.items():
+            if inst.state != InstanceState.UP:
+                continue
+            ld = inst.load
+            params = (
+                ("value", ld.value if ld else 0),
+                ("step", ld.step if ld else 1),  # no load written: each flow placed counts 1, as on XDP
+                ("free", ld.free if ld else 0),
+                ("gen", ld.seq if ld else 0),
+            )
+            for table, slot_field in (("load_a", "meta.slot"), ("load_b", "slot_b")):
+                e = TableEntry(table, (("meta.svc_id", st.svc_id), (slot_field, slot)), f"set_{table}", params)
+                out[_key(e)] = e
+        return out
+
+    def _write_ring_b(self, st: _Svc, ring: list[int], sel: int) -> None:
+        """A two-choices service's second ring, half `sel` (the same slots as `ring`'s)."""
+        entries = self._ring_entries("ring_b", st, sel, ring)
+        self._write(entries, "MODIFY" if _key(entries[0]) in self._entries else "INSERT")
+
+    def _sync_loads(self, st: _Svc, want: dict[tuple[str, Any], TableEntry]) -> None:
+        """Makes `want` the service's load entries: removed, added and changed ones written."""
+        have = {
+            k: e
+            for k, e in self._entries.items()
+            if e.table in ("load_a", "load_b") and dict(e.match)["meta.svc_id"] == st.svc_id
+        }
+        gone = [e for k, e in have.items() if k not in want]
+        fresh = [e for k, e in want.items() if k not in have]
+        changed = [e for k, e in want.items() if k in have and have[k] != e]
+        if gone:
+            self._write(gone, "DELETE")
+        if fresh:
+            self._write(fresh, "INSERT")
+        if changed:
+            self._write(changed, "MODIFY")
 
     def _inst_entries(self, st: _Svc, slot: int, inst: Instance) -> list[TableEntry]:
         key = (("meta.svc_id", st.svc_id), ("meta.slot", slot))
@@ -373,24 +451,26 @@ class P4Node(InstanceEdits):
             self._write(inserts, "INSERT")
         if modifies:
             self._write(modifies, "MODIFY")
-        sel = st.ring_sel ^ 1
-        ring = [
-            TableEntry(
-                "ring",
-                (("meta.svc_id", st.svc_id), ("meta.ring_sel", sel), ("meta.ring_idx", i)),
-                "set_slot",
-                (("slot", slot & 0xFFFF),),
-            )
-            for i, slot in enumerate(plan.ring)
-        ]
-        self._write(ring, "MODIFY" if sel in st.halves_written else "INSERT")
-        st.halves_written.add(sel)
-        st.ring_sel = sel
-        self._write([self._svc_entry(svc, st)], "MODIFY")
+        two = bool(st.flags & C["DINET_SVC_TWO_CHOICES"])
+        after = {plan.placed[i.instance_id]: i for i in instances}
+        if two:  # loads of the instances that stay or come, before the ring names them
+            self._sync_loads(st, self._load_entries(st, after) | self._load_entries(st, {
+                s: i for s, i in st.instances.items() if s not in after}))  # fmt: skip
+        if plan.ring_changed:  # a load alone changes no ring
+            sel = st.ring_sel ^ 1
+            if two:
+                self._write_ring_b(st, plan.ring, sel)
+            ring = self._ring_entries("ring", st, sel, plan.ring)
+            self._write(ring, "MODIFY" if sel in st.halves_written else "INSERT")
+            st.halves_written.add(sel)
+            st.ring_sel = sel
+            self._write([self._svc_entry(svc, st)], "MODIFY")
         gone = [e for slot in plan.freed for e in self._inst_entries(st, slot, st.instances[slot])]
         if gone:
             self._write(gone, "DELETE")
-        st.instances = {plan.placed[i.instance_id]: i for i in instances}
+        st.instances = after
+        if two:
+            self._sync_loads(st, self._load_entries(st, after))
 
     def ring(self, svc: ServiceKey) -> list[int]:
         """The live ring, read back from the switch."""

@@ -10,7 +10,7 @@ import grpc
 from .. import proto
 from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError, TableFullError, UnknownInstanceError, UnknownServiceError
-from ..model import Instance, InstanceState, ServiceKey
+from ..model import Instance, InstanceLoad, InstanceState, ServiceKey
 from ..policy.steering import InstanceEdits
 from .base import BfirEntry, BiftBackup, BiftEntry, BiftPort, Counter, ServiceState
 
@@ -31,6 +31,7 @@ def inst_msg(pb: Any, slot: int, i: Instance) -> Any:
         state=i.state.name.lower(),
         site_id=i.site_id,
         slot=slot,
+        load=pb.LoadMsg(value=i.load.value, step=i.load.step, free=i.load.free, seq=i.load.seq) if i.load else None,
     )
 
 
@@ -82,7 +83,9 @@ def inst_from_msg(m: Any) -> Instance:
         state = InstanceState[m.state.upper() or "UP"]
     except KeyError:
         raise ConfigError(f"instance {m.instance_id}: state must be up, draining or down, not {m.state!r}") from None
-    return Instance(m.instance_id, m.endpoint, m.weight, state, m.site_id)
+    ld = m.load
+    load = InstanceLoad(ld.value, ld.step, ld.free, ld.seq) if m.HasField("load") and ld.seq else None
+    return Instance(m.instance_id, m.endpoint, m.weight, state, m.site_id, load=load)
 
 
 class RemoteNode(InstanceEdits):
@@ -135,10 +138,12 @@ class RemoteNode(InstanceEdits):
             msg.ring_sel,
             {m.slot: inst_from_msg(m) for m in msg.instances},
             msg.session,
+            msg.two_choices,
         )
 
-    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
-        return int(self._call("AddService", self.pb.ServiceRef(service=str(svc), session=session)).slot)
+    def add_service(self, svc: ServiceKey, session: bool = False, two_choices: bool = False) -> int:
+        ref = self.pb.ServiceRef(service=str(svc), session=session, two_choices=two_choices)
+        return int(self._call("AddService", ref).slot)
 
     def service(self, svc: ServiceKey) -> Any:
         return self._state(self._call("GetService", self.pb.ServiceRef(service=str(svc))))

@@ -15,10 +15,10 @@ from typing import Any
 
 from .. import consts
 from ..errors import ConfigError, DataPlaneError, InterfaceError, TableFullError, UnknownServiceError
-from ..model import Instance, InstanceState, IPAddress, ServiceKey, family_of, parse_address
+from ..model import Instance, InstanceLoad, InstanceState, IPAddress, ServiceKey, family_of, parse_address
 from ..paths import BPFFS_ROOT
 from ..policy.steering import InstanceEdits, plan_instances
-from .base import Counter, FlowEntry, ServiceState, SteerSizes
+from .base import Counter, FlowEntry, ServiceState, SteerSizes, svc_flags
 from .bcc_program import BccProgram, XdpProgramNode, update, write_array
 from .bpfsys import pinned_map_info
 
@@ -97,6 +97,10 @@ def _session(v: Any) -> bool:
     return bool(v.flags & C["DINET_SVC_SESSION"])
 
 
+def _two_choices(v: Any) -> bool:
+    return bool(v.flags & C["DINET_SVC_TWO_CHOICES"])
+
+
 class SteeringNode(XdpProgramNode, InstanceEdits):
     """The steering program of one ingress node and its pinned maps (BPFFS_ROOT/<node>/steer)."""
 
@@ -124,6 +128,7 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         self.ring_t, self.affinity_t, self.config_t = t("ring"), t("affinity"), t("config")
         self.svc_stats_t, self.inst_stats_t, self.verdicts_t = t("svc_stats"), t("inst_stats"), t("verdicts")
         self.vip_filter_t, self.svc_gen_t, self.sessions_t = t("vip_filter"), t("svc_gen"), t("sessions")
+        self.placed_t = t("inst_placed")
         self._fill_crc_table(t("crc_table"))
         # slots in use, read once: this process is the node's one writer while it holds the node
         self._used_ids = {int(v.svc_id) for v in self.services_t.values()}
@@ -225,7 +230,8 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         for k, v in self.services_t.items():
             vip = _get_addr(k.vip, k.family)
             key = ServiceKey(vip, socket.ntohs(k.port), protos.get(k.proto, "tcp"))
-            out.append(ServiceState(key, v.svc_id, v.ring_sel, self._read_instances(v.svc_id), _session(v)))
+            insts = self._read_instances(v.svc_id)
+            out.append(ServiceState(key, v.svc_id, v.ring_sel, insts, _session(v), _two_choices(v)))
         return sorted(out, key=lambda s: s.svc_id)
 
     def service(self, svc: ServiceKey) -> ServiceState:
@@ -233,23 +239,25 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
             v = self.services_t[self._svc_key(svc)]
         except KeyError:
             raise UnknownServiceError(f"no service {svc} on node {self.node!r}") from None
-        return ServiceState(svc, v.svc_id, v.ring_sel, self._read_instances(v.svc_id), _session(v))
+        return ServiceState(svc, v.svc_id, v.ring_sel, self._read_instances(v.svc_id), _session(v), _two_choices(v))
 
-    def add_service(self, svc: ServiceKey, session: bool = False) -> int:
+    def add_service(self, svc: ServiceKey, session: bool = False, two_choices: bool = False) -> int:
         """Installs a service with no instance (new flows to it are dropped, counted, until it has some).
-        Returns its slot; adding an existing service changes nothing but whether it is session-affine."""
+        Returns its slot; adding an existing service changes nothing but how it places new flows."""
+        flags = svc_flags(session, two_choices)
         k = self._svc_key(svc)
         try:
             have = self.services_t[k]
         except KeyError:
             pass
         else:
-            if _session(have) != session:  # one word of the value; flows already placed stay where they are
-                have.flags = C["DINET_SVC_SESSION"] if session else 0
-                if session:  # the filter first: the program takes the session rules there before it needs them
+            if have.flags != flags:  # one word of the value; flows already placed stay where they are
+                was = _session(have)
+                have.flags = flags
+                if session and not was:  # the filter first: the program takes the session rules there before
                     self._filter_add(svc.vip, sessions=+1)
                 update(self.services_t, k, have, f"service {svc}")
-                if not session:
+                if was and not session:
                     self._filter_add(svc.vip, sessions=-1)
             return int(have.svc_id)
         free = next((i for i in range(self.sizes.max_services) if i not in self._used_ids), None)
@@ -260,7 +268,7 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
             )
         v = self.services_t.Leaf()
         v.svc_id, v.ring_sel, v.gen = free, 0, self._bump_gen(free)
-        v.flags = C["DINET_SVC_SESSION"] if session else 0
+        v.flags = flags
         vk = self._vip_key(svc.vip)
         count = self.vip_addrs_t.get(vk)
         update(self.vip_addrs_t, vk, self.vip_addrs_t.Leaf((count.value if count else 0) + 1), f"VIP {svc.vip}")
@@ -323,6 +331,9 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
                     int(v.weight),
                     InstanceState(v.state),
                     int(v.site_id),
+                    load=InstanceLoad(int(v.load), int(v.load_step), int(v.load_free), int(v.load_gen))
+                    if v.load_gen
+                    else None,
                 )
         return out
 
@@ -354,12 +365,13 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
             # an instance that keeps its slot keeps its epoch (its flows stay); a new occupant draws one
             epoch = int(self.instances_t[key].epoch) if stays else (int.from_bytes(os.urandom(4), "little") or 1)
             self.instances_t[key] = self._inst_leaf(inst, epoch)
-        # 2. the idle ring half, then the switch
-        sel = state.ring_sel ^ 1
-        write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, plan.ring)
-        v = self.services_t[self._svc_key(svc)]
-        v.ring_sel = sel
-        self.services_t[self._svc_key(svc)] = v
+        # 2. the idle ring half, then the switch (where the weights changed: a load alone changes no ring)
+        if plan.ring_changed:
+            sel = state.ring_sel ^ 1
+            write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, plan.ring)
+            v = self.services_t[self._svc_key(svc)]
+            v.ring_sel = sel
+            self.services_t[self._svc_key(svc)] = v
         # 3. instances that left: their slot is emptied once no ring names it
         for slot in plan.freed:
             self.instances_t[self.instances_t.Key(base + slot)] = self.instances_t.Leaf()
@@ -375,6 +387,12 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         _set_addr(v.endpoint, inst.endpoint)
         v.family = family_of(inst.endpoint)
         v.instance_id, v.weight, v.state, v.site_id = inst.instance_id, inst.weight, int(inst.state), inst.site_id
+        if inst.load is not None:
+            v.load, v.load_step, v.load_free, v.load_gen = (
+                inst.load.value, inst.load.step, inst.load.free, inst.load.seq
+            )  # fmt: skip
+        else:  # no load written: each flow placed there counts 1 (two-choices balances what it placed)
+            v.load_step = 1
         return v
 
     def ring(self, svc: ServiceKey) -> list[int]:
@@ -447,6 +465,7 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
             "ring",
             "affinity",
             "sessions",
+            "inst_placed",
             "svc_stats",
             "inst_stats",
             "verdicts",
