@@ -20,6 +20,7 @@ test:
 
 bench: install
 	$(PY) -m bench.xdp_steer --quick
+	$(PY) -m bench.burst --quick
 	$(PY) -m bench.bier --quick
 	$(PY) -m bench.p4rt_writes --quick
 	$(PY) -m bench.reaction --quick
