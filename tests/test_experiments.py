@@ -211,7 +211,9 @@ def test_steering_dinet_wins_where_compute_matters_and_where_the_network_matters
     loses to neither, nor to any other baseline but the oracle."""
     s = _experiment("steering", tmp_path / "results", str(ROOT / "topo" / "scenarios" / "cloud-edge.yaml"))
     pol = s["policies"]
-    assert set(pol) == {"dinet", "anycast", "compute-only", "round-robin", "random", "least-queue", "oracle"}
+    assert set(pol) == {
+        "dinet", "dinet-two-choices", "anycast", "compute-only", "round-robin", "random", "least-queue", "oracle"
+    }  # fmt: skip
     sens = {p: v["delay-sensitive"] for p, v in pol.items()}
     for key in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p99_ms", "slo_attainment"):
         assert all(v[key] is not None for v in sens.values()), key

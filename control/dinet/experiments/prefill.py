@@ -19,9 +19,11 @@ from ..lab.net import Lab
 from ..lab.scenario import ScenarioSpec, load
 from .common import (
     LEAD_S,
+    SETTLE_S,
     Options,
     Results,
     aggregate,
+    arms,
     class_figures,
     client_loads,
     flows_moved,
@@ -69,6 +71,7 @@ def one_run(lab: Lab, policy: str, shape: dict[str, Any], seed: int) -> tuple[li
     finally:
         stop_loads(loads)
     wait_idle(lab, list(lab.instances))
+    time.sleep(SETTLE_S)  # the next arm starts from idle instances whose reports have caught up
     rx = {s: _rx(lab, s) - rx0[s] for s in shape["decode_sites"]}
     return recs, rx
 
@@ -88,8 +91,6 @@ def figures(recs: list[dict[str, Any]], rx: dict[str, int], lab: Lab, shape: dic
 
 
 def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> dict[str, Any]:
-    from tqdm import tqdm
-
     spec = load(scenario)
     shape = plan(spec, opts.quick)
     res = Results(opts.out / "prefill-decode")
@@ -97,15 +98,15 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
     per: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
         intent = lab.intent()
-        bar = tqdm(total=opts.repeats * len(policies), desc="prefill-decode", unit="run", disable=not opts.progress)
-        for rep in range(opts.repeats):
-            for policy in policies:
-                recs, rx = one_run(lab, policy, shape, opts.seed + rep)
-                res.add(recs, repeat=rep, policy=policy)
-                per[policy].append(figures(recs, rx, lab, shape, slos))
-                bar.update(1)
-        bar.close()
+        for rep, policy, _last in arms(policies, opts, "prefill-decode"):
+            recs, rx = one_run(lab, policy, shape, opts.seed + rep)
+            res.add(recs, repeat=rep, policy=policy)
+            per[policy].append(figures(recs, rx, lab, shape, slos))
     summary: dict[str, Any] = header("prefill-decode", scenario, opts, shape) | {"policies": {}}
+    summary["hygiene"] = (
+        f"one lab; the policies' order shuffled each repeat (seed {opts.seed}); after each arm every instance "
+        f"idle, then {SETTLE_S:g} s to settle"
+    )
     for policy, runs in per.items():
         out = aggregate([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in runs])
         out["flows_moved"] = sum(r["flows_moved"] for r in runs)

@@ -16,6 +16,7 @@ from .common import Results
 
 COLOURS = {
     "dinet": "#1b7837",
+    "dinet-two-choices": "#5aae61",
     "anycast": "#d6604d",
     "compute-only": "#4393c3",
     "round-robin": "#8c6bb1",

@@ -1,7 +1,8 @@
 """`dinet experiment steering SCENARIO`: computing-aware steering against the alternatives.
 
-One lab of the scenario; per repeat and per policy (dinet, nearest-site anycast, compute-only, round-robin,
-random: switched at run time by rewriting the intent; least-queue and oracle: picked per request at the
+One lab of the scenario; per repeat and per policy (dinet, dinet-two-choices: dinet's weights with each new
+flow on the lower loaded of two ring candidates, nearest-site anycast, compute-only, round-robin, random:
+switched at run time by rewriting the intent; least-queue and oracle: picked per request at the
 client, past the VIP, dinet.workload.pickers), every client sends Poisson load to every service it calls
 while events happen on one clock:
 - a load step: the site that nearest-site anycast picks for the first client's first service gets a burst of
@@ -48,7 +49,8 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
+TWO_CHOICES = "dinet-two-choices"  # dinet's weights, each new flow on the lower loaded of two ring candidates
+POLICIES = ("dinet", TWO_CHOICES, "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
 CLASSES = ("delay-sensitive", "delay-tolerant")
 
 
@@ -90,7 +92,10 @@ def one_run(
     """One policy once: loads, events and decision samples on one clock; the records, tagged. Then the
     stepped instance drains (unless it is the last run): every run starts from the same state."""
     pick = policy if policy in CLIENT_PICKS else ""
-    lab.set_policy("round-robin" if pick else policy)  # a client-side picker goes past the VIP
+    lab.set_policy("round-robin" if pick else "dinet" if policy == TWO_CHOICES else policy)  # a picker: past the VIP
+    two = policy == TWO_CHOICES
+    if (lab.placement == "two-choices") != two:
+        lab.set_placement("two-choices" if two else None)
     start = time.time() + LEAD_S
     out = ["--output-min", str(shape["output"][0]), "--output-max", str(shape["output"][1])]
     loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, out, pick, policy=policy)

@@ -19,9 +19,11 @@ from ..lab.net import Lab
 from ..lab.scenario import ScenarioSpec, load
 from .common import (
     LEAD_S,
+    SETTLE_S,
     Options,
     Results,
     aggregate,
+    arms,
     class_figures,
     client_loads,
     flows_moved,
@@ -71,6 +73,7 @@ def one_run(lab: Lab, policy: str, shape: dict[str, Any], seed: int) -> list[dic
     finally:
         stop_loads(loads)
     wait_idle(lab, [n for n, i in lab.instances.items() if i.spec.service == shape["service"]])
+    time.sleep(SETTLE_S)  # the next arm starts from idle instances whose reports have caught up
     return recs
 
 
@@ -100,8 +103,6 @@ def figures(recs: list[dict[str, Any]], shape: dict[str, Any], slos: dict[str, A
 
 
 def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> dict[str, Any]:
-    from tqdm import tqdm
-
     spec = load(scenario)
     shape = plan(spec, opts.quick)
     res = Results(opts.out / "tiers")
@@ -109,15 +110,15 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
     per: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
         intent = lab.intent()
-        bar = tqdm(total=opts.repeats * len(policies), desc="tiers", unit="run", disable=not opts.progress)
-        for rep in range(opts.repeats):
-            for policy in policies:
-                recs = one_run(lab, policy, shape, opts.seed + rep)
-                res.add(recs, repeat=rep)
-                per[policy].append(figures(recs, shape, slos))
-                bar.update(1)
-        bar.close()
+        for rep, policy, _last in arms(policies, opts, "tiers"):
+            recs = one_run(lab, policy, shape, opts.seed + rep)
+            res.add(recs, repeat=rep)
+            per[policy].append(figures(recs, shape, slos))
     summary: dict[str, Any] = header("tiers", scenario, opts, shape) | {"policies": {}}
+    summary["hygiene"] = (
+        f"one lab; the policies' order shuffled each repeat (seed {opts.seed}); after each arm every instance "
+        f"idle, then {SETTLE_S:g} s to settle"
+    )
     for policy, runs in per.items():
         out = aggregate([{k: v for k, v in r.items() if k != "steps"} for r in runs])
         out["flows_moved"] = sum(r["flows_moved"] for r in runs)
