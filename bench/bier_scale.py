@@ -4,8 +4,9 @@ returns (only the rows and BFRs the change touches: dinet.policy.bift.BiftPlanne
 
 Per size: plan_s (all BIFTs from the topology), incremental_ms (median over single link failures and
 repairs of randomly drawn links, with the p95 and the largest beside it), the BFRs whose tables changed per
-change (median), and, for sizes up to --reference-upto, the time of the per-source Dijkstra the planner
-replaced (next_hops once per BFR) to show what it buys.
+change (median), the same with fast reroute as the controller plans it (DomainPlanner: the BIFTs, the
+backups of every BFR next to a moved distance row, the entries: incremental_frr_ms, its p95), and, for sizes
+up to --reference-upto, the time of the per-source Dijkstra the planner replaced (next_hops once per BFR).
 
     .venv/bin/python -m bench.bier_scale [--quick] [--out FILE]
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from bench.common import host, write
 from dinet.lab.bier_domain import random_domain
-from dinet.policy.bift import BiftPlanner, next_hops
+from dinet.policy.bift import BierIntent, BierTopology, BiftPlanner, DomainPlanner, Port, next_hops
 
 BSL_256 = 3
 
@@ -61,12 +62,33 @@ def measure(bfrs: int, changes: int, reference: bool, seed: int) -> dict:
         "bfrs_changed_median": statistics.median(touched),
         "changes": len(times),
     }
+    row |= with_frr(topo, max(3, changes // 5), seed)
     if reference:
         t0 = time.perf_counter()
         for node in topo.bfr_ids:
             next_hops(topo, node)
         row["per_source_dijkstra_s"] = round(time.perf_counter() - t0, 3)
     return row
+
+
+def with_frr(topo: BierTopology, changes: int, seed: int) -> dict:
+    """What the controller's planner (DomainPlanner, fast reroute on) takes per link change: the BIFTs
+    incrementally, then the backups of every BFR next to a moved distance row, then the entries."""
+    ports = {(x, y): Port(f"to-{y}", "02:00:00:00:00:01") for k in topo.links for x, y in ((k.a, k.b), (k.b, k.a))}
+    planner = DomainPlanner(BierIntent(BSL_256, topo, ports))
+    rng = random.Random(seed)
+    links = [frozenset((k.a, k.b)) for k in topo.links]
+    times = []
+    for _ in range(changes):
+        link = rng.choice(links)
+        for down in ({link}, set()):
+            t0 = time.perf_counter()
+            planner.plan(down)
+            times.append((time.perf_counter() - t0) * 1000)
+    return {
+        "incremental_frr_ms": round(statistics.median(times), 2),
+        "incremental_frr_p95_ms": round(pctl(times, 0.95), 2),
+    }
 
 
 def main() -> int:
@@ -86,7 +108,9 @@ def main() -> int:
             f"{bfrs:5d} BFRs {row['links']:5d} links {row['sets']} sets: all BIFTs {row['plan_s']:.3f} s{ref}; "
             f"one link down or up {row['incremental_ms']:.1f} ms (down {row['link_down_ms']:.1f}, up "
             f"{row['link_up_ms']:.1f}, p95 {row['incremental_p95_ms']:.1f}, "
-            f"max {row['incremental_max_ms']:.1f}), {row['bfrs_changed_median']:.0f} BFRs' tables changed"
+            f"max {row['incremental_max_ms']:.1f}), {row['bfrs_changed_median']:.0f} BFRs' tables changed; "
+            f"with fast reroute's backups and the entries {row['incremental_frr_ms']:.0f} ms "
+            f"(p95 {row['incremental_frr_p95_ms']:.0f})"
         )
     write({"host": host(), "bsl": 256, "rows": rows}, a.out)
     return 0

@@ -233,6 +233,43 @@ def test_fast_reroute_backups_are_loop_free_alternates() -> None:
                     assert node not in {c.to for c in copies}, f"{node}->{backup} loops back"
 
 
+def _backups_by_definition(p: BiftPlanner, src: str) -> dict[str, dict[int, dict[str, int]]]:
+    """RFC 5286's loop-free alternate per BFER, one BFER at a time, from the planner's distances and next hops."""
+    names, dist = p.names, p._dist
+    s = names.index(src)
+    out: dict[str, dict[int, dict[str, int]]] = {}
+    nbrs = sorted(p._adj[s], key=lambda i: names[i])
+    for d in range(len(names)):
+        n = int(p._hop[s, d])
+        if n < 0 or p._si[d] < 0:
+            continue
+        best = None
+        for b in nbrs:  # by name: a later one must be strictly cheaper
+            if b != n and dist[b, d] < dist[b, s] + dist[s, d]:
+                cost = p._adj[s][b] + dist[b, d]
+                if best is None or cost < best[0]:
+                    best = (cost, b)
+        if best is not None:
+            per = out.setdefault(names[n], {}).setdefault(int(p._si[d]), {})
+            per[names[best[1]]] = per.get(names[best[1]], 0) | 1 << (int(p._pos[d]) - 1)
+    return out
+
+
+def test_backups_of_every_bfr_at_once_are_the_loop_free_alternates_by_definition() -> None:
+    """BiftPlanner.backups_of (a block of BFRs in one pass) gives, for every BFR of random domains with two
+    sets, before and after links fail, what the per-BFER definition gives."""
+    for seed in (1, 2, 3):
+        topo = random_domain(90, 170, seed, bfer_every=1)
+        p = BiftPlanner(topo, 1)  # BSL 64: 90 BFERs fill two sets
+        links = [frozenset((k.a, k.b)) for k in topo.links]
+        for down in (set(), set(random.Random(seed).sample(links, 8))):
+            p.set_state(down, set())
+            got = p.backups_of(list(topo.bfr_ids))
+            for node in topo.bfr_ids:
+                assert got[node] == _backups_by_definition(p, node), (seed, node)
+            assert any(len(per) > 1 for b in got.values() for per in b.values()), "no second set exercised"
+
+
 def test_sr_p2mp_trees_hold_state_where_they_branch() -> None:
     """The tree baseline: a model to e1, e2 and e5 from r follows the BIFTs' shortest paths; SR-P2MP holds a
     replication segment at the root, where the tree branches and at the leaves (m1 and m2 pass it on),

@@ -179,29 +179,61 @@ class BiftPlanner:
         not come back through src, so the copy cannot loop while the other BFRs still forward as before the
         failure. A BFER with no such neighbour is not protected (its bits are counted as lost until the
         controller's new BIFTs come)."""
-        s = self._index[src]
-        dist, hop = self._dist, self._hop[s]
-        nbrs = sorted(self._adj[s], key=self._rank.__getitem__)
-        out: dict[str, dict[int, dict[str, int]]] = {}
-        for n in nbrs:
-            dests = np.flatnonzero((hop == n) & (self._si >= 0))
-            if not dests.size:
+        return self.backups_of([src])[src]
+
+    def backups_of(self, sources: Iterable[str]) -> dict[str, dict[str, dict[int, dict[str, int]]]]:
+        """`backups` for many BFRs at once: one row per (BFR, neighbour) over every BFER, the best neighbour
+        per (BFR, BFER) by one reduceat (cost, then name), the F-BMs set in one scatter and packed in one call,
+        in blocks of BFRs (a Python loop per BFER would dominate: a third of a 1,000-BFR domain is next to
+        a moved row after a link change)."""
+        names = list(sources)
+        out: dict[str, dict[str, dict[int, dict[str, int]]]] = {n: {} for n in names}
+        size = len(self.names)
+        if not size:
+            return out
+        dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
+        by_rank = np.argsort(rank)
+        bfer = self._si >= 0
+        for lo in range(0, len(names), 64):
+            block = np.array([self._index[n] for n in names[lo : lo + 64]], dtype=np.int64)
+            pairs = [(k, b, c) for k, s in enumerate(block.tolist()) for b, c in self._adj[s].items()]
+            if not pairs:
                 continue
-            best = np.full(dests.size, np.inf)
-            pick = np.full(dests.size, -1, dtype=np.int64)
-            for b in nbrs:  # by name: a later one must be strictly better to win a tie
-                if b == n:
-                    continue
-                with np.errstate(invalid="ignore"):
-                    free = dist[b, dests] < dist[b, s] + dist[s, dests]
-                cost = np.where(free, self._adj[s][b] + dist[b, dests], np.inf)
-                win = cost < best
-                best[win], pick[win] = cost[win], b
-            for d, b in zip(dests.tolist(), pick.tolist(), strict=True):
-                if b >= 0:
-                    si, pos = int(self._si[d]), int(self._pos[d])
-                    per = out.setdefault(self.names[n], {}).setdefault(si, {})
-                    per[self.names[b]] = per.get(self.names[b], 0) | 1 << (pos - 1)
+            row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
+            src = block[row]
+            hop = self._hop[src]  # each pair's source's next hop toward every BFR
+            with np.errstate(invalid="ignore"):
+                free = dist[nbr] < dist[nbr, src][:, None] + dist[src]
+            ok = free & (hop >= 0) & (hop != nbr[:, None]) & bfer[None, :]
+            # cost first, the neighbour's name on a tie: one number per (pair, BFER), the least per source wins
+            key = np.where(ok, (cost[:, None] + dist[nbr]) * (size + 1) + rank[nbr][:, None], np.inf)
+            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+            best = np.minimum.reduceat(key, starts, axis=0)  # (sources with neighbours, BFERs)
+            k, d = np.nonzero(np.isfinite(best))
+            if not k.size:
+                continue
+            s_of = row[starts][k]
+            b = by_rank[(best[k, d] % (size + 1)).astype(np.int64)]
+            n = self._hop[block[s_of], d]
+            # one bit row per (source, primary neighbour, backup), the sets side by side
+            sets = np.unique(self._si[d])
+            width = len(sets) * self.bits
+            group = (s_of * size + n) * size + b
+            uniq, at = np.unique(group, return_inverse=True)
+            col = np.searchsorted(sets, self._si[d]) * self.bits + self._pos[d] - 1
+            bits = np.zeros((len(uniq), width), dtype=bool)
+            bits[at, col] = True
+            packed = np.packbits(bits, axis=1, bitorder="little")
+            full = (1 << self.bits) - 1
+            for g, raw in zip(uniq.tolist(), packed, strict=True):
+                sk, rest = divmod(g, size * size)
+                nn, bb = divmod(rest, size)
+                every = int.from_bytes(raw.tobytes(), "little")
+                per = out[names[lo + sk]].setdefault(self.names[nn], {})
+                for m, si in enumerate(sets.tolist()):
+                    fbm = every >> (m * self.bits) & full
+                    if fbm:
+                        per.setdefault(int(si), {})[self.names[bb]] = fbm
         return out
 
     def next_hops_toward(self, dest: str) -> dict[str, str]:
@@ -546,15 +578,28 @@ class DomainPlanner:
     def __init__(self, intent: BierIntent):
         self.intent = intent
         self.bifts = BiftPlanner(intent.topo, intent.bsl_code)
-        self._entries = {name: self._entries_of(name, t) for name, t in self.bifts.tables().items()}
+        # (BFR, neighbour, F-BM) -> its port value: a backup repeats the entry's other ports, and a change
+        # rewrites mostly the ports it had (frozen dataclasses are dear to make by the hundred thousand)
+        self._ports: dict[tuple[str, str, int], BiftPort] = {}
+        tables = self.bifts.tables()
+        frr = self.bifts.backups_of(tables) if intent.frr else {}
+        self._entries = {name: self._entries_of(name, t, frr.get(name, {})) for name, t in tables.items()}
 
-    def _entries_of(self, name: str, table: dict[int, BiftSet]) -> dict[int, BiftEntry]:
-        ports = self.intent.ports
+    def _entries_of(
+        self, name: str, table: dict[int, BiftSet], frr: dict[str, dict[int, dict[str, int]]]
+    ) -> dict[int, BiftEntry]:
+        """The BFR's BIFT entries, each with its backups (`frr`: BiftPlanner.backups of the BFR)."""
+        ports, made = self.intent.ports, self._ports
+        if len(made) > 1 << 20:  # F-BMs of a long-gone state: start again
+            made.clear()
 
         def port(nbr: str, fbm: int) -> BiftPort:
-            return BiftPort(ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac)
+            p = made.get((name, nbr, fbm))
+            if p is None:
+                p = BiftPort(ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac)
+                made[(name, nbr, fbm)] = p
+            return p
 
-        frr = self.bifts.backups(name) if self.intent.frr else {}
         out = {}
         for si, entry in table.items():
             backups = []
@@ -578,8 +623,9 @@ class DomainPlanner:
         tables = self.bifts.tables()
         # backups read the neighbours' distances too: with fast reroute also the BFRs next to a moved row
         redo = changed | self.bifts.backups_stale() if self.intent.frr else changed
+        frr = self.bifts.backups_of(sorted(redo)) if self.intent.frr else {}
         for name in redo:
-            entries = self._entries_of(name, tables[name])
+            entries = self._entries_of(name, tables[name], frr.get(name, {}))
             if entries != self._entries.get(name):  # unchanged entries stay the very objects they were
                 self._entries[name] = entries
         plans = {name: NodePlan(bifts=self._entries[name]) for name in tables}
