@@ -158,6 +158,11 @@ def outer_ok(out: bytes, inp: bytes, dgram: int, eps: set[bytes], src4: bytes, s
         return "inner packet differs from the input's datagram"
     if (inner_v == 4) != (inp[12:14] == b"\x08\x00"):
         return "outer protocol does not name the inner version"
+    # the DS field rides outside too (RFC 2983's uniform model): IPv4's TOS byte, IPv6's traffic class
+    ds_in = inp[15] if inner_v == 4 else (inp[14] & 0x0F) << 4 | inp[15] >> 4
+    ds_out = out[15] if olen == 20 else (out[14] & 0x0F) << 4 | out[15] >> 4
+    if ds_in != ds_out:
+        return "outer DS field differs from the inner one"
     return ""
 
 

@@ -470,8 +470,10 @@ static __always_inline int too_big(struct xdp_md *ctx, struct steer_config *cfg,
 	return icmp4_too_big(ctx, cfg, room);
 }
 
+/* ds: the inner header's DS field (DSCP and ECN), copied to the outer one (RFC 2983's uniform model, RFC 6040's
+ * normal mode), so that a link's classes (lab link emulation, a provider's queues) see the traffic's class. */
 static __always_inline int encap_and_forward(struct xdp_md *ctx, struct inst_value *inst, __u16 inner_eth_proto,
-					     __u32 inner_len)
+					     __u32 inner_len, __u8 ds)
 {
 	__u32 zero = 0;
 	struct steer_config *cfg = config.lookup(&zero);
@@ -548,8 +550,8 @@ rewrite:
 			return verdict(DINET_DROP_ENCAP, XDP_DROP);
 		eth->h_proto = bpf_htons(DINET_ETHERTYPE_IPV6);
 		o6->version = 6;
-		o6->priority = 0;
-		o6->flow_lbl[0] = 0;
+		o6->priority = ds >> 4;
+		o6->flow_lbl[0] = (ds & 0x0f) << 4;
 		o6->flow_lbl[1] = 0;
 		o6->flow_lbl[2] = 0;
 		o6->payload_len = bpf_htons(inner_len);
@@ -564,7 +566,7 @@ rewrite:
 		eth->h_proto = bpf_htons(DINET_ETHERTYPE_IPV4);
 		o4->version = 4;
 		o4->ihl = 5;
-		o4->tos = 0;
+		o4->tos = ds;
 		o4->tot_len = bpf_htons(inner_len + sizeof(struct iphdr));
 		o4->id = 0;
 		o4->frag_off = 0;
@@ -608,6 +610,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	__u32 inner_len;
 	__u64 frame_len = data_end - data;
 	__u32 label = 0; /* the IPv6 flow label (RFC 6437), a session-affine service's key where set */
+	__u8 ds = 0;     /* the DS field (DSCP, ECN): the outer header carries it too */
 	__u64 filt;      /* what folds where the destination does (DINET_FILTER_*) */
 
 	if ((void *)(eth + 1) > data_end)
@@ -631,6 +634,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 			return not_steered(&vk, DINET_DROP_FRAGMENT, XDP_DROP);
 		key.family = DINET_AF_INET;
 		key.proto = iph->protocol;
+		ds = iph->tos;
 		__builtin_memcpy(key.src.addr, &iph->saddr, 4);
 		__builtin_memcpy(key.dst.addr, &iph->daddr, 4);
 		l4 = (void *)iph + iph->ihl * 4;
@@ -674,6 +678,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 		key.family = DINET_AF_INET6;
 		key.proto = nh;
 		label = ((__u32)(ip6->flow_lbl[0] & 0x0f) << 16) | ((__u32)ip6->flow_lbl[1] << 8) | ip6->flow_lbl[2];
+		ds = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
 		__builtin_memcpy(key.src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(key.dst.addr, &ip6->daddr, 16);
 	} else {
@@ -812,7 +817,7 @@ static __always_inline int steer(struct xdp_md *ctx)
 	__u32 inst_idx = svc_id * DINET_MAX_INSTANCES + slot;
 	count(svc_stats.lookup(&svc_idx), frame_len, new_flow, session_event);
 	count(inst_stats.lookup(&inst_idx), frame_len, new_flow, session_event);
-	return encap_and_forward(ctx, inst, eth_proto, inner_len);
+	return encap_and_forward(ctx, inst, eth_proto, inner_len, ds);
 }
 
 #ifndef DINET_STEER_NO_ENTRY /* bench_steer.bpf.c defines the entry points itself (bcc takes only the main file's) */

@@ -551,14 +551,16 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
             }
         }
 
-        /* IP-in-IP toward the endpoint (RFC 2003 / RFC 2473), TTL 64, no options, no fragmentation */
+        /* IP-in-IP toward the endpoint (RFC 2003 / RFC 2473), TTL 64, no options, no fragmentation; the outer
+         * DS field is the inner one (RFC 2983's uniform model, RFC 6040's normal mode), as in the eBPF program */
+        bit<8> ds = hdr.ipv4.isValid() ? hdr.ipv4.tos : hdr.ipv6.traffic_class;
         tunnel_source.apply();
         bit<8> inner_proto = hdr.ipv4.isValid() ? (bit<8>)DINET_IPPROTO_IPIP : (bit<8>)DINET_IPPROTO_IPV6;
         if (meta.inst_family == DINET_AF_INET) {
             hdr.outer_ipv4.setValid();
             hdr.outer_ipv4.version = 4;
             hdr.outer_ipv4.ihl = 5;
-            hdr.outer_ipv4.tos = 0;
+            hdr.outer_ipv4.tos = ds;
             hdr.outer_ipv4.total_len = meta.inner_len + 20;
             hdr.outer_ipv4.identification = 0;
             hdr.outer_ipv4.flags = 0;
@@ -571,7 +573,7 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         } else {
             hdr.outer_ipv6.setValid();
             hdr.outer_ipv6.version = 6;
-            hdr.outer_ipv6.traffic_class = 0;
+            hdr.outer_ipv6.traffic_class = ds;
             hdr.outer_ipv6.flow_label = 0;
             hdr.outer_ipv6.payload_len = meta.inner_len;
             hdr.outer_ipv6.next_hdr = inner_proto;

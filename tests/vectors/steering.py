@@ -64,13 +64,16 @@ def encap(inner, endpoint) -> Ether:
     """The frame the steering node sends for `inner` (an IP/IPv6 packet) toward `endpoint`."""
     endpoint = ipaddress.ip_address(str(endpoint))
     eth = Ether(src=NODE_MAC, dst=NEXT_HOP_MAC)
+    ds = inner.tos if inner.version == 4 else inner.tc  # the DS field rides outside too (RFC 2983, RFC 6040)
     if endpoint.version == 4:
         return (
             eth
-            / IP(src=str(SRC4), dst=str(endpoint), ttl=64, id=0, flags=0, proto=4 if inner.version == 4 else 41)
+            / IP(src=str(SRC4), dst=str(endpoint), ttl=64, id=0, flags=0, tos=ds, proto=4 if inner.version == 4 else 41)
             / inner
         )
-    return eth / IPv6(src=str(SRC6), dst=str(endpoint), hlim=64, nh=4 if inner.version == 4 else 41, fl=0, tc=0) / inner
+    return (
+        eth / IPv6(src=str(SRC6), dst=str(endpoint), hlim=64, nh=4 if inner.version == 4 else 41, fl=0, tc=ds) / inner
+    )
 
 
 def l3_datagram(frame):
@@ -115,6 +118,15 @@ def vectors(place) -> list[Vector]:
         return Vector(name, pkt, Forward(Ether(bytes(encap(inner, place(svc, pkt))) + trailer), 0))
 
     web = client4()
+    marked4 = client4(sport=40007)
+    marked4[IP].tos = 32 << 2 | 2
+    marked6 = (
+        Ether(src=CLIENT_MAC, dst=NODE_MAC)
+        / IPv6(src="fd00::2", dst="fd00:99::53", tc=18 << 2 | 3)
+        / UDP(sport=5354, dport=53)
+    )
+    marked46 = client4("10.99.0.2", 40008, 8080)
+    marked46[IP].tos = 1 << 2
     web_opts = (
         Ether(src=CLIENT_MAC, dst=NODE_MAC)
         / IP(src="10.0.0.2", dst="10.99.0.1", options=[IPOption_Router_Alert()])
@@ -157,6 +169,9 @@ def vectors(place) -> list[Vector]:
         steered("v6 with hop-by-hop and destination options is steered", DNS6, dns_ext),
         steered("v4 VIP served from a v6 endpoint is IPv4-in-IPv6", MIXED, mixed),
         steered("a short frame's Ethernet padding is not counted in the tunnel's length", WEB4, pad),
+        steered("the DS field (DSCP CS4, ECN ECT(0)) is copied to the outer IPv4 header", WEB4, marked4),
+        steered("the traffic class (AF21, ECN CE) is copied to the outer IPv6 header", DNS6, marked6),
+        steered("an IPv4 DS field is the outer IPv6 traffic class (4in6)", MIXED, marked46),
         steered("a session port's flow is placed by its group", CHAT4, client4("10.99.0.4", 61448, 8000)),
         steered("another port of that group is placed by the group too", CHAT4, client4("10.99.0.4", 61455, 8000)),
         steered(
