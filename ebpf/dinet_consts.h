@@ -101,6 +101,15 @@
  * restarts whenever the controller writes a load of another report (load_gen). */
 #define DINET_SVC_TWO_CHOICES 2
 
+/* Traffic classes on the wire (draft-song-dmsc-problem-statement s5.2: performance isolation): the DSCP each kind
+ * of traffic is marked with where it starts (dinet serve, dinet load, the KV hand-over, dinet sync), after RFC
+ * 4594's service classes; the steering tunnels copy it to the outer header, and a link's classes (the lab's
+ * link emulation: HTB, an eBPF classifier at TC) queue by it. */
+#define DINET_DSCP_SENSITIVE 32 /* CS4, real-time interactive: delay-sensitive inference */
+#define DINET_DSCP_KV 18        /* AF21, low-latency data: a KV cache handed from prefill to decode */
+#define DINET_DSCP_TOLERANT 10  /* AF11, high-throughput data: delay-tolerant inference */
+#define DINET_DSCP_SYNC 1       /* LE, lower effort (RFC 8622): model synchronisation */
+
 /* Instance states in the instance table. */
 #define DINET_INST_DOWN 0
 #define DINET_INST_UP 1

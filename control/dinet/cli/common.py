@@ -30,6 +30,22 @@ def table(rows: Sequence[Sequence[Any]], header: list[str]) -> str:
     )
 
 
+def dscp(text: str) -> int:
+    """A DSCP, 0-63, or a traffic class's name (dinet_consts.h DINET_DSCP_*: delay-sensitive, delay-tolerant,
+    kv, sync)."""
+    from ..errors import ConfigError
+    from ..netutil import dscp_of
+
+    if not text.isdigit():
+        try:
+            return dscp_of(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    if not 0 <= int(text) <= 63:
+        raise argparse.ArgumentTypeError(f"a DSCP is 0-63, not {text}")
+    return int(text)
+
+
 def positive(text: str) -> int:
     try:
         v = int(text)

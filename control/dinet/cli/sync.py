@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..errors import ConfigError
+from .common import dscp
 
 
 def cmd_sync(a: argparse.Namespace) -> None:
@@ -30,7 +31,7 @@ def cmd_sync(a: argparse.Namespace) -> None:
         raise ConfigError(f"no receiver for {', '.join(missing)} in {a.intent} (bier.receivers)")
     opts = UftpOptions(
         port=a.port, pub_group=a.group, rate_mbps=a.rate, cc=a.cc, encrypt=not a.no_encrypt,
-        key=Path(a.key) if a.key else None,
+        key=Path(a.key) if a.key else None, dscp=a.dscp,
     )  # fmt: skip
     remote = any(n.target == "agent" for n in cfg.nodes.values())  # TLS only matters toward node agents
     with bier_targets(cfg, credentials(cfg, a.insecure) if remote else None) as targets:
@@ -95,6 +96,9 @@ def register(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=200.0, help="Mbit/s (fixed rate)")
     p.add_argument("--cc", action="store_true", help="TFMCC congestion control instead of a fixed rate")
     p.add_argument("--no-encrypt", action="store_true", help="send in clear (receivers refuse it by default)")
+    p.add_argument(
+        "--dscp", type=dscp, default="sync", help="mark what UFTP sends (0-63 or a class; default sync: LE, RFC 8622)"
+    )
     p.add_argument("--key", help="this sender's EC private key (PEM; default: an ephemeral one per job)")
     p.add_argument("--port", type=int, default=1044)
     p.add_argument("--group", default="232.4.4.1", help="UFTP's announce group (the receivers' -M; 232/8)")

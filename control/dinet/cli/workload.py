@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..errors import ConfigError
-from .common import positive
+from .common import dscp, positive
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
@@ -20,7 +20,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
         a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
         a.tail_url or "", a.privacy_layers, a.split_layers, a.replace_after, a.prefix_caching,
     )  # fmt: skip
-    run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None)
+    server.kv_dscp = a.kv_dscp
+    run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None, a.dscp)
 
 
 def cmd_route(a: argparse.Namespace) -> None:
@@ -60,6 +61,7 @@ def cmd_load(a: argparse.Namespace) -> None:
         system_prompts=a.system_prompts,
         think_s=a.think_s,
         session_key=a.session_key,
+        dscp=a.dscp,
     )
     if bool(a.local) != bool(a.offload_view):
         raise ConfigError("a device's load gives both --local (its own model) and --offload-view (the controller)")
@@ -113,6 +115,10 @@ def register(sub: Any) -> None:
     """Adds this group's commands to `dinet`'s subcommands."""
     p = sub.add_parser("serve", help="an OpenAI-compatible model server with a serving engine's timing")
     p.add_argument("--listen", default="127.0.0.1:8000")
+    p.add_argument(
+        "--dscp", type=dscp, default=0, help="mark the answers with this DSCP (0-63 or a class: delay-sensitive, ...)"
+    )
+    p.add_argument("--kv-dscp", type=dscp, default=0, help="mark KV hand-overs to the decode stage (e.g. kv)")
     p.add_argument("--profile", default="llama3-8b-a100", help="model/GPU profile (see dinet.workload.engine)")
     p.add_argument("--name", help="the instance's name, sent in x-dinet-instance (default: the listen address)")
     p.add_argument("--model", help="the model name served (default: the profile's)")
@@ -213,6 +219,9 @@ def register(sub: Any) -> None:
         default="none",
         help="conversations: what names the conversation to the network: a source port of its group (61440-65535), "
         "or an IPv6 flow label (dinet.policy.session)",
+    )
+    p.add_argument(
+        "--dscp", type=dscp, default=0, help="mark the requests with this DSCP (0-63 or a class: delay-sensitive, ...)"
     )
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DinetError
+from .classes import LinkClasses, tbf_args
 from .loss import LinkLoss
 from .scenario import LinkSpec
 
@@ -43,6 +44,8 @@ class LinkEmulator:
         self.losses: list[LinkLoss] = []
         self.netns = ""
         self.cuts: list[LinkLoss] = []  # set_cut's droppers (made at the first cut)
+        self.classes: dict[str, LinkClasses] = {}  # wire interface -> its classes (made when first asked for)
+        self.rates: dict[str, float] = {}  # wire interface -> its rate now (Mbit/s)
 
     @property
     def pid(self) -> int | None:
@@ -64,12 +67,10 @@ class LinkEmulator:
         s = self.spec
         if s.bw_mbit is not None:
             for dev in self.wire:
-                burst = max(16_000, int(s.bw_mbit * 1e6 / 8 / 250))  # 4 ms of the rate, at least 16 kB
-                out = self.host.cmd(
-                    f"tc qdisc add dev {dev} root tbf rate {s.bw_mbit}mbit burst {burst} latency 100ms 2>&1"
-                )
+                out = self.host.cmd(f"tc qdisc add dev {dev} root {tbf_args(s.bw_mbit)} 2>&1")
                 if out.strip():
                     raise DinetError(f"{self.name}: cannot limit {dev} to {s.bw_mbit} Mbit/s: {out.strip()}")
+                self.rates[dev] = s.bw_mbit
         if s.loss > 0:
             for dev in self.wire:
                 self.losses.append(LinkLoss(dev, netns, s.loss).__enter__())
@@ -129,16 +130,35 @@ class LinkEmulator:
         if mbit <= 0:
             raise DinetError(f"{self.name}: a rate is positive, not {mbit}")
         dev = self._wire(toward)
-        burst = max(16_000, int(mbit * 1e6 / 8 / 250))
+        if dev in self.classes and self.classes[dev].on:  # the classes keep their shares of the new rate
+            self.classes[dev].set_rate(mbit)
+            self.rates[dev] = mbit
+            return
         if self.engine == "netem":
             s = self.spec
             opts = f"delay {s.delay_ms}ms rate {mbit}mbit" + (f" loss {s.loss * 100}%" if s.loss else "")
             out = self.host.cmd(f"tc qdisc change dev {dev} root netem {opts} 2>&1")
         else:
-            verb = "change" if self.spec.bw_mbit is not None else "add"
-            out = self.host.cmd(f"tc qdisc {verb} dev {dev} root tbf rate {mbit}mbit burst {burst} latency 100ms 2>&1")
+            out = self.host.cmd(f"tc qdisc replace dev {dev} root {tbf_args(mbit)} 2>&1")
         if out.strip():
             raise DinetError(f"{self.name}: cannot set {dev} to {mbit} Mbit/s: {out.strip()}")
+        self.rates[dev] = mbit
+
+    def set_classes(self, on: bool) -> None:
+        """Class-based queuing on both directions (dinet.lab.classes: HTB by DSCP), or back to one FIFO (the
+        TBF). Needs the delay-line engine and a rate (a netem qdisc has no classes under it here)."""
+        if self.engine != "delayline" or not self.rates:
+            raise DinetError(f"{self.name}: classes need the delay-line engine and a link rate")
+        for dev, mbit in self.rates.items():
+            if dev not in self.classes:
+                if not on:
+                    continue
+                self.classes[dev] = LinkClasses(dev, self.netns, mbit).__enter__()
+            self.classes[dev].set_rate(mbit, on)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Wire interface -> class -> packets the classifier put there."""
+        return {dev: c.counts() for dev, c in self.classes.items()}
 
     def tx_bytes(self, toward: str) -> int:
         """Bytes sent toward one end (the interface counter of the wire to it)."""
@@ -163,11 +183,12 @@ class LinkEmulator:
         if self.line is not None:
             stop_processes([self.line])
             self.line = None
-        for loss in self.losses + self.cuts:
+        for loss in [*self.losses, *self.cuts, *self.classes.values()]:
             with contextlib.suppress(Exception):  # its interface may be gone already
                 loss.close()
         self.losses.clear()
         self.cuts.clear()
+        self.classes.clear()
 
 
 def stop_processes(procs: list[subprocess.Popen[Any]]) -> None:

@@ -56,6 +56,22 @@ class Links:
         decides learns it only by measuring (a lab with probes=True), as it would in a network."""
         self._path(ingress, site).set_cut(cut)
 
+    def set_classes(self, on: bool) -> int:
+        """Class-based queuing by DSCP (dinet.lab.classes) on every emulated link with a rate, both ways, or
+        back to one FIFO each. Returns the links changed."""
+        links = [e for e in self.emulators if e.rates]
+        for e in links:
+            e.set_classes(on)
+        return len(links)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Class -> packets classified, summed over every link with classes."""
+        out: dict[str, dict[str, int]] = {}
+        for e in self.emulators:
+            for dev, counts in e.class_counts().items():
+                out[f"{e.name}:{dev}"] = counts
+        return out
+
     def set_path_delay(self, site: str, ingress: str, delay_ms: float) -> None:
         """A path's one-way delay changes at run time: on the wire (its link emulator) and in the network
         metrics what decides reads (the lab writes its intent again: the lab's stand-in for the network's

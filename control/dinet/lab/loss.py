@@ -10,12 +10,10 @@ context removes the program and only it (other programs on the same interface st
 
 from __future__ import annotations
 
-import errno
 import os
 
-from ..errors import ConfigError, InterfaceError
+from ..errors import ConfigError
 from ..paths import BPFFS_ROOT
-from ..targets import netns as ns_mod
 from ..targets.bcc_program import BccProgram
 from .rig import Rig
 
@@ -57,22 +55,9 @@ class LinkLoss(Rig):
         return tuple(sum(int(v) for v in t[t.Key(i)]) for i in (0, 1))  # type: ignore[return-value]
 
     def close(self) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
         if self.prog is None:
             return
-        try:
-            idx = ns_mod.ifindex(self.ifname, self.netns)
-        except InterfaceError:
-            idx = 0  # the interface (or its namespace) is gone, and its filters with it
-        if idx:
-            with ns_mod.entered(self.netns), IPRoute() as ipr:
-                try:
-                    ipr.tc("del-filter", "bpf", idx, ":1", parent=PARENT[self.hook], prio=PRIO)
-                except NetlinkError as e:
-                    if e.code not in (errno.ENOENT, errno.EINVAL):
-                        raise InterfaceError(f"cannot remove the loss program from {self.ifname}: {e}") from None
+        BccProgram.detach_tc_filter(self.ifname, self.netns, self.hook, PRIO)
         self.prog.close()
         self.prog.unpin()
         self.prog = None

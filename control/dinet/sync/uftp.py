@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import consts
 from ..errors import ConfigError
 
 # the announce group receivers listen on (uftpd -M): source-specific (232/8), as receivers that pin their
@@ -47,6 +48,7 @@ class UftpOptions:
     grtt: str = "0.05:0.01:2"  # initial:min:max group round-trip time, s (UFTP's default 0.5:0.01:15)
     robust: int = 10  # how many times a message is repeated before a receiver is given up (10..50)
     block_size: int = 1300
+    dscp: int = field(default_factory=lambda: consts.get("DINET_DSCP_SYNC"))  # LE (RFC 8622): it yields to inference
 
     def crypto_args(self) -> list[str]:
         if not self.encrypt:
@@ -70,6 +72,7 @@ def sender_argv(
     argv += ["-C", "tfmcc"] if opts.cc else ["-R", str(max(1, int(opts.rate_mbps * 1000)))]
     argv += opts.crypto_args()
     argv += ["-r", opts.grtt, "-s", str(opts.robust), "-b", str(opts.block_size), "-f", "-T", "-S", str(status_file)]
+    argv += ["-Q", str(opts.dscp)]  # every packet it sends marked (UFTP: 0-63)
     if restart_file is not None:
         return argv + ["-F", str(restart_file)]
     return argv + ["-H", ",".join(clients)] + [str(f) for f in files]

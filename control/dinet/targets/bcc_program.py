@@ -147,6 +147,26 @@ class BccProgram:
                 raise InterfaceError(f"cannot attach {fn_name} to {ifname} {hook}: {e}") from None
 
     @staticmethod
+    def detach_tc_filter(ifname: str, ns: str | None, hook: str, prio: int) -> None:
+        """Removes the one program attached at ifname's `hook` with `prio` (the others stay); nothing to do when
+        the interface or its namespace is gone (its filters went with it)."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            idx = netns.ifindex(ifname, ns)
+        except InterfaceError:
+            return
+        with netns.entered(ns), IPRoute() as ipr:
+            try:
+                ipr.tc(
+                    "del-filter", "bpf", idx, ":1", parent="ffff:fff2" if hook == "ingress" else "ffff:fff3", prio=prio
+                )
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EINVAL):
+                    raise InterfaceError(f"cannot remove the program at {ifname} {hook}: {e}") from None
+
+    @staticmethod
     def detach_tc(ifname: str, ns: str | None = None) -> None:
         """Removes ifname's clsact qdisc, and with it every TC program attached there."""
         from pyroute2 import IPRoute

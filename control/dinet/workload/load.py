@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import Slo
+from ..netutil import marked_socket
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ class LoadSpec:
     system_prompts: int = 1
     think_s: float = 1.0
     session_key: str = "none"  # none, port (a source port of the conversation's group), flow-label (IPv6)
+    dscp: int = 0  # what its requests are marked with (dinet_consts.h DINET_DSCP_*: the service's class)
 
     @property
     def chat(self) -> bool:
@@ -415,7 +417,7 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
 
     tls = client_tls(spec.ca) if spec.ca else True  # https: the server's certificate and name are checked
     # a connection per request: a new flow each; a conversation's connections carry its session key
-    factory = session_socket if spec.session_key != "none" else None
+    factory = marked_socket(spec.dscp, session_socket if spec.session_key != "none" else None)
     conn = aiohttp.TCPConnector(limit=0, force_close=True, ssl=tls, socket_factory=factory)
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
         chooser = None

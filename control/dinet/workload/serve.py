@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector as PromCollector
 
 from ..errors import ConfigError
+from ..netutil import marked_socket, set_dscp
 from . import cascade
 from . import speculative as spec
 from . import split as sp
@@ -219,6 +220,7 @@ class Server:
         self.replace_after = replace_after
         self.cache = spec.SessionCache()
         self.profile, self.name, self.role, self.decode_url = profile, name, role, decode_url.rstrip("/")
+        self.kv_dscp = 0  # what a KV hand-over to the decode stage is marked with (0: unmarked)
         self._session: Any = None
         self.ca = ca
         self.model = model or profile.model
@@ -619,7 +621,9 @@ class Server:
             # connection would carry the next session to wherever the last one went)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=300),
-                connector=aiohttp.TCPConnector(force_close=True, ssl=self._tls(self.decode_url)),
+                connector=aiohttp.TCPConnector(
+                    force_close=True, ssl=self._tls(self.decode_url), socket_factory=marked_socket(self.kv_dscp)
+                ),
             )
         size = n_prompt * self.profile.kv_bytes_per_token
         chunk = bytes(65536)
@@ -842,10 +846,11 @@ def profile_of(name: str, kv_tokens: int | None = None, max_batch: int | None = 
     return replace(p, kv_tokens=kv_tokens or p.kv_tokens, max_batch=max_batch or p.max_batch)
 
 
-async def open_site(app: web.Application, listen: str, tls: Any = None) -> web.AppRunner:
+async def open_site(app: web.Application, listen: str, tls: Any = None, dscp: int = 0) -> web.AppRunner:
     """Serves `app` on HOST:PORT ("::" or nothing: every address of both families, which asyncio's "::" socket
     alone is not), over HTTPS with `tls` (an ssl context, creds.server_tls); ConfigError, with the runner
-    cleaned up, if the address cannot be had."""
+    cleaned up, if the address cannot be had. dscp: what its answers are marked with (the listening sockets
+    are; the connections they accept inherit it)."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
@@ -860,10 +865,14 @@ async def open_site(app: web.Application, listen: str, tls: Any = None) -> web.A
     except OSError as e:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+    if dscp:
+        server = getattr(site, "_server", None)  # aiohttp keeps the asyncio server private
+        for sock in server.sockets if server else ():
+            set_dscp(sock, dscp)  # type: ignore[arg-type]
     return runner
 
 
-def run(server: Server, listen: str, tls: tuple[str, str] | None = None) -> None:
+def run(server: Server, listen: str, tls: tuple[str, str] | None = None, dscp: int = 0) -> None:
     """Serves `server` until SIGINT/SIGTERM; prints `ready` once it listens. tls: (certificate, key) to serve
     HTTPS."""
     from ..creds import server_tls
@@ -871,15 +880,19 @@ def run(server: Server, listen: str, tls: tuple[str, str] | None = None) -> None
     ctx = server_tls(*tls) if tls else None
     scheme = "https" if ctx else "http"
     serve_until_signal(
-        server.app, listen, f"{server.name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}", ctx
+        server.app,
+        listen,
+        f"{server.name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}",
+        ctx,
+        dscp,
     )
 
 
-def serve_until_signal(app: web.Application, listen: str, what: str, tls: Any = None) -> None:
+def serve_until_signal(app: web.Application, listen: str, what: str, tls: Any = None, dscp: int = 0) -> None:
     """Serves `app` until SIGINT/SIGTERM; prints `ready: WHAT` once it listens (what the lab waits for)."""
 
     async def main() -> None:
-        runner = await open_site(app, listen, tls)
+        runner = await open_site(app, listen, tls, dscp)
         print(f"ready: {what}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
