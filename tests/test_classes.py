@@ -61,12 +61,13 @@ def test_marked_packets_queue_in_their_class_and_the_plain_queue_comes_back(ns_p
             assert wait_for(lambda: dequeued().get("1:1", 0) >= total), dequeued()
             got = dequeued()
             counts = classes.counts()
-            # both families, each class's packets in its HTB class (nothing else sends on a0 meanwhile: the
-            # neighbours are static); unmarked ones with delay-tolerant inference
+            # both families, each class's packets in its HTB class (the neighbours are static: no ARP or ND);
+            # unmarked ones with delay-tolerant inference
             assert got["1:10"] == 2 * sent["delay-sensitive"], got
             assert got["1:20"] == 2 * sent["kv"], got
             assert got["1:40"] == 2 * sent["sync"], got
-            assert got["1:30"] == 2 * (sent["delay-tolerant"] + 2), got
+            # (the kernel's own IPv6 router solicitations and MLD reports may come meanwhile: unmarked, there too)
+            assert got["1:30"] >= 2 * (sent["delay-tolerant"] + 2), got
             assert counts["delay-sensitive"] == 14 and counts["sync"] == 22, counts
             classes.off()
             root = topo.sh("a", "tc", "-j", "qdisc", "show", "dev", "a0", "root").stdout

@@ -17,6 +17,7 @@ EXPERIMENTS = (
     "modelsync",
     "cooperative",
     "prefix",
+    "isolation",
 )  # dinet.experiments.EXPERIMENTS
 
 

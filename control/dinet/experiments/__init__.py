@@ -22,6 +22,7 @@ EXPERIMENTS = {
     "modelsync": ("modelsync", "model-sync.yaml"),
     "cooperative": ("cooperative", "cooperative.yaml"),
     "prefix": ("prefix", "prefix.yaml"),
+    "isolation": ("isolation", "isolation.yaml"),
 }
 
 

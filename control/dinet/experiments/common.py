@@ -184,17 +184,22 @@ def client_loads(
     seed: int,
     extra: list[str] | None = None,
     pick: str = "",
+    services: tuple[str, ...] = (),
     **tags: Any,
 ) -> list[Load]:
-    """Every client on every service it calls, Poisson at `rate` per client and service; the requests' class
-    is their service's. pick: a client-side picker (CLIENT_PICKS) instead of the VIP."""
+    """Every client on every service it calls (or on `services`), Poisson at `rate` per client and service; the
+    requests' class is their service's, and so is their DSCP. pick: a client-side picker (CLIENT_PICKS)
+    instead of the VIP."""
     loads = []
     for k, c in enumerate(lab.spec.clients):
         for svc in lab.spec.client_services():
+            if services and svc.name not in services:
+                continue
             share = "1" if svc.class_ == "delay-sensitive" else "0"
             args = ["--duration", str(duration), "--seed", str(seed * 100 + k)]
             args += ["--rate", str(rate)] if rate > 0 else []  # 0: the extra arguments give a --schedule
             args += ["--sensitive-share", share, "--ttft-slo-ms", str(svc.slo.ttft_ms)]
+            args += ["--dscp", str(lab.dscp(svc.name))]
             args += ["--tpot-slo-ms", str(svc.slo.tpot_ms), *(extra or [])]
             args += pick_args(lab, pick, svc.name) if pick else []
             args += lab.tls_args()

@@ -697,3 +697,42 @@ def prefix_report(
         scenario,
         intent,
     )
+
+
+def isolation_bars(summary: dict[str, Any], path: Path) -> str:
+    """TTFT p99 and the sync's throughput per arm, with their 95% intervals."""
+    plt = _plt()
+    runs = summary["runs"]
+    arms = list(runs)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    for ax, metric, label in ((a1, "ttft_p99_ms", "TTFT p99 (ms)"), (a2, "sync_mbit", "sync (Mbit/s)")):
+        vals = [runs[a].get(metric) or 0.0 for a in arms]
+        errs = [(runs[a].get("ci95") or {}).get(metric) or 0.0 for a in arms]
+        ax.bar(arms, vals, yerr=errs, capsize=3, color=["#999999", "#d6604d", "#1b7837"][: len(arms)])
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("interactive inference beside a model sync")
+    return _saved(fig, path)
+
+
+def isolation_report(
+    res: Results, summary: dict[str, Any], spec: ScenarioSpec, scenario: Path, intent: dict[str, Any]
+) -> Path:
+    figs = [
+        isolation_bars(summary, res.folder / "isolation.png"),
+        ttft_cdf(res, list(summary["runs"]), "arm", res.folder / "ttft_cdf.png", f"TTFT per arm ({spec.name})"),
+    ]
+    metrics = ["ttft_p50_ms", "ttft_p99_ms", "jitter_ms", "slo_attainment", "sync_mbit", "requests", "errors"]
+    rows = [[arm, *(_cell(row, m) for m in metrics)] for arm, row in summary["runs"].items()]
+    return page(
+        res,
+        f"isolation: {spec.name}",
+        "Does a model sync sharing the links hurt interactive inference, and do traffic classes (DSCP marked where "
+        "traffic starts, HTB by class on the links) keep it out while the sync still gets the capacity left?",
+        summary,
+        figs,
+        [{"title": "per arm", "header": ["", *metrics], "rows": rows}],
+        scenario,
+        intent,
+    )

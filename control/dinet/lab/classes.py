@@ -93,14 +93,17 @@ class LinkClasses(Rig):
         self.mbit = mbit
         dev = self.ifname
         if not on:
+            if self.on:  # another kind at the root: tc cannot change one into the other, only replace it whole
+                self._tc(f"qdisc del dev {dev} root")
             self._tc(f"qdisc replace dev {dev} root {tbf_args(mbit)}")
             self.on = False
             return
         limit = max(64, int(mbit * 1e6 / 8 * 0.1 / 1500))  # about 100 ms of the rate, in full frames
-        cmds = [
-            f"qdisc replace dev {dev} root handle 1: htb default {DEFAULT_MINOR:x}",
-            f"class replace dev {dev} parent 1: classid 1:1 htb rate {mbit}mbit ceil {mbit}mbit",
-        ]
+        cmds = []
+        if not self.on:  # HTB at the root once; a new rate then changes its classes only (HTB cannot be changed)
+            cmds += [f"qdisc del dev {dev} root"] * self._has_root()
+            cmds += [f"qdisc add dev {dev} root handle 1: htb default {DEFAULT_MINOR:x}"]
+        cmds += [f"class replace dev {dev} parent 1: classid 1:1 htb rate {mbit}mbit ceil {mbit}mbit"]
         for k in self.classes:
             cmds.append(
                 f"class replace dev {dev} parent 1:1 classid 1:{k.minor:x} htb rate {mbit * k.share:.3f}mbit "
@@ -109,6 +112,14 @@ class LinkClasses(Rig):
             cmds.append(f"qdisc replace dev {dev} parent 1:{k.minor:x} handle {k.minor:x}: pfifo limit {limit}")
         self._tc(*cmds)
         self.on = True
+
+    def _has_root(self) -> bool:
+        """Whether the interface has a root qdisc of its own (not the default noqueue/pfifo_fast stand-in)."""
+        argv = ["tc", "qdisc", "show", "dev", self.ifname, "root"]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        return any(w in out for w in ("tbf", "htb", "netem", "pfifo "))
 
     def off(self) -> None:
         self.set_rate(self.mbit, on=False)

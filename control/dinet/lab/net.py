@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, DinetError
-from ..netutil import free_port
+from ..netutil import dscp_of, free_port
 from ..paths import BPFFS_ROOT
 from ..services.intent import (
     AgentNodeSpec,
@@ -523,6 +523,8 @@ class Lab(Rig):
         if inst.spec.decode_service:
             d = self.spec.service(inst.spec.decode_service)
             serve += ["--decode-url", f"{self.scheme}://{d.vip}:{d.port}", *self.tls_args()]
+            serve += ["--kv-dscp", str(dscp_of("kv"))]
+        serve += ["--dscp", str(self.dscp(svc.name))]  # answers marked with the service's class
         if self.tls:
             serve += ["--tls-cert", str(self.workdir / "tls" / f"{name}.crt")]
             serve += ["--tls-key", str(self.workdir / "tls" / f"{name}.key")]
@@ -895,6 +897,10 @@ class Lab(Rig):
             time.sleep(0.05)
 
     # ---- traffic -------------------------------------------------------------------------------------------------
+    def dscp(self, service: str) -> int:
+        """What a service's traffic is marked with where it starts (its class's DSCP: dinet_consts.h)."""
+        return dscp_of(self.spec.service(service).class_)
+
     def load(
         self, client: str, service: str, rate: float = 5.0, duration: float = 2.0, url: str | None = None, **opts: Any
     ) -> list[dict]:  # type: ignore[type-arg]
@@ -919,6 +925,7 @@ class Lab(Rig):
         args += ["--rate", str(rate), "--duration", str(duration), "--out", str(out)]
         args += ["--sensitive-share", "1" if svc.class_ == "delay-sensitive" else "0"]
         args += ["--ttft-slo-ms", str(svc.slo.ttft_ms), "--tpot-slo-ms", str(svc.slo.tpot_ms)]
+        opts.setdefault("dscp", self.dscp(service))
         for k, v in opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         p = self.popen(client, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
