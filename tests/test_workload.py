@@ -1243,3 +1243,51 @@ def test_the_l7_router_keeps_a_conversation_on_the_backend_that_holds_it_and_str
         assert recs and all(r.status == "ok" and r.instance == "b2" for r in recs)
         failed = metrics(f"http://127.0.0.1:{pr}")
         assert failed[f"dinet_router_backend_failures_total{{backend=http://127.0.0.1:{p1}}}"] >= 1
+
+
+def test_traffic_is_marked_with_its_class_where_it_starts() -> None:
+    """dinet load's sockets carry the class's DSCP (IPv4 TOS, IPv6 traffic class), and a server's listening
+    socket does, which the connections it accepts inherit (read back from the accepted socket itself)."""
+    import socket
+
+    from aiohttp import web
+
+    from dinet.errors import ConfigError
+    from dinet.netutil import dscp_of, marked_socket
+    from dinet.workload.serve import open_site
+
+    sensitive = dscp_of("delay-sensitive")
+    make = marked_socket(sensitive)
+    for family, level, opt in (
+        (socket.AF_INET, socket.IPPROTO_IP, socket.IP_TOS),
+        (socket.AF_INET6, socket.IPPROTO_IPV6, socket.IPV6_TCLASS),
+    ):
+        with make((family, socket.SOCK_STREAM, 6, "", ("::1", 1))) as s:
+            assert s.getsockopt(level, opt) == sensitive << 2
+    assert marked_socket(0) is None  # unmarked: aiohttp's own sockets
+    with pytest.raises(ConfigError, match="DSCP for traffic class 'bulk'"):
+        dscp_of("bulk")
+
+    accepted: list[int] = []
+
+    async def hello(request: web.Request) -> web.Response:
+        sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        accepted.append(sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS))
+        return web.Response(text="ok")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", hello)
+        port = free_port()
+        runner = await open_site(app, f"127.0.0.1:{port}", dscp=dscp_of("kv"))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            assert b"200 OK" in await reader.read()
+            writer.close()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert accepted == [dscp_of("kv") << 2]
