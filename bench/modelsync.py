@@ -73,6 +73,7 @@ def measure(lab: SyncLab, names: list[str], model: Path, method: str, send: Any)
     row = {
         "method": method,
         "n": len(names),
+        "size_bytes": model.stat().st_size,
         "completion_s": round(seconds, 3),
         "uplink_bytes": after[("src", "eth0")] - before[("src", "eth0")],
         "total_bytes": sum(after[k] - before.get(k, 0) for k in after),
@@ -201,11 +202,66 @@ def failover(lab: SyncLab, model: Path, rate: float) -> dict[str, Any]:
     return res
 
 
+def calibrate(res: dict[str, Any], holdout: int | None) -> dict[str, Any]:
+    """dinet.sync.model fitted on the rows (without those of N = holdout, which it then predicts), and its answer
+    to the draft's question (70 GB and 1 TB to 10, 50, 100 clouds at 10, 100, 400 Gbit/s)."""
+    from dinet.sync.model import as_json, draft_table, errors, fit, loss_repairs, with_tree
+
+    rows = res["rows"]
+    train = [r for r in rows if r["n"] != holdout]
+    fits = fit(train, res["link_mbit"])
+    setups = tree_setup_s(res)
+    fits = with_tree(fits)
+    clean = [r for r in rows if r["method"] == "bier" and r["size_bytes"] == res["size_bytes"] and r["n"] == 2]
+    out: dict[str, Any] = {
+        "fits": as_json(fits),
+        "fitted_on": sorted({r["n"] for r in train}),
+        "held_out": errors(fits, [r for r in rows if r["n"] == holdout], res["link_mbit"]) if holdout else [],
+        "in_sample": errors(fits, train, res["link_mbit"]),
+        "repair_bytes_per_loss": loss_repairs(res.get("loss", []), clean[0]["uplink_bytes"]) if clean else None,
+        "tree_setup_s": setups,
+        "draft": draft_table(fits, tree_setup_s=setups),
+    }
+    for e in out["held_out"]:
+        print(f"  model at N={e['n']} ({e['size_bytes'] >> 20} MiB), {e['method']}: predicted {e['predicted_s']} s, "
+              f"measured {e['measured_s']} s ({e['error']:+.0%})", flush=True)  # fmt: skip
+    return out
+
+
+def tree_setup_s(res: dict[str, Any]) -> dict[int, float]:
+    """A tree's per-job set-up at the draft's scale: its SR-P2MP segments (dinet.policy.p2mp, on the 404-router
+    domain of bench/bier_vs_tree.py, jobs to N random clouds, median of 20) written one per request at
+    P4Runtime's measured single-insert rate (bench/p4rt_writes.py's JSON where there is one, else 2,400/s)."""
+    import json
+    import statistics
+
+    from dinet.lab.bier_domain import random_domain
+    from dinet.policy.bift import BiftPlanner
+    from dinet.policy.p2mp import p2mp_tree
+
+    writes = Path(__file__).parent / "results" / "p4rt_writes.json"
+    per_s = json.loads(writes.read_text()).get("inserts_per_s_single", 2400.0) if writes.exists() else 2400.0
+    topo = random_domain(404, 808, seed=8279, bfer_every=4)
+    planner = BiftPlanner(topo, 3)
+    clouds = [n for n, bfr in topo.bfr_ids.items() if bfr is not None and n != "r0"]
+    rng = random.Random(8296)
+    out = {}
+    for n in (10, 50, 100):
+        counts = [len(p2mp_tree(planner, k, "r0", rng.sample(clouds, min(n, len(clouds))))) for k in range(20)]
+        out[n] = round(statistics.median(counts) / per_s, 4)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64 MiB to 2 and 4 clouds (about a minute)")
-    ap.add_argument("--size-mib", type=int, help="the model's size (default 64 quick, 1024 full)")
-    ap.add_argument("--clouds", help="N values, comma-separated (default 2,4 quick; 2,4,8,16 full)")
+    ap.add_argument(
+        "--size-mib",
+        help="the model's size, or sizes comma-separated (default 64 quick, 1024 full); two sizes "
+        "or more: the model (dinet.sync.model) is fitted and answers the draft's question",
+    )
+    ap.add_argument("--clouds", help="N values, comma-separated (default 2,4 quick; 2,4,8,16 full; up to 32)")
+    ap.add_argument("--holdout", type=int, help="fit the model without the rows of this N, then predict them")
     ap.add_argument("--link-mbit", type=float, default=200.0, help="every link's rate, Mbit/s")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "modelsync.json")
     ap.add_argument("--plot", type=Path, help="only draw the plot of an earlier run's JSON (beside it, .png)")
@@ -217,9 +273,10 @@ def main() -> int:
         return 0
     if not need_root():
         return 1
-    size = a.size_mib or (64 if a.quick else 1024)
+    sizes = [int(x) for x in (a.size_mib or ("64" if a.quick else "1024")).split(",")]
+    size = sizes[0]
     ns = [int(x) for x in (a.clouds or ("2,4" if a.quick else "2,4,8,16")).split(",")]
-    leaves = 8 if max(ns) <= 8 else 16
+    leaves = max(8, -(-max(ns) // 4) * 4)  # a tree of a multiple of 4 leaves
     rate = a.link_mbit * 0.9  # UFTP's fixed rate, below the link's (headers: BIER, UDP, UFTP's own)
     rng = random.Random(8296)
     root = Path(f"/tmp/dinet-bench-modelsync-{os.getpid()}")
@@ -237,20 +294,21 @@ def main() -> int:
     try:
         with SyncLab(f"bms{os.getpid() % 1000}", tree(leaves=leaves, redundant=True), root / "clouds", bpffs_root=BPFFS,
                      domain_options=opts) as lab:  # fmt: skip
-            model = root / "model.bin"
-            with model.open("wb") as f:
-                for _ in range(size):
-                    f.write(rng.randbytes(1 << 20))
-            print(f"modelsync: {size} MiB, links {a.link_mbit:g} Mbit/s, {leaves} clouds", flush=True)
-            for n in ns:
-                names = spread(lab, n)
-                sends = {
-                    "bier": lambda names=names: bier(lab, names, model, rate),
-                    "ingress": lambda names=names: ingress(lab, names, model, rate),
-                    "unicast": lambda names=names: unicast(lab, names, model),
-                }
-                for method, send in sends.items():
-                    res["rows"].append(measure(lab, names, model, method, send))
+            for mib in sizes[1:] + sizes[:1]:  # the first size last: its file is the model below
+                model = root / "model.bin"
+                with model.open("wb") as f:
+                    for _ in range(mib):
+                        f.write(rng.randbytes(1 << 20))
+                print(f"modelsync: {mib} MiB, links {a.link_mbit:g} Mbit/s, {leaves} clouds", flush=True)
+                for n in ns:
+                    names = spread(lab, n)
+                    sends = {
+                        "bier": lambda names=names, model=model: bier(lab, names, model, rate),
+                        "ingress": lambda names=names, model=model: ingress(lab, names, model, rate),
+                        "unicast": lambda names=names, model=model: unicast(lab, names, model),
+                    }
+                    for method, send in sends.items():
+                        res["rows"].append(measure(lab, names, model, method, send))
             small = root / "small.bin"
             small.write_bytes(rng.randbytes(256 << 10))
             for _ in range(10):  # a new destination set every job: a new bitstring, nothing else
@@ -276,6 +334,8 @@ def main() -> int:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+    if len(sizes) > 1:
+        res["model"] = calibrate(res, a.holdout)
     write(res, a.out)
     plot(res, a.out.with_suffix(".png"))
     rows = res["rows"] + res["loss"] + ([res["failover"]] if "failover" in res else [])
