@@ -265,7 +265,15 @@ def main() -> int:
     ap.add_argument("--link-mbit", type=float, default=200.0, help="every link's rate, Mbit/s")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "modelsync.json")
     ap.add_argument("--plot", type=Path, help="only draw the plot of an earlier run's JSON (beside it, .png)")
+    ap.add_argument("--calibrate", type=Path, help="only fit the model again on an earlier run's JSON (in place)")
     a = ap.parse_args()
+    if a.calibrate:
+        import json
+
+        earlier = json.loads(a.calibrate.read_text())
+        earlier["model"] = calibrate(earlier, a.holdout)
+        write(earlier, a.calibrate)
+        return 0
     if a.plot:
         import json
 

@@ -58,3 +58,23 @@ def test_repairs_under_loss_scale_with_the_loss() -> None:
     clean = 100e6
     rows = [{"loss": p, "size_bytes": 100e6, "uplink_bytes": clean + 3 * p * 100e6} for p in (0.01, 0.05)]
     assert loss_repairs(rows, clean) == pytest.approx(3.0)
+
+
+def test_a_replicated_transfer_bound_by_the_labs_shared_cpu_is_fitted_as_such_and_left_out_at_scale() -> None:
+    """BIER in the lab: its network time does not grow with N, but N receivers share the lab's cores (c x N x S);
+    the fit finds both regimes, predicts a held-out N, and the draft's answer leaves the lab's CPU out."""
+    truth = MethodFit("bier", 0.5, 0.01, 0.85, 0.07, 0, shared_cpu_s_per_cloud_byte=0.012 / (1 << 20))
+    rows = []
+    for n in (2, 4, 8, 16, 32):
+        for mib in (16, 48):
+            t, up = predict(truth, n, mib << 20, RATE, emulated=True)
+            rows.append({"method": "bier", "n": n, "size_bytes": mib << 20, "completion_s": t, "uplink_bytes": up})
+    fits = fit([r for r in rows if r["n"] != 32], RATE)
+    held = errors(fits, [r for r in rows if r["n"] == 32], RATE)
+    assert all(abs(e["error"]) < 0.02 for e in held), held
+    got = fits["bier"].shared_cpu_s_per_cloud_byte
+    assert got == pytest.approx(truth.shared_cpu_s_per_cloud_byte, rel=0.05)
+    # at scale the receivers have machines of their own: the network's time alone
+    alone, _ = predict(fits["bier"], 100, 70e9, 100_000)
+    assert alone == pytest.approx(predict(truth, 100, 70e9, 100_000)[0], rel=0.05)
+    assert alone < predict(fits["bier"], 100, 70e9, 100_000, emulated=True)[0] / 10
