@@ -34,6 +34,7 @@ def test_every_scenario_file_is_valid() -> None:
         "model-sync",
         "cooperative",
         "prefix",
+        "isolation",
     }
     for p in SCENARIOS:
         spec = load(p)
