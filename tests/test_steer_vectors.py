@@ -169,7 +169,7 @@ def test_two_choices_place_each_new_flow_on_the_lower_loaded_candidate_from_eith
     }
 
 
-def test_a_load_alone_rewrites_no_ring(node) -> None:
+def test_a_load_alone_rewrites_no_ring(node, bpffs_root: Path) -> None:
     """A new report's loads change the instance entries only: the live ring half stays (the weights did not move),
     while a weight change switches halves."""
     from dataclasses import replace
@@ -185,6 +185,14 @@ def test_a_load_alone_rewrites_no_ring(node) -> None:
     assert node.service(sv.PICK4).ring_sel != st.ring_sel
     seq = max(i.load.seq for i in again.instances.values()) + 1  # seqs never repeat on a node: counts restart
     node.set_instances(sv.PICK4, [replace(i, load=replace(i.load, seq=seq)) for i in sv.SERVICES[sv.PICK4]])
+    # a process that did not write the ring itself (a new one on the pinned maps, or one whose write was cut
+    # short) writes it again, loads alone or not: the ring may not be the one the instance entries make
+    from dinet.targets.xdp import SteeringNode
+
+    held = node.service(sv.PICK4)
+    with SteeringNode(node.node, bpffs_root=bpffs_root) as other:
+        other.set_instances(sv.PICK4, [replace(i, load=replace(i.load, seq=seq + 1)) for i in held.instances.values()])
+        assert other.service(sv.PICK4).ring_sel != held.ring_sel
 
 
 def test_too_big_for_the_static_next_hop_is_answered_per_family(node) -> None:

@@ -109,6 +109,9 @@ class P4Node(InstanceEdits):
         self.port_netns: str | None = None
         self._events: LinkEvents | None = None
         self._stale = False  # a write failed half-way and the switch could not be read back: read before writing
+        # services whose live ring this process wrote from their instances as they are: only these may skip
+        # the ring for a load alone (after a write cut short, or a switch adopted, the ring is written again)
+        self._ring_ok: set[int] = set()
 
     def _write(self, entries: list[TableEntry], op: str = "INSERT") -> None:
         self.sw.write(entries, op)
@@ -218,6 +221,7 @@ class P4Node(InstanceEdits):
             if slot in by_id[sid].instances:
                 by_id[sid].instances[slot] = replace(by_id[sid].instances[slot], load=ld)
         self._svcs = svcs
+        self._ring_ok = set()  # what the rings hold is not known from entries read back
         self._vips = {}
         for key in svcs:
             self._vips[key.vip] = self._vips.get(key.vip, 0) + 1
@@ -246,6 +250,7 @@ class P4Node(InstanceEdits):
             del self._vips[svc.vip]
         self._write(gone, "DELETE")
         del self._svcs[svc]
+        self._ring_ok.discard(st.svc_id)
 
     # ---- steering ------------------------------------------------------------------------------------
     def configure(
@@ -438,6 +443,8 @@ class P4Node(InstanceEdits):
     def _set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
         st = self._state(svc)
         plan = plan_instances(svc, st.instances, instances, self.sizes.max_instances, self.sizes.ring_size)
+        ring_known = st.svc_id in self._ring_ok
+        self._ring_ok.discard(st.svc_id)  # until this write is through
         inserts = [
             e
             for slot, inst in plan.changed.items()
@@ -456,7 +463,7 @@ class P4Node(InstanceEdits):
         if two:  # loads of the instances that stay or come, before the ring names them
             self._sync_loads(st, self._load_entries(st, after) | self._load_entries(st, {
                 s: i for s, i in st.instances.items() if s not in after}))  # fmt: skip
-        if plan.ring_changed:  # a load alone changes no ring
+        if plan.ring_changed or not ring_known:  # a load alone changes no ring
             sel = st.ring_sel ^ 1
             if two:
                 self._write_ring_b(st, plan.ring, sel)
@@ -471,6 +478,7 @@ class P4Node(InstanceEdits):
         st.instances = after
         if two:
             self._sync_loads(st, self._load_entries(st, after))
+        self._ring_ok.add(st.svc_id)
 
     def ring(self, svc: ServiceKey) -> list[int]:
         """The live ring, read back from the switch."""

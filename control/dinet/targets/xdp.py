@@ -132,6 +132,9 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         self._fill_crc_table(t("crc_table"))
         # slots in use, read once: this process is the node's one writer while it holds the node
         self._used_ids = {int(v.svc_id) for v in self.services_t.values()}
+        # services whose live ring this process wrote from their instance entries as they are: only for these
+        # may a load alone skip the ring (a ring pinned before, or a write cut short, is written again)
+        self._ring_ok: set[int] = set()
 
     # ---- lifecycle (ProgramNode: close, destroy, detach) -----------------------------------------------
     def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
@@ -292,6 +295,7 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         self._filter_add(svc.vip, vips=-int(count is not None and count.value <= 1), sessions=-int(state.session))
         self._clear_service_slots(state.svc_id)
         self._used_ids.discard(state.svc_id)
+        self._ring_ok.discard(state.svc_id)
 
     def _bump_gen(self, svc_id: int) -> int:
         k = self.svc_gen_t.Key(svc_id)
@@ -356,6 +360,8 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         state = self.service(svc)
         plan = plan_instances(svc, state.instances, wanted, self.sizes.max_instances, self.sizes.ring_size)
         base = state.svc_id * self.sizes.max_instances
+        ring_known = state.svc_id in self._ring_ok
+        self._ring_ok.discard(state.svc_id)  # until this write is through
         # 1. instance entries first: the ring never names a slot that is not yet written
         for slot, inst in plan.changed.items():
             key = self.instances_t.Key(base + slot)
@@ -366,7 +372,7 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
             epoch = int(self.instances_t[key].epoch) if stays else (int.from_bytes(os.urandom(4), "little") or 1)
             self.instances_t[key] = self._inst_leaf(inst, epoch)
         # 2. the idle ring half, then the switch (where the weights changed: a load alone changes no ring)
-        if plan.ring_changed:
+        if plan.ring_changed or not ring_known:
             sel = state.ring_sel ^ 1
             write_array(self.ring_t, (state.svc_id * 2 + sel) * self.sizes.ring_size, plan.ring)
             v = self.services_t[self._svc_key(svc)]
@@ -375,6 +381,7 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         # 3. instances that left: their slot is emptied once no ring names it
         for slot in plan.freed:
             self.instances_t[self.instances_t.Key(base + slot)] = self.instances_t.Leaf()
+        self._ring_ok.add(state.svc_id)
 
     def _has_src(self, version: int) -> bool:
         cfg = self.config_t[self.config_t.Key(0)]
