@@ -38,16 +38,17 @@ class Placed:
     gen: dict[int, int] = field(default_factory=dict)
     count: dict[int, int] = field(default_factory=dict)
 
+    def placed(self, slot: int, load: InstanceLoad | None) -> int:
+        """Flows placed on the slot under this load's report (0 once a new report's load is written)."""
+        seq = load.seq if load else 0
+        return self.count.get(slot, 0) if self.gen.get(slot, 0) == seq else 0
+
     def now(self, slot: int, load: InstanceLoad | None) -> int:
         """The slot's load now, as the data plane computes it."""
-        seq = load.seq if load else 0
-        n = self.count.get(slot, 0) if self.gen.get(slot, 0) == seq else 0
-        return (load or NO_LOAD).now(n)
+        return (load or NO_LOAD).now(self.placed(slot, load))
 
     def add(self, slot: int, load: InstanceLoad | None) -> None:
-        seq = load.seq if load else 0
-        n = self.count.get(slot, 0) if self.gen.get(slot, 0) == seq else 0
-        self.gen[slot], self.count[slot] = seq, n + 1
+        self.gen[slot], self.count[slot] = (load.seq if load else 0), self.placed(slot, load) + 1
 
 
 def choose(first: int, second: int, instances: Mapping[int, Instance], placed: Placed) -> int:
