@@ -38,6 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -421,14 +422,85 @@ Bifts = dict[int, tuple[int, dict[int, tuple[int, bytes, bytes]]]]
 Bfirs = dict[tuple[bytes, int], tuple[int, dict[int, int]]]
 
 
-def bier_model(frame: bytes, bifts: Bifts, bfirs: Bfirs, bfir_id: int) -> tuple[Counter[str], list[tuple[int, bytes]]]:
+@dataclass(frozen=True)
+class Trees:
+    """The SR-P2MP state of the rig: replication SID -> ([(node SID, replication SID, port)], leaf); node
+    SID -> port toward it (None: the node's own); (destination, UDP port) -> the root's replication SID;
+    port -> (source MAC, destination MAC)."""
+
+    segments: dict[int, tuple[list[tuple[int, int, int]], bool]]
+    nodes: dict[int, int | None]
+    roots: dict[tuple[bytes, int], int]
+    macs: dict[int, tuple[bytes, bytes]]
+
+    def replicas(self, rep: int, ttl: int, payload: bytes) -> list[tuple[int, bytes]]:
+        out = []
+        for node, down, port in self.segments[rep][0]:
+            smac, dmac = self.macs[port]
+            labels = (node << 12 | ttl).to_bytes(4, "big") + (down << 12 | 1 << 8 | ttl).to_bytes(4, "big")
+            out.append((port, dmac + smac + b"\x88\x47" + labels + payload))
+        return out
+
+
+def tree_model(frame: bytes, t: Trees, c: Counter[str], out: list[tuple[int, bytes]]) -> None:
+    """A frame with a tree's label stack (bier.bpf.c's tree section): SR unicast, replication, leaf."""
+    c["tree_rx"] += 1
+    if len(frame) < 22:
+        c["drop_truncated"] += 1
+        return
+    top, bos = int.from_bytes(frame[14:18], "big"), int.from_bytes(frame[18:22], "big")
+    if top & 0x100 or not bos & 0x100:
+        c["drop_tree_stack"] += 1
+        return
+    sid, ttl = top >> 12, top & 0xFF
+    if sid not in t.nodes:
+        c["drop_tree_route"] += 1
+        return
+    port = t.nodes[sid]
+    if port is not None:
+        if ttl <= 1:
+            c["drop_ttl"] += 1
+            return
+        smac, dmac = t.macs[port]
+        out.append((port, dmac + smac + frame[12:14] + (top - 1).to_bytes(4, "big") + frame[18:]))
+        c["tree_unicast"] += 1
+        return
+    rep = bos >> 12
+    if rep not in t.segments:
+        c["drop_tree_segment"] += 1
+        return
+    reps, leaf = t.segments[rep]
+    if reps:
+        if ttl <= 1:
+            c["drop_ttl"] += 1
+        else:
+            copies = t.replicas(rep, ttl - 1, frame[22:])
+            out.extend(copies)
+            c["tree_copies"] += len(copies)
+    if leaf:
+        version = frame[22] >> 4 if len(frame) > 22 else 0
+        if version not in (4, 6):
+            c["drop_proto"] += 1
+        elif len(frame) < 22 + (20 if version == 4 else 40):
+            c["drop_truncated"] += 1
+        else:
+            c["local"] += 1
+
+
+def bier_model(
+    frame: bytes, bifts: Bifts, bfirs: Bfirs, bfir_id: int, trees: Trees | None = None
+) -> tuple[Counter[str], list[tuple[int, bytes]]]:
     """What the BIER program must do with `frame` (arriving on a port that is no neighbour's): the counters
     that move and the copies that leave, (port, frame with its entropy zeroed), per RFC 8279 s6.5 and
     RFC 8296. bifts: BIFT-id -> (own bits, {port: (F-BM, source MAC, destination MAC)}); bfirs: (destination,
-    UDP port) -> (BSL code, {BIFT-id: bits}). The same contract the shared vectors hold the program to."""
+    UDP port) -> (BSL code, {BIFT-id: bits}); trees: the SR-P2MP baseline's state, forwarded by the same
+    program. The same contract the shared vectors hold the program to."""
     c: Counter[str] = Counter()
     out: list[tuple[int, bytes]] = []
     et = frame[12:14]
+    if et == b"\x88\x47" and trees is not None:
+        tree_model(frame, trees, c, out)
+        return c, out
     if et == b"\xab\x37":
         c["rx"] += 1
         if len(frame) < 26:
@@ -515,6 +587,18 @@ def bier_model(frame: bytes, bifts: Bifts, bfirs: Bfirs, bfir_id: int) -> tuple[
         port = int.from_bytes(ip[l3 + 2 : l3 + 4], "big")
         short_udp = l3 + 8 > dgram
     entry = bfirs.get((dst, port)) if port else None
+    root = trees.roots.get((dst, port)) if port and trees is not None and entry is None else None
+    if root is not None and trees is not None:
+        if bad or short_udp:
+            c["drop_malformed"] += 1
+        elif root not in trees.segments:
+            c["drop_tree_segment"] += 1
+        else:
+            c["tree_push"] += 1
+            copies = trees.replicas(root, 64, ip)
+            out.extend(copies)
+            c["tree_copies"] += len(copies)
+        return c, out
     if entry is None:
         c["pass"] += 1
         return c, out
@@ -582,7 +666,14 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
         bfirs: Bfirs = {
             (ipaddress.ip_address(dst).packed, port): (bv.BSL, sets) for dst, port, sets in bv.bfir_entries()
         }
-        seeds = [bytes(v.packet) for v in bv.vectors()]
+        trees = Trees(
+            {sid: (reps, leaf) for sid, reps, leaf in bv.tree_segments()},
+            bv.tree_nodes(),
+            {(ipaddress.ip_address(dst).packed, port): sid for dst, port, sid in bv.tree_roots()},
+            {p: (mac[p], dmac[p]) for p in (2, 3)},
+        )
+        seeds = [bytes(v.packet) for v in [*bv.vectors(), *bv.tree_vectors()]]
+        seeds.append(bytes(Ether(src="02:b1:00:00:00:99", dst=bv.NODE_MAC) / bv.tree_inner()))
         for _ in range(100):
             ids = rng.sample([1, 2, 3, 4, 5, 6, 7, 50], rng.randint(0, 5))
             seeds.append(bytes(bv.frame(ids=tuple(ids), ttl=rng.choice([0, 1, 2, 64, 255]))))
@@ -593,7 +684,7 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
         ]
         next_frame = mutator(rng, seeds)
         marker = bytes(bv.frame(ids=(1, 2)) / b"--batch-end--")
-        m_counts, m_out = bier_model(marker, bifts, bfirs, bv.BFIR_ID)
+        m_counts, m_out = bier_model(marker, bifts, bfirs, bv.BFIR_ID, trees)
         t0 = time.monotonic()
         sent = 0
         while sent < n_frames:
@@ -601,7 +692,7 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
             want_c: Counter[str] = Counter(m_counts)
             want_out: dict[int, list[bytes]] = {}
             for f in frames:
-                c, out = bier_model(f, bifts, bfirs, bv.BFIR_ID)
+                c, out = bier_model(f, bifts, bfirs, bv.BFIR_ID, trees)
                 want_c += c
                 drops = [k for k in c if k.startswith("drop")]
                 outcomes[drops[0] if drops else next((k for k in ("copies", "local", "pass") if c[k]), "not ip")] += 1

@@ -5,6 +5,8 @@
  *   BFR   a BIER packet is copied once to each neighbour whose F-BM intersects the bitstring, the copy's
  *         bitstring being bitstring AND F-BM, and those bits are cleared from what remains (RFC 8279 s6.5);
  *   BFER  where the node's own bit is set, the packet is also decapsulated and delivered locally.
+ * and, as the baseline BIER is compared with, SR-P2MP trees over SR-MPLS (root, replication node, leaf,
+ * and SR unicast between replication nodes: the tree section below).
  * Replication: transit frames with at least BIER_XDP_MIN_FANOUT copies to send take the XDP fast path
  * (xdp_bier: one BPF_F_BROADCAST redirect to every BIER port, xdp_bier_port keeping each port's copy);
  * everything else is replicated here in TC with bpf_clone_redirect, which also hands a decapsulated copy
@@ -50,6 +52,10 @@ __attribute__((section("maps/devmap:" PIN(bier_ports)))) struct bier_ports_table
 /* bier_cfg: 0 -> the smallest fan-out the XDP fast path takes (0: BIER_XDP_MIN_FANOUT); 1 -> how many of the
  * node's ports are down (fast reroute); written by dinet. */
 BPF_TABLE_PINNED("array", __u32, __u32, bier_cfg, 2, PIN(bier_cfg));
+/* tree_segment, tree_node, tree_root: the SR-P2MP tree baseline (bier.h); written by dinet. */
+BPF_TABLE_PINNED("hash", __u32, struct tree_segment, tree_segment, TREE_MAX_SEGMENTS, PIN(tree_segment));
+BPF_TABLE_PINNED("hash", __u32, struct tree_hop, tree_node, TREE_MAX_NODES, PIN(tree_node));
+BPF_TABLE_PINNED("hash", struct bfir_key, struct tree_root, tree_root, TREE_MAX_ROOTS, PIN(tree_root));
 /* if_tx: egress ifindex -> copies sent there, per CPU; written here. */
 BPF_TABLE_PINNED("percpu_hash", __u32, __u64, if_tx, 256, PIN(if_tx));
 
@@ -190,11 +196,128 @@ static __always_inline int finish_local(struct __sk_buff *skb)
 {
 	__u32 hlen = skb->mark & ~MARK_DECAP_MASK;
 	skb->mark = 0;
-	if (hlen < BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + 8 || hlen > BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + 32)
+	if (hlen != TREE_HLEN &&
+	    (hlen < BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + 8 || hlen > BIER_BIFT_WORD_LEN + BIER_FIXED_LEN + 32))
 		return drop(BIER_DROP_ENCAP);
 	if (bpf_skb_adjust_room(skb, -(__s32)hlen, BPF_ADJ_ROOM_MAC, 0))
 		return drop(BIER_DROP_ENCAP);
 	return TC_ACT_OK;
+}
+
+/* ---- SR-P2MP trees: the baseline BIER is measured against (draft-ietf-pim-sr-p2mp-policy over SR-MPLS) ----
+ * A tree's frame carries [node SID, replication SID (bottom of stack)]. A node whose node SID is on top
+ * and not its own passes the frame on toward that node (SR unicast: the top label's TTL minus one); at its
+ * own node SID it looks the replication SID up in tree_segment and sends one replica per downstream
+ * replication node, each relabelled with that node's two SIDs, and delivers locally when it is a leaf. The
+ * root pushes the two labels on an IP packet that matches tree_root. State per tree lives at the root,
+ * the branching nodes and the leaves only; what BIER needs none of. */
+
+/* RFC 3032 s2.1: a label stack entry, label(20) TC(3) S(1) TTL(8). */
+static __always_inline __be32 mpls_lse(__u32 label, __u32 bos, __u32 ttl)
+{
+	return bpf_htonl((label << 12) | (bos << 8) | (ttl & 0xff));
+}
+
+/* One replica per downstream node of the segment, its labels carrying `ttl`. */
+static __always_inline void tree_replicate(struct __sk_buff *skb, struct tree_segment *seg, __u32 ttl)
+{
+	for (__u32 i = 0; i < TREE_MAX_REPLICAS; i++) {
+		if (i >= seg->n)
+			break;
+		struct tree_replica *r = &seg->r[i];
+		__be32 st[2] = {mpls_lse(r->node_sid, 0, ttl), mpls_lse(r->rep_sid, 1, ttl)};
+		__u8 macs[12];
+		__builtin_memcpy(macs, r->dmac, 6);
+		__builtin_memcpy(macs + 6, r->smac, 6);
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, st, sizeof(st), 0) || bpf_skb_store_bytes(skb, 0, macs, 12, 0) ||
+		    bpf_clone_redirect(skb, r->ifindex, 0)) {
+			bump(BIER_DROP_REDIRECT);
+			continue;
+		}
+		bump(BIER_EV_TREE_COPIES);
+		count_tx(r->ifindex);
+	}
+}
+
+/* A frame on a tree, at a node on its path. */
+static __always_inline int tree_rx(struct __sk_buff *skb)
+{
+	__be32 st[2];
+	__u8 macs[12];
+	bump(BIER_EV_TREE_RX);
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) || bpf_skb_load_bytes(skb, ETH_HLEN, st, sizeof(st)))
+		return drop(BIER_DROP_TRUNCATED);
+	__u32 top = bpf_ntohl(st[0]), bos = bpf_ntohl(st[1]);
+	if ((top & 0x100) || !(bos & 0x100))
+		return drop(BIER_DROP_TREE_STACK); /* a tree's stack is exactly [node SID, replication SID(S)] */
+	__u32 node_sid = top >> 12, ttl = top & 0xff;
+	struct tree_hop *h = tree_node.lookup(&node_sid);
+	if (!h)
+		return drop(BIER_DROP_TREE_ROUTE);
+	if (!h->local) { /* not a replication node of this tree: on toward the one the top label names */
+		if (ttl <= 1)
+			return drop(BIER_DROP_TTL);
+		__be32 lse = mpls_lse(node_sid, 0, ttl - 1);
+		__u8 hop[12];
+		__builtin_memcpy(hop, h->dmac, 6);
+		__builtin_memcpy(hop + 6, h->smac, 6);
+		if (bpf_skb_store_bytes(skb, ETH_HLEN, &lse, sizeof(lse), 0) || bpf_skb_store_bytes(skb, 0, hop, 12, 0))
+			return drop(BIER_DROP_ENCAP);
+		bump(BIER_EV_TREE_UNICAST);
+		count_tx(h->ifindex);
+		return bpf_redirect(h->ifindex, 0);
+	}
+	__u32 rep_sid = bos >> 12;
+	struct tree_segment *seg = tree_segment.lookup(&rep_sid);
+	if (!seg)
+		return drop(BIER_DROP_TREE_SEGMENT);
+	if (seg->n) {
+		if (ttl <= 1)
+			bump(BIER_DROP_TTL);
+		else
+			tree_replicate(skb, seg, ttl - 1);
+	}
+	if (seg->local) {
+		__u8 v = 0;
+		bpf_skb_load_bytes(skb, ETH_HLEN + TREE_HLEN, &v, 1);
+		v >>= 4; /* the label stack does not name its payload: the IP version does */
+		deliver_local(skb, v == 4 ? BIER_PROTO_IPV4 : (v == 6 ? BIER_PROTO_IPV6 : 0), TREE_HLEN, macs);
+	}
+	return TC_ACT_SHOT;
+}
+
+/* The root: push the tree's two labels on the IP packet and send the root segment's replicas. */
+static __always_inline int tree_push(struct __sk_buff *skb, __u32 rep_sid)
+{
+	struct tree_segment *seg = tree_segment.lookup(&rep_sid);
+	if (!seg)
+		return drop(BIER_DROP_TREE_SEGMENT);
+	if (bpf_skb_adjust_room(skb, TREE_HLEN, BPF_ADJ_ROOM_MAC, 0))
+		return drop(BIER_DROP_ENCAP);
+	__be16 et = bpf_htons(DINET_ETHERTYPE_MPLS);
+	if (bpf_skb_store_bytes(skb, 12, &et, sizeof(et), 0))
+		return drop(BIER_DROP_ENCAP);
+	bump(BIER_EV_TREE_PUSH);
+	tree_replicate(skb, seg, BIER_DEFAULT_TTL); /* the root's replicas carry the full TTL, as a BFIR's */
+	return TC_ACT_SHOT;
+}
+
+/* The tree a packet's key names at its root: (S,G), (*,G), then (*, destination, UDP port). */
+static __always_inline struct tree_root *tree_root_of(struct bfir_key *k, __u8 l4, __be16 dport, int *by_port)
+{
+	k->dport = 0;
+	k->proto = 0;
+	struct tree_root *r = tree_root.lookup(k);
+	if (r)
+		return r;
+	__builtin_memset(k->src, 0, sizeof(k->src));
+	r = tree_root.lookup(k);
+	if (r || l4 != DINET_IPPROTO_UDP || !dport)
+		return r;
+	k->dport = dport;
+	k->proto = DINET_IPPROTO_UDP;
+	*by_port = 1;
+	return tree_root.lookup(k);
 }
 
 /* BFR (and BFER) processing of a BIER packet. */
@@ -340,6 +463,7 @@ static __always_inline int bfir_push(struct __sk_buff *skb)
 	__u8 dscp = pk.dscp, proto = pk.proto;
 	__be16 dport = k.dport;
 	__u8 l4 = k.proto;
+	struct bfir_key tk = k; /* the same key for the tree roots, should no BIER entry match */
 	/* (S,G) */
 	k.dport = 0;
 	k.proto = 0;
@@ -356,8 +480,15 @@ static __always_inline int bfir_push(struct __sk_buff *skb)
 		by_port = 1;
 	}
 	if (!be) {
-		bump(BIER_EV_PASS);
-		return TC_ACT_OK;
+		int tree_by_port = 0;
+		struct tree_root *tr = tree_root_of(&tk, l4, dport, &tree_by_port);
+		if (!tr) {
+			bump(BIER_EV_PASS);
+			return TC_ACT_OK;
+		}
+		if (pk.bad || (tree_by_port && pk.short_udp))
+			return drop(BIER_DROP_MALFORMED);
+		return tree_push(skb, tr->rep_sid);
 	}
 	if (pk.bad || (by_port && pk.short_udp))
 		return drop(BIER_DROP_MALFORMED);
@@ -553,6 +684,8 @@ int tc_bier(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (eth->h_proto == bpf_htons(DINET_ETHERTYPE_BIER))
 		return bfr(skb);
+	if (eth->h_proto == bpf_htons(DINET_ETHERTYPE_MPLS))
+		return tree_rx(skb);
 	return bfir_push(skb);
 }
 #endif

@@ -58,4 +58,46 @@ struct bfir_entry {
 	struct bfir_set sets[BIER_MAX_SI_PER_GROUP];
 };
 
+/* ---- SR-P2MP trees (the baseline BIER is compared with; draft-ietf-pim-sr-p2mp-policy) ---- */
+
+/* One replica of a replication segment: the downstream replication node's node SID and replication SID
+ * (the two labels the replica carries) and the first hop toward that node (the controller resolves it from
+ * the domain's shortest paths: the replica reaches a node that is not a neighbour over SR unicast). */
+struct tree_replica {
+	__u32 node_sid;
+	__u32 rep_sid;
+	__u32 ifindex;
+	__u8 smac[6];
+	__u8 dmac[6];
+};
+
+/* tree_segment: key a replication SID (host order) -> this node's replication segment for that tree: its
+ * replicas and whether it is a leaf (delivers locally). Written by dinet per tree; the state that grows
+ * with the jobs and their destination sets. */
+struct tree_segment {
+	__u32 n;
+	__u8 local;
+	__u8 pad[3];
+	struct tree_replica r[TREE_MAX_REPLICAS];
+};
+
+/* tree_node: key a node SID (host order) -> how this node forwards a frame whose top label it is: to the
+ * next hop toward that node, or (local) to its own replication segments. Written by dinet from the
+ * domain's shortest paths: one entry per node of the domain, whatever the trees (the IGP's state). */
+struct tree_hop {
+	__u32 ifindex;
+	__u8 local;
+	__u8 pad;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 pad2;
+};
+
+/* tree_root: key the traffic a tree carries (the bfir_key lookups, same order) -> the root's own
+ * replication SID of that tree. Written by dinet per job at the tree's root. */
+struct tree_root {
+	__u32 rep_sid;
+	__u32 pad;
+};
+
 #endif /* DINET_BIER_H */

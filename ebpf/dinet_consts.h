@@ -9,6 +9,8 @@
 #define DINET_ETHERTYPE_IPV4 0x0800
 #define DINET_ETHERTYPE_IPV6 0x86DD
 #define DINET_ETHERTYPE_BIER 0xAB37
+/* RFC 3032: MPLS unicast; the SR-P2MP tree baseline's label stack (draft-ietf-pim-sr-p2mp-policy). */
+#define DINET_ETHERTYPE_MPLS 0x8847
 
 /* IP protocol numbers (IANA). The steering encapsulation is IP-in-IP: 4 = IPv4 inner, 41 = IPv6 inner. */
 #define DINET_IPPROTO_HOPOPTS 0
@@ -203,6 +205,29 @@
 #define BIER_DROP_MALFORMED 19
 /* frames with a neighbour whose port is down and no fast-reroute entry for it (that copy is lost) */
 #define BIER_DROP_PORT_DOWN 20
-#define BIER_COUNTERS 24
+/* The SR-P2MP tree baseline, forwarded by the same program (tree_*: see bier.bpf.c's tree section):
+ * frames with a tree's label stack received, replicas sent, frames passed on by node SID (SR unicast toward
+ * the next replication node), IP packets a tree root put on a tree; drops: no replication segment for the
+ * replication SID, no route for the node SID, a label stack that is not [node SID, replication SID(S)]. */
+#define BIER_EV_TREE_PUSH 7
+#define BIER_EV_TREE_RX 21
+#define BIER_EV_TREE_COPIES 22
+#define BIER_EV_TREE_UNICAST 23
+#define BIER_DROP_TREE_SEGMENT 24
+#define BIER_DROP_TREE_ROUTE 25
+#define BIER_DROP_TREE_STACK 26
+#define BIER_COUNTERS 32
+
+/* SR-P2MP trees (draft-ietf-pim-sr-p2mp-policy) over SR-MPLS: every frame of a tree carries two labels,
+ * the node SID of the next replication node and that node's replication SID (bottom of stack). Node SIDs
+ * are TREE_NODE_SID_BASE + the node's index (an SRGB); replication SIDs are the controller's, one per tree
+ * and node, from TREE_REP_SID_BASE. A replication segment has at most TREE_MAX_REPLICAS downstream nodes. */
+#define TREE_HLEN 8
+#define TREE_NODE_SID_BASE 16000
+#define TREE_REP_SID_BASE 100000
+#define TREE_MAX_REPLICAS 16
+#define TREE_MAX_SEGMENTS 4096
+#define TREE_MAX_NODES 4096
+#define TREE_MAX_ROOTS 1024
 
 #endif /* DINET_CONSTS_H */

@@ -132,8 +132,7 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
                 if (bfir_sync_v4.apply().hit) { by_port = 1; }
             }
             if (at_bfir == 0) {
-                if (meta.bfir_set == 0) { bier_counters.count(BIER_EV_PASS); }
-                return;
+                return;  /* no BFIR entry: a tree root's, or passed (Tree counts it) */
             }
             /* a malformed datagram for a BFIR entry is dropped and counted, as the eBPF BFIR does */
             if (hdr.ipv4.version != 4 || meta.bad_ihl == 1 || hdr.ipv4.total_len < (bit<16>)hdr.ipv4.ihl * 4 ||
@@ -149,8 +148,7 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
                 if (bfir_sync_v6.apply().hit) { by_port = 1; }
             }
             if (at_bfir == 0) {
-                if (meta.bfir_set == 0) { bier_counters.count(BIER_EV_PASS); }
-                return;
+                return;  /* no BFIR entry: a tree root's, or passed (Tree counts it) */
             }
             if (hdr.ipv6.version != 6 || (bit<32>)hdr.ipv6.payload_len + 40 > frame ||
                 meta.l3_len > hdr.ipv6.payload_len + 40 ||

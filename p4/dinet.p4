@@ -1,4 +1,5 @@
-/* dinet.p4: the v1model program for BMv2 simple_switch_grpc: BIER (BFIR, BFR, BFER) and CATS steering,
+/* dinet.p4: the v1model program for BMv2 simple_switch_grpc: BIER (BFIR, BFR, BFER), the SR-P2MP tree
+ * baseline, and CATS steering,
  * the same behaviour and packet formats as the eBPF programs in ebpf/. */
 #include <core.p4>
 #include <v1model.p4>
@@ -7,6 +8,7 @@
 #include "parser.p4"
 #include "steering.p4"
 #include "bier.p4"
+#include "tree.p4"
 
 control DinetVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {
     apply { }
@@ -14,11 +16,15 @@ control DinetVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {
 
 control DinetIngress(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t std) {
     Bier() bier;
+    Tree() tree;
     Steering() steering;
 
     apply {
         bit<1> handled;
         bier.apply(hdr, meta, std, handled);
+        if (handled == 0) {
+            tree.apply(hdr, meta, std, handled);
+        }
         if (handled == 0) {
             steering.apply(hdr, meta, std, handled);
         }
@@ -27,9 +33,11 @@ control DinetIngress(inout headers_t hdr, inout metadata_t meta, inout standard_
 
 control DinetEgress(inout headers_t hdr, inout metadata_t meta, inout standard_metadata_t std) {
     BierEgress() bier_egress;
+    TreeEgress() tree_egress;
 
     apply {
         bier_egress.apply(hdr, meta, std);
+        tree_egress.apply(hdr, meta, std);
     }
 }
 

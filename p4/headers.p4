@@ -91,6 +91,14 @@ header bier_h {
     bit<16> bfir_id;
 }
 
+/* RFC 3032 s2.1: an MPLS label stack entry (the SR-P2MP tree baseline's two labels). */
+header mpls_h {
+    bit<20> label;
+    bit<3> tc;
+    bit<1> s;
+    bit<8> ttl;
+}
+
 header bs64_h { bit<64> bits; }
 header bs128_h { bit<128> bits; }
 header bs256_h { bit<256> bits; }
@@ -104,6 +112,8 @@ struct headers_t {
     bs64_h bs64;
     bs128_h bs128;
     bs256_h bs256;
+    mpls_h mpls0;  /* a tree's node SID */
+    mpls_h mpls1;  /* a tree's replication SID (bottom of stack) */
     ipv4_h ipv4;
     ipv4_opts_h ipv4_opts;
     ipv6_h ipv6;
@@ -139,6 +149,11 @@ struct metadata_t {
     /* the set a BFIR pass sends (0 first); kept across the clone and recirculation of the next pass */
     @field_list(1)
     bit<8> bfir_set;
+    /* SR-P2MP trees: the replication SID whose segment replicates (kept in every replica for egress), the
+     * TTL the replicas carry, the IP version after the label stack (what a leaf delivers) */
+    bit<20> tree_rep;
+    bit<8> tree_ttl;
+    bit<4> tree_inner_ver;
 }
 
 #endif

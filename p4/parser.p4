@@ -1,5 +1,5 @@
 /* parser.p4: Ethernet, then IPv4 (with options) / IPv6 (with up to DINET_IPV6_EXT_MAX = 2 extension headers
- * of at most DINET_IPV6_EXT_MAX_LEN bytes each, as the eBPF program) / BIER. */
+ * of at most DINET_IPV6_EXT_MAX_LEN bytes each, as the eBPF program) / BIER / a tree's MPLS label stack. */
 #ifndef DINET_PARSER_P4
 #define DINET_PARSER_P4
 
@@ -12,6 +12,7 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
             DINET_ETHERTYPE_IPV4: parse_ipv4;
             DINET_ETHERTYPE_IPV6: parse_ipv6;
             DINET_ETHERTYPE_BIER: parse_bier;
+            DINET_ETHERTYPE_MPLS: parse_mpls;
             default: accept;
         }
     }
@@ -155,6 +156,14 @@ parser DinetParser(packet_in pkt, out headers_t hdr, inout metadata_t meta, inou
         }
     }
 
+    /* a tree's frame: two labels, then an IP packet left unparsed (only its version is read) */
+    state parse_mpls {
+        pkt.extract(hdr.mpls0);
+        pkt.extract(hdr.mpls1);
+        meta.tree_inner_ver = pkt.lookahead<bit<4>>();
+        transition accept;
+    }
+
     state parse_bs64 {
         pkt.extract(hdr.bs64);
         transition accept;
@@ -181,6 +190,8 @@ control DinetDeparser(packet_out pkt, in headers_t hdr) {
         pkt.emit(hdr.bs64);
         pkt.emit(hdr.bs128);
         pkt.emit(hdr.bs256);
+        pkt.emit(hdr.mpls0);
+        pkt.emit(hdr.mpls1);
         pkt.emit(hdr.ipv4);
         pkt.emit(hdr.ipv4_opts);
         pkt.emit(hdr.ipv6);

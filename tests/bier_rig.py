@@ -47,6 +47,7 @@ def tc_bier_rig(prefix: str, bpffs_root: Path, min_fanout: int) -> Iterator[tupl
         node.set_bift(bv.BID1, 0, [BiftNeighbor(netns.ifindex("p2", ns), smac, dmac, bv.mask((1,)))])
         for dst, port, sets in bv.bfir_entries():
             node.set_bfir(BfirMatch(dst, udp_port=port), bv.BFIR_ID, bv.BSL, sets)
+        install_trees_tc(node, ns)
         with netns.entered(ns):
             for port in (bv.SYNC[1], bv.OWN_PORT):
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -63,6 +64,22 @@ def tc_bier_rig(prefix: str, bpffs_root: Path, min_fanout: int) -> Iterator[tupl
             node.destroy()
 
 
+def install_trees_tc(node, ns: str) -> None:  # type: ignore[no-untyped-def]
+    """The vectors' replication segments, node SIDs and tree root on the TC node (ports p0..p3 in ns)."""
+    from dinet.targets.tc import BfirMatch, TreeHop, TreeReplica
+
+    def port(p: int) -> tuple[int, str, str]:
+        smac, dmac, _ = bv.NBR[p]
+        return netns.ifindex(f"p{p}", ns), smac, dmac
+
+    for sid, replicas, leaf in bv.tree_segments():
+        node.set_tree_segment(sid, [TreeReplica(n, r, *port(p)) for n, r, p in replicas], leaf)
+    for sid, p in bv.tree_nodes().items():
+        node.set_tree_node(sid, TreeHop(local=True) if p is None else TreeHop(*port(p)))
+    for dst, udp, sid in bv.tree_roots():
+        node.set_tree_root(BfirMatch(dst, udp_port=udp), sid)
+
+
 def program_bmv2(node) -> None:  # type: ignore[no-untyped-def]
     """The same BIFTs and BFIR entries on a BMv2 switch (a P4Node; port 1 its host port)."""
     from dinet.targets.p4node import P4Neighbor
@@ -73,3 +90,14 @@ def program_bmv2(node) -> None:  # type: ignore[no-untyped-def]
     node.write_bift(bv.BID1, 0, [P4Neighbor(2, smac, dmac, bv.mask((1,)))], local_port=1)
     for dst, port, sets in bv.bfir_entries():
         node.write_bfir(dst, bv.BFIR_ID, bv.BSL, sets, udp_port=port)
+
+    def hop(p: int) -> P4Neighbor:
+        smac, dmac, _ = bv.NBR[p]
+        return P4Neighbor(p, smac, dmac, 0)
+
+    for sid, replicas, leaf in bv.tree_segments():
+        node.write_tree_segment(sid, [(n, r, hop(p)) for n, r, p in replicas], leaf, local_port=1)
+    for sid, p in bv.tree_nodes().items():
+        node.write_tree_node(sid, None if p is None else hop(p))
+    for dst, udp, sid in bv.tree_roots():
+        node.write_tree_root(dst, sid, udp_port=udp)

@@ -25,7 +25,9 @@ from dinet.policy.bift import (
     next_hops,
     walk,
 )
-from dinet.policy.p2mp import p2mp_tree, tree_links
+from dinet.policy.p2mp import node_routes, node_sid, p2mp_tree, rep_sid, tree_links
+from dinet.services.trees import TreeController, TreeJob
+from dinet.targets.base import TreeHopPort
 
 
 def frame(bsl: int = 1, ids=(1, 3), si: int = 0, ttl: int = 64):
@@ -286,6 +288,8 @@ def test_sr_p2mp_trees_hold_state_where_they_branch() -> None:
         "e2": ((), True),
         "e5": ((), True),
     }
+    assert sr["r"].via == ("m2", "m1")  # each replica leaves toward the tree's child on its way
+    assert sr["n1"].via == ("e1", "e2")
     assert len(p2mp_tree(p, 7, "r", {"e1", "e2", "e5"}, per_node=True)) == 8  # every node on the tree
     # the same copies as BIER: one per tree link
     copies, got = walk(p.tables(), "r", 0, 0b10011)
@@ -314,3 +318,85 @@ def test_domain_plans_with_fast_reroute_stay_equal_to_fresh_ones() -> None:
         want = {n: p.bifts for n, p in DomainPlanner(intent).plan(down).items()}
         assert got == want, f"step {step}"
         assert any(e.backups for p in got.values() for e in p.values()), "no backup exercised"
+
+
+def test_node_routes_are_every_node_s_next_hop_toward_every_node_sid() -> None:
+    """What the tree's SR unicast needs: per node, the neighbour toward each node (None: its own SID); a
+    failure moves the routes that crossed it."""
+    p = BiftPlanner(diamond(), 1)
+    r = node_routes(p, ["a", "b", "c", "d"])
+    assert r["a"] == {"a": None, "b": "b", "c": "c", "d": "b"}  # tie a-b-d / a-c-d: the BIFTs' choice
+    assert r["d"] == {"d": None, "b": "b", "c": "c", "a": "b"}
+    p.set_state({frozenset(("b", "d"))}, set())
+    r = node_routes(p, ["a", "b", "c", "d"])
+    assert r["a"]["d"] == "c" and r["b"]["d"] == "a" and r["d"]["b"] == "c"
+    assert node_sid(0) == 16000 and rep_sid(3) == 100003
+    with pytest.raises(ConfigError):
+        rep_sid(1 << 20)
+
+
+class RecordingTreeTarget:
+    """A TreeTarget that records what it is written (what the controller's plan reaches a node as)."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, object] = {}
+        self.segments: dict[int, tuple] = {}
+        self.roots: dict[tuple, int] = {}
+        self.log: list[str] = []
+
+    def set_tree_node(self, node_sid, hop) -> None:  # type: ignore[no-untyped-def]
+        self.nodes[node_sid] = hop
+        self.log.append("node")
+
+    def set_tree_segment(self, rep_sid, replicas, leaf) -> None:  # type: ignore[no-untyped-def]
+        self.segments[rep_sid] = (tuple(replicas), leaf)
+        self.log.append("segment")
+
+    def remove_tree_segment(self, rep_sid) -> None:  # type: ignore[no-untyped-def]
+        del self.segments[rep_sid]
+        self.log.append("-segment")
+
+    def set_tree_root(self, root) -> None:  # type: ignore[no-untyped-def]
+        self.roots[(root.dst, root.udp_port)] = root.rep_sid
+        self.log.append("root")
+
+    def remove_tree_root(self, root) -> None:  # type: ignore[no-untyped-def]
+        del self.roots[(root.dst, root.udp_port)]
+        self.log.append("-root")
+
+
+def test_tree_controller_writes_segments_before_the_root_and_repairs_only_what_changed() -> None:
+    """dinet.services.trees against recording targets: routes to every node SID; a job's segments where the
+    tree branches and at its leaves, each replica with the downstream node's SIDs and the first hop's MACs,
+    the root entry last; a failure rewrites changed routes and segments only; a stop removes all of it."""
+    t = diamond(rung=True)
+    ports = {
+        (x, y): Port(f"{x}-{y}", f"02:00:00:00:{ord(x):02x}:{ord(y):02x}")
+        for k in t.links
+        for x, y in ((k.a, k.b), (k.b, k.a))
+    }
+    targets = {n: RecordingTreeTarget() for n in t.bfr_ids}
+    ctl = TreeController(BierIntent(1, t, ports), targets)  # type: ignore[arg-type]
+    assert ctl.install_routes() == 16 and ctl.install_routes() == 0  # 4 nodes x 4 SIDs, once
+    sid = rep_sid(2)
+    assert ctl.start(TreeJob(2, "a", frozenset({"b", "c", "d"}), "10.200.0.1", 9000)) == 5
+    a = targets["a"]
+    assert a.log[-2:] == ["segment", "root"] and a.roots == {("10.200.0.1", 9000): sid}
+    (b_rep, c_rep), leaf = a.segments[sid]
+    assert not leaf and (b_rep.node_sid, c_rep.node_sid) == (node_sid(1), node_sid(2))
+    assert b_rep.hop == TreeHopPort("a-b", ports[("b", "a")].mac, ports[("a", "b")].mac)
+    assert targets["b"].segments[sid][1] and targets["b"].segments[sid][0][0].node_sid == node_sid(3)
+    assert targets["d"].segments[sid] == ((), True)
+    before = {n: list(x.log) for n, x in targets.items()}
+    written = ctl.link_down("b", "d")
+    new = {n: x.log[len(before[n]) :] for n, x in targets.items()}
+    assert new["b"].count("segment") == 1 and new["c"].count("segment") == 1  # d moves from b's segment to c's
+    assert "segment" not in new["a"] and "segment" not in new["d"]
+    assert written == sum(len(v) for v in new.values())
+    assert not targets["b"].segments[sid][0] and targets["c"].segments[sid][0][0].node_sid == node_sid(3)
+    assert ctl.stop(2) == 5
+    assert all(not x.segments and not x.roots for x in targets.values())
+    with pytest.raises(ConfigError):
+        ctl.stop(2)
+    with pytest.raises(ConfigError):
+        ctl.start(TreeJob(3, "a", frozenset({"zz"}), "10.200.0.1", 9000))

@@ -244,3 +244,50 @@ def test_fast_reroute_takes_the_backup_before_any_controller(bpffs_root: Path) -
                 assert got["d"] == [] and counters["frr"] == 0 and counters["drop_port_down"] == 20
             d.restore_link("b", "d")
             assert wait_for(lambda: to_d not in b.ports_down()), "the port was not cleared when it came back"  # noqa: B023
+
+
+# ---- the SR-P2MP tree baseline on the same nodes ----------------------------------------------------------
+def test_an_sr_p2mp_tree_delivers_exactly_once_and_is_repaired_after_a_link_failure(bpffs_root: Path) -> None:
+    """A job's tree from r to e1, e2 and e5 (dinet.services.trees on the TC program): segments at the root,
+    the branching node n1 and the leaves only, read back from the maps; the pass-through nodes forward by node
+    SID; each leaf gets every datagram once, nobody else any. The link m2-n3 under the tree fails: the node-SID
+    routes that crossed it are rewritten (the segments stay: SR unicast carries the replica to e5 around it),
+    not the whole domain's, and e5 receives again; stopping the job leaves no tree state. (A failure that
+    changes a segment: the BMv2 diamond test.)"""
+    from dinet.policy.p2mp import node_sid, rep_sid
+    from dinet.services.trees import TreeJob
+
+    with BierDomain(f"{NS_PREFIX}tr", tree(redundant=True), 1, bpffs_root=bpffs_root) as d:
+        trees = d.trees()
+        routes = d.nodes["m1"].tree_nodes()
+        assert len(routes) == len(d.topo.bfr_ids) and routes[node_sid(trees.index["m1"])].local
+        leaves = {"e1", "e2", "e5"}
+        assert trees.start(TreeJob(1, "r", frozenset(leaves), str(SYNC_ADDR), SYNC_PORT)) == 6  # 5 segments, a root
+        sid = rep_sid(1)
+        held = {n: node.tree_segments() for n, node in d.nodes.items()}
+        assert {n for n, segs in held.items() if segs} == {"r", "n1", *leaves}
+        reps, leaf = held["n1"][sid]
+        assert not leaf and sorted(r.node_sid for r in reps) == sorted(node_sid(trees.index[e]) for e in ("e1", "e2"))
+        assert {r.rep_sid for r in reps} == {sid}
+        reps, leaf = held["r"][sid]
+        assert not leaf and sorted(r.node_sid for r in reps) == sorted(node_sid(trees.index[x]) for x in ("n1", "e5"))
+        assert held["e5"][sid] == ((), True)
+        assert list(d.nodes["r"].tree_roots().values()) == [sid]
+        d.send(20)
+        exactly_once(d.received({t: 20 for t in leaves}), leaves, 20)
+        c = {n: node.counters() for n, node in d.nodes.items()}
+        assert c["r"]["tree_push"] == 20 and c["r"]["tree_copies"] == 40
+        assert c["m1"]["tree_unicast"] == 20 and c["n1"]["tree_copies"] == 40 and c["e5"]["local"] == 20
+        assert all(c[n]["tree_rx"] == 0 for n in ("e3", "e4", "e6", "e7", "e8"))
+
+        d.fail_link("m2", "n3")
+        written = trees.link_down("m2", "n3")
+        assert 0 < written < sum(len(r) for r in trees.routes.values())  # not the whole domain again
+        d.send(20, start=20)
+        got = d.received({t: 20 for t in leaves})
+        for name in leaves:
+            assert sorted(got[name]) == list(range(20, 40)), f"{name} after the repair: {Counter(got[name])}"
+
+        assert trees.stop(1) == 6
+        assert all(not node.tree_segments() for node in d.nodes.values())
+        assert not d.nodes["r"].tree_roots()

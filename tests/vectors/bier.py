@@ -275,3 +275,143 @@ def malformed_sync() -> list[tuple[str, bytes]]:
 
 def mask(ids) -> int:
     return sum(1 << (i - 1) for i in ids)
+
+
+# ---- SR-P2MP trees (the baseline BIER is compared with), forwarded by the same node ----------------------
+# Node SIDs TREE_NODE_SID_BASE + n (this node is n = OWN); replication SIDs from TREE_REP_SID_BASE. The node
+# is a leaf and branching node of tree 1, a leaf of tree 2, a pass-through of node 7's segments, and the root
+# of tree 4 (the model-sync destination on TREE_PORT).
+NODE_SID0 = 16000
+REP_SID0 = 100000
+TREE_PORT = 9003
+
+
+def node_sid(n: int) -> int:
+    return NODE_SID0 + n
+
+
+def rep_sid(tree: int, n: int) -> int:
+    return REP_SID0 + 10 * tree + n
+
+
+def tree_segments() -> list[tuple[int, list[tuple[int, int, int]], bool]]:
+    """(replication SID, replicas as (node SID, replication SID, out port), leaf) at this node."""
+    return [
+        (rep_sid(1, OWN), [(node_sid(2), rep_sid(1, 2), 2), (node_sid(5), rep_sid(1, 5), 3)], True),
+        (rep_sid(2, OWN), [], True),
+        (rep_sid(4, OWN), [(node_sid(2), rep_sid(4, 2), 2), (node_sid(5), rep_sid(4, 5), 3)], False),
+    ]
+
+
+def tree_nodes() -> dict[int, int | None]:
+    """Node SID -> the port toward that node (None: this node's own SID)."""
+    return {node_sid(OWN): None, node_sid(2): 2, node_sid(5): 3, node_sid(7): 3}
+
+
+def tree_roots() -> list[tuple[str, int, int]]:
+    """(destination, UDP port, the root's replication SID)."""
+    return [(SYNC[0], TREE_PORT, rep_sid(4, OWN))]
+
+
+def tree_frame(top: int, bottom: int, ttl: int = 64, bottom_ttl: int | None = None, inner=INNER) -> Ether:
+    from scapy.contrib.mpls import MPLS
+
+    return (
+        Ether(src="02:b1:00:00:00:99", dst=NODE_MAC, type=0x8847)
+        / MPLS(label=top, s=0, ttl=ttl)
+        / MPLS(label=bottom, s=1, ttl=ttl if bottom_ttl is None else bottom_ttl)
+        / inner
+    )
+
+
+def tree_copy(port: int, top: int, bottom: int, ttl: int, inner=INNER, bottom_ttl: int | None = None) -> Forward:
+    smac, dmac, _ = NBR[port]
+    f = tree_frame(top, bottom, ttl, bottom_ttl, inner)
+    f[Ether].src, f[Ether].dst = smac, dmac
+    return Forward(Ether(bytes(f)), port)
+
+
+def tree_inner():
+    return IP(src="10.50.0.2", dst=SYNC[0], tos=0x08) / UDP(sport=4005, dport=TREE_PORT) / b"model-shard-tree"
+
+
+def tree_vectors() -> list[BierVector]:
+    from scapy.contrib.mpls import MPLS
+
+    me = node_sid(OWN)
+    two = bytes(tree_frame(me, rep_sid(1, OWN)))
+    return [
+        BierVector(
+            "tree: a branching leaf sends a replica to each downstream node and delivers",
+            two,
+            (
+                tree_copy(2, node_sid(2), rep_sid(1, 2), 63),
+                tree_copy(3, node_sid(5), rep_sid(1, 5), 63),
+                Local(bytes(INNER)),
+            ),
+            {"tree_rx": 1, "tree_copies": 2, "local": 1},
+        ),
+        BierVector(
+            "tree: a leaf only delivers",
+            bytes(tree_frame(me, rep_sid(2, OWN))),
+            (Local(bytes(INNER)),),
+            {"tree_rx": 1, "local": 1},
+        ),
+        BierVector(
+            "tree: another node's SID on top goes on toward it (SR unicast), the top TTL minus one",
+            bytes(tree_frame(node_sid(7), rep_sid(1, 7))),
+            (tree_copy(3, node_sid(7), rep_sid(1, 7), 63, bottom_ttl=64),),
+            {"tree_rx": 1, "tree_unicast": 1},
+        ),
+        BierVector(
+            "tree: the root puts model-sync UDP on the tree, one replica per downstream node",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / tree_inner()),
+            (
+                tree_copy(2, node_sid(2), rep_sid(4, 2), 64, tree_inner()),
+                tree_copy(3, node_sid(5), rep_sid(4, 5), 64, tree_inner()),
+            ),
+            {"tree_push": 1, "tree_copies": 2},
+        ),
+        BierVector(
+            "tree: TTL 1 replicates nothing but still delivers locally",
+            bytes(tree_frame(me, rep_sid(1, OWN), ttl=1)),
+            (Local(bytes(INNER)),),
+            {"tree_rx": 1, "local": 1, "drop_ttl": 1},
+        ),
+        BierVector(
+            "tree: TTL 1 is not passed on",
+            bytes(tree_frame(node_sid(7), rep_sid(1, 7), ttl=1)),
+            (Drop("drop_ttl"),),
+            {"tree_rx": 1, "drop_ttl": 1},
+        ),
+        BierVector(
+            "tree: an unknown replication SID is dropped",
+            bytes(tree_frame(me, rep_sid(9, OWN))),
+            (Drop("drop_tree_segment"),),
+            {"tree_rx": 1, "drop_tree_segment": 1},
+        ),
+        BierVector(
+            "tree: a node SID with no route is dropped",
+            bytes(tree_frame(node_sid(99), rep_sid(1, 99))),
+            (Drop("drop_tree_route"),),
+            {"tree_rx": 1, "drop_tree_route": 1},
+        ),
+        BierVector(
+            "tree: one label alone is not a tree's stack",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC, type=0x8847) / MPLS(label=me, s=1) / INNER),
+            (Drop("drop_tree_stack"),),
+            {"tree_rx": 1, "drop_tree_stack": 1},
+        ),
+        BierVector(
+            "tree: a stack cut short is truncated",
+            two[:18],
+            (Drop("drop_truncated"),),
+            {"tree_rx": 1, "drop_truncated": 1},
+        ),
+        BierVector(
+            "tree: a leaf's payload that is not IP is not delivered",
+            bytes(tree_frame(me, rep_sid(2, OWN), inner=b"\x50" + bytes(39))),
+            (Drop("drop_proto"),),
+            {"tree_rx": 1, "drop_proto": 1},
+        ),
+    ]

@@ -26,6 +26,7 @@ from ..errors import InterfaceError
 from ..paths import BPFFS_ROOT
 from ..policy.bift import BfirEntry, BierIntent, BierTopology, Port, bfir_sets, next_hops
 from ..services.bier import BierController
+from ..services.trees import TreeController
 from ..targets import netns
 from ..targets.base import SteerSizes
 from ..targets.tc import BfirMatch, BierNode, TcBierTarget
@@ -123,6 +124,7 @@ class BierDomain(Rig):
     switches: dict[str, Any] = field(default_factory=dict)  # bmv2: name -> (Bmv2Switch, P4RuntimeSwitch, P4Node)
     port_no: dict[tuple[str, str], int] = field(default_factory=dict)  # bmv2: (node, neighbour) -> port
     _ctl: BierController | None = None
+    _trees: TreeController | None = None
     _peer: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, neighbour) -> its address
     _down: set[frozenset[str]] = field(default_factory=set)  # links failed by fail_link
 
@@ -380,6 +382,16 @@ class BierDomain(Rig):
             )
             self._ctl = BierController(intent, targets)
         return self._ctl
+
+    def trees(self) -> TreeController:
+        """The SR-P2MP tree baseline's controller over the same nodes (each node's program, or switch,
+        forwards both), its node-SID routes written on first use."""
+        if self._trees is None:
+            ctl = self.ctl()
+            targets: dict[str, Any] = dict(ctl.targets)  # each TC target and P4Node is a TreeTarget too
+            self._trees = TreeController(ctl.intent, targets)
+            self._trees.install_routes()
+        return self._trees
 
     def install_bifts(self) -> None:
         """Computes every BFR's BIFT and writes it (dinet.services.bier)."""

@@ -27,6 +27,10 @@ __all__ = [
     "ServiceState",
     "SteerSizes",
     "SteeringTarget",
+    "TreeHopPort",
+    "TreeReplicaPort",
+    "TreeRoot",
+    "TreeTarget",
     "svc_flags",
 ]
 
@@ -128,3 +132,47 @@ class BierTarget(Protocol):
     def set_bfir(self, entry: BfirEntry) -> None: ...
     def remove_bfir(self, entry: BfirEntry) -> None: ...
     def ports_up(self, ports: list[str]) -> dict[str, bool]: ...
+
+
+# ---- SR-P2MP trees (the baseline BIER is measured against) ------------------------------------------------
+@dataclass(frozen=True)
+class TreeHopPort:
+    """Where a node sends what goes toward a neighbour: its port (an interface name on Linux, a port number on
+    a switch), the port's MAC (smac; a Linux target may read it from the interface) and the neighbour's."""
+
+    port: str
+    dmac: str
+    smac: str = ""
+
+
+@dataclass(frozen=True)
+class TreeReplicaPort:
+    """One replica of a replication segment: the downstream replication node's node SID and replication SID,
+    sent out toward `hop` (the first hop on the way to that node)."""
+
+    node_sid: int
+    rep_sid: int
+    hop: TreeHopPort
+
+
+@dataclass(frozen=True)
+class TreeRoot:
+    """Traffic a tree's root puts on the tree: (S,G) with src, (*,G), or (*, dst, UDP port) as a BFIR entry
+    matches; rep_sid the root's replication SID of the tree."""
+
+    dst: str
+    rep_sid: int
+    src: str = ""
+    udp_port: int = 0
+
+
+@runtime_checkable
+class TreeTarget(Protocol):
+    """A node of the SR-P2MP tree baseline: node-SID routes (hop None: the node's own SID), replication
+    segments per tree, root entries; each written whole and removed by key."""
+
+    def set_tree_node(self, node_sid: int, hop: TreeHopPort | None) -> None: ...
+    def set_tree_segment(self, rep_sid: int, replicas: list[TreeReplicaPort], leaf: bool) -> None: ...
+    def remove_tree_segment(self, rep_sid: int) -> None: ...
+    def set_tree_root(self, root: TreeRoot) -> None: ...
+    def remove_tree_root(self, root: TreeRoot) -> None: ...

@@ -17,7 +17,7 @@ from ..model import Instance, InstanceLoad, InstanceState, IPAddress, ServiceKey
 from ..policy.bift import BfirEntry, BiftEntry
 from ..policy.steering import InstanceEdits, plan_instances
 from ..rfc8296 import split_bift_id
-from .base import Counter, ServiceState, SteerSizes, svc_flags
+from .base import Counter, ServiceState, SteerSizes, TreeHopPort, TreeReplicaPort, TreeRoot, svc_flags
 from .netns import LinkEvents
 from .p4rt import P4RuntimeSwitch, TableEntry
 
@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 LOCAL_RID = 0xFFFF
 BFIR_CLONE_SESSION = 500  # BIER_BFIR_CLONE_SESSION in p4/bier.p4
 GROUPS_PER_BIFT = 512
+# multicast group ids: BMv2 takes 1..0x7FFF (0x8000 is refused). BIER's from 1 up, GROUPS_PER_BIFT per
+# BIFT-id (47 BIFT-ids); the trees' from TREE_GROUP_BASE, two per replication segment (its replicas; its
+# replicas and the local port): TREE_MAX_SEGMENTS of them
+GROUP_LIMIT = 0x8000
+TREE_GROUP_BASE = GROUP_LIMIT - 2 * C["TREE_MAX_SEGMENTS"]
+MAX_TREE_SEGMENTS = C["TREE_MAX_SEGMENTS"]
 
 
 def _inst_meta(inst: Instance) -> bytes:
@@ -85,6 +91,12 @@ def open_p4node(sw: P4RuntimeSwitch, pipeline: Any, sizes: SteerSizes, set_pipel
     return node
 
 
+def _free_slot(used: dict[int, int]) -> int:
+    """The lowest slot no key holds (slots of removed entries are reused)."""
+    taken = set(used.values())
+    return next(i for i in itertools.count() if i not in taken)
+
+
 class P4Node(InstanceEdits):
     """Steering and BIER on one P4Runtime switch whose pipeline is dinet.p4 (compiled with `sizes`)."""
 
@@ -97,6 +109,7 @@ class P4Node(InstanceEdits):
         self._gen = itertools.count(1)
         self._vips: dict[IPAddress, int] = {}
         self._bift_index: dict[int, int] = {}
+        self._tree_index: dict[int, int] = {}  # replication SID -> its segment's slot (multicast groups)
         self._bfir: set[Any] = set()
         # what the switch should hold: replayed after the switch restarts (resync)
         self._entries: dict[tuple[str, Any], TableEntry] = {}
@@ -214,6 +227,8 @@ class P4Node(InstanceEdits):
                 by_id[m["meta.svc_id"]].halves_written.add(m["meta.ring_sel"])
             elif table == "bift":
                 self._bift_index[m["hdr.bift.bift_id"]] = (prm["group_base"] - 1) // GROUPS_PER_BIFT
+            elif table == "tree_segment":
+                self._tree_index[m["meta.tree_rep"]] = (prm["group"] - TREE_GROUP_BASE) // 2
             elif table.startswith("bfir_"):
                 self._bfir.add((table, tuple(sorted(e.match))))
                 self._clone_session |= prm.get("sets", 1) > 1
@@ -527,8 +542,11 @@ class P4Node(InstanceEdits):
         if bsl not in (1, 2, 3):
             raise ConfigError(f"this data plane forwards BSL 64, 128 and 256 bits (codes 1-3), not code {bsl}")
         fresh = bift_id not in self._bift_index
-        idx = self._bift_index.setdefault(bift_id, len(self._bift_index))
+        idx = self._bift_index.get(bift_id, _free_slot(self._bift_index))
         base = 1 + idx * GROUPS_PER_BIFT
+        if base + GROUPS_PER_BIFT > TREE_GROUP_BASE:
+            raise TableFullError(f"switch {self.sw.name}: no multicast groups left for BIFT-id {bift_id:#x}")
+        self._bift_index[bift_id] = idx
         n = len(neighbors)
         fbms = [x.fbm for x in neighbors] + [0] * (8 - n)
         params = (("group_base", base), ("neighbors", n), ("local", local), *((f"fbm{i}", fbms[i]) for i in range(8)))
@@ -599,21 +617,149 @@ class P4Node(InstanceEdits):
         params: tuple[tuple[str, int], ...] = (("bsl", bsl_code), ("bfir_id", bfir_id), ("sets", len(sets)))
         for i, (bid, bits) in enumerate(ordered):
             params += ((f"bift{i}", bid), (f"bits{i}", bits))
-        d = parse_address(dst)
-        fam = "ipv4" if d.version == 4 else "ipv6"
-        key: tuple[tuple[str, int], ...]
-        if src is not None:
-            table, key = (
-                f"bfir_sg_v{d.version}",
-                ((f"hdr.{fam}.src", int(parse_address(src))), (f"hdr.{fam}.dst", int(d))),
-            )
-        elif udp_port:
-            table, key = f"bfir_sync_v{d.version}", ((f"hdr.{fam}.dst", int(d)), ("hdr.l4.dport", udp_port))
-        else:
-            table, key = f"bfir_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
+        table, key = self._root_key("bfir", dst, src, udp_port)
         op = "MODIFY" if (table, tuple(sorted(key))) in self._bfir else "INSERT"
         self._write([TableEntry(table, key, "push", params)], op)
         self._bfir.add((table, tuple(sorted(key))))
+
+    # ---- SR-P2MP trees (the baseline; p4/tree.p4) --------------------------------------------------------
+    def write_tree_node(self, node_sid: int, hop: P4Neighbor | None) -> None:
+        """How this switch forwards frames whose top label is node_sid: toward hop (port and MACs; its fbm is
+        not used), or None: the switch's own SID (its replication segments)."""
+        key = (("hdr.mpls0.label", node_sid),)
+        if hop is None:
+            e = TableEntry("tree_node", key, "own_sid")
+        else:
+            e = TableEntry(
+                "tree_node", key, "toward", (("port", hop.port), ("smac", _mac(hop.smac)), ("dmac", _mac(hop.dmac)))
+            )
+        self._write([e], "MODIFY" if _key(e) in self._entries else "INSERT")
+
+    def write_tree_segment(
+        self, rep_sid: int, replicas: list[tuple[int, int, P4Neighbor]], leaf: bool, local_port: int = 1
+    ) -> None:
+        """This switch's replication segment of one tree: replicas as (node SID, replication SID, first hop)
+        of each downstream replication node; a leaf also delivers to local_port. Groups and per-replica
+        relabelling first, then the segment entry that names them, then what it no longer names."""
+        if len(replicas) > C["TREE_MAX_REPLICAS"]:
+            raise TableFullError(
+                f"replication SID {rep_sid}: {len(replicas)} replicas; at most {C['TREE_MAX_REPLICAS']}"
+            )
+        fresh = rep_sid not in self._tree_index
+        idx = self._tree_index.get(rep_sid, _free_slot(self._tree_index))
+        if idx >= MAX_TREE_SEGMENTS:
+            raise TableFullError(f"switch {self.sw.name}: no multicast groups left for replication SID {rep_sid}")
+        self._tree_index[rep_sid] = idx
+        g = TREE_GROUP_BASE + 2 * idx
+        members = [(hop.port, i + 1) for i, (_, _, hop) in enumerate(replicas)]
+        groups = {g: members} if members else {}  # an empty group is refused
+        if leaf:
+            groups[g + 1] = [*members, (local_port, LOCAL_RID)]
+        old_groups = {x for x in (g, g + 1) if x in self._groups}
+        self._write_groups({x: m for x, m in groups.items() if x not in old_groups}, "INSERT")
+        self._write_groups({x: m for x, m in groups.items() if x in old_groups}, "MODIFY")
+        reps = [
+            TableEntry(
+                "tree_replica",
+                (("meta.tree_rep", rep_sid), ("std.egress_rid", i + 1)),
+                "relabel",
+                (("node_sid", n), ("rep_sid", r), ("smac", _mac(hop.smac)), ("dmac", _mac(hop.dmac))),
+            )
+            for i, (n, r, hop) in enumerate(replicas)
+        ]
+        old_reps = {
+            _key(e): e
+            for e in self._entries.values()
+            if e.table == "tree_replica" and dict(e.match)["meta.tree_rep"] == rep_sid
+        }
+        self._write([e for e in reps if _key(e) not in old_reps], "INSERT")
+        self._write([e for e in reps if _key(e) in old_reps], "MODIFY")
+        params = (("group", g), ("n", len(replicas)), ("is_leaf", int(leaf)), ("deliver_port", local_port))
+        self._write(
+            [TableEntry("tree_segment", (("meta.tree_rep", rep_sid),), "segment", params)],
+            "INSERT" if fresh else "MODIFY",
+        )
+        self._write([e for k, e in old_reps.items() if k not in {_key(r) for r in reps}], "DELETE")
+        stale = {x: self._groups.pop(x) for x in old_groups - set(groups)}
+        if stale:
+            self.sw.write_multicast_groups(stale, "DELETE")
+
+    def remove_tree_segment(self, rep_sid: int) -> None:
+        if rep_sid not in self._tree_index:
+            raise ConfigError(f"switch {self.sw.name} has no replication segment {rep_sid}")
+        gone = [
+            e
+            for e in self._entries.values()
+            if e.table in ("tree_segment", "tree_replica") and dict(e.match)["meta.tree_rep"] == rep_sid
+        ]
+        self._write(sorted(gone, key=lambda e: e.table != "tree_segment"), "DELETE")
+        g = TREE_GROUP_BASE + 2 * self._tree_index.pop(rep_sid)
+        groups = {x: self._groups[x] for x in (g, g + 1) if x in self._groups}
+        self.sw.write_multicast_groups(groups, "DELETE")
+        for x in groups:
+            del self._groups[x]
+
+    def write_tree_root(
+        self, dst: IPAddress | str, rep_sid: int, src: IPAddress | str | None = None, udp_port: int = 0
+    ) -> None:
+        """Traffic matching (S,G), (*,G) or (*, dst, UDP port) goes on the tree whose root segment here is
+        rep_sid (when no BFIR entry takes it first)."""
+        table, key = self._root_key("tree_root", dst, src, udp_port)
+        e = TableEntry(table, key, "root", (("rep_sid", rep_sid),))
+        self._write([e], "MODIFY" if _key(e) in self._entries else "INSERT")
+
+    def delete_tree_root(self, dst: IPAddress | str, src: IPAddress | str | None = None, udp_port: int = 0) -> None:
+        table, key = self._root_key("tree_root", dst, src, udp_port)
+        held = [e for e in self._entries.values() if _key(e) == _key(TableEntry(table, key, "root"))]
+        if not held:
+            raise ConfigError(f"switch {self.sw.name} is no tree root for {dst} (udp {udp_port})")
+        self._write(held, "DELETE")
+
+    @staticmethod
+    def _root_key(  # the table and key of a BFIR's or a tree root's match: (S,G), (*, dst, UDP port), (*,G)
+        prefix: str, dst: IPAddress | str, src: IPAddress | str | None, udp_port: int
+    ) -> tuple[str, tuple[tuple[str, int], ...]]:
+        d = parse_address(dst)
+        fam = "ipv4" if d.version == 4 else "ipv6"
+        if src is not None:
+            return f"{prefix}_sg_v{d.version}", (
+                (f"hdr.{fam}.src", int(parse_address(src))),
+                (f"hdr.{fam}.dst", int(d)),
+            )
+        if udp_port:
+            return f"{prefix}_sync_v{d.version}", ((f"hdr.{fam}.dst", int(d)), ("hdr.l4.dport", udp_port))
+        return f"{prefix}_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
+
+    # TreeTarget (dinet.targets.base): ports are port numbers
+    def _p4_hop(self, h: TreeHopPort) -> P4Neighbor:
+        if not h.smac:
+            raise ConfigError(f"switch {self.sw.name}: port {h.port} needs its MAC address (smac)")
+        try:
+            return P4Neighbor(int(h.port), h.smac, h.dmac, 0)
+        except ValueError:
+            raise ConfigError(f"switch {self.sw.name}: a port is a number, not {h.port!r}") from None
+
+    def set_tree_node(self, node_sid: int, hop: TreeHopPort | None) -> None:
+        self.write_tree_node(node_sid, None if hop is None else self._p4_hop(hop))
+
+    def set_tree_segment(self, rep_sid: int, replicas: list[TreeReplicaPort], leaf: bool) -> None:
+        reps = [(r.node_sid, r.rep_sid, self._p4_hop(r.hop)) for r in replicas]
+        self.write_tree_segment(rep_sid, reps, leaf, self.local_port)
+
+    def set_tree_root(self, root: TreeRoot) -> None:
+        self.write_tree_root(root.dst, root.rep_sid, root.src or None, root.udp_port)
+
+    def remove_tree_root(self, root: TreeRoot) -> None:
+        self.delete_tree_root(root.dst, root.src or None, root.udp_port)
+
+    def tree_entries(self) -> dict[str, list[TableEntry]]:
+        """What the switch holds for the trees, read back from it: table -> entries."""
+        tables = [
+            t
+            for t in self.sw.p4info_tables()
+            if t.startswith(("tree_node", "tree_segment", "tree_root", "tree_replica"))
+        ]
+        return {t: self.sw.read_table(t) for t in tables}
 
     # ---- BierTarget (dinet.targets.base): ports are port numbers ------------------------------------------
     def set_bift(self, entry: BiftEntry) -> None:
@@ -647,16 +793,7 @@ class P4Node(InstanceEdits):
         self.write_bfir(entry.dst, entry.bfir_id, entry.bsl_code, dict(entry.sets), entry.src or None, entry.udp_port)
 
     def remove_bfir(self, entry: BfirEntry) -> None:
-        d = parse_address(entry.dst)
-        fam = "ipv4" if d.version == 4 else "ipv6"
-        key: tuple[tuple[str, int], ...]
-        if entry.src:
-            table = f"bfir_sg_v{d.version}"
-            key = ((f"hdr.{fam}.src", int(parse_address(entry.src))), (f"hdr.{fam}.dst", int(d)))
-        elif entry.udp_port:
-            table, key = f"bfir_sync_v{d.version}", ((f"hdr.{fam}.dst", int(d)), ("hdr.l4.dport", entry.udp_port))
-        else:
-            table, key = f"bfir_g_v{d.version}", ((f"hdr.{fam}.dst", int(d)),)
+        table, key = self._root_key("bfir", entry.dst, entry.src or None, entry.udp_port)
         if (table, tuple(sorted(key))) not in self._bfir:
             raise ConfigError(f"switch {self.sw.name} has no BFIR entry for {entry.match}")
         self._write([TableEntry(table, key, "push")], "DELETE")
@@ -691,6 +828,8 @@ class P4Node(InstanceEdits):
             for k, v in C.items()
             if k.startswith(("BIER_EV_", "BIER_DROP_"))
         }
-        ing = self.sw.read_counters("bier.bier_counters")
-        eg = self.sw.read_counters("bier_egress.bier_copies")
-        return {name: ing.get(i, (0, 0))[0] + eg.get(i, (0, 0))[0] for i, name in sorted(names.items())}
+        arrays = [
+            self.sw.read_counters(c)
+            for c in ("bier.bier_counters", "bier_egress.bier_copies", "tree.tree_counters", "tree_egress.tree_copies")
+        ]
+        return {name: sum(a.get(i, (0, 0))[0] for a in arrays) for i, name in sorted(names.items())}

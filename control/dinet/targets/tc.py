@@ -22,6 +22,7 @@ from ..model import IPAddress, parse_address
 from ..paths import BPFFS_ROOT
 from ..policy.bift import BfirEntry, BiftEntry, BiftPort
 from ..rfc8296 import bitstring_bytes, split_bift_id
+from .base import TreeHopPort, TreeReplicaPort, TreeRoot
 from .bcc_program import BccProgram, ProgramNode, update
 from .netns import LinkEvents
 
@@ -31,6 +32,7 @@ MAX_NBR = C["BIER_MAX_NEIGHBORS"]
 MAX_SETS = C["BIER_MAX_SI_PER_GROUP"]
 FRR_SHIFT = C["BIER_FRR_KEY_SHIFT"]
 FRR_MASK = (1 << FRR_SHIFT) - 1
+MAX_REPLICAS = C["TREE_MAX_REPLICAS"]
 BPF_XDP_DEVMAP = 33  # enum bpf_attach_type: a devmap's per-port program
 #: BSL codes the TC program forwards (RFC 8296 s2.1.2: 1 = 64, 2 = 128, 3 = 256 bits)
 SUPPORTED_BSL = (C["BIER_BSL_64"], C["BIER_BSL_128"], C["BIER_BSL_256"])
@@ -84,6 +86,35 @@ class BiftReadback:
 
 
 @dataclass(frozen=True)
+class TreeReplica:
+    """One replica of an SR-P2MP replication segment: the downstream replication node's node SID and
+    replication SID (its two labels), sent out of ifindex from smac to dmac (the first hop toward it)."""
+
+    node_sid: int
+    rep_sid: int
+    ifindex: int
+    smac: str
+    dmac: str
+
+
+@dataclass(frozen=True)
+class TreeHop:
+    """How a node forwards a frame whose top label is a node SID: out of ifindex toward it, or (local: the
+    node's own SID) to its replication segments."""
+
+    ifindex: int = 0
+    smac: str = "00:00:00:00:00:00"
+    dmac: str = "00:00:00:00:00:00"
+    local: bool = False
+
+
+def _label(value: int, what: str) -> int:
+    if not 0 <= value < 1 << 20:
+        raise ConfigError(f"{what} must be an MPLS label (0..{(1 << 20) - 1}), not {value}")
+    return value
+
+
+@dataclass(frozen=True)
 class BfirMatch:
     """Traffic a BFIR encapsulates: (S,G) with src, (*,G) without, or (*, dst, UDP port) for model sync."""
 
@@ -129,6 +160,7 @@ class BierNode(ProgramNode):
         self.bift_t, self.bfir_t, self.counters_t, self.if_tx_t = t("bift"), t("bfir"), t("bier_counters"), t("if_tx")
         self.ports_t, self.cfg_t = t("bier_ports"), t("bier_cfg")
         self.down_t = t("bier_port_down")
+        self.seg_t, self.tnode_t, self.troot_t = t("tree_segment"), t("tree_node"), t("tree_root")
         self.netns: str | None = None  # where the node's interfaces are (set by attach)
         self._port_fn: Any = None
         self._monitor: PortMonitor | None = None
@@ -304,19 +336,93 @@ class BierNode(ProgramNode):
         except KeyError:
             raise ConfigError(f"node {self.node!r} has no BFIR entry {match}") from None
 
+    @staticmethod
+    def _match_of(k: Any) -> BfirMatch:
+        n = 4 if k.family == C["DINET_AF_INET"] else 16
+        src = bytes(k.src)[:n]
+        return BfirMatch(
+            ipaddress.ip_address(bytes(k.dst)[:n]),
+            ipaddress.ip_address(src) if any(src) else None,
+            socket.ntohs(k.dport),
+        )
+
     def bfir_entries(self) -> dict[BfirMatch, dict[int, int]]:
+        return {
+            self._match_of(k): {int(s.bift_id): _get_bits(s.bits, v.bsl) for s in list(v.sets)[: v.n_sets]}
+            for k, v in self.bfir_t.items()
+        }
+
+    # ---- SR-P2MP trees (the baseline) ---------------------------------------------------------------------
+    def set_tree_segment(self, rep_sid: int, replicas: list[TreeReplica], local: bool) -> None:
+        """This node's replication segment of one tree (replication SID rep_sid), in one write."""
+        _label(rep_sid, "a replication SID")
+        if len(replicas) > MAX_REPLICAS:
+            raise TableFullError(f"replication SID {rep_sid}: {len(replicas)} replicas; at most {MAX_REPLICAS}")
+        v = self.seg_t.Leaf()
+        v.n, v.local = len(replicas), int(local)
+        for i, r in enumerate(replicas):
+            e = v.r[i]
+            e.node_sid, e.rep_sid = _label(r.node_sid, "a node SID"), _label(r.rep_sid, "a replication SID")
+            e.ifindex = r.ifindex
+            e.smac[:] = list(_mac(r.smac))
+            e.dmac[:] = list(_mac(r.dmac))
+        update(self.seg_t, self.seg_t.Key(rep_sid), v, f"replication segment {rep_sid}")
+        self._ensure_ports({r.ifindex for r in replicas}, self.netns)
+
+    def remove_tree_segment(self, rep_sid: int) -> None:
+        try:
+            del self.seg_t[self.seg_t.Key(rep_sid)]
+        except KeyError:
+            raise ConfigError(f"node {self.node!r} has no replication segment {rep_sid}") from None
+
+    def tree_segments(self) -> dict[int, tuple[tuple[TreeReplica, ...], bool]]:
+        """Replication SID -> (replicas, leaf), as the program holds them."""
         out = {}
-        for k, v in self.bfir_t.items():
-            v4 = k.family == C["DINET_AF_INET"]
-            conv = (
-                (lambda raw: ipaddress.ip_address(bytes(raw)[:4]))
-                if v4
-                else (lambda raw: ipaddress.ip_address(bytes(raw)))
+        for k, v in self.seg_t.items():
+            reps = tuple(
+                TreeReplica(int(r.node_sid), int(r.rep_sid), int(r.ifindex), _fmt_mac(r.smac), _fmt_mac(r.dmac))
+                for r in list(v.r)[: v.n]
             )
-            src = None if not any(bytes(k.src)) else conv(k.src)
-            m = BfirMatch(conv(k.dst), src, socket.ntohs(k.dport))
-            out[m] = {int(s.bift_id): _get_bits(s.bits, v.bsl) for s in list(v.sets)[: v.n_sets]}
-        return out
+            out[int(k.value)] = (reps, bool(v.local))
+        return dict(sorted(out.items()))
+
+    def set_tree_node(self, node_sid: int, hop: TreeHop) -> None:
+        """How this node forwards frames whose top label is node_sid (its own: hop.local)."""
+        _label(node_sid, "a node SID")
+        v = self.tnode_t.Leaf()
+        v.ifindex, v.local = hop.ifindex, int(hop.local)
+        v.smac[:] = list(_mac(hop.smac))
+        v.dmac[:] = list(_mac(hop.dmac))
+        update(self.tnode_t, self.tnode_t.Key(node_sid), v, f"node SID {node_sid}")
+
+    def remove_tree_node(self, node_sid: int) -> None:
+        try:
+            del self.tnode_t[self.tnode_t.Key(node_sid)]
+        except KeyError:
+            raise ConfigError(f"node {self.node!r} has no route for node SID {node_sid}") from None
+
+    def tree_nodes(self) -> dict[int, TreeHop]:
+        out = {
+            int(k.value): TreeHop(int(v.ifindex), _fmt_mac(v.smac), _fmt_mac(v.dmac), bool(v.local))
+            for k, v in self.tnode_t.items()
+        }
+        return dict(sorted(out.items()))
+
+    def set_tree_root(self, match: BfirMatch, rep_sid: int) -> None:
+        """Traffic matching `match` is put on the tree whose root segment here is rep_sid (when no BIER
+        BFIR entry takes it first)."""
+        v = self.troot_t.Leaf()
+        v.rep_sid = _label(rep_sid, "a replication SID")
+        update(self.troot_t, self._bfir_key(match), v, f"tree root {match}")
+
+    def remove_tree_root(self, match: BfirMatch) -> None:
+        try:
+            del self.troot_t[self._bfir_key(match)]
+        except KeyError:
+            raise ConfigError(f"node {self.node!r} is no tree root for {match}") from None
+
+    def tree_roots(self) -> dict[BfirMatch, int]:
+        return {self._match_of(k): int(v.rep_sid) for k, v in self.troot_t.items()}
 
     # ---- counters --------------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -477,6 +583,32 @@ class TcBierTarget:
 
     def remove_bfir(self, entry: BfirEntry) -> None:
         self.node.remove_bfir(self._match(entry))
+
+    # ---- TreeTarget: the SR-P2MP baseline on the same program --------------------------------------------
+    def _hop(self, h: TreeHopPort) -> tuple[int, str, str]:
+        from . import netns as ns_mod
+
+        return ns_mod.ifindex(h.port, self.ns), h.smac or ns_mod.mac_of(h.port, self.ns), h.dmac
+
+    def set_tree_node(self, node_sid: int, hop: TreeHopPort | None) -> None:
+        self.node.set_tree_node(node_sid, TreeHop(local=True) if hop is None else TreeHop(*self._hop(hop)))
+
+    def set_tree_segment(self, rep_sid: int, replicas: list[TreeReplicaPort], leaf: bool) -> None:
+        reps = [TreeReplica(r.node_sid, r.rep_sid, *self._hop(r.hop)) for r in replicas]
+        self.node.set_tree_segment(rep_sid, reps, leaf)
+
+    def remove_tree_segment(self, rep_sid: int) -> None:
+        self.node.remove_tree_segment(rep_sid)
+
+    @staticmethod
+    def _root_match(r: TreeRoot) -> BfirMatch:
+        return BfirMatch(parse_address(r.dst), parse_address(r.src) if r.src else None, r.udp_port)
+
+    def set_tree_root(self, root: TreeRoot) -> None:
+        self.node.set_tree_root(self._root_match(root), root.rep_sid)
+
+    def remove_tree_root(self, root: TreeRoot) -> None:
+        self.node.remove_tree_root(self._root_match(root))
 
     def ports_up(self, ports: list[str]) -> dict[str, bool]:
         return links_up(ports, self.ns)
