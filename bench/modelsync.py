@@ -2,13 +2,16 @@
 links (and the repository's uplink) are all shaped to the same rate with TBF:
 
   bier     one UFTP session over dinet's BIER groups: the repository sends every byte once
+  tree     the same session over SR-P2MP trees set up for the job (dinet.services.trees: replication
+           segments at the root, branching nodes and leaves, forwarded by the same nodes' programs)
   ingress  ingress replication: one UFTP session per cloud, in unicast, all at once (rate shared)
   unicast  each cloud downloads the file over HTTP (curl from a real HTTP server on the repository), as
            models are fetched today
 
 Per method and N: completion time of the slowest cloud, bytes on the repository's uplink, bytes on all links,
 and whether every copy is byte-identical (SHA-256). Then ten consecutive BIER jobs to changing destination
-sets (the time to set each job's BIER groups up: no tree to build), and BIER with 1% and 5% loss on one
+sets (the time and entries to set each job's BIER groups up, and each job's trees), the forwarding state read
+back from the nodes as 1 to 100 concurrent jobs grow (trees against BIER), and BIER with 1% and 5% loss on one
 cloud's access link (loss from ebpf/loss.bpf.c: this kernel has no netem), and BIER to four clouds with a
 link failing mid-transfer (repair time, extra bytes). The tree has redundant links (cost 2: unused unless
 a link fails).
@@ -88,11 +91,22 @@ def measure(lab: SyncLab, names: list[str], model: Path, method: str, send: Any)
     return row
 
 
-def bier(lab: SyncLab, names: list[str], model: Path, rate: float) -> dict[str, Any]:
-    report = lab.job(model, names, opts=UftpOptions(rate_mbps=rate), progress=False).run()
+def bier(lab: SyncLab, names: list[str], model: Path, rate: float, trees: bool = False) -> dict[str, Any]:
+    """One UFTP session over BIER groups, or (trees) over SR-P2MP trees set up for the job on the same nodes.
+    state_entries: what the job itself holds in the network (BIER: the BFIR's entries; a tree: its segments
+    at the root, branching nodes and leaves, and the root's entries)."""
+    job = lab.job(
+        model, names, opts=UftpOptions(rate_mbps=rate), progress=False, trees=lab.domain.trees() if trees else None
+    )
+    report = job.run()
     if not report.ok:
         print(report.table(), file=sys.stderr)
-    return {"setup_ms": round(report.setup_ms, 2), "naks": sum(c.naks for c in report.clouds)}
+    return {
+        "setup_ms": round(report.setup_ms, 2),
+        "write_ms": round(report.write_ms, 2),
+        "state_entries": report.setup_entries,
+        "naks": sum(c.naks for c in report.clouds),
+    }
 
 
 def ingress(lab: SyncLab, names: list[str], model: Path, rate: float) -> dict[str, Any]:
@@ -143,50 +157,71 @@ def unicast(lab: SyncLab, names: list[str], model: Path) -> dict[str, Any]:
         server.wait()
 
 
-def failover(lab: SyncLab, model: Path, rate: float) -> dict[str, Any]:
+def failover(lab: SyncLab, model: Path, rate: float, trees: bool = False) -> dict[str, Any]:
     """A job to four clouds, first as it is, then with the link m1-n1 failing once the first cloud holds a
-    quarter of the file (its BIER copies and its feedback then go through n2). The BIER controller watches
-    the domain (every 50 ms, and at once on a link event); UFTP's NAKs repair what the failure lost.
-    Returns the repair time (the failure to the rewritten BIFTs), both runs' completion and uplink bytes,
-    and the extra bytes the failure cost."""
+    quarter of the file (its copies and its feedback then go through n2); UFTP's NAKs repair what the failure
+    lost. BIER: the BIER controller watches the domain (every 50 ms, and at once on a link event) and rewrites
+    the BIFTs. trees: the job's trees are repaired by dinet.services.trees, told of the failure at once (its
+    detection costs nothing here: BIER's does). Returns the repair time (the failure to the rewritten entries),
+    both runs' completion and uplink bytes, and the extra bytes the failure cost."""
     import threading
 
+    method = "tree" if trees else "bier"
     names = spread(lab, 4)
-    base = measure(lab, names, model, "bier", lambda: bier(lab, names, model, rate))
+    base = measure(lab, names, model, method, lambda: bier(lab, names, model, rate, trees))
     ctl = lab.domain.ctl()
+    tc = lab.domain.trees()
     stop = threading.Event()
     watcher = threading.Thread(target=ctl.watch, args=(0.05, stop), daemon=True)
-    watcher.start()
+    if not trees:
+        watcher.start()
     t_fail: list[float] = []
+    repaired: list[tuple[float, int]] = []
+
+    kinds: dict[str, int] = {}
+
+    def repair() -> None:
+        n = tc.link_down("m1", "n1")
+        repaired.append((time.monotonic(), n))
+        kinds.update(tc.last_change)
 
     def send() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        job = threading.Thread(target=lambda: out.update(bier(lab, names, model, rate)))
+        job = threading.Thread(target=lambda: out.update(bier(lab, names, model, rate, trees)))
         job.start()
         tmp = lab.store(names[0]) / ".dinet-sync" / "tmp"
         while job.is_alive() and not t_fail:
             got = sum(p.stat().st_blocks * 512 for p in tmp.rglob("*") if p.is_file() and "_group_" not in p.name)
             if got >= model.stat().st_size // 4:
                 t_fail.append(time.monotonic())
+                if trees:  # a tree controller told at once, while the domain's unicast routes move
+                    threading.Thread(target=repair).start()
                 lab.domain.fail_link("m1", "n1")
             time.sleep(0.01)
         job.join()
         return out
 
     try:
-        failed = measure(lab, names, model, "bier", send)
+        failed = measure(lab, names, model, method, send)
     finally:
         stop.set()
-        watcher.join()
+        if watcher.is_alive():
+            watcher.join()
         lab.domain.restore_link("m1", "n1")
-        ctl.link_up("m1", "n1")
-    rewrites = [h for h in ctl.history if t_fail and h.written_at >= t_fail[0]]
+        if trees:
+            tc.link_up("m1", "n1")
+        else:
+            ctl.link_up("m1", "n1")
+    if not trees:
+        repaired = [(h.written_at, h.entries_written) for h in ctl.history if t_fail and h.written_at >= t_fail[0]]
     res = {
+        "method": method,
         "n": len(names),
         "size_bytes": model.stat().st_size,
         "failed_link": "m1-n1",
-        "repair_ms": round((rewrites[0].written_at - t_fail[0]) * 1000, 1) if rewrites else None,
-        "entries_rewritten": rewrites[0].entries_written if rewrites else 0,
+        "repair_ms": round((repaired[0][0] - t_fail[0]) * 1000, 1) if repaired else None,
+        "entries_rewritten": repaired[0][1] if repaired else 0,
+        **({"rewritten_by_kind": kinds} if trees else {}),
         "completion_s": {"no_failure": base["completion_s"], "failure": failed["completion_s"]},
         "uplink_bytes": {"no_failure": base["uplink_bytes"], "failure": failed["uplink_bytes"]},
         "extra_uplink_bytes": failed["uplink_bytes"] - base["uplink_bytes"],
@@ -194,12 +229,64 @@ def failover(lab: SyncLab, model: Path, rate: float) -> dict[str, Any]:
         "bytes_identical": base["bytes_identical"] and failed["bytes_identical"],
     }
     print(
-        f"  failover: link m1-n1 down at a quarter of the file: BIFTs rewritten {res['repair_ms']} ms later, "
-        f"{res['extra_uplink_bytes'] / 2**20:.1f} MiB more on the uplink, done in {failed['completion_s']} s "
-        f"(without the failure {base['completion_s']} s), byte-identical {res['bytes_identical']}",
+        f"  failover ({method}): link m1-n1 down at a quarter of the file: entries rewritten "
+        f"({res['entries_rewritten']}) {res['repair_ms']} ms later, {res['extra_uplink_bytes'] / 2**20:.1f} MiB more "
+        f"on the uplink, done in {failed['completion_s']} s (without the failure {base['completion_s']} s), "
+        f"byte-identical {res['bytes_identical']}",
         flush=True,
     )
     return res
+
+
+def state_growth(lab: SyncLab, rng: random.Random, counts: tuple[int, ...] = (1, 10, 50, 100)) -> list[dict[str, Any]]:
+    """Forwarding state as concurrent jobs with different destination sets grow, read back from the nodes'
+    maps: k jobs (random sets of clouds, each its own UDP port) set up as SR-P2MP trees and as BIER groups
+    side by side. Per k: the tree entries per node (segments; the largest and the total; the node-SID routes
+    apart: one per node of the domain, whatever the jobs) and BIER's (the BIFT entries and the BFIR's entries,
+    one per job); entries written and the time to write them, per job."""
+    from dinet.policy.bift import BierGroup
+    from dinet.services.trees import TreeJob
+
+    d = lab.domain
+    tc, ctl = d.trees(), d.ctl()
+    out = []
+    for k in counts:
+        jobs = [frozenset(rng.sample(lab.clouds, rng.randint(1, len(lab.clouds)))) for _ in range(k)]
+        groups = [BierGroup(d.bfir, "232.9.0.1", to, udp_port=20000 + i) for i, to in enumerate(jobs)]
+        t0, w0 = time.monotonic(), tc.writes
+        ids = []
+        for i, to in enumerate(jobs):
+            ids.append(tc.free_id())
+            tc.start(TreeJob(ids[-1], d.bfir, to, "232.9.0.1", 20000 + i))
+        tree_ms, tree_writes = (time.monotonic() - t0) * 1000, tc.writes - w0
+        t0, w0 = time.monotonic(), ctl.writes
+        for g in groups:
+            ctl.open_group(g)
+        bier_ms, bier_writes = (time.monotonic() - t0) * 1000, ctl.writes - w0
+        segs = {n: len(node.tree_segments()) for n, node in d.nodes.items()}
+        bift = {n: len(node.bifts()) + len(node.bfir_entries()) for n, node in d.nodes.items()}
+        routes = max(len(node.tree_nodes()) for node in d.nodes.values())
+        for job_id in ids:
+            tc.stop(job_id)
+        for g in groups:
+            ctl.close_group(g)
+        row = {
+            "jobs": k,
+            "tree": {"max_per_node": max(segs.values()), "total": sum(segs.values()), "routes_per_node": routes,
+                     "written": tree_writes, "write_ms_per_job": round(tree_ms / k, 3)},
+            "bier": {"max_per_node": max(bift.values()), "total": sum(bift.values()),
+                     "written": bier_writes, "write_ms_per_job": round(bier_ms / k, 3)},
+        }  # fmt: skip
+        out.append(row)
+        print(
+            f"  {k:3d} concurrent jobs: tree segments per node max {row['tree']['max_per_node']}, total "
+            f"{row['tree']['total']} (+{routes} node-SID routes each), {row['tree']['written']} written, "
+            f"{row['tree']['write_ms_per_job']} ms a job; BIER entries per node max {row['bier']['max_per_node']}, "
+            f"total {row['bier']['total']}, {row['bier']['written']} written, "
+            f"{row['bier']['write_ms_per_job']} ms a job",
+            flush=True,
+        )
+    return out
 
 
 def calibrate(res: dict[str, Any], holdout: int | None) -> dict[str, Any]:
@@ -211,7 +298,8 @@ def calibrate(res: dict[str, Any], holdout: int | None) -> dict[str, Any]:
     train = [r for r in rows if r["n"] != holdout]
     fits = fit(train, res["link_mbit"])
     setups = tree_setup_s(res)
-    fits = with_tree(fits)
+    if "tree" not in fits:  # runs without tree rows: BIER's fit over the same links
+        fits = with_tree(fits)
     clean = [r for r in rows if r["method"] == "bier" and r["size_bytes"] == res["size_bytes"] and r["n"] == 2]
     out: dict[str, Any] = {
         "fits": as_json(fits),
@@ -312,6 +400,7 @@ def main() -> int:
                     names = spread(lab, n)
                     sends = {
                         "bier": lambda names=names, model=model: bier(lab, names, model, rate),
+                        "tree": lambda names=names, model=model: bier(lab, names, model, rate, trees=True),
                         "ingress": lambda names=names, model=model: ingress(lab, names, model, rate),
                         "unicast": lambda names=names, model=model: unicast(lab, names, model),
                     }
@@ -319,12 +408,30 @@ def main() -> int:
                         res["rows"].append(measure(lab, names, model, method, send))
             small = root / "small.bin"
             small.write_bytes(rng.randbytes(256 << 10))
-            for _ in range(10):  # a new destination set every job: a new bitstring, nothing else
+            res["setup"] = {"bier": [], "tree": []}
+            for _ in range(10):  # a new destination set every job: a new bitstring (or a new tree)
                 names = rng.sample(lab.clouds, rng.randint(1, len(lab.clouds)))
-                report = lab.job(small, names, progress=False).run()
-                res["setup_ms"].append(round(report.setup_ms, 2))
-                clean(lab, names, small)
-            print(f"  setup per BIER job (10 destination sets): {res['setup_ms']} ms", flush=True)
+                for method in ("bier", "tree"):
+                    report = lab.job(
+                        small, names, progress=False, trees=lab.domain.trees() if method == "tree" else None
+                    ).run()
+                    res["setup"][method].append(
+                        {
+                            "n": len(names),
+                            "setup_ms": round(report.setup_ms, 2),
+                            "write_ms": round(report.write_ms, 2),
+                            "entries": report.setup_entries,
+                        }
+                    )
+                    clean(lab, names, small)
+            res["setup_ms"] = [r["setup_ms"] for r in res["setup"]["bier"]]
+            res["state"] = state_growth(lab, rng, (1, 10) if a.quick else (1, 10, 50, 100))
+            for method, rows in res["setup"].items():
+                print(
+                    f"  setup per {method} job (10 destination sets): entries {[r['entries'] for r in rows]} written "
+                    f"in {[r['write_ms'] for r in rows]} ms (receivers' checks too: {[r['setup_ms'] for r in rows]})",
+                    flush=True,
+                )
             lossy = spread(lab, 2)
             leaf_if = next(ifn for (node, _), ifn in lab.domain.ifname.items() if node == lossy[0])
             lossy_size = min(size, 32) if a.quick else size
@@ -338,6 +445,7 @@ def main() -> int:
                     row["loss"], row["dropped"] = rate_loss, loss.counts()[1]
                 res["loss"].append(row)
             res["failover"] = failover(lab, part, rate)
+            res["failover_tree"] = failover(lab, part, rate, trees=True)
     finally:
         import shutil
 
@@ -346,7 +454,7 @@ def main() -> int:
         res["model"] = calibrate(res, a.holdout)
     write(res, a.out)
     plot(res, a.out.with_suffix(".png"))
-    rows = res["rows"] + res["loss"] + ([res["failover"]] if "failover" in res else [])
+    rows = res["rows"] + res["loss"] + [res[k] for k in ("failover", "failover_tree") if k in res]
     return 0 if all(r["bytes_identical"] for r in rows) else 1
 
 

@@ -309,7 +309,9 @@ def test_modelsync_appears_with_the_other_experiments(tmp_path: Path) -> None:
     assert s["rows"] and all(r["bytes_identical"] for r in s["rows"])
     top = max(r["n"] for r in s["rows"])
     up = {r["method"]: r["uplink_bytes"] for r in s["rows"] if r["n"] == top}
-    assert up["bier"] < up["unicast"]  # one copy leaves the repository, not one per cloud
+    assert up["bier"] < up["unicast"] and up["tree"] < up["unicast"]  # one copy leaves the repository
+    state = {r["method"]: r["state_entries"] for r in s["rows"] if r["n"] == top and "state_entries" in r}
+    assert state["tree"] > state["bier"] > 0  # a tree's segments on its nodes; BIER: the BFIR's entries alone
     _opens_in_a_browser(tmp_path / "results" / "modelsync" / "report.html", tmp_path, figures=1)
 
 

@@ -44,7 +44,7 @@ def plot(res: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = ["bier", "ingress", "unicast"]
+    methods = [m for m in ("bier", "tree", "ingress", "unicast") if any(r["method"] == m for r in res["rows"])]
     ns = sorted({r["n"] for r in res["rows"]})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     width = 0.8 / len(methods)

@@ -46,6 +46,7 @@ class TreeController:
     # what each node holds, as written: node -> destination -> next hop (None: own); node -> tree -> segment
     routes: dict[str, dict[str, str | None]] = field(default_factory=dict)
     segments: dict[str, dict[int, ReplicationSegment]] = field(default_factory=dict)
+    last_change: dict[str, int] = field(default_factory=dict)  # what the last link change rewrote, by kind
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -127,6 +128,11 @@ class TreeController:
             self.writes += n
             return n
 
+    def free_id(self) -> int:
+        """The lowest tree id no job holds."""
+        with self._lock:
+            return next(i for i in range(1, 1 << 16) if i not in self.jobs)
+
     # ---- failures: tree repair ----------------------------------------------------------------------------
     def link_down(self, a: str, b: str) -> int:
         return self._set_links(self.down_links | {frozenset((a, b))})
@@ -141,7 +147,7 @@ class TreeController:
             self.down_links = set(down)
             self.planner.set_state(self.down_links, set())
             before = self.writes
-            self.install_routes()
+            routes = self.install_routes()
             for job in self.jobs.values():
                 plan = self._plan(job)
                 for node, seg in plan.items():
@@ -154,7 +160,10 @@ class TreeController:
                         self.targets[node].remove_tree_segment(rep_sid(job.tree))
                         self.writes += 1
             n = self.writes - before
-            log.info("trees: links down %s: %d entries written", sorted(map(sorted, down)), n)
+            self.last_change = {"routes": routes, "segments": n - routes}
+            log.info(
+                "trees: links down %s: %d routes and %d segments written", sorted(map(sorted, down)), routes, n - routes
+            )
             return n
 
     def state_entries(self) -> dict[str, int]:

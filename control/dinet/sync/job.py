@@ -12,6 +12,7 @@ closes the groups whatever happens. A new destination set is a new bitstring: no
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import ssl
@@ -29,9 +30,12 @@ from typing import Any
 from ..errors import ConfigError, DinetError
 from ..policy.bift import BierGroup
 from ..services.bier import BierController
+from ..services.trees import TreeController, TreeJob
 from ..targets import netns as ns_mod
 from .receiver import sha256_of
 from .uftp import SenderReport, UftpOptions, fingerprint, parse_sender, sender_argv, uid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ class SyncReport:
     size: int
     sha256: str
     clouds: list[CloudResult] = field(default_factory=list)
-    setup_ms: float = 0.0  # the command's start to the BIER groups written
+    setup_ms: float = 0.0  # the command's start to the BIER groups (or the trees) written
+    setup_entries: int = 0  # entries written in the network to set the job up (its state there)
+    write_ms: float = 0.0  # the time those writes took (setup_ms also holds the receivers' checks)
     first_data_ms: float | None = None  # the command's start to the first data pass (UFTP's handshake included)
     seconds: float = 0.0
     passes: int = 0
@@ -94,7 +100,7 @@ class SyncReport:
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, width, strict=True)).rstrip() for r in rows]
         first = f"{self.first_data_ms:.0f} ms" if self.first_data_ms is not None else "-"
         lines.append(
-            f"{self.file}: {self.size} bytes, sha256 {self.sha256[:16]}..., BIER groups set up in "
+            f"{self.file}: {self.size} bytes, sha256 {self.sha256[:16]}..., groups set up in "
             f"{self.setup_ms:.1f} ms, first data after {first}, {self.passes} pass(es), {self.restarts} restart(s), "
             f"{self.seconds:.2f} s"
         )
@@ -125,6 +131,7 @@ class SyncJob:
     progress: bool = True
     tls: bool = True  # the receivers' status over HTTPS (False: in clear, labs only)
     ca: str | None = None  # the CA of the receivers' certificates (default: the system's)
+    trees: TreeController | None = None  # the groups on SR-P2MP trees (the baseline) instead of BIER
 
     # ---- receivers -----------------------------------------------------------------------------------------
     def _get(self, cloud: Cloud, path: str, timeout: float = 3.0) -> dict[str, Any]:
@@ -213,11 +220,19 @@ class SyncJob:
         to = frozenset(c.name for c in live)
         groups = [BierGroup(self.bfir, g, to, udp_port=self.opts.port) for g in (self.opts.pub_group, priv)]
         sender = SenderReport()
+        tc, trees = self.trees, []
         try:
             if live:
+                w0, t_write = (tc.writes if tc is not None else self.ctl.writes), time.monotonic()
                 for g in groups:
-                    self.ctl.open_group(g)
+                    if tc is not None:
+                        trees.append(tc.free_id())
+                        tc.start(TreeJob(trees[-1], self.bfir, to, g.dst, g.udp_port))
+                    else:
+                        self.ctl.open_group(g)
                 report.setup_ms = (time.monotonic() - t0) * 1000
+                report.write_ms = (time.monotonic() - t_write) * 1000
+                report.setup_entries = (tc.writes if tc is not None else self.ctl.writes) - w0
                 clients = [uid(ids[c.name]) for c in live]
                 argv = sender_argv([self.file], self.interface, priv, clients, self.opts, work / "status")
                 self._uftp(argv, work, sender, live, 0)
@@ -233,7 +248,12 @@ class SyncJob:
                     argv = sender_argv([self.file], self.interface, priv, [], self.opts, work / "status", path)
                     self._uftp(argv, work, sender, dropped, attempt)
         finally:
-            for g in groups:
+            for tree in trees:
+                try:
+                    tc.stop(tree)  # type: ignore[union-attr]  # trees only hold ids when tc is set
+                except DinetError as e:
+                    log.warning("tree %d not torn down: %s", tree, e)
+            for g in groups if tc is None else []:
                 try:
                     self.ctl.close_group(g)
                 except DinetError:
