@@ -265,6 +265,7 @@ def state_growth(lab: SyncLab, rng: random.Random, counts: tuple[int, ...] = (1,
         bier_ms, bier_writes = (time.monotonic() - t0) * 1000, ctl.writes - w0
         segs = {n: len(node.tree_segments()) for n, node in d.nodes.items()}
         bift = {n: len(node.bifts()) + len(node.bfir_entries()) for n, node in d.nodes.items()}
+        transit = [n for n in d.nodes if n != d.bfir]  # the repository's node holds one entry per job in both
         routes = max(len(node.tree_nodes()) for node in d.nodes.values())
         for job_id in ids:
             tc.stop(job_id)
@@ -272,9 +273,11 @@ def state_growth(lab: SyncLab, rng: random.Random, counts: tuple[int, ...] = (1,
             ctl.close_group(g)
         row = {
             "jobs": k,
-            "tree": {"max_per_node": max(segs.values()), "total": sum(segs.values()), "routes_per_node": routes,
+            "tree": {"max_per_node": max(segs.values()), "max_transit": max(segs[n] for n in transit),
+                     "total": sum(segs.values()), "routes_per_node": routes,
                      "written": tree_writes, "write_ms_per_job": round(tree_ms / k, 3)},
-            "bier": {"max_per_node": max(bift.values()), "total": sum(bift.values()),
+            "bier": {"max_per_node": max(bift.values()), "max_transit": max(bift[n] for n in transit),
+                     "total": sum(bift.values()),
                      "written": bier_writes, "write_ms_per_job": round(bier_ms / k, 3)},
         }  # fmt: skip
         out.append(row)
