@@ -673,7 +673,7 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
             {p: (mac[p], dmac[p]) for p in (2, 3)},
         )
         seeds = [bytes(v.packet) for v in [*bv.vectors(), *bv.tree_vectors()]]
-        seeds.append(bytes(Ether(src="02:b1:00:00:00:99", dst=bv.NODE_MAC) / bv.tree_inner()))
+        seeds += [bytes(Ether(src="02:b1:00:00:00:99", dst=bv.NODE_MAC) / f()) for f in (bv.tree_inner, bv.tree_inner6)]
         for _ in range(100):
             ids = rng.sample([1, 2, 3, 4, 5, 6, 7, 50], rng.randint(0, 5))
             seeds.append(bytes(bv.frame(ids=tuple(ids), ttl=rng.choice([0, 1, 2, 64, 255]))))
@@ -695,7 +695,8 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
                 c, out = bier_model(f, bifts, bfirs, bv.BFIR_ID, trees)
                 want_c += c
                 drops = [k for k in c if k.startswith("drop")]
-                outcomes[drops[0] if drops else next((k for k in ("copies", "local", "pass") if c[k]), "not ip")] += 1
+                kinds = ("copies", "tree_copies", "tree_unicast", "local", "pass")
+                outcomes[drops[0] if drops else next((k for k in kinds if c[k]), "not ip")] += 1
                 for p, b in out:
                     want_out.setdefault(p, []).append(b)
             before = node.counters()

@@ -310,7 +310,7 @@ def tree_nodes() -> dict[int, int | None]:
 
 def tree_roots() -> list[tuple[str, int, int]]:
     """(destination, UDP port, the root's replication SID)."""
-    return [(SYNC[0], TREE_PORT, rep_sid(4, OWN))]
+    return [(SYNC[0], TREE_PORT, rep_sid(4, OWN)), (SYNC6[0], TREE_PORT, rep_sid(4, OWN))]
 
 
 def tree_frame(top: int, bottom: int, ttl: int = 64, bottom_ttl: int | None = None, inner=INNER) -> Ether:
@@ -333,6 +333,10 @@ def tree_copy(port: int, top: int, bottom: int, ttl: int, inner=INNER, bottom_tt
 
 def tree_inner():
     return IP(src="10.50.0.2", dst=SYNC[0], tos=0x08) / UDP(sport=4005, dport=TREE_PORT) / b"model-shard-tree"
+
+
+def tree_inner6():
+    return IPv6(src="fd00:50::2", dst=SYNC6[0]) / UDP(sport=4006, dport=TREE_PORT) / b"model-shard-tree6"
 
 
 def tree_vectors() -> list[BierVector]:
@@ -371,6 +375,24 @@ def tree_vectors() -> list[BierVector]:
                 tree_copy(3, node_sid(5), rep_sid(4, 5), 64, tree_inner()),
             ),
             {"tree_push": 1, "tree_copies": 2},
+        ),
+        BierVector(
+            "tree: the root puts IPv6 model-sync UDP on the tree too",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / tree_inner6()),
+            (
+                tree_copy(2, node_sid(2), rep_sid(4, 2), 64, tree_inner6()),
+                tree_copy(3, node_sid(5), rep_sid(4, 5), 64, tree_inner6()),
+            ),
+            {"tree_push": 1, "tree_copies": 2},
+        ),
+        BierVector(
+            "tree: a malformed datagram for a root entry is dropped, not put on the tree",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC, type=0x0800))
+            + bytes(tree_inner())[:2]
+            + (len(bytes(tree_inner())) + 40).to_bytes(2, "big")
+            + bytes(tree_inner())[4:],
+            (Drop("drop_malformed"),),
+            {"drop_malformed": 1},
         ),
         BierVector(
             "tree: TTL 1 replicates nothing but still delivers locally",
