@@ -282,6 +282,7 @@ def test_tiers_dinet_keeps_the_large_tier_until_it_is_full_and_returns(tmp_path:
     fall = s["plan"]["duration"] - s["plan"]["fall_at"]
     assert dinet["recovered_after_s"] is not None and dinet["recovered_after_s"] < fall
     assert dinet["large_share"] > pol["anycast"]["large_share"]  # anycast serves the nearest, small tier
+    assert {"least-queue", "oracle", "round-robin", "random"} <= set(pol)  # every baseline, the pickers too
     assert all(p["flows_moved"] == 0 for p in pol.values())
     _opens_in_a_browser(tmp_path / "results" / "tiers" / "report.html", tmp_path)
 

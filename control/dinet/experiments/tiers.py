@@ -1,11 +1,12 @@
 """`dinet experiment tiers SCENARIO`: the quality served against latency under rising load, on a service
 with model tiers (dynamic model selection).
 
-Per policy (dinet: the preferred tier with room, else the next; nearest-site anycast and compute-only, both
-blind to tiers), one client's load rises in steps past what the large tier holds, then falls back. Per policy
-and load step: the share of requests the large tier served (quality), TTFT p50/p99 and SLO attainment; the
-time from the first step past the large tier's room to the first request served by a lower tier (graceful
-degradation), and from the fall to the last request a lower tier served (recovery)."""
+Per policy (dinet: the preferred tier with room, else the next; nearest-site anycast, compute-only,
+round-robin, random, and the per-request pickers least-queue and oracle, all blind to tiers), one client's
+load rises in steps past what the large tier holds, then falls back. Per policy and load step: the share
+of requests the large tier served (quality), TTFT p50/p99 and SLO attainment; the time from the first step
+past the large tier's room to the first request served by a lower tier (graceful degradation), and from
+the fall to the last request a lower tier served (recovery)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..errors import ConfigError
 from ..lab.net import Lab
 from ..lab.scenario import ScenarioSpec, load
 from .common import (
+    CLIENT_PICKS,
     LEAD_S,
     SETTLE_S,
     Options,
@@ -34,7 +36,9 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random")
+# least-queue and oracle pick per request at the client, past the VIP (dinet.workload.pickers), blind to
+# tiers as the field's endpoint pickers are: the lowest queue, or the lowest true TTFT
+POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
 
 
 def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
@@ -57,7 +61,8 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
 
 
 def one_run(lab: Lab, policy: str, shape: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    lab.set_policy(policy)
+    pick = policy if policy in CLIENT_PICKS else ""
+    lab.set_policy("round-robin" if pick else policy)  # a picker sends past the VIP
     start = time.time() + LEAD_S
     sched = ",".join(f"{t:g}:{r:g}" for t, r in shape["schedule"])
     extra = ["--schedule", sched, "--prompt-min", str(shape["prompt"][0]), "--prompt-max", str(shape["prompt"][1])]
@@ -65,7 +70,7 @@ def one_run(lab: Lab, policy: str, shape: dict[str, Any], seed: int) -> list[dic
     client = lab.spec.clients[0].name
     loads = [
         ld
-        for ld in client_loads(lab, start, shape["duration"], 0.0, seed, extra, policy=policy)
+        for ld in client_loads(lab, start, shape["duration"], 0.0, seed, extra, pick, policy=policy)
         if ld.tags["client"] == client
     ]
     try:
