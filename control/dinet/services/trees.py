@@ -97,7 +97,7 @@ class TreeController:
         return TreeRoot(job.dst, rep_sid(job.tree), job.src, job.udp_port)
 
     def start(self, job: TreeJob) -> int:
-        """Sets up a job's tree: the segments from the leaves up, the root's entry last (no packet is put on
+        """Sets up a job's tree: every segment (the root's last), then the root's entry (no packet is put on
         a tree before every node of it holds its segment). Returns the entries written."""
         with self._lock:
             for n in (job.root, *job.leaves):
