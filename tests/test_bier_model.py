@@ -348,6 +348,10 @@ class RecordingTreeTarget:
         self.nodes[node_sid] = hop
         self.log.append("node")
 
+    def remove_tree_node(self, node_sid) -> None:  # type: ignore[no-untyped-def]
+        del self.nodes[node_sid]
+        self.log.append("-node")
+
     def set_tree_segment(self, rep_sid, replicas, leaf) -> None:  # type: ignore[no-untyped-def]
         self.segments[rep_sid] = (tuple(replicas), leaf)
         self.log.append("segment")
@@ -396,6 +400,9 @@ def test_tree_controller_writes_segments_before_the_root_and_repairs_only_what_c
     assert not targets["b"].segments[sid][0] and targets["c"].segments[sid][0][0].node_sid == node_sid(3)
     assert ctl.stop(2) == 5
     assert all(not x.segments and not x.roots for x in targets.values())
+    ctl.link_down("c", "d")  # d is cut off (b-d is down already): no route to it is left, nor from it
+    assert all(node_sid(3) not in targets[n].nodes for n in "abc") and set(targets["d"].nodes) == {node_sid(3)}
+    assert ctl.writes == sum(len(x.log) for x in targets.values())  # every write counted once
     with pytest.raises(ConfigError):
         ctl.stop(2)
     with pytest.raises(ConfigError):

@@ -64,7 +64,7 @@ class TreeController:
     # ---- the IGP's state: node SIDs ---------------------------------------------------------------------
     def install_routes(self) -> int:
         """Every node's route to every node SID (its own: to its segments); only what differs from the
-        record is written. Returns the entries written."""
+        record is written, and a route to a node no longer reachable is removed. Returns the entries written."""
         with self._lock:
             want = node_routes(self.planner, self.intent.topo.bfr_ids)
             n = 0
@@ -76,6 +76,10 @@ class TreeController:
                     sid = node_sid(self.index[dest])
                     self.targets[node].set_tree_node(sid, None if hop is None else self._hop(node, hop))
                     held[dest] = hop
+                    n += 1
+                for dest in sorted(set(held) - set(table)):
+                    self.targets[node].remove_tree_node(node_sid(self.index[dest]))
+                    del held[dest]
                     n += 1
             self.writes += n
             return n
@@ -92,6 +96,7 @@ class TreeController:
         ]
         self.targets[seg.node].set_tree_segment(sid, replicas, seg.local)
         self.segments.setdefault(seg.node, {})[seg.tree] = seg
+        self.writes += 1
 
     def _root(self, job: TreeJob) -> TreeRoot:
         return TreeRoot(job.dst, rep_sid(job.tree), job.src, job.udp_port)
@@ -110,7 +115,7 @@ class TreeController:
                 self._write_segment(seg)
             self.targets[job.root].set_tree_root(self._root(job))
             self.jobs[job.tree] = job
-            self.writes += len(plan) + 1
+            self.writes += 1
             return len(plan) + 1
 
     def stop(self, tree: int) -> int:
@@ -153,7 +158,6 @@ class TreeController:
                 for node, seg in plan.items():
                     if self.segments.get(node, {}).get(job.tree) != seg:
                         self._write_segment(seg)
-                        self.writes += 1
                 for node, held in self.segments.items():
                     if job.tree in held and node not in plan:
                         del held[job.tree]
@@ -165,7 +169,3 @@ class TreeController:
                 "trees: links down %s: %d routes and %d segments written", sorted(map(sorted, down)), routes, n - routes
             )
             return n
-
-    def state_entries(self) -> dict[str, int]:
-        """Per node, the tree entries it holds: its segments (per job) and its node-SID routes."""
-        return {n: len(self.segments.get(n, {})) + len(self.routes.get(n, {})) for n in self.index}

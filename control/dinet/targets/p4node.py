@@ -635,6 +635,14 @@ class P4Node(InstanceEdits):
             )
         self._write([e], "MODIFY" if _key(e) in self._entries else "INSERT")
 
+    def remove_tree_node(self, node_sid: int) -> None:
+        held = [
+            e for e in self._entries.values() if e.table == "tree_node" and dict(e.match)["hdr.mpls0.label"] == node_sid
+        ]
+        if not held:
+            raise ConfigError(f"switch {self.sw.name} has no route for node SID {node_sid}")
+        self._write(held, "DELETE")
+
     def write_tree_segment(
         self, rep_sid: int, replicas: list[tuple[int, int, P4Neighbor]], leaf: bool, local_port: int = 1
     ) -> None:

@@ -367,7 +367,6 @@ class BierNode(ProgramNode):
             e.smac[:] = list(_mac(r.smac))
             e.dmac[:] = list(_mac(r.dmac))
         update(self.seg_t, self.seg_t.Key(rep_sid), v, f"replication segment {rep_sid}")
-        self._ensure_ports({r.ifindex for r in replicas}, self.netns)
 
     def remove_tree_segment(self, rep_sid: int) -> None:
         try:
@@ -575,7 +574,7 @@ class TcBierTarget:
         self._drop_frr(bift_id, set())
 
     @staticmethod
-    def _match(e: BfirEntry) -> BfirMatch:
+    def _match(e: BfirEntry | TreeRoot) -> BfirMatch:  # a BFIR's and a tree root's matches are alike
         return BfirMatch(parse_address(e.dst), parse_address(e.src) if e.src else None, e.udp_port)
 
     def set_bfir(self, entry: BfirEntry) -> None:
@@ -597,18 +596,17 @@ class TcBierTarget:
         reps = [TreeReplica(r.node_sid, r.rep_sid, *self._hop(r.hop)) for r in replicas]
         self.node.set_tree_segment(rep_sid, reps, leaf)
 
+    def remove_tree_node(self, node_sid: int) -> None:
+        self.node.remove_tree_node(node_sid)
+
     def remove_tree_segment(self, rep_sid: int) -> None:
         self.node.remove_tree_segment(rep_sid)
 
-    @staticmethod
-    def _root_match(r: TreeRoot) -> BfirMatch:
-        return BfirMatch(parse_address(r.dst), parse_address(r.src) if r.src else None, r.udp_port)
-
     def set_tree_root(self, root: TreeRoot) -> None:
-        self.node.set_tree_root(self._root_match(root), root.rep_sid)
+        self.node.set_tree_root(self._match(root), root.rep_sid)
 
     def remove_tree_root(self, root: TreeRoot) -> None:
-        self.node.remove_tree_root(self._root_match(root))
+        self.node.remove_tree_root(self._match(root))
 
     def ports_up(self, ports: list[str]) -> dict[str, bool]:
         return links_up(ports, self.ns)
