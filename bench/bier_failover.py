@@ -8,8 +8,9 @@ BFIR's bitstring is the same before and after.
 Fast reroute (`frr`): the same on the diamond with the rung b-c (the plain diamond has no loop-free
 alternate for b-d), with and without backup entries: the time from the failure (the netlink request that
 takes the port down) to b's link monitor marking the port, and to the first datagram sent after the failure
-that d receives, and the datagrams d lost. The stream runs at 1,000 pps, so the first datagram after the
-failure leaves up to 1 ms after it.
+that d receives, and the datagrams d lost; on TC nodes and, where simple_switch_grpc is on PATH, on BMv2
+switches (their link monitor writes the port into bier_port_state; the cable is cut in the wire namespace,
+JSON `bmv2`). The stream runs at 1,000 pps, so the first datagram after the failure leaves up to 1 ms after it.
 
     sudo .venv/bin/python -m bench.bier_failover [--quick] [--out FILE]
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -29,10 +31,36 @@ from dinet.lab.bier_domain import BierDomain, diamond
 BPFFS = Path(f"/sys/fs/bpf/dinet-bench-failover-{os.getpid()}")
 
 
+def fast_reroute(target: str, frr: bool, runs: int) -> dict:
+    """The rung diamond's failover with and without backups, on TC nodes or BMv2 switches: medians and runs."""
+    rows = []
+    for k in range(runs):
+        name = f"bfr{target[0]}{os.getpid() % 1000}{k}"
+        with BierDomain(name, diamond(rung=True), 1, bpffs_root=BPFFS, frr=frr, target=target) as d:
+            d.install_bifts()
+            r = d.failover({"b", "c", "d"}, ("b", "d"), watch_interval=0.05, rate_pps=1000, before_s=0.3, after_s=0.5)
+        got = r["received"]
+        assert isinstance(got, dict)
+        rows.append(
+            {
+                "first_packet_ms": r["first_packet_ms"]["d"],  # type: ignore[index]
+                "port_marked_ms": r["port_marked_ms"],
+                "recompute_ms": r["recompute_ms"],
+                "lost": r["sent"] - len(set(got["d"])),  # type: ignore[operator]
+            }
+        )
+    med = {
+        key: statistics.median(v for v in (row[key] for row in rows) if v is not None)
+        for key in ("first_packet_ms", "port_marked_ms", "recompute_ms", "lost")
+    }
+    return {**med, "runs": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 runs per watch interval (well under a minute)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bier_failover.json")
+    ap.add_argument("--no-bmv2", dest="bmv2", action="store_false", help="fast reroute on TC nodes only")
     a = ap.parse_args()
     if not need_root():
         return 1
@@ -72,35 +100,22 @@ def main() -> int:
             f"{summary['entries_rewritten']:.0f} entries rewritten, {summary['lost_at_d']:.0f} datagrams lost at d "
             f"(medians of {runs})"
         )
-    for frr in (True, False):
-        rows = []
-        for k in range(runs):
-            with BierDomain(f"bfr{os.getpid() % 1000}{k}", diamond(rung=True), 1, bpffs_root=BPFFS, frr=frr) as d:
-                d.install_bifts()
-                r = d.failover(
-                    {"b", "c", "d"}, ("b", "d"), watch_interval=0.05, rate_pps=1000, before_s=0.3, after_s=0.5
-                )
-            got = r["received"]
-            assert isinstance(got, dict)
-            rows.append(
-                {
-                    "first_packet_ms": r["first_packet_ms"]["d"],  # type: ignore[index]
-                    "port_marked_ms": r["port_marked_ms"],
-                    "recompute_ms": r["recompute_ms"],
-                    "lost": r["sent"] - len(set(got["d"])),  # type: ignore[operator]
-                }
+    planes = ["tc"] + (["bmv2"] if a.bmv2 and shutil.which("simple_switch_grpc") else [])
+    for target in planes:
+        for frr in (True, False):
+            med = fast_reroute(target, frr, runs)
+            key = "frr" if frr else "no_frr"
+            if target == "tc":
+                res[key] = med
+            else:
+                res.setdefault("bmv2", {})[key] = med
+            print(
+                f"{target}: diamond with rung, fast reroute {'on ' if frr else 'off'}: port marked down "
+                f"{med['port_marked_ms']:.2f} ms after the failure, "
+                f"first datagram at d {med['first_packet_ms']:.2f} ms, "
+                f"{med['lost']:.0f} lost at 1,000 pps; controller's rewrite {med['recompute_ms']:.1f} ms "
+                f"(medians of {runs})"
             )
-        med = {
-            key: statistics.median(v for v in (row[key] for row in rows) if v is not None)
-            for key in ("first_packet_ms", "port_marked_ms", "recompute_ms", "lost")
-        }
-        res["frr" if frr else "no_frr"] = {**med, "runs": rows}
-        print(
-            f"diamond with rung, fast reroute {'on ' if frr else 'off'}: port marked down "
-            f"{med['port_marked_ms']:.2f} ms after the failure, first datagram at d {med['first_packet_ms']:.2f} ms, "
-            f"{med['lost']:.0f} lost at 1,000 pps; controller's rewrite {med['recompute_ms']:.1f} ms "
-            f"(medians of {runs})"
-        )
     best = res["by_interval"]["0.05"]["median"]
     res["recompute_ms"], res["first_packet_ms"] = best["recompute_ms"], best["first_packet_ms"]
     if BPFFS.exists():

@@ -8,7 +8,13 @@
  * A BFIR entry names up to four sets. The first pass sends set 0; while sets remain, the pass also clones
  * the packet as it came in (I2E, session BIER_BFIR_CLONE_SESSION) with the next set's index, and egress
  * recirculates that clone into ingress for its own pass: at most three recirculations per packet, because
- * one pass through the replication engine can carry only one BIER header. */
+ * one pass through the replication engine can carry only one BIER header.
+ * Fast reroute (as ebpf/bier.bpf.c's): v1model has no port state, so the node's own link monitor (dinet's
+ * P4Node, netlink in the switch's namespace) writes the ports that are down into bier_port_state's default
+ * action, one write and no planning. While a port of the entry's neighbours is down, the entry dinet planned
+ * for that failure (bift_backup: the neighbour's bits moved to its loop-free alternates) replaces it; its
+ * replicas take the multicast groups of the entry (both list the same neighbour slots) and egress picks their
+ * F-BMs by the failed port. One failure at a time is covered: the lowest down port of the entry decides. */
 #ifndef DINET_BIER_P4
 #define DINET_BIER_P4
 
@@ -33,6 +39,8 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
     bit<256> f7 = 0;
     bit<16> grp_base = 0;
     bit<8> n_nbr = 0;
+    bit<64> nbr_ports = 0;
+    bit<64> down_ports = 0;
     bit<1> at_bfir = 0;
 
     action drop_for(bit<32> reason) {
@@ -42,10 +50,12 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
     }
 
     /* bift: BIFT-id -> this BFR's entry: its own bit(s), the F-BMs of up to 8 neighbours (in the order of
-     * their replica ids 1..8), and the first of the multicast groups made for the entry. Written by dinet. */
-    action bift_entry(bit<16> group_base, bit<8> neighbors, bit<256> local, bit<256> fbm0, bit<256> fbm1, bit<256> fbm2, bit<256> fbm3, bit<256> fbm4, bit<256> fbm5, bit<256> fbm6, bit<256> fbm7) {
+     * their replica ids 1..8), the first of the multicast groups made for the entry, and its neighbours' ports
+     * below 64 as a mask (what fast reroute watches). Written by dinet. */
+    action bift_entry(bit<16> group_base, bit<8> neighbors, bit<64> ports, bit<256> local, bit<256> fbm0, bit<256> fbm1, bit<256> fbm2, bit<256> fbm3, bit<256> fbm4, bit<256> fbm5, bit<256> fbm6, bit<256> fbm7) {
         grp_base = group_base;
         n_nbr = neighbors;
+        nbr_ports = ports;
         local_bits = local;
         f0 = fbm0;
         f1 = fbm1;
@@ -61,6 +71,37 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
         actions = { bift_entry; NoAction; }
         default_action = NoAction();
         size = BIER_MAX_BIFT;
+    }
+
+    /* bift_backup: (BIFT-id, the failed port as a one-bit mask) -> the F-BMs to use while that port is down,
+     * slot by slot (the entry's neighbour slots and groups: dinet lists every backup neighbour in the entry
+     * too, with an empty F-BM while no port is down). Written by dinet with the entry. */
+    action backup_entry(bit<256> fbm0, bit<256> fbm1, bit<256> fbm2, bit<256> fbm3, bit<256> fbm4, bit<256> fbm5,
+                        bit<256> fbm6, bit<256> fbm7) {
+        f0 = fbm0;
+        f1 = fbm1;
+        f2 = fbm2;
+        f3 = fbm3;
+        f4 = fbm4;
+        f5 = fbm5;
+        f6 = fbm6;
+        f7 = fbm7;
+    }
+    table bift_backup {
+        key = { hdr.bift.bift_id: exact; meta.bier_failed: exact; }
+        actions = { backup_entry; NoAction; }
+        default_action = NoAction();
+        size = BIER_MAX_BIFT * 8;
+    }
+
+    /* bier_port_state: no key; its default action holds the ports that are down (a bit per port below 64).
+     * Written by the node's link monitor the moment a port loses its link, and again when it is back. */
+    action ports_down(bit<64> down) {
+        down_ports = down;
+    }
+    table bier_port_state {
+        actions = { ports_down; }
+        default_action = ports_down(0);
     }
 
     /* BFIR classification: (S,G), (*,G), (*, destination, UDP port) -> the header to push. Written by dinet. */
@@ -227,6 +268,17 @@ control Bier(inout headers_t hdr, inout metadata_t meta, inout standard_metadata
             drop_for(BIER_DROP_BIFT_MISS);
             return;
         }
+        bier_port_state.apply();
+        bit<64> failed = down_ports & nbr_ports;
+        if (failed != 0) {
+            meta.bier_failed = failed & (~failed + 1);  /* the lowest one */
+            if (bift_backup.apply().hit) {
+                bier_counters.count(BIER_EV_FRR);
+            } else {
+                bier_counters.count(BIER_DROP_PORT_DOWN);  /* no backup planned: copies to that port are lost */
+                meta.bier_failed = 0;
+            }
+        }
         bit<256> rem = meta.bs & ~local_bits;
         bit<16> mask = 0;
         if (rem != 0 && at_bfir == 0 && hdr.bift.ttl <= 1) {
@@ -296,7 +348,8 @@ control BierEgress(inout headers_t hdr, inout metadata_t meta, inout standard_me
     bit<256> fbm = 0;
     bit<1> local = 0;
 
-    /* bier_replica: (BIFT-id, replica id) -> the neighbour's F-BM and MAC addresses, or local delivery. */
+    /* bier_replica: (BIFT-id, failed port (0: none; fast reroute's entries), replica id) -> the neighbour's
+     * F-BM and MAC addresses, or local delivery. */
     action nbr_copy(bit<256> f, mac_t smac, mac_t dmac) {
         fbm = f;
         hdr.ethernet.src = smac;
@@ -306,10 +359,10 @@ control BierEgress(inout headers_t hdr, inout metadata_t meta, inout standard_me
         local = 1;
     }
     table bier_replica {
-        key = { hdr.bift.bift_id: exact; std.egress_rid: exact; }
+        key = { hdr.bift.bift_id: exact; meta.bier_failed: exact; std.egress_rid: exact; }
         actions = { nbr_copy; local_copy; NoAction; }
         default_action = NoAction();
-        size = 4096;
+        size = 16384;
     }
 
     apply {

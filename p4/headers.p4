@@ -146,6 +146,9 @@ struct metadata_t {
     /* BIER */
     bit<256> bs;
     bit<1> bier_bfir;
+    /* fast reroute: the port (as a one-bit mask, 0: none) whose failure the entry in use was planned for;
+     * every replica carries it to egress, where it selects the replicas' F-BMs */
+    bit<64> bier_failed;
     /* the set a BFIR pass sends (0 first); kept across the clone and recirculation of the next pass */
     @field_list(1)
     bit<8> bfir_set;

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
+from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root, wait_for
 from dinet.lab.namespaces import Topology
 
 pytestmark = [needs_root, needs_bcc]
@@ -312,7 +312,7 @@ def test_bier_domain_of_bmv2_switches_routes_around_a_cut_link(switch) -> None:
     receives again (d through c), none twice, and only the entries the failure changed are rewritten."""
     from dinet.lab.bier_domain import BierDomain, diamond
 
-    with BierDomain(f"{NS_PREFIX}pb", diamond(), 1, target="bmv2") as d:
+    with BierDomain(f"{NS_PREFIX}pb", diamond(), 1, target="bmv2", frr=False) as d:
         d.install_bifts()
         res = d.failover({"b", "c", "d"}, ("b", "d"), watch_interval=0.2, rate_pps=200, before_s=0.5, after_s=2.0)
         got, fail, sent = res["received"], res["fail_seq"], res["sent"]
@@ -324,6 +324,53 @@ def test_bier_domain_of_bmv2_switches_routes_around_a_cut_link(switch) -> None:
         assert res["entries_rewritten"] == 3 and d.ctl().down_links == {frozenset(("b", "d"))}
         c = d.switches["c"][2].bier_counters()
         assert c["copies"] > 0  # d's datagrams cross c now
+        # no backups written (frr off): until the rewrite, b's frames for d were counted lost at the port
+        b = d.switches["b"][2].bier_counters()
+        assert b["frr"] == 0 and b["drop_port_down"] > 0
+
+
+def test_fast_reroute_on_bmv2_takes_the_backup_before_any_controller(switch) -> None:
+    """BIER fast reroute on BMv2 (p4/bier.p4's bift_backup and bier_port_state): a diamond with the rung b-c,
+    BIFTs written once and no controller acting after. The cable b-d is cut: b's own link monitor writes the
+    port down, and b sends d's bit to c (its loop-free alternate) with the backup F-BM, c delivers it: every
+    datagram reaches every BFER once, each counted as rerouted at b, none dropped for the port. The backup read
+    back from the switch is keyed by the port and names c with d's bit. When the cable is back, the monitor
+    clears the port and b forwards on its entry again."""
+    from dinet.lab.bier_domain import BierDomain, diamond
+    from dinet.packets import bift_id
+
+    with BierDomain(f"{NS_PREFIX}pf", diamond(rung=True), 1, target="bmv2") as d:
+        d.install_bifts()
+        targets = {"b", "c", "d"}
+        d.install_bfir(targets)
+        b = d.switches["b"][2]
+        to_c, to_d = d.port_no[("b", "c")], d.port_no[("b", "d")]
+        (entry,) = (e for e in b.sw.read_table("bift") if dict(e.match)["hdr.bift.bift_id"] == bift_id(1, 0))
+        backups = {dict(e.match)["meta.bier_failed"]: e for e in b.sw.read_table("bift_backup")}
+        backup = backups[1 << to_d]  # keyed by the port's bit
+        prm, bprm = dict(entry.params), dict(backup.params)
+        slot = {g: rid for g, rid in b._groups[prm["group_base"] + (1 << prm["neighbors"]) - 1]}
+        assert prm[f"fbm{slot[to_d] - 1}"] == 0b100 and bprm[f"fbm{slot[to_d] - 1}"] == 0
+        assert bprm[f"fbm{slot[to_c] - 1}"] == prm[f"fbm{slot[to_c] - 1}"] | 0b100  # d's bit joins c's F-BM
+        assert prm["ports"] & (1 << to_d) and prm["ports"] & (1 << to_c)
+        d.send(10)
+        got = d.received({t: 10 for t in targets})
+        assert all(sorted(got[t]) == list(range(10)) for t in targets), got
+        d.fail_link("b", "d")
+        # the monitor's mark is what the switch is told: wait for it, not for time
+        assert wait_for(lambda: to_d in b.ports_down()), "b's link monitor never marked the port"
+        d.send(20, start=10)
+        got = d.received({t: 20 for t in targets})
+        assert all(sorted(got[t]) == list(range(10, 30)) for t in targets), got
+        counters = b.bier_counters()
+        assert counters["frr"] == 20 and counters["drop_port_down"] == 0  # every frame, on the backup
+        assert d.switches["c"][2].bier_counters()["copies"] >= 20
+        d.restore_link("b", "d")
+        assert wait_for(lambda: to_d not in b.ports_down()), "the port was not cleared when it came back"
+        d.send(10, start=30)
+        got = d.received({t: 10 for t in targets})
+        assert all(sorted(got[t]) == list(range(30, 40)) for t in targets), got
+        assert b.bier_counters()["frr"] == 20  # on the entry again
 
 
 def test_an_sr_p2mp_tree_on_bmv2_switches_delivers_and_is_repaired(switch) -> None:

@@ -92,6 +92,48 @@ def test_a_bift_entry_becomes_a_group_per_subset_of_neighbours_and_a_rewrite_per
     assert sw.deleted_groups == set(sw.groups)
 
 
+def test_fast_reroute_backups_share_the_entrys_groups_and_name_their_f_bms_per_failed_port() -> None:
+    """b's entry toward ports 2 (c) and 3 (d), with d's backup through c and a BFER behind port 4 only on the
+    backup: port 4 gets a slot of its own (an empty F-BM in the entry), the groups cover all three slots, the
+    backup entry is keyed by port 3's bit with its F-BMs slot by slot, its replicas by the same bit; the
+    entry watches ports 2 and 3. Written again without the backup, its entries go, the backup first."""
+    from dinet.packets import bift_id
+    from dinet.targets.base import BiftBackup, BiftEntry, BiftPort
+    from dinet.targets.p4node import LOCAL_RID
+
+    node, sw = _node()
+    bid = bift_id(1, 0)
+    mac = "02:00:00:00:00:10"
+    c, d = BiftPort("2", "02:00:00:00:00:02", 0b0010, mac), BiftPort("3", "02:00:00:00:00:03", 0b0100, mac)
+    backup = BiftBackup("3", (BiftPort("2", c.dmac, 0b0110, mac), BiftPort("4", "02:00:00:00:00:04", 0b1000, mac)))
+    node.set_bift(BiftEntry(bid, 0b0001, (c, d), (backup,)))
+    by_table: dict[str, list[Any]] = {}
+    for op, e in sw.entries:
+        assert op == "INSERT"
+        by_table.setdefault(e.table, []).append(e)
+    (entry,) = by_table["bift"]
+    prm = dict(entry.params)
+    assert prm["neighbors"] == 3 and prm["ports"] == 0b1100 and prm["local"] == 0b0001
+    assert [prm[f"fbm{i}"] for i in range(4)] == [0b0010, 0b0100, 0, 0]
+    assert len(node._groups) == 15 and node._groups[prm["group_base"] + 0b0100] == [(4, 3)]
+    (b,) = by_table["bift_backup"]
+    assert dict(b.match) == {"hdr.bift.bift_id": bid, "meta.bier_failed": 1 << 3}
+    assert [dict(b.params)[f"fbm{i}"] for i in range(4)] == [0b0110, 0, 0b1000, 0]
+    rewrites = {
+        (dict(e.match)["meta.bier_failed"], dict(e.match)["std.egress_rid"]): e for e in by_table["bier_replica"]
+    }
+    assert set(rewrites) == {(0, 1), (0, 2), (0, LOCAL_RID), (8, 1), (8, 3), (8, LOCAL_RID)}
+    assert dict(rewrites[(8, 1)].params)["f"] == 0b0110 and dict(rewrites[(8, 3)].params)["f"] == 0b1000
+    # the entry was written after its backup and rewrites (a port failing in between finds them)
+    assert [e.table for _, e in sw.entries][-1] == "bift"
+    sw.entries.clear()
+    node.set_bift(BiftEntry(bid, 0b0001, (c, d)))
+    deleted = [(e.table, dict(e.match).get("std.egress_rid")) for op, e in sw.entries if op == "DELETE"]
+    assert deleted[0] == ("bift_backup", None)
+    assert sorted(deleted[1:]) == [("bier_replica", 1), ("bier_replica", 3), ("bier_replica", LOCAL_RID)]
+    assert dict(next(e for op, e in sw.entries if e.table == "bift").params)["neighbors"] == 2
+
+
 def test_a_switch_port_needs_its_mac_and_a_number() -> None:
     from dinet.targets.base import BiftEntry, BiftPort
 

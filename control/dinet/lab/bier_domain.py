@@ -283,6 +283,7 @@ class BierDomain(Rig):
             node.local_port = 0
             node.port_names, node.port_netns = dict(ports), t.ns(name)
             node.configure(host_port=0)
+            node.monitor_ports()  # fast reroute: the switch's own link monitor
             self.switches[name] = (sw, p4rt, node)
 
     def _link(self, a: str, b: str) -> None:
@@ -325,9 +326,13 @@ class BierDomain(Rig):
 
     def _link_request(self, a: str, b: str, up: bool) -> Callable[[], None]:
         """One netlink request, built ahead, that sets a's port toward b up or down (TC nodes)."""
-        with netns.entered(self.net.ns(a)):  # a netlink socket belongs to the namespace it was made in
+        return self._netlink_set(a, self.ifname[(a, b)], up)
+
+    def _netlink_set(self, ns: str, ifname: str, up: bool) -> Callable[[], None]:
+        """One netlink request, built ahead, that sets the interface ifname of namespace ns up or down."""
+        with netns.entered(self.net.ns(ns)):  # a netlink socket belongs to the namespace it was made in
             nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        index = netns.ifindex(self.ifname[(a, b)], self.net.ns(a))
+        index = netns.ifindex(ifname, self.net.ns(ns))
         # RTM_NEWLINK (16), NLM_F_REQUEST | NLM_F_ACK; ifinfomsg: this index, IFF_UP set or not under its mask
         request = struct.pack("=IHHII", 32, 16, 0x5, 1, 0) + struct.pack("=BBHiII", 0, 0, 0, index, int(up), 0x1)
 
@@ -336,22 +341,26 @@ class BierDomain(Rig):
                 nl.send(request)
                 err = struct.unpack_from("=i", nl.recv(4096), 16)[0]  # NLMSG_ERROR with error 0: done
                 if err:
-                    where = f"{self.ifname[(a, b)]} in {a}"
-                    raise InterfaceError(f"cannot set {where} {'up' if up else 'down'}: {os.strerror(-err)}")
+                    raise InterfaceError(f"cannot set {ifname} in {ns} {'up' if up else 'down'}: {os.strerror(-err)}")
             finally:
                 nl.close()
 
         return send
 
     def _cutter(self, a: str, b: str) -> Callable[[], None]:
-        """fail_link(a, b) made ready ahead (TC: a netlink socket open in a's namespace and the request
-        built), so that calling it is one request to the kernel: what a failover measures starts there."""
-        if self.target != "tc":
-            return lambda: self.fail_link(a, b)
-        down = self._link_request(a, b, up=False)
+        """fail_link(a, b) made ready ahead (netlink sockets open and the requests built: on TC nodes for a's
+        port; between BMv2 switches for the cable's two ends in the wire namespace, a's end first), so that
+        calling it is one request to the kernel per end: what a failover measures starts there."""
+        if self.target == "bmv2":
+            x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
+            order = ("a", "b") if x == a else ("b", "a")
+            downs = [self._netlink_set("wire", f"{x}-{y}.{end}", False) for end in order]
+        else:
+            downs = [self._link_request(a, b, up=False)]
 
         def cut() -> None:
-            down()
+            for down in downs:
+                down()
             self._down.add(frozenset((a, b)))
             if self._peer:
                 self.route_unicast(self._down)
@@ -460,9 +469,9 @@ class BierDomain(Rig):
         (every `watch_interval` s); after `before_s` the link `fail` goes down (its interface on fail[0]'s
         side); the stream runs on `after_s`. Returns, per BFER, the sequence numbers received, the failure's
         sequence number, and the times from the failure (the request to take the port down; the stream goes on
-        meanwhile) to the rewritten BIFTs, on TC nodes to the failed port's mark by its node's link monitor
-        (what fast reroute reads), and to the first datagram each BFER received (the kernel's arrival time) of
-        those sent once the failure took effect (after the mark; elsewhere after the request)."""
+        meanwhile) to the rewritten BIFTs, to the failed port's mark by its node's link monitor (what fast
+        reroute reads; on BMv2 when the switch acknowledged it), and to the first datagram each BFER received
+        (the kernel's arrival time) of those sent once the failure took effect (after the mark)."""
         import threading
         import time
 
@@ -524,9 +533,12 @@ class BierDomain(Rig):
         if self.target == "tc":  # when the failed port's node saw it down (its link monitor's mark)
             port = netns.ifindex(self.ifname[fail], self.net.ns(fail[0]))
             at = self.nodes[fail[0]].ports_down().get(port)
-            marked = (at / 1e9 - t_fail) * 1000 if at else None
-        # the first datagram each BFER got of those sent once the failure took effect (the port marked down
-        # on TC nodes, else the request): through the backup or the new path, never the failed link
+        else:  # when the switch was told (its link monitor's write of bier_port_state came back)
+            node = self.switches[fail[0]][2]
+            at = node.ports_told_ns if self.port_no[fail] in node.ports_down() else None
+        marked = (at / 1e9 - t_fail) * 1000 if at else None
+        # the first datagram each BFER got of those sent once the failure took effect (the port marked down,
+        # or the switch told): through the backup or the new path, never the failed link
         since = t_fail + (marked or 0) / 1000
         first_after = {
             n: min(((at - t_fail) * 1000 for q, at in a if sent_at[q] >= since), default=None)
@@ -547,8 +559,10 @@ class BierDomain(Rig):
         for s in self.sockets.values():
             s.close()
         self.sockets.clear()
-        for sw, p4rt, _ in self.switches.values():
-            if p4rt is not None:
+        for sw, p4rt, node in self.switches.values():
+            if node is not None:
+                node.close()
+            elif p4rt is not None:
                 p4rt.close()
             sw.stop()
         self.switches.clear()

@@ -92,9 +92,10 @@ def bier_targets(cfg: RunConfig, identity: Identity | None = None) -> Iterator[d
                 targets[name] = r
             elif n.target == "bmv2":
                 p4 = _p4node(n, name)
-                opened.append(p4.sw)
+                opened.append(p4)
                 p4.port_names = dict(n.ports)
                 p4.port_netns = n.netns
+                p4.monitor_ports()  # fast reroute: where its interfaces are known, the switch's link monitor
                 targets[name] = p4
             else:
                 b = BierNode(n.name or name)

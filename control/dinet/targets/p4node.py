@@ -8,13 +8,14 @@ import itertools
 import logging
 import struct
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import consts
-from ..errors import ConfigError, DataPlaneError, TableFullError, UnknownServiceError
+from ..errors import ConfigError, DataPlaneError, InterfaceError, TableFullError, UnknownServiceError
 from ..model import Instance, InstanceLoad, InstanceState, IPAddress, ServiceKey, parse_address
-from ..policy.bift import BfirEntry, BiftEntry
+from ..policy.bift import BfirEntry, BiftEntry, BiftPort
 from ..policy.steering import InstanceEdits, plan_instances
 from ..rfc8296 import split_bift_id
 from .base import Counter, ServiceState, SteerSizes, TreeHopPort, TreeReplicaPort, TreeRoot, svc_flags
@@ -100,7 +101,7 @@ def _free_slot(used: dict[int, int]) -> int:
 class P4Node(InstanceEdits):
     """Steering and BIER on one P4Runtime switch whose pipeline is dinet.p4 (compiled with `sizes`)."""
 
-    fast_reroute = False  # v1model has no port state: BIER backups are not written (see the README)
+    fast_reroute = True  # backups in bift_backup, used while the link monitor (monitor_ports) says a port is down
 
     def __init__(self, switch: P4RuntimeSwitch, sizes: SteerSizes):
         self.sw = switch
@@ -121,6 +122,12 @@ class P4Node(InstanceEdits):
         self.port_names: dict[int, str] = {}  # port number -> interface, for link state (optional)
         self.port_netns: str | None = None
         self._events: LinkEvents | None = None
+        self._monitor: Any = None  # fast reroute's link monitor (tc.PortMonitor), once monitor_ports ran
+        self._port_of: dict[int, int] = {}  # ifindex -> port number, for the monitor
+        self._down: dict[int, int] = {}  # port -> when its link went (CLOCK_MONOTONIC ns)
+        self._down_written = True  # whether the switch holds _down (a failed write is retried by check)
+        self.port_state_errors = 0
+        self.ports_told_ns = 0  # when the switch last acknowledged the ports that are down (CLOCK_MONOTONIC)
         self._stale = False  # a write failed half-way and the switch could not be read back: read before writing
         # services whose live ring this process wrote from their instances as they are: only these may skip
         # the ring for a load alone (after a write cut short, or a switch adopted, the ring is written again)
@@ -161,6 +168,8 @@ class P4Node(InstanceEdits):
         'away' (no answer: try again later). A failed read never wipes state."""
         try:
             self.sw.read_table("host_port")
+            if not self._down_written:
+                self._write_ports_down()
             return "ok"
         except DataPlaneError as e:
             log.warning("%s", e)
@@ -533,61 +542,108 @@ class P4Node(InstanceEdits):
         return counter(stats, new, svc_kinds, st.svc_id), per
 
     # ---- BIER ------------------------------------------------------------------------------------------
-    def write_bift(self, bift_id: int, local: int, neighbors: list[P4Neighbor], local_port: int = 1) -> None:
+    def write_bift(
+        self,
+        bift_id: int,
+        local: int,
+        neighbors: list[P4Neighbor],
+        local_port: int = 1,
+        backups: dict[int, list[P4Neighbor]] | None = None,
+    ) -> None:
         """This BFR's entry for one BIFT-id, with a multicast group for every set of neighbours (and the
-        local port) a bitstring can select, and the per-replica rewrite of each neighbour's copies."""
-        if len(neighbors) > 8:
-            raise TableFullError(f"BIFT-id {bift_id:#x}: {len(neighbors)} neighbours; the P4 program holds 8")
+        local port) a bitstring can select, and the per-replica rewrite of each neighbour's copies.
+        Fast reroute (`backups`: a port -> the entry's neighbours while it is down): a backup neighbour the
+        entry does not name gets a slot too (an empty F-BM until then), so a backup selects the entry's own
+        groups; each backup is a bift_backup entry (its F-BMs slot by slot) and its replicas' rewrites. Only
+        ports below 64 can be watched (the program's mask)."""
         bsl, _, _ = split_bift_id(bift_id)
         if bsl not in (1, 2, 3):
             raise ConfigError(f"this data plane forwards BSL 64, 128 and 256 bits (codes 1-3), not code {bsl}")
+        backups = {p: b for p, b in (backups or {}).items() if p < 64}
+        slots, ports = list(neighbors), {x.port for x in neighbors}
+        for _, nbrs in sorted(backups.items()):
+            for x in nbrs:
+                if x.port not in ports:
+                    slots.append(P4Neighbor(x.port, x.smac, x.dmac, 0))
+                    ports.add(x.port)
+        if len(slots) > 8:
+            raise TableFullError(f"BIFT-id {bift_id:#x}: {len(slots)} neighbours; the P4 program holds 8")
         fresh = bift_id not in self._bift_index
         idx = self._bift_index.get(bift_id, _free_slot(self._bift_index))
         base = 1 + idx * GROUPS_PER_BIFT
         if base + GROUPS_PER_BIFT > TREE_GROUP_BASE:
             raise TableFullError(f"switch {self.sw.name}: no multicast groups left for BIFT-id {bift_id:#x}")
         self._bift_index[bift_id] = idx
-        n = len(neighbors)
-        fbms = [x.fbm for x in neighbors] + [0] * (8 - n)
-        params = (("group_base", base), ("neighbors", n), ("local", local), *((f"fbm{i}", fbms[i]) for i in range(8)))
+        n = len(slots)
+        fbms = [x.fbm for x in slots] + [0] * (8 - n)
+        watched = sum(1 << x.port for x in neighbors if x.port < 64)
+        params = (
+            ("group_base", base),
+            ("neighbors", n),
+            ("ports", watched),
+            ("local", local),
+            *((f"fbm{i}", fbms[i]) for i in range(8)),
+        )
         groups = {}
-        members = [(x.port, i + 1) for i, x in enumerate(neighbors)] + [(local_port, LOCAL_RID)]
+        members = [(x.port, i + 1) for i, x in enumerate(slots)] + [(local_port, LOCAL_RID)]
         for mask in range(1, 1 << (n + 1)):
             groups[base + mask] = [members[i] for i in range(n + 1) if mask >> i & 1]
-        replicas = [
-            TableEntry(
-                "bier_replica",
-                (("hdr.bift.bift_id", bift_id), ("std.egress_rid", i + 1)),
-                "nbr_copy",
-                (("f", x.fbm), ("smac", _mac(x.smac)), ("dmac", _mac(x.dmac))),
+
+        def replicas(failed: int, fbm: list[int]) -> list[TableEntry]:
+            out = [
+                TableEntry(
+                    "bier_replica",
+                    (("hdr.bift.bift_id", bift_id), ("meta.bier_failed", failed), ("std.egress_rid", i + 1)),
+                    "nbr_copy",
+                    (("f", f), ("smac", _mac(x.smac)), ("dmac", _mac(x.dmac))),
+                )
+                for i, (x, f) in enumerate(zip(slots, fbm, strict=False))
+                if f
+            ]
+            out.append(
+                TableEntry(
+                    "bier_replica",
+                    (("hdr.bift.bift_id", bift_id), ("meta.bier_failed", failed), ("std.egress_rid", LOCAL_RID)),
+                    "local_copy",
+                )
             )
-            for i, x in enumerate(neighbors)
-        ]
-        replicas.append(
-            TableEntry(
-                "bier_replica",
-                (("hdr.bift.bift_id", bift_id), ("std.egress_rid", LOCAL_RID)),
-                "local_copy",
+            return out
+
+        extra = replicas(0, fbms)
+        for port, nbrs in sorted(backups.items()):
+            by_port = {x.port: x.fbm for x in nbrs}
+            b_fbms = [by_port.get(x.port, 0) for x in slots] + [0] * (8 - n)
+            extra += replicas(1 << port, b_fbms)
+            extra.append(
+                TableEntry(
+                    "bift_backup",
+                    (("hdr.bift.bift_id", bift_id), ("meta.bier_failed", 1 << port)),
+                    "backup_entry",
+                    tuple((f"fbm{i}", b_fbms[i]) for i in range(8)),
+                )
             )
-        )
-        # groups and replicas the switch has are modified, new ones inserted, then the entry that names them
-        # is written, and last what the entry no longer names is deleted (a neighbour set may grow or shrink)
+        # groups, rewrites and backups the switch has are modified, new ones inserted, then the entry that
+        # names them is written (a port that goes down in between finds its backup there), and last what the
+        # entry no longer names is deleted (a neighbour set may grow or shrink)
         old_groups = {g for g in self._groups if base <= g < base + GROUPS_PER_BIFT}
         self._write_groups({g: m for g, m in groups.items() if g not in old_groups}, "INSERT")
         self._write_groups({g: m for g, m in groups.items() if g in old_groups}, "MODIFY")
-        old_reps = {
+        old = {
             _key(e): e
             for e in self._entries.values()
-            if e.table == "bier_replica" and dict(e.match)["hdr.bift.bift_id"] == bift_id
+            if e.table in ("bier_replica", "bift_backup") and dict(e.match)["hdr.bift.bift_id"] == bift_id
         }
-        self._write([e for e in replicas if _key(e) not in old_reps], "INSERT")
-        self._write([e for e in replicas if _key(e) in old_reps], "MODIFY")
+        self._write([e for e in extra if _key(e) not in old], "INSERT")
+        self._write([e for e in extra if _key(e) in old], "MODIFY")
         self._write(
             [TableEntry("bift", (("hdr.bift.bift_id", bift_id),), "bift_entry", params)],
             "INSERT" if fresh else "MODIFY",
         )
-        stale_reps = [e for k, e in old_reps.items() if k not in {_key(r) for r in replicas}]
-        self._write(stale_reps, "DELETE")
+        kept = {_key(e) for e in extra}
+        # backups before the rewrites they name
+        self._write(
+            sorted((e for k, e in old.items() if k not in kept), key=lambda e: e.table != "bift_backup"), "DELETE"
+        )
         stale_groups = {g: self._groups[g] for g in old_groups - set(groups)}
         if stale_groups:
             self.sw.write_multicast_groups(stale_groups, "DELETE")
@@ -771,16 +827,19 @@ class P4Node(InstanceEdits):
 
     # ---- BierTarget (dinet.targets.base): ports are port numbers ------------------------------------------
     def set_bift(self, entry: BiftEntry) -> None:
-        nbrs = []
-        for p in entry.neighbors:
+        def p4(p: BiftPort) -> P4Neighbor:
             if not p.smac:
                 raise ConfigError(f"switch {self.sw.name}: port {p.port} needs its MAC address (smac)")
-            try:
-                port = int(p.port)
-            except ValueError:
-                raise ConfigError(f"switch {self.sw.name}: a port is a number, not {p.port!r}") from None
-            nbrs.append(P4Neighbor(port, p.smac, p.dmac, p.fbm))
-        self.write_bift(entry.bift_id, entry.local, nbrs, self.local_port)
+            return P4Neighbor(self._port_no(p.port), p.smac, p.dmac, p.fbm)
+
+        backups = {self._port_no(b.port): [p4(p) for p in b.neighbors] for b in entry.backups}
+        self.write_bift(entry.bift_id, entry.local, [p4(p) for p in entry.neighbors], self.local_port, backups)
+
+    def _port_no(self, port: str) -> int:
+        try:
+            return int(port)
+        except ValueError:
+            raise ConfigError(f"switch {self.sw.name}: a port is a number, not {port!r}") from None
 
     def remove_bift(self, bift_id: int) -> None:
         if bift_id not in self._bift_index:
@@ -788,7 +847,7 @@ class P4Node(InstanceEdits):
         gone = [
             e
             for e in self._entries.values()
-            if e.table in ("bift", "bier_replica") and dict(e.match)["hdr.bift.bift_id"] == bift_id
+            if e.table in ("bift", "bift_backup", "bier_replica") and dict(e.match)["hdr.bift.bift_id"] == bift_id
         ]
         self._write(gone, "DELETE")
         base = 1 + self._bift_index.pop(bift_id) * GROUPS_PER_BIFT
@@ -829,6 +888,62 @@ class P4Node(InstanceEdits):
         if self._events is not None:
             self._events.stop()
             self._events = None
+
+    # ---- fast reroute's port state (p4/bier.p4: bier_port_state) --------------------------------------------
+    def monitor_ports(self) -> None:
+        """Starts the switch's own link monitor (fast reroute): from then on a port of port_names (in
+        port_netns) that loses its link is written into bier_port_state at once, one entry and no planning,
+        and the program uses the backups of the entries that name it. v1model has no port state of its own;
+        this is BMv2's stand-in for it. Ports from 64 up are not watched (the program's mask)."""
+        from . import netns as ns_mod
+        from .tc import PortMonitor
+
+        if self._monitor is not None or not self.port_names:
+            return
+        self._port_of = {}
+        for port, name in self.port_names.items():
+            if port >= 64:
+                continue
+            try:
+                self._port_of[ns_mod.ifindex(name, self.port_netns)] = port
+            except InterfaceError:  # no such interface (yet): down, and not watched
+                log.warning("switch %s: port %d's interface %s is not there: taken as down", self.sw.name, port, name)
+                self._down[port] = time.monotonic_ns()
+        self._down_written = False
+        self._monitor = PortMonitor(self.sw.name, self.port_netns, self._mark_port)
+        if not self._down_written:  # every port up: the entry is written once all the same (read back, resync)
+            self._write_ports_down()
+
+    def _mark_port(self, ifindex: int, down: bool) -> None:
+        port = self._port_of.get(ifindex)
+        if port is None or (port in self._down) == down:
+            return
+        if down:
+            self._down[port] = time.monotonic_ns()
+        else:
+            del self._down[port]
+        self._write_ports_down()
+
+    def _write_ports_down(self) -> None:
+        mask = sum(1 << p for p in self._down)
+        try:
+            self._write([TableEntry("bier_port_state", (), "ports_down", (("down", mask),), is_default=True)], "MODIFY")
+            self._down_written, self.ports_told_ns = True, time.monotonic_ns()
+        except DataPlaneError as e:  # the switch away: check() writes it again
+            self._down_written = False
+            self.port_state_errors += 1
+            log.warning("switch %s: cannot write the ports that are down: %s", self.sw.name, e)
+
+    def ports_down(self) -> dict[int, int]:
+        """Port -> when the monitor saw its link go (CLOCK_MONOTONIC ns)."""
+        return dict(self._down)
+
+    def close(self) -> None:
+        """Stops the link monitor and closes the connection (the switch keeps its entries)."""
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+        self.sw.close()
 
     def bier_counters(self) -> dict[str, int]:
         names = {

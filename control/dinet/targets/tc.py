@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,9 +190,29 @@ class BierNode(ProgramNode):
         if self._monitor is None or self._monitor.netns != netns:
             if self._monitor is not None:
                 self._monitor.stop()
-            self._monitor = PortMonitor(self, netns)
+            self._monitor = PortMonitor(self.node, netns, self.mark_port)
         elif new:
             self._monitor.seed()
+
+    def mark_port(self, ifindex: int, down: bool) -> None:
+        """The link monitor's word on one of the node's ports: bier_port_down holds it (with the time)."""
+        if ifindex not in self.ports:
+            return
+        t, cfg = self.down_t, self.cfg_t
+        # the programs look at the ports only while cfg[1] says one is down: it counts a port before its mark
+        # is written and after its mark is gone, so whoever sees a mark sees the programs reading it
+        try:
+            if down:
+                if t.Key(ifindex) not in t:
+                    cfg[cfg.Key(1)] = cfg.Leaf(len(t) + 1)
+                    t[t.Key(ifindex)] = t.Leaf(time.monotonic_ns())
+            else:
+                del t[t.Key(ifindex)]
+        except KeyError:
+            pass
+        except Exception as e:  # bcc raises a bare Exception (a full map)
+            log.warning("node %s: cannot mark port %d %s: %s", self.node, ifindex, "down" if down else "up", e)
+        cfg[cfg.Key(1)] = cfg.Leaf(len(t))
 
     def detach(self, ifname: str, netns: str | None = None) -> None:
         self.prog.detach_tc(ifname, netns)
@@ -460,52 +481,34 @@ def links_up(ports: list[str], netns: str | None = None) -> dict[str, bool]:
 
 
 class PortMonitor:
-    """The node's own link monitor for fast reroute: a NETLINK_ROUTE socket in the node's namespace, joined
-    to the link group, marks a port down in bier_port_down the moment the kernel reports it without
-    IFF_UP or IFF_LOWER_UP (or gone), with the time, and clears it when the port is back. No controller and
-    no planning in between: the next frame replicate() sends already takes the backup neighbour.
-    (A kernel probe on netif_carrier_off would take user space out too; this kernel has no kprobes and
-    refuses tracing programs, so the monitor is a thread.) Ports already down when it starts are marked."""
+    """A node's own link monitor for fast reroute: a NETLINK_ROUTE socket in the node's namespace, joined
+    to the link group, calls mark(ifindex, down) the moment the kernel reports a link without IFF_UP or
+    IFF_LOWER_UP (or gone), and mark(ifindex, False) when it is back; the node writes where its program reads
+    (a TC node its bier_port_down map, a P4 switch its bier_port_state entry). No controller and no planning
+    in between: the next frame already takes the backup neighbour. (A kernel probe on netif_carrier_off would
+    take user space out too; this kernel has no kprobes and refuses tracing programs, so the monitor is a
+    thread.) Every link is marked as it is when the monitor starts (seed); mark ignores ports not its own."""
 
     RTMGRP_LINK = 1
     RTM_NEWLINK, RTM_DELLINK = 16, 17
     IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 
-    def __init__(self, node: BierNode, netns: str | None):
+    def __init__(self, name: str, netns: str | None, mark: Callable[[int, bool], None]):
         from . import netns as ns_mod
 
-        self.node, self.netns = node, netns
+        self.name, self.netns, self.mark = name, netns, mark
         with ns_mod.entered(netns):
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock.bind((0, self.RTMGRP_LINK))
         self._stop_r, self._stop_w = os.pipe()
         self.seed()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ports-{node.node}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ports-{name}")
         self._thread.start()
 
     def seed(self) -> None:
         """Marks the node's ports as they are now."""
         for ifindex, _, live in _links(self.netns):
-            self._mark(ifindex, not live)
-
-    def _mark(self, ifindex: int, down: bool) -> None:
-        if ifindex not in self.node.ports:
-            return
-        t, cfg = self.node.down_t, self.node.cfg_t
-        # the programs look at the ports only while cfg[1] says one is down: it counts a port before its mark
-        # is written and after its mark is gone, so whoever sees a mark sees the programs reading it
-        try:
-            if down:
-                if t.Key(ifindex) not in t:
-                    cfg[cfg.Key(1)] = cfg.Leaf(len(t) + 1)
-                    t[t.Key(ifindex)] = t.Leaf(time.monotonic_ns())
-            else:
-                del t[t.Key(ifindex)]
-        except KeyError:
-            pass
-        except Exception as e:  # bcc raises a bare Exception (a full map)
-            log.warning("node %s: cannot mark port %d %s: %s", self.node.node, ifindex, "down" if down else "up", e)
-        cfg[cfg.Key(1)] = cfg.Leaf(len(t))
+            self.mark(ifindex, not live)
 
     def _run(self) -> None:
         while True:
@@ -524,7 +527,7 @@ class PortMonitor:
                 if kind in (self.RTM_NEWLINK, self.RTM_DELLINK) and off + 32 <= len(data):
                     _, _, _, index, flags, _ = struct.unpack_from("=BBHiII", data, off + 16)
                     up = kind == self.RTM_NEWLINK and flags & self.IFF_UP and flags & self.IFF_LOWER_UP
-                    self._mark(index, not up)
+                    self.mark(index, not up)
                 off += (length + 3) & ~3
 
     def stop(self) -> None:
