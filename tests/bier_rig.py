@@ -43,6 +43,9 @@ def tc_bier_rig(prefix: str, bpffs_root: Path, min_fanout: int) -> Iterator[tupl
             for port, (smac, dmac, ids) in sorted(bv.NBR.items())
         ]
         node.set_bift(bv.BID, bv.mask((bv.OWN,)), nbrs)
+        down_slot = sorted(bv.NBR).index(bv.FRR_DOWN)  # fast reroute: BID's entry while that port is down
+        backup = [BiftNeighbor(netns.ifindex(f"p{p}", ns), *bv.NBR[p][:2], bv.mask(ids)) for p, ids in bv.frr_backup()]
+        node.set_bift(bv.BID, bv.mask((bv.OWN,)), backup, ns, down_slot)
         smac, dmac, _ = bv.NBR[2]
         node.set_bift(bv.BID1, 0, [BiftNeighbor(netns.ifindex("p2", ns), smac, dmac, bv.mask((1,)))])
         for dst, port, sets in bv.bfir_entries():
@@ -85,7 +88,8 @@ def program_bmv2(node) -> None:  # type: ignore[no-untyped-def]
     from dinet.targets.p4node import P4Neighbor
 
     nbrs = [P4Neighbor(port, smac, dmac, bv.mask(ids)) for port, (smac, dmac, ids) in sorted(bv.NBR.items())]
-    node.write_bift(bv.BID, bv.mask((bv.OWN,)), nbrs, local_port=1)
+    backup = [P4Neighbor(p, *bv.NBR[p][:2], bv.mask(ids)) for p, ids in bv.frr_backup()]
+    node.write_bift(bv.BID, bv.mask((bv.OWN,)), nbrs, local_port=1, backups={bv.FRR_DOWN: backup})
     smac, dmac, _ = bv.NBR[2]
     node.write_bift(bv.BID1, 0, [P4Neighbor(2, smac, dmac, bv.mask((1,)))], local_port=1)
     for dst, port, sets in bv.bfir_entries():

@@ -11,6 +11,7 @@ import pytest
 from scapy.layers.l2 import ARP, Ether
 
 from conftest import NS_PREFIX, bmv2_tools_or_skip, needs_bcc, needs_root
+from dinet.targets import netns
 from tests.vectors import Drop, Forward
 from tests.vectors import bier as bv
 
@@ -75,43 +76,67 @@ def _read_out(s: socket.socket, timeout: float) -> list[bytes]:
     return out
 
 
-def test_bier_vectors_on_tc(tc_rig) -> None:
-    node, taps, rx = tc_rig
-    for v in [*bv.vectors(), *bv.tree_vectors()]:
-        before = node.counters()
-        taps[v.port].send(v.packet)
-        moved: dict[str, int] = {}
-        for _ in range(300):  # the veth hands the frame over asynchronously: wait for its counters to settle
-            after = node.counters()
-            moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
-            if all(moved.get(k, 0) >= n for k, n in v.counters.items()):
+def _check_on_tc(rig, v: bv.BierVector, fast_path: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """One vector through the TC node: counters, copies on the taps, local deliveries. fast_path: whether a
+    transit frame is expected on the XDP fast path (it hands frames to TC while a port is marked down)."""
+    node, taps, rx = rig
+    before = node.counters()
+    taps[v.port].send(v.packet)
+    moved: dict[str, int] = {}
+    for _ in range(300):  # the veth hands the frame over asynchronously: wait for its counters to settle
+        after = node.counters()
+        moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+        if all(moved.get(k, 0) >= n for k, n in v.counters.items()):
+            break
+        select.select([], [], [], 0.01)
+    fast = moved.pop("fast", 0)
+    assert moved == v.counters, f"{v.name}: counters {moved}"
+    forwards = [f for f in v.expect if isinstance(f, Forward)]
+    transit = (
+        forwards
+        and not any(isinstance(f, (bv.Local, Drop)) for f in v.expect)
+        and "rx" in v.counters  # a BIER frame a BFR passes on (not one a BFIR pushed, not a tree's)
+        and all(f.port != v.port for f in forwards)  # a copy back out of the ingress port is sent by TC
+    )
+    assert fast == (1 if transit and fast_path else 0), f"{v.name}: XDP fast path {fast}"
+    frames = {
+        p: _read_out(s, 1.0 if any(isinstance(f, Forward) and f.port == p for f in v.expect) else 0)
+        for p, s in taps.items()
+    }
+    local = []
+    if any(isinstance(f, bv.Local) for f in v.expect):
+        select.select(rx, [], [], 2.0)  # the payload is already queued once the counters moved
+    for sock in rx:
+        while True:
+            try:
+                local.append(sock.recv(65535))  # the UDP payload of the decapsulated packet
+            except BlockingIOError:
                 break
-            select.select([], [], [], 0.01)
-        fast = moved.pop("fast", 0)
-        assert moved == v.counters, f"{v.name}: counters {moved}"
-        forwards = [f for f in v.expect if isinstance(f, Forward)]
-        transit = (
-            forwards
-            and not any(isinstance(f, (bv.Local, Drop)) for f in v.expect)
-            and "rx" in v.counters  # a BIER frame a BFR passes on (not one a BFIR pushed, not a tree's)
-            and all(f.port != v.port for f in forwards)  # a copy back out of the ingress port is sent by TC
-        )
-        assert fast == (1 if transit else 0), f"{v.name}: XDP fast path {fast}"
-        frames = {
-            p: _read_out(s, 1.0 if any(isinstance(f, Forward) and f.port == p for f in v.expect) else 0)
-            for p, s in taps.items()
-        }
-        local = []
-        if any(isinstance(f, bv.Local) for f in v.expect):
-            select.select(rx, [], [], 2.0)  # the payload is already queued once the counters moved
-        for sock in rx:
-            while True:
-                try:
-                    local.append(sock.recv(65535))  # the UDP payload of the decapsulated packet
-                except BlockingIOError:
-                    break
-        outcome_ok(v.name, v.expect, frames, local)
-        assert not any(isinstance(f, Drop) for f in v.expect) or not any(frames.values())
+    outcome_ok(v.name, v.expect, frames, local)
+    assert not any(isinstance(f, Drop) for f in v.expect) or not any(frames.values())
+
+
+def test_bier_vectors_on_tc(tc_rig) -> None:
+    for v in [*bv.vectors(), *bv.tree_vectors()]:
+        _check_on_tc(tc_rig, v)
+
+
+def test_fast_reroute_vectors_on_tc(tc_rig) -> None:
+    """Port 3 marked down as the node's link monitor marks it: BID's backup entry replicates, SI 1's entry is
+    untouched, the XDP fast path leaves the frames to TC; then port 2 (no backup planned): counted."""
+    node = tc_rig[0]
+    p2, p3 = (netns.ifindex(f"p{p}", node.netns) for p in (2, bv.FRR_DOWN))
+    try:
+        node.mark_port(p3, True)
+        for v in bv.frr_vectors():
+            _check_on_tc(tc_rig, v, fast_path=False)
+        node.mark_port(p3, False)
+        node.mark_port(p2, True)
+        for v in bv.frr_unprotected_vectors():
+            _check_on_tc(tc_rig, v, fast_path=False)
+    finally:
+        node.mark_port(p2, False)
+        node.mark_port(p3, False)
 
 
 # ---- BMv2 ---------------------------------------------------------------------------------------------
@@ -129,28 +154,49 @@ def p4_rig() -> Iterator:
 PROBE = bytes(Ether(src="02:99:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="192.0.2.250"))
 
 
-def test_bier_vectors_on_bmv2(p4_rig) -> None:
-    r = p4_rig
-    for v in [*bv.vectors(), *bv.tree_vectors()]:
-        before = r.node.bier_counters()
-        r.inject(v.port, v.packet)
-        r.inject(0, PROBE)
+def _check_on_bmv2(r, v: bv.BierVector) -> None:  # type: ignore[no-untyped-def]
+    """One vector through the switch: counters, copies on its ports, what reached the host port."""
+    before = r.node.bier_counters()
+    r.inject(v.port, v.packet)
+    r.inject(0, PROBE)
+    host = []
+    while (f := r.read(1, timeout=5)) is not None and f != PROBE:
+        host.append(f)
+    frames = {p: [] for p in (0, 2, 3)}
+    for f in v.expect:
+        if isinstance(f, Forward):
+            got = r.read(f.port, timeout=5)
+            if got is not None:
+                frames[f.port].append(got)
+    for p, fs in r.drain().items():
+        frames.setdefault(p, []).extend(fs)
+    after = r.node.bier_counters()
+    moved = {k: after[k] - before[k] for k in after if after[k] != before[k] and k != "fast"}
+    assert moved == v.counters, f"{v.name}: counters {moved}"
+    if any(isinstance(f, bv.Passed) for f in v.expect):  # it went on to the host port unchanged
+        assert host == [v.packet], f"{v.name}: on the host port {host!r}"
         host = []
-        while (f := r.read(1, timeout=5)) is not None and f != PROBE:
-            host.append(f)
-        frames = {p: [] for p in (0, 2, 3)}
-        for f in v.expect:
-            if isinstance(f, Forward):
-                got = r.read(f.port, timeout=5)
-                if got is not None:
-                    frames[f.port].append(got)
-        for p, fs in r.drain().items():
-            frames.setdefault(p, []).extend(fs)
-        after = r.node.bier_counters()
-        moved = {k: after[k] - before[k] for k in after if after[k] != before[k] and k != "fast"}
-        assert moved == v.counters, f"{v.name}: counters {moved}"
-        if any(isinstance(f, bv.Passed) for f in v.expect):  # it went on to the host port unchanged
-            assert host == [v.packet], f"{v.name}: on the host port {host!r}"
-            host = []
-        local = [bytes(Ether(f).payload) for f in host]
-        outcome_ok(v.name, v.expect, frames, local)
+    local = [bytes(Ether(f).payload) for f in host]
+    outcome_ok(v.name, v.expect, frames, local)
+
+
+def test_bier_vectors_on_bmv2(p4_rig) -> None:
+    for v in [*bv.vectors(), *bv.tree_vectors()]:
+        _check_on_bmv2(p4_rig, v)
+
+
+def test_fast_reroute_vectors_on_bmv2(p4_rig) -> None:
+    """The TC node's fast-reroute vectors on BMv2: port 3 written down into bier_port_state, as the switch's
+    link monitor writes it; then port 2, for which no backup was planned."""
+    node = p4_rig.node
+    try:
+        node.mark_port(bv.FRR_DOWN, True)
+        for v in bv.frr_vectors():
+            _check_on_bmv2(p4_rig, v)
+        node.mark_port(bv.FRR_DOWN, False)
+        node.mark_port(2, True)
+        for v in bv.frr_unprotected_vectors():
+            _check_on_bmv2(p4_rig, v)
+    finally:
+        node.mark_port(2, False)
+        node.mark_port(bv.FRR_DOWN, False)

@@ -222,6 +222,68 @@ def vectors() -> list[BierVector]:
     ]
 
 
+# ---- fast reroute: the same node with port 3's neighbour (BFR-ids 2 and 5) marked down ------------------
+FRR_DOWN = 3  # the port these vectors mark down (only the mark counts: the link itself still carries frames)
+
+
+def frr_backup() -> list[tuple[int, tuple[int, ...]]]:
+    """BID's entry while port FRR_DOWN is down, as dinet plans it: port 2 (the loop-free alternate) takes its
+    own bits and port 3's. BID1's entry has no neighbour on port 3, so no backup."""
+    return [(2, (1, 4, 2, 5))]
+
+
+def frr_vectors() -> list[BierVector]:
+    sync = Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / INNER
+    return [
+        BierVector(
+            "port 3 down: its bits leave on port 2 with the backup F-BM; local delivery as before",
+            bytes(frame()),
+            (copy(2, (1, 2), 63), Local(bytes(INNER))),
+            {"rx": 1, "copies": 1, "local": 1, "frr": 1},
+        ),
+        BierVector(
+            "port 3 down: a frame for port 2's bits alone takes the backup entry too",
+            bytes(frame(ids=(4,))),
+            (copy(2, (4,), 63, frame(ids=(4,))),),
+            {"rx": 1, "copies": 1, "frr": 1},
+        ),
+        BierVector(
+            "port 3 down: an entry without a neighbour there (SI 1) forwards as before",
+            bytes(frame(ids=(1,), bid=BID1)),
+            (copy(2, (1,), 63, frame(ids=(1,), bid=BID1)),),
+            {"rx": 1, "copies": 1},
+        ),
+        BierVector(
+            "port 3 down: a BFIR's push replicates with the backup entry",
+            bytes(sync),
+            (copy(2, (1, 2, 4, 5), 64, pushed_for(INNER)),),
+            {"bfir_push": 1, "copies": 1, "frr": 1},
+        ),
+        BierVector(
+            "port 3 down: a BFIR's two sets take their own entries (the backup in SI 0)",
+            bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / two_sets_inner()),
+            (
+                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,))),
+                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,), BID1)),
+            ),
+            {"bfir_push": 1, "copies": 2, "frr": 1},
+        ),
+    ]
+
+
+def frr_unprotected_vectors() -> list[BierVector]:
+    """With port 2 marked down instead: no backup was planned for it (the entries name none), so frames
+    are sent on the entry as before and each counted as having a down port (on a real failure they are lost)."""
+    return [
+        BierVector(
+            "port 2 down, no backup: counted, and sent on the entry",
+            bytes(frame(ids=(4,))),
+            (copy(2, (4,), 63, frame(ids=(4,))),),
+            {"rx": 1, "copies": 1, "drop_port_down": 1},
+        ),
+    ]
+
+
 def opts_inner():
     return (
         IP(src="10.50.0.2", dst=SYNC[0], tos=0x28, options=[IPOption_Router_Alert()])

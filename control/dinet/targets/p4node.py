@@ -916,7 +916,14 @@ class P4Node(InstanceEdits):
 
     def _mark_port(self, ifindex: int, down: bool) -> None:
         port = self._port_of.get(ifindex)
-        if port is None or (port in self._down) == down:
+        if port is not None:
+            self.mark_port(port, down)
+
+    def mark_port(self, port: int, down: bool) -> None:
+        """Tells the switch that a port is down (or up again): what the link monitor does at a link event."""
+        if not 0 <= port < 64:
+            raise ConfigError(f"switch {self.sw.name}: fast reroute watches ports 0..63, not {port}")
+        if (port in self._down) == down:
             return
         if down:
             self._down[port] = time.monotonic_ns()
