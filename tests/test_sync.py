@@ -261,6 +261,16 @@ def test_dinet_sync_cli_pushes_through_the_intents_domain(lab: SyncLab, model, t
     assert out["ok"] and [c["status"] for c in out["clouds"]] == ["verified", "verified"]
     assert digest(received(lab, "e5", src)) == digest(src)
     assert lab.domain.nodes["r"].bfir_entries() == {}
+    # the tree baseline through the same command: the same file to e2 and e5 on SR-P2MP trees, torn down after
+    src2 = model(2)
+    argv2 = [*argv[:4], str(src2), *argv[5:], "--tree"]
+    res = subprocess.run(argv2, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and [c["status"] for c in out["clouds"]] == ["verified", "verified"]
+    assert digest(received(lab, "e2", src2)) == digest(src2) and digest(received(lab, "e5", src2)) == digest(src2)
+    assert lab.domain.nodes["r"].bfir_entries() == {} and lab.domain.nodes["r"].tree_roots() == {}
+    assert all(node.tree_segments() == {} for node in lab.domain.nodes.values())
     bad = subprocess.run(argv[:6] + ["e2,e9"] + argv[7:], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode != 0 and "no receiver for e9" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -18,8 +18,10 @@ def cmd_sync(a: argparse.Namespace) -> None:
     from ..services.bier import BierController
     from ..services.intent import load
     from ..services.run import bier_targets, credentials
+    from ..services.trees import TreeController
     from ..sync.job import Cloud, SyncJob
     from ..sync.uftp import UftpOptions
+    from ..targets.base import TreeTarget
 
     logging.getLogger("dinet.services.bier").setLevel(logging.ERROR)
     cfg = load(Path(a.intent))
@@ -34,13 +36,23 @@ def cmd_sync(a: argparse.Namespace) -> None:
         key=Path(a.key) if a.key else None, dscp=a.dscp,
     )  # fmt: skip
     remote = any(n.target == "agent" for n in cfg.nodes.values())  # TLS only matters toward node agents
+    if a.tree and remote:
+        agents = sorted(name for name, n in cfg.nodes.items() if n.target == "agent")
+        raise ConfigError(
+            f"--tree: {', '.join(agents)} are node agents, which forward BIER only; trees need TC or BMv2 nodes"
+        )
     with bier_targets(cfg, credentials(cfg, a.insecure) if remote else None) as targets:
         ctl = BierController(cfg.bier, targets)
         ctl.install()
+        trees = None
+        if a.tree:  # the baseline: the job's groups on SR-P2MP trees (node-SID routes written first)
+            tree_targets = {n: t for n, t in targets.items() if isinstance(t, TreeTarget)}
+            trees = TreeController(cfg.bier, tree_targets)
+            trees.install_routes()
         job = SyncJob(
             ctl, a.bfir, Path(a.file), [Cloud(n, cfg.sync_receivers[n]) for n in names], a.interface,
             read_token(a.token_file), opts, netns=a.netns, retries=a.retries, progress=not a.quiet,
-            tls=not a.insecure, ca=a.ca,
+            tls=not a.insecure, ca=a.ca, trees=trees,
         )  # fmt: skip
         report = job.run()
     print(json.dumps(report.to_json(), indent=2) if a.json else report.table())
@@ -106,6 +118,7 @@ def register(sub: Any) -> None:
     p.add_argument("--retries", type=int, default=2, help="UFTP restarts for receivers that dropped out")
     p.add_argument("--token-file", help="the receivers' token (default: $DINET_TOKEN)")
     p.add_argument("--insecure", action="store_true", help="node agents and the receivers' status without TLS")
+    p.add_argument("--tree", action="store_true", help="send over SR-P2MP trees (the baseline) instead of BIER groups")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_sync)
