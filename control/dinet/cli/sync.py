@@ -46,7 +46,7 @@ def cmd_sync(a: argparse.Namespace) -> None:
         ctl.install()
         trees = None
         if a.tree:  # the baseline: the job's groups on SR-P2MP trees (node-SID routes written first)
-            tree_targets = {n: t for n, t in targets.items() if isinstance(t, TreeTarget)}
+            tree_targets: dict[str, TreeTarget] = {n: t for n, t in targets.items() if isinstance(t, TreeTarget)}
             trees = TreeController(cfg.bier, tree_targets)
             trees.install_routes()
         job = SyncJob(
