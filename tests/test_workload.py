@@ -396,6 +396,28 @@ def test_the_client_side_pickers_send_each_request_where_it_would_wait_least() -
         assert e.value.code == 400
         idle = json.loads(urllib.request.urlopen(f"{b}/dinet/v1/ttft?prompt=200&max_tokens=10", timeout=5).read())
         assert idle["instance"] == "b" and idle["ttft_ms"] == pytest.approx(199 / TINY.prefill_tps * 1000 + 1)
+        # the oracle's form: several sizes at once, each its own answer
+        two = json.loads(urllib.request.urlopen(f"{b}/dinet/v1/ttft?prompt=200,600&max_tokens=10", timeout=5).read())
+        (p0, t0), (p1, t1) = two["by_prompt"]
+        assert (p0, p1) == (200, 600) and t0 == pytest.approx(idle["ttft_ms"]) and t1 > t0
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{a}/dinet/v1/ttft?prompt=1,2,3,4,5", timeout=5)
+        assert e.value.code == 400
+
+
+def test_the_oracle_places_a_request_by_its_own_size_between_the_reference_answers() -> None:
+    """Hand-worked: an engine that answers 40 ms for 128 tokens and 420 ms for 2,048 (a slow prefill close
+    by) against one that answers 30 and 110 ms (a fast one), plus 50 ms more round trip to the second: a
+    128-token request goes to the first (40 < 80), a 1,000-token one to the second (212.6 > 116.3). Below the
+    smaller size the smaller's answer holds; an engine that could not run the larger size answers the smaller's."""
+    from dinet.workload.pickers import LIMIT_MS, ttft_for
+
+    slow, fast = [(128, 40.0), (2048, 420.0)], [(128, 30.0), (2048, 110.0)]
+    assert ttft_for(slow, 128) == 40.0 and ttft_for(fast, 128) + 50 == 80.0
+    assert ttft_for(slow, 1000) == pytest.approx(40 + 380 * 872 / 1920)  # 212.6
+    assert ttft_for(fast, 1000) + 50 == pytest.approx(30 + 80 * 872 / 1920 + 50)  # 116.3
+    assert ttft_for(slow, 16) == 40.0
+    assert ttft_for([(128, 40.0), (2048, LIMIT_MS)], 1000) == 40.0
 
 
 def test_chunked_prefill_shares_each_steps_budget_with_the_decodes() -> None:

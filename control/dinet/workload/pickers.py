@@ -6,7 +6,8 @@
   against it.
 - oracle: each request goes to the instance where it would see the lowest time to first token given every
   engine's state (`dinet serve`'s debug endpoint /dinet/v1/ttft, which runs the engine's own schedule
-  forward) plus the round trip to it, both polled back to back from every engine in the background. Near an
+  forward, for two request sizes: the request's own is placed between them) plus the round trip to it, both
+  polled back to back from every engine in the background. Near an
   upper bound at arrival: it knows each engine's schedule exactly (as fresh as the path allows), though not
   the arrivals still to come nor what the tokens after the first will take."""
 
@@ -101,25 +102,44 @@ class LeastQueue(_Poller):
         return self.best(lambda s: s, self.rng)
 
 
+REFERENCE_PROMPTS = (128, 2048)  # the two request sizes the oracle asks each engine about
+
+
+def ttft_for(points: list[tuple[int, float]], prompt: int) -> float:
+    """The TTFT (ms) of a request of `prompt` tokens from an engine's answers for two reference sizes: the
+    line through them (the wait before a prefill starts is the same for both, the prefill grows with the
+    prompt), never below the smaller one's; the smaller one's alone if the larger could not run there."""
+    (p0, t0), (p1, t1) = points
+    if t1 >= LIMIT_MS or p1 == p0:
+        return t0
+    return max(t0, t0 + (t1 - t0) * (prompt - p0) / (p1 - p0))
+
+
+LIMIT_MS = 600_000.0  # what the engine answers for a request that would not start (engine.ttft_if_added)
+
+
 @dataclass
 class Oracle(_Poller):
-    """The lowest TTFT each engine's own schedule gives a request now (a reference request of 128 prompt and
-    32 output tokens, polled every 20 ms from every engine, as fresh as each path allows), plus the round
-    trip to it."""
+    """The lowest TTFT each engine's own schedule gives this request now, plus the round trip to it. Every
+    20 ms each engine is asked what a request of 128 and one of 2,048 prompt tokens (32 output) would see
+    (as fresh as each path allows); a request's own size is placed on the line through the two (ttft_for):
+    a small model on a slow GPU close by wins short prompts and loses long ones to a fast one further off."""
 
     interval: float = 0.02
     rng: random.Random = field(default_factory=lambda: random.Random(1))
 
-    async def query(self, session: Any, ep: str, timeout: Any) -> tuple[float, float]:
+    async def query(self, session: Any, ep: str, timeout: Any) -> tuple[list[tuple[int, float]], float]:
         t0 = time.monotonic()
+        prompts = ",".join(str(p) for p in REFERENCE_PROMPTS)
         async with session.get(
-            f"{ep}/dinet/v1/ttft", params={"prompt": "128", "max_tokens": "32"}, timeout=timeout
+            f"{ep}/dinet/v1/ttft", params={"prompt": prompts, "max_tokens": "32"}, timeout=timeout
         ) as r:
-            ttft_ms = float((await r.json())["ttft_ms"])
-        return ttft_ms, (time.monotonic() - t0) * 1000
+            by = (await r.json())["by_prompt"]
+        points = [(int(p), float(ms)) for p, ms in by]
+        return points, (time.monotonic() - t0) * 1000
 
     async def pick(self, session: Any, prompt_tokens: int, max_tokens: int) -> str:
-        return self.best(lambda s: s[0] + s[1], self.rng)
+        return self.best(lambda s: ttft_for(s[0], prompt_tokens) + s[1], self.rng)
 
 
 def picker(kind: str, endpoints: list[str]) -> LeastQueue | Oracle:

@@ -687,16 +687,17 @@ class Server:
 
     async def ttft(self, request: web.Request) -> web.Response:
         """The oracle's view (a debug endpoint, not vLLM's): the time to first token a request of
-        ?prompt=N&max_tokens=M would see if it arrived now, from the engine's exact state."""
+        ?prompt=N&max_tokens=M would see if it arrived now, from the engine's exact state. prompt may list up
+        to 4 sizes (N1,N2,...): `by_prompt` holds each one's answer, `ttft_ms` the first's."""
         try:
-            prompt = int(request.query.get("prompt", "128"))
+            prompts = [int(x) for x in request.query.get("prompt", "128").split(",")]
             out = int(request.query.get("max_tokens", "64"))
         except ValueError:
-            return self._error(400, "prompt and max_tokens are integers")
-        if not (1 <= prompt <= 10_000_000 and 1 <= out <= 10_000_000):
-            return self._error(400, "prompt and max_tokens are 1..10,000,000")
-        s = self.engine.ttft_if_added(prompt, out)
-        return web.json_response({"ttft_ms": s * 1000, "instance": self.name}, headers=self._headers())
+            return self._error(400, "prompt (sizes, comma-separated) and max_tokens are integers")
+        if not (1 <= len(prompts) <= 4 and all(1 <= p <= 10_000_000 for p in prompts) and 1 <= out <= 10_000_000):
+            return self._error(400, "prompt is 1 to 4 sizes of 1..10,000,000; max_tokens 1..10,000,000")
+        by = [[p, self.engine.ttft_if_added(p, out) * 1000] for p in prompts]
+        return web.json_response({"ttft_ms": by[0][1], "by_prompt": by, "instance": self.name}, headers=self._headers())
 
     async def reset_prefix_cache(self, request: web.Request) -> web.Response:
         """vLLM's POST /reset_prefix_cache: the cached blocks no request holds are forgotten (an experiment's
