@@ -147,7 +147,7 @@ class AgentService:
 
             @guarded
             def PortsUp(self, r: Any) -> Any:  # noqa: N802
-                from ..targets.tc import links_up
+                from ..targets.netns import links_up
 
                 return pb.PortsState(up=links_up(list(r.ifnames)))
 

@@ -122,7 +122,7 @@ class P4Node(InstanceEdits):
         self.port_names: dict[int, str] = {}  # port number -> interface, for link state (optional)
         self.port_netns: str | None = None
         self._events: LinkEvents | None = None
-        self._monitor: Any = None  # fast reroute's link monitor (tc.PortMonitor), once monitor_ports ran
+        self._monitor: Any = None  # fast reroute's link monitor (netns.PortMonitor), once monitor_ports ran
         self._port_of: dict[int, int] = {}  # ifindex -> port number, for the monitor
         self._down: dict[int, int] = {}  # port -> when its link went (CLOCK_MONOTONIC ns)
         self._down_written = True  # whether the switch holds _down (a failed write is retried by check)
@@ -873,7 +873,7 @@ class P4Node(InstanceEdits):
         known = {str(n): name for n, name in self.port_names.items()}
         if not known:
             return {p: True for p in ports}
-        from .tc import links_up
+        from .netns import links_up
 
         state = links_up([known[p] for p in ports if p in known], self.port_netns)
         return {p: state.get(known[p], False) if p in known else True for p in ports}
@@ -896,7 +896,7 @@ class P4Node(InstanceEdits):
         and the program uses the backups of the entries that name it. v1model has no port state of its own;
         this is BMv2's stand-in for it. Ports from 64 up are not watched (the program's mask)."""
         from . import netns as ns_mod
-        from .tc import PortMonitor
+        from .netns import PortMonitor
 
         if self._monitor is not None or not self.port_names:
             return

@@ -6,13 +6,9 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import logging
-import os
-import select
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,7 @@ from ..policy.bift import BfirEntry, BiftEntry, BiftPort
 from ..rfc8296 import bitstring_bytes, split_bift_id
 from .base import TreeHopPort, TreeReplicaPort, TreeRoot
 from .bcc_program import BccProgram, ProgramNode, update
-from .netns import LinkEvents
+from .netns import LinkEvents, PortMonitor, links_up
 
 log = logging.getLogger(__name__)
 C = consts.load()
@@ -456,86 +452,6 @@ class BierNode(ProgramNode):
     def tx_copies(self) -> dict[int, int]:
         """Egress ifindex -> copies sent out of it."""
         return {int(k.value): int(sum(v)) for k, v in self.if_tx_t.items()}
-
-
-def _links(netns: str | None) -> list[tuple[int, str, bool]]:
-    """Every interface of the namespace: (ifindex, name, up with a live link: UP and LOWER_UP)."""
-    import json
-
-    from . import netns as ns_mod
-
-    res = ns_mod.run(["ip", "-j", "link", "show"], netns, check=False)
-    if res.returncode != 0:
-        where = f"namespace {netns}" if netns else "this host"
-        raise DataPlaneError(f"cannot list the interfaces of {where}: {res.stderr.strip()}")
-    return [
-        (int(link["ifindex"]), link["ifname"], {"UP", "LOWER_UP"} <= set(link.get("flags", [])))
-        for link in json.loads(res.stdout or "[]")
-    ]
-
-
-def links_up(ports: list[str], netns: str | None = None) -> dict[str, bool]:
-    """Interface -> whether it is up with a live link (UP and LOWER_UP); a missing interface is down."""
-    up = {name: live for _, name, live in _links(netns)}
-    return {p: up.get(p, False) for p in ports}
-
-
-class PortMonitor:
-    """A node's own link monitor for fast reroute: a NETLINK_ROUTE socket in the node's namespace, joined
-    to the link group, calls mark(ifindex, down) the moment the kernel reports a link without IFF_UP or
-    IFF_LOWER_UP (or gone), and mark(ifindex, False) when it is back; the node writes where its program reads
-    (a TC node its bier_port_down map, a P4 switch its bier_port_state entry). No controller and no planning
-    in between: the next frame already takes the backup neighbour. (A kernel probe on netif_carrier_off would
-    take user space out too; this kernel has no kprobes and refuses tracing programs, so the monitor is a
-    thread.) Every link is marked as it is when the monitor starts (seed); mark ignores ports not its own."""
-
-    RTMGRP_LINK = 1
-    RTM_NEWLINK, RTM_DELLINK = 16, 17
-    IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
-
-    def __init__(self, name: str, netns: str | None, mark: Callable[[int, bool], None]):
-        from . import netns as ns_mod
-
-        self.name, self.netns, self.mark = name, netns, mark
-        with ns_mod.entered(netns):
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._sock.bind((0, self.RTMGRP_LINK))
-        self._stop_r, self._stop_w = os.pipe()
-        self.seed()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ports-{name}")
-        self._thread.start()
-
-    def seed(self) -> None:
-        """Marks the node's ports as they are now."""
-        for ifindex, _, live in _links(self.netns):
-            self.mark(ifindex, not live)
-
-    def _run(self) -> None:
-        while True:
-            ready = select.select([self._sock.fileno(), self._stop_r], [], [])[0]
-            if self._stop_r in ready:
-                return
-            try:
-                data = self._sock.recv(65536)
-            except OSError:
-                continue
-            off = 0
-            while off + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, off)
-                if length < 16:
-                    break
-                if kind in (self.RTM_NEWLINK, self.RTM_DELLINK) and off + 32 <= len(data):
-                    _, _, _, index, flags, _ = struct.unpack_from("=BBHiII", data, off + 16)
-                    up = kind == self.RTM_NEWLINK and flags & self.IFF_UP and flags & self.IFF_LOWER_UP
-                    self.mark(index, not up)
-                off += (length + 3) & ~3
-
-    def stop(self) -> None:
-        os.write(self._stop_w, b"x")
-        self._thread.join()
-        for fd in (self._stop_r, self._stop_w):
-            os.close(fd)
-        self._sock.close()
 
 
 class TcBierTarget:
