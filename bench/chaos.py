@@ -182,7 +182,7 @@ def attribute(records: list[dict[str, Any]], faults: list[Fault], grace: float) 
             continue
         lost += 1
         reasons[r["status"]] = reasons.get(r["status"], 0) + 1
-        start = r["t"]
+        start = r["t"] if r.get("sent_s") is None else r["sent_s"]  # when it went out (a busy client lags)
         end = start + (r.get("failed_ms") or LOAD_TIMEOUT_S * 1000) / 1000
         inst = r.get("instance") or ""
         hit = [w for w in windows if start <= w[1] and end >= w[0] and (not inst or inst in w[2])]

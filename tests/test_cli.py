@@ -152,8 +152,12 @@ def _bad_inputs(node: str) -> list[tuple[str, ...]]:
 def test_every_subcommand_answers_bad_input_with_one_line(node: str) -> None:
     """No traceback for a user's error, from any subcommand: one line naming what is wrong, exit 1 (argparse's
     own usage errors exit 2)."""
-    for args in _bad_inputs(node):
-        res = dinet(*args, ok=False)
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = _bad_inputs(node)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # each a process of its own that fails early: side by side
+        results = list(pool.map(lambda args: dinet(*args, ok=False), cases))
+    for args, res in zip(cases, results, strict=True):
         assert res.returncode in (1, 2), f"{args}: exit {res.returncode}: {res.stderr}"
         assert "Traceback" not in res.stderr and "internal error" not in res.stderr, f"{args}: {res.stderr}"
         # one line of error; --insecure's own warning may stand before it

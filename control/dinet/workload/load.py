@@ -74,6 +74,7 @@ class Record:
     quality: float | None = None  # the answering model's quality (x-dinet-quality; the profile's)
     error: str = ""  # what went wrong, for a request that failed
     failed_ms: float | None = None  # when, from its start
+    sent_s: float | None = None  # when it was sent, from the load's start (t is when it was due; a busy client lags)
     conversation: int | None = None  # multi-turn: the conversation and its turn (0 first)
     turn: int = 0
     cached_tokens: int | None = None  # prompt tokens the server found in its prefix cache (usage's details)
@@ -429,6 +430,7 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
         if spec.start_at is not None and spec.start_at > time.time():
             await asyncio.sleep(spec.start_at - time.time())
         t0 = time.monotonic()
+        lag0 = max(0.0, time.time() - spec.start_at) if spec.start_at is not None else 0.0  # started late
 
         view = None
         if spec.local_url and spec.offload_view:
@@ -441,16 +443,18 @@ async def run_load(spec: LoadSpec, out: Path | None = None, progress: bool = Tru
             delay = t0 + a.at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            sent = round(time.monotonic() - t0 + lag0, 4)
             if chooser is not None:
                 url = await chooser.pick(session, a.prompt_tokens, a.max_tokens)
-                records.append(await _one(session, replace(spec, url=url), a))
+                rec = await _one(session, replace(spec, url=url), a)
             elif view is None:
-                records.append(await _one(session, spec, a))
+                rec = await _one(session, spec, a)
             else:
                 offload = await view.pays_off(session)
                 rec = await _one(session, spec if offload else replace(spec, url=str(spec.local_url)), a)
                 rec.offloaded = offload
-                records.append(rec)
+            rec.sent_s = sent
+            records.append(rec)
             bar.update(1)
 
         async def converse(c: Conversation) -> None:
