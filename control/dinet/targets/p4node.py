@@ -19,7 +19,7 @@ from ..policy.bift import BfirEntry, BiftEntry, BiftPort
 from ..policy.steering import InstanceEdits, plan_instances
 from ..rfc8296 import split_bift_id
 from .base import Counter, ServiceState, SteerSizes, TreeHopPort, TreeReplicaPort, TreeRoot, svc_flags
-from .netns import LinkEvents
+from .netns import LinkEvents, PortMonitor, ifindex, links_up
 from .p4rt import P4RuntimeSwitch, TableEntry
 
 C = consts.load()
@@ -122,7 +122,7 @@ class P4Node(InstanceEdits):
         self.port_names: dict[int, str] = {}  # port number -> interface, for link state (optional)
         self.port_netns: str | None = None
         self._events: LinkEvents | None = None
-        self._monitor: Any = None  # fast reroute's link monitor (netns.PortMonitor), once monitor_ports ran
+        self._monitor: PortMonitor | None = None  # fast reroute's link monitor, once monitor_ports ran
         self._port_of: dict[int, int] = {}  # ifindex -> port number, for the monitor
         self._down: dict[int, int] = {}  # port -> when its link went (CLOCK_MONOTONIC ns)
         self._down_written = True  # whether the switch holds _down (a failed write is retried by check)
@@ -873,8 +873,6 @@ class P4Node(InstanceEdits):
         known = {str(n): name for n, name in self.port_names.items()}
         if not known:
             return {p: True for p in ports}
-        from .netns import links_up
-
         state = links_up([known[p] for p in ports if p in known], self.port_netns)
         return {p: state.get(known[p], False) if p in known else True for p in ports}
 
@@ -895,9 +893,6 @@ class P4Node(InstanceEdits):
         port_netns) that loses its link is written into bier_port_state at once, one entry and no planning,
         and the program uses the backups of the entries that name it. v1model has no port state of its own;
         this is BMv2's stand-in for it. Ports from 64 up are not watched (the program's mask)."""
-        from . import netns as ns_mod
-        from .netns import PortMonitor
-
         if self._monitor is not None or not self.port_names:
             return
         self._port_of = {}
@@ -905,7 +900,7 @@ class P4Node(InstanceEdits):
             if port >= 64:
                 continue
             try:
-                self._port_of[ns_mod.ifindex(name, self.port_netns)] = port
+                self._port_of[ifindex(name, self.port_netns)] = port
             except InterfaceError:  # no such interface (yet): down, and not watched
                 log.warning("switch %s: port %d's interface %s is not there: taken as down", self.sw.name, port, name)
                 self._down[port] = time.monotonic_ns()
