@@ -193,10 +193,7 @@ def vectors() -> list[BierVector]:
         BierVector(
             "BFIR: one packet sent in two sets counts one push",
             bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / two_sets_inner()),
-            (
-                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,))),
-                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,), BID1)),
-            ),
+            two_sets_copies(),
             {"bfir_push": 1, "copies": 2},
         ),
         *[
@@ -262,10 +259,7 @@ def frr_vectors() -> list[BierVector]:
         BierVector(
             "port 3 down: a BFIR's two sets take their own entries (the backup in SI 0)",
             bytes(Ether(src="02:b1:00:00:00:99", dst=NODE_MAC) / two_sets_inner()),
-            (
-                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,))),
-                copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,), BID1)),
-            ),
+            two_sets_copies(),
             {"bfir_push": 1, "copies": 2, "frr": 1},
         ),
     ]
@@ -303,6 +297,14 @@ def inner6():
 
 def own_inner():
     return IP(src="10.50.0.2", dst=SYNC[0], tos=0x28) / UDP(sport=4003, dport=OWN_PORT) / b"model-shard-0004"
+
+
+def two_sets_copies() -> tuple[Forward, Forward]:
+    """What the BFIR sends for two_sets_inner: one copy per set, both on port 2."""
+    return (
+        copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,))),
+        copy(2, (1,), 64, pushed_for(two_sets_inner(), (1,), BID1)),
+    )
 
 
 def two_sets_inner():

@@ -315,14 +315,20 @@ class BierDomain(Rig):
 
     def _set_link(self, a: str, b: str, state: str) -> None:
         if self.target == "bmv2":
-            x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
+            cable = self._cable(a, b)
             for end in ("a", "b"):
-                self.net.sh("wire", "ip", "link", "set", f"{x}-{y}.{end}", state)
+                self.net.sh("wire", "ip", "link", "set", f"{cable}.{end}", state)
         else:  # over netlink from this process: the failure's time is when the kernel is told, not a fork later
             self._link_request(a, b, state == "up")()
         (self._down.add if state == "down" else self._down.discard)(frozenset((a, b)))
         if self._peer:  # the domain routes unicast: the IGP reconverges too
             self.route_unicast(self._down)
+
+    def _cable(self, a: str, b: str) -> str:
+        """The bridge in the wire namespace that carries the link a-b between BMv2 switches ("x-y", x the link's
+        first end; its ends x-y.a toward x and x-y.b toward y)."""
+        x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
+        return f"{x}-{y}"
 
     def _link_request(self, a: str, b: str, up: bool) -> Callable[[], None]:
         """One netlink request, built ahead, that sets a's port toward b up or down (TC nodes)."""
@@ -352,9 +358,9 @@ class BierDomain(Rig):
         port; between BMv2 switches for the cable's two ends in the wire namespace, a's end first), so that
         calling it is one request to the kernel per end: what a failover measures starts there."""
         if self.target == "bmv2":
-            x, y = (a, b) if (a, b) in {(k.a, k.b) for k in self.topo.links} else (b, a)
-            order = ("a", "b") if x == a else ("b", "a")
-            downs = [self._netlink_set("wire", f"{x}-{y}.{end}", False) for end in order]
+            cable = self._cable(a, b)
+            order = ("a", "b") if cable == f"{a}-{b}" else ("b", "a")
+            downs = [self._netlink_set("wire", f"{cable}.{end}", False) for end in order]
         else:
             downs = [self._link_request(a, b, up=False)]
 

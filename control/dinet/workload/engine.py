@@ -43,6 +43,8 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
 
+TTFT_LIMIT_S = 600.0  # what ttft_if_added answers for a request that would not start (or never run here)
+
 
 @dataclass(frozen=True)
 class Published:
@@ -579,7 +581,7 @@ class Engine:
                 self.sched.cancel(seq)
 
     def ttft_if_added(
-        self, prompt_tokens: int, max_tokens: int, limit_s: float = 600.0, prefix: tuple[bytes, ...] = ()
+        self, prompt_tokens: int, max_tokens: int, limit_s: float = TTFT_LIMIT_S, prefix: tuple[bytes, ...] = ()
     ) -> float:
         """The time to first token a request would see if it arrived now (seconds): the engine's own schedule
         run forward on a copy of its state, with no further arrival (the oracle baseline's view). `limit_s`

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .engine import TTFT_LIMIT_S
 from .metrics_agent import NAMES, parse
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class LeastQueue(_Poller):
 
 
 REFERENCE_PROMPTS = (128, 2048)  # the two request sizes the oracle asks each engine about
+LIMIT_MS = TTFT_LIMIT_S * 1000  # an engine's answer for a request that would not start there
 
 
 def ttft_for(points: list[tuple[int, float]], prompt: int) -> float:
@@ -113,9 +115,6 @@ def ttft_for(points: list[tuple[int, float]], prompt: int) -> float:
     if t1 >= LIMIT_MS or p1 == p0:
         return t0
     return max(t0, t0 + (t1 - t0) * (prompt - p0) / (p1 - p0))
-
-
-LIMIT_MS = 600_000.0  # what the engine answers for a request that would not start (engine.ttft_if_added)
 
 
 @dataclass
