@@ -187,7 +187,8 @@ def attribute(records: list[dict[str, Any]], faults: list[Fault], grace: float) 
         inst = r.get("instance") or ""
         hit = [w for w in windows if start <= w[1] and end >= w[0] and (not inst or inst in w[2])]
         if not hit:
-            unexplained.append({k: r.get(k) for k in ("t", "status", "instance", "ttft_ms", "failed_ms", "error")})
+            keys = ("sent_s", "status", "instance", "ttft_ms", "failed_ms", "error", "client", "service")
+            unexplained.append({k: r.get(k) for k in keys})
             if r.get("ttft_ms") is not None:  # its stream had begun: it broke on a live instance
                 moved += 1
     return {"lost": lost, "lost_unexplained": len(unexplained), "flows_moved_unexplained": moved,
@@ -254,6 +255,7 @@ def run(quick: bool = False, seed: int = 1, duration: float | None = None, targe
         ),
         "leftovers": leftovers(lab),
         "fault_log": [asdict(f) for f in faults],
+        "load_start_epoch": round(start, 3),  # the lab's logs carry wall-clock times: t = their time - this
         "host": host(),
     }
     return res

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 from ipaddress import ip_address
 
+import pytest
+
 from dinet.model import Instance, InstanceState, ServiceIntent, ServiceKey, SitePath, TrafficClass
 from dinet.policy.decide import Policy
 from dinet.policy.scores import Level0
@@ -345,6 +347,77 @@ def test_a_failing_data_plane_is_counted_retried_and_resynced_and_stops_no_other
     flaky.away = False
     assert down.retry(now=2e12) and not down.failing
     assert flaky.installed() == fine.installed()  # what was decided meanwhile is in place
+
+
+@pytest.mark.timeout(60)  # a report kept waiting would hang here: the timeout fails it
+def test_a_report_is_taken_at_once_while_a_long_write_holds_the_controller() -> None:
+    """While a write holds the controller (a restarted switch written back takes seconds), a report is taken
+    at once, stamped when it came (so its instance does not expire for a silence that was the controller's),
+    and decided by the writer when it lets go."""
+    import threading
+
+    class SlowTarget(CountingTarget):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writing, self.go = threading.Event(), threading.Event()
+            self.hold = False
+
+        def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
+            if self.hold:
+                self.hold = False
+                self.writing.set()
+                self.go.wait()
+            super().set_instances(svc, instances)
+
+    clock = [0.0]
+    col = Collector({}, timeout=1.5, clock=lambda: clock[0])
+    t = SlowTarget()
+    ctl = Controller(t, [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))], dict(SITES),
+                     policy=Policy(smoothing=1.0), collector=col)  # fmt: skip
+    ctl.start()
+    t.hold = True
+    writer = threading.Thread(target=col.observe, args=((SVC, 1), Level0(cpu_load=0.1)))
+    writer.start()
+    t.writing.wait()  # the first report's decision is writing, the controller held
+    clock[0] = 1.0
+    col.observe((SVC, 2), Level0(cpu_load=0.95))  # returns at once: the writer decides it
+    assert col.sample((SVC, 2)) is not None and col.latest[(SVC, 2)].at == 1.0  # stamped when it came
+    clock[0] = 2.4
+    assert col.expire() == [(SVC, 1)]  # silent for 2.4 s; 2 spoke 1.4 s ago, while the write went on
+    t.go.set()
+    writer.join()
+    # both decided after all, by the writer when it let go: 1 draining, 2 (overloaded) keeps the trickle
+    assert t.installed() == {1: (0, "draining"), 2: (1, "up")}
+
+
+def test_the_metrics_endpoint_answers_while_the_data_plane_is_away() -> None:
+    """A scrape while the switch restarts: the weights as decided, no counter (the switch's, unknown), and the
+    node marked failing; the counters come back with the switch."""
+    from prometheus_client import generate_latest
+
+    from dinet.errors import DataPlaneError
+    from dinet.services.observe import registry
+    from dinet.targets.base import Counter
+
+    class AwayCounters(FlakyTarget):
+        def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]:
+            if self.away:
+                raise DataPlaneError("switch in1: Read failed: UNAVAILABLE")
+            return Counter(packets=7), {1: Counter(packets=5), 2: Counter(packets=2)}
+
+    col = Collector({})
+    t = AwayCounters()
+    ctl = Controller(t, [ServiceIntent(SVC, TrafficClass.DELAY_TOLERANT, (A, B))], dict(SITES), collector=col)
+    ctl.start()
+    t.away = True
+    col.observe((SVC, 1), Level0(cpu_load=0.1))  # the write fails: the node is failing
+    text = generate_latest(registry(ctl, col)).decode()
+    assert f'dinet_instance_weight{{instance="1",node="0",service="{SVC}"}}' in text
+    assert 'dinet_controller_failing{node="0"} 1.0' in text
+    assert "dinet_instance_packets_total{" not in text
+    t.away = False
+    text = generate_latest(registry(ctl, col)).decode()
+    assert f'dinet_instance_packets_total{{instance="1",node="0",service="{SVC}"}} 5.0' in text
 
 
 def test_a_restarted_controller_keeps_a_joined_pool_instance_and_a_silent_one_out() -> None:

@@ -32,8 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not a.verbose:  # gRPC's core logs its own copy of errors dinet reports in one line
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    stamp = "%(asctime)s " if os.environ.get("DINET_LOG_TIME") else ""  # a lab's services: logs line up in time
     logging.basicConfig(
-        level=logging.DEBUG if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if a.verbose else logging.WARNING, format=f"{stamp}%(levelname)s %(name)s: %(message)s"
     )
     try:
         a.fn(a)

@@ -160,6 +160,7 @@ class Lab(Rig):
         self._served: dict[str, subprocess.Popen[Any]] = {}  # serve_local's servers by URL
         self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
         self.controller: subprocess.Popen[str] | None = None
+        self._logged: set[str] = set()  # logs this lab opened (a restarted process appends to its log)
         self.deciders: dict[str, subprocess.Popen[str]] = {}  # mode distributed: ingress name -> its decider
         self.decap: DecapNode | None = None
         self.passprog: BccProgram | None = None
@@ -475,9 +476,20 @@ class Lab(Rig):
         mount namespace too, which leaves a chroot; `ip netns exec` does not)."""
         return subprocess.Popen(["ip", "netns", "exec", self.ns(node), *args], **kw)
 
+    @staticmethod
+    def _env() -> dict[str, str]:
+        """The lab's services' environment: their log lines carry the time (they line up across logs)."""
+        return {**os.environ, "DINET_LOG_TIME": "1"}
+
+    def _log(self, log_name: str) -> Any:
+        """A process's log in the lab's workdir: a restarted process's log follows its predecessor's."""
+        mode = "a" if log_name in self._logged else "w"
+        self._logged.add(log_name)
+        return open(self.workdir / "logs" / f"{log_name}.log", mode)  # noqa: SIM115 - lives as long as the process
+
     def _popen(self, node: str, args: list[str], log_name: str) -> subprocess.Popen[str]:
-        logf = open(self.workdir / "logs" / f"{log_name}.log", "w")  # noqa: SIM115 - lives as long as the process
-        p = self.popen(node, args, stdout=subprocess.PIPE, stderr=logf, text=True)
+        logf = self._log(log_name)
+        p = self.popen(node, args, stdout=subprocess.PIPE, stderr=logf, text=True, env=self._env())
         logf.close()
         self.state["pids"].append(p.pid)
         self._save()
@@ -758,8 +770,10 @@ class Lab(Rig):
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[str]:
         """`dinet ARGS` in the root namespace (on the management network), its stderr in the lab's logs."""
-        logf = open(self.workdir / "logs" / f"{log_name}.log", "w")  # noqa: SIM115 - lives as long as the process
-        p = subprocess.Popen([sys.executable, "-m", "dinet.cli", *args], stdout=subprocess.PIPE, stderr=logf, text=True)
+        logf = self._log(log_name)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "dinet.cli", *args], stdout=subprocess.PIPE, stderr=logf, text=True, env=self._env()
+        )
         logf.close()
         self.state["pids"].append(p.pid)
         self._save()

@@ -10,6 +10,7 @@ decision rule is in dinet.policy.decide."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -27,6 +28,11 @@ from .collect import Collector
 log = logging.getLogger(__name__)
 
 __all__ = ["Controller", "ServiceIntent", "SitePath"]
+
+
+# how long a report's decision waits for the controller held by another thread (a decision takes ~15 us; a
+# resync writing a restarted switch back, seconds): longer, and the holder decides it when it lets go
+WAIT_S = 0.05
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Controller:
     _backoff: float = 0.0
     _by_key: dict[ServiceKey, ServiceIntent] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _pending: set[ServiceKey] = field(default_factory=set)  # changed while the lock was held: decided on release
     _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -88,7 +95,7 @@ class Controller:
     def resync(self) -> int:
         """Reads the data plane back (the record is replaced by what it holds) and writes what differs from
         the decisions. At start, and when a target was re-programmed or is suspected to differ."""
-        with self._lock:
+        with self.held():
             before = self.writes
             self._remove_gone()
             for s in self.services:
@@ -121,7 +128,7 @@ class Controller:
     def set_intent(self, services: list[ServiceIntent]) -> int:
         """A new intent (the file changed): services added, removed or with other instances; instances that
         stay keep their slots and flows. Returns the writes."""
-        with self._lock:
+        with self.held():
             before = self.writes
             old = {k: i.placement for k, i in self._by_key.items()}
             self.services, self._by_key = list(services), {s.key: s for s in services}
@@ -168,7 +175,7 @@ class Controller:
 
     def reconcile(self, svc: ServiceKey) -> bool:
         """Writes the service's desired instances if they differ from the record; True if it wrote."""
-        with self._lock:
+        with self.held():
             t0 = time.perf_counter()
             want = self.desired(svc)
             wrote = tuple(want) != self.installed.get(svc)
@@ -180,7 +187,7 @@ class Controller:
 
     def update_sites(self, sites: dict[int, SitePath]) -> int:
         """New network metrics toward sites (measured); every service is decided again. Returns writes."""
-        with self._lock:
+        with self.held():
             before = self.writes
             self.sites.update(sites)
             if self.failing:  # retry() decides them all once the data plane answers
@@ -192,21 +199,57 @@ class Controller:
     def changed(self, svc: ServiceKey) -> None:
         """The collector's event: something known of the service's instances changed (a report, an expiry,
         a pool instance that joined or left). Decided again if the service is in the intent; while the data
-        plane is failing nothing is written (retry() resyncs it all once it answers)."""
-        with self._lock:
-            if svc not in self._by_key or self.failing:
+        plane is failing nothing is written (retry() resyncs it all once it answers). Never waits: while
+        another thread holds the controller (a resync writing a restarted switch back, a decision), the
+        service is left for that thread to decide when it lets go, so the agent's report is taken at once
+        (a report kept waiting behind a resync would expire its instance, though its agent never fell
+        silent)."""
+        self._pending.add(svc)
+        if not self._lock.acquire(timeout=WAIT_S):
+            return  # the holder decides it when it lets go (held)
+        try:
+            self._pending.discard(svc)
+            if svc in self._by_key and not self.failing:
+                try:
+                    self.reconcile(svc)
+                except DinetError as e:
+                    self.failed(f"{svc}: decision", e)
+                    raise
+        finally:
+            self._lock.release()
+        self._catch_up()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The controller's lock; on letting go, the services that changed meanwhile are decided."""
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Decides the services whose change came while the lock was held (unless another thread holds it
+        now: it decides them when it lets go)."""
+        while self._pending:
+            if not self._lock.acquire(blocking=False):
                 return
             try:
-                self.reconcile(svc)
-            except DinetError as e:
-                self.failed(f"{svc}: decision", e)
-                raise
+                while self._pending:
+                    svc = self._pending.pop()
+                    if svc in self._by_key and not self.failing:
+                        try:
+                            self.reconcile(svc)
+                        except DinetError as e:
+                            self.failed(f"{svc}: decision", e)
+            finally:
+                self._lock.release()
 
     # ---- faults -------------------------------------------------------------------------------------------
     def failed(self, what: str, e: DinetError, now: float | None = None) -> None:
         """A write to the data plane failed: counted, and retried by retry() with a backoff (0.25 s doubling
         to 5 s). The data plane keeps forwarding on what it holds meanwhile."""
-        with self._lock:
+        with self.held():
             self.errors += 1
             if not self.failing:
                 log.error("%s failed: %s (resync once the data plane answers)", what, e)
@@ -216,7 +259,7 @@ class Controller:
 
     def retry(self, now: float | None = None) -> bool:
         """Resyncs the data plane after a failure once the backoff has passed. True when it is well."""
-        with self._lock:
+        with self.held():
             if not self.failing:
                 return True
             if (time.monotonic() if now is None else now) < self._retry_at:
@@ -233,12 +276,18 @@ class Controller:
 
     # ---- observation ------------------------------------------------------------------------------------
     def status(self) -> Iterator[dict[str, Any]]:
+        """Each installed instance as decided, with the data plane's counters (None while it is away: a
+        switch restarting or unreachable; the rest of the row is this process's own)."""
         for s in self.services:
-            total, per = self.target.service_counters(s.key)
+            try:
+                per: dict[int, Counter] | None = self.target.service_counters(s.key)[1]
+            except DinetError:  # its decisions and weights are still known; retry() deals with the data plane
+                per = None
             for inst in self.installed.get(s.key, ()):
                 m = self.collector.sample((s.key, inst.instance_id))
                 path = self.sites.get(inst.site_id) or SitePath()
-                c = per.get(inst.instance_id) or Counter()  # the data plane's counters (none yet: zero)
+                # the data plane's counters (none yet: zero; the data plane away: None)
+                c = None if per is None else per.get(inst.instance_id) or Counter()
                 yield {
                     "service": str(s.key),
                     "class": s.cls.value,
@@ -251,9 +300,9 @@ class Controller:
                     "gpu": m.gpu_util if m else None,
                     "compute": self.policy.scores.level1(m).compute if m else None,  # Level 1, as decided on
                     "delay_ms": path.delay_ms,
-                    "packets": c.packets,
-                    "new_flows": c.new_flows,
-                    "session_flows": c.session_flows,
-                    "sessions": c.sessions,
-                    "sessions_replaced": c.sessions_replaced,
+                    "packets": c.packets if c else None,
+                    "new_flows": c.new_flows if c else None,
+                    "session_flows": c.session_flows if c else None,
+                    "sessions": c.sessions if c else None,
+                    "sessions_replaced": c.sessions_replaced if c else None,
                 }

@@ -238,7 +238,9 @@ def run(
                 continue
             for c in ctls:
                 try:
-                    if keep_in_sync(c.target):
+                    with c.held():  # no decision writes into a switch while it is written back (reports are
+                        resynced = keep_in_sync(c.target)  # still taken meanwhile, and decided after)
+                    if resynced:
                         c.resync()
                 except DinetError as e:
                     c.failed("resync", e)

@@ -98,6 +98,9 @@ def _free_slot(used: dict[int, int]) -> int:
     return next(i for i in itertools.count() if i not in taken)
 
 
+ENTRY_TABLES = ("vip_v4", "vip_v6", "services_v4", "services_v6")  # a steered packet's first lookups
+
+
 class P4Node(InstanceEdits):
     """Steering and BIER on one P4Runtime switch whose pipeline is dinet.p4 (compiled with `sizes`)."""
 
@@ -156,7 +159,9 @@ class P4Node(InstanceEdits):
         if self._clone_session:
             self.sw.write_clone_session(BFIR_CLONE_SESSION, [(0, 1)])
         defaults = [e for e in self._entries.values() if e.is_default]
-        others = [e for e in self._entries.values() if not e.is_default]
+        # what a packet meets first goes last: until a service's VIP is back, its flows find no half-written
+        # service (a ring pointing at instances not yet there) and their SYNs are retried, not misplaced
+        others = sorted((e for e in self._entries.values() if not e.is_default), key=lambda e: e.table in ENTRY_TABLES)
         self.sw.write(defaults)
         self.sw.write(others, "INSERT")
         return len(self._entries) + len(self._groups)
