@@ -2,8 +2,10 @@
 with the same open-loop rate, prompt and output lengths; their TTFT and TPOT (AIPerf: inter-token latency)
 medians are printed side by side and written to JSON.
 
-AIPerf lives in a venv of its own (.venv-aiperf in the source tree, made on first use: `pip install
-aiperf==0.13.0`, about 1.2 GB, no torch). Offline, it needs a tokenizer on disk: a word-level tokenizer
+AIPerf lives in a venv of its own, made on first use (`pip install aiperf==0.13.0`, about 1.2 GB, no torch,
+a few minutes) in the user's cache (`$XDG_CACHE_HOME/dinet/aiperf-0.13.0`, default `~/.cache/dinet/...`),
+as pre-commit and tox keep theirs: a fresh clone on the same machine uses it again, another version gets a
+venv of its own. Offline, it needs a tokenizer on disk: a word-level tokenizer
 (Hugging Face `tokenizers`, whitespace split) is written beside it, so that its prompts of N tokens are the N
 words `dinet serve` counts.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -23,7 +26,6 @@ from pathlib import Path
 from bench.common import free_port, host, write
 from dinet.workload.engine import PROFILES
 
-ROOT = Path(__file__).resolve().parents[1]
 AIPERF = "aiperf==0.13.0"
 TOKENIZER = """
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -36,12 +38,22 @@ PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained
 """
 
 
-def ensure_aiperf(venv: Path = ROOT / ".venv-aiperf") -> tuple[Path, Path]:
-    """(the aiperf command, the tokenizer folder), installed on first use."""
-    exe, tok = venv / "bin" / "aiperf", venv / "word-tokenizer"
-    if not exe.exists():
+def aiperf_venv() -> Path:
+    """Where AIPerf's venv lives: the user's cache, one venv per AIPerf version."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dinet" / AIPERF.replace("==", "-")
+
+
+def ensure_aiperf(venv: Path | None = None) -> tuple[Path, Path]:
+    """(the aiperf command, the tokenizer folder), installed on first use (an install cut short is done
+    again: the venv counts as installed only once pip has finished)."""
+    venv = venv or aiperf_venv()
+    exe, tok, done = venv / "bin" / "aiperf", venv / "word-tokenizer", venv / ".dinet-installed"
+    if not done.exists():
+        venv.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", AIPERF], check=True)
+        done.write_text(AIPERF + "\n")
     if not (tok / "tokenizer.json").exists():
         subprocess.run([str(venv / "bin" / "python"), "-c", TOKENIZER, str(tok)], check=True, capture_output=True)
     return exe, tok

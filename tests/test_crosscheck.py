@@ -1,7 +1,7 @@
 """`dinet load` measures what a field tool measures: NVIDIA AIPerf and dinet load, the same open-loop rate,
 prompt and output lengths against one `dinet serve`, agree on the median TTFT (within 5 ms or 20%, whichever
 is larger) and TPOT (AIPerf's inter-token latency; within 2 ms or 15%), and on the tokens sent and received.
-AIPerf is installed into .venv-aiperf on first use (bench/crosscheck.py: its own venv, no torch, a
+AIPerf is installed into the user's cache on first use (bench/crosscheck.py: its own venv, no torch, a
 word-level tokenizer on disk)."""
 
 from __future__ import annotations
