@@ -199,11 +199,12 @@ class Controller:
     def changed(self, svc: ServiceKey) -> None:
         """The collector's event: something known of the service's instances changed (a report, an expiry,
         a pool instance that joined or left). Decided again if the service is in the intent; while the data
-        plane is failing nothing is written (retry() resyncs it all once it answers). Never waits: while
-        another thread holds the controller (a resync writing a restarted switch back, a decision), the
-        service is left for that thread to decide when it lets go, so the agent's report is taken at once
-        (a report kept waiting behind a resync would expire its instance, though its agent never fell
-        silent)."""
+        plane is failing nothing is written (retry() resyncs it all once it answers). Waits at most WAIT_S
+        for the controller: while another thread holds it longer (a resync writing a restarted switch back),
+        the service is left for that thread to decide when it lets go, and the agent's report is taken at
+        once (a report kept waiting behind a resync would expire its instance, though its agent never fell
+        silent). Not waiting at all made decisions slower under load (the report handlers compete with the
+        decision for the interpreter)."""
         self._pending.add(svc)
         if not self._lock.acquire(timeout=WAIT_S):
             return  # the holder decides it when it lets go (held)
