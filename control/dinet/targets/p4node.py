@@ -527,14 +527,13 @@ class P4Node(InstanceEdits):
 
     def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]:
         st = self._state(svc)
-        stats = self.sw.read_counters("svc_stats")
-        new = self.sw.read_counters("svc_new_flows")
-        istats = self.sw.read_counters("inst_stats")
-        inew = self.sw.read_counters("inst_new_flows")
-        kinds = ("session_flows", "sessions", "sessions_replaced")
-        svc_kinds = [self.sw.read_counters(f"svc_{k}") for k in kinds]
-        inst_kinds = [self.sw.read_counters(f"inst_{k}") for k in kinds]
         base = st.svc_id * self.sizes.max_instances
+        kinds = ("stats", "new_flows", "session_flows", "sessions", "sessions_replaced")
+        # the service's cell and its instances' cells only, in one Read (not the whole arrays)
+        slots = [base + s for s in st.instances]
+        got = self.sw.read_counter_cells({f"svc_{k}": [st.svc_id] for k in kinds} | {f"inst_{k}": slots for k in kinds})
+        stats, new, *svc_kinds = (got[f"svc_{k}"] for k in kinds)
+        istats, inew, *inst_kinds = (got[f"inst_{k}"] for k in kinds)
         zero = (0, 0)
 
         def counter(
