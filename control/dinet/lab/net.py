@@ -36,7 +36,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -481,7 +481,7 @@ class Lab(Rig):
         """The lab's services' environment: their log lines carry the time (they line up across logs)."""
         return {**os.environ, "DINET_LOG_TIME": "1"}
 
-    def _log(self, log_name: str) -> Any:
+    def _log(self, log_name: str) -> IO[str]:
         """A process's log in the lab's workdir: a restarted process's log follows its predecessor's."""
         mode = "a" if log_name in self._logged else "w"
         self._logged.add(log_name)
