@@ -82,8 +82,8 @@ class Timeline:
     lab: Lab
     start: float
     interval: float = 0.2
-    rows: list[tuple[float, float | None, dict[str, int]]] = field(default_factory=list)
-    reported: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # when each instance last reported
+    # each read: (t, decisions so far, instance -> in service, instance -> when it last reported)
+    rows: list[tuple[float, float | None, dict[str, int], dict[str, float]]] = field(default_factory=list)
     exits: int = 0
     killing: bool = False  # set while this run kills or restarts the controller
     stop: threading.Event = field(default_factory=threading.Event)
@@ -101,18 +101,17 @@ class Timeline:
             try:
                 got = list(samples(fetch(self.lab.metrics_url, timeout=2)))
             except (OSError, DinetError):
-                self.rows.append((t, None, {}))  # nothing answers: no decision now
+                self.rows.append((t, None, {}, {}))  # nothing answers: no decision now
                 continue
             decisions = sum(v for n, _, v in got if n == "dinet_decision_seconds_count")
             serving = {names[lab["instance"]]: int(v) for n, lab, v in got if n == "dinet_instance_in_service"}
-            self.rows.append((t, decisions, serving))
             ages = {names[lab["instance"]]: v for n, lab, v in got if n == "dinet_metric_age_seconds"}
-            self.reported.append((t, {name: round(t - age, 3) for name, age in ages.items()}))
+            self.rows.append((t, decisions, serving, {name: round(t - age, 3) for name, age in ages.items()}))
 
     def longest_without_decision(self) -> float:
         """The longest stretch in which the count of decisions did not grow (or nothing answered)."""
         longest, since, last = 0.0, self.rows[0][0] if self.rows else 0.0, None
-        for t, d, _ in self.rows:
+        for t, d, _, _ in self.rows:
             if d is not None and d != last:  # grown, or a restarted controller counting anew
                 since, last = t, d
             longest = max(longest, t - since)
@@ -120,12 +119,12 @@ class Timeline:
 
     def back_in_service(self, name: str, after: float) -> float | None:
         """Seconds from `after` to the first row showing the instance in service."""
-        return next((round(t - after, 2) for t, _, s in self.rows if t >= after and s.get(name) == 1), None)
+        return next((round(t - after, 2) for t, _, s, _ in self.rows if t >= after and s.get(name) == 1), None)
 
     def first_report(self, name: str, after: float) -> float | None:
         """When the instance's first report after `after` came, as the collector's metric age tells it (the
         earliest seen: a second report before the next row hides the first, so up to one report late)."""
-        return next((at[name] for _, at in self.reported if name in at and at[name] >= after), None)
+        return next((at[name] for *_, at in self.rows if name in at and at[name] >= after), None)
 
 
 def plan(lab: Lab, rng: random.Random, duration: float, quick: bool) -> list[Fault]:

@@ -210,15 +210,19 @@ class Controller:
             return  # the holder decides it when it lets go (held)
         try:
             self._pending.discard(svc)
-            if svc in self._by_key and not self.failing:
-                try:
-                    self.reconcile(svc)
-                except DinetError as e:
-                    self.failed(f"{svc}: decision", e)
-                    raise
+            self._decide(svc)
         finally:
             self._lock.release()
         self._catch_up()
+
+    def _decide(self, svc: ServiceKey) -> None:
+        """A changed service decided again (the lock held); a failed write is counted and raised."""
+        if svc in self._by_key and not self.failing:
+            try:
+                self.reconcile(svc)
+            except DinetError as e:
+                self.failed(f"{svc}: decision", e)
+                raise
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -237,12 +241,8 @@ class Controller:
                 return
             try:
                 while self._pending:
-                    svc = self._pending.pop()
-                    if svc in self._by_key and not self.failing:
-                        try:
-                            self.reconcile(svc)
-                        except DinetError as e:
-                            self.failed(f"{svc}: decision", e)
+                    with contextlib.suppress(DinetError):  # counted by _decide; retry() resyncs
+                        self._decide(self._pending.pop())
             finally:
                 self._lock.release()
 

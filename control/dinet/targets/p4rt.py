@@ -9,7 +9,7 @@ import hashlib
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,9 +326,9 @@ class P4RuntimeSwitch:
                 )
         return out
 
-    def read_counter_cells(self, cells: dict[str, list[int]]) -> dict[str, dict[int, tuple[int, int]]]:
-        """Counter -> index -> (packets, bytes), for the named cells only, in one Read (a whole counter array
-        is thousands of cells to decode: a service's few are what a scrape needs)."""
+    def read_counter_cells(self, cells: Mapping[str, Sequence[int] | None]) -> dict[str, dict[int, tuple[int, int]]]:
+        """Counter -> index -> (packets, bytes) of the named cells (None: every cell of that counter), in one
+        Read (a whole counter array is thousands of cells to decode: a service's few are what a scrape needs)."""
         p4r = _p4r()
         info = self._info()
         ids = {name: info.counter(name).preamble.id for name in cells}
@@ -336,10 +336,11 @@ class P4RuntimeSwitch:
         req = p4r.ReadRequest()
         req.device_id = self.device_id
         for name, indexes in cells.items():
-            for i in indexes:
+            for i in [None] if indexes is None else indexes:
                 ce = req.entities.add().counter_entry
                 ce.counter_id = ids[name]
-                ce.index.index = i
+                if i is not None:
+                    ce.index.index = i
         out: dict[str, dict[int, tuple[int, int]]] = {name: {} for name in cells}
         if not req.entities:
             return out
@@ -351,14 +352,4 @@ class P4RuntimeSwitch:
 
     def read_counters(self, counter: str) -> dict[int, tuple[int, int]]:
         """Index -> (packets, bytes) of every cell of an indirect counter."""
-        p4r = _p4r()
-        c = self._info().counter(counter)
-        req = p4r.ReadRequest()
-        req.device_id = self.device_id
-        req.entities.add().counter_entry.counter_id = c.preamble.id
-        out = {}
-        for resp in self._read(req):
-            for ent in resp.entities:
-                ce = ent.counter_entry
-                out[ce.index.index] = (ce.data.packet_count, ce.data.byte_count)
-        return out
+        return self.read_counter_cells({counter: None})[counter]
