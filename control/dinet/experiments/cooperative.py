@@ -42,6 +42,7 @@ from .common import (
     run_events,
     start_load,
     stop_loads,
+    timed,
     wait_idle,
 )
 
@@ -310,7 +311,8 @@ def run(scenario: Path, opts: Options) -> dict[str, Any]:
         for rep in range(opts.repeats):
             for paradigm in PARADIGMS:
                 for policy in policies:
-                    out = one_run(lab, devs, paradigm, policy, shape, opts.seed + rep)
+                    with timed(f"{paradigm} {policy} run {rep}"):
+                        out = one_run(lab, devs, paradigm, policy, shape, opts.seed + rep)
                     res.add(out["records"], repeat=rep, paradigm=paradigm, policy=policy)
                     per[paradigm][policy].append(figures(out, paradigm, policy, devs, shape))
                     bar.update(1)
