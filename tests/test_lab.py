@@ -26,6 +26,7 @@ QUICK = {"output_min": 4, "output_max": 8, "prompt_min": 32, "prompt_max": 64}
 def test_every_scenario_file_is_valid() -> None:
     assert {p.stem for p in SCENARIOS} == {
         "cloud-edge",
+        "cloud-edge-mixed",
         "cloud-edge-device",
         "enterprise",
         "elastic",
@@ -54,6 +55,28 @@ def test_a_typo_in_a_scenario_is_one_line_naming_where(tmp_path: Path) -> None:
         [sys.executable, "-m", "dinet.cli", "lab", "check", str(bad)], capture_output=True, text=True, check=False
     )
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and "hqnett" in res.stderr
+
+
+def test_an_engine_that_answers_two_services_is_checked_where_the_file_says_it(tmp_path: Path) -> None:
+    """cloud-edge-mixed: one engine per instance answers chat and batch (a port each); clients call both. A
+    service it does not have, two services on one port, or a pool instance with two services: one line each."""
+    mixed = ROOT / "topo" / "scenarios" / "cloud-edge-mixed.yaml"
+    spec = load(mixed)
+    assert [s.name for s in spec.client_services()] == ["chat", "batch"]
+    assert {s.class_ for s in spec.services} == {"delay-sensitive", "delay-tolerant"}
+    assert all(i.services == ["chat", "batch"] for i in spec.instances)
+    text = mixed.read_text()
+    bad = tmp_path / "bad.yaml"
+    for change, want in (
+        (("also_serves: [batch]", "also_serves: [bach]", 1), "e1: no service 'bach'"),
+        (("port: 8100", "port: 8000", 1), "e1: its services share a port"),
+        (("also_serves: [batch]", "also_serves: [chat]", 1), "e1 names a service twice"),
+        (("also_serves: [batch]", "also_serves: [batch], pool: true", 1), "not a pool's, serves more than one"),
+    ):
+        bad.write_text(text.replace(*change))
+        with pytest.raises(ConfigError, match=want) as err:
+            load(bad)
+        assert len(str(err.value).splitlines()) == 1, err.value
 
 
 def test_a_second_lab_up_of_a_running_scenario_is_refused_and_leaves_the_first_alone(tmp_path: Path) -> None:
@@ -134,7 +157,7 @@ def _steering_scenario(lab) -> tuple[str, list[int]]:  # type: ignore[no-untyped
             assert r.loss == 0, r
     by_ingress = {lab.spec.client_ingress(c): c.name for c in lab.spec.clients}
     for svc in lab.spec.client_services():
-        members = {i.spec.name for i in lab.instances.values() if i.spec.service == svc.name}
+        members = {i.spec.name for i in lab.instances.values() if svc.name in i.spec.services}
         for ingress, client in by_ingress.items():
             recs = lab.load(client, svc.name, rate=8, duration=1, seed=3, **QUICK)
             assert recs and all(r["status"] == "ok" for r in recs), recs[:3]

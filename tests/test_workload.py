@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 
@@ -68,6 +70,54 @@ def test_openai_api_answers_and_names_the_instance(server: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(bad, timeout=5)
     assert e.value.code == 400 and "max_tokens" in json.loads(e.value.read())["message"]
+
+
+def test_one_engine_answers_on_each_service_port_and_its_agent_reports_for_each() -> None:
+    """`dinet serve --listen A --listen B` (the mixed classes: a delay-tolerant service on the engine of a
+    delay-sensitive one): a request on either port is served by the one engine (its metrics count both,
+    whichever port is scraped), and `dinet metrics-agent --service X --service Y` reports the one scrape for
+    both services. A DSCP count that fits neither is refused in one line."""
+    a, b = free_port(), free_port()
+    with dinet_process(
+        "serve", "--listen", f"127.0.0.1:{a}", "--listen", f"127.0.0.1:{b}", "--dscp", "delay-sensitive",
+        "--dscp", "delay-tolerant", "--profile", "tiny-test", "--name", "inst-ab", ready="ready:",
+    ):  # fmt: skip
+        for port in (a, b):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/completions",
+                data=json.dumps({"prompt": "one two", "max_tokens": 3}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=5) as r:
+                assert (
+                    r.headers["x-dinet-instance"] == "inst-ab"
+                    and json.loads(r.read())["usage"]["completion_tokens"] == 3
+                )
+        for port in (a, b):
+            assert metrics(f"http://127.0.0.1:{port}")["vllm:generation_tokens_total"] == 6
+
+        class Sink:
+            sent: list = []
+
+            def report(self, service: str, instance: int, m: object, announce: object) -> object:
+                return (service, instance, m)
+
+            def send(self, reports: list) -> object:
+                self.sent.append(reports)
+                return type("Ack", (), {"accepted": len(reports)})()
+
+        sink = Sink()
+        agent = MetricsAgent(f"http://127.0.0.1:{a}/metrics", "10.99.0.1:8000/tcp", 7, sink, host_cpu=False,
+                             also=("10.99.0.1:8100/tcp",))  # fmt: skip
+        m = agent.once()
+        assert m.healthy and agent.reports == 2
+        assert sink.sent == [[("10.99.0.1:8000/tcp", 7, m), ("10.99.0.1:8100/tcp", 7, m)]]  # one send, one scrape
+    res = subprocess.run(
+        [sys.executable, "-m", "dinet.cli", "serve", "--listen", "127.0.0.1:1", "--listen", "127.0.0.1:2",
+         "--listen", "127.0.0.1:3", "--dscp", "10", "--dscp", "12"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "--dscp" in res.stderr, res.stderr
 
 
 def test_at_low_load_ttft_and_tpot_follow_the_model(server: str) -> None:

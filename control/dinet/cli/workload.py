@@ -15,13 +15,16 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     if bool(a.tls_cert) != bool(a.tls_key):
         raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
+    listen = a.listen or ["127.0.0.1:8000"]
+    if a.dscp and len(a.dscp) not in (1, len(listen)):
+        raise ConfigError(f"{len(listen)} --listen and {len(a.dscp)} --dscp: give one --dscp, or one per --listen")
     server = Server(
-        profile_of(a.profile, a.kv_tokens, a.max_batch), a.name or a.listen, a.model, a.role, a.decode_url or "",
+        profile_of(a.profile, a.kv_tokens, a.max_batch), a.name or listen[0], a.model, a.role, a.decode_url or "",
         a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,
         a.tail_url or "", a.privacy_layers, a.split_layers, a.replace_after, a.prefix_caching,
     )  # fmt: skip
     server.kv_dscp = a.kv_dscp
-    run(server, a.listen, (a.tls_cert, a.tls_key) if a.tls_cert else None, a.dscp)
+    run(server, listen, (a.tls_cert, a.tls_key) if a.tls_cert else None, a.dscp or 0)
 
 
 def cmd_route(a: argparse.Namespace) -> None:
@@ -102,11 +105,13 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"dinet metrics-agent: {a.url} -> {', '.join(a.collector)} for {a.service} instance {a.instance}", flush=True)
+    svcs = ", ".join(a.service)
+    print(f"dinet metrics-agent: {a.url} -> {', '.join(a.collector)} for {svcs} instance {a.instance}", flush=True)
     try:
         MetricsAgent(
-            a.url, a.service, a.instance, agent, a.interval, host_cpu=not a.no_host_cpu, announce=announce, ca=a.ca
-        ).run(stop, a.count)
+            a.url, a.service[0], a.instance, agent, a.interval, host_cpu=not a.no_host_cpu, announce=announce, ca=a.ca,
+            also=tuple(a.service[1:]),
+        ).run(stop, a.count)  # fmt: skip
     finally:
         agent.close()
 
@@ -114,9 +119,16 @@ def cmd_metrics_agent(a: argparse.Namespace) -> None:
 def register(sub: Any) -> None:
     """Adds this group's commands to `dinet`'s subcommands."""
     p = sub.add_parser("serve", help="an OpenAI-compatible model server with a serving engine's timing")
-    p.add_argument("--listen", default="127.0.0.1:8000")
     p.add_argument(
-        "--dscp", type=dscp, default=0, help="mark the answers with this DSCP (0-63 or a class: delay-sensitive, ...)"
+        "--listen",
+        action="append",
+        help="HOST:PORT (default 127.0.0.1:8000); again for another service the same engine answers on that port",
+    )
+    p.add_argument(
+        "--dscp",
+        type=dscp,
+        action="append",
+        help="mark answers with this DSCP (0-63 or a class: delay-sensitive, ...); one for all, or one per --listen",
     )
     p.add_argument("--kv-dscp", type=dscp, default=0, help="mark KV hand-overs to the decode stage (e.g. kv)")
     p.add_argument("--profile", default="llama3-8b-a100", help="model/GPU profile (see dinet.workload.engine)")
@@ -227,7 +239,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("metrics-agent", help="scrape an inference server's metrics and report to the collector")
     p.add_argument("--url", required=True, help="the server's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics")
     p.add_argument("--ca", help="the CA that signs an https endpoint's certificate (default: the system's)")
-    p.add_argument("--service", required=True, help="VIP:PORT/PROTO")
+    p.add_argument(
+        "--service",
+        required=True,
+        action="append",
+        help="VIP:PORT/PROTO; again for each other service the same engine answers (one scrape, a report each)",
+    )
     p.add_argument("--instance", type=int, required=True)
     p.add_argument(
         "--collector",

@@ -171,7 +171,9 @@ def pick_args(lab: Lab, pick: str, service: str) -> list[str]:
     """`dinet load`'s arguments for a client-side picker over the service's running instances."""
     port = lab.spec.service(service).port
     eps = [
-        f"{lab.scheme}://{i.endpoint}:{port}" for i in lab.instances.values() if i.spec.service == service and i.running
+        f"{lab.scheme}://{i.endpoint}:{port}"
+        for i in lab.instances.values()
+        if service in i.spec.services and i.running
     ]
     return ["--pick", pick, *(a for ep in eps for a in ("--endpoint", ep))]
 

@@ -12,9 +12,11 @@ while events happen on one clock:
   the start);
 - a site failure (full runs): the second-nearest instance of that service stops (server and agent), and comes
   back after the run.
-Per policy and class: TTFT p50/p99, TPOT p99, SLO attainment and goodput; load per site over time; the
-established flows that did not finish where they began (flows moved); the time from each event to the new
-split (the first change of the installed weights)."""
+Per policy and class: TTFT p50/p99, TPOT p99, SLO attainment and goodput, the share the farthest site served
+(`far_share`: where both classes share the engines, cloud-edge-mixed.yaml, delay-tolerant traffic should
+leave the near sites to delay-sensitive traffic first); load per site over time; the established flows that
+did not finish where they began (flows moved); the time from each event to the new split (the first change
+of the installed weights)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def nearest(spec: ScenarioSpec, service: str, ingress: str) -> list[str]:
     """The service's instances (not a pool's), nearest site first from the ingress node, among the sites its
     security level allows: what nearest-site anycast would pick, in order."""
     svc = spec.service(service)
-    allowed = [i for i in spec.instances if i.service == service and not i.pool]
+    allowed = [i for i in spec.instances if service in i.services and not i.pool]
     allowed = [i for i in allowed if spec.path(i.site, ingress).security >= svc.min_security]
     return [i.name for i in sorted(allowed, key=lambda i: (spec.path(i.site, ingress).delay_ms, i.name))]
 
@@ -84,6 +86,14 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
     # quick: shorter answers (a run ends when its last stream does)
     output = [8, 32] if quick else [16, 64]
     return {"service": service, "duration": duration, "rate": 2.5, "output": output, "events": events}
+
+
+def far_share(recs: list[dict[str, Any]], shape: dict[str, Any]) -> float | None:
+    """The share of answered requests the farthest site served (the path delay rise's site, the one with the
+    most capacity): where delay-tolerant traffic should go first when both classes share the instances."""
+    ok = [r for r in recs if r["status"] == "ok"]
+    far = next(e["site"] for e in shape["events"] if e["kind"] == "path delay rise")
+    return sum(r["site"] == far for r in ok) / len(ok) if ok else None
 
 
 def one_run(
@@ -133,7 +143,7 @@ def one_run(
         if failed:
             lab.view.wait_reports(set(failed))
     if not last:  # the next arm starts from idle instances, after a settle (no queue, no stream carries over)
-        wait_idle(lab, [n for n, i in lab.instances.items() if i.spec.service == shape["service"]])
+        wait_idle(lab, [n for n, i in lab.instances.items() if shape["service"] in i.spec.services])
         time.sleep(SETTLE_S)
     site = {n: lab.spec.site(i.spec.site).name for n, i in lab.instances.items()}
     for r in recs:
@@ -163,7 +173,7 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
             for cls in CLASSES:
                 rs = [r for r in recs if r["cls"] == cls]
                 if rs:
-                    row[cls] = class_figures(rs, slos, shape["duration"])
+                    row[cls] = class_figures(rs, slos, shape["duration"]) | {"far_share": far_share(rs, shape)}
             failed = {e["instance"] for e in shape["events"] if e["kind"] == "site failure"}
             row["flows_moved"] = flows_moved(recs, failed)
             key = f"{shape['service']}@{spec.client_ingress(spec.clients[0])}"

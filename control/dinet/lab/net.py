@@ -210,8 +210,8 @@ class Lab(Rig):
         shutil.rmtree(d, ignore_errors=True)  # a lab's CA lives as long as the lab
         init_ca(d, days=30)
         for name, inst in self.instances.items():
-            vip = self.spec.service(inst.spec.service).vip
-            issue(d, name, days=30, addresses=(str(vip), inst.endpoint, "127.0.0.1"))
+            vips = sorted({self.spec.service(x).vip for x in inst.spec.services})
+            issue(d, name, days=30, addresses=(*vips, inst.endpoint, "127.0.0.1"))
 
     def ns(self, node: str) -> str:
         """The named network namespace of a scenario node."""
@@ -407,8 +407,9 @@ class Lab(Rig):
             h = inst.host
             h.cmd(f"ip route add default via {inst.gateway} mtu 1500")  # its own packets fit a tunnel
             h.cmd(f"ip addr add {inst.mgmt}/16 dev {inst.spec.name}-eth1")
-            # its own service's VIP only: another stage's VIP (decode, from a prefill instance) is steered
-            h.cmd(f"ip addr add {s.service(inst.spec.service).vip}/32 dev lo")
+            # its own services' VIPs only: another stage's VIP (decode, from a prefill instance) is steered
+            for vip in sorted({s.service(x).vip for x in inst.spec.services}):
+                h.cmd(f"ip addr add {vip}/32 dev lo")
 
     def _programs(self) -> None:
         """The decap program on every instance host; with XDP, a pass program on the far end of each of the
@@ -520,9 +521,10 @@ class Lab(Rig):
 
     def _start_serve(self, name: str) -> subprocess.Popen[str]:
         inst = self.instances[name]
-        svc = self.spec.service(inst.spec.service)
         cli = [sys.executable, "-m", "dinet.cli"]
-        serve = [*cli, "serve", "--listen", f"0.0.0.0:{svc.port}", "--profile", inst.spec.profile, "--name", name]
+        serve = [*cli, "serve", "--profile", inst.spec.profile, "--name", name]
+        for other in inst.spec.services:  # one engine, a port per service, answers marked with its class
+            serve += ["--listen", f"0.0.0.0:{self.spec.service(other).port}", "--dscp", str(self.dscp(other))]
         if inst.spec.model:
             serve += ["--model", inst.spec.model]
         for opt in ("kv_tokens", "max_batch"):
@@ -536,7 +538,6 @@ class Lab(Rig):
             d = self.spec.service(inst.spec.decode_service)
             serve += ["--decode-url", f"{self.scheme}://{d.vip}:{d.port}", *self.tls_args()]
             serve += ["--kv-dscp", str(dscp_of("kv"))]
-        serve += ["--dscp", str(self.dscp(svc.name))]  # answers marked with the service's class
         if self.tls:
             serve += ["--tls-cert", str(self.workdir / "tls" / f"{name}.crt")]
             serve += ["--tls-key", str(self.workdir / "tls" / f"{name}.key")]
@@ -562,7 +563,9 @@ class Lab(Rig):
         agent = [*cli, "metrics-agent", "--url", f"{self.scheme}://127.0.0.1:{svc.port}/metrics", *self.tls_args()]
         if inst.spec.pool:
             agent += ["--announce", inst.endpoint, "--site", str(inst.site_id)]
-        agent += ["--service", self.service_keys[svc.name], "--instance", str(inst.id), "--no-host-cpu"]
+        for other in inst.spec.services:  # one scrape of its engine, a report for each service it answers
+            agent += ["--service", self.service_keys[other]]
+        agent += ["--instance", str(inst.id), "--no-host-cpu"]
         for c in self.collectors():
             agent += ["--collector", c]
         agent += ["--token-file", str(token), "--insecure"]
@@ -709,7 +712,7 @@ class Lab(Rig):
                 **tier(i),
             )  # fmt: skip
             for name, i in self.instances.items()
-            if i.spec.service == svc.name and not i.spec.pool
+            if svc.name in i.spec.services and not i.spec.pool
         ]
         pool = [i for i in self.instances.values() if i.spec.service == svc.name and i.spec.pool]
         pools = [
@@ -871,7 +874,7 @@ class Lab(Rig):
         listen = f"10.0.{k}.1:{8100 + len(self.routers)}"
         cmd = [sys.executable, "-m", "dinet.cli", "route", "--listen", listen, "--guard", str(guard)]
         for inst in self.instances.values():
-            if inst.spec.service == service:
+            if service in inst.spec.services:
                 cmd += ["--backend", f"{self.scheme}://{inst.endpoint}:{svc.port}"]
         if self.ca:
             cmd += ["--ca", self.ca]

@@ -102,6 +102,9 @@ class InstanceSpec(_Spec):
     link: LinkSpec = LinkSpec()  # its access link at the site
     pool: bool = False  # elastic capacity: joins at run time (`Lab.join`), not at start
     prefix_caching: bool = False  # the engine keeps prompts' KV blocks for later requests (vLLM's APC)
+    # more services the same engine answers (one GPU, a port each: the draft's mixed classes, where a
+    # delay-tolerant service shares the instances of a delay-sensitive one)
+    also_serves: list[str] = []
 
     @model_validator(mode="after")
     def _known(self) -> InstanceSpec:
@@ -109,7 +112,16 @@ class InstanceSpec(_Spec):
             raise ValueError(f"profile {self.profile!r} is not one of {sorted(PROFILES)}")
         if (self.role == "prefill") != (self.decode_service is not None):
             raise ValueError("a prefill instance names its decode_service, and only a prefill instance does")
+        if self.also_serves and (self.role != "both" or self.pool):
+            raise ValueError("only an instance of role both, not a pool's, serves more than one service")
+        if len({self.service, *self.also_serves}) != 1 + len(self.also_serves):
+            raise ValueError(f"{self.name} names a service twice (service and also_serves)")
         return self
+
+    @property
+    def services(self) -> list[str]:
+        """Every service this instance's engine answers: its own first."""
+        return [self.service, *self.also_serves]
 
 
 class SloSpec(_Spec):
@@ -174,7 +186,7 @@ class ScenarioSpec(_Spec):
             raise ValueError(f"node names must be unique; repeated: {dup}")
         ingress = {n.name for n in self.ingress}
         sites = {s.name for s in self.sites}
-        services = {s.name for s in self.services}
+        services = {s.name: s for s in self.services}
         for k, c in enumerate(self.clients):
             if c.ingress is not None and c.ingress not in ingress:
                 raise ValueError(f"clients[{k}] ({c.name}): no ingress node {c.ingress!r}")
@@ -192,9 +204,12 @@ class ScenarioSpec(_Spec):
         for i in self.instances:
             if i.site not in sites:
                 raise ValueError(f"instances: {i.name}.site: no site {i.site!r}")
-            for svc in (i.service, i.decode_service):
+            for svc in (*i.services, i.decode_service):
                 if svc is not None and svc not in services:
                     raise ValueError(f"instances: {i.name}: no service {svc!r}")
+            ports = [services[x].port for x in i.services]
+            if len(set(ports)) != len(ports):
+                raise ValueError(f"instances: {i.name}: its services share a port (its engine listens on each)")
         keys = [(s.vip, s.port) for s in self.services]
         if len(set(keys)) != len(keys):
             raise ValueError("services: two services share a VIP and port")
@@ -217,7 +232,7 @@ class ScenarioSpec(_Spec):
 
     def client_services(self) -> list[ServiceSpec]:
         """The services clients call (a decode stage takes hand-overs from the prefill stage only)."""
-        return [s for s in self.services if any(i.service == s.name and i.role != "decode" for i in self.instances)]
+        return [s for s in self.services if any(s.name in i.services and i.role != "decode" for i in self.instances)]
 
     def client_ingress(self, c: ClientSpec) -> str:
         return c.ingress or self.ingress[0].name

@@ -173,7 +173,8 @@ def scrape(url: str, timeout: float = 2.0, ca: str | None = None) -> str:
 
 @dataclass
 class MetricsAgent:
-    """Scrapes `url` every `interval` s and reports for (service, instance) through `agent` (a collect.Agent)."""
+    """Scrapes `url` every `interval` s and reports for (service, instance) through `agent` (a collect.Agent);
+    `also`: the other services the same engine answers (one scrape, one report for each, sent together)."""
 
     url: str
     service: str
@@ -188,6 +189,7 @@ class MetricsAgent:
     failures: int = 0  # scrapes that failed
     bad_samples: int = 0  # samples skipped as no server could have measured them
     send_failures: int = 0  # reports the collector did not take, in a row
+    also: tuple[str, ...] = ()
 
     def once(self) -> Level0:
         cpu = 0.0
@@ -208,8 +210,11 @@ class MetricsAgent:
             self.failures += 1
             m = Level0(cpu_load=min(1.0, cpu), healthy=False)  # the server does not answer: not healthy
         try:
-            report = self.agent.report(self.service, self.instance_id, m, self.announce)  # type: ignore[attr-defined]
-            ack = self.agent.send([report])  # type: ignore[attr-defined]
+            reports = [
+                self.agent.report(svc, self.instance_id, m, self.announce)  # type: ignore[attr-defined]
+                for svc in (self.service, *self.also)
+            ]
+            ack = self.agent.send(reports)  # type: ignore[attr-defined]
         except grpc.RpcError as e:  # the collector is down or unreachable: say so once, go on trying
             if not self.send_failures:
                 log.warning("cannot report to the collector (%s): retrying every %.1f s", e.code().name, self.interval)

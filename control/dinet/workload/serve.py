@@ -847,50 +847,63 @@ def profile_of(name: str, kv_tokens: int | None = None, max_batch: int | None = 
     return replace(p, kv_tokens=kv_tokens or p.kv_tokens, max_batch=max_batch or p.max_batch)
 
 
-async def open_site(app: web.Application, listen: str, tls: Any = None, dscp: int = 0) -> web.AppRunner:
+async def open_site(
+    app: web.Application, listen: str | list[str], tls: Any = None, dscp: int | list[int] = 0
+) -> web.AppRunner:
     """Serves `app` on HOST:PORT ("::" or nothing: every address of both families, which asyncio's "::" socket
     alone is not), over HTTPS with `tls` (an ssl context, creds.server_tls); ConfigError, with the runner
-    cleaned up, if the address cannot be had. dscp: what its answers are marked with (the listening sockets
-    are; the connections they accept inherit it)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--listen is HOST:PORT, not {listen!r}")
+    cleaned up, if an address cannot be had. Several addresses: one app (one engine) answers on each.
+    dscp: what its answers are marked with (the listening sockets are; the connections they accept inherit
+    it), one for all addresses or one each."""
+    listens = [listen] if isinstance(listen, str) else list(listen)
+    dscps = [dscp] * len(listens) if isinstance(dscp, int) else list(dscp)
+    if len(dscps) == 1:
+        dscps *= len(listens)
+    if not listens or len(dscps) != len(listens):
+        raise ConfigError(f"{len(listens)} listening address(es) and {len(dscps)} DSCPs: give one, or one each")
+    parsed = []
+    for addr in listens:
+        host, sep, port = addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"--listen is HOST:PORT, not {addr!r}")
+        parsed.append((addr, host.strip("[]"), int(port)))
     # a handler is cancelled when its client disconnects (its request then leaves the engine), and a stop
     # waits at most 2 s for what is still answering
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
     await runner.setup()
-    bind = host.strip("[]")
-    site = web.TCPSite(runner, None if bind in ("", "::") else bind, int(port), ssl_context=tls)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
-    if dscp:
-        server = getattr(site, "_server", None)  # aiohttp keeps the asyncio server private
-        for sock in server.sockets if server else ():
-            set_dscp(sock, dscp)  # type: ignore[arg-type]
+    for (addr, bind, number), mark in zip(parsed, dscps, strict=True):
+        site = web.TCPSite(runner, None if bind in ("", "::") else bind, number, ssl_context=tls)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise ConfigError(f"cannot listen on {addr}: {e.strerror}") from None
+        if mark:
+            server = getattr(site, "_server", None)  # aiohttp keeps the asyncio server private
+            for sock in server.sockets if server else ():
+                set_dscp(sock, mark)  # type: ignore[arg-type]
     return runner
 
 
-def run(server: Server, listen: str, tls: tuple[str, str] | None = None, dscp: int = 0) -> None:
+def run(server: Server, listen: str | list[str], tls: tuple[str, str] | None = None, dscp: int | list[int] = 0) -> None:
     """Serves `server` until SIGINT/SIGTERM; prints `ready` once it listens. tls: (certificate, key) to serve
-    HTTPS."""
+    HTTPS. Several addresses: one engine answers on each (one service per port), its answers marked with the
+    DSCP given for that address (or the one given for all)."""
     from ..creds import server_tls
 
     ctx = server_tls(*tls) if tls else None
     scheme = "https" if ctx else "http"
+    where = ", ".join(f"{scheme}://{x}" for x in ([listen] if isinstance(listen, str) else listen))
     serve_until_signal(
-        server.app,
-        listen,
-        f"{server.name} serving {server.model} ({server.profile.tier}) on {scheme}://{listen}",
-        ctx,
-        dscp,
+        server.app, listen, f"{server.name} serving {server.model} ({server.profile.tier}) on {where}", ctx, dscp
     )
 
 
-def serve_until_signal(app: web.Application, listen: str, what: str, tls: Any = None, dscp: int = 0) -> None:
-    """Serves `app` until SIGINT/SIGTERM; prints `ready: WHAT` once it listens (what the lab waits for)."""
+def serve_until_signal(
+    app: web.Application, listen: str | list[str], what: str, tls: Any = None, dscp: int | list[int] = 0
+) -> None:
+    """Serves `app` on each address until SIGINT/SIGTERM; prints `ready: WHAT` once it listens on all (what
+    the lab waits for)."""
 
     async def main() -> None:
         runner = await open_site(app, listen, tls, dscp)
