@@ -32,6 +32,7 @@ from .common import (
     CLIENT_PICKS,
     LEAD_S,
     SETTLE_S,
+    TWO_CHOICES,
     Options,
     Results,
     Sampler,
@@ -46,12 +47,12 @@ from .common import (
     run_events,
     stop_loads,
     timed,
+    use_policy,
     wait_idle,
 )
 
 log = logging.getLogger(__name__)
 
-TWO_CHOICES = "dinet-two-choices"  # dinet's weights, each new flow on the lower loaded of two ring candidates
 POLICIES = ("dinet", TWO_CHOICES, "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
 CLASSES = ("delay-sensitive", "delay-tolerant")
 
@@ -101,11 +102,7 @@ def one_run(
 ) -> tuple[list[dict[str, Any]], Sampler]:
     """One policy once: loads, events and decision samples on one clock; the records, tagged. Then the
     stepped instance drains (unless it is the last run): every run starts from the same state."""
-    pick = policy if policy in CLIENT_PICKS else ""
-    lab.set_policy("round-robin" if pick else "dinet" if policy == TWO_CHOICES else policy)  # a picker: past the VIP
-    two = policy == TWO_CHOICES
-    if (lab.placement == "two-choices") != two:
-        lab.set_placement("two-choices" if two else None)
+    pick = use_policy(lab, policy)
     start = time.time() + LEAD_S
     out = ["--output-min", str(shape["output"][0]), "--output-max", str(shape["output"][1])]
     loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, out, pick, policy=policy)

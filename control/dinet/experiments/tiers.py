@@ -1,7 +1,8 @@
 """`dinet experiment tiers SCENARIO`: the quality served against latency under rising load, on a service
 with model tiers (dynamic model selection).
 
-Per policy (dinet: the preferred tier with room, else the next; nearest-site anycast, compute-only,
+Per policy (dinet: the preferred tier with room, else the next; dinet-two-choices: the same weights, each new
+flow on the lower loaded of two ring candidates; nearest-site anycast, compute-only,
 round-robin, random, and the per-request pickers least-queue and oracle, all blind to tiers), one client's
 load rises in steps past what the large tier holds, then falls back. Per policy and load step: the share
 of requests the large tier served (quality), TTFT p50/p99 and SLO attainment; the time from the first step
@@ -22,6 +23,7 @@ from .common import (
     CLIENT_PICKS,
     LEAD_S,
     SETTLE_S,
+    TWO_CHOICES,
     Options,
     Results,
     aggregate,
@@ -31,6 +33,7 @@ from .common import (
     flows_moved,
     header,
     stop_loads,
+    use_policy,
     wait_idle,
 )
 
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # least-queue and oracle pick per request at the client, past the VIP (dinet.workload.pickers), blind to
 # tiers as the field's endpoint pickers are: the lowest queue, or the lowest true TTFT
-POLICIES = ("dinet", "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
+POLICIES = ("dinet", TWO_CHOICES, "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
 
 
 def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
@@ -61,8 +64,7 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
 
 
 def one_run(lab: Lab, policy: str, shape: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    pick = policy if policy in CLIENT_PICKS else ""
-    lab.set_policy("round-robin" if pick else policy)  # a picker sends past the VIP
+    pick = use_policy(lab, policy)
     start = time.time() + LEAD_S
     sched = ",".join(f"{t:g}:{r:g}" for t, r in shape["schedule"])
     extra = ["--schedule", sched, "--prompt-min", str(shape["prompt"][0]), "--prompt-max", str(shape["prompt"][1])]
