@@ -252,7 +252,9 @@ class P4Node(InstanceEdits):
         for key in svcs:
             self._vips[key.vip] = self._vips.get(key.vip, 0) + 1
         self._gen = itertools.count(max((s.gen for s in svcs.values()), default=0) + 1)
-        self._entries.update(entries)
+        # what the switch holds, and the default actions (a read of a table returns its entries only): an
+        # entry a half-done write took away is no longer counted as there
+        self._entries = {k: e for k, e in self._entries.items() if e.is_default} | entries
         self._groups = sw.read_multicast_groups()
         return len(entries)
 
