@@ -16,8 +16,6 @@ def cmd_serve(a: argparse.Namespace) -> None:
     if bool(a.tls_cert) != bool(a.tls_key):
         raise ConfigError("HTTPS needs both --tls-cert and --tls-key")
     listen = a.listen or ["127.0.0.1:8000"]
-    if a.dscp and len(a.dscp) not in (1, len(listen)):
-        raise ConfigError(f"{len(listen)} --listen and {len(a.dscp)} --dscp: give one --dscp, or one per --listen")
     server = Server(
         profile_of(a.profile, a.kv_tokens, a.max_batch), a.name or listen[0], a.model, a.role, a.decode_url or "",
         a.ca, a.verify_url or "", a.acceptance, a.escalate_url or "", a.threshold, a.large_quality,

@@ -436,20 +436,14 @@ class P4Node(InstanceEdits):
 
     def _sync_loads(self, st: _Svc, want: dict[tuple[str, Any], TableEntry]) -> None:
         """Makes `want` the service's load entries: removed, added and changed ones written."""
-        have = {
-            k: e
+        gone = [
+            e
             for k, e in self._entries.items()
-            if e.table in ("load_a", "load_b") and dict(e.match)["meta.svc_id"] == st.svc_id
-        }
-        gone = [e for k, e in have.items() if k not in want]
-        fresh = [e for k, e in want.items() if k not in have]
-        changed = [e for k, e in want.items() if k in have and have[k] != e]
+            if e.table in ("load_a", "load_b") and dict(e.match)["meta.svc_id"] == st.svc_id and k not in want
+        ]
         if gone:
             self._write(gone, "DELETE")
-        if fresh:
-            self._write(fresh, "INSERT")
-        if changed:
-            self._write(changed, "MODIFY")
+        self._write_changed(list(want.values()))
 
     def _inst_entries(self, st: _Svc, slot: int, inst: Instance) -> list[TableEntry]:
         key = (("meta.svc_id", st.svc_id), ("meta.slot", slot))

@@ -860,7 +860,7 @@ async def open_site(
     if len(dscps) == 1:
         dscps *= len(listens)
     if not listens or len(dscps) != len(listens):
-        raise ConfigError(f"{len(listens)} listening address(es) and {len(dscps)} DSCPs: give one, or one each")
+        raise ConfigError(f"{len(listens)} listening address(es) and {len(dscps)} DSCPs: give one DSCP, or one each")
     parsed = []
     for addr in listens:
         host, sep, port = addr.rpartition(":")
