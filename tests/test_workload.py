@@ -33,6 +33,20 @@ def server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+class Sink:
+    """A collector's stand-in for MetricsAgent: keeps what each send carried, and takes it all."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[tuple[str, int, object]]] = []
+
+    def report(self, service: str, instance: int, m: object, announce: object = None) -> tuple[str, int, object]:
+        return (service, instance, m)
+
+    def send(self, reports: list[tuple[str, int, object]]) -> object:
+        self.sent.append(reports)
+        return type("Ack", (), {"accepted": len(reports)})()
+
+
 def metrics(url: str, ca: str | None = None) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -95,16 +109,6 @@ def test_one_engine_answers_on_each_service_port_and_its_agent_reports_for_each(
                 )
         for port in (a, b):
             assert metrics(f"http://127.0.0.1:{port}")["vllm:generation_tokens_total"] == 6
-
-        class Sink:
-            sent: list = []
-
-            def report(self, service: str, instance: int, m: object, announce: object) -> object:
-                return (service, instance, m)
-
-            def send(self, reports: list) -> object:
-                self.sent.append(reports)
-                return type("Ack", (), {"accepted": len(reports)})()
 
         sink = Sink()
         agent = MetricsAgent(f"http://127.0.0.1:{a}/metrics", "10.99.0.1:8000/tcp", 7, sink, host_cpu=False,
@@ -579,13 +583,6 @@ def test_the_metrics_agent_skips_bad_samples_and_bounds_every_scrape() -> None:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{srv.server_address[1]}"
-
-    class Sink:
-        def report(self, *a: object) -> object:
-            return a
-
-        def send(self, reports: list) -> object:
-            return type("Ack", (), {"accepted": len(reports)})()
 
     try:
         good = MetricsAgent(f"{base}/metrics", "10.96.0.1:8000/tcp", 1, Sink(), host_cpu=False)

@@ -856,7 +856,7 @@ async def open_site(
     dscp: what its answers are marked with (the listening sockets are; the connections they accept inherit
     it), one for all addresses or one each."""
     listens = [listen] if isinstance(listen, str) else list(listen)
-    dscps = [dscp] * len(listens) if isinstance(dscp, int) else list(dscp)
+    dscps = [dscp] if isinstance(dscp, int) else list(dscp)
     if len(dscps) == 1:
         dscps *= len(listens)
     if not listens or len(dscps) != len(listens):
