@@ -223,7 +223,9 @@ def test_tiers_degrade_to_a_small_model_when_the_large_saturates_and_come_back(t
         before = lab.load("dev1", "assist", rate=8, duration=1, seed=1, **QUICK)
         assert {r["instance"] for r in before} == {"big"}
         # the cloud's own users fill the large tier (sent inside its host: nothing of it is steered)
-        with _burst(lab, "big", 8000) as burst:
+        # 80 requests, so its queue outlasts the load below: with 40 the queue emptied ~4 s after the switch and
+        # the large tier rightly took new flows again while the burst still ran (a slow run's load met it there)
+        with _burst(lab, "big", 8000, rate=160) as burst:
             lab.wait_until(lambda: lab.view.weights("assist")["big"] == 0, "large tier saturated")
             during = lab.load("dev1", "assist", rate=8, duration=1, seed=2, **QUICK)
             assert during and all(r["status"] == "ok" for r in during)  # the service stays up
@@ -370,13 +372,13 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
 
 
 @contextlib.contextmanager
-def _burst(lab, instance: str, port: int):  # type: ignore[no-untyped-def]
+def _burst(lab, instance: str, port: int, rate: int = 80):  # type: ignore[no-untyped-def]
     """A site's own users fill an instance (sent inside its host: nothing of it is steered); stopped on exit
     if it has not drained by then."""
     p = lab.popen(
         instance,
         [sys.executable, "-m", "dinet.cli", "load", "--url", f"{lab.scheme}://127.0.0.1:{port}", "--quiet"]
-        + [*lab.tls_args(), "--rate", "80", "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
+        + [*lab.tls_args(), "--rate", str(rate), "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
         + ["--output-min", "120", "--output-max", "120", "--seed", "2"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
