@@ -21,7 +21,6 @@
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/ipv6.h>
-#include <uapi/linux/in.h>
 #include <uapi/linux/udp.h>
 #include "bier.h"
 

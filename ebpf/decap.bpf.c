@@ -3,7 +3,6 @@
  * the endpoints in `endpoints` loses its outer header and goes up the local stack, where the VIP is a
  * local address; the instance answers the client directly. Everything else passes untouched. */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/in.h>
 #include "steer.h"
 #include "parse.h"
 

@@ -8,8 +8,6 @@
  * delivers it and the instance answers the client directly. Everything else passes untouched.
  * Compiled by bcc with -DDINET_PIN_DIR="..." naming the bpffs folder that holds the node's maps. */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 #include "steer.h"
 #include "parse.h"

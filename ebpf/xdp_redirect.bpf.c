@@ -1,7 +1,7 @@
 /* xdp_redirect.bpf.c (bench only): every frame out of one port, MACs rewritten, nothing looked up. The
  * limit of any XDP forwarding program on bench/xdp_steer.py's veth path: steering is measured against it. */
 #include <uapi/linux/bpf.h>
-#include <linux/if_ether.h>
+#include <uapi/linux/if_ether.h>
 
 struct redirect_cfg {
 	__u32 ifindex;

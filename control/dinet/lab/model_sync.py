@@ -52,9 +52,11 @@ class SyncLab(Rig):
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "token").write_text(self.token + "\n")
         self._credentials()
-        for name in self.clouds:
+        for name in self.clouds:  # every receiver started at once, then each waited for (a second each)
             self.store(name).mkdir(parents=True, exist_ok=True)
-            self.start_receiver(name)
+            self._spawn(name)
+        for name in self.clouds:
+            self._started(name)
 
     @property
     def clouds(self) -> list[str]:
@@ -91,6 +93,10 @@ class SyncLab(Rig):
         return Cloud(name, f"{addr}:{STATUS_PORT}")
 
     def start_receiver(self, name: str) -> None:
+        self._spawn(name)
+        self._started(name)
+
+    def _spawn(self, name: str) -> None:
         ifaces = sorted(ifn for (node, _), ifn in self.domain.ifname.items() if node == name)
         argv = ["ip", "netns", "exec", self.domain.net.ns(name), sys.executable, "-m", "dinet.cli", "sync-receiver"]
         argv += ["--store", str(self.store(name)), "--interfaces", ",".join(ifaces)]
@@ -99,13 +105,18 @@ class SyncLab(Rig):
         argv += ["--servers", str(self.root / ".repo" / "servers")]
         tls = self.root / ".repo" / "tls"
         argv += ["--tls-cert", str(tls / f"{name}.crt"), "--tls-key", str(tls / f"{name}.key")]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # in procs at once: a failed build's close() stops it
+        self.procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def _started(self, name: str) -> None:
+        """Waits for the receiver's first line; one that does not say it started is stopped, with its error."""
+        proc = self.procs[name]
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("dinet sync-receiver"):
             proc.kill()
             err = proc.stderr.read() if proc.stderr else ""
+            self.stop_receiver(name, kill=True)
             raise RuntimeError(f"the receiver of {name} did not start: {line}{err}")
-        self.procs[name] = proc
 
     def stop_receiver(self, name: str, kill: bool = False) -> None:
         proc = self.procs.pop(name)
