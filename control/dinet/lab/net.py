@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -236,16 +237,16 @@ class Lab(Rig):
         self._programs()
         if self.tls:
             self._certs()
-        for inst in self.instances.values():
-            if not inst.spec.pool:
-                self.start_instance(inst.spec.name)
+        engines = [n for n, inst in self.instances.items() if not inst.spec.pool]
+        self._spawn_instances(engines)
         for c in self.spec.clients:
             if c.local is not None:
                 self._start_local(c.name)
         for ingress in self.node_agents:
             self._attach_steering(ingress)
             self.start_node_agent(ingress)
-        self._start_controller()  # its intent names the instances that run; their agents retry until it is up
+        # its intent names the instances that run; they start meanwhile, their agents retry until it is up
+        self._start_controller(meanwhile=lambda: self._instances_ready(engines))
         if self.agents:
             self.view.wait_reports({n for n, i in self.instances.items() if i.running})
 
@@ -498,9 +499,24 @@ class Lab(Rig):
 
     def start_instance(self, name: str) -> None:
         """Starts the instance's `dinet serve` and its metrics agent (a pool instance joins this way)."""
-        inst = self.instances[name]
-        serve = self._start_serve(name)
-        inst.procs = [serve, self._start_agent(name)] if self.agents else [serve]
+        self.start_instances([name])
+
+    def start_instances(self, names: list[str]) -> None:
+        """start_instance() for each, the engines started at once (a second or two each to start), each agent
+        once its engine is ready."""
+        self._spawn_instances(names)
+        self._instances_ready(names)
+
+    def _spawn_instances(self, names: list[str]) -> None:
+        for name in names:  # in procs at once: a failed build's close() stops them
+            self.instances[name].procs = [self._popen(name, self._serve_cmd(name), f"{name}-serve")]
+
+    def _instances_ready(self, names: list[str]) -> None:
+        for name in names:
+            inst = self.instances[name]
+            self._ready(inst.procs[0], f"{name}-serve", f"dinet serve on {name}")
+            if self.agents:
+                inst.procs.append(self._start_agent(name))
 
     def kill(self, name: str, which: str = "serve") -> None:
         """SIGKILL, no goodbye: the instance's model server (`serve`) or its metrics agent (`agent`)."""
@@ -520,6 +536,9 @@ class Lab(Rig):
         inst.procs[k] = self._start_serve(name) if which == "serve" else self._start_agent(name)
 
     def _start_serve(self, name: str) -> subprocess.Popen[str]:
+        return self._start_ready(name, self._serve_cmd(name), f"{name}-serve", f"dinet serve on {name}")
+
+    def _serve_cmd(self, name: str) -> list[str]:
         inst = self.instances[name]
         cli = [sys.executable, "-m", "dinet.cli"]
         serve = [*cli, "serve", "--profile", inst.spec.profile, "--name", name]
@@ -541,12 +560,14 @@ class Lab(Rig):
         if self.tls:
             serve += ["--tls-cert", str(self.workdir / "tls" / f"{name}.crt")]
             serve += ["--tls-key", str(self.workdir / "tls" / f"{name}.key")]
-        return self._start_ready(name, serve, f"{name}-serve", f"dinet serve on {name}")
+        return serve
 
     def _start_ready(self, node: str, cmd: list[str], log_name: str, what: str) -> subprocess.Popen[str]:
         """A process on a lab node that says `ready` on its first line (dinet serve, dinet route); stopped and
         a DinetError naming its log if it does not."""
-        p = self._popen(node, cmd, log_name)
+        return self._ready(self._popen(node, cmd, log_name), log_name, what)
+
+    def _ready(self, p: subprocess.Popen[str], log_name: str, what: str) -> subprocess.Popen[str]:
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("ready"):
             stop_processes([p])
@@ -758,18 +779,25 @@ class Lab(Rig):
         tmp.replace(path)  # `dinet run` sees a whole file or the old one
         return path
 
-    def _start_controller(self) -> None:
+    def _start_controller(self, meanwhile: Callable[[], None] = lambda: None) -> None:
+        """`dinet run` (mode central) or a decider per ingress node, started at once; `meanwhile` runs while
+        they start (seconds: the steering program's compile), before they are waited for."""
         from ..services.intent import load
 
         path = self.write_intent()
         load(path)  # the runner's own intent is valid, or this says where it is not
         if self.mode == "central":
-            self.controller = self._start_run(path, [], "controller")
+            self.controller = self._spawn_run(path, [], "controller")
         else:
             self.deciders = {
-                ing.name: self._start_run(path, ["--node", str(k)], f"decider-{ing.name}")
+                ing.name: self._spawn_run(path, ["--node", str(k)], f"decider-{ing.name}")
                 for k, ing in enumerate(self.spec.ingress)
             }
+        meanwhile()
+        if self.controller is not None:
+            self._run_ready(self.controller, "controller")
+        for name, p in self.deciders.items():
+            self._run_ready(p, f"decider-{name}")
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[str]:
         """`dinet ARGS` in the root namespace (on the management network), its stderr in the lab's logs."""
@@ -783,7 +811,12 @@ class Lab(Rig):
         return p
 
     def _start_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
-        p = self._spawn(["run", str(path), "--insecure", *args], log_name)
+        return self._run_ready(self._spawn_run(path, args, log_name), log_name)
+
+    def _spawn_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
+        return self._spawn(["run", str(path), "--insecure", *args], log_name)
+
+    def _run_ready(self, p: subprocess.Popen[str], log_name: str) -> subprocess.Popen[str]:
         assert p.stdout is not None
         for line in p.stdout:
             if line.startswith("dinet: collector on"):

@@ -12,10 +12,12 @@ import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import dijkstra
+
+if TYPE_CHECKING:  # scipy is imported where a plan is made: every `dinet` command imports this module
+    from scipy.sparse import csr_matrix
 
 from ..errors import ConfigError
 from ..rfc8296 import BSL_BITS, bift_id, si_bit
@@ -125,7 +127,7 @@ class BiftPlanner:
         self.down_nodes: set[str] = set()
         self._rows_moved: set[int] = set()  # the distance rows (and link ends) the last set_state moved
         self._sets = self._live_sets()
-        self._dist = dijkstra(self._graph(), directed=True) if size else np.zeros((0, 0))
+        self._dist = _dijkstra(self._graph()) if size else np.zeros((0, 0))
         every = np.arange(size)
         self._hop = self._hops(every, every)
         self._tables = self._tables_of(list(range(size)))
@@ -264,6 +266,8 @@ class BiftPlanner:
         )
 
     def _graph(self) -> csr_matrix:
+        from scipy.sparse import csr_matrix
+
         rows = [i for i, nbrs in self._adj.items() for _ in nbrs]
         cols = [j for nbrs in self._adj.values() for j in nbrs]
         vals = [c for nbrs in self._adj.values() for c in nbrs.values()]
@@ -337,7 +341,7 @@ class BiftPlanner:
         if not near_i.size or not near_j.size:
             return set()
         side = near_i if near_i.size <= near_j.size else near_j
-        new = dijkstra(self._graph(), directed=True, indices=side)
+        new = _dijkstra(self._graph(), side)
         diff = new != dist[side]
         dist[side] = new
         dist[:, side] = new.T
@@ -654,3 +658,10 @@ def plan_domain(
     plans = planner.plan(down_links, down_nodes)
     check_disjoint(planner.bifts.tables())
     return plans
+
+
+def _dijkstra(graph: csr_matrix, indices: Any = None) -> np.ndarray:
+    """scipy's Dijkstra (C): the distances from `indices` (None: every node) to every node."""
+    from scipy.sparse.csgraph import dijkstra
+
+    return dijkstra(graph, directed=True, indices=indices)  # type: ignore[no-any-return]
