@@ -303,6 +303,7 @@ class BiftPlanner:
         old = self._adj[i].get(j)
         if old == cost:
             return set()
+        before = self._dist.copy()
         moved: set[int] = set()
         if old is not None:  # the link goes (a dearer one is the cheaper's removal, then an addition)
             del self._adj[i][j], self._adj[j][i]
@@ -310,24 +311,56 @@ class BiftPlanner:
         if cost is not None:
             self._adj[i][j] = self._adj[j][i] = cost
             moved |= self._added(i, j, cost)
-        # s's next hop toward d reads dist(s, d) and its neighbours' dist(n, d): only the columns that
-        # moved can change, for s or a neighbour of s with a row that moved (and i and j: their neighbours)
-        cols = np.array(sorted(moved), dtype=np.int64)
-        redo = set(moved)
-        for r in moved:
-            redo |= set(self._adj[r])
-        changed = set()
-        if cols.size:
-            rows = np.array(sorted(redo - {i, j}), dtype=np.int64)
-            hops = self._hops(rows, cols)
-            differ = np.any(hops != self._hop[np.ix_(rows, cols)], axis=1)
-            for k in np.flatnonzero(differ).tolist():
-                self._hop[rows[k], cols] = hops[k]
-                changed.add(int(rows[k]))
+        xs, ds = np.nonzero(self._dist != before)
+        changed = self._rehop(xs, ds, {i, j})
         ends = np.array([i, j], dtype=np.int64)
         self._hop[ends] = self._hops(ends, np.arange(len(self.names)))
         self._rows_moved |= moved | {i, j}
         return changed | {i, j}
+
+    def _rehop(self, xs: np.ndarray, ds: np.ndarray, skip: set[int]) -> set[int]:
+        """The next hops again where a distance they read moved: s's hop toward d reads dist(s, d) and its
+        neighbours' dist(n, d), so for every moved (x, d) the pairs (x, d) and (n, d) for x's neighbours n
+        (a few thousand pairs after a link change in a 1,000-BFR domain, where the rows x columns around
+        them are hundreds of thousands). Rows in `skip` are left out (the caller does them whole); returns
+        the BFRs whose next hops changed."""
+        if not xs.size:
+            return set()
+        size = len(self.names)
+        indptr, nbrs, costs = self._csr()
+        deg = np.diff(indptr)
+        # every moved pair, and the same column for each neighbour of its row (links are symmetric)
+        rows = np.concatenate([xs, nbrs[_spans(indptr, xs)]])
+        cols = np.concatenate([ds, np.repeat(ds, deg[xs])])
+        keep = (rows != cols) & ~np.isin(rows, list(skip))
+        key = np.unique(rows[keep] * size + cols[keep])
+        rs, cs = key // size, key % size
+        # each pair's candidates: its row's neighbours n with cost(r, n) + dist(n, d) = dist(r, d)
+        at = _spans(indptr, rs)
+        pr = np.repeat(np.arange(rs.size), deg[rs])
+        n = nbrs[at]
+        want = self._dist[rs, cs][pr]
+        ok = np.isfinite(want) & (costs[at] + self._dist[n, cs[pr]] == want)
+        rank = np.asarray(self._rank, dtype=np.int64)
+        ranked = np.where(ok, rank[n], size)
+        best = np.full(rs.size, size, dtype=np.int64)
+        np.minimum.at(best, pr, ranked)
+        by_rank = np.argsort(rank)
+        hops = np.where(best < size, by_rank[np.minimum(best, size - 1)], -1)
+        differ = hops != self._hop[rs, cs]
+        self._hop[rs[differ], cs[differ]] = hops[differ]
+        return set(np.unique(rs[differ]).tolist())
+
+    def _csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The links that are up as arrays: row i's neighbours are nbrs[indptr[i]:indptr[i + 1]], with costs."""
+        size = len(self.names)
+        deg = np.array([len(self._adj[i]) for i in range(size)], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(deg)])
+        nbrs = np.fromiter((j for i in range(size) for j in self._adj[i]), dtype=np.int64, count=int(indptr[-1]))
+        costs = np.fromiter(
+            (c for i in range(size) for c in self._adj[i].values()), dtype=np.float64, count=int(indptr[-1])
+        )
+        return indptr, nbrs, costs
 
     def _removed(self, i: int, j: int, cost: int) -> set[int]:
         """Distances after the link i-j (of `cost`) went; returns the rows that changed. Only a pair with a
@@ -366,13 +399,14 @@ class BiftPlanner:
             return {}
         size, width = len(self.names), len(self._sets) * self.bits
         pairs = [(s, n) for s in nodes for n in sorted(self._adj[s])]
-        keys = np.array([s * size + n for s, n in pairs], dtype=np.int64)
-        order = np.argsort(keys)
-        at = np.array(nodes, dtype=np.int64)
-        hop = self._hop[at]
+        # (the k-th of nodes, neighbour) -> its bit row; BFER -> its bit column (its set's block, its bit)
+        row_of = np.zeros((len(nodes), size), dtype=np.int64)
+        local = {s: k for k, s in enumerate(nodes)}
+        row_of[[local[s] for s, _ in pairs], [n for _, n in pairs]] = np.arange(len(pairs))
+        col_of = np.searchsorted(np.array(self._sets), self._si) * self.bits + self._pos - 1
+        hop = self._hop[np.array(nodes, dtype=np.int64)]
         k, d = np.nonzero((hop >= 0) & (self._si >= 0)[None, :])
-        row = order[np.searchsorted(keys[order], at[k] * size + hop[k, d])]
-        col = np.searchsorted(np.array(self._sets), self._si[d]) * self.bits + self._pos[d] - 1
+        row, col = row_of[k, hop[k, d]], col_of[d]
         bits = np.zeros((len(pairs), width), dtype=bool)
         bits[row, col] = True
         packed = np.packbits(bits, axis=1, bitorder="little")
@@ -386,11 +420,12 @@ class BiftPlanner:
                 if fbm:
                     fbms[s][si][self.names[n]] = fbm
         out = {}
+        ids = {si: bift_id(self.bsl_code, si, self.sd) for si in self._sets}
         for s in nodes:
             own_si, own_pos = int(self._si[s]), int(self._pos[s])
             out[s] = {
                 si: BiftSet(
-                    bift_id(self.bsl_code, si, self.sd),
+                    ids[si],
                     si,
                     dict(sorted(fbms[s][si].items())),
                     1 << (own_pos - 1) if own_si == si else 0,
@@ -665,3 +700,12 @@ def _dijkstra(graph: csr_matrix, indices: Any = None) -> np.ndarray:
     from scipy.sparse.csgraph import dijkstra
 
     return dijkstra(graph, directed=True, indices=indices)  # type: ignore[no-any-return]
+
+
+def _spans(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The positions indptr[r]..indptr[r + 1] - 1 of every r in rows, one after another."""
+    deg = indptr[rows + 1] - indptr[rows]
+    if not deg.sum():
+        return np.zeros(0, dtype=np.int64)
+    starts = np.repeat(indptr[rows] - np.cumsum(deg) + deg, deg)
+    return starts + np.arange(int(deg.sum()))
