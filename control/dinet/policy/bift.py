@@ -125,7 +125,10 @@ class BiftPlanner:
         self._adj = {i: dict(nbrs) for i, nbrs in self._base.items()}  # the links that are up
         self.down_links: set[frozenset[str]] = set()
         self.down_nodes: set[str] = set()
-        self._rows_moved: set[int] = set()  # the distance rows (and link ends) the last set_state moved
+        # fast reroute: per (BFR, BFER) the backup neighbour (-1: none), made by the first backups_of and then
+        # kept up to date as next hops are; the BFRs whose backups or next hops the last set_state changed
+        self._alt: np.ndarray | None = None
+        self._alt_moved: set[int] = set()
         self._sets = self._live_sets()
         self._dist = _dijkstra(self._graph()) if size else np.zeros((0, 0))
         every = np.arange(size)
@@ -147,7 +150,7 @@ class BiftPlanner:
         was = {(i, j): self._link_up(i, j) for i, j in self._links_of(self.down_links, self.down_nodes)}
         self.down_links, self.down_nodes = set(down_links), set(down_nodes)
         touched: set[int] = set()
-        self._rows_moved = set()
+        self._alt_moved = set()
         for i, j in sorted(set(was) | self._links_of(self.down_links, self.down_nodes)):
             up = self._link_up(i, j)
             if was.get((i, j), True) != up:
@@ -156,7 +159,7 @@ class BiftPlanner:
         if sets != self._sets:  # a set lost (or gained) its only BFER: every table has other entries
             self._sets = sets
             touched = set(range(len(self.names)))
-            self._rows_moved = set(touched)
+            self._alt_moved = set(touched)  # the backups' F-BMs too
         changed = set()
         for s, table in self._tables_of(sorted(touched)).items():
             if table != self._tables[s]:
@@ -165,12 +168,9 @@ class BiftPlanner:
         return (changed | back) - self.down_nodes
 
     def backups_stale(self) -> set[str]:
-        """The live BFRs whose backups the last set_state may have changed: backups(s) reads s's row and
-        next hops and its neighbours' rows, so a BFR with a moved row, a neighbour of one, or an end of a
-        link that changed."""
-        stale = set(self._rows_moved)
-        for r in self._rows_moved:
-            stale |= set(self._base[r])
+        """The live BFRs whose backups the last set_state changed: a backup neighbour, or a next hop (the
+        backups are per primary neighbour). Every live BFR before the first backups_of."""
+        stale = self._alt_moved if self._alt is not None else range(len(self.names))
         return {self.names[s] for s in stale} - self.down_nodes
 
     def backups(self, src: str) -> dict[str, dict[int, dict[str, int]]]:
@@ -184,43 +184,29 @@ class BiftPlanner:
         return self.backups_of([src])[src]
 
     def backups_of(self, sources: Iterable[str]) -> dict[str, dict[str, dict[int, dict[str, int]]]]:
-        """`backups` for many BFRs at once: one row per (BFR, neighbour) over every BFER, the best neighbour
-        per (BFR, BFER) by one reduceat (cost, then name), the F-BMs set in one scatter and packed in one call,
-        in blocks of BFRs (a Python loop per BFER would dominate: a third of a 1,000-BFR domain is next to
-        a moved row after a link change)."""
+        """`backups` for many BFRs at once, from the backup neighbour of every (BFR, BFER) (`_alternates`,
+        kept up to date by set_state once made): the F-BMs set in one scatter and packed in one call, in
+        blocks of BFRs (a Python loop per BFER would dominate)."""
         names = list(sources)
         out: dict[str, dict[str, dict[int, dict[str, int]]]] = {n: {} for n in names}
         size = len(self.names)
         if not size:
             return out
-        dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
-        by_rank = np.argsort(rank)
-        bfer = self._si >= 0
+        if self._alt is None:
+            every = np.arange(size)
+            self._alt = self._alternates(every, every)
         for lo in range(0, len(names), 64):
             block = np.array([self._index[n] for n in names[lo : lo + 64]], dtype=np.int64)
-            pairs = [(k, b, c) for k, s in enumerate(block.tolist()) for b, c in self._adj[s].items()]
-            if not pairs:
-                continue
-            row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
-            src = block[row]
-            hop = self._hop[src]  # each pair's source's next hop toward every BFR
-            with np.errstate(invalid="ignore"):
-                free = dist[nbr] < dist[nbr, src][:, None] + dist[src]
-            ok = free & (hop >= 0) & (hop != nbr[:, None]) & bfer[None, :]
-            # cost first, the neighbour's name on a tie: one number per (pair, BFER), the least per source wins
-            key = np.where(ok, (cost[:, None] + dist[nbr]) * (size + 1) + rank[nbr][:, None], np.inf)
-            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
-            best = np.minimum.reduceat(key, starts, axis=0)  # (sources with neighbours, BFERs)
-            k, d = np.nonzero(np.isfinite(best))
+            alt = self._alt[block]
+            k, d = np.nonzero(alt >= 0)
             if not k.size:
                 continue
-            s_of = row[starts][k]
-            b = by_rank[(best[k, d] % (size + 1)).astype(np.int64)]
-            n = self._hop[block[s_of], d]
+            b = alt[k, d]
+            n = self._hop[block[k], d]
             # one bit row per (source, primary neighbour, backup), the sets side by side
             sets = np.unique(self._si[d])
             width = len(sets) * self.bits
-            group = (s_of * size + n) * size + b
+            group = (k * size + n) * size + b
             uniq, at = np.unique(group, return_inverse=True)
             col = np.searchsorted(sets, self._si[d]) * self.bits + self._pos[d] - 1
             bits = np.zeros((len(uniq), width), dtype=bool)
@@ -230,13 +216,91 @@ class BiftPlanner:
             for g, raw in zip(uniq.tolist(), packed, strict=True):
                 sk, rest = divmod(g, size * size)
                 nn, bb = divmod(rest, size)
-                every = int.from_bytes(raw.tobytes(), "little")
+                every_bit = int.from_bytes(raw.tobytes(), "little")
                 per = out[names[lo + sk]].setdefault(self.names[nn], {})
                 for m, si in enumerate(sets.tolist()):
-                    fbm = every >> (m * self.bits) & full
+                    fbm = every_bit >> (m * self.bits) & full
                     if fbm:
                         per.setdefault(int(si), {})[self.names[bb]] = fbm
         return out
+
+    def _alternates(self, sources: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The backup neighbour (-1: none) of every source toward every BFER in `cols` (see `backups`): one
+        row per (source, neighbour) pair, the best neighbour per (source, BFER) by one reduceat (cost, then
+        name), in blocks of sources."""
+        size = len(self.names)
+        out = np.full((len(sources), len(cols)), -1, dtype=np.int64)
+        dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
+        by_rank = np.argsort(rank)
+        bfer = (self._si >= 0)[cols]
+        for lo in range(0, len(sources), 64):
+            block = sources[lo : lo + 64]
+            pairs = [(k, b, c) for k, s in enumerate(block.tolist()) for b, c in self._adj[s].items()]
+            if not pairs:
+                continue
+            row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
+            src = block[row]
+            hop = self._hop[np.ix_(src, cols)]  # each pair's source's next hop toward every BFER
+            to = dist[np.ix_(nbr, cols)]
+            with np.errstate(invalid="ignore"):
+                free = to < dist[nbr, src][:, None] + dist[np.ix_(src, cols)]
+            ok = free & (hop >= 0) & (hop != nbr[:, None]) & bfer[None, :]
+            # cost first, the neighbour's name on a tie: one number per (pair, BFER), the least per source wins
+            key = np.where(ok, (cost[:, None] + to) * (size + 1) + rank[nbr][:, None], np.inf)
+            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+            best = np.minimum.reduceat(key, starts, axis=0)
+            fin = np.isfinite(best)
+            alt = np.full(best.shape, -1, dtype=np.int64)
+            alt[fin] = by_rank[(best[fin] % (size + 1)).astype(np.int64)]
+            out[lo + row[starts]] = alt
+        return out
+
+    def _realternate(
+        self, xs: np.ndarray, ds: np.ndarray, hop_rows: np.ndarray, hop_cols: np.ndarray, whole: set[int]
+    ) -> None:
+        """The backup neighbours again where what they read moved, as _rehop does for next hops: s's backup
+        toward d reads dist(s, d), its neighbours' dist(b, d) and dist(b, s), and its next hop toward d. So
+        the pairs (x, d) of every moved distance and (n, d) for x's neighbours n, the pairs whose next hop
+        changed, and whole rows for `whole` (the link's ends) and for a BFR whose distance to a neighbour
+        moved. The BFRs whose backups changed join _alt_moved."""
+        assert self._alt is not None
+        size = len(self.names)
+        indptr, nbrs, costs = self._csr()
+        deg = np.diff(indptr)
+        edge = np.zeros(size * size, dtype=bool)
+        edge[np.repeat(np.arange(size), deg) * size + nbrs] = True
+        rows_whole = set(whole) | set(xs[edge[xs * size + ds]].tolist())
+        if rows_whole:
+            at = np.array(sorted(rows_whole), dtype=np.int64)
+            alt = self._alternates(at, np.arange(size))
+            differ = np.any(alt != self._alt[at], axis=1)
+            self._alt[at] = alt
+            self._alt_moved |= set(at[differ].tolist())
+        rows = np.concatenate([xs, nbrs[_spans(indptr, xs)], hop_rows])
+        cols = np.concatenate([ds, np.repeat(ds, deg[xs]), hop_cols])
+        keep = (rows != cols) & ~np.isin(rows, list(rows_whole))
+        key = np.unique(rows[keep] * size + cols[keep])
+        if not key.size:
+            return
+        rs, cs = key // size, key % size
+        at = _spans(indptr, rs)
+        pr = np.repeat(np.arange(rs.size), deg[rs])
+        b, dist = nbrs[at], self._dist
+        hop = self._hop[rs, cs][pr]
+        to = dist[b, cs[pr]]
+        with np.errstate(invalid="ignore"):
+            free = to < dist[b, rs[pr]] + dist[rs, cs][pr]
+        ok = free & (hop >= 0) & (hop != b) & (self._si >= 0)[cs[pr]]
+        rank = np.asarray(self._rank, dtype=np.int64)
+        key2 = np.where(ok, (costs[at] + to) * (size + 1) + rank[b], np.inf)
+        best = np.full(rs.size, np.inf)
+        np.minimum.at(best, pr, key2)
+        fin = np.isfinite(best)
+        alt = np.full(rs.size, -1, dtype=np.int64)
+        alt[fin] = np.argsort(rank)[(best[fin] % (size + 1)).astype(np.int64)]
+        differ = alt != self._alt[rs, cs]
+        self._alt[rs[differ], cs[differ]] = alt[differ]
+        self._alt_moved |= set(np.unique(rs[differ]).tolist())
 
     def next_hops_toward(self, dest: str) -> dict[str, str]:
         """BFR -> its next hop toward dest now (the BFRs that reach it)."""
@@ -304,28 +368,30 @@ class BiftPlanner:
         if old == cost:
             return set()
         before = self._dist.copy()
-        moved: set[int] = set()
         if old is not None:  # the link goes (a dearer one is the cheaper's removal, then an addition)
             del self._adj[i][j], self._adj[j][i]
-            moved |= self._removed(i, j, old)
+            self._removed(i, j, old)
         if cost is not None:
             self._adj[i][j] = self._adj[j][i] = cost
-            moved |= self._added(i, j, cost)
+            self._added(i, j, cost)
         xs, ds = np.nonzero(self._dist != before)
-        changed = self._rehop(xs, ds, {i, j})
+        hop_rows, hop_cols = self._rehop(xs, ds, {i, j})
         ends = np.array([i, j], dtype=np.int64)
         self._hop[ends] = self._hops(ends, np.arange(len(self.names)))
-        self._rows_moved |= moved | {i, j}
-        return changed | {i, j}
+        if self._alt is not None:
+            self._alt_moved |= set(hop_rows.tolist()) | {i, j}
+            self._realternate(xs, ds, hop_rows, hop_cols, {i, j})
+        return set(hop_rows.tolist()) | {i, j}
 
-    def _rehop(self, xs: np.ndarray, ds: np.ndarray, skip: set[int]) -> set[int]:
+    def _rehop(self, xs: np.ndarray, ds: np.ndarray, skip: set[int]) -> tuple[np.ndarray, np.ndarray]:
         """The next hops again where a distance they read moved: s's hop toward d reads dist(s, d) and its
         neighbours' dist(n, d), so for every moved (x, d) the pairs (x, d) and (n, d) for x's neighbours n
         (a few thousand pairs after a link change in a 1,000-BFR domain, where the rows x columns around
         them are hundreds of thousands). Rows in `skip` are left out (the caller does them whole); returns
-        the BFRs whose next hops changed."""
+        the (BFR, BFER) pairs whose next hops changed."""
+        empty = np.zeros(0, dtype=np.int64)
         if not xs.size:
-            return set()
+            return empty, empty
         size = len(self.names)
         indptr, nbrs, costs = self._csr()
         deg = np.diff(indptr)
@@ -349,7 +415,7 @@ class BiftPlanner:
         hops = np.where(best < size, by_rank[np.minimum(best, size - 1)], -1)
         differ = hops != self._hop[rs, cs]
         self._hop[rs[differ], cs[differ]] = hops[differ]
-        return set(np.unique(rs[differ]).tolist())
+        return rs[differ], cs[differ]
 
     def _csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The links that are up as arrays: row i's neighbours are nbrs[indptr[i]:indptr[i + 1]], with costs."""
