@@ -272,6 +272,30 @@ def test_backups_of_every_bfr_at_once_are_the_loop_free_alternates_by_definition
             assert any(len(per) > 1 for b in got.values() for per in b.values()), "no second set exercised"
 
 
+@pytest.mark.parametrize("seed", [7, 8])
+def test_backups_kept_up_to_date_equal_a_fresh_plan_and_name_every_bfr_they_moved(seed: int) -> None:
+    """Once made, the backups follow each link change where what they read moved: after every change they
+    equal those of a planner made for the topology without the failed links, and backups_stale names every
+    BFR whose backups differ from before the change."""
+    topo = random_domain(90, 160, seed, bfer_every=2)
+    p = BiftPlanner(topo, 1)
+    names = list(topo.bfr_ids)
+    rng = random.Random(seed)
+    links = [frozenset((k.a, k.b)) for k in topo.links]
+    down: set[frozenset[str]] = set()
+    before = p.backups_of(names)
+    for step in range(25):
+        down ^= {rng.choice(links)}
+        p.set_state(set(down), set())
+        got = p.backups_of(names)
+        now = topo
+        for link in sorted(down, key=sorted):
+            now = now.without_link(*sorted(link))
+        assert got == BiftPlanner(now, 1).backups_of(names), f"step {step}"
+        assert {n for n in names if got[n] != before[n]} <= p.backups_stale(), f"step {step}"
+        before = got
+
+
 def test_sr_p2mp_trees_hold_state_where_they_branch() -> None:
     """The tree baseline: a model to e1, e2 and e5 from r follows the BIFTs' shortest paths; SR-P2MP holds a
     replication segment at the root, where the tree branches and at the leaves (m1 and m2 pass it on),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -233,12 +233,7 @@ class BiftPlanner:
         dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
         by_rank = np.argsort(rank)
         bfer = (self._si >= 0)[cols]
-        for lo in range(0, len(sources), 64):
-            block = sources[lo : lo + 64]
-            pairs = [(k, b, c) for k, s in enumerate(block.tolist()) for b, c in self._adj[s].items()]
-            if not pairs:
-                continue
-            row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
+        for lo, block, row, nbr, cost, starts in self._neighbour_blocks(sources, 64):
             src = block[row]
             hop = self._hop[np.ix_(src, cols)]  # each pair's source's next hop toward every BFER
             to = dist[np.ix_(nbr, cols)]
@@ -247,7 +242,6 @@ class BiftPlanner:
             ok = free & (hop >= 0) & (hop != nbr[:, None]) & bfer[None, :]
             # cost first, the neighbour's name on a tie: one number per (pair, BFER), the least per source wins
             key = np.where(ok, (cost[:, None] + to) * (size + 1) + rank[nbr][:, None], np.inf)
-            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
             best = np.minimum.reduceat(key, starts, axis=0)
             fin = np.isfinite(best)
             alt = np.full(best.shape, -1, dtype=np.int64)
@@ -346,21 +340,29 @@ class BiftPlanner:
         dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
         by_rank = np.argsort(rank)
         none = len(self.names)
-        for lo in range(0, len(sources), 128):
-            block = sources[lo : lo + 128]
-            pairs = [(k, n, c) for k, s in enumerate(block.tolist()) for n, c in self._adj[s].items()]
-            if not pairs:
-                continue
-            row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
+        for lo, block, row, nbr, cost, starts in self._neighbour_blocks(sources, 128):
             want = dist[np.ix_(block[row], cols)]
             ok = np.isfinite(want) & (cost[:, None] + dist[np.ix_(nbr, cols)] == want)
             ranked = np.where(ok, rank[nbr][:, None], none)
-            starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
             best = np.minimum.reduceat(ranked, starts, axis=0)
             hops = np.where(best < none, by_rank[np.minimum(best, none - 1)], -1)
             out[lo + row[starts]] = hops
         out[sources[:, None] == cols[None, :]] = -1
         return out
+
+    def _neighbour_blocks(
+        self, sources: np.ndarray, step: int
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Sources in blocks of `step`, each block one row per (source, neighbour): (lo, block, row, nbr,
+        cost, starts), row the source's place in the block and starts where each source's rows begin (the
+        sources with a neighbour), for a reduceat per source."""
+        for lo in range(0, len(sources), step):
+            block = sources[lo : lo + step]
+            pairs = [(k, n, c) for k, s in enumerate(block.tolist()) for n, c in self._adj[s].items()]
+            if not pairs:
+                continue
+            row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
+            yield lo, block, row, nbr, cost, np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
 
     def _relink(self, i: int, j: int, cost: int | None) -> set[int]:
         """Sets the link i-j's cost (None: down); returns the BFRs whose next hops changed."""
