@@ -728,7 +728,7 @@ class DomainPlanner:
         """Every live BFR's entries with these links and BFRs down (see plan_domain)."""
         changed = self.bifts.set_state(set(down_links or ()), set(down_nodes or ()))
         tables = self.bifts.tables()
-        # backups read the neighbours' distances too: with fast reroute also the BFRs next to a moved row
+        # with fast reroute also the BFRs whose backups moved (a backup reads its neighbours' distances too)
         redo = changed | self.bifts.backups_stale() if self.intent.frr else changed
         frr = self.bifts.backups_of(sorted(redo)) if self.intent.frr else {}
         for name in redo:
