@@ -113,23 +113,20 @@ def model(frame: bytes, services: dict[tuple[bytes, int, int], set[bytes]], vips
 def new_session_connection(frame: bytes, dgram: int, sessions: set[tuple[bytes, int, int]]) -> bool:
     """Per the contract (dinet_consts.h, steer.bpf.c): a TCP SYN without ACK to a session-affine service that
     carries a session key (a flow label, or a source port of the session range), its flags within the
-    datagram, is a new connection of its session: it may be placed anew. `frame` is one the model steers."""
-    from scapy.layers.inet import IP, TCP
-    from scapy.layers.inet6 import IPv6
-    from scapy.layers.l2 import Ether
-
+    datagram, is a new connection of its session: it may be placed anew. `frame` is one the model steers.
+    Read from the bytes as the data plane reads them: a TCP header cut short by the datagram's length is
+    still a SYN if its first 14 bytes are there (scapy would not dissect it as TCP at all)."""
     from dinet.policy.session import session_key
 
-    pkt = Ether(frame)
-    ip = pkt[IP] if IP in pkt else pkt[IPv6]
-    if TCP not in pkt:
+    if frame[12:14] == b"\x08\x00":
+        l4, proto, dst, label = (frame[14] & 0x0F) * 4, frame[23], frame[30:34], 0
+    else:
+        l4, proto, dst, label = 40, frame[20], frame[38:54], int.from_bytes(frame[15:18], "big") & 0xFFFFF
+    tcp = frame[14 + l4 :]
+    if proto != 6 or len(tcp) < 14 or (dst, 6, int.from_bytes(tcp[2:4], "big")) not in sessions:
         return False
-    tcp = pkt[TCP]
-    if (ipaddress.ip_address(ip.dst).packed, 6, tcp.dport) not in sessions:
-        return False
-    l4 = len(bytes(ip)) - len(bytes(tcp))
-    label = pkt[IPv6].fl if IPv6 in pkt else 0
-    return l4 + 14 <= dgram and (int(tcp.flags) & 0x12) == 0x02 and session_key(tcp.sport, label) != 0
+    sport = int.from_bytes(tcp[0:2], "big")
+    return l4 + 14 <= dgram and (tcp[13] & 0x12) == 0x02 and session_key(sport, label) != 0
 
 
 def outer_ok(out: bytes, inp: bytes, dgram: int, eps: set[bytes], src4: bytes, src6: bytes) -> str:
@@ -641,6 +638,18 @@ def bier_norm(frame: bytes) -> bytes:
     return frame
 
 
+def first_difference(got: dict[int, list[bytes]], wanted: dict[int, list[bytes]]) -> str:
+    """The first port whose copies differ from the model's: one copy it got that the model has not, and one
+    the model wants that it did not get (hex)."""
+    for p in sorted(set(got) | set(wanted)):
+        have, want = sorted(got.get(p, [])), sorted(wanted.get(p, []))
+        if have != want:
+            extra = next((c.hex() for c in have if c not in want), "-")
+            missing = next((c.hex() for c in want if c not in have), "-")
+            return f"port {p}: got {extra}, wanted {missing}"
+    return "the copies agree"
+
+
 def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True) -> dict[str, Any]:
     """n_frames random and mutated BIER and BFIR frames into the TC program (and its XDP fast path, taken from
     a fan-out of 2) of a node in a namespace, in batches closed by a marker frame: per batch, the copies on
@@ -724,7 +733,10 @@ def fuzz_bier(n_frames: int, seed: int, batch: int = 256, progress: bool = True)
                 extra = {k: moved[k] - want_c[k] for k in set(moved) | set(want_c) if moved[k] != want_c[k]}
                 have = {p: len(v) for p, v in got.items()}
                 need = {p: len(v) for p, v in wanted.items()}
-                violations.append(f"batch at frame {sent}: counters off by {extra}; copies {have} vs {need}")
+                violations.append(
+                    f"batch at frame {sent}: counters off by {extra}; copies {have} vs {need}; "
+                    f"{first_difference(got, wanted)}"
+                )
             sent += len(frames)
             if progress and sent % 100_000 < batch:
                 print(f"  BIER: {sent:,} frames, {len(violations)} violation(s)", flush=True)

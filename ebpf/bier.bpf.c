@@ -256,7 +256,7 @@ static __always_inline int tree_rx(struct __sk_buff *skb)
 	if (!h->local) { /* not a replication node of this tree: on toward the one the top label names */
 		if (ttl <= 1)
 			return drop(BIER_DROP_TTL);
-		__be32 lse = mpls_lse(node_sid, 0, ttl - 1);
+		__be32 lse = bpf_htonl((top & ~0xffu) | (ttl - 1)); /* a swap to the same SID: label, TC kept */
 		__u8 hop[12];
 		__builtin_memcpy(hop, h->dmac, 6);
 		__builtin_memcpy(hop + 6, h->smac, 6);

@@ -377,20 +377,22 @@ def tree_roots() -> list[tuple[str, int, int]]:
     return [(SYNC[0], TREE_PORT, rep_sid(4, OWN)), (SYNC6[0], TREE_PORT, rep_sid(4, OWN))]
 
 
-def tree_frame(top: int, bottom: int, ttl: int = 64, bottom_ttl: int | None = None, inner=INNER) -> Ether:
+def tree_frame(top: int, bottom: int, ttl: int = 64, bottom_ttl: int | None = None, inner=INNER, tc: int = 0) -> Ether:
     from scapy.contrib.mpls import MPLS
 
     return (
         Ether(src="02:b1:00:00:00:99", dst=NODE_MAC, type=0x8847)
-        / MPLS(label=top, s=0, ttl=ttl)
+        / MPLS(label=top, cos=tc, s=0, ttl=ttl)
         / MPLS(label=bottom, s=1, ttl=ttl if bottom_ttl is None else bottom_ttl)
         / inner
     )
 
 
-def tree_copy(port: int, top: int, bottom: int, ttl: int, inner=INNER, bottom_ttl: int | None = None) -> Forward:
+def tree_copy(
+    port: int, top: int, bottom: int, ttl: int, inner=INNER, bottom_ttl: int | None = None, tc: int = 0
+) -> Forward:
     smac, dmac, _ = NBR[port]
-    f = tree_frame(top, bottom, ttl, bottom_ttl, inner)
+    f = tree_frame(top, bottom, ttl, bottom_ttl, inner, tc)
     f[Ether].src, f[Ether].dst = smac, dmac
     return Forward(Ether(bytes(f)), port)
 
@@ -426,9 +428,10 @@ def tree_vectors() -> list[BierVector]:
             {"tree_rx": 1, "local": 1},
         ),
         BierVector(
-            "tree: another node's SID on top goes on toward it (SR unicast), the top TTL minus one",
-            bytes(tree_frame(node_sid(7), rep_sid(1, 7))),
-            (tree_copy(3, node_sid(7), rep_sid(1, 7), 63, bottom_ttl=64),),
+            "tree: another node's SID on top goes on toward it (SR unicast), the top TTL minus one, its traffic"
+            " class kept",
+            bytes(tree_frame(node_sid(7), rep_sid(1, 7), tc=5)),
+            (tree_copy(3, node_sid(7), rep_sid(1, 7), 63, bottom_ttl=64, tc=5),),
             {"tree_rx": 1, "tree_unicast": 1},
         ),
         BierVector(
