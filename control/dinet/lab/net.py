@@ -499,15 +499,12 @@ class Lab(Rig):
 
     def start_instance(self, name: str) -> None:
         """Starts the instance's `dinet serve` and its metrics agent (a pool instance joins this way)."""
-        self.start_instances([name])
-
-    def start_instances(self, names: list[str]) -> None:
-        """start_instance() for each, the engines started at once (a second or two each to start), each agent
-        once its engine is ready."""
-        self._spawn_instances(names)
-        self._instances_ready(names)
+        self._spawn_instances([name])
+        self._instances_ready([name])
 
     def _spawn_instances(self, names: list[str]) -> None:
+        """The engines' `dinet serve`, started at once (a second or two each to start); _instances_ready
+        waits for each and then starts its agent."""
         for name in names:  # in procs at once: a failed build's close() stops them
             self.instances[name].procs = [self._popen(name, self._serve_cmd(name), f"{name}-serve")]
 

@@ -111,7 +111,9 @@ class BiftPlanner:
         self.names = list(topo.bfr_ids)
         self._index = {n: i for i, n in enumerate(self.names)}
         rank = {n: r for r, n in enumerate(sorted(self.names))}
-        self._rank = [rank[n] for n in self.names]
+        # each BFR's place in name order (ties between neighbours go to the smallest name), and its inverse
+        self._rank = np.array([rank[n] for n in self.names], dtype=np.int64)
+        self._by_rank = np.argsort(self._rank)
         size = len(self.names)
         self._si = np.full(size, -1, dtype=np.int64)
         self._pos = np.zeros(size, dtype=np.int64)
@@ -230,8 +232,7 @@ class BiftPlanner:
         name), in blocks of sources."""
         size = len(self.names)
         out = np.full((len(sources), len(cols)), -1, dtype=np.int64)
-        dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
-        by_rank = np.argsort(rank)
+        dist, rank = self._dist, self._rank
         bfer = (self._si >= 0)[cols]
         for lo, block, row, nbr, cost, starts in self._neighbour_blocks(sources, 64):
             src = block[row]
@@ -245,12 +246,18 @@ class BiftPlanner:
             best = np.minimum.reduceat(key, starts, axis=0)
             fin = np.isfinite(best)
             alt = np.full(best.shape, -1, dtype=np.int64)
-            alt[fin] = by_rank[(best[fin] % (size + 1)).astype(np.int64)]
+            alt[fin] = self._by_rank[(best[fin] % (size + 1)).astype(np.int64)]
             out[lo + row[starts]] = alt
         return out
 
     def _realternate(
-        self, xs: np.ndarray, ds: np.ndarray, hop_rows: np.ndarray, hop_cols: np.ndarray, whole: set[int]
+        self,
+        xs: np.ndarray,
+        ds: np.ndarray,
+        hop_rows: np.ndarray,
+        hop_cols: np.ndarray,
+        whole: set[int],
+        csr: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> None:
         """The backup neighbours again where what they read moved, as _rehop does for next hops: s's backup
         toward d reads dist(s, d), its neighbours' dist(b, d) and dist(b, s), and its next hop toward d. So
@@ -259,7 +266,7 @@ class BiftPlanner:
         moved. The BFRs whose backups changed join _alt_moved."""
         assert self._alt is not None
         size = len(self.names)
-        indptr, nbrs, costs = self._csr()
+        indptr, nbrs, costs = csr
         deg = np.diff(indptr)
         edge = np.zeros(size * size, dtype=bool)
         edge[np.repeat(np.arange(size), deg) * size + nbrs] = True
@@ -285,13 +292,12 @@ class BiftPlanner:
         with np.errstate(invalid="ignore"):
             free = to < dist[b, rs[pr]] + dist[rs, cs][pr]
         ok = free & (hop >= 0) & (hop != b) & (self._si >= 0)[cs[pr]]
-        rank = np.asarray(self._rank, dtype=np.int64)
-        key2 = np.where(ok, (costs[at] + to) * (size + 1) + rank[b], np.inf)
+        key2 = np.where(ok, (costs[at] + to) * (size + 1) + self._rank[b], np.inf)
         best = np.full(rs.size, np.inf)
         np.minimum.at(best, pr, key2)
         fin = np.isfinite(best)
         alt = np.full(rs.size, -1, dtype=np.int64)
-        alt[fin] = np.argsort(rank)[(best[fin] % (size + 1)).astype(np.int64)]
+        alt[fin] = self._by_rank[(best[fin] % (size + 1)).astype(np.int64)]
         differ = alt != self._alt[rs, cs]
         self._alt[rs[differ], cs[differ]] = alt[differ]
         self._alt_moved |= set(np.unique(rs[differ]).tolist())
@@ -337,15 +343,14 @@ class BiftPlanner:
         n with cost(s, n) + dist(n, d) = dist(s, d), the one with the smallest name. All sources at once:
         one row per (source, neighbour) pair, the smallest rank per source by reduceat (in blocks)."""
         out = np.full((len(sources), len(cols)), -1, dtype=np.int64)
-        dist, rank = self._dist, np.array(self._rank, dtype=np.int64)
-        by_rank = np.argsort(rank)
+        dist, rank = self._dist, self._rank
         none = len(self.names)
         for lo, block, row, nbr, cost, starts in self._neighbour_blocks(sources, 128):
             want = dist[np.ix_(block[row], cols)]
             ok = np.isfinite(want) & (cost[:, None] + dist[np.ix_(nbr, cols)] == want)
             ranked = np.where(ok, rank[nbr][:, None], none)
             best = np.minimum.reduceat(ranked, starts, axis=0)
-            hops = np.where(best < none, by_rank[np.minimum(best, none - 1)], -1)
+            hops = np.where(best < none, self._by_rank[np.minimum(best, none - 1)], -1)
             out[lo + row[starts]] = hops
         out[sources[:, None] == cols[None, :]] = -1
         return out
@@ -377,15 +382,18 @@ class BiftPlanner:
             self._adj[i][j] = self._adj[j][i] = cost
             self._added(i, j, cost)
         xs, ds = np.nonzero(self._dist != before)
-        hop_rows, hop_cols = self._rehop(xs, ds, {i, j})
+        csr = self._csr()  # the links as they are now, for both
+        hop_rows, hop_cols = self._rehop(xs, ds, {i, j}, csr)
         ends = np.array([i, j], dtype=np.int64)
         self._hop[ends] = self._hops(ends, np.arange(len(self.names)))
         if self._alt is not None:
             self._alt_moved |= set(hop_rows.tolist()) | {i, j}
-            self._realternate(xs, ds, hop_rows, hop_cols, {i, j})
+            self._realternate(xs, ds, hop_rows, hop_cols, {i, j}, csr)
         return set(hop_rows.tolist()) | {i, j}
 
-    def _rehop(self, xs: np.ndarray, ds: np.ndarray, skip: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _rehop(
+        self, xs: np.ndarray, ds: np.ndarray, skip: set[int], csr: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The next hops again where a distance they read moved: s's hop toward d reads dist(s, d) and its
         neighbours' dist(n, d), so for every moved (x, d) the pairs (x, d) and (n, d) for x's neighbours n
         (a few thousand pairs after a link change in a 1,000-BFR domain, where the rows x columns around
@@ -395,7 +403,7 @@ class BiftPlanner:
         if not xs.size:
             return empty, empty
         size = len(self.names)
-        indptr, nbrs, costs = self._csr()
+        indptr, nbrs, costs = csr
         deg = np.diff(indptr)
         # every moved pair, and the same column for each neighbour of its row (links are symmetric)
         rows = np.concatenate([xs, nbrs[_spans(indptr, xs)]])
@@ -409,12 +417,10 @@ class BiftPlanner:
         n = nbrs[at]
         want = self._dist[rs, cs][pr]
         ok = np.isfinite(want) & (costs[at] + self._dist[n, cs[pr]] == want)
-        rank = np.asarray(self._rank, dtype=np.int64)
-        ranked = np.where(ok, rank[n], size)
+        ranked = np.where(ok, self._rank[n], size)
         best = np.full(rs.size, size, dtype=np.int64)
         np.minimum.at(best, pr, ranked)
-        by_rank = np.argsort(rank)
-        hops = np.where(best < size, by_rank[np.minimum(best, size - 1)], -1)
+        hops = np.where(best < size, self._by_rank[np.minimum(best, size - 1)], -1)
         differ = hops != self._hop[rs, cs]
         self._hop[rs[differ], cs[differ]] = hops[differ]
         return rs[differ], cs[differ]
