@@ -254,36 +254,30 @@ class BiftPlanner:
         self,
         xs: np.ndarray,
         ds: np.ndarray,
-        hop_rows: np.ndarray,
-        hop_cols: np.ndarray,
+        near: tuple[np.ndarray, np.ndarray],
+        hops: tuple[np.ndarray, np.ndarray],
         whole: set[int],
         csr: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> None:
-        """The backup neighbours again where what they read moved, as _rehop does for next hops: s's backup
-        toward d reads dist(s, d), its neighbours' dist(b, d) and dist(b, s), and its next hop toward d. So
-        the pairs (x, d) of every moved distance and (n, d) for x's neighbours n, the pairs whose next hop
-        changed, and whole rows for `whole` (the link's ends) and for a BFR whose distance to a neighbour
-        moved. The BFRs whose backups changed join _alt_moved."""
+        """The backup neighbours again where what they read moved, as for next hops: s's backup toward d
+        reads dist(s, d), its neighbours' dist(b, d) and dist(b, s), and its next hop toward d. So the pairs
+        `near` the moved distances (xs, ds), the pairs whose next hop changed (`hops`), and whole rows for
+        `whole` (the link's ends) and for a BFR whose distance to a neighbour moved. The BFRs whose backups
+        changed join _alt_moved."""
         assert self._alt is not None
         size = len(self.names)
         indptr, nbrs, costs = csr
         deg = np.diff(indptr)
-        edge = np.zeros(size * size, dtype=bool)
-        edge[np.repeat(np.arange(size), deg) * size + nbrs] = True
-        rows_whole = set(whole) | set(xs[edge[xs * size + ds]].tolist())
+        rows_whole = set(whole) | {x for x, y in zip(xs.tolist(), ds.tolist(), strict=True) if y in self._adj[x]}
         if rows_whole:
             at = np.array(sorted(rows_whole), dtype=np.int64)
             alt = self._alternates(at, np.arange(size))
             differ = np.any(alt != self._alt[at], axis=1)
             self._alt[at] = alt
             self._alt_moved |= set(at[differ].tolist())
-        rows = np.concatenate([xs, nbrs[_spans(indptr, xs)], hop_rows])
-        cols = np.concatenate([ds, np.repeat(ds, deg[xs]), hop_cols])
-        keep = (rows != cols) & ~np.isin(rows, list(rows_whole))
-        key = np.unique(rows[keep] * size + cols[keep])
-        if not key.size:
+        rs, cs = self._pairs(np.concatenate([near[0], hops[0]]), np.concatenate([near[1], hops[1]]), rows_whole)
+        if not rs.size:
             return
-        rs, cs = key // size, key % size
         at = _spans(indptr, rs)
         pr = np.repeat(np.arange(rs.size), deg[rs])
         b, dist = nbrs[at], self._dist
@@ -382,35 +376,38 @@ class BiftPlanner:
             self._adj[i][j] = self._adj[j][i] = cost
             self._added(i, j, cost)
         xs, ds = np.nonzero(self._dist != before)
-        csr = self._csr()  # the links as they are now, for both
-        hop_rows, hop_cols = self._rehop(xs, ds, {i, j}, csr)
+        csr = self._csr()  # the links as they are now, for next hops and backups
+        indptr, nbrs, _ = csr
+        # what a (BFR, BFER) pair reads of the distances: its own and its neighbours' in the same column, so
+        # every moved (x, d) and (n, d) for x's neighbours n (links are symmetric): a few thousand pairs after
+        # a link change in a 1,000-BFR domain, where the rows x columns around them are hundreds of thousands
+        near = (
+            np.concatenate([xs, nbrs[_spans(indptr, xs)]]),
+            np.concatenate([ds, np.repeat(ds, np.diff(indptr)[xs])]),
+        )
+        hop_rows, hop_cols = self._rehop(*self._pairs(*near, {i, j}), csr)  # the ends are done whole
         ends = np.array([i, j], dtype=np.int64)
         self._hop[ends] = self._hops(ends, np.arange(len(self.names)))
         if self._alt is not None:
             self._alt_moved |= set(hop_rows.tolist()) | {i, j}
-            self._realternate(xs, ds, hop_rows, hop_cols, {i, j}, csr)
+            self._realternate(xs, ds, near, (hop_rows, hop_cols), {i, j}, csr)
         return set(hop_rows.tolist()) | {i, j}
 
+    def _pairs(self, rows: np.ndarray, cols: np.ndarray, skip: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        """These (row, column) pairs once each, without a BFR's own column and without the rows in skip."""
+        size = len(self.names)
+        keep = (rows != cols) & ~np.isin(rows, list(skip))
+        key = np.unique(rows[keep] * size + cols[keep])
+        return key // size, key % size
+
     def _rehop(
-        self, xs: np.ndarray, ds: np.ndarray, skip: set[int], csr: tuple[np.ndarray, np.ndarray, np.ndarray]
+        self, rs: np.ndarray, cs: np.ndarray, csr: tuple[np.ndarray, np.ndarray, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The next hops again where a distance they read moved: s's hop toward d reads dist(s, d) and its
-        neighbours' dist(n, d), so for every moved (x, d) the pairs (x, d) and (n, d) for x's neighbours n
-        (a few thousand pairs after a link change in a 1,000-BFR domain, where the rows x columns around
-        them are hundreds of thousands). Rows in `skip` are left out (the caller does them whole); returns
-        the (BFR, BFER) pairs whose next hops changed."""
-        empty = np.zeros(0, dtype=np.int64)
-        if not xs.size:
-            return empty, empty
+        """The next hops of these (BFR, BFER) pairs again (s's hop toward d reads dist(s, d) and its
+        neighbours' dist(n, d)); returns the pairs whose next hops changed."""
         size = len(self.names)
         indptr, nbrs, costs = csr
         deg = np.diff(indptr)
-        # every moved pair, and the same column for each neighbour of its row (links are symmetric)
-        rows = np.concatenate([xs, nbrs[_spans(indptr, xs)]])
-        cols = np.concatenate([ds, np.repeat(ds, deg[xs])])
-        keep = (rows != cols) & ~np.isin(rows, list(skip))
-        key = np.unique(rows[keep] * size + cols[keep])
-        rs, cs = key // size, key % size
         # each pair's candidates: its row's neighbours n with cost(r, n) + dist(n, d) = dist(r, d)
         at = _spans(indptr, rs)
         pr = np.repeat(np.arange(rs.size), deg[rs])
