@@ -1,6 +1,10 @@
 """dinet load against a field tool: NVIDIA AIPerf and `dinet load` measure the same `dinet serve` (on loopback)
-with the same open-loop rate, prompt and output lengths; their TTFT and TPOT (AIPerf: inter-token latency)
-medians are printed side by side and written to JSON.
+replaying one arrival trace (Poisson at the given rate, drawn once from the seed; AIPerf reads it as a single-turn
+dataset with a fixed schedule, dinet load as an Azure trace), with the same prompt and output lengths; their TTFT
+and TPOT (AIPerf: inter-token latency) medians are printed side by side and written to JSON. One trace for
+both matters: a request that arrives while the engine runs another one's step waits for that step (TTFT 30-45
+ms against 19 ms alone), so two tools drawing their own Poisson arrivals would compare two samples of the
+engine, not their clocks (16 requests: medians 21-25 ms apart run to run).
 
 AIPerf lives in a venv of its own, made on first use (`pip install aiperf==0.13.0`, about 1.2 GB, no torch,
 a few minutes) in the user's cache (`$XDG_CACHE_HOME/dinet/aiperf-0.13.0`, default `~/.cache/dinet/...`),
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from bench.common import free_port, host, write
 from dinet.workload.engine import PROFILES
+from dinet.workload.load import poisson
 
 AIPERF = "aiperf==0.13.0"
 TOKENIZER = """
@@ -59,6 +64,24 @@ def ensure_aiperf(venv: Path | None = None) -> tuple[Path, Path]:
     return exe, tok
 
 
+def write_trace(folder: Path, rate: float, requests: int, prompt: int, output: int, seed: int = 1) -> float:
+    """One Poisson arrival trace in both tools' formats: `trace.jsonl` (AIPerf's single-turn dataset: timestamp
+    in ms, the prompt's text, output length; a prompt of `prompt` words of the tokenizer's vocabulary, each
+    request's its own, so that no prefix is cached) and `trace.csv` (Azure: TIMESTAMP in seconds,
+    ContextTokens, GeneratedTokens). Returns the last arrival (seconds)."""
+    import random
+
+    at = list(poisson([(0.0, rate)], 10 * requests / rate, random.Random(seed)))[:requests]
+    assert len(at) == requests, "the trace is shorter than the requests asked for"
+    ms = [round(t * 1000) for t in at]
+    words = lambda k: " ".join(f"w{(k * prompt + i) % 4000}" for i in range(prompt))  # noqa: E731
+    rows = [{"timestamp": t, "text": words(k), "output_length": output} for k, t in enumerate(ms)]
+    (folder / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"] + [f"{t / 1000},{prompt},{output}" for t in ms]
+    (folder / "trace.csv").write_text("\n".join(lines) + "\n")
+    return ms[-1] / 1000
+
+
 def run(
     rate: float = 2.0, requests: int = 20, prompt: int = 128, output: int = 32, profile: str = "llama3-8b-a100"
 ) -> dict:  # type: ignore[type-arg]
@@ -74,20 +97,20 @@ def run(
         url = f"http://127.0.0.1:{port}"
         with tempfile.TemporaryDirectory() as d:
             model = PROFILES[profile].model  # the name it serves (another one is a 404, as in vLLM)
+            last = write_trace(Path(d), rate, requests, prompt, output)
             args = [str(aiperf), "profile", "--model-names", model, "--url", url, "--endpoint-type", "completions"]
-            args += ["--streaming", "--tokenizer", str(tok), "--request-rate", str(rate)]
-            args += ["--request-count", str(requests), "--random-seed", "1", "--output-artifact-dir", d]
-            args += ["--prompt-input-tokens-mean", str(prompt), "--prompt-input-tokens-stddev", "0"]
-            args += ["--prompt-output-tokens-mean", str(output), "--prompt-output-tokens-stddev", "0"]
+            args += ["--streaming", "--tokenizer", str(tok), "--random-seed", "1", "--output-artifact-dir", d]
+            args += ["--input-file", str(Path(d) / "trace.jsonl"), "--custom-dataset-type", "single_turn"]
+            args += ["--fixed-schedule"]
             res = subprocess.run(args, capture_output=True, text=True, timeout=600)
             if res.returncode != 0:
                 raise RuntimeError(f"aiperf failed: {res.stdout[-2000:]}{res.stderr[-2000:]}")
             a = json.loads((Path(d) / "profile_export_aiperf.json").read_text())
+            per = [json.loads(x) for x in (Path(d) / "profile_export.jsonl").read_text().splitlines() if x.strip()]
             out = Path(d) / "dinet-load.jsonl"
-            load = [sys.executable, "-m", "dinet.cli", "load", "--url", url, "--rate", str(rate), "--quiet"]
-            load += ["--duration", str(requests / rate), "--max-requests", str(requests), "--out", str(out)]
-            load += ["--prompt-min", str(prompt), "--prompt-max", str(prompt), "--output-min", str(output)]
-            load += ["--output-max", str(output), "--sensitive-share", "1", "--seed", "1"]
+            load = [sys.executable, "-m", "dinet.cli", "load", "--url", url, "--trace", str(Path(d) / "trace.csv")]
+            load += ["--duration", str(last + 1), "--max-requests", str(requests), "--out", str(out), "--quiet"]
+            load += ["--sensitive-share", "1", "--seed", "1"]
             subprocess.run(load, check=True, capture_output=True, timeout=600)
             recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     finally:
@@ -96,6 +119,15 @@ def run(
         if serve.stdout:
             serve.stdout.close()
     ok = [r for r in recs if r["status"] == "ok"]
+    # request by request in arrival order (the same trace): what each tool read for the same arrival
+    theirs = [
+        x["metrics"]["time_to_first_token"]["value"]
+        for x in sorted(per, key=lambda x: x["metadata"]["request_start_ns"])
+    ]
+    ours = [r["ttft_ms"] for r in sorted(ok, key=lambda r: r["sent_s"])]
+    paired = [t - o for t, o in zip(theirs, ours, strict=True)] if len(theirs) == len(ours) else []
+    # AIPerf's own clock from its start to the request on the wire (TTFT minus its time waiting for the server)
+    own = [x["metrics"]["time_to_first_token"]["value"] - x["metrics"]["http_req_waiting"]["value"] for x in per]
     return {
         "server": {"profile": profile, "rate": rate, "prompt_tokens": prompt, "output_tokens": output},
         "aiperf": {
@@ -105,6 +137,7 @@ def run(
             "tpot_p50_ms": a["inter_token_latency"]["p50"],
             "input_tokens": a["input_sequence_length"]["avg"],
             "output_tokens": a["output_sequence_length"]["avg"],
+            "client_overhead_p50_ms": statistics.median(own),
         },
         "dinet_load": {
             "requests": len(ok),
@@ -114,6 +147,8 @@ def run(
             "input_tokens": statistics.mean(r["prompt_tokens"] for r in ok),
             "output_tokens": statistics.mean(r["completion_tokens"] for r in ok),
         },
+        # AIPerf's TTFT minus dinet load's for the same arrival, median over the trace (None: a request missing)
+        "paired_ttft_difference_p50_ms": statistics.median(paired) if paired else None,
     }
 
 
@@ -129,6 +164,7 @@ def main() -> int:
             f"{tool:<11} {r['requests']:>3} requests  TTFT p50 {r['ttft_p50_ms']:6.2f} ms  TPOT p50 "
             f"{r['tpot_p50_ms']:6.2f} ms  tokens in/out {r['input_tokens']:.0f}/{r['output_tokens']:.0f}"
         )
+    print(f"same arrival, AIPerf minus dinet load: TTFT p50 {res['paired_ttft_difference_p50_ms']:+.2f} ms")
     write({"host": host(), **res}, a.json)
     return 0
 

@@ -1,8 +1,12 @@
-"""`dinet load` measures what a field tool measures: NVIDIA AIPerf and dinet load, the same open-loop rate,
-prompt and output lengths against one `dinet serve`, agree on the median TTFT (within 5 ms or 20%, whichever
-is larger) and TPOT (AIPerf's inter-token latency; within 2 ms or 15%), and on the tokens sent and received.
-AIPerf is installed into the user's cache on first use (bench/crosscheck.py: its own venv, no torch, a
-word-level tokenizer on disk)."""
+"""`dinet load` measures what a field tool measures: NVIDIA AIPerf and dinet load replay one arrival trace
+(Poisson, 2 requests/s, the same prompt and output lengths) against one `dinet serve`. For the same arrival
+they read the same TTFT (the median of AIPerf's minus dinet load's, request by request, within 3 ms), the same
+TPOT (AIPerf's inter-token latency; medians within 2 ms or 15%) and the same tokens sent and received.
+Request by request, not median against median: a request that arrives while the engine runs another's step
+waits for that step (30-45 ms against 19 ms alone), and where an arrival falls in a step is a draw of its own,
+so the medians of two 16-request runs stand up to 6 ms apart on the same trace (bench/crosscheck.py).
+AIPerf is installed into the user's cache on first use (its own venv, no torch, a word-level tokenizer on
+disk)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,7 @@ def test_dinet_load_and_aiperf_measure_the_same_ttft_and_tpot() -> None:
 
     res = run(rate=2.0, requests=16, prompt=128, output=32)
     a, d = res["aiperf"], res["dinet_load"]
-    assert a["requests"] == 16 and d["requests"] > 0 and d["errors"] == 0
+    assert a["requests"] == d["requests"] == 16 and d["errors"] == 0
     assert a["input_tokens"] == d["input_tokens"] == 128 and a["output_tokens"] == d["output_tokens"] == 32
-    # AIPerf's workers timestamp through its own processes (ZMQ): a few ms on TTFT, less per token
-    for key, ms, share in (("ttft_p50_ms", 5.0, 0.20), ("tpot_p50_ms", 2.0, 0.15)):
-        assert abs(a[key] - d[key]) <= max(ms, share * a[key]), (key, a[key], d[key])
+    assert abs(res["paired_ttft_difference_p50_ms"]) <= 3.0, (res["paired_ttft_difference_p50_ms"], a, d)
+    assert abs(a["tpot_p50_ms"] - d["tpot_p50_ms"]) <= max(2.0, 0.15 * a["tpot_p50_ms"]), (a, d)
