@@ -43,6 +43,12 @@ def test_rates_are_learned_from_reports() -> None:
     # lightly loaded (2 running, none waiting): also what it does unloaded
     r4 = learn(Rates(), Level0(active_sessions=2, finished_per_s=0.5, ttft_ms=70, token_latency_ms=91))
     assert (r4.prefill_idle_ms, r4.tpot_idle_ms) == (70.0, 91.0)
+    # the server's own prefill phase (vLLM's request_prefill_time) has no queue in it: learned while requests
+    # wait too, and before the TTFT where both are there
+    r5 = learn(Rates(), Level0(active_sessions=5, queue_depth=3, ttft_ms=900, prefill_ms=110, kv_usage=0.4))
+    assert (r5.prefill_ms, r5.prefill_idle_ms) == (110.0, 0.0)
+    r6 = learn(Rates(), Level0(active_sessions=1, ttft_ms=95, prefill_ms=80))
+    assert (r6.prefill_ms, r6.prefill_idle_ms) == (80.0, 80.0)
 
 
 def test_an_instance_a_burst_slowed_is_chosen_again_once_it_is_idle() -> None:

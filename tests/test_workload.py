@@ -258,6 +258,34 @@ def test_recorded_vllm_metrics_map_to_level0(text: str) -> None:
     second.check()
 
 
+def test_vllms_prefill_time_maps_to_level0_and_dinet_serve_exports_it() -> None:
+    """vllm:request_prefill_time_seconds (scheduled to first token) becomes the interval's mean prefill in ms;
+    dinet serve exports it as vLLM does, one observation per finished request, no longer than its TTFT."""
+    text = (
+        'vllm:request_prefill_time_seconds_sum{model_name="m"} %(s)s\n'
+        'vllm:request_prefill_time_seconds_count{model_name="m"} %(c)s\n'
+    )
+    m = Mapper()
+    assert m.level0(parse(text % {"s": 1.0, "c": 10}), at=10.0).prefill_ms == 0  # no rate from one scrape
+    second = m.level0(parse(text % {"s": 1.6, "c": 14}), at=12.0)
+    assert second.prefill_ms == pytest.approx(150.0)  # 0.6 s over 4 requests
+    second.check()
+
+    port = free_port()
+    with dinet_process("serve", "--listen", f"127.0.0.1:{port}", "--profile", "tiny-test", ready="ready:"):
+        url = f"http://127.0.0.1:{port}"
+        for words in (30, 200):
+            body = {"prompt": " ".join(["w"] * words), "max_tokens": 3}
+            req = urllib.request.Request(
+                f"{url}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert json.loads(r.read())["usage"]["completion_tokens"] == 3
+        m = metrics(url)
+    assert m["vllm:request_prefill_time_seconds_count"] == 2
+    assert 0 < m["vllm:request_prefill_time_seconds_sum"] <= m["vllm:time_to_first_token_seconds_sum"]
+
+
 def test_a_partners_cooperative_counters_map_to_level0() -> None:
     """A verifier's and a tail's own counters (dinet serve's) become rates over the interval: verify rounds
     per second, the share of drafted tokens accepted, activation bytes per second."""

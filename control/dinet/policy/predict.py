@@ -10,8 +10,9 @@ profile's figures) and then the policy's `Priors` stand in.
 - capacity C: how many requests it runs at once before new ones wait. vLLM admits while the KV cache has
   room, so C is the running requests over the KV cache's share in use (R / kv_usage); where requests
   already wait, the running count itself is the limit;
-- prefill: the time to first token the server measured in intervals when nothing waited (the prompt's
-  prefill and scheduling, no queue);
+- prefill: the time in the prefill phase the server measured (vLLM's request_prefill_time: scheduled to
+  first token, no queue in it), or where it measures none its time to first token in intervals when
+  nothing waited (the prompt's prefill and scheduling, no queue);
 - TPOT: the time per output token the server measured; tokens per request: generated tokens per second over
   completions per second;
 - prefill and TPOT lightly loaded (at most LIGHT running, none waiting): an idle instance is predicted from
@@ -113,10 +114,13 @@ def learn(r: Rates, m: Level0, priors: Priors = Priors()) -> Rates:
     elif running > 0 and m.kv_usage > 0:  # admitted while the KV cache has room
         out = replace(out, capacity=_avg(r.capacity, min(MAX_CAPACITY, running / m.kv_usage), a))
     light = running <= LIGHT and waiting == 0
-    if m.ttft_ms > 0 and waiting == 0:
-        out = replace(out, prefill_ms=_avg(r.prefill_ms, m.ttft_ms, a))
+    # the prefill: the server's own measure of it where it has one (vLLM's request_prefill_time, no queue in
+    # it: learned also while requests wait), else its TTFT in an interval with no queue
+    prefill = m.prefill_ms or (m.ttft_ms if waiting == 0 else 0.0)
+    if prefill > 0:
+        out = replace(out, prefill_ms=_avg(r.prefill_ms, prefill, a))
         if light:
-            out = replace(out, prefill_idle_ms=_avg(r.prefill_idle_ms, m.ttft_ms, a))
+            out = replace(out, prefill_idle_ms=_avg(r.prefill_idle_ms, prefill, a))
     if m.token_latency_ms > 0:
         out = replace(out, tpot_ms=_avg(r.tpot_ms, m.token_latency_ms, a))
         if light:

@@ -34,6 +34,7 @@ class Level0:
     verify_rounds_per_s: float = 0.0  # speculative decoding: rounds verified per second
     spec_acceptance: float = 0.0  # the share of drafted tokens accepted over the interval (0..1)
     activation_bytes_per_s: float = 0.0  # split inference: activation bytes taken from heads per second
+    prefill_ms: float = 0.0  # mean time in the prefill phase over the interval, at the server (no queue; 0: none)
 
     def check(self) -> None:
         """Raises ConfigError naming the first value no agent could have measured."""
@@ -48,6 +49,7 @@ class Level0:
             "verify_rounds_per_s",
             "spec_acceptance",
             "activation_bytes_per_s",
+            "prefill_ms",
         ):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
@@ -57,7 +59,7 @@ class Level0:
         for name in ("cpu_load", "gpu_util", "kv_usage", "spec_acceptance"):
             if getattr(self, name) > 1.0:
                 raise ConfigError(f"{name} is a fraction 0..1, not {getattr(self, name)!r}")
-        for name in ("token_latency_ms", "ttft_ms"):
+        for name in ("token_latency_ms", "ttft_ms", "prefill_ms"):
             if getattr(self, name) > 600_000:
                 raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
         for name, top in (("finished_per_s", 1e6), ("verify_rounds_per_s", 1e6), ("activation_bytes_per_s", 1e12)):

@@ -17,6 +17,8 @@ Mapping to Level 0 (names: vLLM; llama.cpp's server and TGI where they differ):
 - kv_usage: the KV-cache usage alone (the same names as above)
 - ttft_ms: the mean time to first token over the interval, the rise of the sum over the rise of the count of
   vllm:time_to_first_token_seconds (llama.cpp and TGI: none; 0)
+- prefill_ms: the mean time in the prefill phase over the interval (scheduled to first token, no queue),
+  the same of vllm:request_prefill_time_seconds (older vLLM, llama.cpp and TGI: none; 0)
 - finished_per_s: the rise of vllm:request_success_total over the interval (TGI: tgi_request_success)
 - verify_rounds_per_s, spec_acceptance, activation_bytes_per_s (cooperative inference at a partner instance,
   dinet serve's own counters): the rises of dinet:spec_verify_rounds_total over the interval, of
@@ -58,6 +60,8 @@ NAMES = {
     "tpot_count": ("vllm:time_per_output_token_seconds_count", "vllm:inter_token_latency_seconds_count"),
     "ttft_sum": ("vllm:time_to_first_token_seconds_sum",),
     "ttft_count": ("vllm:time_to_first_token_seconds_count",),
+    "prefill_sum": ("vllm:request_prefill_time_seconds_sum",),
+    "prefill_count": ("vllm:request_prefill_time_seconds_count",),
     "finished": ("vllm:request_success_total", "tgi_request_success_total", "tgi_request_success"),
     "rounds": ("dinet:spec_verify_rounds_total",),
     "drafted": ("dinet:spec_draft_tokens_total",),
@@ -110,7 +114,7 @@ class Mapper:
 
     def level0(self, values: dict[str, float], at: float, cpu: float = 0.0, gpu: float | None = None) -> Level0:
         kv = min(1.0, max(0.0, _first(values, "kv") or 0.0))
-        tokens_per_s = latency_ms = ttft_ms = finished_per_s = rounds = acceptance = activations = 0.0
+        tokens_per_s = latency_ms = ttft_ms = prefill_ms = finished_per_s = rounds = acceptance = activations = 0.0
         if self.prev is not None and at > self.prev_at:
             dt = at - self.prev_at
             tokens_per_s = (self._rise(values, "gen_tokens") or 0.0) / dt
@@ -120,6 +124,7 @@ class Mapper:
             acceptance = min(1.0, (self._rise(values, "accepted") or 0.0) / drafted) if drafted else 0.0
             activations = (self._rise(values, "activations") or 0.0) / dt
             latency_ms, ttft_ms = self._mean(values, "tpot"), self._mean(values, "ttft")
+            prefill_ms = self._mean(values, "prefill")
         if not latency_ms and "tgi_request_mean_time_per_token_duration" in values:
             latency_ms = values["tgi_request_mean_time_per_token_duration"] * 1000
         self.prev, self.prev_at = values, at
@@ -133,6 +138,7 @@ class Mapper:
             healthy=True,
             kv_usage=kv,
             ttft_ms=min(ttft_ms, 600_000.0),
+            prefill_ms=min(prefill_ms, 600_000.0),
             finished_per_s=min(finished_per_s, 1e6),
             verify_rounds_per_s=min(rounds, 1e6),
             spec_acceptance=acceptance,

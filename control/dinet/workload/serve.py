@@ -97,6 +97,13 @@ class Metrics:
         self.queue = Histogram(
             "vllm:request_queue_time_seconds", "Time spent waiting in the queue.", lb, registry=r, buckets=E2E_BUCKETS
         )
+        self.prefill = Histogram(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            lb,
+            registry=r,
+            buckets=TTFT_BUCKETS,
+        )
         self.prompt = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", lb, registry=r)
         self.generation = Counter("vllm:generation_tokens", "Number of generation tokens processed.", lb, registry=r)
         self.success = Counter("vllm:request_success", "Count of successfully processed requests.", lb, registry=r)
@@ -140,6 +147,7 @@ class Metrics:
         m = self.model
         self.ttft.labels(m).observe(s.first_token - s.arrived)
         self.queue.labels(m).observe(s.admitted - s.arrived)
+        self.prefill.labels(m).observe(s.first_token - s.admitted)
         self.e2e.labels(m).observe(time.monotonic() - s.arrived)
         if s.generated > 1:
             self.tpot.labels(m).observe((time.monotonic() - s.first_token) / (s.generated - 1))
