@@ -93,13 +93,13 @@ class Timeline:
         names = {str(i.id): n for n, i in self.lab.instances.items()}
         while not self.stop.wait(self.interval):
             t = time.time() - self.start
-            proc = self.lab.controller
+            proc = self.lab.deciding.controller
             if proc is not None and proc.poll() is not None and not self.killing and id(proc) not in self._seen:
                 self._seen.add(id(proc))
                 self.exits += 1
                 log.error("dinet run exited on its own (rc %s)", proc.returncode)
             try:
-                got = list(samples(fetch(self.lab.metrics_url, timeout=2)))
+                got = list(samples(fetch(self.lab.deciding.metrics_url, timeout=2)))
             except (OSError, DinetError):
                 self.rows.append((t, None, {}, {}))  # nothing answers: no decision now
                 continue
@@ -163,17 +163,17 @@ def inject(lab: Lab, f: Fault, tl: Timeline, hold: float) -> None:
         lab.start_switch(f.target)
     elif f.kind == "controller":
         tl.killing = True
-        lab.stop_deciding()
+        lab.deciding.stop()
         time.sleep(hold)  # the fault's duration, not a wait for a state
-        lab.restart_deciding()
+        lab.deciding.restart()
         tl.killing = False
     elif f.kind in ("agent", "server"):
         if f.kind == "server":
             f.affected = [f.target]
         which = "serve" if f.kind == "server" else "agent"
-        lab.kill(f.target, which)
+        lab.engines.kill(f.target, which)
         time.sleep(hold)
-        lab.restart(f.target, which)
+        lab.engines.restart(f.target, which)
     else:  # a path cut: every instance at the site is out of reach
         f.affected = [n for n, i in lab.instances.items() if lab.spec.site(i.spec.site).name == f.target]
         lab.links.cut_path(ingress, f.target, True)
@@ -251,7 +251,7 @@ def run(quick: bool = False, seed: int = 1, duration: float | None = None, targe
                     if f.back_s is not None:
                         f.decided_s = round(max(0.0, f.back_s - f.report_s), 2)
         bound = spec.collector_timeout + spec.report_interval + 1.0
-        exits = tl.exits + int(lab.controller is None or lab.controller.poll() is not None)
+        exits = tl.exits + int(lab.deciding.controller is None or lab.deciding.controller.poll() is not None)
     res = {
         "quick": quick,
         "seed": seed,

@@ -256,7 +256,7 @@ def test_one_scenario_gives_the_same_decisions_on_xdp_and_bmv2(tmp_path: Path) -
     for target in ("xdp", "bmv2"):
         # nobody reports but the test, and nothing expires while it does (the same history on both planes)
         with _lab("enterprise", target, tmp_path / target, agents=False, collector_timeout=120.0) as lab:
-            reporters = {n: lab.reporter(n) for n in {n for n, _ in steps}}
+            reporters = {n: lab.deciding.reporter(n) for n in {n for n, _ in steps}}
             history = []
             try:
                 for name, m in steps:
@@ -282,7 +282,7 @@ def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_fl
 
     with _lab("elastic", "xdp", tmp_path) as lab:
         assert set(lab.view.weights("chat")) == {"op1", "op2"}
-        controller_pid = lab.controller.pid
+        controller_pid = lab.deciding.controller.pid
         streams: list = []  # long streams opened on the on-premises instances before anything joins
         long = {"output_min": 40, "output_max": 40, "prompt_min": 32, "prompt_max": 32}
         same = {"prompt_tokens": (32, 32), "max_tokens": (40, 40), "sensitive_share": 0.0}  # as lab.load sends
@@ -295,9 +295,11 @@ def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_fl
         try:  # every stream placed (on op1/op2) before anything joins
             assert n_long > 0
             lab.wait_until(lambda: sum(lab.view.new_flows("chat").values()) >= placed + n_long, "every stream placed")
-            lab.join("cp1")
+            lab.engines.join("cp1")
             lab.wait_until(lambda: lab.view.weights("chat").get("cp1", 0) > 0, "cp1 installed")
-            assert lab.controller.pid == controller_pid and lab.controller.poll() is None  # no restart
+            assert (
+                lab.deciding.controller.pid == controller_pid and lab.deciding.controller.poll() is None
+            )  # no restart
             during: list = []
             for seed in (2, 4, 6):  # each a fresh sample of new flows: cp1, at a weight > 0, takes some of them
                 during += lab.load("user1", "chat", rate=10, duration=2, seed=seed, **QUICK)
@@ -308,7 +310,7 @@ def test_elastic_pool_instances_join_and_leave_at_run_time_and_no_established_fl
             th.join()
         assert streams and all(r["status"] == "ok" and r["completion_tokens"] == 40 for r in streams)
         assert {r["instance"] for r in streams} <= {"op1", "op2"}  # every one finished where it started
-        lab.leave("cp1")
+        lab.engines.leave("cp1")
         lab.wait_until(lambda: "cp1" not in lab.view.weights("chat"), "cp1 removed")
         after = lab.load("user1", "chat", rate=10, duration=1, seed=3, **QUICK)
         assert after and all(r["status"] == "ok" for r in after)
@@ -375,10 +377,10 @@ def test_prefill_decode_hands_each_session_to_a_decode_instance_the_network_choo
 def _burst(lab, instance: str, port: int, rate: int = 80):  # type: ignore[no-untyped-def]
     """A site's own users fill an instance (sent inside its host: nothing of it is steered); stopped on exit
     if it has not drained by then."""
-    p = lab.popen(
+    p = lab.procs.popen(
         instance,
-        [sys.executable, "-m", "dinet.cli", "load", "--url", f"{lab.scheme}://127.0.0.1:{port}", "--quiet"]
-        + [*lab.tls_args(), "--rate", str(rate), "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
+        [sys.executable, "-m", "dinet.cli", "load", "--url", f"{lab.pki.scheme}://127.0.0.1:{port}", "--quiet"]
+        + [*lab.pki.args(), "--rate", str(rate), "--duration", "0.5", "--prompt-min", "300", "--prompt-max", "300"]
         + ["--output-min", "120", "--output-max", "120", "--seed", "2"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -509,11 +511,11 @@ def test_split_inference_sends_its_activations_encrypted_over_the_uplink_and_nev
         svc = lab.spec.service("tail")
         head = lab.serve_local("dev1", "head", [
             "--profile", "llama3-8b-l4", "--role", "split", "--tail-url", f"https://{svc.vip}:{svc.port}",
-            "--split-layers", "2", *lab.tls_args()])  # fmt: skip
+            "--split-layers", "2", *lab.pki.args()])  # fmt: skip
         pcap = tmp_path / "uplink.pcap"
         intf = lab.hosts["dev1"].defaultIntf().name
         capture = ["tcpdump", "-i", intf, "-n", "-w", str(pcap), "tcp", "and", "dst", "host", svc.vip]
-        cap = lab.popen("dev1", capture, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cap = lab.procs.popen("dev1", capture, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             assert cap.stderr is not None and "listening on" in cap.stderr.readline()
             before = lab.links.uplink_bytes("dev1")

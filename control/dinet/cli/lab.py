@@ -97,7 +97,7 @@ def cmd_lab_up(a: argparse.Namespace) -> None:
         print(PathReport.header())
         for r in lab.links.measure_paths(a.ping_count):
             print(r.row())
-        print(f"intent: {lab.workdir}/intent.yaml; controller metrics: {lab.metrics_url}")
+        print(f"intent: {lab.workdir}/intent.yaml; controller metrics: {lab.deciding.metrics_url}")
         if a.cli:
             from mininet.cli import CLI
 

@@ -159,7 +159,7 @@ def start_load(lab: Lab, node: str, url: str, start_at: float, args: list[str], 
     out = lab.workdir / f"load-{node}-{time.monotonic_ns()}.jsonl"
     cmd = [sys.executable, "-m", "dinet.cli", "load", "--url", url, "--quiet", "--out", str(out)]
     cmd += ["--start-at", f"{start_at:.3f}", *args]
-    proc = lab.popen(node, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = lab.procs.popen(node, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return Load(proc, out, tags)
 
 
@@ -184,7 +184,7 @@ def pick_args(lab: Lab, pick: str, service: str) -> list[str]:
     """`dinet load`'s arguments for a client-side picker over the service's running instances."""
     port = lab.spec.service(service).port
     eps = [
-        f"{lab.scheme}://{i.endpoint}:{port}"
+        f"{lab.pki.scheme}://{i.endpoint}:{port}"
         for i in lab.instances.values()
         if service in i.spec.services and i.running
     ]
@@ -217,8 +217,8 @@ def client_loads(
             args += ["--dscp", str(lab.dscp(svc.name))]
             args += ["--tpot-slo-ms", str(svc.slo.tpot_ms), *(extra or [])]
             args += pick_args(lab, pick, svc.name) if pick else []
-            args += lab.tls_args()
-            url = f"{lab.scheme}://{svc.vip}:{svc.port}"
+            args += lab.pki.args()
+            url = f"{lab.pki.scheme}://{svc.vip}:{svc.port}"
             loads.append(start_load(lab, c.name, url, start_at, args, tags | {"client": c.name, "service": svc.name}))
     return loads
 
@@ -238,8 +238,8 @@ def burst(lab: Lab, instance: str, start_at: float, rate: float = 80.0) -> Load:
     args = ["--rate", str(rate), "--duration", f"{count / rate:.3f}", "--max-requests", str(count)]
     args += ["--prompt-min", str(BURST_PROMPT), "--prompt-max", str(BURST_PROMPT), "--seed", "2"]
     args += ["--output-min", str(BURST_OUTPUT), "--output-max", str(BURST_OUTPUT)]
-    args += lab.tls_args()
-    return start_load(lab, instance, f"{lab.scheme}://127.0.0.1:{port}", start_at, args, {"burst": instance})
+    args += lab.pki.args()
+    return start_load(lab, instance, f"{lab.pki.scheme}://127.0.0.1:{port}", start_at, args, {"burst": instance})
 
 
 def stop_loads(loads: list[Load]) -> None:
@@ -427,7 +427,7 @@ def wait_idle(lab: Lab, names: Iterable[str], timeout: float = 120.0) -> None:
                 continue
             port = lab.spec.service(inst.spec.service).port
             with netns.entered(lab.ns(n)):
-                m = parse(scrape(f"{lab.scheme}://127.0.0.1:{port}/metrics", ca=lab.ca))
+                m = parse(scrape(f"{lab.pki.scheme}://127.0.0.1:{port}/metrics", ca=lab.pki.ca))
             if m.get("vllm:num_requests_running", 0.0) or m.get("vllm:num_requests_waiting", 0.0):
                 return False
         return True

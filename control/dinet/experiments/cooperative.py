@@ -123,7 +123,7 @@ class Devices:
 
     def __init__(self, lab: Lab, shape: dict[str, Any]):
         self.lab, self.shape = lab, shape
-        tls = lab.tls_args()
+        tls = lab.pki.args()
         vip = {p: self._vip(s) for p, s in shape["services"].items()}
         m = shape["models"]
         q_ref = max(self.quality(i) for i in self.instances(shape["services"]["cascade"]))
@@ -146,7 +146,7 @@ class Devices:
 
     def _vip(self, service: str) -> str:
         svc = self.lab.spec.service(service)
-        return f"{self.lab.scheme}://{svc.vip}:{svc.port}"
+        return f"{self.lab.pki.scheme}://{svc.vip}:{svc.port}"
 
     def quality(self, instance: str) -> float:
         from ..workload.engine import PROFILES
@@ -158,14 +158,14 @@ class Devices:
         self.heads += 1
         return self.lab.serve_local(client, f"{client}-head{self.heads}", [
             "--profile", self.shape["models"]["head"], "--role", "split", "--tail-url", self.vip["split"],
-            "--privacy-layers", str(self.shape["privacy_layers"]), *self.lab.tls_args()])  # fmt: skip
+            "--privacy-layers", str(self.shape["privacy_layers"]), *self.lab.pki.args()])  # fmt: skip
 
     def url(self, client: str, paradigm: str, policy: str) -> tuple[str, list[str]]:
         """Where a device's requests go in an arm, and the load's extra arguments."""
         if policy == "cloud-alone":
             inst = self.lab.instances[self.shape["cloud"][paradigm]]
             port = self.lab.spec.service(inst.spec.service).port
-            return f"{self.lab.scheme}://{inst.endpoint}:{port}", self.lab.tls_args()
+            return f"{self.lab.pki.scheme}://{inst.endpoint}:{port}", self.lab.pki.args()
         if policy == "device-alone":
             return self.urls[(client, "head-alone" if paradigm == "split" else "small-alone")], []
         if paradigm == "split":
@@ -196,8 +196,8 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
     if paradigm == "speculative":  # the nearest edge's own users, sent inside its host (none of it steered)
         port = lab.spec.service(lab.instances[near].spec.service).port
         sargs = ["--rate", str(SITE_RATE), "--duration", f"{d - at:.3f}", "--prompt-min", "250", "--prompt-max", "250"]
-        sargs += ["--output-min", "64", "--output-max", "64", "--seed", "2", *lab.tls_args()]
-        site.append(start_load(lab, near, f"{lab.scheme}://127.0.0.1:{port}", start + at, sargs, {"site": near}))
+        sargs += ["--output-min", "64", "--output-max", "64", "--seed", "2", *lab.pki.args()]
+        site.append(start_load(lab, near, f"{lab.pki.scheme}://127.0.0.1:{port}", start + at, sargs, {"site": near}))
     elif paradigm == "cascade":
         events.append(
             (at, shape["events"][paradigm]["what"], lambda: lab.links.set_path_delay(near_site, ing, RISE_MS))

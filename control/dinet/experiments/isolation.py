@@ -22,6 +22,7 @@ import json
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +81,20 @@ def start_sync(lab: Lab, shape: dict[str, Any], seconds: float) -> list[subproce
     from ..netutil import dscp_of
 
     servers = [
-        lab.popen(e, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        lab.procs.popen(
+            e, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         for e in shape["edges"]
     ]
+
+    def listening(edge: str) -> Callable[[], bool]:
+        return lambda: f":{IPERF_PORT} " in lab.hosts[edge].cmd("ss -ltnH")
+
     for e in shape["edges"]:  # listening before the streams start: a connect that races it would fail
-        lab.wait_until(lambda e=e: f":{IPERF_PORT} " in lab.hosts[e].cmd("ss -ltnH"), f"iperf3 on {e}", 10.0)
+        lab.wait_until(listening(e), f"iperf3 on {e}", 10.0)
     tos = str(dscp_of("sync") << 2)
     clients = [
-        lab.popen(
+        lab.procs.popen(
             shape["repo"],
             ["iperf3", "-c", str(lab.instances[e].endpoint), "-p", str(IPERF_PORT), "-t", f"{seconds:.1f}"]
             + ["-S", tos, "-J"],

@@ -103,7 +103,7 @@ def one_run(lab: Lab, shape: dict[str, Any], seed: int) -> tuple[dict[str, Any],
         act = {
             "overload": lambda e: says(e["instance"], OVERLOADED),
             "recovery": lambda e: says(e["instance"], IDLE),
-            "decider dies": lambda e: lambda: lab.stop_deciding(shape["dies"]),
+            "decider dies": lambda e: lambda: lab.deciding.stop(shape["dies"]),
             "overload after the death": lambda e: says(e["instance"], OVERLOADED),
         }
         events = [(e["at"], e["kind"], act[e["kind"]](e)) for e in shape["events"]]
@@ -151,7 +151,7 @@ def run(scenario: Path, opts: Options) -> dict[str, Any]:
             intents[mode] = lab.intent()
             for rep in range(opts.repeats):
                 if rep:  # the decider killed in the last run comes back: every run starts whole
-                    lab.restart_deciding()
+                    lab.deciding.restart()
                 row, recs, sampler = one_run(lab, shape, opts.seed + rep)
                 for cls in ("delay-sensitive", "delay-tolerant"):
                     rs = [r for r in recs if r["cls"] == cls]

@@ -84,12 +84,12 @@ def _reset_caches(lab: Lab, service: str) -> None:
     from ..targets import netns
 
     port = lab.spec.service(service).port
-    ctx = client_tls(lab.ca) if lab.ca else None
+    ctx = client_tls(lab.pki.ca) if lab.pki.ca else None
     for name, inst in lab.instances.items():
         if inst.spec.service != service or not inst.running:
             continue
         with netns.entered(lab.ns(name)):
-            req = urllib.request.Request(f"{lab.scheme}://127.0.0.1:{port}/reset_prefix_cache", method="POST")
+            req = urllib.request.Request(f"{lab.pki.scheme}://127.0.0.1:{port}/reset_prefix_cache", method="POST")
             urllib.request.urlopen(req, timeout=10, context=ctx).read()
 
 
@@ -102,7 +102,7 @@ def one_run(
     lab.set_placement("session" if policy == "session" else "flow")
     _reset_caches(lab, svc.name)
     router = lab.start_router(svc.name) if policy == "l7-prefix" else None
-    url = router or f"{lab.scheme}://{svc.vip}:{svc.port}"
+    url = router or f"{lab.pki.scheme}://{svc.vip}:{svc.port}"
     start = time.time() + LEAD_S
     step, failure = shape["events"]
     loads = []
@@ -115,7 +115,7 @@ def one_run(
         args += ["--prompt-min", str(shape["question"][0]), "--prompt-max", str(shape["question"][1])]
         args += ["--output-min", str(shape["answer"][0]), "--output-max", str(shape["answer"][1])]
         args += ["--session-key", "port" if policy == "session" else "none", "--sensitive-share", "1"]
-        args += ["--ttft-slo-ms", str(svc.slo.ttft_ms), "--tpot-slo-ms", str(svc.slo.tpot_ms), *lab.tls_args()]
+        args += ["--ttft-slo-ms", str(svc.slo.ttft_ms), "--tpot-slo-ms", str(svc.slo.tpot_ms), *lab.pki.args()]
         loads.append(
             start_load(lab, c.name, url, start, args, {"policy": policy, "client": c.name, "service": svc.name})
         )
@@ -123,7 +123,7 @@ def one_run(
     failed: list[str] = []
 
     def fail() -> None:
-        lab.stop_instance(failure["instance"])
+        lab.engines.stop(failure["instance"])
         failed.append(failure["instance"])
 
     stop = threading.Event()
@@ -137,7 +137,7 @@ def one_run(
         if router is not None:
             lab.stop_router(router)
         for name in failed:
-            lab.start_instance(name)
+            lab.engines.start(name)
         if failed:
             lab.view.wait_reports(set(failed))
     if not last:

@@ -112,7 +112,7 @@ def one_run(
 
     def fail(name: str) -> Any:
         def go() -> None:
-            lab.stop_instance(name)
+            lab.engines.stop(name)
             failed.append(name)
 
         return go
@@ -136,7 +136,7 @@ def one_run(
             if e["kind"] == "path delay rise" and (e["ingress"], e["site"]) in lab.links.path_delay:
                 lab.links.set_path_delay(e["site"], e["ingress"], e["was_ms"])
         for name in failed:
-            lab.start_instance(name)
+            lab.engines.start(name)
         if failed:
             lab.view.wait_reports(set(failed))
     if not last:  # the next arm starts from idle instances, after a settle (no queue, no stream carries over)

@@ -5,6 +5,14 @@ node on XDP or BMv2, `dinet serve` instances with metric agents, and `dinet run`
         lab.links.measure_paths()               # RTT and loss achieved on each path, beside the configured
         recs = lab.load("dev1", "chat", rate=5, duration=2)
         lab.view.weights("chat")                # what `dinet run` installed, read from its Prometheus endpoint
+        lab.engines.kill("edge1")               # an instance's model server dies (SIGKILL); restart() it
+        lab.deciding.stop()                     # what decides dies; its nodes keep their last weights
+
+The Lab holds the network and the intent; its parts each own one concept: `procs` (every process it starts,
+in a node's namespace, logged and recorded: dinet.lab.processes), `pki` (the CA and the model servers'
+certificates: dinet.lab.pki), `engines` (the model servers and their metrics agents: dinet.lab.engines),
+`deciding` (`dinet run` or the per-node deciders: dinet.lab.deciding), `links` (emulated links and paths:
+dinet.lab.links) and `view` (what decides, read from its Prometheus endpoints: dinet.lab.view).
 
 The network is Mininet's: hosts (one per ingress router, client, site router and instance), Linux bridges
 for each ingress node's client LAN and for the management network, BMv2 switches (Bmv2GrpcSwitch) in front
@@ -28,16 +36,14 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
@@ -48,13 +54,10 @@ from ..services.intent import (
     AgentNodeSpec,
     AttachSpec,
     Bmv2NodeSpec,
-    CollectorSpec,
-    DeciderSpec,
     IntentSpec,
     NextHopSpec,
     PoolSpec,
     PriorSpec,
-    PrometheusSpec,
     ServiceSpec,
     SiteSpec,
     SizesSpec,
@@ -63,20 +66,22 @@ from ..services.intent import (
     dump,
 )
 from ..services.intent import InstanceSpec as IntentInstance
-from ..targets import netns
 from ..targets.bcc_program import BccProgram, remove_pinned_tree
 from ..targets.xdp import DecapNode
-from ..workload.metrics_agent import parse, scrape
+from .deciding import MGMT_ROOT, Deciding
+from .engines import Engines, InstanceHost
 from .linkem import LinkEmulator, stop_processes
 from .links import Links
+from .pki import Pki
+from .processes import Processes
 from .rig import Rig
 from .scenario import InstanceSpec, LinkSpec, ScenarioSpec
+from .scenario import ServiceSpec as ScenarioService
 from .view import ControllerView
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = Path("/run/dinet/lab")
-MGMT_ROOT = "172.31.255.254"
 TUNNEL_SMAC = "02:00:00:00:00:fe"  # the P4 switch's source MAC toward its ingress router
 FABRIC_MTU = 1600  # the tunnel's 20 bytes on top of a 1500-byte packet
 POOL_IDS = (1000, 1099)  # the instance ids a service's pool agent may announce (within the table)
@@ -85,22 +90,6 @@ POOL_IDS = (1000, 1099)  # the instance ids a service's pool agent may announce 
 def lab_tag(name: str) -> str:
     """A short tag for the lab's names in the root namespace (interfaces are at most 15 characters)."""
     return "d" + format(zlib.crc32(name.encode()) & 0xFFFF, "04x")
-
-
-@dataclass
-class InstanceHost:
-    spec: InstanceSpec
-    id: int
-    site_id: int
-    endpoint: str
-    gateway: str
-    mgmt: str
-    host: Any = None
-    procs: list[subprocess.Popen[str]] = field(default_factory=list)
-
-    @property
-    def running(self) -> bool:
-        return bool(self.procs)
 
 
 class Lab(Rig):
@@ -156,24 +145,31 @@ class Lab(Rig):
         self.instances: dict[str, InstanceHost] = {}
         self.links = Links(self.ns, self.write_intent)  # emulated links and paths, changed and measured
         self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
-        self.locals: list[subprocess.Popen[Any]] = []  # devices' own model servers
+        self.locals: list[subprocess.Popen[str]] = []  # devices' own model servers
         self._local_port = 9100  # serve_local's ports on the devices
-        self._served: dict[str, subprocess.Popen[Any]] = {}  # serve_local's servers by URL
+        self._served: dict[str, subprocess.Popen[str]] = {}  # serve_local's servers by URL
         self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
-        self.controller: subprocess.Popen[str] | None = None
-        self._logged: set[str] = set()  # logs this lab opened (a restarted process appends to its log)
-        self.deciders: dict[str, subprocess.Popen[str]] = {}  # mode distributed: ingress name -> its decider
         self.decap: DecapNode | None = None
         self.passprog: BccProgram | None = None
-        self.collector_port, self.prometheus_port = free_port(), free_port()
-        # mode distributed: each ingress node's decider has its own (collector, Prometheus) ports
-        self.decider_ports = {ing.name: (free_port(), free_port()) for ing in spec.ingress}
         self.state: dict[str, Any] = {"pid": os.getpid(), "tag": self.tag, "netns": [], "root_links": [], "pins": []}
         self.state["pids"] = []
+        self.procs = Processes(self.workdir / "logs", self.ns, self._record)
+        self.pki = Pki(self.workdir / "tls", tls)
+        self.deciding = Deciding(mode, [i.name for i in spec.ingress], self.procs, spec.collector_timeout)
         self.service_keys = {s.name: f"{s.vip}:{s.port}/tcp" for s in spec.services}
         self._plan()
+        self.engines = Engines(
+            spec,
+            self.instances,
+            self.procs,
+            self.pki,
+            self.deciding.collectors,
+            self.service_keys,
+            self.workdir,
+            agents,
+        )
         self.view = ControllerView(
-            self.metrics_urls,
+            self.deciding.metrics_urls,
             self.service_keys,
             {n: i.id for n, i in self.instances.items()},
             [ing.name for ing in spec.ingress],
@@ -190,29 +186,6 @@ class Lab(Rig):
             self.instances[i.name] = InstanceHost(
                 i, iid, site.id, f"10.{100 + site.id}.{j}.2", f"10.{100 + site.id}.{j}.1", f"172.31.0.{n + 1}"
             )
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.tls else "http"
-
-    @property
-    def ca(self) -> str | None:
-        """The lab CA's certificate (tls=True): what a client trusts the model servers by."""
-        return str(self.workdir / "tls" / "ca.crt") if self.tls else None
-
-    def tls_args(self) -> list[str]:
-        """`dinet load`'s (or an agent's) arguments to check the model servers' certificates."""
-        return ["--ca", str(self.ca)] if self.ca else []
-
-    def _certs(self) -> None:
-        from ..creds import init_ca, issue
-
-        d = self.workdir / "tls"
-        shutil.rmtree(d, ignore_errors=True)  # a lab's CA lives as long as the lab
-        init_ca(d, days=30)
-        for name, inst in self.instances.items():
-            vips = sorted({self.spec.service(x).vip for x in inst.spec.services})
-            issue(d, name, days=30, addresses=(*vips, inst.endpoint, "127.0.0.1"))
 
     def ns(self, node: str) -> str:
         """The named network namespace of a scenario node."""
@@ -236,9 +209,12 @@ class Lab(Rig):
             self._capture()
         self._programs()
         if self.tls:
-            self._certs()
+            self.pki.issue(
+                (name, (*sorted({self.spec.service(x).vip for x in i.spec.services}), i.endpoint, "127.0.0.1"))
+                for name, i in self.instances.items()
+            )
         engines = [n for n, inst in self.instances.items() if not inst.spec.pool]
-        self._spawn_instances(engines)
+        self.engines.spawn(engines)
         for c in self.spec.clients:
             if c.local is not None:
                 self._start_local(c.name)
@@ -246,12 +222,16 @@ class Lab(Rig):
             self._attach_steering(ingress)
             self.start_node_agent(ingress)
         # its intent names the instances that run; they start meanwhile, their agents retry until it is up
-        self._start_controller(meanwhile=lambda: self._instances_ready(engines))
+        self._start_controller(meanwhile=lambda: self.engines.ready(engines))
         if self.agents:
             self.view.wait_reports({n for n, i in self.instances.items() if i.running})
 
     def _save(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=1))
+
+    def _record(self, pid: int) -> None:
+        self.state["pids"].append(pid)
+        self._save()
 
     def _build(self) -> None:
         from mininet.net import Mininet
@@ -337,7 +317,7 @@ class Lab(Rig):
         """A pcap per host (every interface: tcpdump -i any) in the work folder's pcap/."""
         d = Path(str(self._pcaps()))
         for name in self.hosts:
-            p = self.popen(
+            p = self.procs.popen(
                 name,
                 ["tcpdump", "-i", "any", "-n", "-U", "-w", str(d / f"{name}.pcap")],
                 stdout=subprocess.DEVNULL,
@@ -458,7 +438,7 @@ class Lab(Rig):
         token.write_text("token-node-agent\n")
         args = ["agent", "--node", self.steer_node_name(ingress), "--insecure"]
         args += ["--listen", f"{MGMT_ROOT}:{self.node_agent_ports[ingress]}", "--token-file", str(token)]
-        p = self._spawn(args, f"node-agent-{ingress}")
+        p = self.procs.spawn(args, f"node-agent-{ingress}")
         line = p.stdout.readline() if p.stdout else ""
         if not line.startswith("dinet agent"):
             raise DinetError(f"the node agent of {ingress} did not start (see {self.workdir}/logs)")
@@ -473,123 +453,6 @@ class Lab(Rig):
             self.node_agents[ingress] = None
 
     # ---- instances -------------------------------------------------------------------------------------------
-    def popen(self, node: str, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
-        """A process in a node's network namespace (by its name: Mininet's own popen attaches to the node's
-        mount namespace too, which leaves a chroot; `ip netns exec` does not)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.ns(node), *args], **kw)
-
-    @staticmethod
-    def _env() -> dict[str, str]:
-        """The lab's services' environment: their log lines carry the time (they line up across logs)."""
-        return {**os.environ, "DINET_LOG_TIME": "1"}
-
-    def _log(self, log_name: str) -> IO[str]:
-        """A process's log in the lab's workdir: a restarted process's log follows its predecessor's."""
-        mode = "a" if log_name in self._logged else "w"
-        self._logged.add(log_name)
-        return open(self.workdir / "logs" / f"{log_name}.log", mode)  # noqa: SIM115 - lives as long as the process
-
-    def _popen(self, node: str, args: list[str], log_name: str) -> subprocess.Popen[str]:
-        logf = self._log(log_name)
-        p = self.popen(node, args, stdout=subprocess.PIPE, stderr=logf, text=True, env=self._env())
-        logf.close()
-        self.state["pids"].append(p.pid)
-        self._save()
-        return p
-
-    def start_instance(self, name: str) -> None:
-        """Starts the instance's `dinet serve` and its metrics agent (a pool instance joins this way)."""
-        self._spawn_instances([name])
-        self._instances_ready([name])
-
-    def _spawn_instances(self, names: list[str]) -> None:
-        """The engines' `dinet serve`, started at once (a second or two each to start); _instances_ready
-        waits for each and then starts its agent."""
-        for name in names:  # in procs at once: a failed build's close() stops them
-            self.instances[name].procs = [self._popen(name, self._serve_cmd(name), f"{name}-serve")]
-
-    def _instances_ready(self, names: list[str]) -> None:
-        for name in names:
-            inst = self.instances[name]
-            self._ready(inst.procs[0], f"{name}-serve", f"dinet serve on {name}")
-            if self.agents:
-                inst.procs.append(self._start_agent(name))
-
-    def kill(self, name: str, which: str = "serve") -> None:
-        """SIGKILL, no goodbye: the instance's model server (`serve`) or its metrics agent (`agent`)."""
-        inst = self.instances[name]
-        k = ("serve", "agent").index(which)
-        if k >= len(inst.procs):
-            raise ConfigError(f"{name} runs no {which}")
-        inst.procs[k].kill()
-        inst.procs[k].wait(timeout=10)
-
-    def restart(self, name: str, which: str = "serve") -> None:
-        """What kill() stopped starts again (the same address, port and identity)."""
-        inst = self.instances[name]
-        k = ("serve", "agent").index(which)
-        if k >= len(inst.procs) or inst.procs[k].poll() is None:
-            raise ConfigError(f"{name}'s {which} is running (or never ran): kill it first")
-        inst.procs[k] = self._start_serve(name) if which == "serve" else self._start_agent(name)
-
-    def _start_serve(self, name: str) -> subprocess.Popen[str]:
-        return self._start_ready(name, self._serve_cmd(name), f"{name}-serve", f"dinet serve on {name}")
-
-    def _serve_cmd(self, name: str) -> list[str]:
-        inst = self.instances[name]
-        cli = [sys.executable, "-m", "dinet.cli"]
-        serve = [*cli, "serve", "--profile", inst.spec.profile, "--name", name]
-        for other in inst.spec.services:  # one engine, a port per service, answers marked with its class
-            serve += ["--listen", f"0.0.0.0:{self.spec.service(other).port}", "--dscp", str(self.dscp(other))]
-        if inst.spec.model:
-            serve += ["--model", inst.spec.model]
-        for opt in ("kv_tokens", "max_batch"):
-            if getattr(inst.spec, opt):
-                serve += [f"--{opt.replace('_', '-')}", str(getattr(inst.spec, opt))]
-        if inst.spec.role != "both":
-            serve += ["--role", inst.spec.role]
-        if inst.spec.prefix_caching:
-            serve += ["--prefix-caching"]
-        if inst.spec.decode_service:
-            d = self.spec.service(inst.spec.decode_service)
-            serve += ["--decode-url", f"{self.scheme}://{d.vip}:{d.port}", *self.tls_args()]
-            serve += ["--kv-dscp", str(dscp_of("kv"))]
-        if self.tls:
-            serve += ["--tls-cert", str(self.workdir / "tls" / f"{name}.crt")]
-            serve += ["--tls-key", str(self.workdir / "tls" / f"{name}.key")]
-        return serve
-
-    def _start_ready(self, node: str, cmd: list[str], log_name: str, what: str) -> subprocess.Popen[str]:
-        """A process on a lab node that says `ready` on its first line (dinet serve, dinet route); stopped and
-        a DinetError naming its log if it does not."""
-        return self._ready(self._popen(node, cmd, log_name), log_name, what)
-
-    def _ready(self, p: subprocess.Popen[str], log_name: str, what: str) -> subprocess.Popen[str]:
-        line = p.stdout.readline() if p.stdout else ""
-        if not line.startswith("ready"):
-            stop_processes([p])
-            raise DinetError(f"{what} did not start (see {self.workdir}/logs/{log_name}.log)")
-        return p
-
-    def _start_agent(self, name: str) -> subprocess.Popen[str]:
-        inst = self.instances[name]
-        svc = self.spec.service(inst.spec.service)
-        cli = [sys.executable, "-m", "dinet.cli"]
-        who = f"pool-{svc.name}" if inst.spec.pool else name  # a pool instance reports with its pool's token
-        token = self.workdir / f"token-{who}"
-        token.write_text(f"token-{who}\n")
-        agent = [*cli, "metrics-agent", "--url", f"{self.scheme}://127.0.0.1:{svc.port}/metrics", *self.tls_args()]
-        if inst.spec.pool:
-            agent += ["--announce", inst.endpoint, "--site", str(inst.site_id)]
-        for other in inst.spec.services:  # one scrape of its engine, a report for each service it answers
-            agent += ["--service", self.service_keys[other]]
-        agent += ["--instance", str(inst.id), "--no-host-cpu"]
-        for c in self.collectors():
-            agent += ["--collector", c]
-        agent += ["--token-file", str(token), "--insecure"]
-        agent += ["--interval", str(self.spec.report_interval)]
-        return self._popen(name, agent, f"{name}-agent")
-
     def _start_local(self, client: str) -> None:
         """A device's own model server (on its loopback)."""
         local = next(c for c in self.spec.clients if c.name == client).local
@@ -597,10 +460,10 @@ class Lab(Rig):
         args = [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"127.0.0.1:{local.port}"]
         if local.role == "draft":  # every round to the target model's VIP: the network picks the verifier
             svc = self.spec.service(str(local.verify_service))
-            args += ["--role", "draft", "--verify-url", f"{self.scheme}://{svc.vip}:{svc.port}", *self.tls_args()]
+            args += ["--role", "draft", "--verify-url", f"{self.pki.scheme}://{svc.vip}:{svc.port}", *self.pki.args()]
             args += ["--acceptance", str(local.acceptance)]
         args += ["--profile", local.profile, "--name", f"{client}-local"]
-        self.locals.append(self._start_ready(client, args, client, f"the local model on {client}"))
+        self.locals.append(self.procs.start_ready(client, args, client, f"the local model on {client}"))
 
     def serve_local(self, client: str, name: str, args: list[str]) -> str:
         """Another model server on a device (`dinet serve ARGS` on its loopback, stopped with the lab): the
@@ -611,7 +474,7 @@ class Lab(Rig):
         self._local_port += 1
         listen = f"127.0.0.1:{self._local_port}"
         cmd = [sys.executable, "-m", "dinet.cli", "serve", "--listen", listen, "--name", name, *args]
-        p = self._start_ready(client, cmd, f"{client}-{name}", f"{name} on {client}")
+        p = self.procs.start_ready(client, cmd, f"{client}-{name}", f"{name} on {client}")
         self.locals.append(p)
         self._served[f"http://{listen}"] = p
         return f"http://{listen}"
@@ -623,33 +486,6 @@ class Lab(Rig):
             raise ConfigError(f"no server of serve_local at {url}")
         stop_processes([p])
         self.locals.remove(p)
-
-    def stop_instance(self, name: str) -> None:
-        inst = self.instances[name]
-        stop_processes(inst.procs)
-        inst.procs = []
-
-    def join(self, name: str) -> None:
-        """A pool instance joins: its server starts and its agent announces it to the running controller."""
-        if not self.instances[name].spec.pool:
-            raise ConfigError(f"{name} is not a pool instance (pool: true in the scenario)")
-        self.start_instance(name)
-
-    def leave(self, name: str, drain_timeout: float = 60.0) -> None:
-        """A pool instance leaves: its agent announces it (no new flow from then on), its open requests
-        finish (up to drain_timeout), then its server stops; silent, it is removed from the service."""
-        inst = self.instances[name]
-        serve, agents = inst.procs[0], inst.procs[1:]
-        stop_processes(agents)  # SIGTERM: the agent's last report says `leaving`
-        url = f"{self.scheme}://127.0.0.1:{self.spec.service(inst.spec.service).port}/metrics"
-        deadline = time.monotonic() + drain_timeout
-        while time.monotonic() < deadline:
-            with netns.entered(self.ns(name)):
-                if parse(scrape(url, ca=self.ca)).get("vllm:num_requests_running", 0.0) == 0:
-                    break
-            time.sleep(0.1)
-        stop_processes([serve])
-        inst.procs = []
 
     # ---- the controller ----------------------------------------------------------------------------------------
     def intent(self) -> dict[str, Any]:
@@ -668,7 +504,7 @@ class Lab(Rig):
                 nodes.append(
                     AgentNodeSpec(
                         target="agent", address=addr, token="token-node-agent", name=self.steer_node_name(ing.name),
-                        sites=sites, **self._decider(ing.name),
+                        sites=sites, **self.deciding.node_intent(ing.name),
                     )
                 )  # fmt: skip
             elif self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
@@ -677,7 +513,7 @@ class Lab(Rig):
                     XdpNodeSpec(
                         target="xdp", name=self.steer_node_name(ing.name), src4=f"10.0.{k}.1",
                         attach=[AttachSpec(dev=d, netns=self.ns(ing.name)) for d in devs], sites=sites,
-                        **self._decider(ing.name),
+                        **self.deciding.node_intent(ing.name),
                     )
                 )  # fmt: skip
             else:
@@ -689,14 +525,13 @@ class Lab(Rig):
                         # counters are read whole: sized to a lab, not to a carrier's ingress node
                         sizes=SizesSpec(max_services=16, max_instances=64), src4=f"10.0.{k}.254",
                         next_hop=NextHopSpec(port=2, smac=TUNNEL_SMAC, dmac=mac), pass_ports={1: 2, 2: 1},
-                        sites=sites, **self._decider(ing.name),
+                        sites=sites, **self.deciding.node_intent(ing.name),
                     )
                 )  # fmt: skip
         given: dict[str, Any] = {"mode": self.mode} | ({"seed": self.seed} if self.seed is not None else {})
         return IntentSpec(
             ingress=nodes,
-            collector=CollectorSpec(listen=f"{MGMT_ROOT}:{self.collector_port}", timeout=s.collector_timeout),
-            prometheus=PrometheusSpec(listen=f"{MGMT_ROOT}:{self.prometheus_port}"),  # devices read it too
+            **self.deciding.intent(),
             services=[self._service(svc) for svc in s.services],
             **given | ({"probe_interval": 1.0} if self.probes else {}),
         )
@@ -712,7 +547,7 @@ class Lab(Rig):
         delay = 2 * self.links.delay_ms(ingress, site, path.delay_ms)
         return SiteSpec(delay_ms=delay, loss=path.loss, security=path.security, **given)
 
-    def _service(self, svc: Any) -> ServiceSpec:
+    def _service(self, svc: ScenarioService) -> ServiceSpec:
         """A service of the scenario with its instances (pool instances join at run time: the pool)."""
 
         def tier(i: InstanceHost) -> dict[str, Any]:
@@ -751,24 +586,6 @@ class Lab(Rig):
             instances=insts, **given,
         )  # fmt: skip
 
-    def _decider(self, ingress: str) -> dict[str, Any]:
-        """mode distributed: the ingress node's own decider (collector and metrics), as a node's keyword."""
-        if self.mode != "distributed":
-            return {}
-        col, prom = self.decider_ports[ingress]
-        return {
-            "decider": DeciderSpec(
-                collector=CollectorSpec(listen=f"{MGMT_ROOT}:{col}", timeout=self.spec.collector_timeout),
-                prometheus=PrometheusSpec(listen=f"{MGMT_ROOT}:{prom}"),
-            )
-        }
-
-    def collectors(self) -> list[str]:
-        """Where the agents report: `dinet run`'s collector, or every ingress node's decider."""
-        if self.mode == "central":
-            return [f"{MGMT_ROOT}:{self.collector_port}"]
-        return [f"{MGMT_ROOT}:{col}" for col, _ in self.decider_ports.values()]
-
     def write_intent(self) -> Path:
         path = self.workdir / "intent.yaml"
         tmp = path.with_suffix(".tmp")
@@ -777,89 +594,13 @@ class Lab(Rig):
         return path
 
     def _start_controller(self, meanwhile: Callable[[], None] = lambda: None) -> None:
-        """`dinet run` (mode central) or a decider per ingress node, started at once; `meanwhile` runs while
-        they start (seconds: the steering program's compile), before they are waited for."""
+        """What decides, on the scenario's intent (checked first: the runner's own intent is valid, or this
+        says where it is not); `meanwhile` runs while it starts."""
         from ..services.intent import load
 
         path = self.write_intent()
-        load(path)  # the runner's own intent is valid, or this says where it is not
-        if self.mode == "central":
-            self.controller = self._spawn_run(path, [], "controller")
-        else:
-            self.deciders = {
-                ing.name: self._spawn_run(path, ["--node", str(k)], f"decider-{ing.name}")
-                for k, ing in enumerate(self.spec.ingress)
-            }
-        meanwhile()
-        if self.controller is not None:
-            self._run_ready(self.controller, "controller")
-        for name, p in self.deciders.items():
-            self._run_ready(p, f"decider-{name}")
-
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[str]:
-        """`dinet ARGS` in the root namespace (on the management network), its stderr in the lab's logs."""
-        logf = self._log(log_name)
-        p = subprocess.Popen(
-            [sys.executable, "-m", "dinet.cli", *args], stdout=subprocess.PIPE, stderr=logf, text=True, env=self._env()
-        )
-        logf.close()
-        self.state["pids"].append(p.pid)
-        self._save()
-        return p
-
-    def _start_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
-        return self._run_ready(self._spawn_run(path, args, log_name), log_name)
-
-    def _spawn_run(self, path: Path, args: list[str], log_name: str) -> subprocess.Popen[str]:
-        return self._spawn(["run", str(path), "--insecure", *args], log_name)
-
-    def _run_ready(self, p: subprocess.Popen[str], log_name: str) -> subprocess.Popen[str]:
-        assert p.stdout is not None
-        for line in p.stdout:
-            if line.startswith("dinet: collector on"):
-                return p
-        raise DinetError(f"dinet run did not start (see {self.workdir}/logs/{log_name}.log)")
-
-    def stop_deciding(self, ingress: str | None = None) -> None:
-        """The process deciding for an ingress node dies (SIGKILL, no goodbye): in mode central the one
-        controller (every node keeps the weights it last installed), in mode distributed that node's decider."""
-        if self.mode == "central":
-            proc, self.controller = self.controller, None
-        else:
-            proc = self.deciders.pop(ingress or self._first(), None)
-        if proc is not None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def restart_deciding(self) -> None:
-        """What stop_deciding killed starts again (it adopts what the data plane holds: no flow moves)."""
-        path = self.workdir / "intent.yaml"
-        if self.mode == "central":
-            if self.controller is None:
-                self.controller = self._start_run(path, [], "controller")
-            return
-        for k, ing in enumerate(self.spec.ingress):
-            if ing.name not in self.deciders:
-                self.deciders[ing.name] = self._start_run(path, ["--node", str(k)], f"decider-{ing.name}")
-
-    def metrics_urls(self) -> list[str]:
-        """The Prometheus endpoints of what decides (one in mode central; one per live decider)."""
-        if self.mode == "central":
-            return [self.metrics_url] if self.controller is not None else []
-        live = list(self.deciders)  # one copy: stop_deciding may take one out from another thread meanwhile
-        return [f"http://{MGMT_ROOT}:{self.decider_ports[n][1]}/metrics" for n in live]
-
-    @property
-    def metrics_url(self) -> str:
-        if self.mode == "distributed":
-            return f"http://{MGMT_ROOT}:{self.decider_ports[self._first()][1]}/metrics"
-        return f"http://{MGMT_ROOT}:{self.prometheus_port}/metrics"
-
-    def ingress_metrics_url(self, ingress: str) -> str:
-        """The Prometheus endpoint that shows the ingress node's decisions."""
-        if self.mode == "distributed":
-            return f"http://{MGMT_ROOT}:{self.decider_ports[ingress][1]}/metrics"
-        return f"http://{MGMT_ROOT}:{self.prometheus_port}/metrics"
+        load(path)
+        self.deciding.start(path, meanwhile)
 
     def set_policy(self, policy: str | None, timeout: float = 20.0) -> None:
         """Every service's placement changes at run time (the intent file is rewritten; what decides reads it
@@ -872,7 +613,7 @@ class Lab(Rig):
             got = [
                 (lab["service"], lab["strategy"]) for lab, _ in self.view.prometheus().get("dinet_service_strategy", [])
             ]
-            return len(got) == len(want) * len(self._deciding()) and all(want[k] == v for k, v in got)
+            return len(got) == len(want) * len(self.deciding.nodes()) and all(want[k] == v for k, v in got)
 
         self.wait_until(running, f"policy {policy} in force", timeout)
 
@@ -890,7 +631,7 @@ class Lab(Rig):
                 (lab["service"], lab["placement"])
                 for lab, _ in self.view.prometheus().get("dinet_service_placement", [])
             ]
-            return len(got) == len(want) * len(self._deciding()) and all(want[k] == v for k, v in got)
+            return len(got) == len(want) * len(self.deciding.nodes()) and all(want[k] == v for k, v in got)
 
         self.wait_until(running, f"placement {placement} in force", timeout)
 
@@ -905,10 +646,10 @@ class Lab(Rig):
         cmd = [sys.executable, "-m", "dinet.cli", "route", "--listen", listen, "--guard", str(guard)]
         for inst in self.instances.values():
             if service in inst.spec.services:
-                cmd += ["--backend", f"{self.scheme}://{inst.endpoint}:{svc.port}"]
-        if self.ca:
-            cmd += ["--ca", self.ca]
-        p = self._start_ready(ing, cmd, f"{ing}-route", f"dinet route on {ing}")
+                cmd += ["--backend", f"{self.pki.scheme}://{inst.endpoint}:{svc.port}"]
+        if self.pki.ca:
+            cmd += ["--ca", self.pki.ca]
+        p = self.procs.start_ready(ing, cmd, f"{ing}-route", f"dinet route on {ing}")
         self.locals.append(p)
         self.routers[f"http://{listen}"] = p
         return f"http://{listen}"
@@ -919,24 +660,7 @@ class Lab(Rig):
         stop_processes([p])
         self.locals.remove(p)
 
-    def _deciding(self) -> list[str]:
-        """The ingress nodes something decides for now."""
-        if self.mode == "central":
-            return [ing.name for ing in self.spec.ingress] if self.controller is not None else []
-        return [ing.name for ing in self.spec.ingress] if self.mode == "central" else list(self.deciders)
-
-    def reporter(self, instance: str) -> Any:
-        """A collect.Agent with the instance's credentials (for a lab started with agents=False), reporting to
-        every collector (a collect.Fanout in mode distributed)."""
-        from ..services.collect import Agent, Fanout
-
-        agents = [Agent(c, f"token-{instance}") for c in self.collectors()]
-        return agents[0] if len(agents) == 1 else Fanout(agents)
-
-    def _first(self) -> str:
-        return self.spec.ingress[0].name
-
-    def wait_until(self, cond: Any, what: str, timeout: float = 20.0) -> None:
+    def wait_until(self, cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > deadline:
@@ -957,25 +681,25 @@ class Lab(Rig):
         svc = self.spec.service(service)
         spec = next(c for c in self.spec.clients if c.name == client)
         if url is None:
-            url = f"{self.scheme}://{svc.vip}:{svc.port}"
+            url = f"{self.pki.scheme}://{svc.vip}:{svc.port}"
             if spec.local is not None and spec.local.role == "draft":
                 if spec.local.verify_service == service:  # the device's own drafter takes them
                     url = f"http://127.0.0.1:{spec.local.port}"
             elif spec.local is not None:
                 opts.setdefault("local", f"http://127.0.0.1:{spec.local.port}")
-                opts.setdefault("offload_view", self.ingress_metrics_url(self.spec.client_ingress(spec)))
+                opts.setdefault("offload_view", self.deciding.ingress_metrics_url(self.spec.client_ingress(spec)))
                 opts.setdefault("offload_node", self.ingress_index(self.spec.client_ingress(spec)) - 1)
                 opts.setdefault("offload_max_rtt_ms", spec.local.offload_max_rtt_ms)
         out = self.workdir / f"load-{client}-{service}-{time.monotonic_ns()}.jsonl"
         args = [sys.executable, "-m", "dinet.cli", "load", "--url", url, "--quiet"]
-        args += self.tls_args()
+        args += self.pki.args()
         args += ["--rate", str(rate), "--duration", str(duration), "--out", str(out)]
         args += ["--sensitive-share", "1" if svc.class_ == "delay-sensitive" else "0"]
         args += ["--ttft-slo-ms", str(svc.slo.ttft_ms), "--tpot-slo-ms", str(svc.slo.tpot_ms)]
         opts.setdefault("dscp", self.dscp(service))
         for k, v in opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        p = self.popen(client, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = self.procs.popen(client, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, err = p.communicate(timeout=duration + 120)
         if p.returncode != 0:
             raise DinetError(
@@ -1010,16 +734,10 @@ class Lab(Rig):
 
     # ---- teardown ----------------------------------------------------------------------------------------------------
     def close(self) -> None:
-        for inst in self.instances.values():
-            stop_processes(inst.procs)
-            inst.procs = []
+        self.engines.close()
         stop_processes(self.locals + self.captures)
         self.locals, self.captures = [], []
-        if self.controller is not None:
-            stop_processes([self.controller])
-            self.controller = None
-        stop_processes(list(self.deciders.values()))
-        self.deciders = {}
+        self.deciding.close()
         stop_processes([p for p in self.node_agents.values() if p is not None])
         self.node_agents = dict.fromkeys(self.node_agents, None)
         for e in self.links.emulators:
@@ -1040,7 +758,7 @@ class Lab(Rig):
             self.state_path.unlink()
 
 
-def _prior(spec: Any) -> dict[str, float]:
+def _prior(spec: InstanceSpec) -> dict[str, float]:
     """An instance's figures from its engine profile, for the policy until reports teach them: a request of
     64 prompt and 64 output tokens at batch 1 (a short chat turn), as many at once as the KV cache holds of 400
     tokens each."""

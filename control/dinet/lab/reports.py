@@ -22,7 +22,7 @@ class Reports:
     def __init__(self, lab: Any, says: dict[str, Level0], interval: float = 0.2):
         self.lab, self.says, self.interval = lab, dict(says), interval
         self.stop = threading.Event()
-        self.agents = {n: lab.reporter(n) for n in says}
+        self.agents = {n: lab.deciding.reporter(n) for n in says}
         self.failed = 0  # reports nothing took (every collector down)
         self.thread = threading.Thread(target=self._run, daemon=True, name="reports")
 
