@@ -112,6 +112,26 @@ def test_an_instance_named_only_is_reported_for_by_its_name(tmp_path: Path) -> N
     assert cfg.agents["edge-a"].refs == {(ServiceKey.parse("10.0.0.1:80/tcp"), 1)}
 
 
+@pytest.mark.parametrize(
+    "lines,placement",
+    [
+        ("", "flow"),  # no tiers: the ring
+        ("    tiers: [large, small]\n", "two-choices"),  # tiered: two choices (dinet.policy.choices)
+        ("    tiers: [large, small]\n    placement: flow\n", "flow"),  # what the file says wins
+        ("    placement: session\n", "session"),
+    ],
+    ids=["untiered", "tiered", "tiered-ring", "session"],
+)
+def test_a_service_without_a_placement_gets_dinets_default(tmp_path: Path, lines: str, placement: str) -> None:
+    p = tmp_path / "i.yaml"
+    tier = ", tier: large" if "tiers" in lines else ""
+    p.write_text(
+        SVC_HEAD.replace("    instances:\n", lines + "    instances:\n")
+        + f"      - {{id: 1, endpoint: 10.1.1.1{tier}}}"
+    )
+    assert load(p).services[0].placement == placement
+
+
 def test_run_check_validates_without_starting_anything(tmp_path: Path) -> None:
     ok = subprocess.run(
         [

@@ -166,17 +166,18 @@ def start_load(lab: Lab, node: str, url: str, start_at: float, args: list[str], 
 # baselines that pick an instance per request at the client (dinet.workload.pickers), past the VIP
 CLIENT_PICKS = ("least-queue", "oracle")
 TWO_CHOICES = "dinet-two-choices"  # dinet's weights, each new flow on the lower loaded of two ring candidates
+RING = "dinet-ring"  # dinet's weights, each new flow on the ring by its 5-tuple (the default where two choices is not)
+PLACED = {TWO_CHOICES: "two-choices", RING: "flow"}  # the arms that are dinet with a placement of their own
 
 
 def use_policy(lab: Lab, policy: str) -> str:
-    """Puts an arm's policy in force: a placement policy in the intent (dinet-two-choices: dinet's weights
-    with two-choices placement, every other arm the scenario's placement), or a picker at the client past
-    the VIP (round-robin behind it). Returns the picker ('' for none)."""
+    """Puts an arm's policy in force: a placement policy in the intent (dinet-two-choices and dinet-ring:
+    dinet's weights with that placement, every other arm the scenario's or dinet's default placement), or a
+    picker at the client past the VIP (round-robin behind it). Returns the picker ('' for none)."""
     pick = policy if policy in CLIENT_PICKS else ""
-    lab.set_policy("round-robin" if pick else "dinet" if policy == TWO_CHOICES else policy)
-    two = policy == TWO_CHOICES
-    if (lab.placement == "two-choices") != two:
-        lab.set_placement("two-choices" if two else None)
+    lab.set_policy("round-robin" if pick else "dinet" if policy in PLACED else policy)
+    if lab.placement != PLACED.get(policy):
+        lab.set_placement(PLACED.get(policy))
     return pick
 
 

@@ -17,6 +17,7 @@ from .common import Results
 COLOURS = {
     "dinet": "#1b7837",
     "dinet-two-choices": "#5aae61",
+    "dinet-ring": "#a6dba0",
     "anycast": "#d6604d",
     "compute-only": "#4393c3",
     "round-robin": "#8c6bb1",

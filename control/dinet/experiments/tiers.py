@@ -1,8 +1,9 @@
 """`dinet experiment tiers SCENARIO`: the quality served against latency under rising load, on a service
 with model tiers (dynamic model selection).
 
-Per policy (dinet: the preferred tier with room, else the next; dinet-two-choices: the same weights, each new
-flow on the lower loaded of two ring candidates; nearest-site anycast, compute-only,
+Per policy (dinet: the preferred tier with room, else the next, each new flow on the lower loaded of two ring
+candidates, dinet's default for a tiered service; dinet-ring: the same weights, each new flow on the ring by its
+5-tuple; nearest-site anycast, compute-only,
 round-robin, random, and the per-request pickers least-queue and oracle, all blind to tiers), one client's
 load rises in steps past what the large tier holds, then falls back. Per policy and load step: the share
 of requests the large tier served (quality), TTFT p50/p99 and SLO attainment; the time from the first step
@@ -22,8 +23,8 @@ from ..lab.scenario import ScenarioSpec, load
 from .common import (
     CLIENT_PICKS,
     LEAD_S,
+    RING,
     SETTLE_S,
-    TWO_CHOICES,
     Options,
     Results,
     aggregate,
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # least-queue and oracle pick per request at the client, past the VIP (dinet.workload.pickers), blind to
 # tiers as the field's endpoint pickers are: the lowest queue, or the lowest true TTFT
-POLICIES = ("dinet", TWO_CHOICES, "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
+POLICIES = ("dinet", RING, "anycast", "compute-only", "round-robin", "random", *CLIENT_PICKS)
 
 
 def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:

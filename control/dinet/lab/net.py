@@ -50,6 +50,7 @@ import yaml
 from ..errors import ConfigError, DinetError
 from ..netutil import dscp_of, free_port
 from ..paths import BPFFS_ROOT
+from ..policy.choices import default_placement
 from ..services.intent import (
     AgentNodeSpec,
     AttachSpec,
@@ -579,7 +580,8 @@ class Lab(Rig):
         ]
         # the file's names where the schema's differ ("class"), and what is given only where there is some
         given: dict[str, Any] = {"class": svc.class_, "policy": self.policy or svc.policy}
-        given |= {"placement": self.placement or svc.placement} | ({"pools": pools} if pools else {})
+        placement = self.placement or svc.placement
+        given |= ({"placement": placement} if placement else {}) | ({"pools": pools} if pools else {})
         return ServiceSpec(
             service=self.service_keys[svc.name], min_security=svc.min_security, tiers=list(svc.tiers),
             transfer_kb=svc.transfer_kb, slo=SloSpec(ttft_ms=svc.slo.ttft_ms, tpot_ms=svc.slo.tpot_ms),
@@ -618,7 +620,8 @@ class Lab(Rig):
         self.wait_until(running, f"policy {policy} in force", timeout)
 
     def set_placement(self, placement: str | None, timeout: float = 20.0) -> None:
-        """Every service's placement (flow, session, two-choices; None: the scenario's) changes at run time;
+        """Every service's placement (flow, session, two-choices; None: the scenario's, else dinet's default)
+        changes at run time;
         returns once every ingress node's data plane has it (what decides says so on its Prometheus endpoint)."""
         if placement not in (None, "flow", "session", "two-choices"):
             raise ConfigError(f"a placement is flow, session or two-choices, not {placement!r}")
@@ -626,7 +629,10 @@ class Lab(Rig):
         self.write_intent()
 
         def running() -> bool:
-            want = {self.service_keys[s.name]: placement or s.placement for s in self.spec.services}
+            want = {
+                self.service_keys[s.name]: placement or s.placement or default_placement(s.tiers)
+                for s in self.spec.services
+            }
             got = [
                 (lab["service"], lab["placement"])
                 for lab, _ in self.view.prometheus().get("dinet_service_placement", [])

@@ -141,8 +141,9 @@ class ServiceSpec(_Spec):
     policy: Literal["dinet", "anycast", "compute-only", "round-robin", "random"] = "dinet"  # or a baseline
     slo: SloSpec = SloSpec()
     transfer_kb: float = Field(default=0.0, ge=0)  # what a request moves first (a KV cache hand-over)
-    # session: a conversation's connections meet one instance; two-choices: the lower loaded of two candidates
-    placement: Literal["flow", "session", "two-choices"] = "flow"
+    # session: a conversation's connections meet one instance; two-choices: the lower loaded of two candidates;
+    # none: dinet's default (two-choices for a tiered service, flow otherwise)
+    placement: Literal["flow", "session", "two-choices"] | None = None
 
 
 class ModelSyncSpec(_Spec):

@@ -31,6 +31,7 @@ from ..model import (
     parse_address,
 )
 from ..policy.bift import BierGroup, BierIntent, BierTopology, Port
+from ..policy.choices import default_placement
 from ..rfc8296 import BSL_CODE
 from .collect import AgentAuth, Pool
 from .probe import Probe
@@ -238,8 +239,9 @@ class ServiceSpec(_Spec):
     # flow: a new flow placed on the ring by its 5-tuple; session: by its session key where it has one (the IPv6
     # flow label, or a source port in the session range), so a conversation's connections reach one instance;
     # two-choices: on the lower loaded of two ring candidates (the controller's load plus the new flows the data
-    # plane placed since: dinet_consts.h, DINET_SVC_TWO_CHOICES)
-    placement: Literal["flow", "session", "two-choices"] = "flow"
+    # plane placed since: dinet_consts.h, DINET_SVC_TWO_CHOICES); none given: dinet's default (two-choices for a
+    # tiered service, flow otherwise: dinet.policy.choices.default_placement)
+    placement: Literal["flow", "session", "two-choices"] | None = None
     slo: SloSpec = SloSpec()
     instances: list[InstanceSpec] = Field(min_length=1)
     pools: list[PoolSpec] = []
@@ -552,6 +554,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
             cfg.agents[p.agent] = AgentAuth(old.refs, old.token or p.token or "", (*old.pools, pool))
         tiers = {i.id: str(i.tier) for i in s.instances if i.tier}
         strategy = Strategy(s.policy) if s.policy else None
+        placement = s.placement or default_placement(s.tiers)
         cfg.services.append(
             ServiceIntent(
                 key,
@@ -564,8 +567,8 @@ def parse(doc: Any, path: Path) -> RunConfig:
                 s.transfer_kb,
                 Slo(s.slo.ttft_ms, s.slo.tpot_ms),
                 {i.id: InstancePrior(**i.prior.model_dump()) for i in s.instances if i.prior},
-                s.placement == "session",
-                s.placement == "two-choices",
+                placement == "session",
+                placement == "two-choices",
             )
         )
     cfg.nodes = dict(spec.nodes)
