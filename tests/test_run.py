@@ -118,9 +118,10 @@ def test_an_instance_named_only_is_reported_for_by_its_name(tmp_path: Path) -> N
         ("", "flow"),  # no tiers: the ring
         ("    tiers: [large, small]\n", "two-choices"),  # tiered: two choices (dinet.policy.choices)
         ("    tiers: [large, small]\n    placement: flow\n", "flow"),  # what the file says wins
+        ("    tiers: [large, small]\n    policy: random\n", "flow"),  # a baseline is compared as it is
         ("    placement: session\n", "session"),
     ],
-    ids=["untiered", "tiered", "tiered-ring", "session"],
+    ids=["untiered", "tiered", "tiered-ring", "tiered-baseline", "session"],
 )
 def test_a_service_without_a_placement_gets_dinets_default(tmp_path: Path, lines: str, placement: str) -> None:
     p = tmp_path / "i.yaml"

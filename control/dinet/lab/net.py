@@ -630,7 +630,9 @@ class Lab(Rig):
 
         def running() -> bool:
             want = {
-                self.service_keys[s.name]: placement or s.placement or default_placement(s.tiers)
+                self.service_keys[s.name]: placement
+                or s.placement
+                or default_placement(s.tiers, self.policy or s.policy)
                 for s in self.spec.services
             }
             got = [

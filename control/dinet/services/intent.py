@@ -554,7 +554,7 @@ def parse(doc: Any, path: Path) -> RunConfig:
             cfg.agents[p.agent] = AgentAuth(old.refs, old.token or p.token or "", (*old.pools, pool))
         tiers = {i.id: str(i.tier) for i in s.instances if i.tier}
         strategy = Strategy(s.policy) if s.policy else None
-        placement = s.placement or default_placement(s.tiers)
+        placement = s.placement or default_placement(s.tiers, s.policy)
         cfg.services.append(
             ServiceIntent(
                 key,
