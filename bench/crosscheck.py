@@ -164,7 +164,11 @@ def main() -> int:
             f"{tool:<11} {r['requests']:>3} requests  TTFT p50 {r['ttft_p50_ms']:6.2f} ms  TPOT p50 "
             f"{r['tpot_p50_ms']:6.2f} ms  tokens in/out {r['input_tokens']:.0f}/{r['output_tokens']:.0f}"
         )
-    print(f"same arrival, AIPerf minus dinet load: TTFT p50 {res['paired_ttft_difference_p50_ms']:+.2f} ms")
+    paired = res["paired_ttft_difference_p50_ms"]
+    print(
+        "same arrival, AIPerf minus dinet load: TTFT p50 "
+        + (f"{paired:+.2f} ms" if paired is not None else "n/a (a request missing)")
+    )
     write({"host": host(), **res}, a.json)
     return 0
 
