@@ -48,9 +48,9 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, DinetError
+from ..model import Strategy
 from ..netutil import dscp_of, free_port
 from ..paths import BPFFS_ROOT
-from ..policy.choices import default_placement
 from ..services.intent import (
     AgentNodeSpec,
     AttachSpec,
@@ -605,43 +605,41 @@ class Lab(Rig):
         self.deciding.start(path, meanwhile)
 
     def set_policy(self, policy: str | None, timeout: float = 20.0) -> None:
-        """Every service's placement changes at run time (the intent file is rewritten; what decides reads it
-        again); returns once every ingress node runs it."""
+        """Every service's policy (dinet or a baseline; None: the scenario's) changes at run time (the intent
+        file is rewritten; what decides reads it again); returns once every ingress node runs it."""
         self.policy = policy
-        self.write_intent()
-
-        def running() -> bool:
-            want = {self.service_keys[s.name]: policy or s.policy or "dinet" for s in self.spec.services}
-            got = [
-                (lab["service"], lab["strategy"]) for lab, _ in self.view.prometheus().get("dinet_service_strategy", [])
-            ]
-            return len(got) == len(want) * len(self.deciding.nodes()) and all(want[k] == v for k, v in got)
-
-        self.wait_until(running, f"policy {policy} in force", timeout)
+        self._in_force(f"policy {policy}", timeout)
 
     def set_placement(self, placement: str | None, timeout: float = 20.0) -> None:
         """Every service's placement (flow, session, two-choices; None: the scenario's, else dinet's default)
-        changes at run time;
-        returns once every ingress node's data plane has it (what decides says so on its Prometheus endpoint)."""
+        changes at run time; returns once every ingress node's data plane has it."""
         if placement not in (None, "flow", "session", "two-choices"):
             raise ConfigError(f"a placement is flow, session or two-choices, not {placement!r}")
         self.placement = placement
-        self.write_intent()
+        self._in_force(f"placement {placement}", timeout)
+
+    def _in_force(self, what: str, timeout: float) -> None:
+        """Rewrites the intent and waits until every ingress node runs each service's policy and placement as
+        the intent resolves them (dinet.services.intent: the defaults in one place), by what decides's
+        Prometheus endpoint. A policy change may change a tiered service's placement (its default): both are
+        waited for."""
+        from ..services.intent import load
+
+        want = {
+            str(s.key): ((s.strategy or Strategy.DINET).value, s.placement) for s in load(self.write_intent()).services
+        }
 
         def running() -> bool:
-            want = {
-                self.service_keys[s.name]: placement
-                or s.placement
-                or default_placement(s.tiers, self.policy or s.policy)
-                for s in self.spec.services
-            }
-            got = [
-                (lab["service"], lab["placement"])
-                for lab, _ in self.view.prometheus().get("dinet_service_placement", [])
-            ]
-            return len(got) == len(want) * len(self.deciding.nodes()) and all(want[k] == v for k, v in got)
+            prom, nodes = self.view.prometheus(), len(self.deciding.nodes())
+            for k, (family, label) in enumerate(
+                (("dinet_service_strategy", "strategy"), ("dinet_service_placement", "placement"))
+            ):
+                got = [(lab["service"], lab[label]) for lab, _ in prom.get(family, [])]
+                if len(got) != len(want) * nodes or any(want[svc][k] != v for svc, v in got):
+                    return False
+            return True
 
-        self.wait_until(running, f"placement {placement} in force", timeout)
+        self.wait_until(running, f"{what} in force", timeout)
 
     def start_router(self, service: str, ingress: str | None = None, guard: int = 4) -> str:
         """An L7 prefix-aware router (`dinet route`) on an ingress node, in front of the service's instances
@@ -655,8 +653,7 @@ class Lab(Rig):
         for inst in self.instances.values():
             if service in inst.spec.services:
                 cmd += ["--backend", f"{self.pki.scheme}://{inst.endpoint}:{svc.port}"]
-        if self.pki.ca:
-            cmd += ["--ca", self.pki.ca]
+        cmd += self.pki.args()
         p = self.procs.start_ready(ing, cmd, f"{ing}-route", f"dinet route on {ing}")
         self.locals.append(p)
         self.routers[f"http://{listen}"] = p

@@ -138,7 +138,16 @@ class Metrics:
         self.split_fallbacks = Counter(
             "dinet:split_fallbacks", "Requests a head answered whole because no tail answered.", lb, registry=r
         )
-        for metric in (self.ttft, self.tpot, self.e2e, self.queue, self.prompt, self.generation, self.success):
+        for metric in (
+            self.ttft,
+            self.tpot,
+            self.e2e,
+            self.queue,
+            self.prefill,
+            self.prompt,
+            self.generation,
+            self.success,
+        ):
             metric.labels(model)  # every series from the start, at zero, as vLLM shows them
         r.register(_EngineGauges(engine, model))
         engine.observers.append(self.finished)
