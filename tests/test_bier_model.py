@@ -320,28 +320,36 @@ def test_sr_p2mp_trees_hold_state_where_they_branch() -> None:
     assert {(c.frm, c.to) for c in copies} == links and got == {"e1", "e2", "e5"}
 
 
-def test_domain_plans_with_fast_reroute_stay_equal_to_fresh_ones() -> None:
-    """The controller's planner recomputes backups only next to what moved: after every random change its
-    entries (backups included) equal those of a planner made for that state from scratch."""
-    rng = random.Random(6)
-    topo = random_domain(60, 110, 6, bfer_every=2)
+@pytest.mark.parametrize(("bfrs", "links", "bfer_every", "sets"), [(60, 110, 2, 1), (150, 260, 1, 3)])
+def test_domain_plans_with_fast_reroute_stay_equal_to_fresh_ones(
+    bfrs: int, links: int, bfer_every: int, sets: int
+) -> None:
+    """The controller's planner remakes tables, backups and entries only for the (BFR, SI)s next to what
+    moved: after every random change (links, and BFRs every few steps) its entries, backups included, equal
+    those of a planner made for that state from scratch; with one set and with three."""
+    rng = random.Random(bfrs)
+    topo = random_domain(bfrs, links, bfrs, bfer_every=bfer_every)
     ports = {}
     for link in topo.links:
         for x, y in ((link.a, link.b), (link.b, link.a)):
-            ports[(x, y)] = Port(f"to-{y}", f"02:00:00:00:00:{int(x[1:]):02x}")
-    intent = BierIntent(1, topo, ports)
+            ports[(x, y)] = Port(f"to-{y}", f"02:00:00:00:{int(x[1:]) >> 8:02x}:{int(x[1:]) & 255:02x}")
+    intent = BierIntent(1, topo, ports)  # BSL 64
     live = DomainPlanner(intent)
-    links = [frozenset((k.a, k.b)) for k in topo.links]
+    every = [frozenset((k.a, k.b)) for k in topo.links]
     down: set[frozenset[str]] = set()
-    for step in range(20):
-        if down and rng.random() < 0.4:
+    nodes: set[str] = set()
+    for step in range(24):
+        if step % 6 == 5:
+            nodes ^= {rng.choice(sorted(topo.bfr_ids))}
+        elif down and rng.random() < 0.4:
             down.remove(rng.choice(sorted(down, key=sorted)))
         else:
-            down.add(rng.choice(links))
-        got = {n: p.bifts for n, p in live.plan(down).items()}
-        want = {n: p.bifts for n, p in DomainPlanner(intent).plan(down).items()}
+            down.add(rng.choice(every))
+        got = {n: p.bifts for n, p in live.plan(down, nodes).items()}
+        want = {n: p.bifts for n, p in DomainPlanner(intent).plan(down, nodes).items()}
         assert got == want, f"step {step}"
         assert any(e.backups for p in got.values() for e in p.values()), "no backup exercised"
+    assert {e.bift_id & 0xFF for p in got.values() for e in p.values()} == set(range(sets))  # every set exercised
 
 
 def test_node_routes_are_every_node_s_next_hop_toward_every_node_sid() -> None:

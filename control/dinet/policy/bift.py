@@ -103,7 +103,9 @@ class BiftPlanner:
     scipy's Dijkstra (C), the next hops and F-BMs from numpy, so a 1,000-BFR domain is planned in well
     under a second. After a change of one link only the distance rows the link can touch are computed
     again (the sources with a shortest path over it, or one the new link shortens or ties), and only the
-    BFRs whose next hops read those rows get new tables: `set_state` names them."""
+    BFRs whose next hops read those rows get new tables: `set_state` names them. Within a BFR's table only
+    the sets (SIs) whose BFERs' next hops moved are made again; the others stay the very objects they were
+    (a BFER cut off changes one set of every table, not all four)."""
 
     def __init__(self, topo: BierTopology, bsl_code: int, sd: int = 0):
         self.topo, self.bsl_code, self.sd = topo, bsl_code, sd
@@ -128,9 +130,12 @@ class BiftPlanner:
         self.down_links: set[frozenset[str]] = set()
         self.down_nodes: set[str] = set()
         # fast reroute: per (BFR, BFER) the backup neighbour (-1: none), made by the first backups_of and then
-        # kept up to date as next hops are; the BFRs whose backups or next hops the last set_state changed
+        # kept up to date as next hops are. What the last set_state moved, per BFR the SIs: of its next hops
+        # (its table), and of its next hops or backup neighbours (its backups: they are per primary neighbour)
         self._alt: np.ndarray | None = None
-        self._alt_moved: set[int] = set()
+        self._hop_moved: dict[int, set[int]] = {}
+        self._alt_moved: dict[int, set[int]] = {}
+        self._back: set[str] = set()
         self._sets = self._live_sets()
         self._dist = _dijkstra(self._graph()) if size else np.zeros((0, 0))
         every = np.arange(size)
@@ -151,29 +156,53 @@ class BiftPlanner:
         back = self.down_nodes - set(down_nodes)
         was = {(i, j): self._link_up(i, j) for i, j in self._links_of(self.down_links, self.down_nodes)}
         self.down_links, self.down_nodes = set(down_links), set(down_nodes)
-        touched: set[int] = set()
-        self._alt_moved = set()
+        self._hop_moved, self._alt_moved, self._back = {}, {}, back
         for i, j in sorted(set(was) | self._links_of(self.down_links, self.down_nodes)):
             up = self._link_up(i, j)
             if was.get((i, j), True) != up:
-                touched |= self._relink(i, j, self._base[i][j] if up else None)
+                self._relink(i, j, self._base[i][j] if up else None)
         sets = self._live_sets()
         if sets != self._sets:  # a set lost (or gained) its only BFER: every table has other entries
             self._sets = sets
-            touched = set(range(len(self.names)))
-            self._alt_moved = set(touched)  # the backups' F-BMs too
+            self._hop_moved = {s: set(sets) for s in range(len(self.names))}
+            self._alt_moved = {s: set(sets) for s in range(len(self.names))}  # the backups' F-BMs too
         changed = set()
-        for s, table in self._tables_of(sorted(touched)).items():
+        for s, table in self._tables_of(sorted(self._hop_moved), self._hop_moved).items():
             if table != self._tables[s]:
                 self._tables[s] = table
                 changed.add(self.names[s])
         return (changed | back) - self.down_nodes
 
+    def moved(self, backups: bool = True) -> dict[str, set[int]]:
+        """Per live BFR, the SIs whose table (or, with `backups`, whose table or backups) the last set_state
+        may have changed: the others are as they were. Every SI of every live BFR before the first
+        backups_of; every SI of a BFR that came back."""
+        if backups and self._alt is None:
+            every = {s: set(self._sets) for s in range(len(self.names))}
+        else:
+            every = {s: set(sis) for s, sis in self._hop_moved.items()}
+            for s, sis in self._alt_moved.items() if backups else ():
+                every.setdefault(s, set()).update(sis)
+        for name in self._back:
+            every[self._index[name]] = set(self._sets)
+        return {self.names[s]: sis for s, sis in every.items() if self.names[s] not in self.down_nodes}
+
+    def _mark(self, into: dict[int, set[int]], rows: np.ndarray, cols: np.ndarray) -> None:
+        """Notes, for each BFR in rows, the SI of the BFER in the same place of cols as moved."""
+        si = self._si[cols]
+        keep = si >= 0
+        span = max(1, int(si.max(initial=0)) + 1)
+        for key in np.unique(rows[keep] * span + si[keep]).tolist():
+            into.setdefault(key // span, set()).add(key % span)
+
+    def _mark_whole(self, into: dict[int, set[int]], rows: Iterable[int]) -> None:
+        for r in rows:
+            into[r] = set(self._sets)
+
     def backups_stale(self) -> set[str]:
         """The live BFRs whose backups the last set_state changed: a backup neighbour, or a next hop (the
         backups are per primary neighbour). Every live BFR before the first backups_of."""
-        stale = self._alt_moved if self._alt is not None else range(len(self.names))
-        return {self.names[s] for s in stale} - self.down_nodes
+        return set(self.moved())
 
     def backups(self, src: str) -> dict[str, dict[int, dict[str, int]]]:
         """Fast reroute for src (RFC 5286's loop-free alternates, per BFER): neighbour n -> SI -> backup
@@ -185,10 +214,12 @@ class BiftPlanner:
         controller's new BIFTs come)."""
         return self.backups_of([src])[src]
 
-    def backups_of(self, sources: Iterable[str]) -> dict[str, dict[str, dict[int, dict[str, int]]]]:
+    def backups_of(
+        self, sources: Iterable[str], sis: dict[str, set[int]] | None = None
+    ) -> dict[str, dict[str, dict[int, dict[str, int]]]]:
         """`backups` for many BFRs at once, from the backup neighbour of every (BFR, BFER) (`_alternates`,
         kept up to date by set_state once made): the F-BMs set in one scatter and packed in one call, in
-        blocks of BFRs (a Python loop per BFER would dominate)."""
+        blocks of BFRs (a Python loop per BFER would dominate). sis: per BFR only these SIs' backups."""
         names = list(sources)
         out: dict[str, dict[str, dict[int, dict[str, int]]]] = {n: {} for n in names}
         size = len(self.names)
@@ -200,31 +231,38 @@ class BiftPlanner:
         for lo in range(0, len(names), 64):
             block = np.array([self._index[n] for n in names[lo : lo + 64]], dtype=np.int64)
             alt = self._alt[block]
-            k, d = np.nonzero(alt >= 0)
+            ok = alt >= 0
+            if sis is not None:
+                ok &= self._wanted([sis.get(n, set()) for n in names[lo : lo + 64]])
+            k, d = np.nonzero(ok)
             if not k.size:
                 continue
             b = alt[k, d]
             n = self._hop[block[k], d]
-            # one bit row per (source, primary neighbour, backup), the sets side by side
+            # one bit row per (source, primary neighbour, backup, set) that has a bit: one F-BM each
             sets = np.unique(self._si[d])
-            width = len(sets) * self.bits
-            group = (k * size + n) * size + b
+            group = ((k * size + n) * size + b) * len(sets) + np.searchsorted(sets, self._si[d])
             uniq, at = np.unique(group, return_inverse=True)
-            col = np.searchsorted(sets, self._si[d]) * self.bits + self._pos[d] - 1
-            bits = np.zeros((len(uniq), width), dtype=bool)
-            bits[at, col] = True
+            bits = np.zeros((len(uniq), self.bits), dtype=bool)
+            bits[at, self._pos[d] - 1] = True
             packed = np.packbits(bits, axis=1, bitorder="little")
-            full = (1 << self.bits) - 1
+            si_of = sets.tolist()
             for g, raw in zip(uniq.tolist(), packed, strict=True):
-                sk, rest = divmod(g, size * size)
+                rest, m = divmod(g, len(si_of))
+                sk, rest = divmod(rest, size * size)
                 nn, bb = divmod(rest, size)
-                every_bit = int.from_bytes(raw.tobytes(), "little")
                 per = out[names[lo + sk]].setdefault(self.names[nn], {})
-                for m, si in enumerate(sets.tolist()):
-                    fbm = every_bit >> (m * self.bits) & full
-                    if fbm:
-                        per.setdefault(int(si), {})[self.names[bb]] = fbm
+                per.setdefault(si_of[m], {})[self.names[bb]] = int.from_bytes(raw.tobytes(), "little")
         return out
+
+    def _wanted(self, per_row: list[set[int]]) -> np.ndarray:
+        """A row per entry of per_row (SI numbers), a column per BFR: True where the BFR is a BFER of one of
+        the row's SIs."""
+        width = int(self._si.max(initial=0)) + 1
+        by_si = np.zeros((len(per_row), width), dtype=bool)
+        for k, sis in enumerate(per_row):
+            by_si[k, [si for si in sis if si < width]] = True
+        return by_si[:, np.maximum(self._si, 0)] & (self._si >= 0)[None, :]
 
     def _alternates(self, sources: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The backup neighbour (-1: none) of every source toward every BFER in `cols` (see `backups`): one
@@ -262,8 +300,8 @@ class BiftPlanner:
         """The backup neighbours again where what they read moved, as for next hops: s's backup toward d
         reads dist(s, d), its neighbours' dist(b, d) and dist(b, s), and its next hop toward d. So the pairs
         `near` the moved distances (xs, ds), the pairs whose next hop changed (`hops`), and whole rows for
-        `whole` (the link's ends) and for a BFR whose distance to a neighbour moved. The BFRs whose backups
-        changed join _alt_moved."""
+        `whole` (the link's ends) and for a BFR whose distance to a neighbour moved. The (BFR, SI)s whose
+        backups changed join _alt_moved."""
         assert self._alt is not None
         size = len(self.names)
         indptr, nbrs, costs = csr
@@ -272,9 +310,9 @@ class BiftPlanner:
         if rows_whole:
             at = np.array(sorted(rows_whole), dtype=np.int64)
             alt = self._alternates(at, np.arange(size))
-            differ = np.any(alt != self._alt[at], axis=1)
+            r, c = np.nonzero(alt != self._alt[at])
             self._alt[at] = alt
-            self._alt_moved |= set(at[differ].tolist())
+            self._mark(self._alt_moved, at[r], c)
         rs, cs = self._pairs(np.concatenate([near[0], hops[0]]), np.concatenate([near[1], hops[1]]), rows_whole)
         if not rs.size:
             return
@@ -294,7 +332,7 @@ class BiftPlanner:
         alt[fin] = self._by_rank[(best[fin] % (size + 1)).astype(np.int64)]
         differ = alt != self._alt[rs, cs]
         self._alt[rs[differ], cs[differ]] = alt[differ]
-        self._alt_moved |= set(np.unique(rs[differ]).tolist())
+        self._mark(self._alt_moved, rs[differ], cs[differ])
 
     def next_hops_toward(self, dest: str) -> dict[str, str]:
         """BFR -> its next hop toward dest now (the BFRs that reach it)."""
@@ -363,11 +401,12 @@ class BiftPlanner:
             row, nbr, cost = (np.array(x) for x in zip(*pairs, strict=True))
             yield lo, block, row, nbr, cost, np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
 
-    def _relink(self, i: int, j: int, cost: int | None) -> set[int]:
-        """Sets the link i-j's cost (None: down); returns the BFRs whose next hops changed."""
+    def _relink(self, i: int, j: int, cost: int | None) -> None:
+        """Sets the link i-j's cost (None: down); notes the (BFR, SI)s whose next hops changed in _hop_moved
+        (every SI of the link's ends: their neighbours changed) and those whose backups did in _alt_moved."""
         old = self._adj[i].get(j)
         if old == cost:
-            return set()
+            return
         before = self._dist.copy()
         if old is not None:  # the link goes (a dearer one is the cheaper's removal, then an addition)
             del self._adj[i][j], self._adj[j][i]
@@ -388,10 +427,11 @@ class BiftPlanner:
         hop_rows, hop_cols = self._rehop(*self._pairs(*near, {i, j}), csr)  # the ends are done whole
         ends = np.array([i, j], dtype=np.int64)
         self._hop[ends] = self._hops(ends, np.arange(len(self.names)))
+        for moved in (self._hop_moved, self._alt_moved) if self._alt is not None else (self._hop_moved,):
+            self._mark(moved, hop_rows, hop_cols)
+            self._mark_whole(moved, (i, j))
         if self._alt is not None:
-            self._alt_moved |= set(hop_rows.tolist()) | {i, j}
             self._realternate(xs, ds, near, (hop_rows, hop_cols), {i, j}, csr)
-        return set(hop_rows.tolist()) | {i, j}
 
     def _pairs(self, rows: np.ndarray, cols: np.ndarray, skip: set[int]) -> tuple[np.ndarray, np.ndarray]:
         """These (row, column) pairs once each, without a BFR's own column and without the rows in skip."""
@@ -463,37 +503,38 @@ class BiftPlanner:
             np.minimum(dist, via, out=dist)
         return set(rows.tolist())
 
-    def _tables_of(self, nodes: list[int]) -> dict[int, dict[int, BiftSet]]:
+    def _tables_of(self, nodes: list[int], sis: dict[int, set[int]] | None = None) -> dict[int, dict[int, BiftSet]]:
         """The BIFTs of these BFRs at once: one bit row per (BFR, neighbour), the sets side by side, set from
-        the next hops in one scatter and packed in one call (a Python loop per BFR would dominate)."""
+        the next hops in one scatter and packed in one call (a Python loop per BFR would dominate). sis: per
+        BFR only these SIs are made, its other sets are the ones it has."""
         if not nodes:
             return {}
-        size, width = len(self.names), len(self._sets) * self.bits
+        size = len(self.names)
         pairs = [(s, n) for s in nodes for n in sorted(self._adj[s])]
-        # (the k-th of nodes, neighbour) -> its bit row; BFER -> its bit column (its set's block, its bit)
+        # (the k-th of nodes, neighbour) -> its place in pairs
         row_of = np.zeros((len(nodes), size), dtype=np.int64)
         local = {s: k for k, s in enumerate(nodes)}
         row_of[[local[s] for s, _ in pairs], [n for _, n in pairs]] = np.arange(len(pairs))
-        col_of = np.searchsorted(np.array(self._sets), self._si) * self.bits + self._pos - 1
+        set_of = np.searchsorted(np.array(self._sets), self._si)  # a BFER's set's place in self._sets
         hop = self._hop[np.array(nodes, dtype=np.int64)]
-        k, d = np.nonzero((hop >= 0) & (self._si >= 0)[None, :])
-        row, col = row_of[k, hop[k, d]], col_of[d]
-        bits = np.zeros((len(pairs), width), dtype=bool)
-        bits[row, col] = True
+        ok = (hop >= 0) & (self._si >= 0)[None, :]
+        if sis is not None:
+            ok &= self._wanted([sis[s] for s in nodes])
+        k, d = np.nonzero(ok)
+        # one bit row per (BFR, neighbour, set): one F-BM each, where it has a bit
+        nsets = len(self._sets)
+        bits = np.zeros((len(pairs) * nsets, self.bits), dtype=bool)
+        bits[row_of[k, hop[k, d]] * nsets + set_of[d], self._pos[d] - 1] = True
         packed = np.packbits(bits, axis=1, bitorder="little")
-        full = (1 << self.bits) - 1
         fbms: dict[int, dict[int, dict[str, int]]] = {s: {si: {} for si in self._sets} for s in nodes}
         for r in np.flatnonzero(packed.any(axis=1)).tolist():
-            s, n = pairs[r]
-            every = int.from_bytes(packed[r].tobytes(), "little")
-            for m, si in enumerate(self._sets):
-                fbm = every >> (m * self.bits) & full
-                if fbm:
-                    fbms[s][si][self.names[n]] = fbm
+            (s, n), m = pairs[r // nsets], r % nsets
+            fbms[s][self._sets[m]][self.names[n]] = int.from_bytes(packed[r].tobytes(), "little")
         out = {}
         ids = {si: bift_id(self.bsl_code, si, self.sd) for si in self._sets}
         for s in nodes:
             own_si, own_pos = int(self._si[s]), int(self._pos[s])
+            made = self._sets if sis is None else sis[s]
             out[s] = {
                 si: BiftSet(
                     ids[si],
@@ -501,6 +542,8 @@ class BiftPlanner:
                     dict(sorted(fbms[s][si].items())),
                     1 << (own_pos - 1) if own_si == si else 0,
                 )
+                if si in made
+                else self._tables[s][si]
                 for si in self._sets
             }
         return out
@@ -682,8 +725,8 @@ def group_sets(intent: BierIntent, to: frozenset[str] | set[str]) -> tuple[tuple
 
 class DomainPlanner:
     """plan_domain for one domain over its life: the BIFTs move with the failures incrementally
-    (BiftPlanner), and only the BFRs whose tables changed get new BIFT entries; the others keep the very
-    objects they had. The BFIR entries follow the intent's groups as they are at each call."""
+    (BiftPlanner), and only the (BFR, SI)s whose tables or backups changed get new BIFT entries; the others
+    keep the very objects they had. The BFIR entries follow the intent's groups as they are at each call."""
 
     def __init__(self, intent: BierIntent):
         self.intent = intent
@@ -696,9 +739,15 @@ class DomainPlanner:
         self._entries = {name: self._entries_of(name, t, frr.get(name, {})) for name, t in tables.items()}
 
     def _entries_of(
-        self, name: str, table: dict[int, BiftSet], frr: dict[str, dict[int, dict[str, int]]]
+        self,
+        name: str,
+        table: dict[int, BiftSet],
+        frr: dict[str, dict[int, dict[str, int]]],
+        sis: set[int] | None = None,
     ) -> dict[int, BiftEntry]:
-        """The BFR's BIFT entries, each with its backups (`frr`: BiftPlanner.backups of the BFR)."""
+        """The BFR's BIFT entries, each with its backups (`frr`: BiftPlanner.backups of the BFR); with sis
+        only those SIs' entries are made, the others are the BFR's entries as they are."""
+        old = self._entries.get(name, {}) if sis is not None else {}
         ports, made = self.intent.ports, self._ports
         if len(made) > 1 << 20:  # F-BMs of a long-gone state: start again
             made.clear()
@@ -712,6 +761,9 @@ class DomainPlanner:
 
         out = {}
         for si, entry in table.items():
+            if sis is not None and si not in sis and entry.bift_id in old:
+                out[entry.bift_id] = old[entry.bift_id]
+                continue
             backups = []
             for nbr, per in sorted(frr.items()):  # the whole entry while nbr's port is down
                 if not per.get(si) or nbr not in entry.fbm:
@@ -729,13 +781,14 @@ class DomainPlanner:
         self, down_links: set[frozenset[str]] | None = None, down_nodes: set[str] | None = None
     ) -> dict[str, NodePlan]:
         """Every live BFR's entries with these links and BFRs down (see plan_domain)."""
-        changed = self.bifts.set_state(set(down_links or ()), set(down_nodes or ()))
+        self.bifts.set_state(set(down_links or ()), set(down_nodes or ()))
         tables = self.bifts.tables()
-        # with fast reroute also the BFRs whose backups moved (a backup reads its neighbours' distances too)
-        redo = changed | self.bifts.backups_stale() if self.intent.frr else changed
-        frr = self.bifts.backups_of(sorted(redo)) if self.intent.frr else {}
-        for name in redo:
-            entries = self._entries_of(name, tables[name], frr.get(name, {}))
+        # the SIs whose tables moved, with fast reroute also those whose backups did (a backup reads its
+        # neighbours' distances too)
+        redo = self.bifts.moved(backups=self.intent.frr)
+        frr = self.bifts.backups_of(sorted(redo), redo) if self.intent.frr else {}
+        for name, sis in redo.items():
+            entries = self._entries_of(name, tables[name], frr.get(name, {}), sis)
             if entries != self._entries.get(name):  # unchanged entries stay the very objects they were
                 self._entries[name] = entries
         plans = {name: NodePlan(bifts=self._entries[name]) for name in tables}
