@@ -237,22 +237,33 @@ class BiftPlanner:
             k, d = np.nonzero(ok)
             if not k.size:
                 continue
-            b = alt[k, d]
-            n = self._hop[block[k], d]
-            # one bit row per (source, primary neighbour, backup, set) that has a bit: one F-BM each
+            # one bit row per (source, primary neighbour, backup, set) that has a bit: one F-BM each, the
+            # neighbours by their place in the source's list, so that the rows are counted, not sorted
+            nbrs = [list(self._base[x]) for x in block.tolist()]
+            span = max(map(len, nbrs)) or 1
+            slot = np.zeros((len(block), size), dtype=np.int64)
+            for row, ns in enumerate(nbrs):
+                slot[row, ns] = np.arange(len(ns))
             sets = np.unique(self._si[d])
-            group = ((k * size + n) * size + b) * len(sets) + np.searchsorted(sets, self._si[d])
-            uniq, at = np.unique(group, return_inverse=True)
-            bits = np.zeros((len(uniq), self.bits), dtype=bool)
-            bits[at, self._pos[d] - 1] = True
+            group = (k * span + slot[k, self._hop[block[k], d]]) * span + slot[k, alt[k, d]]
+            group = group * len(sets) + np.searchsorted(sets, self._si[d])
+            used = np.flatnonzero(np.bincount(group, minlength=len(block) * span * span * len(sets)))
+            place = np.zeros(len(block) * span * span * len(sets), dtype=np.int64)
+            place[used] = np.arange(used.size)
+            bits = np.zeros((used.size, self.bits), dtype=bool)
+            bits[place[group], self._pos[d] - 1] = True
             packed = np.packbits(bits, axis=1, bitorder="little")
-            si_of = sets.tolist()
-            for g, raw in zip(uniq.tolist(), packed, strict=True):
-                rest, m = divmod(g, len(si_of))
-                sk, rest = divmod(rest, size * size)
-                nn, bb = divmod(rest, size)
-                per = out[names[lo + sk]].setdefault(self.names[nn], {})
-                per.setdefault(si_of[m], {})[self.names[bb]] = int.from_bytes(raw.tobytes(), "little")
+            si_of, raw, w = sets.tolist(), packed.tobytes(), packed.shape[1]
+            rest, m = np.divmod(used, len(si_of))
+            rest, bs = np.divmod(rest, span)
+            ks, ns_ = np.divmod(rest, span)
+            off = 0
+            for src, nbr, backup, at in zip(ks.tolist(), ns_.tolist(), bs.tolist(), m.tolist(), strict=True):
+                per = out[names[lo + src]].setdefault(self.names[nbrs[src][nbr]], {})
+                per.setdefault(si_of[at], {})[self.names[nbrs[src][backup]]] = int.from_bytes(
+                    raw[off : off + w], "little"
+                )
+                off += w
         return out
 
     def _wanted(self, per_row: list[set[int]]) -> np.ndarray:
@@ -527,9 +538,11 @@ class BiftPlanner:
         bits[row_of[k, hop[k, d]] * nsets + set_of[d], self._pos[d] - 1] = True
         packed = np.packbits(bits, axis=1, bitorder="little")
         fbms: dict[int, dict[int, dict[str, int]]] = {s: {si: {} for si in self._sets} for s in nodes}
-        for r in np.flatnonzero(packed.any(axis=1)).tolist():
+        rows = np.flatnonzero(packed.any(axis=1))
+        raw, w = packed[rows].tobytes(), packed.shape[1]
+        for at, r in enumerate(rows.tolist()):
             (s, n), m = pairs[r // nsets], r % nsets
-            fbms[s][self._sets[m]][self.names[n]] = int.from_bytes(packed[r].tobytes(), "little")
+            fbms[s][self._sets[m]][self.names[n]] = int.from_bytes(raw[at * w : (at + 1) * w], "little")
         out = {}
         ids = {si: bift_id(self.bsl_code, si, self.sd) for si in self._sets}
         for s in nodes:
@@ -764,16 +777,18 @@ class DomainPlanner:
             if sis is not None and si not in sis and entry.bift_id in old:
                 out[entry.bift_id] = old[entry.bift_id]
                 continue
+            nbrs = tuple(port(nbr, fbm) for nbr, fbm in entry.fbm.items())
             backups = []
             for nbr, per in sorted(frr.items()):  # the whole entry while nbr's port is down
-                if not per.get(si) or nbr not in entry.fbm:
+                alt = per.get(si)
+                if not alt or nbr not in entry.fbm:
                     continue
-                fbm = {n: f for n, f in entry.fbm.items() if n != nbr}
-                for b, f in per[si].items():
-                    fbm[b] = fbm.get(b, 0) | f
-                ports_down = tuple(port(n, f) for n, f in sorted(fbm.items()))
-                backups.append(BiftBackup(ports[(name, nbr)].ifname, ports_down))
-            nbrs = tuple(port(nbr, fbm) for nbr, fbm in entry.fbm.items())
+                # the other neighbours' ports as they are, a backup's with the bits it takes over
+                down = {n: p for n, p in zip(entry.fbm, nbrs, strict=True) if n != nbr}
+                for b, f in alt.items():
+                    had = down.get(b)
+                    down[b] = port(b, had.fbm | f if had else f)
+                backups.append(BiftBackup(ports[(name, nbr)].ifname, tuple(down[n] for n in sorted(down))))
             out[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs, tuple(backups))
         return out
 
