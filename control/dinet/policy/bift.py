@@ -418,14 +418,14 @@ class BiftPlanner:
         old = self._adj[i].get(j)
         if old == cost:
             return
-        before = self._dist.copy()
+        went = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))]  # the distances (x, d) that moved
         if old is not None:  # the link goes (a dearer one is the cheaper's removal, then an addition)
             del self._adj[i][j], self._adj[j][i]
-            self._removed(i, j, old)
+            went.append(self._removed(i, j, old))
         if cost is not None:
             self._adj[i][j] = self._adj[j][i] = cost
-            self._added(i, j, cost)
-        xs, ds = np.nonzero(self._dist != before)
+            went.append(self._added(i, j, cost))
+        xs, ds = (np.concatenate(x) for x in zip(*went, strict=True))
         csr = self._csr()  # the links as they are now, for next hops and backups
         indptr, nbrs, _ = csr
         # what a (BFR, BFER) pair reads of the distances: its own and its neighbours' in the same column, so
@@ -484,35 +484,34 @@ class BiftPlanner:
         )
         return indptr, nbrs, costs
 
-    def _removed(self, i: int, j: int, cost: int) -> set[int]:
-        """Distances after the link i-j (of `cost`) went; returns the rows that changed. Only a pair with a
-        shortest path over the link can change: s on i's side (a shortest path from s to j through i) with
-        d on j's side. Dijkstra runs from the smaller side only, the other side's rows take the columns by
-        symmetry."""
+    def _removed(self, i: int, j: int, cost: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances after the link i-j (of `cost`) went; returns the (row, column)s that moved. Only a pair
+        with a shortest path over the link can change: s on i's side (a shortest path from s to j through i)
+        with d on j's side. Dijkstra runs from the smaller side only, the other side's rows take the columns
+        by symmetry."""
         dist = self._dist
+        none = np.zeros(0, dtype=np.int64)
         with np.errstate(invalid="ignore"):
             near_i = np.flatnonzero(dist[:, i] + cost == dist[:, j])
             near_j = np.flatnonzero(dist[:, j] + cost == dist[:, i])
         if not near_i.size or not near_j.size:
-            return set()
+            return none, none
         side = near_i if near_i.size <= near_j.size else near_j
         new = _dijkstra(self._graph(), side)
-        diff = new != dist[side]
+        r, c = np.nonzero(new != dist[side])
         dist[side] = new
         dist[:, side] = new.T
-        return set(side[diff.any(axis=1)].tolist()) | set(np.flatnonzero(diff.any(axis=0)).tolist())
+        return np.concatenate([side[r], c]), np.concatenate([c, side[r]])
 
-    def _added(self, i: int, j: int, cost: int) -> set[int]:
+    def _added(self, i: int, j: int, cost: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances after a link i-j of `cost` came: a shortest path uses it at most once, so
         dist'(s, d) = min(dist(s, d), dist(s, i) + cost + dist(j, d), dist(s, j) + cost + dist(i, d)), no
-        search needed. Returns the rows that changed."""
+        search needed. Returns the (row, column)s that moved."""
         dist = self._dist
         via = np.minimum(dist[:, i, None] + cost + dist[None, j, :], dist[:, j, None] + cost + dist[None, i, :])
-        better = via < dist
-        rows = np.flatnonzero(better.any(axis=1))
-        if rows.size:
-            np.minimum(dist, via, out=dist)
-        return set(rows.tolist())
+        xs, ds = np.nonzero(via < dist)
+        dist[xs, ds] = via[xs, ds]
+        return xs, ds
 
     def _tables_of(self, nodes: list[int], sis: dict[int, set[int]] | None = None) -> dict[int, dict[int, BiftSet]]:
         """The BIFTs of these BFRs at once: one bit row per (BFR, neighbour), the sets side by side, set from
