@@ -28,8 +28,9 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -43,6 +44,14 @@ from . import speculative as spec
 from . import split as sp
 from .engine import PROFILES, Engine, Profile, Sequence, block_hashes
 
+if TYPE_CHECKING:
+    import ssl
+
+    import aiohttp
+    from prometheus_client.metrics_core import Metric
+
+Tokens = AsyncGenerator[float, None]  # a request's tokens: the time each is made
+
 # vLLM's buckets for TTFT and TPOT (seconds)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -53,7 +62,7 @@ class _EngineGauges(PromCollector):
     def __init__(self, engine: Engine, model: str):
         self.engine, self.model = engine, model
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[Metric]:
         s, p = self.engine.stats, self.engine.p
         for name, doc, value in (
             ("vllm:num_requests_running", "Number of requests in model execution batches.", s.running),
@@ -166,7 +175,7 @@ class Metrics:
         self.success.labels(m).inc()
 
 
-async def drain(tokens: Any) -> None:
+async def drain(tokens: Tokens) -> None:
     """Runs an engine request to its last token; closed at once if the caller is cancelled (a client that
     hung up), so its place in the batch and its KV cache are freed."""
     async with contextlib.aclosing(tokens):
@@ -238,7 +247,7 @@ class Server:
         self.cache = spec.SessionCache()
         self.profile, self.name, self.role, self.decode_url = profile, name, role, decode_url.rstrip("/")
         self.kv_dscp = 0  # what a KV hand-over to the decode stage is marked with (0: unmarked)
-        self._session: Any = None
+        self._session: aiohttp.ClientSession | None = None
         self.ca = ca
         self.model = model or profile.model
         self.engine = Engine(profile, prefix_caching=prefix_caching)
@@ -269,7 +278,7 @@ class Server:
         if self._session is not None:
             await self._session.close()
 
-    def _tls(self, url: str) -> Any:
+    def _tls(self, url: str) -> ssl.SSLContext | bool:
         """The TLS of a client toward a stage behind `url` (https: its certificate checked against the CA)."""
         from ..creds import client_tls
 
@@ -297,7 +306,7 @@ class Server:
         (self.metrics.spec_hits if hit else self.metrics.spec_misses).labels(self.model).inc()
         return web.json_response({"accepted": n, "cache_hit": hit, "instance": self.name}, headers=self._headers())
 
-    async def _speculate(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+    async def _speculate(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Tokens:
         """The draft role's tokens: rounds of k drafted here, verified behind verify_url on one connection
         (one flow, so the network keeps the session on its verifier); k adapts to the measured round trip.
         With replace_after, a round unanswered after that many times the usual answer time (at least
@@ -308,11 +317,11 @@ class Server:
 
         session = uuid.uuid4().hex[:16]
 
-        def flow() -> Any:  # one connection, one flow for the session
+        def flow() -> aiohttp.ClientSession:  # one connection, one flow for the session
             conn = aiohttp.TCPConnector(limit=1, ssl=self._tls(self.verify_url))
             return aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300))
 
-        async def verify(http: Any, body: dict[str, Any]) -> dict[str, Any]:
+        async def verify(http: aiohttp.ClientSession, body: dict[str, Any]) -> dict[str, Any]:
             async with http.post(f"{self.verify_url}/dinet/v1/verify", json=body) as r:
                 if r.status != 200:
                     raise ConfigError(f"the verifier refused a round: HTTP {r.status} {await r.text()}")
@@ -360,7 +369,7 @@ class Server:
             await http.close()
 
     # ---- cascade ---------------------------------------------------------------------------------------------
-    async def _cascade(self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str) -> Any:
+    async def _cascade(self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str) -> Tokens:
         """The cascade role's tokens: this small model's, or, when its confidence (read at its first token) is
         below the threshold, the large model's behind escalate_url (a new flow: the network picks it)."""
         import aiohttp
@@ -400,7 +409,7 @@ class Server:
                     yield time.monotonic()
 
     # ---- split inference -------------------------------------------------------------------------------------
-    async def _split(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Any:
+    async def _split(self, n_prompt: int, n_max: int, info: dict[str, Any]) -> Tokens:
         """The split role's tokens: the first k layers here and the rest on the tail behind tail_url (k chosen
         from the measured path and tail, or fixed); all here when no split pays off or no tail answers."""
         import aiohttp
@@ -455,7 +464,7 @@ class Server:
 
     async def _exchange(
         self, k: int, n_prompt: int, n_max: int, info: dict[str, Any], deadline: float | None = None
-    ) -> Any:
+    ) -> Tokens:
         """One split request on its own WebSocket (one flow: the network picks the tail and keeps it): the
         prompt's activations after this side's k layers, then one token's activations per token; the tail
         answers each with its token and its time, from which the estimates learn. TimeoutError if the first
@@ -524,7 +533,7 @@ class Server:
         self._last_split = time.monotonic()
 
     @staticmethod
-    async def _abandon(ws: Any) -> None:
+    async def _abandon(ws: aiohttp.ClientWebSocketResponse) -> None:
         """Drops a split request's connection at once: what its upload left in the socket's buffers is
         discarded (a reset), not sent on over a slow uplink ahead of the other requests' tokens."""
         import socket
@@ -538,7 +547,7 @@ class Server:
             await asyncio.wait_for(ws.close(), 0.2)  # cancelled, aiohttp closes the connection itself
 
     @staticmethod
-    async def _tail_answer(ws: Any) -> dict[str, Any]:
+    async def _tail_answer(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
         import aiohttp
 
         msg = await ws.receive()
@@ -610,7 +619,7 @@ class Server:
     # ---- prefill-decode ------------------------------------------------------------------------------------
     async def _tokens(
         self, n_prompt: int, n_max: int, info: dict[str, Any], rid: str = "", prefix: tuple[bytes, ...] = ()
-    ) -> Any:
+    ) -> Tokens:
         """The request's tokens: from this engine, or (prefill role) the first from here and the rest from
         the decode instance the KV cache was handed to, or (draft role) rounds verified by the target."""
         if self.role in ("draft", "cascade", "split"):
@@ -645,7 +654,7 @@ class Server:
         size = n_prompt * self.profile.kv_bytes_per_token
         chunk = bytes(65536)
 
-        async def kv_cache() -> Any:  # the session's KV state, streamed (never held whole)
+        async def kv_cache() -> AsyncGenerator[bytes, None]:  # the session's KV state, streamed (never whole)
             left = size
             while left > 0:
                 yield chunk[: min(left, len(chunk))]
@@ -865,7 +874,7 @@ def profile_of(name: str, kv_tokens: int | None = None, max_batch: int | None = 
 
 
 async def open_site(
-    app: web.Application, listen: str | list[str], tls: Any = None, dscp: int | list[int] = 0
+    app: web.Application, listen: str | list[str], tls: ssl.SSLContext | None = None, dscp: int | list[int] = 0
 ) -> web.AppRunner:
     """Serves `app` on HOST:PORT ("::" or nothing: every address of both families, which asyncio's "::" socket
     alone is not), over HTTPS with `tls` (an ssl context, creds.server_tls); ConfigError, with the runner
@@ -917,7 +926,11 @@ def run(server: Server, listen: str | list[str], tls: tuple[str, str] | None = N
 
 
 def serve_until_signal(
-    app: web.Application, listen: str | list[str], what: str, tls: Any = None, dscp: int | list[int] = 0
+    app: web.Application,
+    listen: str | list[str],
+    what: str,
+    tls: ssl.SSLContext | None = None,
+    dscp: int | list[int] = 0,
 ) -> None:
     """Serves `app` on each address until SIGINT/SIGTERM; prints `ready: WHAT` once it listens on all (what
     the lab waits for)."""
