@@ -253,6 +253,9 @@ def test_isolation_a_sync_over_one_fifo_slows_inference_and_classes_keep_it_out(
     assert all(r["errors"] == 0 for r in runs.values())
     classified = list(s["class_packets"].values())  # per link: class -> packets
     assert sum(c.get("delay-sensitive", 0) for c in classified) > 0 and sum(c.get("sync", 0) for c in classified) > 0
+    # where the CPU went: the delay lines forward the sync's frames (more of their time with it than without)
+    assert runs["sync"]["delay_lines_cores"] > runs["no-sync"]["delay_lines_cores"] > 0
+    assert all(r["machine_cores"] >= r["delay_lines_cores"] + r["edge_servers_cores"] - 0.1 for r in runs.values())
 
 
 @needs_root

@@ -12,7 +12,9 @@ shuffled each repeat, each instance idle and a settle between two:
 - `sync-classes`: the same with class-based queuing on every link with a rate (dinet.lab.classes: HTB by
   DSCP, interactive inference first, the sync last, borrowing whatever the others leave).
 Per arm: TTFT p50/p99 (per repeat and pooled with its bootstrap interval), jitter (RFC 3550's mean absolute
-difference of consecutive requests' TTFT, in start order), SLO attainment, and the sync's throughput.
+difference of consecutive requests' TTFT, in start order), SLO attainment, the sync's throughput, and where
+the CPU went while the chat ran (dinet.lab.cpu: the machine's busy cores, the delay lines', the edges' model
+servers'): queues on the wire are not the only thing the sync shares with the chat in an emulation.
 Goal (the issue's): with classes, TTFT p99 within 10% of the no-sync run while the sync still gets >= 80% of
 the capacity it has with no classes."""
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DinetError
+from ..lab.cpu import Meter
 from ..lab.linkem import stop_processes
 from ..lab.net import Lab
 from ..lab.scenario import ScenarioSpec, load
@@ -120,7 +123,16 @@ def sync_mbit(procs: list[subprocess.Popen[str]], n_edges: int) -> float:
     return total
 
 
-def one_run(lab: Lab, arm: str, shape: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]], float]:
+def meter(lab: Lab, shape: dict[str, Any]) -> Meter:
+    """The CPU meter of a run: the delay lines (every emulated link's), the edges' model servers."""
+    lines = [e.pid for e in lab.links.emulators if e.pid]
+    servers = [lab.instances[e].procs[0].pid for e in shape["edges"] if lab.instances[e].procs]
+    return Meter({"delay_lines": lines, "edge_servers": servers})
+
+
+def one_run(
+    lab: Lab, arm: str, shape: dict[str, Any], seed: int
+) -> tuple[list[dict[str, Any]], float, dict[str, float]]:
     lab.links.set_classes(arm == "sync-classes")
     syncs: list[subprocess.Popen[str]] = []
     lead = LEAD_S
@@ -130,9 +142,12 @@ def one_run(lab: Lab, arm: str, shape: dict[str, Any], seed: int) -> tuple[list[
     start = time.time() + lead
     out = ["--output-min", str(shape["output"][0]), "--output-max", str(shape["output"][1])]
     loads = client_loads(lab, start, shape["duration"], shape["rate"], seed, out, services=(shape["service"],))
-    mbit = 0.0
+    mbit, cpu, m = 0.0, {}, meter(lab, shape)
     try:
+        time.sleep(max(0.0, start - time.time()))  # the chat's start: the meter counts while it runs
+        m.start()
         recs = [r for ld in loads for r in ld.records(timeout=shape["duration"] + lead + 120)]
+        cpu = m.stop()
         if syncs:
             mbit = sync_mbit(syncs, len(shape["edges"]))
     finally:
@@ -140,7 +155,7 @@ def one_run(lab: Lab, arm: str, shape: dict[str, Any], seed: int) -> tuple[list[
         stop_processes(syncs)
     wait_idle(lab, shape["edges"])
     time.sleep(SETTLE_S)  # the next arm starts from idle instances and empty queues
-    return recs, mbit
+    return recs, mbit, cpu
 
 
 def run(scenario: Path, opts: Options) -> dict[str, Any]:
@@ -153,10 +168,10 @@ def run(scenario: Path, opts: Options) -> dict[str, Any]:
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
         intent = lab.intent()
         for rep, arm, _last in arms(ARMS, opts, "isolation"):
-            recs, mbit = one_run(lab, arm, shape, opts.seed + rep)
+            recs, mbit, cpu = one_run(lab, arm, shape, opts.seed + rep)
             res.add(recs, repeat=rep, arm=arm)
             row = class_figures(recs, slos, shape["duration"])
-            row |= {"jitter_ms": jitter(recs), "sync_mbit": mbit}
+            row |= {"jitter_ms": jitter(recs), "sync_mbit": mbit} | cpu
             per[arm].append(row)
         counts = lab.links.class_counts()
         lab.links.set_classes(False)

@@ -726,6 +726,8 @@ def isolation_report(
     ]
     metrics = ["ttft_p50_ms", "ttft_p99_ms", "jitter_ms", "slo_attainment", "sync_mbit", "requests", "errors"]
     rows = [[arm, *(_cell(row, m) for m in metrics)] for arm, row in summary["runs"].items()]
+    cpu = ["machine_cores", "delay_lines_cores", "edge_servers_cores"]
+    cpu_rows = [[arm, *(_cell(row, m) for m in cpu)] for arm, row in summary["runs"].items()]
     return page(
         res,
         f"isolation: {spec.name}",
@@ -733,7 +735,10 @@ def isolation_report(
         "traffic starts, HTB by class on the links) keep it out while the sync still gets the capacity left?",
         summary,
         figs,
-        [{"title": "per arm", "header": ["", *metrics], "rows": rows}],
+        [
+            {"title": "per arm", "header": ["", *metrics], "rows": rows},
+            {"title": "CPU while the chat ran (cores in use)", "header": ["", *cpu], "rows": cpu_rows},
+        ],
         scenario,
         intent,
     )
