@@ -7,12 +7,17 @@ how many of its images decoded (`data-images="N/M"`): a browser test reads that 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..lab.scenario import ScenarioSpec
 from .common import Results
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 COLOURS = {
     "dinet": "#1b7837",
@@ -32,7 +37,7 @@ COLOURS = {
 }
 
 
-def _plt() -> Any:
+def _plt() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +46,7 @@ def _plt() -> Any:
     return plt
 
 
-def _saved(fig: Any, path: Path) -> str:
+def _saved(fig: Figure, path: Path) -> str:
     """Lays the figure out, writes it as a PNG and closes it; its file name (what the report links)."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -49,7 +54,7 @@ def _saved(fig: Any, path: Path) -> str:
     return path.name
 
 
-def _log_x(ax: Any) -> None:
+def _log_x(ax: Axes) -> None:
     from matplotlib.ticker import NullFormatter
 
     ax.set_xscale("log")
@@ -127,7 +132,7 @@ def bars(rows: dict[str, dict[str, Any] | None], metric: str, path: Path, title:
     return _saved(fig, path)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: object) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -387,7 +392,7 @@ def tier_over_time(res: Results, summary: dict[str, Any], path: Path, bin_s: flo
     return _share_over_time(fig, ax, "share on the large tier", path, top=1.05)
 
 
-def _share_over_time(fig: Any, ax: Any, ylabel: str, path: Path, top: float) -> str:
+def _share_over_time(fig: Figure, ax: Axes, ylabel: str, path: Path, top: float) -> str:
     """Finishes and writes a plot of shares (0..top) against the run's time."""
     ax.set_xlabel("time from the start (s)")
     ax.set_ylabel(ylabel)
