@@ -1396,15 +1396,18 @@ def test_traffic_is_marked_with_its_class_where_it_starts() -> None:
 @pytest.mark.parametrize(
     "name,fig",
     [(n, f) for n, p in PROFILES.items() for f in p.published],
-    ids=[f"{n}-c{f.concurrency}" for n, p in PROFILES.items() for f in p.published],
+    ids=[f"{n}-c{f.concurrency}-{f.metric}" for n, p in PROFILES.items() for f in p.published],
 )
 def test_a_profile_reproduces_the_published_figures_it_is_calibrated_against(name: str, fig) -> None:  # type: ignore[no-untyped-def]
-    """Each published figure beside a profile (dinet.workload.engine.Published: a closed-loop sweep's output
-    tokens per second at a concurrency), run through the engine's own scheduler in engine time: within the
-    stated tolerance."""
-    from dinet.workload.engine import closed_loop
+    """Each published figure beside a profile (dinet.workload.engine.Published: a closed-loop sweep's figure at
+    a concurrency, or a dataset's sample sent at once), run through the engine's own scheduler in engine time:
+    within the stated tolerance."""
+    from dinet.workload.engine import at_once, closed_loop
 
-    got = closed_loop(PROFILES[name], fig.concurrency, fig.prompt_tokens, fig.output_tokens, 20 * fig.concurrency)
+    if fig.lengths:
+        got = at_once(PROFILES[name], fig.lengths)
+    else:
+        got = closed_loop(PROFILES[name], fig.concurrency, fig.prompt_tokens, fig.output_tokens, 20 * fig.concurrency)
     assert got[fig.metric] == pytest.approx(fig.value, rel=fig.tolerance), (got, fig.source)
 
 
