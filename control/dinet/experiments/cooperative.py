@@ -10,9 +10,11 @@ The partner is chosen by the services' placement: dinet, nearest (nearest-site a
 for speculative and cascade, the whole 8B on premises for split) and cloud-alone (the request goes to the
 partner service's cloud instance straight, no VIP: the prompt leaves the premises).
 
-Each paradigm's arms share one event, at the same time in every arm: speculative, a load step at the
-nearest edge (its own users fill its KV cache from EVENT_AT x duration on); cascade, the nearest edge's
-path delay rises to RISE_MS one way; split, every device's uplink drops to DROP_MBIT. Figures per arm: TTFT
+Each paradigm's arms share one event, at the same time in every arm and lasting to the arm's end (the
+requests still answering then finish without it, in every arm alike): speculative, a load step at the
+nearest edge (its own users fill its KV cache from EVENT_AT x duration on; they leave at the end, their
+requests with them); cascade, the nearest edge's path delay rises to RISE_MS one way; split, every device's
+uplink drops to DROP_MBIT. Figures per arm: TTFT
 p50, tokens per second (a request's tokens over its end-to-end time), end-to-end p99, quality (the share of
 answers at the level of the paradigm's best partner model: the answering model's quality over the best's;
 a cascade's per-request draw), bytes on the devices' uplinks per request (their link's own counter), SLO
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,23 +196,31 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
     near = shape["nearest"][paradigm]
     near_site = lab.instances[near].spec.site
     base_delay = lab.spec.path(near_site, ing).delay_ms
+    rate = {c.name: c.link.bw_mbit for c in lab.spec.clients}
+
+    def uplinks(mbit: float | None) -> Callable[[], None]:
+        """Every device's uplink to `mbit` (None: its own rate again)."""
+
+        def change() -> None:
+            for c in urls:
+                lab.links.set_uplink_rate(c, mbit or rate[c] or 1000.0)
+
+        return change
+
     if paradigm == "speculative":  # the nearest edge's own users, sent inside its host (none of it steered)
         port = lab.spec.service(lab.instances[near].spec.service).port
         sargs = ["--rate", str(SITE_RATE), "--duration", f"{d - at:.3f}", "--prompt-min", "250", "--prompt-max", "250"]
         sargs += ["--output-min", "64", "--output-max", "64", "--seed", "2", *lab.pki.args()]
         site.append(start_load(lab, near, f"{lab.pki.scheme}://127.0.0.1:{port}", start + at, sargs, {"site": near}))
+        events.append((d, "the edge's own users leave", lambda: stop_loads(site)))
     elif paradigm == "cascade":
         events.append(
             (at, shape["events"][paradigm]["what"], lambda: lab.links.set_path_delay(near_site, ing, RISE_MS))
         )
+        events.append((d, "the path's delay back", lambda: lab.links.set_path_delay(near_site, ing, base_delay)))
     else:
-        rate = {c.name: c.link.bw_mbit for c in lab.spec.clients}
-
-        def drop() -> None:
-            for c in urls:
-                lab.links.set_uplink_rate(c, DROP_MBIT)
-
-        events.append((at, shape["events"][paradigm]["what"], drop))
+        events.append((at, shape["events"][paradigm]["what"], uplinks(DROP_MBIT)))
+        events.append((d, "the uplinks' rate back", uplinks(None)))
     stop = threading.Event()
     th = threading.Thread(target=run_events, args=(start, events, stop), daemon=True, name="events")
     th.start()
@@ -221,11 +232,10 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
         stop_loads(loads + site)
         for ld in site:  # the site's own users: not in the results
             ld.out.unlink(missing_ok=True)
-        if paradigm == "cascade":
+        if paradigm == "cascade":  # (also where the arm ended before its events did)
             lab.links.set_path_delay(near_site, ing, base_delay)
         elif paradigm == "split":
-            for c in urls:
-                lab.links.set_uplink_rate(c, rate[c] or 1000.0)
+            uplinks(None)()
             if policy in STEERED:  # this arm's heads: what they still send counts here, not in the next arm
                 for url, _ in urls.values():
                     lab.stop_local(url)
