@@ -187,6 +187,7 @@ class MetricsAgent:
     instance_id: int
     agent: object
     interval: float = 1.0
+    retry: float = 0.25  # after a report the collector did not take, the next one this soon (at most interval)
     host_cpu: bool = True  # False where instances share one host (emulation): its CPU says nothing of one
     announce: Any = None  # a pool instance's collect.Announce (endpoint, site): it joins with its reports
     ca: str | None = None  # the CA of an https endpoint's certificate (default: the system's)
@@ -223,7 +224,7 @@ class MetricsAgent:
             ack = self.agent.send(reports)  # type: ignore[attr-defined]
         except grpc.RpcError as e:  # the collector is down or unreachable: say so once, go on trying
             if not self.send_failures:
-                log.warning("cannot report to the collector (%s): retrying every %.1f s", e.code().name, self.interval)
+                log.warning("cannot report to the collector (%s): retrying every %.1f s", e.code().name, self.retry)
             self.send_failures += 1
             return m
         if self.send_failures:
@@ -237,7 +238,8 @@ class MetricsAgent:
         while not stop.is_set() and (count is None or n < count):
             self.once()
             n += 1
-            stop.wait(self.interval)
+            # a collector that did not take the last report (not up yet, restarting) is tried again sooner
+            stop.wait(min(self.interval, self.retry) if self.send_failures else self.interval)
         if self.announce is not None and stop.is_set():  # a pool instance leaves: no new flow from now on
             self.announce = replace(self.announce, leaving=True)
             self.once()
