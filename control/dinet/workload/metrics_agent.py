@@ -224,7 +224,11 @@ class MetricsAgent:
             ack = self.agent.send(reports)  # type: ignore[attr-defined]
         except grpc.RpcError as e:  # the collector is down or unreachable: say so once, go on trying
             if not self.send_failures:
-                log.warning("cannot report to the collector (%s): retrying every %.1f s", e.code().name, self.retry)
+                log.warning(
+                    "cannot report to the collector (%s): retrying every %.1f s",
+                    e.code().name,
+                    min(self.interval, self.retry),
+                )
             self.send_failures += 1
             return m
         if self.send_failures:
