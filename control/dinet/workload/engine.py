@@ -505,12 +505,26 @@ def closed_loop(
     """`concurrency` requests always in flight (a new one as soon as one ends), as `vllm bench serve
     --max-concurrency C --request-rate inf` runs them: `requests` requests, in engine time. Returns
     output_tokens_per_s and tpot_ms (the mean time per output token after the first)."""
+    return _bench(profile, [(prompt_tokens, output_tokens)] * requests, concurrency)
+
+
+def at_once(profile: Profile, lengths: Iterable[tuple[int, int]]) -> dict[str, float]:
+    """These requests (prompt, output tokens) all at once, in engine time, as `vllm bench serve --request-rate
+    inf` sends a dataset's sample: output_tokens_per_s (every output token over the time to the last) and
+    tpot_ms (the mean over requests of two tokens or more)."""
+    todo = list(lengths)
+    return _bench(profile, todo, len(todo))
+
+
+def _bench(profile: Profile, todo: list[tuple[int, int]], concurrency: int) -> dict[str, float]:
+    """The requests `todo` (prompt, output tokens) through the scheduler in engine time, at most `concurrency`
+    in flight, the next as soon as one ends: output tokens per second and the mean TPOT."""
     sched = Scheduler(profile)
-    now, started, made = 0.0, 0, 0
+    now, made, started = 0.0, 0, 0
     first: dict[int, float] = {}
     tpots = []
-    for _ in range(min(concurrency, requests)):
-        sched.add(Sequence(prompt_tokens, output_tokens, now, queue=None))
+    for prompt, output in todo[:concurrency]:
+        sched.add(Sequence(prompt, output, now, queue=None))
         started += 1
     while (step := sched.step()) is not None:
         now += step.seconds
@@ -520,33 +534,9 @@ def closed_loop(
         for s in step.finished:
             if s.generated > 1:
                 tpots.append((now - first.pop(id(s))) / (s.generated - 1) * 1000)
-            if started < requests:
-                sched.add(Sequence(prompt_tokens, output_tokens, now, queue=None))
+            if started < len(todo):
+                sched.add(Sequence(*todo[started], now, queue=None))
                 started += 1
-    return {
-        "output_tokens_per_s": made / now if now else 0.0,
-        "tpot_ms": sum(tpots) / len(tpots) if tpots else 0.0,
-    }
-
-
-def at_once(profile: Profile, lengths: Iterable[tuple[int, int]]) -> dict[str, float]:
-    """These requests (prompt, output tokens) all at once, in engine time, as `vllm bench serve --request-rate
-    inf` sends a dataset's sample: output_tokens_per_s (every output token over the time to the last) and
-    tpot_ms (the mean over requests of two tokens or more)."""
-    sched = Scheduler(profile)
-    for prompt, output in lengths:
-        sched.add(Sequence(prompt, output, 0.0, queue=None))
-    now, made = 0.0, 0
-    first: dict[int, float] = {}
-    tpots = []
-    while (step := sched.step()) is not None:
-        now += step.seconds
-        made += len(step.tokens)
-        for s in step.tokens:
-            first.setdefault(id(s), now)
-        for s in step.finished:
-            if s.generated > 1:
-                tpots.append((now - first[id(s)]) / (s.generated - 1) * 1000)
     return {
         "output_tokens_per_s": made / now if now else 0.0,
         "tpot_ms": sum(tpots) / len(tpots) if tpots else 0.0,
