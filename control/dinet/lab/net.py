@@ -740,10 +740,7 @@ class Lab(Rig):
     # ---- teardown ----------------------------------------------------------------------------------------------------
     def close(self) -> None:
         # every process of the lab told to stop at once: the teardown waits for the slowest, not their sum
-        procs = [p for inst in self.instances.values() for p in inst.procs] + self.locals + self.captures
-        procs += [p for p in (self.deciding.controller, *self.deciding.deciders.values()) if p is not None]
-        procs += [p for p in self.node_agents.values() if p is not None]
-        stop_processes(procs + [e.line for e in self.links.emulators if e.line is not None])
+        self.procs.stop_all(self.captures + [e.line for e in self.links.emulators if e.line is not None])
         self.engines.close()
         stop_processes(self.locals + self.captures)
         self.locals, self.captures = [], []

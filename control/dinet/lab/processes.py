@@ -22,6 +22,18 @@ class Processes:
         lab's state."""
         self.logs, self.ns, self.record = logs, ns, record
         self._logged: set[str] = set()  # logs opened (a restarted process appends to its log)
+        self._services: list[subprocess.Popen[str]] = []  # what start() and spawn() started, still running
+
+    def _keep(self, p: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        self.record(p.pid)
+        self._services = [q for q in self._services if q.poll() is None] + [p]
+        return p
+
+    def stop_all(self, also: list[subprocess.Popen[Any]]) -> None:
+        """Every service still running, and `also`, told to stop at once (a teardown waits for the slowest,
+        not for their sum)."""
+        stop_processes(self._services + also)
+        self._services = []
 
     def popen(self, node: str, args: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """A process in a node's network namespace (by its name: Mininet's own popen attaches to the node's
@@ -43,8 +55,7 @@ class Processes:
         logf = self.log(log_name)
         p = self.popen(node, args, stdout=subprocess.PIPE, stderr=logf, text=True, env=self.env())
         logf.close()
-        self.record(p.pid)
-        return p
+        return self._keep(p)
 
     def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[str]:
         """`dinet ARGS` in the root namespace (on the management network), its stderr in the lab's logs."""
@@ -52,8 +63,7 @@ class Processes:
         cmd = [sys.executable, "-m", "dinet.cli", *args]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, text=True, env=self.env())
         logf.close()
-        self.record(p.pid)
-        return p
+        return self._keep(p)
 
     def ready(self, p: subprocess.Popen[str], log_name: str, what: str) -> subprocess.Popen[str]:
         """p, once it said `ready` on its first line; stopped and a DinetError naming its log if it did not."""
