@@ -98,9 +98,10 @@
  * port, protocol) as every flow, the second at CRC-32 over the same fields in the reverse order (destination
  * port, source port, destination, source, protocol), and goes to the one whose load is lower (the first on a
  * tie). An instance's load is what the controller last wrote for it (inst_value.load: dinet writes predicted
- * TTFT in microseconds) plus what the new flows the data plane placed there since add: each new flow beyond
- * `load_free` adds `load_step` (n placed: load + max(0, n - load_free) x load_step). The count of placed flows
- * restarts whenever the controller writes a load of another report (load_gen). */
+ * TTFT in microseconds) plus what the new flows the data plane placed there since add: each new flow adds
+ * `load_each` (dinet: its prefill, which delays the first tokens of those after it), and each beyond `load_free`
+ * also `load_step` (n placed: load + n x load_each + max(0, n - load_free) x load_step). The count of placed
+ * flows restarts whenever the controller writes a load of another report (load_gen). */
 #define DINET_SVC_TWO_CHOICES 2
 
 /* Traffic classes on the wire (draft-song-dmsc-problem-statement s5.2: performance isolation): the DSCP each kind

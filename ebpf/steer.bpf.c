@@ -210,7 +210,7 @@ static __always_inline __u64 load_now(struct inst_value *inst, struct placed_val
 {
 	__u32 n = p && p->gen == inst->load_gen ? p->count : 0;
 	__u64 beyond = n > inst->load_free ? n - inst->load_free : 0;
-	return inst->load + beyond * inst->load_step;
+	return inst->load + (__u64)n * inst->load_each + beyond * inst->load_step;
 }
 
 /* Picks the slot for a new flow: the ring's choice, or the next usable slot if the ring still

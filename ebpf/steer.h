@@ -48,8 +48,8 @@ struct inst_value {
 	/* two-choices services (dinet_consts.h, DINET_SVC_TWO_CHOICES): the load the controller last wrote */
 	__u32 load_gen;  /* the report the load is of: placed flows counted under another do not count */
 	__u32 load_step; /* what each new flow placed here beyond load_free adds to load */
-	__u32 load_free; /* new flows it takes before they add anything (requests it runs before one waits) */
-	__u32 pad;
+	__u32 load_free; /* new flows it takes before they add load_step (requests it runs before one waits) */
+	__u32 load_each; /* what each new flow placed here adds to load (dinet: its prefill) */
 	__u64 load;      /* dinet writes a new request's predicted TTFT in microseconds */
 };
 

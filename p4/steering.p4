@@ -71,10 +71,12 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     bit<32> load_a_step = 1;
     bit<32> load_a_free = 0;
     bit<32> load_a_gen = 0;
+    bit<32> load_a_each = 0;
     bit<64> load_b_value = 0;
     bit<32> load_b_step = 1;
     bit<32> load_b_free = 0;
     bit<32> load_b_gen = 0;
+    bit<32> load_b_each = 0;
     bit<8> inst_state = DINET_INST_DOWN;
     bit<32> inst_iid = 0;
     bit<8> chk_state = DINET_INST_DOWN;
@@ -159,13 +161,14 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
     }
 
     /* load_a / load_b: (svc_id, slot) -> the load the controller last wrote for an instance that is up: its
-     * value, step, free and report (dinet_consts.h, DINET_SVC_TWO_CHOICES); the first and the second candidate's
-     * (the same entries in both). Written by dinet for two-choices services. */
-    action set_load_a(bit<64> value, bit<32> step, bit<32> free, bit<32> gen) {
+     * value, step, free, report and each (dinet_consts.h, DINET_SVC_TWO_CHOICES); the first and the second
+     * candidate's (the same entries in both). Written by dinet for two-choices services. */
+    action set_load_a(bit<64> value, bit<32> step, bit<32> free, bit<32> gen, bit<32> each) {
         load_a_value = value;
         load_a_step = step;
         load_a_free = free;
         load_a_gen = gen;
+        load_a_each = each;
     }
     table load_a {
         key = { meta.svc_id: exact; meta.slot: exact; }
@@ -173,11 +176,12 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
         default_action = NoAction();
         size = INST_INDEXES;
     }
-    action set_load_b(bit<64> value, bit<32> step, bit<32> free, bit<32> gen) {
+    action set_load_b(bit<64> value, bit<32> step, bit<32> free, bit<32> gen, bit<32> each) {
         load_b_value = value;
         load_b_step = step;
         load_b_free = free;
         load_b_gen = gen;
+        load_b_each = each;
     }
     table load_b {
         key = { meta.svc_id: exact; slot_b: exact; }
@@ -480,9 +484,9 @@ control Steering(inout headers_t hdr, inout metadata_t meta, inout standard_meta
                     }
                     if (ga != load_a_gen) { na = 0; }
                     if (gb != load_b_gen) { nb = 0; }
-                    bit<64> xa = load_a_value;
+                    bit<64> xa = load_a_value + (bit<64>)na * (bit<64>)load_a_each;
                     if (na > load_a_free) { xa = xa + (bit<64>)(na - load_a_free) * (bit<64>)load_a_step; }
-                    bit<64> xb = load_b_value;
+                    bit<64> xb = load_b_value + (bit<64>)nb * (bit<64>)load_b_each;
                     if (nb > load_b_free) { xb = xb + (bit<64>)(nb - load_b_free) * (bit<64>)load_b_step; }
                     if (b_up && slot_b != meta.slot && (!a_up || xb < xa)) {
                         meta.slot = slot_b;

@@ -172,17 +172,18 @@ def test_an_instances_prior_stands_in_until_its_reports_teach_the_rate() -> None
 
 def test_a_two_choices_service_carries_each_instances_predicted_ttft_and_its_growth_to_the_data_plane() -> None:
     """Hand-worked: the edge (8 at once, 2 s each) runs 5, so a new request waits nowhere: TTFT 2 x 4 ms + 10 ms
-    of prefill = 18 ms; 2 more fit before one waits (8 - 5 - 1), then each adds 2 s / 8 = 250 ms. The cloud
-    (256 at once, 2 s each) is idle: 2 x 50 ms + 8 ms = 108 ms, 255 fit, then 7,812.5 us each (rounded half to
-    even). The seq is the report the load is of (the learned rates' observations + 1): the data plane restarts
-    its counts when it changes. The same service without two choices carries no load; a baseline neither."""
+    of prefill = 18 ms; each request placed there adds its prefill (10 ms) to the next one's first token; 2 more
+    fit before one waits (8 - 5 - 1), then each also adds 2 s / 8 = 250 ms. The cloud (256 at once, 2 s each)
+    is idle: 2 x 50 ms + 8 ms = 108 ms, 8 ms more each, 255 fit, then 7,812.5 us each (rounded half to even).
+    The seq is the report the load is of (the learned rates' observations + 1): the data plane restarts its
+    counts when it changes. The same service without two choices carries no load; a baseline neither."""
     from dinet.model import InstanceLoad
 
     intent = replace(_svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250)), two_choices=True)
     rates = {1: replace(FAST_EDGE, observations=6), 2: replace(CLOUD, observations=9)}
     samples = {1: Level0(active_sessions=5), 2: Level0()}
     got = {i.instance_id: i.load for i in decide(intent, samples, set(), PATHS, (), UNDAMPED, None, rates)}
-    assert got == {1: InstanceLoad(18_000, 250_000, 2, 7), 2: InstanceLoad(108_000, 7_812, 255, 10)}
+    assert got == {1: InstanceLoad(18_000, 250_000, 2, 7, 10_000), 2: InstanceLoad(108_000, 7_812, 255, 10, 8_000)}
     plain = replace(intent, two_choices=False)
     assert all(i.load is None for i in decide(plain, samples, set(), PATHS, (), UNDAMPED, None, rates))
     rr = replace(intent, strategy=Strategy.ROUND_ROBIN)
@@ -193,4 +194,30 @@ def test_a_two_choices_service_carries_each_instances_predicted_ttft_and_its_gro
     assert all(a is b for a, b in zip(again, installed, strict=True))
     rates[1] = replace(rates[1], observations=7)
     moved = {i.instance_id: i.load for i in decide(intent, samples, set(), PATHS, installed, UNDAMPED, None, rates)}
-    assert moved[1] == InstanceLoad(18_000, 250_000, 2, 8) and moved[2] == got[2]
+    assert moved[1] == InstanceLoad(18_000, 250_000, 2, 8, 10_000) and moved[2] == got[2]
+
+
+def test_a_two_choices_flow_adds_the_prefill_the_instance_measured_lightly_loaded_before_its_prior() -> None:
+    """The per-flow part of a two-choices load is each request's prefill: the one the instance's own reports
+    measured lightly loaded (vLLM's request_prefill_time at 2 running, none waiting: 230 ms, the prompts it is
+    really sent) before its prior's (a profile's 41 ms for a short prompt), while the TTFT itself keeps the
+    prior's prefill (2 x 2 x 2 ms + 41 ms = 49 ms). Without a light-load measure, the prior's; without either,
+    the prefill it measured under load (700 ms, also its TTFT's: 8 + 700 ms)."""
+    from dinet.model import InstanceLoad, InstancePrior
+    from dinet.policy.predict import learn
+
+    prior = InstancePrior(service_s=5.0, capacity=64.0, prefill_ms=41.0, tpot_ms=90.0)
+    intent = replace(_svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250)), two_choices=True, priors={1: prior})
+    paths = {1: SitePath(2.0), 2: SitePath(2.0)}
+    light = learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=90.0))
+    busy = learn(Rates(), Level0(active_sessions=9, prefill_ms=700.0, token_latency_ms=120.0))
+    samples = {1: Level0(active_sessions=2), 2: Level0(active_sessions=2)}
+
+    def loads(rates: dict[int, Rates]) -> dict[int, InstanceLoad | None]:
+        return {i.instance_id: i.load for i in decide(intent, samples, set(), paths, (), UNDAMPED, None, rates)}
+
+    got = loads({1: light, 2: light})
+    assert got[1] is not None and (got[1].value, got[1].each) == (49_000, 230_000)
+    got = loads({1: busy, 2: busy})  # no light-load measure: instance 1's prior; instance 2 has none either
+    assert got[1] is not None and got[1].each == 41_000
+    assert got[2] is not None and (got[2].value, got[2].each) == (708_000, 700_000)

@@ -82,17 +82,20 @@ class ServiceKey:
 @dataclass(frozen=True)
 class InstanceLoad:
     """What a two-choices service's data plane compares its two candidates by (dinet_consts.h,
-    DINET_SVC_TWO_CHOICES): `value` now (dinet: a new request's predicted TTFT, microseconds), plus, for the
-    n-th new flow the data plane places there before the next report, max(0, n - free) x step. `seq` names the
-    report the value is of (1..2^32-1): the data plane's count of flows placed restarts when it changes."""
+    DINET_SVC_TWO_CHOICES): `value` now (dinet: a new request's predicted TTFT, microseconds), plus, once the
+    data plane has placed n new flows there since the report, n x each + max(0, n - free) x step (dinet: each
+    new request's prefill delays the first tokens of those placed after it; past `free`, each waits for a place
+    too). `seq` names the report the value is of (1..2^32-1): the data plane's count of flows placed restarts
+    when it changes."""
 
     value: int
     step: int = 0
     free: int = 0
     seq: int = 1
+    each: int = 0
 
     def __post_init__(self) -> None:
-        for name, top in (("value", 2**64), ("step", 2**32), ("free", 2**32)):
+        for name, top in (("value", 2**64), ("step", 2**32), ("free", 2**32), ("each", 2**32)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < top:
                 raise ConfigError(f"load {name} must be an integer 0..{top - 1}, not {v!r}")
@@ -101,7 +104,7 @@ class InstanceLoad:
 
     def now(self, placed: int) -> int:
         """The load after `placed` new flows (the data plane's own arithmetic)."""
-        return self.value + max(0, placed - self.free) * self.step
+        return self.value + placed * self.each + max(0, placed - self.free) * self.step
 
 
 @dataclass(frozen=True)

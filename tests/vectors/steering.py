@@ -50,7 +50,7 @@ SERVICES: dict[ServiceKey, list[Instance]] = {
     CHAT6: [Instance(61, "2001:db8:6::61", 1, site_id=1), Instance(62, "2001:db8:6::62", 1, site_id=2)],
     PICK4: [
         Instance(51, "192.0.2.51", 1, site_id=1, load=InstanceLoad(4000, 1500, 2, 1)),
-        Instance(52, "192.0.2.52", 2, site_id=2, load=InstanceLoad(9000, 300, 0, 1)),
+        Instance(52, "192.0.2.52", 2, site_id=2, load=InstanceLoad(9000, 300, 0, 1, 200)),
         Instance(53, "2001:db8:5::53", 1, site_id=3, load=InstanceLoad(6000, 1000, 1, 1)),
     ],
 }
@@ -444,8 +444,9 @@ def two_choices_story(target, endpoint) -> int:  # type: ignore[no-untyped-def]
         install(loads)
         second, spread = run(range(41000, 41040), Placed())
         assert spread == 3, spread  # the counts spread the flows over every instance
-        # a new report: the counts restart from the loads it wrote (52, the heaviest, now the lightest)
-        loads = {51: InstanceLoad(9000, 1500, 0, seq + 1), 52: InstanceLoad(500, 300, 4, seq + 1),
+        # a new report: the counts restart from the loads it wrote (52, the heaviest, now the lightest; each flow
+        # placed there adds 1,200 from the first, 300 more past its 4 free)
+        loads = {51: InstanceLoad(9000, 1500, 0, seq + 1), 52: InstanceLoad(500, 300, 4, seq + 1, 1200),
                  53: InstanceLoad(9000, 1000, 0, seq + 1)}  # fmt: skip
         install(loads)
         more, _ = run(range(42000, 42030), Placed())

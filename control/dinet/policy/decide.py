@@ -19,8 +19,9 @@ it becomes the worst:
   first (x (2 + Level 1 communication) / 3: draft-an-cats-usecase-ai s1).
 
 A two-choices service's instances also carry their load for the data plane (`InstanceLoad`): the predicted
-TTFT, and how it grows with each request placed there before the next report; the data plane puts each new
-flow on the lower loaded of two ring candidates (dinet.policy.choices).
+TTFT, and how it grows with each request placed there before the next report (its prefill, then past the
+instance's room its wait as well); the data plane puts each new flow on the lower loaded of two ring candidates
+(dinet.policy.choices).
 
 Damping keeps weights still unless the target moved by more than a hysteresis band, and then moves them
 part of the way, so two sites of similar load never swap traffic back and forth."""
@@ -142,12 +143,35 @@ def _l1_prediction(c: Candidate, policy: Policy) -> Prediction:
     return predict(Level0(queue_depth=queue), Rates(), c.delay_ms, 0.0, policy.priors, busy)
 
 
-def _load(p: Prediction, seq: int) -> InstanceLoad:
-    """A two-choices instance's load for the data plane: the predicted TTFT (us), and what each request it
-    places there adds once `free` more have come (the wait of one request more: S / C)."""
+def _load(p: Prediction, seq: int, each_ms: float) -> InstanceLoad:
+    """A two-choices instance's load for the data plane: the predicted TTFT (us); what each request it places
+    there before the next report adds to the first token of those placed after it (`each_ms`: its prefill,
+    as prefills share the instance's compute); and, once `free` more have come, the wait of one request more
+    (S / C)."""
     cap32 = 0xFFFFFFFF
     return InstanceLoad(
-        min(2**64 - 1, round(p.ttft_ms * 1000)), min(cap32, round(p.step_ms * 1000)), min(cap32, p.free), seq
+        min(2**64 - 1, round(p.ttft_ms * 1000)),
+        min(cap32, round(p.step_ms * 1000)),
+        min(cap32, p.free),
+        seq,
+        min(cap32, round(each_ms * 1000)),
+    )
+
+
+def _prefill_each(reported: Rates | None, known: Rates, priors: Priors) -> float:
+    """What one more request placed on an instance adds to the first token of those placed there after it
+    before the next report: its prefill (chunked prefill shares each step's compute among the prompts, so
+    prompts that arrive together finish their prefill together, later). The prefill its own reports measured
+    lightly loaded leads (the prompts it is really sent), then its prior's (a profile's figure for a short
+    prompt), then the prefill it measured under load, then the policy's. The other way round from the TTFT's
+    own prefill term (dinet.policy.predict.seeded): a figure there that a burst left too high shuns the
+    instance across the service until it is idle, while here it only spreads a burst between two candidates
+    more evenly (measured: README, tiers)."""
+    return (
+        (reported.prefill_idle_ms if reported else 0.0)
+        or known.prefill_idle_ms
+        or known.prefill_ms
+        or (priors.prefill_ms)
     )
 
 
@@ -218,6 +242,7 @@ def decide(
     decided: dict[int, Instance] = {}
     cands = []
     seqs: dict[int, int] = {}  # the report each candidate's load is of (its learned rates' observations)
+    each: dict[int, float] = {}  # what each flow placed there adds to the next one's TTFT (two choices)
     known = {
         i.instance_id: seeded((rates or {}).get(i.instance_id) or Rates(), intent.priors.get(i.instance_id))
         for i in intent.instances
@@ -259,6 +284,7 @@ def decide(
             p = predict(m, learned, path.delay_ms, transfer, policy.priors, busy, path.loss)
             cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), path.delay_ms + transfer, p))
             seqs[iid] = learned.observations % 0xFFFFFFFF + 1
+            each[iid] = _prefill_each((rates or {}).get(iid), learned, policy.priors)
     if cands:
         placing = replace(policy, strategy=intent.strategy) if intent.strategy else policy
         target = target_weights(cands, intent.cls, placing, rng, intent.slo)
@@ -274,7 +300,7 @@ def decide(
         for c in cands:
             state = InstanceState.UP if c.up else InstanceState.DOWN
             prev, inst = have.get(c.instance_id), by_id[c.instance_id]
-            load = _load(c.pred, seqs[c.instance_id]) if two and c.pred else None
+            load = _load(c.pred, seqs[c.instance_id], each[c.instance_id]) if two and c.pred else None
             if prev is not None and (prev.weight, prev.state, prev.site_id, prev.endpoint, prev.load) == (
                 weights[c.instance_id],
                 state,

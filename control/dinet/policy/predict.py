@@ -30,7 +30,7 @@ instance's completion rate C / S (`wait = max(0, R + Q + 1 - C) x S / C`), so
 and its spare rate (`headroom`, requests per second it can still take without queueing) is
 (C - R - Q) / S. The weights (dinet.policy.decide) come from these two numbers. For a two-choices service the
 data plane also gets the TTFT itself with how it grows as it places more requests there before the next report
-(`free` more before one waits, then S / C each: dinet.model.InstanceLoad)."""
+(each one's prefill, and past `free` more S / C each: dinet.model.InstanceLoad)."""
 
 from __future__ import annotations
 

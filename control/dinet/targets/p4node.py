@@ -234,7 +234,7 @@ class P4Node(InstanceEdits):
                 )
             elif table == "load_a" and m["meta.svc_id"] in by_id and prm["gen"]:
                 loads[(m["meta.svc_id"], m["meta.slot"])] = InstanceLoad(
-                    prm["value"], prm["step"], prm["free"], prm["gen"]
+                    prm["value"], prm["step"], prm["free"], prm["gen"], prm["each"]
                 )
             elif table == "bift":
                 self._bift_index[m["hdr.bift.bift_id"]] = (prm["group_base"] - 1) // GROUPS_PER_BIFT
@@ -412,6 +412,7 @@ class P4Node(InstanceEdits):
                 ("step", ld.step if ld else 1),  # no load written: each flow placed counts 1, as on XDP
                 ("free", ld.free if ld else 0),
                 ("gen", ld.seq if ld else 0),
+                ("each", ld.each if ld else 0),
             )
             for table, slot_field in (("load_a", "meta.slot"), ("load_b", "slot_b")):
                 e = TableEntry(table, (("meta.svc_id", st.svc_id), (slot_field, slot)), f"set_{table}", params)

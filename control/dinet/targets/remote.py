@@ -31,7 +31,9 @@ def inst_msg(pb: Any, slot: int, i: Instance) -> Any:
         state=i.state.name.lower(),
         site_id=i.site_id,
         slot=slot,
-        load=pb.LoadMsg(value=i.load.value, step=i.load.step, free=i.load.free, seq=i.load.seq) if i.load else None,
+        load=pb.LoadMsg(value=i.load.value, step=i.load.step, free=i.load.free, seq=i.load.seq, each=i.load.each)
+        if i.load
+        else None,
     )
 
 
@@ -84,7 +86,7 @@ def inst_from_msg(m: Any) -> Instance:
     except KeyError:
         raise ConfigError(f"instance {m.instance_id}: state must be up, draining or down, not {m.state!r}") from None
     ld = m.load
-    load = InstanceLoad(ld.value, ld.step, ld.free, ld.seq) if m.HasField("load") and ld.seq else None
+    load = InstanceLoad(ld.value, ld.step, ld.free, ld.seq, ld.each) if m.HasField("load") and ld.seq else None
     return Instance(m.instance_id, m.endpoint, m.weight, state, m.site_id, load=load)
 
 

@@ -335,7 +335,9 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
                     int(v.weight),
                     InstanceState(v.state),
                     int(v.site_id),
-                    load=InstanceLoad(int(v.load), int(v.load_step), int(v.load_free), int(v.load_gen))
+                    load=InstanceLoad(
+                        int(v.load), int(v.load_step), int(v.load_free), int(v.load_gen), int(v.load_each)
+                    )
                     if v.load_gen
                     else None,
                 )
@@ -395,8 +397,8 @@ class SteeringNode(XdpProgramNode, InstanceEdits):
         v.family = family_of(inst.endpoint)
         v.instance_id, v.weight, v.state, v.site_id = inst.instance_id, inst.weight, int(inst.state), inst.site_id
         if inst.load is not None:
-            v.load, v.load_step, v.load_free, v.load_gen = (
-                inst.load.value, inst.load.step, inst.load.free, inst.load.seq
+            v.load, v.load_step, v.load_free, v.load_gen, v.load_each = (
+                inst.load.value, inst.load.step, inst.load.free, inst.load.seq, inst.load.each
             )  # fmt: skip
         else:  # no load written: each flow placed there counts 1 (two-choices balances what it placed)
             v.load_step = 1
