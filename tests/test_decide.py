@@ -30,8 +30,10 @@ def test_levels() -> None:
 
 
 def test_delay_sensitive_leaves_a_near_site_where_a_queue_forms() -> None:
-    """A waiting queue beyond what the instance runs at once is predicted wait in its TTFT: a delay-sensitive
-    flow goes where it would not wait. Delay-tolerant flows are not moved by the queue alone."""
+    """A waiting queue is predicted wait in its TTFT: beyond what the instance runs at once, the place it waits
+    for; and short of that, the prefill of every request waiting ahead (a compute-bound engine's prefills
+    queue for its steps' token budget before its KV cache is full). A delay-sensitive flow goes where it would
+    not wait. Delay-tolerant flows are not moved by the queue alone."""
     m = ScoreModel()
     queued = [
         Candidate(NEAR, NEAR, m.level1(Level0(gpu_util=0.3, queue_depth=12), delay_ms=2), delay_ms=2),
@@ -41,7 +43,12 @@ def test_delay_sensitive_leaves_a_near_site_where_a_queue_forms() -> None:
     assert w[NEAR] == 0 and w[FAR] > 0
     short = [replace(queued[0], l1=m.level1(Level0(gpu_util=0.3, queue_depth=2), delay_ms=2)), queued[1]]
     w = target_weights(short, TrafficClass.DELAY_SENSITIVE)
-    assert w[NEAR] > 0 and w[FAR] == 0  # two waiting where it runs more at once: no wait, it stays near
+    # two waiting where it runs more at once: their prefills (2 x 50 ms) cost more than the far site's 32 ms
+    # of round trips (2 x 2 x (10 - 2) ms)
+    assert w[NEAR] == 0 and w[FAR] > 0
+    none = [replace(queued[0], l1=m.level1(Level0(gpu_util=0.3), delay_ms=2)), queued[1]]
+    w = target_weights(none, TrafficClass.DELAY_SENSITIVE)
+    assert w[NEAR] > 0 and w[FAR] == 0  # nothing waiting: it stays near
     both = [queued[0], replace(queued[1], l1=m.level1(Level0(queue_depth=20), delay_ms=10))]
     w = target_weights(both, TrafficClass.DELAY_SENSITIVE)
     assert w[NEAR] > 0 and w[FAR] == 0  # queues everywhere: the shorter predicted wait

@@ -40,9 +40,10 @@ def test_rates_are_learned_from_reports() -> None:
     # requests wait: what runs is all it holds; a TTFT measured behind a queue is not the prefill
     r3 = learn(Rates(), Level0(active_sessions=5, queue_depth=3, ttft_ms=900, kv_usage=0.4))
     assert r3.capacity == 5.0 and r3.prefill_ms == 0.0
-    # lightly loaded (2 running, none waiting): also what it does unloaded
+    # lightly loaded (2 running, none waiting): also what it decodes at unloaded; its prefill unloaded only from
+    # the server's own measure (r6): a TTFT observed as a burst ends carries the burst's queue
     r4 = learn(Rates(), Level0(active_sessions=2, finished_per_s=0.5, ttft_ms=70, token_latency_ms=91))
-    assert (r4.prefill_idle_ms, r4.tpot_idle_ms) == (70.0, 91.0)
+    assert (r4.prefill_ms, r4.prefill_idle_ms, r4.tpot_idle_ms) == (70.0, 0.0, 91.0)
     # the server's own prefill phase (vLLM's request_prefill_time) has no queue in it: learned while requests
     # wait too, and before the TTFT where both are there
     r5 = learn(Rates(), Level0(active_sessions=5, queue_depth=3, ttft_ms=900, prefill_ms=110, kv_usage=0.4))
@@ -197,12 +198,12 @@ def test_a_two_choices_service_carries_each_instances_predicted_ttft_and_its_gro
     assert moved[1] == InstanceLoad(18_000, 250_000, 2, 8, 10_000) and moved[2] == got[2]
 
 
-def test_a_two_choices_flow_adds_the_prefill_the_instance_measured_lightly_loaded_before_its_prior() -> None:
-    """The per-flow part of a two-choices load is each request's prefill: the one the instance's own reports
-    measured lightly loaded (vLLM's request_prefill_time at 2 running, none waiting: 230 ms, the prompts it is
-    really sent) before its prior's (a profile's 41 ms for a short prompt), while the TTFT itself keeps the
-    prior's prefill (2 x 2 x 2 ms + 41 ms = 49 ms). Without a light-load measure, the prior's; without either,
-    the prefill it measured under load (700 ms, also its TTFT's: 8 + 700 ms)."""
+def test_a_requests_prefill_is_the_one_the_instance_measured_lightly_loaded_before_its_prior() -> None:
+    """A request's own prefill, in its predicted TTFT and in what each flow placed there adds to the next one's
+    (the per-flow part of a two-choices load), is the one the instance's own reports measured lightly loaded
+    (vLLM's request_prefill_time at 2 running, none waiting: 230 ms, the prompts it is really sent) before its
+    prior's (a profile's 41 ms for a short prompt): TTFT 2 x 2 x 2 ms + 230 ms = 238 ms. Without a light-load
+    measure, the prior's (8 + 41 = 49 ms); without either, the prefill it measured under load (700 ms)."""
     from dinet.model import InstanceLoad, InstancePrior
     from dinet.policy.predict import learn
 
@@ -217,7 +218,44 @@ def test_a_two_choices_flow_adds_the_prefill_the_instance_measured_lightly_loade
         return {i.instance_id: i.load for i in decide(intent, samples, set(), paths, (), UNDAMPED, None, rates)}
 
     got = loads({1: light, 2: light})
-    assert got[1] is not None and (got[1].value, got[1].each) == (49_000, 230_000)
+    assert got[1] is not None and (got[1].value, got[1].each) == (238_000, 230_000)
     got = loads({1: busy, 2: busy})  # no light-load measure: instance 1's prior; instance 2 has none either
-    assert got[1] is not None and got[1].each == 41_000
+    assert got[1] is not None and (got[1].value, got[1].each) == (49_000, 41_000)
     assert got[2] is not None and (got[2].value, got[2].each) == (708_000, 700_000)
+
+
+def test_a_two_choices_tier_keeps_a_queueing_instance_a_candidate_and_its_load_says_the_queue() -> None:
+    """Hand-worked, two small instances (64 at once, 5 s each, a prompt's prefill 230 ms as they measured it
+    lightly loaded), 2 ms away, SLO TTFT 1 s. s1 reports 4 waiting beside 9 running: a new request waits for
+    their prefills (4 x 230 ms; no place to wait for), TTFT 2 x 2 x 2 + 920 + 230 = 1,158 ms, past the SLO;
+    s2 runs 8, none waiting: 238 ms. On the ring s1 takes no new flow and s2 all of them until the next report.
+    With two choices both stay candidates, by headroom ((64 - 13) / 5 s and (64 - 8) / 5 s: weights 91 and 100),
+    and the data plane compares their loads: s2 takes the next flows until 238 + n x 230 ms passes 1,158 ms."""
+    from dinet.model import InstanceLoad
+    from dinet.policy.predict import learn
+
+    light = replace(
+        learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=100.0)),
+        service_s=5.0,
+        capacity=64.0,
+    )
+    paths = {1: SitePath(2.0), 2: SitePath(2.0)}
+    samples = {
+        1: Level0(active_sessions=9, queue_depth=4, token_latency_ms=110.0),
+        2: Level0(active_sessions=8, token_latency_ms=110.0),
+    }
+    ring = _svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250))
+    two = replace(ring, two_choices=True)
+    rates = {1: light, 2: light}
+
+    def placed(intent: ServiceIntent) -> dict[int, tuple[int, InstanceLoad | None]]:
+        out = decide(intent, samples, set(), paths, (), UNDAMPED, None, rates)
+        return {i.instance_id: (i.weight, i.load) for i in out}
+
+    assert placed(ring) == {1: (0, None), 2: (100, None)}
+    got = placed(two)
+    assert {k: w for k, (w, _) in got.items()} == {1: 91, 2: 100}
+    loads = {k: ld for k, (_, ld) in got.items()}
+    assert loads[1] is not None and (loads[1].value, loads[1].each) == (1_158_000, 230_000)
+    assert loads[2] is not None and (loads[2].value, loads[2].each) == (238_000, 230_000)
+    assert [loads[2].now(n) < loads[1].now(0) for n in range(5)] == [True, True, True, True, False]

@@ -21,7 +21,10 @@ it becomes the worst:
 A two-choices service's instances also carry their load for the data plane (`InstanceLoad`): the predicted
 TTFT, and how it grows with each request placed there before the next report (its prefill, then past the
 instance's room its wait as well); the data plane puts each new flow on the lower loaded of two ring candidates
-(dinet.policy.choices).
+(dinet.policy.choices). A delay-sensitive two-choices service's weights only name the candidates: every
+instance of the chosen tier that is up and not overloaded, by headroom, also one predicted to miss the SLO,
+so that the loads pick per flow (a weight of 0 for the instance a report shows queueing herds every new flow
+onto the others until the next report: measured in the tiers experiment, README).
 
 Damping keeps weights still unless the target moved by more than a hysteresis band, and then moves them
 part of the way, so two sites of similar load never swap traffic back and forth."""
@@ -83,6 +86,7 @@ def target_weights(
     policy: Policy = Policy(),
     rng: random.Random | None = None,
     slo: Slo = NO_SLO,
+    two_choices: bool = False,
 ) -> dict[int, int]:
     cs = list(cands)
     out = {c.instance_id: 0 for c in cs}
@@ -107,11 +111,17 @@ def target_weights(
         return p.ttft_ms <= slo.ttft_ms if slo.ttft_ms else p.wait_ms <= 0
 
     # model tiers: the preferred tier with room takes new flows; a lower one only while it has none
-    usable = [c for c in usable if fits(c)] or usable
-    best = min(c.rank for c in usable)
-    usable = [c for c in usable if c.rank == best]
+    fitting = [c for c in usable if fits(c)] or usable
+    best = min(c.rank for c in fitting)
+    # two choices: every instance of that tier stays a candidate, by headroom, and the data plane puts each new
+    # flow on the one of its two with the lower predicted TTFT, counting what it placed since the report (a
+    # weight of 0 for the one a report shows queueing would herd every flow to the other until the next)
+    usable = [c for c in (usable if two_choices and sensitive else fitting) if c.rank == best]
     scores: dict[int, float] = {}
-    if sensitive:
+    if two_choices and sensitive:
+        for c in usable:
+            scores[c.instance_id] = pred[c.instance_id].headroom + policy.headroom_floor
+    elif sensitive:
         slack = policy.slo_slack if slo.ttft_ms or slo.tpot_ms else policy.sensitive_slack_ms
         cost = {c.instance_id: _sensitive_cost(pred[c.instance_id], slo) for c in usable}
         first = min(cost.values())
@@ -143,35 +153,18 @@ def _l1_prediction(c: Candidate, policy: Policy) -> Prediction:
     return predict(Level0(queue_depth=queue), Rates(), c.delay_ms, 0.0, policy.priors, busy)
 
 
-def _load(p: Prediction, seq: int, each_ms: float) -> InstanceLoad:
+def _load(p: Prediction, seq: int) -> InstanceLoad:
     """A two-choices instance's load for the data plane: the predicted TTFT (us); what each request it places
-    there before the next report adds to the first token of those placed after it (`each_ms`: its prefill,
-    as prefills share the instance's compute); and, once `free` more have come, the wait of one request more
-    (S / C)."""
+    there before the next report adds to the first token of those placed after it (its prefill: prefills
+    share the instance's compute, so prompts that arrive together finish their prefill together, later);
+    and, once `free` more have come, the wait of one request more (S / C)."""
     cap32 = 0xFFFFFFFF
     return InstanceLoad(
         min(2**64 - 1, round(p.ttft_ms * 1000)),
         min(cap32, round(p.step_ms * 1000)),
         min(cap32, p.free),
         seq,
-        min(cap32, round(each_ms * 1000)),
-    )
-
-
-def _prefill_each(reported: Rates | None, known: Rates, priors: Priors) -> float:
-    """What one more request placed on an instance adds to the first token of those placed there after it
-    before the next report: its prefill (chunked prefill shares each step's compute among the prompts, so
-    prompts that arrive together finish their prefill together, later). The prefill its own reports measured
-    lightly loaded leads (the prompts it is really sent), then its prior's (a profile's figure for a short
-    prompt), then the prefill it measured under load, then the policy's. The other way round from the TTFT's
-    own prefill term (dinet.policy.predict.seeded): a figure there that a burst left too high shuns the
-    instance across the service until it is idle, while here it only spreads a burst between two candidates
-    more evenly (measured: README, tiers)."""
-    return (
-        (reported.prefill_idle_ms if reported else 0.0)
-        or known.prefill_idle_ms
-        or known.prefill_ms
-        or (priors.prefill_ms)
+        min(cap32, round(p.prefill_ms * 1000)),
     )
 
 
@@ -242,7 +235,6 @@ def decide(
     decided: dict[int, Instance] = {}
     cands = []
     seqs: dict[int, int] = {}  # the report each candidate's load is of (its learned rates' observations)
-    each: dict[int, float] = {}  # what each flow placed there adds to the next one's TTFT (two choices)
     known = {
         i.instance_id: seeded((rates or {}).get(i.instance_id) or Rates(), intent.priors.get(i.instance_id))
         for i in intent.instances
@@ -284,10 +276,10 @@ def decide(
             p = predict(m, learned, path.delay_ms, transfer, policy.priors, busy, path.loss)
             cands.append(Candidate(iid, inst.site_id, l1, m.healthy, intent.rank(iid), path.delay_ms + transfer, p))
             seqs[iid] = learned.observations % 0xFFFFFFFF + 1
-            each[iid] = _prefill_each((rates or {}).get(iid), learned, policy.priors)
     if cands:
         placing = replace(policy, strategy=intent.strategy) if intent.strategy else policy
-        target = target_weights(cands, intent.cls, placing, rng, intent.slo)
+        two = intent.two_choices and placing.strategy is Strategy.DINET
+        target = target_weights(cands, intent.cls, placing, rng, intent.slo, two)
         current = {
             c.instance_id: have[c.instance_id].weight
             for c in cands
@@ -296,11 +288,10 @@ def decide(
         # a baseline (anycast, round-robin, ...) is compared as it is: only dinet's decision is damped
         weights = damp(current, target, policy) if placing.strategy is Strategy.DINET else target
         by_id = {i.instance_id: i for i in intent.instances}
-        two = intent.two_choices and placing.strategy is Strategy.DINET
         for c in cands:
             state = InstanceState.UP if c.up else InstanceState.DOWN
             prev, inst = have.get(c.instance_id), by_id[c.instance_id]
-            load = _load(c.pred, seqs[c.instance_id], each[c.instance_id]) if two and c.pred else None
+            load = _load(c.pred, seqs[c.instance_id]) if two and c.pred else None
             if prev is not None and (prev.weight, prev.state, prev.site_id, prev.endpoint, prev.load) == (
                 weights[c.instance_id],
                 state,

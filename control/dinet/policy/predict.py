@@ -17,10 +17,13 @@ profile's figures) and then the policy's `Priors` stand in.
   completions per second;
 - prefill and TPOT lightly loaded (at most LIGHT running, none waiting): an idle instance is predicted from
   these (or its prior), so one that a burst slowed is not shunned for ever once the burst is over (it would
-  get no flow to show that it recovered).
+  get no flow to show that it recovered). A request's own prefill P is the one the server measured lightly
+  loaded (the prompts it is really sent; where it measures none, its prior's, then what it learned under load).
 
 A new request at an instance then waits for the requests ahead of it beyond the capacity to finish, at the
-instance's completion rate C / S (`wait = max(0, R + Q + 1 - C) x S / C`), so
+instance's completion rate C / S, and for the prefill of those waiting ahead of it (chunked prefill admits
+them into steps as the step's token budget allows, first come first served: a compute-bound engine queues
+for prefill long before its KV cache is full): `wait = max(max(0, R + Q + 1 - C) x S / C, Q x P)`, so
 
     TTFT = round trips x 2 x path delay + transfer at the path's rate + wait + prefill + loss x loss_ms
 
@@ -30,7 +33,7 @@ instance's completion rate C / S (`wait = max(0, R + Q + 1 - C) x S / C`), so
 and its spare rate (`headroom`, requests per second it can still take without queueing) is
 (C - R - Q) / S. The weights (dinet.policy.decide) come from these two numbers. For a two-choices service the
 data plane also gets the TTFT itself with how it grows as it places more requests there before the next report
-(each one's prefill, and past `free` more S / C each: dinet.model.InstanceLoad)."""
+(each one's prefill P, and past `free` more S / C each: dinet.model.InstanceLoad)."""
 
 from __future__ import annotations
 
@@ -85,13 +88,14 @@ def seeded(r: Rates, prior: InstancePrior | None) -> Rates:
         r,
         service_s=r.service_s or prior.service_s,
         capacity=r.capacity or prior.capacity,
-        # the prefill is the profile's where there is one: a report's TTFT is observed when a request finishes,
-        # and a burst's last requests carry its queue into intervals with no queue (learned only without one)
+        # the prefill under load is the profile's where there is one: a report's TTFT is observed when a request
+        # finishes, and a burst's last requests carry its queue into intervals with no queue
         prefill_ms=prior.prefill_ms or r.prefill_ms,
         tpot_ms=r.tpot_ms or prior.tpot_ms,
-        # what it does unloaded is the profile's batch-1 figure where there is one: a report's TTFT is
-        # observed when a request finishes, and the last of a burst's requests carry its queue with them
-        prefill_idle_ms=prior.prefill_ms or r.prefill_idle_ms,
+        # a request's prefill lightly loaded: the server's own measure (learned from nothing else) before the
+        # profile's figure, which is for a short prompt, not the ones the instance is really sent
+        prefill_idle_ms=r.prefill_idle_ms or prior.prefill_ms,
+        # what it decodes at unloaded is the profile's batch-1 figure where there is one
         tpot_idle_ms=prior.tpot_ms or r.tpot_idle_ms,
     )
 
@@ -115,12 +119,13 @@ def learn(r: Rates, m: Level0, priors: Priors = Priors()) -> Rates:
         out = replace(out, capacity=_avg(r.capacity, min(MAX_CAPACITY, running / m.kv_usage), a))
     light = running <= LIGHT and waiting == 0
     # the prefill: the server's own measure of it where it has one (vLLM's request_prefill_time, no queue in
-    # it: learned also while requests wait), else its TTFT in an interval with no queue
+    # it: learned also while requests wait), else its TTFT in an interval with no queue; lightly loaded, only
+    # the server's own (a TTFT observed as a burst ends carries the burst's queue into a quiet interval)
     prefill = m.prefill_ms or (m.ttft_ms if waiting == 0 else 0.0)
     if prefill > 0:
         out = replace(out, prefill_ms=_avg(r.prefill_ms, prefill, a))
-        if light:
-            out = replace(out, prefill_idle_ms=_avg(r.prefill_idle_ms, prefill, a))
+        if light and m.prefill_ms > 0:
+            out = replace(out, prefill_idle_ms=_avg(r.prefill_idle_ms, m.prefill_ms, a))
     if m.token_latency_ms > 0:
         out = replace(out, tpot_ms=_avg(r.tpot_ms, m.token_latency_ms, a))
         if light:
@@ -137,6 +142,7 @@ class Prediction:
     wait_ms: float  # the queueing part of ttft_ms
     step_ms: float = 0.0  # what each further request adds to the wait once the instance is full: S / C
     free: int = 0  # further requests it takes before the next one waits
+    prefill_ms: float = 0.0  # a request's own prefill P: what each one placed there adds to the next one's wait
 
 
 def predict(
@@ -155,17 +161,18 @@ def predict(
     service_s = r.service_s or priors.service_s
     capacity = max(1.0, (r.capacity or priors.capacity) * (1.0 - min(busy, 0.99)))
     idle = m.active_sessions == 0 and m.queue_depth == 0
+    # a request's own prefill: lightly loaded, as the server measured it (or its prior, or what it learned)
+    prefill = r.prefill_idle_ms or r.prefill_ms or priors.prefill_ms
     if idle:  # what it does lightly loaded, not what it did under the last burst
         tpot = r.tpot_idle_ms or r.tpot_ms or priors.tpot_ms
-        prefill = r.prefill_idle_ms or r.prefill_ms or priors.prefill_ms
     else:
         tpot = m.token_latency_ms or r.tpot_ms or priors.tpot_ms
-        prefill = r.prefill_ms or priors.prefill_ms
     ahead = m.active_sessions + m.queue_depth + 1 - capacity
-    wait_ms = max(0.0, ahead) * service_s / capacity * 1000
+    # a place (the requests beyond its capacity finish first), and the prefill of each one waiting ahead
+    wait_ms = max(max(0.0, ahead) * service_s / capacity * 1000, m.queue_depth * prefill)
     ttft = priors.round_trips * 2 * delay_ms + transfer_ms + wait_ms + prefill + loss * priors.loss_ms
     tokens = r.tokens_per_request or priors.tokens_per_request
     free = capacity - m.active_sessions - m.queue_depth
     headroom = max(0.0, free) / service_s
     step_ms = service_s / capacity * 1000
-    return Prediction(ttft, tpot, ttft + tokens * tpot, headroom, wait_ms, step_ms, max(0, math.floor(-ahead)))
+    return Prediction(ttft, tpot, ttft + tokens * tpot, headroom, wait_ms, step_ms, max(0, math.floor(-ahead)), prefill)
