@@ -509,7 +509,7 @@ def test_split_inference_sends_its_activations_encrypted_over_the_uplink_and_nev
 
     with _lab("cooperative", "xdp", tmp_path) as lab:
         svc = lab.spec.service("tail")
-        head = lab.serve_local("dev1", "head", [
+        head = lab.servers.serve_local("dev1", "head", [
             "--profile", "llama3-8b-l4", "--role", "split", "--tail-url", f"https://{svc.vip}:{svc.port}",
             "--split-layers", "2", *lab.pki.args()])  # fmt: skip
         pcap = tmp_path / "uplink.pcap"

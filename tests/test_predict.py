@@ -259,3 +259,22 @@ def test_a_two_choices_tier_keeps_a_queueing_instance_a_candidate_and_its_load_s
     assert loads[1] is not None and (loads[1].value, loads[1].each) == (1_158_000, 230_000)
     assert loads[2] is not None and (loads[2].value, loads[2].each) == (238_000, 230_000)
     assert [loads[2].now(n) < loads[1].now(0) for n in range(5)] == [True, True, True, True, False]
+
+
+def test_an_idle_instance_is_predicted_from_its_priors_prefill_not_a_bursts_long_prompts() -> None:
+    """A burst of another workload's 8,000-token prompts began while the edge ran 1 request, so its light-load
+    prefill was measured at 3,000 ms. Busy, a request there is predicted at that (2 x 2 x 2 + 3,000 ms, past the
+    1 s SLO: the cloud takes the flows); idle again, from its prior's 40 ms (48 ms: it takes them back), as
+    otherwise it would get no flow that measures its prefill again."""
+    from dinet.model import InstancePrior
+
+    burst = learn(Rates(), Level0(active_sessions=1, prefill_ms=3000.0, token_latency_ms=30.0))
+    prior = InstancePrior(service_s=4.0, capacity=16.0, prefill_ms=40.0, tpot_ms=30.0)
+    intent = replace(
+        _svc(1, 2, slo=Slo(ttft_ms=1000, tpot_ms=250)),
+        priors={1: prior, 2: InstancePrior(service_s=4.0, capacity=16.0, prefill_ms=60.0, tpot_ms=30.0)},
+    )
+    paths = {1: SitePath(2.0), 2: SitePath(60.0)}
+    busy = _weights(intent, {1: Level0(active_sessions=1), 2: Level0(active_sessions=1)}, {1: burst}, paths)
+    idle = _weights(intent, {1: Level0(), 2: Level0()}, {1: burst}, paths)
+    assert (busy[1], idle[1] > 0, idle[2]) == (0, True, 0)

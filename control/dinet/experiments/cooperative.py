@@ -122,7 +122,7 @@ def plan(spec: ScenarioSpec, quick: bool) -> dict[str, Any]:
 
 
 class Devices:
-    """The device-side model servers of every paradigm (lab.serve_local), on every device."""
+    """The device-side model servers of every paradigm (lab.servers.serve_local), on every device."""
 
     def __init__(self, lab: Lab, shape: dict[str, Any]):
         self.lab, self.shape = lab, shape
@@ -133,15 +133,15 @@ class Devices:
         self.urls: dict[tuple[str, str], str] = {}
         self.vip = vip
         for c in shape["devices"]:
-            self.urls[(c, "speculative")] = lab.serve_local(c, f"{c}-draft", [
+            self.urls[(c, "speculative")] = lab.servers.serve_local(c, f"{c}-draft", [
                 "--profile", m["draft"], "--role", "draft", "--verify-url", vip["speculative"],
                 "--acceptance", str(shape["acceptance"]), "--replace-after", str(shape["replace_after"]),
                 *tls])  # fmt: skip
-            self.urls[(c, "cascade")] = lab.serve_local(c, f"{c}-small", [
+            self.urls[(c, "cascade")] = lab.servers.serve_local(c, f"{c}-small", [
                 "--profile", m["small"], "--role", "cascade", "--escalate-url", vip["cascade"],
                 "--threshold", str(shape["threshold"]), "--large-quality", str(q_ref), *tls])  # fmt: skip
-            self.urls[(c, "small-alone")] = lab.serve_local(c, f"{c}-alone", ["--profile", m["small"]])
-            self.urls[(c, "head-alone")] = lab.serve_local(c, f"{c}-whole", ["--profile", m["head"]])
+            self.urls[(c, "small-alone")] = lab.servers.serve_local(c, f"{c}-alone", ["--profile", m["small"]])
+            self.urls[(c, "head-alone")] = lab.servers.serve_local(c, f"{c}-whole", ["--profile", m["head"]])
         self.heads = 0
 
     def instances(self, service: str) -> list[str]:
@@ -159,7 +159,7 @@ class Devices:
     def fresh_head(self, client: str) -> str:
         """A split head with nothing learnt yet (each arm starts from the same prior)."""
         self.heads += 1
-        return self.lab.serve_local(client, f"{client}-head{self.heads}", [
+        return self.lab.servers.serve_local(client, f"{client}-head{self.heads}", [
             "--profile", self.shape["models"]["head"], "--role", "split", "--tail-url", self.vip["split"],
             "--privacy-layers", str(self.shape["privacy_layers"]), *self.lab.pki.args()])  # fmt: skip
 
@@ -238,7 +238,7 @@ def one_run(lab: Lab, devs: Devices, paradigm: str, policy: str, shape: dict[str
             uplinks(None)()
             if policy in STEERED:  # this arm's heads: what they still send counts here, not in the next arm
                 for url, _ in urls.values():
-                    lab.stop_local(url)
+                    lab.servers.stop_local(url)
     wait_idle(lab, devs.instances(shape["services"][paradigm]))
     uplink = sum(lab.links.uplink_bytes(c) - up0[c] for c in shape["devices"])
     return {"records": recs, "uplink_bytes": uplink}

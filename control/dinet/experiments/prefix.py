@@ -101,7 +101,7 @@ def one_run(
     svc = lab.spec.service(shape["service"])
     lab.set_placement("session" if policy == "session" else "flow")
     _reset_caches(lab, svc.name)
-    router = lab.start_router(svc.name) if policy == "l7-prefix" else None
+    router = lab.servers.start_router(svc.name) if policy == "l7-prefix" else None
     url = router or f"{lab.pki.scheme}://{svc.vip}:{svc.port}"
     start = time.time() + LEAD_S
     step, failure = shape["events"]
@@ -135,7 +135,7 @@ def one_run(
         stop.set()
         stop_loads(loads)
         if router is not None:
-            lab.stop_router(router)
+            lab.servers.stop_router(router)
         for name in failed:
             lab.engines.start(name)
         if failed:

@@ -8,11 +8,13 @@ node on XDP or BMv2, `dinet serve` instances with metric agents, and `dinet run`
         lab.engines.kill("edge1")               # an instance's model server dies (SIGKILL); restart() it
         lab.deciding.stop()                     # what decides dies; its nodes keep their last weights
 
-The Lab holds the network and the intent; its parts each own one concept: `procs` (every process it starts,
-in a node's namespace, logged and recorded: dinet.lab.processes), `pki` (the CA and the model servers'
+The Lab holds the intent and the state record; its parts each own one concept: `network` (the Mininet hosts,
+links, addresses and the programs every lab has: dinet.lab.network), `procs` (every process it starts, in a
+node's namespace, logged and recorded: dinet.lab.processes), `pki` (the CA and the model servers'
 certificates: dinet.lab.pki), `engines` (the model servers and their metrics agents: dinet.lab.engines),
 `deciding` (`dinet run` or the per-node deciders: dinet.lab.deciding), `links` (emulated links and paths:
-dinet.lab.links) and `view` (what decides, read from its Prometheus endpoints: dinet.lab.view).
+dinet.lab.links), `servers` (devices' own model servers and L7 routers: dinet.lab.servers) and `view` (what
+decides, read from its Prometheus endpoints: dinet.lab.view).
 
 The network is Mininet's: hosts (one per ingress router, client, site router and instance), Linux bridges
 for each ingress node's client LAN and for the management network, BMv2 switches (Bmv2GrpcSwitch) in front
@@ -67,24 +69,23 @@ from ..services.intent import (
     dump,
 )
 from ..services.intent import InstanceSpec as IntentInstance
-from ..targets.bcc_program import BccProgram, remove_pinned_tree
-from ..targets.xdp import DecapNode
+from ..targets.bcc_program import remove_pinned_tree
 from .deciding import MGMT_ROOT, Deciding
 from .engines import Engines, InstanceHost
-from .linkem import LinkEmulator, stop_processes
+from .linkem import stop_processes
 from .links import Links
+from .network import TUNNEL_SMAC, Network
 from .pki import Pki
 from .processes import Processes
 from .rig import Rig
-from .scenario import InstanceSpec, LinkSpec, ScenarioSpec
+from .scenario import InstanceSpec, ScenarioSpec
 from .scenario import ServiceSpec as ScenarioService
+from .servers import Servers
 from .view import ControllerView
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = Path("/run/dinet/lab")
-TUNNEL_SMAC = "02:00:00:00:00:fe"  # the P4 switch's source MAC toward its ingress router
-FABRIC_MTU = 1600  # the tunnel's 20 bytes on top of a 1500-byte packet
 POOL_IDS = (1000, 1099)  # the instance ids a service's pool agent may announce (within the table)
 
 
@@ -135,30 +136,24 @@ class Lab(Rig):
         self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
         self.agents, self.policy = agents, policy
         self.placement: str | None = None  # every service's placement, set at run time (set_placement)
-        self.routers: dict[str, subprocess.Popen[str]] = {}  # L7 routers (start_router) by URL
         self.tag = lab_tag(spec.name)
         self.workdir = workdir or Path(f"/tmp/dinet-lab-{spec.name}")
         self.bpffs_root = bpffs_root
         self.state_path = state_dir / f"{spec.name}.json"
-        self.net: Any = None
-        self.hosts: dict[str, Any] = {}  # scenario node name -> Mininet host
-        self.ingress_intf: dict[str, str] = {}  # ingress name -> its client LAN interface
         self.instances: dict[str, InstanceHost] = {}
         self.links = Links(self.ns, self.write_intent)  # emulated links and paths, changed and measured
-        self.next_hops: list[tuple[Any, Any, str]] = []  # (ingress interface, site router interface, its address)
-        self.locals: list[subprocess.Popen[str]] = []  # devices' own model servers
-        self._local_port = 9100  # serve_local's ports on the devices
-        self._served: dict[str, subprocess.Popen[str]] = {}  # serve_local's servers by URL
-        self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
-        self.decap: DecapNode | None = None
-        self.passprog: BccProgram | None = None
         self.state: dict[str, Any] = {"pid": os.getpid(), "tag": self.tag, "netns": [], "root_links": [], "pins": []}
         self.state["pids"] = []
         self.procs = Processes(self.workdir / "logs", self.ns, self._record)
+        self.network = Network(
+            spec, target, self.tag, self.instances, self.links, self.procs, self.state, self._save, self.workdir,
+            bpffs_root, backend, pcap,
+        )  # fmt: skip
         self.pki = Pki(self.workdir / "tls", tls)
         self.deciding = Deciding(mode, [i.name for i in spec.ingress], self.procs, spec.collector_timeout)
         self.service_keys = {s.name: f"{s.vip}:{s.port}/tcp" for s in spec.services}
         self._plan()
+        self.servers = Servers(spec, self.instances, self.procs, self.pki, self.ingress_index)
         self.engines = Engines(
             spec,
             self.instances,
@@ -192,6 +187,16 @@ class Lab(Rig):
         """The named network namespace of a scenario node."""
         return f"{self.tag}-{node}"
 
+    @property
+    def hosts(self) -> dict[str, Any]:
+        """Scenario node name -> its Mininet host."""
+        return self.network.hosts
+
+    @property
+    def net(self) -> Any:
+        """The Mininet network (None before build and after close)."""
+        return self.network.net
+
     def ingress_index(self, name: str) -> int:
         return next(k for k, n in enumerate(self.spec.ingress, 1) if n.name == name)
 
@@ -205,10 +210,7 @@ class Lab(Rig):
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         self._save()
-        self._build()
-        if self.pcap:
-            self._capture()
-        self._programs()
+        self.network.build()
         if self.tls:
             self.pki.issue(
                 (name, (*sorted({self.spec.service(x).vip for x in i.spec.services}), i.endpoint, "127.0.0.1"))
@@ -218,7 +220,7 @@ class Lab(Rig):
         self.engines.spawn(engines)
         for c in self.spec.clients:
             if c.local is not None:
-                self._start_local(c.name)
+                self.servers.start_local(c.name)
         for ingress in self.node_agents:
             self._attach_steering(ingress)
             self.start_node_agent(ingress)
@@ -233,187 +235,6 @@ class Lab(Rig):
     def _record(self, pid: int) -> None:
         self.state["pids"].append(pid)
         self._save()
-
-    def _build(self) -> None:
-        from mininet.net import Mininet
-        from mininet.node import Node
-        from mininet.nodelib import LinuxBridge
-
-        from .mininet_nodes import Bmv2GrpcSwitch
-
-        s = self.spec
-        net = self.net = Mininet(controller=None, build=False, switch=LinuxBridge)
-        add = lambda name: self.hosts.setdefault(name, net.addHost(name, ip=None))  # noqa: E731
-        ends: list[tuple[Any, Any, str]] = []  # (interface a, interface b, subnet) to address after start
-        root = Node(f"{self.tag}r", inNamespace=False)
-        mgmt = net.addSwitch(f"{self.tag}m")
-        root_link = net.addLink(root, mgmt)
-        self.state["root_links"] += [root_link.intf1.name, f"{self.tag}m"]
-        for k, ing in enumerate(s.ingress, 1):
-            r = add(ing.name)
-            lan = net.addSwitch(f"{self.tag}l{k}")
-            self.state["root_links"].append(lan.name)
-            if self.target == "bmv2":
-                sw = net.addSwitch(f"{self.tag}p{k}", cls=Bmv2GrpcSwitch, device_id=k, pcap_dir=self._pcaps())
-                net.addLink(lan, sw, port2=1)
-                link = net.addLink(sw, r, port1=2)
-                self.ingress_intf[ing.name] = link.intf2.name
-                self.state["root_links"].append(sw.name)
-            else:
-                link = net.addLink(lan, r)
-                self.ingress_intf[ing.name] = link.intf2.name
-            for c in (c for c in s.clients if s.client_ingress(c) == ing.name):
-                ends.append((*self._link(add(c.name), lan, c.link), f"10.0.{k}.0/24"))
-                if c.local is not None:  # a device reads the controller's view on the management network
-                    net.addLink(self.hosts[c.name], mgmt)
-        for site in s.sites:
-            add(site.name)
-        for site in s.sites:
-            for k, ing in enumerate(s.ingress, 1):
-                path = s.path(site.name, ing.name)
-                a, b = self._link(self.hosts[ing.name], self.hosts[site.name], path)
-                ends.append((a, b, f"10.{k}.{site.id}.0/24"))
-                self.next_hops.append((a, b, f"10.{k}.{site.id}.2"))
-                self.links.paths.append((ing.name, site.name, f"10.{k}.{site.id}.2", path))
-        for inst in self.instances.values():
-            h = inst.host = add(inst.spec.name)
-            a, b = self._link(self.hosts[inst.spec.site], h, inst.spec.link)
-            ends.append((a, b, inst.endpoint.rsplit(".", 1)[0] + ".0/24"))
-            net.addLink(h, mgmt)
-        net.build()
-        net.start()
-        for name, h in list(self.hosts.items()) + [(e.name, e.host) for e in self.links.emulators]:
-            subprocess.run(["ip", "netns", "attach", self.ns(name), str(h.pid)], check=True, capture_output=True)
-            self.state["netns"].append(self.ns(name))
-            self.state["pids"].append(h.pid)
-            h.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
-            # checksums filled in by the sender: a frame copied by an XDP tunnel, a BMv2 switch or a delay
-            # line reaches its receiver without the offload's promise that the checksum will be done
-            for intf in h.intfList():
-                h.cmd(f"ethtool -K {intf.name} tx off tso off gso off >/dev/null 2>&1")
-        self._save()
-        root.cmd(f"ip addr add {MGMT_ROOT}/16 dev {root_link.intf1.name}")
-        self._fabric_mtu()
-        self._address(ends)
-        for e in self.links.emulators:
-            e.start(self.ns(e.name), self.backend, self.workdir / "logs")
-        self.state["pids"] += [e.pid for e in self.links.emulators if e.pid]
-        self._save()
-
-    def _fabric_mtu(self) -> None:
-        """Room for the tunnel header: FABRIC_MTU on every link between routers, switches and instances (the
-        clients' side stays at 1500, and instances send at most 1500 themselves: see _address)."""
-        clients = {c.name for c in self.spec.clients}
-        edge = clients | {e.name for e in self.links.emulators if e.a in clients or e.b in clients}
-        for link in self.net.links:
-            nodes = {link.intf1.node.name, link.intf2.node.name}
-            if nodes & edge or any(n.startswith(f"{self.tag}l") or n.startswith(f"{self.tag}m") for n in nodes):
-                continue
-            if any(n.startswith(f"{self.tag}r") for n in nodes):
-                continue
-            for intf in (link.intf1, link.intf2):
-                intf.node.cmd(f"ip link set dev {intf.name} mtu {FABRIC_MTU}")
-
-    def _capture(self) -> None:
-        """A pcap per host (every interface: tcpdump -i any) in the work folder's pcap/."""
-        d = Path(str(self._pcaps()))
-        for name in self.hosts:
-            p = self.procs.popen(
-                name,
-                ["tcpdump", "-i", "any", "-n", "-U", "-w", str(d / f"{name}.pcap")],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            self.captures.append(p)
-            self.state["pids"].append(p.pid)
-        self._save()
-
-    def _pcaps(self) -> str | None:
-        if not self.pcap:
-            return None
-        d = self.workdir / "pcap"
-        d.mkdir(parents=True, exist_ok=True)
-        return str(d)
-
-    def _link(self, a: Any, b: Any, spec: LinkSpec) -> tuple[Any, Any]:
-        """A link from a to b; an emulated one through a link emulator node. Returns the two end interfaces."""
-        if not spec.emulated:
-            link = self.net.addLink(a, b)
-            return link.intf1, link.intf2
-        e = LinkEmulator(f"x{len(self.links.emulators) + 1}", spec, a.name, b.name)
-        e.host = self.net.addHost(e.name, ip=None)
-        la, lb = self.net.addLink(a, e.host), self.net.addLink(e.host, b)
-        e.ends = (la.intf1, lb.intf2)
-        e.wire = (la.intf2.name, lb.intf1.name)
-        self.links.emulators.append(e)
-        return la.intf1, lb.intf2
-
-    def _address(self, ends: list[tuple[Any, Any, str]]) -> None:
-        s = self.spec
-        for k, ing in enumerate(s.ingress, 1):
-            r = self.hosts[ing.name]
-            r.cmd(f"ip addr add 10.0.{k}.1/24 dev {self.ingress_intf[ing.name]}")
-            r.cmd("sysctl -qw net.ipv4.ip_forward=1")
-            for n, c in enumerate((c for c in s.clients if s.client_ingress(c) == ing.name), 10):
-                h = self.hosts[c.name]
-                intf = next(i for i in ends if i[0].node is h)[0]
-                h.cmd(f"ip addr add 10.0.{k}.{n}/24 dev {intf.name}")
-                h.cmd(f"ip route add default via 10.0.{k}.1")
-                if c.local is not None:
-                    h.cmd(f"ip addr add 172.31.{k}.{n}/16 dev {c.name}-eth1")
-        for a, b, subnet in ends:
-            base = subnet.rsplit(".", 1)[0]
-            if a.node.name in self.hosts and b.node.name in self.hosts and not subnet.startswith("10.0."):
-                a.node.cmd(f"ip addr add {base}.1/24 dev {a.name}")
-                b.node.cmd(f"ip addr add {base}.2/24 dev {b.name}")
-        # the steering program's FIB lookup finds each site router's MAC from the first packet on (a missing
-        # neighbour would send the tunnelled packet to the kernel, which drops it: its source is the router's)
-        for a, b, addr in self.next_hops:
-            a.node.cmd(f"ip neigh replace {addr} lladdr {b.MAC()} dev {a.name} nud permanent")
-        for site in s.sites:
-            h = self.hosts[site.name]
-            h.cmd("sysctl -qw net.ipv4.ip_forward=1")
-            for k, ing in enumerate(s.ingress, 1):
-                h.cmd(f"ip route add 10.0.{k}.0/24 via 10.{k}.{site.id}.1")
-                self.hosts[ing.name].cmd(f"ip route add 10.{100 + site.id}.0.0/16 via 10.{k}.{site.id}.2")
-            # between sites (a prefill stage calling the decode stage's VIP): through the first ingress node,
-            # whose steering node takes VIP traffic from the sites as from its clients
-            h.cmd(f"ip route add default via 10.1.{site.id}.1")
-        if self.target == "bmv2":  # the P4 switch sits on the LAN side: the router sends VIP traffic to it
-            for k, ing in enumerate(s.ingress, 1):
-                r, dev = self.hosts[ing.name], self.ingress_intf[ing.name]
-                r.cmd(f"ip neigh replace 10.0.{k}.254 lladdr {TUNNEL_SMAC} dev {dev} nud permanent")
-                for vip in sorted({svc.vip for svc in s.services}):
-                    r.cmd(f"ip route add {vip}/32 via 10.0.{k}.254 dev {dev}")
-        for inst in self.instances.values():
-            h = inst.host
-            h.cmd(f"ip route add default via {inst.gateway} mtu 1500")  # its own packets fit a tunnel
-            h.cmd(f"ip addr add {inst.mgmt}/16 dev {inst.spec.name}-eth1")
-            # its own services' VIPs only: another stage's VIP (decode, from a prefill instance) is steered
-            for vip in sorted({s.service(x).vip for x in inst.spec.services}):
-                h.cmd(f"ip addr add {vip}/32 dev lo")
-
-    def _programs(self) -> None:
-        """The decap program on every instance host; with XDP, a pass program on the far end of each of the
-        ingress routers' links (XDP_REDIRECT and XDP_TX into a veth need one there)."""
-        pins = self.bpffs_root / f"{self.tag}lab"
-        self.state["pins"].append(str(pins))
-        self._save()
-        self.decap = DecapNode(f"{self.tag}lab", bpffs_root=self.bpffs_root)
-        for inst in self.instances.values():
-            self.decap.add_endpoint(inst.endpoint)
-            self.decap.attach(f"{inst.spec.name}-eth0", self.ns(inst.spec.name))
-        if self.target != "xdp":
-            return
-        self.passprog = BccProgram("xdp_pass.bpf.c", pins / "pass")
-        for ing in self.spec.ingress:
-            for intf in self.hosts[ing.name].intfList():
-                peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
-                where = None if peer.node.name not in self._named() else self.ns(peer.node.name)
-                self.passprog.attach("xdp_pass", peer.name, where)
-
-    def _named(self) -> set[str]:
-        return set(self.hosts) | {e.name for e in self.links.emulators}
 
     def steer_node_name(self, ingress: str) -> str:
         return f"{self.tag}-steer-{ingress}"
@@ -453,41 +274,6 @@ class Lab(Rig):
             p.wait(timeout=10)
             self.node_agents[ingress] = None
 
-    # ---- instances -------------------------------------------------------------------------------------------
-    def _start_local(self, client: str) -> None:
-        """A device's own model server (on its loopback)."""
-        local = next(c for c in self.spec.clients if c.name == client).local
-        assert local is not None
-        args = [sys.executable, "-m", "dinet.cli", "serve", "--listen", f"127.0.0.1:{local.port}"]
-        if local.role == "draft":  # every round to the target model's VIP: the network picks the verifier
-            svc = self.spec.service(str(local.verify_service))
-            args += ["--role", "draft", "--verify-url", f"{self.pki.scheme}://{svc.vip}:{svc.port}", *self.pki.args()]
-            args += ["--acceptance", str(local.acceptance)]
-        args += ["--profile", local.profile, "--name", f"{client}-local"]
-        self.locals.append(self.procs.start_ready(client, args, client, f"the local model on {client}"))
-
-    def serve_local(self, client: str, name: str, args: list[str]) -> str:
-        """Another model server on a device (`dinet serve ARGS` on its loopback, stopped with the lab): the
-        experiments' device-side roles (a drafter, a cascade's small model, a split model's head, the device
-        alone). Returns its URL on the device."""
-        if client not in {c.name for c in self.spec.clients}:
-            raise ConfigError(f"no client {client!r}")
-        self._local_port += 1
-        listen = f"127.0.0.1:{self._local_port}"
-        cmd = [sys.executable, "-m", "dinet.cli", "serve", "--listen", listen, "--name", name, *args]
-        p = self.procs.start_ready(client, cmd, f"{client}-{name}", f"{name} on {client}")
-        self.locals.append(p)
-        self._served[f"http://{listen}"] = p
-        return f"http://{listen}"
-
-    def stop_local(self, url: str) -> None:
-        """Stops a server serve_local started (its connections close with it)."""
-        p = self._served.pop(url, None)
-        if p is None:
-            raise ConfigError(f"no server of serve_local at {url}")
-        stop_processes([p])
-        self.locals.remove(p)
-
     # ---- the controller ----------------------------------------------------------------------------------------
     def intent(self) -> dict[str, Any]:
         """The intent as its file has it (intent_spec(), the keys it sets)."""
@@ -518,8 +304,8 @@ class Lab(Rig):
                     )
                 )  # fmt: skip
             else:
-                sw = self.net.get(f"{self.tag}p{k}")
-                mac = self.hosts[ing.name].intf(self.ingress_intf[ing.name]).MAC()
+                sw = self.network.switch(k)
+                mac = self.network.client_lan_mac(ing.name)
                 nodes.append(
                     Bmv2NodeSpec(
                         target="bmv2", address=sw.grpc_address, device_id=k, name=ing.name,
@@ -641,30 +427,6 @@ class Lab(Rig):
 
         self.wait_until(running, f"{what} in force", timeout)
 
-    def start_router(self, service: str, ingress: str | None = None, guard: int = 4) -> str:
-        """An L7 prefix-aware router (`dinet route`) on an ingress node, in front of the service's instances
-        (their own addresses, past the VIP), where a gateway would run: clients reach it on the node's LAN
-        address. Stopped with the lab; returns its URL."""
-        ing = ingress or self.spec.ingress[0].name
-        k = self.ingress_index(ing)
-        svc = self.spec.service(service)
-        listen = f"10.0.{k}.1:{8100 + len(self.routers)}"
-        cmd = [sys.executable, "-m", "dinet.cli", "route", "--listen", listen, "--guard", str(guard)]
-        for inst in self.instances.values():
-            if service in inst.spec.services:
-                cmd += ["--backend", f"{self.pki.scheme}://{inst.endpoint}:{svc.port}"]
-        cmd += self.pki.args()
-        p = self.procs.start_ready(ing, cmd, f"{ing}-route", f"dinet route on {ing}")
-        self.locals.append(p)
-        self.routers[f"http://{listen}"] = p
-        return f"http://{listen}"
-
-    def stop_router(self, url: str) -> None:
-        """Stops a router start_router started."""
-        p = self.routers.pop(url)
-        stop_processes([p])
-        self.locals.remove(p)
-
     def wait_until(self, cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
@@ -716,14 +478,14 @@ class Lab(Rig):
 
     def kill_switch(self, ingress: str) -> None:
         """target bmv2: the ingress node's switch dies (SIGKILL), its tables and flow registers with it."""
-        sw = self.net.get(f"{self.tag}p{self.ingress_index(ingress)}")
+        sw = self.network.switch(self.ingress_index(ingress))
         if sw.bmv2.proc is not None and sw.bmv2.proc.poll() is None:
             sw.bmv2.proc.kill()
             sw.bmv2.proc.wait()
 
     def start_switch(self, ingress: str) -> None:
         """The switch kill_switch stopped starts again, empty: what decides finds it and writes it back."""
-        self.net.get(f"{self.tag}p{self.ingress_index(ingress)}").bmv2.restart()
+        self.network.switch(self.ingress_index(ingress)).bmv2.restart()
 
     def reachability(self) -> list[str]:
         """Pings every instance endpoint from every client (three echoes: a lossy path may take one); the
@@ -740,26 +502,18 @@ class Lab(Rig):
     # ---- teardown ----------------------------------------------------------------------------------------------------
     def close(self) -> None:
         # every process of the lab told to stop at once: the teardown waits for the slowest, not their sum
-        self.procs.stop_all(self.captures + [e.line for e in self.links.emulators if e.line is not None])
+        captures = self.network.captures
+        self.procs.stop_all(captures + [e.line for e in self.links.emulators if e.line is not None])
         self.engines.close()
-        stop_processes(self.locals + self.captures)
-        self.locals, self.captures = [], []
+        self.servers.close()
+        stop_processes(captures)
+        self.network.captures = []
         self.deciding.close()
         stop_processes([p for p in self.node_agents.values() if p is not None])
         self.node_agents = dict.fromkeys(self.node_agents, None)
         for e in self.links.emulators:
             e.stop()
-        if self.decap is not None:
-            self.decap.destroy()
-            self.decap = None
-        if self.passprog is not None:
-            self.passprog.unpin()
-            self.passprog.close()
-            self.passprog = None
-        if self.net is not None:
-            with contextlib.suppress(Exception):  # a half-built network: remove what is there
-                self.net.stop()
-            self.net = None
+        self.network.close()
         clean(self.state, self.bpffs_root)
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()

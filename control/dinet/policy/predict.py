@@ -17,8 +17,10 @@ profile's figures) and then the policy's `Priors` stand in.
   completions per second;
 - prefill and TPOT lightly loaded (at most LIGHT running, none waiting): an idle instance is predicted from
   these (or its prior), so one that a burst slowed is not shunned for ever once the burst is over (it would
-  get no flow to show that it recovered). A request's own prefill P is the one the server measured lightly
-  loaded (the prompts it is really sent; where it measures none, its prior's, then what it learned under load).
+  get no flow to show that it recovered). On a busy instance a request's own prefill P is the one the server
+  measured lightly loaded (the prompts it is really sent; where it measures none, its prior's, then what it
+  learned under load); on an idle one the prior's first (a light-load measure may be of another workload's
+  prompts, a burst's long ones, and an idle instance predicted from it would get no flow to measure it again).
 
 A new request at an instance then waits for the requests ahead of it beyond the capacity to finish, at the
 instance's completion rate C / S, and for the prefill of those waiting ahead of it (chunked prefill admits
@@ -82,20 +84,20 @@ class Rates:
 
 def seeded(r: Rates, prior: InstancePrior | None) -> Rates:
     """The learned rates, where a rate is not learned yet the instance's prior (an engine profile's)."""
-    if prior is None:
-        return r
+    prior = prior or InstancePrior()
     return replace(
         r,
         service_s=r.service_s or prior.service_s,
         capacity=r.capacity or prior.capacity,
-        # the prefill under load is the profile's where there is one: a report's TTFT is observed when a request
-        # finishes, and a burst's last requests carry its queue into intervals with no queue
-        prefill_ms=prior.prefill_ms or r.prefill_ms,
+        # a busy instance's request prefill: the server's own measure lightly loaded (learned from nothing else)
+        # before the profile's figure, which is for a short prompt, not the ones the instance is really sent;
+        # the prefill learned under load last (a report's TTFT carries a burst's queue into quiet intervals)
+        prefill_ms=r.prefill_idle_ms or prior.prefill_ms or r.prefill_ms,
         tpot_ms=r.tpot_ms or prior.tpot_ms,
-        # a request's prefill lightly loaded: the server's own measure (learned from nothing else) before the
-        # profile's figure, which is for a short prompt, not the ones the instance is really sent
-        prefill_idle_ms=r.prefill_idle_ms or prior.prefill_ms,
-        # what it decodes at unloaded is the profile's batch-1 figure where there is one
+        # an idle one's is the profile's batch-1 figure where there is one: a light-load measure may be of
+        # another workload's prompts (a burst's long ones), and an idle instance predicted from it would get no
+        # flow to measure it again
+        prefill_idle_ms=prior.prefill_ms or r.prefill_idle_ms,
         tpot_idle_ms=prior.tpot_ms or r.tpot_idle_ms,
     )
 
@@ -161,16 +163,18 @@ def predict(
     service_s = r.service_s or priors.service_s
     capacity = max(1.0, (r.capacity or priors.capacity) * (1.0 - min(busy, 0.99)))
     idle = m.active_sessions == 0 and m.queue_depth == 0
-    # a request's own prefill: lightly loaded, as the server measured it (or its prior, or what it learned)
-    prefill = r.prefill_idle_ms or r.prefill_ms or priors.prefill_ms
+    # a request's own prefill while it is busy: lightly loaded, as the server measured it (seeded())
+    prefill = r.prefill_ms or r.prefill_idle_ms or priors.prefill_ms
     if idle:  # what it does lightly loaded, not what it did under the last burst
         tpot = r.tpot_idle_ms or r.tpot_ms or priors.tpot_ms
+        first = r.prefill_idle_ms or prefill
     else:
         tpot = m.token_latency_ms or r.tpot_ms or priors.tpot_ms
+        first = prefill
     ahead = m.active_sessions + m.queue_depth + 1 - capacity
     # a place (the requests beyond its capacity finish first), and the prefill of each one waiting ahead
     wait_ms = max(max(0.0, ahead) * service_s / capacity * 1000, m.queue_depth * prefill)
-    ttft = priors.round_trips * 2 * delay_ms + transfer_ms + wait_ms + prefill + loss * priors.loss_ms
+    ttft = priors.round_trips * 2 * delay_ms + transfer_ms + wait_ms + first + loss * priors.loss_ms
     tokens = r.tokens_per_request or priors.tokens_per_request
     free = capacity - m.active_sessions - m.queue_depth
     headroom = max(0.0, free) / service_s
