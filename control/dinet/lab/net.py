@@ -146,8 +146,8 @@ class Lab(Rig):
         self.state["pids"] = []
         self.procs = Processes(self.workdir / "logs", self.ns, self._record)
         self.network = Network(
-            spec, target, self.tag, self.instances, self.links, self.procs, self.state, self._save, self.workdir,
-            bpffs_root, backend, pcap,
+            spec, target, self.tag, self.ns, self.instances, self.links, self.procs, self.state, self._save,
+            self.workdir, bpffs_root, backend, pcap,
         )  # fmt: skip
         self.pki = Pki(self.workdir / "tls", tls)
         self.deciding = Deciding(mode, [i.name for i in spec.ingress], self.procs, spec.collector_timeout)

@@ -31,6 +31,7 @@ class Network:
         spec: ScenarioSpec,
         target: str,
         tag: str,
+        ns: Callable[[str], str],
         instances: dict[str, InstanceHost],
         links: Links,
         procs: Processes,
@@ -41,9 +42,11 @@ class Network:
         backend: str = "auto",
         pcap: bool = False,
     ):
-        """state: the lab's state record (what `dinet lab down` removes), which the network adds its namespaces,
+        """tag: the lab's prefix of root-namespace names; ns: a scenario node's named namespace (the lab's);
+        state: the lab's state record (what `dinet lab down` removes), which the network adds its namespaces,
         root-namespace links, processes and pins to, `save()`d as it goes."""
-        self.spec, self.target, self.tag, self.instances, self.links = spec, target, tag, instances, links
+        self.spec, self.target, self.tag, self.ns, self.instances = spec, target, tag, ns, instances
+        self.links = links
         self.procs, self.state, self._save, self.workdir = procs, state, save, workdir
         self.bpffs_root, self.backend, self.pcap = bpffs_root, backend, pcap
         self.net: Any = None
@@ -53,10 +56,6 @@ class Network:
         self.captures: list[subprocess.Popen[Any]] = []  # tcpdump per host (pcap=True)
         self.decap: DecapNode | None = None
         self.passprog: BccProgram | None = None
-
-    def ns(self, node: str) -> str:
-        """The named network namespace of a scenario node."""
-        return f"{self.tag}-{node}"
 
     def build(self) -> None:
         """The network up and addressed, its links' emulators running, pcaps (pcap=True) and programs on."""
