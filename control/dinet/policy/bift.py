@@ -772,22 +772,30 @@ class DomainPlanner:
             return p
 
         out = {}
+        protected = sorted(frr.items())
         for si, entry in table.items():
             if sis is not None and si not in sis and entry.bift_id in old:
                 out[entry.bift_id] = old[entry.bift_id]
                 continue
-            nbrs = tuple(port(nbr, fbm) for nbr, fbm in entry.fbm.items())
+            fbms = entry.fbm  # in neighbour name order (BiftPlanner), so the ports are too
+            nbrs = tuple(port(nbr, fbm) for nbr, fbm in fbms.items())
             backups = []
-            for nbr, per in sorted(frr.items()):  # the whole entry while nbr's port is down
+            primary = dict(zip(fbms, nbrs, strict=True))
+            for nbr, per in protected:  # the whole entry while nbr's port is down
                 alt = per.get(si)
-                if not alt or nbr not in entry.fbm:
+                if not alt or nbr not in fbms:
                     continue
                 # the other neighbours' ports as they are, a backup's with the bits it takes over
-                down = {n: p for n, p in zip(entry.fbm, nbrs, strict=True) if n != nbr}
+                down = primary.copy()
+                del down[nbr]
+                added = False
                 for b, f in alt.items():
                     had = down.get(b)
-                    down[b] = port(b, had.fbm | f if had else f)
-                backups.append(BiftBackup(ports[(name, nbr)].ifname, tuple(down[n] for n in sorted(down))))
+                    added |= had is None
+                    down[b] = port(b, f if had is None else had.fbm | f)
+                # a neighbour the entry had keeps its place in name order; one it did not have is sorted in
+                keep = tuple(down[n] for n in sorted(down)) if added else tuple(down.values())
+                backups.append(BiftBackup(ports[(name, nbr)].ifname, keep))
             out[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs, tuple(backups))
         return out
 
