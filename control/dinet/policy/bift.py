@@ -8,6 +8,8 @@ bit is delivered locally. Pure Python: no kernel, no switch.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -802,7 +804,13 @@ class DomainPlanner:
     def plan(
         self, down_links: set[frozenset[str]] | None = None, down_nodes: set[str] | None = None
     ) -> dict[str, NodePlan]:
-        """Every live BFR's entries with these links and BFRs down (see plan_domain)."""
+        """Every live BFR's entries with these links and BFRs down (see plan_domain). The cyclic garbage
+        collector waits meanwhile: a change makes tens of thousands of objects, none of them cyclic, and each
+        collection it would set off walks the hundreds of thousands the planner holds."""
+        with _gc_paused():
+            return self._plan(down_links, down_nodes)
+
+    def _plan(self, down_links: set[frozenset[str]] | None, down_nodes: set[str] | None) -> dict[str, NodePlan]:
         self.bifts.set_state(set(down_links or ()), set(down_nodes or ()))
         tables = self.bifts.tables()
         # the SIs whose tables moved, with fast reroute also those whose backups did (a backup reads its
@@ -839,6 +847,18 @@ def plan_domain(
     plans = planner.plan(down_links, down_nodes)
     check_disjoint(planner.bifts.tables())
     return plans
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection within (reference counting goes on); as it was after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _dijkstra(graph: csr_matrix, indices: Any = None) -> np.ndarray:
