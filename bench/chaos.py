@@ -153,9 +153,9 @@ def plan(lab: Lab, rng: random.Random, duration: float, quick: bool) -> list[Fau
 def inject(lab: Lab, f: Fault, tl: Timeline, hold: float) -> None:
     ingress = lab.spec.ingress[0].name
     if f.kind == "node-agent":  # its program forwards on from the pinned maps; `dinet run` counts, retries
-        lab.kill_node_agent(f.target)
+        lab.node_agents.kill(f.target)
         time.sleep(hold)
-        lab.start_node_agent(f.target)
+        lab.node_agents.start(f.target)
     elif f.kind == "switch":  # its flow registers go with it (P4Runtime cannot write them back on BMv2)
         f.affected = list(lab.instances)
         lab.kill_switch(f.target)

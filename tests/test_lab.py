@@ -96,6 +96,44 @@ def test_a_second_lab_up_of_a_running_scenario_is_refused_and_leaves_the_first_a
         assert not (tmp_path / "w").exists()  # nothing made
 
 
+def test_a_labs_intent_names_the_scenarios_instances_and_paths_and_loads_as_dinet_run_loads_it(tmp_path: Path) -> None:
+    """Kernel-free (node agents: no network to name): the intent a lab writes has per service the scenario's
+    instances that are not a pool's, each with its engine profile's prior, the pool where there is one, per
+    ingress node every site at twice its path's one-way delay, and it loads as `dinet run` loads it. A
+    policy and placement set at run time are in the file; a placement that does not exist is an error and
+    the file stays as it was."""
+    from dinet.lab.net import Lab
+    from dinet.model import Strategy
+    from dinet.services.intent import load as load_intent
+    from dinet.workload.engine import PROFILES
+
+    spec = load(ROOT / "topo" / "scenarios" / "elastic.yaml")
+    tmp_path.joinpath("w").mkdir()
+    lab = Lab(spec, "xdp", tmp_path / "w", state_dir=tmp_path, node_agents=True)
+    run = load_intent(lab.intent.checked())
+    (svc,) = run.services
+    assert str(svc.key) == "10.99.0.1:8000/tcp" and svc.strategy == Strategy.DINET and svc.placement == "flow"
+    assert [(i.instance_id, i.name, i.site_id, str(i.endpoint)) for i in svc.instances] == [
+        (1, "op1", 1, "10.101.1.2"),
+        (2, "op2", 1, "10.101.2.2"),
+    ]  # the pool joins later
+    l4 = PROFILES["llama3-8b-l4"]
+    assert svc.priors[1].tpot_ms == pytest.approx(l4.decode_base_ms + l4.decode_per_seq_ms, abs=1e-3)
+    assert svc.priors[1].prefill_ms == pytest.approx(64 / l4.prefill_tps * 1000, abs=1e-3)
+    (node,) = lab.intent.spec().ingress
+    assert node.target == "agent" and node.name == lab.context.steer_node_name("in1")
+    assert {k: v.delay_ms for k, v in node.sites.items()} == {1: 4.0, 2: 24.0}
+    assert [p.ids for p in lab.intent.spec().services[0].pools] == [[1000, 1099]]
+
+    lab.intent.policy, lab.intent.placement = "random", "two-choices"
+    (svc,) = load_intent(lab.intent.write()).services
+    assert svc.strategy == Strategy.RANDOM and svc.placement == "two-choices"
+    before = lab.intent.path.read_text()
+    with pytest.raises(ConfigError, match="not 'rings'"):
+        lab.intent.set_placement("rings")
+    assert lab.intent.path.read_text() == before and lab.intent.placement == "two-choices"
+
+
 def _lab(name: str, target: str, tmp_path: Path, agents: bool = True, **spec: object):  # type: ignore[no-untyped-def]
     mininet_or_skip()
     if target == "bmv2":

@@ -176,7 +176,7 @@ def use_policy(lab: Lab, policy: str) -> str:
     picker at the client past the VIP (round-robin behind it). Returns the picker ('' for none)."""
     pick = policy if policy in CLIENT_PICKS else ""
     lab.set_policy("round-robin" if pick else "dinet" if policy in PLACED else policy)
-    if lab.placement != PLACED.get(policy):
+    if lab.intent.placement != PLACED.get(policy):
         lab.set_placement(PLACED.get(policy))
     return pick
 

@@ -314,7 +314,7 @@ def run(scenario: Path, opts: Options) -> dict[str, Any]:
     policies = (*STEERED, *ALONE)
     per: dict[str, dict[str, list[dict[str, Any]]]] = {p: {q: [] for q in policies} for p in PARADIGMS}
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
-        intent = lab.intent()
+        intent = lab.intent.as_dict()
         devs = Devices(lab, shape)
         bar = tqdm(total=opts.repeats * len(PARADIGMS) * len(policies), desc="cooperative", unit="run",
                    disable=not opts.progress)  # fmt: skip

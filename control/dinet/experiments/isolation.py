@@ -166,7 +166,7 @@ def run(scenario: Path, opts: Options) -> dict[str, Any]:
     per: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
     counts: dict[str, dict[str, int]] = {}
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
-        intent = lab.intent()
+        intent = lab.intent.as_dict()
         for rep, arm, _last in arms(ARMS, opts, "isolation"):
             recs, mbit, cpu = one_run(lab, arm, shape, opts.seed + rep)
             res.add(recs, repeat=rep, arm=arm)

@@ -148,7 +148,7 @@ def run(scenario: Path, opts: Options) -> dict[str, Any]:
         workdir = Path(f"/tmp/dinet-exp-{spec.name}-{mode}")
         # nothing expires while a decider is dead: the reports are the experiment's
         with Lab(spec, target=opts.target, workdir=workdir, agents=False, mode=mode, seed=opts.seed) as lab:
-            intents[mode] = lab.intent()
+            intents[mode] = lab.intent.as_dict()
             for rep in range(opts.repeats):
                 if rep:  # the decider killed in the last run comes back: every run starts whole
                     lab.deciding.restart()

@@ -97,7 +97,7 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
     slos = {s.name: s.slo for s in spec.services}
     per: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
-        intent = lab.intent()
+        intent = lab.intent.as_dict()
         for rep, policy, _last in arms(policies, opts, "prefill-decode"):
             recs, rx = one_run(lab, policy, shape, opts.seed + rep)
             res.add(recs, repeat=rep, policy=policy)

@@ -181,7 +181,7 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     intent: dict[str, Any] = {}
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
-        intent = lab.intent()
+        intent = lab.intent.as_dict()
         for rep, policy, last in arms(policies, opts, "prefix"):
             with timed(f"{policy} run {rep}"):
                 recs, counts = one_run(lab, policy, shape, opts.seed + rep, last)

@@ -161,7 +161,7 @@ def run(scenario: Path, opts: Options, policies: tuple[str, ...] = POLICIES) -> 
     up = time.monotonic()
     with Lab(spec, target=opts.target, workdir=Path(f"/tmp/dinet-exp-{spec.name}"), seed=opts.seed) as lab:
         log.info("lab up: %.1f s", time.monotonic() - up)
-        intent = lab.intent()
+        intent = lab.intent.as_dict()
         for rep, policy, last in arms(policies, opts, "steering"):
             with timed(f"{policy} run {rep}"):
                 recs, sampler = one_run(lab, policy, shape, opts.seed + rep, last)

@@ -9,53 +9,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 from ..netutil import dscp_of
 from ..targets import netns
 from ..workload.metrics_agent import parse, scrape
+from .context import LabContext
 from .linkem import stop_processes
-from .pki import Pki
-from .processes import Processes
-from .scenario import InstanceSpec, ScenarioSpec
-
-
-@dataclass
-class InstanceHost:
-    spec: InstanceSpec
-    id: int
-    site_id: int
-    endpoint: str
-    gateway: str
-    mgmt: str
-    host: Any = None
-    procs: list[subprocess.Popen[str]] = field(default_factory=list)  # its dinet serve, then its agent
-
-    @property
-    def running(self) -> bool:
-        return bool(self.procs)
 
 
 class Engines:
-    def __init__(
-        self,
-        spec: ScenarioSpec,
-        instances: dict[str, InstanceHost],
-        procs: Processes,
-        pki: Pki,
-        collectors: Callable[[], list[str]],
-        service_keys: dict[str, str],
-        tokens: Path,
-        agents: bool,
-    ):
-        """collectors: where the agents report (what decides); service_keys: a service's name in the
-        reports (VIP:port/tcp) by its name in the scenario; tokens: the folder of the agents' token files;
-        agents=False: no metrics agent (a test or an experiment reports for the instances)."""
-        self.spec, self.instances, self.procs, self.pki = spec, instances, procs, pki
-        self.collectors, self.service_keys, self.tokens, self.agents = collectors, service_keys, tokens, agents
+    def __init__(self, context: LabContext, collectors: Callable[[], list[str]], agents: bool):
+        """collectors: where the agents report (what decides); agents=False: no metrics agent (a test or an
+        experiment reports for the instances). The agents' token files are in the lab's work folder; a
+        service is named in the reports by its key (VIP:port/tcp, context.service_keys)."""
+        self.spec, self.instances, self.procs, self.pki = context.spec, context.instances, context.procs, context.pki
+        self.collectors, self.service_keys, self.agents = collectors, context.service_keys, agents
+        self.tokens = context.workdir
 
     def spawn(self, names: list[str]) -> None:
         """The engines' `dinet serve`, started at once (a second or two each to start); ready() waits for

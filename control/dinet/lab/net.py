@@ -8,13 +8,16 @@ node on XDP or BMv2, `dinet serve` instances with metric agents, and `dinet run`
         lab.engines.kill("edge1")               # an instance's model server dies (SIGKILL); restart() it
         lab.deciding.stop()                     # what decides dies; its nodes keep their last weights
 
-The Lab holds the intent and the state record; its parts each own one concept: `network` (the Mininet hosts,
-links, addresses and the programs every lab has: dinet.lab.network), `procs` (every process it starts, in a
-node's namespace, logged and recorded: dinet.lab.processes), `pki` (the CA and the model servers'
-certificates: dinet.lab.pki), `engines` (the model servers and their metrics agents: dinet.lab.engines),
-`deciding` (`dinet run` or the per-node deciders: dinet.lab.deciding), `links` (emulated links and paths:
-dinet.lab.links), `servers` (devices' own model servers and L7 routers: dinet.lab.servers) and `view` (what
-decides, read from its Prometheus endpoints: dinet.lab.view).
+The Lab brings its parts up in order and down again, and sends the clients' load; each part owns one concept,
+built on the lab's `context` (the scenario, the address plan, names, processes, certificates, the state
+record: dinet.lab.context): `network` (the Mininet hosts, links, addresses and the programs every lab has:
+dinet.lab.network), `procs` (every process it starts, in a node's namespace, logged and recorded:
+dinet.lab.processes), `pki` (the CA and the model servers' certificates: dinet.lab.pki), `engines` (the model
+servers and their metrics agents: dinet.lab.engines), `deciding` (`dinet run` or the per-node deciders:
+dinet.lab.deciding), `intent` (the intent file they run on, policy and placement changed at run time:
+dinet.lab.intent), `node_agents` (a `dinet agent` per ingress node: dinet.lab.node_agents), `links` (emulated
+links and paths: dinet.lab.links), `servers` (devices' own model servers and L7 routers: dinet.lab.servers)
+and `view` (what decides, read from its Prometheus endpoints: dinet.lab.view).
 
 The network is Mininet's: hosts (one per ingress router, client, site router and instance), Linux bridges
 for each ingress node's client LAN and for the management network, BMv2 switches (Bmv2GrpcSwitch) in front
@@ -47,46 +50,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError, DinetError
-from ..model import Strategy
-from ..netutil import dscp_of, free_port
+from ..netutil import dscp_of
 from ..paths import BPFFS_ROOT
-from ..services.intent import (
-    AgentNodeSpec,
-    AttachSpec,
-    Bmv2NodeSpec,
-    IntentSpec,
-    NextHopSpec,
-    PoolSpec,
-    PriorSpec,
-    ServiceSpec,
-    SiteSpec,
-    SizesSpec,
-    SloSpec,
-    XdpNodeSpec,
-    dump,
-)
-from ..services.intent import InstanceSpec as IntentInstance
 from ..targets.bcc_program import remove_pinned_tree
-from .deciding import MGMT_ROOT, Deciding
-from .engines import Engines, InstanceHost
+from .context import LabContext
+from .deciding import Deciding
+from .engines import Engines
+from .intent import LabIntent
 from .linkem import stop_processes
 from .links import Links
-from .network import TUNNEL_SMAC, Network
-from .pki import Pki
-from .processes import Processes
+from .network import Network
+from .node_agents import NodeAgents
 from .rig import Rig
-from .scenario import InstanceSpec, ScenarioSpec
-from .scenario import ServiceSpec as ScenarioService
+from .scenario import ScenarioSpec
 from .servers import Servers
 from .view import ControllerView
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = Path("/run/dinet/lab")
-POOL_IDS = (1000, 1099)  # the instance ids a service's pool agent may announce (within the table)
 
 
 def lab_tag(name: str) -> str:
@@ -126,44 +109,24 @@ class Lab(Rig):
             raise ConfigError(f"a lab's target is xdp or bmv2, not {target!r}")
         if mode not in ("central", "distributed"):
             raise ConfigError(f"a lab's mode is central or distributed, not {mode!r}")
-        self.mode, self.seed, self.probes, self.tls = mode, seed, probes, tls
+        self.tls = tls
         if node_agents and target != "xdp":
             raise ConfigError("node agents hold XDP programs: a lab with node_agents has target xdp")
-        self.node_agents: dict[str, subprocess.Popen[str] | None] = (
-            dict.fromkeys((i.name for i in spec.ingress), None) if node_agents else {}
-        )
-        self.node_agent_ports = {i.name: free_port() for i in spec.ingress}
-        self.spec, self.target, self.pcap, self.backend = spec, target, pcap, backend
-        self.agents, self.policy = agents, policy
-        self.placement: str | None = None  # every service's placement, set at run time (set_placement)
+        self.spec, self.target, self.pcap, self.backend, self.agents = spec, target, pcap, backend, agents
         self.tag = lab_tag(spec.name)
         self.workdir = workdir or Path(f"/tmp/dinet-lab-{spec.name}")
         self.bpffs_root = bpffs_root
         self.state_path = state_dir / f"{spec.name}.json"
-        self.instances: dict[str, InstanceHost] = {}
-        self.links = Links(self.ns, self.write_intent)  # emulated links and paths, changed and measured
-        self.state: dict[str, Any] = {"pid": os.getpid(), "tag": self.tag, "netns": [], "root_links": [], "pins": []}
-        self.state["pids"] = []
-        self.procs = Processes(self.workdir / "logs", self.ns, self._record)
-        self.network = Network(
-            spec, target, self.tag, self.ns, self.instances, self.links, self.procs, self.state, self._save,
-            self.workdir, bpffs_root, backend, pcap,
-        )  # fmt: skip
-        self.pki = Pki(self.workdir / "tls", tls)
+        self.context = ctx = LabContext(spec, self.tag, self.workdir, self.state_path, tls)
+        # the context's, under the names the experiments and tests use
+        self.instances, self.procs, self.pki, self.state = ctx.instances, ctx.procs, ctx.pki, ctx.state
+        self.service_keys, self.ns, self.ingress_index = ctx.service_keys, ctx.ns, ctx.ingress_index
+        self.links = Links(self.ns, lambda: self.intent.write())  # emulated links and paths, changed and measured
+        self.network = Network(ctx, target, self.links, bpffs_root, backend, pcap)
         self.deciding = Deciding(mode, [i.name for i in spec.ingress], self.procs, spec.collector_timeout)
-        self.service_keys = {s.name: f"{s.vip}:{s.port}/tcp" for s in spec.services}
-        self._plan()
-        self.servers = Servers(spec, self.instances, self.procs, self.pki, self.ingress_index)
-        self.engines = Engines(
-            spec,
-            self.instances,
-            self.procs,
-            self.pki,
-            self.deciding.collectors,
-            self.service_keys,
-            self.workdir,
-            agents,
-        )
+        self.servers = Servers(ctx)
+        self.engines = Engines(ctx, self.deciding.collectors, agents)
+        self.node_agents = NodeAgents(ctx, node_agents)
         self.view = ControllerView(
             self.deciding.metrics_urls,
             self.service_keys,
@@ -171,21 +134,9 @@ class Lab(Rig):
             [ing.name for ing in spec.ingress],
             spec.collector_timeout / 2,
         )
-
-    # ---- the address plan ------------------------------------------------------------------------------
-    def _plan(self) -> None:
-        per_site: dict[str, int] = {}
-        for n, i in enumerate(self.spec.instances):
-            site = self.spec.site(i.site)
-            j = per_site[i.site] = per_site.get(i.site, 0) + 1
-            iid = POOL_IDS[0] + n if i.pool else n + 1  # a pool's ids are a range of their own
-            self.instances[i.name] = InstanceHost(
-                i, iid, site.id, f"10.{100 + site.id}.{j}.2", f"10.{100 + site.id}.{j}.1", f"172.31.0.{n + 1}"
-            )
-
-    def ns(self, node: str) -> str:
-        """The named network namespace of a scenario node."""
-        return f"{self.tag}-{node}"
+        self.intent = LabIntent(
+            ctx, (self.network, self.links, self.deciding, self.node_agents, self.view), target, policy, seed, probes
+        )
 
     @property
     def hosts(self) -> dict[str, Any]:
@@ -197,9 +148,6 @@ class Lab(Rig):
         """The Mininet network (None before build and after close)."""
         return self.network.net
 
-    def ingress_index(self, name: str) -> int:
-        return next(k for k, n in enumerate(self.spec.ingress, 1) if n.name == name)
-
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def ready(self) -> None:
         if self.state_path.exists():
@@ -209,7 +157,7 @@ class Lab(Rig):
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        self._save()
+        self.context.save()
         self.network.build()
         if self.tls:
             self.pki.issue(
@@ -221,218 +169,23 @@ class Lab(Rig):
         for c in self.spec.clients:
             if c.local is not None:
                 self.servers.start_local(c.name)
-        for ingress in self.node_agents:
-            self._attach_steering(ingress)
-            self.start_node_agent(ingress)
+        self.node_agents.start_all(self.hosts)
         # its intent names the instances that run; they start meanwhile, their agents retry until it is up
-        self._start_controller(meanwhile=lambda: self.engines.ready(engines))
+        self.deciding.start(self.intent.checked(), meanwhile=lambda: self.engines.ready(engines))
         if self.agents:
             self.view.wait_reports({n for n, i in self.instances.items() if i.running})
 
-    def _save(self) -> None:
-        self.state_path.write_text(json.dumps(self.state, indent=1))
-
-    def _record(self, pid: int) -> None:
-        self.state["pids"].append(pid)
-        self._save()
-
-    def steer_node_name(self, ingress: str) -> str:
-        return f"{self.tag}-steer-{ingress}"
-
-    # ---- node agents (node_agents=True) ---------------------------------------------------------------------
-    def _attach_steering(self, ingress: str) -> None:
-        """The ingress node's steering program, attached to its interfaces and pinned, as a host's setup would
-        leave it for its node agent (which loads the pinned maps and drives them)."""
-        from ..targets.xdp import SteeringNode
-
-        k = self.ingress_index(ingress)
-        n = SteeringNode(self.steer_node_name(ingress))
-        try:
-            n.configure(src4=f"10.0.{k}.1")
-            for intf in self.hosts[ingress].intfList():
-                n.attach(intf.name, self.ns(ingress))
-        finally:
-            n.close()
-
-    def start_node_agent(self, ingress: str) -> None:
-        """`dinet agent` for the ingress node (again, after kill_node_agent), on the management network."""
-        token = self.workdir / "token-node-agent"
-        token.write_text("token-node-agent\n")
-        args = ["agent", "--node", self.steer_node_name(ingress), "--insecure"]
-        args += ["--listen", f"{MGMT_ROOT}:{self.node_agent_ports[ingress]}", "--token-file", str(token)]
-        p = self.procs.spawn(args, f"node-agent-{ingress}")
-        line = p.stdout.readline() if p.stdout else ""
-        if not line.startswith("dinet agent"):
-            raise DinetError(f"the node agent of {ingress} did not start (see {self.workdir}/logs)")
-        self.node_agents[ingress] = p
-
-    def kill_node_agent(self, ingress: str) -> None:
-        """The node agent dies (SIGKILL): its program goes on forwarding from the pinned maps."""
-        p = self.node_agents.get(ingress)
-        if p is not None:
-            p.kill()
-            p.wait(timeout=10)
-            self.node_agents[ingress] = None
-
-    # ---- the controller ----------------------------------------------------------------------------------------
-    def intent(self) -> dict[str, Any]:
-        """The intent as its file has it (intent_spec(), the keys it sets)."""
-        return dump(self.intent_spec())
-
-    def intent_spec(self) -> IntentSpec:
-        """The intent `dinet run` runs on, built in the intent's own schema: the scenario's services and
-        instances, per ingress node its target and its paths' delay, loss and security level."""
-        s = self.spec
-        nodes: list[XdpNodeSpec | AgentNodeSpec | Bmv2NodeSpec] = []
-        for k, ing in enumerate(s.ingress, 1):
-            sites = {site.id: self._site(ing.name, site.name) for site in s.sites}
-            if self.node_agents:  # driven through its node agent
-                addr = f"{MGMT_ROOT}:{self.node_agent_ports[ing.name]}"
-                nodes.append(
-                    AgentNodeSpec(
-                        target="agent", address=addr, token="token-node-agent", name=self.steer_node_name(ing.name),
-                        sites=sites, **self.deciding.node_intent(ing.name),
-                    )
-                )  # fmt: skip
-            elif self.target == "xdp":  # on every interface: VIP traffic from clients and from the sites
-                devs = [i.name for i in self.hosts[ing.name].intfList()]
-                nodes.append(
-                    XdpNodeSpec(
-                        target="xdp", name=self.steer_node_name(ing.name), src4=f"10.0.{k}.1",
-                        attach=[AttachSpec(dev=d, netns=self.ns(ing.name)) for d in devs], sites=sites,
-                        **self.deciding.node_intent(ing.name),
-                    )
-                )  # fmt: skip
-            else:
-                sw = self.network.switch(k)
-                mac = self.network.client_lan_mac(ing.name)
-                nodes.append(
-                    Bmv2NodeSpec(
-                        target="bmv2", address=sw.grpc_address, device_id=k, name=ing.name,
-                        # counters are read whole: sized to a lab, not to a carrier's ingress node
-                        sizes=SizesSpec(max_services=16, max_instances=64), src4=f"10.0.{k}.254",
-                        next_hop=NextHopSpec(port=2, smac=TUNNEL_SMAC, dmac=mac), pass_ports={1: 2, 2: 1},
-                        sites=sites, **self.deciding.node_intent(ing.name),
-                    )
-                )  # fmt: skip
-        given: dict[str, Any] = {"mode": self.mode} | ({"seed": self.seed} if self.seed is not None else {})
-        return IntentSpec(
-            ingress=nodes,
-            **self.deciding.intent(),
-            services=[self._service(svc) for svc in s.services],
-            **given | ({"probe_interval": 1.0} if self.probes else {}),
-        )
-
-    def _site(self, ingress: str, site: str) -> SiteSpec:
-        """A site as an ingress node sees it: its path's round trip (a delay set at run time where there is
-        one), loss, security level and rate; with probes, where to ping."""
-        path = self.spec.path(site, ingress)
-        given: dict[str, Any] = {"bw_mbit": path.bw_mbit} if path.bw_mbit else {}  # (unset: the defaults)
-        if self.probes:  # the site's router, pinged from the ingress node over the path
-            addr = self.links.probe_address(ingress, site)
-            given |= {"probe": addr, "probe_netns": self.ns(ingress)}
-        delay = 2 * self.links.delay_ms(ingress, site, path.delay_ms)
-        return SiteSpec(delay_ms=delay, loss=path.loss, security=path.security, **given)
-
-    def _service(self, svc: ScenarioService) -> ServiceSpec:
-        """A service of the scenario with its instances (pool instances join at run time: the pool)."""
-
-        def tier(i: InstanceHost) -> dict[str, Any]:
-            return {"tier": _tier(i.spec.profile)} if svc.tiers else {}
-
-        insts = [
-            IntentInstance(
-                id=i.id,
-                endpoint=i.endpoint,
-                name=name,
-                site=i.site_id,
-                token=f"token-{name}",
-                state="up" if i.running else "down",
-                prior=PriorSpec(**_prior(i.spec)),
-                **tier(i),
-            )  # fmt: skip
-            for name, i in self.instances.items()
-            if svc.name in i.spec.services and not i.spec.pool
-        ]
-        pool = [i for i in self.instances.values() if i.spec.service == svc.name and i.spec.pool]
-        pools = [
-            PoolSpec(
-                agent=f"pool-{svc.name}",
-                token=f"token-pool-{svc.name}",
-                ids=list(POOL_IDS),
-                sites=sorted({i.site_id for i in pool}),
-            )
-            for _ in pool[:1]  # one pool per service, where it has pool instances
-        ]
-        # the file's names where the schema's differ ("class"), and what is given only where there is some
-        given: dict[str, Any] = {"class": svc.class_, "policy": self.policy or svc.policy}
-        placement = self.placement or svc.placement
-        given |= ({"placement": placement} if placement else {}) | ({"pools": pools} if pools else {})
-        return ServiceSpec(
-            service=self.service_keys[svc.name], min_security=svc.min_security, tiers=list(svc.tiers),
-            transfer_kb=svc.transfer_kb, slo=SloSpec(ttft_ms=svc.slo.ttft_ms, tpot_ms=svc.slo.tpot_ms),
-            instances=insts, **given,
-        )  # fmt: skip
-
-    def write_intent(self) -> Path:
-        path = self.workdir / "intent.yaml"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(self.intent(), sort_keys=False))
-        tmp.replace(path)  # `dinet run` sees a whole file or the old one
-        return path
-
-    def _start_controller(self, meanwhile: Callable[[], None] = lambda: None) -> None:
-        """What decides, on the scenario's intent (checked first: the runner's own intent is valid, or this
-        says where it is not); `meanwhile` runs while it starts."""
-        from ..services.intent import load
-
-        path = self.write_intent()
-        load(path)
-        self.deciding.start(path, meanwhile)
-
+    # ---- run time -----------------------------------------------------------------------------------------
     def set_policy(self, policy: str | None, timeout: float = 20.0) -> None:
-        """Every service's policy (dinet or a baseline; None: the scenario's) changes at run time (the intent
-        file is rewritten; what decides reads it again); returns once every ingress node runs it."""
-        self.policy = policy
-        self._in_force(f"policy {policy}", timeout)
+        """Every service's policy, changed at run time and waited for (LabIntent.set_policy)."""
+        self.intent.set_policy(policy, timeout)
 
     def set_placement(self, placement: str | None, timeout: float = 20.0) -> None:
-        """Every service's placement (flow, session, two-choices; None: the scenario's, else dinet's default)
-        changes at run time; returns once every ingress node's data plane has it."""
-        if placement not in (None, "flow", "session", "two-choices"):
-            raise ConfigError(f"a placement is flow, session or two-choices, not {placement!r}")
-        self.placement = placement
-        self._in_force(f"placement {placement}", timeout)
-
-    def _in_force(self, what: str, timeout: float) -> None:
-        """Rewrites the intent and waits until every ingress node runs each service's policy and placement as
-        the intent resolves them (dinet.services.intent: the defaults in one place), by what decides's
-        Prometheus endpoint. A policy change may change a tiered service's placement (its default): both are
-        waited for."""
-        from ..services.intent import load
-
-        want = {
-            str(s.key): ((s.strategy or Strategy.DINET).value, s.placement) for s in load(self.write_intent()).services
-        }
-
-        def running() -> bool:
-            prom, nodes = self.view.prometheus(), len(self.deciding.nodes())
-            for k, (family, label) in enumerate(
-                (("dinet_service_strategy", "strategy"), ("dinet_service_placement", "placement"))
-            ):
-                got = [(lab["service"], lab[label]) for lab, _ in prom.get(family, [])]
-                if len(got) != len(want) * nodes or any(want[svc][k] != v for svc, v in got):
-                    return False
-            return True
-
-        self.wait_until(running, f"{what} in force", timeout)
+        """Every service's placement, changed at run time and waited for (LabIntent.set_placement)."""
+        self.intent.set_placement(placement, timeout)
 
     def wait_until(self, cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                raise DinetError(f"lab {self.spec.name}: no {what} within {timeout:.0f} s")
-            time.sleep(0.05)
+        self.context.wait_until(cond, what, timeout)
 
     # ---- traffic -------------------------------------------------------------------------------------------------
     def dscp(self, service: str) -> int:
@@ -509,38 +262,13 @@ class Lab(Rig):
         stop_processes(captures)
         self.network.captures = []
         self.deciding.close()
-        stop_processes([p for p in self.node_agents.values() if p is not None])
-        self.node_agents = dict.fromkeys(self.node_agents, None)
+        self.node_agents.close()
         for e in self.links.emulators:
             e.stop()
         self.network.close()
         clean(self.state, self.bpffs_root)
         with contextlib.suppress(FileNotFoundError):
             self.state_path.unlink()
-
-
-def _prior(spec: InstanceSpec) -> dict[str, float]:
-    """An instance's figures from its engine profile, for the policy until reports teach them: a request of
-    64 prompt and 64 output tokens at batch 1 (a short chat turn), as many at once as the KV cache holds of 400
-    tokens each."""
-    from ..workload.engine import PROFILES
-
-    p = PROFILES[spec.profile]
-    kv = spec.kv_tokens or p.kv_tokens
-    prefill = 64 / p.prefill_tps * 1000
-    tpot = p.decode_base_ms + p.decode_per_seq_ms
-    return {
-        "service_s": round((prefill + 64 * tpot) / 1000, 3),
-        "capacity": float(min(spec.max_batch or p.max_batch, max(1, kv // 400))),
-        "prefill_ms": round(prefill, 3),
-        "tpot_ms": round(tpot, 3),
-    }
-
-
-def _tier(profile: str) -> str:
-    from ..workload.engine import PROFILES
-
-    return PROFILES[profile].tier
 
 
 def clean(state: dict[str, Any], bpffs_root: Path = BPFFS_ROOT) -> list[str]:

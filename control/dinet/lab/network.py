@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..targets.bcc_program import BccProgram
 from ..targets.xdp import DecapNode
+from .context import LabContext
 from .deciding import MGMT_ROOT
-from .engines import InstanceHost
 from .linkem import LinkEmulator
 from .links import Links
-from .processes import Processes
-from .scenario import LinkSpec, ScenarioSpec
+from .scenario import LinkSpec
 
 TUNNEL_SMAC = "02:00:00:00:00:fe"  # the P4 switch's source MAC toward its ingress router
 FABRIC_MTU = 1600  # the tunnel's 20 bytes on top of a 1500-byte packet
@@ -28,26 +26,18 @@ FABRIC_MTU = 1600  # the tunnel's 20 bytes on top of a 1500-byte packet
 class Network:
     def __init__(
         self,
-        spec: ScenarioSpec,
+        context: LabContext,
         target: str,
-        tag: str,
-        ns: Callable[[str], str],
-        instances: dict[str, InstanceHost],
         links: Links,
-        procs: Processes,
-        state: dict[str, Any],
-        save: Callable[[], None],
-        workdir: Path,
         bpffs_root: Path,
         backend: str = "auto",
         pcap: bool = False,
     ):
-        """tag: the lab's prefix of root-namespace names; ns: a scenario node's named namespace (the lab's);
-        state: the lab's state record (what `dinet lab down` removes), which the network adds its namespaces,
-        root-namespace links, processes and pins to, `save()`d as it goes."""
-        self.spec, self.target, self.tag, self.ns, self.instances = spec, target, tag, ns, instances
-        self.links = links
-        self.procs, self.state, self._save, self.workdir = procs, state, save, workdir
+        """The network adds its namespaces, root-namespace links, processes and pins to the lab's state
+        record (context.state: what `dinet lab down` removes) as it makes them."""
+        self.spec, self.target, self.tag, self.ns = context.spec, target, context.tag, context.ns
+        self.instances, self.links = context.instances, links
+        self.procs, self.state, self._save, self.workdir = context.procs, context.state, context.save, context.workdir
         self.bpffs_root, self.backend, self.pcap = bpffs_root, backend, pcap
         self.net: Any = None
         self.hosts: dict[str, Any] = {}  # scenario node name -> Mininet host

@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 
 from ..errors import ConfigError
-from .engines import InstanceHost
+from .context import LabContext
 from .linkem import stop_processes
-from .pki import Pki
-from .processes import Processes
-from .scenario import ScenarioSpec
 
 
 class Servers:
-    def __init__(
-        self,
-        spec: ScenarioSpec,
-        instances: dict[str, InstanceHost],
-        procs: Processes,
-        pki: Pki,
-        ingress_index: Callable[[str], int],
-    ):
-        self.spec, self.instances, self.procs, self.pki, self.ingress_index = spec, instances, procs, pki, ingress_index
+    def __init__(self, context: LabContext):
+        self.spec, self.instances, self.procs, self.pki = context.spec, context.instances, context.procs, context.pki
+        self.ingress_index = context.ingress_index
         self.locals: list[subprocess.Popen[str]] = []  # every server it started (stopped with the lab)
         self.routers: dict[str, subprocess.Popen[str]] = {}  # L7 routers (start_router) by URL
         self._local_port = 9100  # serve_local's ports on the devices
