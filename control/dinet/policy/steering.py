@@ -4,11 +4,10 @@ Python; a target only turns the plan into writes (and writes in the order the pl
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from .. import consts
-from ..errors import ConfigError, TableFullError, UnknownInstanceError
+from ..errors import ConfigError, TableFullError
 from ..model import Instance, InstanceState, ServiceKey
 from . import maglev
 
@@ -48,40 +47,3 @@ def plan_instances(
     held = {slot: (i.instance_id, i.weight) for slot, i in current.items() if i.usable}
     ring_changed = not current or ring_inputs != held
     return InstancePlan(placed, ring, changed, freed, ring_changed)
-
-
-class InstanceEdits:
-    """Edits of one instance, in terms of a target's `service()` and `set_instances()` (every target has
-    both): each reads the service's instance set back and writes it whole, through the same plan."""
-
-    def service(self, svc: ServiceKey) -> Any:
-        raise NotImplementedError
-
-    def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
-        raise NotImplementedError
-
-    def _current(self, svc: ServiceKey, instance_id: int | None = None) -> list[Instance]:
-        current = list(self.service(svc).instances.values())
-        if instance_id is not None and instance_id not in {i.instance_id for i in current}:
-            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
-        return current
-
-    def _replace(self, svc: ServiceKey, instance_id: int, **changes: Any) -> None:
-        current = self._current(svc, instance_id)
-        self.set_instances(svc, [replace(i, **changes) if i.instance_id == instance_id else i for i in current])
-
-    def upsert_instance(self, svc: ServiceKey, inst: Instance) -> None:
-        self.set_instances(svc, [i for i in self._current(svc) if i.instance_id != inst.instance_id] + [inst])
-
-    def remove_instance(self, svc: ServiceKey, instance_id: int) -> None:
-        self.set_instances(svc, [i for i in self._current(svc, instance_id) if i.instance_id != instance_id])
-
-    def set_weight(self, svc: ServiceKey, instance_id: int, weight: int) -> None:
-        self._replace(svc, instance_id, weight=weight)
-
-    def set_state(self, svc: ServiceKey, instance_id: int, state: InstanceState) -> None:
-        """DRAINING: no new flow, established flows stay. DOWN: its flows are placed anew too."""
-        self._replace(svc, instance_id, state=state)
-
-    def drain(self, svc: ServiceKey, instance_id: int) -> None:
-        self.set_state(svc, instance_id, InstanceState.DRAINING)

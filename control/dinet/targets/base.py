@@ -8,12 +8,12 @@ controller reads back only at start and on an explicit resync, and plans from it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 from .. import consts
-from ..errors import ConfigError
-from ..model import Instance, IPAddress, ServiceKey
+from ..errors import ConfigError, UnknownInstanceError
+from ..model import Instance, InstanceState, IPAddress, ServiceKey
 from ..policy.bift import BfirEntry, BiftBackup, BiftEntry, BiftPort
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "BierTarget",
     "Counter",
     "FlowEntry",
+    "InstanceEdits",
     "ServiceState",
     "SteerSizes",
     "SteeringTarget",
@@ -116,6 +117,45 @@ class SteeringTarget(Protocol):
     def service(self, svc: ServiceKey) -> ServiceState: ...
     def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None: ...
     def service_counters(self, svc: ServiceKey) -> tuple[Counter, dict[int, Counter]]: ...
+
+
+class InstanceEdits:
+    """Edits of one instance, in terms of a target's `service()` and `set_instances()` (every steering target
+    has both): each reads the service's instance set back and writes it whole, through the same plan. A
+    target's base class (XDP, P4Runtime, a node agent), for the CLI and the tests; the controller writes whole
+    sets."""
+
+    def service(self, svc: ServiceKey) -> Any:
+        raise NotImplementedError
+
+    def set_instances(self, svc: ServiceKey, instances: list[Instance]) -> None:
+        raise NotImplementedError
+
+    def _current(self, svc: ServiceKey, instance_id: int | None = None) -> list[Instance]:
+        current = list(self.service(svc).instances.values())
+        if instance_id is not None and instance_id not in {i.instance_id for i in current}:
+            raise UnknownInstanceError(f"{svc} has no instance {instance_id}")
+        return current
+
+    def _replace(self, svc: ServiceKey, instance_id: int, **changes: Any) -> None:
+        current = self._current(svc, instance_id)
+        self.set_instances(svc, [replace(i, **changes) if i.instance_id == instance_id else i for i in current])
+
+    def upsert_instance(self, svc: ServiceKey, inst: Instance) -> None:
+        self.set_instances(svc, [i for i in self._current(svc) if i.instance_id != inst.instance_id] + [inst])
+
+    def remove_instance(self, svc: ServiceKey, instance_id: int) -> None:
+        self.set_instances(svc, [i for i in self._current(svc, instance_id) if i.instance_id != instance_id])
+
+    def set_weight(self, svc: ServiceKey, instance_id: int, weight: int) -> None:
+        self._replace(svc, instance_id, weight=weight)
+
+    def set_state(self, svc: ServiceKey, instance_id: int, state: InstanceState) -> None:
+        """DRAINING: no new flow, established flows stay. DOWN: its flows are placed anew too."""
+        self._replace(svc, instance_id, state=state)
+
+    def drain(self, svc: ServiceKey, instance_id: int) -> None:
+        self.set_state(svc, instance_id, InstanceState.DRAINING)
 
 
 @runtime_checkable

@@ -16,9 +16,18 @@ from .. import consts
 from ..errors import ConfigError, DataPlaneError, InterfaceError, TableFullError, UnknownServiceError
 from ..model import Instance, InstanceLoad, InstanceState, IPAddress, ServiceKey, parse_address
 from ..policy.bift import BfirEntry, BiftEntry, BiftPort
-from ..policy.steering import InstanceEdits, plan_instances
+from ..policy.steering import plan_instances
 from ..rfc8296 import split_bift_id
-from .base import Counter, ServiceState, SteerSizes, TreeHopPort, TreeReplicaPort, TreeRoot, svc_flags
+from .base import (
+    Counter,
+    InstanceEdits,
+    ServiceState,
+    SteerSizes,
+    TreeHopPort,
+    TreeReplicaPort,
+    TreeRoot,
+    svc_flags,
+)
 from .netns import LinkEvents, PortMonitor, ifindex, links_up
 from .p4rt import P4RuntimeSwitch, TableEntry
 

@@ -11,8 +11,7 @@ from .. import proto
 from ..creds import Identity
 from ..errors import ConfigError, DataPlaneError, DinetError, TableFullError, UnknownInstanceError, UnknownServiceError
 from ..model import Instance, InstanceLoad, InstanceState, ServiceKey
-from ..policy.steering import InstanceEdits
-from .base import BfirEntry, BiftBackup, BiftEntry, BiftPort, Counter, ServiceState
+from .base import BfirEntry, BiftBackup, BiftEntry, BiftPort, Counter, InstanceEdits, ServiceState
 
 CODES = {
     UnknownServiceError: grpc.StatusCode.NOT_FOUND,

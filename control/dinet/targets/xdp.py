@@ -17,8 +17,8 @@ from .. import consts
 from ..errors import ConfigError, DataPlaneError, InterfaceError, TableFullError, UnknownServiceError
 from ..model import Instance, InstanceLoad, InstanceState, IPAddress, ServiceKey, family_of, parse_address
 from ..paths import BPFFS_ROOT
-from ..policy.steering import InstanceEdits, plan_instances
-from .base import Counter, FlowEntry, ServiceState, SteerSizes, svc_flags
+from ..policy.steering import plan_instances
+from .base import Counter, FlowEntry, InstanceEdits, ServiceState, SteerSizes, svc_flags
 from .bcc_program import BccProgram, XdpProgramNode, update, write_array
 from .bpfsys import pinned_map_info
 
