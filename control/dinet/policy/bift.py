@@ -260,11 +260,13 @@ class BiftPlanner:
             rest, bs = np.divmod(rest, span)
             ks, ns_ = np.divmod(rest, span)
             off = 0
+            rows = [out[n] for n in names[lo : lo + 64]]
+            called = [[self.names[x] for x in ns] for ns in nbrs]  # each source's neighbours by name
+            view = memoryview(raw)
             for src, nbr, backup, at in zip(ks.tolist(), ns_.tolist(), bs.tolist(), m.tolist(), strict=True):
-                per = out[names[lo + src]].setdefault(self.names[nbrs[src][nbr]], {})
-                per.setdefault(si_of[at], {})[self.names[nbrs[src][backup]]] = int.from_bytes(
-                    raw[off : off + w], "little"
-                )
+                them = called[src]
+                per = rows[src].setdefault(them[nbr], {})
+                per.setdefault(si_of[at], {})[them[backup]] = int.from_bytes(view[off : off + w], "little")
                 off += w
         return out
 
@@ -745,9 +747,9 @@ class DomainPlanner:
     def __init__(self, intent: BierIntent):
         self.intent = intent
         self.bifts = BiftPlanner(intent.topo, intent.bsl_code)
-        # (BFR, neighbour, F-BM) -> its port value: a backup repeats the entry's other ports, and a change
+        # per BFR, (neighbour, F-BM) -> its port value: a backup repeats the entry's other ports, and a change
         # rewrites mostly the ports it had (frozen dataclasses are dear to make by the hundred thousand)
-        self._ports: dict[tuple[str, str, int], BiftPort] = {}
+        self._ports: dict[str, dict[tuple[str, int], BiftPort]] = {}
         tables = self.bifts.tables()
         frr = self.bifts.backups_of(tables) if intent.frr else {}
         self._entries = {name: self._entries_of(name, t, frr.get(name, {})) for name, t in tables.items()}
@@ -762,15 +764,17 @@ class DomainPlanner:
         """The BFR's BIFT entries, each with its backups (`frr`: BiftPlanner.backups of the BFR); with sis
         only those SIs' entries are made, the others are the BFR's entries as they are."""
         old = self._entries.get(name, {}) if sis is not None else {}
-        ports, made = self.intent.ports, self._ports
-        if len(made) > 1 << 20:  # F-BMs of a long-gone state: start again
+        ports = self.intent.ports
+        made = self._ports.setdefault(name, {})
+        if len(made) > 4096:  # F-BMs of long-gone states: start again
             made.clear()
 
         def port(nbr: str, fbm: int) -> BiftPort:
-            p = made.get((name, nbr, fbm))
+            p = made.get((nbr, fbm))
             if p is None:
-                p = BiftPort(ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac)
-                made[(name, nbr, fbm)] = p
+                p = made[(nbr, fbm)] = BiftPort(
+                    ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac
+                )
             return p
 
         out = {}
