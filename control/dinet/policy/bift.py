@@ -151,7 +151,12 @@ class BiftPlanner:
 
     def set_state(self, down_links: set[frozenset[str]], down_nodes: set[str]) -> set[str]:
         """Moves to the state where exactly these links and BFRs are down; returns the live BFRs whose
-        tables changed (a BFR that came back is among them)."""
+        tables changed (a BFR that came back is among them). No cyclic garbage collection meanwhile (see
+        DomainPlanner.plan)."""
+        with _gc_paused():
+            return self._set_state(down_links, down_nodes)
+
+    def _set_state(self, down_links: set[frozenset[str]], down_nodes: set[str]) -> set[str]:
         for n in set(down_nodes) | {x for link in down_links for x in link}:
             if n not in self._index:
                 raise ConfigError(f"BIER state: no BFR {n!r}")
