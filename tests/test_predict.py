@@ -261,6 +261,33 @@ def test_a_two_choices_tier_keeps_a_queueing_instance_a_candidate_and_its_load_s
     assert [loads[2].now(n) < loads[1].now(0) for n in range(5)] == [True, True, True, True, False]
 
 
+def test_two_choices_leave_out_an_instance_whose_path_alone_misses_the_slo_and_keep_a_queueing_one() -> None:
+    """Hand-worked (the cloud-edge run's finding: two choices kept sending to the cloud behind its slowed path).
+    s1 and s2 as in the test above (1,158 ms: queueing; 238 ms); a large idle site 500 ms away (256 at once, 5 s
+    each): 2 x 2 x 500 + 230 = 2,230 ms with no wait at all, past the 1 s objective whatever the data plane
+    places. By headroom alone (256 / 5 s against 51 / 5 s and 56 / 5 s) it would hold most of the ring and
+    fill both choices; it is no candidate (weight 0). The queueing s1 stays one (a wait is what the loads
+    see): 91 and 100 as before. Were every instance past the objective on its path, all stay candidates."""
+    from dinet.policy.predict import learn
+
+    light = replace(
+        learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=100.0)),
+        service_s=5.0,
+        capacity=64.0,
+    )
+    rates = {1: light, 2: light, 3: replace(light, capacity=256.0)}
+    samples = {
+        1: Level0(active_sessions=9, queue_depth=4, token_latency_ms=110.0),
+        2: Level0(active_sessions=8, token_latency_ms=110.0),
+        3: Level0(),
+    }
+    two = replace(_svc(1, 2, 3, slo=Slo(ttft_ms=1000, tpot_ms=250)), two_choices=True)
+    paths = {1: SitePath(2.0), 2: SitePath(2.0), 3: SitePath(500.0)}
+    assert _weights(two, samples, rates, paths) == {1: 91, 2: 100, 3: 0}
+    far = {k: SitePath(500.0) for k in paths}  # every one past it: by headroom, as before
+    assert _weights(two, samples, rates, far) == {1: 20, 2: 22, 3: 100}
+
+
 def test_an_idle_instance_is_predicted_from_its_priors_prefill_not_a_bursts_long_prompts() -> None:
     """A burst of another workload's 8,000-token prompts began while the edge ran 1 request, so its light-load
     prefill was measured at 3,000 ms. Busy, a request there is predicted at that (2 x 2 x 2 + 3,000 ms, past the

@@ -113,10 +113,17 @@ def target_weights(
     # model tiers: the preferred tier with room takes new flows; a lower one only while it has none
     fitting = [c for c in usable if fits(c)] or usable
     best = min(c.rank for c in fitting)
-    # two choices: every instance of that tier stays a candidate, by headroom, and the data plane puts each new
-    # flow on the one of its two with the lower predicted TTFT, counting what it placed since the report (a
-    # weight of 0 for the one a report shows queueing would herd every flow to the other until the next)
-    usable = [c for c in (usable if two_choices and sensitive else fitting) if c.rank == best]
+    if two_choices and sensitive:
+        # two choices: every instance of that tier that a request could reach within the TTFT objective
+        # stays a candidate, by headroom, and the data plane puts each new flow on the one of its two with the
+        # lower predicted TTFT, counting what it placed since the report (a weight of 0 for the one a report
+        # shows queueing would herd every flow to the other until the next). One that misses with no wait at
+        # all (its path, the transfer and its own prefill) is no candidate: no placement changes that, and by
+        # its headroom it could fill both choices (a large idle site behind a slowed path)
+        tier = [c for c in usable if c.rank == best]
+        usable = [c for c in tier if reachable(pred[c.instance_id], slo)] or tier
+    else:
+        usable = [c for c in fitting if c.rank == best]
     scores: dict[int, float] = {}
     if two_choices and sensitive:
         for c in usable:
@@ -137,6 +144,12 @@ def target_weights(
     for iid, s in scores.items():
         out[iid] = max(1, round(policy.max_weight * s / top))
     return out
+
+
+def reachable(p: Prediction, slo: Slo) -> bool:
+    """Within the TTFT objective with no wait at all (the path, the transfer, its own prefill); no objective:
+    yes."""
+    return not slo.ttft_ms or p.ttft_ms - p.wait_ms <= slo.ttft_ms
 
 
 def _sensitive_cost(p: Prediction, slo: Slo) -> float:
