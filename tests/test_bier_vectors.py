@@ -116,9 +116,9 @@ def _check_on_tc(rig, v: bv.BierVector, fast_path: bool = True) -> None:  # type
     assert not any(isinstance(f, Drop) for f in v.expect) or not any(frames.values())
 
 
-def test_bier_vectors_on_tc(tc_rig) -> None:
-    for v in [*bv.vectors(), *bv.tree_vectors()]:
-        _check_on_tc(tc_rig, v)
+@pytest.mark.parametrize("v", [*bv.vectors(), *bv.tree_vectors()], ids=lambda v: v.name)
+def test_bier_vector_on_tc(tc_rig, v: bv.BierVector) -> None:
+    _check_on_tc(tc_rig, v)
 
 
 def test_fast_reroute_vectors_on_tc(tc_rig) -> None:
@@ -180,9 +180,9 @@ def _check_on_bmv2(r, v: bv.BierVector) -> None:  # type: ignore[no-untyped-def]
     outcome_ok(v.name, v.expect, frames, local)
 
 
-def test_bier_vectors_on_bmv2(p4_rig) -> None:
-    for v in [*bv.vectors(), *bv.tree_vectors()]:
-        _check_on_bmv2(p4_rig, v)
+@pytest.mark.parametrize("v", [*bv.vectors(), *bv.tree_vectors()], ids=lambda v: v.name)
+def test_bier_vector_on_bmv2(p4_rig, v: bv.BierVector) -> None:
+    _check_on_bmv2(p4_rig, v)
 
 
 def test_fast_reroute_vectors_on_bmv2(p4_rig) -> None:

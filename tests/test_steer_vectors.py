@@ -65,11 +65,15 @@ def run_vector(n, v: Vector) -> None:
         raise AssertionError(v.expect)
 
 
-def test_every_vector(node) -> None:
-    vs = sv.vectors(sv.placement(node))
-    assert len(vs) > 15
-    for v in vs:
-        run_vector(node, v)
+def test_the_vector_table_covers_forwarding_passing_and_dropping() -> None:
+    vs = sv.vectors(lambda svc, pkt: sv.SERVICES[svc][0].endpoint)
+    assert len(vs) > 15 and len(set(sv.names())) == len(vs)  # one test each, by a name of its own
+    assert {type(v.expect) for v in vs} == {Forward, Pass, Drop}
+
+
+@pytest.mark.parametrize("name", sv.names())
+def test_vector(node, name: str) -> None:
+    run_vector(node, sv.named(sv.placement(node), name))
 
 
 def test_vectors_steer_to_the_instances_of_their_service(node) -> None:

@@ -295,6 +295,17 @@ def vectors(place) -> list[Vector]:
     ]
 
 
+def names() -> list[str]:
+    """The vectors' names in their order, for one test per vector (the packets built with any endpoint: a
+    target's ring places them when the test runs)."""
+    return [v.name for v in vectors(lambda svc, pkt: SERVICES[svc][0].endpoint)]
+
+
+def named(place, name: str) -> Vector:
+    """The vector of that name, placed by `place`."""
+    return next(v for v in vectors(place) if v.name == name)
+
+
 def install_scenario(target) -> None:
     """Installs SERVICES on a target (XDP SteeringNode or P4Node): the same calls on both."""
     target.configure(src4=SRC4, src6=SRC6, static_next_hop=(0, NODE_MAC, NEXT_HOP_MAC))
