@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -198,7 +200,11 @@ def _experiment(name: str, out: Path, *args: str) -> dict:  # type: ignore[type-
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["quick"] is True and summary["command"].startswith("dinet experiment")
     lines = (folder / "requests.jsonl").read_text().splitlines() if name != "modelsync" else []
-    assert name == "modelsync" or (lines and all(json.loads(x)["status"] for x in lines))
+    if name != "modelsync":  # every request recorded with its outcome, and most of them answered
+        status = [json.loads(x)["status"] for x in lines]
+        odd = [x for x in status if not re.fullmatch(r"ok|http \d{3}|error: .+", x)]
+        assert status and not odd, odd[:5]
+        assert status.count("ok") >= len(status) / 2, Counter(status).most_common(5)
     assert (out / "index.html").read_text().count(f"{name}/report.html") == 1
     return summary
 
