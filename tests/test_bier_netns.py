@@ -204,6 +204,9 @@ def test_a_link_failure_during_a_stream_is_routed_around(bpffs_root: Path) -> No
         assert d.ctl().down_links == {frozenset(("b", "d"))}
         # d's datagrams now come through c: c forwarded them
         assert d.nodes["c"].counters()["copies"] > 0
+        # the first of them: its own time on the way (kernel stamps) is a part of the time since the failure
+        first, transit = res["first_packet_ms"]["d"], res["first_transit_ms"]["d"]  # type: ignore[index]
+        assert first is not None and transit is not None and 0 < transit < first, (first, transit)
 
 
 def test_fast_reroute_takes_the_backup_before_any_controller(bpffs_root: Path) -> None:

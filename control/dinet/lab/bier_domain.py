@@ -547,8 +547,7 @@ class BierDomain(Rig):
         # or the switch told): through the backup or the new path, never the failed link
         since = t_fail + (marked or 0) / 1000
         first_after = {
-            n: min(((at - t_fail) * 1000 for q, at in a if sent_at[q] >= since), default=None)
-            for n, a in arrivals.items()
+            n: min(((at, q) for q, at in a if sent_at[q] >= since), default=None) for n, a in arrivals.items()
         }
         return {
             "fail_seq": fail_seq,
@@ -556,7 +555,12 @@ class BierDomain(Rig):
             "received": {n: sorted(q for q, _ in a) for n, a in arrivals.items()},
             "recompute_ms": (rewrites[0].written_at - t_fail) * 1000 if rewrites else None,
             "entries_rewritten": rewrites[0].entries_written if rewrites else 0,
-            "first_packet_ms": first_after,
+            "first_packet_ms": {n: None if f is None else (f[0] - t_fail) * 1000 for n, f in first_after.items()},
+            # that datagram's own time on the way (arrival less its sending): the stream's spacing apart, the new
+            # path was ready this long after the mark (or the switch told)
+            "first_transit_ms": {
+                n: None if f is None else (f[0] - sent_at[f[1]]) * 1000 for n, f in first_after.items()
+            },
             "port_marked_ms": marked,
         }
 
