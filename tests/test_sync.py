@@ -250,7 +250,7 @@ def test_dinet_sync_cli_pushes_through_the_intents_domain(lab: SyncLab, model, t
 
     src = model(4)
     intent = tmp_path / "intent.yaml"
-    intent.write_text(yaml.safe_dump(lab.intent.as_dict()))
+    intent.write_text(yaml.safe_dump(lab.intent()))
     argv = [sys.executable, "-m", "dinet.cli", "sync", str(src), "--to", "e2,e5", "--intent", str(intent)]
     argv += ["--bfir", "r", "--interface", "eth0", "--netns", lab.domain.net.ns("src"), "--json", "--quiet"]
     argv += ["--token-file", str(lab.root / "token"), "--key", str(lab.key), "--ca", lab.ca]
