@@ -61,15 +61,16 @@ def run_vector(rig, v: Vector) -> None:
     assert extra == {}, f"{v.name}: unexpected frames {extra}"
 
 
+NAMES = sv.names()
 RAN: dict[int, set[str]] = {}  # per switch (this module's rig), the vectors it has run
 
 
-@pytest.mark.parametrize("name", sv.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_steering_vector_on_bmv2(rig, name: str) -> None:
     run_vector(rig, sv.named(sv.placement(rig.node), name))
     ran = RAN.setdefault(id(rig), set())
     ran.add(name)
-    if ran == set(sv.names()):  # once the switch has run the whole table:
+    if ran == set(NAMES):  # once the switch has run the whole table:
         # sessions placed and flows that found their session's instance (two ports of one group; a label, a
         # label with a session port, a session port alone: three sessions)
         chat4, chat6 = rig.node.service_counters(sv.CHAT4)[0], rig.node.service_counters(sv.CHAT6)[0]
