@@ -28,6 +28,7 @@ from ..services.intent import (
     SloSpec,
     XdpNodeSpec,
     dump,
+    load,
 )
 from ..services.intent import InstanceSpec as IntentInstance
 from .context import POOL_IDS, InstanceHost, LabContext
@@ -170,8 +171,6 @@ class LabIntent:
     def checked(self) -> Path:
         """write(), then the file loaded as `dinet run` loads it: the lab's own intent is valid, or this says
         where it is not."""
-        from ..services.intent import load
-
         path = self.write()
         load(path)
         return path
@@ -195,8 +194,6 @@ class LabIntent:
         the intent resolves them (dinet.services.intent: the defaults in one place), by what decides's
         Prometheus endpoint. A policy change may change a tiered service's placement (its default): both are
         waited for."""
-        from ..services.intent import load
-
         want = {str(s.key): ((s.strategy or Strategy.DINET).value, s.placement) for s in load(self.write()).services}
 
         def running() -> bool:
