@@ -305,3 +305,26 @@ def test_an_idle_instance_is_predicted_from_its_priors_prefill_not_a_bursts_long
     busy = _weights(intent, {1: Level0(active_sessions=1), 2: Level0(active_sessions=1)}, {1: burst}, paths)
     idle = _weights(intent, {1: Level0(), 2: Level0()}, {1: burst}, paths)
     assert (busy[1], idle[1] > 0, idle[2]) == (0, True, 0)
+
+
+def test_two_choices_leave_out_an_instance_whose_batch_misses_the_tpot_objective() -> None:
+    """Hand-worked, the small instances above (64 at once, 5 s each, prefill 230 ms), all 2 ms away, SLO TTFT
+    1 s and TPOT 250 ms. Each runs 8 and none waits: TTFT 2 x 2 x 2 + 230 = 238 ms on all three. s2's batch
+    decodes at 300 ms a token (its reports' token latency): a request placed there misses the TPOT objective
+    whatever its first token does, and the data plane's loads compare first tokens only, so it is no candidate
+    (weight 0); s1 and s3 by headroom ((64 - 8) / 5 s each: 100 and 100). Were every instance past it (all at
+    300 ms a token), all stay candidates, by headroom, as on the ring's rule."""
+    from dinet.policy.predict import learn
+
+    light = replace(
+        learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=100.0)),
+        service_s=5.0,
+        capacity=64.0,
+    )
+    rates = {1: light, 2: light, 3: light}
+    paths = {k: SitePath(2.0) for k in rates}
+    slow = Level0(active_sessions=8, token_latency_ms=300.0)
+    fast = Level0(active_sessions=8, token_latency_ms=110.0)
+    two = replace(_svc(1, 2, 3, slo=Slo(ttft_ms=1000, tpot_ms=250)), two_choices=True)
+    assert _weights(two, {1: fast, 2: slow, 3: fast}, rates, paths) == {1: 100, 2: 0, 3: 100}
+    assert _weights(two, {1: slow, 2: slow, 3: slow}, rates, paths) == {1: 100, 2: 100, 3: 100}

@@ -22,9 +22,11 @@ A two-choices service's instances also carry their load for the data plane (`Ins
 TTFT, and how it grows with each request placed there before the next report (its prefill, then past the
 instance's room its wait as well); the data plane puts each new flow on the lower loaded of two ring candidates
 (dinet.policy.choices). A delay-sensitive two-choices service's weights only name the candidates: every
-instance of the chosen tier that is up and not overloaded, by headroom, also one predicted to miss the SLO,
-so that the loads pick per flow (a weight of 0 for the instance a report shows queueing herds every new flow
-onto the others until the next report: measured in the tiers experiment, README).
+instance of the chosen tier that is up and not overloaded, by headroom, also one predicted to miss the TTFT
+objective by its wait, so that the loads pick per flow (a weight of 0 for the instance a report shows queueing
+herds every new flow onto the others until the next report: measured in the tiers experiment, README); not one
+that misses it with no wait at all, nor one that misses the TPOT objective while another meets it (the loads
+see neither).
 
 Damping keeps weights still unless the target moved by more than a hysteresis band, and then moves them
 part of the way, so two sites of similar load never swap traffic back and forth."""
@@ -119,9 +121,12 @@ def target_weights(
         # lower predicted TTFT, counting what it placed since the report (a weight of 0 for the one a report
         # shows queueing would herd every flow to the other until the next). One that misses with no wait at
         # all (its path, the transfer and its own prefill) is no candidate: no placement changes that, and by
-        # its headroom it could fill both choices (a large idle site behind a slowed path)
+        # its headroom it could fill both choices (a large idle site behind a slowed path). Nor is one whose
+        # running batch makes it miss the TPOT objective while another meets it: the loads compare first
+        # tokens only, and its tokens would miss whatever the first one does
         tier = [c for c in usable if c.rank == best]
-        usable = [c for c in tier if reachable(pred[c.instance_id], slo)] or tier
+        near = [c for c in tier if reachable(pred[c.instance_id], slo)] or tier
+        usable = [c for c in near if not slo.tpot_ms or pred[c.instance_id].tpot_ms <= slo.tpot_ms] or near
     else:
         usable = [c for c in fitting if c.rank == best]
     scores: dict[int, float] = {}
