@@ -352,6 +352,29 @@ def test_domain_plans_with_fast_reroute_stay_equal_to_fresh_ones(
     assert {e.bift_id & 0xFF for p in got.values() for e in p.values()} == set(range(sets))  # every set exercised
 
 
+def test_planning_leaves_the_collector_as_it_was_and_its_entries_in_the_oldest_generation() -> None:
+    """The planner pauses the cyclic collector while it plans and moves what it made straight to the oldest
+    generation (no young collection walks it after): the collector is on after a plan if it was on before,
+    off if it was off, and a new entry is in generation 2."""
+    import gc
+
+    topo = diamond()
+    ports = {(x, y): Port(f"to-{y}", "02:00:00:00:00:01") for k in topo.links for x, y in ((k.a, k.b), (k.b, k.a))}
+    planner = DomainPlanner(BierIntent(1, topo, ports))
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        entries = planner.plan({frozenset(("b", "d"))})["a"].bifts
+        assert gc.isenabled()
+        oldest = {id(o) for o in gc.get_objects(generation=2)}
+        assert all(id(e) in oldest for e in entries.values())
+        gc.disable()
+        planner.plan(set())
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
 def test_node_routes_are_every_node_s_next_hop_toward_every_node_sid() -> None:
     """What the tree's SR unicast needs: per node, the neighbour toward each node (None: its own SID); a
     failure moves the routes that crossed it."""
