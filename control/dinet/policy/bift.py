@@ -264,15 +264,19 @@ class BiftPlanner:
             rest, m = np.divmod(used, len(si_of))
             rest, bs = np.divmod(rest, span)
             ks, ns_ = np.divmod(rest, span)
-            off = 0
             rows = [out[n] for n in names[lo : lo + 64]]
             called = [[self.names[x] for x in ns] for ns in nbrs]  # each source's neighbours by name
             view = memoryview(raw)
-            for src, nbr, backup, at in zip(ks.tolist(), ns_.tolist(), bs.tolist(), m.tolist(), strict=True):
+            fbm = [int.from_bytes(view[off : off + w], "little") for off in range(0, len(raw), w)]
+            for src, nbr, backup, at, f in zip(ks.tolist(), ns_.tolist(), bs.tolist(), m.tolist(), fbm, strict=True):
                 them = called[src]
-                per = rows[src].setdefault(them[nbr], {})
-                per.setdefault(si_of[at], {})[them[backup]] = int.from_bytes(view[off : off + w], "little")
-                off += w
+                per = rows[src].get(them[nbr])
+                if per is None:
+                    per = rows[src][them[nbr]] = {}
+                got = per.get(si_of[at])
+                if got is None:
+                    got = per[si_of[at]] = {}
+                got[them[backup]] = f
         return out
 
     def _wanted(self, per_row: list[set[int]]) -> np.ndarray:
@@ -752,9 +756,9 @@ class DomainPlanner:
     def __init__(self, intent: BierIntent):
         self.intent = intent
         self.bifts = BiftPlanner(intent.topo, intent.bsl_code)
-        # per BFR, (neighbour, F-BM) -> its port value: a backup repeats the entry's other ports, and a change
+        # per BFR, neighbour -> F-BM -> its port value: a backup repeats the entry's other ports, and a change
         # rewrites mostly the ports it had (frozen dataclasses are dear to make by the hundred thousand)
-        self._ports: dict[str, dict[tuple[str, int], BiftPort]] = {}
+        self._ports: dict[str, defaultdict[str, dict[int, BiftPort]]] = {}
         tables = self.bifts.tables()
         frr = self.bifts.backups_of(tables) if intent.frr else {}
         self._entries = {name: self._entries_of(name, t, frr.get(name, {})) for name, t in tables.items()}
@@ -770,16 +774,14 @@ class DomainPlanner:
         only those SIs' entries are made, the others are the BFR's entries as they are."""
         old = self._entries.get(name, {}) if sis is not None else {}
         ports = self.intent.ports
-        made = self._ports.setdefault(name, {})
-        if len(made) > 4096:  # F-BMs of long-gone states: start again
-            made.clear()
+        made = self._ports.get(name)
+        if made is None or sum(map(len, made.values())) > 4096:  # none yet, or F-BMs of long-gone states
+            made = self._ports[name] = defaultdict(dict)
 
-        def port(nbr: str, fbm: int) -> BiftPort:
-            p = made.get((nbr, fbm))
-            if p is None:
-                p = made[(nbr, fbm)] = BiftPort(
-                    ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac
-                )
+        def new(nbr: str, fbm: int) -> BiftPort:
+            p = made[nbr][fbm] = BiftPort(
+                ports[(name, nbr)].ifname, ports[(nbr, name)].mac, fbm, ports[(name, nbr)].mac
+            )
             return p
 
         out = {}
@@ -789,12 +791,11 @@ class DomainPlanner:
                 out[entry.bift_id] = old[entry.bift_id]
                 continue
             fbms = entry.fbm  # in neighbour name order (BiftPlanner), so the ports are too
-            nbrs = tuple(port(nbr, fbm) for nbr, fbm in fbms.items())
+            primary = {nbr: made[nbr].get(fbm) or new(nbr, fbm) for nbr, fbm in fbms.items()}
             backups = []
-            primary = dict(zip(fbms, nbrs, strict=True))
             for nbr, per in protected:  # the whole entry while nbr's port is down
                 alt = per.get(si)
-                if not alt or nbr not in fbms:
+                if not alt or nbr not in primary:
                     continue
                 # the other neighbours' ports as they are, a backup's with the bits it takes over
                 down = primary.copy()
@@ -802,12 +803,15 @@ class DomainPlanner:
                 added = False
                 for b, f in alt.items():
                     had = down.get(b)
-                    added |= had is None
-                    down[b] = port(b, f if had is None else had.fbm | f)
+                    if had is None:
+                        added = True
+                    else:
+                        f |= had.fbm
+                    down[b] = made[b].get(f) or new(b, f)
                 # a neighbour the entry had keeps its place in name order; one it did not have is sorted in
-                keep = tuple(down[n] for n in sorted(down)) if added else tuple(down.values())
+                keep = tuple([down[n] for n in sorted(down)]) if added else tuple(down.values())
                 backups.append(BiftBackup(ports[(name, nbr)].ifname, keep))
-            out[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, nbrs, tuple(backups))
+            out[entry.bift_id] = BiftEntry(entry.bift_id, entry.local, tuple(primary.values()), tuple(backups))
         return out
 
     def plan(
