@@ -500,13 +500,17 @@ class BiftPlanner:
     def _removed(self, i: int, j: int, cost: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances after the link i-j (of `cost`) went; returns the (row, column)s that moved. Only a pair
         with a shortest path over the link can change: s on i's side (a shortest path from s to j through i)
-        with d on j's side. Dijkstra runs from the smaller side only, the other side's rows take the columns
-        by symmetry."""
+        with d on j's side. Of those, a source that reaches the far end as soon through another of its
+        neighbours keeps every distance (a path over the link to any d, its part up to the far end swapped
+        for that one, is as short; that neighbour's own distance cannot use the link, it is nearer than the far
+        end): common where costs tie. Dijkstra runs from the smaller side of what is left only, the other
+        side's rows take the columns by symmetry."""
         dist = self._dist
         none = np.zeros(0, dtype=np.int64)
         with np.errstate(invalid="ignore"):
             near_i = np.flatnonzero(dist[:, i] + cost == dist[:, j])
             near_j = np.flatnonzero(dist[:, j] + cost == dist[:, i])
+        near_i, near_j = near_i[~self._tied(near_i, j)], near_j[~self._tied(near_j, i)]
         if not near_i.size or not near_j.size:
             return none, none
         side = near_i if near_i.size <= near_j.size else near_j
@@ -515,6 +519,17 @@ class BiftPlanner:
         dist[side] = new
         dist[:, side] = new.T
         return np.concatenate([side[r], c]), np.concatenate([c, side[r]])
+
+    def _tied(self, sources: np.ndarray, far: int) -> np.ndarray:
+        """Per source, whether one of far's neighbours over the links that are up now lies on a shortest
+        path from it to far (by the distances as they are)."""
+        nbrs = self._adj[far]
+        if not nbrs or not sources.size:
+            return np.zeros(sources.size, dtype=bool)
+        ks = np.fromiter(nbrs, dtype=np.int64, count=len(nbrs))
+        costs = np.fromiter(nbrs.values(), dtype=np.float64, count=len(nbrs))
+        with np.errstate(invalid="ignore"):
+            return (self._dist[np.ix_(sources, ks)] + costs == self._dist[sources, far][:, None]).any(axis=1)  # type: ignore[no-any-return]
 
     def _added(self, i: int, j: int, cost: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances after a link i-j of `cost` came: a shortest path uses it at most once, so
