@@ -70,7 +70,7 @@ class BierTopology:
         return adj
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BiftSet:
     """One BFR's forwarding entry for one (BSL, SD, SI): F-BM per neighbour, and its own bits."""
 
@@ -118,6 +118,7 @@ class BiftPlanner:
         # each BFR's place in name order (ties between neighbours go to the smallest name), and its inverse
         self._rank = np.array([rank[n] for n in self.names], dtype=np.int64)
         self._by_rank = np.argsort(self._rank)
+        self._rank_of = self._rank.tolist()  # the same, as a list (a key for sorted)
         size = len(self.names)
         self._si = np.full(size, -1, dtype=np.int64)
         self._pos = np.zeros(size, dtype=np.int64)
@@ -534,12 +535,22 @@ class BiftPlanner:
     def _added(self, i: int, j: int, cost: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances after a link i-j of `cost` came: a shortest path uses it at most once, so
         dist'(s, d) = min(dist(s, d), dist(s, i) + cost + dist(j, d), dist(s, j) + cost + dist(i, d)), no
-        search needed. Returns the (row, column)s that moved."""
+        search needed. Only a source that reaches j sooner through i (a) toward a BFR that reaches i sooner
+        through j (b) can gain by i -> j, and the way back is the same pairs turned round: the a x b block
+        alone, not every pair. Returns the (row, column)s that moved."""
         dist = self._dist
-        via = np.minimum(dist[:, i, None] + cost + dist[None, j, :], dist[:, j, None] + cost + dist[None, i, :])
-        xs, ds = np.nonzero(via < dist)
-        dist[xs, ds] = via[xs, ds]
-        return xs, ds
+        with np.errstate(invalid="ignore"):
+            a = np.flatnonzero(dist[:, i] + cost < dist[:, j])
+            b = np.flatnonzero(dist[:, j] + cost < dist[:, i])
+        if not a.size or not b.size:
+            none = np.zeros(0, dtype=np.int64)
+            return none, none
+        via = dist[a, i][:, None] + cost + dist[j, b][None, :]
+        r, c = np.nonzero(via < dist[np.ix_(a, b)])
+        xs, ds, new = a[r], b[c], via[r, c]
+        dist[xs, ds] = new
+        dist[ds, xs] = new
+        return np.concatenate([xs, ds]), np.concatenate([ds, xs])
 
     def _tables_of(self, nodes: list[int], sis: dict[int, set[int]] | None = None) -> dict[int, dict[int, BiftSet]]:
         """The BIFTs of these BFRs at once: one bit row per (BFR, neighbour), the sets side by side, set from
@@ -548,7 +559,8 @@ class BiftPlanner:
         if not nodes:
             return {}
         size = len(self.names)
-        pairs = [(s, n) for s in nodes for n in sorted(self._adj[s])]
+        # each BFR's neighbours in name order: the F-BMs are made in that order (the entries' ports keep it)
+        pairs = [(s, n) for s in nodes for n in sorted(self._adj[s], key=self._rank_of.__getitem__)]
         # (the k-th of nodes, neighbour) -> its place in pairs
         row_of = np.zeros((len(nodes), size), dtype=np.int64)
         local = {s: k for k, s in enumerate(nodes)}
@@ -566,10 +578,12 @@ class BiftPlanner:
         packed = np.packbits(bits, axis=1, bitorder="little")
         fbms: dict[int, dict[int, dict[str, int]]] = {s: {si: {} for si in self._sets} for s in nodes}
         rows = np.flatnonzero(packed.any(axis=1))
-        raw, w = packed[rows].tobytes(), packed.shape[1]
-        for at, r in enumerate(rows.tolist()):
+        raw, w = memoryview(packed[rows].tobytes()), packed.shape[1]
+        fbm = [int.from_bytes(raw[off : off + w], "little") for off in range(0, len(raw), w)]
+        names, sets = self.names, self._sets
+        for r, f in zip(rows.tolist(), fbm, strict=True):
             (s, n), m = pairs[r // nsets], r % nsets
-            fbms[s][self._sets[m]][self.names[n]] = int.from_bytes(raw[at * w : (at + 1) * w], "little")
+            fbms[s][sets[m]][names[n]] = f
         out = {}
         ids = {si: bift_id(self.bsl_code, si, self.sd) for si in self._sets}
         for s in nodes:
@@ -579,7 +593,7 @@ class BiftPlanner:
                 si: BiftSet(
                     ids[si],
                     si,
-                    dict(sorted(fbms[s][si].items())),
+                    fbms[s][si],
                     1 << (own_pos - 1) if own_si == si else 0,
                 )
                 if si in made
