@@ -5,7 +5,8 @@ returns (only the rows and BFRs the change touches: dinet.policy.bift.BiftPlanne
 Per size: plan_s (all BIFTs from the topology), incremental_ms (median over single link failures and
 repairs of randomly drawn links, with the p95 and the largest beside it), the BFRs whose tables changed per
 change (median), the same with fast reroute as the controller plans it (DomainPlanner: the BIFTs, the
-backups of every BFR next to a moved distance row, the entries: incremental_frr_ms, its p95), and, for sizes
+backups of every BFR next to a moved distance row, the entries: incremental_frr_ms, its p95, and the medians
+of failures and returns apart: over half as many links), and, for sizes
 up to --reference-upto, the time of the per-source Dijkstra the planner replaced (next_hops once per BFR).
 
     .venv/bin/python -m bench.bier_scale [--quick] [--out FILE]
@@ -62,7 +63,7 @@ def measure(bfrs: int, changes: int, reference: bool, seed: int) -> dict:
         "bfrs_changed_median": statistics.median(touched),
         "changes": len(times),
     }
-    row |= with_frr(topo, max(3, changes // 5), seed)
+    row |= with_frr(topo, max(3, changes // 2), seed)
     if reference:
         t0 = time.perf_counter()
         for node in topo.bfr_ids:
@@ -78,16 +79,19 @@ def with_frr(topo: BierTopology, changes: int, seed: int) -> dict:
     planner = DomainPlanner(BierIntent(BSL_256, topo, ports))
     rng = random.Random(seed)
     links = [frozenset((k.a, k.b)) for k in topo.links]
-    times = []
+    by_kind: dict[str, list[float]] = {"down": [], "up": []}
     for _ in range(changes):
         link = rng.choice(links)
-        for down in ({link}, set()):
+        for kind, down in (("down", {link}), ("up", set())):
             t0 = time.perf_counter()
             planner.plan(down)
-            times.append((time.perf_counter() - t0) * 1000)
+            by_kind[kind].append((time.perf_counter() - t0) * 1000)
+    times = by_kind["down"] + by_kind["up"]
     return {
         "incremental_frr_ms": round(statistics.median(times), 2),
         "incremental_frr_p95_ms": round(pctl(times, 0.95), 2),
+        "frr_link_down_ms": round(statistics.median(by_kind["down"]), 2),
+        "frr_link_up_ms": round(statistics.median(by_kind["up"]), 2),
     }
 
 
@@ -110,7 +114,8 @@ def main() -> int:
             f"{row['link_up_ms']:.1f}, p95 {row['incremental_p95_ms']:.1f}, "
             f"max {row['incremental_max_ms']:.1f}), {row['bfrs_changed_median']:.0f} BFRs' tables changed; "
             f"with fast reroute's backups and the entries {row['incremental_frr_ms']:.0f} ms "
-            f"(p95 {row['incremental_frr_p95_ms']:.0f})"
+            f"(down {row['frr_link_down_ms']:.0f}, up {row['frr_link_up_ms']:.0f}, "
+            f"p95 {row['incremental_frr_p95_ms']:.0f})"
         )
     write({"host": host(), "bsl": 256, "rows": rows}, a.out)
     return 0
