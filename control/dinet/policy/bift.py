@@ -252,7 +252,7 @@ class BiftPlanner:
             slot = np.zeros((len(block), size), dtype=np.int64)
             for row, ns in enumerate(nbrs):
                 slot[row, ns] = np.arange(len(ns))
-            sets = np.unique(self._si[d])
+            sets = np.array(self._sets, dtype=np.int64)  # every live set (one not here simply has no row)
             group = (k * span + slot[k, self._hop[block[k], d]]) * span + slot[k, alt[k, d]]
             group = group * len(sets) + np.searchsorted(sets, self._si[d])
             used = np.flatnonzero(np.bincount(group, minlength=len(block) * span * span * len(sets)))
