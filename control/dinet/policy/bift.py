@@ -751,7 +751,7 @@ class BfirEntry:
         return (self.dst, self.src, self.udp_port)
 
 
-@dataclass
+@dataclass(slots=True)
 class NodePlan:
     """What one BFR must hold: its BIFT entries by BIFT-id and its BFIR entries by match."""
 
