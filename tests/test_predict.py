@@ -96,6 +96,11 @@ PATHS = {1: SitePath(2), 2: SitePath(25)}
 
 
 FAST_EDGE = Rates(service_s=2.0, capacity=8.0, prefill_ms=10.0, tpot_ms=20.0, tokens_per_request=60.0)
+# a small instance as the two-choices tests see it: 64 at once, 5 s each, a prompt's prefill 230 ms as it
+# measured lightly loaded (2 running, none waiting)
+SMALL = replace(
+    learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=100.0)), service_s=5.0, capacity=64.0
+)
 
 
 def test_a_near_edge_shares_while_it_keeps_the_margin_and_leaves_when_a_request_would_wait() -> None:
@@ -232,13 +237,8 @@ def test_a_two_choices_tier_keeps_a_queueing_instance_a_candidate_and_its_load_s
     With two choices both stay candidates, by headroom ((64 - 13) / 5 s and (64 - 8) / 5 s: weights 91 and 100),
     and the data plane compares their loads: s2 takes the next flows until 238 + n x 230 ms passes 1,158 ms."""
     from dinet.model import InstanceLoad
-    from dinet.policy.predict import learn
 
-    light = replace(
-        learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=100.0)),
-        service_s=5.0,
-        capacity=64.0,
-    )
+    light = SMALL
     paths = {1: SitePath(2.0), 2: SitePath(2.0)}
     samples = {
         1: Level0(active_sessions=9, queue_depth=4, token_latency_ms=110.0),
@@ -268,13 +268,7 @@ def test_two_choices_leave_out_an_instance_whose_path_alone_misses_the_slo_and_k
     places. By headroom alone (256 / 5 s against 51 / 5 s and 56 / 5 s) it would hold most of the ring and
     fill both choices; it is no candidate (weight 0). The queueing s1 stays one (a wait is what the loads
     see): 91 and 100 as before. Were every instance past the objective on its path, all stay candidates."""
-    from dinet.policy.predict import learn
-
-    light = replace(
-        learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=100.0)),
-        service_s=5.0,
-        capacity=64.0,
-    )
+    light = SMALL
     rates = {1: light, 2: light, 3: replace(light, capacity=256.0)}
     samples = {
         1: Level0(active_sessions=9, queue_depth=4, token_latency_ms=110.0),
@@ -314,13 +308,7 @@ def test_two_choices_leave_out_an_instance_whose_batch_misses_the_tpot_objective
     whatever its first token does, and the data plane's loads compare first tokens only, so it is no candidate
     (weight 0); s1 and s3 by headroom ((64 - 8) / 5 s each: 100 and 100). Were every instance past it (all at
     300 ms a token), all stay candidates, by headroom, as on the ring's rule."""
-    from dinet.policy.predict import learn
-
-    light = replace(
-        learn(Rates(), Level0(active_sessions=2, prefill_ms=230.0, token_latency_ms=100.0)),
-        service_s=5.0,
-        capacity=64.0,
-    )
+    light = SMALL
     rates = {1: light, 2: light, 3: light}
     paths = {k: SitePath(2.0) for k in rates}
     slow = Level0(active_sessions=8, token_latency_ms=300.0)

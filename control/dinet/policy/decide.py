@@ -106,7 +106,7 @@ def target_weights(
 
     def fits(c: Candidate) -> bool:
         p = pred[c.instance_id]
-        if slo.tpot_ms and p.tpot_ms > slo.tpot_ms:
+        if not within_tpot(p, slo):
             return False
         if not sensitive:
             return True
@@ -126,7 +126,7 @@ def target_weights(
         # tokens only, and its tokens would miss whatever the first one does
         tier = [c for c in usable if c.rank == best]
         near = [c for c in tier if reachable(pred[c.instance_id], slo)] or tier
-        usable = [c for c in near if not slo.tpot_ms or pred[c.instance_id].tpot_ms <= slo.tpot_ms] or near
+        usable = [c for c in near if within_tpot(pred[c.instance_id], slo)] or near
     else:
         usable = [c for c in fitting if c.rank == best]
     scores: dict[int, float] = {}
@@ -155,6 +155,11 @@ def reachable(p: Prediction, slo: Slo) -> bool:
     """Within the TTFT objective with no wait at all (the path, the transfer, its own prefill); no objective:
     yes."""
     return not slo.ttft_ms or p.ttft_ms - p.wait_ms <= slo.ttft_ms
+
+
+def within_tpot(p: Prediction, slo: Slo) -> bool:
+    """Within the TPOT objective at the instance's running batch; no objective: yes."""
+    return not slo.tpot_ms or p.tpot_ms <= slo.tpot_ms
 
 
 def _sensitive_cost(p: Prediction, slo: Slo) -> float:
